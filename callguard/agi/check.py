@@ -1,0 +1,133 @@
+"""The ``check`` FastAGI script: decide one outbound call and answer in channel variables.
+
+Dialplan: ``AGI(agi://127.0.0.1:4573/check,${EXTEN},gamma,${CALLERID(num)})``.
+The arguments are the dialled number (default ``agi_extension``), the trunk
+(default the channel variable ``CALLGUARD_TRUNK``) and the CLI presented on
+the trunk (default ``agi_callerid``).
+"""
+
+import asyncio
+import logging
+from typing import Callable, Protocol
+
+from callguard.agi.protocol import AGIChannel, AGIError
+from callguard.agi.variables import (
+    CALLGUARD_CATEGORY,
+    CALLGUARD_MAXSECS,
+    CALLGUARD_RATE,
+    CALLGUARD_REASON,
+    CALLGUARD_RESULT,
+    CALLGUARD_TRUNK,
+    UNKNOWN_CALLER,
+)
+from callguard.policy.budget import MAX_SECONDS_CEILING
+from callguard.policy.decision import (
+    ALLOW,
+    DENY,
+    REASON_FAIL_POLICY,
+    CallRequest,
+    Decision,
+)
+from callguard.policy.engine import PolicyEngine
+
+log = logging.getLogger(__name__)
+
+
+class DecisionSink(Protocol):
+    def record(self, request: CallRequest, decision: Decision) -> None: ...
+
+
+def decision_variables(decision: Decision) -> list[tuple[str, str]]:
+    """Return the channel variables that carry ``decision`` to the dialplan, in order."""
+    max_seconds = "" if decision.max_seconds is None else str(decision.max_seconds)
+    rate = "" if decision.rate is None else str(decision.rate)
+    return [
+        (CALLGUARD_RESULT, decision.result),
+        (CALLGUARD_REASON, decision.reason),
+        (CALLGUARD_CATEGORY, decision.category),
+        (CALLGUARD_MAXSECS, max_seconds),
+        (CALLGUARD_RATE, rate),
+    ]
+
+
+class CheckHandler:
+    def __init__(
+        self,
+        engine: Callable[[], PolicyEngine],
+        sink: DecisionSink,
+    ):
+        self._engine = engine
+        self._sink = sink
+
+    async def __call__(self, channel: AGIChannel) -> None:
+        engine = self._engine()
+        request = await self._request(channel)
+        general = engine.state.config.general
+
+        try:
+            decision = await asyncio.wait_for(engine.decide(request), general.decision_timeout)
+        except TimeoutError:
+            decision = self._fail_policy(engine, request, "timed out")
+        except Exception:
+            log.exception("%s: the decision failed", request.uniqueid)
+            decision = self._fail_policy(engine, request, "failed")
+
+        log.info(
+            "%s %s: %s %s to %s (%s) from %s",
+            request.trunk or "-", request.uniqueid or "-", decision.result, decision.reason,
+            decision.e164 or request.dialled, decision.category or "-",
+            request.caller or "unknown",
+        )
+        self._sink.record(request, decision)
+
+        try:
+            for name, value in decision_variables(decision):
+                await channel.set_variable(name, value)
+        except AGIError as exc:
+            log.warning("%s: could not return the decision (%s); the dialplan applies its "
+                        "fail policy", request.uniqueid or "-", exc)
+
+    async def _request(self, channel: AGIChannel) -> CallRequest:
+        env = channel.env
+        arguments = channel.arguments
+
+        dialled = _argument(arguments, 0) or env.get("agi_extension", "")
+        trunk = _argument(arguments, 1)
+        if not trunk:
+            trunk = await channel.get_variable(CALLGUARD_TRUNK) or ""
+        caller = _argument(arguments, 2) or env.get("agi_callerid", "")
+        if caller.lower() == UNKNOWN_CALLER:
+            caller = ""
+
+        return CallRequest(
+            trunk=trunk.strip(),
+            dialled=dialled,
+            caller=caller,
+            uniqueid=channel.uniqueid,
+            channel=channel.channel,
+            accountcode=env.get("agi_accountcode", ""),
+        )
+
+    def _fail_policy(self, engine: PolicyEngine, request: CallRequest, what: str) -> Decision:
+        config = engine.state.config
+        result = ALLOW if config.general.fail_policy == "allow" else DENY
+        log.error(
+            "%s %s: the decision %s; answering %s by fail_policy",
+            request.trunk or "-", request.uniqueid or "-", what, result,
+        )
+
+        # An allowed call still gets a finite limit: Asterisk reads an empty
+        # or zero S() as no limit at all.
+        max_seconds = None
+        if result == ALLOW:
+            trunk = config.trunks.get(request.trunk)
+            cap = trunk.max_call_seconds if trunk is not None else None
+            max_seconds = min(cap or MAX_SECONDS_CEILING, MAX_SECONDS_CEILING)
+        return Decision(result, REASON_FAIL_POLICY, request.trunk, request.dialled,
+                        max_seconds=max_seconds, detail=f"the decision {what}")
+
+
+def _argument(arguments: list[str], index: int) -> str:
+    if index < len(arguments):
+        return arguments[index].strip()
+    return ""

@@ -1,0 +1,17 @@
+"""Channel variables that the check reads from and sets on the calling channel."""
+
+# Set by the check for the dialplan.
+CALLGUARD_RESULT = "CALLGUARD_RESULT"
+CALLGUARD_REASON = "CALLGUARD_REASON"
+CALLGUARD_CATEGORY = "CALLGUARD_CATEGORY"
+CALLGUARD_MAXSECS = "CALLGUARD_MAXSECS"
+CALLGUARD_RATE = "CALLGUARD_RATE"
+
+# Read by the check when the AGI arguments leave them out.
+CALLGUARD_TRUNK = "CALLGUARD_TRUNK"
+
+# The FastAGI script name of the call decision: agi://127.0.0.1:4573/check
+SCRIPT_CHECK = "check"
+
+# agi_callerid when the channel has no caller ID.
+UNKNOWN_CALLER = "unknown"

@@ -1,0 +1,208 @@
+"""ARI's REST interface on one httpx.AsyncClient, with retries and bounded replies.
+
+Every request here is idempotent (GET, and DELETE of a channel), so a request
+that failed with a 5xx status, a timeout or a network error is sent again.
+Other 4xx statuses are final. A 401 is logged as a credentials problem because
+retrying cannot fix it.
+"""
+
+import asyncio
+import json
+import logging
+import ssl
+from dataclasses import dataclass
+
+import httpx
+
+from callguard.ari.endpoint import USER_AGENT, AriEndpoint
+from callguard.ari.errors import AriError, AriHTTPError
+
+log = logging.getLogger(__name__)
+
+HTTP_UNAUTHORIZED = 401
+HTTP_SERVER_ERROR = 500
+
+# Longest reply body shown in an error message, in characters.
+MAX_SHOWN_BODY = 200
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how soon a failed request is sent again."""
+
+    retries: int
+    delay: float
+
+    def delay_before(self, retry: int) -> float:
+        """Return the seconds to wait before retry number `retry` (from 1)."""
+        return self.delay * 2 ** (retry - 1)
+
+
+class AriRest:
+    """Sends ARI requests and maps failures to AriError and AriHTTPError."""
+
+    def __init__(
+        self,
+        endpoint: AriEndpoint,
+        *,
+        timeout: float,
+        retry: RetryPolicy,
+        max_response: int,
+    ):
+        self._endpoint = endpoint
+        self._retry = retry
+        self._max_response = max_response
+
+        # trust_env=False keeps HTTP_PROXY and friends from rerouting ARI traffic.
+        self._http = httpx.AsyncClient(
+            base_url=endpoint.rest_base,
+            headers={"Authorization": endpoint.authorization, "User-Agent": USER_AGENT},
+            timeout=httpx.Timeout(timeout),
+            verify=endpoint.ssl_context or True,
+            trust_env=False,
+            follow_redirects=False,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def request(
+        self, method: str, path: str, params: dict[str, str] | None = None
+    ) -> Reply:
+        """Send a request, retrying on 5xx and network errors; return a non-5xx reply.
+
+        Raises AriHTTPError for a 401 at once, AriHTTPError when the last attempt
+        got a 5xx, and AriError when the last attempt failed on the network.
+        """
+        if self._http.is_closed:
+            raise AriError(f"cannot send ARI {method} {path}: the client is closed")
+
+        shown_path = self._endpoint.rest_path + path
+        attempts = self._retry.retries + 1
+
+        for attempt in range(1, attempts + 1):
+            try:
+                reply = await self._send(method, path, params, shown_path)
+            except httpx.TransportError as exc:
+                failure: AriError = AriError(
+                    f"ARI {method} {shown_path} to {self._endpoint.base_url} "
+                    f"failed: {_describe_transport_error(exc)}"
+                )
+                failure.__cause__ = exc
+                if _is_certificate_error(exc):
+                    raise failure from exc
+            else:
+                if reply.status == HTTP_UNAUTHORIZED:
+                    log.error(
+                        "ARI rejected the credentials of user %r at %s (HTTP 401); "
+                        "check the username and password against ari.conf",
+                        self._endpoint.username,
+                        self._endpoint.base_url,
+                    )
+                    raise http_error(reply, method, shown_path)
+                if reply.status < HTTP_SERVER_ERROR:
+                    return reply
+                failure = http_error(reply, method, shown_path)
+
+            if attempt == attempts:
+                break
+
+            delay = self._retry.delay_before(attempt)
+            log.warning(
+                "%s; retry %d of %d in %.2f s",
+                failure,
+                attempt,
+                self._retry.retries,
+                delay,
+            )
+            await asyncio.sleep(delay)
+
+        if attempts > 1:
+            failure.add_note(f"gave up after {attempts} attempts")
+        raise failure
+
+    async def _send(
+        self, method: str, path: str, params: dict[str, str] | None, shown_path: str
+    ) -> Reply:
+        async with self._http.stream(method, path, params=params) as response:
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > self._max_response:
+                raise self._too_large(method, shown_path, int(declared))
+
+            chunks = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > self._max_response:
+                    raise self._too_large(method, shown_path, size)
+                chunks.append(chunk)
+
+            return Reply(response.status_code, b"".join(chunks))
+
+    def _too_large(self, method: str, shown_path: str, size: int) -> AriError:
+        return AriError(
+            f"the reply to ARI {method} {shown_path} is larger than the limit of "
+            f"{self._max_response} bytes (at least {size} bytes); raise max_response "
+            "if the PBX really has that many channels"
+        )
+
+
+def http_error(reply: Reply, method: str, shown_path: str) -> AriHTTPError:
+    """Build the error for a reply, with the message from Asterisk's JSON body."""
+    return AriHTTPError(
+        reply.status, error_message(reply), method=method, path=shown_path
+    )
+
+
+def error_message(reply: Reply) -> str:
+    """Return the "message" of an ARI error body, else the start of the body."""
+    try:
+        body = json.loads(reply.body)
+    except ValueError:
+        body = None
+
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return body["message"]
+
+    text = reply.body.decode("utf-8", errors="replace").strip()
+    if not text:
+        return "(empty body)"
+    if len(text) > MAX_SHOWN_BODY:
+        return text[:MAX_SHOWN_BODY] + "..."
+    return text
+
+
+def decode_json(reply: Reply, method: str, shown_path: str) -> object:
+    """Parse a reply body as JSON, raising AriError when it is not."""
+    try:
+        return json.loads(reply.body)
+    except ValueError as exc:
+        raise AriError(
+            f"the reply to ARI {method} {shown_path} is not valid JSON ({exc}): "
+            f"{error_message(reply)!r}"
+        ) from None
+
+
+def _describe_transport_error(exc: httpx.TransportError) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timed out ({type(exc).__name__})"
+    detail = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {detail}"
+
+
+def _is_certificate_error(exc: BaseException) -> bool:
+    """Tell whether a certificate check failed somewhere in the exception's chain."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False

@@ -1,0 +1,51 @@
+"""Pieces shared by the ``callguard`` and ``callguardctl`` commands."""
+
+import argparse
+import logging
+import sys
+
+from callguard.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c", "--config", default=DEFAULT_CONFIG_PATH, metavar="FILE",
+        help=f"config file (default: {DEFAULT_CONFIG_PATH})",
+    )
+    parser.add_argument(
+        "--database", metavar="URL",
+        help="database URL, overriding [general] database "
+        "(sqlite:///PATH or postgresql+psycopg://USER@HOST/DB)",
+    )
+
+
+def read_config(args: argparse.Namespace) -> Config:
+    """Load the config named on the command line, printing every problem and exiting on error."""
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+    except OSError as exc:
+        print(f"{args.config}: cannot read the config: {exc.strerror}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+    if getattr(args, "database", None):
+        try:
+            config = config.with_database(args.database)
+        except ValueError as exc:
+            print(f"--database: {exc}", file=sys.stderr)
+            raise SystemExit(EXIT_CONFIG) from None
+    return config
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )

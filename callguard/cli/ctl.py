@@ -1,0 +1,158 @@
+"""``callguardctl``: the sysadmin's command line for callguard."""
+
+import argparse
+import asyncio
+import json
+import sys
+
+from callguard import __version__
+from callguard.cli.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, add_config_argument, read_config
+from callguard.cli.inspect import check_number, print_check
+from callguard.config import ConfigError
+from callguard.daemon.state import build_state
+from callguard.numbers import PrefixTable, PrefixTableError
+from callguard.rating import RateDeck, RateDeckError
+from callguard.store import Store, StoreError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="callguardctl", description="Inspect and manage callguard."
+    )
+    parser.add_argument("--version", action="version", version=f"callguardctl {__version__}")
+    add_config_argument(parser)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = commands.add_parser("check", help="show the decision for a number, and why, "
+                                "without placing a call or holding any budget")
+    check.add_argument("number", help="the number as dialled, e.g. 0044 9011234567")
+    check.add_argument("--trunk", required=True, help="the trunk section name")
+    check.add_argument("--caller", default="", help="the CLI presented on the trunk")
+    check.add_argument("--json", action="store_true", help="print one JSON object")
+
+    commands.add_parser("check-config", help="validate the config and the files it names; "
+                        "exit 2 on any error")
+
+    prefixes = commands.add_parser("prefixes", help="the number-prefix table")
+    prefix_commands = prefixes.add_subparsers(dest="action", required=True)
+    prefix_import = prefix_commands.add_parser("import", help="load a prefix table CSV into "
+                                               "the store")
+    prefix_import.add_argument("file", help="CSV with prefix,category,description")
+    prefix_list = prefix_commands.add_parser("list", help="list the table in the store")
+    prefix_list.add_argument("--category", help="only this category")
+    prefix_list.add_argument("--json", action="store_true")
+
+    rates = commands.add_parser("rates", help="rate decks")
+    rate_commands = rates.add_subparsers(dest="action", required=True)
+    rate_import = rate_commands.add_parser("import", help="load a rate deck CSV into the "
+                                           "store for a trunk")
+    rate_import.add_argument("file", help="CSV with prefix,description,rate,connection_fee,"
+                             "increments")
+    rate_import.add_argument("--trunk", required=True)
+    rate_list = rate_commands.add_parser("list", help="list a trunk's rates in the store")
+    rate_list.add_argument("--trunk", required=True)
+    rate_list.add_argument("--prefix", help="only prefixes starting with these digits")
+    rate_list.add_argument("--limit", type=int, default=100, help="rows at most (default 100)")
+    rate_list.add_argument("--json", action="store_true")
+    return parser
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = read_config(args)
+    try:
+        tables = build_state(config)
+    except (PrefixTableError, RateDeckError, ValueError, OSError) as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    rated = sum(len(deck) for deck in tables.state.decks.values())
+    print(f"{config.path}: OK, {len(config.trunks)} trunks, {len(tables.prefixes)} prefixes, "
+          f"{rated} rates")
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = read_config(args)
+    report = asyncio.run(check_number(config, args.number, args.trunk, args.caller))
+    print_check(report, as_json=args.json)
+    return EXIT_OK
+
+
+def open_store(args: argparse.Namespace) -> Store:
+    config = read_config(args)
+    store = Store(config.general.database)
+    store.open()
+    return store
+
+
+def cmd_prefixes(args: argparse.Namespace) -> int:
+    if args.action == "import":
+        table = PrefixTable.from_csv(args.file)
+        store = open_store(args)
+        rows = [(r.prefix, r.category, r.description) for r in table.rules()]
+        count = store.replace_prefixes(rows, str(args.file))
+        print(f"imported {count} prefixes from {args.file}")
+        print("note: the daemon classifies with the table named by 'prefixes' in the config; "
+              "point it there and reload to use this file")
+        return EXIT_OK
+
+    store = open_store(args)
+    rows = [r for r in store.list_prefixes() if not args.category or r[1] == args.category]
+    if args.json:
+        print(json.dumps([{"prefix": p, "category": c, "description": d} for p, c, d in rows],
+                         indent=2))
+    else:
+        for prefix, category, description in rows:
+            print(f"{prefix:<12} {category:<20} {description}")
+    return EXIT_OK
+
+
+def cmd_rates(args: argparse.Namespace) -> int:
+    if args.action == "import":
+        deck = RateDeck.from_csv(args.file)
+        store = open_store(args)
+        rows = ((t.prefix, t.description, t.rate, t.connection_fee, t.increments.first,
+                 t.increments.later) for t in deck.tariffs())
+        count = store.replace_rates(args.trunk, rows, str(args.file))
+        print(f"imported {count} rates for trunk {args.trunk} from {args.file}")
+        print("note: the daemon rates with the file named by 'rates' in the trunk's section; "
+              "point it there and reload to use this file")
+        return EXIT_OK
+
+    store = open_store(args)
+    rows = store.list_rates(args.trunk, args.prefix, args.limit)
+    if args.json:
+        print(json.dumps([
+            {"prefix": p, "description": d, "rate": str(r), "connection_fee": str(f),
+             "increments": f"{a}/{b}"} for p, d, r, f, a, b in rows
+        ], indent=2))
+    else:
+        for prefix, description, rate, fee, first, later in rows:
+            print(f"{prefix:<12} {rate:>10} {fee:>8} {first}/{later:<6} {description}")
+    return EXIT_OK
+
+
+COMMANDS = {
+    "check": cmd_check,
+    "check-config": cmd_check_config,
+    "prefixes": cmd_prefixes,
+    "rates": cmd_rates,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (PrefixTableError, RateDeckError) as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    except StoreError as exc:
+        print(f"store: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,81 @@
+"""``callguard``: the daemon, run in the foreground (systemd's Type=notify)."""
+
+import argparse
+import asyncio
+import logging
+import signal
+
+from callguard import __version__
+from callguard.cli.common import EXIT_FAILURE, EXIT_OK, add_config_argument, read_config, setup_logging
+from callguard.daemon.app import Application
+from callguard.daemon.systemd import Notifier
+
+log = logging.getLogger("callguard")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="callguard",
+        description="Guard the outbound trunks of an Asterisk PBX against toll fraud "
+        "and runaway bills.",
+    )
+    parser.add_argument("--version", action="version", version=f"callguard {__version__}")
+    add_config_argument(parser)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="run the daemon in the foreground; SIGHUP reloads the "
+                        "config, SIGTERM stops")
+    return parser
+
+
+async def serve(app: Application, notifier: Notifier) -> None:
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    reloads: asyncio.Queue[None] = asyncio.Queue()
+
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    loop.add_signal_handler(signal.SIGINT, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, reloads.put_nowait, None)
+
+    await app.start()
+    notifier.ready("deciding calls")
+    log.info("callguard %s ready", __version__)
+
+    async def reload_on_signal() -> None:
+        while True:
+            await reloads.get()
+            notifier.reloading()
+            await app.reload()
+            notifier.ready()
+
+    async def watchdog() -> None:
+        while notifier.watchdog_interval:
+            notifier.watchdog()
+            await asyncio.sleep(notifier.watchdog_interval)
+
+    tasks = [asyncio.create_task(reload_on_signal()), asyncio.create_task(watchdog())]
+    try:
+        await stopping.wait()
+        log.info("stopping: no new sessions; finishing the running ones")
+        notifier.stopping()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await app.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = read_config(args)
+    setup_logging(config.general.log_level)
+
+    app = Application(config)
+    try:
+        asyncio.run(serve(app, Notifier()))
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

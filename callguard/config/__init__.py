@@ -1,0 +1,31 @@
+"""Configuration: an Asterisk-style INI file read into frozen, validated settings."""
+
+from callguard.config.categories import KNOWN_CATEGORIES
+from callguard.config.errors import ConfigError, ConfigProblem
+from callguard.config.loader import DEFAULT_CONFIG_PATH, load_config
+from callguard.config.model import (
+    AriConfig,
+    Config,
+    DefaultRate,
+    GeneralConfig,
+    NumberOverride,
+    TrunkConfig,
+)
+from callguard.config.ranges import NumberRanges
+from callguard.config.values import parse_duration
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "KNOWN_CATEGORIES",
+    "AriConfig",
+    "Config",
+    "ConfigError",
+    "ConfigProblem",
+    "DefaultRate",
+    "GeneralConfig",
+    "NumberOverride",
+    "NumberRanges",
+    "TrunkConfig",
+    "load_config",
+    "parse_duration",
+]

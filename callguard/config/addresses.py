@@ -1,0 +1,199 @@
+"""Parsers for setting values that name places: sockets, networks, URLs and files."""
+
+import ipaddress
+import os
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from callguard.config.categories import split_list
+from callguard.config.errors import InvalidValue
+
+LISTEN_PATTERN = re.compile(
+    r"(?:\[(?P<ipv6>[^\]]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d+)"
+)
+LISTEN_EXAMPLE = "127.0.0.1:4573 or [::1]:4573"
+
+HTTP_SCHEMES = ("http", "https")
+ARI_PATH_SUFFIX = "/ari"
+
+SQLITE_DRIVERS = ("sqlite", "sqlite+pysqlite")
+POSTGRESQL_DRIVER = "postgresql+psycopg"
+SQLITE_MEMORY = ":memory:"
+DATABASE_EXAMPLE = (
+    "sqlite:////var/lib/callguard/callguard.db or postgresql+psycopg://user@host/db"
+)
+
+EMAIL_PATTERN = re.compile(r"[^@\s,;<>]+@[^@\s,;<>]+")
+
+
+def parse_listen_address(text: str) -> tuple[str, int]:
+    """Parse ``host:port`` where host is an IP address, bracketed for IPv6."""
+    match = LISTEN_PATTERN.fullmatch(text)
+    if match is None:
+        raise InvalidValue(
+            f"{text!r} is not an address and port; write it like {LISTEN_EXAMPLE}"
+        )
+
+    host = match["ipv6"] or match["host"]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise InvalidValue(
+            f"{text!r} does not start with an IP address; "
+            f"write it like {LISTEN_EXAMPLE}"
+        ) from None
+
+    if match["host"] and address.version == 6:
+        raise InvalidValue(
+            f"{text!r} needs brackets around the IPv6 address, like [::1]:4573"
+        )
+
+    port = int(match["port"])
+    if not 1 <= port <= 65535:
+        raise InvalidValue(f"{text!r} has port {port}; write a port from 1 to 65535")
+    return str(address), port
+
+
+def parse_networks(
+    text: str,
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Parse a comma list of one or more networks in CIDR form, host bits clear."""
+    items = split_list(text)
+    if not items:
+        raise InvalidValue(
+            f"{text!r} lets no client connect; list networks like 127.0.0.1/32, ::1/128"
+        )
+
+    networks = []
+    messages = []
+    for item in items:
+        try:
+            networks.append(ipaddress.ip_network(item, strict=True))
+        except ValueError as exc:
+            messages.append(
+                f"{item!r} is not a network ({exc}); write it like 192.0.2.0/24 "
+                "with the host bits zero"
+            )
+
+    if messages:
+        raise InvalidValue(*messages)
+    return tuple(networks)
+
+
+def parse_http_url(text: str) -> str:
+    """Parse the base URL of Asterisk's HTTP server and return it ending in ``/``."""
+    parts = urlsplit(text)
+    if parts.scheme.lower() not in HTTP_SCHEMES or not parts.hostname:
+        raise InvalidValue(
+            f"{text!r} is not an http or https URL; "
+            "write it like http://127.0.0.1:8088/"
+        )
+
+    try:
+        parts.port
+    except ValueError:
+        raise InvalidValue(
+            f"{text!r} has an invalid port; write it like http://127.0.0.1:8088/"
+        ) from None
+
+    if parts.path.rstrip("/").endswith(ARI_PATH_SUFFIX):
+        raise InvalidValue(
+            f"{text!r} ends in {ARI_PATH_SUFFIX}; write the server's base URL, "
+            "like http://127.0.0.1:8088/"
+        )
+
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise InvalidValue(
+            f"{text!r} has a query, fragment or credentials; write only scheme, "
+            "host, port and path, and put the password in password_file"
+        )
+    return text if text.endswith("/") else f"{text}/"
+
+
+def parse_database_url(text: str, base_dir: Path) -> str:
+    """Parse a SQLAlchemy URL for SQLite or PostgreSQL with psycopg 3.
+
+    A relative SQLite path is resolved against ``base_dir``. An in-memory SQLite
+    database is rejected because it would lose all recorded spend on restart.
+    """
+    try:
+        url = make_url(text)
+    except ArgumentError:
+        raise InvalidValue(
+            f"{text!r} is not a database URL; write it like {DATABASE_EXAMPLE}"
+        ) from None
+
+    if url.drivername in SQLITE_DRIVERS:
+        return _resolve_sqlite_url(text, url, base_dir)
+
+    if url.drivername != POSTGRESQL_DRIVER:
+        raise InvalidValue(
+            f"{text!r} uses the unsupported driver {url.drivername!r}; "
+            f"write it like {DATABASE_EXAMPLE}"
+        )
+
+    if not url.database:
+        raise InvalidValue(
+            f"{text!r} names no database; write it like {DATABASE_EXAMPLE}"
+        )
+    return text
+
+
+def parse_emails(text: str) -> tuple[str, ...]:
+    """Parse a comma list of e-mail addresses, checked only for the form x@y."""
+    addresses = split_list(text)
+    messages = [
+        f"{item!r} is not an e-mail address; write it like noc@example.com"
+        for item in addresses
+        if not EMAIL_PATTERN.fullmatch(item)
+    ]
+    if messages:
+        raise InvalidValue(*messages)
+    return tuple(addresses)
+
+
+def resolve_path(text: str, base_dir: Path) -> Path:
+    """Return ``text`` as a path, resolved against ``base_dir`` when relative."""
+    if not text:
+        raise InvalidValue(
+            f"{text!r} is not a path; write it like /run/callguard/callguard.sock"
+        )
+    return base_dir / text
+
+
+def parse_existing_file(text: str, base_dir: Path) -> Path | None:
+    """Resolve a path as ``resolve_path`` does and check that it is a readable file.
+
+    Empty means no file.
+    """
+    if not text:
+        return None
+
+    path = resolve_path(text, base_dir)
+    if not path.is_file():
+        raise InvalidValue(
+            f"{text!r} is not a file (looked for {path}); create it or correct the path"
+        )
+
+    if not os.access(path, os.R_OK):
+        raise InvalidValue(
+            f"{text!r} is not readable (at {path}); let the callguard user read it"
+        )
+    return path
+
+
+def _resolve_sqlite_url(text: str, url: URL, base_dir: Path) -> str:
+    if not url.database or url.database == SQLITE_MEMORY:
+        raise InvalidValue(
+            f"{text!r} is an in-memory database that loses all spend on restart; "
+            f"write a file path like {DATABASE_EXAMPLE.split(' or ')[0]}"
+        )
+
+    path = Path(url.database)
+    if path.is_absolute():
+        return text
+    return url.set(database=str(base_dir / path)).render_as_string(hide_password=False)

@@ -1,0 +1,146 @@
+"""The keys each section accepts, with their parsers and their defaults as text.
+
+Each default is the text a user would write in the file and passes through the same
+parser as that text, so a default can never be in a form the parser rejects.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from callguard.config import addresses, values
+from callguard.config.categories import parse_categories
+from callguard.config.errors import InvalidValue
+from callguard.config.ranges import parse_number_ranges
+
+ALWAYS_EMERGENCY_NUMBERS = ("999", "112")
+FAIL_POLICIES = ("allow", "deny")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+MAX_TIMEOUT_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Context:
+    """Inputs of a parser besides the text: the config file's folder and home region."""
+
+    base_dir: Path
+    home_country: str
+
+
+@dataclass(frozen=True)
+class Field:
+    """One key of a section: its parser and its default as unparsed text."""
+
+    parse: Callable[[str, Context], Any]
+    default: str = ""
+
+
+def parse_zone(text: str) -> ZoneInfo:
+    """Parse an IANA time zone name such as ``Europe/London``."""
+    try:
+        return ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidValue(
+            f"{text!r} is not a time zone; write an IANA name like Europe/London"
+        ) from None
+
+
+def parse_optional_zone(text: str) -> ZoneInfo | None:
+    """Parse a time zone as ``parse_zone`` does; empty means the general one."""
+    return parse_zone(text) if text else None
+
+
+def _ignore_context(parse: Callable[[str], Any]) -> Callable[[str, Context], Any]:
+    return lambda text, context: parse(text)
+
+
+def _in_base_dir(
+    parse: Callable[[str, Path], Any],
+) -> Callable[[str, Context], Any]:
+    return lambda text, context: parse(text, context.base_dir)
+
+
+def _numbers(text: str, context: Context) -> Any:
+    return parse_number_ranges(text, context.home_country)
+
+
+GENERAL_FIELDS: dict[str, Field] = {
+    "database": Field(
+        _in_base_dir(addresses.parse_database_url),
+        "sqlite:////var/lib/callguard/callguard.db",
+    ),
+    "home_country": Field(_ignore_context(values.parse_region), "GB"),
+    "timezone": Field(_ignore_context(parse_zone), "Europe/London"),
+    "currency": Field(_ignore_context(values.parse_currency), "GBP"),
+    "fastagi_listen": Field(
+        _ignore_context(addresses.parse_listen_address), "127.0.0.1:4573"
+    ),
+    "allowed_clients": Field(
+        _ignore_context(addresses.parse_networks), "127.0.0.1/32, ::1/128"
+    ),
+    "outside_line_prefix": Field(_ignore_context(values.parse_digits)),
+    "emergency_numbers": Field(
+        lambda text, context: values.parse_emergency_numbers(
+            text, ALWAYS_EMERGENCY_NUMBERS
+        ),
+        "999, 112",
+    ),
+    "fail_policy": Field(
+        lambda text, context: values.parse_choice(text, FAIL_POLICIES), "deny"
+    ),
+    "decision_timeout": Field(
+        lambda text, context: values.parse_timeout(text, MAX_TIMEOUT_SECONDS), "1s"
+    ),
+    "prefixes": Field(_in_base_dir(addresses.parse_existing_file)),
+    "reservation_seconds": Field(_ignore_context(values.parse_whole_seconds), "120"),
+    "control_socket": Field(
+        _in_base_dir(addresses.resolve_path), "/run/callguard/callguard.sock"
+    ),
+    "log_level": Field(
+        lambda text, context: values.parse_choice(text, LOG_LEVELS), "info"
+    ),
+}
+
+ARI_FIELDS: dict[str, Field] = {
+    "enabled": Field(_ignore_context(values.parse_bool), "yes"),
+    "url": Field(_ignore_context(addresses.parse_http_url), "http://127.0.0.1:8088/"),
+    "username": Field(
+        lambda text, context: values.parse_name(text, "ARI user name", "callguard"),
+        "callguard",
+    ),
+    "password_file": Field(_in_base_dir(addresses.parse_existing_file)),
+    "app": Field(
+        lambda text, context: values.parse_name(text, "ARI application", "callguard"),
+        "callguard",
+    ),
+    "ca_file": Field(_in_base_dir(addresses.parse_existing_file)),
+    "ping_timeout": Field(
+        lambda text, context: values.parse_timeout(text, MAX_TIMEOUT_SECONDS), "30s"
+    ),
+}
+
+TRUNK_FIELDS: dict[str, Field] = {
+    "bar": Field(lambda text, context: parse_categories(text, barring=True)),
+    "daily_limit": Field(_ignore_context(values.parse_limit)),
+    "weekly_limit": Field(_ignore_context(values.parse_limit)),
+    "warn_percent": Field(_ignore_context(values.parse_percentages), "80"),
+    "max_concurrent_calls": Field(_ignore_context(values.parse_optional_count)),
+    "max_call_seconds": Field(_ignore_context(values.parse_optional_seconds)),
+    "channel_pattern": Field(lambda text, context: text or None),
+    "rates": Field(_in_base_dir(addresses.parse_existing_file)),
+    "default_rate": Field(_ignore_context(values.parse_default_rate)),
+    "international_allow": Field(_ignore_context(values.parse_regions)),
+    "numbers": Field(_numbers),
+    "opt_out": Field(_numbers),
+    "opt_in": Field(_numbers),
+    "timezone": Field(_ignore_context(parse_optional_zone)),
+    "notify": Field(_ignore_context(addresses.parse_emails)),
+}
+
+NUMBER_FIELDS: dict[str, Field] = {
+    "trunk": Field(lambda text, context: text or None),
+    "allow": Field(lambda text, context: parse_categories(text, barring=False)),
+    "bar": Field(lambda text, context: parse_categories(text, barring=True)),
+}

@@ -1,0 +1,161 @@
+"""Loading of the configuration file into a validated ``Config``."""
+
+import logging
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from callguard.config.errors import ConfigError, ConfigProblem, InvalidValue
+from callguard.config.fields import Context
+from callguard.config.ini import Section, parse_ini
+from callguard.config.model import AriConfig, Config
+from callguard.config.sections import (
+    PACKAGED_PREFIXES_REGION,
+    Reader,
+    read_ari,
+    read_general,
+    read_override,
+    read_trunk,
+)
+from callguard.config.values import parse_region
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONFIG_PATH = "/etc/callguard/callguard.conf"
+
+GENERAL_SECTION = "general"
+ARI_SECTION = "ari"
+TRUNK_KIND = "trunk"
+NUMBER_KIND = "number"
+NAME_EXAMPLES = {TRUNK_KIND: "gamma", NUMBER_KIND: "01632960001"}
+
+
+@dataclass
+class _SectionsByKind:
+    """The file's sections; a missing ``[general]`` or ``[ari]`` has line 0."""
+
+    general: Section = field(default_factory=lambda: Section(GENERAL_SECTION, 0))
+    ari: Section = field(default_factory=lambda: Section(ARI_SECTION, 0))
+    trunks: list[tuple[Section, str]] = field(default_factory=list)
+    numbers: list[tuple[Section, str]] = field(default_factory=list)
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """Read and validate the configuration file at ``path``.
+
+    Relative paths in values are resolved against the file's folder. Raises
+    ``ConfigError`` listing every problem in the file, sorted by line.
+    """
+    file = os.fspath(path)
+    config_path = Path(file).absolute()
+    try:
+        text = config_path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        message = f"cannot be read ({exc}); check the path and its permissions"
+        raise ConfigError([ConfigProblem(file, 0, "", "", message)]) from exc
+
+    parsed, problems = parse_ini(text, file)
+    reader = Reader(file, problems)
+    sections = _group_sections(parsed, reader)
+    context = Context(config_path.parent, _home_country(sections.general))
+    general = read_general(sections.general, reader, context)
+    ari = read_ari(sections.ari, reader, context)
+    trunks = {}
+    for section, name in sections.trunks:
+        trunk = read_trunk(section, name, general, reader, context)
+        if trunk is not None:
+            trunks[name] = trunk
+
+    trunk_names = {name for _, name in sections.trunks}
+    overrides = []
+    for section, numbers_text in sections.numbers:
+        override = read_override(section, numbers_text, trunk_names, reader, context)
+        if override is not None:
+            overrides.append(override)
+
+    if reader.problems or general is None or ari is None:
+        raise ConfigError(sorted(reader.problems, key=lambda problem: problem.line))
+
+    _warn_about_ari_password(ari)
+    logger.debug(
+        "Loaded %s with %d trunks and %d number overrides",
+        config_path,
+        len(trunks),
+        len(overrides),
+    )
+    return Config(
+        path=config_path,
+        general=general,
+        ari=ari,
+        trunks=MappingProxyType(trunks),
+        overrides=tuple(overrides),
+    )
+
+
+def _group_sections(sections: list[Section], reader: Reader) -> _SectionsByKind:
+    """Sort sections by kind and report headers that name no known kind."""
+    grouped = _SectionsByKind()
+    for section in sections:
+        kind, _, name = section.header.partition(" ")
+        if section.header == GENERAL_SECTION:
+            grouped.general = section
+        elif section.header == ARI_SECTION:
+            grouped.ari = section
+        elif kind == TRUNK_KIND and name:
+            grouped.trunks.append((section, name))
+        elif kind == NUMBER_KIND and name:
+            grouped.numbers.append((section, name))
+        elif kind in NAME_EXAMPLES:
+            reader.report(
+                section.line,
+                section.header,
+                "",
+                f"section needs a name; write it like [{kind} {NAME_EXAMPLES[kind]}]",
+            )
+        else:
+            reader.report(
+                section.line,
+                section.header,
+                "",
+                "unknown section; use [general], [ari], [trunk NAME] or "
+                "[number NUMBER_OR_RANGE]",
+            )
+    return grouped
+
+
+def _home_country(general: Section) -> str:
+    """Return the region for parsing numbers, or GB while home_country is invalid.
+
+    Falling back lets one load report both the bad region and any bad numbers.
+    """
+    for entry in general.entries:
+        if entry.key == "home_country":
+            try:
+                return parse_region(entry.value)
+            except InvalidValue:
+                return PACKAGED_PREFIXES_REGION
+    return PACKAGED_PREFIXES_REGION
+
+
+def _warn_about_ari_password(ari: AriConfig) -> None:
+    if not ari.enabled:
+        return
+
+    if ari.password_file is None:
+        logger.warning(
+            "ARI is enabled but [ari] password_file is not set, so callguard "
+            "connects to %s without a password",
+            ari.url,
+        )
+        return
+
+    mode = ari.password_file.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        logger.warning(
+            "ARI password file %s is readable by other users (mode %o); "
+            "restrict it with chmod 600",
+            ari.password_file,
+            stat.S_IMODE(mode),
+        )

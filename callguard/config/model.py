@@ -1,0 +1,152 @@
+"""The typed, validated configuration that ``load_config`` returns."""
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from ipaddress import IPv4Network, IPv6Network
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from callguard.config.addresses import parse_database_url
+from callguard.config.ranges import NumberRanges
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DefaultRate:
+    """The tariff for destinations that a trunk's rate deck does not list.
+
+    ``rate`` is per minute and ``connection_fee`` is charged once per answered call,
+    both in the configured currency. ``first`` and ``later`` are the billing
+    increments in seconds.
+    """
+
+    rate: Decimal
+    connection_fee: Decimal
+    first: int
+    later: int
+
+
+@dataclass(frozen=True)
+class GeneralConfig:
+    """Settings of the ``[general]`` section; durations are in seconds."""
+
+    database: str
+    home_country: str
+    timezone: ZoneInfo
+    currency: str
+    fastagi_host: str
+    fastagi_port: int
+    allowed_clients: tuple[IPv4Network | IPv6Network, ...]
+    outside_line_prefix: str
+    emergency_numbers: tuple[str, ...]
+    fail_policy: str
+    decision_timeout: float
+    prefixes: Path | None
+    reservation_seconds: int
+    control_socket: Path
+    log_level: str
+
+
+@dataclass(frozen=True)
+class AriConfig:
+    """Settings of the ``[ari]`` section; ``ping_timeout`` is in seconds."""
+
+    enabled: bool
+    url: str
+    username: str
+    password_file: Path | None
+    app: str
+    ca_file: Path | None
+    ping_timeout: float
+
+    def password(self) -> str | None:
+        """Read the ARI password from ``password_file``, without its line break.
+
+        Returns None when no file is configured. Raises ``OSError`` when the file
+        cannot be read.
+        """
+        if self.password_file is None:
+            return None
+
+        text = self.password_file.read_text(encoding="utf-8")
+        return text.rstrip("\r\n")
+
+
+@dataclass(frozen=True)
+class TrunkConfig:
+    """Settings of one ``[trunk NAME]`` section.
+
+    Limits are amounts in the configured currency, None for no limit. Durations are
+    in seconds. ``timezone`` decides where the trunk's daily and weekly windows start.
+    """
+
+    name: str
+    bar: frozenset[str]
+    daily_limit: Decimal | None
+    weekly_limit: Decimal | None
+    warn_percent: tuple[int, ...]
+    max_concurrent_calls: int | None
+    max_call_seconds: int | None
+    channel_pattern: str | None
+    rates: Path | None
+    default_rate: DefaultRate | None
+    international_allow: frozenset[str]
+    numbers: NumberRanges
+    opt_out: NumberRanges
+    opt_in: NumberRanges
+    timezone: ZoneInfo
+    notify: tuple[str, ...]
+
+    def opted_out(self, caller_e164: str | None) -> bool:
+        """Check whether the caller skips barring and limits on this trunk.
+
+        A caller is opted out when ``opt_out`` contains the number and ``opt_in``
+        does not.
+        """
+        return caller_e164 in self.opt_out and caller_e164 not in self.opt_in
+
+
+@dataclass(frozen=True)
+class NumberOverride:
+    """A ``[number ...]`` section: categories that its callers may or may not call.
+
+    ``trunk`` limits the override to one trunk, or is None for every trunk.
+    """
+
+    numbers: NumberRanges
+    trunk: str | None
+    allow: frozenset[str]
+    bar: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole configuration file; ``trunks`` is keyed by trunk name."""
+
+    path: Path
+    general: GeneralConfig
+    ari: AriConfig
+    trunks: Mapping[str, TrunkConfig]
+    overrides: tuple[NumberOverride, ...]
+
+    def with_database(self, database: str) -> "Config":
+        """Return a copy that uses ``database``, such as a URL from the command line.
+
+        A relative SQLite path is resolved against the current directory. Raises
+        ``ValueError`` that quotes an invalid URL and shows the forms accepted.
+        """
+        url = parse_database_url(database, Path.cwd())
+        return replace(self, general=replace(self.general, database=url))
+
+    def overrides_for(
+        self, trunk: str, caller_e164: str | None
+    ) -> list[NumberOverride]:
+        """Return the overrides for the caller on ``trunk``, in file order."""
+        return [
+            override
+            for override in self.overrides
+            if override.trunk in (None, trunk) and caller_e164 in override.numbers
+        ]

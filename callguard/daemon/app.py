@@ -1,0 +1,97 @@
+"""The daemon: wires config, store, policy and the FastAGI server into one event loop."""
+
+import asyncio
+import logging
+import socket
+
+from callguard.agi.check import CheckHandler
+from callguard.agi.server import FastAGIServer
+from callguard.agi.variables import SCRIPT_CHECK
+from callguard.clock import Clock, SystemClock
+from callguard.config import Config, ConfigError, load_config
+from callguard.daemon.recorder import DecisionRecorder
+from callguard.daemon.state import LoadedTables, build_state
+from callguard.daemon.tables import copy_tables_to_store
+from callguard.policy.blocks import BlockList
+from callguard.policy.engine import PolicyEngine
+from callguard.policy.ledger import Ledger
+from callguard.policy.reservations import Reservations
+from callguard.store import Store
+from callguard.worker import StoreWorker
+
+log = logging.getLogger(__name__)
+
+
+class Application:
+    def __init__(self, config: Config, clock: Clock | None = None):
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.store = Store(config.general.database)
+        self.worker = StoreWorker(self.store)
+        self.ledger = Ledger(self.worker)
+        self.reservations = Reservations()
+        self.blocks = BlockList()
+        self.recorder = DecisionRecorder(self.worker, self.clock, socket.gethostname())
+        self.engine: PolicyEngine | None = None
+        self.fastagi: FastAGIServer | None = None
+
+    async def start(self) -> None:
+        general = self.config.general
+        await self.worker.call(self.store.open)
+        log.info("store open at %s", self.store.url_for_logs)
+
+        tables = await asyncio.to_thread(build_state, self.config)
+        await copy_tables_to_store(self.worker, self.config, tables)
+        await self._load_blocks()
+
+        self.engine = PolicyEngine(tables.state, self.ledger, self.reservations, self.blocks,
+                                   self.clock)
+        self.recorder.start()
+
+        handler = CheckHandler(lambda: self.engine, self.recorder)
+        self.fastagi = FastAGIServer(
+            {SCRIPT_CHECK: handler},
+            general.fastagi_host,
+            general.fastagi_port,
+            allowed_clients=general.allowed_clients,
+        )
+        await self.fastagi.start()
+        log.info("FastAGI listening on %s", ", ".join(f"{h}:{p}" for h, p in self.fastagi.sockets))
+
+    async def reload(self) -> bool:
+        """Load the config file again; on any error keep the running config and return False."""
+        path = self.config.path
+        try:
+            config = load_config(path)
+            tables: LoadedTables = await asyncio.to_thread(build_state, config)
+        except (ConfigError, ValueError, OSError) as exc:
+            log.error("reload of %s failed, keeping the running config:\n%s", path, exc)
+            return False
+
+        if config.general.database != self.config.general.database:
+            log.warning("database changed in %s; restart callguard to use it", path)
+        if (config.general.fastagi_host, config.general.fastagi_port) != (
+            self.config.general.fastagi_host, self.config.general.fastagi_port
+        ):
+            log.warning("fastagi_listen changed in %s; restart callguard to use it", path)
+
+        await copy_tables_to_store(self.worker, config, tables)
+        self.config = config
+        assert self.engine is not None and self.fastagi is not None
+        self.engine.state = tables.state
+        self.fastagi.set_allowed_clients(config.general.allowed_clients)
+        log.info("reloaded %s: %d trunks", path, len(config.trunks))
+        return True
+
+    async def stop(self) -> None:
+        if self.fastagi is not None:
+            await self.fastagi.stop()
+        await self.recorder.stop()
+        await self.worker.call(self.store.close)
+        self.worker.shutdown()
+        log.info("stopped")
+
+    async def _load_blocks(self) -> None:
+        now = self.clock.now()
+        active = await self.worker.call(self.store.active_blocks, now)
+        self.blocks.replace({(b.key_type, b.key): b.expires_at for b in active})

@@ -1,0 +1,109 @@
+"""Classification of dialled strings into the categories that policies bar."""
+
+from dataclasses import dataclass
+
+from callguard.numbers.categories import EMERGENCY
+from callguard.numbers.errors import UnclassifiedNumber, quote
+from callguard.numbers.number import Number
+from callguard.numbers.plan import NumberPlan
+from callguard.numbers.table import PLUS, PrefixTable, PrefixTableError
+
+CONFIGURED_EMERGENCY_DESCRIPTION = "emergency number from the configuration"
+
+
+@dataclass(frozen=True, slots=True)
+class Classified:
+    """A normalised number with the prefix rule that classified it.
+
+    ``prefix`` is the table prefix that matched (``09``, ``+870``), or the number
+    itself for a configured emergency number that the table lacks.
+    ``emergency`` is True for configured emergency numbers and for numbers of the
+    table category ``emergency``.
+    """
+
+    number: Number
+    category: str
+    prefix: str
+    description: str
+    emergency: bool
+
+
+class Classifier:
+    """Classifies dialled strings with a number plan and a prefix table.
+
+    Raises ``PrefixTableError`` if the table has rules that can never match
+    because they write home-country numbers in E.164 form (``+44...``).
+    """
+
+    def __init__(self, plan: NumberPlan, table: PrefixTable) -> None:
+        self.plan = plan
+        self.table = table
+        _check_home_rules(plan, table)
+
+    def classify(self, dialled: str) -> Classified:
+        """Normalise ``dialled`` and return its category.
+
+        Configured emergency numbers come first and are always category
+        ``emergency``, whatever category the table assigns. Raises
+        ``InvalidNumber`` for a malformed number and ``UnclassifiedNumber`` when
+        no rule matches.
+        """
+        emergency_number = self.plan.emergency(dialled)
+        if emergency_number is not None:
+            return self._classify_emergency(dialled, emergency_number)
+
+        number = self.plan.normalise(dialled)
+        rule = self.table.match(number.table_key)
+        if rule is None:
+            raise UnclassifiedNumber(
+                f"no rule of prefix table {self.table.source} matches {quote(dialled)} "
+                f"(looked up as {number.table_key!r}); add a row for it"
+            )
+
+        return Classified(
+            number=number,
+            category=rule.category,
+            prefix=rule.prefix,
+            description=rule.description,
+            emergency=rule.category == EMERGENCY,
+        )
+
+    def _classify_emergency(self, dialled: str, emergency_number: str) -> Classified:
+        number = Number(
+            dialled=dialled,
+            e164="",
+            national=emergency_number,
+            country_code=self.plan.country_code,
+            region=self.plan.home_country,
+            short_code=True,
+        )
+
+        rule = self.table.match(emergency_number)
+        prefix = emergency_number
+        description = CONFIGURED_EMERGENCY_DESCRIPTION
+        if rule is not None and rule.category == EMERGENCY:
+            prefix = rule.prefix
+            description = rule.description
+
+        return Classified(
+            number=number,
+            category=EMERGENCY,
+            prefix=prefix,
+            description=description,
+            emergency=True,
+        )
+
+
+def _check_home_rules(plan: NumberPlan, table: PrefixTable) -> None:
+    home_e164 = f"{PLUS}{plan.country_code}"
+    for rule in table.rules():
+        if not rule.prefix.startswith(home_e164):
+            continue
+
+        national = plan.national_prefix + rule.prefix[len(home_e164) :]
+        raise PrefixTableError(
+            f"{table.source}:{table.line_number(rule.prefix)}: prefix {rule.prefix!r} "
+            f"can never match, because numbers with the home country code "
+            f"{home_e164} are looked up on their national form; "
+            f"write it as {national!r}"
+        )

@@ -1,0 +1,171 @@
+"""Character check and layout clean-up of dialled strings.
+
+This runs before a string reaches phonenumbers, because phonenumbers is lenient in
+ways that are unsafe for a call guard: it turns full-width digits such as
+``０１２`` into ASCII digits and reads ``*21*0044...`` as a GB number.
+"""
+
+from dataclasses import dataclass
+
+from callguard.numbers.errors import InvalidNumber, quote
+
+TEL_SCHEME = "tel:"
+PLUS = "+"
+SEPARATORS = " -."
+OPEN_BRACKET = "("
+CLOSE_BRACKET = ")"
+FEATURE_CODE_CHARACTERS = "*#"
+
+# Longer than any number with prefixes and layout; longer strings are rejected
+# before they are scanned.
+MAX_DIALLED_CHARACTERS = 64
+
+_ALLOWED_CHARACTERS = frozenset(
+    "0123456789" + SEPARATORS + OPEN_BRACKET + CLOSE_BRACKET
+)
+_SEPARATOR_REMOVAL = str.maketrans("", "", SEPARATORS)
+
+
+@dataclass(frozen=True, slots=True)
+class DialString:
+    """The digits of a checked dialled string, and whether a ``+`` led them."""
+
+    plus: bool
+    digits: str
+
+
+def remove_separators(text: str) -> str:
+    """Return ``text`` without spaces, dashes and dots."""
+    return text.translate(_SEPARATOR_REMOVAL)
+
+
+def parse_dial_string(
+    dialled: str, home_country_code: int, national_prefix: str
+) -> DialString:
+    """Check the characters of ``dialled`` and return its digits.
+
+    Allowed are ASCII digits, one leading ``+``, spaces, dashes, dots, brackets
+    around digits and a leading ``tel:`` scheme. A bracketed national prefix such
+    as ``(0)`` is allowed only directly after ``+<home country code>`` and is
+    dropped there. Raises ``InvalidNumber`` for anything else.
+    """
+    if not isinstance(dialled, str):
+        raise TypeError(f"dialled number must be a str, not {type(dialled).__name__}")
+
+    if len(dialled) > MAX_DIALLED_CHARACTERS:
+        raise InvalidNumber(
+            f"dialled number {quote(dialled)} is too long: "
+            f"at most {MAX_DIALLED_CHARACTERS} characters are accepted"
+        )
+
+    text = dialled.strip(" ")
+    if text[: len(TEL_SCHEME)].lower() == TEL_SCHEME:
+        text = text[len(TEL_SCHEME) :]
+
+    plus = text.startswith(PLUS)
+    if plus:
+        text = text[len(PLUS) :]
+
+    _check_characters(dialled, text)
+
+    compact = remove_separators(text)
+    digits = _remove_brackets(
+        dialled, compact, plus, home_country_code, national_prefix
+    )
+    if not digits:
+        raise InvalidNumber(f"dialled number {quote(dialled)} contains no digits")
+
+    return DialString(plus=plus, digits=digits)
+
+
+def _check_characters(dialled: str, text: str) -> None:
+    for character in text:
+        if character in _ALLOWED_CHARACTERS:
+            continue
+
+        problem = _describe_character(character)
+        raise InvalidNumber(
+            f"dialled number {quote(dialled)} contains {problem}; only ASCII digits, "
+            "spaces, dashes, dots, brackets and one leading '+' are allowed"
+        )
+
+
+def _describe_character(character: str) -> str:
+    code = ord(character)
+    if code > 127:
+        return f"the non-ASCII character {character!r} (U+{code:04X})"
+
+    if code < 32 or code == 127:
+        return f"the control character {character!r}"
+
+    if character in FEATURE_CODE_CHARACTERS:
+        return f"{character!r}, which marks a feature code, not a number"
+
+    if character.isalpha():
+        return f"the letter {character!r}"
+
+    if character == PLUS:
+        return "a '+' that is not the first character"
+
+    return f"the character {character!r}"
+
+
+def _remove_brackets(
+    dialled: str,
+    compact: str,
+    plus: bool,
+    home_country_code: int,
+    national_prefix: str,
+) -> str:
+    """Drop ``(0)`` after ``+<home code>`` and the brackets around other digits."""
+    trunk_group = OPEN_BRACKET + national_prefix + CLOSE_BRACKET
+    home_code = str(home_country_code)
+    if national_prefix and plus and compact.startswith(home_code + trunk_group):
+        compact = home_code + compact[len(home_code) + len(trunk_group) :]
+
+    # Elsewhere a bracketed 0 may or may not belong to the number (Italian
+    # numbers keep their 0 after +39), so it is rejected rather than guessed.
+    ambiguous_groups = {OPEN_BRACKET + "0" + CLOSE_BRACKET}
+    if national_prefix:
+        ambiguous_groups.add(trunk_group)
+
+    digits: list[str] = []
+    group_start = None
+    for position, character in enumerate(compact):
+        if character == OPEN_BRACKET:
+            if group_start is not None:
+                raise InvalidNumber(
+                    f"dialled number {quote(dialled)} has nested brackets"
+                )
+
+            group_start = position
+
+        elif character == CLOSE_BRACKET:
+            if group_start is None:
+                raise InvalidNumber(
+                    f"dialled number {quote(dialled)} has a ')' without a matching '('"
+                )
+
+            group = compact[group_start : position + 1]
+            if group == OPEN_BRACKET + CLOSE_BRACKET:
+                raise InvalidNumber(
+                    f"dialled number {quote(dialled)} has empty brackets"
+                )
+
+            if group in ambiguous_groups:
+                raise InvalidNumber(
+                    f"dialled number {quote(dialled)} has {group!r} in a place where "
+                    f"it is ambiguous; it is only allowed directly after '+{home_code}'"
+                )
+
+            group_start = None
+
+        else:
+            digits.append(character)
+
+    if group_start is not None:
+        raise InvalidNumber(
+            f"dialled number {quote(dialled)} has a '(' that is not closed"
+        )
+
+    return "".join(digits)

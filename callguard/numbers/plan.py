@@ -1,0 +1,276 @@
+"""Normalisation of dialled strings to E.164 under a home numbering plan."""
+
+from collections.abc import Iterable
+
+import phonenumbers
+from phonenumbers import NumberParseException, PhoneNumber, PhoneNumberFormat
+
+from callguard.numbers.dialstring import PLUS, parse_dial_string, remove_separators
+from callguard.numbers.errors import InvalidNumber, quote
+from callguard.numbers.number import Number
+from callguard.numbers.region import HomeRegion, kept_national_prefix, length_problem
+from callguard.numbers.settings import (
+    DEFAULT_EMERGENCY_NUMBERS,
+    check_emergency_numbers,
+    check_outside_line_prefix,
+)
+
+UNKNOWN_REGION = "ZZ"
+
+_CALLER_CHARACTERS = frozenset("0123456789 -.()+")
+_PARSE_PROBLEMS = {
+    NumberParseException.INVALID_COUNTRY_CODE: "has an unassigned country code",
+    NumberParseException.NOT_A_NUMBER: "is not a phone number",
+    NumberParseException.TOO_SHORT_AFTER_IDD: "is too short",
+    NumberParseException.TOO_SHORT_NSN: "is too short",
+    NumberParseException.TOO_LONG: "is too long",
+}
+
+
+class NumberPlan:
+    """Dialling rules of a PBX: home country, outside-line prefix, emergency numbers.
+
+    ``home_country`` is an ISO 3166-1 region code. ``outside_line_prefix`` is the
+    digit string that users dial to get a line (``9``), or empty. When dialled
+    digits start with it, it is stripped once, so it is optional. Raises
+    ``ValueError`` for a bad setting.
+    """
+
+    def __init__(
+        self,
+        home_country: str = "GB",
+        outside_line_prefix: str = "",
+        emergency_numbers: Iterable[str] = DEFAULT_EMERGENCY_NUMBERS,
+    ) -> None:
+        if not isinstance(home_country, str):
+            raise ValueError(
+                f"home country must be a region code such as 'GB', not {home_country!r}"
+            )
+
+        self._home = HomeRegion(home_country.strip().upper())
+        self.home_country: str = self._home.region
+        self.country_code: int = self._home.country_code
+        self.national_prefix: str = self._home.national_prefix
+        self.short_code_max_length: int = self._home.short_code_max_length
+        self.outside_line_prefix: str = check_outside_line_prefix(outside_line_prefix)
+        self.emergency_numbers: tuple[str, ...] = check_emergency_numbers(
+            emergency_numbers
+        )
+        self._emergency_set = frozenset(self.emergency_numbers)
+
+    def __repr__(self) -> str:
+        return (
+            f"NumberPlan(home_country={self.home_country!r}, "
+            f"outside_line_prefix={self.outside_line_prefix!r}, "
+            f"emergency_numbers={self.emergency_numbers!r})"
+        )
+
+    def emergency(self, dialled: str) -> str | None:
+        """Return the configured emergency number that ``dialled`` is, or None.
+
+        Only spaces, dashes and dots are removed first, so ``9 9 9`` matches and
+        ``999#`` does not. The number matches with and without the outside-line
+        prefix.
+        """
+        if not isinstance(dialled, str):
+            return None
+
+        compact = remove_separators(dialled)
+        if compact in self._emergency_set:
+            return compact
+
+        prefix = self.outside_line_prefix
+        if prefix and compact.startswith(prefix):
+            without_prefix = compact[len(prefix) :]
+            if without_prefix in self._emergency_set:
+                return without_prefix
+
+        return None
+
+    def normalise(self, dialled: str) -> Number:
+        """Return the E.164 and national forms of ``dialled``.
+
+        Raises ``InvalidNumber`` for forbidden characters, a malformed prefix or an
+        impossible length.
+        """
+        return self._normalise(dialled, strip_outside_line=True)
+
+    def normalise_caller(self, text: str) -> str | None:
+        """Return a caller's number (CLI) in E.164, or None when there is none.
+
+        None covers empty and withheld CLIs (``anonymous``, ``unknown``), short
+        codes and anything that cannot be read as a number. This never raises.
+        Besides the dialled forms, CLIs without ``+`` or national prefix such as
+        ``441632960000`` are accepted, as trunks often send them that way.
+        """
+        if not isinstance(text, str):
+            return None
+
+        stripped = text.strip()
+        if not stripped:
+            return None
+
+        try:
+            number = self._normalise(stripped, strip_outside_line=False)
+        except InvalidNumber:
+            number = None
+
+        if number is not None:
+            return number.e164 or None
+
+        return self._parse_caller_leniently(stripped)
+
+    def _normalise(self, dialled: str, strip_outside_line: bool) -> Number:
+        dial = parse_dial_string(dialled, self.country_code, self.national_prefix)
+        if dial.plus:
+            return self._after_plus(dialled, dial.digits)
+
+        digits = dial.digits
+        prefix = self.outside_line_prefix
+        if strip_outside_line and prefix and digits.startswith(prefix):
+            digits = digits[len(prefix) :]
+            if not digits:
+                raise InvalidNumber(
+                    f"dialled number {quote(dialled)} contains only the "
+                    f"outside-line prefix {prefix!r}"
+                )
+
+        international_prefix_length = self._home.international_prefix_length(digits)
+        if international_prefix_length:
+            return self._after_international_prefix(
+                dialled, digits[international_prefix_length:]
+            )
+
+        if self.national_prefix and digits.startswith(self.national_prefix):
+            return self._national(dialled, digits)
+
+        if len(digits) <= self.short_code_max_length:
+            return self._short_code(dialled, digits)
+
+        if not self.national_prefix or self._home.national_prefix_optional(digits):
+            return self._national(dialled, digits)
+
+        raise InvalidNumber(
+            f"dialled number {quote(dialled)} is neither a short code (at most "
+            f"{self.short_code_max_length} digits) nor a national number starting with "
+            f"{self.national_prefix!r}; dial the national prefix and area code, "
+            "or '+' and the country code"
+        )
+
+    def _after_plus(self, dialled: str, digits: str) -> Number:
+        international_prefix_length = self._home.international_prefix_length(digits)
+        if international_prefix_length:
+            raise InvalidNumber(
+                f"dialled number {quote(dialled)} has the international prefix "
+                f"{digits[:international_prefix_length]!r} after '+'; "
+                "write either '+' or the international prefix, not both"
+            )
+
+        return self._international(dialled, digits)
+
+    def _after_international_prefix(self, dialled: str, digits: str) -> Number:
+        if not digits:
+            raise InvalidNumber(
+                f"dialled number {quote(dialled)} contains only an international prefix"
+            )
+
+        return self._international(dialled, digits)
+
+    def _international(self, dialled: str, digits: str) -> Number:
+        if digits.startswith("0"):
+            raise InvalidNumber(
+                f"dialled number {quote(dialled)} has no country code, "
+                "because no country code starts with 0"
+            )
+
+        parsed = self._parse(dialled, PLUS + digits, None)
+        return self._build(dialled, parsed)
+
+    def _national(self, dialled: str, digits: str) -> Number:
+        parsed = self._parse(dialled, digits, self.home_country)
+        if parsed.country_code != self.country_code:
+            raise InvalidNumber(
+                f"dialled number {quote(dialled)} was read as country code "
+                f"+{parsed.country_code}, not the home country code "
+                f"+{self.country_code}"
+            )
+
+        return self._build(dialled, parsed)
+
+    def _short_code(self, dialled: str, digits: str) -> Number:
+        if len(digits) < self._home.short_code_min_length:
+            raise InvalidNumber(
+                f"dialled number {quote(dialled)} is too short, because short codes "
+                f"in {self.home_country} have at least "
+                f"{self._home.short_code_min_length} digits"
+            )
+
+        return Number(
+            dialled=dialled,
+            e164="",
+            national=digits,
+            country_code=self.country_code,
+            region=self.home_country,
+            short_code=True,
+        )
+
+    def _parse(self, dialled: str, text: str, region: str | None) -> PhoneNumber:
+        try:
+            parsed = phonenumbers.parse(text, region)
+        except NumberParseException as exc:
+            problem = _PARSE_PROBLEMS.get(exc.error_type, "is not a phone number")
+            raise InvalidNumber(f"dialled number {quote(dialled)} {problem}") from None
+
+        problem = length_problem(parsed)
+        if problem is None and kept_national_prefix(parsed):
+            # phonenumbers keeps a leading 0 that it cannot strip without making
+            # the rest too short, so "0163296" would become "+440163296".
+            stripped = PhoneNumber(
+                country_code=parsed.country_code, national_number=parsed.national_number
+            )
+            problem = (
+                length_problem(stripped) or "has a national prefix in the wrong place"
+            )
+
+        if problem is not None:
+            raise InvalidNumber(f"dialled number {quote(dialled)} {problem}")
+
+        return parsed
+
+    def _build(self, dialled: str, parsed: PhoneNumber) -> Number:
+        country_code = parsed.country_code
+        national = ""
+        if country_code == self.country_code:
+            nsn = phonenumbers.national_significant_number(parsed)
+            national = self.national_prefix + nsn
+
+        # Numbers in unallocated ranges have no region of their own, so they get
+        # the main region of their country code.
+        region = phonenumbers.region_code_for_number(parsed)
+        if region is None:
+            region = phonenumbers.region_code_for_country_code(country_code)
+        if region == UNKNOWN_REGION:
+            region = ""
+
+        return Number(
+            dialled=dialled,
+            e164=phonenumbers.format_number(parsed, PhoneNumberFormat.E164),
+            national=national,
+            country_code=country_code,
+            region=region,
+            short_code=False,
+        )
+
+    def _parse_caller_leniently(self, text: str) -> str | None:
+        if not set(text) <= _CALLER_CHARACTERS:
+            return None
+
+        try:
+            parsed = phonenumbers.parse(text, self.home_country)
+        except NumberParseException:
+            return None
+
+        if length_problem(parsed) is not None or kept_national_prefix(parsed):
+            return None
+
+        return phonenumbers.format_number(parsed, PhoneNumberFormat.E164)

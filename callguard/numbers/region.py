@@ -1,0 +1,159 @@
+"""Dialling rules of a region, derived from phonenumbers' metadata."""
+
+import re
+
+import phonenumbers
+from phonenumbers import PhoneMetadata, PhoneNumber, ValidationResult
+
+# Used when phonenumbers has no short-number data for a region.
+DEFAULT_SHORT_CODE_LENGTHS = (3, 4, 5, 6)
+
+_TOO_SHORT_RESULTS = (
+    ValidationResult.TOO_SHORT,
+    ValidationResult.IS_POSSIBLE_LOCAL_ONLY,
+)
+
+
+class HomeRegion:
+    """The national prefix, international prefix and short-code lengths of a region.
+
+    Raises ``ValueError`` for a region that phonenumbers does not support.
+    """
+
+    def __init__(self, region: str) -> None:
+        metadata = PhoneMetadata.metadata_for_region(region)
+        if region not in phonenumbers.SUPPORTED_REGIONS or metadata is None:
+            raise ValueError(
+                f"home country {region!r} is unknown; use an ISO 3166-1 alpha-2 "
+                "region code such as 'GB' or 'US'"
+            )
+
+        self.region = region
+        self.country_code: int = metadata.country_code
+        self.national_prefix: str = metadata.national_prefix or ""
+        self._international_prefix = (
+            re.compile(metadata.international_prefix)
+            if metadata.international_prefix
+            else None
+        )
+        self._number_formats = metadata.number_format
+
+        short_metadata = PhoneMetadata.short_metadata_for_region(region)
+        short_lengths = DEFAULT_SHORT_CODE_LENGTHS
+        if short_metadata is not None and short_metadata.general_desc.possible_length:
+            short_lengths = short_metadata.general_desc.possible_length
+
+        self.short_code_min_length: int = min(short_lengths)
+        self.short_code_max_length: int = max(short_lengths)
+
+        # Without a national prefix only the length distinguishes a short code
+        # from a national number, so short codes must be shorter than every
+        # national number.
+        if not self.national_prefix:
+            shortest_national = min(metadata.general_desc.possible_length)
+            self.short_code_max_length = min(
+                self.short_code_max_length, shortest_national - 1
+            )
+
+    def international_prefix_length(self, digits: str) -> int:
+        """Return the length of the international prefix that starts ``digits``, or 0.
+
+        The prefix is a pattern in phonenumbers' metadata (``00`` for GB, ``011``
+        for the North American plan, several alternatives for AU).
+        """
+        if self._international_prefix is None:
+            return 0
+
+        match = self._international_prefix.match(digits)
+        if match is None:
+            return 0
+
+        return match.end()
+
+    def national_prefix_optional(self, digits: str) -> bool:
+        """Return whether ``digits`` is a national number that may omit the prefix.
+
+        This follows phonenumbers' formatting rules: US numbers format without
+        their national prefix ``1``, GB numbers always with ``0``.
+        """
+        for number_format in self._number_formats:
+            leading_digits = number_format.leading_digits_pattern
+            if leading_digits and not re.match(leading_digits[-1], digits):
+                continue
+
+            if re.fullmatch(number_format.pattern, digits):
+                rule = number_format.national_prefix_formatting_rule
+                optional = number_format.national_prefix_optional_when_formatting
+                return bool(optional) or not rule
+
+        return False
+
+
+def possible_lengths(country_code: int) -> tuple[int, ...]:
+    """Return the possible lengths of national significant numbers of a country code."""
+    region = phonenumbers.region_code_for_country_code(country_code)
+    metadata = PhoneMetadata.metadata_for_region_or_calling_code(country_code, region)
+    if metadata is None:
+        return ()
+
+    return tuple(metadata.general_desc.possible_length)
+
+
+def length_problem(number: PhoneNumber) -> str | None:
+    """Return a predicate such as "is too short. ..." for ``number``, or None.
+
+    None means the length is possible.
+    This uses phonenumbers' possible-length data, not ``is_valid_number``, so
+    numbers from unallocated or reserved ranges (Ofcom's drama ranges such as
+    01632 960xxx) pass as long as their length fits.
+    """
+    reason = phonenumbers.is_possible_number_with_reason(number)
+    if reason == ValidationResult.IS_POSSIBLE:
+        return None
+
+    country_code = number.country_code
+    if reason == ValidationResult.INVALID_COUNTRY_CODE:
+        return f"has the unassigned country code +{country_code}"
+
+    digit_count = len(phonenumbers.national_significant_number(number))
+    if reason in _TOO_SHORT_RESULTS:
+        problem = "is too short"
+    elif reason == ValidationResult.TOO_LONG:
+        problem = "is too long"
+    else:
+        problem = "has an impossible length"
+
+    return (
+        f"{problem}. +{country_code} numbers have {_join_lengths(country_code)} "
+        "digits after the country code and national prefix, "
+        f"but this one has {digit_count}"
+    )
+
+
+def _join_lengths(country_code: int) -> str:
+    lengths = [str(length) for length in possible_lengths(country_code)]
+    if len(lengths) <= 1:
+        return "".join(lengths)
+
+    return ", ".join(lengths[:-1]) + " or " + lengths[-1]
+
+
+def kept_national_prefix(parsed: PhoneNumber) -> bool:
+    """Return whether the number starts with a 0 that can only be a national prefix.
+
+    A leading 0 is part of the number where the country's number pattern allows
+    it (Italian landlines, some Rwandan and Japanese ranges), so only a 0 that
+    does not fit that pattern counts as a national prefix.
+    """
+    if not parsed.italian_leading_zero:
+        return False
+
+    region = phonenumbers.region_code_for_country_code(parsed.country_code)
+    metadata = PhoneMetadata.metadata_for_region_or_calling_code(
+        parsed.country_code, region
+    )
+    if metadata is None or not (metadata.national_prefix or "").startswith("0"):
+        return False
+
+    nsn = phonenumbers.national_significant_number(parsed)
+    return re.fullmatch(metadata.general_desc.national_number_pattern, nsn) is None

@@ -1,0 +1,46 @@
+"""Callers blocked from all outbound calls, as kept in the store."""
+
+from datetime import datetime
+
+KEY_ENDPOINT = "endpoint"
+KEY_CALLER = "caller"
+KEY_ACCOUNTCODE = "accountcode"
+KEY_SOURCE = "source"
+
+
+def endpoint_of(channel: str) -> str:
+    """Return the endpoint of a channel name: ``1001`` in ``PJSIP/1001-00000012``."""
+    _, _, rest = channel.partition("/")
+    endpoint, dash, sequence = rest.rpartition("-")
+    if not dash or not endpoint:
+        return rest
+    return endpoint
+
+
+class BlockList:
+    """Active blocks by (key type, key), each with its expiry (None: until lifted)."""
+
+    def __init__(self) -> None:
+        self._blocks: dict[tuple[str, str], datetime | None] = {}
+
+    def replace(self, blocks: dict[tuple[str, str], datetime | None]) -> None:
+        self._blocks = dict(blocks)
+
+    def add(self, key_type: str, key: str, expires_at: datetime | None) -> None:
+        self._blocks[(key_type, key)] = expires_at
+
+    def remove(self, key_type: str, key: str) -> None:
+        self._blocks.pop((key_type, key), None)
+
+    def blocked(self, identities: list[tuple[str, str]], now: datetime) -> tuple[str, str] | None:
+        """Return the first of ``identities`` under an active block, or None."""
+        for identity in identities:
+            if not identity[1] or identity not in self._blocks:
+                continue
+            expires_at = self._blocks[identity]
+            if expires_at is None or expires_at > now:
+                return identity
+        return None
+
+    def __len__(self) -> int:
+        return len(self._blocks)

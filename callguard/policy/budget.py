@@ -1,0 +1,123 @@
+"""How long a call may last on the budget that is left, across window boundaries.
+
+Blocks are charged when they begin and count in the window in which they
+begin, so a call that runs past local midnight starts paying from the next
+day's budget at midnight. The walk below goes one window segment at a time
+and counts whole blocks in each with arithmetic, not one block at a time, so
+its cost does not grow with the call's length.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Callable
+from zoneinfo import ZoneInfo
+
+from callguard.rating import Tariff
+from callguard.windows import DAY, WEEK, next_day_start, window_keys
+
+# The longest CALLGUARD_MAXSECS ever returned: Asterisk reads an empty or zero
+# limit as "no limit", so an unlimited call still gets a finite one.
+MAX_SECONDS_CEILING = 86_400
+
+
+@dataclass(frozen=True)
+class Limits:
+    daily: Decimal | None
+    weekly: Decimal | None
+
+
+# Returns the money still free in one window: (window, key) -> remaining.
+RemainingFn = Callable[[str, str], Decimal | None]
+
+
+def _blocks_affordable(count: int, first_cost: Decimal, later_cost: Decimal,
+                       includes_first: bool, budget: Decimal | None) -> int:
+    """Return how many of ``count`` consecutive blocks ``budget`` pays for."""
+    if budget is None:
+        return count
+
+    affordable = 0
+    if includes_first:
+        if budget < first_cost:
+            return 0
+        budget -= first_cost
+        affordable = 1
+        count -= 1
+
+    if count <= 0:
+        return affordable
+    if later_cost == 0:
+        return affordable + count
+    return affordable + min(count, int(budget // later_cost))
+
+
+def _cost_of(count: int, first_cost: Decimal, later_cost: Decimal,
+             includes_first: bool) -> Decimal:
+    if count == 0:
+        return Decimal(0)
+    if includes_first:
+        return first_cost + later_cost * (count - 1)
+    return later_cost * count
+
+
+def max_call_seconds(
+    tariff: Tariff,
+    start: datetime,
+    tz: ZoneInfo,
+    remaining: RemainingFn,
+    cap_seconds: int | None,
+) -> int:
+    """Return the longest a call answered at ``start`` can run on the budgets left.
+
+    ``remaining(window, key)`` gives the free money of that day or week window
+    (None when the trunk sets no limit for it). The result is the start of the
+    first block that no budget can pay, at most ``cap_seconds`` and at most
+    ``MAX_SECONDS_CEILING``; 0 means not even the first block is affordable.
+    """
+    horizon = MAX_SECONDS_CEILING if cap_seconds is None else min(cap_seconds, MAX_SECONDS_CEILING)
+    first_cost = tariff.first_block_cost()
+    later_cost = tariff.block_cost(1)
+    first_len = tariff.increments.first
+    later_len = tariff.increments.later
+
+    spent_here: dict[tuple[str, str], Decimal] = {}
+    segment_start = start
+    next_block = 0
+
+    while True:
+        offset = (segment_start - start).total_seconds()
+        if offset >= horizon:
+            return horizon
+
+        keys = window_keys(segment_start, tz)
+        segment_end = min(next_day_start(segment_start, tz), start + timedelta(seconds=horizon))
+        end_offset = (segment_end - start).total_seconds()
+
+        # Blocks whose start offset lies before end_offset begin in this segment.
+        if end_offset <= 0:
+            blocks_by_end = 0
+        elif end_offset <= first_len:
+            blocks_by_end = 1
+        else:
+            blocks_by_end = 1 + int(-(-(Decimal(str(end_offset)) - first_len) // later_len))
+        count = max(0, blocks_by_end - next_block)
+
+        budgets = []
+        for window in (DAY, WEEK):
+            free = remaining(window, keys[window])
+            if free is not None:
+                budgets.append(free - spent_here.get((window, keys[window]), Decimal(0)))
+        budget = min(budgets) if budgets else None
+
+        includes_first = next_block == 0
+        paid = _blocks_affordable(count, first_cost, later_cost, includes_first, budget)
+        if paid < count:
+            return min(tariff.block_start(next_block + paid), horizon)
+
+        cost = _cost_of(count, first_cost, later_cost, includes_first)
+        for window in (DAY, WEEK):
+            key = (window, keys[window])
+            spent_here[key] = spent_here.get(key, Decimal(0)) + cost
+        next_block += count
+        segment_start = segment_end

@@ -1,0 +1,63 @@
+"""What the policy decides about one outbound call, and the reason codes it uses."""
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from callguard.rating import Tariff
+
+ALLOW = "ALLOW"
+DENY = "DENY"
+
+# Stable reason codes, read by dialplans and by log and audit tooling.
+REASON_OK = "ok"
+REASON_EMERGENCY = "emergency"
+REASON_OPTED_OUT = "opted-out"
+REASON_INVALID_NUMBER = "invalid-number"
+REASON_UNCLASSIFIED = "unclassified"
+REASON_BLOCKED = "blocked:offender"
+REASON_BARRED = "barred:"  # followed by the category
+REASON_UNRATED = "unrated"
+REASON_CONCURRENT = "limit:concurrent"
+REASON_DAILY = "limit:daily"
+REASON_WEEKLY = "limit:weekly"
+REASON_UNKNOWN_TRUNK = "unknown-trunk"
+REASON_FAIL_POLICY = "fail-policy"
+
+
+@dataclass(frozen=True)
+class CallRequest:
+    """One outbound call as the dialplan presents it to the check."""
+
+    trunk: str
+    dialled: str
+    caller: str = ""          # the CLI presented on the trunk, or agi_callerid
+    uniqueid: str = ""        # the channel the check runs on (agi_uniqueid)
+    channel: str = ""         # its name, e.g. PJSIP/1001-00000012
+    accountcode: str = ""
+    source: str = ""          # the device address, when the dialplan passes it
+
+
+@dataclass(frozen=True)
+class Decision:
+    result: str
+    reason: str
+    trunk: str
+    dialled: str
+    category: str = ""
+    e164: str = ""
+    region: str = ""
+    matched_prefix: str = ""
+    caller_e164: str = ""
+    tariff: Tariff | None = None
+    max_seconds: int | None = None
+    reserved: Decimal = Decimal(0)
+    remaining: dict[str, Decimal | None] = field(default_factory=dict)
+    detail: str = ""
+
+    @property
+    def allowed(self) -> bool:
+        return self.result == ALLOW
+
+    @property
+    def rate(self) -> Decimal | None:
+        return None if self.tariff is None else self.tariff.rate

@@ -1,0 +1,247 @@
+"""The decision on one outbound call, in the order a sysadmin can predict.
+
+1. an emergency number: allow, whatever else is true;
+2. an invalid or unclassified number: deny;
+3. a blocked caller: deny;
+4. an unknown trunk: deny;
+5. an opted-out calling number: allow, skipping barring and limits;
+6. barring (the trunk's, then the number's override): deny ``barred:<category>``;
+7. no rate: deny ``unrated`` unless the trunk sets ``default_rate``;
+8. the concurrent-call cap, pending reservations included: deny;
+9. the daily, then the weekly budget must cover the connection fee and the
+   first block, which are reserved in the same step: deny ``limit:daily`` or
+   ``limit:weekly``;
+10. otherwise allow, for at most ``max_seconds``.
+"""
+
+import logging
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Callable, Mapping
+
+from callguard.clock import Clock
+from callguard.config import Config, TrunkConfig
+from callguard.numbers import Classified, Classifier, InvalidNumber, UnclassifiedNumber
+from callguard.policy import budget
+from callguard.policy.barring import is_barred
+from callguard.policy.blocks import (
+    KEY_ACCOUNTCODE,
+    KEY_CALLER,
+    KEY_ENDPOINT,
+    KEY_SOURCE,
+    BlockList,
+    endpoint_of,
+)
+from callguard.policy.decision import (
+    ALLOW,
+    DENY,
+    REASON_BARRED,
+    REASON_BLOCKED,
+    REASON_CONCURRENT,
+    REASON_DAILY,
+    REASON_EMERGENCY,
+    REASON_INVALID_NUMBER,
+    REASON_OK,
+    REASON_OPTED_OUT,
+    REASON_UNCLASSIFIED,
+    REASON_UNKNOWN_TRUNK,
+    REASON_UNRATED,
+    REASON_WEEKLY,
+    CallRequest,
+    Decision,
+)
+from callguard.policy.ledger import Ledger
+from callguard.policy.reservations import Reservations
+from callguard.rating import RateDeck, Tariff
+from callguard.windows import DAY, WEEK, window_keys
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PolicyState:
+    """What a decision reads besides the request; replaced whole on a config reload."""
+
+    config: Config
+    classifier: Classifier
+    decks: Mapping[str, RateDeck]
+    default_tariffs: Mapping[str, Tariff]
+
+
+def no_live_calls(trunk: str) -> int:
+    return 0
+
+
+class PolicyEngine:
+    def __init__(
+        self,
+        state: PolicyState,
+        ledger: Ledger,
+        reservations: Reservations,
+        blocks: BlockList,
+        clock: Clock,
+        live_calls: Callable[[str], int] = no_live_calls,
+    ):
+        self.state = state
+        self.ledger = ledger
+        self.reservations = reservations
+        self.blocks = blocks
+        self.clock = clock
+        self.live_calls = live_calls
+
+    async def decide(self, request: CallRequest, *, reserve: bool = True) -> Decision:
+        """Decide ``request``; with ``reserve=False`` nothing is held (a dry run)."""
+        state = self.state
+        classifier = state.classifier
+
+        if classifier.plan.emergency(request.dialled) is not None:
+            return self._emergency(request)
+
+        try:
+            classified = classifier.classify(request.dialled)
+        except InvalidNumber as exc:
+            return Decision(DENY, REASON_INVALID_NUMBER, request.trunk, request.dialled,
+                            detail=str(exc))
+        except UnclassifiedNumber as exc:
+            return Decision(DENY, REASON_UNCLASSIFIED, request.trunk, request.dialled,
+                            detail=str(exc))
+        if classified.emergency:
+            return self._emergency(request, classified)
+
+        caller_e164 = classifier.plan.normalise_caller(request.caller) or ""
+        base = _DecisionBase(request, classified, caller_e164)
+
+        blocked = self.blocks.blocked(_identities(request, caller_e164), self.clock.now())
+        if blocked is not None:
+            return base.deny(REASON_BLOCKED, f"{blocked[0]} {blocked[1]} is blocked")
+
+        trunk = state.config.trunks.get(request.trunk)
+        if trunk is None:
+            return base.deny(REASON_UNKNOWN_TRUNK, f"no [trunk {request.trunk}] in the config")
+
+        tariff = self._tariff(trunk, classified)
+        if trunk.opted_out(caller_e164):
+            cap = min(trunk.max_call_seconds or budget.MAX_SECONDS_CEILING,
+                      budget.MAX_SECONDS_CEILING)
+            return base.allow(REASON_OPTED_OUT, tariff, cap,
+                              "the calling number is opted out of protection")
+
+        overrides = state.config.overrides_for(trunk.name, caller_e164)
+        if is_barred(classified.category, classified.number.region, trunk, overrides):
+            return base.deny(REASON_BARRED + classified.category, tariff=tariff)
+
+        if tariff is None:
+            return base.deny(REASON_UNRATED, f"no rate for {classified.number.rating_key}")
+
+        return await self._check_limits(base, trunk, tariff, reserve)
+
+    async def _check_limits(self, base: "_DecisionBase", trunk: TrunkConfig,
+                            tariff: Tariff, reserve: bool) -> Decision:
+        now = self.clock.now()
+        keys = window_keys(now, trunk.timezone)
+        await self.ledger.load(trunk.name, keys)
+
+        # From here to the reservation nothing awaits, so the headroom checked
+        # is the headroom reserved: parallel decisions cannot share it.
+        self.reservations.expire(now)
+        if reserve and base.request.uniqueid:
+            # A channel checked again (a dialplan loop, a retry) replaces its own hold.
+            self.reservations.release(base.request.uniqueid)
+        if trunk.max_concurrent_calls is not None:
+            busy = self.live_calls(trunk.name) + self.reservations.pending_count(trunk.name)
+            if busy >= trunk.max_concurrent_calls:
+                return base.deny(REASON_CONCURRENT,
+                                 f"{busy} calls of {trunk.max_concurrent_calls} in progress",
+                                 tariff=tariff)
+
+        def remaining(window: str, key: str) -> Decimal | None:
+            limit = trunk.daily_limit if window == DAY else trunk.weekly_limit
+            if limit is None:
+                return None
+            spent = self.ledger.spent(trunk.name, window, key) or Decimal(0)
+            return limit - spent - self.reservations.held(trunk.name, window, key)
+
+        free = {window: remaining(window, keys[window]) for window in (DAY, WEEK)}
+        first = tariff.first_block_cost()
+        for window, reason in ((DAY, REASON_DAILY), (WEEK, REASON_WEEKLY)):
+            if free[window] is not None and free[window] < first:
+                return base.deny(reason, f"{free[window]} left, the first block costs {first}",
+                                 tariff=tariff, remaining=free)
+
+        max_seconds = budget.max_call_seconds(
+            tariff, now, trunk.timezone, remaining, trunk.max_call_seconds
+        )
+        if max_seconds <= 0:
+            return base.deny(REASON_DAILY, "the budget buys no time", tariff=tariff,
+                             remaining=free)
+
+        reserved = Decimal(0)
+        if reserve:
+            self.reservations.add(trunk.name, base.request.uniqueid, first, keys, now,
+                                  self.state.config.general.reservation_seconds)
+            reserved = first
+        return base.allow(REASON_OK, tariff, max_seconds, remaining=free, reserved=reserved)
+
+    def _tariff(self, trunk: TrunkConfig, classified: Classified) -> Tariff | None:
+        deck = self.state.decks.get(trunk.name)
+        tariff = deck.lookup(classified.number.rating_key) if deck is not None else None
+        if tariff is None:
+            tariff = self.state.default_tariffs.get(trunk.name)
+        return tariff
+
+    def _emergency(self, request: CallRequest, classified: Classified | None = None) -> Decision:
+        log.info("%s: emergency call to %s from %s; allowing it", request.uniqueid or "-",
+                 request.dialled, request.caller or "unknown")
+        return Decision(
+            ALLOW,
+            REASON_EMERGENCY,
+            request.trunk,
+            request.dialled,
+            category="emergency",
+            e164=classified.number.e164 if classified else "",
+            matched_prefix=classified.prefix if classified else "",
+        )
+
+
+def _identities(request: CallRequest, caller_e164: str) -> list[tuple[str, str]]:
+    return [
+        (KEY_ENDPOINT, endpoint_of(request.channel)),
+        (KEY_CALLER, caller_e164),
+        (KEY_ACCOUNTCODE, request.accountcode),
+        (KEY_SOURCE, request.source),
+    ]
+
+
+class _DecisionBase:
+    """The parts of a decision known once the number is classified."""
+
+    def __init__(self, request: CallRequest, classified: Classified, caller_e164: str):
+        self.request = request
+        self.classified = classified
+        self.caller_e164 = caller_e164
+
+    def _make(self, result: str, reason: str, **fields) -> Decision:
+        number = self.classified.number
+        return Decision(
+            result,
+            reason,
+            self.request.trunk,
+            self.request.dialled,
+            category=self.classified.category,
+            e164=number.e164,
+            region=number.region,
+            matched_prefix=self.classified.prefix,
+            caller_e164=self.caller_e164,
+            **fields,
+        )
+
+    def deny(self, reason: str, detail: str = "", *, tariff: Tariff | None = None,
+             remaining: dict | None = None) -> Decision:
+        return self._make(DENY, reason, detail=detail, tariff=tariff,
+                          remaining=remaining or {})
+
+    def allow(self, reason: str, tariff: Tariff | None, max_seconds: int | None,
+              detail: str = "", *, remaining: dict | None = None,
+              reserved: Decimal = Decimal(0)) -> Decision:
+        return self._make(ALLOW, reason, detail=detail, tariff=tariff, max_seconds=max_seconds,
+                          remaining=remaining or {}, reserved=reserved)

@@ -1,0 +1,128 @@
+"""Reservations: the first block an allowed call holds until it is answered.
+
+A reservation is taken in the same synchronous step as the headroom check, so
+a burst of parallel decisions cannot all pass on the same last block of
+budget. It ends when the trunk leg is answered (the reserved block becomes the
+first charged block), when the call ends unanswered, or after
+``reservation_seconds`` when no trunk leg ever shows up.
+"""
+
+import heapq
+import itertools
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from callguard.windows import DAY, WEEK
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Reservation:
+    id: int
+    trunk: str
+    uniqueid: str
+    amount: Decimal
+    day_key: str
+    week_key: str
+    created_at: datetime
+    expires_at: datetime
+
+
+class Reservations:
+    """Pending reservations, with running totals per trunk and window.
+
+    Totals and counts are kept up to date on every change, and expiry pops a
+    heap ordered by expiry time, so no operation scans every reservation.
+    """
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, Reservation] = {}
+        self._by_uniqueid: dict[str, Reservation] = {}
+        self._held: dict[tuple[str, str, str], Decimal] = {}
+        self._count: dict[str, int] = {}
+        self._expiry: list[tuple[datetime, int]] = []
+        self._ids = itertools.count(1)
+
+    def add(self, trunk: str, uniqueid: str, amount: Decimal, keys: dict[str, str],
+            now: datetime, lifetime: float) -> Reservation:
+        if uniqueid and uniqueid in self._by_uniqueid:
+            # A second check on the same channel replaces the first one's hold.
+            self._remove(self._by_uniqueid[uniqueid])
+
+        reservation = Reservation(
+            id=next(self._ids),
+            trunk=trunk,
+            uniqueid=uniqueid,
+            amount=amount,
+            day_key=keys[DAY],
+            week_key=keys[WEEK],
+            created_at=now,
+            expires_at=now + timedelta(seconds=lifetime),
+        )
+        self._by_id[reservation.id] = reservation
+        if uniqueid:
+            self._by_uniqueid[uniqueid] = reservation
+        self._adjust(reservation, reservation.amount, 1)
+        heapq.heappush(self._expiry, (reservation.expires_at, reservation.id))
+        return reservation
+
+    def release(self, uniqueid: str) -> Reservation | None:
+        """Drop the reservation of the channel ``uniqueid`` and return it."""
+        reservation = self._by_uniqueid.get(uniqueid)
+        if reservation is not None:
+            self._remove(reservation)
+        return reservation
+
+    def get(self, uniqueid: str) -> Reservation | None:
+        return self._by_uniqueid.get(uniqueid)
+
+    def expire(self, now: datetime) -> list[Reservation]:
+        expired = []
+        while self._expiry and self._expiry[0][0] <= now:
+            _, reservation_id = heapq.heappop(self._expiry)
+            reservation = self._by_id.get(reservation_id)
+            if reservation is None:
+                continue  # released earlier
+            self._remove(reservation)
+            expired.append(reservation)
+            log.info(
+                "%s %s: reservation of %s expired without a trunk leg; releasing it",
+                reservation.trunk, reservation.uniqueid or "-", reservation.amount,
+            )
+        return expired
+
+    def pending_count(self, trunk: str) -> int:
+        return self._count.get(trunk, 0)
+
+    def pending(self, trunk: str) -> list[Reservation]:
+        return [r for r in self._by_id.values() if r.trunk == trunk]
+
+    def held(self, trunk: str, window: str, key: str) -> Decimal:
+        """Return the money held by pending reservations in one window."""
+        return self._held.get((trunk, window, key), Decimal(0))
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def _remove(self, reservation: Reservation) -> None:
+        del self._by_id[reservation.id]
+        if self._by_uniqueid.get(reservation.uniqueid) is reservation:
+            del self._by_uniqueid[reservation.uniqueid]
+        self._adjust(reservation, -reservation.amount, -1)
+
+    def _adjust(self, reservation: Reservation, amount: Decimal, count: int) -> None:
+        for window, key in ((DAY, reservation.day_key), (WEEK, reservation.week_key)):
+            window_id = (reservation.trunk, window, key)
+            total = self._held.get(window_id, Decimal(0)) + amount
+            if total:
+                self._held[window_id] = total
+            else:
+                self._held.pop(window_id, None)
+        remaining = self._count.get(reservation.trunk, 0) + count
+        if remaining:
+            self._count[reservation.trunk] = remaining
+        else:
+            self._count.pop(reservation.trunk, None)

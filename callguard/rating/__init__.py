@@ -1,0 +1,13 @@
+"""Rating: rate decks, billing increments, the cost of a call and its inverse.
+
+A trunk's RateDeck maps E.164 prefixes to Tariffs, and the longest matching prefix
+wins. A Tariff prices a call in blocks (see ``callguard.rating.tariff`` for the
+rounding rules) and computes how long a budget lasts.
+"""
+
+from callguard.rating.deck import RateDeck
+from callguard.rating.errors import RateDeckError
+from callguard.rating.increments import Increments
+from callguard.rating.tariff import Tariff
+
+__all__ = ["Increments", "RateDeck", "RateDeckError", "Tariff"]

@@ -1,0 +1,135 @@
+"""Parsing and checking of rate deck fields: prefix, rate and connection fee.
+
+The parse functions take CSV text and raise ValueError with a message of the form
+``<column> '<value>' is invalid; <how to fix it>``, so that the deck loader can put the
+file name and line in front of it. The check functions take typed values and raise
+TypeError for a wrong type, such as a float, and ValueError for a bad value.
+"""
+
+from decimal import Decimal
+
+from callguard.money import InvalidAmount, parse_amount, round_up
+
+# ITU-T E.164 limits international numbers to 15 digits, country code included.
+E164_MAX_DIGITS = 15
+
+RATE_CHARACTERS = frozenset("0123456789.")
+ZERO = Decimal(0)
+
+
+def parse_prefix(text: str) -> str:
+    """Check that ``text`` is an E.164 prefix (digits, no ``+``) and return it."""
+    # Valid prefixes, by far the most common input, pass this one test.
+    if (
+        isinstance(text, str)
+        and text.isdigit()
+        and text.isascii()
+        and text[0] != "0"
+        and len(text) <= E164_MAX_DIGITS
+    ):
+        return text
+
+    if not isinstance(text, str):
+        raise ValueError(
+            f"prefix {text!r} is invalid; pass the digits as a string, like '44'"
+        )
+
+    if not text:
+        raise ValueError("prefix '' is missing; write the E.164 digits, like 44")
+
+    if text.startswith("+"):
+        example = text[1:] if text[1:].isdigit() else "44"
+        raise ValueError(
+            f"prefix {text!r} is invalid; drop the leading +, write it like {example}"
+        )
+
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(
+            f"prefix {text!r} is invalid; write only the digits 0-9 of an E.164 "
+            "prefix, like 447"
+        )
+
+    if text.startswith("0"):
+        raise ValueError(
+            f"prefix {text!r} is invalid because E.164 numbers begin with the country "
+            f"code; drop the leading 0s, like {text.lstrip('0') or '44'}"
+        )
+
+    if len(text) > E164_MAX_DIGITS:
+        raise ValueError(
+            f"prefix {text!r} is invalid because E.164 numbers have at most "
+            f"{E164_MAX_DIGITS} digits; shorten it"
+        )
+    return text
+
+
+def parse_rate(text: str) -> Decimal:
+    """Parse a price per minute written as a plain decimal such as ``0.0125``.
+
+    Unlike amounts of money, a rate may have more than six decimal places, because
+    rate decks often quote prices per minute to seven or more places.
+    """
+    cleaned = text.strip()
+    if not cleaned:
+        raise ValueError("rate '' is missing; write the price per minute like 0.05")
+
+    if cleaned.startswith("-"):
+        raise ValueError(
+            f"rate {text!r} is invalid because a rate cannot be negative; "
+            "write the price per minute like 0.05"
+        )
+
+    plain = RATE_CHARACTERS.issuperset(cleaned) and cleaned.count(".") <= 1
+    if not plain or cleaned == ".":
+        raise ValueError(
+            f"rate {text!r} is invalid; write the price per minute as a plain "
+            "decimal, like 0.05"
+        )
+    return Decimal(cleaned)
+
+
+def parse_connection_fee(text: str) -> Decimal:
+    """Parse a connection fee as an amount with at most six decimal places.
+
+    An empty field means no fee, because decks commonly leave the column blank.
+    """
+    if not text.strip():
+        return ZERO
+
+    try:
+        return parse_amount(text)
+    except InvalidAmount:
+        raise ValueError(
+            f"connection_fee {text!r} is invalid; write a plain decimal that is "
+            "not negative and has at most six decimal places, like 0.10"
+        ) from None
+
+
+def check_rate(value: object) -> None:
+    """Raise TypeError or ValueError unless ``value`` is a usable rate."""
+    check_decimal("rate", value)
+
+
+def check_connection_fee(value: object) -> None:
+    """Raise TypeError or ValueError unless ``value`` is a usable connection fee."""
+    check_decimal("connection_fee", value)
+
+    if value != round_up(value):
+        raise ValueError(
+            f"connection_fee {value} is invalid because it has more than six "
+            "decimal places; round it to the micro-unit"
+        )
+
+
+def check_decimal(name: str, value: object) -> None:
+    """Raise unless ``value`` is a finite, non-negative ``Decimal``."""
+    if not isinstance(value, Decimal):
+        raise TypeError(
+            f"{name} {value!r} is a {type(value).__name__}; pass a Decimal, "
+            f"like Decimal('0.05'), because money is never a float"
+        )
+
+    if not value.is_finite() or value < 0:
+        raise ValueError(
+            f"{name} {value} is invalid; pass a finite Decimal that is not negative"
+        )

@@ -1,0 +1,120 @@
+"""The decisions audit trail and the calls table, as functions over a connection."""
+
+import logging
+from collections.abc import Sequence
+from dataclasses import fields
+
+from sqlalchemy import Connection, select, update
+
+from callguard.store.models import Call, Decision
+from callguard.store.records import (
+    STATE_ENDED,
+    CallRecord,
+    DecisionRecord,
+    check_count,
+    check_text,
+)
+from callguard.store.schema import allocate_ids, dialect_insert
+
+log = logging.getLogger(__name__)
+
+
+def _values(record: DecisionRecord | CallRecord) -> dict[str, object]:
+    return {field.name: getattr(record, field.name) for field in fields(record)}
+
+
+def check_decisions(rows: Sequence[DecisionRecord]) -> None:
+    """Raise unless every row is a ``DecisionRecord`` that is not stored yet."""
+    for row in rows:
+        if not isinstance(row, DecisionRecord):
+            raise TypeError(f"{row!r} is not a DecisionRecord")
+        if row.id is not None:
+            raise ValueError(f"decision {row.id} is already stored")
+
+
+def add_decisions(conn: Connection, rows: Sequence[DecisionRecord]) -> None:
+    """Insert a batch of new decisions with consecutive ids."""
+    check_decisions(rows)
+    if not rows:
+        return
+
+    first_id = allocate_ids(conn, Decision.__tablename__, len(rows))
+    values = [_values(row) | {"id": first_id + n} for n, row in enumerate(rows)]
+    conn.execute(Decision.__table__.insert(), values)
+
+
+def recent_decisions(
+    conn: Connection, limit: int, trunk: str | None
+) -> list[DecisionRecord]:
+    """Return the latest decisions, newest first, optionally of one trunk only."""
+    check_count(limit, "limit", minimum=1)
+    statement = select(Decision.__table__)
+    if trunk is not None:
+        statement = statement.where(Decision.trunk == check_text(trunk, "trunk"))
+    statement = statement.order_by(Decision.decided_at.desc(), Decision.id.desc())
+
+    rows = conn.execute(statement.limit(limit))
+    return [DecisionRecord(**row._mapping) for row in rows]
+
+
+def save_call(conn: Connection, call: CallRecord) -> None:
+    """Insert a call, or update the stored call with the same trunk-leg uniqueid.
+
+    An update keeps the stored ``id`` and ``created_at``. An ended call is
+    never moved back to ringing or up: such an update is logged and skipped.
+    """
+    if not isinstance(call, CallRecord):
+        raise TypeError(f"{call!r} is not a CallRecord")
+    values = _values(call)
+    del values["id"]
+
+    if not _insert_call(conn, values):
+        _update_call(conn, call, values)
+
+
+def _insert_call(conn: Connection, values: dict[str, object]) -> bool:
+    exists = select(Call.id).where(Call.uniqueid == values["uniqueid"])
+    if conn.execute(exists).first() is not None:
+        return False
+
+    call_id = allocate_ids(conn, Call.__tablename__, 1)
+    statement = dialect_insert(conn.dialect, Call).values(values | {"id": call_id})
+    # Another writer may have inserted the same uniqueid since the SELECT.
+    statement = statement.on_conflict_do_nothing(index_elements=["uniqueid"])
+    return conn.execute(statement).rowcount == 1
+
+
+def _update_call(conn: Connection, call: CallRecord, values: dict[str, object]) -> None:
+    current = select(Call.state).where(Call.uniqueid == call.uniqueid).with_for_update()
+    if conn.execute(current).scalar_one() == STATE_ENDED and call.state != STATE_ENDED:
+        log.warning(
+            "call %s on trunk %s has ended; ignoring the update to state %s",
+            call.uniqueid,
+            call.trunk,
+            call.state,
+        )
+        return
+
+    del values["created_at"]
+    conn.execute(update(Call).where(Call.uniqueid == call.uniqueid).values(values))
+
+
+def live_calls(conn: Connection) -> list[CallRecord]:
+    """Return the calls that have not ended, oldest first."""
+    statement = (
+        select(Call.__table__)
+        .where(Call.state != STATE_ENDED)
+        .order_by(Call.created_at, Call.id)
+    )
+    return [CallRecord(**row._mapping) for row in conn.execute(statement)]
+
+
+def recent_calls(conn: Connection, limit: int) -> list[CallRecord]:
+    """Return the latest calls, newest first."""
+    check_count(limit, "limit", minimum=1)
+    statement = (
+        select(Call.__table__)
+        .order_by(Call.created_at.desc(), Call.id.desc())
+        .limit(limit)
+    )
+    return [CallRecord(**row._mapping) for row in conn.execute(statement)]

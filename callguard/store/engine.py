@@ -1,0 +1,176 @@
+"""Engines for SQLite and PostgreSQL, and the translation of driver errors to ``StoreError``."""
+
+import logging
+import re
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError, StatementError
+
+log = logging.getLogger(__name__)
+
+SQLITE_BUSY_TIMEOUT_MS = 5000
+# 3.35 added RETURNING; 3.24 added INSERT .. ON CONFLICT DO UPDATE.
+SQLITE_MIN_VERSION = (3, 35, 0)
+PG_CONNECT_TIMEOUT_S = 10
+PG_APPLICATION_NAME = "callguard"
+PG_DRIVER = "postgresql+psycopg"
+
+# Execution option that makes a SQLite transaction start with BEGIN IMMEDIATE, so
+# a writer takes the write lock up front and waits in busy_timeout instead of
+# failing with "database is locked" when it later upgrades a read lock.
+WRITE_OPTION = "callguard_write"
+
+_PASSWORD_IN_URL = re.compile(r"(://[^:/@]*:)[^@]*@")
+
+
+class StoreError(RuntimeError):
+    """A database operation failed; the message names the database without its password."""
+
+
+def mask_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``, even if it does not parse."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return _PASSWORD_IN_URL.sub(r"\1***@", url)
+
+
+def parse_url(url: str) -> URL:
+    """Parse and check a database URL; plain ``postgresql://`` gets the psycopg driver."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StoreError(
+            f"database URL {mask_url(url)!r} is invalid; write it like "
+            "sqlite:////var/lib/callguard/callguard.db or "
+            "postgresql+psycopg://callguard@127.0.0.1/callguard"
+        ) from None
+
+    backend = parsed.get_backend_name()
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername=PG_DRIVER)
+    if parsed.drivername not in ("sqlite", "sqlite+pysqlite", PG_DRIVER):
+        raise StoreError(
+            f"database URL {mask_url(url)!r} uses {parsed.drivername!r}, which "
+            f"callguard does not support; use sqlite:///PATH or {PG_DRIVER}://..."
+        )
+
+    if backend == "sqlite":
+        _check_sqlite_path(parsed)
+    return parsed
+
+
+def _check_sqlite_path(url: URL) -> None:
+    database = url.database or ""
+    if database in ("", ":memory:") or url.query.get("mode") == "memory":
+        raise StoreError(
+            "an in-memory SQLite database loses spend totals and blocks on restart; "
+            "give a file, e.g. sqlite:////var/lib/callguard/callguard.db"
+        )
+    if sqlite3.sqlite_version_info < SQLITE_MIN_VERSION:
+        needed = ".".join(str(part) for part in SQLITE_MIN_VERSION)
+        raise StoreError(
+            f"SQLite {sqlite3.sqlite_version} is too old; callguard needs {needed} "
+            "or newer (for RETURNING); upgrade libsqlite3 or use PostgreSQL"
+        )
+
+    path = Path(database)
+    if path.is_dir():
+        raise StoreError(
+            f"SQLite database path {path} is a directory; give a file name in it, "
+            f"e.g. {path / 'callguard.db'}"
+        )
+    if not path.parent.is_dir():
+        raise StoreError(
+            f"directory {path.parent} does not exist, so the SQLite database {path} "
+            "cannot be created; create the directory, writable by the user callguard "
+            "runs as, or change the database URL"
+        )
+
+
+def build_engine(url: URL, *, echo: bool = False) -> Engine:
+    """Create the engine for a URL from ``parse_url``; no connection is made yet."""
+    if url.get_backend_name() == "sqlite":
+        engine = create_engine(url, echo=echo)
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+
+    connect_args: dict[str, Any] = {}
+    if "connect_timeout" not in url.query:
+        connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
+    if "application_name" not in url.query:
+        connect_args["application_name"] = PG_APPLICATION_NAME
+    # pool_pre_ping replaces connections that died, e.g. when PostgreSQL restarted.
+    return create_engine(url, echo=echo, pool_pre_ping=True, connect_args=connect_args)
+
+
+def _sqlite_connect(dbapi_connection: sqlite3.Connection, record: Any) -> None:
+    # The driver must not issue BEGIN itself: _sqlite_begin does, so DDL is
+    # transactional too.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        mode = cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    finally:
+        cursor.close()
+
+    if mode.lower() != "wal":
+        log.warning("SQLite kept journal mode %s instead of WAL", mode)
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    if conn.get_execution_options().get(WRITE_OPTION):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.exec_driver_sql("BEGIN")
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+@contextmanager
+def translated_errors(
+    operation: str, url_for_logs: str, secret: str | None
+) -> Iterator[None]:
+    """Turn driver and SQLAlchemy errors raised inside the block into ``StoreError``.
+
+    The message names the operation, the database URL without password, and
+    the first line of the driver's message; ``secret`` is masked if it appears.
+    A ``TypeError`` or ``ValueError`` raised by a column type while binding a
+    value is a caller's mistake, so it is re-raised as it is.
+    """
+    try:
+        yield
+    except StatementError as exc:
+        if not isinstance(exc, DBAPIError) and isinstance(
+            exc.orig, (TypeError, ValueError)
+        ):
+            raise exc.orig from None
+        cause = exc.orig if exc.orig is not None else exc
+        raise StoreError(_message(operation, url_for_logs, cause, secret)) from exc
+    except SQLAlchemyError as exc:
+        raise StoreError(_message(operation, url_for_logs, exc, secret)) from exc
+    except psycopg.Error as exc:
+        # Raised by COPY, which uses the psycopg connection directly.
+        raise StoreError(_message(operation, url_for_logs, exc, secret)) from exc
+
+
+def _message(
+    operation: str, url_for_logs: str, cause: BaseException, secret: str | None
+) -> str:
+    message = f"{operation} failed on {url_for_logs}: {_first_line(cause)}"
+    if secret:
+        message = message.replace(secret, "***")
+    return message

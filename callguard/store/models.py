@@ -1,0 +1,210 @@
+"""Declarative models of the callguard database; ``schema.sql`` is the same schema as DDL.
+
+Row ids are allocated from ``id_counters`` instead of SERIAL or identity
+columns, because SQLite and PostgreSQL share no syntax for generated keys and
+``schema.sql`` must run unchanged on both.
+"""
+
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from callguard.store.records import CALL_STATES, DECISION_RESULTS, WINDOWS
+from callguard.store.types import Money, UTCDateTime
+
+SCHEMA_VERSION = 1
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def _sql_in(column: str, values: tuple[str, ...]) -> str:
+    quoted = ", ".join(f"'{value}'" for value in values)
+    return f"{column} IN ({quoted})"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class SchemaVersion(Base):
+    """The single row that records which schema version the database has."""
+
+    __tablename__ = "schema_version"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+
+
+class IdCounter(Base):
+    """The last id handed out for one table (``decisions``, ``calls``, ``blocks``)."""
+
+    __tablename__ = "id_counters"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    last_id: Mapped[int] = mapped_column(BigInteger)
+
+
+class Prefix(Base):
+    """One row of the prefix table that maps dialled prefixes to number categories."""
+
+    __tablename__ = "prefixes"
+
+    prefix: Mapped[str] = mapped_column(Text, primary_key=True)
+    category: Mapped[str] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(Text)
+
+
+class Rate(Base):
+    """One row of a trunk's rate deck: a prefix and its tariff."""
+
+    __tablename__ = "rates"
+    __table_args__ = (
+        PrimaryKeyConstraint("trunk", "prefix"),
+        CheckConstraint("rate >= 0", name="rate_not_negative"),
+        CheckConstraint("connection_fee >= 0", name="connection_fee_not_negative"),
+        CheckConstraint("first_increment > 0", name="first_increment_positive"),
+        CheckConstraint("later_increment > 0", name="later_increment_positive"),
+    )
+
+    trunk: Mapped[str] = mapped_column(Text)
+    prefix: Mapped[str] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(Text)
+    rate: Mapped[Decimal] = mapped_column(Money)  # per minute
+    connection_fee: Mapped[Decimal] = mapped_column(Money)
+    first_increment: Mapped[int] = mapped_column(Integer)  # seconds
+    later_increment: Mapped[int] = mapped_column(Integer)  # seconds
+
+
+class Import(Base):
+    """The last import of the prefix table or of one trunk's rate deck."""
+
+    __tablename__ = "imports"
+    __table_args__ = (PrimaryKeyConstraint("dataset", "trunk"),)
+
+    dataset: Mapped[str] = mapped_column(Text)  # "prefixes" or "rates"
+    trunk: Mapped[str] = mapped_column(Text)  # "" for the prefix table
+    source: Mapped[str] = mapped_column(Text)
+    row_count: Mapped[int] = mapped_column(Integer)
+    imported_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Decision(Base):
+    """The audit trail: one row for every result of the FastAGI check."""
+
+    __tablename__ = "decisions"
+    __table_args__ = (
+        CheckConstraint(_sql_in("result", DECISION_RESULTS), name="result"),
+        CheckConstraint("max_seconds >= 0", name="max_seconds_not_negative"),
+        Index(None, "decided_at"),
+        Index(None, "trunk", "decided_at"),
+        Index(None, "uniqueid"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    trunk: Mapped[str] = mapped_column(Text)
+    uniqueid: Mapped[str] = mapped_column(Text)
+    channel: Mapped[str] = mapped_column(Text)
+    caller: Mapped[str] = mapped_column(Text)
+    dialled: Mapped[str] = mapped_column(Text)
+    e164: Mapped[str | None] = mapped_column(Text)
+    category: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    max_seconds: Mapped[int | None] = mapped_column(Integer)
+    rate: Mapped[Decimal | None] = mapped_column(Money)  # per minute
+    reserved: Mapped[Decimal] = mapped_column(Money)
+    node: Mapped[str] = mapped_column(Text)
+
+
+class Call(Base):
+    """A call on a guarded trunk, keyed by the uniqueid of its trunk leg."""
+
+    __tablename__ = "calls"
+    __table_args__ = (
+        UniqueConstraint("uniqueid"),
+        CheckConstraint(_sql_in("state", CALL_STATES), name="state"),
+        Index(None, "state"),
+        Index(None, "created_at"),
+        Index(None, "decision_uniqueid"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    uniqueid: Mapped[str] = mapped_column(Text)
+    decision_uniqueid: Mapped[str | None] = mapped_column(Text)
+    trunk: Mapped[str] = mapped_column(Text)
+    channel: Mapped[str] = mapped_column(Text)
+    caller: Mapped[str] = mapped_column(Text)
+    dialled: Mapped[str] = mapped_column(Text)
+    e164: Mapped[str | None] = mapped_column(Text)
+    category: Mapped[str | None] = mapped_column(Text)
+    tariff_prefix: Mapped[str | None] = mapped_column(Text)
+    rate: Mapped[Decimal | None] = mapped_column(Money)  # per minute
+    connection_fee: Mapped[Decimal | None] = mapped_column(Money)
+    first_increment: Mapped[int | None] = mapped_column(Integer)  # seconds
+    later_increment: Mapped[int | None] = mapped_column(Integer)  # seconds
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    state: Mapped[str] = mapped_column(Text)
+    cost: Mapped[Decimal] = mapped_column(Money)
+    hangup_cause: Mapped[int | None] = mapped_column(Integer)  # Q.850 cause code
+    hangup_reason: Mapped[str | None] = mapped_column(Text)
+    guarded: Mapped[bool] = mapped_column(Boolean)
+
+
+class Spend(Base):
+    """The amount spent on a trunk in one day or ISO week.
+
+    Each window has its own key, so a new day or week starts at zero without a
+    reset job.
+    """
+
+    __tablename__ = "spend"
+    __table_args__ = (
+        PrimaryKeyConstraint("trunk", "window", "window_key"),
+        CheckConstraint(_sql_in('"window"', WINDOWS), name="window"),
+    )
+
+    trunk: Mapped[str] = mapped_column(Text)
+    window: Mapped[str] = mapped_column(Text)
+    window_key: Mapped[str] = mapped_column(Text)  # "2024-06-14" or "2024-W24"
+    amount: Mapped[Decimal] = mapped_column(Money)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Block(Base):
+    """A block on a caller, number or other key, active until it expires or is lifted."""
+
+    __tablename__ = "blocks"
+    __table_args__ = (Index(None, "key_type", "key"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    key_type: Mapped[str] = mapped_column(Text)
+    key: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_by: Mapped[str] = mapped_column(Text)
+    lifted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lifted_reason: Mapped[str | None] = mapped_column(Text)
+
+
+# Tables whose ids come from id_counters, each seeded with last_id 0.
+COUNTED_TABLES = (Decision.__tablename__, Call.__tablename__, Block.__tablename__)

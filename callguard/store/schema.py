@@ -1,0 +1,129 @@
+"""Creation and version check of the schema, id allocation, and per-dialect upserts."""
+
+import logging
+from typing import Any
+
+from sqlalchemy import Connection, inspect, select, text, update
+from sqlalchemy.engine import Dialect
+from sqlalchemy.dialects import postgresql, sqlite
+
+from callguard.store.engine import StoreError
+from callguard.store.models import (
+    COUNTED_TABLES,
+    SCHEMA_VERSION,
+    Base,
+    IdCounter,
+    SchemaVersion,
+)
+
+log = logging.getLogger(__name__)
+
+# Key of the PostgreSQL advisory lock taken while the schema is created, so two
+# daemons starting at once on an empty database do not both create it.
+# The value is the ASCII of "cgsc" (callguard schema).
+PG_SCHEMA_LOCK = 0x63677363
+
+
+def ensure_schema(conn: Connection) -> bool:
+    """Create the schema in an empty database, else check its version.
+
+    Returns True when the schema was created. Raises ``StoreError`` when the
+    database contains only part of the schema, a version newer or older than this
+    code's, or no id counters.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_SCHEMA_LOCK}
+        )
+
+    existing = set(inspect(conn).get_table_names())
+    expected = set(Base.metadata.tables)
+    if not existing & expected:
+        create_schema(conn)
+        return True
+
+    if SchemaVersion.__tablename__ not in existing:
+        raise StoreError(
+            f"the database has callguard tables ({', '.join(sorted(existing & expected))}) "
+            "but no schema_version table; restore it from a backup or point callguard "
+            "at an empty database"
+        )
+    _check_version(conn)
+
+    missing = expected - existing
+    if missing:
+        raise StoreError(
+            f"the database lacks the tables {', '.join(sorted(missing))}; create them "
+            "from schema.sql or point callguard at an empty database"
+        )
+    _check_counters(conn)
+    return False
+
+
+def create_schema(conn: Connection) -> None:
+    """Create every table and index and write the version and id counter rows."""
+    Base.metadata.create_all(conn)
+    conn.execute(SchemaVersion.__table__.insert(), {"version": SCHEMA_VERSION})
+    conn.execute(
+        IdCounter.__table__.insert(),
+        [{"name": name, "last_id": 0} for name in COUNTED_TABLES],
+    )
+    log.info("created database schema version %d", SCHEMA_VERSION)
+
+
+def _check_version(conn: Connection) -> None:
+    versions = conn.execute(select(SchemaVersion.version)).scalars().all()
+    if len(versions) != 1:
+        raise StoreError(
+            f"schema_version must have exactly one row but has {len(versions)}; "
+            f"set it to the database's schema version ({SCHEMA_VERSION} for a "
+            "database made from this release's schema.sql)"
+        )
+
+    version = versions[0]
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"the database has schema version {version}, newer than version "
+            f"{SCHEMA_VERSION} that this callguard supports; upgrade callguard"
+        )
+    if version < SCHEMA_VERSION:
+        raise StoreError(
+            f"the database has schema version {version}, older than version "
+            f"{SCHEMA_VERSION}, and no upgrade exists for it; recreate it from "
+            "schema.sql"
+        )
+
+
+def _check_counters(conn: Connection) -> None:
+    present = set(conn.execute(select(IdCounter.name)).scalars())
+    missing = [name for name in COUNTED_TABLES if name not in present]
+    if missing:
+        raise StoreError(
+            f"id_counters has no row for {', '.join(missing)}; insert one per table "
+            "with last_id set to the table's highest id (0 when empty)"
+        )
+
+
+def allocate_ids(conn: Connection, table: str, count: int) -> int:
+    """Reserve ``count`` consecutive ids for ``table`` and return the first.
+
+    The UPDATE locks the counter row until the transaction ends, so concurrent
+    writers on PostgreSQL never get the same ids.
+    """
+    statement = (
+        update(IdCounter)
+        .where(IdCounter.name == table)
+        .values(last_id=IdCounter.last_id + count)
+        .returning(IdCounter.last_id)
+    )
+    last = conn.execute(statement).scalar_one_or_none()
+    if last is None:
+        raise StoreError(f"id_counters has no row for {table}; the schema is damaged")
+    return last - count + 1
+
+
+def dialect_insert(dialect: Dialect, model: type[Base]) -> Any:
+    """Return an INSERT for ``model`` that supports ``on_conflict_do_update``."""
+    if dialect.name == "postgresql":
+        return postgresql.insert(model)
+    return sqlite.insert(model)

@@ -1,0 +1,258 @@
+"""The ``Store``: callguard's database on SQLite or PostgreSQL, through SQLAlchemy Core.
+
+The daemon calls it from one worker thread. Each method runs in its own
+transaction on a pooled connection, so several threads may also call it at once.
+"""
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from decimal import Decimal
+
+from sqlalchemy import Connection
+
+from callguard.store import blocks, calls, decks, spend
+from callguard.store.engine import (
+    WRITE_OPTION,
+    StoreError,
+    build_engine,
+    parse_url,
+    translated_errors,
+)
+from callguard.store.models import SCHEMA_VERSION
+from callguard.store.records import (
+    BlockRecord,
+    CallRecord,
+    DecisionRecord,
+    ImportRecord,
+)
+from callguard.store.schema import ensure_schema
+
+log = logging.getLogger(__name__)
+
+RateRow = decks.RateRow
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Store:
+    """Callguard's database: prefix table, rate decks, decisions, calls, spend and blocks.
+
+    A failed database operation raises ``StoreError``. An invalid argument
+    raises ``TypeError`` or ``ValueError`` and leaves the database unchanged.
+    ``clock`` returns the current time recorded with each import.
+    """
+
+    def __init__(
+        self, url: str, *, echo: bool = False, clock: Callable[[], datetime] = _utc_now
+    ) -> None:
+        parsed = parse_url(url)
+        self.url_for_logs: str = parsed.render_as_string(hide_password=True)
+        self._password = parsed.password if isinstance(parsed.password, str) else None
+        self._engine = build_engine(parsed, echo=echo)
+        self._clock = clock
+        self._is_open = False
+
+    def __enter__(self) -> "Store":
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Connect, create the schema in an empty database, and check its version."""
+        self._is_open = True
+        try:
+            with self._transaction("opening the database") as conn:
+                created = ensure_schema(conn)
+        except BaseException:
+            self._is_open = False
+            raise
+
+        action = "created" if created else "checked"
+        log.info(
+            "opened database %s (schema version %d %s)",
+            self.url_for_logs,
+            SCHEMA_VERSION,
+            action,
+        )
+
+    def close(self) -> None:
+        """Close every pooled connection; ``open`` may be called again later."""
+        self._is_open = False
+        self._engine.dispose()
+        log.info("closed database %s", self.url_for_logs)
+
+    @contextmanager
+    def _transaction(
+        self, operation: str, *, write: bool = True
+    ) -> Iterator[Connection]:
+        if not self._is_open:
+            raise StoreError(
+                f"{operation} failed: the store is not open; call open() first"
+            )
+
+        with translated_errors(operation, self.url_for_logs, self._password):
+            with self._engine.connect() as conn:
+                if write:
+                    conn.execution_options(**{WRITE_OPTION: True})
+                with conn.begin():
+                    yield conn
+
+    # Prefix table and rate decks.
+
+    def replace_prefixes(
+        self, rows: Iterable[tuple[str, str, str]], source: str
+    ) -> int:
+        """Replace the prefix table with (prefix, category, description) rows.
+
+        Returns the number of rows stored. ``source`` names where they came from.
+        """
+        with self._transaction("replacing the prefix table") as conn:
+            count = decks.replace_prefixes(conn, rows, source, self._clock())
+        log.info("stored %d prefixes from %s", count, source)
+        return count
+
+    def list_prefixes(self) -> list[tuple[str, str, str]]:
+        """Return the prefix table as (prefix, category, description), ordered by prefix."""
+        with self._transaction("listing prefixes", write=False) as conn:
+            return decks.list_prefixes(conn)
+
+    def replace_rates(self, trunk: str, rows: Iterable[RateRow], source: str) -> int:
+        """Replace the rate deck of ``trunk`` in one transaction; returns the row count.
+
+        Each row is (prefix, description, rate per minute, connection_fee,
+        first_increment, later_increment), increments in seconds.
+        """
+        started = time.monotonic()
+        with self._transaction(f"replacing the rate deck of trunk {trunk}") as conn:
+            count = decks.replace_rates(conn, trunk, rows, source, self._clock())
+        log.info(
+            "stored %d rates for trunk %s from %s in %.2f s",
+            count,
+            trunk,
+            source,
+            time.monotonic() - started,
+        )
+        return count
+
+    def list_rates(
+        self, trunk: str, prefix: str | None = None, limit: int | None = None
+    ) -> list[RateRow]:
+        """Return the deck of ``trunk`` ordered by prefix.
+
+        With ``prefix``, only rows whose prefix starts with it; with ``limit``,
+        at most that many rows.
+        """
+        with self._transaction(f"listing rates of trunk {trunk}", write=False) as conn:
+            return decks.list_rates(conn, trunk, prefix, limit)
+
+    def rate_trunks(self) -> dict[str, int]:
+        """Return the number of rate deck rows of each trunk that has a deck."""
+        with self._transaction("counting rates", write=False) as conn:
+            return decks.rate_trunks(conn)
+
+    def list_imports(self) -> list[ImportRecord]:
+        """Return the source, size and time of the last import of each dataset."""
+        with self._transaction("listing imports", write=False) as conn:
+            return decks.list_imports(conn)
+
+    # Decisions.
+
+    def add_decisions(self, rows: Sequence[DecisionRecord]) -> None:
+        """Append a batch of decisions to the audit trail in one transaction."""
+        calls.check_decisions(rows)
+        if not rows:
+            return
+        with self._transaction(f"storing {len(rows)} decisions") as conn:
+            calls.add_decisions(conn, rows)
+
+    def recent_decisions(
+        self, limit: int = 50, trunk: str | None = None
+    ) -> list[DecisionRecord]:
+        """Return the latest decisions, newest first, optionally of one trunk only."""
+        with self._transaction("reading decisions", write=False) as conn:
+            return calls.recent_decisions(conn, limit, trunk)
+
+    # Spend windows.
+
+    def get_spend(self, trunk: str, window: str, key: str) -> Decimal:
+        """Return the amount spent on ``trunk`` in one window, 0 when nothing is recorded."""
+        return self.spend_for(trunk, {window: key})[window]
+
+    def add_spend(
+        self, trunk: str, window: str, key: str, amount: Decimal, at: datetime
+    ) -> Decimal:
+        """Add ``amount`` to the spend of one window atomically; returns the new total.
+
+        A negative amount corrects an earlier addition.
+        """
+        with self._transaction(f"adding spend to trunk {trunk}") as conn:
+            return spend.add_spend(conn, trunk, window, key, amount, at)
+
+    def spend_for(self, trunk: str, keys: Mapping[str, str]) -> dict[str, Decimal]:
+        """Return the spend of ``trunk`` in each window of ``keys`` (window -> key)."""
+        with self._transaction(f"reading spend of trunk {trunk}", write=False) as conn:
+            return spend.spend_for(conn, trunk, keys)
+
+    # Calls.
+
+    def save_call(self, call: CallRecord) -> None:
+        """Insert or update a call by the uniqueid of its trunk leg.
+
+        An update keeps the stored ``id`` and ``created_at``. An ended call is
+        never moved back to ringing or up: such an update is logged and skipped.
+        """
+        if not isinstance(call, CallRecord):
+            raise TypeError(f"{call!r} is not a CallRecord")
+        with self._transaction(f"saving call {call.uniqueid}") as conn:
+            calls.save_call(conn, call)
+
+    def live_calls(self) -> list[CallRecord]:
+        """Return the calls that have not ended, oldest first."""
+        with self._transaction("reading live calls", write=False) as conn:
+            return calls.live_calls(conn)
+
+    def recent_calls(self, limit: int = 50) -> list[CallRecord]:
+        """Return the latest calls, newest first."""
+        with self._transaction("reading calls", write=False) as conn:
+            return calls.recent_calls(conn, limit)
+
+    # Blocks.
+
+    def add_block(
+        self,
+        key_type: str,
+        key: str,
+        reason: str,
+        created_at: datetime,
+        expires_at: datetime | None,
+        created_by: str,
+    ) -> int:
+        """Store a block on ``key``; ``expires_at`` None makes it permanent. Returns its id."""
+        with self._transaction(f"adding a block on {key_type} {key}") as conn:
+            block_id = blocks.add_block(
+                conn, key_type, key, reason, created_at, expires_at, created_by
+            )
+        log.info("blocked %s %s (block %d): %s", key_type, key, block_id, reason)
+        return block_id
+
+    def lift_block(self, key_type: str, key: str, at: datetime, reason: str) -> int:
+        """Lift every block on ``key`` that is neither lifted nor expired at ``at``.
+
+        Returns the number of blocks lifted.
+        """
+        with self._transaction(f"lifting blocks on {key_type} {key}") as conn:
+            lifted = blocks.lift_block(conn, key_type, key, at, reason)
+        log.info("lifted %d blocks on %s %s: %s", lifted, key_type, key, reason)
+        return lifted
+
+    def active_blocks(self, now: datetime) -> list[BlockRecord]:
+        """Return the blocks not lifted by ``now`` and not expired at ``now``, oldest first."""
+        with self._transaction("reading blocks", write=False) as conn:
+            return blocks.active_blocks(conn, now)

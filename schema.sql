@@ -1,0 +1,149 @@
+-- The callguard database schema, version 1, for PostgreSQL and SQLite alike.
+--
+-- callguard creates this schema by itself in an empty database. Use this file
+-- to create it by hand instead, e.g. when the daemon's database user may not
+-- create tables:
+--   psql -v ON_ERROR_STOP=1 -1 -d callguard -f schema.sql
+--   sqlite3 /var/lib/callguard/callguard.db < schema.sql
+--
+-- Money columns (rate, connection_fee, reserved, cost, amount) are BIGINT
+-- micro-units: 1.50 is stored as 1500000. Timestamps are UTC; SQLite stores
+-- them as text 'YYYY-MM-DD HH:MM:SS.ffffff'. Increments are seconds.
+-- Ids of decisions, calls and blocks come from id_counters, because the two
+-- databases share no syntax for generated keys. A row inserted by hand must
+-- take its id from there too.
+
+CREATE TABLE schema_version (
+    version INTEGER NOT NULL,
+    CONSTRAINT pk_schema_version PRIMARY KEY (version)
+);
+
+CREATE TABLE id_counters (
+    name TEXT NOT NULL,
+    last_id BIGINT NOT NULL,
+    CONSTRAINT pk_id_counters PRIMARY KEY (name)
+);
+
+-- Prefix table: longest prefix of a dialled number -> number category.
+CREATE TABLE prefixes (
+    prefix TEXT NOT NULL,
+    category TEXT NOT NULL,
+    description TEXT NOT NULL,
+    CONSTRAINT pk_prefixes PRIMARY KEY (prefix)
+);
+
+-- Rate decks, one per trunk; rate is per minute.
+CREATE TABLE rates (
+    trunk TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    description TEXT NOT NULL,
+    rate BIGINT NOT NULL,
+    connection_fee BIGINT NOT NULL,
+    first_increment INTEGER NOT NULL,
+    later_increment INTEGER NOT NULL,
+    CONSTRAINT pk_rates PRIMARY KEY (trunk, prefix),
+    CONSTRAINT ck_rates_rate_not_negative CHECK (rate >= 0),
+    CONSTRAINT ck_rates_connection_fee_not_negative CHECK (connection_fee >= 0),
+    CONSTRAINT ck_rates_first_increment_positive CHECK (first_increment > 0),
+    CONSTRAINT ck_rates_later_increment_positive CHECK (later_increment > 0)
+);
+
+-- The last import of the prefix table (trunk '') and of each rate deck.
+CREATE TABLE imports (
+    dataset TEXT NOT NULL,
+    trunk TEXT NOT NULL,
+    source TEXT NOT NULL,
+    row_count INTEGER NOT NULL,
+    imported_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    CONSTRAINT pk_imports PRIMARY KEY (dataset, trunk)
+);
+
+-- Audit trail: every result of the FastAGI check.
+CREATE TABLE decisions (
+    id BIGINT NOT NULL,
+    decided_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    trunk TEXT NOT NULL,
+    uniqueid TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    caller TEXT NOT NULL,
+    dialled TEXT NOT NULL,
+    e164 TEXT,
+    category TEXT,
+    result TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    max_seconds INTEGER,
+    rate BIGINT,
+    reserved BIGINT NOT NULL,
+    node TEXT NOT NULL,
+    CONSTRAINT pk_decisions PRIMARY KEY (id),
+    CONSTRAINT ck_decisions_result CHECK (result IN ('ALLOW', 'DENY')),
+    CONSTRAINT ck_decisions_max_seconds_not_negative CHECK (max_seconds >= 0)
+);
+CREATE INDEX ix_decisions_decided_at ON decisions (decided_at);
+CREATE INDEX ix_decisions_trunk_decided_at ON decisions (trunk, decided_at);
+CREATE INDEX ix_decisions_uniqueid ON decisions (uniqueid);
+
+-- Calls on guarded trunks, keyed by the uniqueid of the trunk leg. The tariff
+-- columns are a snapshot of the rate deck row that priced the call.
+CREATE TABLE calls (
+    id BIGINT NOT NULL,
+    uniqueid TEXT NOT NULL,
+    decision_uniqueid TEXT,
+    trunk TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    caller TEXT NOT NULL,
+    dialled TEXT NOT NULL,
+    e164 TEXT,
+    category TEXT,
+    tariff_prefix TEXT,
+    rate BIGINT,
+    connection_fee BIGINT,
+    first_increment INTEGER,
+    later_increment INTEGER,
+    created_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    answered_at TIMESTAMP WITH TIME ZONE,
+    ended_at TIMESTAMP WITH TIME ZONE,
+    state TEXT NOT NULL,
+    cost BIGINT NOT NULL,
+    hangup_cause INTEGER,
+    hangup_reason TEXT,
+    guarded BOOLEAN NOT NULL,
+    CONSTRAINT pk_calls PRIMARY KEY (id),
+    CONSTRAINT uq_calls_uniqueid UNIQUE (uniqueid),
+    CONSTRAINT ck_calls_state CHECK (state IN ('ringing', 'up', 'ended'))
+);
+CREATE INDEX ix_calls_state ON calls (state);
+CREATE INDEX ix_calls_created_at ON calls (created_at);
+CREATE INDEX ix_calls_decision_uniqueid ON calls (decision_uniqueid);
+
+-- Spend per trunk per day ('2024-06-14') or ISO week ('2024-W24'). Each
+-- window has its own key, so a new window starts empty without a reset job.
+CREATE TABLE spend (
+    trunk TEXT NOT NULL,
+    "window" TEXT NOT NULL,
+    window_key TEXT NOT NULL,
+    amount BIGINT NOT NULL,
+    updated_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    CONSTRAINT pk_spend PRIMARY KEY (trunk, "window", window_key),
+    CONSTRAINT ck_spend_window CHECK ("window" IN ('day', 'week'))
+);
+
+-- Blocks; expires_at NULL means permanent, lifted_at set means lifted.
+CREATE TABLE blocks (
+    id BIGINT NOT NULL,
+    key_type TEXT NOT NULL,
+    "key" TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    created_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    expires_at TIMESTAMP WITH TIME ZONE,
+    created_by TEXT NOT NULL,
+    lifted_at TIMESTAMP WITH TIME ZONE,
+    lifted_reason TEXT,
+    CONSTRAINT pk_blocks PRIMARY KEY (id)
+);
+CREATE INDEX ix_blocks_key_type_key ON blocks (key_type, "key");
+
+INSERT INTO schema_version (version) VALUES (1);
+INSERT INTO id_counters (name, last_id) VALUES ('decisions', 0);
+INSERT INTO id_counters (name, last_id) VALUES ('calls', 0);
+INSERT INTO id_counters (name, last_id) VALUES ('blocks', 0);

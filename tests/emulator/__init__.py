@@ -1,0 +1,1 @@
+"""Emulations of the Asterisk side of AGI and FastAGI, built from captured traffic."""

@@ -1,0 +1,61 @@
+"""Helpers that write a callguard config and rate deck for a test."""
+
+from pathlib import Path
+
+RATES = """\
+prefix,description,rate,connection_fee,increments
+44,United Kingdom,0.0100,,60/60
+441,United Kingdom geographic,0.0100,,60/60
+447,United Kingdom mobile,0.0500,,60/60
+449,United Kingdom premium rate,1.5000,0.10,60/60
+4484,United Kingdom 084,0.1000,,60/60
+4487,United Kingdom 087,0.1200,,60/60
+44118,United Kingdom directory enquiries,3.0000,1.00,60/60
+353,Ireland,0.0200,,60/60
+33,France,0.0200,,60/60
+972,Israel,0.0800,,60/60
+870,Inmarsat,6.0000,,60/60
+"""
+
+TRUNK = """\
+[trunk gamma]
+bar = premium, international, special-084, special-087, directory
+daily_limit = 50.00
+weekly_limit = 200.00
+warn_percent = 80
+max_concurrent_calls = 10
+max_call_seconds = 7200
+channel_pattern = PJSIP/gamma-*
+rates = rates.csv
+international_allow = IE
+numbers = 01632960000-01632960099
+opt_out = 01632960050
+"""
+
+
+def write_config(
+    directory: Path,
+    *,
+    general: str = "",
+    trunks: str = TRUNK,
+    extra: str = "",
+    rates: str = RATES,
+    database: str | None = None,
+    port: int = 4573,
+) -> Path:
+    """Write callguard.conf and rates.csv into ``directory`` and return the config path."""
+    (directory / "rates.csv").write_text(rates)
+    database = database or f"sqlite:///{directory / 'callguard.db'}"
+    path = directory / "callguard.conf"
+    path.write_text(
+        "[general]\n"
+        f"database = {database}\n"
+        f"fastagi_listen = 127.0.0.1:{port}\n"
+        "decision_timeout = 1s\n"
+        f"control_socket = {directory / 'callguard.sock'}\n"
+        f"{general}\n"
+        "[ari]\n"
+        "enabled = no\n\n"
+        f"{trunks}\n{extra}\n"
+    )
+    return path

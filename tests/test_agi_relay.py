@@ -1,0 +1,364 @@
+"""The classic AGI relay agi/callguard-check.agi, run as Asterisk runs it."""
+
+import ast
+import asyncio
+import importlib.machinery
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from callguard.agi.protocol import AGIChannel, AGILimits
+from callguard.agi.server import FastAGIServer
+from emulator.fastagi import AGICall, run_classic_agi
+
+RELAY = Path(__file__).parent.parent / "agi" / "callguard-check.agi"
+LIMITS = AGILimits(block_timeout=0.5, reply_timeout=0.5)
+UNREACHABLE = "callguard-unreachable"
+
+
+def load_relay_module():
+    """Import the relay script as a module, leaving no bytecode cache in agi/."""
+    loader = importlib.machinery.SourceFileLoader("callguard_check_agi", str(RELAY))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    module = importlib.util.module_from_spec(spec)
+    dont_write_bytecode = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True
+    try:
+        loader.exec_module(module)
+    finally:
+        sys.dont_write_bytecode = dont_write_bytecode
+    return module
+
+
+relay = load_relay_module()
+
+
+def make_call(**overrides) -> AGICall:
+    fields = dict(
+        extension="0044987654",
+        channel="Local/0044987654@outbound-classic-00000004;2",
+        uniqueid="1796397427.9",
+        callerid="15551230000",
+        context="outbound-classic",
+        arguments=("0044987654", "gamma"),
+        variables={"CALLGUARD_TRUNK": "trunk-b"},
+    )
+    return AGICall(**{**fields, **overrides})
+
+
+class Daemon:
+    """A FastAGI server on a free loopback port with one test route."""
+
+    def __init__(self, routes):
+        self.server = FastAGIServer(
+            routes, "127.0.0.1", 0, limits=LIMITS, session_timeout=5
+        )
+
+    @property
+    def address(self) -> str:
+        host, port = self.server.sockets[0]
+        return f"{host}:{port}"
+
+
+@pytest.fixture
+async def daemon_factory():
+    started = []
+
+    async def start(routes) -> Daemon:
+        daemon = Daemon(routes)
+        await daemon.server.start()
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        await daemon.server.stop(grace=0.1)
+
+
+@pytest.fixture
+def closed_port():
+    """A loopback port that is bound but not listening, so connections are refused."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+def test_relay_is_executable():
+    assert os.access(RELAY, os.X_OK)
+    assert RELAY.read_text().startswith("#!/usr/bin/env python3\n")
+
+
+async def test_relay_to_daemon(daemon_factory):
+    seen = {}
+
+    async def check(channel: AGIChannel) -> None:
+        seen["env"] = dict(channel.env)
+        seen["arguments"] = channel.arguments
+        seen["trunk"] = await channel.get_variable("CALLGUARD_TRUNK")
+        await channel.set_variable("CALLGUARD_RESULT", "ALLOW")
+        await channel.set_variable("CALLGUARD_REASON", 'say "hi"\nEXEC Hangup')
+
+    daemon = await daemon_factory({"check": check})
+    call = make_call()
+
+    result = await run_classic_agi(
+        str(RELAY), call, env={"CALLGUARD_FASTAGI": daemon.address}
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.variables == {
+        "CALLGUARD_RESULT": "ALLOW",
+        "CALLGUARD_REASON": 'say "hi"EXEC Hangup',
+    }
+    assert result.closed_by_server
+    assert seen["trunk"] == "trunk-b"
+    assert seen["arguments"] == ["0044987654", "gamma"]
+
+    # The block reaches the daemon as Asterisk sends it for agi://HOST:PORT/check.
+    env = seen["env"]
+    classic = call.classic_environment(RELAY.name)
+    assert list(env)[:3] == ["agi_network", "agi_network_script", "agi_request"]
+    assert env["agi_network"] == "yes"
+    assert env["agi_network_script"] == "check"
+    assert env["agi_request"] == f"agi://{daemon.address}/check"
+    assert list(env.items())[3:] == classic[1:]
+
+
+async def test_relay_forwards_hangup(daemon_factory):
+    seen = {}
+
+    async def check(channel: AGIChannel) -> None:
+        for _ in range(3):
+            await channel.get_variable("CALLGUARD_TRUNK")
+        seen["hung_up"] = channel.hung_up
+        await channel.set_variable("CALLGUARD_RESULT", "DENY")
+
+    daemon = await daemon_factory({"check": check})
+
+    result = await run_classic_agi(
+        str(RELAY),
+        make_call(),
+        env={"CALLGUARD_FASTAGI": daemon.address},
+        hangup_before_command=2,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.hung_up
+    assert seen["hung_up"] is True
+    assert result.variables == {"CALLGUARD_RESULT": "DENY"}
+    assert "SIGHUP" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "policy, expected",
+    [
+        (None, "DENY"),
+        ("deny", "DENY"),
+        ("allow", "ALLOW"),
+        ("ALLOW", "ALLOW"),
+        ("maybe", "DENY"),
+    ],
+)
+async def test_fail_policy_unreachable(closed_port, policy, expected):
+    env = {"CALLGUARD_FASTAGI": f"127.0.0.1:{closed_port}"}
+    if policy is not None:
+        env["CALLGUARD_FAIL_POLICY"] = policy
+
+    result = await run_classic_agi(str(RELAY), make_call(), env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert result.variables == {
+        "CALLGUARD_RESULT": expected,
+        "CALLGUARD_REASON": UNREACHABLE,
+    }
+    assert result.commands == [
+        f"SET VARIABLE CALLGUARD_RESULT {expected}",
+        f"SET VARIABLE CALLGUARD_REASON {UNREACHABLE}",
+    ]
+    assert "cannot reach the callguard daemon" in result.stderr
+    assert result.elapsed < 3
+    if policy == "maybe":
+        assert "invalid CALLGUARD_FAIL_POLICY 'maybe'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["nonsense:port", "127.0.0.1:0", "127.0.0.1:", "127.0.0.1:99999", "[::1", "[::1]x"],
+)
+async def test_fail_policy_bad_address(address):
+    result = await run_classic_agi(
+        str(RELAY), make_call(), env={"CALLGUARD_FASTAGI": address}
+    )
+
+    assert result.variables["CALLGUARD_RESULT"] == "DENY"
+    assert "invalid CALLGUARD_FASTAGI" in result.stderr
+
+
+async def failing_check(channel: AGIChannel) -> None:
+    await channel.get_variable("CALLGUARD_TRUNK")
+    raise RuntimeError("decision failed")
+
+
+async def test_fail_policy_handler_error(daemon_factory):
+    daemon = await daemon_factory({"check": failing_check})
+
+    result = await run_classic_agi(
+        str(RELAY),
+        make_call(),
+        env={"CALLGUARD_FASTAGI": daemon.address, "CALLGUARD_FAIL_POLICY": "allow"},
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.commands == [
+        "GET VARIABLE CALLGUARD_TRUNK",
+        "SET VARIABLE CALLGUARD_RESULT ALLOW",
+        f"SET VARIABLE CALLGUARD_REASON {UNREACHABLE}",
+    ]
+    assert "without setting CALLGUARD_RESULT" in result.stderr
+
+
+async def test_fail_policy_unknown_script(daemon_factory):
+    daemon = await daemon_factory({"other": failing_check})
+
+    result = await run_classic_agi(
+        str(RELAY), make_call(), env={"CALLGUARD_FASTAGI": daemon.address}
+    )
+
+    assert result.variables == {
+        "CALLGUARD_RESULT": "DENY",
+        "CALLGUARD_REASON": UNREACHABLE,
+    }
+
+
+async def test_fail_policy_daemon_stalls(daemon_factory):
+    async def stall(channel: AGIChannel) -> None:
+        await channel.get_variable("CALLGUARD_TRUNK")
+        await asyncio.sleep(30)
+
+    daemon = await daemon_factory({"check": stall})
+
+    result = await run_classic_agi(
+        str(RELAY),
+        make_call(),
+        env={"CALLGUARD_FASTAGI": daemon.address, "CALLGUARD_RELAY_TIMEOUT": "0.5"},
+    )
+
+    assert result.variables == {
+        "CALLGUARD_RESULT": "DENY",
+        "CALLGUARD_REASON": UNREACHABLE,
+    }
+    assert result.elapsed < 3
+    assert "(timeout)" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "stdin",
+    [
+        b"",
+        b"agi_request: x\n",
+        b"not an agi line\n\n",
+        b"agi_x: " + b"y" * 5000 + b"\n\n",
+    ],
+)
+def test_relay_bad_environment(stdin, closed_port):
+    completed = subprocess.run(
+        [str(RELAY)],
+        input=stdin,
+        capture_output=True,
+        timeout=10,
+        env={**os.environ, "CALLGUARD_FASTAGI": f"127.0.0.1:{closed_port}"},
+    )
+
+    assert completed.returncode == 1
+    assert completed.stdout == b""
+    assert b"exiting without a decision" in completed.stderr
+
+
+@pytest.mark.parametrize(
+    "text, address",
+    [
+        ("127.0.0.1:4573", ("127.0.0.1", 4573)),
+        ("127.0.0.1", ("127.0.0.1", 4573)),
+        ("[::1]:4600", ("::1", 4600)),
+        ("[::1]", ("::1", 4573)),
+        ("localhost:1", ("localhost", 1)),
+    ],
+)
+def test_parse_address(text, address):
+    assert relay.parse_address(text) == address
+
+
+def test_network_block_order():
+    block = [
+        b"agi_request: /var/lib/asterisk/agi-bin/callguard-check.agi\n",
+        b"agi_channel: Local/1@x;2\n",
+        b"agi_arg_1: 0044\n",
+    ]
+
+    sent = relay.network_block(block, "::1", 4573)
+
+    assert sent == (
+        b"agi_network: yes\n"
+        b"agi_network_script: check\n"
+        b"agi_request: agi://[::1]:4573/check\n"
+        b"agi_channel: Local/1@x;2\n"
+        b"agi_arg_1: 0044\n"
+        b"\n"
+    )
+
+
+def test_reply_counter():
+    counter = relay.ReplyCounter()
+    for _ in range(4):
+        counter.command_sent()
+
+    lines = [
+        b"HANGUP\n",
+        b"200 result=1 (x)\n",
+        b"100 result=0 Trying...\n",
+        b"200 result=0 Gosub complete\n",
+        b"520-Invalid command syntax.  Proper usage follows:\n",
+        b"Usage: SET VARIABLE <variablename> <value>\n",
+        b"520 End of proper usage.\n",
+    ]
+    for line in lines:
+        counter.reply_line(line)
+    assert counter.pending == 1
+
+    counter.reply_line(
+        b"511 Command Not Permitted on a dead channel or intercept routine\n"
+    )
+    assert counter.pending == 0
+
+
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        (b'SET VARIABLE CALLGUARD_RESULT "ALLOW"\n', True),
+        (b"set variable CALLGUARD_RESULT DENY\n", True),
+        (b'SET VARIABLE CALLGUARD_REASON "CALLGUARD_RESULT"\n', False),
+        (b"SET VARIABLE CALLGUARD_RESULT\n", False),
+        (b"GET VARIABLE CALLGUARD_RESULT\n", False),
+    ],
+)
+def test_sets_result(line, expected):
+    assert relay.sets_result(line) is expected
+
+
+def test_relay_imports_only_stdlib():
+    tree = ast.parse(RELAY.read_text())
+    modules = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            modules.add(node.module.split(".")[0])
+
+    assert modules
+    assert modules <= sys.stdlib_module_names | {"__future__"}

@@ -1,0 +1,119 @@
+"""How long a call may last on the budget left, across day and week boundaries."""
+
+from datetime import datetime, timezone
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from callguard.policy.budget import MAX_SECONDS_CEILING, max_call_seconds
+from callguard.rating import Increments, Tariff
+
+LONDON = ZoneInfo("Europe/London")
+
+
+def tariff(rate: str, increments: str = "60/60", fee: str = "0") -> Tariff:
+    return Tariff("44", "test", Decimal(rate), Decimal(fee), Increments.parse(increments))
+
+
+def budgets(daily: str | None, weekly: str | None = None, spent: dict | None = None):
+    """Return a remaining() function over fixed limits and per-key spend."""
+    spent = spent or {}
+
+    def remaining(window: str, key: str) -> Decimal | None:
+        limit = daily if window == "day" else weekly
+        if limit is None:
+            return None
+        return Decimal(limit) - Decimal(spent.get((window, key), "0"))
+
+    return remaining
+
+
+def london(*args) -> datetime:
+    return datetime(*args, tzinfo=LONDON).astimezone(timezone.utc)
+
+
+def test_call_across_midnight_gains_next_day():
+    # 6.00 of 10.00 spent on 14 June; 0.50/min from 23:55 BST: five blocks
+    # (2.50) on 14 June, then twenty (10.00) on 15 June, so the call ends at 00:20.
+    remaining = budgets("10.00", spent={("day", "2024-06-14"): "6.00"})
+
+    seconds = max_call_seconds(tariff("0.50"), london(2024, 6, 14, 23, 55), LONDON,
+                               remaining, None)
+
+    assert seconds == 25 * 60
+
+
+@pytest.mark.parametrize(
+    "daily, spent, rate, increments, fee, expected",
+    [
+        ("10.00", "7.00", "1.00", "60/60", "0", 180),   # three blocks left
+        ("10.00", "7.01", "1.00", "60/60", "0", 120),   # a penny short of the third
+        ("10.00", "9.00", "1.00", "60/60", "0", 60),
+        ("10.00", "9.01", "1.00", "60/60", "0", 0),     # not even the first block
+        ("10.00", "7.00", "1.00", "60/60", "1.00", 120),  # the fee comes first
+        ("1.00", "0", "0.006", "30/6", "0", 30 + 6 * 1661),
+        ("10.00", "0", "0", "60/60", "0", MAX_SECONDS_CEILING),  # free: no budget limit
+    ],
+)
+def test_seconds_within_one_day(daily, spent, rate, increments, fee, expected):
+    start = london(2024, 6, 14, 10, 0)
+    remaining = budgets(daily, spent={("day", "2024-06-14"): spent})
+
+    seconds = max_call_seconds(tariff(rate, increments, fee), start, LONDON, remaining, None)
+
+    assert seconds == expected
+
+
+def test_cap_wins_over_budget():
+    remaining = budgets("100.00")
+
+    seconds = max_call_seconds(tariff("0.01"), london(2024, 6, 14, 10, 0), LONDON,
+                               remaining, 7200)
+
+    assert seconds == 7200
+
+
+def test_no_limits_gets_ceiling():
+    seconds = max_call_seconds(tariff("1.00"), london(2024, 6, 14, 10, 0), LONDON,
+                               budgets(None), None)
+
+    assert seconds == MAX_SECONDS_CEILING
+
+
+def test_weekly_limit_binds_across_midnight():
+    # Sunday 23:57 with 5.00 of the week left: three blocks before Monday
+    # 00:00, then the new week's 2.00 pays two more.
+    remaining = budgets(None, "100.00", spent={("week", "2024-W24"): "95.00"})
+    remaining_fresh = budgets(None, "2.00")
+
+    def combined(window, key):
+        return remaining(window, key) if key == "2024-W24" else remaining_fresh(window, key)
+
+    seconds = max_call_seconds(tariff("1.00"), london(2024, 6, 16, 23, 57), LONDON,
+                               combined, None)
+
+    assert seconds == (3 + 2) * 60
+
+
+def test_window_ends_at_local_midnight_in_summer():
+    # 23:30 BST on 31 March 2024 is 22:30 UTC. Local midnight comes after 30
+    # minutes, not 90, so 1 April's budget pays the second half hour.
+    remaining = budgets("30.00")
+
+    seconds = max_call_seconds(tariff("1.00"), london(2024, 3, 31, 23, 30), LONDON,
+                               remaining, None)
+
+    assert seconds == 60 * 60
+
+
+def test_block_counts_in_window_where_it_begins():
+    # 30/6 blocks from 23:59:00 with 0.0060 a day: the first block and five
+    # 6 s blocks (offsets 30 to 54) use up 14 June; from 00:00:00 the next
+    # day's 0.0060 pays ten more 6 s blocks, so the limit falls at 120 s.
+    start = london(2024, 6, 14, 23, 59, 0)
+    remaining = budgets("0.0060")
+
+    seconds = max_call_seconds(tariff("0.006", "30/6"), start, LONDON, remaining, None)
+
+    assert seconds == 120

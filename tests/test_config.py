@@ -1,0 +1,920 @@
+"""Tests of the configuration loader: syntax, each key's values and exact errors."""
+
+import logging
+import shutil
+from decimal import Decimal
+from ipaddress import ip_network
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from callguard.config import (
+    DEFAULT_CONFIG_PATH,
+    KNOWN_CATEGORIES,
+    ConfigError,
+    ConfigProblem,
+    DefaultRate,
+    NumberRanges,
+    load_config,
+    parse_duration,
+)
+
+SAMPLE = Path(__file__).resolve().parent.parent / "etc" / "callguard.conf"
+CONFIG_NAME = "callguard.conf"
+RATES_LINE = "rates = rates-gamma.csv"
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """Change into a folder holding the files that good configurations name."""
+    (tmp_path / "rates-gamma.csv").write_text("prefix,rate\n")
+    (tmp_path / "prefixes.csv").write_text("prefix,category\n")
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    secret = tmp_path / "ari.secret"
+    secret.write_text("s3cret;pass\n")
+    secret.chmod(0o600)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def write(text: str) -> str:
+    Path(CONFIG_NAME).write_text(text)
+    return CONFIG_NAME
+
+
+def load(text: str):
+    return load_config(write(text))
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load(text)
+    return str(caught.value).splitlines()
+
+
+def config_with(section: str, key: str, value: str) -> str:
+    """Return a config whose line 2 sets ``key`` in ``section``, the rest valid."""
+    lines = [f"[{section}]", f"{key} = {value}"]
+    if section == "trunk gamma" and key not in ("rates", "default_rate"):
+        lines.append(RATES_LINE)
+    if section != "trunk gamma":
+        lines += ["[trunk gamma]", RATES_LINE]
+    return "\n".join(lines) + "\n"
+
+
+# fmt: off
+GOOD_VALUES = [
+    # (section, key, value, attribute path, expected)
+    ("general", "database", "sqlite:////var/lib/cg.db", "general.database",
+     "sqlite:////var/lib/cg.db"),
+    ("general", "database", "postgresql+psycopg://cg@127.0.0.1/cg",
+     "general.database", "postgresql+psycopg://cg@127.0.0.1/cg"),
+    ("general", "home_country", "gb", "general.home_country", "GB"),
+    ("general", "timezone", "America/New_York", "general.timezone",
+     ZoneInfo("America/New_York")),
+    ("general", "currency", "eur", "general.currency", "EUR"),
+    ("general", "fastagi_listen", "[::1]:4573", "general.fastagi_host", "::1"),
+    ("general", "fastagi_listen", "0.0.0.0:14573", "general.fastagi_port", 14573),
+    ("general", "allowed_clients", "10.0.0.0/8, 2001:db8::/32",
+     "general.allowed_clients",
+     (ip_network("10.0.0.0/8"), ip_network("2001:db8::/32"))),
+    ("general", "outside_line_prefix", "9", "general.outside_line_prefix", "9"),
+    ("general", "outside_line_prefix", "", "general.outside_line_prefix", ""),
+    ("general", "emergency_numbers", "112, 911", "general.emergency_numbers",
+     ("112", "911", "999")),
+    ("general", "emergency_numbers", "", "general.emergency_numbers",
+     ("999", "112")),
+    ("general", "fail_policy", "ALLOW", "general.fail_policy", "allow"),
+    ("general", "decision_timeout", "250ms", "general.decision_timeout", 0.25),
+    ("general", "decision_timeout", "30s", "general.decision_timeout", 30.0),
+    ("general", "decision_timeout", "2", "general.decision_timeout", 2.0),
+    ("general", "prefixes", "", "general.prefixes", None),
+    ("general", "reservation_seconds", "2m", "general.reservation_seconds", 120),
+    ("general", "log_level", "Warning", "general.log_level", "warning"),
+    ("ari", "enabled", "off", "ari.enabled", False),
+    ("ari", "enabled", "TRUE", "ari.enabled", True),
+    ("ari", "enabled", "1", "ari.enabled", True),
+    ("ari", "url", "https://127.0.0.1:8089/asterisk", "ari.url",
+     "https://127.0.0.1:8089/asterisk/"),
+    ("ari", "username", "guard", "ari.username", "guard"),
+    ("ari", "app", "guard-app", "ari.app", "guard-app"),
+    ("ari", "ca_file", "", "ari.ca_file", None),
+    ("ari", "ping_timeout", "500ms", "ari.ping_timeout", 0.5),
+    ("trunk gamma", "bar", "Premium, mobile", "trunk.bar",
+     frozenset({"premium", "mobile"})),
+    ("trunk gamma", "bar", "", "trunk.bar", frozenset()),
+    ("trunk gamma", "daily_limit", "0.50", "trunk.daily_limit", Decimal("0.50")),
+    ("trunk gamma", "daily_limit", "", "trunk.daily_limit", None),
+    ("trunk gamma", "weekly_limit", "200", "trunk.weekly_limit", Decimal("200")),
+    ("trunk gamma", "warn_percent", "95, 50, 80, 80", "trunk.warn_percent",
+     (50, 80, 95)),
+    ("trunk gamma", "warn_percent", "100", "trunk.warn_percent", (100,)),
+    ("trunk gamma", "max_concurrent_calls", "1", "trunk.max_concurrent_calls", 1),
+    ("trunk gamma", "max_concurrent_calls", "", "trunk.max_concurrent_calls", None),
+    ("trunk gamma", "max_call_seconds", "90", "trunk.max_call_seconds", 90),
+    ("trunk gamma", "max_call_seconds", "1h", "trunk.max_call_seconds", 3600),
+    ("trunk gamma", "max_call_seconds", "", "trunk.max_call_seconds", None),
+    ("trunk gamma", "channel_pattern", "PJSIP/gamma-*", "trunk.channel_pattern",
+     "PJSIP/gamma-*"),
+    ("trunk gamma", "channel_pattern", "", "trunk.channel_pattern", None),
+    ("trunk gamma", "default_rate", "0.25", "trunk.default_rate",
+     DefaultRate(Decimal("0.25"), Decimal("0"), 60, 60)),
+    ("trunk gamma", "default_rate", "0.25, 0.05", "trunk.default_rate",
+     DefaultRate(Decimal("0.25"), Decimal("0.05"), 60, 60)),
+    ("trunk gamma", "default_rate", "0.0123456, 0, 30/1", "trunk.default_rate",
+     DefaultRate(Decimal("0.0123456"), Decimal("0"), 30, 1)),
+    ("trunk gamma", "international_allow", "ie, FR", "trunk.international_allow",
+     frozenset({"IE", "FR"})),
+    ("trunk gamma", "numbers", "+44 1632 960000", "trunk.numbers",
+     NumberRanges(((441632960000, 441632960000),))),
+    ("trunk gamma", "numbers", "01632960000-01632960099, 02079460123",
+     "trunk.numbers",
+     NumberRanges(((441632960000, 441632960099), (442079460123, 442079460123)))),
+    ("trunk gamma", "opt_out", "", "trunk.opt_out", NumberRanges()),
+    ("trunk gamma", "timezone", "Europe/Dublin", "trunk.timezone",
+     ZoneInfo("Europe/Dublin")),
+    ("trunk gamma", "timezone", "", "trunk.timezone", ZoneInfo("Europe/London")),
+    ("trunk gamma", "notify", "noc@example.com, ops@pbx",
+     "trunk.notify", ("noc@example.com", "ops@pbx")),
+]
+# fmt: on
+
+
+def attribute(config, path: str):
+    scope, name = path.split(".")
+    if scope == "trunk":
+        return getattr(config.trunks["gamma"], name)
+    return getattr(getattr(config, scope), name)
+
+
+@pytest.mark.parametrize("section, key, value, path, expected", GOOD_VALUES)
+def test_good_value(workdir, section, key, value, path, expected):
+    config = load(config_with(section, key, value))
+
+    assert attribute(config, path) == expected
+
+
+FILE_VALUES = [
+    ("general", "prefixes", "prefixes.csv", "general.prefixes"),
+    ("general", "control_socket", "run/cg.sock", "general.control_socket"),
+    ("ari", "password_file", "ari.secret", "ari.password_file"),
+    ("ari", "ca_file", "ca.pem", "ari.ca_file"),
+    ("trunk gamma", "rates", "rates-gamma.csv", "trunk.rates"),
+]
+
+
+@pytest.mark.parametrize("section, key, value, path", FILE_VALUES)
+def test_relative_path(workdir, section, key, value, path):
+    config = load(config_with(section, key, value))
+
+    assert attribute(config, path) == workdir / value
+
+
+def test_sqlite_relative(workdir):
+    config = load(config_with("general", "database", "sqlite:///data/cg.db"))
+
+    assert config.general.database == f"sqlite:///{workdir}/data/cg.db"
+
+
+AMOUNT_FIX = "write it like 50.00"
+CATEGORY_LIST = ", ".join(KNOWN_CATEGORIES)
+GENERAL_KEYS = (
+    "database, home_country, timezone, currency, fastagi_listen, allowed_clients, "
+    "outside_line_prefix, emergency_numbers, fail_policy, decision_timeout, "
+    "prefixes, reservation_seconds, control_socket, log_level"
+)
+TRUNK_KEYS = (
+    "bar, daily_limit, weekly_limit, warn_percent, max_concurrent_calls, "
+    "max_call_seconds, channel_pattern, rates, default_rate, international_allow, "
+    "numbers, opt_out, opt_in, timezone, notify"
+)
+DURATION_FIX = "write it like 250ms, 1s, 2m, 1h or 30 (seconds)"
+RATE_FIX = "write RATE[, FEE[, N/M]] like 0.25, 0.05, 60/60"
+GB_NUMBER = "01632960000 or +441632960000"
+
+# fmt: off
+BAD_VALUES = [
+    # (section, key, value, messages after "callguard.conf:2: [section] key: ")
+    ("general", "database", "mysql://cg@127.0.0.1/cg", [
+        "'mysql://cg@127.0.0.1/cg' uses the unsupported driver 'mysql'; write it "
+        "like sqlite:////var/lib/callguard/callguard.db or "
+        "postgresql+psycopg://user@host/db"]),
+    ("general", "database", "postgresql://cg@127.0.0.1/cg", [
+        "'postgresql://cg@127.0.0.1/cg' uses the unsupported driver 'postgresql'; "
+        "write it like sqlite:////var/lib/callguard/callguard.db or "
+        "postgresql+psycopg://user@host/db"]),
+    ("general", "database", "postgresql+psycopg://cg@127.0.0.1", [
+        "'postgresql+psycopg://cg@127.0.0.1' names no database; write it like "
+        "sqlite:////var/lib/callguard/callguard.db or "
+        "postgresql+psycopg://user@host/db"]),
+    ("general", "database", "sqlite://", [
+        "'sqlite://' is an in-memory database that loses all spend on restart; "
+        "write a file path like sqlite:////var/lib/callguard/callguard.db"]),
+    ("general", "database", "callguard.db", [
+        "'callguard.db' is not a database URL; write it like "
+        "sqlite:////var/lib/callguard/callguard.db or "
+        "postgresql+psycopg://user@host/db"]),
+    ("general", "home_country", "UK", [
+        "'UK' is not a region code known to phonenumbers; write an ISO 3166 "
+        "alpha-2 code like GB or IE"]),
+    ("general", "timezone", "Mars/Olympus", [
+        "'Mars/Olympus' is not a time zone; write an IANA name like Europe/London"]),
+    ("general", "timezone", "../etc/passwd", [
+        "'../etc/passwd' is not a time zone; write an IANA name like Europe/London"]),
+    ("general", "currency", "pounds", [
+        "'pounds' is not a currency code; write three ISO 4217 letters like GBP"]),
+    ("general", "fastagi_listen", "::1:4573", [
+        "'::1:4573' is not an address and port; write it like 127.0.0.1:4573 or "
+        "[::1]:4573"]),
+    ("general", "fastagi_listen", "localhost:4573", [
+        "'localhost:4573' does not start with an IP address; write it like "
+        "127.0.0.1:4573 or [::1]:4573"]),
+    ("general", "fastagi_listen", "127.0.0.1:70000", [
+        "'127.0.0.1:70000' has port 70000; write a port from 1 to 65535"]),
+    ("general", "fastagi_listen", "127.0.0.1", [
+        "'127.0.0.1' is not an address and port; write it like 127.0.0.1:4573 or "
+        "[::1]:4573"]),
+    ("general", "allowed_clients", "10.0.0.1/8, 127.0.0.1/32, lan", [
+        "'10.0.0.1/8' is not a network (10.0.0.1/8 has host bits set); write it "
+        "like 192.0.2.0/24 with the host bits zero",
+        "'lan' is not a network ('lan' does not appear to be an IPv4 or IPv6 "
+        "network); write it like 192.0.2.0/24 with the host bits zero"]),
+    ("general", "allowed_clients", "", [
+        "'' lets no client connect; list networks like 127.0.0.1/32, ::1/128"]),
+    ("general", "outside_line_prefix", "9#", [
+        "'9#' is not digits only; write it like 9, or leave it empty"]),
+    ("general", "emergency_numbers", "999, 1 1 2, *55", [
+        "'1 1 2' is not digits only; write it like 999",
+        "'*55' is not digits only; write it like 999"]),
+    ("general", "fail_policy", "maybe", [
+        "'maybe' is not valid; write one of allow, deny"]),
+    ("general", "decision_timeout", "0", [
+        "'0' must be longer than zero; write it like 1s"]),
+    ("general", "decision_timeout", "31s", ["'31s' is too long; write at most 30s"]),
+    ("general", "decision_timeout", "1 minute", [
+        f"'1 minute' is not a duration; {DURATION_FIX}"]),
+    ("general", "decision_timeout", "-1s", [
+        f"'-1s' is not a duration; {DURATION_FIX}"]),
+    ("general", "prefixes", "missing.csv", [
+        "'missing.csv' is not a file (looked for {dir}/missing.csv); create it or "
+        "correct the path"]),
+    ("general", "reservation_seconds", "1.5s", [
+        "'1.5s' is not a whole number of seconds; write it like 120 or 2m"]),
+    ("general", "reservation_seconds", "0", [
+        "'0' must be at least 1s; write it like 120 or 2m"]),
+    ("general", "control_socket", "", [
+        "'' is not a path; write it like /run/callguard/callguard.sock"]),
+    ("general", "log_level", "verbose", [
+        "'verbose' is not valid; write one of debug, info, warning, error"]),
+    ("ari", "enabled", "maybe", ["'maybe' is not a yes/no value; write yes or no"]),
+    ("ari", "url", "ws://127.0.0.1:8088/", [
+        "'ws://127.0.0.1:8088/' is not an http or https URL; write it like "
+        "http://127.0.0.1:8088/"]),
+    ("ari", "url", "http://127.0.0.1:8088/ari", [
+        "'http://127.0.0.1:8088/ari' ends in /ari; write the server's base URL, "
+        "like http://127.0.0.1:8088/"]),
+    ("ari", "url", "http://127.0.0.1:port/", [
+        "'http://127.0.0.1:port/' has an invalid port; write it like "
+        "http://127.0.0.1:8088/"]),
+    ("ari", "url", "http://cg:pw@127.0.0.1:8088/", [
+        "'http://cg:pw@127.0.0.1:8088/' has a query, fragment or credentials; write "
+        "only scheme, host, port and path, and put the password in password_file"]),
+    ("ari", "username", "call guard", [
+        "'call guard' is not a valid ARI user name; write one word like callguard"]),
+    ("ari", "app", "", [
+        "'' is not a valid ARI application; write one word like callguard"]),
+    ("ari", "password_file", "nowhere.secret", [
+        "'nowhere.secret' is not a file (looked for {dir}/nowhere.secret); create "
+        "it or correct the path"]),
+    ("ari", "ca_file", "nowhere.pem", [
+        "'nowhere.pem' is not a file (looked for {dir}/nowhere.pem); create it or "
+        "correct the path"]),
+    ("ari", "ping_timeout", "1m", ["'1m' is too long; write at most 30s"]),
+    ("trunk gamma", "bar", "premum", [
+        f"'premum' is not a barring category; did you mean premium? use one of "
+        f"{CATEGORY_LIST}"]),
+    ("trunk gamma", "bar", "mobile, emergency, hotline", [
+        "'emergency' cannot be barred, because emergency calls must always connect; "
+        "remove it from the list",
+        f"'hotline' is not a barring category; use one of {CATEGORY_LIST}"]),
+    ("trunk gamma", "daily_limit", "fifty", [
+        f"'fifty' is not an amount; {AMOUNT_FIX}"]),
+    ("trunk gamma", "daily_limit", "-5", [f"'-5' is negative; {AMOUNT_FIX}"]),
+    ("trunk gamma", "daily_limit", "1e3", [f"'1e3' is not an amount; {AMOUNT_FIX}"]),
+    ("trunk gamma", "weekly_limit", "0.0000001", [
+        f"'0.0000001' has more than six decimal places; {AMOUNT_FIX}"]),
+    ("trunk gamma", "weekly_limit", "£200", [f"'£200' is not an amount; {AMOUNT_FIX}"]),
+    ("trunk gamma", "warn_percent", "0, 50, 101, high", [
+        "'0' is not a whole percentage from 1 to 100; write it like 80",
+        "'101' is not a whole percentage from 1 to 100; write it like 80",
+        "'high' is not a whole percentage from 1 to 100; write it like 80"]),
+    ("trunk gamma", "warn_percent", "", [
+        "'' has no percentages; write one or more like 50, 80, 95"]),
+    ("trunk gamma", "max_concurrent_calls", "0", [
+        "'0' is not a whole number of 1 or more; write it like 10, or leave it "
+        "empty for no cap"]),
+    ("trunk gamma", "max_concurrent_calls", "ten", [
+        "'ten' is not a whole number of 1 or more; write it like 10, or leave it "
+        "empty for no cap"]),
+    ("trunk gamma", "max_call_seconds", "2 hours", [
+        f"'2 hours' is not a duration; {DURATION_FIX}"]),
+    ("trunk gamma", "max_call_seconds", "500ms", [
+        "'500ms' is not a whole number of seconds; write it like 120 or 2m"]),
+    ("trunk gamma", "rates", "rates-delta.csv", [
+        "'rates-delta.csv' is not a file (looked for {dir}/rates-delta.csv); create "
+        "it or correct the path"]),
+    ("trunk gamma", "default_rate", "cheap", [
+        f"'cheap' is not a rate per minute; {RATE_FIX}"]),
+    ("trunk gamma", "default_rate", "-0.25", [
+        f"'-0.25' is not a rate per minute; {RATE_FIX}"]),
+    ("trunk gamma", "default_rate", "0.25, -1", [
+        f"'-1' is negative as the connection fee; {RATE_FIX}"]),
+    ("trunk gamma", "default_rate", "0.25, 0.05, 60", [
+        "'60' is not a billing increment; write N/M in whole seconds of 1 or more, "
+        "like 60/60 or 30/1"]),
+    ("trunk gamma", "default_rate", "0.25, 0.05, 0/60", [
+        "'0/60' is not a billing increment; write N/M in whole seconds of 1 or "
+        "more, like 60/60 or 30/1"]),
+    ("trunk gamma", "default_rate", "0.25, 0.05, 60/60, 1", [
+        f"'0.25, 0.05, 60/60, 1' is not a rate; {RATE_FIX}"]),
+    ("trunk gamma", "default_rate", "0.25,, 60/60", [
+        f"'0.25,, 60/60' is not a rate; {RATE_FIX}"]),
+    ("trunk gamma", "international_allow", "IE, EU, XX", [
+        "'EU' is not a region code known to phonenumbers; write an ISO 3166 "
+        "alpha-2 code like GB or IE",
+        "'XX' is not a region code known to phonenumbers; write an ISO 3166 "
+        "alpha-2 code like GB or IE"]),
+    ("trunk gamma", "numbers", "01632-960000", [
+        f"'01632' has the wrong length for a full number of GB; write it like "
+        f"{GB_NUMBER}"]),
+    ("trunk gamma", "numbers", "(01632) 960000", [
+        "'(01632) 960000' is not a number or range; use only digits, spaces and a "
+        f"leading +, like {GB_NUMBER}"]),
+    ("trunk gamma", "numbers", "0163-296-0000", [
+        "'0163-296-0000' is not a number or range; write numbers without hyphens "
+        "and a range as A-B, like 01632960000-01632960099"]),
+    ("trunk gamma", "numbers", "01632960099-01632960000", [
+        "'01632960099-01632960000' starts above its end; write the lower number "
+        "first, like 01632960000-01632960099"]),
+    ("trunk gamma", "numbers", "+441632960000-+35312345678", [
+        "'+441632960000-+35312345678' joins numbers of different lengths "
+        "(+441632960000 and +35312345678); give both ends of a range the same "
+        "number of digits"]),
+    ("trunk gamma", "opt_out", "016329600+1", [
+        "'016329600+1' is not a number or range; use only digits, spaces and a "
+        f"leading +, like {GB_NUMBER}"]),
+    ("trunk gamma", "opt_in", "12", [
+        "'12' has the wrong length for a full number of GB; write it like "
+        f"{GB_NUMBER}"]),
+    ("trunk gamma", "opt_in", "+", [
+        f"'+' is not a telephone number; write it like {GB_NUMBER}"]),
+    ("trunk gamma", "timezone", "London", [
+        "'London' is not a time zone; write an IANA name like Europe/London"]),
+    ("trunk gamma", "notify", "noc@example.com, noc, a@b@c", [
+        "'noc' is not an e-mail address; write it like noc@example.com",
+        "'a@b@c' is not an e-mail address; write it like noc@example.com"]),
+    ("trunk gamma", "dialy_limit", "50.00", [
+        f"unknown key; did you mean daily_limit? known keys are {TRUNK_KEYS}"]),
+    ("general", "data_base", "sqlite:////x.db", [
+        f"unknown key; did you mean database? known keys are {GENERAL_KEYS}"]),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("section, key, value, messages", BAD_VALUES)
+def test_bad_value(workdir, section, key, value, messages):
+    expected = [
+        f"{CONFIG_NAME}:2: [{section}] {key}: {message.format(dir=workdir)}"
+        for message in messages
+    ]
+
+    assert problems(config_with(section, key, value)) == expected
+
+
+def test_problem_format(workdir):
+    text = "[trunk gamma]\n" + RATES_LINE + "\n" + "\n" * 11 + "daily_limit = fifty\n"
+
+    assert problems(text) == [
+        "callguard.conf:14: [trunk gamma] daily_limit: 'fifty' is not an amount; "
+        "write it like 50.00"
+    ]
+
+
+def test_problem_fields(workdir):
+    with pytest.raises(ConfigError) as caught:
+        load(config_with("trunk gamma", "daily_limit", "fifty"))
+
+    assert caught.value.problems == [
+        ConfigProblem(
+            file=CONFIG_NAME,
+            line=2,
+            section="trunk gamma",
+            key="daily_limit",
+            message="'fifty' is not an amount; write it like 50.00",
+        )
+    ]
+
+
+def test_file_name_as_given(workdir):
+    path = workdir / CONFIG_NAME
+    path.write_text("[general]\ncurrency = 12\n")
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+
+    assert str(caught.value).startswith(f"{path}:2: [general] currency: '12'")
+
+
+def test_all_problems_reported(workdir):
+    text = (
+        "log_level = info\n"  # 1
+        "[general]\n"  # 2
+        "home_country = UK\n"  # 3
+        "fail_policy = sometimes\n"  # 4
+        "[ari\n"  # 5
+        "url = http://127.0.0.1:8088/\n"  # 6
+        "[trunk gamma]\n"  # 7
+        "daily_limit = fifty\n"  # 8
+        "weekly_limit = lots\n"  # 9
+        "[trunk delta]\n"  # 10
+        "bar = mobile\n"  # 11
+        "[number 01632960001]\n"  # 12
+        "trunk = epsilon\n"  # 13
+        "allow = international\n"  # 14
+        "[foo]\n"  # 15
+    )
+
+    assert problems(text) == [
+        "callguard.conf:1: log_level: setting outside any section; put it under a "
+        "header such as [general]",
+        "callguard.conf:3: [general] home_country: 'UK' is not a region code known "
+        "to phonenumbers; write an ISO 3166 alpha-2 code like GB or IE",
+        "callguard.conf:4: [general] fail_policy: 'sometimes' is not valid; write "
+        "one of allow, deny",
+        "callguard.conf:5: '[ari' is not a section header; write it like "
+        "[trunk gamma]",
+        "callguard.conf:7: [trunk gamma] rates: missing; set rates = PATH to a rate "
+        "deck CSV, or default_rate = RATE to rate every destination alike",
+        "callguard.conf:8: [trunk gamma] daily_limit: 'fifty' is not an amount; "
+        "write it like 50.00",
+        "callguard.conf:9: [trunk gamma] weekly_limit: 'lots' is not an amount; "
+        "write it like 50.00",
+        "callguard.conf:10: [trunk delta] rates: missing; set rates = PATH to a "
+        "rate deck CSV, or default_rate = RATE to rate every destination alike",
+        "callguard.conf:13: [number 01632960001] trunk: 'epsilon' is not a trunk; "
+        "define [trunk epsilon] or use one of the trunks (delta, gamma)",
+        "callguard.conf:15: [foo] unknown section; use [general], [ari], "
+        "[trunk NAME] or [number NUMBER_OR_RANGE]",
+    ]
+
+
+# fmt: off
+SYNTAX_PROBLEMS = [
+    # (file text, expected lines)
+    ("[trunk gamma]\nrates = a.csv\n[trunk gamma]\nbar = mobile\n", [
+        "callguard.conf:2: [trunk gamma] rates: 'a.csv' is not a file (looked for "
+        "{dir}/a.csv); create it or correct the path",
+        "callguard.conf:3: [trunk gamma] duplicate section, first defined on line 1; "
+        "merge the two sections into one"]),
+    (f"[trunk gamma]\n{RATES_LINE}\nbar = mobile\nbar = pager\n", [
+        "callguard.conf:4: [trunk gamma] bar: duplicate key, first set on line 3; "
+        "remove one of the two lines"]),
+    ("[general]\n[general]\n", [
+        "callguard.conf:2: [general] duplicate section, first defined on line 1; "
+        "merge the two sections into one"]),
+    ("[ari]\ntimeout\n", [
+        "callguard.conf:2: [ari] 'timeout' is not a setting; write it like "
+        "key = value"]),
+    ("[ari]\n= yes\n", [
+        "callguard.conf:2: [ari] '= yes' is not a setting; write it like "
+        "key = value"]),
+    ("#include extra.conf\n[general]\n", [
+        "callguard.conf:1: '#include extra.conf' is not supported; callguard reads "
+        "no #include or #exec directives, so copy the settings into this file"]),
+    ("[general](!)\ncurrency = GBP\n", [
+        "callguard.conf:1: '[general](!)' is not a section header; write it like "
+        "[trunk gamma]"]),
+    ("[]\n", [
+        "callguard.conf:1: '[]' is not a section header; write it like "
+        "[trunk gamma]"]),
+    ("[Général]\n", [
+        "callguard.conf:1: [Général] unknown section; use [general], [ari], "
+        "[trunk NAME] or [number NUMBER_OR_RANGE]"]),
+    ("[trunk]\n[number]\n", [
+        "callguard.conf:1: [trunk] section needs a name; write it like "
+        "[trunk gamma]",
+        "callguard.conf:2: [number] section needs a name; write it like "
+        "[number 01632960001]"]),
+    ("[trunk gamma/1]\ndefault_rate = 0.1\n", [
+        "callguard.conf:1: [trunk gamma/1] 'gamma/1' is not a trunk name; use "
+        "letters, digits, '-', '_' or '.'"]),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("text, expected", SYNTAX_PROBLEMS)
+def test_syntax_problem(workdir, text, expected):
+    assert problems(text) == [line.format(dir=workdir) for line in expected]
+
+
+def test_unknown_category_in_override(workdir):
+    text = f"[trunk gamma]\n{RATES_LINE}\n[number 01632960001]\nallow = intl\n"
+
+    assert problems(text) == [
+        "callguard.conf:4: [number 01632960001] allow: 'intl' is not a barring "
+        f"category; use one of {CATEGORY_LIST}"
+    ]
+
+
+# fmt: off
+OVERRIDE_PROBLEMS = [
+    # (section header, body, expected lines)
+    ("number 01632960001", "trunk = gamma\n", [
+        "callguard.conf:3: [number 01632960001] allow: missing; set allow = "
+        "CATEGORIES or bar = CATEGORIES for this number"]),
+    ("number 01632960001", "allow = mobile, premium\nbar = premium\n", [
+        "callguard.conf:5: [number 01632960001] bar: 'premium' is both allowed and "
+        "barred; remove it from one of the lists"]),
+    ("number 01632960001, 01632960002", "allow = mobile\n", [
+        "callguard.conf:3: [number 01632960001, 01632960002] '01632960001, "
+        "01632960002' lists several numbers; give each number or range its own "
+        "[number] section"]),
+    ("number 01632960099-01632960000", "allow = mobile\n", [
+        "callguard.conf:3: [number 01632960099-01632960000] '01632960099-"
+        "01632960000' starts above its end; write the lower number first, like "
+        "01632960000-01632960099"]),
+    ("number 01632960001", "bar = emergency\n", [
+        "callguard.conf:4: [number 01632960001] bar: 'emergency' cannot be barred, "
+        "because emergency calls must always connect; remove it from the list"]),
+    ("number 01632960001", "allow = mobile\ntrunk_name = gamma\n", [
+        "callguard.conf:5: [number 01632960001] trunk_name: unknown key; did you "
+        "mean trunk? known keys are trunk, allow, bar"]),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("header, body, expected", OVERRIDE_PROBLEMS)
+def test_override_problem(workdir, header, body, expected):
+    text = f"[trunk gamma]\n{RATES_LINE}\n[{header}]\n{body}"
+
+    assert problems(text) == expected
+
+
+def test_prefixes_outside_gb(workdir):
+    text = "[general]\nhome_country = IE\n"
+
+    assert problems(text) == [
+        "callguard.conf:1: [general] prefixes: missing; the packaged prefix table "
+        "covers GB only, so set prefixes = PATH to a table for IE"
+    ]
+
+
+def test_numbers_in_home_country(workdir):
+    text = (
+        "[general]\nhome_country = IE\nprefixes = prefixes.csv\n"
+        "[trunk gamma]\ndefault_rate = 0.10\nnumbers = 01 234 5678\n"
+    )
+
+    config = load(text)
+
+    assert "+35312345678" in config.trunks["gamma"].numbers
+
+
+def test_numbers_parsed_after_bad_region(workdir):
+    text = "[general]\nhome_country = UK\n[trunk gamma]\n" + RATES_LINE + "\n"
+    text += "numbers = 01632960000, 0163\n"
+
+    assert problems(text)[1:] == [
+        "callguard.conf:5: [trunk gamma] numbers: '0163' has the wrong length for a "
+        f"full number of GB; write it like {GB_NUMBER}"
+    ]
+
+
+def test_missing_file(workdir):
+    with pytest.raises(ConfigError) as caught:
+        load_config("absent.conf")
+
+    assert len(caught.value.problems) == 1
+    assert caught.value.problems[0].line == 0
+    assert str(caught.value).startswith("absent.conf: cannot be read (")
+    assert str(caught.value).endswith("check the path and its permissions")
+
+
+def test_invalid_utf8(workdir):
+    Path(CONFIG_NAME).write_bytes(b"[general]\ncurrency = \xff\n")
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(CONFIG_NAME)
+
+    assert str(caught.value).startswith("callguard.conf: cannot be read (")
+
+
+def test_comments_and_escapes(workdir):
+    text = (
+        "; a comment line\n"
+        "   ; an indented comment\n"
+        "\n"
+        "[trunk gamma] ; header comment\n"
+        "  rates = rates-gamma.csv   ; trailing comment\n"
+        "channel_pattern = PJSIP/a\\;b;comment\n"
+        "notify = noc@example.com;; two semicolons\n"
+    )
+
+    trunk = load(text).trunks["gamma"]
+
+    assert trunk.rates == workdir / "rates-gamma.csv"
+    assert trunk.channel_pattern == "PJSIP/a;b"
+    assert trunk.notify == ("noc@example.com",)
+
+
+def test_arrow_assignment(workdir):
+    text = "[trunk gamma]\nrates => rates-gamma.csv\ndaily_limit=>5.00\n"
+
+    trunk = load(text).trunks["gamma"]
+
+    assert trunk.daily_limit == Decimal("5.00")
+    assert trunk.rates == workdir / "rates-gamma.csv"
+
+
+def test_whitespace_and_bom(workdir):
+    Path(CONFIG_NAME).write_text(
+        "\ufeff[ trunk   gamma ]\r\n\tdefault_rate\t=\t0.10 \r\n", encoding="utf-8"
+    )
+
+    config = load_config(CONFIG_NAME)
+
+    assert list(config.trunks) == ["gamma"]
+
+
+def test_defaults(workdir):
+    config = load(f"[trunk gamma]\n{RATES_LINE}\n")
+
+    general, ari, trunk = config.general, config.ari, config.trunks["gamma"]
+    assert general.database == "sqlite:////var/lib/callguard/callguard.db"
+    assert general.home_country == "GB"
+    assert general.timezone == ZoneInfo("Europe/London")
+    assert general.currency == "GBP"
+    assert (general.fastagi_host, general.fastagi_port) == ("127.0.0.1", 4573)
+    assert general.allowed_clients == (
+        ip_network("127.0.0.1/32"),
+        ip_network("::1/128"),
+    )
+    assert general.outside_line_prefix == ""
+    assert general.emergency_numbers == ("999", "112")
+    assert general.fail_policy == "deny"
+    assert general.decision_timeout == 1.0
+    assert general.prefixes is None
+    assert general.reservation_seconds == 120
+    assert general.control_socket == Path("/run/callguard/callguard.sock")
+    assert general.log_level == "info"
+    assert ari.enabled is True
+    assert ari.url == "http://127.0.0.1:8088/"
+    assert ari.username == "callguard"
+    assert ari.password_file is None
+    assert ari.app == "callguard"
+    assert ari.ca_file is None
+    assert ari.ping_timeout == 30.0
+    assert trunk.bar == frozenset()
+    assert trunk.daily_limit is None
+    assert trunk.weekly_limit is None
+    assert trunk.warn_percent == (80,)
+    assert trunk.max_concurrent_calls is None
+    assert trunk.max_call_seconds is None
+    assert trunk.default_rate is None
+    assert not trunk.numbers
+    assert trunk.timezone == ZoneInfo("Europe/London")
+    assert trunk.notify == ()
+    assert config.overrides == ()
+    assert config.path == workdir / CONFIG_NAME
+
+
+def test_with_database(workdir):
+    config = load(f"[trunk gamma]\n{RATES_LINE}\n")
+
+    changed = config.with_database("sqlite:///other.db")
+
+    assert changed.general.database == f"sqlite:///{workdir}/other.db"
+    assert changed.general.currency == config.general.currency
+    assert changed.trunks == config.trunks
+    assert config.general.database == "sqlite:////var/lib/callguard/callguard.db"
+
+
+def test_with_database_invalid(workdir):
+    config = load(f"[trunk gamma]\n{RATES_LINE}\n")
+
+    with pytest.raises(ValueError, match="'mysql://x/y' uses the unsupported driver"):
+        config.with_database("mysql://x/y")
+
+
+def test_default_path():
+    assert DEFAULT_CONFIG_PATH == "/etc/callguard/callguard.conf"
+
+
+def test_config_frozen(workdir):
+    config = load(f"[trunk gamma]\n{RATES_LINE}\n")
+
+    with pytest.raises(TypeError):
+        config.trunks["delta"] = config.trunks["gamma"]
+    with pytest.raises(AttributeError):
+        config.general.currency = "EUR"
+
+
+def test_relative_to_config_dir(workdir, monkeypatch, tmp_path_factory):
+    other = tmp_path_factory.mktemp("elsewhere")
+    monkeypatch.chdir(other)
+    path = workdir / CONFIG_NAME
+    path.write_text("[trunk gamma]\nrates = rates-gamma.csv\n")
+
+    config = load_config(path)
+
+    assert config.trunks["gamma"].rates == workdir / "rates-gamma.csv"
+
+
+def test_ari_password(workdir):
+    config = load(config_with("ari", "password_file", "ari.secret"))
+
+    assert config.ari.password() == "s3cret;pass"
+    assert "s3cret" not in repr(config.ari)
+
+
+def test_ari_password_unset(workdir):
+    config = load(f"[trunk gamma]\n{RATES_LINE}\n")
+
+    assert config.ari.password() is None
+
+
+def test_password_warnings(workdir, caplog):
+    caplog.set_level(logging.WARNING, logger="callguard.config")
+    load(f"[trunk gamma]\n{RATES_LINE}\n")
+    (workdir / "ari.secret").chmod(0o644)
+    load(config_with("ari", "password_file", "ari.secret"))
+    (workdir / "ari.secret").chmod(0o600)
+    load(config_with("ari", "password_file", "ari.secret"))
+    load(config_with("ari", "enabled", "no"))
+
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 2
+    assert "password_file is not set" in messages[0]
+    assert "readable by other users (mode 644)" in messages[1]
+    assert all("s3cret" not in message for message in messages)
+
+
+# fmt: off
+MEMBERSHIP = [
+    # (numbers value, caller, expected)
+    ("01632960000-01632960099", "+441632959999", False),
+    ("01632960000-01632960099", "+441632960000", True),
+    ("01632960000-01632960099", "+441632960050", True),
+    ("01632960000-01632960099", "+441632960099", True),
+    ("01632960000-01632960099", "+441632960100", False),
+    ("01632960000-01632960099", "441632960000", True),
+    ("01632960000-01632960099", "+4416329600", False),
+    ("01632960000-01632960099", "+4416329600000", False),
+    ("01632960000-01632960099", "01632960000", False),
+    ("01632960000-01632960099", "", False),
+    ("01632960000-01632960099", None, False),
+    ("01632960000-01632960099", "+44 1632 960000", False),
+    ("01632960000-01632960099", "+441632960000x", False),
+    ("+441632960000, 02079460123", "+442079460123", True),
+    ("+441632960000, 02079460123", "+442079460124", False),
+    ("+353 1 234 5678", "+35312345678", True),
+    ("+1 201 555 0123", "+12015550123", True),
+    ("+1 201 555 0123", "012015550123", False),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("value, caller, expected", MEMBERSHIP)
+def test_range_membership(workdir, value, caller, expected):
+    trunk = load(config_with("trunk gamma", "numbers", value)).trunks["gamma"]
+
+    assert (caller in trunk.numbers) is expected
+
+
+# fmt: off
+OPT_OUT = [
+    # (caller, expected opted_out)
+    ("+441632960049", False),
+    ("+441632960050", True),
+    ("+441632960059", True),
+    ("+441632960060", False),
+    ("+441632960061", True),
+    ("+441632960069", True),
+    ("+441632960070", False),
+    ("+441632960099", True),
+    ("+441632960100", False),
+    (None, False),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("caller, expected", OPT_OUT)
+def test_opt_in_inside_opt_out(workdir, caller, expected):
+    text = (
+        f"[trunk gamma]\n{RATES_LINE}\n"
+        "opt_out = 01632960050-01632960099\n"
+        "opt_in = 01632960060, 01632960070\n"
+    )
+
+    trunk = load(text).trunks["gamma"]
+
+    assert trunk.opted_out(caller) is expected
+
+
+def test_ranges_merged():
+    ranges = NumberRanges(((30, 40), (1, 5), (6, 9), (3, 4), (50, 50)))
+
+    assert ranges.ranges == ((1, 9), (30, 40), (50, 50))
+    assert str(ranges) == "+1-+9, +30-+40, +50"
+    assert bool(ranges)
+    assert not NumberRanges()
+    assert str(NumberRanges()) == ""
+
+
+def test_ranges_reject_reversed():
+    with pytest.raises(ValueError, match=r"range \(5, 1\)"):
+        NumberRanges(((5, 1),))
+
+
+def test_overrides_for(workdir):
+    text = (
+        f"[trunk gamma]\n{RATES_LINE}\n"
+        f"[trunk delta]\n{RATES_LINE}\n"
+        "[number 01632960000-01632960009]\nallow = international\n"
+        "[number 01632960005]\ntrunk = delta\nbar = mobile\n"
+        "[number 01632960005-01632960006]\ntrunk = gamma\nbar = premium\n"
+    )
+
+    config = load(text)
+
+    everywhere, delta_only, gamma_only = config.overrides
+    assert config.overrides_for("gamma", "+441632960005") == [everywhere, gamma_only]
+    assert config.overrides_for("delta", "+441632960005") == [everywhere, delta_only]
+    assert config.overrides_for("delta", "+441632960009") == [everywhere]
+    assert config.overrides_for("delta", "+441632960010") == []
+    assert config.overrides_for("gamma", None) == []
+    assert delta_only.allow == frozenset()
+    assert delta_only.bar == frozenset({"mobile"})
+    assert everywhere.trunk is None
+
+
+# fmt: off
+DURATIONS = [
+    ("250ms", 0.25),
+    ("1s", 1.0),
+    ("2m", 120.0),
+    ("1h", 3600.0),
+    ("30", 30.0),
+    ("1.5", 1.5),
+    ("1.5m", 90.0),
+    ("0", 0.0),
+    (" 10 s ", 10.0),
+    ("100 ms", 0.1),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("text, seconds", DURATIONS)
+def test_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "s", "1d", "1S", "-1s", "1e3", "1.s", "ten"])
+def test_duration_invalid(text):
+    with pytest.raises(ValueError) as caught:
+        parse_duration(text)
+
+    assert str(caught.value) == f"{text!r} is not a duration; {DURATION_FIX}"
+
+
+def test_categories():
+    assert len(KNOWN_CATEGORIES) == 17
+    assert "operator" in KNOWN_CATEGORIES
+    assert "international-premium" in KNOWN_CATEGORIES
+    assert "emergency" in KNOWN_CATEGORIES
+
+
+def test_sample_loads(tmp_path):
+    shutil.copy(SAMPLE, tmp_path / CONFIG_NAME)
+    (tmp_path / "rates-gamma.csv").write_text("prefix,rate\n")
+
+    config = load_config(tmp_path / CONFIG_NAME)
+
+    trunk = config.trunks["gamma"]
+    assert trunk.rates == tmp_path / "rates-gamma.csv"
+    assert trunk.bar == frozenset(
+        {"premium", "international", "special-084", "special-087", "directory"}
+    )
+    assert trunk.daily_limit == Decimal("50.00")
+    assert trunk.opted_out("+441632960050")
+    assert "+442079460123" in trunk.numbers
+    assert config.overrides_for("gamma", "+441632960001")[0].allow == frozenset(
+        {"international"}
+    )
+
+
+def test_sample_in_place():
+    config = load_config(SAMPLE)
+
+    assert config.trunks["gamma"].rates == SAMPLE.parent / "rates-gamma.csv"

@@ -1,0 +1,464 @@
+"""Normalisation and classification of dialled strings with the shipped GB table."""
+
+import random
+import re
+
+import pytest
+
+from callguard.numbers import (
+    Classifier,
+    InvalidNumber,
+    Number,
+    NumberPlan,
+    PrefixTable,
+    PrefixTableError,
+    UnclassifiedNumber,
+)
+
+GB = NumberPlan("GB")
+GB_WITH_9 = NumberPlan("GB", outside_line_prefix="9")
+US = NumberPlan("US", emergency_numbers=["911"])
+
+
+@pytest.fixture(scope="module")
+def gb_table():
+    return PrefixTable.default()
+
+
+@pytest.fixture(scope="module")
+def classifier(gb_table):
+    return Classifier(GB, gb_table)
+
+
+@pytest.fixture(scope="module")
+def classifier_with_9(gb_table):
+    return Classifier(GB_WITH_9, gb_table)
+
+
+# dialled, category, E.164, national form, matching table prefix
+GB_CASES = [
+    ("09011234567", "premium", "+449011234567", "09011234567", "09"),
+    ("0044 9011234567", "premium", "+449011234567", "09011234567", "09"),
+    ("08451234567", "special-084", "+448451234567", "08451234567", "084"),
+    ("08441234567", "special-084", "+448441234567", "08441234567", "084"),
+    ("08701234567", "special-087", "+448701234567", "08701234567", "0870"),
+    ("08741234567", "special-087", "+448741234567", "08741234567", "087"),
+    ("08712345678", "premium", "+448712345678", "08712345678", "0871"),
+    ("08731234567", "premium", "+448731234567", "08731234567", "0873"),
+    ("118118", "directory", "", "118118", "118"),
+    ("0118 496 0000", "geographic", "+441184960000", "01184960000", "01"),
+    ("+44 (0) 20 7946 0000", "geographic", "+442079460000", "02079460000", "02"),
+    ("+44(0)2079460000", "geographic", "+442079460000", "02079460000", "02"),
+    ("(020) 7946-0000", "geographic", "+442079460000", "02079460000", "02"),
+    ("020.7946.0000", "geographic", "+442079460000", "02079460000", "02"),
+    ("tel:+441632960000", "geographic", "+441632960000", "01632960000", "01"),
+    ("TEL:01632960000", "geographic", "+441632960000", "01632960000", "01"),
+    ("01632960000", "geographic", "+441632960000", "01632960000", "01"),
+    ("07700900123", "mobile", "+447700900123", "07700900123", "07700900"),
+    ("07700123456", "mobile", "+447700123456", "07700123456", "077"),
+    ("07911123456", "crown-dependency", "+447911123456", "07911123456", "07911"),
+    ("07624123456", "crown-dependency", "+447624123456", "07624123456", "07624"),
+    ("07797123456", "crown-dependency", "+447797123456", "07797123456", "07797"),
+    ("07012345678", "personal", "+447012345678", "07012345678", "070"),
+    ("07612345678", "pager", "+447612345678", "07612345678", "076"),
+    ("07412345678", "mobile", "+447412345678", "07412345678", "074"),
+    ("0800 123 4567", "freephone", "+448001234567", "08001234567", "0800"),
+    ("0808 157 0000", "freephone", "+448081570000", "08081570000", "0808"),
+    ("0300 123 4567", "non-geographic", "+443001234567", "03001234567", "03"),
+    ("111", "service", "", "111", "111"),
+    ("101", "service", "", "101", "101"),
+    ("116123", "service", "", "116123", "116123"),
+    ("116006", "service", "", "116006", "116"),
+    ("100", "operator", "", "100", "100"),
+    ("155", "operator", "", "155", "155"),
+    ("112", "emergency", "", "112", "112"),
+    ("999", "emergency", "", "999", "999"),
+    ("9 9 9", "emergency", "", "999", "999"),
+    ("18000", "emergency", "", "18000", "18000"),
+    ("+353851234567", "international", "+353851234567", "", "+"),
+    ("00353 85 123 4567", "international", "+353851234567", "", "+"),
+    ("+1 (212) 555-1234", "international", "+12125551234", "", "+"),
+    ("+870773111111", "satellite", "+870773111111", "", "+870"),
+    ("+882161234567", "satellite", "+882161234567", "", "+882"),
+    ("+881612345678", "satellite", "+881612345678", "", "+881"),
+    ("+979123456789", "international-premium", "+979123456789", "", "+979"),
+]
+
+
+@pytest.mark.parametrize("dialled, category, e164, national, prefix", GB_CASES)
+def test_classify_gb(classifier, dialled, category, e164, national, prefix):
+    result = classifier.classify(dialled)
+
+    assert result.category == category
+    assert result.number.e164 == e164
+    assert result.number.national == national
+    assert result.prefix == prefix
+    assert result.number.dialled == dialled
+    assert result.emergency == (category == "emergency")
+
+
+# dialled, category, E.164, national form
+OUTSIDE_LINE_CASES = [
+    ("909061234567", "premium", "+449061234567", "09061234567"),
+    ("09061234567", "premium", "+449061234567", "09061234567"),
+    ("9 0044 20 7946 0000", "geographic", "+442079460000", "02079460000"),
+    ("9118118", "directory", "", "118118"),
+    ("9999", "emergency", "", "999"),
+    ("999", "emergency", "", "999"),
+    ("9112", "emergency", "", "112"),
+    ("112", "emergency", "", "112"),
+    ("9-999", "emergency", "", "999"),
+]
+
+
+@pytest.mark.parametrize("dialled, category, e164, national", OUTSIDE_LINE_CASES)
+def test_classify_outside_line(classifier_with_9, dialled, category, e164, national):
+    result = classifier_with_9.classify(dialled)
+
+    assert result.category == category
+    assert result.number.e164 == e164
+    assert result.number.national == national
+
+
+# plan, dialled, fragment of the message
+INVALID_CASES = [
+    (GB, "+00972590000000", "international prefix '00' after '+'"),
+    (GB, "0151496012#", "'#'"),
+    (GB, "*21*00441514960123", "'*'"),
+    (GB, "999#", "'#'"),
+    (GB, "０１６３２９６００００", "non-ASCII"),
+    (GB, "01632 96000０", "non-ASCII"),
+    (GB, "0800FLOWERS", "the letter 'F'"),
+    (GB, "sip:01632960000", "the letter 's'"),
+    (GB, "01632\t960000", "control character"),
+    (GB, "01632960000\n", "control character"),
+    (GB, "0163296000000000", "too long"),
+    (GB, "016329600000", "too long"),
+    (GB, "01632", "too short"),
+    (GB, "0163296", "too short"),
+    (GB, "016329600", "too short"),
+    (GB, "+44 0163296", "too short"),
+    (GB, "12", "too short"),
+    (GB, "1632960000", "neither a short code"),
+    (GB, "000441632960000", "no country code starts with 0"),
+    (GB, "+999123456", "unassigned country code"),
+    (GB, "+44+1632960000", "'+' that is not the first"),
+    (GB, "+353 (0)85 123 4567", "only allowed directly after '+44'"),
+    (GB, "0(0)1632960000", "only allowed directly after '+44'"),
+    (GB, "(01632 960000", "not closed"),
+    (GB, "01632) 960000", "without a matching"),
+    (GB, "((01632)) 960000", "nested"),
+    (GB, "() 01632960000", "empty brackets"),
+    (GB, "01632/960000", "the character '/'"),
+    (GB, "", "no digits"),
+    (GB, "tel:", "no digits"),
+    (GB, "+", "no digits"),
+    (GB, "0" * 65, "too long"),
+    (GB_WITH_9, "9", "only the outside-line prefix"),
+    (US, "5551234", "too short"),
+    (US, "+011 44 20 7946 0000", "international prefix '011' after '+'"),
+    (US, "+44 (0) 20 7946 0000", "only allowed directly after '+1'"),
+]
+
+
+@pytest.mark.parametrize("plan, dialled, message", INVALID_CASES)
+def test_normalise_invalid(plan, dialled, message):
+    with pytest.raises(InvalidNumber) as caught:
+        plan.normalise(dialled)
+
+    assert message in str(caught.value)
+
+
+def test_invalid_message_escapes_controls():
+    with pytest.raises(InvalidNumber) as caught:
+        GB.normalise("0163\x1b[2J2960000")
+
+    assert "\x1b" not in str(caught.value)
+    assert "\\x1b" in str(caught.value)
+
+
+def test_normalise_rejects_non_string():
+    with pytest.raises(TypeError):
+        GB.normalise(1632960000)
+
+
+# plan, dialled, E.164, national form, region
+NORMALISE_CASES = [
+    (GB, "01632960000", "+441632960000", "01632960000", "GB"),
+    (GB, "07624123456", "+447624123456", "07624123456", "IM"),
+    (GB, "01534 123456", "+441534123456", "01534123456", "JE"),
+    (GB, "+353851234567", "+353851234567", "", "IE"),
+    (GB, "+870773111111", "+870773111111", "", "001"),
+    (GB, "+4402079460000", "+442079460000", "02079460000", "GB"),
+    (US, "011 44 20 7946 0000", "+442079460000", "", "GB"),
+    (US, "(212) 555-1234", "+12125551234", "12125551234", "US"),
+    (US, "1 212 555 1234", "+12125551234", "12125551234", "US"),
+    (US, "+1 876 555 1234", "+18765551234", "18765551234", "JM"),
+]
+
+
+@pytest.mark.parametrize("plan, dialled, e164, national, region", NORMALISE_CASES)
+def test_normalise(plan, dialled, e164, national, region):
+    number = plan.normalise(dialled)
+
+    assert number.e164 == e164
+    assert number.national == national
+    assert number.region == region
+    assert number.short_code is False
+
+
+def test_short_code_number():
+    number = GB.normalise("118118")
+
+    assert number == Number(
+        dialled="118118",
+        e164="",
+        national="118118",
+        country_code=44,
+        region="GB",
+        short_code=True,
+    )
+    assert number.rating_key == "44118118"
+    assert number.table_key == "118118"
+
+
+# dialled, rating key, table key
+KEY_CASES = [
+    ("01632 960000", "441632960000", "01632960000"),
+    ("+353851234567", "353851234567", "+353851234567"),
+    ("116123", "44116123", "116123"),
+]
+
+
+@pytest.mark.parametrize("dialled, rating_key, table_key", KEY_CASES)
+def test_number_keys(dialled, rating_key, table_key):
+    number = GB.normalise(dialled)
+
+    assert number.rating_key == rating_key
+    assert number.table_key == table_key
+
+
+# plan, short codes accepted at most
+SHORT_CODE_LIMITS = [
+    (GB, 6),
+    (US, 6),
+    (NumberPlan("IT"), 5),
+]
+
+
+@pytest.mark.parametrize("plan, limit", SHORT_CODE_LIMITS)
+def test_short_code_limit(plan, limit):
+    assert plan.short_code_max_length == limit
+
+
+def test_us_short_code():
+    number = US.normalise("411")
+
+    assert number.short_code is True
+    assert number.national == "411"
+    assert number.rating_key == "1411"
+
+
+# plan, dialled, emergency number matched
+EMERGENCY_CASES = [
+    (GB, "999", "999"),
+    (GB, "112", "112"),
+    (GB, "9 9 9", "999"),
+    (GB, "9-9-9", "999"),
+    (GB, "9.9.9", "999"),
+    (GB, "9999", None),
+    (GB, "999#", None),
+    (GB, "(999)", None),
+    (GB, "tel:999", None),
+    (GB, "18000", None),
+    (GB_WITH_9, "9999", "999"),
+    (GB_WITH_9, "999", "999"),
+    (GB_WITH_9, "9112", "112"),
+    (GB_WITH_9, "112", "112"),
+    (GB_WITH_9, "99999", None),
+    (US, "911", "911"),
+    (US, "999", None),
+]
+
+
+@pytest.mark.parametrize("plan, dialled, matched", EMERGENCY_CASES)
+def test_emergency(plan, dialled, matched):
+    assert plan.emergency(dialled) == matched
+
+
+def test_configured_emergency_without_rule(gb_table):
+    plan = NumberPlan("GB", emergency_numbers=["999", "112", "911"])
+    result = Classifier(plan, gb_table).classify("911")
+
+    assert result.category == "emergency"
+    assert result.emergency is True
+    assert result.prefix == "911"
+    assert result.number.national == "911"
+    assert result.number.e164 == ""
+
+
+def test_configured_emergency_overrides_table():
+    table = PrefixTable.from_rows(
+        [("112", "service", "Wrongly listed"), ("+", "international", "")]
+    )
+    result = Classifier(GB, table).classify("112")
+
+    assert result.category == "emergency"
+    assert result.emergency is True
+    assert result.prefix == "112"
+
+
+def test_table_emergency_not_configured(gb_table):
+    plan = NumberPlan("GB", emergency_numbers=[])
+    result = Classifier(plan, gb_table).classify("999")
+
+    assert result.category == "emergency"
+    assert result.emergency is True
+    assert result.description == "Emergency services"
+
+
+# dialled
+UNCLASSIFIED_CASES = ["123", "17070", "05512345678", "05001234567"]
+
+
+@pytest.mark.parametrize("dialled", UNCLASSIFIED_CASES)
+def test_unclassified(classifier, dialled):
+    with pytest.raises(UnclassifiedNumber) as caught:
+        classifier.classify(dialled)
+
+    assert repr(dialled) in str(caught.value)
+
+
+def test_unclassified_without_catch_all():
+    table = PrefixTable.from_rows([("01", "geographic", "Landline")])
+
+    with pytest.raises(UnclassifiedNumber):
+        Classifier(GB, table).classify("+353851234567")
+
+
+def test_classifier_rejects_home_e164_rule():
+    table = PrefixTable.from_rows(
+        [("09", "premium", ""), ("+449", "premium", "")], source="custom.csv"
+    )
+
+    with pytest.raises(PrefixTableError) as caught:
+        Classifier(GB, table)
+
+    assert str(caught.value).startswith("custom.csv:2: prefix '+449' can never match")
+    assert "'09'" in str(caught.value)
+
+
+# text, E.164 or None
+CALLER_CASES = [
+    ("01632960000", "+441632960000"),
+    ("+441632960000", "+441632960000"),
+    ("441632960000", "+441632960000"),
+    ("1632960000", "+441632960000"),
+    ("0044 20 7946 0000", "+442079460000"),
+    (" +353 85 123 4567 ", "+353851234567"),
+    ("999", None),
+    ("anonymous", None),
+    ("Anonymous", None),
+    ("unknown", None),
+    ("restricted", None),
+    ("", None),
+    ("   ", None),
+    ("0163296", None),
+    ("+999123456", None),
+    ("１６３２９６００００", None),
+    ("sip:alice@192.0.2.1", None),
+    ("0800FLOWERS", None),
+    (None, None),
+]
+
+
+@pytest.mark.parametrize("text, e164", CALLER_CASES)
+def test_normalise_caller(text, e164):
+    assert GB.normalise_caller(text) == e164
+
+
+def test_caller_keeps_outside_line_digit():
+    plan = NumberPlan("US", outside_line_prefix="9")
+
+    assert plan.normalise_caller("9175551234") == "+19175551234"
+    assert plan.normalise("99175551234").e164 == "+19175551234"
+
+
+# keyword arguments, fragment of the message
+BAD_PLANS = [
+    ({"home_country": "XX"}, "home country 'XX' is unknown"),
+    ({"home_country": "001"}, "home country '001' is unknown"),
+    ({"outside_line_prefix": "9a"}, "outside-line prefix '9a' is invalid"),
+    ({"outside_line_prefix": "12345"}, "outside-line prefix '12345' is invalid"),
+    ({"emergency_numbers": "999"}, "not the string '999'"),
+    ({"emergency_numbers": ["99a"]}, "emergency number '99a' is invalid"),
+    ({"emergency_numbers": [999]}, "emergency number 999 must be a string"),
+]
+
+
+@pytest.mark.parametrize("kwargs, message", BAD_PLANS)
+def test_plan_rejects_setting(kwargs, message):
+    with pytest.raises(ValueError) as caught:
+        NumberPlan(**kwargs)
+
+    assert message in str(caught.value)
+
+
+def test_plan_normalises_settings():
+    plan = NumberPlan(
+        "gb", outside_line_prefix=" 9 ", emergency_numbers=[" 999", "112", "999"]
+    )
+
+    assert plan.home_country == "GB"
+    assert plan.outside_line_prefix == "9"
+    assert plan.emergency_numbers == ("999", "112")
+    assert plan.country_code == 44
+    assert plan.national_prefix == "0"
+
+
+FUZZ_ALPHABET = "0123456789" * 4 + "+ -.()*#aZ:\t\x00０٣"
+E164_PATTERN = re.compile(r"\+[1-9][0-9]{1,14}")
+
+
+def fuzz_strings(count, seed):
+    """Yield dialled strings from the GB cases with up to three random edits."""
+    generator = random.Random(seed)
+    bases = [case[0] for case in GB_CASES]
+    for _ in range(count):
+        text = list(generator.choice(bases))
+        for _ in range(generator.randint(0, 3)):
+            position = generator.randint(0, len(text))
+            edit = generator.choice(("insert", "delete", "replace"))
+            if edit == "insert":
+                text.insert(position, generator.choice(FUZZ_ALPHABET))
+            elif text and position < len(text):
+                if edit == "delete":
+                    del text[position]
+                else:
+                    text[position] = generator.choice(FUZZ_ALPHABET)
+
+        yield "".join(text)
+
+
+def test_fuzz_classify_contract(classifier_with_9):
+    accepted = 0
+    for dialled in fuzz_strings(3000, seed=1):
+        try:
+            result = classifier_with_9.classify(dialled)
+        except (InvalidNumber, UnclassifiedNumber):
+            continue
+
+        accepted += 1
+        assert dialled.isascii(), dialled
+        assert "*" not in dialled and "#" not in dialled, dialled
+        if result.number.e164:
+            assert E164_PATTERN.fullmatch(result.number.e164), dialled
+
+    assert accepted > 1000
+
+
+def test_fuzz_caller_never_raises():
+    for text in fuzz_strings(3000, seed=2):
+        e164 = GB.normalise_caller(text)
+
+        assert e164 is None or E164_PATTERN.fullmatch(e164), text

@@ -1,0 +1,296 @@
+"""The call decision: a table of dialled strings and the decision each gets."""
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from callguard.clock import ManualClock
+from callguard.config import load_config
+from callguard.daemon.state import build_state
+from callguard.policy.blocks import BlockList
+from callguard.policy.decision import CallRequest
+from callguard.policy.engine import PolicyEngine
+from callguard.policy.ledger import Ledger
+from callguard.policy.reservations import Reservations
+from callguard.store import Store
+from callguard.worker import StoreWorker
+from support import TRUNK, write_config
+
+# 10:00 BST on Friday 14 June 2024.
+NOW = datetime(2024, 6, 14, 9, 0, tzinfo=timezone.utc)
+TODAY = "2024-06-14"
+THIS_WEEK = "2024-W24"
+
+OVERRIDE = """\
+[number 01632960001]
+allow = international
+"""
+
+OPEN_TRUNK = """\
+[trunk open]
+rates = rates.csv
+daily_limit = 50.00
+
+[trunk fallback]
+rates = rates.csv
+default_rate = 0.25, 0.05, 60/60
+"""
+
+
+class Guard:
+    """A policy engine over a real SQLite store and a manual clock."""
+
+    def __init__(self, directory, *, general="", extra=OVERRIDE + OPEN_TRUNK, trunks=TRUNK):
+        self.config = load_config(
+            write_config(directory, general=general, trunks=trunks, extra=extra)
+        )
+        self.store = Store(self.config.general.database)
+        self.store.open()
+        self.worker = StoreWorker(self.store)
+        self.clock = ManualClock(NOW)
+        self.blocks = BlockList()
+        self.reservations = Reservations()
+        self.engine = PolicyEngine(
+            build_state(self.config).state,
+            Ledger(self.worker),
+            self.reservations,
+            self.blocks,
+            self.clock,
+        )
+
+    async def decide(self, number, trunk="gamma", caller="01632960010", uniqueid=""):
+        request = CallRequest(trunk=trunk, dialled=number, caller=caller, uniqueid=uniqueid,
+                              channel="PJSIP/1001-00000012")
+        return await self.engine.decide(request)
+
+    def spend(self, window, key, amount, trunk="gamma"):
+        self.store.add_spend(trunk, window, key, Decimal(amount), NOW)
+
+    def close(self):
+        self.worker.shutdown()
+        self.store.close()
+
+
+@pytest.fixture
+def guard(tmp_path):
+    guard = Guard(tmp_path)
+    yield guard
+    guard.close()
+
+
+FULLWIDTH = "\uff10\uff11\uff16\uff13\uff12\uff19\uff16\uff10\uff10\uff10\uff10"
+
+# fmt: off
+DECISIONS = [
+    # dialled,                      result,  reason,                  category
+    ("09011234567",                 "DENY",  "barred:premium",        "premium"),
+    ("0044 9011234567",             "DENY",  "barred:premium",        "premium"),
+    ("08451234567",                 "DENY",  "barred:special-084",    "special-084"),
+    ("08701234567",                 "DENY",  "barred:special-087",    "special-087"),
+    ("08712345678",                 "DENY",  "barred:premium",        "premium"),
+    ("118118",                      "DENY",  "barred:directory",      "directory"),
+    ("0118 496 0000",               "ALLOW", "ok",                    "geographic"),
+    ("+44 (0) 20 7946 0000",        "ALLOW", "ok",                    "geographic"),
+    ("01632 960123",                "ALLOW", "ok",                    "geographic"),
+    ("07700 900123",                "ALLOW", "ok",                    "mobile"),
+    ("07012345678",                 "ALLOW", "ok",                    "personal"),
+    ("111",                         "ALLOW", "ok",                    "service"),
+    ("116123",                      "ALLOW", "ok",                    "service"),
+    ("+00972590000000",             "DENY",  "invalid-number",        ""),
+    ("0151496012#",                 "DENY",  "invalid-number",        ""),
+    ("*21*00441514960123",          "DENY",  "invalid-number",        ""),
+    (FULLWIDTH,                     "DENY",  "invalid-number",        ""),
+    ("0163296O123",                 "DENY",  "invalid-number",        ""),
+    ("+353 85 123 4567",            "ALLOW", "ok",                    "international"),
+    ("0033 6 12 34 56 78",          "DENY",  "barred:international",  "international"),
+    ("+972 59 000 0000",            "DENY",  "barred:international",  "international"),
+    ("+870 773 111 111",            "DENY",  "barred:satellite",      "satellite"),
+    ("+979 123 456 789",            "DENY",  "barred:international-premium",
+                                                                      "international-premium"),
+    ("999",                         "ALLOW", "emergency",             "emergency"),
+    ("112",                         "ALLOW", "emergency",             "emergency"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("dialled, result, reason, category", DECISIONS)
+async def test_decision_table(guard, dialled, result, reason, category):
+    decision = await guard.decide(dialled)
+
+    assert (decision.result, decision.reason) == (result, reason)
+    assert decision.category == category
+
+
+async def test_outside_line_prefix(tmp_path):
+    guard = Guard(tmp_path, general="outside_line_prefix = 9")
+    try:
+        premium = await guard.decide("909061234567")
+        emergency_with = await guard.decide("9999")
+        emergency_without = await guard.decide("999")
+    finally:
+        guard.close()
+
+    assert (premium.result, premium.reason) == ("DENY", "barred:premium")
+    assert emergency_with.reason == "emergency"
+    assert emergency_without.reason == "emergency"
+
+
+EVERYTHING_BARRED = """\
+[trunk gamma]
+bar = service, operator, premium, special-084, special-087, directory, personal, pager, \
+mobile, crown-dependency, geographic, non-geographic, freephone, international
+daily_limit = 1.00
+weekly_limit = 1.00
+max_concurrent_calls = 1
+rates = rates.csv
+"""
+
+
+@pytest.mark.parametrize("dialled", ["999", "112", "9 9 9"])
+async def test_emergency_despite_everything(tmp_path, dialled):
+    guard = Guard(tmp_path, trunks=EVERYTHING_BARRED, extra="")
+    guard.spend("day", TODAY, "1.00")
+    guard.spend("week", THIS_WEEK, "1.00")
+    guard.blocks.add("endpoint", "1001", None)
+    try:
+        decision = await guard.decide(dialled)
+        ordinary = await guard.decide("01632960123")
+    finally:
+        guard.close()
+
+    assert (decision.result, decision.reason) == ("ALLOW", "emergency")
+    assert ordinary.result == "DENY"
+
+
+async def test_geographic_max_seconds(guard):
+    decision = await guard.decide("01632960123")
+
+    assert decision.rate == Decimal("0.0100")
+    assert decision.max_seconds == 7200
+    assert decision.e164 == "+441632960123"
+
+
+async def test_unknown_trunk(guard):
+    decision = await guard.decide("01632960123", trunk="delta")
+
+    assert (decision.result, decision.reason) == ("DENY", "unknown-trunk")
+
+
+async def test_unrated_then_default_rate(guard):
+    # Germany is not barred on "open" and "fallback", and not in the deck.
+    unrated = await guard.decide("+49 30 901820", trunk="open")
+    fallback = await guard.decide("+49 30 901820", trunk="fallback")
+
+    assert (unrated.result, unrated.reason) == ("DENY", "unrated")
+    assert (fallback.result, fallback.reason) == ("ALLOW", "ok")
+    assert fallback.rate == Decimal("0.25")
+
+
+async def test_opted_out_caller_skips_barring(guard):
+    guard.spend("day", TODAY, "50.00")
+    decision = await guard.decide("09011234567", caller="+441632960050")
+
+    assert (decision.result, decision.reason) == ("ALLOW", "opted-out")
+    assert decision.max_seconds == 7200
+
+
+async def test_number_override_allows_international(guard):
+    allowed = await guard.decide("0033 6 12 34 56 78", caller="01632960001")
+    satellite = await guard.decide("+870 773 111 111", caller="01632960001")
+    other_caller = await guard.decide("0033 6 12 34 56 78", caller="01632960002")
+
+    assert allowed.result == "ALLOW"
+    assert satellite.reason == "barred:satellite"
+    assert other_caller.reason == "barred:international"
+
+
+@pytest.mark.parametrize("caller", ["", "unknown", "anonymous"])
+async def test_no_caller_matches_no_range(guard, caller):
+    decision = await guard.decide("0033 6 12 34 56 78", caller=caller)
+
+    assert decision.reason == "barred:international"
+
+
+async def test_blocked_caller(guard):
+    guard.blocks.add("endpoint", "1001", NOW + timedelta(hours=1))
+    blocked = await guard.decide("01632960123")
+    guard.clock.advance(3601)
+    expired = await guard.decide("01632960123")
+
+    assert (blocked.result, blocked.reason) == ("DENY", "blocked:offender")
+    assert expired.result == "ALLOW"
+
+
+@pytest.mark.parametrize(
+    "day_spent, week_spent, result, reason",
+    [
+        ("49.99", "0", "ALLOW", "ok"),        # exactly one 0.01 block left
+        ("49.991", "0", "DENY", "limit:daily"),
+        ("50.00", "0", "DENY", "limit:daily"),
+        ("0", "199.99", "ALLOW", "ok"),
+        ("0", "200.00", "DENY", "limit:weekly"),
+        ("50.00", "200.00", "DENY", "limit:daily"),
+    ],
+)
+async def test_spend_limits(guard, day_spent, week_spent, result, reason):
+    guard.spend("day", TODAY, day_spent)
+    guard.spend("week", THIS_WEEK, week_spent)
+
+    decision = await guard.decide("01632960123")
+
+    assert (decision.result, decision.reason) == (result, reason)
+
+
+async def test_last_block_sets_max_seconds(guard):
+    guard.spend("day", TODAY, "49.97")
+
+    decision = await guard.decide("01632960123")
+
+    assert decision.max_seconds == 180
+
+
+async def test_parallel_decisions_share_no_headroom(guard):
+    # 0.03 left buys exactly three first blocks at 0.01.
+    guard.spend("day", TODAY, "49.97")
+
+    decisions = await asyncio.gather(
+        *(guard.decide("01632960123", uniqueid=f"1718355600.{n}") for n in range(30))
+    )
+
+    allowed = [d for d in decisions if d.result == "ALLOW"]
+    denied = [d for d in decisions if d.reason == "limit:daily"]
+    assert len(allowed) == 3
+    assert len(denied) == 27
+
+
+async def test_reservation_expires(guard):
+    guard.spend("day", TODAY, "49.99")
+    first = await guard.decide("01632960123", uniqueid="1718355600.1")
+    second = await guard.decide("01632960123", uniqueid="1718355600.2")
+    guard.clock.advance(121)
+    third = await guard.decide("01632960123", uniqueid="1718355600.3")
+
+    assert first.result == "ALLOW"
+    assert second.reason == "limit:daily"
+    assert third.result == "ALLOW"
+
+
+async def test_concurrent_cap_counts_reservations(guard):
+    decisions = [
+        await guard.decide("01632960123", uniqueid=f"1718355600.{n}") for n in range(11)
+    ]
+
+    assert [d.result for d in decisions[:10]] == ["ALLOW"] * 10
+    assert decisions[10].reason == "limit:concurrent"
+
+
+async def test_same_channel_checked_twice_holds_once(guard):
+    guard.spend("day", TODAY, "49.99")
+    first = await guard.decide("01632960123", uniqueid="1718355600.1")
+    again = await guard.decide("01632960123", uniqueid="1718355600.1")
+
+    assert first.result == "ALLOW"
+    assert again.result == "ALLOW"
+    assert len(guard.reservations) == 1

@@ -1,0 +1,221 @@
+"""schema.sql and the SQLAlchemy models describe the same database, on SQLite and PostgreSQL."""
+
+import re
+import uuid
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import Engine, make_url
+
+from callguard.store import Base, DecisionRecord, Money, Store, UTCDateTime
+from callguard.store.records import RESULT_DENY
+from callguard.store.schema import create_schema
+
+SCHEMA_SQL = Path(__file__).resolve().parent.parent / "schema.sql"
+T0 = datetime(2024, 6, 14, 12, 0, tzinfo=timezone.utc)
+SEED_QUERIES = (
+    "SELECT version FROM schema_version",
+    "SELECT name, last_id FROM id_counters ORDER BY name",
+)
+
+
+@pytest.fixture
+def twin_url(db_url, tmp_path):
+    """Yield a second, empty database on the same backend as ``db_url``."""
+    url = make_url(db_url)
+    if url.get_backend_name() == "sqlite":
+        yield f"sqlite:///{tmp_path / 'from-schema-sql.db'}"
+        return
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(url.difference_update_query(["options"]))
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    twin = url.update_query_dict({"options": f"-csearch_path={schema}"})
+    yield twin.render_as_string(hide_password=False)
+    with admin.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture
+def engines(db_url, twin_url):
+    """Yield (engine for create_all, engine for schema.sql)."""
+    from_models = create_engine(db_url)
+    from_sql = create_engine(twin_url)
+    yield from_models, from_sql
+    from_models.dispose()
+    from_sql.dispose()
+
+
+def sql_statements(sql: str) -> list[str]:
+    lines = [line for line in sql.splitlines() if not line.lstrip().startswith("--")]
+    return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
+
+
+def run_schema_sql(engine: Engine, sql: str) -> None:
+    with engine.begin() as conn:
+        for statement in sql_statements(sql):
+            conn.exec_driver_sql(statement)
+
+
+def create_from_models(engine: Engine) -> None:
+    """Create the schema with metadata.create_all, plus its version and id counter rows."""
+    with engine.begin() as conn:
+        create_schema(conn)
+
+
+def squash(sql: str | None) -> str:
+    return re.sub(r"\s+", " ", sql or "").strip()
+
+
+def describe(engine: Engine) -> dict:
+    """Reflect the parts of a schema that must agree, in comparable form."""
+    inspector = inspect(engine)
+    tables = {}
+    for table in sorted(inspector.get_table_names()):
+        columns = [
+            (
+                column["name"],
+                column["type"].compile(dialect=engine.dialect),
+                column["nullable"],
+            )
+            for column in inspector.get_columns(table)
+        ]
+        primary_key = inspector.get_pk_constraint(table)
+        tables[table] = {
+            "columns": columns,
+            "primary_key": (primary_key["name"], primary_key["constrained_columns"]),
+            "unique": sorted(
+                (unique["name"], unique["column_names"])
+                for unique in inspector.get_unique_constraints(table)
+            ),
+            "indexes": sorted(
+                (index["name"], index["column_names"], index["unique"])
+                for index in inspector.get_indexes(table)
+            ),
+            "checks": sorted(
+                (check["name"], squash(check["sqltext"]))
+                for check in inspector.get_check_constraints(table)
+            ),
+            "foreign_keys": inspector.get_foreign_keys(table),
+        }
+        if engine.dialect.name == "sqlite":
+            tables[table]["declared"] = sqlite_declared_types(engine, table)
+    return tables
+
+
+def sqlite_declared_types(engine: Engine, table: str) -> list[tuple[str, str]]:
+    # SQLAlchemy reflects TIMESTAMP WITH TIME ZONE as NUMERIC (SQLite's type
+    # affinity), so compare the declared type names as well.
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql(f'PRAGMA table_info("{table}")').all()
+    return [(row.name, row.type) for row in rows]
+
+
+def seeds(engine: Engine) -> list[list[tuple]]:
+    with engine.connect() as conn:
+        return [
+            [tuple(row) for row in conn.execute(text(query))] for query in SEED_QUERIES
+        ]
+
+
+def test_schema_sql_matches_models(engines):
+    from_models, from_sql = engines
+    create_from_models(from_models)
+    run_schema_sql(from_sql, SCHEMA_SQL.read_text())
+
+    models, sql = describe(from_models), describe(from_sql)
+
+    assert sorted(models) == sorted(Base.metadata.tables)
+    assert sorted(sql) == sorted(models)
+    for table in models:
+        for part in models[table]:
+            assert sql[table][part] == models[table][part], (table, part)
+    assert seeds(from_sql) == seeds(from_models)
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("    node TEXT NOT NULL,", "    node TEXT,"),
+        ("    reserved BIGINT NOT NULL,", "    reserved INTEGER NOT NULL,"),
+        ("CREATE INDEX ix_calls_state ON calls (state);", ""),
+        (
+            "CHECK (state IN ('ringing', 'up', 'ended'))",
+            "CHECK (state IN ('ringing', 'up'))",
+        ),
+        ("CONSTRAINT uq_calls_uniqueid UNIQUE (uniqueid),", ""),
+        (
+            "    imported_at TIMESTAMP WITH TIME ZONE NOT NULL,",
+            "    imported_at TEXT NOT NULL,",
+        ),
+    ],
+)
+def test_comparison_detects_drift(engines, old, new):
+    from_models, from_sql = engines
+    sql = SCHEMA_SQL.read_text()
+    assert old in sql
+    create_from_models(from_models)
+    run_schema_sql(from_sql, sql.replace(old, new, 1))
+
+    assert describe(from_sql) != describe(from_models)
+
+
+def test_column_types_per_backend(engines):
+    from_models, _ = engines
+    create_from_models(from_models)
+    described = describe(from_models)
+
+    money = [
+        (table.name, column.name)
+        for table in Base.metadata.sorted_tables
+        for column in table.columns
+        if isinstance(column.type, Money)
+    ]
+    times = [
+        (table.name, column.name)
+        for table in Base.metadata.sorted_tables
+        for column in table.columns
+        if isinstance(column.type, UTCDateTime)
+    ]
+    assert len(money) == 8
+    assert len(times) == 9
+
+    for table, name in money:
+        types = {column[0]: column[1] for column in described[table]["columns"]}
+        assert types[name] == "BIGINT", (table, name)
+    for table, name in times:
+        if from_models.dialect.name == "sqlite":
+            types = dict(described[table]["declared"])
+        else:
+            types = {column[0]: column[1] for column in described[table]["columns"]}
+        assert types[name] == "TIMESTAMP WITH TIME ZONE", (table, name)
+
+
+def test_store_opens_schema_sql(twin_url):
+    engine = create_engine(twin_url)
+    run_schema_sql(engine, SCHEMA_SQL.read_text())
+    engine.dispose()
+    decision = DecisionRecord(
+        decided_at=T0,
+        trunk="gamma",
+        uniqueid="1718366400.1",
+        channel="PJSIP/1001-00000001",
+        caller="1001",
+        dialled="09011234567",
+        result=RESULT_DENY,
+        reason="category premium is barred",
+    )
+
+    with Store(twin_url) as store:
+        block_id = store.add_block("caller", "1001", "fraud", T0, None, "admin")
+        store.add_decisions([decision])
+        spent = store.add_spend("gamma", "day", "2024-06-14", Decimal("0.0036"), T0)
+
+        assert block_id == 1
+        assert [record.id for record in store.recent_decisions()] == [1]
+        assert spent == Decimal("0.0036")

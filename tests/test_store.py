@@ -1,0 +1,698 @@
+"""The store on SQLite and on the local PostgreSQL server: types, schema, and every operation."""
+
+import dataclasses
+import socket
+import threading
+import uuid
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+import sqlalchemy
+from sqlalchemy import Column, MetaData, Table, create_engine, text
+
+from callguard.store import (
+    SCHEMA_VERSION,
+    STATE_ENDED,
+    STATE_UP,
+    CallRecord,
+    DecisionRecord,
+    Money,
+    Store,
+    StoreError,
+    UTCDateTime,
+    window_keys,
+)
+from callguard.store.models import Block, Call, Decision
+from callguard.store.records import BlockRecord
+
+UTC = timezone.utc
+T0 = datetime(2024, 6, 14, 12, 0, 0, tzinfo=UTC)
+PLUS_TWO = timezone(timedelta(hours=2))
+
+
+@pytest.fixture
+def store(db_url):
+    opened = Store(db_url)
+    opened.open()
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def engine(db_url):
+    created = create_engine(db_url)
+    yield created
+    created.dispose()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def decision(n: int, **changes) -> DecisionRecord:
+    values = dict(
+        decided_at=T0 + timedelta(seconds=n),
+        trunk="gamma",
+        uniqueid=f"1718366400.{n}",
+        channel=f"PJSIP/1001-{n:08x}",
+        caller="1001",
+        dialled="09011234567",
+        e164="+449011234567",
+        category="premium",
+        result="DENY",
+        reason="category premium is barred",
+        node="pbx1",
+    )
+    return DecisionRecord(**(values | changes))
+
+
+def call(uniqueid: str = "1718366400.20", **changes) -> CallRecord:
+    values = dict(
+        uniqueid=uniqueid,
+        decision_uniqueid="1718366400.19",
+        trunk="gamma",
+        channel="PJSIP/gamma-00000014",
+        caller="1001",
+        dialled="02079460000",
+        e164="+442079460000",
+        category="geographic",
+        tariff_prefix="4420",
+        rate=Decimal("0.006"),
+        connection_fee=Decimal("0.05"),
+        first_increment=30,
+        later_increment=6,
+        created_at=T0,
+        guarded=True,
+    )
+    return CallRecord(**(values | changes))
+
+
+# Column types.
+
+
+def money_table(engine) -> Table:
+    metadata = MetaData()
+    table = Table(
+        "money_probe",
+        metadata,
+        Column("id", sqlalchemy.Integer, primary_key=True, autoincrement=False),
+        Column("amount", Money),
+        Column("at", UTCDateTime),
+    )
+    metadata.create_all(engine)
+    return table
+
+
+@pytest.mark.parametrize(
+    "stored, expected",
+    [
+        (Decimal("0.000001"), Decimal("0.000001")),
+        (Decimal("12345678.901234"), Decimal("12345678.901234")),
+        (Decimal("0"), Decimal("0")),
+        (Decimal("-1.5"), Decimal("-1.5")),
+        (Decimal("9223372036854.775807"), Decimal("9223372036854.775807")),
+        (Decimal("0.0000001"), Decimal("0.000001")),  # rounded up to the micro-unit
+    ],
+)
+def test_money_round_trip(engine, stored, expected):
+    table = money_table(engine)
+    with engine.begin() as conn:
+        conn.execute(table.insert(), {"id": 1, "amount": stored})
+        raw = conn.execute(text("SELECT amount FROM money_probe")).scalar_one()
+        back = conn.execute(sqlalchemy.select(table.c.amount)).scalar_one()
+
+    assert isinstance(raw, int)
+    assert isinstance(back, Decimal)
+    assert back == expected
+
+
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        (0.0036, TypeError),
+        (1, TypeError),
+        ("0.0036", TypeError),
+        (Decimal("NaN"), ValueError),
+        (Decimal("Infinity"), ValueError),
+        (Decimal("9223372036854.775808"), ValueError),
+        (Decimal("1E+30"), ValueError),
+    ],
+)
+def test_money_rejects(engine, bad, error):
+    table = money_table(engine)
+    with pytest.raises(sqlalchemy.exc.StatementError) as caught:
+        with engine.begin() as conn:
+            conn.execute(table.insert(), {"id": 1, "amount": bad})
+    assert isinstance(caught.value.orig, error)
+
+
+def test_datetime_naive_rejected(engine):
+    table = money_table(engine)
+    with pytest.raises(sqlalchemy.exc.StatementError) as caught:
+        with engine.begin() as conn:
+            conn.execute(table.insert(), {"id": 1, "at": datetime(2024, 6, 14, 12, 0)})
+    assert isinstance(caught.value.orig, ValueError)
+    assert "naive" in str(caught.value.orig)
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        T0,
+        datetime(2024, 6, 14, 14, 0, 0, 123456, tzinfo=PLUS_TWO),
+        datetime(
+            1999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-5))
+        ),
+    ],
+)
+def test_datetime_aware_round_trip(engine, stored):
+    table = money_table(engine)
+    with engine.begin() as conn:
+        conn.execute(table.insert(), {"id": 1, "at": stored})
+        back = conn.execute(sqlalchemy.select(table.c.at)).scalar_one()
+
+    assert back == stored
+    assert back.utcoffset() == timedelta(0)
+
+
+def test_datetime_compares_in_utc(engine):
+    table = money_table(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            table.insert(),
+            [{"id": 1, "at": T0}, {"id": 2, "at": T0 + timedelta(hours=1)}],
+        )
+        # 13:30 at +02:00 is 11:30 UTC, before both rows.
+        later = sqlalchemy.select(table.c.id).where(
+            table.c.at > datetime(2024, 6, 14, 13, 30, tzinfo=PLUS_TWO)
+        )
+        found = conn.execute(later.order_by(table.c.id)).scalars().all()
+    assert found == [1, 2]
+
+
+def test_store_rejects_float(store):
+    with pytest.raises(TypeError, match="float"):
+        store.add_spend("gamma", "day", "2024-06-14", 0.0036, T0)
+
+
+def test_store_rejects_naive(store):
+    with pytest.raises(ValueError, match="naive"):
+        store.add_spend(
+            "gamma", "day", "2024-06-14", Decimal("1"), datetime(2024, 6, 14)
+        )
+
+
+# Schema creation and version.
+
+
+def test_open_creates_schema(store, engine):
+    tables = set(sqlalchemy.inspect(engine).get_table_names())
+    with engine.connect() as conn:
+        version = (
+            conn.execute(text("SELECT version FROM schema_version")).scalars().all()
+        )
+
+    assert {"decisions", "calls", "spend", "blocks", "rates", "prefixes"} <= tables
+    assert version == [SCHEMA_VERSION]
+
+
+def test_reopen_keeps_data(db_url):
+    with Store(db_url) as first:
+        first.add_spend("gamma", "day", "2024-06-14", Decimal("1.25"), T0)
+    with Store(db_url) as second:
+        assert second.get_spend("gamma", "day", "2024-06-14") == Decimal("1.25")
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (f"UPDATE schema_version SET version = {SCHEMA_VERSION + 1}", "newer"),
+        ("UPDATE schema_version SET version = 0", "older"),
+        ("DELETE FROM schema_version", "exactly one row"),
+        ("DROP TABLE schema_version", "no schema_version table"),
+        ("DROP TABLE blocks", "lacks the tables blocks"),
+        ("DELETE FROM id_counters WHERE name = 'calls'", "no row for calls"),
+    ],
+)
+def test_open_rejects_damaged_schema(db_url, engine, damage, message):
+    with Store(db_url):
+        pass
+    with engine.begin() as conn:
+        conn.execute(text(damage))
+
+    damaged = Store(db_url)
+    with pytest.raises(StoreError, match=message):
+        damaged.open()
+    with pytest.raises(StoreError, match="not open"):
+        damaged.get_spend("gamma", "day", "2024-06-14")
+
+
+def test_closed_store_raises(db_url):
+    closed = Store(db_url)
+    with pytest.raises(StoreError, match="call open"):
+        closed.list_prefixes()
+
+
+def test_records_mirror_tables():
+    for record, model in (
+        (DecisionRecord, Decision),
+        (CallRecord, Call),
+        (BlockRecord, Block),
+    ):
+        names = [field.name for field in dataclasses.fields(record)]
+        assert names == [column.name for column in model.__table__.columns]
+
+
+# Spend windows.
+
+
+def test_spend_threads_sum_exactly(store):
+    errors = []
+
+    def add_many():
+        try:
+            for _ in range(200):
+                store.add_spend("gamma", "day", "2024-06-14", Decimal("0.0036"), T0)
+        except StoreError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=add_many) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert store.get_spend("gamma", "day", "2024-06-14") == Decimal("5.76")
+
+
+def test_add_spend_returns_total(store):
+    totals = [
+        store.add_spend("gamma", "week", "2024-W24", amount, T0)
+        for amount in (Decimal("0.0036"), Decimal("1.5"), Decimal("-0.0036"))
+    ]
+    assert totals == [Decimal("0.0036"), Decimal("1.5036"), Decimal("1.5")]
+
+
+def test_spend_windows_independent(store):
+    store.add_spend("gamma", "day", "2024-06-14", Decimal("2.00"), T0)
+    store.add_spend("gamma", "day", "2024-06-15", Decimal("0.50"), T0)
+    store.add_spend("gamma", "week", "2024-W24", Decimal("2.50"), T0)
+    store.add_spend("delta", "day", "2024-06-14", Decimal("9.99"), T0)
+
+    cases = [
+        ("gamma", "day", "2024-06-14", Decimal("2.00")),
+        ("gamma", "day", "2024-06-15", Decimal("0.50")),
+        ("gamma", "day", "2024-06-16", Decimal("0")),
+        ("gamma", "week", "2024-W24", Decimal("2.50")),
+        ("gamma", "week", "2024-W25", Decimal("0")),
+        ("delta", "day", "2024-06-14", Decimal("9.99")),
+        ("delta", "week", "2024-W24", Decimal("0")),
+    ]
+    for trunk, window, key, expected in cases:
+        assert store.get_spend(trunk, window, key) == expected, (trunk, window, key)
+
+    both = store.spend_for("gamma", window_keys(date(2024, 6, 15)))
+    assert both == {"day": Decimal("0.50"), "week": Decimal("2.50")}
+
+
+@pytest.mark.parametrize(
+    "window, key",
+    [
+        ("day", "2024-6-14"),
+        ("day", "2024-02-30"),
+        ("day", "2024-W24"),
+        ("week", "2024-W54"),
+        ("week", "2023-W53"),
+        ("week", "2024-06-14"),
+        ("month", "2024-06"),
+    ],
+)
+def test_spend_rejects_bad_key(store, window, key):
+    with pytest.raises(ValueError, match="invalid|not a real date"):
+        store.add_spend("gamma", window, key, Decimal("1"), T0)
+
+
+@pytest.mark.parametrize(
+    "day, expected",
+    [
+        (date(2024, 6, 14), {"day": "2024-06-14", "week": "2024-W24"}),
+        (date(2024, 12, 30), {"day": "2024-12-30", "week": "2025-W01"}),
+        (date(2021, 1, 1), {"day": "2021-01-01", "week": "2020-W53"}),
+    ],
+)
+def test_window_keys(day, expected):
+    assert window_keys(day) == expected
+
+
+# Prefix table and rate decks.
+
+
+def deck(count: int, rate: str = "0.006"):
+    for n in range(count):
+        yield (str(4400000 + n), f"UK {n}", Decimal(rate), Decimal("0"), 30, 6)
+
+
+def test_prefixes_replace_and_list(store):
+    first = [("09", "premium", "Premium rate"), ("+", "international", "Anywhere else")]
+    second = [
+        ("07", "mobile", "Mobile"),
+        ("+870", "satellite", "Inmarsat"),
+        ("999", "emergency", ""),
+    ]
+
+    assert store.replace_prefixes(first, "prefixes-gb.csv") == 2
+    assert store.list_prefixes() == sorted(first)
+    assert store.replace_prefixes(second, "etc/prefixes-gb.csv") == 3
+    assert store.list_prefixes() == sorted(second)
+
+    imports = {
+        (record.dataset, record.trunk): record for record in store.list_imports()
+    }
+    assert imports[("prefixes", "")].source == "etc/prefixes-gb.csv"
+    assert imports[("prefixes", "")].row_count == 3
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        (
+            [("09", "premium", "a"), ("09", "premium", "b")],
+            "row 2: prefix '09' is a duplicate",
+        ),
+        ([("9a", "premium", "a")], "prefix '9a' is invalid"),
+        ([("", "premium", "a")], "prefix '' is invalid"),
+        ([("09", "", "a")], "row 1 .*category is empty"),
+        ([("09", "premium")], "expected 3 fields"),
+    ],
+)
+def test_prefixes_reject_bad_rows(store, rows, message):
+    store.replace_prefixes([("07", "mobile", "Mobile")], "good.csv")
+    with pytest.raises(ValueError, match=message):
+        store.replace_prefixes(rows, "bad.csv")
+    assert store.list_prefixes() == [("07", "mobile", "Mobile")]
+
+
+def test_rates_replace_atomically(store):
+    store.replace_rates(
+        "gamma", [("44", "UK", Decimal("0.01"), Decimal("0"), 60, 60)], "a.csv"
+    )
+    store.replace_rates(
+        "delta", [("1", "NANP", Decimal("0.02"), Decimal("0.1"), 1, 1)], "d.csv"
+    )
+    new_deck = [
+        ("447", "UK mobile", Decimal("0.05"), Decimal("0.10"), 30, 6),
+        ("4420", "London", Decimal("0.0060"), Decimal("0"), 1, 1),
+    ]
+
+    assert store.replace_rates("gamma", new_deck, "b.csv") == 2
+    assert store.list_rates("gamma") == sorted(new_deck)
+    assert store.list_rates("delta") == [
+        ("1", "NANP", Decimal("0.02"), Decimal("0.1"), 1, 1)
+    ]
+    assert store.rate_trunks() == {"delta": 1, "gamma": 2}
+
+
+def test_rates_failed_replace_keeps_old(store):
+    store.replace_rates("gamma", deck(50), "good.csv")
+    bad_deck = list(deck(1000, rate="0.5")) + [
+        ("4499", "bad", Decimal("-1"), Decimal("0"), 60, 60)
+    ]
+
+    with pytest.raises(
+        ValueError, match=r"bad.csv: row 1001 \(prefix 4499\): rate -1 is negative"
+    ):
+        store.replace_rates("gamma", bad_deck, "bad.csv")
+
+    assert store.list_rates("gamma") == list(deck(50))
+    imports = store.list_imports()
+    assert [(record.source, record.row_count) for record in imports] == [
+        ("good.csv", 50)
+    ]
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        (("+44", "UK", Decimal("0.01"), Decimal("0"), 60, 60), "without +"),
+        (("44", "UK", 0.01, Decimal("0"), 60, 60), "float"),
+        (
+            ("44", "UK", Decimal("0.01"), Decimal("-0.5"), 60, 60),
+            "connection_fee -0.5 is negative",
+        ),
+        (
+            ("44", "UK", Decimal("0.01"), Decimal("0"), 0, 60),
+            "first_increment 0 is below",
+        ),
+        (
+            ("44", "UK", Decimal("0.01"), Decimal("0"), 60, 6.0),
+            "later_increment 6.0 is a float",
+        ),
+        (("44", "UK", Decimal("sNaN"), Decimal("0"), 60, 60), "not a finite number"),
+    ],
+)
+def test_rates_reject_bad_rows(store, row, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        store.replace_rates("gamma", [row], "bad.csv")
+    assert store.rate_trunks() == {}
+
+
+def test_rates_import_100k(store):
+    assert store.replace_rates("gamma", deck(100_000), "big.csv") == 100_000
+    assert store.rate_trunks() == {"gamma": 100_000}
+
+    assert store.list_rates("gamma", limit=2) == list(deck(2))
+    last = store.list_rates("gamma", prefix="4499999")
+    assert last == [("4499999", "UK 99999", Decimal("0.006"), Decimal("0"), 30, 6)]
+    assert len(store.list_rates("gamma", prefix="440123")) == 10
+
+
+# Decisions.
+
+
+def test_decisions_batch_round_trip(store):
+    batch = [
+        decision(1),
+        decision(
+            2,
+            result="ALLOW",
+            reason="allowed",
+            max_seconds=3600,
+            rate=Decimal("0.006"),
+            reserved=Decimal("0.003"),
+            category="geographic",
+        ),
+        decision(3, e164=None, category=None, reason="invalid number", dialled="*21*"),
+    ]
+    store.add_decisions(batch)
+    store.add_decisions([decision(4, trunk="delta")])
+
+    stored = store.recent_decisions()
+    assert [record.id for record in stored] == [4, 3, 2, 1]
+    assert [
+        dataclasses.replace(record, id=None) for record in reversed(stored[1:])
+    ] == batch
+    assert [record.id for record in store.recent_decisions(trunk="gamma", limit=2)] == [
+        3,
+        2,
+    ]
+
+
+def test_decisions_reject_bad_records(store):
+    with pytest.raises(ValueError, match="result 'MAYBE' is invalid"):
+        decision(1, result="MAYBE")
+    with pytest.raises(ValueError, match="naive"):
+        decision(1, decided_at=datetime(2024, 6, 14))
+    with pytest.raises(TypeError, match="float"):
+        decision(1, reserved=0.5)
+
+    store.add_decisions([])
+    assert store.recent_decisions() == []
+
+
+# Calls.
+
+
+def test_call_upsert_by_uniqueid(store):
+    answered = T0 + timedelta(seconds=5)
+    ended = T0 + timedelta(seconds=65)
+
+    store.save_call(call())
+    store.save_call(call(state=STATE_UP, answered_at=answered, cost=Decimal("0.053")))
+    assert [(record.id, record.state) for record in store.live_calls()] == [
+        (1, STATE_UP)
+    ]
+
+    final = call(
+        state=STATE_ENDED,
+        answered_at=answered,
+        ended_at=ended,
+        cost=Decimal("0.056"),
+        hangup_cause=16,
+        hangup_reason="Normal Clearing",
+        created_at=T0 + timedelta(days=1),
+    )
+    store.save_call(final)
+
+    assert store.live_calls() == []
+    assert store.recent_calls() == [dataclasses.replace(final, id=1, created_at=T0)]
+
+
+def test_ended_call_stays_ended(store, caplog):
+    ended = call(state=STATE_ENDED, answered_at=T0, ended_at=T0 + timedelta(seconds=9))
+    store.save_call(ended)
+    store.save_call(call(state=STATE_UP, answered_at=T0))
+
+    assert store.recent_calls() == [dataclasses.replace(ended, id=1)]
+    assert "has ended; ignoring the update to state up" in caplog.text
+
+
+def test_live_calls_ordered(store):
+    store.save_call(call("1.3", created_at=T0 + timedelta(seconds=2), guarded=False))
+    store.save_call(call("1.1", created_at=T0))
+    store.save_call(
+        call(
+            "1.2",
+            created_at=T0 + timedelta(seconds=1),
+            state=STATE_ENDED,
+            answered_at=T0,
+            ended_at=T0 + timedelta(seconds=3),
+        )
+    )
+    store.save_call(
+        call(
+            "1.4",
+            created_at=T0 + timedelta(seconds=3),
+            tariff_prefix=None,
+            rate=None,
+            connection_fee=None,
+            first_increment=None,
+            later_increment=None,
+        )
+    )
+
+    live = store.live_calls()
+    assert [record.uniqueid for record in live] == ["1.1", "1.3", "1.4"]
+    assert [record.guarded for record in live] == [True, False, True]
+    assert live[2].rate is None
+    assert [record.uniqueid for record in store.recent_calls(limit=2)] == ["1.4", "1.3"]
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"state": STATE_UP}, "up but has no answered_at"),
+        ({"state": STATE_ENDED}, "ended but has no ended_at"),
+        ({"state": "busy"}, "state 'busy' is invalid"),
+        ({"rate": None}, "partial tariff snapshot; set rate"),
+        ({"cost": 0.1}, "float"),
+        ({"guarded": 1}, "not a bool"),
+    ],
+)
+def test_call_record_checks(changes, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        call(**changes)
+
+
+# Blocks.
+
+
+def test_blocks_active_expired_lifted(store):
+    hour = timedelta(hours=1)
+    permanent = store.add_block("caller", "1001", "fraud", T0, None, "admin")
+    expiring = store.add_block("number", "+449011234567", "spam", T0, T0 + hour, "auto")
+    lifted = store.add_block("caller", "1002", "test", T0, None, "admin")
+
+    assert store.lift_block("caller", "1002", T0 + timedelta(minutes=1), "cleared") == 1
+    assert store.lift_block("caller", "1002", T0 + timedelta(minutes=2), "again") == 0
+
+    cases = [
+        (T0, [permanent, expiring, lifted]),
+        (T0 + timedelta(minutes=30), [permanent, expiring]),
+        (T0 + hour, [permanent]),
+        # The same instant as T0 + 30 min, written at +02:00.
+        (datetime(2024, 6, 14, 14, 30, tzinfo=PLUS_TWO), [permanent, expiring]),
+    ]
+    for now, expected in cases:
+        assert [block.id for block in store.active_blocks(now)] == expected, now
+
+    assert store.lift_block("number", "+449011234567", T0 + 2 * hour, "late") == 0
+
+
+def test_block_record_fields(store):
+    store.add_block("caller", "1001", "fraud", T0, T0 + timedelta(days=1), "admin")
+    (block,) = store.active_blocks(T0)
+
+    assert block.key == "1001"
+    assert block.expires_at == T0 + timedelta(days=1)
+    assert block.active_at(T0)
+    assert not block.active_at(T0 + timedelta(days=1))
+
+
+def test_block_expiry_must_follow_creation(store):
+    with pytest.raises(ValueError, match="not after created_at"):
+        store.add_block("caller", "1001", "fraud", T0, T0, "admin")
+
+
+# Connections and errors.
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        (
+            "sqlite:///{tmp}/missing/callguard.db",
+            "missing does not exist, so the SQLite database",
+        ),
+        ("sqlite:///{tmp}", "is a directory"),
+        ("sqlite://", "in-memory"),
+        ("mysql://callguard:s3cret@127.0.0.1/callguard", "does not support"),
+        ("not a url", "is invalid"),
+    ],
+)
+def test_bad_url_rejected(tmp_path, url, message):
+    with pytest.raises(StoreError, match=message) as caught:
+        Store(url.format(tmp=tmp_path))
+    assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.postgres
+def test_unreachable_database_message():
+    unreachable = Store(
+        f"postgresql://callguard:s3cret@127.0.0.1:{free_port()}/callguard"
+    )
+
+    with pytest.raises(StoreError, match="opening the database failed") as caught:
+        unreachable.open()
+
+    assert "s3cret" not in str(caught.value)
+    assert "callguard:***@127.0.0.1" in str(caught.value)
+    assert unreachable.url_for_logs.startswith("postgresql+psycopg://callguard:***@")
+
+
+@pytest.mark.postgres
+def test_reconnects_after_server_drop(pg_url):
+    name = f"callguard-test-{uuid.uuid4().hex[:8]}"
+    url = sqlalchemy.engine.make_url(pg_url).update_query_dict(
+        {"application_name": name}
+    )
+    admin = create_engine(pg_url)
+
+    with Store(url.render_as_string(hide_password=False)) as reconnecting:
+        reconnecting.add_spend("gamma", "day", "2024-06-14", Decimal("1"), T0)
+        with admin.begin() as conn:
+            killed = conn.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name = :name"
+                ),
+                {"name": name},
+            ).scalar_one()
+
+        assert killed >= 1
+        total = reconnecting.add_spend("gamma", "day", "2024-06-14", Decimal("1"), T0)
+        assert total == Decimal("2")
+    admin.dispose()
