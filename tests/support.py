@@ -10,7 +10,8 @@ prefix,description,rate,connection_fee,increments
 449,United Kingdom premium rate,1.5000,0.10,60/60
 4484,United Kingdom 084,0.1000,,60/60
 4487,United Kingdom 087,0.1200,,60/60
-44118,United Kingdom directory enquiries,3.0000,1.00,60/60
+44118118,United Kingdom directory enquiries,3.0000,1.00,60/60
+44118500,United Kingdom directory enquiries,3.0000,1.00,60/60
 353,Ireland,0.0200,,60/60
 33,France,0.0200,,60/60
 972,Israel,0.0800,,60/60
@@ -42,6 +43,7 @@ def write_config(
     rates: str = RATES,
     database: str | None = None,
     port: int = 4573,
+    decision_timeout: str = "1s",
 ) -> Path:
     """Write callguard.conf and rates.csv into ``directory`` and return the config path."""
     (directory / "rates.csv").write_text(rates)
@@ -51,7 +53,7 @@ def write_config(
         "[general]\n"
         f"database = {database}\n"
         f"fastagi_listen = 127.0.0.1:{port}\n"
-        "decision_timeout = 1s\n"
+        f"decision_timeout = {decision_timeout}\n"
         f"control_socket = {directory / 'callguard.sock'}\n"
         f"{general}\n"
         "[ari]\n"

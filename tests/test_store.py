@@ -93,10 +93,10 @@ def call(uniqueid: str = "1718366400.20", **changes) -> CallRecord:
 # Column types.
 
 
-def money_table(engine) -> Table:
+def probe_table(engine) -> Table:
     metadata = MetaData()
     table = Table(
-        "money_probe",
+        "type_probe",
         metadata,
         Column("id", sqlalchemy.Integer, primary_key=True, autoincrement=False),
         Column("amount", Money),
@@ -118,13 +118,13 @@ def money_table(engine) -> Table:
     ],
 )
 def test_money_round_trip(engine, stored, expected):
-    table = money_table(engine)
+    table = probe_table(engine)
     with engine.begin() as conn:
         conn.execute(table.insert(), {"id": 1, "amount": stored})
-        raw = conn.execute(text("SELECT amount FROM money_probe")).scalar_one()
+        raw = conn.execute(text("SELECT amount FROM type_probe")).scalar_one()
         back = conn.execute(sqlalchemy.select(table.c.amount)).scalar_one()
 
-    assert isinstance(raw, int)
+    assert raw == int(expected * 1_000_000)
     assert isinstance(back, Decimal)
     assert back == expected
 
@@ -142,7 +142,7 @@ def test_money_round_trip(engine, stored, expected):
     ],
 )
 def test_money_rejects(engine, bad, error):
-    table = money_table(engine)
+    table = probe_table(engine)
     with pytest.raises(sqlalchemy.exc.StatementError) as caught:
         with engine.begin() as conn:
             conn.execute(table.insert(), {"id": 1, "amount": bad})
@@ -150,7 +150,7 @@ def test_money_rejects(engine, bad, error):
 
 
 def test_datetime_naive_rejected(engine):
-    table = money_table(engine)
+    table = probe_table(engine)
     with pytest.raises(sqlalchemy.exc.StatementError) as caught:
         with engine.begin() as conn:
             conn.execute(table.insert(), {"id": 1, "at": datetime(2024, 6, 14, 12, 0)})
@@ -169,7 +169,7 @@ def test_datetime_naive_rejected(engine):
     ],
 )
 def test_datetime_aware_round_trip(engine, stored):
-    table = money_table(engine)
+    table = probe_table(engine)
     with engine.begin() as conn:
         conn.execute(table.insert(), {"id": 1, "at": stored})
         back = conn.execute(sqlalchemy.select(table.c.at)).scalar_one()
@@ -179,7 +179,7 @@ def test_datetime_aware_round_trip(engine, stored):
 
 
 def test_datetime_compares_in_utc(engine):
-    table = money_table(engine)
+    table = probe_table(engine)
     with engine.begin() as conn:
         conn.execute(
             table.insert(),

@@ -1,0 +1,204 @@
+"""The daemon's FastAGI check end to end: the emulated Asterisk dials, callguard answers."""
+
+import asyncio
+import socket
+import threading
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import pytest
+
+from callguard.clock import ManualClock
+from callguard.config import load_config
+from callguard.daemon.app import Application
+from callguard.store import Store
+from emulator.fastagi import AGICall, run_fastagi_call
+from support import TRUNK, write_config
+
+NOW = datetime(2024, 6, 14, 9, 0, tzinfo=timezone.utc)
+TODAY = "2024-06-14"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Daemon:
+    def __init__(self, directory, **config):
+        self.port = free_port()
+        self.path = write_config(directory, port=self.port, **config)
+        self.config = load_config(self.path)
+        self.clock = ManualClock(NOW)
+        self.app = Application(self.config, clock=self.clock)
+
+    def spend(self, window, key, amount, trunk="gamma"):
+        with Store(self.config.general.database) as store:
+            store.open()
+            store.add_spend(trunk, window, key, Decimal(amount), NOW)
+
+    async def check(self, number, trunk="gamma", *, uniqueid="1718355600.1",
+                    callerid="01632960010", variables=None, arguments=None):
+        if arguments is None:
+            arguments = (number, trunk)
+        call = AGICall(extension=number, uniqueid=uniqueid, callerid=callerid,
+                       arguments=tuple(arguments), variables=variables or {})
+        return await run_fastagi_call("127.0.0.1", self.port, call)
+
+
+@pytest.fixture
+async def daemon(tmp_path):
+    daemon = Daemon(tmp_path)
+    await daemon.app.start()
+    yield daemon
+    await daemon.app.stop()
+
+
+# fmt: off
+CHECKS = [
+    # dialled,                 result,  reason,              category,         maxsecs, rate
+    ("09011234567",            "DENY",  "barred:premium",    "premium",        "",      "1.5000"),
+    ("0044 9011234567",        "DENY",  "barred:premium",    "premium",        "",      "1.5000"),
+    ("08451234567",            "DENY",  "barred:special-084", "special-084",   "",      "0.1000"),
+    ("08701234567",            "DENY",  "barred:special-087", "special-087",   "",      "0.1200"),
+    ("118118",                 "DENY",  "barred:directory",  "directory",      "",      "3.0000"),
+    ("0118 496 0000",          "ALLOW", "ok",                "geographic",     "7200",  "0.0100"),
+    ("+44 (0) 20 7946 0000",   "ALLOW", "ok",                "geographic",     "7200",  "0.0100"),
+    ("+00972590000000",        "DENY",  "invalid-number",    "",               "",      ""),
+    ("0151496012#",            "DENY",  "invalid-number",    "",               "",      ""),
+    ("*21*00441514960123",     "DENY",  "invalid-number",    "",               "",      ""),
+    ("07012345678",            "ALLOW", "ok",                "personal",       "7200",  "0.0500"),
+    ("111",                    "ALLOW", "ok",                "service",        "7200",  "0.0100"),
+    ("116123",                 "ALLOW", "ok",                "service",        "7200",  "0.0100"),
+    ("999",                    "ALLOW", "emergency",         "emergency",      "",      ""),
+    ("112",                    "ALLOW", "emergency",         "emergency",      "",      ""),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("dialled, result, reason, category, maxsecs, rate", CHECKS)
+async def test_check_sets_variables(daemon, dialled, result, reason, category, maxsecs, rate):
+    outcome = await daemon.check(dialled)
+
+    assert outcome.variables["CALLGUARD_RESULT"] == result
+    assert outcome.variables["CALLGUARD_REASON"] == reason
+    assert outcome.variables["CALLGUARD_CATEGORY"] == category
+    assert outcome.variables["CALLGUARD_MAXSECS"] == maxsecs
+    assert outcome.variables["CALLGUARD_RATE"] == rate
+    assert outcome.closed_by_server
+
+
+async def test_full_width_digits_denied(daemon):
+    outcome = await daemon.check("\uff10\uff11\uff16\uff13\uff12\uff19\uff16\uff10\uff11")
+
+    assert outcome.variables["CALLGUARD_REASON"] == "invalid-number"
+
+
+async def test_trunk_from_channel_variable(daemon):
+    outcome = await daemon.check("09011234567", arguments=(),
+                                 variables={"CALLGUARD_TRUNK": "gamma"})
+
+    assert outcome.variables["CALLGUARD_REASON"] == "barred:premium"
+    assert "GET VARIABLE CALLGUARD_TRUNK" in outcome.commands
+
+
+async def test_unknown_trunk_denied(daemon):
+    outcome = await daemon.check("01632960123", trunk="delta")
+
+    assert outcome.variables["CALLGUARD_RESULT"] == "DENY"
+    assert outcome.variables["CALLGUARD_REASON"] == "unknown-trunk"
+
+
+async def test_thirty_checks_three_blocks(tmp_path):
+    daemon = Daemon(tmp_path)
+    daemon.spend("day", TODAY, "49.97")  # three first blocks of 0.01 left
+    await daemon.app.start()
+    try:
+        outcomes = await asyncio.gather(
+            *(daemon.check("01632960123", uniqueid=f"1718355600.{n}") for n in range(30))
+        )
+    finally:
+        await daemon.app.stop()
+
+    results = [o.variables["CALLGUARD_RESULT"] for o in outcomes]
+    reasons = [o.variables["CALLGUARD_REASON"] for o in outcomes]
+    assert results.count("ALLOW") == 3
+    assert reasons.count("limit:daily") == 27
+
+
+async def test_decisions_stored(tmp_path):
+    daemon = Daemon(tmp_path)
+    await daemon.app.start()
+    try:
+        await daemon.check("09011234567", uniqueid="1718355600.7")
+        await daemon.check("01632960123", uniqueid="1718355600.8")
+    finally:
+        await daemon.app.stop()
+
+    with Store(daemon.config.general.database) as store:
+        store.open()
+        decisions = store.recent_decisions(10)
+    by_uniqueid = {d.uniqueid: d for d in decisions}
+    assert by_uniqueid["1718355600.7"].reason == "barred:premium"
+    assert by_uniqueid["1718355600.8"].result == "ALLOW"
+    assert by_uniqueid["1718355600.8"].reserved == Decimal("0.0100")
+
+
+@pytest.mark.parametrize("policy, result", [("deny", "DENY"), ("allow", "ALLOW")])
+async def test_stalled_store_gets_fail_policy(tmp_path, policy, result):
+    daemon = Daemon(tmp_path, general=f"fail_policy = {policy}", decision_timeout="250ms")
+    await daemon.app.start()
+    release = threading.Event()
+    # Occupy the store thread, as a locked or unreachable database would.
+    stall = asyncio.ensure_future(daemon.app.worker.call(release.wait, 10))
+    try:
+        outcome = await daemon.check("01632960123")
+    finally:
+        release.set()
+        await stall
+        await daemon.app.stop()
+
+    assert outcome.variables["CALLGUARD_RESULT"] == result
+    assert outcome.variables["CALLGUARD_REASON"] == "fail-policy"
+    assert outcome.elapsed < 1.0
+    if result == "ALLOW":
+        assert outcome.variables["CALLGUARD_MAXSECS"] == "7200"
+
+
+async def test_reload_keeps_config_on_error(tmp_path):
+    daemon = Daemon(tmp_path)
+    await daemon.app.start()
+    try:
+        daemon.path.write_text(daemon.path.read_text().replace("daily_limit = 50.00",
+                                                               "daily_limit = fifty"))
+        kept = await daemon.app.reload()
+        before = await daemon.check("0118 496 0000", uniqueid="1718355600.1")
+
+        daemon.path.write_text(daemon.path.read_text().replace(
+            "daily_limit = fifty", "daily_limit = 50.00").replace(
+            "bar = premium,", "bar = geographic, premium,"))
+        applied = await daemon.app.reload()
+        after = await daemon.check("0118 496 0000", uniqueid="1718355600.2")
+    finally:
+        await daemon.app.stop()
+
+    assert kept is False
+    assert before.variables["CALLGUARD_RESULT"] == "ALLOW"
+    assert applied is True
+    assert after.variables["CALLGUARD_REASON"] == "barred:geographic"
+
+
+async def test_hangup_mid_session_is_survived(daemon):
+    broken = await daemon.check("01632960123", uniqueid="1718355600.1")
+    outcome = await run_fastagi_call(
+        "127.0.0.1", daemon.port,
+        AGICall(extension="01632960123", uniqueid="1718355600.2",
+                arguments=("01632960123", "gamma")),
+        hangup_before_command=2,
+    )
+    after = await daemon.check("01632960123", uniqueid="1718355600.3")
+
+    assert broken.variables["CALLGUARD_RESULT"] == "ALLOW"
+    assert outcome.hung_up
+    assert after.variables["CALLGUARD_RESULT"] == "ALLOW"
