@@ -18,7 +18,7 @@ ENVIRONMENT = (
     "agi_type: PJSIP\n"
     "agi_uniqueid: 1796397405.{seq}\n"
     "agi_version: 22.10.1\n"
-    "agi_callerid: 01632960001\n"
+    "agi_callerid: {caller}\n"
     "agi_calleridname: unknown\n"
     "agi_callingpres: 0\n"
     "agi_callingani2: 0\n"
@@ -37,21 +37,27 @@ ENVIRONMENT = (
     "\n"
 )
 
-NUMBERS = (
-    "01632960123",
-    "02079460000",
-    "07700900123",
-    "+353851234567",
-    "0118 496 0000",
-)
+# Destinations spread over many ranges, so that each check parses a number
+# it has not seen before, as on a busy PBX; the calling numbers repeat.
+NUMBER_FORMS = ("01632 9{:05d}", "020 79{:06d}", "07700 9{:05d}", "+353 85 1{:06d}",
+                "0118 49{:05d}", "0044 161 49{:05d}")
+CALLERS = tuple(f"016329600{n:02d}" for n in range(50))
+
+
+def dialled_number(seq: int) -> str:
+    form = NUMBER_FORMS[seq % len(NUMBER_FORMS)]
+    return form.format((seq * 7919) % 100_000)
 
 
 async def one_session(port: int, seq: int) -> float:
     """Run one check session and return its latency in seconds."""
     started = time.perf_counter()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    number = NUMBERS[seq % len(NUMBERS)]
-    writer.write(ENVIRONMENT.format(port=port, seq=seq, number=number).encode())
+    number = dialled_number(seq)
+    caller = CALLERS[seq % len(CALLERS)]
+    writer.write(
+        ENVIRONMENT.format(port=port, seq=seq, number=number, caller=caller).encode()
+    )
     while True:
         line = await reader.readline()
         if not line:

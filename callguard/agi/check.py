@@ -65,7 +65,8 @@ class CheckHandler:
         general = engine.state.config.general
 
         try:
-            decision = await asyncio.wait_for(engine.decide(request), general.decision_timeout)
+            async with asyncio.timeout(general.decision_timeout):
+                decision = await engine.decide(request)
         except TimeoutError:
             decision = self._fail_policy(engine, request, "timed out")
         except Exception:

@@ -19,7 +19,10 @@ EXAMPLE_URL = "http://127.0.0.1:8088/"
 
 @dataclass(frozen=True)
 class AriEndpoint:
-    """Where and how to reach ARI; safe to log because repr() leaves out the header."""
+    """The URLs, credentials header and TLS context of one ARI server.
+
+    repr() leaves out the header and the context, so the object is safe to log.
+    """
 
     base_url: str
     rest_base: str
@@ -98,11 +101,11 @@ def _parse_base_url(url: str) -> SplitResult:
             "and set the ARI username and password options instead"
         )
     if parts.query or parts.fragment:
-        # The query is left out of the message because it may hold an api_key.
-        shown = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+        # The query is left out of the message because it may contain an api_key.
+        redacted_url = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
         raise ValueError(
-            f"invalid ARI URL {shown + '?...'!r}: it has a query or fragment; give "
-            f"the base URL of Asterisk's HTTP server, like {EXAMPLE_URL}"
+            f"invalid ARI URL {redacted_url + '?...'!r}: it has a query or "
+            f"fragment; give the base URL of Asterisk's HTTP server, like {EXAMPLE_URL}"
         )
     if parts.path.rstrip("/").endswith("/ari"):
         raise ValueError(
@@ -140,7 +143,7 @@ def _ssl_context(scheme: str, ca_file: str | None) -> ssl.SSLContext | None:
             )
         return None
 
-    # Verification stays on; ca_file adds to the system's trusted CAs.
+    # Verification stays on, and ca_file adds to the system's trusted CAs.
     context = ssl.create_default_context()
     if ca_file is not None:
         try:

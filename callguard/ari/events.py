@@ -1,9 +1,11 @@
 """One connection of the ARI events websocket, from reconciliation to its end.
 
 While the caller's on_connect() reconciles with GET /ari/channels, a reader
-task keeps receiving events into a bounded buffer, so that keepalive pongs are
-still read and no event is lost. The buffer is delivered in order once
-on_connect() returns; after that, events are delivered as they arrive.
+task keeps receiving events into a bounded buffer. Without it, websockets
+would stop reading the socket once max_queue (16) messages wait unread, and
+the keepalive pongs behind them would go unread too. The buffer is delivered
+in order once on_connect() returns; after that, events are delivered as they
+arrive.
 """
 
 import asyncio
@@ -18,7 +20,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
-from callguard.clock import Clock, SystemClock
+from callguard.ari.repeats import RepeatLimiter, suppressed_note
 
 log = logging.getLogger(__name__)
 
@@ -33,47 +35,7 @@ KEEPALIVE_CLOSE_REASON = "keepalive ping timeout"
 RECONCILE_MAX_EVENTS = 10_000
 RECONCILE_MAX_MESSAGES_OF_MAX_SIZE = 64
 
-# At most this many log lines of one kind per interval; the rest are counted.
-LOG_BURST = 5
-LOG_INTERVAL = 60.0
-
 CLOSED_BY_CLIENT = "the client was closed"
-
-
-class RepeatLimiter:
-    """Admits at most `burst` log lines of one kind per `interval` seconds."""
-
-    def __init__(
-        self,
-        burst: int = LOG_BURST,
-        interval: float = LOG_INTERVAL,
-        clock: Clock | None = None,
-    ):
-        self._burst = burst
-        self._interval = interval
-        self._clock = clock or SystemClock()
-        self._window_start: float | None = None
-        self._admitted = 0
-        self._suppressed = 0
-
-    def admit(self) -> int | None:
-        """Return None to drop this line, else the count of lines dropped before it."""
-        now = self._clock.monotonic()
-        if self._window_start is None or now - self._window_start >= self._interval:
-            self._window_start = now
-            self._admitted = 0
-
-        if self._admitted >= self._burst:
-            self._suppressed += 1
-            return None
-
-        self._admitted += 1
-        suppressed, self._suppressed = self._suppressed, 0
-        return suppressed
-
-
-def _suppressed_note(count: int) -> str:
-    return f" ({count} similar messages suppressed)" if count else ""
 
 
 def event_channel_id(event: dict) -> str | None:
@@ -94,7 +56,7 @@ class EventDispatcher:
         self._handler_errors = RepeatLimiter()
 
     async def dispatch(self, message: str | bytes) -> None:
-        """Deliver one message; log and skip it when it is not a JSON object."""
+        """Deliver a message to on_event, or log and skip it if not a JSON object."""
         try:
             event = json.loads(message)
         except ValueError as exc:
@@ -117,7 +79,7 @@ class EventDispatcher:
                     "on_event failed for ARI event %s on channel %s%s",
                     event.get("type"),
                     event_channel_id(event),
-                    _suppressed_note(suppressed),
+                    suppressed_note(suppressed),
                 )
 
     def _log_invalid(self, message: str | bytes, problem: str) -> None:
@@ -128,7 +90,7 @@ class EventDispatcher:
                 len(message),
                 problem,
                 message[:80],
-                _suppressed_note(suppressed),
+                suppressed_note(suppressed),
             )
 
 
@@ -144,7 +106,9 @@ class ReconcileBuffer:
     def add(self, message: str | bytes) -> bool:
         """Append a message; return False, keeping nothing new, when it is full."""
         size = len(message)
-        if len(self._messages) >= self.max_events or self._bytes + size > self.max_bytes:
+        if len(self._messages) >= self.max_events:
+            return False
+        if self._bytes + size > self.max_bytes:
             return False
 
         self._messages.append(message)
@@ -165,7 +129,7 @@ class ReaderEnd:
 
 
 def describe_close(exc: ConnectionClosed, max_message: int) -> str:
-    """Say in words why a websocket connection ended."""
+    """Return why a websocket connection ended, worded for the log."""
     sent, received = exc.sent, exc.rcvd
 
     if sent is not None and sent.code == CloseCode.MESSAGE_TOO_BIG:
@@ -188,7 +152,7 @@ async def serve_connection(
     max_message: int,
     closing: asyncio.Event,
 ) -> str:
-    """Run on_connect(), then deliver events until the connection ends; say why."""
+    """Run on_connect(), then deliver events, and return why the connection ended."""
     buffer = ReconcileBuffer(
         RECONCILE_MAX_EVENTS, RECONCILE_MAX_MESSAGES_OF_MAX_SIZE * max_message
     )
@@ -221,8 +185,31 @@ async def serve_connection(
     return CLOSED_BY_CLIENT
 
 
+async def close_discarding(ws: ClientConnection) -> None:
+    """Close the websocket, discarding unread messages meanwhile.
+
+    websockets stops reading from the socket while its queue of unread messages
+    is full, and the peer's close frame waits behind them. Without a reader,
+    close() would then wait for close_timeout.
+    """
+    discarder = asyncio.create_task(_discard_messages(ws))
+    try:
+        await ws.close()
+    finally:
+        discarder.cancel()
+        await asyncio.wait({discarder})
+
+
+async def _discard_messages(ws: ClientConnection) -> None:
+    try:
+        while True:
+            await ws.recv()
+    except ConnectionClosed:
+        return
+
+
 async def _reconcile(on_connect: ConnectHandler) -> str | None:
-    """Await on_connect(); return why it failed, or None."""
+    """Await on_connect() and return why it failed, or None if it succeeded."""
     try:
         result = on_connect()
         if inspect.isawaitable(result):

@@ -16,13 +16,14 @@ import httpx
 
 from callguard.ari.endpoint import USER_AGENT, AriEndpoint
 from callguard.ari.errors import AriError, AriHTTPError
+from callguard.ari.repeats import RepeatLimiter, suppressed_note
 
 log = logging.getLogger(__name__)
 
 HTTP_UNAUTHORIZED = 401
 HTTP_SERVER_ERROR = 500
 
-# Longest reply body shown in an error message, in characters.
+# Maximum length, in characters, of a reply body quoted in an error message.
 MAX_SHOWN_BODY = 200
 
 
@@ -58,6 +59,7 @@ class AriRest:
         self._endpoint = endpoint
         self._retry = retry
         self._max_response = max_response
+        self._credential_errors = RepeatLimiter()
 
         # trust_env=False keeps HTTP_PROXY and friends from rerouting ARI traffic.
         self._http = httpx.AsyncClient(
@@ -75,10 +77,11 @@ class AriRest:
     async def request(
         self, method: str, path: str, params: dict[str, str] | None = None
     ) -> Reply:
-        """Send a request, retrying on 5xx and network errors; return a non-5xx reply.
+        """Send a request, retrying after 5xx replies and network errors.
 
-        Raises AriHTTPError for a 401 at once, AriHTTPError when the last attempt
-        got a 5xx, and AriError when the last attempt failed on the network.
+        Returns the first other reply. Raises AriHTTPError at once for a 401,
+        AriError at once for a failed certificate check, AriHTTPError when the
+        last attempt got a 5xx, and AriError when it failed on the network.
         """
         if self._http.is_closed:
             raise AriError(f"cannot send ARI {method} {path}: the client is closed")
@@ -99,12 +102,7 @@ class AriRest:
                     raise failure from exc
             else:
                 if reply.status == HTTP_UNAUTHORIZED:
-                    log.error(
-                        "ARI rejected the credentials of user %r at %s (HTTP 401); "
-                        "check the username and password against ari.conf",
-                        self._endpoint.username,
-                        self._endpoint.base_url,
-                    )
+                    self._log_credentials_rejected()
                     raise http_error(reply, method, shown_path)
                 if reply.status < HTTP_SERVER_ERROR:
                     return reply
@@ -126,6 +124,17 @@ class AriRest:
         if attempts > 1:
             failure.add_note(f"gave up after {attempts} attempts")
         raise failure
+
+    def _log_credentials_rejected(self) -> None:
+        suppressed = self._credential_errors.admit()
+        if suppressed is not None:
+            log.error(
+                "ARI rejected the credentials of user %r at %s (HTTP 401); check "
+                "the username and password against ari.conf%s",
+                self._endpoint.username,
+                self._endpoint.base_url,
+                suppressed_note(suppressed),
+            )
 
     async def _send(
         self, method: str, path: str, params: dict[str, str] | None, shown_path: str

@@ -14,6 +14,7 @@
 10. otherwise allow, for at most ``max_seconds``.
 """
 
+import functools
 import logging
 from dataclasses import dataclass
 from decimal import Decimal
@@ -58,6 +59,11 @@ from callguard.windows import DAY, WEEK, window_keys
 log = logging.getLogger(__name__)
 
 
+# Distinct dialled strings and calling numbers whose normal form is kept, per
+# config: callers repeat all day, and parsing a number is most of a decision.
+NUMBER_CACHE_SIZE = 8192
+
+
 @dataclass
 class PolicyState:
     """What a decision reads besides the request; replaced whole on a config reload."""
@@ -66,6 +72,14 @@ class PolicyState:
     classifier: Classifier
     decks: Mapping[str, RateDeck]
     default_tariffs: Mapping[str, Tariff]
+
+    def __post_init__(self) -> None:
+        # Both are pure functions of the string for a given config, and a
+        # reload builds a new state, so the caches never outlive their config.
+        self.classify = functools.lru_cache(NUMBER_CACHE_SIZE)(self.classifier.classify)
+        self.normalise_caller = functools.lru_cache(NUMBER_CACHE_SIZE)(
+            self.classifier.plan.normalise_caller
+        )
 
 
 def no_live_calls(trunk: str) -> int:
@@ -98,7 +112,7 @@ class PolicyEngine:
             return self._emergency(request)
 
         try:
-            classified = classifier.classify(request.dialled)
+            classified = state.classify(request.dialled)
         except InvalidNumber as exc:
             return Decision(DENY, REASON_INVALID_NUMBER, request.trunk, request.dialled,
                             detail=str(exc))
@@ -108,7 +122,7 @@ class PolicyEngine:
         if classified.emergency:
             return self._emergency(request, classified)
 
-        caller_e164 = classifier.plan.normalise_caller(request.caller) or ""
+        caller_e164 = state.normalise_caller(request.caller) or ""
         base = _DecisionBase(request, classified, caller_e164)
 
         blocked = self.blocks.blocked(_identities(request, caller_e164), self.clock.now())

@@ -224,7 +224,8 @@ class Bridge:
             "bridge_class": "basic",
             "creator": "",
             "name": "",
-            "channels": list(self.channel_ids),
+            # Sorted as strings, so 1796397427.10 comes before 1796397427.9, as captured.
+            "channels": sorted(self.channel_ids),
             "creationtime": format_timestamp(self.creationtime),
             "video_mode": "none",
         }

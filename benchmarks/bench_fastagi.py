@@ -1,0 +1,159 @@
+"""FastAGI check throughput and latency: callguard against a bare asyncio server.
+
+Both servers run in their own process; this process plays Asterisk over real
+loopback sockets. Closed-loop runs at 1, 10 and 100 concurrent sessions give
+decisions per second and p50/p99 latency side by side, and an open-loop run
+offers 500 checks/s at a fixed rate, so its p99 includes any queueing delay.
+
+Run: .venv/bin/python benchmarks/bench_fastagi.py [--seconds 5]
+"""
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from agi_load import closed_loop, open_loop  # noqa: E402
+
+CONFIG = """\
+[general]
+database = sqlite:///{directory}/callguard.db
+fastagi_listen = 127.0.0.1:{port}
+control_socket = {directory}/callguard.sock
+log_level = info
+
+[ari]
+enabled = no
+
+[trunk gamma]
+bar = premium, special-084, special-087, directory
+daily_limit = 1000000.00
+weekly_limit = 1000000.00
+max_call_seconds = 7200
+rates = {rates}
+"""
+
+BARE_SERVER = """
+import asyncio, sys
+sys.path.insert(0, {here!r})
+from bare_fastagi import start_bare_server
+async def main():
+    server = await start_bare_server("127.0.0.1", {port})
+    await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def start_callguard(directory: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    config = directory / "callguard.conf"
+    config.write_text(CONFIG.format(directory=directory, port=port,
+                                    rates=HERE.parent / "etc" / "rates-gamma.csv"))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "callguard.cli.daemon", "--config", str(config), "run"],
+        stdout=subprocess.DEVNULL, stderr=open(directory / "callguard.log", "w"),
+    )
+    wait_for_port(port)
+    return process, port
+
+
+def start_bare() -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-c", BARE_SERVER.format(here=str(HERE), port=port)],
+        stdout=subprocess.DEVNULL,
+    )
+    wait_for_port(port)
+    return process, port
+
+
+def cpu_seconds(pid: int) -> float:
+    """Return the user plus system CPU time of process ``pid`` (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def run(server: tuple[int, int], load) -> dict:
+    """Run ``load`` against ``server`` (pid, port) and add the server's CPU per check."""
+    pid, port = server
+    before = cpu_seconds(pid)
+    figures = await load(port)
+    figures["cpu_us"] = (cpu_seconds(pid) - before) / figures["sessions"] * 1e6
+    return figures
+
+
+def row(name: str, figures: dict) -> str:
+    return (f"{name:<10} {figures['sessions']:>7} {figures['per_second']:>9.0f} "
+            f"{figures['p50_ms']:>8.2f} {figures['p99_ms']:>8.2f} {figures['cpu_us']:>12.0f}")
+
+
+async def measure(servers: dict[str, tuple[int, int]], seconds: float) -> None:
+    header = (f"{'server':<10} {'checks':>7} {'per s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+              f"{'server CPU us':>12}")
+    for concurrency in (1, 10, 100):
+        print(f"\nclosed loop, {concurrency} concurrent sessions, {seconds:.0f} s each")
+        print(header)
+        results = {}
+        for name, (pid, port) in servers.items():
+            await closed_loop(port, concurrency, 1.0)  # warm-up
+            results[name] = await run(
+                (pid, port), lambda p: closed_loop(p, concurrency, seconds)
+            )
+            print(row(name, results[name]))
+        ratio = results["callguard"]["per_second"] / results["bare"]["per_second"]
+        cost = results["callguard"]["cpu_us"] / results["bare"]["cpu_us"]
+        print(f"callguard / bare: throughput {ratio:.0%}, server CPU per check {cost:.1f}x")
+
+    print(f"\nopen loop, 500 checks/s offered for {seconds:.0f} s "
+          "(latency from the scheduled start)")
+    print(header)
+    for name, server in servers.items():
+        print(row(name, await run(server, lambda p: open_loop(p, 500, seconds))))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each run")
+    args = parser.parse_args()
+
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; client and each "
+          "server in separate processes")
+    with tempfile.TemporaryDirectory() as directory:
+        callguard, callguard_port = start_callguard(Path(directory))
+        bare, bare_port = start_bare()
+        try:
+            asyncio.run(measure({"callguard": (callguard.pid, callguard_port),
+                                 "bare": (bare.pid, bare_port)}, args.seconds))
+        finally:
+            for process in (callguard, bare):
+                process.terminate()
+                process.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,302 @@
+"""One AGI session over a pair of asyncio streams: commands out, replies in."""
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+from callguard.agi.protocol import (
+    AGI_ARG_PREFIX,
+    AGI_CHANNEL,
+    AGI_UNIQUEID,
+    CODE_DEAD_CHANNEL,
+    CODE_SUCCESS,
+    CODE_TRYING,
+    CODE_USAGE,
+    EXEC,
+    GET_FULL_VARIABLE,
+    GET_VARIABLE,
+    HANGUP,
+    HANGUP_LINE,
+    MAX_COMMAND_BYTES,
+    MAX_USAGE_LINES,
+    SET_VARIABLE,
+    VERBOSE,
+    AGICommandError,
+    AGIError,
+    AGIHangup,
+    AGILimits,
+    AGIProtocolError,
+    AGIReply,
+    AGITimeout,
+    _COMMAND_WORDS,
+    _NAME,
+    _STATUS,
+    close_writer,
+    parse_reply,
+    quote_argument,
+    read_line,
+    script_name,
+    validate_name,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ReplyTimer:
+    """The reply timeout of one session, on a single timer that commands re-arm.
+
+    ``asyncio.timeout`` around each command would schedule and cancel a timer
+    handle per command. This keeps one handle per session: arming moves a
+    deadline, and the handle, when it fires early, re-schedules itself at the
+    current deadline.
+    """
+
+    def __init__(self, seconds: float):
+        self._seconds = seconds
+        self._deadline = 0.0
+        self._task: asyncio.Task | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._expired = False
+
+    def arm(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + self._seconds
+        self._task = asyncio.current_task()
+        self._expired = False
+        if self._handle is None:
+            self._handle = loop.call_at(self._deadline, self._fire)
+
+    def disarm(self) -> None:
+        self._task = None
+
+    def expired(self) -> bool:
+        """Return True once if the last cancellation came from this timer."""
+        if not self._expired:
+            return False
+        self._expired = False
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        return True
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._task = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        if self._task is None:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline:
+            self._handle = loop.call_at(self._deadline, self._fire)
+            return
+        self._expired = True
+        self._task.cancel()
+
+
+class AGIChannel:
+    """One AGI session over a pair of asyncio streams (FastAGI socket, or stdin/stdout).
+
+    Commands run one at a time. After a timeout, a protocol error or the end of
+    the stream, the session is out of step with Asterisk and every further
+    command raises at once.
+    """
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        env: Mapping[str, str],
+        limits: AGILimits,
+        peer: str = "",
+    ):
+        self.env = env
+        self.peer = peer
+        self.hung_up = False
+        self._reader = reader
+        self._writer = writer
+        self._limits = limits
+        self._lock = asyncio.Lock()
+        self._broken: AGIError | None = None
+        self._timer = ReplyTimer(limits.reply_timeout)
+
+    @property
+    def uniqueid(self) -> str:
+        return self.env.get(AGI_UNIQUEID, "")
+
+    @property
+    def channel(self) -> str:
+        return self.env.get(AGI_CHANNEL, "")
+
+    @property
+    def script(self) -> str:
+        return script_name(self.env)
+
+    @property
+    def arguments(self) -> list[str]:
+        """The ``agi_arg_1``, ``agi_arg_2``, ... values, up to the first missing one."""
+        values = []
+        while f"{AGI_ARG_PREFIX}{len(values) + 1}" in self.env:
+            values.append(self.env[f"{AGI_ARG_PREFIX}{len(values) + 1}"])
+        return values
+
+    async def command(self, *words: str) -> AGIReply:
+        """Send one command and return its ``200`` reply.
+
+        The first word is the command itself (``GET VARIABLE``) and is sent as
+        is. Every further word is quoted with quote_argument. Raises
+        AGICommandError on a 5xx reply, AGIHangup on 511 or the end of the
+        stream, AGITimeout and AGIProtocolError.
+        """
+        if not words:
+            raise ValueError("command() needs at least the command name")
+        if not _COMMAND_WORDS.fullmatch(words[0]):
+            raise ValueError(
+                f"invalid AGI command {words[0]!r}: use words of letters separated "
+                "by single spaces, such as 'GET VARIABLE'"
+            )
+        return await self._request(
+            " ".join([words[0], *map(quote_argument, words[1:])])
+        )
+
+    async def get_variable(self, name: str) -> str | None:
+        """Return the value of channel variable ``name``, or None if it is not set."""
+        reply = await self._request(f"{GET_VARIABLE} {validate_name(name)}")
+        return reply.data if reply.result == 1 else None
+
+    async def get_full_variable(self, expression: str) -> str | None:
+        """Return ``expression`` with Asterisk's ``${...}`` substitution applied."""
+        reply = await self._request(f"{GET_FULL_VARIABLE} {quote_argument(expression)}")
+        return reply.data if reply.result == 1 else None
+
+    async def set_variable(self, name: str, value: str) -> None:
+        await self._request(
+            f"{SET_VARIABLE} {validate_name(name)} {quote_argument(value)}"
+        )
+
+    async def verbose(self, message: str, level: int = 1) -> None:
+        """Write ``message`` to the Asterisk console at verbose ``level`` (1 to 4)."""
+        if not 1 <= level <= 4:
+            raise ValueError(f"invalid verbose level {level!r}: use 1 to 4")
+        await self._request(f"{VERBOSE} {quote_argument(message)} {level}")
+
+    async def exec(self, application: str, *options: str) -> AGIReply:
+        """Run a dialplan application and return Asterisk's reply.
+
+        The result is -2 if the application does not exist.
+
+        Asterisk passes one argument string to the application, so the options
+        are joined with ``,``, the dialplan's argument separator.
+        """
+        if not _NAME.fullmatch(application):
+            raise ValueError(
+                f"invalid application name {application!r}: use only letters, "
+                "digits and '_'"
+            )
+        line = f"{EXEC} {application}"
+        if options:
+            line += " " + quote_argument(",".join(options))
+        return await self._request(line)
+
+    async def hangup(self) -> None:
+        """Hang up the channel. Asterisk then sends a HANGUP line."""
+        await self._request(HANGUP)
+
+    async def close(self) -> None:
+        """Close the connection, which ends the AGI session for Asterisk."""
+        self._timer.cancel()
+        await close_writer(self._writer, self.peer)
+
+    async def _request(self, line: str) -> AGIReply:
+        encoded = line.encode("utf-8") + b"\n"
+        if len(encoded) > MAX_COMMAND_BYTES:
+            raise ValueError(
+                f"AGI command of {len(encoded)} bytes is longer than Asterisk's "
+                f"limit of {MAX_COMMAND_BYTES}: {line[:60]!r}...; shorten the value"
+            )
+
+        async with self._lock:
+            if self._broken is not None:
+                raise type(self._broken)(
+                    "the AGI session is unusable after an earlier error: "
+                    f"{self._broken}"
+                )
+            self._timer.arm()
+            try:
+                await self._send(encoded)
+                return await self._read_reply()
+            except asyncio.CancelledError:
+                if not self._timer.expired():
+                    raise
+                self._broken = AGITimeout(
+                    f"no reply to {line[:60]!r} within {self._limits.reply_timeout} s"
+                )
+                raise self._broken from None
+            except AGIProtocolError as exc:
+                self._broken = exc
+                raise
+            finally:
+                self._timer.disarm()
+
+    def _lost(self, error: AGIHangup) -> AGIHangup:
+        self.hung_up = True
+        self._broken = error
+        return error
+
+    async def _send(self, encoded: bytes) -> None:
+        try:
+            self._writer.write(encoded)
+            await self._writer.drain()
+        except (ConnectionError, OSError) as exc:
+            raise self._lost(AGIHangup(f"the connection was lost: {exc}")) from None
+
+    async def _read_reply(self) -> AGIReply:
+        while True:
+            line = await self._read_reply_line()
+
+            if line == HANGUP_LINE:
+                self.hung_up = True
+                continue
+            status = _STATUS.match(line)
+            if status is None:
+                raise AGIProtocolError(f"invalid AGI reply {line!r}")
+
+            code = int(status[1])
+            if code == CODE_TRYING:
+                continue
+            if code == CODE_SUCCESS:
+                return parse_reply(line)
+            if code == CODE_DEAD_CHANNEL:
+                self.hung_up = True
+                raise AGIHangup(f"the channel is dead: {line}")
+            if code == CODE_USAGE and status[2] == "-":
+                raise AGICommandError(code, await self._read_usage(line))
+            if 500 <= code <= 599 and status[2] == " ":
+                raise AGICommandError(code, line)
+            raise AGIProtocolError(f"invalid AGI reply {line!r}")
+
+    async def _read_usage(self, first: str) -> str:
+        lines = [first]
+        while len(lines) <= MAX_USAGE_LINES:
+            line = await self._read_reply_line()
+            lines.append(line)
+            if line.startswith(f"{CODE_USAGE} "):
+                return "\n".join(lines)
+        raise AGIProtocolError(
+            f"520 usage reply longer than {MAX_USAGE_LINES} lines without its end"
+        )
+
+    async def _read_reply_line(self) -> str:
+        try:
+            line = await read_line(self._reader, self._limits.max_line)
+        except AGIHangup as exc:
+            raise self._lost(exc) from None
+
+        if line is None:
+            raise self._lost(
+                AGIHangup("the connection closed while waiting for a reply")
+            )
+        return line

@@ -1,0 +1,259 @@
+"""An Asterisk ARI server for tests: REST and the events websocket on loopback.
+
+AriEmulator serves the parts of ARI that callguard uses, with the shapes of
+traffic recorded from Asterisk 22.10.1 (tests/fixtures/asterisk/). Tests
+drive calls through its async methods; each method returns once the events
+of that step are sent to every events websocket that should get them.
+
+    async with AriEmulator(now=clock.now) as ari:
+        call = await ari.dial_out("0044123456")
+        await ari.answer(call)
+        await ari.hangup(call)
+"""
+
+import ipaddress
+import logging
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+from aiohttp import web
+
+from tests.emulator.ari_events import EventBuilder
+from tests.emulator.ari_http import AriHttp, Outage
+from tests.emulator.ari_hub import EventHub
+from tests.emulator.ari_model import (
+    CAUSE_NO_ANSWER,
+    CAUSE_NORMAL_CLEARING,
+    ChannelFactory,
+)
+from tests.emulator.ari_originate import Switch
+from tests.emulator.ari_state import DIALSTATUS_NOANSWER, EmulatedCall
+
+__all__ = ["AriEmulator", "EmulatedCall"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_USERNAME = "callguard"
+DEFAULT_PASSWORD = "callguard-test"
+DEFAULT_APP = "callguard"
+DEFAULT_CHANNELVARS = ("CALLGUARD_TRUNK", "CALLGUARD_ACCOUNT")
+LOCALHOST = "localhost"
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _check_loopback(host: str) -> None:
+    if host == LOCALHOST:
+        return
+
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is None or not address.is_loopback:
+        raise ValueError(
+            f"invalid host {host!r}: the ARI emulator listens only on loopback; "
+            "use 127.0.0.1, ::1 or localhost"
+        )
+
+
+class AriEmulator:
+    """An emulated Asterisk with ARI, driven by the test that owns it."""
+
+    def __init__(
+        self,
+        *,
+        username: str = DEFAULT_USERNAME,
+        password: str = DEFAULT_PASSWORD,
+        app: str = DEFAULT_APP,
+        channelvars: tuple[str, ...] = DEFAULT_CHANNELVARS,
+        now: Callable[[], datetime] | None = None,
+    ):
+        self.app = app
+        factory = ChannelFactory(now or _utc_now)
+        builder = EventBuilder(tuple(channelvars), factory.now)
+        self._switch = Switch(factory, builder)
+        self._hub = EventHub()
+        self._outage = Outage()
+        self._http = AriHttp(
+            username=username,
+            password=password,
+            app=app,
+            switch=self._switch,
+            hub=self._hub,
+            outage=self._outage,
+            now=factory.now,
+        )
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> "AriEmulator":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        """Listen on ``host``:``port``; port 0 picks a free port, see ``url``."""
+        _check_loopback(host)
+        if self._runner is not None:
+            raise RuntimeError(f"the ARI emulator is already running at {self.url}")
+
+        self._hub.start()
+        runner = web.AppRunner(self._http.build(), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        self._runner = runner
+
+        bound_port = runner.addresses[0][1]
+        url_host = f"[{host}]" if ":" in host else host
+        self.url = f"http://{url_host}:{bound_port}/"
+        logger.info("ARI emulator listening at %s", self.url)
+
+    async def stop(self) -> None:
+        """Close every websocket and stop listening."""
+        if self._runner is None:
+            return
+
+        await self._hub.stop()
+        await self._runner.cleanup()
+        self._runner = None
+        logger.info("ARI emulator at %s stopped", self.url)
+
+    async def dial_out(
+        self,
+        number: str,
+        *,
+        trunk: str = "gamma",
+        caller_endpoint: str = "1001",
+        callerid: str = "01632960001",
+        tech: str = "PJSIP",
+        dialstring: str | None = None,
+        variables: dict[str, str] | None = None,
+    ) -> EmulatedCall:
+        """Dial ``number`` from a phone: the caller runs the check, then Dial().
+
+        The dialled leg is ``PJSIP/<trunk>-<seq>`` with the dialstring
+        ``<trunk>/<number>``, or for ``tech="Local"`` the Local pair
+        ``Local/<number>@<trunk>-<seq>;1`` and ``;2`` with ``<number>@<trunk>``.
+        """
+        call, events = self._switch.dial_out(
+            number,
+            trunk=trunk,
+            caller_endpoint=caller_endpoint,
+            callerid=callerid,
+            tech=tech,
+            dialstring=dialstring,
+            variables=dict(variables or {}),
+        )
+        await self._hub.publish(events)
+        return call
+
+    async def ring(self, call: EmulatedCall) -> None:
+        await self._hub.publish(self._switch.ring(call))
+
+    async def answer(self, call: EmulatedCall) -> None:
+        await self._hub.publish(self._switch.answer(call))
+
+    async def fail(
+        self,
+        call: EmulatedCall,
+        dialstatus: str = DIALSTATUS_NOANSWER,
+        cause: int = CAUSE_NO_ANSWER,
+    ) -> None:
+        """End an unanswered call with ``dialstatus`` and the Q.850 ``cause``."""
+        await self._hub.publish(self._switch.fail(call, dialstatus, cause))
+
+    async def hangup(
+        self,
+        call: EmulatedCall,
+        side: str = "caller",
+        cause: int = CAUSE_NORMAL_CLEARING,
+    ) -> None:
+        """End ``call`` because the ``caller`` or the ``trunk`` side hung up."""
+        await self._hub.publish(self._switch.hangup(call, side, cause))
+
+    async def inbound(
+        self,
+        *,
+        trunk: str = "gamma",
+        callerid: str = "02079460000",
+        exten: str = "01632960001",
+    ) -> EmulatedCall:
+        call, events = self._switch.inbound(trunk=trunk, callerid=callerid, exten=exten)
+        await self._hub.publish(events)
+        return call
+
+    async def originate_out(self, number: str, *, trunk: str = "gamma") -> EmulatedCall:
+        call, events = self._switch.originate_out(number, trunk=trunk)
+        await self._hub.publish(events)
+        return call
+
+    async def forward(self, call: EmulatedCall, new_number: str) -> EmulatedCall:
+        """Forward the ringing trunk leg of ``call`` to ``new_number``."""
+        new_call, events = self._switch.forward(call, new_number)
+        await self._hub.publish(events)
+        return new_call
+
+    def call_for(self, channel_id: str) -> EmulatedCall:
+        """Return the live call that ``channel_id`` belongs to, such as an originate."""
+        return self._switch.call_for(channel_id)
+
+    async def drop_events(
+        self, *, refuse_for: float = 0.0, rest_down: bool = False
+    ) -> None:
+        """Drop every events websocket like a network failure.
+
+        New websocket upgrades get 503 for ``refuse_for`` seconds of real time
+        (``math.inf`` for until allow_events()), and REST too with ``rest_down``.
+        """
+        self._outage.start(refuse_for, rest_down)
+        await self._hub.drop_all()
+
+    def allow_events(self) -> None:
+        self._outage.end()
+
+    async def silence(self) -> None:
+        """Keep the open websockets but send them nothing, pongs included."""
+        self._hub.silence_all()
+
+    @property
+    def deletes(self) -> list[tuple[str, dict]]:
+        """Every DELETE /ari/channels/{id} received: the id and the query."""
+        return self._http.deletes
+
+    @property
+    def fail_deletes(self) -> int:
+        """How many of the next DELETE requests get 500 and change nothing."""
+        return self._http.fail_deletes
+
+    @fail_deletes.setter
+    def fail_deletes(self, count: int) -> None:
+        if count < 0:
+            raise ValueError(f"invalid fail_deletes {count}; give 0 or more")
+        self._http.fail_deletes = count
+
+    @property
+    def channels(self) -> dict[str, dict]:
+        """Snapshots of the live channels by id, as GET /ari/channels has them."""
+        channelvars = self._switch.builder.channelvars
+        return {
+            channel_id: channel.snapshot(channelvars)
+            for channel_id, channel in self._switch.channels.items()
+        }
+
+    @property
+    def events_sent(self) -> int:
+        """Event messages sent so far, counted once per websocket and application."""
+        return self._hub.events_sent
+
+    def subscribers(self) -> int:
+        return len(self._hub.sockets)
+
+    async def wait_for_subscribers(self, count: int = 1, timeout: float = 5.0) -> None:
+        """Wait until at least ``count`` events websockets are open."""
+        await self._hub.wait_for_count(count, timeout)

@@ -1,0 +1,247 @@
+"""The ends of emulated calls: hang-ups by a party, by ARI and unanswered calls.
+
+The event order follows two captures of an answered call ended by
+DELETE /ari/channels/{id}: on the trunk leg (ari-events-subscribeall.jsonl)
+and on the caller leg with reason_code=21 (ari-events-s2-delete-caller-leg.jsonl).
+The channel that hangs up first leaves the bridge and is destroyed with its
+cause, then the other side follows with cause 16, Normal Clearing.
+"""
+
+import logging
+
+from tests.emulator.ari_events import Event
+from tests.emulator.ari_model import (
+    CAUSE_NORMAL_CIRCUIT_CONGESTION,
+    CAUSE_NORMAL_CLEARING,
+    CAUSE_USER_BUSY,
+    SOFTHANGUP_EXPLICIT,
+    Channel,
+)
+from tests.emulator.ari_state import (
+    DIALSTATUS_ANSWER,
+    DIALSTATUS_BUSY,
+    DIALSTATUS_CANCEL,
+    DIALSTATUS_CHANUNAVAIL,
+    DIALSTATUS_CONGESTION,
+    DIALSTATUS_NOANSWER,
+    VAR_BRIDGEPEER,
+    VAR_DIALSTATUS,
+    CallState,
+    EmulatedCall,
+    SwitchState,
+)
+
+logger = logging.getLogger(__name__)
+
+SIDE_CALLER = "caller"
+SIDE_TRUNK = "trunk"
+
+VAR_STASISSTATUS = "STASISSTATUS"
+STASISSTATUS_SUCCESS = "SUCCESS"
+
+FAILED_DIALSTATUSES = (
+    DIALSTATUS_NOANSWER,
+    DIALSTATUS_BUSY,
+    DIALSTATUS_CONGESTION,
+    DIALSTATUS_CHANUNAVAIL,
+    DIALSTATUS_CANCEL,
+)
+
+# Subscriber absent: Asterisk's AST_CAUSE_UNREGISTERED.
+_CAUSE_SUBSCRIBER_ABSENT = 20
+_CAUSE_NO_ROUTE_DESTINATION = 3
+
+
+def dialstatus_for_cause(cause: int) -> str:
+    """Return the DIALSTATUS that Dial reports when the dialled leg hangs up first.
+
+    NOTE: the mapping follows ast_hangup_cause_to_dial_status() in Asterisk's
+    main/dial.c as remembered, not as read from the 22.10.1 source.
+    """
+    if cause == CAUSE_USER_BUSY:
+        return DIALSTATUS_BUSY
+
+    if cause == CAUSE_NORMAL_CIRCUIT_CONGESTION:
+        return DIALSTATUS_CONGESTION
+
+    if cause in (_CAUSE_NO_ROUTE_DESTINATION, _CAUSE_SUBSCRIBER_ABSENT):
+        return DIALSTATUS_CHANUNAVAIL
+
+    return DIALSTATUS_NOANSWER
+
+
+class CallTeardown(SwitchState):
+    """Hang-up flows, on top of the channels and calls of SwitchState."""
+
+    def delete_channel(self, channel_id: str, cause: int) -> list[Event]:
+        """End the call of ``channel_id`` as DELETE /ari/channels/{id} does.
+
+        Raises KeyError for a channel that does not exist.
+        """
+        channel = self.channels[channel_id]
+        state = self.state_for_channel(channel_id)
+        request = self.builder.hangup_request(channel, SOFTHANGUP_EXPLICIT, soft=True)
+        logger.info(
+            "DELETE of channel %s (%s) ends its call, cause %d",
+            channel.id,
+            channel.name,
+            cause,
+        )
+        return self._end_call(state, channel, request, cause)
+
+    def hangup(self, call: EmulatedCall, side: str, cause: int) -> list[Event]:
+        """End ``call`` because the party on ``side`` hung up with ``cause``."""
+        state = self.state_for(call)
+        if side == SIDE_CALLER:
+            if state.caller is None:
+                raise ValueError(
+                    f"call on {call.trunk_name} has no caller leg; "
+                    f"hang it up with side={SIDE_TRUNK!r}"
+                )
+            channel = state.caller
+        elif side == SIDE_TRUNK:
+            channel = state.trunk
+        else:
+            raise ValueError(
+                f"invalid side {side!r}; use {SIDE_CALLER!r} or {SIDE_TRUNK!r}"
+            )
+
+        request = self.builder.hangup_request(channel, cause)
+        return self._end_call(state, channel, request, cause)
+
+    def fail(self, call: EmulatedCall, dialstatus: str, cause: int) -> list[Event]:
+        """End an unanswered call: the trunk leg gives up with ``cause``."""
+        state = self.state_for(call)
+        if state.answered:
+            raise ValueError(
+                f"call on {call.trunk_name} was answered; end it with hangup()"
+            )
+
+        if dialstatus not in FAILED_DIALSTATUSES:
+            raise ValueError(
+                f"invalid dialstatus {dialstatus!r} for an unanswered call; "
+                f"use one of {', '.join(FAILED_DIALSTATUSES)}"
+            )
+
+        return self._end_unanswered(state, None, dialstatus, cause)
+
+    def _end_call(
+        self, state: CallState, channel: Channel, request: Event, cause: int
+    ) -> list[Event]:
+        if state.caller is None:
+            return [request, *self._end_without_caller(state, cause)]
+
+        side = SIDE_CALLER if channel is state.caller else SIDE_TRUNK
+        if state.answered:
+            return self._end_answered(state, side, request, cause)
+
+        if side == SIDE_CALLER:
+            dialstatus = DIALSTATUS_CANCEL
+        else:
+            dialstatus = dialstatus_for_cause(cause)
+        return [request, *self._end_unanswered(state, side, dialstatus, cause)]
+
+    def _end_answered(
+        self, state: CallState, side: str, request: Event, cause: int
+    ) -> list[Event]:
+        assert state.caller is not None and state.bridge is not None
+        bridge = state.bridge
+        if side == SIDE_CALLER:
+            first, second = state.caller, state.trunk
+        else:
+            first, second = state.trunk, state.caller
+        other_side = SIDE_TRUNK if side == SIDE_CALLER else SIDE_CALLER
+
+        events = [request, self._varset(first, VAR_BRIDGEPEER, "")]
+        if side == SIDE_TRUNK:
+            events += self._device_not_in_use(state)
+        events.append(self._varset(second, VAR_BRIDGEPEER, ""))
+
+        bridge.channel_ids.remove(first.id)
+        events.append(self.builder.left_bridge(bridge, first))
+        events += self._end_side(state, side, cause)
+
+        bridge.channel_ids.remove(second.id)
+        events.append(self.builder.left_bridge(bridge, second))
+        events += self._end_side(state, other_side, CAUSE_NORMAL_CLEARING)
+
+        events.append(self.builder.bridge_destroyed(bridge))
+        if side == SIDE_CALLER:
+            events += self._device_not_in_use(state)
+
+        self._forget(state)
+        return events
+
+    def _end_side(self, state: CallState, side: str, cause: int) -> list[Event]:
+        if side == SIDE_TRUNK:
+            return self._end_trunk(state, cause)
+
+        assert state.caller is not None
+        caller = state.caller
+        answered_seconds, answered_ms = self._elapsed(state.answered_at)
+        dialed_seconds, dialed_ms = self._elapsed(state.dialed_at)
+        events = [
+            self._varset(caller, "ANSWEREDTIME", answered_seconds),
+            self._varset(caller, "ANSWEREDTIME_MS", answered_ms),
+            self._varset(caller, "DIALEDTIME", dialed_seconds),
+            self._varset(caller, "DIALEDTIME_MS", dialed_ms),
+            self._varset(caller, VAR_DIALSTATUS, DIALSTATUS_ANSWER),
+            # The Dial application ends, which requests the caller's hang-up.
+            self.builder.hangup_request(caller, CAUSE_NORMAL_CLEARING, soft=True),
+            self._destroy(caller, cause),
+        ]
+        return events
+
+    def _end_unanswered(
+        self, state: CallState, side: str | None, dialstatus: str, cause: int
+    ) -> list[Event]:
+        """End a call before answer; ``side`` is None when the trunk gave up."""
+        if state.caller is None:
+            return self._end_without_caller(state, cause, dialstatus)
+
+        caller = state.caller
+        dial_end = self.builder.dial(
+            caller=caller, peer=state.trunk, dialstatus=dialstatus
+        )
+        events = [dial_end, *self._end_trunk(state, cause)]
+
+        dialed_seconds, dialed_ms = self._elapsed(state.dialed_at)
+        events += [
+            self._varset(caller, "DIALEDTIME", dialed_seconds),
+            self._varset(caller, "DIALEDTIME_MS", dialed_ms),
+            self._varset(caller, VAR_DIALSTATUS, dialstatus),
+            self._destroy(caller, cause),
+        ]
+        events += self._device_not_in_use(state)
+        logger.debug(
+            "unanswered call on %s ended by %s: %s, cause %d",
+            state.trunk.name,
+            side or SIDE_TRUNK,
+            dialstatus,
+            cause,
+        )
+
+        self._forget(state)
+        return events
+
+    def _end_without_caller(
+        self, state: CallState, cause: int, dialstatus: str | None = None
+    ) -> list[Event]:
+        """End an inbound or originated call, which has only the trunk leg."""
+        trunk = state.trunk
+        events: list[Event] = []
+        if trunk.stasis_app is not None:
+            events.append(self.builder.stasis_end(trunk))
+            events.append(self._varset(trunk, VAR_STASISSTATUS, STASISSTATUS_SUCCESS))
+            trunk.stasis_app = None
+
+        if state.originated and not state.answered:
+            status = dialstatus or dialstatus_for_cause(cause)
+            dial_end = self.builder.dial(
+                peer=trunk, dialstatus=status, dialstring=state.call.dialstring
+            )
+            events.append(dial_end)
+
+        events += self._end_trunk(state, cause)
+        self._forget(state)
+        return events

@@ -1,0 +1,884 @@
+"""The ARI client against a loopback ARI server replaying captured Asterisk replies."""
+
+import asyncio
+import base64
+import json
+import logging
+import random
+import socket
+import ssl
+import subprocess
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from callguard import __version__
+from callguard.ari import AriClient, AriError, AriHTTPError
+from callguard.ari.backoff import JITTER, Backoff
+from callguard.ari.events import event_channel_id
+from callguard.ari.repeats import RepeatLimiter
+from callguard.clock import ManualClock
+
+FIXTURES = Path(__file__).parent / "fixtures" / "asterisk"
+
+USERNAME = "callguard"
+PASSWORD = "callguard-test"
+WRONG_PASSWORD = "WRONG-secret"
+SECRETS = [
+    PASSWORD,
+    WRONG_PASSWORD,
+    base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode(),
+    base64.b64encode(f"{USERNAME}:{WRONG_PASSWORD}".encode()).decode(),
+]
+
+# Asterisk's reply to missing or wrong credentials (ari-auth-checks.txt).
+AUTH_REQUIRED = {"message": "Authentication required"}
+CHANNEL_NOT_FOUND = {"message": "Channel not found"}
+ASTERISK_ID = "02:fc:00:00:00:01"
+
+# Maximum wait, in seconds, for something a test expects to happen.
+WAIT = 3.0
+
+
+def load_capture(name: str):
+    """Return a captured JSON reply, without the request line that heads the file."""
+    text = (FIXTURES / name).read_text()
+    return json.loads(text.split("\n", 1)[1])
+
+
+def load_event_lines(name: str) -> list[str]:
+    return (FIXTURES / name).read_text().splitlines()
+
+
+async def until(predicate: Callable[[], bool], description: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {description}")
+        await asyncio.sleep(0.005)
+
+
+@dataclass
+class SeenRequest:
+    method: str
+    path: str
+    raw_path: str
+    headers: dict[str, str]
+    at: float = field(default_factory=time.monotonic)
+
+
+WebsocketScript = Callable[[web.WebSocketResponse, int], Awaitable[None]]
+
+
+def send_then_wait(lines: list[str]) -> WebsocketScript:
+    async def script(ws: web.WebSocketResponse, number: int) -> None:
+        for line in lines:
+            await ws.send_str(line)
+        await drain(ws)
+
+    return script
+
+
+async def drain(ws: web.WebSocketResponse) -> None:
+    """Read until the client closes, so that aiohttp replies to pings and closes."""
+    async for _message in ws:
+        pass
+
+
+class FakeAri:
+    """ARI's REST and events endpoints on aiohttp, replying like Asterisk 22.10.1."""
+
+    def __init__(self, ssl_context: ssl.SSLContext | None = None):
+        self.ssl_context = ssl_context
+        self.authorization = "Basic " + base64.b64encode(
+            f"{USERNAME}:{PASSWORD}".encode()
+        ).decode("ascii")
+        self.channels = load_capture("ari-channels-during-call.json")
+        self.requests: list[SeenRequest] = []
+        self.upgrades: list[SeenRequest] = []
+        self.delete_statuses: deque[int] = deque()
+        self.upgrade_status: int | None = None
+        self.autoping = True
+        self.script: WebsocketScript = self._idle
+        self.release = asyncio.Event()
+        self.reply_delay_paths: set[str] = set()
+        self._sockets: set[web.WebSocketResponse] = set()
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> "FakeAri":
+        app = web.Application()
+        app.router.add_get("/ari/asterisk/ping", self._ping)
+        app.router.add_get("/ari/channels", self._list_channels)
+        app.router.add_get("/ari/channels/{id}", self._get_channel)
+        app.router.add_delete("/ari/channels/{id}", self._delete_channel)
+        app.router.add_get("/ari/events", self._events)
+
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0)
+        await self._runner.setup()
+        site = web.TCPSite(
+            self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context
+        )
+        await site.start()
+
+        port = self._runner.addresses[0][1]
+        scheme = "https" if self.ssl_context else "http"
+        self.url = f"{scheme}://127.0.0.1:{port}/"
+        return self
+
+    async def stop(self) -> None:
+        self.release.set()
+        for ws in list(self._sockets):
+            await ws.close()
+        await self._runner.cleanup()
+
+    def _record(self, request: web.Request, into: list[SeenRequest]) -> None:
+        into.append(
+            SeenRequest(
+                request.method, request.path, request.raw_path, dict(request.headers)
+            )
+        )
+
+    def _authorized(self, request: web.Request) -> bool:
+        return request.headers.get("Authorization") == self.authorization
+
+    def _auth_failure(self) -> web.Response:
+        return web.json_response(
+            AUTH_REQUIRED,
+            status=401,
+            headers={"WWW-Authenticate": 'Basic realm="Asterisk REST Interface"'},
+        )
+
+    async def _rest_preamble(self, request: web.Request) -> web.Response | None:
+        self._record(request, self.requests)
+        if request.path in self.reply_delay_paths:
+            await self.release.wait()
+        if not self._authorized(request):
+            return self._auth_failure()
+        return None
+
+    async def _ping(self, request: web.Request) -> web.StreamResponse:
+        if failure := await self._rest_preamble(request):
+            return failure
+        return web.json_response(
+            {
+                "ping": "pong",
+                "timestamp": "2026-12-04T15:18:21.263+0000",
+                "asterisk_id": ASTERISK_ID,
+            }
+        )
+
+    async def _list_channels(self, request: web.Request) -> web.StreamResponse:
+        if failure := await self._rest_preamble(request):
+            return failure
+        return web.json_response(self.channels)
+
+    async def _get_channel(self, request: web.Request) -> web.StreamResponse:
+        if failure := await self._rest_preamble(request):
+            return failure
+        for channel in self.channels:
+            if channel["id"] == request.match_info["id"]:
+                return web.json_response(channel)
+        return web.json_response(CHANNEL_NOT_FOUND, status=404)
+
+    async def _delete_channel(self, request: web.Request) -> web.StreamResponse:
+        if failure := await self._rest_preamble(request):
+            return failure
+        if self.delete_statuses:
+            status = self.delete_statuses.popleft()
+            if status == 204:
+                return web.Response(status=204)
+            if status == 404:
+                return web.json_response(CHANNEL_NOT_FOUND, status=404)
+            return web.json_response(
+                {"message": "Internal Server Error"}, status=status
+            )
+
+        channel_id = request.match_info["id"]
+        remaining = [c for c in self.channels if c["id"] != channel_id]
+        if len(remaining) == len(self.channels):
+            return web.json_response(CHANNEL_NOT_FOUND, status=404)
+        self.channels = remaining
+        return web.Response(status=204)
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        self._record(request, self.upgrades)
+        if not self._authorized(request):
+            return self._auth_failure()
+        if self.upgrade_status is not None:
+            return web.json_response(
+                {"message": "Service Unavailable"}, status=self.upgrade_status
+            )
+
+        ws = web.WebSocketResponse(autoping=self.autoping, max_msg_size=0)
+        await ws.prepare(request)
+        self._sockets.add(ws)
+        try:
+            await self.script(ws, len(self.upgrades))
+        finally:
+            self._sockets.discard(ws)
+        if not ws.closed:
+            await ws.close()
+        return ws
+
+    async def _idle(self, ws: web.WebSocketResponse, number: int) -> None:
+        await drain(ws)
+
+
+class Recorder:
+    """The callbacks of AriClient.run(), recording what they were given."""
+
+    def __init__(self, client: AriClient, on_connect_extra=None, on_event_extra=None):
+        self.client = client
+        self.events: list[dict] = []
+        self.connects = 0
+        self.disconnects = 0
+        self.connected_in_on_connect: list[bool] = []
+        self.connected_in_on_disconnect: list[bool] = []
+        self.in_on_connect = False
+        self.events_during_on_connect = 0
+        self._on_connect_extra = on_connect_extra
+        self._on_event_extra = on_event_extra
+
+    async def on_event(self, event: dict) -> None:
+        if self.in_on_connect:
+            self.events_during_on_connect += 1
+        if self._on_event_extra is not None:
+            self._on_event_extra(event)
+        self.events.append(event)
+
+    async def on_connect(self) -> None:
+        self.in_on_connect = True
+        self.connects += 1
+        self.connected_in_on_connect.append(self.client.connected)
+        try:
+            if self._on_connect_extra is not None:
+                await self._on_connect_extra(self.connects)
+        finally:
+            self.in_on_connect = False
+
+    def on_disconnect(self) -> None:
+        self.disconnects += 1
+        self.connected_in_on_disconnect.append(self.client.connected)
+
+
+class Running:
+    """AriClient.run() in a task, stopped by close() at the end of the block."""
+
+    def __init__(self, client: AriClient, recorder: Recorder):
+        self.client = client
+        self.recorder = recorder
+        self.task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> "Running":
+        self.task = asyncio.create_task(
+            self.client.run(
+                self.recorder.on_event,
+                self.recorder.on_connect,
+                self.recorder.on_disconnect,
+            )
+        )
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.client.close()
+        await asyncio.wait_for(self.task, WAIT)
+
+
+@pytest.fixture(autouse=True)
+def no_secret_in_logs(caplog):
+    """Log everything at DEBUG and check that no password or token was logged."""
+    caplog.set_level(logging.DEBUG)
+    yield
+    for record in caplog.get_records("setup") + caplog.get_records("call"):
+        text = record.getMessage() + (record.exc_text or "")
+        for secret in SECRETS:
+            assert secret not in text, f"a secret was logged by {record.name}"
+
+
+@pytest.fixture
+async def ari():
+    server = await FakeAri().start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def make_client():
+    clients: list[AriClient] = []
+
+    def make(url: str, password: str = PASSWORD, **options) -> AriClient:
+        settings = {
+            "ping_timeout": 5.0,
+            "backoff_initial": 0.01,
+            "backoff_max": 0.05,
+            "request_timeout": 1.0,
+            "retry_delay": 0.01,
+        }
+        settings.update(options)
+        client = AriClient(url, USERNAME, password, **settings)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+def messages(caplog, logger: str, level: int = logging.DEBUG) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == logger and record.levelno >= level
+    ]
+
+
+# Construction
+
+
+@pytest.mark.parametrize(
+    "url, options, fragment",
+    [
+        ("ftp://127.0.0.1:8088/", {}, "scheme must be http or https"),
+        ("http:///", {}, "host is missing"),
+        ("http://user:pw@127.0.0.1:8088/", {}, "contains credentials"),
+        ("http://127.0.0.1:8088/?api_key=u:p", {}, "query or fragment"),
+        ("http://127.0.0.1:8088/ari", {}, "ends in /ari"),
+        ("http://127.0.0.1:99999/", {}, "invalid ARI URL"),
+        ("http://127.0.0.1:8088/", {"ping_timeout": 0}, "ping_timeout"),
+        ("http://127.0.0.1:8088/", {"ping_timeout": 31}, "at most 30"),
+        ("http://127.0.0.1:8088/", {"backoff_initial": -1}, "backoff_initial"),
+        (
+            "http://127.0.0.1:8088/",
+            {"backoff_initial": 5, "backoff_max": 1},
+            "backoff_max",
+        ),
+        ("http://127.0.0.1:8088/", {"request_timeout": 0}, "request_timeout"),
+        ("http://127.0.0.1:8088/", {"max_message": 0}, "max_message"),
+        ("http://127.0.0.1:8088/", {"retries": -1}, "retries"),
+        ("http://127.0.0.1:8088/", {"ca_file": "/x.pem"}, "uses http://"),
+        ("https://127.0.0.1:8089/", {"ca_file": "/nonexistent.pem"}, "CA bundle"),
+        ("http://127.0.0.1:8088/", {"app": ""}, "application name"),
+    ],
+)
+def test_constructor_rejects(url, options, fragment):
+    with pytest.raises(ValueError, match=fragment) as caught:
+        AriClient(url, USERNAME, PASSWORD, **options)
+    assert "pw@" not in str(caught.value)
+    assert "api_key" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "username, password, fragment",
+    [
+        ("", PASSWORD, "invalid ARI username"),
+        ("call:guard", PASSWORD, "invalid ARI username"),
+        (USERNAME, "", "password .* is empty"),
+        (USERNAME, "pass\nword", "control character"),
+    ],
+)
+def test_constructor_rejects_credentials(username, password, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        AriClient("http://127.0.0.1:8088/", username, password)
+
+
+@pytest.mark.parametrize(
+    "url, rest_base, events_url",
+    [
+        (
+            "http://127.0.0.1:8088/",
+            "http://127.0.0.1:8088/ari/",
+            "ws://127.0.0.1:8088/ari/events?app=callguard&subscribeAll=true",
+        ),
+        (
+            "https://[::1]:8089/asterisk",
+            "https://[::1]:8089/asterisk/ari/",
+            "wss://[::1]:8089/asterisk/ari/events?app=callguard&subscribeAll=true",
+        ),
+    ],
+)
+def test_endpoint_urls(url, rest_base, events_url):
+    client = AriClient(url, USERNAME, PASSWORD)
+    assert client._endpoint.rest_base == rest_base
+    assert client._endpoint.events_url == events_url
+    assert PASSWORD not in repr(client._endpoint)
+
+
+# Units
+
+
+@pytest.mark.parametrize(
+    "initial, maximum, ceilings",
+    [
+        (0.5, 30.0, [0.5, 1, 2, 4, 8, 16, 30, 30, 30]),
+        (1.0, 1.0, [1, 1, 1]),
+        (0.25, 1.0, [0.25, 0.5, 1, 1]),
+    ],
+)
+def test_backoff_delays(initial, maximum, ceilings):
+    backoff = Backoff(initial, maximum, rng=random.Random(7))
+    for ceiling in ceilings:
+        delay = backoff.next_delay()
+        assert (1 - JITTER) * ceiling <= delay <= ceiling
+
+    backoff.reset()
+    assert (1 - JITTER) * initial <= backoff.next_delay() <= initial
+
+
+def test_repeat_limiter_window():
+    clock = ManualClock(datetime(2026, 12, 4, tzinfo=timezone.utc))
+    limiter = RepeatLimiter(burst=2, interval=10.0, clock=clock)
+
+    # (seconds to advance, expected admit() result)
+    steps = [(0, 0), (1, 0), (1, None), (1, None), (10, 2), (0, 0), (0, None)]
+    for advance, expected in steps:
+        clock.advance(advance)
+        assert limiter.admit() == expected
+
+
+@pytest.mark.parametrize(
+    "event, channel_id",
+    [
+        ({"type": "ChannelCreated", "channel": {"id": "1796397405.0"}}, "1796397405.0"),
+        ({"type": "Dial", "peer": {"id": "1796397405.2"}}, "1796397405.2"),
+        ({"type": "ApplicationReplaced"}, None),
+        ({"type": "X", "channel": "not an object"}, None),
+    ],
+)
+def test_event_channel_id(event, channel_id):
+    assert event_channel_id(event) == channel_id
+
+
+# REST
+
+
+async def test_rest_sends_basic_auth(ari, make_client):
+    client = make_client(ari.url)
+
+    channels = await client.get_channels()
+
+    assert channels == load_capture("ari-channels-during-call.json")
+    seen = ari.requests[-1]
+    assert seen.raw_path == "/ari/channels"
+    assert seen.headers["Authorization"] == ari.authorization
+    assert seen.headers["User-Agent"] == f"callguard/{__version__}"
+
+
+async def test_rest_401_message(ari, make_client, caplog):
+    client = make_client(ari.url, password=WRONG_PASSWORD, retries=3)
+
+    with pytest.raises(AriHTTPError) as caught:
+        await client.ping()
+
+    assert caught.value.status == 401
+    assert caught.value.message == AUTH_REQUIRED["message"]
+    assert len(ari.requests) == 1
+    assert any("credentials" in m for m in messages(caplog, "callguard.ari.rest"))
+
+
+async def test_ping(ari, make_client):
+    client = make_client(ari.url)
+
+    assert await client.ping() is None
+    assert ari.requests[-1].raw_path == "/ari/asterisk/ping"
+
+
+async def test_hangup_401_not_retried(ari, make_client):
+    client = make_client(ari.url, password=WRONG_PASSWORD, retries=3)
+
+    with pytest.raises(AriHTTPError) as caught:
+        await client.hangup("1796397405.0")
+
+    assert caught.value.status == 401
+    assert len(ari.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "channel_id, options, raw_path",
+    [
+        ("1796397405.0", {"reason": "busy"}, "/ari/channels/1796397405.0?reason=busy"),
+        ("../asterisk/ping", {}, "/ari/channels/..%2Fasterisk%2Fping"),
+        ("a b?c", {}, "/ari/channels/a%20b%3Fc"),
+    ],
+)
+async def test_hangup_request_path(ari, make_client, channel_id, options, raw_path):
+    client = make_client(ari.url)
+    ari.delete_statuses.append(404)
+
+    await client.hangup(channel_id, **options)
+
+    assert ari.requests[0].raw_path == raw_path
+
+
+@pytest.mark.parametrize(
+    "channel_id, options, fragment",
+    [
+        ("1796397405.0", {"reason_code": 21, "reason": "busy"}, "only one"),
+        ("1796397405.0", {"reason_code": 128}, "Q.850 cause"),
+        ("1796397405.0", {"reason_code": True}, "Q.850 cause"),
+        ("1796397405.0", {"reason": ""}, "invalid hangup reason"),
+        ("", {}, "invalid channel id"),
+    ],
+)
+async def test_hangup_rejects(ari, make_client, channel_id, options, fragment):
+    client = make_client(ari.url)
+
+    with pytest.raises(ValueError, match=fragment):
+        await client.hangup(channel_id, **options)
+    assert ari.requests == []
+
+
+async def test_request_timeout_retried(ari, make_client):
+    client = make_client(ari.url, request_timeout=0.1, retries=1)
+    ari.reply_delay_paths.add("/ari/asterisk/ping")
+
+    with pytest.raises(AriError, match="timed out"):
+        await client.ping()
+
+    assert len(ari.requests) == 2
+
+
+async def test_connection_refused(make_client):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = make_client(f"http://127.0.0.1:{port}/", retries=2)
+
+    with pytest.raises(AriError, match="ConnectError") as caught:
+        await client.hangup("1796397405.0")
+    assert "gave up after 3 attempts" in caught.value.__notes__
+
+
+async def test_response_size_bound(ari, make_client):
+    client = make_client(ari.url, max_response=10_000)
+    ari.channels = ari.channels * 20
+
+    with pytest.raises(AriError, match="larger than the limit of 10000 bytes"):
+        await client.get_channels()
+    assert len(ari.requests) == 1
+
+
+async def test_rest_after_close(ari, make_client):
+    client = make_client(ari.url)
+    await client.close()
+
+    with pytest.raises(AriError, match="closed"):
+        await client.ping()
+
+
+# Events
+
+
+async def test_events_upgrade_request(ari, make_client):
+    client = make_client(ari.url)
+    recorder = Recorder(client)
+
+    async with Running(client, recorder):
+        await until(lambda: recorder.connects == 1, "the first connection")
+
+    upgrade = ari.upgrades[0]
+    assert upgrade.raw_path == "/ari/events?app=callguard&subscribeAll=true"
+    assert upgrade.headers["Authorization"] == ari.authorization
+    assert upgrade.headers["User-Agent"] == f"callguard/{__version__}"
+    assert PASSWORD not in upgrade.raw_path
+    assert "@" not in upgrade.headers["Host"]
+    assert "api_key" not in upgrade.raw_path
+    assert recorder.connected_in_on_connect == [True]
+
+
+async def test_events_in_order(ari, make_client):
+    lines = load_event_lines("ari-events-subscribeall.jsonl")
+    ari.script = send_then_wait(lines)
+    client = make_client(ari.url)
+    recorder = Recorder(client)
+
+    async with Running(client, recorder):
+        await until(lambda: len(recorder.events) == len(lines), "every event")
+
+    assert recorder.events == [json.loads(line) for line in lines]
+    assert recorder.connects == 1
+
+
+async def test_reconcile_buffer_overflow(ari, make_client, caplog):
+    event = json.loads(load_event_lines("ari-events-subscribeall.jsonl")[0])
+    event["padding"] = "x" * 300
+    line = json.dumps(event)
+    max_message = 1000
+    # The buffer accepts 64 messages of max_message bytes, 64,000 bytes here.
+    count = 64_000 // len(line) + 20
+
+    async def script(ws, number):
+        if number == 1:
+            for _ in range(count):
+                await ws.send_str(line)
+        await drain(ws)
+
+    def overflowed() -> bool:
+        return any(
+            "arrived while on_connect ran" in m
+            for m in messages(caplog, "callguard.ari.events")
+        )
+
+    async def slow_first_reconcile(number):
+        if number == 1:
+            await until(overflowed, "the buffer to overflow")
+
+    ari.script = script
+    client = make_client(ari.url, max_message=max_message)
+    recorder = Recorder(client, on_connect_extra=slow_first_reconcile)
+
+    async with Running(client, recorder):
+        await until(lambda: recorder.connects == 2, "a second connection")
+
+    assert recorder.events == []
+    assert recorder.disconnects >= 1
+    assert any(
+        "reconciliation buffer overflowed" in m
+        for m in messages(caplog, "callguard.ari.stream", logging.WARNING)
+    )
+
+
+async def test_non_json_skipped(ari, make_client, caplog):
+    lines = load_event_lines("ari-events-s7-agi-block21.jsonl")[:2]
+
+    async def script(ws, number):
+        await ws.send_str(lines[0])
+        await ws.send_str("not json {")
+        await ws.send_str("[1, 2]")
+        await ws.send_bytes(b"\xff\xfe")
+        await ws.send_str(lines[1])
+        await drain(ws)
+
+    ari.script = script
+    client = make_client(ari.url)
+    recorder = Recorder(client)
+
+    async with Running(client, recorder):
+        await until(lambda: len(recorder.events) == 2, "two events")
+
+    assert recorder.events == [json.loads(line) for line in lines]
+    assert recorder.connects == 1
+    warnings = messages(caplog, "callguard.ari.events", logging.WARNING)
+    assert len([m for m in warnings if m.startswith("skipping")]) == 3
+
+
+async def test_oversized_message_reconnects(ari, make_client, caplog):
+    lines = load_event_lines("ari-events-s7-agi-block21.jsonl")
+    first, lost, after = lines[0], lines[1], lines[2]
+    max_message = 2000
+    assert len(first) < max_message
+
+    async def script(ws, number):
+        if number == 1:
+            await ws.send_str(first)
+            await ws.send_str(json.dumps({"type": "Big", "data": "x" * 5000}))
+            await ws.send_str(lost)
+        else:
+            await ws.send_str(after)
+        await drain(ws)
+
+    ari.script = script
+    client = make_client(ari.url, max_message=max_message)
+    recorder = Recorder(client)
+
+    async with Running(client, recorder):
+        await until(lambda: len(recorder.events) == 2, "the event after reconnecting")
+
+    assert recorder.events == [json.loads(first), json.loads(after)]
+    assert recorder.connects == 2
+    assert any(
+        "exceeded max_message (2000 bytes)" in m
+        for m in messages(caplog, "callguard.ari.stream", logging.WARNING)
+    )
+
+
+async def test_on_event_error_logged(ari, make_client, caplog):
+    lines = load_event_lines("ari-events-s6-agi-block.jsonl")[:3]
+    ari.script = send_then_wait(lines)
+    failing = json.loads(lines[1])
+
+    def fail_on_second(event):
+        if event == failing:
+            raise KeyError("missing field")
+
+    client = make_client(ari.url)
+    recorder = Recorder(client, on_event_extra=fail_on_second)
+
+    async with Running(client, recorder):
+        await until(lambda: len(recorder.events) == 2, "the other events")
+
+    assert recorder.events == [json.loads(lines[0]), json.loads(lines[2])]
+    errors = messages(caplog, "callguard.ari.events", logging.ERROR)
+    assert errors == [
+        f"on_event failed for ARI event {failing['type']} on channel "
+        f"{event_channel_id(failing)}"
+    ]
+
+
+async def test_on_connect_error_reconnects(ari, make_client, caplog):
+    client = make_client(ari.url)
+
+    async def fail_first(number):
+        if number == 1:
+            raise ConnectionError("database unavailable")
+
+    recorder = Recorder(client, on_connect_extra=fail_first)
+
+    async with Running(client, recorder):
+        await until(lambda: recorder.connects == 2, "a second connection")
+
+    assert recorder.disconnects >= 1
+    assert any(
+        "on_connect raised ConnectionError" in m
+        for m in messages(caplog, "callguard.ari.stream", logging.WARNING)
+    )
+
+
+async def test_upgrade_401_max_backoff(ari, make_client, caplog):
+    backoff_max = 0.3
+    client = make_client(
+        ari.url, password=WRONG_PASSWORD, backoff_initial=0.01, backoff_max=backoff_max
+    )
+    recorder = Recorder(client)
+
+    async with Running(client, recorder):
+        await until(lambda: len(ari.upgrades) >= 2, "a second upgrade attempt")
+        assert client.connected is False
+
+    assert ari.upgrades[1].at - ari.upgrades[0].at >= backoff_max * 0.9
+    assert recorder.connects == 0
+    errors = messages(caplog, "callguard.ari.stream", logging.ERROR)
+    assert any("rejected the credentials" in m and "HTTP 401" in m for m in errors)
+
+
+async def test_close_during_backoff(ari, make_client):
+    ari.upgrade_status = 503
+    client = make_client(ari.url, backoff_initial=10.0, backoff_max=10.0)
+    recorder = Recorder(client)
+    task = asyncio.create_task(
+        client.run(recorder.on_event, recorder.on_connect, recorder.on_disconnect)
+    )
+    await until(lambda: len(ari.upgrades) == 1, "the first attempt")
+
+    started = time.monotonic()
+    await client.close()
+    await asyncio.wait_for(task, WAIT)
+
+    assert time.monotonic() - started < 1.0
+    assert len(ari.upgrades) == 1
+
+
+async def test_run_after_close(ari):
+    async with AriClient(ari.url, USERNAME, PASSWORD) as client:
+        await client.ping()
+    recorder = Recorder(client)
+
+    await asyncio.wait_for(client.run(recorder.on_event, recorder.on_connect), WAIT)
+
+    assert ari.upgrades == []
+    assert recorder.connects == 0
+
+
+async def test_on_disconnect_error_logged(ari, make_client, caplog):
+    async def script(ws, number):
+        await ws.close()
+
+    ari.script = script
+    client = make_client(ari.url)
+    recorder = Recorder(client)
+
+    def fail():
+        recorder.disconnects += 1
+        raise RuntimeError("state store closed")
+
+    recorder.on_disconnect = fail
+
+    async with Running(client, recorder):
+        await until(lambda: recorder.connects >= 2, "a reconnection")
+
+    errors = messages(caplog, "callguard.ari.stream", logging.ERROR)
+    assert "on_disconnect failed" in errors
+
+
+async def test_run_twice_rejected(ari, make_client):
+    client = make_client(ari.url)
+    recorder = Recorder(client)
+
+    async with Running(client, recorder):
+        await until(lambda: recorder.connects == 1, "the connection")
+        with pytest.raises(RuntimeError, match="already running"):
+            await client.run(recorder.on_event, recorder.on_connect)
+
+
+# TLS
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> tuple[Path, Path]:
+    """Generate a self-signed certificate for 127.0.0.1 with the openssl command."""
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    options = (
+        "-x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 "
+        "-subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1"
+    )
+    subprocess.run(
+        ["openssl", "req", *options.split(), "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.fixture
+async def ari_tls(certificate):
+    cert, key = certificate
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server = await FakeAri(ssl_context=context).start()
+    yield server
+    await server.stop()
+
+
+async def test_tls_untrusted_rejected(ari_tls, make_client, caplog):
+    client = make_client(ari_tls.url, retries=3)
+
+    with pytest.raises(AriError, match="CERTIFICATE_VERIFY_FAILED"):
+        await client.ping()
+    assert ari_tls.requests == []
+    assert not any("retry" in m for m in messages(caplog, "callguard.ari.rest"))
+
+    recorder = Recorder(client)
+    async with Running(client, recorder):
+        await until(
+            lambda: any(
+                "certificate verify failed" in m
+                for m in messages(caplog, "callguard.ari.stream", logging.WARNING)
+            ),
+            "the failed TLS handshake",
+        )
+        assert client.connected is False
+
+    assert recorder.connects == 0
+    assert ari_tls.upgrades == []
+
+
+async def test_tls_with_ca_file(ari_tls, make_client, certificate):
+    lines = load_event_lines("ari-events-s7-agi-block21.jsonl")[:3]
+    ari_tls.script = send_then_wait(lines)
+    client = make_client(ari_tls.url, ca_file=str(certificate[0]))
+
+    await client.ping()
+
+    recorder = Recorder(client)
+    async with Running(client, recorder):
+        await until(lambda: len(recorder.events) == 3, "events over wss")
+
+    assert recorder.events == [json.loads(line) for line in lines]
+    assert ari_tls.upgrades[0].headers["Authorization"] == ari_tls.authorization
