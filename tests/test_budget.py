@@ -117,3 +117,26 @@ def test_block_counts_in_window_where_it_begins():
     seconds = max_call_seconds(tariff("0.006", "30/6"), start, LONDON, remaining, None)
 
     assert seconds == 120
+
+
+def test_partial_block_before_midnight():
+    # 31 s before midnight with 30/6 blocks: blocks begin at 0 and 30 s on
+    # 14 June (0.0036), then six 6 s blocks on 15 June (0.0036), so the
+    # limit falls at the ninth block, 72 s after answer.
+    start = london(2024, 6, 14, 23, 59, 29)
+    remaining = budgets("0.0036")
+
+    seconds = max_call_seconds(tariff("0.006", "30/6"), start, LONDON, remaining, None)
+
+    assert seconds == 72
+
+
+def test_overspent_week_buys_nothing_more():
+    # A week already 1.50 over its limit must stop the call at its next block,
+    # even though the day has money left.
+    remaining = budgets("10.00", "5.00", spent={("week", "2024-W24"): "6.50"})
+
+    seconds = max_call_seconds(tariff("1.00"), london(2024, 6, 14, 10, 0), LONDON,
+                               remaining, None)
+
+    assert seconds == 0

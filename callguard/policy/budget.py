@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Callable
 from zoneinfo import ZoneInfo
 
+from callguard.metering.charges import blocks_started_before, elapsed_seconds
 from callguard.rating import Tariff
 from callguard.windows import DAY, WEEK, next_day_start, window_keys
 
@@ -49,6 +50,8 @@ def _blocks_affordable(count: int, first_cost: Decimal, later_cost: Decimal,
         return affordable
     if later_cost == 0:
         return affordable + count
+    if budget < later_cost:
+        return affordable
     return affordable + min(count, int(budget // later_cost))
 
 
@@ -78,29 +81,20 @@ def max_call_seconds(
     horizon = MAX_SECONDS_CEILING if cap_seconds is None else min(cap_seconds, MAX_SECONDS_CEILING)
     first_cost = tariff.first_block_cost()
     later_cost = tariff.block_cost(1)
-    first_len = tariff.increments.first
-    later_len = tariff.increments.later
 
     spent_here: dict[tuple[str, str], Decimal] = {}
     segment_start = start
     next_block = 0
 
     while True:
-        offset = (segment_start - start).total_seconds()
-        if offset >= horizon:
+        if segment_start >= start + timedelta(seconds=horizon):
             return horizon
 
         keys = window_keys(segment_start, tz)
         segment_end = min(next_day_start(segment_start, tz), start + timedelta(seconds=horizon))
-        end_offset = (segment_end - start).total_seconds()
 
         # Blocks whose start offset lies before end_offset begin in this segment.
-        if end_offset <= 0:
-            blocks_by_end = 0
-        elif end_offset <= first_len:
-            blocks_by_end = 1
-        else:
-            blocks_by_end = 1 + int(-(-(Decimal(str(end_offset)) - first_len) // later_len))
+        blocks_by_end = blocks_started_before(tariff, elapsed_seconds(start, segment_end))
         count = max(0, blocks_by_end - next_block)
 
         budgets = []
