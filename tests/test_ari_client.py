@@ -4,12 +4,12 @@ import asyncio
 import base64
 import json
 import logging
+import math
 import random
 import socket
 import ssl
 import subprocess
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,6 +24,7 @@ from callguard.ari.backoff import JITTER, Backoff
 from callguard.ari.events import event_channel_id
 from callguard.ari.repeats import RepeatLimiter
 from callguard.clock import ManualClock
+from emulator.ari import AriEmulator
 
 FIXTURES = Path(__file__).parent / "fixtures" / "asterisk"
 
@@ -92,7 +93,12 @@ async def drain(ws: web.WebSocketResponse) -> None:
 
 
 class FakeAri:
-    """ARI's REST and events endpoints on aiohttp, replying like Asterisk 22.10.1."""
+    """ARI's REST and events endpoints on aiohttp, replying like Asterisk 22.10.1.
+
+    Unlike the emulator in tests/emulator/ari.py, it records request headers,
+    serves TLS, holds replies back on request, and lets a test script each
+    websocket to send invalid or oversized messages and floods.
+    """
 
     def __init__(self, ssl_context: ssl.SSLContext | None = None):
         self.ssl_context = ssl_context
@@ -102,7 +108,6 @@ class FakeAri:
         self.channels = load_capture("ari-channels-during-call.json")
         self.requests: list[SeenRequest] = []
         self.upgrades: list[SeenRequest] = []
-        self.delete_statuses: deque[int] = deque()
         self.upgrade_status: int | None = None
         self.autoping = True
         self.script: WebsocketScript = self._idle
@@ -190,16 +195,6 @@ class FakeAri:
     async def _delete_channel(self, request: web.Request) -> web.StreamResponse:
         if failure := await self._rest_preamble(request):
             return failure
-        if self.delete_statuses:
-            status = self.delete_statuses.popleft()
-            if status == 204:
-                return web.Response(status=204)
-            if status == 404:
-                return web.json_response(CHANNEL_NOT_FOUND, status=404)
-            return web.json_response(
-                {"message": "Internal Server Error"}, status=status
-            )
-
         channel_id = request.match_info["id"]
         remaining = [c for c in self.channels if c["id"] != channel_id]
         if len(remaining) == len(self.channels):
@@ -241,6 +236,7 @@ class Recorder:
         self.disconnects = 0
         self.connected_in_on_connect: list[bool] = []
         self.connected_in_on_disconnect: list[bool] = []
+        self.disconnected_at: list[float] = []
         self.in_on_connect = False
         self.events_during_on_connect = 0
         self._on_connect_extra = on_connect_extra
@@ -264,6 +260,7 @@ class Recorder:
             self.in_on_connect = False
 
     def on_disconnect(self) -> None:
+        self.disconnected_at.append(time.monotonic())
         self.disconnects += 1
         self.connected_in_on_disconnect.append(self.client.connected)
 
@@ -509,7 +506,6 @@ async def test_hangup_401_not_retried(ari, make_client):
 )
 async def test_hangup_request_path(ari, make_client, channel_id, options, raw_path):
     client = make_client(ari.url)
-    ari.delete_statuses.append(404)
 
     await client.hangup(channel_id, **options)
 
@@ -882,3 +878,198 @@ async def test_tls_with_ca_file(ari_tls, make_client, certificate):
 
     assert recorder.events == [json.loads(line) for line in lines]
     assert ari_tls.upgrades[0].headers["Authorization"] == ari_tls.authorization
+
+
+# Against the ARI emulator
+
+
+@pytest.fixture
+async def emulator():
+    async with AriEmulator(username=USERNAME, password=PASSWORD) as server:
+        yield server
+
+
+def find_event(recorder: Recorder, kind: str, channel_id: str) -> dict | None:
+    for event in recorder.events:
+        if event["type"] == kind and event_channel_id(event) == channel_id:
+            return event
+    return None
+
+
+async def test_get_channel(emulator, make_client):
+    client = make_client(emulator.url)
+    call = await emulator.dial_out("0044123456")
+
+    assert await client.get_channel(call.trunk_id) == emulator.channels[call.trunk_id]
+    assert await client.get_channel("1796397405.999") is None
+    assert await client.get_channels() == list(emulator.channels.values())
+
+
+@pytest.mark.parametrize(
+    "failures, live, expected, attempts",
+    [
+        (0, True, True, 1),
+        (0, False, False, 1),
+        (2, True, True, 3),
+        (3, False, False, 4),
+    ],
+)
+async def test_hangup_statuses(
+    emulator, make_client, failures, live, expected, attempts
+):
+    client = make_client(emulator.url, retries=3)
+    call = await emulator.dial_out("0044123456")
+    channel_id = call.trunk_id if live else "1796397405.999"
+    emulator.fail_deletes = failures
+
+    assert await client.hangup(channel_id, reason_code=21) is expected
+    assert emulator.deletes == [(channel_id, {"reason_code": "21"})] * attempts
+    assert channel_id not in emulator.channels
+
+
+async def test_hangup_500_always(emulator, make_client):
+    client = make_client(emulator.url, retries=3)
+    call = await emulator.dial_out("0044123456")
+    emulator.fail_deletes = 10
+
+    with pytest.raises(AriError) as caught:
+        await client.hangup(call.trunk_id)
+
+    assert isinstance(caught.value, AriHTTPError)
+    assert caught.value.status == 500
+    assert caught.value.message == "Internal Server Error"
+    assert len(emulator.deletes) == 4
+    assert call.trunk_id in emulator.channels
+
+
+async def test_hangup_ends_call(emulator, make_client):
+    client = make_client(emulator.url)
+    recorder = Recorder(client)
+
+    async with Running(client, recorder):
+        await emulator.wait_for_subscribers(1)
+        call = await emulator.dial_out("0044123456")
+        await emulator.answer(call)
+
+        assert await client.hangup(call.trunk_id, reason_code=21) is True
+        await until(
+            lambda: find_event(recorder, "ChannelDestroyed", call.trunk_id),
+            "ChannelDestroyed of the trunk leg",
+        )
+        await until(lambda: len(recorder.events) == emulator.events_sent, "all events")
+
+    destroyed = find_event(recorder, "ChannelDestroyed", call.trunk_id)
+    assert destroyed["cause"] == 21
+    assert find_event(recorder, "ChannelCreated", call.trunk_id) is not None
+    assert recorder.events.index(
+        find_event(recorder, "ChannelCreated", call.trunk_id)
+    ) < recorder.events.index(destroyed)
+    assert call.trunk_id not in emulator.channels
+
+
+async def test_events_held_during_on_connect(emulator, make_client):
+    client = make_client(emulator.url)
+    reconciled: list[list[str]] = []
+
+    async def reconcile(number):
+        # A call is dialled while reconciliation runs, so its events queue up.
+        await emulator.wait_for_subscribers(1)
+        await emulator.dial_out("0044123456")
+        channels = await client.get_channels()
+        reconciled.append(sorted(channel["id"] for channel in channels))
+
+    recorder = Recorder(client, on_connect_extra=reconcile)
+
+    async with Running(client, recorder):
+        await until(lambda: reconciled, "the reconciliation")
+        await until(lambda: len(recorder.events) == emulator.events_sent, "all events")
+
+    assert emulator.events_sent > 0
+    assert recorder.events_during_on_connect == 0
+    assert reconciled == [sorted(emulator.channels)]
+    assert recorder.events[0]["type"] == "ChannelCreated"
+
+
+async def test_drop_reconnects(emulator, make_client, caplog):
+    client = make_client(emulator.url, backoff_initial=0.01, backoff_max=0.2)
+    live_channels: list[int] = []
+
+    async def reconcile(number):
+        live_channels.append(len(await client.get_channels()))
+
+    recorder = Recorder(client, on_connect_extra=reconcile)
+
+    async with Running(client, recorder):
+        for round_number in range(1, 4):
+            await until(lambda: len(live_channels) == round_number, "a reconcile")
+            await emulator.wait_for_subscribers(1)
+            await emulator.dial_out(f"004412345{round_number}")
+            await emulator.drop_events()
+        await until(lambda: recorder.connects == 4, "the fourth connection")
+
+    per_call = len(emulator.channels) // 3
+    assert live_channels == [0, per_call, 2 * per_call, 3 * per_call]
+    assert recorder.disconnects >= 3
+    assert all(recorder.connected_in_on_connect)
+    assert not any(recorder.connected_in_on_disconnect)
+
+    delays = [
+        record.args[-1]
+        for record in caplog.records
+        if record.name == "callguard.ari.stream" and "reconnect attempt" in record.msg
+    ]
+    assert len(delays) >= 3
+    for delay in delays:
+        assert (1 - JITTER) * 0.01 <= delay <= 0.2
+
+
+async def test_disconnected_while_down(emulator, make_client, caplog):
+    client = make_client(emulator.url)
+    recorder = Recorder(client)
+
+    def refusals() -> int:
+        return sum(
+            "rejected with HTTP 503" in message
+            for message in messages(caplog, "callguard.ari.stream", logging.WARNING)
+        )
+
+    async with Running(client, recorder):
+        await until(lambda: recorder.connects == 1, "the first connection")
+        await emulator.drop_events(refuse_for=math.inf)
+        await until(lambda: refusals() >= 2, "two refused upgrades")
+
+        assert client.connected is False
+        assert recorder.connects == 1
+        assert recorder.disconnects == 1
+
+        emulator.allow_events()
+        await until(lambda: recorder.connects == 2, "the reconnection")
+        assert client.connected is True
+
+    assert client.connected is False
+
+
+async def test_silent_server_detected(emulator, make_client, caplog):
+    ping_timeout = 0.5
+    client = make_client(
+        emulator.url, ping_timeout=ping_timeout, backoff_initial=1.0, backoff_max=1.0
+    )
+    recorder = Recorder(client)
+
+    def detected() -> bool:
+        return any(
+            "did not answer a keepalive ping" in message
+            for message in messages(caplog, "callguard.ari.stream", logging.WARNING)
+        )
+
+    async with Running(client, recorder):
+        await until(lambda: recorder.connects == 1, "the connection")
+        await emulator.wait_for_subscribers(1)
+        silenced_at = time.monotonic()
+        await emulator.silence()
+        await until(detected, "the keepalive to fail")
+        assert client.connected is False
+
+    assert recorder.disconnected_at[0] - silenced_at <= ping_timeout + 0.25
+    assert recorder.disconnects == 1
+

@@ -17,10 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 import websockets
+from emulator.ari import AriEmulator
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
 from callguard.clock import ManualClock
-from tests.emulator.ari import AriEmulator
 
 FIXTURES = Path(__file__).parent / "fixtures" / "asterisk"
 USERNAME = "callguard"
@@ -32,8 +32,8 @@ TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d{4}$")
 UNIQUEID = re.compile(r"^\d+\.\d+$")
 START = datetime(2026, 12, 4, 15, 16, 45, 649000, tzinfo=timezone.utc)
 
-# Roles of the channels in ari-events-subscribeall.jsonl and the s2 capture:
-# the caller runs the dialplan and Dial(); the dialled Local leg is the trunk.
+# Roles of the channels in ari-events-subscribeall.jsonl and the s2 capture.
+# The caller runs the dialplan and Dial(), and the dialled Local leg is the trunk.
 CAPTURE_ROLES = [
     (re.compile(r"^Local/\d+@outbound-[0-9a-f]{8};2$"), "caller"),
     (re.compile(r"^Local/\d+@sink-[0-9a-f]{8};1$"), "trunk"),
@@ -101,6 +101,17 @@ def destroyed(channel_id: str):
     def matches(event: dict) -> bool:
         return (
             event["type"] == "ChannelDestroyed" and event["channel"]["id"] == channel_id
+        )
+
+    return matches
+
+
+def bridgepeer_set(channel_id: str):
+    def matches(event: dict) -> bool:
+        if event["type"] != "ChannelVarset":
+            return False
+        return (
+            event["channel"]["id"] == channel_id and event["variable"] == "BRIDGEPEER"
         )
 
     return matches
@@ -540,20 +551,40 @@ async def test_pjsip_call_shape(ari):
     assert dial["peer"]["caller"]["number"] == "01632960001"
 
 
+DIALSTRING_CASES = [
+    ("PJSIP", None, f"gamma/{NUMBER}", r"^PJSIP/gamma-[0-9a-f]{8}$"),
+    ("PJSIP", f"{NUMBER}@gamma", f"{NUMBER}@gamma", r"^PJSIP/gamma-[0-9a-f]{8}$"),
+    ("Local", None, f"{NUMBER}@gamma", rf"^Local/{NUMBER}@gamma-[0-9a-f]{{8}};1$"),
+    (
+        "Local",
+        f"{NUMBER}@sink",
+        f"{NUMBER}@sink",
+        rf"^Local/{NUMBER}@sink-[0-9a-f]{{8}};1$",
+    ),
+]
+
+
+@pytest.mark.parametrize("tech, given, dialstring, trunk_name", DIALSTRING_CASES)
+async def test_dialstring_forms(ari, tech, given, dialstring, trunk_name):
+    async with events_socket(ari) as socket:
+        await ari.wait_for_subscribers()
+        call = await ari.dial_out(NUMBER, tech=tech, dialstring=given)
+        events = await receive_until(socket, lambda event: event["type"] == "Dial")
+
+    dial = events[-1]
+    assert call.dialstring == dialstring
+    assert re.match(trunk_name, call.trunk_name)
+    assert dial["dialstring"] == dialstring
+    assert dial["peer"]["name"] == call.trunk_name
+    assert dial["caller"]["dialplan"]["app_data"] == f"{tech}/{dialstring},,"
+
+
 async def test_pjsip_answer_sequence(ari):
     call = await ari.dial_out(NUMBER)
     async with events_socket(ari) as socket:
         await ari.wait_for_subscribers()
         await ari.answer(call)
-        events = await receive_until(
-            socket,
-            lambda event: (
-                event["variable"] == "BRIDGEPEER"
-                if event["type"] == "ChannelVarset"
-                and event["channel"]["id"] == call.caller_id
-                else False
-            ),
-        )
+        events = await receive_until(socket, bridgepeer_set(call.caller_id))
 
     role_of = emulated_roles(call)
     assert signatures(events, role_of, "") == [
@@ -648,6 +679,22 @@ async def test_delete_trunk_ends_call(ari, rest):
     }
     assert ari.deletes == [(call.trunk_id, {})]
     assert ari.channels == {}
+
+
+async def test_delete_events_keep_order(ari, rest):
+    first = await ari.dial_out(NUMBER)
+    await ari.answer(first)
+    async with events_socket(ari) as socket:
+        await ari.wait_for_subscribers()
+        await rest.delete(f"ari/channels/{first.trunk_id}")
+        second = await ari.dial_out(NUMBER)
+        events = await receive_until(socket, lambda event: event["type"] == "Dial")
+
+    kinds = [(event["type"], event.get("channel", {}).get("id")) for event in events]
+    first_ended = kinds.index(("ChannelDestroyed", first.caller_id))
+    second_created = kinds.index(("ChannelCreated", second.caller_id))
+
+    assert first_ended < second_created
 
 
 DELETE_REASONS = [
@@ -982,6 +1029,32 @@ async def test_bad_requests(ari, rest, method, path, options, status):
     assert after.status_code == 200
 
 
+async def test_originate_to_extension(ari, rest):
+    reply = await rest.post(
+        "ari/channels",
+        params={
+            "endpoint": f"PJSIP/{NUMBER}@gamma",
+            "extension": "100",
+            "context": "internal",
+            "priority": "2",
+            "callerId": '"Front desk" <1001>',
+        },
+    )
+    call = ari.call_for(reply.json()["id"])
+    await ari.answer(call)
+    snapshot = ari.channels[call.trunk_id]
+
+    assert reply.status_code == 200
+    assert reply.json()["name"].startswith("PJSIP/gamma-")
+    assert reply.json()["caller"] == {"name": "Front desk", "number": "1001"}
+    assert call.number == NUMBER
+    assert call.dialstring == f"{NUMBER}@gamma"
+    assert snapshot["state"] == "Up"
+    assert snapshot["dialplan"]["context"] == "internal"
+    assert snapshot["dialplan"]["exten"] == "100"
+    assert snapshot["dialplan"]["priority"] == 2
+
+
 async def test_originate_rejects_duplicate_id(ari, rest):
     params = {"endpoint": "PJSIP/1@gamma", "app": APP, "channelId": "fixed-id"}
     first = await rest.post("ari/channels", params=params)
@@ -989,6 +1062,19 @@ async def test_originate_rejects_duplicate_id(ari, rest):
 
     assert first.json()["id"] == "fixed-id"
     assert second.status_code == 409
+
+
+async def test_stop_closes_sockets(clock):
+    emulator = AriEmulator(now=clock.now)
+    await emulator.start()
+    async with events_socket(emulator) as socket:
+        await emulator.wait_for_subscribers()
+        await emulator.stop()
+        with pytest.raises(websockets.ConnectionClosedOK) as closed:
+            await asyncio.wait_for(socket.recv(), 2.0)
+
+    assert closed.value.rcvd.code == 1001
+    assert emulator.subscribers() == 0
 
 
 async def test_start_rejects_non_loopback():

@@ -2,8 +2,8 @@
 
 AriEmulator serves the parts of ARI that callguard uses, with the shapes of
 traffic recorded from Asterisk 22.10.1 (tests/fixtures/asterisk/). Tests
-drive calls through its async methods; each method returns once the events
-of that step are sent to every events websocket that should get them.
+drive calls through its async methods. Each method returns once the events
+of its step are sent to every events websocket that should get them.
 
     async with AriEmulator(now=clock.now) as ari:
         call = await ari.dial_out("0044123456")
@@ -13,21 +13,18 @@ of that step are sent to every events websocket that should get them.
 
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 
 from aiohttp import web
 
-from tests.emulator.ari_events import EventBuilder
-from tests.emulator.ari_http import AriHttp, Outage
-from tests.emulator.ari_hub import EventHub
-from tests.emulator.ari_model import (
-    CAUSE_NO_ANSWER,
-    CAUSE_NORMAL_CLEARING,
-    ChannelFactory,
-)
-from tests.emulator.ari_originate import Switch
-from tests.emulator.ari_state import DIALSTATUS_NOANSWER, EmulatedCall
+from .ari_causes import CAUSE_CALL_REJECTED, CAUSE_NO_ANSWER, CAUSE_NORMAL_CLEARING
+from .ari_events import EventBuilder
+from .ari_http import AriHttp, Outage
+from .ari_hub import EventHub
+from .ari_model import ChannelFactory
+from .ari_state import DIALSTATUS_NOANSWER, EmulatedCall
+from .ari_switch import Switch
 
 __all__ = ["AriEmulator", "EmulatedCall"]
 
@@ -54,8 +51,8 @@ def _check_loopback(host: str) -> None:
         address = None
     if address is None or not address.is_loopback:
         raise ValueError(
-            f"invalid host {host!r}: the ARI emulator listens only on loopback; "
-            "use 127.0.0.1, ::1 or localhost"
+            f"invalid host {host!r}. The ARI emulator listens only on loopback, "
+            "so use 127.0.0.1, ::1 or localhost"
         )
 
 
@@ -97,7 +94,7 @@ class AriEmulator:
         await self.stop()
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        """Listen on ``host``:``port``; port 0 picks a free port, see ``url``."""
+        """Listen on ``host``:``port``. Port 0 picks a free port, named in ``url``."""
         _check_loopback(host)
         if self._runner is not None:
             raise RuntimeError(f"the ARI emulator is already running at {self.url}")
@@ -134,12 +131,21 @@ class AriEmulator:
         tech: str = "PJSIP",
         dialstring: str | None = None,
         variables: dict[str, str] | None = None,
+        check: Callable[[str], Awaitable[bool]] | None = None,
     ) -> EmulatedCall:
         """Dial ``number`` from a phone: the caller runs the check, then Dial().
+
+        ``check``, when given, is awaited with the caller channel's id after the
+        caller's events are sent and before the Dial's, as the AGI runs in the
+        dialplan before Dial() on real Asterisk. When it returns False the caller
+        ends with ``Hangup(21)`` as the dialplan snippet does on DENY, and no
+        trunk leg is dialled.
 
         The dialled leg is ``PJSIP/<trunk>-<seq>`` with the dialstring
         ``<trunk>/<number>``, or for ``tech="Local"`` the Local pair
         ``Local/<number>@<trunk>-<seq>;1`` and ``;2`` with ``<number>@<trunk>``.
+        NOTE: Dial(PJSIP/${EXTEN}@gamma) in etc/asterisk-snippets/extensions.conf
+        gives the dialstring ``<number>@gamma``, so pass that to emulate it.
         """
         call, events = self._switch.dial_out(
             number,
@@ -150,6 +156,18 @@ class AriEmulator:
             dialstring=dialstring,
             variables=dict(variables or {}),
         )
+        if check is not None:
+            dial_at = next(
+                index for index, event in enumerate(events)
+                if event.payload.get("dialplan_app") == "Dial"
+            )
+            await self._hub.publish(events[:dial_at])
+            if not await check(call.caller_id):
+                await self._hub.publish(
+                    self._switch.reject_before_dial(call, CAUSE_CALL_REJECTED)
+                )
+                return call
+            events = events[dial_at:]
         await self._hub.publish(events)
         return call
 
@@ -224,18 +242,18 @@ class AriEmulator:
     @property
     def deletes(self) -> list[tuple[str, dict]]:
         """Every DELETE /ari/channels/{id} received: the id and the query."""
-        return self._http.deletes
+        return self._http.rest.deletes
 
     @property
     def fail_deletes(self) -> int:
         """How many of the next DELETE requests get 500 and change nothing."""
-        return self._http.fail_deletes
+        return self._http.rest.fail_deletes
 
     @fail_deletes.setter
     def fail_deletes(self, count: int) -> None:
         if count < 0:
-            raise ValueError(f"invalid fail_deletes {count}; give 0 or more")
-        self._http.fail_deletes = count
+            raise ValueError(f"invalid fail_deletes {count}. Give 0 or more")
+        self._http.rest.fail_deletes = count
 
     @property
     def channels(self) -> dict[str, dict]:

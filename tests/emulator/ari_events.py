@@ -12,13 +12,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from tests.emulator.ari_model import (
-    ASTERISK_ID,
-    Bridge,
-    Channel,
-    cause_text,
-    format_timestamp,
-)
+from .ari_causes import cause_text
+from .ari_model import ASTERISK_ID, Bridge, Channel, format_timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +67,7 @@ class Event:
 
 
 class EventBuilder:
-    """Builds events from the current state of channels and bridges."""
+    """Factory of events from the current state of channels and bridges."""
 
     def __init__(self, channelvars: tuple[str, ...], now: Callable[[], datetime]):
         self.channelvars = channelvars

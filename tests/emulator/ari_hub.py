@@ -1,8 +1,8 @@
 """The events websockets of the ARI emulator and the delivery of events to them.
 
 Without subscribeAll, Asterisk sends an application only the events of
-channels subscribed to it (channels in Stasis or originated for it); with
-subscribeAll it sends everything. Events go out in the order they were
+channels subscribed to it, which are channels in Stasis or originated for it.
+With subscribeAll it sends everything. Events go out in the order they were
 published, through one sender task, so an event published by a REST handler
 after its response still comes before the events of the next call flow.
 """
@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from tests.emulator.ari_events import Event
-from tests.emulator.ari_model import Channel
+from .ari_events import Event
+from .ari_model import Channel
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,9 @@ ALL_DEVICES_TOPIC = "__AST_DEVICE_STATE_ALL_TOPIC"
 
 # Close code for an orderly shutdown (RFC 6455 section 7.4.1, going away).
 CLOSE_GOING_AWAY = 1001
+
+# Seconds that stop() waits for queued events to reach clients that do not read.
+STOP_SEND_TIMEOUT = 5.0
 
 
 def encode_json(document: object) -> str:
@@ -76,7 +79,15 @@ class EventHub:
     async def stop(self) -> None:
         """Send what is queued, then close every websocket as going away."""
         if self._sender is not None:
-            await self._queue.join()
+            try:
+                async with asyncio.timeout(STOP_SEND_TIMEOUT):
+                    await self._queue.join()
+            except TimeoutError:
+                logger.warning(
+                    "stopping with %d event batches unsent after %s s",
+                    self._queue.qsize(),
+                    STOP_SEND_TIMEOUT,
+                )
             self._sender.cancel()
             try:
                 await self._sender
@@ -119,9 +130,9 @@ class EventHub:
                 ) from None
 
     def enqueue(self, events: list[Event]) -> asyncio.Future:
-        """Queue ``events`` for every socket; the future is done once they are sent."""
+        """Queue ``events`` for every socket and return a future done once sent."""
         if self._sender is None:
-            raise RuntimeError("the ARI emulator is not running; call start() first")
+            raise RuntimeError("the ARI emulator is not running. Call start() first")
 
         batch = _Batch(events, asyncio.get_running_loop().create_future())
         self._queue.put_nowait(batch)

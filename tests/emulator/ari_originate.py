@@ -8,13 +8,8 @@ ari-post-channels-originate.json in tests/fixtures/asterisk/.
 
 import logging
 
-from tests.emulator.ari_calls import (
-    MAX_PUBLIC_UNIQUEID,
-    CallSwitch,
-    _parse_caller_id,
-)
-from tests.emulator.ari_events import Event
-from tests.emulator.ari_model import (
+from .ari_events import Event
+from .ari_model import (
     DEFAULT_CONTEXT,
     STATE_DOWN,
     TECH_LOCAL,
@@ -22,13 +17,14 @@ from tests.emulator.ari_model import (
     Channel,
     Party,
 )
-from tests.emulator.ari_state import (
+from .ari_state import (
     APP_DIAL2,
     OUTGOING_LINE,
     CallState,
     EmulatedCall,
     OriginateError,
     OriginateRequest,
+    SwitchState,
 )
 
 logger = logging.getLogger(__name__)
@@ -36,9 +32,24 @@ logger = logging.getLogger(__name__)
 # What `channel originate ... application Wait 20` runs once answered.
 CLI_ORIGINATE_APP = ("Wait", "20")
 
+# AST_MAX_PUBLIC_UNIQUEID in Asterisk's include/asterisk/channel.h.
+MAX_PUBLIC_UNIQUEID = 149
 
-class Switch(CallSwitch):
-    """The emulated Asterisk: every call flow, originates included."""
+
+def parse_caller_id(text: str) -> Party:
+    """Split ``"Name" <number>`` or a bare number as ast_callerid_parse() does."""
+    if "<" in text and text.rstrip().endswith(">"):
+        name, _, rest = text.partition("<")
+        return Party(name.strip().strip('"'), rest.rstrip()[:-1].strip())
+
+    if any(character.isdigit() for character in text):
+        return Party("", text.strip())
+
+    return Party(text.strip().strip('"'), "")
+
+
+class OriginateFlows(SwitchState):
+    """Channels created by an originate, without a calling channel."""
 
     def originate_out(
         self, number: str, *, trunk: str
@@ -100,7 +111,7 @@ class Switch(CallSwitch):
         events.append(self.builder.channel_dialplan(leg))
 
         if request.caller_id:
-            party = _parse_caller_id(request.caller_id)
+            party = parse_caller_id(request.caller_id)
             for channel in [leg] if peer is None else [leg, peer]:
                 channel.caller = Party(party.name, party.number)
                 channel.connected = Party(party.name, party.number)
@@ -117,6 +128,11 @@ class Switch(CallSwitch):
                 channel.subscribed_apps.add(request.app)
         events.append(self.builder.dial(peer=leg, dialstring=resource))
 
+        target = None
+        if not request.app:
+            target_context = request.context or DEFAULT_CONTEXT
+            target = (target_context, request.extension, request.priority or 1)
+
         call = EmulatedCall(None, None, leg.id, leg.name, number, resource)
         state = CallState(
             call=call,
@@ -126,6 +142,7 @@ class Switch(CallSwitch):
             trunk_endpoint=endpoint,
             stasis_app=request.app or None,
             stasis_args=request.app_args.split(",") if request.app_args else [],
+            dialplan_target=target,
         )
         self._register(state)
 

@@ -4,18 +4,14 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from tests.emulator.ari_events import (
+from .ari_causes import CAUSE_NORMAL_CLEARING
+from .ari_events import (
     DEVICE_INUSE,
     DEVICE_NOT_INUSE,
     Event,
     EventBuilder,
 )
-from tests.emulator.ari_model import (
-    CAUSE_NORMAL_CLEARING,
-    Bridge,
-    Channel,
-    ChannelFactory,
-)
+from .ari_model import Bridge, Channel, ChannelFactory
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +24,8 @@ _OUTGOING_APPS = (APP_DIAL, APP_DIAL2)
 
 VAR_BRIDGEPEER = "BRIDGEPEER"
 VAR_DIALSTATUS = "DIALSTATUS"
+VAR_STASISSTATUS = "STASISSTATUS"
+STASISSTATUS_SUCCESS = "SUCCESS"
 
 DIALSTATUS_ANSWER = "ANSWER"
 DIALSTATUS_BUSY = "BUSY"
@@ -55,7 +53,7 @@ class EmulatedCall:
 
 @dataclass
 class CallState:
-    """What the emulator tracks for one call; ``trunk_peer`` is the Local ;2 half."""
+    """State of one call. ``trunk_peer`` is the ;2 half of a Local trunk leg."""
 
     call: EmulatedCall
     trunk: Channel
@@ -65,7 +63,6 @@ class CallState:
     dialed_at: datetime | None = None
     answered_at: datetime | None = None
     originated: bool = False
-    ended: bool = False
 
     # The Local device of a Local trunk leg, such as Local/0044123456@sink.
     device: str | None = None
@@ -77,9 +74,11 @@ class CallState:
     inherited: list[tuple[str, str]] = field(default_factory=list)
 
     # For an originate: the Stasis application and its arguments, or else the
-    # dialplan application that the channel runs once answered.
+    # dialplan location (context, extension, priority) or the application
+    # that the channel runs once answered.
     stasis_app: str | None = None
     stasis_args: list[str] = field(default_factory=list)
+    dialplan_target: tuple[str, str, int] | None = None
     after_answer: tuple[str, str] = ("", "")
 
     @property
@@ -108,8 +107,8 @@ class SwitchState:
         state = self._calls.get(call.trunk_id)
         if state is None or state.call != call:
             raise CallNotFound(
-                f"no live call has trunk leg {call.trunk_id} ({call.trunk_name}); "
-                "pass an EmulatedCall that the emulator returned and that has not ended"
+                f"no live call has trunk leg {call.trunk_id} ({call.trunk_name}). "
+                "Pass an EmulatedCall that the emulator returned and that has not ended"
             )
 
         return state
@@ -133,7 +132,6 @@ class SwitchState:
         self.channels[channel.id] = channel
 
     def _forget(self, state: CallState) -> None:
-        state.ended = True
         self._calls.pop(state.trunk.id, None)
 
     def _elapsed(self, since: datetime | None) -> tuple[str, str]:
@@ -143,6 +141,10 @@ class SwitchState:
 
         milliseconds = int((self.factory.now() - since).total_seconds() * 1000)
         return str(milliseconds // 1000), str(milliseconds)
+
+    def _run_app(self, channel: Channel, app: str, data: str, priority: int) -> Event:
+        channel.set_location(app, data, priority)
+        return self.builder.channel_dialplan(channel)
 
     def _varset(self, channel: Channel, name: str, value: str) -> Event:
         channel.set_variable(name, value)

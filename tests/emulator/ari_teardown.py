@@ -9,23 +9,27 @@ cause, then the other side follows with cause 16, Normal Clearing.
 
 import logging
 
-from tests.emulator.ari_events import Event
-from tests.emulator.ari_model import (
+from .ari_causes import (
+    CAUSE_NO_ROUTE_DESTINATION,
     CAUSE_NORMAL_CIRCUIT_CONGESTION,
     CAUSE_NORMAL_CLEARING,
+    CAUSE_SUBSCRIBER_ABSENT,
     CAUSE_USER_BUSY,
     SOFTHANGUP_EXPLICIT,
-    Channel,
 )
-from tests.emulator.ari_state import (
+from .ari_events import Event
+from .ari_model import Channel
+from .ari_state import (
     DIALSTATUS_ANSWER,
     DIALSTATUS_BUSY,
     DIALSTATUS_CANCEL,
     DIALSTATUS_CHANUNAVAIL,
     DIALSTATUS_CONGESTION,
     DIALSTATUS_NOANSWER,
+    STASISSTATUS_SUCCESS,
     VAR_BRIDGEPEER,
     VAR_DIALSTATUS,
+    VAR_STASISSTATUS,
     CallState,
     EmulatedCall,
     SwitchState,
@@ -36,9 +40,6 @@ logger = logging.getLogger(__name__)
 SIDE_CALLER = "caller"
 SIDE_TRUNK = "trunk"
 
-VAR_STASISSTATUS = "STASISSTATUS"
-STASISSTATUS_SUCCESS = "SUCCESS"
-
 FAILED_DIALSTATUSES = (
     DIALSTATUS_NOANSWER,
     DIALSTATUS_BUSY,
@@ -47,16 +48,12 @@ FAILED_DIALSTATUSES = (
     DIALSTATUS_CANCEL,
 )
 
-# Subscriber absent: Asterisk's AST_CAUSE_UNREGISTERED.
-_CAUSE_SUBSCRIBER_ABSENT = 20
-_CAUSE_NO_ROUTE_DESTINATION = 3
-
 
 def dialstatus_for_cause(cause: int) -> str:
     """Return the DIALSTATUS that Dial reports when the dialled leg hangs up first.
 
-    NOTE: the mapping follows ast_hangup_cause_to_dial_status() in Asterisk's
-    main/dial.c as remembered, not as read from the 22.10.1 source.
+    NOTE: this copy of ast_hangup_cause_to_dial_status() in Asterisk's
+    main/dial.c is not checked against the 22.10.1 source.
     """
     if cause == CAUSE_USER_BUSY:
         return DIALSTATUS_BUSY
@@ -64,7 +61,7 @@ def dialstatus_for_cause(cause: int) -> str:
     if cause == CAUSE_NORMAL_CIRCUIT_CONGESTION:
         return DIALSTATUS_CONGESTION
 
-    if cause in (_CAUSE_NO_ROUTE_DESTINATION, _CAUSE_SUBSCRIBER_ABSENT):
+    if cause in (CAUSE_NO_ROUTE_DESTINATION, CAUSE_SUBSCRIBER_ABSENT):
         return DIALSTATUS_CHANUNAVAIL
 
     return DIALSTATUS_NOANSWER
@@ -95,15 +92,15 @@ class CallTeardown(SwitchState):
         if side == SIDE_CALLER:
             if state.caller is None:
                 raise ValueError(
-                    f"call on {call.trunk_name} has no caller leg; "
-                    f"hang it up with side={SIDE_TRUNK!r}"
+                    f"call on {call.trunk_name} has no caller leg, "
+                    f"so hang it up with side={SIDE_TRUNK!r}"
                 )
             channel = state.caller
         elif side == SIDE_TRUNK:
             channel = state.trunk
         else:
             raise ValueError(
-                f"invalid side {side!r}; use {SIDE_CALLER!r} or {SIDE_TRUNK!r}"
+                f"invalid side {side!r}. Use {SIDE_CALLER!r} or {SIDE_TRUNK!r}"
             )
 
         request = self.builder.hangup_request(channel, cause)
@@ -114,13 +111,13 @@ class CallTeardown(SwitchState):
         state = self.state_for(call)
         if state.answered:
             raise ValueError(
-                f"call on {call.trunk_name} was answered; end it with hangup()"
+                f"call on {call.trunk_name} was answered, so end it with hangup()"
             )
 
         if dialstatus not in FAILED_DIALSTATUSES:
             raise ValueError(
-                f"invalid dialstatus {dialstatus!r} for an unanswered call; "
-                f"use one of {', '.join(FAILED_DIALSTATUSES)}"
+                f"invalid dialstatus {dialstatus!r} for an unanswered call. "
+                f"Use one of {', '.join(FAILED_DIALSTATUSES)}"
             )
 
         return self._end_unanswered(state, None, dialstatus, cause)
@@ -195,7 +192,7 @@ class CallTeardown(SwitchState):
     def _end_unanswered(
         self, state: CallState, side: str | None, dialstatus: str, cause: int
     ) -> list[Event]:
-        """End a call before answer; ``side`` is None when the trunk gave up."""
+        """End a call before answer. ``side`` is None when the trunk gave up."""
         if state.caller is None:
             return self._end_without_caller(state, cause, dialstatus)
 

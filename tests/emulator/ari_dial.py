@@ -1,44 +1,36 @@
-"""The starts of emulated calls: outbound dials, answers, inbound calls, originates.
+"""Outbound calls: a phone dials through the dialplan, and call forwards.
 
-Each flow changes the emulated channels and returns the events in the order
-that the captures in tests/fixtures/asterisk/ show. A dialled call follows
-ari-events-subscribeall.jsonl; an originate follows ari-events-s3-ari-originate.jsonl.
+The events follow ari-events-subscribeall.jsonl in tests/fixtures/asterisk/:
+the caller runs Set(), the AGI check and Dial(), then the dialled leg appears.
+A forward follows do_forward() in Asterisk's apps/app_dial.c.
 """
 
 import logging
 
-from tests.emulator.ari_events import Event
-from tests.emulator.ari_model import (
-    CAUSE_NORMAL_CLEARING,
+from .ari_causes import CAUSE_NORMAL_CLEARING
+from .ari_events import Event
+from .ari_model import (
     DEFAULT_CONTEXT,
     STATE_DOWN,
     STATE_RING,
-    STATE_RINGING,
-    STATE_UP,
     TECH_LOCAL,
     TECH_PJSIP,
     Channel,
     Party,
 )
-from tests.emulator.ari_state import (
+from .ari_state import (
     APP_DIAL,
-    APP_DIAL2,
-    DIALSTATUS_ANSWER,
     DIALSTATUS_CANCEL,
     OUTGOING_LINE,
-    VAR_BRIDGEPEER,
     VAR_DIALSTATUS,
     CallState,
     EmulatedCall,
-    OriginateError,
-    OriginateRequest,
+    SwitchState,
 )
-from tests.emulator.ari_teardown import VAR_STASISSTATUS, CallTeardown
 
 logger = logging.getLogger(__name__)
 
 OUTBOUND_CONTEXT = "outbound"
-INBOUND_CONTEXT = "from-trunk"
 CHECK_AGI_URL = "agi://127.0.0.1:4573/check"
 RESULT_VARIABLE = "CALLGUARD_RESULT"
 RESULT_ALLOW = "ALLOW"
@@ -59,23 +51,21 @@ DIAL_VARIABLES = (
     "PROGRESSTIME_MS",
 )
 
-# What the far end of a Local trunk leg runs in the captures: Answer, then Wait.
-_FAR_END_WAIT = ("Wait", "3600")
-
-# What `channel originate ... application Wait 20` runs once answered.
-_CLI_ORIGINATE_APP = ("Wait", "20")
-
-# AST_MAX_PUBLIC_UNIQUEID in Asterisk's include/asterisk/channel.h.
-MAX_PUBLIC_UNIQUEID = 149
-
 TECHS = (TECH_PJSIP, TECH_LOCAL)
+
+
+def default_dialstring(tech: str, trunk: str, number: str) -> str:
+    """Return ``<trunk>/<number>`` for PJSIP or ``<number>@<trunk>`` for Local."""
+    if tech == TECH_LOCAL:
+        return f"{number}@{trunk}"
+    return f"{trunk}/{number}"
 
 
 def _inherited_name(name: str) -> str | None:
     """Return the name that a child channel gets for ``name``, or None.
 
-    ``__X`` reaches every later channel under the same name; ``_X`` reaches
-    only the next one, as ``X``.
+    ``__X`` reaches every later channel under the same name, while ``_X``
+    reaches only the next one, as ``X``.
     """
     if name.startswith("__"):
         return name
@@ -84,20 +74,8 @@ def _inherited_name(name: str) -> str | None:
     return None
 
 
-def _parse_caller_id(text: str) -> Party:
-    """Split ``"Name" <number>`` or a bare number as ast_callerid_parse() does."""
-    if "<" in text and text.rstrip().endswith(">"):
-        name, _, rest = text.partition("<")
-        return Party(name.strip().strip('"'), rest.rstrip()[:-1].strip())
-
-    if any(character.isdigit() for character in text):
-        return Party("", text.strip())
-
-    return Party(text.strip().strip('"'), "")
-
-
-class CallSwitch(CallTeardown):
-    """Every call flow of the emulated Asterisk."""
+class DialFlows(SwitchState):
+    """Outbound calls up to the Dial event, and forwards of their dialled leg."""
 
     def dial_out(
         self,
@@ -112,7 +90,7 @@ class CallSwitch(CallTeardown):
     ) -> tuple[EmulatedCall, list[Event]]:
         """Run a phone's outbound call through the dialplan up to the Dial."""
         if tech not in TECHS:
-            raise ValueError(f"invalid tech {tech!r}; use one of {', '.join(TECHS)}")
+            raise ValueError(f"invalid tech {tech!r}. Use one of {', '.join(TECHS)}")
         if not number:
             raise ValueError("number must not be empty")
 
@@ -146,9 +124,7 @@ class CallSwitch(CallTeardown):
         events.append(self._run_app(caller, "NoOp", summary, priority))
 
         if dialstring is None:
-            dialstring = (
-                f"{number}@{trunk}" if tech == TECH_LOCAL else f"{trunk}/{number}"
-            )
+            dialstring = default_dialstring(tech, trunk, number)
 
         priority += 1
         events.append(self._run_app(caller, "Dial", f"{tech}/{dialstring},,", priority))
@@ -177,9 +153,24 @@ class CallSwitch(CallTeardown):
         )
         return state.call, events
 
-    def _run_app(self, channel: Channel, app: str, data: str, priority: int) -> Event:
-        channel.set_location(app, data, priority)
-        return self.builder.channel_dialplan(channel)
+    def reject_before_dial(self, call: EmulatedCall, cause: int) -> list[Event]:
+        """End a caller whose check answered DENY: ``Hangup(cause)`` in place of Dial().
+
+        The trunk leg that ``dial_out`` prepared is dropped, its events unsent;
+        the caller's events from the Hangup on are returned.
+        """
+        state = self.state_for(call)
+        for channel in state.channels():
+            if channel is not state.caller:
+                self.channels.pop(channel.id, None)
+        self._forget(state)
+
+        caller = state.caller
+        return [
+            self._run_app(caller, "Hangup", str(cause), caller.priority),
+            self.builder.hangup_request(caller, cause),
+            self._destroy(caller, cause),
+        ]
 
     def _dial_leg(
         self,
@@ -253,108 +244,6 @@ class CallSwitch(CallTeardown):
 
         return events
 
-    def ring(self, call: EmulatedCall) -> list[Event]:
-        state = self.state_for(call)
-        if state.answered:
-            raise ValueError(f"call on {call.trunk_name} is already answered")
-
-        return [self._set_state(state.trunk, STATE_RINGING)]
-
-    def answer(self, call: EmulatedCall) -> list[Event]:
-        """Answer the trunk leg and bridge it to the caller as Dial() does."""
-        state = self.state_for(call)
-        if state.answered:
-            raise ValueError(f"call on {call.trunk_name} is already answered")
-
-        if state.caller is None:
-            events = self._answer_without_caller(state)
-            state.answered_at = self.factory.now()
-            return events
-
-        caller, leg, peer = state.caller, state.trunk, state.trunk_peer
-        events: list[Event] = []
-        if peer is not None:
-            events.append(self._run_app(peer, "Answer", "", 1))
-            events.append(self._set_state(peer, STATE_UP))
-
-        events.append(self._set_state(leg, STATE_UP))
-        events.append(self._varset(caller, VAR_DIALSTATUS, DIALSTATUS_ANSWER))
-        events.append(self._varset(caller, "DIALEDPEERNAME", leg.name))
-        events.append(self._varset(caller, "DIALEDPEERNUMBER", call.dialstring))
-
-        leg.exten = ""
-        events.append(
-            self.builder.dial(caller=caller, peer=leg, dialstatus=DIALSTATUS_ANSWER)
-        )
-        events.append(self._set_state(caller, STATE_UP))
-
-        bridge = self.factory.create_bridge()
-        state.bridge = bridge
-        events.append(self.builder.bridge_created(bridge))
-        events.append(self.builder.channel_dialplan(leg))
-
-        bridge.channel_ids.append(leg.id)
-        events.append(self.builder.entered_bridge(bridge, leg))
-        bridge.channel_ids.append(caller.id)
-        events.append(self.builder.entered_bridge(bridge, caller))
-
-        events.append(self._varset(leg, VAR_BRIDGEPEER, caller.name))
-        events.append(self._varset(caller, VAR_BRIDGEPEER, leg.name))
-        if peer is not None:
-            events.append(self._run_app(peer, *_FAR_END_WAIT, 2))
-
-        state.answered_at = self.factory.now()
-        logger.info("%s answered %s", leg.name, caller.name)
-        return events
-
-    def _answer_without_caller(self, state: CallState) -> list[Event]:
-        leg = state.trunk
-        if not state.originated:
-            # An inbound call: the dialplan answers it.
-            answer = self._run_app(leg, "Answer", "", leg.priority + 1)
-            return [answer, self._set_state(leg, STATE_UP)]
-
-        events: list[Event] = []
-        if state.trunk_peer is not None:
-            events.append(self._set_state(state.trunk_peer, STATE_UP))
-        events.append(self._set_state(leg, STATE_UP))
-        events.append(
-            self.builder.dial(
-                peer=leg,
-                dialstatus=DIALSTATUS_ANSWER,
-                dialstring=state.call.dialstring,
-            )
-        )
-
-        if state.stasis_app is None:
-            app_name, app_data = state.after_answer
-            leg.set_location(app_name, app_data)
-            return events
-
-        app_data = ",".join([state.stasis_app, *state.stasis_args])
-        leg.set_location("Stasis", app_data)
-        events.append(self._varset(leg, VAR_STASISSTATUS, ""))
-        leg.stasis_app = state.stasis_app
-        leg.stasis_args = list(state.stasis_args)
-        events.append(self.builder.stasis_start(leg))
-        return events
-
-    def inbound(
-        self, *, trunk: str, callerid: str, exten: str
-    ) -> tuple[EmulatedCall, list[Event]]:
-        """Start a call that arrives from the trunk and waits in the dialplan."""
-        leg = self.factory.create(
-            TECH_PJSIP, trunk, state=STATE_RING, context=INBOUND_CONTEXT, exten=exten
-        )
-        leg.caller = Party("", callerid)
-        call = EmulatedCall(None, None, leg.id, leg.name, exten, "")
-        self._register(CallState(call=call, trunk=leg))
-
-        note = f"inbound call to {exten} from {callerid}"
-        events = [self.builder.channel_created(leg)]
-        events.append(self._run_app(leg, "NoOp", note, 1))
-        return call, events
-
     def forward(
         self, call: EmulatedCall, new_number: str
     ) -> tuple[EmulatedCall, list[Event]]:
@@ -368,12 +257,14 @@ class CallSwitch(CallTeardown):
         if not new_number:
             raise ValueError("new_number must not be empty")
 
+        old_leg = state.trunk
         if call.number in call.dialstring:
             dialstring = call.dialstring.replace(call.number, new_number)
         else:
-            dialstring = f"{call.dialstring}/{new_number}"
+            dialstring = default_dialstring(
+                old_leg.tech, state.trunk_endpoint, new_number
+            )
 
-        old_leg = state.trunk
         new_state, events = self._dial_leg(
             state.caller,
             old_leg.tech,
@@ -401,7 +292,7 @@ class CallSwitch(CallTeardown):
             )
         )
 
-        # NOTE: no capture shows the cause of the forwarded leg; 16 is assumed.
+        # NOTE: no capture shows the cause of the forwarded leg, so 16 is assumed.
         events += self._end_trunk(state, CAUSE_NORMAL_CLEARING)
         events += self._device_not_in_use(state)
         self._forget(state)
