@@ -6,12 +6,13 @@
 --   psql -v ON_ERROR_STOP=1 -1 -d callguard -f schema.sql
 --   sqlite3 /var/lib/callguard/callguard.db < schema.sql
 --
--- Money columns (rate, connection_fee, reserved, cost, amount) are BIGINT
--- micro-units: 1.50 is stored as 1500000. Timestamps are UTC; SQLite stores
--- them as text 'YYYY-MM-DD HH:MM:SS.ffffff'. Increments are seconds.
--- Ids of decisions, calls and blocks come from id_counters, because the two
--- databases share no syntax for generated keys. A row inserted by hand must
--- take its id from there too.
+-- Money columns (rate, connection_fee, reserved, cost, amount, daily_spend,
+-- weekly_spend, call_cost) are BIGINT micro-units: 1.50 is stored as 1500000.
+-- Timestamps are UTC; SQLite stores them as text 'YYYY-MM-DD HH:MM:SS.ffffff'.
+-- Increments are seconds.
+-- Ids of decisions, calls, blocks and hangups come from id_counters, because
+-- the two databases share no syntax for generated keys. A row inserted by hand
+-- must take its id from there too.
 
 CREATE TABLE schema_version (
     version INTEGER NOT NULL,
@@ -143,7 +144,28 @@ CREATE TABLE blocks (
 );
 CREATE INDEX ix_blocks_key_type_key ON blocks (key_type, "key");
 
+-- Hang-ups that callguard requested on trunk legs. outcome 'gone' means
+-- Asterisk answered 404 because the channel had already hung up. The spend
+-- columns are the trunk's totals at that moment, NULL when no limit was known.
+CREATE TABLE hangups (
+    id BIGINT NOT NULL,
+    requested_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    trunk TEXT NOT NULL,
+    uniqueid TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    number TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    daily_spend BIGINT,
+    weekly_spend BIGINT,
+    call_cost BIGINT NOT NULL,
+    outcome TEXT NOT NULL,
+    CONSTRAINT pk_hangups PRIMARY KEY (id),
+    CONSTRAINT ck_hangups_outcome CHECK (outcome IN ('requested', 'gone', 'failed'))
+);
+CREATE INDEX ix_hangups_trunk_requested_at ON hangups (trunk, requested_at);
+
 INSERT INTO schema_version (version) VALUES (1);
 INSERT INTO id_counters (name, last_id) VALUES ('decisions', 0);
 INSERT INTO id_counters (name, last_id) VALUES ('calls', 0);
 INSERT INTO id_counters (name, last_id) VALUES ('blocks', 0);
+INSERT INTO id_counters (name, last_id) VALUES ('hangups', 0);

@@ -1,5 +1,6 @@
 """schema.sql and the SQLAlchemy models describe the same database, on SQLite and PostgreSQL."""
 
+import dataclasses
 import re
 import uuid
 from datetime import datetime, timezone
@@ -10,7 +11,14 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import Engine, make_url
 
-from callguard.store import Base, DecisionRecord, Money, Store, UTCDateTime
+from callguard.store import (
+    Base,
+    DecisionRecord,
+    HangupRecord,
+    Money,
+    Store,
+    UTCDateTime,
+)
 from callguard.store.records import RESULT_DENY
 from callguard.store.schema import create_schema
 
@@ -153,6 +161,13 @@ def test_schema_sql_matches_models(engines):
             "    imported_at TIMESTAMP WITH TIME ZONE NOT NULL,",
             "    imported_at TEXT NOT NULL,",
         ),
+        (
+            "CREATE INDEX ix_hangups_trunk_requested_at ON hangups "
+            "(trunk, requested_at);",
+            "",
+        ),
+        ("    daily_spend BIGINT,", "    daily_spend BIGINT NOT NULL,"),
+        ("'requested', 'gone', 'failed'", "'requested', 'gone'"),
     ],
 )
 def test_comparison_detects_drift(engines, old, new):
@@ -182,8 +197,8 @@ def test_column_types_per_backend(engines):
         for column in table.columns
         if isinstance(column.type, UTCDateTime)
     ]
-    assert len(money) == 8
-    assert len(times) == 9
+    assert len(money) == 11
+    assert len(times) == 10
 
     for table, name in money:
         types = {column[0]: column[1] for column in described[table]["columns"]}
@@ -211,11 +226,27 @@ def test_store_opens_schema_sql(twin_url):
         reason="category premium is barred",
     )
 
+    hangup = HangupRecord(
+        requested_at=T0,
+        trunk="gamma",
+        uniqueid="1718366400.2",
+        channel="PJSIP/gamma-00000002",
+        number="+442079460000",
+        reason="limit:daily",
+        daily_spend=Decimal("50.0036"),
+        weekly_spend=None,
+        call_cost=Decimal("0.0036"),
+        outcome="requested",
+    )
+
     with Store(twin_url) as store:
         block_id = store.add_block("caller", "1001", "fraud", T0, None, "admin")
         store.add_decisions([decision])
         spent = store.add_spend("gamma", "day", "2024-06-14", Decimal("0.0036"), T0)
+        hangup_id = store.add_hangup(hangup)
 
         assert block_id == 1
+        assert hangup_id == 1
+        assert store.recent_hangups() == [dataclasses.replace(hangup, id=1)]
         assert [record.id for record in store.recent_decisions()] == [1]
         assert spent == Decimal("0.0036")

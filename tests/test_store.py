@@ -1,6 +1,7 @@
 """The store on SQLite and on the local PostgreSQL server: types, schema, and every operation."""
 
 import dataclasses
+import logging
 import socket
 import threading
 import uuid
@@ -17,13 +18,14 @@ from callguard.store import (
     STATE_UP,
     CallRecord,
     DecisionRecord,
+    HangupRecord,
     Money,
     Store,
     StoreError,
     UTCDateTime,
     window_keys,
 )
-from callguard.store.models import Block, Call, Decision
+from callguard.store.models import Block, Call, Decision, Hangup
 from callguard.store.records import BlockRecord
 
 UTC = timezone.utc
@@ -88,6 +90,48 @@ def call(uniqueid: str = "1718366400.20", **changes) -> CallRecord:
         guarded=True,
     )
     return CallRecord(**(values | changes))
+
+
+def ended_call(uniqueid: str = "1718366400.20", **changes) -> CallRecord:
+    values = dict(
+        state=STATE_ENDED,
+        answered_at=T0 + timedelta(seconds=5),
+        ended_at=T0 + timedelta(seconds=65),
+        cost=Decimal("0.056"),
+        hangup_cause=16,
+        hangup_reason="Normal Clearing",
+    )
+    return call(uniqueid, **(values | changes))
+
+
+def hangup(n: int, **changes) -> HangupRecord:
+    values = dict(
+        requested_at=T0 + timedelta(minutes=n),
+        trunk="gamma",
+        uniqueid=f"1718366400.{n}",
+        channel=f"PJSIP/gamma-{n:08x}",
+        number="+449011234567",
+        reason="limit:daily",
+        daily_spend=Decimal("50.000001"),
+        weekly_spend=Decimal("120.5"),
+        call_cost=Decimal("3.141593"),
+        outcome="requested",
+    )
+    return HangupRecord(**(values | changes))
+
+
+CHARGES = {
+    ("day", "2024-06-14"): Decimal("0.056"),
+    ("week", "2024-W24"): Decimal("0.056"),
+}
+
+
+def spend_rows(engine) -> list[tuple]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text('SELECT trunk, "window", window_key, amount FROM spend ORDER BY 2, 3')
+        )
+        return [tuple(row) for row in rows]
 
 
 # Column types.
@@ -235,6 +279,8 @@ def test_reopen_keeps_data(db_url):
         ("DROP TABLE schema_version", "no schema_version table"),
         ("DROP TABLE blocks", "lacks the tables blocks"),
         ("DELETE FROM id_counters WHERE name = 'calls'", "no row for calls"),
+        ("DROP TABLE hangups", "lacks the tables hangups"),
+        ("DELETE FROM id_counters WHERE name = 'hangups'", "no row for hangups"),
     ],
 )
 def test_open_rejects_damaged_schema(db_url, engine, damage, message):
@@ -261,6 +307,7 @@ def test_records_mirror_tables():
         (DecisionRecord, Decision),
         (CallRecord, Call),
         (BlockRecord, Block),
+        (HangupRecord, Hangup),
     ):
         names = [field.name for field in dataclasses.fields(record)]
         assert names == [column.name for column in model.__table__.columns]
@@ -595,6 +642,227 @@ def test_live_calls_ordered(store):
 def test_call_record_checks(changes, message):
     with pytest.raises((TypeError, ValueError), match=message):
         call(**changes)
+
+
+# Finishing calls.
+
+
+@pytest.mark.parametrize("saved_first", [True, False])
+def test_finish_call_charges_spend(store, saved_first):
+    store.add_spend("gamma", "day", "2024-06-14", Decimal("1.5"), T0)
+    if saved_first:
+        store.save_call(call(state=STATE_UP, answered_at=T0 + timedelta(seconds=5)))
+    final = ended_call(created_at=T0 + timedelta(days=1))
+
+    assert store.finish_call(final, CHARGES, T0 + timedelta(seconds=65)) is True
+
+    expected_created = T0 if saved_first else final.created_at
+    assert store.recent_calls() == [
+        dataclasses.replace(final, id=1, created_at=expected_created)
+    ]
+    assert store.live_calls() == []
+    assert store.spend_for("gamma", {"day": "2024-06-14", "week": "2024-W24"}) == {
+        "day": Decimal("1.556"),
+        "week": Decimal("0.056"),
+    }
+
+
+def test_finish_call_twice_charges_once(store, engine, caplog):
+    caplog.set_level(logging.INFO, logger="callguard.store.store")
+    first = ended_call()
+    again = ended_call(cost=Decimal("0.1"), hangup_cause=17, hangup_reason="Busy")
+
+    assert store.finish_call(first, CHARGES, T0) is True
+    assert store.finish_call(again, CHARGES, T0 + timedelta(minutes=1)) is False
+
+    assert store.recent_calls() == [dataclasses.replace(first, id=1)]
+    assert spend_rows(engine) == [
+        ("gamma", "day", "2024-06-14", 56_000),
+        ("gamma", "week", "2024-W24", 56_000),
+    ]
+    assert "had already ended; not charging it again" in caplog.text
+
+
+def test_finish_call_after_save_ended(store):
+    # An ended call stored by save_call has been charged elsewhere, if at all.
+    store.save_call(ended_call())
+
+    assert store.finish_call(ended_call(), CHARGES, T0) is False
+    assert store.get_spend("gamma", "day", "2024-06-14") == Decimal("0")
+
+
+def test_finish_call_skips_zero(store, engine):
+    charges = {
+        ("day", "2024-06-14"): Decimal("0.000001"),
+        ("week", "2024-W24"): Decimal("0"),
+    }
+
+    assert store.finish_call(ended_call(cost=Decimal("0.000001")), charges, T0)
+    assert spend_rows(engine) == [("gamma", "day", "2024-06-14", 1)]
+    assert store.finish_call(ended_call("1718366400.21"), {}, T0) is True
+    assert [record.state for record in store.recent_calls()] == [STATE_ENDED] * 2
+
+
+@pytest.mark.parametrize(
+    "charges, error, message",
+    [
+        (
+            {("day", "2024-6-14"): Decimal("1")},
+            ValueError,
+            "key '2024-6-14' is invalid",
+        ),
+        ({("month", "2024-06"): Decimal("1")}, ValueError, "window 'month' is invalid"),
+        ({("week", "2023-W53"): Decimal("1")}, ValueError, "not a real date"),
+        ({"day": Decimal("1")}, ValueError, "charge key 'day' is invalid"),
+        ({("day", "2024-06-14"): 0.056}, TypeError, "is a float"),
+        ({("day", "2024-06-14"): Decimal("-0.056")}, ValueError, "is negative"),
+        ({("day", "2024-06-14"): Decimal("NaN")}, ValueError, "not a finite number"),
+        ([(("day", "2024-06-14"), Decimal("1"))], TypeError, "expected a mapping"),
+    ],
+)
+def test_finish_call_bad_charge(store, engine, charges, error, message):
+    live = call(state=STATE_UP, answered_at=T0)
+    store.save_call(live)
+    # A valid charge comes first, so a partial write would show in spend.
+    mixed = charges
+    if isinstance(charges, dict):
+        mixed = {("day", "2024-06-15"): Decimal("1")} | charges
+
+    with pytest.raises(error, match=message):
+        store.finish_call(ended_call(), mixed, T0)
+
+    assert store.live_calls() == [dataclasses.replace(live, id=1)]
+    assert spend_rows(engine) == []
+
+
+@pytest.mark.parametrize(
+    "record, at, message",
+    [
+        (call(state=STATE_UP, answered_at=T0), T0, "in state up, but only an ended"),
+        (call(), T0, "in state ringing"),
+        (ended_call(), datetime(2024, 6, 14, 12, 1), "naive"),
+        ("1718366400.20", T0, "is not a CallRecord"),
+    ],
+)
+def test_finish_call_rejects(store, record, at, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        store.finish_call(record, CHARGES, at)
+    assert store.recent_calls() == []
+
+
+def test_finish_call_rolls_back(store, engine):
+    live = call(state=STATE_UP, answered_at=T0)
+    store.save_call(live)
+    # Without the spend table the call's update succeeds and the spend upsert fails.
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE spend RENAME TO spend_hidden"))
+
+    try:
+        with pytest.raises(StoreError, match="finishing call 1718366400.20 failed"):
+            store.finish_call(ended_call(), CHARGES, T0)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE spend_hidden RENAME TO spend"))
+
+    assert store.live_calls() == [dataclasses.replace(live, id=1)]
+    assert spend_rows(engine) == []
+    assert store.finish_call(ended_call(), CHARGES, T0) is True
+    assert store.get_spend("gamma", "week", "2024-W24") == Decimal("0.056")
+
+
+@pytest.mark.parametrize("saved_first", [True, False])
+def test_finish_call_races_once(store, saved_first):
+    if saved_first:
+        store.save_call(call(state=STATE_UP, answered_at=T0))
+    start = threading.Barrier(8)
+    results = []
+    errors = []
+
+    def finish():
+        start.wait()
+        try:
+            results.append(store.finish_call(ended_call(), CHARGES, T0))
+        except StoreError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=finish) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert sorted(results) == [False] * 7 + [True]
+    assert store.get_spend("gamma", "day", "2024-06-14") == Decimal("0.056")
+    assert store.get_spend("gamma", "week", "2024-W24") == Decimal("0.056")
+    assert len(store.recent_calls()) == 1
+
+
+# Hang-ups.
+
+
+def test_hangups_round_trip(store, engine):
+    records = [
+        hangup(1),
+        hangup(
+            3,
+            trunk="delta",
+            number="",
+            reason="barred:premium",
+            daily_spend=None,
+            weekly_spend=None,
+            call_cost=Decimal("0"),
+            outcome="gone",
+        ),
+        # 12:02 UTC written at +02:00.
+        hangup(2, requested_at=datetime(2024, 6, 14, 14, 2, tzinfo=PLUS_TWO)),
+        hangup(4, reason="limit:duration", outcome="failed"),
+    ]
+
+    assert [store.add_hangup(record) for record in records] == [1, 2, 3, 4]
+
+    stored = store.recent_hangups()
+    assert [record.id for record in stored] == [4, 2, 3, 1]
+    assert stored[2] == dataclasses.replace(records[2], id=3)
+    assert stored[2].requested_at.utcoffset() == timedelta(0)
+    assert stored[3].daily_spend == Decimal("50.000001")
+    assert stored[3].call_cost == Decimal("3.141593")
+    assert stored[1].weekly_spend is None
+    assert [record.id for record in store.recent_hangups(trunk="gamma")] == [4, 3, 1]
+    assert [record.id for record in store.recent_hangups(2, "gamma")] == [4, 3]
+    assert store.recent_hangups(trunk="epsilon") == []
+
+    with engine.connect() as conn:
+        raw = conn.execute(text("SELECT daily_spend FROM hangups WHERE id = 1"))
+        assert raw.scalar_one() == 50_000_001
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"outcome": "hungup"}, "outcome 'hungup' is invalid"),
+        ({"call_cost": 0.5}, "call_cost 0.5 is a float"),
+        ({"daily_spend": 12}, "daily_spend 12 is a int"),
+        ({"requested_at": datetime(2024, 6, 14)}, "naive"),
+        ({"channel": ""}, "channel is empty"),
+        ({"reason": ""}, "reason is empty"),
+        ({"number": None}, "number None is a NoneType"),
+    ],
+)
+def test_hangup_record_checks(changes, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        hangup(1, **changes)
+
+
+def test_add_hangup_rejects(store):
+    with pytest.raises(ValueError, match="hangup 7 is already stored"):
+        store.add_hangup(hangup(1, id=7))
+    with pytest.raises(TypeError, match="is not a HangupRecord"):
+        store.add_hangup(ended_call())
+    with pytest.raises(ValueError, match="limit 0 is below"):
+        store.recent_hangups(limit=0)
+
+    assert store.recent_hangups() == []
 
 
 # Blocks.

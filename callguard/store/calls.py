@@ -1,8 +1,10 @@
 """The decisions audit trail and the calls table, as functions over a connection."""
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
+from datetime import datetime
+from decimal import Decimal
 
 from sqlalchemy import Connection, select, update
 
@@ -15,6 +17,8 @@ from callguard.store.records import (
     check_text,
 )
 from callguard.store.schema import allocate_ids, dialect_insert
+from callguard.store.spend import Charge, add_spend, check_charges
+from callguard.store.types import check_aware
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +85,10 @@ def _insert_call(conn: Connection, values: dict[str, object]) -> bool:
     statement = dialect_insert(conn.dialect, Call).values(values | {"id": call_id})
     # Another writer may have inserted the same uniqueid since the SELECT.
     statement = statement.on_conflict_do_nothing(index_elements=["uniqueid"])
-    return conn.execute(statement).rowcount == 1
+    # RETURNING, because SQLAlchemy 2.1 reports no rowcount for an INSERT
+    # on psycopg unless asked to preserve it.
+    inserted = conn.execute(statement.returning(Call.id)).first()
+    return inserted is not None
 
 
 def _update_call(conn: Connection, call: CallRecord, values: dict[str, object]) -> None:
@@ -97,6 +104,61 @@ def _update_call(conn: Connection, call: CallRecord, values: dict[str, object]) 
 
     del values["created_at"]
     conn.execute(update(Call).where(Call.uniqueid == call.uniqueid).values(values))
+
+
+def check_finish(
+    call: CallRecord, charges: Mapping[tuple[str, str], Decimal], at: datetime
+) -> list[Charge]:
+    """Raise unless ``call`` has ended and ``charges`` and ``at`` are valid.
+
+    Returns the non-zero charges as (window, key, amount).
+    """
+    if not isinstance(call, CallRecord):
+        raise TypeError(f"{call!r} is not a CallRecord")
+    if call.state != STATE_ENDED:
+        raise ValueError(
+            f"call {call.uniqueid} is in state {call.state}, but only an ended call "
+            "can be finished; store a live call with save_call"
+        )
+    check_aware(at, "at")
+    return check_charges(charges)
+
+
+def finish_call(
+    conn: Connection,
+    call: CallRecord,
+    charges: Mapping[tuple[str, str], Decimal],
+    at: datetime,
+) -> bool:
+    """Store an ended call and add ``charges`` to the spend of its trunk.
+
+    Returns False and writes nothing when the stored call with the same
+    trunk-leg uniqueid has already ended. The caller's transaction makes the
+    call and its charges one write: both are stored, or neither is.
+    """
+    checked = check_finish(call, charges, at)
+    values = _values(call)
+    del values["id"]
+
+    if not _insert_call(conn, values) and not _end_call(conn, call, values):
+        return False
+
+    for window, key, amount in checked:
+        add_spend(conn, call.trunk, window, key, amount, at)
+    return True
+
+
+def _end_call(conn: Connection, call: CallRecord, values: dict[str, object]) -> bool:
+    # A concurrent finish of the same call matches no row once this one commits:
+    # PostgreSQL makes it wait for the row lock and then re-checks the state,
+    # and SQLite runs write transactions one at a time.
+    changes = {name: value for name, value in values.items() if name != "created_at"}
+    statement = (
+        update(Call)
+        .where(Call.uniqueid == call.uniqueid, Call.state != STATE_ENDED)
+        .values(changes)
+    )
+    return conn.execute(statement).rowcount == 1
 
 
 def live_calls(conn: Connection) -> list[CallRecord]:

@@ -21,7 +21,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from callguard.store.records import CALL_STATES, DECISION_RESULTS, WINDOWS
+from callguard.store.records import (
+    CALL_STATES,
+    DECISION_RESULTS,
+    HANGUP_OUTCOMES,
+    WINDOWS,
+)
 from callguard.store.types import Money, UTCDateTime
 
 SCHEMA_VERSION = 1
@@ -52,7 +57,7 @@ class SchemaVersion(Base):
 
 
 class IdCounter(Base):
-    """The last id handed out for one table (``decisions``, ``calls``, ``blocks``)."""
+    """The last id handed out for one table of ``COUNTED_TABLES``."""
 
     __tablename__ = "id_counters"
 
@@ -206,5 +211,32 @@ class Block(Base):
     lifted_reason: Mapped[str | None] = mapped_column(Text)
 
 
+class Hangup(Base):
+    """A hang-up that callguard requested on a trunk leg, with the spend behind it."""
+
+    __tablename__ = "hangups"
+    __table_args__ = (
+        CheckConstraint(_sql_in("outcome", HANGUP_OUTCOMES), name="outcome"),
+        Index(None, "trunk", "requested_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    trunk: Mapped[str] = mapped_column(Text)
+    uniqueid: Mapped[str] = mapped_column(Text)
+    channel: Mapped[str] = mapped_column(Text)
+    number: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    daily_spend: Mapped[Decimal | None] = mapped_column(Money)
+    weekly_spend: Mapped[Decimal | None] = mapped_column(Money)
+    call_cost: Mapped[Decimal] = mapped_column(Money)
+    outcome: Mapped[str] = mapped_column(Text)
+
+
 # Tables whose ids come from id_counters, each seeded with last_id 0.
-COUNTED_TABLES = (Decision.__tablename__, Call.__tablename__, Block.__tablename__)
+COUNTED_TABLES = (
+    Decision.__tablename__,
+    Call.__tablename__,
+    Block.__tablename__,
+    Hangup.__tablename__,
+)

@@ -26,6 +26,12 @@ WINDOWS = (WINDOW_DAY, WINDOW_WEEK)
 DATASET_PREFIXES = "prefixes"
 DATASET_RATES = "rates"
 
+# Outcomes of a hang-up request sent to Asterisk over ARI.
+OUTCOME_REQUESTED = "requested"  # Asterisk accepted the DELETE of the channel
+OUTCOME_GONE = "gone"  # Asterisk answered 404: the channel had already hung up
+OUTCOME_FAILED = "failed"  # any other error; the call may still be up
+HANGUP_OUTCOMES = (OUTCOME_REQUESTED, OUTCOME_GONE, OUTCOME_FAILED)
+
 ZERO = Decimal("0")
 
 
@@ -200,3 +206,31 @@ class ImportRecord:
     source: str  # where the rows came from, usually the CSV path
     row_count: int
     imported_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HangupRecord:
+    """A hang-up that callguard requested on a trunk leg, and why."""
+
+    id: int | None = None  # assigned by the store
+    requested_at: datetime
+    trunk: str
+    uniqueid: str  # trunk leg
+    channel: str  # trunk leg channel name, e.g. PJSIP/gamma-00000013
+    number: str  # the dialled number or its E.164 form, "" when unknown
+    reason: str  # e.g. limit:daily, limit:weekly, limit:duration, barred:premium
+    daily_spend: Decimal | None  # today's spend on the trunk, None if no limit known
+    weekly_spend: Decimal | None  # the same for the ISO week
+    call_cost: Decimal  # what the call had cost until then
+    outcome: str  # OUTCOME_REQUESTED, OUTCOME_GONE or OUTCOME_FAILED
+
+    def __post_init__(self) -> None:
+        check_aware(self.requested_at, "requested_at")
+        for field in ("trunk", "uniqueid", "channel", "reason"):
+            check_text(getattr(self, field), field)
+        check_text(self.number, "number", empty=True)
+
+        _check_optional(self.daily_spend, check_money, "daily_spend")
+        _check_optional(self.weekly_spend, check_money, "weekly_spend")
+        check_money(self.call_cost, "call_cost")
+        _check_choice(self.outcome, "outcome", HANGUP_OUTCOMES)

@@ -13,6 +13,8 @@ from callguard.store.schema import dialect_insert
 from callguard.store.types import check_aware, check_money
 from callguard.store.windows import check_window_key
 
+Charge = tuple[str, str, Decimal]  # (window, key, amount)
+
 
 def add_spend(
     conn: Connection, trunk: str, window: str, key: str, amount: Decimal, at: datetime
@@ -55,3 +57,36 @@ def spend_for(
     )
     found = {window: amount for window, amount in conn.execute(statement)}
     return {window: found.get(window, from_micros(0)) for window in keys}
+
+
+def check_charges(charges: object) -> list[Charge]:
+    """Return the non-zero amounts of a (window, key) -> amount mapping as ``Charge``s.
+
+    Raises ``TypeError`` or ``ValueError`` for a malformed pair, an invalid
+    window key, an amount that is not a storable ``Decimal``, or a negative one.
+    """
+    if not isinstance(charges, Mapping):
+        raise TypeError(
+            f"charges {charges!r} is a {type(charges).__name__}; expected a mapping "
+            "of (window, key) to Decimal, e.g. {('day', '2024-06-14'): Decimal('0.5')}"
+        )
+
+    checked = []
+    for pair, amount in charges.items():
+        if not isinstance(pair, tuple) or len(pair) != 2:
+            raise ValueError(
+                f"charge key {pair!r} is invalid; use a (window, key) pair such as "
+                "('day', '2024-06-14')"
+            )
+        window, key = pair
+        check_window_key(window, key)
+        check_money(amount, f"charge for {window} {key}")
+        if amount < 0:
+            raise ValueError(
+                f"charge for {window} {key} is {amount}, which is negative; a "
+                "finished call only adds spend, so correct a total with add_spend"
+            )
+
+        if amount != 0:
+            checked.append((window, key, amount))
+    return checked

@@ -13,7 +13,7 @@ from decimal import Decimal
 
 from sqlalchemy import Connection
 
-from callguard.store import blocks, calls, decks, spend
+from callguard.store import blocks, calls, decks, hangups, spend
 from callguard.store.engine import (
     WRITE_OPTION,
     StoreError,
@@ -26,6 +26,7 @@ from callguard.store.records import (
     BlockRecord,
     CallRecord,
     DecisionRecord,
+    HangupRecord,
     ImportRecord,
 )
 from callguard.store.schema import ensure_schema
@@ -40,7 +41,7 @@ def _utc_now() -> datetime:
 
 
 class Store:
-    """Callguard's database: prefix table, rate decks, decisions, calls, spend and blocks.
+    """Callguard's database: rate tables, decisions, calls, spend, blocks, hang-ups.
 
     A failed database operation raises ``StoreError``. An invalid argument
     raises ``TypeError`` or ``ValueError`` and leaves the database unchanged.
@@ -207,11 +208,38 @@ class Store:
 
         An update keeps the stored ``id`` and ``created_at``. An ended call is
         never moved back to ringing or up: such an update is logged and skipped.
+        End a charged call with ``finish_call`` instead, because ``finish_call``
+        does not charge a call that is already stored as ended.
         """
         if not isinstance(call, CallRecord):
             raise TypeError(f"{call!r} is not a CallRecord")
         with self._transaction(f"saving call {call.uniqueid}") as conn:
             calls.save_call(conn, call)
+
+    def finish_call(
+        self,
+        call: CallRecord,
+        charges: Mapping[tuple[str, str], Decimal],
+        at: datetime,
+    ) -> bool:
+        """Store an ended call and add its charges to its trunk's spend atomically.
+
+        ``charges`` maps (window, key), e.g. ("day", "2024-06-14"), to what the
+        call cost in that window, and zero amounts are skipped. Returns False
+        and changes nothing when the call has already ended in the store, so a
+        call finished twice is charged once.
+        """
+        calls.check_finish(call, charges, at)
+        with self._transaction(f"finishing call {call.uniqueid}") as conn:
+            finished = calls.finish_call(conn, call, charges, at)
+
+        if not finished:
+            log.info(
+                "call %s on trunk %s had already ended; not charging it again",
+                call.uniqueid,
+                call.trunk,
+            )
+        return finished
 
     def live_calls(self) -> list[CallRecord]:
         """Return the calls that have not ended, oldest first."""
@@ -256,3 +284,19 @@ class Store:
         """Return the blocks not lifted by ``now`` and not expired at ``now``, oldest first."""
         with self._transaction("reading blocks", write=False) as conn:
             return blocks.active_blocks(conn, now)
+
+    # Hang-ups.
+
+    def add_hangup(self, record: HangupRecord) -> int:
+        """Store a hang-up that callguard requested; returns its id."""
+        hangups.check_hangup(record)
+        with self._transaction(f"storing the hangup of call {record.uniqueid}") as conn:
+            hangup_id = hangups.add_hangup(conn, record)
+        return hangup_id
+
+    def recent_hangups(
+        self, limit: int = 50, trunk: str | None = None
+    ) -> list[HangupRecord]:
+        """Return the latest hang-ups, newest first, optionally of one trunk only."""
+        with self._transaction("reading hangups", write=False) as conn:
+            return hangups.recent_hangups(conn, limit, trunk)

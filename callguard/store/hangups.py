@@ -1,0 +1,41 @@
+"""Hang-ups that callguard requested on trunk legs, as functions over a connection."""
+
+from dataclasses import fields
+
+from sqlalchemy import Connection, select
+
+from callguard.store.models import Hangup
+from callguard.store.records import HangupRecord, check_count, check_text
+from callguard.store.schema import allocate_ids
+
+
+def check_hangup(record: HangupRecord) -> None:
+    """Raise unless ``record`` is a ``HangupRecord`` that is not stored yet."""
+    if not isinstance(record, HangupRecord):
+        raise TypeError(f"{record!r} is not a HangupRecord")
+    if record.id is not None:
+        raise ValueError(f"hangup {record.id} is already stored")
+
+
+def add_hangup(conn: Connection, record: HangupRecord) -> int:
+    """Insert a hang-up with a new id from ``id_counters``; returns the id."""
+    check_hangup(record)
+    hangup_id = allocate_ids(conn, Hangup.__tablename__, 1)
+
+    values = {field.name: getattr(record, field.name) for field in fields(record)}
+    conn.execute(Hangup.__table__.insert(), values | {"id": hangup_id})
+    return hangup_id
+
+
+def recent_hangups(
+    conn: Connection, limit: int, trunk: str | None
+) -> list[HangupRecord]:
+    """Return the latest hang-ups, newest first, optionally of one trunk only."""
+    check_count(limit, "limit", minimum=1)
+    statement = select(Hangup.__table__)
+    if trunk is not None:
+        statement = statement.where(Hangup.trunk == check_text(trunk, "trunk"))
+    statement = statement.order_by(Hangup.requested_at.desc(), Hangup.id.desc())
+
+    rows = conn.execute(statement.limit(limit))
+    return [HangupRecord(**row._mapping) for row in rows]
