@@ -44,6 +44,7 @@ def write_config(
     database: str | None = None,
     port: int = 4573,
     decision_timeout: str = "1s",
+    ari: str = "enabled = no\n",
 ) -> Path:
     """Write callguard.conf and rates.csv into ``directory`` and return the config path."""
     (directory / "rates.csv").write_text(rates)
@@ -57,7 +58,7 @@ def write_config(
         f"control_socket = {directory / 'callguard.sock'}\n"
         f"{general}\n"
         "[ari]\n"
-        "enabled = no\n\n"
+        f"{ari}\n"
         f"{trunks}\n{extra}\n"
     )
     return path

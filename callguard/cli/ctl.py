@@ -7,6 +7,7 @@ import sys
 
 from callguard import __version__
 from callguard.cli.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, add_config_argument, read_config
+from callguard.cli import live
 from callguard.cli.inspect import check_number, print_check
 from callguard.config import ConfigError
 from callguard.daemon.state import build_state
@@ -32,6 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("check-config", help="validate the config and the files it names; "
                         "exit 2 on any error")
+
+    status = commands.add_parser("status", help="spend per trunk against its limits, and "
+                                 "the live calls (asks the running daemon)")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+
+    calls = commands.add_parser("calls", help="live and recent calls with destination, "
+                                "duration, cost and how each ended")
+    calls.add_argument("--live", action="store_true", help="live calls only")
+    calls.add_argument("--json", action="store_true", help="print one JSON object")
 
     prefixes = commands.add_parser("prefixes", help="the number-prefix table")
     prefix_commands = prefixes.add_subparsers(dest="action", required=True)
@@ -131,7 +141,17 @@ def cmd_rates(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    return live.cmd_status(read_config(args), args.json)
+
+
+def cmd_calls(args: argparse.Namespace) -> int:
+    return live.cmd_calls(read_config(args), args.live, args.json)
+
+
 COMMANDS = {
+    "status": cmd_status,
+    "calls": cmd_calls,
     "check": cmd_check,
     "check-config": cmd_check_config,
     "prefixes": cmd_prefixes,

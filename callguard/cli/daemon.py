@@ -48,9 +48,18 @@ async def serve(app: Application, notifier: Notifier) -> None:
             notifier.ready()
 
     async def watchdog() -> None:
-        while notifier.watchdog_interval:
-            notifier.watchdog()
-            await asyncio.sleep(notifier.watchdog_interval)
+        # The process pings while it runs; STATUS says when it cannot see
+        # calls, so it never looks healthy while ARI is down.
+        shown = None
+        while True:
+            connected = app.ari_connected
+            if connected is not shown:
+                notifier.status("deciding calls" if connected is not False
+                                else "ARI disconnected: live calls are not metered")
+                shown = connected
+            if notifier.watchdog_interval:
+                notifier.watchdog()
+            await asyncio.sleep(min(notifier.watchdog_interval or 5.0, 5.0))
 
     tasks = [asyncio.create_task(reload_on_signal()), asyncio.create_task(watchdog())]
     try:

@@ -95,6 +95,7 @@ class PolicyEngine:
         blocks: BlockList,
         clock: Clock,
         live_calls: Callable[[str], int] = no_live_calls,
+        catch_up: Callable[[str], None] | None = None,
     ):
         self.state = state
         self.ledger = ledger
@@ -102,9 +103,31 @@ class PolicyEngine:
         self.blocks = blocks
         self.clock = clock
         self.live_calls = live_calls
+        # Charges the blocks live calls have begun, so spend is current.
+        self.catch_up = catch_up
 
     async def decide(self, request: CallRequest, *, reserve: bool = True) -> Decision:
         """Decide ``request``; with ``reserve=False`` nothing is held (a dry run)."""
+        screened = self._screen(request)
+        if isinstance(screened, Decision):
+            return screened
+        base, trunk, tariff = screened
+        return await self._check_limits(base, trunk, tariff, reserve)
+
+    def judge(self, request: CallRequest) -> Decision:
+        """Decide ``request`` on everything but the spend limits and the call cap.
+
+        Used for trunk legs that skipped the check: their spend is metered and
+        limited while they run, so only barring and rating decide at once.
+        """
+        screened = self._screen(request)
+        if isinstance(screened, Decision):
+            return screened
+        base, trunk, tariff = screened
+        return base.allow(REASON_OK, tariff, None)
+
+    def _screen(self, request: CallRequest) -> "Decision | tuple[_DecisionBase, TrunkConfig, Tariff]":
+        """Apply every step up to the limits: a final Decision, or what the limits need."""
         state = self.state
         classifier = state.classifier
 
@@ -146,8 +169,7 @@ class PolicyEngine:
 
         if tariff is None:
             return base.deny(REASON_UNRATED, f"no rate for {classified.number.rating_key}")
-
-        return await self._check_limits(base, trunk, tariff, reserve)
+        return base, trunk, tariff
 
     async def _check_limits(self, base: "_DecisionBase", trunk: TrunkConfig,
                             tariff: Tariff, reserve: bool) -> Decision:
@@ -157,6 +179,8 @@ class PolicyEngine:
 
         # From here to the reservation nothing awaits, so the headroom checked
         # is the headroom reserved: parallel decisions cannot share it.
+        if self.catch_up is not None:
+            self.catch_up(trunk.name)
         self.reservations.expire(now)
         if reserve and base.request.uniqueid:
             # A channel checked again (a dialplan loop, a retry) replaces its own hold.

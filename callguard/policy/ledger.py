@@ -1,13 +1,14 @@
 """The spend of every trunk per window, as this daemon knows it.
 
-Totals come from the store the first time a window is needed and are then
-kept in memory; charges update memory at once and reach the store through
-the store worker, so a decision never waits for a write.
+A window's spend has two parts. ``committed`` is what finished calls cost: it
+is read from the store the first time a window is needed and grows in memory
+as calls end (the store is written by whoever ends the call). ``live`` is what
+the blocks begun so far by calls still up cost; it lives in memory only and is
+recomputed from answer times and tariffs after a restart.
 """
 
 import asyncio
 import logging
-from datetime import datetime
 from decimal import Decimal
 
 from callguard.worker import StoreWorker
@@ -15,19 +16,22 @@ from callguard.worker import StoreWorker
 log = logging.getLogger(__name__)
 
 WindowId = tuple[str, str, str]  # (trunk, window, key)
+WindowKey = tuple[str, str]  # (window, key)
+ZERO = Decimal(0)
 
 
 class Ledger:
     def __init__(self, worker: StoreWorker):
         self._worker = worker
-        self._totals: dict[WindowId, Decimal] = {}
+        self._committed: dict[WindowId, Decimal] = {}
+        self._live: dict[WindowId, Decimal] = {}
         self._loading: dict[WindowId, asyncio.Future[Decimal]] = {}
 
     async def load(self, trunk: str, keys: dict[str, str]) -> None:
-        """Make sure the totals of these windows are in memory."""
+        """Make sure the committed totals of these windows are in memory."""
         for window, key in keys.items():
             window_id = (trunk, window, key)
-            if window_id in self._totals:
+            if window_id in self._committed:
                 continue
             pending = self._loading.get(window_id)
             if pending is None:
@@ -40,33 +44,57 @@ class Ledger:
             finally:
                 if pending.done():
                     self._loading.pop(window_id, None)
-            self._totals.setdefault(window_id, amount)
+            self._committed.setdefault(window_id, amount)
+
+    def loaded(self, trunk: str, window: str, key: str) -> bool:
+        return (trunk, window, key) in self._committed
+
+    def committed(self, trunk: str, window: str, key: str) -> Decimal:
+        """Return what finished calls cost in one window (0 if never loaded)."""
+        return self._committed.get((trunk, window, key), ZERO)
+
+    def live(self, trunk: str, window: str, key: str) -> Decimal:
+        return self._live.get((trunk, window, key), ZERO)
 
     def spent(self, trunk: str, window: str, key: str) -> Decimal | None:
-        """Return the known total, or None when the window has not been loaded."""
-        return self._totals.get((trunk, window, key))
+        """Return committed plus live spend, or None when the window was never loaded."""
+        window_id = (trunk, window, key)
+        if window_id not in self._committed:
+            return None
+        return self._committed[window_id] + self._live.get(window_id, ZERO)
 
-    def charge(self, trunk: str, keys: dict[str, str], amount: Decimal, at: datetime) -> None:
-        """Add ``amount`` to the windows in ``keys``, in memory now and in the store soon."""
-        for window, key in keys.items():
+    def add_live(self, trunk: str, charges: dict[WindowKey, Decimal]) -> None:
+        _add(self._live, trunk, charges, 1)
+
+    def remove_live(self, trunk: str, charges: dict[WindowKey, Decimal]) -> None:
+        _add(self._live, trunk, charges, -1)
+
+    def commit(self, trunk: str, charges: dict[WindowKey, Decimal]) -> None:
+        """Add a finished call's cost to the committed totals already in memory.
+
+        Windows not loaded yet are left alone: they are read from the store,
+        which already holds the call, when first needed.
+        """
+        for (window, key), amount in charges.items():
             window_id = (trunk, window, key)
-            self._totals[window_id] = self._totals.get(window_id, Decimal(0)) + amount
-            asyncio.ensure_future(self._persist(trunk, window, key, amount, at))
-
-    async def _persist(self, trunk: str, window: str, key: str, amount: Decimal,
-                       at: datetime) -> None:
-        try:
-            await self._worker.call(self._worker.store.add_spend, trunk, window, key, amount, at)
-        except Exception:
-            # NOTE: the in-memory total stays right; the store misses this charge
-            # until a restart recomputes spend from the calls table.
-            log.exception("%s: failed to store a charge of %s in %s %s", trunk, amount,
-                          window, key)
+            if window_id in self._committed:
+                self._committed[window_id] += amount
 
     def forget(self, trunk: str | None = None) -> None:
-        """Drop cached totals (all, or one trunk's) so they are read again from the store."""
+        """Drop committed totals (all, or one trunk's) so they are read again from the store."""
         if trunk is None:
-            self._totals.clear()
+            self._committed.clear()
             return
-        for window_id in [w for w in self._totals if w[0] == trunk]:
-            del self._totals[window_id]
+        for window_id in [w for w in self._committed if w[0] == trunk]:
+            del self._committed[window_id]
+
+
+def _add(totals: dict[WindowId, Decimal], trunk: str, charges: dict[WindowKey, Decimal],
+         sign: int) -> None:
+    for (window, key), amount in charges.items():
+        window_id = (trunk, window, key)
+        total = totals.get(window_id, ZERO) + sign * amount
+        if total:
+            totals[window_id] = total
+        else:
+            totals.pop(window_id, None)

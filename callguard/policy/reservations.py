@@ -29,6 +29,7 @@ class Reservation:
     week_key: str
     created_at: datetime
     expires_at: datetime
+    dialled: bool = False     # a trunk leg exists: it no longer expires by time
 
 
 class Reservations:
@@ -79,13 +80,26 @@ class Reservations:
     def get(self, uniqueid: str) -> Reservation | None:
         return self._by_uniqueid.get(uniqueid)
 
+    def mark_dialled(self, uniqueid: str) -> Reservation | None:
+        """Note that the call of ``uniqueid`` has a trunk leg now.
+
+        Its hold stays until the leg is answered or ends, however long it
+        rings, and the leg itself counts toward the concurrent-call cap from
+        here on, so the reservation stops counting.
+        """
+        reservation = self._by_uniqueid.get(uniqueid)
+        if reservation is not None and not reservation.dialled:
+            reservation.dialled = True
+            self._count_change(reservation.trunk, -1)
+        return reservation
+
     def expire(self, now: datetime) -> list[Reservation]:
         expired = []
         while self._expiry and self._expiry[0][0] <= now:
             _, reservation_id = heapq.heappop(self._expiry)
             reservation = self._by_id.get(reservation_id)
-            if reservation is None:
-                continue  # released earlier
+            if reservation is None or reservation.dialled:
+                continue  # released earlier, or held until its leg ends
             self._remove(reservation)
             expired.append(reservation)
             log.info(
@@ -95,7 +109,12 @@ class Reservations:
         return expired
 
     def pending_count(self, trunk: str) -> int:
+        """Return the reservations of ``trunk`` whose call has no trunk leg yet."""
         return self._count.get(trunk, 0)
+
+    def undialled(self) -> list[str]:
+        """Return the uniqueids of reservations whose call has no trunk leg yet."""
+        return [r.uniqueid for r in self._by_id.values() if r.uniqueid and not r.dialled]
 
     def pending(self, trunk: str) -> list[Reservation]:
         return [r for r in self._by_id.values() if r.trunk == trunk]
@@ -111,7 +130,7 @@ class Reservations:
         del self._by_id[reservation.id]
         if self._by_uniqueid.get(reservation.uniqueid) is reservation:
             del self._by_uniqueid[reservation.uniqueid]
-        self._adjust(reservation, -reservation.amount, -1)
+        self._adjust(reservation, -reservation.amount, 0 if reservation.dialled else -1)
 
     def _adjust(self, reservation: Reservation, amount: Decimal, count: int) -> None:
         for window, key in ((DAY, reservation.day_key), (WEEK, reservation.week_key)):
@@ -121,8 +140,11 @@ class Reservations:
                 self._held[window_id] = total
             else:
                 self._held.pop(window_id, None)
-        remaining = self._count.get(reservation.trunk, 0) + count
+        self._count_change(reservation.trunk, count)
+
+    def _count_change(self, trunk: str, count: int) -> None:
+        remaining = self._count.get(trunk, 0) + count
         if remaining:
-            self._count[reservation.trunk] = remaining
+            self._count[trunk] = remaining
         else:
-            self._count.pop(reservation.trunk, None)
+            self._count.pop(trunk, None)

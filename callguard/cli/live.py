@@ -1,0 +1,99 @@
+"""``callguardctl status`` and ``callguardctl calls``: live state from the daemon."""
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from callguard.cli.common import EXIT_FAILURE, EXIT_OK
+from callguard.config import Config
+from callguard.daemon.control import ask
+from callguard.store import Store
+
+
+def query(config: Config, request: dict) -> dict | None:
+    path = Path(config.general.control_socket)
+    try:
+        reply = asyncio.run(ask(path, request))
+    except (OSError, TimeoutError, ValueError) as exc:
+        print(f"cannot reach the callguard daemon at {path}: {exc}; is it running, and "
+              "are you in its group?", file=sys.stderr)
+        return None
+    if "error" in reply:
+        print(f"the daemon answered: {reply['error']}", file=sys.stderr)
+        return None
+    return reply
+
+
+def cmd_status(config: Config, as_json: bool) -> int:
+    reply = query(config, {"command": "status"})
+    if reply is None:
+        return EXIT_FAILURE
+    if as_json:
+        print(json.dumps(reply, indent=2))
+        return EXIT_OK
+
+    currency = reply["currency"]
+    ari = {None: "disabled", True: "connected", False: "DISCONNECTED"}[reply["ari_connected"]]
+    print(f"callguard {reply['version']}, ARI {ari}")
+    for name, trunk in reply["trunks"].items():
+        print(f"\n[{name}]")
+        for window in ("daily", "weekly"):
+            spend, limit = trunk[f"{window}_spend"], trunk[f"{window}_limit"]
+            if limit is None:
+                print(f"  {window:<7} {spend} {currency}, no limit")
+            else:
+                print(f"  {window:<7} {spend} of {limit} {currency} "
+                      f"({trunk[f'{window}_percent']}%)")
+        print(f"  live calls {len(trunk['live_calls'])}, checks waiting for Dial "
+              f"{trunk['pending_checks']}")
+        for call in trunk["live_calls"]:
+            print(f"    {call['channel']:<24} {call['number'] or '?':<16} "
+                  f"{call['state']:<8} {call['duration'] or 0:>6} s {call['cost']:>10}")
+    return EXIT_OK
+
+
+def cmd_calls(config: Config, live_only: bool, as_json: bool) -> int:
+    reply = query(config, {"command": "calls", "live": live_only})
+    if reply is None:
+        if live_only:
+            return EXIT_FAILURE
+        print("showing calls from the store instead", file=sys.stderr)
+        reply = {"live": [], "recent": _stored_calls(config)}
+
+    if as_json:
+        print(json.dumps(reply, indent=2))
+        return EXIT_OK
+    for title, rows in (("live", reply["live"]), ("recent", reply["recent"])):
+        if live_only and title == "recent":
+            continue
+        print(f"{title} calls: {len(rows)}")
+        for call in rows:
+            ended = call.get("hangup_reason") or (
+                f"cause {call['hangup_cause']}" if call.get("hangup_cause") is not None
+                else "")
+            print(f"  {call['trunk']:<10} {call['channel']:<24} {call['number'] or '?':<16} "
+                  f"{call['category'] or '-':<14} {call['duration'] or 0:>6} s "
+                  f"{call['cost'] or '0.00':>10} {call['state']:<7} {ended}")
+    return EXIT_OK
+
+
+def _stored_calls(config: Config) -> list[dict]:
+    store = Store(config.general.database)
+    store.open()
+    try:
+        records = store.recent_calls(50)
+    finally:
+        store.close()
+    rows = []
+    for record in records:
+        duration = None
+        if record.answered_at and record.ended_at:
+            duration = int((record.ended_at - record.answered_at).total_seconds())
+        rows.append({
+            "uniqueid": record.uniqueid, "trunk": record.trunk, "channel": record.channel,
+            "number": record.e164 or record.dialled, "category": record.category,
+            "state": record.state, "duration": duration, "cost": str(record.cost),
+            "hangup_cause": record.hangup_cause, "hangup_reason": record.hangup_reason,
+        })
+    return rows

@@ -1,0 +1,105 @@
+"""The control socket: ``callguardctl`` asks the running daemon for live state.
+
+One JSON request per line, ``{"command": "status"}``, one JSON reply per
+line. The socket is a Unix socket with mode 0660, so only the daemon's user
+and group can use it.
+"""
+
+import asyncio
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Awaitable, Callable
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST = 64 * 1024
+REQUEST_TIMEOUT = 5.0
+SOCKET_MODE = 0o660
+
+Command = Callable[[dict], Awaitable[dict] | dict]
+
+
+class ControlServer:
+    def __init__(self, path: Path, commands: dict[str, Command]):
+        self.path = Path(path)
+        self._commands = commands
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        if not self.path.parent.is_dir():
+            raise OSError(f"control socket directory {self.path.parent} does not exist; "
+                          "create it or set control_socket in [general]")
+        if self.path.is_socket():
+            self.path.unlink()  # left behind by a daemon that did not stop cleanly
+        old_umask = os.umask(0o117)
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._serve, path=str(self.path), limit=MAX_REQUEST
+            )
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, SOCKET_MODE)
+        log.info("control socket at %s", self.path)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+    async def _serve(self, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
+            reply = await self._answer(line)
+        except (asyncio.LimitOverrunError, ValueError):
+            reply = {"error": f"request longer than {MAX_REQUEST} bytes"}
+        except TimeoutError:
+            reply = {"error": "no request received in time"}
+        try:
+            writer.write(json.dumps(reply).encode() + b"\n")
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def _answer(self, line: bytes) -> dict:
+        try:
+            request = json.loads(line)
+        except ValueError:
+            return {"error": "invalid request: send one JSON object per line"}
+        if not isinstance(request, dict):
+            return {"error": "invalid request: send one JSON object per line"}
+        command = self._commands.get(request.get("command"))
+        if command is None:
+            return {"error": f"unknown command {request.get('command')!r}; use one of "
+                             f"{', '.join(sorted(self._commands))}"}
+        try:
+            reply = command(request)
+            if asyncio.iscoroutine(reply):
+                reply = await reply
+            return reply
+        except Exception as exc:
+            log.exception("control command %s failed", request.get("command"))
+            return {"error": f"command failed: {exc}"}
+
+
+async def ask(path: Path, request: dict, timeout: float = 5.0) -> dict:
+    """Send one request to the daemon's control socket and return its reply."""
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_unix_connection(str(path), limit=32 << 20), timeout
+    )
+    try:
+        writer.write(json.dumps(request).encode() + b"\n")
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), timeout)
+    finally:
+        writer.close()
+    return json.loads(line)

@@ -1,0 +1,83 @@
+"""The daemon's ARI side: the events listener, reconciliation and the live guard."""
+
+import asyncio
+import logging
+
+from callguard.ari import AriClient, AriError
+from callguard.config import Config
+from callguard.metering.guard import LiveGuard
+from callguard.metering.tracker import EventTracker, leg_from_record
+
+log = logging.getLogger(__name__)
+
+
+class AriListener:
+    """Connects the ARI client to the tracker, and reconciles on every (re)connect."""
+
+    def __init__(self, config: Config, guard: LiveGuard, tracker: EventTracker):
+        ari = config.ari
+        password = ari.password()
+        self.client = AriClient(
+            ari.url, ari.username, password or "", ari.app,
+            ca_file=str(ari.ca_file) if ari.ca_file else None,
+            ping_timeout=ari.ping_timeout,
+        )
+        self.guard = guard
+        self.tracker = tracker
+        self._task: asyncio.Task | None = None
+        guard.hangup = self._hang_up
+
+    @property
+    def connected(self) -> bool:
+        return self.client.connected
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(
+            self.client.run(self._on_event, self._on_connect, self._on_disconnect),
+            name="ari-events",
+        )
+
+    async def stop(self) -> None:
+        await self.client.close()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _hang_up(self, channel_id: str, cause: int) -> bool:
+        return await self.client.hangup(channel_id, reason_code=cause)
+
+    async def _on_event(self, event: dict) -> None:
+        self.tracker.on_event(event)
+
+    async def _on_connect(self) -> None:
+        channels = await self.client.get_channels()
+        self.tracker.reconcile(channels)
+        log.info("ARI connected; %d channels up, %d trunk legs followed", len(channels),
+                 len(self.guard.legs))
+
+    async def _on_disconnect(self) -> None:
+        self.tracker.on_disconnect()
+        log.warning("ARI events lost; calls are not metered until the connection is back")
+
+
+async def restore_live_calls(guard: LiveGuard) -> int:
+    """Adopt the calls the store still holds as up, with their original answer times."""
+    records = await guard.worker.call(guard.worker.store.live_calls)
+    restored = 0
+    for record in records:
+        leg = leg_from_record(record, guard)
+        if leg is None:
+            log.warning("%s %s: live call in the store cannot be restored (trunk unknown or "
+                        "no tariff)", record.trunk, record.uniqueid)
+            continue
+        guard.adopt(leg)
+        restored += 1
+    if restored:
+        log.info("restored %d live calls from the store", restored)
+    return restored
+
+
+__all__ = ["AriListener", "AriError", "restore_live_calls"]

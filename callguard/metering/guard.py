@@ -1,0 +1,386 @@
+"""Live calls on the trunks: metering, the limit timer per trunk, and hang-ups.
+
+The ARI event tracker reports what happens to trunk legs (dialled, answered,
+ended); this module keeps their spend in the ledger, sets one timer per trunk
+for the moment its budget runs out or a call reaches ``max_call_seconds``, and
+hangs calls up through ARI when it fires.
+"""
+
+import asyncio
+import fnmatch
+import logging
+from collections import deque
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Awaitable, Callable
+
+from callguard.clock import Clock, TimerHandle
+from callguard.config import Config
+from callguard.metering.charges import AnsweredCall
+from callguard.metering.decisions import DecisionBook
+from callguard.metering.legs import ENDED, RINGING, UP, Leg
+from callguard.metering.meter import REASON_MAX_DURATION, TrunkMeter
+from callguard.metering.records import call_record, hangup_record
+from callguard.policy.decision import ALLOW, REASON_EMERGENCY, REASON_OPTED_OUT, CallRequest
+from callguard.policy.engine import PolicyEngine
+from callguard.policy.ledger import Ledger
+from callguard.policy.reservations import Reservations
+from callguard.windows import window_keys
+from callguard.worker import StoreWorker
+
+log = logging.getLogger(__name__)
+
+# Q.850 causes sent with DELETE /ari/channels/{id}.
+CAUSE_NORMAL_CLEARING = 16
+CAUSE_CALL_REJECTED = 21
+
+# Ended legs kept in memory for `callguardctl calls`.
+RECENT_LEGS = 500
+# Seconds before a hang-up that failed (Asterisk unreachable) is tried again.
+HANGUP_RETRY_SECONDS = 2.0
+
+OUTCOME_REQUESTED = "requested"
+OUTCOME_GONE = "gone"
+OUTCOME_FAILED = "failed"
+
+# Asks Asterisk to hang up a channel: True when done, False when already gone.
+Hangup = Callable[[str, int], Awaitable[bool]]
+
+
+class LiveGuard:
+    def __init__(self, engine: PolicyEngine, ledger: Ledger, reservations: Reservations,
+                 clock: Clock, worker: StoreWorker):
+        self.engine = engine
+        self.ledger = ledger
+        self.reservations = reservations
+        self.clock = clock
+        self.worker = worker
+        self.decisions = DecisionBook()
+        self.meters: dict[str, TrunkMeter] = {}
+        self.legs: dict[str, Leg] = {}
+        self.recent: deque[Leg] = deque(maxlen=RECENT_LEGS)
+        self.hangup: Hangup | None = None
+        self._timers: dict[str, TimerHandle] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    # Configuration and queries.
+
+    def configure(self, config: Config) -> None:
+        """Build a meter per trunk; live legs stay with their trunk across reloads."""
+        meters = {}
+        for name, trunk in config.trunks.items():
+            meter = TrunkMeter(trunk, self.ledger, self.reservations.held)
+            old = self.meters.get(name)
+            if old is not None:
+                meter.legs = old.legs
+            meters[name] = meter
+        for name, old in self.meters.items():
+            if name not in meters and old.live_count():
+                log.warning("%s: removed from the config with %d live calls; they are no "
+                            "longer metered", name, old.live_count())
+        self.meters = meters
+        for name in self.meters:
+            self.reschedule(name)
+
+    def trunk_for_channel(self, channel_name: str) -> str | None:
+        for name, meter in self.meters.items():
+            pattern = meter.config.channel_pattern
+            if pattern and fnmatch.fnmatchcase(channel_name, pattern):
+                return name
+        return None
+
+    def live_count(self, trunk: str) -> int:
+        meter = self.meters.get(trunk)
+        return 0 if meter is None else meter.live_count()
+
+    def note_decision(self, request: CallRequest, decision) -> None:
+        self.decisions.record(request, decision, self.clock.now())
+
+    def catch_up(self, trunk: str) -> None:
+        meter = self.meters.get(trunk)
+        if meter is not None:
+            meter.catch_up(self.clock.now())
+
+    # What the event tracker reports.
+
+    def dialled(self, leg_id: str, channel: str, trunk: str, decision_uniqueid: str,
+                number: str | None, at: datetime) -> Leg | None:
+        """Start following a trunk leg placed by Dial()."""
+        if leg_id in self.legs or trunk not in self.meters:
+            return None
+        leg = Leg(id=leg_id, trunk=trunk, channel=channel, created_at=at,
+                  number=number or "", decision_uniqueid=decision_uniqueid)
+        linked = self.decisions.get(decision_uniqueid) if decision_uniqueid else None
+
+        if linked is not None:
+            request, decision = linked
+            self._link(leg, request, decision)
+        else:
+            self._judge_unguarded(leg, "no callguard check ran for its caller")
+
+        self.legs[leg_id] = leg
+        self.meters[trunk].legs[leg_id] = leg
+        if decision_uniqueid:
+            self.reservations.mark_dialled(decision_uniqueid)
+        if leg.hangup_requested:
+            self._spawn(self._hang_up(leg, leg.hangup_requested, CAUSE_CALL_REJECTED))
+        self.reschedule(trunk)
+        return leg
+
+    def answered(self, leg_id: str, at: datetime) -> None:
+        leg = self.legs.get(leg_id)
+        if leg is None or leg.state != RINGING:
+            return  # unknown, or a duplicate or late event
+        leg.state = UP
+        if leg.tariff is None:
+            leg.tariff = self._fallback_tariff(leg.trunk)
+            leg.notes.append("metered at the trunk's highest rate: destination unknown")
+        meter = self.meters[leg.trunk]
+        leg.answered = AnsweredCall(leg.tariff, meter.config.timezone, at)
+
+        if leg.decision_uniqueid and not self._other_leg_of(leg):
+            # The reserved first block becomes the call's first charged block.
+            self.reservations.release(leg.decision_uniqueid)
+        meter.catch_up(max(at, self.clock.now()))
+        log.info("%s %s: answered, %s to %s at %s/min", leg.trunk, leg.id, leg.channel,
+                 leg.e164 or leg.number or "an unknown number", leg.tariff.rate)
+        self._persist(leg)
+        self.reschedule(leg.trunk)
+
+    def ended(self, leg_id: str, at: datetime, cause: int | None) -> None:
+        leg = self.legs.get(leg_id)
+        if leg is None or leg.state == ENDED:
+            return
+        self._finish(leg, at, cause)
+
+    def channel_gone(self, uniqueid: str) -> None:
+        """Release the reservation of a checked channel that ended without a trunk leg."""
+        reservation = self.reservations.get(uniqueid)
+        if reservation is not None and not reservation.dialled:
+            self.reservations.release(uniqueid)
+            log.info("%s %s: the checked call ended before Dial; released its reservation",
+                     reservation.trunk, uniqueid)
+
+    def adopt(self, leg: Leg) -> None:
+        """Follow a leg found in the store or in GET /ari/channels."""
+        if leg.id in self.legs or leg.trunk not in self.meters:
+            return
+        self.legs[leg.id] = leg
+        self.meters[leg.trunk].legs[leg.id] = leg
+        if leg.answered is not None:
+            self.meters[leg.trunk].catch_up(self.clock.now())
+        self.reschedule(leg.trunk)
+
+    # The timer per trunk.
+
+    def reschedule(self, trunk: str) -> None:
+        timer = self._timers.pop(trunk, None)
+        if timer is not None:
+            timer.cancel()
+        meter = self.meters.get(trunk)
+        if meter is None:
+            return
+        now = self.clock.now()
+        meter.catch_up(now)
+        deadline = meter.next_deadline(now, skip=self._pending_hangups(meter))
+        if deadline is None:
+            return
+        self._timers[trunk] = self.clock.call_at(deadline.at, lambda: self._fire(trunk))
+
+    def _fire(self, trunk: str) -> None:
+        self._timers.pop(trunk, None)
+        self._spawn(self._enforce(trunk))
+
+    async def _enforce(self, trunk: str) -> None:
+        meter = self.meters.get(trunk)
+        if meter is None:
+            return
+        now = self.clock.now()
+        meter.catch_up(now)
+        deadline = meter.next_deadline(now, skip=self._pending_hangups(meter))
+        if deadline is None or deadline.at > now:
+            self.reschedule(trunk)
+            return
+
+        if deadline.reason == REASON_MAX_DURATION:
+            targets = [self.legs[leg_id] for leg_id in deadline.legs if leg_id in self.legs]
+        else:
+            targets = [leg for leg in meter.legs.values()
+                       if leg.live and leg.protected and not leg.hangup_requested]
+            log.warning("%s: %s reached at %s; hanging up %d live calls", trunk,
+                        deadline.reason, now.isoformat(), len(targets))
+
+        for leg in targets:
+            leg.hangup_requested = deadline.reason
+        await asyncio.gather(*(
+            self._hang_up(leg, deadline.reason,
+                          CAUSE_NORMAL_CLEARING if leg.state == UP else CAUSE_CALL_REJECTED)
+            for leg in targets
+        ))
+        self.reschedule(trunk)
+
+    async def _hang_up(self, leg: Leg, reason: str, cause: int) -> None:
+        leg.hangup_requested = reason
+        now = self.clock.now()
+        meter = self.meters.get(leg.trunk)
+        keys = window_keys(now, meter.config.timezone) if meter else {}
+        daily = self.ledger.spent(leg.trunk, "day", keys["day"]) if keys else None
+        weekly = self.ledger.spent(leg.trunk, "week", keys["week"]) if keys else None
+        cost = leg.answered.total if leg.answered else Decimal(0)
+
+        if self.hangup is None:
+            outcome = OUTCOME_FAILED
+            log.error("%s %s: cannot hang up %s (%s): ARI is not configured", leg.trunk,
+                      leg.id, leg.channel, reason)
+        else:
+            try:
+                gone = not await self.hangup(leg.id, cause)
+                outcome = OUTCOME_GONE if gone else OUTCOME_REQUESTED
+            except Exception as exc:
+                outcome = OUTCOME_FAILED
+                log.error("%s %s: hang-up of %s (%s) failed, trying again in %s s: %s",
+                          leg.trunk, leg.id, leg.channel, reason, HANGUP_RETRY_SECONDS, exc)
+
+        log.warning("%s %s: hung up %s to %s: %s; call cost %s, spend today %s, this week %s "
+                    "(%s)", leg.trunk, leg.id, leg.channel, leg.e164 or leg.number or "?",
+                    reason, cost, daily, weekly, outcome)
+        self._store(self.worker.store.add_hangup, hangup_record(
+            leg, reason, now, daily, weekly, cost, outcome))
+
+        if outcome == OUTCOME_GONE and leg.live:
+            self._finish(leg, now, None)
+        elif outcome == OUTCOME_FAILED and leg.live:
+            leg.hangup_requested = ""
+            retry_at = now + timedelta(seconds=HANGUP_RETRY_SECONDS)
+            self.clock.call_at(retry_at, lambda: self.reschedule(leg.trunk))
+
+    # Helpers.
+
+    def _link(self, leg: Leg, request: CallRequest, decision) -> None:
+        leg.guarded = True
+        leg.caller = request.caller
+        leg.number = leg.number or request.dialled
+        leg.e164 = decision.e164
+        leg.category = decision.category
+        leg.protected = decision.reason not in (REASON_EMERGENCY, REASON_OPTED_OUT)
+
+        if decision.trunk != leg.trunk:
+            log.warning("%s %s: checked for trunk %s but dialled on %s (%s); %s pays",
+                        leg.trunk, leg.id, decision.trunk or "-", leg.trunk, leg.channel,
+                        leg.trunk)
+            self._judge_unguarded(leg, f"checked for trunk {decision.trunk or '-'}",
+                                  number=request.dialled, caller=request.caller)
+            leg.guarded = True
+            return
+
+        leg.tariff = decision.tariff
+        if decision.result != ALLOW and leg.protected:
+            leg.hangup_requested = decision.reason
+            log.warning("%s %s: dialled although callguard answered DENY %s; hanging up",
+                        leg.trunk, leg.id, decision.reason)
+
+    def _judge_unguarded(self, leg: Leg, why: str, number: str | None = None,
+                         caller: str = "") -> None:
+        """Rate and judge a leg from its own dialled number, as a check would."""
+        number = number or leg.number
+        state = self.engine.state
+        if not number:
+            log.warning("%s %s: outbound leg %s (%s) has no dialled number callguard can "
+                        "read; metering it at the trunk's highest rate", leg.trunk, leg.id,
+                        leg.channel, why)
+            leg.tariff = self._fallback_tariff(leg.trunk)
+            return
+
+        request = CallRequest(trunk=leg.trunk, dialled=number, caller=caller)
+        decision = self.engine.judge(request)
+        leg.e164 = decision.e164
+        leg.category = decision.category
+        leg.tariff = decision.tariff or state.default_tariffs.get(leg.trunk)
+        leg.protected = decision.reason != REASON_EMERGENCY
+        if decision.result == ALLOW or not leg.protected:
+            log.warning("%s %s: outbound leg %s to %s skipped the check (%s); metering it",
+                        leg.trunk, leg.id, leg.channel, decision.e164 or number, why)
+        else:
+            leg.hangup_requested = decision.reason
+            log.warning("%s %s: outbound leg %s to %s skipped the check (%s) and is %s; "
+                        "hanging up", leg.trunk, leg.id, leg.channel, decision.e164 or number,
+                        why, decision.reason)
+
+    def _fallback_tariff(self, trunk: str):
+        state = self.engine.state
+        default = state.default_tariffs.get(trunk)
+        deck = state.decks.get(trunk)
+        if deck is None:
+            return default
+        highest = max(deck.tariffs(), key=lambda t: (t.rate, t.connection_fee), default=None)
+        if default is None or (highest is not None and highest.rate > default.rate):
+            return highest
+        return default
+
+    def _other_leg_of(self, leg: Leg) -> bool:
+        return any(other is not leg and other.live and other.state == UP
+                   and other.decision_uniqueid == leg.decision_uniqueid
+                   for other in self.meters[leg.trunk].legs.values())
+
+    def _pending_hangups(self, meter: TrunkMeter) -> set[str]:
+        return {leg.id for leg in meter.legs.values() if leg.hangup_requested}
+
+    def _finish(self, leg: Leg, at: datetime, cause: int | None) -> None:
+        leg.state = ENDED
+        leg.ended_at = at
+        leg.hangup_cause = cause
+        final: dict = {}
+        if leg.answered is not None:
+            final = leg.answered.final_charges(at)
+            self.ledger.remove_live(leg.trunk, leg.answered.charges)
+            self.ledger.commit(leg.trunk, final)
+        elif leg.decision_uniqueid and not any(
+            other.live for other in self.meters[leg.trunk].legs.values()
+            if other.decision_uniqueid == leg.decision_uniqueid and other is not leg
+        ):
+            self.reservations.release(leg.decision_uniqueid)
+
+        meter = self.meters.get(leg.trunk)
+        if meter is not None:
+            meter.legs.pop(leg.id, None)
+        self.legs.pop(leg.id, None)
+        self.recent.append(leg)
+
+        cost = _cost_of(final)
+        log.info("%s %s: ended %s to %s, cause %s, cost %s", leg.trunk, leg.id, leg.channel,
+                 leg.e164 or leg.number or "?", cause, cost)
+        self._store(self.worker.store.finish_call, call_record(leg, cost), final, at)
+        self.reschedule(leg.trunk)
+
+    def _persist(self, leg: Leg) -> None:
+        self._store(self.worker.store.save_call, call_record(leg, Decimal(0)))
+
+    def _store(self, function, *args) -> None:
+        async def write() -> None:
+            try:
+                await self.worker.call(function, *args)
+            except Exception as exc:
+                log.error("failed to store %s: %s", function.__name__, exc)
+
+        self._spawn(write())
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait for the hang-ups and store writes already started."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+
+
+def _cost_of(charges: dict) -> Decimal:
+    """Return a call's cost from its charges: each block counts once per day window."""
+    return sum((amount for (window, _), amount in charges.items() if window == "day"),
+               Decimal(0))

@@ -1,0 +1,199 @@
+"""Per trunk: the live legs, their running cost, and the moment a limit bites.
+
+The limit bites at the first block start (of any live call) that the day's or
+the week's remaining budget cannot pay. Spend is a step function of time that
+rises only when a block begins, so that moment is found by a binary search
+over microseconds, each probe summing the calls' costs in closed form.
+"""
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Callable
+
+from callguard.config import TrunkConfig
+from callguard.metering.charges import AnsweredCall
+from callguard.metering.legs import Leg
+from callguard.money import MICROS_PER_UNIT, to_micros
+from callguard.policy.ledger import Ledger
+from callguard.windows import DAY, WEEK, local_midnight, next_day_start, window_keys
+
+log = logging.getLogger(__name__)
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+ONE_MICROSECOND = timedelta(microseconds=1)
+# How far ahead the limit is looked for; the timer is set again when it fires.
+SEARCH_HORIZON = timedelta(days=2)
+
+REASON_DAILY = "limit:daily"
+REASON_WEEKLY = "limit:weekly"
+REASON_MAX_DURATION = "limit:duration"
+
+
+def to_us(instant: datetime) -> int:
+    delta = instant - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+class _Costing:
+    """One answered call's block arithmetic in integer microseconds and micro-units."""
+
+    __slots__ = ("start", "first", "later", "first_cost", "later_cost")
+
+    def __init__(self, call: AnsweredCall):
+        tariff = call.tariff
+        self.start = to_us(call.answered_at)
+        self.first = tariff.increments.first * 1_000_000
+        self.later = tariff.increments.later * 1_000_000
+        self.first_cost = to_micros(tariff.first_block_cost())
+        self.later_cost = to_micros(tariff.block_cost(1))
+
+    def cost(self, blocks: int) -> int:
+        return 0 if blocks == 0 else self.first_cost + (blocks - 1) * self.later_cost
+
+    def begun_by(self, instant: int) -> int:
+        elapsed = instant - self.start
+        if elapsed < 0:
+            return 0
+        if elapsed < self.first:
+            return 1
+        return 2 + (elapsed - self.first) // self.later
+
+    def begun_before(self, instant: int) -> int:
+        elapsed = instant - self.start
+        if elapsed <= 0:
+            return 0
+        if elapsed <= self.first:
+            return 1
+        return 1 + (elapsed - self.first + self.later - 1) // self.later
+
+    def cost_between(self, window_start: int, instant: int) -> int:
+        """Micro-units of the blocks that begin in [window_start, instant]."""
+        by = self.begun_by(instant)
+        before = self.begun_before(window_start)
+        return self.cost(by) - self.cost(before) if by > before else 0
+
+
+@dataclass(frozen=True)
+class Deadline:
+    at: datetime
+    reason: str               # REASON_DAILY, REASON_WEEKLY or REASON_MAX_DURATION
+    legs: tuple[str, ...]     # for REASON_MAX_DURATION, the legs past their maximum
+
+
+class TrunkMeter:
+    def __init__(self, config: TrunkConfig, ledger: Ledger,
+                 held: Callable[[str, str, str], Decimal]):
+        self.config = config
+        self.ledger = ledger
+        self._held = held
+        self.legs: dict[str, Leg] = {}
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def live_count(self) -> int:
+        return sum(1 for leg in self.legs.values() if leg.live)
+
+    def answered_legs(self) -> list[Leg]:
+        return [leg for leg in self.legs.values() if leg.live and leg.answered is not None]
+
+    def catch_up(self, now: datetime) -> None:
+        """Charge every block that has begun by ``now`` to the ledger's live spend."""
+        for leg in self.answered_legs():
+            added = leg.answered.charge_until(now)
+            if added:
+                self.ledger.add_live(self.name, added)
+
+    def next_deadline(self, now: datetime, skip: set[str] = frozenset()) -> Deadline | None:
+        """Return the next moment callguard must hang up calls on this trunk, if any.
+
+        Legs in ``skip`` (already being hung up) still count in the spend but
+        set no deadline of their own.
+        """
+        candidates = []
+        limit = self._limit_moment(now, skip)
+        if limit is not None:
+            candidates.append(limit)
+
+        cap = self.config.max_call_seconds
+        if cap is not None:
+            by_time: dict[datetime, list[str]] = {}
+            for leg in self.answered_legs():
+                if not leg.protected or leg.id in skip:
+                    continue
+                at = leg.answered.answered_at + timedelta(seconds=cap)
+                by_time.setdefault(at, []).append(leg.id)
+            if by_time:
+                first = min(by_time)
+                candidates.append(Deadline(first, REASON_MAX_DURATION, tuple(by_time[first])))
+
+        if not candidates:
+            return None
+        return min(candidates, key=lambda deadline: deadline.at)
+
+    def _limit_moment(self, now: datetime, skip: set[str]) -> Deadline | None:
+        daily = self.config.daily_limit
+        weekly = self.config.weekly_limit
+        if daily is None and weekly is None:
+            return None
+
+        tz = self.config.timezone
+        legs = self.answered_legs()
+        costings_all = [_Costing(leg.answered) for leg in legs]
+        enforceable = any(leg.protected and leg.id not in skip for leg in legs)
+        segment_start = now
+        horizon = now + SEARCH_HORIZON
+
+        while segment_start < horizon:
+            keys = window_keys(segment_start, tz)
+            local_date = segment_start.astimezone(tz).date()
+            starts = {
+                DAY: to_us(local_midnight(local_date, tz)),
+                WEEK: to_us(local_midnight(local_date - timedelta(days=local_date.weekday()),
+                                           tz)),
+            }
+            limits = {DAY: daily, WEEK: weekly}
+            base = {}
+            for window in (DAY, WEEK):
+                if limits[window] is None:
+                    continue
+                committed = self.ledger.committed(self.name, window, keys[window])
+                held = self._held(self.name, window, keys[window])
+                base[window] = to_micros(limits[window] - committed - held)
+
+            def over(instant: int) -> str | None:
+                for window, budget in base.items():
+                    spent = sum(c.cost_between(starts[window], instant) for c in costings_all)
+                    if spent > budget:
+                        return window
+                return None
+
+            segment_end = next_day_start(segment_start, tz)
+            low = to_us(segment_start)
+            high = to_us(segment_end) - 1
+            window = over(low)
+            if window is not None:
+                return self._deadline(low, window) if enforceable else None
+            if enforceable and over(high) is not None:
+                # Invariant: over(low) is None and over(high) is not.
+                while high - low > 1:
+                    middle = (low + high) // 2
+                    if over(middle) is None:
+                        low = middle
+                    else:
+                        high = middle
+                return self._deadline(high, over(high))
+            segment_start = segment_end
+        return None
+
+    @staticmethod
+    def _deadline(instant_us: int, window: str) -> Deadline:
+        reason = REASON_DAILY if window == DAY else REASON_WEEKLY
+        return Deadline(EPOCH + timedelta(microseconds=instant_us), reason, ())
+
+
+def micros_to_amount(micros: int) -> Decimal:
+    return Decimal(micros) / MICROS_PER_UNIT

@@ -1,0 +1,219 @@
+"""ARI events and channel lists turned into what happens to trunk legs.
+
+Only outbound legs cost money: the peer of a ``Dial`` event, or a channel
+created by an originate (it starts in state ``Down``, while a call arriving
+from the trunk starts ringing). Inherited ``__`` variables reach every
+downstream channel, Local halves included, so they are no guide; a leg is
+found by its channel name matching a trunk's ``channel_pattern``.
+"""
+
+import logging
+from collections import OrderedDict
+from datetime import datetime, timezone
+
+from callguard.clock import Clock
+from callguard.metering.charges import AnsweredCall
+from callguard.metering.dialstring import dialled_number, masked
+from callguard.metering.guard import LiveGuard
+from callguard.metering.legs import RINGING, UP, Leg
+from callguard.policy.decision import REASON_INVALID_NUMBER, REASON_UNCLASSIFIED, CallRequest
+from callguard.rating import Increments, Tariff
+from callguard.store import CallRecord
+
+log = logging.getLogger(__name__)
+
+# ARI event types and channel states (Asterisk 22).
+CHANNEL_CREATED = "ChannelCreated"
+CHANNEL_STATE_CHANGE = "ChannelStateChange"
+CHANNEL_DESTROYED = "ChannelDestroyed"
+DIAL = "Dial"
+STATE_DOWN = "Down"
+STATE_UP = "Up"
+DIALSTATUS_ANSWER = "ANSWER"
+BRIDGEPEER = "BRIDGEPEER"
+# The dialplan application shown on a channel that Dial() or an originate placed.
+OUTGOING_APPS = ("AppDial", "AppDial2")
+
+# Trunk channels created in state Down and not (yet) seen as a Dial peer.
+MAX_CANDIDATES = 10_000
+
+
+def parse_timestamp(text: str | None, fallback: datetime) -> datetime:
+    """Parse ARI's ``2026-12-04T15:16:46.162+0000``; use ``fallback`` when absent or bad."""
+    if not text:
+        return fallback
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%f%z").astimezone(timezone.utc)
+    except ValueError:
+        try:
+            return datetime.fromisoformat(text).astimezone(timezone.utc)
+        except ValueError:
+            log.warning("invalid ARI timestamp %r; using the local clock", text[:40])
+            return fallback
+
+
+class EventTracker:
+    def __init__(self, guard: LiveGuard, clock: Clock):
+        self.guard = guard
+        self.clock = clock
+        self.blind_since: datetime | None = clock.now()
+        self._candidates: OrderedDict[str, tuple[str, str, datetime]] = OrderedDict()
+
+    def on_event(self, event: dict) -> None:
+        kind = event.get("type")
+        at = parse_timestamp(event.get("timestamp"), self.clock.now())
+        if kind == DIAL:
+            self._on_dial(event, at)
+            return
+        channel = event.get("channel")
+        if not isinstance(channel, dict) or "id" not in channel:
+            return
+        if kind == CHANNEL_CREATED:
+            self._on_created(channel, at)
+        elif kind == CHANNEL_STATE_CHANGE and channel.get("state") == STATE_UP:
+            self._on_up(channel, at)
+        elif kind == CHANNEL_DESTROYED:
+            self._candidates.pop(channel["id"], None)
+            cause = event.get("cause")
+            self.guard.ended(channel["id"], at, cause if isinstance(cause, int) else None)
+            self.guard.channel_gone(channel["id"])
+
+    def on_disconnect(self) -> None:
+        if self.blind_since is None:
+            self.blind_since = self.clock.now()
+
+    def _on_created(self, channel: dict, at: datetime) -> None:
+        trunk = self.guard.trunk_for_channel(channel.get("name", ""))
+        if trunk is None or channel.get("state") != STATE_DOWN:
+            return  # not a trunk channel, or a call arriving from the trunk
+        self._candidates[channel["id"]] = (trunk, channel["name"], at)
+        while len(self._candidates) > MAX_CANDIDATES:
+            self._candidates.popitem(last=False)
+
+    def _on_dial(self, event: dict, at: datetime) -> None:
+        peer = event.get("peer")
+        if not isinstance(peer, dict) or "id" not in peer:
+            return
+        status = event.get("dialstatus", "")
+        if status == DIALSTATUS_ANSWER:
+            self.guard.answered(peer["id"], at)
+            return
+        if status or peer["id"] in self.guard.legs:
+            return
+
+        trunk = self.guard.trunk_for_channel(peer.get("name", ""))
+        if trunk is None:
+            return
+        self._candidates.pop(peer["id"], None)
+        dialstring = event.get("dialstring", "")
+        number = dialled_number(dialstring)
+        if number is None:
+            log.warning("%s %s: no number found in dialstring %r", trunk, peer["id"],
+                        masked(dialstring))
+        caller = event.get("caller") if isinstance(event.get("caller"), dict) else {}
+        self.guard.dialled(peer["id"], peer["name"], trunk, caller.get("id", ""), number, at)
+
+    def _on_up(self, channel: dict, at: datetime) -> None:
+        if channel["id"] in self.guard.legs:
+            self.guard.answered(channel["id"], at)
+            return
+        candidate = self._candidates.pop(channel["id"], None)
+        if candidate is None:
+            return
+        trunk, name, created_at = candidate
+        # Up without a Dial: a channel the PBX originated on the trunk.
+        self._follow_unlinked(channel, trunk, created_at, "originated without a check")
+        self.guard.answered(channel["id"], at)
+
+    def _follow_unlinked(self, channel: dict, trunk: str, created_at: datetime,
+                         why: str) -> Leg | None:
+        number = self._number_from_snapshot(channel, trunk)
+        return self.guard.dialled(channel["id"], channel.get("name", ""), trunk, "", number,
+                                  created_at)
+
+    def _number_from_snapshot(self, channel: dict, trunk: str) -> str | None:
+        """Return the first plausible destination shown on a channel snapshot."""
+        # The leg's exten is the caller's (empty after answer); Local legs show the
+        # dialled number as their caller number; the connected line comes last.
+        candidates = [
+            (channel.get("dialplan") or {}).get("exten", ""),
+            (channel.get("caller") or {}).get("number", ""),
+            (channel.get("connected") or {}).get("number", ""),
+        ]
+        for text in candidates:
+            if not text:
+                continue
+            decision = self.guard.engine.judge(CallRequest(trunk=trunk, dialled=text))
+            if decision.reason not in (REASON_INVALID_NUMBER, REASON_UNCLASSIFIED):
+                return text
+        return None
+
+    def reconcile(self, channels: list[dict]) -> None:
+        """Match the legs callguard follows with the channels Asterisk has now."""
+        now = self.clock.now()
+        blind_since = self.blind_since or now
+        present = {c["id"]: c for c in channels if isinstance(c, dict) and "id" in c}
+
+        for leg in list(self.guard.legs.values()):
+            channel = present.get(leg.id)
+            if channel is None:
+                # The end time is unknown: charging up to now never under-counts.
+                log.warning("%s %s: %s ended while callguard could not see events; "
+                            "charging it up to now", leg.trunk, leg.id, leg.channel)
+                self.guard.ended(leg.id, now, None)
+            elif leg.state == RINGING and channel.get("state") == STATE_UP:
+                self.guard.answered(leg.id, blind_since)
+
+        # A bridged caller shows its trunk leg's name in BRIDGEPEER when ari.conf
+        # lists it in channelvars: the way back to the caller's check decision.
+        callers_by_peer = {}
+        for channel in present.values():
+            peer = (channel.get("channelvars") or {}).get(BRIDGEPEER)
+            if peer:
+                callers_by_peer[peer] = channel["id"]
+
+        for channel_id, channel in present.items():
+            if channel_id in self.guard.legs:
+                continue
+            trunk = self.guard.trunk_for_channel(channel.get("name", ""))
+            app = (channel.get("dialplan") or {}).get("app_name", "")
+            if trunk is None or app not in OUTGOING_APPS:
+                continue
+            created_at = parse_timestamp(channel.get("creationtime"), now)
+            log.warning("%s %s: adopting %s, which started while callguard could not see "
+                        "events", trunk, channel_id, channel.get("name"))
+            caller_id = callers_by_peer.get(channel.get("name", ""), "")
+            if caller_id and self.guard.decisions.get(caller_id) is not None:
+                leg = self.guard.dialled(channel_id, channel["name"], trunk, caller_id, None,
+                                         created_at)
+            else:
+                leg = self._follow_unlinked(channel, trunk, created_at, "started while blind")
+            if leg is not None and channel.get("state") == STATE_UP:
+                # The answer time is unknown: the creation time never under-counts.
+                self.guard.answered(channel_id, created_at)
+
+        for uniqueid in list(self.guard.reservations.undialled()):
+            if uniqueid not in present:
+                self.guard.channel_gone(uniqueid)
+
+        self.blind_since = None
+
+
+def leg_from_record(record: CallRecord, guard: LiveGuard) -> Leg | None:
+    """Rebuild a live leg from the store after a restart, with its original answer time."""
+    meter = guard.meters.get(record.trunk)
+    if meter is None or record.state != UP or record.rate is None:
+        return None
+    tariff = Tariff(record.tariff_prefix, "from the store", record.rate,
+                    record.connection_fee, Increments(record.first_increment,
+                                                      record.later_increment))
+    leg = Leg(id=record.uniqueid, trunk=record.trunk, channel=record.channel,
+              created_at=record.created_at, number=record.dialled, e164=record.e164 or "",
+              category=record.category or "", caller=record.caller,
+              decision_uniqueid=record.decision_uniqueid or "", guarded=record.guarded,
+              tariff=tariff, state=UP)
+    caller = guard.engine.state.normalise_caller(record.caller)
+    leg.protected = record.category != "emergency" and not meter.config.opted_out(caller)
+    leg.answered = AnsweredCall(tariff, meter.config.timezone, record.answered_at)
+    return leg
+

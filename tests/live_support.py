@@ -1,0 +1,116 @@
+"""A PBX for tests: the ARI and FastAGI emulators, and callguard on a manual clock."""
+
+import asyncio
+import socket
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+
+from callguard.clock import ManualClock
+from callguard.config import load_config
+from callguard.daemon.app import Application
+from callguard.store import Store
+from emulator.ari import AriEmulator
+from emulator.fastagi import AGICall, run_fastagi_call
+from support import write_config
+
+PASSWORD = "callguard-test"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def eventually(condition, timeout: float = 5.0, what: str = "condition") -> None:
+    """Wait, in real time, until ``condition()`` is true: events cross real sockets."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+class Pbx:
+    """An emulated Asterisk with callguard attached, sharing one manual clock."""
+
+    def __init__(self, directory: Path, start: datetime, *, trunks: str, rates: str,
+                 general: str = ""):
+        self.directory = directory
+        self.clock = ManualClock(start)
+        self.ari = AriEmulator(now=self.clock.now,
+                               channelvars=("CALLGUARD_TRUNK", "BRIDGEPEER"))
+        self.port = free_port()
+        self.trunks = trunks
+        self.rates = rates
+        self.general = general
+        self.app: Application | None = None
+        self.results: dict[str, dict[str, str]] = {}
+        self._sequence = 0
+
+    async def start(self) -> None:
+        await self.ari.start()
+        (self.directory / "ari.secret").write_text(PASSWORD + "\n")
+        (self.directory / "ari.secret").chmod(0o600)
+        self.path = write_config(
+            self.directory, port=self.port, trunks=self.trunks, rates=self.rates,
+            general=self.general,
+            ari=(f"enabled = yes\nurl = {self.ari.url}\nusername = callguard\n"
+                 "password_file = ari.secret\nping_timeout = 2s\n"),
+        )
+        await self.start_callguard()
+
+    async def start_callguard(self) -> None:
+        self.config = load_config(self.path)
+        self.app = Application(self.config, clock=self.clock)
+        await self.app.start()
+        await eventually(lambda: self.app.ari.connected, what="ARI connection")
+
+    async def stop(self) -> None:
+        if self.app is not None:
+            await self.app.stop()
+        await self.ari.stop()
+
+    async def crash(self) -> None:
+        """Leave callguard as kill -9 would: nothing flushed, no call finished."""
+        app = self.app
+        await app.ari.stop()
+        await app.fastagi.stop(grace=0)
+        app.guard.close()
+        app.worker.shutdown()
+        self.app = None
+
+    async def call(self, number: str, *, endpoint: str = "1001",
+                   callerid: str = "01632960010"):
+        """Dial ``number`` through the dialplan snippet: check, then Dial() on ALLOW."""
+        self._sequence += 1
+        agi_channel = f"PJSIP/{endpoint}-{self._sequence:08x}"
+
+        async def check(caller_id: str) -> bool:
+            outcome = await run_fastagi_call(
+                "127.0.0.1", self.port,
+                AGICall(extension=number, uniqueid=caller_id, channel=agi_channel,
+                        callerid=callerid, arguments=(number, "gamma")),
+            )
+            self.results[caller_id] = outcome.variables
+            return outcome.variables.get("CALLGUARD_RESULT") == "ALLOW"
+
+        call = await self.ari.dial_out(number, caller_endpoint=endpoint, callerid=callerid,
+                                       dialstring=f"{number}@gamma", check=check)
+        return call, self.results[call.caller_id]
+
+    def spend(self, window: str, key: str, trunk: str = "gamma") -> Decimal:
+        with Store(self.config.general.database) as store:
+            store.open()
+            return store.get_spend(trunk, window, key)
+
+    def add_spend(self, window: str, key: str, amount: str, at: datetime,
+                  trunk: str = "gamma") -> None:
+        with Store(self.config.general.database) as store:
+            store.open()
+            store.add_spend(trunk, window, key, Decimal(amount), at)
+
+    def legs(self) -> dict:
+        return self.app.guard.legs

@@ -1,0 +1,92 @@
+"""Charging answered calls block by block, in the windows where blocks begin."""
+
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from callguard.metering.charges import AnsweredCall, blocks_started_before
+from callguard.rating import Increments, Tariff
+
+LONDON = ZoneInfo("Europe/London")
+
+
+def tariff(rate: str, increments: str = "60/60", fee: str = "0") -> Tariff:
+    return Tariff("44", "test", Decimal(rate), Decimal(fee), Increments.parse(increments))
+
+
+def london(*args) -> datetime:
+    return datetime(*args, tzinfo=LONDON).astimezone(timezone.utc)
+
+
+def test_call_across_midnight_spends_both_days():
+    call = AnsweredCall(tariff("0.50"), LONDON, london(2024, 6, 14, 23, 55))
+
+    call.charge_until(london(2024, 6, 15, 0, 19, 59))
+
+    assert call.charges[("day", "2024-06-14")] == Decimal("2.50")
+    assert call.charges[("day", "2024-06-15")] == Decimal("10.00")
+    assert call.charges[("week", "2024-W24")] == Decimal("12.50")
+
+
+def test_first_block_charged_at_answer():
+    answered = london(2024, 6, 14, 10, 0)
+    call = AnsweredCall(tariff("1.00", fee="0.25"), LONDON, answered)
+
+    added = call.charge_until(answered)
+
+    assert added[("day", "2024-06-14")] == Decimal("1.25")
+    assert call.blocks_charged == 1
+
+
+def test_charging_twice_adds_nothing():
+    answered = london(2024, 6, 14, 10, 0)
+    call = AnsweredCall(tariff("1.00"), LONDON, answered)
+
+    call.charge_until(answered + timedelta(seconds=130))
+    again = call.charge_until(answered + timedelta(seconds=130))
+
+    assert again == {}
+    assert call.total == Decimal("3.00")
+
+
+@pytest.mark.parametrize(
+    "seconds, expected",
+    [(0, "0"), (1, "0.003000"), (30, "0.003000"), (31, "0.003600"), (60, "0.006000"),
+     (75, "0.007800")],
+)
+def test_final_charges_match_rating(seconds, expected):
+    answered = london(2024, 6, 14, 10, 0)
+    call = AnsweredCall(tariff("0.006", "30/6"), LONDON, answered)
+
+    final = call.final_charges(answered + timedelta(seconds=seconds))
+
+    assert final.get(("day", "2024-06-14"), Decimal(0)) == Decimal(expected)
+
+
+def test_week_rolls_over_on_monday():
+    call = AnsweredCall(tariff("1.00"), LONDON, london(2024, 6, 16, 23, 58))
+
+    call.charge_until(london(2024, 6, 17, 0, 1, 30))
+
+    assert call.charges[("week", "2024-W24")] == Decimal("2.00")
+    assert call.charges[("week", "2024-W25")] == Decimal("2.00")
+
+
+def test_cost_by_window_start():
+    answered = london(2024, 6, 14, 23, 58)
+    call = AnsweredCall(tariff("1.00"), LONDON, answered)
+    midnight = london(2024, 6, 15, 0, 0)
+
+    assert call.cost_by(midnight, midnight) == Decimal("1.00")
+    assert call.cost_by(midnight, midnight - timedelta(seconds=1)) == Decimal(0)
+    assert call.cost_by(answered, midnight - timedelta(milliseconds=1)) == Decimal("2.00")
+
+
+@pytest.mark.parametrize(
+    "elapsed, expected", [("0", 0), ("0.001", 1), ("30", 1), ("30.001", 2), ("36", 2),
+                          ("36.5", 3)],
+)
+def test_blocks_started_before(elapsed, expected):
+    assert blocks_started_before(tariff("1", "30/6"), Decimal(elapsed)) == expected

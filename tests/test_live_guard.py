@@ -1,0 +1,188 @@
+"""Live calls metered over ARI and hung up when a limit bites, on a manual clock."""
+
+import asyncio
+import math
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from callguard.store import Store
+from live_support import Pbx, eventually
+
+LONDON = ZoneInfo("Europe/London")
+
+TRUNK_10 = """\
+[trunk gamma]
+bar = premium, international
+daily_limit = 10.00
+channel_pattern = PJSIP/gamma-*
+rates = rates.csv
+"""
+
+RATE_1 = "prefix,description,rate,connection_fee,increments\n44,United Kingdom,1.00,,60/60\n"
+RATE_050 = (
+    "prefix,description,rate,connection_fee,increments\n44,United Kingdom,0.50,,60/60\n"
+)
+
+
+def london(*args) -> datetime:
+    return datetime(*args, tzinfo=LONDON).astimezone(timezone.utc)
+
+
+@pytest.fixture
+async def make_pbx(tmp_path):
+    started = []
+
+    async def make(start, *, trunks=TRUNK_10, rates=RATE_1, spent=None, general=""):
+        pbx = Pbx(tmp_path, start, trunks=trunks, rates=rates, general=general)
+        await pbx.ari.start()
+        pbx.ari_started = True
+        await pbx.ari.stop()
+        await pbx.start()
+        if spent:
+            await pbx.app.stop()
+            for window, key, amount in spent:
+                pbx.add_spend(window, key, amount, start)
+            await pbx.start_callguard()
+        started.append(pbx)
+        return pbx
+
+    yield make
+    for pbx in started:
+        await pbx.stop()
+
+
+async def test_thirty_calls_limit_then_hangup(make_pbx):
+    start = london(2024, 6, 14, 10, 0)
+    pbx = await make_pbx(start, spent=[("day", "2024-06-14", "7.00")])
+
+    placed = await asyncio.gather(*(
+        pbx.call(f"0163296{n:04d}", endpoint=f"{1000 + n}") for n in range(30)
+    ))
+    allowed = [call for call, result in placed if result["CALLGUARD_RESULT"] == "ALLOW"]
+    assert len(allowed) <= 3
+    assert len(allowed) == 3
+
+    for call in allowed:
+        await pbx.ari.answer(call)
+    await eventually(lambda: all(leg.state == "up" for leg in pbx.legs().values())
+                     and len(pbx.legs()) == 3, what="three answered legs")
+
+    pbx.clock.advance(59)
+    await asyncio.sleep(0.05)
+    assert pbx.ari.deletes == []
+
+    pbx.clock.advance(1)  # the second block of each call cannot be paid
+    await eventually(lambda: len(pbx.ari.deletes) == 3, what="three hang-ups")
+    await eventually(lambda: not pbx.legs(), what="legs ended")
+    await pbx.app.guard.drain()
+
+    assert sorted(channel for channel, _ in pbx.ari.deletes) == sorted(
+        call.trunk_id for call in allowed)
+    spent = pbx.spend("day", "2024-06-14")
+    assert spent <= Decimal("10.00") + 3 * Decimal("1.00")
+    assert spent == Decimal("10.00")
+    with Store(pbx.config.general.database) as store:
+        store.open()
+        hangups = store.recent_hangups(10)
+    assert {h.reason for h in hangups} == {"limit:daily"}
+    assert {h.requested_at for h in hangups} == {start + timedelta(seconds=60)}
+
+
+async def test_call_across_midnight(make_pbx):
+    trunks = TRUNK_10.replace("rates = rates.csv", "rates = rates.csv\ntimezone = Europe/London")
+    start = london(2024, 6, 14, 23, 54, 30)
+    pbx = await make_pbx(start, trunks=trunks, rates=RATE_050,
+                         spent=[("day", "2024-06-14", "6.00")])
+
+    call, result = await pbx.call("01632960123")
+    assert result["CALLGUARD_RESULT"] == "ALLOW"
+    pbx.clock.set(london(2024, 6, 14, 23, 55))
+    await pbx.ari.answer(call)
+    await eventually(lambda: pbx.legs() and all(leg.state == "up"
+                                                for leg in pbx.legs().values()))
+
+    for _ in range(24):
+        pbx.clock.advance(60)
+        await asyncio.sleep(0)
+    assert pbx.ari.deletes == []
+    pbx.clock.set(london(2024, 6, 15, 0, 20))
+    await eventually(lambda: len(pbx.ari.deletes) == 1, what="the hang-up at 00:20")
+    await eventually(lambda: not pbx.legs(), what="the leg to end")
+    await pbx.app.guard.drain()
+
+    assert pbx.spend("day", "2024-06-14") == Decimal("8.50")
+    assert pbx.spend("day", "2024-06-15") == Decimal("10.00")
+    with Store(pbx.config.general.database) as store:
+        store.open()
+        hangup = store.recent_hangups(1)[0]
+    assert hangup.requested_at == london(2024, 6, 15, 0, 20)
+
+
+async def test_blind_period_loses_no_call(make_pbx):
+    start = london(2024, 6, 14, 10, 0)
+    trunks = TRUNK_10.replace("daily_limit = 10.00", "daily_limit = 100.00")
+    pbx = await make_pbx(start, trunks=trunks)
+
+    before, _ = await pbx.call("01632960001")
+    await pbx.ari.answer(before)
+    await eventually(lambda: len(pbx.legs()) == 1 and
+                     next(iter(pbx.legs().values())).state == "up")
+
+    await pbx.ari.drop_events(refuse_for=math.inf)
+    await eventually(lambda: not pbx.app.ari.connected, what="the drop")
+    pbx.clock.advance(30)
+    await pbx.ari.hangup(before)                      # ends while blind
+    during, _ = await pbx.call("01632960002")         # starts while blind
+    await pbx.ari.answer(during)
+    pbx.clock.advance(30)
+    pbx.ari.allow_events()
+
+    await eventually(lambda: pbx.app.ari.connected, timeout=10, what="the reconnect")
+    await eventually(lambda: before.trunk_id not in pbx.legs(), what="reconciliation")
+    legs = pbx.legs()
+    assert list(legs) == [during.trunk_id]
+    assert legs[during.trunk_id].state == "up"
+
+    await pbx.ari.hangup(during)
+    await eventually(lambda: not pbx.legs(), what="the second call to end")
+    await pbx.app.guard.drain()
+    with Store(pbx.config.general.database) as store:
+        store.open()
+        calls = {c.uniqueid: c for c in store.recent_calls(10)}
+    assert set(calls) == {before.trunk_id, during.trunk_id}
+    # The first call's end was not seen: it is charged up to the reconnect,
+    # 60 s after answer, which is one block at 60/60.
+    assert calls[before.trunk_id].cost == Decimal("1.00")
+    # The second call is linked back to its check through BRIDGEPEER.
+    assert calls[during.trunk_id].guarded
+    assert calls[during.trunk_id].e164 == "+441632960002"
+    assert pbx.spend("day", "2024-06-14") == calls[before.trunk_id].cost + calls[
+        during.trunk_id].cost
+
+
+async def test_restart_adopts_live_call(make_pbx):
+    start = london(2024, 6, 14, 10, 0)
+    trunks = TRUNK_10.replace("daily_limit = 10.00", "daily_limit = 100.00")
+    pbx = await make_pbx(start, trunks=trunks)
+
+    call, _ = await pbx.call("01632960123")
+    await pbx.ari.answer(call)
+    await eventually(lambda: pbx.legs() and next(iter(pbx.legs().values())).state == "up")
+    await pbx.app.guard.drain()
+    pbx.clock.advance(150)
+
+    await pbx.crash()
+    await pbx.start_callguard()
+    legs = pbx.legs()
+    assert list(legs) == [call.trunk_id]
+    assert legs[call.trunk_id].answered.answered_at == start
+    assert pbx.app.ledger.live("gamma", "day", "2024-06-14") == Decimal("3.00")
+
+    pbx.clock.advance(60)
+    await pbx.ari.hangup(call)
+    await eventually(lambda: not pbx.legs(), what="the call to end")
+    await pbx.app.guard.drain()
+    assert pbx.spend("day", "2024-06-14") == Decimal("4.00")   # 210 s at 60/60
