@@ -112,7 +112,15 @@ class LiveGuard:
                   number=number or "", decision_uniqueid=decision_uniqueid)
         linked = self.decisions.get(decision_uniqueid) if decision_uniqueid else None
 
-        if linked is not None:
+        if linked is not None and not self._same_destination(number, linked[1]):
+            # The caller was checked for another number: a call forward or a
+            # transfer reached the trunk. The leg is judged on its own number.
+            request, decision = linked
+            leg.caller = request.caller
+            self._judge_unguarded(leg, f"its caller was checked for "
+                                       f"{decision.e164 or request.dialled}",
+                                  caller=request.caller)
+        elif linked is not None:
             request, decision = linked
             self._link(leg, request, decision)
         else:
@@ -305,6 +313,18 @@ class LiveGuard:
             log.warning("%s %s: outbound leg %s to %s skipped the check (%s) and is %s; "
                         "hanging up", leg.trunk, leg.id, leg.channel, decision.e164 or number,
                         why, decision.reason)
+
+    def _same_destination(self, number: str | None, decision) -> bool:
+        """Return False when the dialstring names a number other than the checked one."""
+        if not number:
+            return True
+        try:
+            classified = self.engine.state.classify(number)
+        except ValueError:
+            return False
+        return classified.number.e164 == decision.e164 or (
+            not decision.e164 and classified.number.national == decision.dialled
+        )
 
     def _fallback_tariff(self, trunk: str):
         state = self.engine.state

@@ -36,6 +36,8 @@ OUTGOING_APPS = ("AppDial", "AppDial2")
 
 # Trunk channels created in state Down and not (yet) seen as a Dial peer.
 MAX_CANDIDATES = 10_000
+# Destroyed channel ids remembered, so that a late duplicate cannot revive one.
+MAX_DESTROYED = 50_000
 
 
 def parse_timestamp(text: str | None, fallback: datetime) -> datetime:
@@ -58,15 +60,21 @@ class EventTracker:
         self.clock = clock
         self.blind_since: datetime | None = clock.now()
         self._candidates: OrderedDict[str, tuple[str, str, datetime]] = OrderedDict()
+        # Channels already destroyed: late or repeated events for them are ignored.
+        self._destroyed: OrderedDict[str, None] = OrderedDict()
 
     def on_event(self, event: dict) -> None:
         kind = event.get("type")
         at = parse_timestamp(event.get("timestamp"), self.clock.now())
         if kind == DIAL:
-            self._on_dial(event, at)
+            peer = event.get("peer")
+            if isinstance(peer, dict) and peer.get("id") not in self._destroyed:
+                self._on_dial(event, at)
             return
         channel = event.get("channel")
         if not isinstance(channel, dict) or "id" not in channel:
+            return
+        if channel["id"] in self._destroyed:
             return
         if kind == CHANNEL_CREATED:
             self._on_created(channel, at)
@@ -74,6 +82,9 @@ class EventTracker:
             self._on_up(channel, at)
         elif kind == CHANNEL_DESTROYED:
             self._candidates.pop(channel["id"], None)
+            self._destroyed[channel["id"]] = None
+            while len(self._destroyed) > MAX_DESTROYED:
+                self._destroyed.popitem(last=False)
             cause = event.get("cause")
             self.guard.ended(channel["id"], at, cause if isinstance(cause, int) else None)
             self.guard.channel_gone(channel["id"])

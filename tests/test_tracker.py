@@ -1,0 +1,314 @@
+"""Following trunk legs through ARI events: which channels cost money, and when."""
+
+import asyncio
+import json
+import math
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from callguard.policy.decision import CallRequest
+from callguard.store import Store
+from live_support import Pbx, eventually
+
+FIXTURES = Path(__file__).parent / "fixtures" / "asterisk"
+NOW = datetime(2024, 6, 14, 9, 0, tzinfo=timezone.utc)
+TODAY = "2024-06-14"
+
+RATES = """\
+prefix,description,rate,connection_fee,increments
+44,United Kingdom,1.00,,60/60
+449,United Kingdom premium rate,3.00,,60/60
+"""
+
+TRUNKS = """\
+[trunk gamma]
+bar = premium, international
+daily_limit = 100.00
+max_call_seconds = {max_call_seconds}
+channel_pattern = PJSIP/gamma-*
+rates = rates.csv
+
+[trunk delta]
+daily_limit = 100.00
+channel_pattern = PJSIP/delta-*
+rates = rates.csv
+
+[trunk sink]
+channel_pattern = Local/*@sink-*
+rates = rates.csv
+"""
+
+
+@pytest.fixture
+async def pbx(tmp_path):
+    pbx = Pbx(tmp_path, NOW, trunks=TRUNKS.format(max_call_seconds=7200), rates=RATES)
+    await pbx.start()
+    yield pbx
+    await pbx.stop()
+
+
+def stored_calls(pbx) -> dict:
+    with Store(pbx.config.general.database) as store:
+        store.open()
+        return {call.uniqueid: call for call in store.recent_calls(50)}
+
+
+def stored_hangups(pbx) -> list:
+    with Store(pbx.config.general.database) as store:
+        store.open()
+        return store.recent_hangups(50)
+
+
+async def answered(pbx, number="01632960123", **kwargs):
+    call, result = await pbx.call(number, **kwargs)
+    assert result["CALLGUARD_RESULT"] == "ALLOW"
+    await pbx.ari.answer(call)
+    await eventually(lambda: call.trunk_id in pbx.legs()
+                     and pbx.legs()[call.trunk_id].state == "up", what="the answer")
+    return call
+
+
+async def test_inbound_call_costs_nothing(pbx):
+    call = await pbx.ari.inbound(trunk="gamma")
+    await pbx.ari.answer(call)
+    pbx.clock.advance(600)
+    await pbx.ari.hangup(call, side="trunk")
+    await asyncio.sleep(0.1)
+    await pbx.app.guard.drain()
+
+    assert pbx.legs() == {}
+    assert stored_calls(pbx) == {}
+    assert pbx.spend("day", TODAY) == Decimal(0)
+
+
+async def test_unanswered_call_releases_reservation(pbx):
+    call, _ = await pbx.call("01632960123")
+    await eventually(lambda: call.trunk_id in pbx.legs(), what="the Dial")
+    assert pbx.app.reservations.held("gamma", "day", TODAY) == Decimal("1.000000")
+
+    await pbx.ari.fail(call)
+    await eventually(lambda: not pbx.legs(), what="the end")
+    await pbx.app.guard.drain()
+
+    assert pbx.app.reservations.held("gamma", "day", TODAY) == Decimal(0)
+    assert stored_calls(pbx)[call.trunk_id].cost == Decimal(0)
+    assert pbx.spend("day", TODAY) == Decimal(0)
+
+
+async def test_answered_call_costs_its_blocks(pbx):
+    call = await answered(pbx)
+    pbx.clock.advance(125)
+    await pbx.ari.hangup(call)
+    await eventually(lambda: not pbx.legs(), what="the end")
+    await pbx.app.guard.drain()
+
+    record = stored_calls(pbx)[call.trunk_id]
+    assert record.cost == Decimal("3.00")
+    assert record.guarded
+    assert record.decision_uniqueid == call.caller_id
+    assert record.hangup_cause == 16
+    assert pbx.spend("day", TODAY) == Decimal("3.00")
+    assert pbx.app.reservations.held("gamma", "day", TODAY) == Decimal(0)
+
+
+async def test_unguarded_barred_leg_hung_up(pbx):
+    # A Dial that never passed the check: a context without the snippet.
+    call = await pbx.ari.dial_out("09011234567", dialstring="09011234567@gamma")
+    await eventually(lambda: len(pbx.ari.deletes) == 1, what="the hang-up")
+    await pbx.app.guard.drain()
+
+    assert pbx.ari.deletes[0][0] == call.trunk_id
+    hangup = stored_hangups(pbx)[0]
+    assert hangup.reason == "barred:premium"
+    assert hangup.number == "+449011234567"
+
+
+async def test_unguarded_allowed_leg_metered(pbx):
+    call = await pbx.ari.dial_out("01632960123", dialstring="01632960123@gamma")
+    await pbx.ari.answer(call)
+    await eventually(lambda: call.trunk_id in pbx.legs()
+                     and pbx.legs()[call.trunk_id].state == "up", what="the answer")
+    pbx.clock.advance(61)
+    await pbx.ari.hangup(call)
+    await eventually(lambda: not pbx.legs(), what="the end")
+    await pbx.app.guard.drain()
+
+    record = stored_calls(pbx)[call.trunk_id]
+    assert not record.guarded
+    assert record.cost == Decimal("2.00")
+    assert pbx.ari.deletes == []
+
+
+async def test_forward_to_premium_hung_up(pbx):
+    call, _ = await pbx.call("01632960123")
+    await eventually(lambda: call.trunk_id in pbx.legs(), what="the Dial")
+    forwarded = await pbx.ari.forward(call, "09061234567")
+    await eventually(lambda: len(pbx.ari.deletes) == 1, timeout=5, what="the hang-up")
+    await pbx.app.guard.drain()
+
+    assert pbx.ari.deletes[0][0] == forwarded.trunk_id
+    assert stored_hangups(pbx)[0].reason == "barred:premium"
+
+
+async def test_originated_leg_metered(pbx):
+    call = await pbx.ari.originate_out("01632960123", trunk="gamma")
+    await pbx.ari.answer(call)
+    await eventually(lambda: call.trunk_id in pbx.legs()
+                     and pbx.legs()[call.trunk_id].state == "up", what="the originated leg")
+    leg = pbx.legs()[call.trunk_id]
+
+    assert leg.state == "up"
+    assert not leg.guarded
+
+
+async def test_max_call_seconds_hangs_up(tmp_path):
+    pbx = Pbx(tmp_path, NOW, trunks=TRUNKS.format(max_call_seconds=120), rates=RATES)
+    await pbx.start()
+    try:
+        call = await answered(pbx)
+        pbx.clock.advance(119)
+        await asyncio.sleep(0.05)
+        assert pbx.ari.deletes == []
+        pbx.clock.advance(1)
+        await eventually(lambda: len(pbx.ari.deletes) == 1, what="the hang-up")
+        await eventually(lambda: not pbx.legs(), what="the end")
+        await pbx.app.guard.drain()
+        hangup = stored_hangups(pbx)[0]
+        record = stored_calls(pbx)[call.trunk_id]
+    finally:
+        await pbx.stop()
+
+    assert hangup.reason == "limit:duration"
+    assert hangup.requested_at == NOW + timedelta(seconds=120)
+    assert record.cost == Decimal("2.00")
+
+
+async def test_trunk_mismatch_leg_trunk_pays(pbx):
+    call, result = await pbx.call("01632960123")   # checked for gamma
+    assert result["CALLGUARD_RESULT"] == "ALLOW"
+    await pbx.ari.hangup(call)
+    await eventually(lambda: not pbx.legs())
+    # The same caller, checked for gamma, dials out on delta.
+    delta_call = await pbx.ari.dial_out("01632960124", trunk="delta",
+                                        dialstring="01632960124@delta")
+    await pbx.ari.answer(delta_call)
+    await eventually(lambda: delta_call.trunk_id in pbx.legs())
+
+    assert pbx.legs()[delta_call.trunk_id].trunk == "delta"
+
+
+async def test_delete_404_finalises_once(pbx):
+    call = await answered(pbx)
+    pbx.clock.advance(30)
+    await pbx.ari.drop_events(refuse_for=math.inf)
+    await eventually(lambda: not pbx.app.ari.connected, what="the drop")
+    await pbx.ari.hangup(call)        # gone from Asterisk, unseen by callguard
+    leg = pbx.legs()[call.trunk_id]
+
+    await pbx.app.guard._hang_up(leg, "limit:daily", 16)
+    await pbx.app.guard.drain()
+    pbx.ari.allow_events()
+    await eventually(lambda: pbx.app.ari.connected, timeout=10, what="the reconnect")
+    await asyncio.sleep(0.1)
+    await pbx.app.guard.drain()
+
+    assert pbx.legs() == {}
+    assert stored_hangups(pbx)[0].outcome == "gone"
+    assert pbx.spend("day", TODAY) == Decimal("1.00")
+
+
+async def test_failed_deletes_retried(tmp_path):
+    pbx = Pbx(tmp_path, NOW, trunks=TRUNKS.format(max_call_seconds=60), rates=RATES)
+    await pbx.start()
+    try:
+        call = await answered(pbx)
+        pbx.ari.fail_deletes = 10      # more than the client's own retries
+        pbx.clock.advance(60)
+        await eventually(lambda: stored_hangups(pbx), what="the failed hang-up")
+        await pbx.app.guard.drain()
+        first = stored_hangups(pbx)[0]
+        pbx.ari.fail_deletes = 0
+        pbx.clock.advance(2)
+        await eventually(lambda: not pbx.legs(), timeout=5, what="the retried hang-up")
+        await pbx.app.guard.drain()
+        outcomes = [h.outcome for h in stored_hangups(pbx)]
+    finally:
+        await pbx.stop()
+
+    assert first.outcome == "failed"
+    assert "requested" in outcomes
+    assert call.trunk_id in [channel for channel, _ in pbx.ari.deletes]
+
+
+CAPTURED_AT = datetime(2026, 12, 4, 15, 16, 45, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+async def recorded(tmp_path):
+    """A PBX at the time of the recordings, with the recorded caller's check noted."""
+    pbx = Pbx(tmp_path, CAPTURED_AT, trunks=TRUNKS.format(max_call_seconds=7200),
+              rates=RATES)
+    await pbx.start()
+    request = CallRequest(trunk="sink", dialled="00441632960123", uniqueid="1796397405.1")
+    decision = await pbx.app.engine.decide(request)
+    pbx.app.guard.note_decision(request, decision)
+    yield pbx
+    await pbx.stop()
+
+
+def replay(pbx, name: str) -> list[dict]:
+    """Return the recorded events, the dialled 0044123456 (too short to be a UK
+    number) made a valid 00441632960123 everywhere it appears."""
+    text = (FIXTURES / name).read_text().replace("0044123456", "00441632960123")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+async def test_recorded_call_replayed_twice(recorded):
+    pbx = recorded
+    # The recorded call runs on Local channels: its trunk leg is the Dial peer
+    # Local/...@sink-00000001;1, matched by trunk "sink".
+    events = replay(pbx, "ari-events-subscribeall.jsonl")
+    tracker = pbx.app.tracker
+    for event in events + events:
+        tracker.on_event(event)
+    await pbx.app.guard.drain()
+
+    calls = stored_calls(pbx)
+    assert list(calls) == ["1796397406.2"]
+    call = calls["1796397406.2"]
+    assert call.trunk == "sink"
+    assert call.state == "ended"
+    assert call.hangup_cause == 16
+    assert call.cost == Decimal("1.00")     # answered 15:16:46.162, ended 15:16:49.676
+
+
+async def test_local_second_half_not_a_leg(recorded):
+    pbx = recorded
+    events = replay(pbx, "ari-events-subscribeall.jsonl")
+    up_at = next(i for i, e in enumerate(events)
+                 if e["type"] == "ChannelStateChange" and e["channel"]["state"] == "Up")
+    for event in events[:up_at + 3]:
+        pbx.app.tracker.on_event(event)
+
+    assert list(pbx.legs()) == ["1796397406.2"]
+
+
+async def test_out_of_order_end_before_answer(recorded):
+    pbx = recorded
+    events = replay(pbx, "ari-events-subscribeall.jsonl")
+    # Everything up to the trunk leg's Dial, then every ChannelDestroyed, then
+    # the rest (the answer among it) late, and some of it twice.
+    dial_at = next(i for i, e in enumerate(events)
+                   if e["type"] == "Dial" and e["peer"]["name"].startswith("Local/")
+                   and "@sink-" in e["peer"]["name"])
+    destroyed = [e for e in events if e["type"] == "ChannelDestroyed"]
+    rest = [e for e in events[dial_at + 1:] if e["type"] != "ChannelDestroyed"]
+    for event in events[:dial_at + 1] + destroyed + rest + rest:
+        pbx.app.tracker.on_event(event)
+    await pbx.app.guard.drain()
+
+    assert pbx.legs() == {}
+    assert stored_calls(pbx)["1796397406.2"].cost == Decimal(0)
