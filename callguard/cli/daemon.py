@@ -44,8 +44,10 @@ async def serve(app: Application, notifier: Notifier) -> None:
         while True:
             await reloads.get()
             notifier.reloading()
-            await app.reload()
-            notifier.ready()
+            try:
+                await app.reload()
+            finally:
+                notifier.ready()
 
     async def watchdog() -> None:
         # The process pings while it runs; STATUS says when it cannot see

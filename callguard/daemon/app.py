@@ -21,7 +21,7 @@ from callguard.policy.blocks import BlockList
 from callguard.policy.engine import PolicyEngine
 from callguard.policy.ledger import Ledger
 from callguard.policy.reservations import Reservations
-from callguard.store import Store
+from callguard.store import Store, StoreError
 from callguard.worker import StoreWorker
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,13 @@ class Application:
         ):
             log.warning("fastagi_listen changed in %s; restart callguard to use it", path)
 
-        await copy_tables_to_store(self.worker, config, tables)
+        try:
+            await copy_tables_to_store(self.worker, config, tables)
+        except StoreError as exc:
+            # The tables in memory are what decisions use; the store's copy
+            # catches up on the next reload or restart.
+            log.error("reload of %s: failed to copy the prefix table and rate decks "
+                      "to the store (%s); using the new config anyway", path, exc)
         self.config = config
         assert self.engine is not None and self.fastagi is not None
         self.engine.state = tables.state

@@ -1,0 +1,561 @@
+"""``callguardctl`` in-process through ``main(argv)``, and each console script's --help.
+
+``status`` and ``calls`` ask an in-process Application over its control socket.
+``main`` runs its own event loop, so those tests call it from a worker thread
+while the test's loop serves the daemon side.
+"""
+
+import asyncio
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from datetime import datetime, timezone
+from decimal import ROUND_CEILING, Decimal
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from callguard.cli import ctl
+from callguard.config import load_config
+from callguard.store import Store
+from live_support import Pbx, eventually
+from support import write_config
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_CONFIG = ROOT / "etc" / "callguard.conf"
+SAMPLE_RATES = ROOT / "etc" / "rates-gamma.csv"
+SAMPLE_PREFIXES = ROOT / "etc" / "prefixes-gb.csv"
+BIN = Path(sys.executable).parent
+
+MICRO_UNIT = Decimal("0.000001")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+LONDON = ZoneInfo("Europe/London")
+START = datetime(2024, 6, 14, 10, 0, tzinfo=LONDON).astimezone(timezone.utc)
+DAY = "2024-06-14"
+WEEK = "2024-W24"
+
+CHECK_KEYS = {"result", "reason", "category", "e164", "max_seconds", "rate"}
+
+CHECKS = [
+    # dialled, result, reason, category, e164, max_seconds, rate
+    ("09011234567", "DENY", "barred:premium", "premium",
+     "+449011234567", None, "1.5000"),
+    ("0044 9011234567", "DENY", "barred:premium", "premium",
+     "+449011234567", None, "1.5000"),
+    ("08451234567", "DENY", "barred:special-084", "special-084",
+     "+448451234567", None, "0.1000"),
+    ("08701234567", "DENY", "barred:special-087", "special-087",
+     "+448701234567", None, "0.1200"),
+    ("118118", "DENY", "barred:directory", "directory", "", None, "3.0000"),
+    ("0118 496 0000", "ALLOW", "ok", "geographic", "+441184960000", 7200, "0.0100"),
+    ("+44 (0) 20 7946 0000", "ALLOW", "ok", "geographic",
+     "+442079460000", 7200, "0.0100"),
+    ("+00972590000000", "DENY", "invalid-number", "", "", None, None),
+    ("0151496012#", "DENY", "invalid-number", "", "", None, None),
+    ("*21*00441514960123", "DENY", "invalid-number", "", "", None, None),
+    ("07012345678", "ALLOW", "ok", "personal", "+447012345678", 7200, "0.0500"),
+    ("111", "ALLOW", "ok", "service", "", 7200, "0.0100"),
+    ("116123", "ALLOW", "ok", "service", "", 7200, "0.0100"),
+    ("00353 1 234 5678", "ALLOW", "ok", "international",
+     "+35312345678", 7200, "0.0200"),
+    ("0033 1 23 45 67 89", "DENY", "barred:international", "international",
+     "+33123456789", None, "0.0200"),
+    ("999", "ALLOW", "emergency", "emergency", "", None, None),
+    ("112", "ALLOW", "emergency", "emergency", "", None, None),
+]
+
+# A line of the sample config, what replaces it, and the section and key blamed.
+BROKEN = [
+    ("daily_limit = 50.00", "daily_limit = fifty", "trunk gamma", "daily_limit"),
+    ("decision_timeout = 1s", "decision_timeout = 45s", "general", "decision_timeout"),
+    ("fail_policy = deny", "fail_policy = maybe", "general", "fail_policy"),
+    ("ping_timeout = 30s", "ping_timeout = 0s", "ari", "ping_timeout"),
+    ("warn_percent = 50, 80, 95", "warn_percent = 180", "trunk gamma", "warn_percent"),
+    ("bar = mobile", "bar = mobiles", "number 01632960001", "bar"),
+]
+
+TRUNK = """\
+[trunk gamma]
+bar = premium, international
+daily_limit = 20.00
+weekly_limit = 80.00
+channel_pattern = PJSIP/gamma-*
+rates = rates.csv
+"""
+RATES = """\
+prefix,description,rate,connection_fee,increments
+44,United Kingdom,1.00,,60/60
+447,United Kingdom mobile,2.00,,60/60
+"""
+GEOGRAPHIC = "01632960123"
+MOBILE = "07700900123"
+
+
+def run_ctl(*argv: str) -> int:
+    """Run callguardctl and return its exit status, as the console script would."""
+    try:
+        return ctl.main(list(argv))
+    except SystemExit as exc:
+        return exc.code
+
+
+def read_json(capsys) -> object:
+    return json.loads(capsys.readouterr().out)
+
+
+def to_stored(amount: str) -> Decimal:
+    """Return ``amount`` as the store keeps it: micro-units, rounded up."""
+    # NOTE: a rate finer than 0.000001 (0.0333333 in the sample deck) is listed
+    # rounded up, while the daemon prices calls from the CSV file itself.
+    return Decimal(amount).quantize(MICRO_UNIT, rounding=ROUND_CEILING)
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    """Read a CSV of callguard's kind: ``#`` comment lines and blank lines skipped."""
+    lines = [line for line in path.read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    return list(csv.DictReader(lines))
+
+
+@pytest.fixture
+def config(tmp_path):
+    return write_config(tmp_path)
+
+
+def today_keys() -> tuple[str, str]:
+    today = datetime.now(LONDON).date()
+    year, week, _ = today.isocalendar()
+    return today.isoformat(), f"{year}-W{week:02d}"
+
+
+# check
+
+
+@pytest.mark.parametrize("dialled, result, reason, category, e164, max_seconds, rate",
+                         CHECKS)
+def test_check_json(config, capsys, dialled, result, reason, category, e164,
+                    max_seconds, rate):
+    status = run_ctl("--config", str(config), "check", dialled, "--trunk", "gamma",
+                     "--json")
+    report = read_json(capsys)
+
+    assert status == EXIT_OK
+    assert CHECK_KEYS <= set(report)
+    assert report["result"] == result
+    assert report["reason"] == reason
+    assert report["category"] == category
+    assert report["e164"] == e164
+    assert report["max_seconds"] == max_seconds
+    assert report["rate"] == rate
+
+
+@pytest.mark.parametrize("dialled, result, reason, category, e164, max_seconds, rate",
+                         CHECKS)
+def test_check_text(config, capsys, dialled, result, reason, category, e164,
+                    max_seconds, rate):
+    status = run_ctl("--config", str(config), "check", dialled, "--trunk", "gamma")
+    lines = capsys.readouterr().out.splitlines()
+
+    assert status == EXIT_OK
+    assert lines[0].split() == ["result", result, reason]
+    assert lines[1] == f"dialled    {dialled}"
+    assert lines[2] == f"e164       {e164 or '-'}"
+    assert lines[3].split()[:2] == ["category", category or "-"]
+    rate_lines = [line for line in lines if line.startswith("rate ")]
+    if rate is None:
+        assert rate_lines == []
+    else:
+        assert rate_lines[0].split()[1:3] == [rate, "GBP/min,"]
+    max_lines = [line for line in lines if line.startswith("max ")]
+    if max_seconds is None:
+        assert max_lines == []
+    else:
+        assert max_lines == [f"max        {max_seconds} s"]
+
+
+def test_check_budget_left(config, capsys):
+    day, week = today_keys()
+    with Store(load_config(config).general.database) as store:
+        store.open()
+        now = datetime.now(timezone.utc)
+        store.add_spend("gamma", "day", day, Decimal("12.50"), now)
+        store.add_spend("gamma", "week", week, Decimal("30.25"), now)
+    command = ["--config", str(config), "check", GEOGRAPHIC, "--trunk", "gamma"]
+
+    json_status = run_ctl(*command, "--json")
+    budgets = read_json(capsys)["budgets"]
+    text_status = run_ctl(*command)
+    lines = capsys.readouterr().out.splitlines()
+
+    assert json_status == EXIT_OK
+    assert budgets["day"] == {"window": day, "spent": "12.50", "limit": "50.00",
+                              "remaining": "37.50"}
+    assert budgets["week"] == {"window": week, "spent": "30.25", "limit": "200.00",
+                               "remaining": "169.75"}
+    assert text_status == EXIT_OK
+    assert f"day        37.50 of 50.00 GBP left in {day}" in lines
+    assert f"week       169.75 of 200.00 GBP left in {week}" in lines
+
+
+def test_check_unknown_trunk(config, capsys):
+    status = run_ctl("--config", str(config), "check", GEOGRAPHIC, "--trunk", "delta",
+                     "--json")
+    report = read_json(capsys)
+
+    assert status == EXIT_OK
+    assert report["result"] == "DENY"
+    assert report["reason"] == "unknown-trunk"
+    assert report["budgets"] == {}
+
+
+# check-config
+
+
+def test_check_config_sample(capsys):
+    status = run_ctl("--config", str(SAMPLE_CONFIG), "check-config")
+    out = capsys.readouterr().out
+
+    assert status == EXIT_OK
+    assert out.startswith(f"{SAMPLE_CONFIG}: OK, 1 trunks,")
+    assert f"{len(csv_rows(SAMPLE_RATES))} rates" in out
+
+
+@pytest.mark.parametrize("good, bad, section, key", BROKEN)
+def test_check_config_broken(tmp_path, capsys, good, bad, section, key):
+    path = tmp_path / "callguard.conf"
+    text = SAMPLE_CONFIG.read_text()
+    assert text.count(f"\n{good}\n") == 1
+    path.write_text(text.replace(f"\n{good}\n", f"\n{bad}\n"))
+    shutil.copy(SAMPLE_RATES, tmp_path / SAMPLE_RATES.name)
+    line = path.read_text().splitlines().index(bad) + 1
+
+    status = run_ctl("--config", str(path), "check-config")
+    captured = capsys.readouterr()
+
+    assert status == EXIT_CONFIG
+    assert f"{path}:{line}: [{section}] {key}: " in captured.err
+    assert "OK" not in captured.out
+
+
+def test_check_config_all_problems(tmp_path, capsys):
+    path = tmp_path / "callguard.conf"
+    text = SAMPLE_CONFIG.read_text()
+    for good, bad, _, _ in BROKEN:
+        text = text.replace(f"\n{good}\n", f"\n{bad}\n")
+    path.write_text(text)
+    shutil.copy(SAMPLE_RATES, tmp_path / SAMPLE_RATES.name)
+
+    status = run_ctl("--config", str(path), "check-config")
+    err = capsys.readouterr().err
+
+    assert status == EXIT_CONFIG
+    for _, bad, section, key in BROKEN:
+        line = text.splitlines().index(bad) + 1
+        assert f"{path}:{line}: [{section}] {key}: " in err
+
+
+def test_check_config_bad_rates(tmp_path, capsys):
+    path = tmp_path / "callguard.conf"
+    path.write_text(SAMPLE_CONFIG.read_text())
+    rates = SAMPLE_RATES.read_text().replace("1,United States and Canada,0.0090,,6/6",
+                                             "1,United States and Canada,cheap,,6/6")
+    (tmp_path / SAMPLE_RATES.name).write_text(rates)
+    line = rates.splitlines().index("1,United States and Canada,cheap,,6/6") + 1
+
+    status = run_ctl("--config", str(path), "check-config")
+    err = capsys.readouterr().err
+
+    assert status == EXIT_CONFIG
+    assert f"{tmp_path / SAMPLE_RATES.name}:{line}:" in err
+    assert "cheap" in err
+
+
+def test_check_config_missing_file(tmp_path, capsys):
+    path = tmp_path / "absent.conf"
+
+    status = run_ctl("--config", str(path), "check-config")
+    err = capsys.readouterr().err
+
+    assert status == EXIT_CONFIG
+    assert f"{path}: cannot be read" in err
+
+
+# prefixes and rates
+
+
+def test_prefixes_round_trip(config, capsys, db_url):
+    options = ["--config", str(config), "--database", db_url]
+
+    imported = run_ctl(*options, "prefixes", "import", str(SAMPLE_PREFIXES))
+    import_out = capsys.readouterr().out
+    listed = run_ctl(*options, "prefixes", "list", "--json")
+    rows = read_json(capsys)
+    premium = run_ctl(*options, "prefixes", "list", "--category", "premium", "--json")
+    premium_rows = read_json(capsys)
+
+    expected = csv_rows(SAMPLE_PREFIXES)
+    assert imported == EXIT_OK
+    assert f"imported {len(expected)} prefixes from {SAMPLE_PREFIXES}" in import_out
+    assert listed == EXIT_OK
+    assert sorted(rows, key=lambda r: r["prefix"]) == sorted(expected,
+                                                             key=lambda r: r["prefix"])
+    assert premium == EXIT_OK
+    assert premium_rows
+    assert {r["category"] for r in premium_rows} == {"premium"}
+    assert len(premium_rows) == sum(r["category"] == "premium" for r in expected)
+
+
+def test_prefixes_list_text(config, capsys):
+    run_ctl("--config", str(config), "prefixes", "import", str(SAMPLE_PREFIXES))
+    capsys.readouterr()
+
+    status = run_ctl("--config", str(config), "prefixes", "list", "--category",
+                     "emergency")
+    lines = capsys.readouterr().out.splitlines()
+
+    assert status == EXIT_OK
+    assert sorted(line.split()[:2] for line in lines) == sorted(
+        [r["prefix"], "emergency"] for r in csv_rows(SAMPLE_PREFIXES)
+        if r["category"] == "emergency"
+    )
+
+
+def test_rates_round_trip(config, capsys, db_url):
+    options = ["--config", str(config), "--database", db_url]
+
+    imported = run_ctl(*options, "rates", "import", str(SAMPLE_RATES), "--trunk",
+                       "gamma")
+    import_out = capsys.readouterr().out
+    listed = run_ctl(*options, "rates", "list", "--trunk", "gamma", "--limit", "1000",
+                     "--json")
+    rows = read_json(capsys)
+    other = run_ctl(*options, "rates", "list", "--trunk", "delta", "--json")
+    other_rows = read_json(capsys)
+
+    expected = csv_rows(SAMPLE_RATES)
+    assert imported == EXIT_OK
+    assert f"imported {len(expected)} rates for trunk gamma" in import_out
+    assert f"from {SAMPLE_RATES}" in import_out
+    assert listed == EXIT_OK
+    stored = {row["prefix"]: row for row in rows}
+    assert sorted(stored) == sorted(row["prefix"] for row in expected)
+    for row in expected:
+        got = stored[row["prefix"]]
+        assert got["description"] == row["description"], row["prefix"]
+        assert Decimal(got["rate"]) == to_stored(row["rate"]), row["prefix"]
+        fee = row["connection_fee"] or "0"
+        assert Decimal(got["connection_fee"]) == to_stored(fee), row["prefix"]
+        assert got["increments"] == row["increments"], row["prefix"]
+    assert other == EXIT_OK
+    assert other_rows == []
+
+
+@pytest.mark.parametrize("prefix, limit", [("44", "1000"), ("1", "1000"), ("", "3")])
+def test_rates_list_filters(config, capsys, prefix, limit):
+    run_ctl("--config", str(config), "rates", "import", str(SAMPLE_RATES), "--trunk",
+            "gamma")
+    capsys.readouterr()
+    options = ["--prefix", prefix] if prefix else []
+
+    status = run_ctl("--config", str(config), "rates", "list", "--trunk", "gamma",
+                     "--limit", limit, "--json", *options)
+    rows = read_json(capsys)
+
+    expected = [r["prefix"] for r in csv_rows(SAMPLE_RATES)
+                if r["prefix"].startswith(prefix)]
+    assert status == EXIT_OK
+    assert len(rows) == min(len(expected), int(limit))
+    assert {row["prefix"] for row in rows} <= set(expected)
+
+
+def test_rates_import_bad_file(config, tmp_path, capsys):
+    bad = tmp_path / "bad-rates.csv"
+    bad.write_text("prefix,description,rate,connection_fee,increments\n"
+                   "44,United Kingdom,0.01,,60/60\n"
+                   "447,United Kingdom mobile,-0.05,,60/60\n")
+
+    status = run_ctl("--config", str(config), "rates", "import", str(bad), "--trunk",
+                     "gamma")
+    err = capsys.readouterr().err
+    listed = run_ctl("--config", str(config), "rates", "list", "--trunk", "gamma",
+                     "--json")
+    rows = read_json(capsys)
+
+    assert status == EXIT_CONFIG
+    assert f"{bad}:3:" in err
+    assert listed == EXIT_OK
+    assert rows == []
+
+
+# status and calls against a running Application
+
+
+@pytest.fixture
+async def pbx(tmp_path):
+    """Start an emulated PBX and callguard, with 3.00 spent today, 10.00 this week."""
+    pbx = Pbx(tmp_path, START, trunks=TRUNK, rates=RATES)
+    await pbx.start()
+    await pbx.app.stop()
+    pbx.add_spend("day", DAY, "3.00", START)
+    pbx.add_spend("week", WEEK, "10.00", START)
+    await pbx.start_callguard()
+    yield pbx
+    await pbx.stop()
+
+
+async def answered_calls(pbx: Pbx, numbers: list[str]) -> dict[str, object]:
+    calls = {}
+    for index, number in enumerate(numbers):
+        call, result = await pbx.call(number, endpoint=f"{1001 + index}")
+        assert result["CALLGUARD_RESULT"] == "ALLOW", result
+        await pbx.ari.answer(call)
+        calls[number] = call
+    await eventually(lambda: len(pbx.legs()) == len(numbers)
+                     and all(leg.state == "up" for leg in pbx.legs().values()),
+                     what="answered legs")
+    return calls
+
+
+async def ctl_in_thread(*argv: str) -> int:
+    return await asyncio.to_thread(run_ctl, *argv)
+
+
+async def test_status_json_live(pbx, capsys):
+    calls = await answered_calls(pbx, [GEOGRAPHIC, MOBILE])
+    pbx.clock.advance(90)  # two blocks begun on each call
+
+    status = await ctl_in_thread("--config", str(pbx.path), "status", "--json")
+    reply = read_json(capsys)
+
+    gamma = reply["trunks"]["gamma"]
+    live = {leg["number"]: leg for leg in gamma["live_calls"]}
+    assert status == EXIT_OK
+    assert reply["ari_connected"] is True
+    assert reply["currency"] == "GBP"
+    # 3.00 before, then 2 blocks at 1.00 and 2 blocks at 2.00.
+    assert gamma["daily_spend"] == "9.00"
+    assert gamma["daily_limit"] == "20.00"
+    assert gamma["daily_percent"] == "45.0"
+    assert gamma["weekly_spend"] == "16.00"
+    assert gamma["weekly_limit"] == "80.00"
+    assert sorted(live) == ["+441632960123", "+447700900123"]
+    geographic = live["+441632960123"]
+    assert geographic["uniqueid"] == calls[GEOGRAPHIC].trunk_id
+    assert geographic["state"] == "up"
+    assert geographic["duration"] == 90
+    assert geographic["cost"] == "2.00"
+    assert geographic["rate"] == "1.00"
+    assert datetime.fromisoformat(geographic["answered_at"]) == START
+    assert live["+447700900123"]["cost"] == "4.00"
+    assert live["+447700900123"]["category"] == "mobile"
+
+
+async def test_status_text_live(pbx, capsys):
+    await answered_calls(pbx, [GEOGRAPHIC])
+    pbx.clock.advance(30)
+
+    status = await ctl_in_thread("--config", str(pbx.path), "status")
+    lines = capsys.readouterr().out.splitlines()
+
+    assert status == EXIT_OK
+    assert lines[0] == "callguard 0.1.0, ARI connected"
+    assert "[gamma]" in lines
+    assert "  daily   4.00 of 20.00 GBP (20.0%)" in lines
+    assert "  weekly  11.00 of 80.00 GBP (13.8%)" in lines
+    assert "  live calls 1, checks waiting for Dial 0" in lines
+    call_lines = [line.split() for line in lines if "+441632960123" in line]
+    assert len(call_lines) == 1
+    assert call_lines[0][2:6] == ["up", "30", "s", "1.00"]
+
+
+async def test_calls_json_live_and_recent(pbx, capsys):
+    calls = await answered_calls(pbx, [GEOGRAPHIC, MOBILE])
+    pbx.clock.advance(90)
+    await pbx.ari.hangup(calls[GEOGRAPHIC])
+    await eventually(lambda: len(pbx.legs()) == 1, what="the first call to end")
+
+    status = await ctl_in_thread("--config", str(pbx.path), "calls", "--json")
+    reply = read_json(capsys)
+    live_status = await ctl_in_thread("--config", str(pbx.path), "calls", "--live",
+                                      "--json")
+    live_reply = read_json(capsys)
+
+    assert status == EXIT_OK
+    assert [call["uniqueid"] for call in reply["live"]] == [calls[MOBILE].trunk_id]
+    assert [call["uniqueid"] for call in reply["recent"]] == [
+        calls[GEOGRAPHIC].trunk_id
+    ]
+    ended = reply["recent"][0]
+    assert ended["state"] == "ended"
+    assert ended["duration"] == 90
+    assert ended["cost"] == "2.00"
+    assert ended["hangup_cause"] == 16
+    assert live_status == EXIT_OK
+    assert [call["uniqueid"] for call in live_reply["live"]] == [calls[MOBILE].trunk_id]
+    assert live_reply["recent"] == []
+
+
+async def test_calls_from_store_when_stopped(pbx, capsys):
+    calls = await answered_calls(pbx, [GEOGRAPHIC, MOBILE])
+    pbx.clock.advance(90)
+    await pbx.ari.hangup(calls[GEOGRAPHIC])
+    await eventually(lambda: len(pbx.legs()) == 1, what="the first call to end")
+    await pbx.app.guard.drain()
+    await pbx.app.stop()
+    pbx.app = None
+
+    status = await ctl_in_thread("--config", str(pbx.path), "calls", "--json")
+    captured = capsys.readouterr()
+    reply = json.loads(captured.out)
+    live_status = await ctl_in_thread("--config", str(pbx.path), "calls", "--live")
+    live_err = capsys.readouterr().err
+
+    stored = {call["uniqueid"]: call for call in reply["recent"]}
+    assert status == EXIT_OK
+    assert "showing calls from the store instead" in captured.err
+    assert reply["live"] == []
+    assert sorted(stored) == sorted(call.trunk_id for call in calls.values())
+    ended = stored[calls[GEOGRAPHIC].trunk_id]
+    assert ended["state"] == "ended"
+    assert ended["duration"] == 90
+    assert Decimal(ended["cost"]) == Decimal("2.00")
+    assert ended["number"] == "+441632960123"
+    assert stored[calls[MOBILE].trunk_id]["state"] == "up"
+    assert live_status == EXIT_FAILURE
+    assert "cannot reach the callguard daemon" in live_err
+
+
+def test_status_not_running(config, capsys):
+    status = run_ctl("--config", str(config), "status", "--json")
+    captured = capsys.readouterr()
+
+    socket_path = config.parent / "callguard.sock"
+    assert status == EXIT_FAILURE
+    assert captured.out == ""
+    assert f"cannot reach the callguard daemon at {socket_path}" in captured.err
+    assert "is it running" in captured.err
+
+
+# the console scripts
+
+
+@pytest.mark.parametrize("script, words", [
+    ("callguard", ["usage: callguard", "run"]),
+    ("callguardctl", ["usage: callguardctl", "check", "check-config", "status", "calls",
+                      "prefixes", "rates"]),
+])
+def test_console_script_help(script, words):
+    result = subprocess.run(
+        [str(BIN / script), "--help"], capture_output=True, text=True, timeout=30
+    )
+
+    assert result.returncode == EXIT_OK, result.stderr
+    for word in words:
+        assert word in result.stdout

@@ -1,0 +1,458 @@
+"""The real ``callguard run`` as a subprocess: sd_notify, signals, restarts, the unit.
+
+Each test starts the console script with a config in its own folder, talks to it
+over real sockets on loopback and waits in real time, with timeouts of a few
+seconds.
+"""
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from callguard.daemon.control import ask
+from callguard.store import Store
+from emulator.ari import AriEmulator
+from emulator.fastagi import (
+    AGICall,
+    AsteriskAGISession,
+    encode_environment,
+    run_fastagi_call,
+)
+from live_support import PASSWORD, free_port
+from support import write_config
+
+BIN = Path(sys.executable).parent
+CALLGUARD = BIN / "callguard"
+CALLGUARDCTL = BIN / "callguardctl"
+UNIT = Path(__file__).resolve().parent.parent / "systemd" / "callguard.service"
+
+# Seconds allowed for start-up (READY=1), for a stop, and for one awaited step.
+START_TIMEOUT = 10.0
+STOP_TIMEOUT = 3.0
+STEP_TIMEOUT = 5.0
+
+# sd_notify(3) assignments and the environment that systemd passes.
+NOTIFY_SOCKET = "NOTIFY_SOCKET"
+WATCHDOG_USEC = "WATCHDOG_USEC"
+READY = "READY"
+RELOADING = "RELOADING"
+STOPPING = "STOPPING"
+WATCHDOG = "WATCHDOG"
+
+# The highest "Overall exposure level" that the unit file may score.
+MAX_EXPOSURE = Decimal("4.0")
+
+CALLER_ID = "01632960010"
+GEOGRAPHIC = "0118 496 0000"
+LONDON = ZoneInfo("Europe/London")
+
+# Per-second billing (6.00 a minute at 1/1), so the cost follows the real clock.
+TRUNK_PER_SECOND = """\
+[trunk gamma]
+bar = premium, international
+daily_limit = 100.00
+channel_pattern = PJSIP/gamma-*
+rates = rates.csv
+"""
+RATES_PER_SECOND = (
+    "prefix,description,rate,connection_fee,increments\n44,United Kingdom,6.00,,1/1\n"
+)
+PRICE_PER_SECOND = Decimal("0.10")
+
+
+class NotifySocket:
+    """The systemd side of sd_notify: a datagram socket that collects the messages."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.messages: list[dict[str, str]] = []
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.bind(str(path))
+        self._socket.setblocking(False)
+
+    def close(self) -> None:
+        self._socket.close()
+
+    async def expect(self, name: str, value: str = "1",
+                     timeout: float = STEP_TIMEOUT) -> dict[str, str]:
+        """Wait for the next message that sets ``name`` to ``value`` and return it."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    data = await loop.sock_recv(self._socket, 4096)
+                    message = parse_notify(data)
+                    self.messages.append(message)
+                    if message.get(name) == value:
+                        return message
+        except TimeoutError:
+            raise AssertionError(
+                f"no {name}={value} from the daemon within {timeout} s; "
+                f"received {self.messages}"
+            ) from None
+
+    def drain(self) -> list[dict[str, str]]:
+        """Return the messages waiting on the socket, without waiting for more."""
+        received = []
+        while True:
+            try:
+                data = self._socket.recv(4096)
+            except BlockingIOError:
+                break
+            received.append(parse_notify(data))
+        self.messages.extend(received)
+        return received
+
+
+def parse_notify(data: bytes) -> dict[str, str]:
+    """Split an sd_notify datagram of ``NAME=VALUE`` lines into a dict."""
+    pairs = (line.partition("=") for line in data.decode().splitlines())
+    return {name: value for name, _, value in pairs}
+
+
+class DaemonProcess:
+    """One ``callguard run`` subprocess, restartable, logging to a file."""
+
+    def __init__(self, directory: Path, config: Path, port: int, *,
+                 watchdog_usec: int | None = None, umask: int = 0o022):
+        self.directory = directory
+        self.config = config
+        self.port = port
+        self.control_socket = directory / "callguard.sock"
+        self.log_path = directory / "callguard.log"
+        self.notify = NotifySocket(directory / "notify.sock")
+        self.watchdog_usec = watchdog_usec
+        self.umask = umask
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        """Start the daemon and wait for READY=1."""
+        env = {name: value for name, value in os.environ.items()
+               if name not in (NOTIFY_SOCKET, WATCHDOG_USEC, "WATCHDOG_PID")}
+        env[NOTIFY_SOCKET] = str(self.notify.path)
+        if self.watchdog_usec is not None:
+            env[WATCHDOG_USEC] = str(self.watchdog_usec)
+
+        with open(self.log_path, "ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                str(CALLGUARD), "--config", str(self.config), "run",
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                umask=self.umask,
+            )
+        try:
+            await self.notify.expect(READY, timeout=START_TIMEOUT)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\ndaemon log:\n{self.log()}") from None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def send_signal(self, number: int) -> None:
+        self.process.send_signal(number)
+
+    async def reload(self) -> None:
+        """Send SIGHUP and wait until the daemon reports the reload done."""
+        self.send_signal(signal.SIGHUP)
+        await self.notify.expect(RELOADING)
+        await self.notify.expect(READY)
+
+    async def wait(self, timeout: float = STOP_TIMEOUT) -> int:
+        try:
+            return await asyncio.wait_for(self.process.wait(), timeout)
+        except TimeoutError:
+            raise AssertionError(
+                f"the daemon did not exit within {timeout} s\ndaemon log:\n{self.log()}"
+            ) from None
+
+    async def status(self) -> dict:
+        return await ask(self.control_socket, {"command": "status"})
+
+    async def kill(self) -> None:
+        if self.running:
+            self.process.kill()
+            await self.process.wait()
+
+
+@pytest.fixture
+async def start_daemon(tmp_path):
+    """Start ``callguard run`` on a fresh config, and kill what still runs after."""
+    daemons: list[DaemonProcess] = []
+
+    async def start(*, watchdog_usec=None, umask=0o022, **config) -> DaemonProcess:
+        port = free_port()
+        path = write_config(tmp_path, port=port, **config)
+        daemon = DaemonProcess(tmp_path, path, port, watchdog_usec=watchdog_usec,
+                               umask=umask)
+        daemons.append(daemon)
+        await daemon.start()
+        return daemon
+
+    yield start
+    for daemon in daemons:
+        await daemon.kill()
+        daemon.notify.close()
+
+
+@pytest.fixture
+async def ari():
+    emulator = AriEmulator(channelvars=("CALLGUARD_TRUNK", "BRIDGEPEER"))
+    await emulator.start()
+    yield emulator
+    await emulator.stop()
+
+
+def check_call(number: str, uniqueid: str = "1718355600.1") -> AGICall:
+    return AGICall(extension=number, uniqueid=uniqueid, callerid=CALLER_ID,
+                   arguments=(number, "gamma"))
+
+
+async def check(
+    port: int, number: str, uniqueid: str = "1718355600.1"
+) -> dict[str, str]:
+    """Run the FastAGI check as Asterisk's AGI() would; return the variables set."""
+    outcome = await run_fastagi_call("127.0.0.1", port, check_call(number, uniqueid),
+                                     timeout=STEP_TIMEOUT)
+    return outcome.variables
+
+
+async def poll(fetch, accept, description: str, timeout: float = STEP_TIMEOUT):
+    """Call ``fetch()`` (sync or async) until ``accept`` takes its result; return it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = fetch()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if accept(result):
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out waiting for {description}; last seen: {result!r}"
+            )
+        await asyncio.sleep(0.02)
+
+
+def stored_call(database: str, uniqueid: str):
+    with Store(database) as store:
+        store.open()
+        calls = {record.uniqueid: record for record in store.recent_calls(10)}
+    return calls.get(uniqueid)
+
+
+def stored_spend(database: str, day: str) -> Decimal:
+    with Store(database) as store:
+        store.open()
+        return store.get_spend("gamma", "day", day)
+
+
+def whole_seconds_up(delta: timedelta) -> int:
+    micros = delta // timedelta(microseconds=1)
+    return -(-micros // 1_000_000)
+
+
+# fmt: off
+CHECKS = [
+    # dialled,        result,  reason,           maxsecs
+    (GEOGRAPHIC,      "ALLOW", "ok",             "7200"),
+    ("09011234567",   "DENY",  "barred:premium", ""),
+    ("999",           "ALLOW", "emergency",      ""),
+]
+# fmt: on
+
+
+async def test_ready_then_checks(start_daemon):
+    daemon = await start_daemon()
+
+    for dialled, result, reason, maxsecs in CHECKS:
+        variables = await check(daemon.port, dialled)
+        assert variables["CALLGUARD_RESULT"] == result, dialled
+        assert variables["CALLGUARD_REASON"] == reason, dialled
+        assert variables["CALLGUARD_MAXSECS"] == maxsecs, dialled
+
+    ready = daemon.notify.messages[-1]
+    assert ready[READY] == "1"
+    assert ready["STATUS"] == "deciding calls"
+    assert all(WATCHDOG not in message for message in daemon.notify.drain())
+
+
+async def test_watchdog_pings(start_daemon):
+    # 200 ms: the daemon pings at half that, as sd_watchdog_enabled(3) advises.
+    daemon = await start_daemon(watchdog_usec=200_000)
+    started = time.monotonic()
+
+    for _ in range(5):
+        await daemon.notify.expect(WATCHDOG, timeout=1.0)
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 1.5
+    assert daemon.running
+
+
+async def test_sighup_bad_config_kept(start_daemon):
+    daemon = await start_daemon()
+    good = daemon.config.read_text()
+    daemon.config.write_text(good.replace("daily_limit = 50.00", "daily_limit = fifty"))
+    line = daemon.config.read_text().splitlines().index("daily_limit = fifty") + 1
+
+    await daemon.reload()
+    old_config = await check(daemon.port, GEOGRAPHIC, "1718355600.1")
+
+    assert daemon.running
+    assert f"{daemon.config}:{line}: [trunk gamma] daily_limit: 'fifty'" in daemon.log()
+    assert old_config["CALLGUARD_RESULT"] == "ALLOW"
+    assert old_config["CALLGUARD_REASON"] == "ok"
+
+    barred = good.replace("bar = premium,", "bar = geographic, premium,")
+    daemon.config.write_text(barred)
+    await daemon.reload()
+    new_config = await check(daemon.port, GEOGRAPHIC, "1718355600.2")
+
+    assert new_config["CALLGUARD_RESULT"] == "DENY"
+    assert new_config["CALLGUARD_REASON"] == "barred:geographic"
+
+
+async def test_sigterm_answers_check(start_daemon):
+    daemon = await start_daemon()
+    call = check_call(GEOGRAPHIC)
+    block = encode_environment(call.fastagi_environment("127.0.0.1", daemon.port))
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+    # Everything but the blank line that ends the block: the session is open.
+    writer.write(block[:-1])
+    await writer.drain()
+
+    signalled = time.monotonic()
+    daemon.send_signal(signal.SIGTERM)
+    await daemon.notify.expect(STOPPING)
+    await poll(daemon.control_socket.exists, lambda exists: not exists,
+               "the control socket to go")
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", daemon.port)
+
+    writer.write(block[-1:])
+    await writer.drain()
+    session = AsteriskAGISession(call, reader, writer, on_hangup=lambda: None)
+    await asyncio.wait_for(session.serve(), STEP_TIMEOUT)
+    writer.close()
+    returncode = await daemon.wait()
+    stopped = time.monotonic() - signalled
+
+    assert session.variables.get("CALLGUARD_RESULT") == "ALLOW"
+    assert session.variables.get("CALLGUARD_MAXSECS") == "7200"
+    assert returncode == 0
+    assert stopped < STOP_TIMEOUT
+    assert not daemon.control_socket.exists()
+    assert "callguard.daemon.app: stopped" in daemon.log()
+
+
+async def test_control_socket_mode(start_daemon):
+    # A umask of 0 would leave the socket world-writable unless the daemon sets it.
+    daemon = await start_daemon(umask=0)
+
+    mode = daemon.control_socket.stat().st_mode
+
+    assert stat.S_ISSOCK(mode)
+    assert stat.S_IMODE(mode) == 0o660
+
+
+async def test_kill9_call_adopted(start_daemon, ari, tmp_path):
+    secret = tmp_path / "ari.secret"
+    secret.write_text(PASSWORD + "\n")
+    secret.chmod(0o600)
+    daemon = await start_daemon(
+        trunks=TRUNK_PER_SECOND, rates=RATES_PER_SECOND,
+        ari=(f"enabled = yes\nurl = {ari.url}\nusername = callguard\n"
+             "password_file = ari.secret\nping_timeout = 2s\n"),
+    )
+    database = f"sqlite:///{tmp_path / 'callguard.db'}"
+    await poll(daemon.status, lambda reply: reply["ari_connected"], "ARI to connect")
+
+    number = "01632960123"
+    results = []
+
+    async def run_check(caller_id: str) -> bool:
+        variables = await check(daemon.port, number, caller_id)
+        results.append(variables)
+        return variables["CALLGUARD_RESULT"] == "ALLOW"
+
+    call = await ari.dial_out(number, callerid=CALLER_ID, dialstring=f"{number}@gamma",
+                              check=run_check)
+    assert results[0]["CALLGUARD_RESULT"] == "ALLOW"
+    await poll(daemon.status, lambda reply: reply["trunks"]["gamma"]["live_calls"],
+               "the daemon to follow the dialled leg")
+    await ari.ring(call)
+    # Ringing in real time keeps the answer time apart from the channel's creation.
+    await asyncio.sleep(0.3)
+
+    before_answer = datetime.now(timezone.utc)
+    await ari.answer(call)
+    after_answer = datetime.now(timezone.utc)
+    record = await poll(lambda: stored_call(database, call.trunk_id),
+                        lambda record: record is not None and record.state == "up",
+                        "the answered call in the store")
+    answered_at = record.answered_at
+
+    await daemon.kill()
+    assert daemon.process.returncode == -signal.SIGKILL
+    await daemon.start()
+    await poll(daemon.status, lambda reply: reply["ari_connected"], "ARI to reconnect")
+    ctl = await asyncio.create_subprocess_exec(
+        str(CALLGUARDCTL), "--config", str(daemon.config), "status", "--json",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    output, errors = await asyncio.wait_for(ctl.communicate(), STEP_TIMEOUT)
+    assert ctl.returncode == 0, errors.decode()
+    live = json.loads(output)["trunks"]["gamma"]["live_calls"]
+
+    assert [leg["uniqueid"] for leg in live] == [call.trunk_id]
+    assert live[0]["state"] == "up"
+    assert datetime.fromisoformat(live[0]["answered_at"]) == answered_at
+    assert before_answer - timedelta(milliseconds=1) <= answered_at <= after_answer
+
+    before_hangup = datetime.now(timezone.utc)
+    await ari.hangup(call)
+    after_hangup = datetime.now(timezone.utc)
+    ended = await poll(lambda: stored_call(database, call.trunk_id),
+                       lambda record: record.state == "ended", "the call to end")
+
+    assert ended.answered_at == answered_at
+    assert before_hangup - timedelta(milliseconds=1) <= ended.ended_at <= after_hangup
+    billed_seconds = whole_seconds_up(ended.ended_at - answered_at)
+    assert ended.cost == PRICE_PER_SECOND * billed_seconds
+    shortest = whole_seconds_up(before_hangup - after_answer)
+    longest = whole_seconds_up(after_hangup - before_answer)
+    assert PRICE_PER_SECOND * shortest <= ended.cost <= PRICE_PER_SECOND * longest
+    day = answered_at.astimezone(LONDON).date().isoformat()
+    assert stored_spend(database, day) == ended.cost
+    assert ari.deletes == []
+
+
+def test_unit_exposure_low():
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze is not installed")
+
+    result = subprocess.run(
+        [tool, "security", "--offline=yes", str(UNIT)],
+        capture_output=True, text=True, timeout=60,
+    )
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+
+    assert match is not None, result.stdout + result.stderr
+    assert Decimal(match[1]) <= MAX_EXPOSURE
