@@ -10,9 +10,9 @@
 -- weekly_spend, call_cost) are BIGINT micro-units: 1.50 is stored as 1500000.
 -- Timestamps are UTC; SQLite stores them as text 'YYYY-MM-DD HH:MM:SS.ffffff'.
 -- Increments are seconds.
--- Ids of decisions, calls, blocks and hangups come from id_counters, because
--- the two databases share no syntax for generated keys. A row inserted by hand
--- must take its id from there too.
+-- Ids of decisions, calls, blocks, hangups and outbox come from id_counters,
+-- because the two databases share no syntax for generated keys. A row inserted
+-- by hand must take its id from there too.
 
 CREATE TABLE schema_version (
     version INTEGER NOT NULL,
@@ -164,8 +164,42 @@ CREATE TABLE hangups (
 );
 CREATE INDEX ix_hangups_trunk_requested_at ON hangups (trunk, requested_at);
 
+-- Alerts to deliver, one row per transport (e-mail or webhook). Rows of one
+-- alert share dedupe_key, so an alert raised again is not queued again. data
+-- is a JSON object; recipients and pending_recipients are comma-separated
+-- addresses. next_attempt_at is NULL once a row is sent or failed.
+CREATE TABLE outbox (
+    id BIGINT NOT NULL,
+    created_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    kind TEXT NOT NULL,
+    trunk TEXT,
+    transport TEXT NOT NULL,
+    dedupe_key TEXT,
+    subject TEXT NOT NULL,
+    body TEXT NOT NULL,
+    data TEXT NOT NULL,
+    recipients TEXT NOT NULL,
+    pending_recipients TEXT,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_attempt_at TIMESTAMP WITH TIME ZONE,
+    last_attempt_at TIMESTAMP WITH TIME ZONE,
+    sent_at TIMESTAMP WITH TIME ZONE,
+    reply TEXT,
+    last_error TEXT,
+    refused TEXT,
+    CONSTRAINT pk_outbox PRIMARY KEY (id),
+    CONSTRAINT uq_outbox_dedupe_key_transport UNIQUE (dedupe_key, transport),
+    CONSTRAINT ck_outbox_transport CHECK (transport IN ('email', 'webhook')),
+    CONSTRAINT ck_outbox_state CHECK (state IN ('pending', 'sent', 'failed')),
+    CONSTRAINT ck_outbox_attempts_not_negative CHECK (attempts >= 0)
+);
+CREATE INDEX ix_outbox_state_next_attempt_at ON outbox (state, next_attempt_at);
+CREATE INDEX ix_outbox_created_at ON outbox (created_at);
+
 INSERT INTO schema_version (version) VALUES (1);
 INSERT INTO id_counters (name, last_id) VALUES ('decisions', 0);
 INSERT INTO id_counters (name, last_id) VALUES ('calls', 0);
 INSERT INTO id_counters (name, last_id) VALUES ('blocks', 0);
 INSERT INTO id_counters (name, last_id) VALUES ('hangups', 0);
+INSERT INTO id_counters (name, last_id) VALUES ('outbox', 0);

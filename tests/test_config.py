@@ -16,6 +16,8 @@ from callguard.config import (
     ConfigProblem,
     DefaultRate,
     NumberRanges,
+    SmtpConfig,
+    WebhookConfig,
     load_config,
     parse_duration,
 )
@@ -465,7 +467,7 @@ def test_all_problems_reported(workdir):
         "callguard.conf:13: [number 01632960001] trunk: 'epsilon' is not a trunk; "
         "define [trunk epsilon] or use one of the trunks (delta, gamma)",
         "callguard.conf:15: [foo] unknown section; use [general], [ari], "
-        "[trunk NAME] or [number NUMBER_OR_RANGE]",
+        "[smtp], [webhook], [trunk NAME] or [number NUMBER_OR_RANGE]",
     ]
 
 
@@ -500,7 +502,7 @@ SYNTAX_PROBLEMS = [
         "[trunk gamma]"]),
     ("[Général]\n", [
         "callguard.conf:1: [Général] unknown section; use [general], [ari], "
-        "[trunk NAME] or [number NUMBER_OR_RANGE]"]),
+        "[smtp], [webhook], [trunk NAME] or [number NUMBER_OR_RANGE]"]),
     ("[trunk]\n[number]\n", [
         "callguard.conf:1: [trunk] section needs a name; write it like "
         "[trunk gamma]",
@@ -912,9 +914,231 @@ def test_sample_loads(tmp_path):
     assert config.overrides_for("gamma", "+441632960001")[0].allow == frozenset(
         {"international"}
     )
+    assert config.smtp is None
+    assert config.webhook is None
 
 
 def test_sample_in_place():
     config = load_config(SAMPLE)
 
     assert config.trunks["gamma"].rates == SAMPLE.parent / "rates-gamma.csv"
+
+
+# [smtp] and [webhook].
+
+SMTP_BASE = {"host": "mail.example.com", "from": "cg@example.com", "to": "noc@ex.com"}
+
+
+def delivery_config(smtp: dict | None = None, webhook: dict | None = None) -> str:
+    """Return a config whose [smtp] starts on line 1 and [webhook] follows it."""
+    lines = []
+    for name, keys in (("smtp", smtp), ("webhook", webhook)):
+        if keys is not None:
+            lines.append(f"[{name}]")
+            lines.extend(f"{key} = {value}" for key, value in keys.items())
+    lines += ["[trunk gamma]", RATES_LINE]
+    return "\n".join(lines) + "\n"
+
+
+def test_smtp_defaults(workdir):
+    config = load(delivery_config(smtp=SMTP_BASE))
+
+    assert config.smtp == SmtpConfig(
+        host="mail.example.com",
+        port=25,
+        security="starttls",
+        username=None,
+        password_file=None,
+        sender="cg@example.com",
+        to=("noc@ex.com",),
+        timeout=10.0,
+        ca_file=None,
+        give_up_after=3600.0,
+    )
+    assert config.webhook is None
+
+
+# fmt: off
+GOOD_DELIVERY = [
+    # (section, key, value, attribute, expected)
+    ("smtp", "host", "127.0.0.1", "host", "127.0.0.1"),
+    ("smtp", "host", "[::1]", "host", "::1"),
+    ("smtp", "host", "Mail.Example.COM.", "host", "Mail.Example.COM"),
+    ("smtp", "port", "587", "port", 587),
+    ("smtp", "security", "TLS", "port", 465),
+    ("smtp", "security", "none", "security", "none"),
+    ("smtp", "to", "noc@ex.com, ops@ex.com", "to", ("noc@ex.com", "ops@ex.com")),
+    ("smtp", "timeout", "500ms", "timeout", 0.5),
+    ("smtp", "give_up_after", "24h", "give_up_after", 86400.0),
+    ("smtp", "ca_file", "ca.pem", "ca_file", "{dir}/ca.pem"),
+    ("webhook", "url", "https://hooks.example.com/cg?token=abc", "url",
+     "https://hooks.example.com/cg?token=abc"),
+    ("webhook", "secret_file", "ari.secret", "secret_file", "{dir}/ari.secret"),
+    ("webhook", "timeout", "2s", "timeout", 2.0),
+    ("webhook", "give_up_after", "30m", "give_up_after", 1800.0),
+    ("webhook", "ca_file", "ca.pem", "ca_file", "{dir}/ca.pem"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("section, key, value, name, expected", GOOD_DELIVERY)
+def test_good_delivery_value(workdir, section, key, value, name, expected):
+    if section == "smtp":
+        text = delivery_config(smtp=SMTP_BASE | {key: value})
+    else:
+        text = delivery_config(webhook={"url": "https://h.example.com/"} | {key: value})
+
+    settings = getattr(load(text), section)
+
+    if isinstance(expected, str) and "{dir}" in expected:
+        expected = Path(expected.format(dir=workdir))
+    assert getattr(settings, name) == expected
+
+
+def test_smtp_login(workdir):
+    keys = SMTP_BASE | {"username": "cg", "password_file": "ari.secret"}
+
+    config = load(delivery_config(smtp=keys))
+
+    assert config.smtp.username == "cg"
+    assert config.smtp.password() == "s3cret;pass"
+    assert "s3cret" not in repr(config.smtp)
+
+
+def test_smtp_clear_login_on_loopback(workdir):
+    keys = SMTP_BASE | {
+        "host": "127.0.0.1",
+        "security": "none",
+        "username": "cg",
+        "password_file": "ari.secret",
+    }
+
+    assert load(delivery_config(smtp=keys)).smtp.security == "none"
+
+
+def test_delivery_off_without_host(workdir):
+    smtp = {"from": "cg@example.com", "to": "noc@ex.com"}
+    webhook = {"timeout": "5s"}
+
+    config = load(delivery_config(smtp=smtp, webhook=webhook))
+
+    assert config.smtp is None
+    assert config.webhook is None
+
+
+def test_webhook_settings(workdir):
+    keys = {"url": "http://127.0.0.1:9000/hook", "secret_file": "ari.secret"}
+
+    config = load(delivery_config(webhook=keys))
+
+    assert config.webhook == WebhookConfig(
+        url="http://127.0.0.1:9000/hook",
+        secret_file=workdir / "ari.secret",
+        timeout=10.0,
+        ca_file=None,
+        give_up_after=3600.0,
+    )
+    assert config.webhook.secret() == "s3cret;pass"
+
+
+HOST_FIX = "write it like mail.example.com or 127.0.0.1"
+HOOK_FIX = "write it like https://hooks.example.com/callguard"
+
+# fmt: off
+BAD_DELIVERY = [
+    # (smtp keys, webhook keys, expected lines)
+    ({"host": "smtp://mail.example.com"}, None, [
+        "2: [smtp] host: 'smtp://mail.example.com' is not a host name; write only "
+        f"the host, like mail.example.com or 127.0.0.1"]),
+    ({"host": "mail.example.com:587"}, None, [
+        "2: [smtp] host: 'mail.example.com:587' contains a port; write the host "
+        "alone, like mail.example.com or 127.0.0.1, and set port ="]),
+    ({"host": "mail_relay!"}, None, [
+        f"2: [smtp] host: 'mail_relay!' is not a host name; {HOST_FIX}"]),
+    ({"port": "0"}, None, [
+        "5: [smtp] port: '0' is not a port; write a number from 1 to 65535"]),
+    ({"security": "ssl"}, None, [
+        "5: [smtp] security: 'ssl' is not valid; write one of none, starttls, tls"]),
+    ({"from": "callguard"}, None, [
+        "3: [smtp] from: 'callguard' is not an e-mail address; write it like "
+        "callguard@example.com"]),
+    ({"to": "noc, ops@ex.com"}, None, [
+        "4: [smtp] to: 'noc' is not an e-mail address; write it like "
+        "noc@example.com"]),
+    ({"from": "", "to": ""}, None, [
+        "3: [smtp] from: missing; set from = ADDRESS, the sender address of "
+        "callguard's alerts",
+        "4: [smtp] to: missing; set to = ADDRESS, the addresses that receive "
+        "every alert"]),
+    ({"username": "cg"}, None, [
+        "5: [smtp] password_file: missing; set both username and password_file "
+        "to log in, or neither"]),
+    ({"username": "c g", "password_file": "ari.secret"}, None, [
+        "5: [smtp] username: 'c g' is not a valid user name; write it without "
+        "spaces or control characters"]),
+    ({"security": "none", "username": "cg", "password_file": "ari.secret"}, None, [
+        "5: [smtp] security: is none, so the password would cross the network in "
+        "clear text to mail.example.com; set security = starttls or tls"]),
+    ({"security": "none", "ca_file": "ca.pem"}, None, [
+        "6: [smtp] ca_file: is set but security = none uses no TLS; set security "
+        "= starttls or tls, or remove ca_file"]),
+    ({"timeout": "10m"}, None, [
+        "5: [smtp] timeout: '10m' is too long; write at most 300s"]),
+    ({"give_up_after": "25h"}, None, [
+        "5: [smtp] give_up_after: '25h' is too long; write at most 86400s"]),
+    ({"password_file": "smtp.secret", "username": "cg"}, None, [
+        "5: [smtp] password_file: 'smtp.secret' is not a file (looked for "
+        "{dir}/smtp.secret); create it or correct the path"]),
+    (None, {"url": "ftp://files.example.com/"}, [
+        f"2: [webhook] url: 'ftp://files.example.com/' is not an http or https "
+        f"URL; {HOOK_FIX}"]),
+    (None, {"url": "https://hooks.example.com:x/"}, [
+        f"2: [webhook] url: 'https://hooks.example.com:x/' has an invalid port; "
+        f"{HOOK_FIX}"]),
+    (None, {"url": "https://cg:pw@hooks.example.com/"}, [
+        "2: [webhook] url: 'https://cg:pw@hooks.example.com/' has credentials or "
+        "a fragment; write only scheme, host, port, path and query, and let the "
+        "receiver check the signature made with secret_file"]),
+    (None, {"url": "http://hooks.example.com/", "ca_file": "ca.pem"}, [
+        "3: [webhook] ca_file: is set but url uses http://, which has no "
+        "certificate to check; use an https:// url or remove ca_file"]),
+    (None, {"url": "https://hooks.example.com/", "timeout": "0"}, [
+        "3: [webhook] timeout: '0' must be longer than zero; write it like 1s"]),
+    (None, {"url": "https://hooks.example.com/", "retries": "3"}, [
+        "3: [webhook] retries: unknown key; known keys are url, secret_file, "
+        "timeout, ca_file, give_up_after"]),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("smtp, webhook, expected", BAD_DELIVERY)
+def test_bad_delivery_value(workdir, smtp, webhook, expected):
+    if smtp is not None:
+        smtp = SMTP_BASE | smtp
+    text = delivery_config(smtp=smtp, webhook=webhook)
+
+    assert problems(text) == [
+        f"{CONFIG_NAME}:{line.format(dir=workdir)}" for line in expected
+    ]
+
+
+def test_delivery_secret_warnings(workdir, caplog):
+    caplog.set_level(logging.WARNING, logger="callguard.config")
+    (workdir / "ari.secret").chmod(0o640)
+    smtp = SMTP_BASE | {"username": "cg", "password_file": "ari.secret"}
+
+    load(delivery_config(smtp=smtp))
+    load(delivery_config(webhook={"url": "https://h.example.com/"}))
+    load(
+        delivery_config(
+            webhook={"url": "https://h.example.com/", "secret_file": "ari.secret"}
+        )
+    )
+
+    messages = [r.getMessage() for r in caplog.records if "ARI" not in r.getMessage()]
+    assert len(messages) == 3
+    assert "SMTP password file" in messages[0]
+    assert "(mode 640)" in messages[0]
+    assert "secret_file is not set" in messages[1]
+    assert "webhook secret file" in messages[2]
+    assert all("s3cret" not in message for message in messages)

@@ -12,10 +12,12 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import Engine, make_url
 
 from callguard.store import (
+    TRANSPORT_EMAIL,
     Base,
     DecisionRecord,
     HangupRecord,
     Money,
+    OutboxRecord,
     Store,
     UTCDateTime,
 )
@@ -168,6 +170,18 @@ def test_schema_sql_matches_models(engines):
         ),
         ("    daily_spend BIGINT,", "    daily_spend BIGINT NOT NULL,"),
         ("'requested', 'gone', 'failed'", "'requested', 'gone'"),
+        (
+            "CONSTRAINT uq_outbox_dedupe_key_transport UNIQUE (dedupe_key, transport),",
+            "",
+        ),
+        ("    pending_recipients TEXT,", "    pending_recipients TEXT NOT NULL,"),
+        ("    next_attempt_at TIMESTAMP WITH TIME ZONE,", "    next_attempt_at TEXT,"),
+        ("'pending', 'sent', 'failed'", "'pending', 'sent'"),
+        (
+            "CREATE INDEX ix_outbox_state_next_attempt_at ON outbox "
+            "(state, next_attempt_at);",
+            "",
+        ),
     ],
 )
 def test_comparison_detects_drift(engines, old, new):
@@ -198,7 +212,7 @@ def test_column_types_per_backend(engines):
         if isinstance(column.type, UTCDateTime)
     ]
     assert len(money) == 11
-    assert len(times) == 10
+    assert len(times) == 14
 
     for table, name in money:
         types = {column[0]: column[1] for column in described[table]["columns"]}
@@ -239,14 +253,29 @@ def test_store_opens_schema_sql(twin_url):
         outcome="requested",
     )
 
+    alert = OutboxRecord(
+        created_at=T0,
+        kind="warning",
+        trunk="gamma",
+        transport=TRANSPORT_EMAIL,
+        dedupe_key="warning:gamma:day:2024-06-14:80",
+        subject="[callguard] gamma: daily spend 80%",
+        body="",
+        recipients=("noc@example.com",),
+        next_attempt_at=T0,
+    )
+
     with Store(twin_url) as store:
         block_id = store.add_block("caller", "1001", "fraud", T0, None, "admin")
         store.add_decisions([decision])
         spent = store.add_spend("gamma", "day", "2024-06-14", Decimal("0.0036"), T0)
         hangup_id = store.add_hangup(hangup)
+        alert_ids = store.queue_alert([alert])
 
         assert block_id == 1
         assert hangup_id == 1
+        assert alert_ids == [1]
+        assert store.recent_alerts() == [dataclasses.replace(alert, id=1)]
         assert store.recent_hangups() == [dataclasses.replace(hangup, id=1)]
         assert [record.id for record in store.recent_decisions()] == [1]
         assert spent == Decimal("0.0036")

@@ -7,7 +7,7 @@ import sys
 
 from callguard import __version__
 from callguard.cli.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, add_config_argument, read_config
-from callguard.cli import live
+from callguard.cli import alerts, live
 from callguard.cli.inspect import check_number, print_check
 from callguard.config import ConfigError
 from callguard.daemon.state import build_state
@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     rate_list.add_argument("--prefix", help="only prefixes starting with these digits")
     rate_list.add_argument("--limit", type=int, default=100, help="rows at most (default 100)")
     rate_list.add_argument("--json", action="store_true")
+
+    alerts.add_commands(commands)
     return parser
 
 
@@ -156,6 +158,8 @@ COMMANDS = {
     "check-config": cmd_check_config,
     "prefixes": cmd_prefixes,
     "rates": cmd_rates,
+    "alerts": alerts.cmd_alerts,
+    "test-mail": alerts.cmd_test_mail,
 }
 
 

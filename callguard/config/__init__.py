@@ -9,7 +9,9 @@ from callguard.config.model import (
     DefaultRate,
     GeneralConfig,
     NumberOverride,
+    SmtpConfig,
     TrunkConfig,
+    WebhookConfig,
 )
 from callguard.config.ranges import NumberRanges
 from callguard.config.values import parse_duration
@@ -25,7 +27,9 @@ __all__ = [
     "GeneralConfig",
     "NumberOverride",
     "NumberRanges",
+    "SmtpConfig",
     "TrunkConfig",
+    "WebhookConfig",
     "load_config",
     "parse_duration",
 ]

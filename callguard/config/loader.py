@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from callguard.config.delivery import read_smtp, read_webhook
 from callguard.config.errors import ConfigError, ConfigProblem, InvalidValue
 from callguard.config.fields import Context
 from callguard.config.ini import Section, parse_ini
-from callguard.config.model import AriConfig, Config
+from callguard.config.model import AriConfig, Config, SmtpConfig, WebhookConfig
 from callguard.config.sections import (
     PACKAGED_PREFIXES_REGION,
     Reader,
@@ -27,6 +28,8 @@ DEFAULT_CONFIG_PATH = "/etc/callguard/callguard.conf"
 
 GENERAL_SECTION = "general"
 ARI_SECTION = "ari"
+SMTP_SECTION = "smtp"
+WEBHOOK_SECTION = "webhook"
 TRUNK_KIND = "trunk"
 NUMBER_KIND = "number"
 NAME_EXAMPLES = {TRUNK_KIND: "gamma", NUMBER_KIND: "01632960001"}
@@ -34,10 +37,12 @@ NAME_EXAMPLES = {TRUNK_KIND: "gamma", NUMBER_KIND: "01632960001"}
 
 @dataclass
 class _SectionsByKind:
-    """The file's sections; a missing ``[general]`` or ``[ari]`` has line 0."""
+    """The file's sections; a missing section without a name has line 0."""
 
     general: Section = field(default_factory=lambda: Section(GENERAL_SECTION, 0))
     ari: Section = field(default_factory=lambda: Section(ARI_SECTION, 0))
+    smtp: Section = field(default_factory=lambda: Section(SMTP_SECTION, 0))
+    webhook: Section = field(default_factory=lambda: Section(WEBHOOK_SECTION, 0))
     trunks: list[tuple[Section, str]] = field(default_factory=list)
     numbers: list[tuple[Section, str]] = field(default_factory=list)
 
@@ -62,6 +67,8 @@ def load_config(path: str | os.PathLike) -> Config:
     context = Context(config_path.parent, _home_country(sections.general))
     general = read_general(sections.general, reader, context)
     ari = read_ari(sections.ari, reader, context)
+    smtp = read_smtp(sections.smtp, reader, context)
+    webhook = read_webhook(sections.webhook, reader, context)
     trunks = {}
     for section, name in sections.trunks:
         trunk = read_trunk(section, name, general, reader, context)
@@ -79,6 +86,7 @@ def load_config(path: str | os.PathLike) -> Config:
         raise ConfigError(sorted(reader.problems, key=lambda problem: problem.line))
 
     _warn_about_ari_password(ari)
+    _warn_about_delivery_secrets(smtp, webhook)
     logger.debug(
         "Loaded %s with %d trunks and %d number overrides",
         config_path,
@@ -91,6 +99,8 @@ def load_config(path: str | os.PathLike) -> Config:
         ari=ari,
         trunks=MappingProxyType(trunks),
         overrides=tuple(overrides),
+        smtp=smtp,
+        webhook=webhook,
     )
 
 
@@ -103,6 +113,10 @@ def _group_sections(sections: list[Section], reader: Reader) -> _SectionsByKind:
             grouped.general = section
         elif section.header == ARI_SECTION:
             grouped.ari = section
+        elif section.header == SMTP_SECTION:
+            grouped.smtp = section
+        elif section.header == WEBHOOK_SECTION:
+            grouped.webhook = section
         elif kind == TRUNK_KIND and name:
             grouped.trunks.append((section, name))
         elif kind == NUMBER_KIND and name:
@@ -119,8 +133,8 @@ def _group_sections(sections: list[Section], reader: Reader) -> _SectionsByKind:
                 section.line,
                 section.header,
                 "",
-                "unknown section; use [general], [ari], [trunk NAME] or "
-                "[number NUMBER_OR_RANGE]",
+                "unknown section; use [general], [ari], [smtp], [webhook], "
+                "[trunk NAME] or [number NUMBER_OR_RANGE]",
             )
     return grouped
 
@@ -151,11 +165,33 @@ def _warn_about_ari_password(ari: AriConfig) -> None:
         )
         return
 
-    mode = ari.password_file.stat().st_mode
+    _warn_if_shared(ari.password_file, "ARI password file")
+
+
+def _warn_about_delivery_secrets(
+    smtp: SmtpConfig | None, webhook: WebhookConfig | None
+) -> None:
+    if smtp is not None and smtp.password_file is not None:
+        _warn_if_shared(smtp.password_file, "SMTP password file")
+
+    if webhook is None:
+        return
+
+    if webhook.secret_file is None:
+        logger.warning(
+            "[webhook] secret_file is not set, so alerts are posted without an "
+            "X-Callguard-Signature header and the receiver cannot verify them"
+        )
+    else:
+        _warn_if_shared(webhook.secret_file, "webhook secret file")
+
+
+def _warn_if_shared(path: Path, what: str) -> None:
+    mode = path.stat().st_mode
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         logger.warning(
-            "ARI password file %s is readable by other users (mode %o); "
-            "restrict it with chmod 600",
-            ari.password_file,
+            "%s %s is readable by other users (mode %o); restrict it with chmod 600",
+            what,
+            path,
             stat.S_IMODE(mode),
         )

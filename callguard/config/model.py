@@ -14,6 +14,14 @@ from callguard.config.ranges import NumberRanges
 logger = logging.getLogger(__name__)
 
 
+def _read_secret(path: Path | None) -> str | None:
+    if path is None:
+        return None
+
+    text = path.read_text(encoding="utf-8")
+    return text.rstrip("\r\n")
+
+
 @dataclass(frozen=True)
 class DefaultRate:
     """The tariff for destinations that a trunk's rate deck does not list.
@@ -68,11 +76,58 @@ class AriConfig:
         Returns None when no file is configured. Raises ``OSError`` when the file
         cannot be read.
         """
-        if self.password_file is None:
-            return None
+        return _read_secret(self.password_file)
 
-        text = self.password_file.read_text(encoding="utf-8")
-        return text.rstrip("\r\n")
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    """Settings of the ``[smtp]`` section, present when ``host`` is set.
+
+    ``security`` is ``none``, ``starttls`` or ``tls``; certificates are always
+    verified, against ``ca_file`` as well as the system's CAs. ``sender`` is the
+    ``from`` key. Durations are in seconds.
+    """
+
+    host: str
+    port: int
+    security: str
+    username: str | None
+    password_file: Path | None
+    sender: str
+    to: tuple[str, ...]
+    timeout: float
+    ca_file: Path | None
+    give_up_after: float
+
+    def password(self) -> str | None:
+        """Read the SMTP password from ``password_file``, without its line break.
+
+        Returns None when no file is configured. Raises ``OSError`` when the file
+        cannot be read.
+        """
+        return _read_secret(self.password_file)
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """Settings of the ``[webhook]`` section, present when ``url`` is set.
+
+    Durations are in seconds. Without ``secret_file`` the requests are unsigned.
+    """
+
+    url: str
+    secret_file: Path | None
+    timeout: float
+    ca_file: Path | None
+    give_up_after: float
+
+    def secret(self) -> str | None:
+        """Read the HMAC key from ``secret_file``, without its line break.
+
+        Returns None when no file is configured. Raises ``OSError`` when the file
+        cannot be read.
+        """
+        return _read_secret(self.secret_file)
 
 
 @dataclass(frozen=True)
@@ -124,13 +179,18 @@ class NumberOverride:
 
 @dataclass(frozen=True)
 class Config:
-    """A whole configuration file; ``trunks`` is keyed by trunk name."""
+    """A whole configuration file; ``trunks`` is keyed by trunk name.
+
+    ``smtp`` and ``webhook`` are None when that way of sending alerts is off.
+    """
 
     path: Path
     general: GeneralConfig
     ari: AriConfig
     trunks: Mapping[str, TrunkConfig]
     overrides: tuple[NumberOverride, ...]
+    smtp: SmtpConfig | None = None
+    webhook: WebhookConfig | None = None
 
     def with_database(self, database: str) -> "Config":
         """Return a copy that uses ``database``, such as a URL from the command line.

@@ -2,6 +2,16 @@
 
 from callguard.store.engine import StoreError
 from callguard.store.models import SCHEMA_VERSION, Base
+from callguard.store.outbox_records import (
+    ALERT_FAILED,
+    ALERT_PENDING,
+    ALERT_SENT,
+    ALERT_STATES,
+    TRANSPORT_EMAIL,
+    TRANSPORT_WEBHOOK,
+    TRANSPORTS,
+    OutboxRecord,
+)
 from callguard.store.records import (
     CALL_STATES,
     DATASET_PREFIXES,
@@ -30,6 +40,10 @@ from callguard.store.types import Money, UTCDateTime
 from callguard.store.windows import check_window_key, day_key, week_key, window_keys
 
 __all__ = [
+    "ALERT_FAILED",
+    "ALERT_PENDING",
+    "ALERT_SENT",
+    "ALERT_STATES",
     "CALL_STATES",
     "DATASET_PREFIXES",
     "DATASET_RATES",
@@ -44,6 +58,9 @@ __all__ = [
     "STATE_ENDED",
     "STATE_RINGING",
     "STATE_UP",
+    "TRANSPORTS",
+    "TRANSPORT_EMAIL",
+    "TRANSPORT_WEBHOOK",
     "WINDOWS",
     "WINDOW_DAY",
     "WINDOW_WEEK",
@@ -54,6 +71,7 @@ __all__ = [
     "HangupRecord",
     "ImportRecord",
     "Money",
+    "OutboxRecord",
     "Store",
     "StoreError",
     "UTCDateTime",

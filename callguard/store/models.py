@@ -21,6 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from callguard.store.outbox_records import ALERT_STATES, TRANSPORTS
 from callguard.store.records import (
     CALL_STATES,
     DECISION_RESULTS,
@@ -233,10 +234,49 @@ class Hangup(Base):
     outcome: Mapped[str] = mapped_column(Text)
 
 
+class Outbox(Base):
+    """An alert to deliver by e-mail or webhook, one row per transport, and its progress.
+
+    Rows that share a ``dedupe_key`` belong to one alert, so the key is unique
+    per transport. NULL keys never collide.
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        UniqueConstraint("dedupe_key", "transport"),
+        CheckConstraint(_sql_in("transport", TRANSPORTS), name="transport"),
+        CheckConstraint(_sql_in("state", ALERT_STATES), name="state"),
+        CheckConstraint("attempts >= 0", name="attempts_not_negative"),
+        Index(None, "state", "next_attempt_at"),
+        Index(None, "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    kind: Mapped[str] = mapped_column(Text)
+    trunk: Mapped[str | None] = mapped_column(Text)
+    transport: Mapped[str] = mapped_column(Text)
+    dedupe_key: Mapped[str | None] = mapped_column(Text)
+    subject: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    data: Mapped[str] = mapped_column(Text)  # JSON object
+    recipients: Mapped[str] = mapped_column(Text)  # comma-separated addresses
+    pending_recipients: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reply: Mapped[str | None] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    refused: Mapped[str | None] = mapped_column(Text)
+
+
 # Tables whose ids come from id_counters, each seeded with last_id 0.
 COUNTED_TABLES = (
     Decision.__tablename__,
     Call.__tablename__,
     Block.__tablename__,
     Hangup.__tablename__,
+    Outbox.__tablename__,
 )

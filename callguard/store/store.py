@@ -22,6 +22,7 @@ from callguard.store.engine import (
     translated_errors,
 )
 from callguard.store.models import SCHEMA_VERSION
+from callguard.store.outbox_methods import OutboxMethods
 from callguard.store.records import (
     BlockRecord,
     CallRecord,
@@ -40,8 +41,8 @@ def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class Store:
-    """Callguard's database: rate tables, decisions, calls, spend, blocks, hang-ups.
+class Store(OutboxMethods):
+    """Callguard's database: rates, decisions, calls, spend, blocks, hang-ups, alerts.
 
     A failed database operation raises ``StoreError``. An invalid argument
     raises ``TypeError`` or ``ValueError`` and leaves the database unchanged.
