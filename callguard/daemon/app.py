@@ -1,6 +1,7 @@
 """The daemon: wires config, store, policy and the FastAGI server into one event loop."""
 
 import asyncio
+from datetime import timedelta
 import logging
 import socket
 
@@ -15,9 +16,13 @@ from callguard.daemon.live import AriListener, restore_live_calls
 from callguard.daemon.recorder import DecisionRecorder
 from callguard.daemon.state import LoadedTables, build_state
 from callguard.daemon.tables import copy_tables_to_store
+from callguard.metering.alerts import AlertRaiser
 from callguard.metering.guard import LiveGuard
+from callguard.notify import AlertDispatcher
 from callguard.metering.tracker import EventTracker
 from callguard.policy.blocks import BlockList
+from callguard.policy.decision import REASON_DAILY, REASON_WEEKLY
+from callguard.windows import DAY, WEEK
 from callguard.policy.engine import PolicyEngine
 from callguard.policy.ledger import Ledger
 from callguard.policy.reservations import Reservations
@@ -25,6 +30,11 @@ from callguard.store import Store, StoreError
 from callguard.worker import StoreWorker
 
 log = logging.getLogger(__name__)
+
+# ARI unreachable this long raises an alert; checked every ARI_WATCH_INTERVAL seconds.
+ARI_ALERT_AFTER = timedelta(minutes=5)
+ARI_WATCH_INTERVAL = 10.0
+LIMIT_WINDOWS = {REASON_DAILY: DAY, REASON_WEEKLY: WEEK}
 
 
 class Application:
@@ -43,6 +53,9 @@ class Application:
         self.ari: AriListener | None = None
         self.fastagi: FastAGIServer | None = None
         self.control: ControlServer | None = None
+        self.dispatcher = AlertDispatcher(config, self.worker, self.clock)
+        self.alerts = AlertRaiser(self.dispatcher.submit, config, self.ledger)
+        self._watch: asyncio.Task | None = None
 
     async def start(self) -> None:
         general = self.config.general
@@ -57,6 +70,8 @@ class Application:
                                    self.clock)
         self.guard = LiveGuard(self.engine, self.ledger, self.reservations, self.clock,
                                self.worker)
+        self.guard.alerts = self.alerts
+        await self.dispatcher.start()
         self.guard.configure(self.config)
         self.engine.live_calls = self.guard.live_count
         self.engine.catch_up = self.guard.catch_up
@@ -70,7 +85,7 @@ class Application:
                         "dialplan's S() limit ends them")
         self.recorder.start()
 
-        handler = CheckHandler(lambda: self.engine, _Sinks(self.recorder, self.guard))
+        handler = CheckHandler(lambda: self.engine, _Sinks(self))
         self.fastagi = FastAGIServer(
             {SCRIPT_CHECK: handler},
             general.fastagi_host,
@@ -85,6 +100,26 @@ class Application:
             "calls": lambda request: status.calls(self.guard, bool(request.get("live"))),
         })
         await self.control.start()
+        self._watch = asyncio.create_task(self._watch_ari(), name="ari-watch")
+
+    async def alerts_settle(self, timeout: float = 5.0) -> None:
+        """Wait until the alerts raised so far are in the outbox and attempted."""
+        await self.guard.drain()
+        await self.dispatcher.settle(timeout)
+
+    async def _watch_ari(self) -> None:
+        """Alert once per outage when ARI stays unreachable past ARI_ALERT_AFTER."""
+        alerted_for = None
+        while True:
+            await asyncio.sleep(ARI_WATCH_INTERVAL)
+            since = self.tracker.blind_since if self.ari is not None else None
+            if since is None or self.ari.connected:
+                continue
+            if since != alerted_for and (self.clock.now() - since) >= ARI_ALERT_AFTER:
+                log.error("ARI unreachable since %s; live calls are not metered",
+                          since.isoformat())
+                self.alerts.ari_unreachable(since, self.clock.now())
+                alerted_for = since
 
     @property
     def ari_connected(self) -> bool | None:
@@ -121,12 +156,16 @@ class Application:
         self.config = config
         assert self.engine is not None and self.fastagi is not None
         self.engine.state = tables.state
+        self.dispatcher.reconfigure(config)
+        self.alerts.reconfigure(config)
         self.guard.configure(config)
         self.fastagi.set_allowed_clients(config.general.allowed_clients)
         log.info("reloaded %s: %d trunks", path, len(config.trunks))
         return True
 
     async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
         if self.control is not None:
             await self.control.stop()
         if self.fastagi is not None:
@@ -137,6 +176,7 @@ class Application:
             self.guard.close()
             await self.guard.drain()
         await self.recorder.stop()
+        await self.dispatcher.stop()
         await self.worker.call(self.store.close)
         self.worker.shutdown()
         log.info("stopped")
@@ -148,12 +188,20 @@ class Application:
 
 
 class _Sinks:
-    """Hands each decision to the audit recorder and to the live guard."""
+    """Hands each decision to the audit recorder, the live guard and the alerts."""
 
-    def __init__(self, recorder: DecisionRecorder, guard: LiveGuard):
-        self._recorder = recorder
-        self._guard = guard
+    def __init__(self, app: Application):
+        self._app = app
 
     def record(self, request, decision) -> None:
-        self._recorder.record(request, decision)
-        self._guard.note_decision(request, decision)
+        app = self._app
+        app.recorder.record(request, decision)
+        app.guard.note_decision(request, decision)
+        window = LIMIT_WINDOWS.get(decision.reason)
+        trunk = app.config.trunks.get(request.trunk)
+        if window is not None and trunk is not None:
+            number = decision.e164 or request.dialled
+            app.alerts.limit_reached(
+                trunk, window, app.clock.now(), f"refused a call to {number}",
+                list(app.guard.meters[trunk.name].legs.values()) + list(app.guard.recent),
+            )

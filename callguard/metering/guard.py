@@ -16,16 +16,17 @@ from typing import Awaitable, Callable
 
 from callguard.clock import Clock, TimerHandle
 from callguard.config import Config
+from callguard.metering.alerts import AlertRaiser
 from callguard.metering.charges import AnsweredCall
 from callguard.metering.decisions import DecisionBook
 from callguard.metering.legs import ENDED, RINGING, UP, Leg
-from callguard.metering.meter import REASON_MAX_DURATION, TrunkMeter
+from callguard.metering.meter import REASON_DAILY, REASON_MAX_DURATION, TrunkMeter
 from callguard.metering.records import call_record, hangup_record
 from callguard.policy.decision import ALLOW, REASON_EMERGENCY, REASON_OPTED_OUT, CallRequest
 from callguard.policy.engine import PolicyEngine
 from callguard.policy.ledger import Ledger
 from callguard.policy.reservations import Reservations
-from callguard.windows import window_keys
+from callguard.windows import DAY, WEEK, window_keys
 from callguard.worker import StoreWorker
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class LiveGuard:
         self.legs: dict[str, Leg] = {}
         self.recent: deque[Leg] = deque(maxlen=RECENT_LEGS)
         self.hangup: Hangup | None = None
+        self.alerts: AlertRaiser | None = None
         self._timers: dict[str, TimerHandle] = {}
         self._tasks: set[asyncio.Task] = set()
 
@@ -191,9 +193,20 @@ class LiveGuard:
         now = self.clock.now()
         meter.catch_up(now)
         deadline = meter.next_deadline(now, skip=self._pending_hangups(meter))
-        if deadline is None:
+        at = None if deadline is None else deadline.at
+
+        if self.alerts is not None:
+            legs = list(meter.legs.values()) + [leg for leg in self.recent
+                                                if leg.trunk == trunk]
+            self.alerts.check_spend(meter.config, now, legs)
+            warning_at = meter.next_threshold(
+                now, lambda window, key: self.alerts.pending_threshold(meter.config, window,
+                                                                       key))
+            if warning_at is not None and (at is None or warning_at < at):
+                at = warning_at
+        if at is None:
             return
-        self._timers[trunk] = self.clock.call_at(deadline.at, lambda: self._fire(trunk))
+        self._timers[trunk] = self.clock.call_at(at, lambda: self._fire(trunk))
 
     def _fire(self, trunk: str) -> None:
         self._timers.pop(trunk, None)
@@ -217,6 +230,13 @@ class LiveGuard:
                        if leg.live and leg.protected and not leg.hangup_requested]
             log.warning("%s: %s reached at %s; hanging up %d live calls", trunk,
                         deadline.reason, now.isoformat(), len(targets))
+            if self.alerts is not None:
+                numbers = ", ".join(leg.e164 or leg.number or "?" for leg in targets)
+                self.alerts.limit_reached(
+                    meter.config, DAY if deadline.reason == REASON_DAILY else WEEK, now,
+                    f"hung up {len(targets)} live calls ({numbers})",
+                    list(meter.legs.values()) + list(self.recent),
+                )
 
         for leg in targets:
             leg.hangup_requested = deadline.reason
@@ -254,6 +274,11 @@ class LiveGuard:
                     reason, cost, daily, weekly, outcome)
         self._store(self.worker.store.add_hangup, hangup_record(
             leg, reason, now, daily, weekly, cost, outcome))
+
+        if not leg.guarded and self.alerts is not None and meter is not None and not (
+            reason.startswith("limit:")
+        ):
+            self.alerts.unguarded_hangup(meter.config, leg, reason)
 
         if outcome == OUTCOME_GONE and leg.live:
             self._finish(leg, now, None)
@@ -352,6 +377,7 @@ class LiveGuard:
         final: dict = {}
         if leg.answered is not None:
             final = leg.answered.final_charges(at)
+            leg.final_charges = final
             self.ledger.remove_live(leg.trunk, leg.answered.charges)
             self.ledger.commit(leg.trunk, final)
         elif leg.decision_uniqueid and not any(

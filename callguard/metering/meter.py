@@ -135,15 +135,44 @@ class TrunkMeter:
         return min(candidates, key=lambda deadline: deadline.at)
 
     def _limit_moment(self, now: datetime, skip: set[str]) -> Deadline | None:
-        daily = self.config.daily_limit
-        weekly = self.config.weekly_limit
-        if daily is None and weekly is None:
+        limits = {DAY: self.config.daily_limit, WEEK: self.config.weekly_limit}
+        if limits[DAY] is None and limits[WEEK] is None:
             return None
-
-        tz = self.config.timezone
         legs = self.answered_legs()
-        costings_all = [_Costing(leg.answered) for leg in legs]
-        enforceable = any(leg.protected and leg.id not in skip for leg in legs)
+        if not any(leg.protected and leg.id not in skip for leg in legs):
+            return None  # nothing callguard may hang up
+
+        def budget(window: str, key: str) -> int | None:
+            limit = limits[window]
+            if limit is None:
+                return None
+            committed = self.ledger.committed(self.name, window, key)
+            held = self._held(self.name, window, key)
+            return to_micros(limit - committed - held)
+
+        found = self.first_moment(now, budget)
+        return None if found is None else self._deadline(*found)
+
+    def next_threshold(self, now: datetime,
+                       threshold: Callable[[str, str], Decimal | None]) -> datetime | None:
+        """Return when spend (committed plus live blocks) first reaches ``threshold(window,
+        key)`` in some window, or None within the search horizon."""
+        def budget(window: str, key: str) -> int | None:
+            amount = threshold(window, key)
+            if amount is None:
+                return None
+            return to_micros(amount - self.ledger.committed(self.name, window, key)) - 1
+
+        found = self.first_moment(now, budget)
+        return None if found is None else EPOCH + timedelta(microseconds=found[0])
+
+    def first_moment(self, now: datetime,
+                     budget: Callable[[str, str], int | None]) -> tuple[int, str] | None:
+        """Return (microseconds since the epoch, window) of the first instant at which
+        the blocks begun by live calls in a window cost more than ``budget(window,
+        key)`` micro-units, or None within the search horizon."""
+        tz = self.config.timezone
+        costings = [_Costing(leg.answered) for leg in self.answered_legs()]
         segment_start = now
         horizon = now + SEARCH_HORIZON
 
@@ -155,19 +184,14 @@ class TrunkMeter:
                 WEEK: to_us(local_midnight(local_date - timedelta(days=local_date.weekday()),
                                            tz)),
             }
-            limits = {DAY: daily, WEEK: weekly}
-            base = {}
-            for window in (DAY, WEEK):
-                if limits[window] is None:
-                    continue
-                committed = self.ledger.committed(self.name, window, keys[window])
-                held = self._held(self.name, window, keys[window])
-                base[window] = to_micros(limits[window] - committed - held)
+            budgets = {window: budget(window, keys[window]) for window in (DAY, WEEK)}
+            budgets = {window: amount for window, amount in budgets.items()
+                       if amount is not None}
 
             def over(instant: int) -> str | None:
-                for window, budget in base.items():
-                    spent = sum(c.cost_between(starts[window], instant) for c in costings_all)
-                    if spent > budget:
+                for window, amount in budgets.items():
+                    spent = sum(c.cost_between(starts[window], instant) for c in costings)
+                    if spent > amount:
                         return window
                 return None
 
@@ -176,8 +200,8 @@ class TrunkMeter:
             high = to_us(segment_end) - 1
             window = over(low)
             if window is not None:
-                return self._deadline(low, window) if enforceable else None
-            if enforceable and over(high) is not None:
+                return low, window
+            if budgets and costings and over(high) is not None:
                 # Invariant: over(low) is None and over(high) is not.
                 while high - low > 1:
                     middle = (low + high) // 2
@@ -185,7 +209,7 @@ class TrunkMeter:
                         low = middle
                     else:
                         high = middle
-                return self._deadline(high, over(high))
+                return high, over(high)
             segment_start = segment_end
         return None
 

@@ -1,0 +1,102 @@
+"""Warning and limit e-mails raised by live spend, delivered to a real SMTP server."""
+
+import asyncio
+import socket
+from datetime import datetime, timedelta, timezone
+from email import message_from_bytes
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from live_support import Pbx, eventually
+
+NOW = datetime(2024, 6, 14, 9, 0, tzinfo=timezone.utc)
+
+TRUNK = """\
+[trunk gamma]
+bar = premium, international
+daily_limit = 100.00
+warn_percent = 80
+channel_pattern = PJSIP/gamma-*
+rates = rates.csv
+notify = gamma-noc@example.org
+"""
+
+RATES = """\
+prefix,description,rate,connection_fee,increments
+44,United Kingdom,4.49,4.49,60/60
+"""
+
+
+class Mailbox:
+    def __init__(self):
+        self.messages = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append((envelope.rcpt_tos, message_from_bytes(envelope.content)))
+        return "250 OK"
+
+    def subjects(self) -> list[str]:
+        return [message["Subject"] for _, message in self.messages]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def mailbox():
+    box = Mailbox()
+    controller = Controller(box, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    box.port = controller.port
+    yield box
+    controller.stop()
+
+
+async def test_warning_then_limit_mail(tmp_path, mailbox):
+    smtp = (f"\n[smtp]\nhost = 127.0.0.1\nport = {mailbox.port}\nsecurity = none\n"
+            "from = callguard@pbx.example.org\nto = noc@example.org\n")
+    pbx = Pbx(tmp_path, NOW, trunks=TRUNK + smtp, rates=RATES)
+    await pbx.start()
+    try:
+        call, result = await pbx.call("01632960123")
+        assert result["CALLGUARD_RESULT"] == "ALLOW"
+        await pbx.ari.answer(call)
+        await eventually(lambda: call.trunk_id in pbx.legs()
+                         and pbx.legs()[call.trunk_id].state == "up")
+
+        # 4.49 fee + 4.49 a minute: 17 blocks cost 76.33, the 18th takes the
+        # spend to 80.82 when it begins, 16 minutes after answer.
+        pbx.clock.advance(16 * 60 - 1)
+        await pbx.app.alerts_settle()
+        assert mailbox.messages == []
+
+        pbx.clock.advance(1)
+        await eventually(lambda: len(mailbox.messages) == 1, what="the warning e-mail")
+        for _ in range(4):
+            pbx.clock.advance(60)
+            await asyncio.sleep(0.01)
+        await pbx.app.alerts_settle()
+        warnings = [s for s in mailbox.subjects() if "80%" in s]
+
+        # 22 blocks cost 98.78; the 23rd, at 21 minutes, cannot be paid.
+        pbx.clock.advance(60)
+        await eventually(lambda: pbx.ari.deletes, what="the hang-up")
+        await eventually(lambda: any("limit reached" in s for s in mailbox.subjects()),
+                         what="the limit e-mail")
+    finally:
+        await pbx.stop()
+
+    assert warnings == ["[callguard] gamma: daily spend 80% (80.82 of 100.00 GBP)"]
+    recipients = [sorted(rcpt) for rcpt, message in mailbox.messages
+                  if "80%" in message["Subject"]]
+    assert recipients == [["gamma-noc@example.org", "noc@example.org"]]
+    limit_mail = next(message for _, message in mailbox.messages
+                      if "limit reached" in message["Subject"])
+    body = limit_mail.get_payload(decode=True).decode()
+    assert "+441632960123" in body
+    assert "hung up 1 live calls" in body
+    assert "callguardctl" in body
