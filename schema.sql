@@ -33,17 +33,16 @@ CREATE TABLE prefixes (
     CONSTRAINT pk_prefixes PRIMARY KEY (prefix)
 );
 
--- Rate decks, one per trunk; rate is per minute.
+-- Rate decks, one per trunk; rate is per minute, kept as exact decimal text.
 CREATE TABLE rates (
     trunk TEXT NOT NULL,
     prefix TEXT NOT NULL,
     description TEXT NOT NULL,
-    rate BIGINT NOT NULL,
+    rate TEXT NOT NULL,
     connection_fee BIGINT NOT NULL,
     first_increment INTEGER NOT NULL,
     later_increment INTEGER NOT NULL,
     CONSTRAINT pk_rates PRIMARY KEY (trunk, prefix),
-    CONSTRAINT ck_rates_rate_not_negative CHECK (rate >= 0),
     CONSTRAINT ck_rates_connection_fee_not_negative CHECK (connection_fee >= 0),
     CONSTRAINT ck_rates_first_increment_positive CHECK (first_increment > 0),
     CONSTRAINT ck_rates_later_increment_positive CHECK (later_increment > 0)
@@ -73,7 +72,7 @@ CREATE TABLE decisions (
     result TEXT NOT NULL,
     reason TEXT NOT NULL,
     max_seconds INTEGER,
-    rate BIGINT,
+    rate TEXT,
     reserved BIGINT NOT NULL,
     node TEXT NOT NULL,
     CONSTRAINT pk_decisions PRIMARY KEY (id),
@@ -97,7 +96,7 @@ CREATE TABLE calls (
     e164 TEXT,
     category TEXT,
     tariff_prefix TEXT,
-    rate BIGINT,
+    rate TEXT,
     connection_fee BIGINT,
     first_increment INTEGER,
     later_increment INTEGER,

@@ -17,6 +17,7 @@ from callguard.store import (
     DecisionRecord,
     HangupRecord,
     Money,
+    PerMinuteRate,
     OutboxRecord,
     Store,
     UTCDateTime,
@@ -211,12 +212,22 @@ def test_column_types_per_backend(engines):
         for column in table.columns
         if isinstance(column.type, UTCDateTime)
     ]
-    assert len(money) == 11
+    rates = [
+        (table.name, column.name)
+        for table in Base.metadata.sorted_tables
+        for column in table.columns
+        if isinstance(column.type, PerMinuteRate)
+    ]
+    assert len(money) == 8
     assert len(times) == 14
+    assert sorted(rates) == [("calls", "rate"), ("decisions", "rate"), ("rates", "rate")]
 
     for table, name in money:
         types = {column[0]: column[1] for column in described[table]["columns"]}
         assert types[name] == "BIGINT", (table, name)
+    for table, name in rates:
+        types = {column[0]: column[1] for column in described[table]["columns"]}
+        assert types[name] == "TEXT", (table, name)
     for table, name in times:
         if from_models.dialect.name == "sqlite":
             types = dict(described[table]["declared"])

@@ -964,3 +964,15 @@ def test_reconnects_after_server_drop(pg_url):
         total = reconnecting.add_spend("gamma", "day", "2024-06-14", Decimal("1"), T0)
         assert total == Decimal("2")
     admin.dispose()
+
+
+@pytest.mark.parametrize("rate", ["0.0333333", "0.123456789", "2.5", "0"])
+def test_rates_kept_to_the_digit(db_url, rate):
+    with Store(db_url) as store:
+        store.open()
+        store.replace_rates("gamma", [("44", "UK", Decimal(rate), Decimal("0.05"), 60, 60)],
+                            "test")
+        stored = store.list_rates("gamma")[0]
+
+    assert stored[2] == Decimal(rate)
+    assert str(stored[2]) == rate

@@ -36,7 +36,7 @@ from callguard.store.records import (
     ImportRecord,
 )
 from callguard.store.store import Store
-from callguard.store.types import Money, UTCDateTime
+from callguard.store.types import Money, PerMinuteRate, UTCDateTime
 from callguard.store.windows import check_window_key, day_key, week_key, window_keys
 
 __all__ = [
@@ -71,6 +71,7 @@ __all__ = [
     "HangupRecord",
     "ImportRecord",
     "Money",
+    "PerMinuteRate",
     "OutboxRecord",
     "Store",
     "StoreError",

@@ -122,7 +122,7 @@ def replace_rates(
 
 def _rate_values(
     trunk: str, rows: Iterable[RateRow], source: str
-) -> Iterator[tuple[str, str, str, int, int, int, int]]:
+) -> Iterator[tuple[str, str, str, str, int, int, int]]:
     seen: set[str] = set()
     micros = _MicrosCache()
     for number, row in enumerate(rows, start=1):
@@ -140,7 +140,7 @@ def _rate_values(
 
         try:
             check_text(description, "description", empty=True)
-            rate_micros = micros.convert(rate, "rate")
+            rate_text = _rate_text(rate)
             fee_micros = micros.convert(fee, "connection_fee")
             check_count(first, "first_increment", minimum=1)
             check_count(later, "later_increment", minimum=1)
@@ -149,7 +149,15 @@ def _rate_values(
                 f"{source}: row {number} (prefix {prefix}): {exc}"
             ) from None
 
-        yield (trunk, prefix, description, rate_micros, fee_micros, first, later)
+        yield (trunk, prefix, description, rate_text, fee_micros, first, later)
+
+
+def _rate_text(rate: object) -> str:
+    """Return a rate per minute as the exact decimal text the store keeps."""
+    check_money(rate, "rate")
+    if rate < 0:
+        raise ValueError(f"rate {rate} is negative")
+    return str(rate)
 
 
 class _MicrosCache:

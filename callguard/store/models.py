@@ -28,7 +28,7 @@ from callguard.store.records import (
     HANGUP_OUTCOMES,
     WINDOWS,
 )
-from callguard.store.types import Money, UTCDateTime
+from callguard.store.types import Money, PerMinuteRate, UTCDateTime
 
 SCHEMA_VERSION = 1
 
@@ -82,7 +82,6 @@ class Rate(Base):
     __tablename__ = "rates"
     __table_args__ = (
         PrimaryKeyConstraint("trunk", "prefix"),
-        CheckConstraint("rate >= 0", name="rate_not_negative"),
         CheckConstraint("connection_fee >= 0", name="connection_fee_not_negative"),
         CheckConstraint("first_increment > 0", name="first_increment_positive"),
         CheckConstraint("later_increment > 0", name="later_increment_positive"),
@@ -91,7 +90,7 @@ class Rate(Base):
     trunk: Mapped[str] = mapped_column(Text)
     prefix: Mapped[str] = mapped_column(Text)
     description: Mapped[str] = mapped_column(Text)
-    rate: Mapped[Decimal] = mapped_column(Money)  # per minute
+    rate: Mapped[Decimal] = mapped_column(PerMinuteRate)  # per minute
     connection_fee: Mapped[Decimal] = mapped_column(Money)
     first_increment: Mapped[int] = mapped_column(Integer)  # seconds
     later_increment: Mapped[int] = mapped_column(Integer)  # seconds
@@ -134,7 +133,7 @@ class Decision(Base):
     result: Mapped[str] = mapped_column(Text)
     reason: Mapped[str] = mapped_column(Text)
     max_seconds: Mapped[int | None] = mapped_column(Integer)
-    rate: Mapped[Decimal | None] = mapped_column(Money)  # per minute
+    rate: Mapped[Decimal | None] = mapped_column(PerMinuteRate)  # per minute
     reserved: Mapped[Decimal] = mapped_column(Money)
     node: Mapped[str] = mapped_column(Text)
 
@@ -161,7 +160,7 @@ class Call(Base):
     e164: Mapped[str | None] = mapped_column(Text)
     category: Mapped[str | None] = mapped_column(Text)
     tariff_prefix: Mapped[str | None] = mapped_column(Text)
-    rate: Mapped[Decimal | None] = mapped_column(Money)  # per minute
+    rate: Mapped[Decimal | None] = mapped_column(PerMinuteRate)  # per minute
     connection_fee: Mapped[Decimal | None] = mapped_column(Money)
     first_increment: Mapped[int | None] = mapped_column(Integer)  # seconds
     later_increment: Mapped[int | None] = mapped_column(Integer)  # seconds

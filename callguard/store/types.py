@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime
+from sqlalchemy import BigInteger, DateTime, Text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.compiler import compiles
@@ -91,6 +91,31 @@ class Money(TypeDecorator[Decimal]):
         if value is None:
             return None
         return from_micros(int(value))
+
+
+class PerMinuteRate(TypeDecorator[Decimal]):
+    """A price per minute: ``Decimal`` in Python, its exact decimal text in the database.
+
+    Carriers quote rates finer than a micro-unit (0.0333333 a minute), and the
+    cost of each block is rounded only after the rate is applied, so a rate is
+    kept to the digit: TEXT, which neither SQLite nor PostgreSQL converts.
+    """
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        check_money(value)
+        if value < 0:
+            raise ValueError(f"rate {value} is negative")
+        return str(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        return Decimal(value)
 
 
 class _SQLiteTimestampTZ(sqlite.DATETIME):
