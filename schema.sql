@@ -10,9 +10,9 @@
 -- weekly_spend, call_cost) are BIGINT micro-units: 1.50 is stored as 1500000.
 -- Timestamps are UTC; SQLite stores them as text 'YYYY-MM-DD HH:MM:SS.ffffff'.
 -- Increments are seconds.
--- Ids of decisions, calls, blocks, hangups and outbox come from id_counters,
--- because the two databases share no syntax for generated keys. A row inserted
--- by hand must take its id from there too.
+-- Ids of decisions, calls, blocks, hangups, outbox and audit come from
+-- id_counters, because the two databases share no syntax for generated keys. A
+-- row inserted by hand must take its id from there too.
 
 CREATE TABLE schema_version (
     version INTEGER NOT NULL,
@@ -196,9 +196,26 @@ CREATE TABLE outbox (
 CREATE INDEX ix_outbox_state_next_attempt_at ON outbox (state, next_attempt_at);
 CREATE INDEX ix_outbox_created_at ON outbox (created_at);
 
+-- Operator changes (manual blocks, unblocks, spend resets) and config reloads,
+-- each with who made it and why. Decisions, automatic blocks and hang-ups are
+-- read from their own tables.
+CREATE TABLE audit (
+    id BIGINT NOT NULL,
+    at TIMESTAMP WITH TIME ZONE NOT NULL,
+    action TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    CONSTRAINT pk_audit PRIMARY KEY (id),
+    CONSTRAINT ck_audit_action CHECK (action IN ('block', 'unblock', 'reset', 'reload'))
+);
+CREATE INDEX ix_audit_at ON audit (at);
+
 INSERT INTO schema_version (version) VALUES (1);
 INSERT INTO id_counters (name, last_id) VALUES ('decisions', 0);
 INSERT INTO id_counters (name, last_id) VALUES ('calls', 0);
 INSERT INTO id_counters (name, last_id) VALUES ('blocks', 0);
 INSERT INTO id_counters (name, last_id) VALUES ('hangups', 0);
 INSERT INTO id_counters (name, last_id) VALUES ('outbox', 0);
+INSERT INTO id_counters (name, last_id) VALUES ('audit', 0);

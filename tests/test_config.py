@@ -189,7 +189,10 @@ GENERAL_KEYS = (
 TRUNK_KEYS = (
     "bar, daily_limit, weekly_limit, warn_percent, max_concurrent_calls, "
     "max_call_seconds, channel_pattern, rates, default_rate, international_allow, "
-    "numbers, opt_out, opt_in, timezone, notify"
+    "numbers, opt_out, opt_in, timezone, notify, max_calls_per_minute, "
+    "max_destinations_per_hour, max_repeat_calls, repeat_window, bar_out_of_hours, "
+    "business_hours, offender_key, ban_after, ban_window, ban_time, ban_time_factor, "
+    "ban_max_time, ban_ignore"
 )
 DURATION_FIX = "write it like 250ms, 1s, 2m, 1h or 30 (seconds)"
 RATE_FIX = "write RATE[, FEE[, N/M]] like 0.25, 0.05, 60/60"

@@ -219,7 +219,7 @@ def test_column_types_per_backend(engines):
         if isinstance(column.type, PerMinuteRate)
     ]
     assert len(money) == 8
-    assert len(times) == 14
+    assert len(times) == 15
     assert sorted(rates) == [("calls", "rate"), ("decisions", "rate"), ("rates", "rate")]
 
     for table, name in money:

@@ -2,8 +2,10 @@
 
 Dialplan: ``AGI(agi://127.0.0.1:4573/check,${EXTEN},gamma,${CALLERID(num)})``.
 The arguments are the dialled number (default ``agi_extension``), the trunk
-(default the channel variable ``CALLGUARD_TRUNK``) and the CLI presented on
-the trunk (default ``agi_callerid``).
+(default the channel variable ``CALLGUARD_TRUNK``), the CLI presented on the
+trunk (default ``agi_callerid``) and the caller's source address (default the
+channel variable ``CALLGUARD_SOURCE``, read only when a trunk sets
+``offender_key = source``).
 """
 
 import asyncio
@@ -17,6 +19,7 @@ from callguard.agi.variables import (
     CALLGUARD_RATE,
     CALLGUARD_REASON,
     CALLGUARD_RESULT,
+    CALLGUARD_SOURCE,
     CALLGUARD_TRUNK,
     UNKNOWN_CALLER,
 )
@@ -29,6 +32,7 @@ from callguard.policy.decision import (
     Decision,
 )
 from callguard.policy.engine import PolicyEngine
+from callguard.policy.offenders import KEY_SOURCE, normalise_source
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +65,7 @@ class CheckHandler:
 
     async def __call__(self, channel: AGIChannel) -> None:
         engine = self._engine()
-        request = await self._request(channel)
+        request = await self._request(channel, engine)
         general = engine.state.config.general
 
         try:
@@ -88,7 +92,7 @@ class CheckHandler:
             log.warning("%s: could not return the decision (%s); the dialplan applies its "
                         "fail policy", request.uniqueid or "-", exc)
 
-    async def _request(self, channel: AGIChannel) -> CallRequest:
+    async def _request(self, channel: AGIChannel, engine: PolicyEngine) -> CallRequest:
         env = channel.env
         arguments = channel.arguments
 
@@ -100,6 +104,10 @@ class CheckHandler:
         if caller.lower() == UNKNOWN_CALLER:
             caller = ""
 
+        source = _argument(arguments, 3)
+        if not source and _uses_source(engine):
+            source = await channel.get_variable(CALLGUARD_SOURCE) or ""
+
         return CallRequest(
             trunk=trunk.strip(),
             dialled=dialled,
@@ -107,6 +115,7 @@ class CheckHandler:
             uniqueid=channel.uniqueid,
             channel=channel.channel,
             accountcode=env.get("agi_accountcode", ""),
+            source=normalise_source(source),
         )
 
     def _fail_policy(self, engine: PolicyEngine, request: CallRequest, what: str) -> Decision:
@@ -126,6 +135,16 @@ class CheckHandler:
             max_seconds = min(cap or MAX_SECONDS_CEILING, MAX_SECONDS_CEILING)
         return Decision(result, REASON_FAIL_POLICY, request.trunk, request.dialled,
                         max_seconds=max_seconds, detail=f"the decision {what}")
+
+
+def _uses_source(engine: PolicyEngine) -> bool:
+    """Check whether any trunk counts offenders by source address.
+
+    Reading the variable costs a round trip to Asterisk, so the check skips it
+    otherwise.
+    """
+    trunks = engine.state.config.trunks.values()
+    return any(trunk.offenders.key_type == KEY_SOURCE for trunk in trunks)
 
 
 def _argument(arguments: list[str], index: int) -> str:

@@ -9,6 +9,8 @@ CALLGUARD_RATE = "CALLGUARD_RATE"
 
 # Read by the check when the AGI arguments leave them out.
 CALLGUARD_TRUNK = "CALLGUARD_TRUNK"
+# The caller's address, e.g. ${CHANNEL(pjsip,remote_addr)}, for offender_key = source.
+CALLGUARD_SOURCE = "CALLGUARD_SOURCE"
 
 # The FastAGI script name of the call decision: agi://127.0.0.1:4573/check
 SCRIPT_CHECK = "check"

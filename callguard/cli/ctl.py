@@ -7,7 +7,7 @@ import sys
 
 from callguard import __version__
 from callguard.cli.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, add_config_argument, read_config
-from callguard.cli import alerts, live
+from callguard.cli import alerts, audit, blocks, live
 from callguard.cli.inspect import check_number, print_check
 from callguard.config import ConfigError
 from callguard.daemon.state import build_state
@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     rate_list.add_argument("--json", action="store_true")
 
     alerts.add_commands(commands)
+    blocks.add_commands(commands)
+    audit.add_commands(commands)
     return parser
 
 
@@ -160,6 +162,11 @@ COMMANDS = {
     "rates": cmd_rates,
     "alerts": alerts.cmd_alerts,
     "test-mail": alerts.cmd_test_mail,
+    "blocks": blocks.cmd_blocks,
+    "block": blocks.cmd_block,
+    "unblock": blocks.cmd_unblock,
+    "reset": blocks.cmd_reset,
+    "audit": audit.cmd_audit,
 }
 
 

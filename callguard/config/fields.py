@@ -13,12 +13,17 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from callguard.config import addresses, values
 from callguard.config.categories import parse_categories
 from callguard.config.errors import InvalidValue
+from callguard.config.offenders import OFFENDER_FIELDS
+from callguard.config.hours import parse_business_hours
 from callguard.config.ranges import parse_number_ranges
 
 ALWAYS_EMERGENCY_NUMBERS = ("999", "112")
 FAIL_POLICIES = ("allow", "deny")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_TIMEOUT_SECONDS = 30.0
+# Velocity counts live in memory only, so a longer window would promise more
+# than a restart keeps.
+MAX_REPEAT_WINDOW_SECONDS = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -137,7 +142,22 @@ TRUNK_FIELDS: dict[str, Field] = {
     "opt_in": Field(_numbers),
     "timezone": Field(_ignore_context(parse_optional_zone)),
     "notify": Field(_ignore_context(addresses.parse_emails)),
+    "max_calls_per_minute": Field(_ignore_context(values.parse_optional_count)),
+    "max_destinations_per_hour": Field(_ignore_context(values.parse_optional_count)),
+    "max_repeat_calls": Field(_ignore_context(values.parse_optional_count)),
+    "repeat_window": Field(
+        lambda text, context: values.parse_window(text, MAX_REPEAT_WINDOW_SECONDS),
+        "1h",
+    ),
+    "bar_out_of_hours": Field(
+        lambda text, context: parse_categories(text, barring=True)
+    ),
+    "business_hours": Field(_ignore_context(parse_business_hours)),
 }
+
+TRUNK_FIELDS.update(
+    {key: Field(parse, default) for key, (parse, default) in OFFENDER_FIELDS.items()}
+)
 
 NUMBER_FIELDS: dict[str, Field] = {
     "trunk": Field(lambda text, context: text or None),

@@ -9,6 +9,8 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from callguard.config.addresses import parse_database_url
+from callguard.config.hours import BusinessHours
+from callguard.config.offenders import OffenderSettings
 from callguard.config.ranges import NumberRanges
 
 logger = logging.getLogger(__name__)
@@ -135,7 +137,9 @@ class TrunkConfig:
     """Settings of one ``[trunk NAME]`` section.
 
     Limits are amounts in the configured currency, None for no limit. Durations are
-    in seconds. ``timezone`` decides where the trunk's daily and weekly windows start.
+    in seconds. ``timezone`` decides where the trunk's daily and weekly windows start
+    and when ``business_hours`` are. Velocity limits (``max_calls_per_minute``,
+    ``max_destinations_per_hour``, ``max_repeat_calls``) are counts, None for none.
     """
 
     name: str
@@ -154,6 +158,13 @@ class TrunkConfig:
     opt_in: NumberRanges
     timezone: ZoneInfo
     notify: tuple[str, ...]
+    max_calls_per_minute: int | None
+    max_destinations_per_hour: int | None
+    max_repeat_calls: int | None
+    repeat_window: int
+    bar_out_of_hours: frozenset[str]
+    business_hours: BusinessHours | None
+    offenders: OffenderSettings
 
     def opted_out(self, caller_e164: str | None) -> bool:
         """Check whether the caller skips barring and limits on this trunk.

@@ -14,7 +14,9 @@ from callguard.config.fields import (
     Context,
     Field,
 )
+from callguard.config.hours import HOURS_EXAMPLE
 from callguard.config.ini import Section
+from callguard.config.offenders import build_offender_settings
 from callguard.config.model import (
     AriConfig,
     GeneralConfig,
@@ -145,11 +147,28 @@ def read_trunk(
         )
         valid = False
 
-    if not (valid and result.valid) or general is None:
+    needs_hours = found.get("bar_out_of_hours") and found.get("business_hours") is None
+    if needs_hours and "business_hours" not in result.failed:
+        reader.report(
+            result.lines["bar_out_of_hours"],
+            section.header,
+            "bar_out_of_hours",
+            "needs business_hours; set business_hours = DAYS HH:MM-HH:MM like "
+            f"{HOURS_EXAMPLE}, or remove bar_out_of_hours",
+        )
+        valid = False
+
+    def report(line: int, key: str, message: str) -> None:
+        reader.report(line or section.line, section.header, key, message)
+
+    offenders = build_offender_settings(
+        found, result.lines, result.failed, context.home_country, report
+    )
+    if not (valid and result.valid and offenders) or general is None:
         return None
 
     found["timezone"] = found["timezone"] or general.timezone
-    return TrunkConfig(name=name, **found)
+    return TrunkConfig(name=name, offenders=offenders, **found)
 
 
 def read_override(

@@ -87,6 +87,16 @@ def parse_optional_seconds(text: str) -> int | None:
     return parse_whole_seconds(text)
 
 
+def parse_window(text: str, maximum: int) -> int:
+    """Parse whole seconds as ``parse_whole_seconds`` does, at most ``maximum``."""
+    seconds = parse_whole_seconds(text)
+    if seconds > maximum:
+        raise InvalidValue(
+            f"{text!r} is too long; write at most {maximum // 3600}h"
+        )
+    return seconds
+
+
 def parse_bool(text: str) -> bool:
     """Parse yes/no, true/false, on/off or 1/0, case-insensitively."""
     word = text.lower()

@@ -13,6 +13,7 @@ from callguard.config import Config, ConfigError, load_config
 from callguard.daemon import status
 from callguard.daemon.control import ControlServer
 from callguard.daemon.live import AriListener, restore_live_calls
+from callguard.daemon.operator import operator_commands
 from callguard.daemon.recorder import DecisionRecorder
 from callguard.daemon.state import LoadedTables, build_state
 from callguard.daemon.tables import copy_tables_to_store
@@ -25,8 +26,10 @@ from callguard.policy.decision import REASON_DAILY, REASON_WEEKLY
 from callguard.windows import DAY, WEEK
 from callguard.policy.engine import PolicyEngine
 from callguard.policy.ledger import Ledger
+from callguard.policy.offenders import BLOCKED_BY_CALLGUARD, OffenderGuard
 from callguard.policy.reservations import Reservations
-from callguard.store import Store, StoreError
+from callguard.store import AuditRecord, Store, StoreError
+from callguard.store.audit_records import ACTION_RELOAD
 from callguard.worker import StoreWorker
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,7 @@ class Application:
         self.control: ControlServer | None = None
         self.dispatcher = AlertDispatcher(config, self.worker, self.clock)
         self.alerts = AlertRaiser(self.dispatcher.submit, config, self.ledger)
+        self.offenders = OffenderGuard(self.blocks, self.worker, self.clock, self.alerts)
         self._watch: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -98,6 +102,7 @@ class Application:
         self.control = ControlServer(general.control_socket, {
             "status": lambda request: self.status(),
             "calls": lambda request: status.calls(self.guard, bool(request.get("live"))),
+            **operator_commands(self),
         })
         await self.control.start()
         self._watch = asyncio.create_task(self._watch_ari(), name="ari-watch")
@@ -105,6 +110,7 @@ class Application:
     async def alerts_settle(self, timeout: float = 5.0) -> None:
         """Wait until the alerts raised so far are in the outbox and attempted."""
         await self.guard.drain()
+        await self.offenders.drain()
         await self.dispatcher.settle(timeout)
 
     async def _watch_ari(self) -> None:
@@ -137,6 +143,7 @@ class Application:
             tables: LoadedTables = await asyncio.to_thread(build_state, config)
         except (ConfigError, ValueError, OSError) as exc:
             log.error("reload of %s failed, keeping the running config:\n%s", path, exc)
+            await self._record_reload(f"failed, kept the running config: {exc}")
             return False
 
         if config.general.database != self.config.general.database:
@@ -161,7 +168,17 @@ class Application:
         self.guard.configure(config)
         self.fastagi.set_allowed_clients(config.general.allowed_clients)
         log.info("reloaded %s: %d trunks", path, len(config.trunks))
+        await self._record_reload(f"loaded, {len(config.trunks)} trunks")
         return True
+
+    async def _record_reload(self, outcome: str) -> None:
+        record = AuditRecord(at=self.clock.now(), action=ACTION_RELOAD,
+                             actor=BLOCKED_BY_CALLGUARD, subject=str(self.config.path),
+                             reason="SIGHUP", detail=outcome)
+        try:
+            await self.worker.call(self.store.add_audit, record)
+        except StoreError as exc:
+            log.error("could not record the reload in the audit trail: %s", exc)
 
     async def stop(self) -> None:
         if self._watch is not None:
@@ -175,6 +192,7 @@ class Application:
         if self.guard is not None:
             self.guard.close()
             await self.guard.drain()
+        await self.offenders.drain()
         await self.recorder.stop()
         await self.dispatcher.stop()
         await self.worker.call(self.store.close)
@@ -197,6 +215,7 @@ class _Sinks:
         app = self._app
         app.recorder.record(request, decision)
         app.guard.note_decision(request, decision)
+        app.offenders.note(request, decision, app.engine.state)
         window = LIMIT_WINDOWS.get(decision.reason)
         trunk = app.config.trunks.get(request.trunk)
         if window is not None and trunk is not None:

@@ -138,6 +138,37 @@ class AlertRaiser:
             dedupe_key=f"unguarded:{leg.id}", recipients=trunk.notify,
         ))
 
+    def block_imposed(self, block_id: int, key_type: str, key: str, trunk: str,
+                      reason: str, at: datetime, expires_at: datetime,
+                      earlier: int) -> None:
+        """Alert that callguard blocked an offender; sent once per block id."""
+        subject = f"[callguard] blocked {key_type} {key} until {expires_at.isoformat()}"
+        body = "\n".join([
+            f"callguard blocked {key_type} {key} from all outbound calls.",
+            "",
+            f"Why:     {reason}",
+            f"From:    {at.isoformat()}",
+            f"Until:   {expires_at.isoformat()}",
+            f"Earlier: {earlier} automatic block{'s' if earlier != 1 else ''} of this "
+            "key within ban_max_time",
+            "",
+            "Emergency calls are still allowed. If this is a false alarm, lift the block:",
+            f"  callguardctl unblock {key} --type {key_type} --reason TEXT",
+            "",
+            MORE,
+        ])
+        recipients = ()
+        trunk_config = self.config.trunks.get(trunk)
+        if trunk_config is not None:
+            recipients = trunk_config.notify
+        self.submit(Alert(
+            kind="block", trunk=trunk, subject=subject, body=body,
+            data={"block_id": block_id, "key_type": key_type, "key": key,
+                  "reason": reason, "created_at": at.isoformat(),
+                  "expires_at": expires_at.isoformat(), "earlier_blocks": earlier},
+            dedupe_key=f"block:{block_id}", recipients=recipients,
+        ))
+
     def ari_unreachable(self, since: datetime, now: datetime) -> None:
         minutes = int(elapsed_seconds(since, now) // 60)
         subject = f"[callguard] ARI unreachable for {minutes} minutes"

@@ -269,9 +269,9 @@ class LiveGuard:
                 log.error("%s %s: hang-up of %s (%s) failed, trying again in %s s: %s",
                           leg.trunk, leg.id, leg.channel, reason, HANGUP_RETRY_SECONDS, exc)
 
-        log.warning("%s %s: hung up %s to %s: %s; call cost %s, spend today %s, this week %s "
-                    "(%s)", leg.trunk, leg.id, leg.channel, leg.e164 or leg.number or "?",
-                    reason, cost, daily, weekly, outcome)
+        log.warning("%s %s: hang-up of %s to %s for %s %s; call cost %s, spend today %s, "
+                    "this week %s", leg.trunk, leg.id, leg.channel,
+                    leg.e164 or leg.number or "?", reason, outcome, cost, daily, weekly)
         self._store(self.worker.store.add_hangup, hangup_record(
             leg, reason, now, daily, weekly, cost, outcome))
 
@@ -309,7 +309,7 @@ class LiveGuard:
         leg.tariff = decision.tariff
         if decision.result != ALLOW and leg.protected:
             leg.hangup_requested = decision.reason
-            log.warning("%s %s: dialled although callguard answered DENY %s; hanging up",
+            log.warning("%s %s: dialled although the check returned DENY %s; hanging up",
                         leg.trunk, leg.id, decision.reason)
 
     def _judge_unguarded(self, leg: Leg, why: str, number: str | None = None,

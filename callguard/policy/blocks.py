@@ -26,7 +26,12 @@ class BlockList:
     def replace(self, blocks: dict[tuple[str, str], datetime | None]) -> None:
         self._blocks = dict(blocks)
 
-    def add(self, key_type: str, key: str, expires_at: datetime | None) -> None:
+    def add(self, key_type: str, key: str, expires_at: datetime | None,
+            now: datetime | None = None) -> None:
+        """Block a key until ``expires_at`` (None: until lifted); drops blocks expired by ``now``."""
+        if now is not None:
+            for identity in [i for i, at in self._blocks.items() if at is not None and at <= now]:
+                del self._blocks[identity]
         self._blocks[(key_type, key)] = expires_at
 
     def remove(self, key_type: str, key: str) -> None:

@@ -20,6 +20,10 @@ REASON_UNRATED = "unrated"
 REASON_CONCURRENT = "limit:concurrent"
 REASON_DAILY = "limit:daily"
 REASON_WEEKLY = "limit:weekly"
+REASON_RATE = "limit:rate"
+REASON_DESTINATIONS = "limit:destinations"
+REASON_REPEAT = "limit:repeat"
+REASON_BARRED_HOURS = "barred-hours:"  # followed by the category
 REASON_UNKNOWN_TRUNK = "unknown-trunk"
 REASON_FAIL_POLICY = "fail-policy"
 

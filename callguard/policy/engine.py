@@ -7,11 +7,16 @@
 5. an opted-out calling number: allow, skipping barring and limits;
 6. barring (the trunk's, then the number's override): deny ``barred:<category>``;
 7. no rate: deny ``unrated`` unless the trunk sets ``default_rate``;
-8. the concurrent-call cap, pending reservations included: deny;
-9. the daily, then the weekly budget must cover the connection fee and the
-   first block, which are reserved in the same step: deny ``limit:daily`` or
-   ``limit:weekly``;
-10. otherwise allow, for at most ``max_seconds``.
+8. outside the trunk's business hours, ``bar_out_of_hours``: deny
+   ``barred-hours:<category>``;
+9. the velocity limits, counted over allowed calls only: deny ``limit:rate``,
+   ``limit:destinations`` or ``limit:repeat``;
+10. the concurrent-call cap, pending reservations included: deny;
+11. the daily, then the weekly budget must cover the connection fee and the
+    first block, which are reserved in the same step: deny ``limit:daily`` or
+    ``limit:weekly``;
+12. otherwise allow, for at most ``max_seconds``, and count the call towards
+    the velocity limits in the same step as the reservation.
 """
 
 import functools
@@ -22,7 +27,13 @@ from typing import Callable, Mapping
 
 from callguard.clock import Clock
 from callguard.config import Config, TrunkConfig
-from callguard.numbers import Classified, Classifier, InvalidNumber, UnclassifiedNumber
+from callguard.numbers import (
+    INTERNATIONAL_CATEGORIES,
+    Classified,
+    Classifier,
+    InvalidNumber,
+    UnclassifiedNumber,
+)
 from callguard.policy import budget
 from callguard.policy.barring import is_barred
 from callguard.policy.blocks import (
@@ -37,6 +48,7 @@ from callguard.policy.decision import (
     ALLOW,
     DENY,
     REASON_BARRED,
+    REASON_BARRED_HOURS,
     REASON_BLOCKED,
     REASON_CONCURRENT,
     REASON_DAILY,
@@ -51,8 +63,10 @@ from callguard.policy.decision import (
     CallRequest,
     Decision,
 )
+from callguard.policy.hours import is_barred_out_of_hours
 from callguard.policy.ledger import Ledger
 from callguard.policy.reservations import Reservations
+from callguard.policy.velocity import VelocityCall, VelocityTracker
 from callguard.rating import RateDeck, Tariff
 from callguard.windows import DAY, WEEK, window_keys
 
@@ -96,6 +110,7 @@ class PolicyEngine:
         clock: Clock,
         live_calls: Callable[[str], int] = no_live_calls,
         catch_up: Callable[[str], None] | None = None,
+        velocity: VelocityTracker | None = None,
     ):
         self.state = state
         self.ledger = ledger
@@ -105,6 +120,8 @@ class PolicyEngine:
         self.live_calls = live_calls
         # Charges the blocks live calls have begun, so spend is current.
         self.catch_up = catch_up
+        # Outlives config reloads, so a reload does not reset the counts.
+        self.velocity = velocity if velocity is not None else VelocityTracker()
 
     async def decide(self, request: CallRequest, *, reserve: bool = True) -> Decision:
         """Decide ``request``; with ``reserve=False`` nothing is held (a dry run)."""
@@ -169,6 +186,10 @@ class PolicyEngine:
 
         if tariff is None:
             return base.deny(REASON_UNRATED, f"no rate for {classified.number.rating_key}")
+
+        if is_barred_out_of_hours(classified.category, trunk, self.clock.now()):
+            return base.deny(REASON_BARRED_HOURS + classified.category,
+                             "outside the trunk's business_hours", tariff=tariff)
         return base, trunk, tariff
 
     async def _check_limits(self, base: "_DecisionBase", trunk: TrunkConfig,
@@ -185,6 +206,13 @@ class PolicyEngine:
         if reserve and base.request.uniqueid:
             # A channel checked again (a dialplan loop, a retry) replaces its own hold.
             self.reservations.release(base.request.uniqueid)
+
+        velocity_call = _velocity_call(base)
+        self.velocity.sweep(self.state.config.trunks, now)
+        breach = self.velocity.check(trunk, velocity_call, now)
+        if breach is not None:
+            return base.deny(breach.reason, breach.detail, tariff=tariff)
+
         if trunk.max_concurrent_calls is not None:
             busy = self.live_calls(trunk.name) + self.reservations.pending_count(trunk.name)
             if busy >= trunk.max_concurrent_calls:
@@ -218,6 +246,7 @@ class PolicyEngine:
             self.reservations.add(trunk.name, base.request.uniqueid, first, keys, now,
                                   self.state.config.general.reservation_seconds)
             reserved = first
+            self.velocity.record(trunk, velocity_call, now)
         return base.allow(REASON_OK, tariff, max_seconds, remaining=free, reserved=reserved)
 
     def _tariff(self, trunk: TrunkConfig, classified: Classified) -> Tariff | None:
@@ -248,6 +277,19 @@ def _identities(request: CallRequest, caller_e164: str) -> list[tuple[str, str]]
         (KEY_ACCOUNTCODE, request.accountcode),
         (KEY_SOURCE, request.source),
     ]
+
+
+def _velocity_call(base: "_DecisionBase") -> VelocityCall:
+    caller = (KEY_CALLER, base.caller_e164)
+    if not base.caller_e164:
+        caller = (KEY_ENDPOINT, endpoint_of(base.request.channel))
+    return VelocityCall(
+        trunk=base.request.trunk,
+        # A short code has no E.164 form; its national form names it alone.
+        destination=base.classified.number.e164 or base.classified.number.national,
+        caller=caller,
+        international=base.classified.category in INTERNATIONAL_CATEGORIES,
+    )
 
 
 class _DecisionBase:

@@ -1,5 +1,7 @@
 """Callguard's database: SQLAlchemy models, column types, records and the ``Store``."""
 
+from callguard.store.audit_methods import AuditTrail
+from callguard.store.audit_records import AUDIT_ACTIONS, AuditRecord
 from callguard.store.engine import StoreError
 from callguard.store.models import SCHEMA_VERSION, Base
 from callguard.store.outbox_records import (
@@ -40,6 +42,9 @@ from callguard.store.types import Money, PerMinuteRate, UTCDateTime
 from callguard.store.windows import check_window_key, day_key, week_key, window_keys
 
 __all__ = [
+    "AUDIT_ACTIONS",
+    "AuditRecord",
+    "AuditTrail",
     "ALERT_FAILED",
     "ALERT_PENDING",
     "ALERT_SENT",

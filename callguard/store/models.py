@@ -21,6 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from callguard.store.audit_records import AUDIT_ACTIONS
 from callguard.store.outbox_records import ALERT_STATES, TRANSPORTS
 from callguard.store.records import (
     CALL_STATES,
@@ -271,6 +272,24 @@ class Outbox(Base):
     refused: Mapped[str | None] = mapped_column(Text)
 
 
+class Audit(Base):
+    """An operator change (block, unblock, spend reset) or a config reload, and why."""
+
+    __tablename__ = "audit"
+    __table_args__ = (
+        CheckConstraint(_sql_in("action", AUDIT_ACTIONS), name="action"),
+        Index(None, "at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    action: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(Text)
+    subject: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    detail: Mapped[str] = mapped_column(Text)
+
+
 # Tables whose ids come from id_counters, each seeded with last_id 0.
 COUNTED_TABLES = (
     Decision.__tablename__,
@@ -278,4 +297,5 @@ COUNTED_TABLES = (
     Block.__tablename__,
     Hangup.__tablename__,
     Outbox.__tablename__,
+    Audit.__tablename__,
 )

@@ -22,6 +22,7 @@ from callguard.store.engine import (
     translated_errors,
 )
 from callguard.store.models import SCHEMA_VERSION
+from callguard.store.audit_methods import AuditMethods
 from callguard.store.outbox_methods import OutboxMethods
 from callguard.store.records import (
     BlockRecord,
@@ -41,7 +42,7 @@ def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class Store(OutboxMethods):
+class Store(OutboxMethods, AuditMethods):
     """Callguard's database: rates, decisions, calls, spend, blocks, hang-ups, alerts.
 
     A failed database operation raises ``StoreError``. An invalid argument

@@ -1,0 +1,126 @@
+"""``callguardctl audit``: decisions, blocks, hang-ups, resets and reloads, newest first."""
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
+
+from callguard.cli.common import EXIT_CONFIG, EXIT_OK, read_config
+from callguard.config.errors import InvalidValue
+from callguard.config.offenders import parse_ban_duration
+from callguard.store import AuditTrail, Store
+
+DEFAULT_SINCE = "1d"
+DEFAULT_LIMIT = 200
+KIND_DECISION = "decision"
+KIND_BLOCK = "block"
+KIND_HANGUP = "hangup"
+
+
+@dataclass(frozen=True)
+class Event:
+    """One line of the audit listing."""
+
+    at: datetime
+    kind: str  # decision, block, hangup, or an audit action (unblock, reset, ...)
+    actor: str
+    subject: str
+    summary: str
+
+
+def parse_since(text: str, now: datetime) -> datetime:
+    """Parse ``--since``: a duration back from ``now`` (``2h``, ``1d``) or an ISO time.
+
+    An ISO time without an offset is taken as UTC. Raises ``ValueError`` for
+    anything else.
+    """
+    try:
+        return now - timedelta(seconds=parse_ban_duration(text))
+    except InvalidValue:
+        pass
+
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither a duration nor an ISO time; write it like 2h, 1d or "
+            "2024-06-14T09:00+01:00"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment
+
+
+def _positive(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number of 1 or more; write it like 50"
+        )
+    return int(text)
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Add the ``audit`` command to ``callguardctl``."""
+    audit = commands.add_parser("audit", help="decisions, blocks, hang-ups, spend resets "
+                                "and config reloads, newest first")
+    audit.add_argument("--since", default=DEFAULT_SINCE, metavar="DURATION|ISO-TIME",
+                       help=f"start of the listing, like 2h or 2024-06-14T09:00+01:00 "
+                       f"(default {DEFAULT_SINCE})")
+    audit.add_argument("--limit", type=_positive, default=DEFAULT_LIMIT, metavar="N",
+                       help=f"show at most N entries (default {DEFAULT_LIMIT})")
+    audit.add_argument("--json", action="store_true", help="print one JSON array")
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    config = read_config(args)
+    try:
+        since = parse_since(args.since, datetime.now(timezone.utc))
+    except ValueError as exc:
+        print(f"--since: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    with Store(config.general.database) as store:
+        trail = store.audit_trail(since, args.limit)
+    events = merge_events(trail)[: args.limit]
+
+    if args.json:
+        print(json.dumps([asdict(event) | {"at": event.at.isoformat()} for event in events],
+                         indent=2))
+        return EXIT_OK
+    if not events:
+        print(f"nothing since {since.isoformat(timespec='seconds')}")
+    for event in events:
+        print(f"{event.at.isoformat(timespec='seconds')}  {event.kind:<8} "
+              f"{event.actor:<10} {event.subject:<28} {event.summary}")
+    return EXIT_OK
+
+
+def merge_events(trail: AuditTrail) -> list[Event]:
+    """Turn every record of ``trail`` into an ``Event``, newest first."""
+    events = [
+        Event(d.decided_at, KIND_DECISION, d.node or "callguard",
+              f"{d.trunk} {d.e164 or d.dialled}",
+              f"{d.result} {d.reason} from {d.caller or 'unknown'} on {d.channel or '-'}")
+        for d in trail.decisions
+    ]
+    for block in trail.blocks:
+        until = "until unblocked" if block.expires_at is None else (
+            f"until {block.expires_at.isoformat(timespec='seconds')}")
+        events.append(Event(block.created_at, KIND_BLOCK, block.created_by,
+                            f"{block.key_type} {block.key}",
+                            f"block {block.id} {until}: {block.reason}"))
+    for hangup in trail.hangups:
+        events.append(Event(hangup.requested_at, KIND_HANGUP, "callguard",
+                            f"{hangup.trunk} {hangup.number or '-'}",
+                            f"{hangup.reason} on {hangup.channel} ({hangup.outcome}), "
+                            f"call cost {hangup.call_cost}"))
+    # Manual blocks are listed from the blocks table, which has their expiry.
+    for change in trail.changes:
+        if change.action == KIND_BLOCK:
+            continue
+        summary = f"{change.detail}: {change.reason}" if change.reason else change.detail
+        events.append(Event(change.at, change.action, change.actor, change.subject,
+                            summary))
+
+    events.sort(key=lambda event: event.at, reverse=True)
+    return events

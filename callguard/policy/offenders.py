@@ -1,0 +1,255 @@
+"""Offender blocking, like fail2ban for logins: repeated barred attempts block a caller.
+
+Each trunk's ``offender_key`` names who is counted: the calling endpoint, the
+calling number, the account code or the source address. ``ban_after`` barred
+attempts (``barred:*`` or ``invalid-number``) within ``ban_window`` block that
+key from every outbound call. The block enters the running ``BlockList`` at
+once, so the next check is denied ``blocked:offender``, and is then stored and
+alerted. A repeat offender's ban grows by ``ban_time_factor`` for each earlier
+automatic block of the same key within ``ban_max_time``, up to ``ban_max_time``.
+"""
+
+import asyncio
+import ipaddress
+import logging
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from callguard.clock import Clock
+from callguard.config.offenders import (
+    KEY_ACCOUNTCODE,
+    KEY_CALLER,
+    KEY_ENDPOINT,
+    KEY_SOURCE,
+    OffenderSettings,
+)
+from callguard.policy.blocks import BlockList, endpoint_of
+from callguard.policy.decision import (
+    REASON_BARRED,
+    REASON_BARRED_HOURS,
+    REASON_INVALID_NUMBER,
+    CallRequest,
+    Decision,
+)
+from callguard.store import StoreError
+from callguard.worker import StoreWorker
+
+if TYPE_CHECKING:
+    from callguard.metering.alerts import AlertRaiser
+    from callguard.policy.engine import PolicyState
+
+log = logging.getLogger(__name__)
+
+# created_by of the blocks that callguard imposes by itself.
+BLOCKED_BY_CALLGUARD = "callguard"
+# Keys whose last attempt is older than their window are dropped this often.
+SWEEP_INTERVAL = timedelta(minutes=1)
+
+
+def is_offence(decision: Decision) -> bool:
+    """Check whether ``decision`` counts as a barred attempt."""
+    reason = decision.reason
+    # Calls barred out of hours count too: night-time fraud is what they stop.
+    return (reason.startswith(REASON_BARRED) or reason.startswith(REASON_BARRED_HOURS)
+            or reason == REASON_INVALID_NUMBER)
+
+
+def normalise_source(text: str) -> str:
+    """Return the IP address in a source such as ``192.0.2.10:5060`` or ``[2001:db8::1]:5060``.
+
+    PJSIP's ``remote_addr`` carries the port, which changes between
+    registrations, so blocks and counts use the address alone. Text that is no
+    address is returned stripped, unchanged otherwise.
+    """
+    text = text.strip()
+    candidates = [text]
+    if text.startswith("["):
+        candidates.append(text[1:].partition("]")[0])
+    elif text.count(":") == 1:
+        candidates.append(text.partition(":")[0])
+
+    for candidate in candidates:
+        try:
+            return str(ipaddress.ip_address(candidate))
+        except ValueError:
+            continue
+    return text
+
+
+def offender_identity(key_type: str, request: CallRequest, caller_e164: str) -> str:
+    """Return the key of ``request`` for ``key_type``, "" when the call has none."""
+    if key_type == KEY_ENDPOINT:
+        return endpoint_of(request.channel)
+    if key_type == KEY_CALLER:
+        return caller_e164
+    if key_type == KEY_ACCOUNTCODE:
+        return request.accountcode
+    if key_type == KEY_SOURCE:
+        return request.source
+    raise ValueError(f"offender key type {key_type!r} is unknown")
+
+
+class AttemptCounter:
+    """Barred attempts per (key type, key), keeping only those inside the window."""
+
+    def __init__(self) -> None:
+        self._attempts: dict[tuple[str, str], deque[datetime]] = {}
+        self._windows: dict[tuple[str, str], timedelta] = {}
+        self._swept_at: datetime | None = None
+
+    def add(self, identity: tuple[str, str], now: datetime, window: timedelta,
+            limit: int) -> int:
+        """Count one attempt at ``now``; returns the attempts inside ``window``."""
+        self._sweep(now)
+
+        attempts = self._attempts.get(identity)
+        if attempts is None or attempts.maxlen != limit:
+            attempts = deque(attempts or (), maxlen=limit)
+            self._attempts[identity] = attempts
+        self._windows[identity] = window
+
+        attempts.append(now)
+        while attempts and attempts[0] <= now - window:
+            attempts.popleft()
+        return len(attempts)
+
+    def clear(self, identity: tuple[str, str]) -> None:
+        self._attempts.pop(identity, None)
+        self._windows.pop(identity, None)
+
+    def _sweep(self, now: datetime) -> None:
+        if self._swept_at is not None and now - self._swept_at < SWEEP_INTERVAL:
+            return
+
+        self._swept_at = now
+        quiet = [
+            identity
+            for identity, attempts in self._attempts.items()
+            if not attempts or attempts[-1] <= now - self._windows[identity]
+        ]
+        for identity in quiet:
+            self.clear(identity)
+
+    def __len__(self) -> int:
+        return len(self._attempts)
+
+
+@dataclass(frozen=True)
+class Ban:
+    """A block that the counter has decided, before its length is known."""
+
+    key_type: str
+    key: str
+    trunk: str
+    at: datetime
+    attempts: int
+    settings: OffenderSettings
+    last_reason: str
+    last_number: str
+
+    @property
+    def reason(self) -> str:
+        window = _duration_text(self.settings.ban_window)
+        return (f"{self.attempts} barred attempts within {window} on trunk "
+                f"{self.trunk}, the last {self.last_reason} to {self.last_number}")
+
+
+class OffenderGuard:
+    """Counts every decision's barred attempts and blocks the offenders."""
+
+    def __init__(self, blocks: BlockList, worker: StoreWorker, clock: Clock,
+                 alerts: "AlertRaiser | None" = None):
+        self.blocks = blocks
+        self.worker = worker
+        self.clock = clock
+        self.alerts = alerts
+        self.counter = AttemptCounter()
+        self._tasks: set[asyncio.Task] = set()
+
+    def note(self, request: CallRequest, decision: Decision, state: "PolicyState") -> None:
+        """Count ``decision`` if it is a barred attempt, and block at ``ban_after``.
+
+        The block enters the ``BlockList`` before this returns, so a check that
+        follows is denied; storing and alerting it run in the background.
+        """
+        if not is_offence(decision):
+            return
+        trunk = state.config.trunks.get(request.trunk)
+        if trunk is None:
+            return
+
+        settings = trunk.offenders
+        caller_e164 = decision.caller_e164 or state.normalise_caller(request.caller) or ""
+        key = offender_identity(settings.key_type, request, caller_e164)
+        if not key or key in settings.ban_ignore:
+            return
+
+        now = self.clock.now()
+        identity = (settings.key_type, key)
+        if self.blocks.blocked([identity], now) is not None:
+            return
+        window = timedelta(seconds=settings.ban_window)
+        attempts = self.counter.add(identity, now, window, settings.ban_after)
+        if attempts < settings.ban_after:
+            return
+
+        self.counter.clear(identity)
+        # Held at the shortest ban until the store says how many came before.
+        self.blocks.add(settings.key_type, key, now + timedelta(seconds=settings.ban_time),
+                        now)
+        ban = Ban(settings.key_type, key, trunk.name, now, attempts, settings,
+                  decision.reason, decision.e164 or request.dialled)
+        task = asyncio.get_running_loop().create_task(self._impose(ban))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def forget(self, key_type: str, key: str) -> None:
+        """Drop the attempts counted for a key, e.g. after an operator lifts its block."""
+        self.counter.clear((key_type, key))
+
+    async def drain(self) -> None:
+        """Wait until the blocks decided so far are stored and alerted."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def _impose(self, ban: Ban) -> None:
+        settings = ban.settings
+        store = self.worker.store
+        since = ban.at - timedelta(seconds=settings.ban_max_time)
+        try:
+            earlier = await self.worker.call(store.count_blocks, ban.key_type, ban.key,
+                                             since, BLOCKED_BY_CALLGUARD)
+        except StoreError as exc:
+            log.error("could not count earlier blocks of %s %s (%s); banning it for "
+                      "ban_time", ban.key_type, ban.key, exc)
+            earlier = 0
+
+        seconds = settings.ban_seconds(earlier)
+        expires_at = ban.at + timedelta(seconds=seconds)
+        self.blocks.add(ban.key_type, ban.key, expires_at)
+        log.warning("blocked %s %s for %s until %s (earlier bans: %d): %s", ban.key_type,
+                    ban.key, _duration_text(seconds), expires_at.isoformat(), earlier,
+                    ban.reason)
+
+        try:
+            block_id = await self.worker.call(store.add_block, ban.key_type, ban.key,
+                                              ban.reason, ban.at, expires_at,
+                                              BLOCKED_BY_CALLGUARD)
+        except StoreError as exc:
+            log.error("could not store the block on %s %s (%s); it holds until %s but "
+                      "not across a restart", ban.key_type, ban.key, exc,
+                      expires_at.isoformat())
+            return
+
+        if self.alerts is not None:
+            self.alerts.block_imposed(block_id, ban.key_type, ban.key, ban.trunk,
+                                      ban.reason, ban.at, expires_at, earlier)
+
+
+def _duration_text(seconds: int) -> str:
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"

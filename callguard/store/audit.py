@@ -1,0 +1,170 @@
+"""The audit trail: operator changes, spend resets and reloads, and the reads that
+merge them with decisions, blocks and hang-ups; functions over a connection."""
+
+from dataclasses import fields
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import Connection, func, select
+
+from callguard.money import format_amount
+from callguard.store import blocks, spend
+from callguard.store.audit_records import (
+    ACTION_BLOCK,
+    ACTION_RESET,
+    ACTION_UNBLOCK,
+    AuditRecord,
+)
+from callguard.store.models import Audit, Block, Decision, Hangup
+from callguard.store.records import (
+    BlockRecord,
+    DecisionRecord,
+    HangupRecord,
+    check_count,
+    check_text,
+)
+from callguard.store.schema import allocate_ids
+from callguard.store.types import check_aware
+from callguard.store.windows import check_window_key
+
+
+def add_audit(conn: Connection, record: AuditRecord) -> int:
+    """Insert ``record`` with a new id from ``id_counters``; returns the id."""
+    if not isinstance(record, AuditRecord):
+        raise TypeError(f"{record!r} is not an AuditRecord")
+    if record.id is not None:
+        raise ValueError(f"audit entry {record.id} is already stored")
+
+    audit_id = allocate_ids(conn, Audit.__tablename__, 1)
+    values = {field.name: getattr(record, field.name) for field in fields(record)}
+    conn.execute(Audit.__table__.insert(), values | {"id": audit_id})
+    return audit_id
+
+
+def block_manually(
+    conn: Connection,
+    key_type: str,
+    key: str,
+    reason: str,
+    at: datetime,
+    expires_at: datetime | None,
+    actor: str,
+) -> int:
+    """Store an operator's block and its audit entry; returns the block id."""
+    check_text(reason, "reason")
+    block_id = blocks.add_block(conn, key_type, key, reason, at, expires_at, actor)
+    until = "until lifted" if expires_at is None else f"until {expires_at.isoformat()}"
+    add_audit(conn, AuditRecord(
+        at=at, action=ACTION_BLOCK, actor=actor, subject=f"{key_type} {key}",
+        reason=reason, detail=f"block {block_id} {until}",
+    ))
+    return block_id
+
+
+def unblock_manually(
+    conn: Connection, key_type: str, key: str, reason: str, at: datetime, actor: str
+) -> int:
+    """Lift the active blocks on a key and store the audit entry; returns the count."""
+    check_text(reason, "reason")
+    lifted = blocks.lift_block(conn, key_type, key, at, reason)
+    add_audit(conn, AuditRecord(
+        at=at, action=ACTION_UNBLOCK, actor=actor, subject=f"{key_type} {key}",
+        reason=reason, detail=f"lifted {lifted} active block{'s' if lifted != 1 else ''}",
+    ))
+    return lifted
+
+
+def reset_spend(
+    conn: Connection,
+    trunk: str,
+    window: str,
+    key: str,
+    reason: str,
+    at: datetime,
+    actor: str,
+) -> Decimal:
+    """Bring one window's stored spend to zero with a negative adjustment.
+
+    Records the amount cleared in the audit trail and returns it.
+    """
+    check_text(reason, "reason")
+    check_window_key(window, key)
+    cleared = spend.spend_for(conn, trunk, {window: key})[window]
+    if cleared:
+        spend.add_spend(conn, trunk, window, key, -cleared, at)
+    add_audit(conn, AuditRecord(
+        at=at, action=ACTION_RESET, actor=actor, subject=f"trunk {trunk} {window} {key}",
+        reason=reason, detail=f"cleared {format_amount(cleared)}",
+    ))
+    return cleared
+
+
+def count_blocks(
+    conn: Connection, key_type: str, key: str, since: datetime, created_by: str
+) -> int:
+    """Count the blocks on a key by ``created_by`` since ``since`` that were never lifted."""
+    check_text(key_type, "key_type")
+    check_text(key, "key")
+    check_aware(since, "since")
+    statement = select(func.count()).select_from(Block).where(
+        Block.key_type == key_type,
+        Block.key == key,
+        Block.created_by == created_by,
+        Block.created_at >= since,
+        Block.lifted_at.is_(None),
+    )
+    return conn.execute(statement).scalar_one()
+
+
+def audit_since(conn: Connection, since: datetime, limit: int) -> list[AuditRecord]:
+    """Return the audit entries at or after ``since``, newest first."""
+    check_aware(since, "since")
+    check_count(limit, "limit", minimum=1)
+    statement = (
+        select(Audit.__table__)
+        .where(Audit.at >= since)
+        .order_by(Audit.at.desc(), Audit.id.desc())
+        .limit(limit)
+    )
+    return [AuditRecord(**row._mapping) for row in conn.execute(statement)]
+
+
+def decisions_since(
+    conn: Connection, since: datetime, limit: int
+) -> list[DecisionRecord]:
+    """Return the decisions at or after ``since``, newest first."""
+    check_aware(since, "since")
+    check_count(limit, "limit", minimum=1)
+    statement = (
+        select(Decision.__table__)
+        .where(Decision.decided_at >= since)
+        .order_by(Decision.decided_at.desc(), Decision.id.desc())
+        .limit(limit)
+    )
+    return [DecisionRecord(**row._mapping) for row in conn.execute(statement)]
+
+
+def blocks_since(conn: Connection, since: datetime, limit: int) -> list[BlockRecord]:
+    """Return the blocks created at or after ``since``, newest first."""
+    check_aware(since, "since")
+    check_count(limit, "limit", minimum=1)
+    statement = (
+        select(Block.__table__)
+        .where(Block.created_at >= since)
+        .order_by(Block.created_at.desc(), Block.id.desc())
+        .limit(limit)
+    )
+    return [BlockRecord(**row._mapping) for row in conn.execute(statement)]
+
+
+def hangups_since(conn: Connection, since: datetime, limit: int) -> list[HangupRecord]:
+    """Return the hang-ups requested at or after ``since``, newest first."""
+    check_aware(since, "since")
+    check_count(limit, "limit", minimum=1)
+    statement = (
+        select(Hangup.__table__)
+        .where(Hangup.requested_at >= since)
+        .order_by(Hangup.requested_at.desc(), Hangup.id.desc())
+        .limit(limit)
+    )
+    return [HangupRecord(**row._mapping) for row in conn.execute(statement)]

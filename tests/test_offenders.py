@@ -1,0 +1,308 @@
+"""Offender blocking: barred attempts counted per key, bans that grow, and the config."""
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from callguard.clock import ManualClock
+from callguard.config import ConfigError, load_config
+from callguard.daemon.state import build_state
+from callguard.policy.blocks import BlockList
+from callguard.policy.decision import CallRequest, Decision
+from callguard.policy.engine import PolicyEngine
+from callguard.policy.ledger import Ledger
+from callguard.policy.offenders import OffenderGuard, is_offence, normalise_source
+from callguard.policy.reservations import Reservations
+from callguard.store import Store
+from callguard.worker import StoreWorker
+from support import TRUNK, write_config
+
+NOW = datetime(2024, 6, 14, 9, 0, tzinfo=timezone.utc)
+PREMIUM = "09011234567"
+GEOGRAPHIC = "01632960123"
+
+
+class Alerts:
+    def __init__(self):
+        self.blocks = []
+
+    def block_imposed(self, block_id, key_type, key, trunk, reason, at, expires_at,
+                      earlier):
+        self.blocks.append((block_id, key_type, key, expires_at - at, earlier))
+
+
+class Offenders:
+    """The engine and the offender guard over a real SQLite store and a manual clock."""
+
+    def __init__(self, directory, trunk_keys=""):
+        trunks = TRUNK + trunk_keys
+        self.config = load_config(write_config(directory, trunks=trunks))
+        self.store = Store(self.config.general.database)
+        self.store.open()
+        self.worker = StoreWorker(self.store)
+        self.clock = ManualClock(NOW)
+        self.blocks = BlockList()
+        self.alerts = Alerts()
+        self.engine = PolicyEngine(build_state(self.config).state, Ledger(self.worker),
+                                   Reservations(), self.blocks, self.clock)
+        self.guard = OffenderGuard(self.blocks, self.worker, self.clock, self.alerts)
+
+    async def call(self, number=PREMIUM, *, endpoint="1001", caller="01632960010",
+                   accountcode="", source=""):
+        request = CallRequest(trunk="gamma", dialled=number, caller=caller,
+                              channel=f"PJSIP/{endpoint}-00000012",
+                              accountcode=accountcode, source=source)
+        decision = await self.engine.decide(request, reserve=False)
+        self.guard.note(request, decision, self.engine.state)
+        await self.guard.drain()
+        return decision.reason
+
+    def advance(self, **delta):
+        self.clock.advance(timedelta(**delta).total_seconds())
+
+    def close(self):
+        self.worker.shutdown()
+        self.store.close()
+
+
+@pytest.fixture
+def offenders(tmp_path):
+    made = []
+
+    def make(trunk_keys=""):
+        made.append(Offenders(tmp_path, trunk_keys))
+        return made[-1]
+
+    yield make
+    for item in made:
+        item.close()
+
+
+async def test_burst_blocks_at_third(offenders):
+    guard = offenders()
+    reasons = [await guard.call() for _ in range(4)]
+
+    assert reasons == ["barred:premium"] * 3 + ["blocked:offender"]
+    assert await guard.call(GEOGRAPHIC) == "blocked:offender"
+    assert [b[1:4] for b in guard.alerts.blocks] == [("endpoint", "1001",
+                                                      timedelta(hours=1))]
+    stored = guard.store.active_blocks(guard.clock.now())
+    assert [(b.key_type, b.key, b.created_by) for b in stored] == [
+        ("endpoint", "1001", "callguard")]
+
+
+async def test_callers_counted_apart(offenders):
+    guard = offenders()
+    for endpoint in ("1001", "1002", "1003"):
+        assert await guard.call(endpoint=endpoint) == "barred:premium"
+        assert await guard.call(endpoint=endpoint) == "barred:premium"
+
+    for endpoint in ("1001", "1002", "1003"):
+        assert await guard.call(GEOGRAPHIC, endpoint=endpoint) == "ok"
+    assert guard.alerts.blocks == []
+
+
+async def test_invalid_numbers_count(offenders):
+    guard = offenders()
+    reasons = [await guard.call("0163*960123") for _ in range(3)]
+
+    assert reasons == ["invalid-number"] * 3
+    assert await guard.call(GEOGRAPHIC) == "blocked:offender"
+
+
+async def test_spread_attempts_no_block(offenders):
+    guard = offenders()
+    for _ in range(5):
+        assert await guard.call() == "barred:premium"
+        guard.advance(minutes=5, seconds=1)
+
+    assert await guard.call(GEOGRAPHIC) == "ok"
+    assert guard.alerts.blocks == []
+
+
+async def test_ban_expires(offenders):
+    guard = offenders()
+    for _ in range(3):
+        await guard.call()
+
+    guard.advance(minutes=59, seconds=59)
+    assert await guard.call(GEOGRAPHIC) == "blocked:offender"
+    guard.advance(seconds=1)
+    assert await guard.call(GEOGRAPHIC) == "ok"
+
+
+# (earlier bans, expected ban) with ban_time 1h, factor 3, max 1w: 243h is capped.
+GROWTH = [(0, timedelta(hours=1)), (1, timedelta(hours=3)), (2, timedelta(hours=9)),
+          (3, timedelta(hours=27)), (4, timedelta(hours=81)), (5, timedelta(weeks=1))]
+
+
+async def test_repeat_offender_grows(offenders):
+    guard = offenders("ban_time_factor = 3\n")
+    for earlier, expected in GROWTH:
+        for _ in range(3):
+            await guard.call()
+        assert guard.alerts.blocks[-1][3:] == (expected, earlier)
+        guard.advance(seconds=expected.total_seconds())
+
+    assert await guard.call(GEOGRAPHIC) == "ok"
+
+
+async def test_old_bans_not_counted(offenders):
+    guard = offenders("ban_max_time = 2h\n")
+    for _ in range(3):
+        await guard.call()
+    guard.advance(hours=2, seconds=1)
+
+    for _ in range(3):
+        await guard.call()
+    assert [b[3:] for b in guard.alerts.blocks] == [(timedelta(hours=1), 0),
+                                                   (timedelta(hours=1), 0)]
+
+
+async def test_lifted_ban_not_counted(offenders):
+    guard = offenders()
+    for _ in range(3):
+        await guard.call()
+    guard.store.unblock_manually("endpoint", "1001", "false alarm", guard.clock.now(),
+                                 "admin")
+    guard.blocks.remove("endpoint", "1001")
+
+    for _ in range(3):
+        await guard.call()
+    assert [b[3:] for b in guard.alerts.blocks] == [(timedelta(hours=1), 0),
+                                                   (timedelta(hours=1), 0)]
+
+
+async def test_ban_ignore_skips(offenders):
+    guard = offenders("ban_ignore = 1001, 1002\n")
+    for _ in range(4):
+        assert await guard.call() == "barred:premium"
+    for _ in range(3):
+        await guard.call(endpoint="1003")
+    assert await guard.call(GEOGRAPHIC, endpoint="1003") == "blocked:offender"
+
+
+# offender_key, the call's identity arguments, an identity that shares nothing.
+KEY_TYPES = [
+    ("endpoint", {"endpoint": "1001"}, {"endpoint": "1002"}),
+    ("caller", {"caller": "01632960010"}, {"caller": "01632960011"}),
+    ("accountcode", {"accountcode": "sales"}, {"accountcode": "support"}),
+    ("source", {"source": "192.0.2.10"}, {"source": "192.0.2.11"}),
+]
+
+
+@pytest.mark.parametrize("key_type, offender, other", KEY_TYPES)
+async def test_each_offender_key(offenders, key_type, offender, other):
+    guard = offenders(f"offender_key = {key_type}\n")
+    identity = {"endpoint": "2000", "caller": "01632960020"} | offender
+    for _ in range(3):
+        await guard.call(**identity)
+
+    assert await guard.call(GEOGRAPHIC, **offender) == "blocked:offender"
+    assert await guard.call(GEOGRAPHIC, **other) == "ok"
+    assert guard.alerts.blocks[0][1] == key_type
+
+
+async def test_emergency_from_blocked_caller(offenders):
+    guard = offenders()
+    for _ in range(3):
+        await guard.call()
+
+    assert await guard.call("999") == "emergency"
+    assert await guard.call("112") == "emergency"
+    assert await guard.call(GEOGRAPHIC) == "blocked:offender"
+
+
+async def test_quiet_keys_dropped(offenders):
+    guard = offenders()
+    for index in range(50):
+        await guard.call(endpoint=f"{3000 + index}")
+    assert len(guard.guard.counter) == 50
+
+    guard.advance(minutes=11)
+    await guard.call(endpoint="4000")
+    assert len(guard.guard.counter) == 1
+
+
+SOURCES = [
+    ("192.0.2.10:5060", "192.0.2.10"),
+    ("192.0.2.10", "192.0.2.10"),
+    ("[2001:db8::1]:5061", "2001:db8::1"),
+    ("2001:db8::1", "2001:db8::1"),
+    (" sbc.example ", "sbc.example"),
+]
+
+
+@pytest.mark.parametrize("text, expected", SOURCES)
+def test_normalise_source(text, expected):
+    assert normalise_source(text) == expected
+
+
+CONFIG_ERRORS = [
+    ("offender_key = phone", "offender_key", "'phone' is not an offender key; write "
+     "one of endpoint, caller, accountcode, source"),
+    ("ban_after = 0", "ban_after", "'0' is not a whole number from 1 to 1000; write it "
+     "like 3"),
+    ("ban_window = 10 minutes", "ban_window", "'10 minutes' is not a duration; write it "
+     "like 90s, 10m, 1h, 2d, 1w or 600 (seconds)"),
+    ("ban_time = 0", "ban_time", "'0' must be at least 1s; write it like 10m"),
+    ("ban_time_factor = 0.5", "ban_time_factor", "'0.5' is not a factor from 1 to 100; "
+     "write it like 2, or 1 to give every ban the same length"),
+    ("ban_max_time = 30m", "ban_max_time", "1800s is shorter than ban_time (3600s); set "
+     "ban_max_time to ban_time or longer"),
+    ("offender_key = source\nban_ignore = 192.0.2.300", "ban_ignore",
+     "'192.0.2.300' is not an IP address or network; write it like 192.0.2.10 or "
+     "192.0.2.0/24, because offender_key is source"),
+]
+
+
+@pytest.mark.parametrize("lines, key, message", CONFIG_ERRORS)
+def test_config_errors(tmp_path, lines, key, message):
+    path = write_config(tmp_path, trunks=TRUNK + lines + "\n")
+    line = path.read_text().splitlines().index(lines.splitlines()[-1]) + 1
+
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert str(raised.value) == f"{path}:{line}: [trunk gamma] {key}: {message}"
+
+
+def test_config_defaults(tmp_path):
+    settings = load_config(write_config(tmp_path)).trunks["gamma"].offenders
+
+    assert settings.key_type == "endpoint"
+    assert settings.ban_after == 3
+    assert settings.ban_window == 600
+    assert settings.ban_time == 3600
+    assert settings.ban_time_factor == 2
+    assert settings.ban_max_time == 604800
+
+
+def test_ignore_caller_numbers(tmp_path):
+    path = write_config(tmp_path, trunks=TRUNK + "offender_key = caller\n"
+                        "ban_ignore = 01632960000-01632960009\n")
+    ignore = load_config(path).trunks["gamma"].offenders.ban_ignore
+
+    assert "+441632960005" in ignore
+    assert "+441632960010" not in ignore
+
+
+def test_expired_blocks_dropped_from_memory():
+    blocks = BlockList()
+    start = datetime(2024, 6, 14, 9, 0, tzinfo=timezone.utc)
+    blocks.add("endpoint", "1001", start + timedelta(hours=1))
+    blocks.add("endpoint", "1002", start + timedelta(hours=3), start + timedelta(hours=2))
+
+    assert len(blocks) == 1
+    assert blocks.blocked([("endpoint", "1002")], start + timedelta(hours=2)) is not None
+
+
+@pytest.mark.parametrize(
+    "reason, counts",
+    [("barred:premium", True), ("barred-hours:international", True),
+     ("invalid-number", True), ("limit:daily", False), ("unclassified", False),
+     ("ok", False)],
+)
+def test_which_denials_count(reason, counts):
+    decision = Decision("DENY" if reason != "ok" else "ALLOW", reason, "gamma", "0901")
+
+    assert is_offence(decision) is counts
