@@ -47,6 +47,8 @@ class Pbx:
         self.rates = rates
         self.general = general
         self.app: Application | None = None
+        # Attributes set on each Application before it starts, e.g. alert timings.
+        self.app_settings: dict = {}
         self.results: dict[str, dict[str, str]] = {}
         self._sequence = 0
 
@@ -65,6 +67,8 @@ class Pbx:
     async def start_callguard(self) -> None:
         self.config = load_config(self.path)
         self.app = Application(self.config, clock=self.clock)
+        for name, value in self.app_settings.items():
+            setattr(self.app, name, value)
         await self.app.start()
         await eventually(lambda: self.app.ari.connected, what="ARI connection")
 

@@ -100,3 +100,100 @@ async def test_warning_then_limit_mail(tmp_path, mailbox):
     assert "+441632960123" in body
     assert "hung up 1 live calls" in body
     assert "callguardctl" in body
+
+
+def smtp_section(mailbox) -> str:
+    return (f"\n[smtp]\nhost = 127.0.0.1\nport = {mailbox.port}\nsecurity = none\n"
+            "from = callguard@pbx.example.org\nto = noc@example.org\n")
+
+
+LEVELS_TRUNK = TRUNK.replace("warn_percent = 80", "warn_percent = 50, 80, 95")
+BIG_FEE = "prefix,description,rate,connection_fee,increments\n44,UK,1.00,85.00,60/60\n"
+
+
+async def start_answered(pbx) -> object:
+    call, result = await pbx.call("01632960123")
+    assert result["CALLGUARD_RESULT"] == "ALLOW"
+    await pbx.ari.answer(call)
+    await eventually(lambda: call.trunk_id in pbx.legs()
+                     and pbx.legs()[call.trunk_id].state == "up")
+    return call
+
+
+async def test_jump_past_two_levels_sends_higher(tmp_path, mailbox):
+    pbx = Pbx(tmp_path, NOW, trunks=LEVELS_TRUNK + smtp_section(mailbox), rates=BIG_FEE)
+    await pbx.start()
+    try:
+        await start_answered(pbx)           # 85.00 fee + 1.00: from 0 to 86.00
+        await eventually(lambda: len(mailbox.messages) == 1, what="the first warning")
+        pbx.clock.advance(8 * 60)           # 94.00
+        await pbx.app.alerts_settle()
+        after_eight = mailbox.subjects()
+        pbx.clock.advance(60)               # the block at 9 minutes: 95.00
+        await eventually(lambda: len(mailbox.messages) == 2, what="the 95% warning")
+    finally:
+        await pbx.stop()
+
+    assert after_eight == ["[callguard] gamma: daily spend 80% (86.00 of 100.00 GBP)"]
+    assert mailbox.subjects()[1] == "[callguard] gamma: daily spend 95% (95.00 of 100.00 GBP)"
+
+
+async def test_warning_once_across_restart(tmp_path, mailbox):
+    pbx = Pbx(tmp_path, NOW, trunks=LEVELS_TRUNK + smtp_section(mailbox), rates=BIG_FEE)
+    await pbx.start()
+    try:
+        await start_answered(pbx)
+        await eventually(lambda: len(mailbox.messages) == 1, what="the warning")
+        await pbx.app.guard.drain()
+        await pbx.crash()
+        await pbx.start_callguard()
+        pbx.clock.advance(30)
+        await pbx.app.alerts_settle()
+        await asyncio.sleep(0.2)
+        await pbx.app.alerts_settle()
+    finally:
+        await pbx.stop()
+
+    assert mailbox.subjects() == ["[callguard] gamma: daily spend 80% (86.00 of 100.00 GBP)"]
+
+
+async def test_refused_call_raises_limit_mail(tmp_path, mailbox):
+    pbx = Pbx(tmp_path, NOW, trunks=TRUNK + smtp_section(mailbox), rates=RATES)
+    await pbx.start()
+    try:
+        await pbx.app.stop()
+        pbx.add_spend("day", "2024-06-14", "99.00", NOW)
+        await pbx.start_callguard()
+        _, first = await pbx.call("01632960123")
+        _, second = await pbx.call("01632960124")
+        await eventually(lambda: mailbox.messages, what="the limit e-mail")
+        await pbx.app.alerts_settle()
+    finally:
+        await pbx.stop()
+
+    assert first["CALLGUARD_REASON"] == "limit:daily"
+    assert second["CALLGUARD_REASON"] == "limit:daily"
+    assert mailbox.subjects() == [
+        "[callguard] gamma: daily limit reached (99.00 of 100.00 GBP)"]
+    body = mailbox.messages[0][1].get_payload(decode=True).decode()
+    assert "refused a call to +441632960123" in body
+
+
+async def test_ari_unreachable_mail(tmp_path, mailbox):
+    pbx = Pbx(tmp_path, NOW, trunks=TRUNK + smtp_section(mailbox), rates=RATES)
+    pbx.app_settings = {"ari_alert_after": timedelta(minutes=5), "ari_watch_interval": 0.02}
+    await pbx.start()
+    try:
+        await pbx.ari.drop_events(refuse_for=float("inf"))
+        await eventually(lambda: not pbx.app.ari.connected, what="the drop")
+        pbx.clock.advance(4 * 60)
+        await asyncio.sleep(0.1)
+        await pbx.app.alerts_settle()
+        early = list(mailbox.messages)
+        pbx.clock.advance(61)
+        await eventually(lambda: mailbox.messages, what="the ARI e-mail")
+    finally:
+        await pbx.stop()
+
+    assert early == []
+    assert mailbox.subjects() == ["[callguard] ARI unreachable for 5 minutes"]

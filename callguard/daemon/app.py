@@ -60,6 +60,8 @@ class Application:
         self.alerts = AlertRaiser(self.dispatcher.submit, config, self.ledger)
         self.offenders = OffenderGuard(self.blocks, self.worker, self.clock, self.alerts)
         self._watch: asyncio.Task | None = None
+        self.ari_alert_after = ARI_ALERT_AFTER
+        self.ari_watch_interval = ARI_WATCH_INTERVAL
 
     async def start(self) -> None:
         general = self.config.general
@@ -117,11 +119,11 @@ class Application:
         """Alert once per outage when ARI stays unreachable past ARI_ALERT_AFTER."""
         alerted_for = None
         while True:
-            await asyncio.sleep(ARI_WATCH_INTERVAL)
+            await asyncio.sleep(self.ari_watch_interval)
             since = self.tracker.blind_since if self.ari is not None else None
             if since is None or self.ari.connected:
                 continue
-            if since != alerted_for and (self.clock.now() - since) >= ARI_ALERT_AFTER:
+            if since != alerted_for and (self.clock.now() - since) >= self.ari_alert_after:
                 log.error("ARI unreachable since %s; live calls are not metered",
                           since.isoformat())
                 self.alerts.ari_unreachable(since, self.clock.now())
