@@ -87,7 +87,8 @@ class Pbx:
         self.app = None
 
     async def call(self, number: str, *, endpoint: str = "1001",
-                   callerid: str = "01632960010"):
+                   callerid: str = "01632960010", checked_trunk: str = "gamma",
+                   dial_trunk: str = "gamma"):
         """Dial ``number`` through the dialplan snippet: check, then Dial() on ALLOW."""
         self._sequence += 1
         agi_channel = f"PJSIP/{endpoint}-{self._sequence:08x}"
@@ -96,13 +97,14 @@ class Pbx:
             outcome = await run_fastagi_call(
                 "127.0.0.1", self.port,
                 AGICall(extension=number, uniqueid=caller_id, channel=agi_channel,
-                        callerid=callerid, arguments=(number, "gamma")),
+                        callerid=callerid, arguments=(number, checked_trunk)),
             )
             self.results[caller_id] = outcome.variables
             return outcome.variables.get("CALLGUARD_RESULT") == "ALLOW"
 
-        call = await self.ari.dial_out(number, caller_endpoint=endpoint, callerid=callerid,
-                                       dialstring=f"{number}@gamma", check=check)
+        call = await self.ari.dial_out(number, trunk=dial_trunk, caller_endpoint=endpoint,
+                                       callerid=callerid, dialstring=f"{number}@{dial_trunk}",
+                                       check=check)
         return call, self.results[call.caller_id]
 
     def spend(self, window: str, key: str, trunk: str = "gamma") -> Decimal:

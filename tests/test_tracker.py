@@ -186,18 +186,25 @@ async def test_max_call_seconds_hangs_up(tmp_path):
     assert record.cost == Decimal("2.00")
 
 
-async def test_trunk_mismatch_leg_trunk_pays(pbx):
-    call, result = await pbx.call("01632960123")   # checked for gamma
+async def test_trunk_mismatch_leg_trunk_pays(pbx, caplog):
+    # Checked for gamma, dialled out on delta: delta pays, with a warning.
+    call, result = await pbx.call("01632960123", checked_trunk="gamma", dial_trunk="delta")
     assert result["CALLGUARD_RESULT"] == "ALLOW"
+    await pbx.ari.answer(call)
+    await eventually(lambda: call.trunk_id in pbx.legs()
+                     and pbx.legs()[call.trunk_id].state == "up", what="the answer")
+    pbx.clock.advance(30)
     await pbx.ari.hangup(call)
-    await eventually(lambda: not pbx.legs())
-    # The same caller, checked for gamma, dials out on delta.
-    delta_call = await pbx.ari.dial_out("01632960124", trunk="delta",
-                                        dialstring="01632960124@delta")
-    await pbx.ari.answer(delta_call)
-    await eventually(lambda: delta_call.trunk_id in pbx.legs())
+    await eventually(lambda: not pbx.legs(), what="the end")
+    await pbx.app.guard.drain()
 
-    assert pbx.legs()[delta_call.trunk_id].trunk == "delta"
+    record = stored_calls(pbx)[call.trunk_id]
+    assert record.trunk == "delta"
+    assert record.cost == Decimal("1.00")
+    assert pbx.spend("day", TODAY, trunk="delta") == Decimal("1.00")
+    assert pbx.spend("day", TODAY, trunk="gamma") == Decimal(0)
+    assert any("checked for trunk gamma but dialled on delta" in r.getMessage()
+               for r in caplog.records if r.levelname == "WARNING")
 
 
 async def test_delete_404_finalises_once(pbx):
