@@ -9,6 +9,9 @@ from decimal import ROUND_CEILING, Decimal, InvalidOperation
 
 MICRO = Decimal("0.000001")
 MICROS_PER_UNIT = 1_000_000
+# The largest amount the store can hold as BIGINT micro-units, rounded down to
+# a figure people can read: no trunk limit or price comes near it.
+MAX_AMOUNT = Decimal("999999999999.999999")
 
 
 class InvalidAmount(ValueError):
@@ -29,6 +32,8 @@ def parse_amount(text: str, *, allow_negative: bool = False) -> Decimal:
         raise InvalidAmount(f"{text!r} is not an amount")
     if amount < 0 and not allow_negative:
         raise InvalidAmount(f"{text!r} is negative")
+    if abs(amount) > MAX_AMOUNT:
+        raise InvalidAmount(f"{text!r} is too large; the maximum is {MAX_AMOUNT}")
     if amount != amount.quantize(MICRO, rounding=ROUND_CEILING):
         raise InvalidAmount(f"{text!r} has more than six decimal places")
     return amount

@@ -26,6 +26,7 @@ from support import write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_CONFIG = ROOT / "etc" / "callguard.conf"
+SAMPLE_SECRET = ROOT / "etc" / "ari.secret"
 SAMPLE_RATES = ROOT / "etc" / "rates-gamma.csv"
 SAMPLE_PREFIXES = ROOT / "etc" / "prefixes-gb.csv"
 BIN = Path(sys.executable).parent
@@ -232,6 +233,7 @@ def test_check_config_broken(tmp_path, capsys, good, bad, section, key):
     assert text.count(f"\n{good}\n") == 1
     path.write_text(text.replace(f"\n{good}\n", f"\n{bad}\n"))
     shutil.copy(SAMPLE_RATES, tmp_path / SAMPLE_RATES.name)
+    shutil.copy(SAMPLE_SECRET, tmp_path / SAMPLE_SECRET.name)
     line = path.read_text().splitlines().index(bad) + 1
 
     status = run_ctl("--config", str(path), "check-config")
@@ -249,6 +251,7 @@ def test_check_config_all_problems(tmp_path, capsys):
         text = text.replace(f"\n{good}\n", f"\n{bad}\n")
     path.write_text(text)
     shutil.copy(SAMPLE_RATES, tmp_path / SAMPLE_RATES.name)
+    shutil.copy(SAMPLE_SECRET, tmp_path / SAMPLE_SECRET.name)
 
     status = run_ctl("--config", str(path), "check-config")
     err = capsys.readouterr().err
@@ -262,6 +265,7 @@ def test_check_config_all_problems(tmp_path, capsys):
 def test_check_config_bad_rates(tmp_path, capsys):
     path = tmp_path / "callguard.conf"
     path.write_text(SAMPLE_CONFIG.read_text())
+    shutil.copy(SAMPLE_SECRET, tmp_path / SAMPLE_SECRET.name)
     rates = SAMPLE_RATES.read_text().replace("1,United States and Canada,0.0090,,6/6",
                                              "1,United States and Canada,cheap,,6/6")
     (tmp_path / SAMPLE_RATES.name).write_text(rates)

@@ -902,6 +902,7 @@ def test_categories():
 
 def test_sample_loads(tmp_path):
     shutil.copy(SAMPLE, tmp_path / CONFIG_NAME)
+    shutil.copy(SAMPLE.parent / "ari.secret", tmp_path / "ari.secret")
     (tmp_path / "rates-gamma.csv").write_text("prefix,rate\n")
 
     config = load_config(tmp_path / CONFIG_NAME)

@@ -462,3 +462,11 @@ def test_fuzz_caller_never_raises():
         e164 = GB.normalise_caller(text)
 
         assert e164 is None or E164_PATTERN.fullmatch(e164), text
+
+
+@pytest.mark.parametrize("dialled", ["9990", "99990", "999999", "1121", "112112", "180001"])
+def test_emergency_rows_match_exactly(dialled):
+    classifier = Classifier(NumberPlan("GB"), PrefixTable.default())
+
+    with pytest.raises(UnclassifiedNumber):
+        classifier.classify(dialled)

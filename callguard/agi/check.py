@@ -77,10 +77,12 @@ class CheckHandler:
             log.exception("%s: the decision failed", request.uniqueid)
             decision = self._fail_policy(engine, request, "failed")
 
+        # The dialled string and the caller ID come from the phone: repr() keeps
+        # a line break or a terminal escape in them from reaching the log raw.
         log.info(
-            "%s %s: %s %s to %s (%s) from %s",
+            "%r %r: %s %s to %s (%s) from %r",
             request.trunk or "-", request.uniqueid or "-", decision.result, decision.reason,
-            decision.e164 or request.dialled, decision.category or "-",
+            decision.e164 or repr(request.dialled), decision.category or "-",
             request.caller or "unknown",
         )
         self._sink.record(request, decision)

@@ -13,7 +13,7 @@ import phonenumbers
 from callguard.config.categories import split_list
 from callguard.config.errors import InvalidValue
 from callguard.config.model import DefaultRate
-from callguard.money import InvalidAmount, parse_amount
+from callguard.money import MAX_AMOUNT, InvalidAmount, parse_amount
 
 DURATION_PATTERN = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)?")
 SECONDS_PER_UNIT = {
@@ -189,6 +189,11 @@ def parse_default_rate(text: str) -> DefaultRate | None:
         )
 
     rate = Decimal(items[0])
+    if rate > MAX_AMOUNT:
+        raise InvalidValue(
+            f"{items[0]!r} is too large for a rate per minute; the maximum is "
+            f"{MAX_AMOUNT}; write RATE[, FEE[, N/M]] like {RATE_EXAMPLE}"
+        )
     fee = Decimal(0)
     if len(items) > 1:
         fee = _parse_fee(items[1])

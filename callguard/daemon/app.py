@@ -83,7 +83,11 @@ class Application:
         self.engine.catch_up = self.guard.catch_up
         await restore_live_calls(self.guard)
         self.tracker = EventTracker(self.guard, self.clock)
-        if self.config.ari.enabled:
+        if self.config.ari.enabled and not _ari_password(self.config):
+            log.error("ARI is enabled but no password could be read from [ari] "
+                      "password_file: live calls are not metered or hung up until it is "
+                      "set and callguard restarts")
+        elif self.config.ari.enabled:
             self.ari = AriListener(self.config, self.guard, self.tracker)
             self.ari.start()
         else:
@@ -106,7 +110,12 @@ class Application:
             "calls": lambda request: status.calls(self.guard, bool(request.get("live"))),
             **operator_commands(self),
         })
-        await self.control.start()
+        try:
+            await self.control.start()
+        except OSError as exc:
+            log.error("no control socket, so callguardctl status and calls cannot reach "
+                      "the daemon: %s", exc)
+            self.control = None
         self._watch = asyncio.create_task(self._watch_ari(), name="ari-watch")
 
     async def alerts_settle(self, timeout: float = 5.0) -> None:
@@ -146,6 +155,13 @@ class Application:
         except (ConfigError, ValueError, OSError) as exc:
             log.error("reload of %s failed, keeping the running config:\n%s", path, exc)
             await self._record_reload(f"failed, kept the running config: {exc}")
+            return False
+        except Exception as exc:
+            # A file that breaks the loader in a way it did not foresee must not
+            # end reloading: keep the running config and say why.
+            log.exception("reload of %s failed unexpectedly, keeping the running config",
+                          path)
+            await self._record_reload(f"failed, kept the running config: {exc!r}")
             return False
 
         if config.general.database != self.config.general.database:
@@ -205,6 +221,15 @@ class Application:
         now = self.clock.now()
         active = await self.worker.call(self.store.active_blocks, now)
         self.blocks.replace({(b.key_type, b.key): b.expires_at for b in active})
+
+
+def _ari_password(config: Config) -> str | None:
+    try:
+        return config.ari.password()
+    except OSError as exc:
+        log.error("cannot read the ARI password file %s: %s", config.ari.password_file,
+                  exc.strerror)
+        return None
 
 
 class _Sinks:

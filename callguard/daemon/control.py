@@ -29,8 +29,12 @@ class ControlServer:
 
     async def start(self) -> None:
         if not self.path.parent.is_dir():
-            raise OSError(f"control socket directory {self.path.parent} does not exist; "
-                          "create it or set control_socket in [general]")
+            try:
+                self.path.parent.mkdir(mode=0o750, parents=True)
+            except OSError as exc:
+                raise OSError(f"control socket directory {self.path.parent} does not exist "
+                              f"and cannot be created ({exc.strerror}); create it or set "
+                              "control_socket in [general]") from None
         if self.path.is_socket():
             self.path.unlink()  # left behind by a daemon that did not stop cleanly
         old_umask = os.umask(0o117)

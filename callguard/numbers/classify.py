@@ -54,6 +54,10 @@ class Classifier:
 
         number = self.plan.normalise(dialled)
         rule = self.table.match(number.table_key)
+        if rule is not None and rule.category == EMERGENCY and rule.prefix != number.table_key:
+            # Emergency calls skip every barring and limit, so an emergency row
+            # matches its number exactly: 9990 or 112112 is not 999 or 112.
+            rule = None
         if rule is None:
             raise UnclassifiedNumber(
                 f"no rule of prefix table {self.table.source} matches {quote(dialled)} "

@@ -257,7 +257,7 @@ class PolicyEngine:
         return tariff
 
     def _emergency(self, request: CallRequest, classified: Classified | None = None) -> Decision:
-        log.info("%s: emergency call to %s from %s; allowing it", request.uniqueid or "-",
+        log.info("%r: emergency call to %r from %r; allowing it", request.uniqueid or "-",
                  request.dialled, request.caller or "unknown")
         return Decision(
             ALLOW,

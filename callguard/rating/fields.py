@@ -8,7 +8,7 @@ TypeError for a wrong type, such as a float, and ValueError for a bad value.
 
 from decimal import Decimal
 
-from callguard.money import InvalidAmount, parse_amount, round_up
+from callguard.money import MAX_AMOUNT, InvalidAmount, parse_amount, round_up
 
 # ITU-T E.164 limits international numbers to 15 digits, country code included.
 E164_MAX_DIGITS = 15
@@ -133,3 +133,5 @@ def check_decimal(name: str, value: object) -> None:
         raise ValueError(
             f"{name} {value} is invalid; pass a finite Decimal that is not negative"
         )
+    if value > MAX_AMOUNT:
+        raise ValueError(f"{name} {value} is too large; the maximum is {MAX_AMOUNT}")
