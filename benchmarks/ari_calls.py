@@ -1,4 +1,4 @@
-"""Outbound calls as the ARI events that Asterisk sends, for feeding callguard in-process.
+"""Outbound calls as the ARI events that Asterisk sends, for callguard in-process.
 
 The events come from the ARI emulator's call flows in tests/emulator, which copy
 traffic recorded from Asterisk 22.10.1: the caller's dialplan with the check,
@@ -16,7 +16,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from ari_pbx import APP, CALLER_ID, CHANNELVARS, caller_endpoint, dialled_number  # noqa: E402
+from ari_pbx import (  # noqa: E402
+    APP,
+    CALLER_ID,
+    CHANNELVARS,
+    caller_endpoint,
+    dialled_number,
+)
 from emulator.ari_causes import CAUSE_NORMAL_CLEARING  # noqa: E402
 from emulator.ari_events import Event, EventBuilder  # noqa: E402
 from emulator.ari_hub import encode_json  # noqa: E402
@@ -31,12 +37,12 @@ SIDE_CALLER = "caller"
 
 
 def decode(events: list[Event]) -> list[dict]:
-    """Return ``events`` as callguard receives them: encoded as on the wire, then parsed."""
+    """Return ``events`` encoded as on the wire and parsed, as callguard gets them."""
     return [json.loads(encode_json(event.for_application(APP))) for event in events]
 
 
 class CallSource:
-    """Places, answers and ends emulated calls on real time, checked by ``app``.
+    """Places, answers and ends emulated calls on the system clock, checked by ``app``.
 
     With ``keep_calls`` False, the emulator forgets each call once it is
     answered, so that a run with thousands of live calls measures callguard's
@@ -85,8 +91,8 @@ class CallSource:
         self.app.guard.note_decision(request, decision)
         if decision.result != ALLOW:
             raise RuntimeError(
-                f"the check denied {number} on {trunk}: {decision.reason}. Raise the "
-                "trunk's limits so that every benchmark call is allowed"
+                f"the check denied {number} on {trunk} ({decision.reason}), but every "
+                "benchmark call must be allowed: update the config in ari_pbx.py"
             )
         return call, decode(events)
 
@@ -96,5 +102,7 @@ class CallSource:
     def hang_up(self, call: EmulatedCall) -> list[dict]:
         """End ``call`` from the caller's side with cause 16, normal clearing."""
         if not self.keep_calls:
-            raise RuntimeError("this CallSource forgets its calls, so it cannot end them")
+            raise RuntimeError(
+                "this CallSource forgets its calls, so it cannot end them"
+            )
         return decode(self._switch.hangup(call, SIDE_CALLER, CAUSE_NORMAL_CLEARING))

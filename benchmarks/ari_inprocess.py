@@ -1,4 +1,4 @@
-"""callguard's ARI event path in this process: events per second and memory per live call.
+"""callguard's ARI event path in this process: events per second, memory per live call.
 
 Both feed EventTracker.on_event(), the method that the daemon's ARI listener
 calls for every event, on an Application started as the daemon starts it, with
@@ -26,10 +26,12 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 UNREACHED_LIMIT = Decimal("1000000.00")
 # Calls per trunk that warm the store and the code paths before memory is read.
 WARM_UP_CALLS = 2
+# Calls between waits for the store writes to finish while live calls are built.
+DRAIN_EVERY = 50
 
 
 def log_to_file(directory: Path) -> None:
-    """Log callguard at info to a file in ``directory``, as the daemon logs to journald."""
+    """Log at info to a file in ``directory``, as the daemon logs to journald."""
     logging.basicConfig(
         filename=directory / "callguard.log",
         level=logging.INFO,
@@ -41,7 +43,9 @@ def log_to_file(directory: Path) -> None:
 
 async def start_app(directory: Path, trunks: int, daily_limit: Decimal) -> Application:
     limits = {trunk_name(index): daily_limit for index in range(trunks)}
-    path = write_config(directory, limits, zone=window_timezone(), fastagi_port=free_port())
+    path = write_config(
+        directory, limits, zone=window_timezone(), fastagi_port=free_port()
+    )
     app = Application(load_config(path))
     await app.start()
     return app
@@ -63,39 +67,31 @@ def check_live(app: Application, expected: int) -> None:
         )
 
 
-async def measure_event_path(
-    directory: Path,
-    *,
-    trunks: int,
-    live_per_trunk: int,
-    calls: int,
-    daily_limit: Decimal = UNREACHED_LIMIT,
+async def set_daily_limit(app: Application, limit: Decimal) -> None:
+    """Write ``limit`` on every trunk into the config and reload it, as SIGHUP does."""
+    config = app.config
+    write_config(
+        config.path.parent,
+        {name: limit for name in config.trunks},
+        zone=config.general.timezone.key,
+        fastagi_port=config.general.fastagi_port,
+    )
+    if not await app.reload():
+        raise RuntimeError(f"callguard rejected the config written to {config.path}")
+
+
+async def feed_steps(
+    app: Application, source: CallSource, live: deque, names: list[str], calls: int
 ) -> dict:
-    """Feed ``calls`` whole calls while ``live_per_trunk`` other calls stay up on each trunk.
-
-    Each step dials and answers a call and ends the oldest one on the same trunk,
-    then waits for the store writes that the step started. The emulator building
-    the events and the check are not timed. The store writes are timed apart
-    from on_event(), because their thread would otherwise take the GIL in the
-    middle of the timed calls.
-    """
-    app = await start_app(directory, trunks, daily_limit)
-    source = CallSource(app)
-    names = [trunk_name(index) for index in range(trunks)]
-    live: deque = deque()
-
-    for index in range(trunks * live_per_trunk):
-        call, events = await source.dial(names[index % trunks])
-        feed(app, events + source.answer(call))
-        live.append(call)
-        await app.guard.drain()
+    """Feed ``calls`` steps and time them. Each step dials and answers a call, ends
+    the oldest live call on the same trunk, and waits for the store writes."""
+    # time.thread_time() run on the store's thread returns that thread's CPU time.
     store_cpu_before = await app.worker.call(time.thread_time)
-
     events_fed = 0
     on_event_s = 0.0
     store_s = 0.0
     for index in range(calls):
-        call, events = await source.dial(names[index % trunks])
+        call, events = await source.dial(names[index % len(names)])
         events += source.answer(call)
         events += source.hang_up(live.popleft())
         live.append(call)
@@ -109,11 +105,7 @@ async def measure_event_path(
         events_fed += len(events)
 
     store_cpu_s = await app.worker.call(time.thread_time) - store_cpu_before
-
-    check_live(app, trunks * live_per_trunk)
-    await app.stop()
     return {
-        "live_per_trunk": live_per_trunk,
         "calls": calls,
         "events": events_fed,
         "on_event_per_s": events_fed / on_event_s,
@@ -121,6 +113,44 @@ async def measure_event_path(
         "store_ms_per_call": store_s / calls * 1e3,
         "store_cpu_ms_per_call": store_cpu_s / calls * 1e3,
     }
+
+
+async def measure_event_path(
+    directory: Path,
+    *,
+    trunks: int,
+    live_per_trunk: int,
+    calls: int,
+    limits: tuple[Decimal, ...] = (UNREACHED_LIMIT,),
+) -> list[dict]:
+    """Feed ``calls`` whole calls while ``live_per_trunk`` calls stay up on each trunk,
+    once per daily limit in ``limits``, and return the figures of each run.
+
+    The emulator building the events and the check are not timed. The store
+    writes are timed apart from on_event(), because their thread would otherwise
+    take the GIL in the middle of the timed calls.
+    """
+    app = await start_app(directory, trunks, limits[0])
+    source = CallSource(app)
+    names = [trunk_name(index) for index in range(trunks)]
+    live: deque = deque()
+
+    for index in range(trunks * live_per_trunk):
+        call, events = await source.dial(names[index % trunks])
+        feed(app, events + source.answer(call))
+        live.append(call)
+        await app.guard.drain()
+
+    results = []
+    for run, limit in enumerate(limits):
+        if run:
+            await set_daily_limit(app, limit)
+        figures = await feed_steps(app, source, live, names, calls)
+        results.append({"live_per_trunk": live_per_trunk, "limit": limit, **figures})
+
+    check_live(app, trunks * live_per_trunk)
+    await app.stop()
+    return results
 
 
 async def measure_memory(directory: Path, *, trunks: int, calls: int) -> dict:
@@ -144,7 +174,11 @@ async def measure_memory(directory: Path, *, trunks: int, calls: int) -> dict:
     for index in range(calls):
         call, events = await source.dial(names[index % trunks])
         feed(app, events + source.answer(call))
-        await asyncio.sleep(0)
+        if index % DRAIN_EVERY == 0:
+            # A backlog of store writes would leave its memory in the figure.
+            await app.guard.drain()
+        else:
+            await asyncio.sleep(0)
     await app.guard.drain()
     build_s = time.perf_counter() - started
     gc.collect()

@@ -25,8 +25,8 @@ RATE_DECK = (
     "prefix,description,rate,connection_fee,increments\n"
     f"44,United Kingdom,0.60,,{BLOCK_SECONDS}/{BLOCK_SECONDS}\n"
 )
-# A call reaches max_call_seconds long after any run ends; the cap still makes
-# every trunk with a live call keep a timer.
+# No call of a run lasts this long, but the cap gives every trunk with a live
+# call a timer.
 MAX_CALL_SECONDS = 7200
 
 # The spend windows must not roll over during a run: see window_timezone().
@@ -44,7 +44,7 @@ def channel_pattern(trunk: str) -> str:
 
 
 def dialled_number(index: int) -> str:
-    """Return a UK geographic number in the 01632 960xxx range that Ofcom keeps for drama."""
+    """Return a UK number in 01632 960000-960999, which Ofcom reserves for drama."""
     return f"01632960{index % 1000:03d}"
 
 
@@ -61,10 +61,14 @@ def window_timezone(now: datetime | None = None) -> str:
     now = now or datetime.now(timezone.utc)
     for name in ("UTC", FAR_ZONE):
         local = now.astimezone(ZoneInfo(name))
-        since_midnight = local - local.replace(hour=0, minute=0, second=0, microsecond=0)
+        since_midnight = local - local.replace(
+            hour=0, minute=0, second=0, microsecond=0
+        )
         if MIDNIGHT_MARGIN < since_midnight < timedelta(days=1) - MIDNIGHT_MARGIN:
             return name
-    raise AssertionError(f"no time zone of UTC and {FAR_ZONE} is far from midnight")
+    raise AssertionError(
+        f"neither UTC nor {FAR_ZONE} is {MIDNIGHT_MARGIN} away from midnight"
+    )
 
 
 def free_port() -> int:

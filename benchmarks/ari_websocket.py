@@ -1,4 +1,4 @@
-"""ARI events per second through the real websocket: the daemon against the ARI emulator.
+"""ARI events per second through the real websocket: the daemon against the emulator.
 
 Concurrent call flows each place a call (FastAGI check, then Dial), answer it
 and hang it up from the caller's side, until ``calls`` calls are done. The run
@@ -22,14 +22,20 @@ UNREACHED_LIMIT = Decimal("1000000.00")
 BACKLOG_TIMEOUT = 120.0
 
 
-async def measure_websocket(directory: Path, *, trunks: int, calls: int,
-                            concurrency: int) -> dict:
+async def measure_websocket(
+    directory: Path, *, trunks: int, calls: int, concurrency: int
+) -> dict:
     ari = TimedAriEmulator()
     await ari.start()
     fastagi_port = free_port()
     limits = {trunk_name(index): UNREACHED_LIMIT for index in range(trunks)}
-    config = write_config(directory, limits, zone=window_timezone(),
-                          fastagi_port=fastagi_port, ari_url=ari.url)
+    config = write_config(
+        directory,
+        limits,
+        zone=window_timezone(),
+        fastagi_port=fastagi_port,
+        ari_url=ari.url,
+    )
     daemon = Daemon(config)
     try:
         await daemon.start()
@@ -37,8 +43,9 @@ async def measure_websocket(directory: Path, *, trunks: int, calls: int,
 
         async def flow() -> None:
             while (index := next(indexes)) < calls:
-                call = await place_call(ari, fastagi_port, trunk_name(index % trunks),
-                                        index)
+                call = await place_call(
+                    ari, fastagi_port, trunk_name(index % trunks), index
+                )
                 await ari.answer(call)
                 await ari.hangup(call)
 
@@ -48,8 +55,11 @@ async def measure_websocket(directory: Path, *, trunks: int, calls: int,
         started = time.perf_counter()
         await asyncio.gather(*(flow() for _ in range(concurrency)))
         sent_s = time.perf_counter() - started
-        await wait_until(lambda: daemon.count_calls(STATE_ENDED) >= calls,
-                         BACKLOG_TIMEOUT, f"{calls} ended calls in the store")
+        await wait_until(
+            lambda: daemon.count_calls(STATE_ENDED) >= calls,
+            BACKLOG_TIMEOUT,
+            f"{calls} ended calls in the store",
+        )
         elapsed_s = time.perf_counter() - started
         daemon_cpu_s = daemon.cpu_seconds() - daemon_cpu_before
         own_cpu_s = time.process_time() - own_cpu_before
