@@ -319,3 +319,29 @@ async def test_out_of_order_end_before_answer(recorded):
 
     assert pbx.legs() == {}
     assert stored_calls(pbx)["1796397406.2"].cost == Decimal(0)
+
+
+async def test_dial_after_reconcile_links_adopted_leg(pbx):
+    # A call checked and dialled while the reconciliation ran: the leg is first
+    # adopted from GET /ari/channels, then its held-back Dial links it.
+    request = CallRequest(trunk="gamma", dialled="01632960123", uniqueid="1718355600.50")
+    decision = await pbx.app.engine.decide(request)
+    pbx.app.guard.note_decision(request, decision)
+
+    recorded = replay(pbx, "ari-events-subscribeall.jsonl")
+    dial = next(e for e in recorded if e["type"] == "Dial" and e.get("caller")
+                and e["dialstatus"] == "")
+    leg = dict(dial["peer"], id="1718355600.51", name="PJSIP/gamma-00000051",
+               state="Ring")
+    leg["dialplan"] = dict(leg["dialplan"], exten="", app_name="AppDial")
+    pbx.app.tracker.reconcile([leg])
+    adopted = pbx.legs()["1718355600.51"]
+    assert not adopted.guarded
+
+    event = dict(dial, peer=leg, dialstring="01632960123@gamma",
+                 caller=dict(dial["caller"], id="1718355600.50"))
+    pbx.app.tracker.on_event(event)
+
+    assert adopted.guarded
+    assert adopted.e164 == "+441632960123"
+    assert pbx.app.reservations.pending_count("gamma") == 0

@@ -10,6 +10,9 @@ from callguard.metering.tracker import EventTracker, leg_from_record
 
 log = logging.getLogger(__name__)
 
+# DELETE requests sent to Asterisk at once; the rest wait their turn.
+MAX_HANGUPS_IN_FLIGHT = 16
+
 
 class AriListener:
     """Connects the ARI client to the tracker, and reconciles on every (re)connect."""
@@ -25,6 +28,7 @@ class AriListener:
         self.guard = guard
         self.tracker = tracker
         self._task: asyncio.Task | None = None
+        self._hangups_in_flight = asyncio.Semaphore(MAX_HANGUPS_IN_FLIGHT)
         guard.hangup = self._hang_up
 
     @property
@@ -47,7 +51,10 @@ class AriListener:
                 pass
 
     async def _hang_up(self, channel_id: str, cause: int) -> bool:
-        return await self.client.hangup(channel_id, reason_code=cause)
+        # A limit can end hundreds of calls at once; a few requests in flight
+        # keep the HTTP pool from timing out the rest while they wait for it.
+        async with self._hangups_in_flight:
+            return await self.client.hangup(channel_id, reason_code=cause)
 
     async def _on_event(self, event: dict) -> None:
         self.tracker.on_event(event)

@@ -63,6 +63,7 @@ class LiveGuard:
         self.hangup: Hangup | None = None
         self.alerts: AlertRaiser | None = None
         self._timers: dict[str, TimerHandle] = {}
+        self._dirty: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
 
     # Configuration and queries.
@@ -108,7 +109,12 @@ class LiveGuard:
     def dialled(self, leg_id: str, channel: str, trunk: str, decision_uniqueid: str,
                 number: str | None, at: datetime) -> Leg | None:
         """Start following a trunk leg placed by Dial()."""
-        if leg_id in self.legs or trunk not in self.meters:
+        if leg_id in self.legs:
+            # Adopted from GET /ari/channels while this Dial waited behind the
+            # reconciliation: link it to its check now.
+            self._relink(self.legs[leg_id], decision_uniqueid, number)
+            return None
+        if trunk not in self.meters:
             return None
         leg = Leg(id=leg_id, trunk=trunk, channel=channel, created_at=at,
                   number=number or "", decision_uniqueid=decision_uniqueid)
@@ -134,8 +140,30 @@ class LiveGuard:
             self.reservations.mark_dialled(decision_uniqueid)
         if leg.hangup_requested:
             self._spawn(self._hang_up(leg, leg.hangup_requested, CAUSE_CALL_REJECTED))
-        self.reschedule(trunk)
+        self.reschedule_soon(trunk)
         return leg
+
+    def _relink(self, leg: Leg, decision_uniqueid: str, number: str | None) -> None:
+        linked = self.decisions.get(decision_uniqueid) if decision_uniqueid else None
+        if leg.guarded or linked is None or not self._same_destination(number, linked[1]):
+            return
+        request, decision = linked
+        leg.decision_uniqueid = decision_uniqueid
+        self._link(leg, request, decision)
+        self.reservations.mark_dialled(decision_uniqueid)
+
+        earlier = leg.answered
+        if earlier is not None and leg.tariff is not None:
+            # Charged so far at a guessed tariff: charge again at the checked one.
+            self.ledger.remove_live(leg.trunk, earlier.charges)
+            leg.answered = AnsweredCall(leg.tariff, earlier.tz, earlier.answered_at)
+            if not self._other_leg_of(leg):
+                self.reservations.release(decision_uniqueid)
+        log.info("%s %s: linked %s to the check of %s", leg.trunk, leg.id, leg.channel,
+                 decision_uniqueid)
+        if leg.hangup_requested and leg.live:
+            self._spawn(self._hang_up(leg, leg.hangup_requested, CAUSE_CALL_REJECTED))
+        self.reschedule_soon(leg.trunk)
 
     def answered(self, leg_id: str, at: datetime) -> None:
         leg = self.legs.get(leg_id)
@@ -155,7 +183,7 @@ class LiveGuard:
         log.info("%s %s: answered, %s to %s at %s/min", leg.trunk, leg.id, leg.channel,
                  leg.e164 or leg.number or "an unknown number", leg.tariff.rate)
         self._persist(leg)
-        self.reschedule(leg.trunk)
+        self.reschedule_soon(leg.trunk)
 
     def ended(self, leg_id: str, at: datetime, cause: int | None) -> None:
         leg = self.legs.get(leg_id)
@@ -179,9 +207,30 @@ class LiveGuard:
         self.meters[leg.trunk].legs[leg.id] = leg
         if leg.answered is not None:
             self.meters[leg.trunk].catch_up(self.clock.now())
-        self.reschedule(leg.trunk)
+        self.reschedule_soon(leg.trunk)
 
     # The timer per trunk.
+
+    def reschedule_soon(self, trunk: str) -> None:
+        """Set the trunk's timer again once the events already received are handled.
+
+        A burst of events (a reconnect, a busy hour) then costs one search of
+        the limit moment per trunk instead of one per event.
+        """
+        if trunk in self._dirty:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.reschedule(trunk)
+            return
+        self._dirty.add(trunk)
+        loop.call_soon(self._reschedule_dirty)
+
+    def _reschedule_dirty(self) -> None:
+        dirty, self._dirty = self._dirty, set()
+        for trunk in dirty:
+            self.reschedule(trunk)
 
     def reschedule(self, trunk: str) -> None:
         timer = self._timers.pop(trunk, None)
@@ -396,7 +445,7 @@ class LiveGuard:
         log.info("%s %s: ended %s to %s, cause %s, cost %s", leg.trunk, leg.id, leg.channel,
                  leg.e164 or leg.number or "?", cause, cost)
         self._store(self.worker.store.finish_call, call_record(leg, cost), final, at)
-        self.reschedule(leg.trunk)
+        self.reschedule_soon(leg.trunk)
 
     def _persist(self, leg: Leg) -> None:
         self._store(self.worker.store.save_call, call_record(leg, Decimal(0)))

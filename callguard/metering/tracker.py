@@ -27,6 +27,7 @@ CHANNEL_CREATED = "ChannelCreated"
 CHANNEL_STATE_CHANGE = "ChannelStateChange"
 CHANNEL_DESTROYED = "ChannelDestroyed"
 DIAL = "Dial"
+HANDLED_EVENTS = frozenset({CHANNEL_CREATED, CHANNEL_STATE_CHANGE, CHANNEL_DESTROYED, DIAL})
 STATE_DOWN = "Down"
 STATE_UP = "Up"
 DIALSTATUS_ANSWER = "ANSWER"
@@ -65,6 +66,8 @@ class EventTracker:
 
     def on_event(self, event: dict) -> None:
         kind = event.get("type")
+        if kind not in HANDLED_EVENTS:
+            return
         at = parse_timestamp(event.get("timestamp"), self.clock.now())
         if kind == DIAL:
             peer = event.get("peer")
@@ -109,7 +112,7 @@ class EventTracker:
         if status == DIALSTATUS_ANSWER:
             self.guard.answered(peer["id"], at)
             return
-        if status or peer["id"] in self.guard.legs:
+        if status:
             return
 
         trunk = self.guard.trunk_for_channel(peer.get("name", ""))
