@@ -20,6 +20,8 @@ LIMITS = AGILimits(
 SERVER_LOG = "callguard.agi.server"
 
 # The session of fastagi-transcript.txt connection #1.
+FIXTURES = Path(__file__).parent / "fixtures" / "asterisk"
+
 CAPTURED_CALL = AGICall(
     extension="0044123456",
     channel="Local/0044123456@outbound-00000000;2",
@@ -545,3 +547,36 @@ async def test_port_in_use():
 
         with pytest.raises(OSError):
             await server.start()
+
+
+async def session_from(source: str, host: str, port: int) -> list[bytes]:
+    """Play one captured session from the loopback address ``source``; return the
+    commands the server sent before it closed."""
+    reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
+    block = FIXTURES.joinpath("fastagi-raw-inbound.bin").read_bytes().split(b"\n\n")[0]
+    writer.write(block + b"\n\n")
+    commands = []
+    try:
+        while line := await asyncio.wait_for(reader.readline(), 5):
+            commands.append(line)
+            writer.write(b"200 result=1\n")
+    except ConnectionResetError:
+        pass  # a refused client's block meets a closed socket
+    writer.close()
+    return commands
+
+
+async def test_listed_client_served_while_other_refused(start_server):
+    route = Recorder()
+    _, host, port = await start_server(
+        {"check": route}, allowed_clients=[ip_network("127.0.0.2/32")]
+    )
+
+    served, refused = await asyncio.gather(
+        session_from("127.0.0.2", host, port), session_from("127.0.0.1", host, port)
+    )
+
+    assert served
+    assert refused == []
+    assert len(route.channels) == 1
+    assert route.channels[0].peer.startswith("127.0.0.2:")
