@@ -8,20 +8,10 @@ import re
 from datetime import date
 
 from callguard.store.records import WINDOW_DAY, WINDOW_WEEK, WINDOWS
+from callguard.windows import day_key, week_key
 
 _DAY_KEY = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
 _WEEK_KEY = re.compile(r"(\d{4})-W(\d{2})")
-
-
-def day_key(day: date) -> str:
-    """Return the day window key of ``day``, e.g. ``2024-06-14``."""
-    return day.isoformat()
-
-
-def week_key(day: date) -> str:
-    """Return the ISO 8601 week window key of ``day``, e.g. ``2024-W24``."""
-    year, week, _ = day.isocalendar()
-    return f"{year:04d}-W{week:02d}"
 
 
 def window_keys(day: date) -> dict[str, str]:
