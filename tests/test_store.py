@@ -976,3 +976,33 @@ def test_rates_kept_to_the_digit(db_url, rate):
 
     assert stored[2] == Decimal(rate)
     assert str(stored[2]) == rate
+
+
+def test_write_calls_in_one_batch(db_url):
+    up = call(state=STATE_UP, answered_at=T0 + timedelta(seconds=5))
+    charges = {("day", "2024-06-14"): Decimal("0.056"), ("week", "2024-W24"): Decimal("0.056")}
+    with Store(db_url) as store:
+        store.open()
+        store.write_calls([
+            ("save", (up,)),
+            ("hangup", (hangup(1, uniqueid=up.uniqueid),)),
+            ("finish", (ended_call(), charges, T0 + timedelta(seconds=65))),
+            ("finish", (ended_call(), charges, T0 + timedelta(seconds=66))),  # again
+        ])
+        stored = store.recent_calls(5)
+        hangups = store.recent_hangups(5)
+        spent = store.get_spend("gamma", "day", "2024-06-14")
+
+    assert [c.state for c in stored] == [STATE_ENDED]
+    assert [h.uniqueid for h in hangups] == [up.uniqueid]
+    assert spent == Decimal("0.056")
+
+
+def test_write_calls_bad_update_writes_nothing(db_url):
+    with Store(db_url) as store:
+        store.open()
+        with pytest.raises(ValueError):
+            store.write_calls([("save", (call(),)), ("delete", (call(),))])
+        stored = store.recent_calls(5)
+
+    assert stored == []

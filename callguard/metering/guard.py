@@ -64,6 +64,8 @@ class LiveGuard:
         self.alerts: AlertRaiser | None = None
         self._timers: dict[str, TimerHandle] = {}
         self._dirty: set[str] = set()
+        self._writes: list[tuple[str, tuple]] = []
+        self._writer: asyncio.Future | None = None
         self._tasks: set[asyncio.Task] = set()
 
     # Configuration and queries.
@@ -321,8 +323,8 @@ class LiveGuard:
         log.warning("%s %s: hang-up of %s to %s for %s %s; call cost %s, spend today %s, "
                     "this week %s", leg.trunk, leg.id, leg.channel,
                     leg.e164 or leg.number or "?", reason, outcome, cost, daily, weekly)
-        self._store(self.worker.store.add_hangup, hangup_record(
-            leg, reason, now, daily, weekly, cost, outcome))
+        self._write(("hangup", (hangup_record(leg, reason, now, daily, weekly, cost,
+                                               outcome),)))
 
         if not leg.guarded and self.alerts is not None and meter is not None and not (
             reason.startswith("limit:")
@@ -444,20 +446,38 @@ class LiveGuard:
         cost = _cost_of(final)
         log.info("%s %s: ended %s to %s, cause %s, cost %s", leg.trunk, leg.id, leg.channel,
                  leg.e164 or leg.number or "?", cause, cost)
-        self._store(self.worker.store.finish_call, call_record(leg, cost), final, at)
+        self._write(("finish", (call_record(leg, cost), final, at)))
         self.reschedule_soon(leg.trunk)
 
     def _persist(self, leg: Leg) -> None:
-        self._store(self.worker.store.save_call, call_record(leg, Decimal(0)))
+        self._write(("save", (call_record(leg, Decimal(0)),)))
 
-    def _store(self, function, *args) -> None:
-        async def write() -> None:
+    def _write(self, operation: tuple[str, tuple]) -> None:
+        """Queue a call update; updates queued while a batch is written go in the next."""
+        self._writes.append(operation)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.ensure_future(self._flush_writes())
+            self._tasks.add(self._writer)
+            self._writer.add_done_callback(self._tasks.discard)
+
+    async def _flush_writes(self) -> None:
+        store = self.worker.store
+        while self._writes:
+            batch, self._writes = self._writes, []
             try:
-                await self.worker.call(function, *args)
+                await self.worker.call(store.write_calls, batch)
+                continue
             except Exception as exc:
-                log.error("failed to store %s: %s", function.__name__, exc)
-
-        self._spawn(write())
+                log.error("failed to store %d call updates together (%s); storing them "
+                          "one by one", len(batch), exc)
+            for kind, args in batch:
+                try:
+                    await self.worker.call(store.write_calls, [(kind, args)])
+                except Exception as exc:
+                    # NOTE: the call's spend stays right in memory; the store
+                    # lacks this update until the call is seen again.
+                    log.error("failed to store a call update (%s of %s): %s", kind,
+                              getattr(args[0], "uniqueid", "?"), exc)
 
     def _spawn(self, coroutine) -> None:
         task = asyncio.ensure_future(coroutine)

@@ -289,6 +289,34 @@ class Store(OutboxMethods, AuditMethods):
 
     # Hang-ups.
 
+    def write_calls(self, operations: Sequence[tuple[str, tuple]]) -> None:
+        """Apply call updates in order, in one transaction.
+
+        Each operation is ("save", (call,)), ("finish", (call, charges, at)) or
+        ("hangup", (record,)), as save_call, finish_call and add_hangup take
+        them. A hundred hang-ups at a limit then cost one commit, not three
+        hundred.
+        """
+        for kind, args in operations:
+            if kind == "save":
+                if not isinstance(args[0], CallRecord):
+                    raise TypeError(f"{args[0]!r} is not a CallRecord")
+            elif kind == "finish":
+                calls.check_finish(*args)
+            elif kind == "hangup":
+                hangups.check_hangup(*args)
+            else:
+                raise ValueError(f"unknown call update {kind!r}")
+
+        with self._transaction(f"storing {len(operations)} call updates") as conn:
+            for kind, args in operations:
+                if kind == "save":
+                    calls.save_call(conn, *args)
+                elif kind == "finish":
+                    calls.finish_call(conn, *args)
+                else:
+                    hangups.add_hangup(conn, *args)
+
     def add_hangup(self, record: HangupRecord) -> int:
         """Store a hang-up that callguard requested; returns its id."""
         hangups.check_hangup(record)
