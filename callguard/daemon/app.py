@@ -201,10 +201,16 @@ class Application:
     async def stop(self) -> None:
         if self._watch is not None:
             self._watch.cancel()
+        # Stop accepting checks first; running sessions finish while the
+        # control socket goes away.
+        sessions = None
+        if self.fastagi is not None:
+            sessions = asyncio.ensure_future(self.fastagi.stop())
+            await asyncio.sleep(0)
         if self.control is not None:
             await self.control.stop()
-        if self.fastagi is not None:
-            await self.fastagi.stop()
+        if sessions is not None:
+            await sessions
         if self.ari is not None:
             await self.ari.stop()
         if self.guard is not None:
