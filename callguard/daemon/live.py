@@ -11,7 +11,7 @@ from callguard.metering.tracker import EventTracker, leg_from_record
 log = logging.getLogger(__name__)
 
 # DELETE requests sent to Asterisk at once; the rest wait their turn.
-MAX_HANGUPS_IN_FLIGHT = 16
+MAX_HANGUPS_IN_FLIGHT = 64
 
 
 class AriListener:
