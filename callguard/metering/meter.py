@@ -22,7 +22,6 @@ from callguard.windows import DAY, WEEK, local_midnight, next_day_start, window_
 log = logging.getLogger(__name__)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-ONE_MICROSECOND = timedelta(microseconds=1)
 # How far ahead the limit is looked for; the timer is set again when it fires.
 SEARCH_HORIZON = timedelta(days=2)
 
@@ -217,7 +216,3 @@ class TrunkMeter:
     def _deadline(instant_us: int, window: str) -> Deadline:
         reason = REASON_DAILY if window == DAY else REASON_WEEKLY
         return Deadline(EPOCH + timedelta(microseconds=instant_us), reason, ())
-
-
-def micros_to_amount(micros: int) -> Decimal:
-    return Decimal(micros) / MICROS_PER_UNIT
