@@ -15,7 +15,7 @@ from typing import Callable
 from callguard.config import TrunkConfig
 from callguard.metering.charges import AnsweredCall
 from callguard.metering.legs import Leg
-from callguard.money import MICROS_PER_UNIT, to_micros
+from callguard.money import to_micros
 from callguard.policy.ledger import Ledger
 from callguard.windows import DAY, WEEK, local_midnight, next_day_start, window_keys
 
