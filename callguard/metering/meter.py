@@ -88,6 +88,8 @@ class TrunkMeter:
         self.ledger = ledger
         self._held = held
         self.legs: dict[str, Leg] = {}
+        # The integer block arithmetic of each answered leg, built once per answer.
+        self._costings: dict[str, tuple[AnsweredCall, _Costing]] = {}
 
     @property
     def name(self) -> str:
@@ -171,7 +173,7 @@ class TrunkMeter:
         the blocks begun by live calls in a window cost more than ``budget(window,
         key)`` micro-units, or None within the search horizon."""
         tz = self.config.timezone
-        costings = [_Costing(leg.answered) for leg in self.answered_legs()]
+        costings: list[_Costing] | None = None
         segment_start = now
         horizon = now + SEARCH_HORIZON
 
@@ -186,6 +188,8 @@ class TrunkMeter:
             budgets = {window: budget(window, keys[window]) for window in (DAY, WEEK)}
             budgets = {window: amount for window, amount in budgets.items()
                        if amount is not None}
+            if budgets and costings is None:
+                costings = self._current_costings()
 
             def over(instant: int) -> str | None:
                 for window, amount in budgets.items():
@@ -211,6 +215,20 @@ class TrunkMeter:
                 return high, over(high)
             segment_start = segment_end
         return None
+
+    def _current_costings(self) -> list["_Costing"]:
+        legs = self.answered_legs()
+        cache = self._costings
+        for leg_id in [leg_id for leg_id in cache if leg_id not in self.legs]:
+            del cache[leg_id]
+        result = []
+        for leg in legs:
+            cached = cache.get(leg.id)
+            if cached is None or cached[0] is not leg.answered:
+                cached = (leg.answered, _Costing(leg.answered))
+                cache[leg.id] = cached
+            result.append(cached[1])
+        return result
 
     @staticmethod
     def _deadline(instant_us: int, window: str) -> Deadline:
