@@ -3,8 +3,8 @@
 Only outbound legs cost money: the peer of a ``Dial`` event, or a channel
 created by an originate (it starts in state ``Down``, while a call arriving
 from the trunk starts ringing). Inherited ``__`` variables reach every
-downstream channel, Local halves included, so they are no guide; a leg is
-found by its channel name matching a trunk's ``channel_pattern``.
+downstream channel, Local halves included, so they cannot single out a leg.
+A leg is found by its channel name matching a trunk's ``channel_pattern``.
 """
 
 import logging
