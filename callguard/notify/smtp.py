@@ -15,6 +15,7 @@ from email.message import EmailMessage
 
 from callguard.config import SmtpConfig
 from callguard.config.delivery import SECURITY_NONE, SECURITY_TLS
+from callguard.notify.tls import verified_context
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +116,8 @@ def tls_context(settings: SmtpConfig) -> ssl.SSLContext:
 
     Raises ``SmtpError`` when ``ca_file`` is not a PEM file of certificates.
     """
-    context = ssl.create_default_context()
-    if settings.ca_file is None:
-        return context
-
     try:
-        context.load_verify_locations(cafile=settings.ca_file)
+        return verified_context(settings.ca_file)
     except (OSError, ssl.SSLError) as exc:
         raise SmtpError(
             f"cannot load [smtp] ca_file {settings.ca_file}: {exc}; give a readable "
@@ -128,7 +125,6 @@ def tls_context(settings: SmtpConfig) -> ssl.SSLContext:
             permanent=False,
             server_down=True,
         ) from None
-    return context
 
 
 def _connect(settings: SmtpConfig) -> smtplib.SMTP:

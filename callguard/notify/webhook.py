@@ -18,6 +18,7 @@ import httpx
 
 from callguard import __version__
 from callguard.config import WebhookConfig
+from callguard.notify.tls import verified_context
 from callguard.store import OutboxRecord
 
 SIGNATURE_HEADER = "X-Callguard-Signature"
@@ -194,13 +195,8 @@ async def post_alert(
 
 
 def _tls_context(settings: WebhookConfig) -> ssl.SSLContext:
-    # Verification stays on, against the system's CAs and ca_file's.
-    context = ssl.create_default_context()
-    if settings.ca_file is None:
-        return context
-
     try:
-        context.load_verify_locations(cafile=settings.ca_file)
+        return verified_context(settings.ca_file)
     except (OSError, ssl.SSLError) as exc:
         raise WebhookError(
             f"cannot load [webhook] ca_file {settings.ca_file}: {exc}; give a "
@@ -208,7 +204,6 @@ def _tls_context(settings: WebhookConfig) -> ssl.SSLContext:
             permanent=False,
             server_down=True,
         ) from None
-    return context
 
 
 def _first_line(exc: BaseException) -> str:
