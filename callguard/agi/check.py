@@ -124,7 +124,7 @@ class CheckHandler:
         config = engine.state.config
         result = ALLOW if config.general.fail_policy == "allow" else DENY
         log.error(
-            "%s %s: the decision %s; answering %s by fail_policy",
+            "%s %s: the decision %s; returning %s by fail_policy",
             request.trunk or "-", request.uniqueid or "-", what, result,
         )
 

@@ -50,7 +50,7 @@ async def serve(app: Application, notifier: Notifier) -> None:
                 notifier.ready()
 
     async def watchdog() -> None:
-        # The process pings while it runs; STATUS says when it cannot see
+        # The process pings while it runs. STATUS reports when it cannot see
         # calls, so it never looks healthy while ARI is down.
         shown = None
         while True:

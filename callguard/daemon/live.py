@@ -51,8 +51,8 @@ class AriListener:
                 pass
 
     async def _hang_up(self, channel_id: str, cause: int) -> bool:
-        # A limit can end hundreds of calls at once; a few requests in flight
-        # keep the HTTP pool from timing out the rest while they wait for it.
+        # A limit can end hundreds of calls at once. Capping the requests in
+        # flight keeps the HTTP pool from timing out the ones waiting for it.
         async with self._hangups_in_flight:
             return await self.client.hangup(channel_id, reason_code=cause)
 

@@ -1,4 +1,4 @@
-"""When to alert the sysadmin, and what the message says.
+"""When to alert the sysadmin, and what each message contains.
 
 Warnings: when a trunk's spend in a window reaches one of its ``warn_percent``
 levels, one alert for the highest level reached (a jump past two levels sends
@@ -92,7 +92,7 @@ class AlertRaiser:
 
     def limit_reached(self, trunk: TrunkConfig, window: str, now: datetime, action: str,
                       legs: Iterable[Leg]) -> None:
-        """Alert once per window that its limit bites; ``action`` says what callguard did."""
+        """Alert once per window that its limit bites; ``action`` describes what callguard did."""
         key = window_keys(now, trunk.timezone)[window]
         if (trunk.name, window, key) in self._limits:
             return

@@ -196,7 +196,7 @@ class OffenderGuard:
             return
 
         self.counter.clear(identity)
-        # Held at the shortest ban until the store says how many came before.
+        # Held at the shortest ban until the store returns how many came before.
         self.blocks.add(settings.key_type, key, now + timedelta(seconds=settings.ban_time),
                         now)
         ban = Ban(settings.key_type, key, trunk.name, now, attempts, settings,
