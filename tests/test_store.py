@@ -1006,3 +1006,49 @@ def test_write_calls_bad_update_writes_nothing(db_url):
         stored = store.recent_calls(5)
 
     assert stored == []
+
+
+def test_write_calls_sums_the_charges_of_many_calls(db_url, caplog):
+    """A limit that ends a hundred calls on two trunks, one of them across midnight."""
+    operations = []
+    for n in range(100):
+        trunk = "gamma" if n % 2 else "delta"
+        uniqueid = f"1718400000.{n}"
+        operations.append(("save", (call(uniqueid, trunk=trunk, state=STATE_UP,
+                                          answered_at=T0),)))
+    for n in range(100):
+        trunk = "gamma" if n % 2 else "delta"
+        uniqueid = f"1718400000.{n}"
+        charges = {("day", "2024-06-14"): Decimal("0.000001") * (n + 1),
+                   ("week", "2024-W24"): Decimal("0.000001") * (n + 1)}
+        if n == 7:
+            charges[("day", "2024-06-15")] = Decimal("0.5")
+        operations.append(("hangup", (hangup(n, uniqueid=uniqueid, trunk=trunk),)))
+        operations.append(("finish", (ended_call(uniqueid, trunk=trunk), charges,
+                                      T0 + timedelta(seconds=n))))
+    # A late answer of a call that has ended in this same batch changes nothing.
+    operations.append(("save", (call("1718400000.3", trunk="gamma", state=STATE_UP,
+                                      answered_at=T0),)))
+    # Ended twice: charged once.
+    operations.append(("finish", (ended_call("1718400000.5", trunk="gamma"),
+                                  {("day", "2024-06-14"): Decimal("9")}, T0)))
+
+    caplog.set_level(logging.INFO, logger="callguard.store")
+    with Store(db_url) as store:
+        store.open()
+        store.write_calls(operations)
+        stored = store.recent_calls(200)
+        hangups = store.recent_hangups(200)
+        spend = {trunk: store.spend_for(trunk, {"day": "2024-06-14", "week": "2024-W24"})
+                 for trunk in ("gamma", "delta")}
+        next_day = store.get_spend("gamma", "day", "2024-06-15")
+
+    # gamma has the odd n: the sum of n + 1 over them is 2 + 4 + ... + 100 = 2550.
+    assert spend["gamma"] == {"day": Decimal("0.002550"), "week": Decimal("0.002550")}
+    assert spend["delta"] == {"day": Decimal("0.002500"), "week": Decimal("0.002500")}
+    assert next_day == Decimal("0.5")
+    assert len(stored) == 100 and {c.state for c in stored} == {STATE_ENDED}
+    assert len({c.id for c in stored}) == 100
+    assert sorted(h.id for h in hangups) == list(range(1, 101))
+    assert "has ended; ignoring the update to state up" in caplog.text
+    assert "had already ended; not charging it again" in caplog.text

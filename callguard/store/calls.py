@@ -1,12 +1,14 @@
 """The decisions audit trail and the calls table, as functions over a connection."""
 
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, bindparam, or_, select, update
 
 from callguard.store.models import Call, Decision
 from callguard.store.records import (
@@ -16,7 +18,7 @@ from callguard.store.records import (
     check_count,
     check_text,
 )
-from callguard.store.schema import allocate_ids, dialect_insert
+from callguard.store.schema import allocate_ids, dialect_insert_for
 from callguard.store.spend import Charge, add_spend, check_charges
 from callguard.store.types import check_aware
 
@@ -67,43 +69,29 @@ def save_call(conn: Connection, call: CallRecord) -> None:
     An update keeps the stored ``id`` and ``created_at``. An ended call is
     never moved back to ringing or up: such an update is logged and skipped.
     """
-    if not isinstance(call, CallRecord):
-        raise TypeError(f"{call!r} is not a CallRecord")
-    values = _values(call)
-    del values["id"]
-
-    if not _insert_call(conn, values):
-        _update_call(conn, call, values)
+    save_calls(conn, [call])
 
 
-def _insert_call(conn: Connection, values: dict[str, object]) -> bool:
-    exists = select(Call.id).where(Call.uniqueid == values["uniqueid"])
-    if conn.execute(exists).first() is not None:
-        return False
-
-    call_id = allocate_ids(conn, Call.__tablename__, 1)
-    statement = dialect_insert(conn.dialect, Call).values(values | {"id": call_id})
-    # Another writer may have inserted the same uniqueid since the SELECT.
-    statement = statement.on_conflict_do_nothing(index_elements=["uniqueid"])
-    # RETURNING, because SQLAlchemy 2.1 reports no rowcount for an INSERT
-    # on psycopg unless asked to preserve it.
-    inserted = conn.execute(statement.returning(Call.id)).first()
-    return inserted is not None
-
-
-def _update_call(conn: Connection, call: CallRecord, values: dict[str, object]) -> None:
-    current = select(Call.state).where(Call.uniqueid == call.uniqueid).with_for_update()
-    if conn.execute(current).scalar_one() == STATE_ENDED and call.state != STATE_ENDED:
-        log.warning(
-            "call %s on trunk %s has ended; ignoring the update to state %s",
-            call.uniqueid,
-            call.trunk,
-            call.state,
-        )
+def save_calls(conn: Connection, records: Sequence[CallRecord]) -> None:
+    """Save each call as ``save_call`` does, in order, with one id allocation."""
+    for call in records:
+        if not isinstance(call, CallRecord):
+            raise TypeError(f"{call!r} is not a CallRecord")
+    if not records:
         return
 
-    del values["created_at"]
-    conn.execute(update(Call).where(Call.uniqueid == call.uniqueid).values(values))
+    first_id = allocate_ids(conn, Call.__tablename__, len(records))
+    statement = _upsert_statement(conn.dialect.name)
+    for offset, call in enumerate(records):
+        values = _values(call) | {"id": first_id + offset}
+        # An id goes unused when the row exists; ids only need to be unique.
+        if conn.execute(statement, values).first() is None:
+            log.warning(
+                "call %s on trunk %s has ended; ignoring the update to state %s",
+                call.uniqueid,
+                call.trunk,
+                call.state,
+            )
 
 
 def check_finish(
@@ -137,10 +125,7 @@ def finish_call(
     call and its charges one write: both are stored, or neither is.
     """
     checked = check_finish(call, charges, at)
-    values = _values(call)
-    del values["id"]
-
-    if not _insert_call(conn, values) and not _end_call(conn, call, values):
+    if not end_call(conn, call):
         return False
 
     for window, key, amount in checked:
@@ -148,17 +133,59 @@ def finish_call(
     return True
 
 
-def _end_call(conn: Connection, call: CallRecord, values: dict[str, object]) -> bool:
+def end_call(conn: Connection, call: CallRecord) -> bool:
+    """Store ``call`` as ended unless the stored row has ended already.
+
+    Returns whether the row was written, so that the caller charges the call
+    once. Checking that ``call`` is ended is the caller's part.
+    """
+    values = _values(call)
+    del values["id"]
+
     # A concurrent finish of the same call matches no row once this one commits:
     # PostgreSQL makes it wait for the row lock and then re-checks the state,
     # and SQLite runs write transactions one at a time.
-    changes = {name: value for name, value in values.items() if name != "created_at"}
-    statement = (
-        update(Call)
-        .where(Call.uniqueid == call.uniqueid, Call.state != STATE_ENDED)
-        .values(changes)
+    changes = {name: values[name] for name in _CHANGED_COLUMNS}
+    if conn.execute(_END_STATEMENT, changes | {"match": call.uniqueid}).rowcount == 1:
+        return True
+
+    # Not stored yet (or ended): insert it, unless another writer did first.
+    call_id = allocate_ids(conn, Call.__tablename__, 1)
+    statement = _insert_new_statement(conn.dialect.name)
+    return conn.execute(statement, values | {"id": call_id}).first() is not None
+
+
+_CALLS = Call.__table__
+# What a later save or finish may change: not the id, the key or the creation time.
+_CHANGED_COLUMNS = tuple(
+    column.name
+    for column in _CALLS.columns
+    if column.name not in ("id", "uniqueid", "created_at")
+)
+_END_STATEMENT = update(_CALLS).where(
+    _CALLS.c.uniqueid == bindparam("match"), _CALLS.c.state != STATE_ENDED
+)
+
+
+@functools.cache
+def _upsert_statement(dialect_name: str) -> Any:
+    insert = dialect_insert_for(dialect_name, Call)
+    excluded = insert.excluded
+    # RETURNING, because SQLAlchemy 2.1 reports no rowcount for an INSERT on
+    # psycopg unless asked to preserve it; no row means the update was skipped.
+    return insert.on_conflict_do_update(
+        index_elements=["uniqueid"],
+        set_={name: excluded[name] for name in _CHANGED_COLUMNS},
+        where=or_(_CALLS.c.state != STATE_ENDED, excluded.state == STATE_ENDED),
+    ).returning(_CALLS.c.id)
+
+
+@functools.cache
+def _insert_new_statement(dialect_name: str) -> Any:
+    insert = dialect_insert_for(dialect_name, Call)
+    return insert.on_conflict_do_nothing(index_elements=["uniqueid"]).returning(
+        _CALLS.c.id
     )
-    return conn.execute(statement).rowcount == 1
 
 
 def live_calls(conn: Connection) -> list[CallRecord]:

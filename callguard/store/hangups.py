@@ -1,5 +1,6 @@
 """Hang-ups that callguard requested on trunk legs, as functions over a connection."""
 
+from collections.abc import Sequence
 from dataclasses import fields
 
 from sqlalchemy import Connection, select
@@ -19,12 +20,25 @@ def check_hangup(record: HangupRecord) -> None:
 
 def add_hangup(conn: Connection, record: HangupRecord) -> int:
     """Insert a hang-up with a new id from ``id_counters``; returns the id."""
-    check_hangup(record)
-    hangup_id = allocate_ids(conn, Hangup.__tablename__, 1)
+    return add_hangups(conn, [record])[0]
 
-    values = {field.name: getattr(record, field.name) for field in fields(record)}
-    conn.execute(Hangup.__table__.insert(), values | {"id": hangup_id})
-    return hangup_id
+
+def add_hangups(conn: Connection, records: Sequence[HangupRecord]) -> list[int]:
+    """Insert hang-ups with consecutive new ids; returns the ids in order."""
+    for record in records:
+        check_hangup(record)
+    if not records:
+        return []
+
+    first_id = allocate_ids(conn, Hangup.__tablename__, len(records))
+    ids = [first_id + offset for offset in range(len(records))]
+    rows = [
+        {field.name: getattr(record, field.name) for field in fields(record)}
+        | {"id": hangup_id}
+        for record, hangup_id in zip(records, ids)
+    ]
+    conn.execute(Hangup.__table__.insert(), rows)
+    return ids
 
 
 def recent_hangups(

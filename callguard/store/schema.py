@@ -3,7 +3,7 @@
 import logging
 from typing import Any
 
-from sqlalchemy import Connection, inspect, select, text, update
+from sqlalchemy import Connection, bindparam, inspect, select, text, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -110,20 +110,30 @@ def allocate_ids(conn: Connection, table: str, count: int) -> int:
     The UPDATE locks the counter row until the transaction ends, so concurrent
     writers on PostgreSQL never get the same ids.
     """
-    statement = (
-        update(IdCounter)
-        .where(IdCounter.name == table)
-        .values(last_id=IdCounter.last_id + count)
-        .returning(IdCounter.last_id)
-    )
-    last = conn.execute(statement).scalar_one_or_none()
+    last = conn.execute(
+        _ALLOCATE_IDS, {"counter": table, "count": count}
+    ).scalar_one_or_none()
     if last is None:
         raise StoreError(f"id_counters has no row for {table}; the schema is damaged")
     return last - count + 1
 
 
+# One statement object for every allocation, so SQLAlchemy compiles it once.
+_ALLOCATE_IDS = (
+    update(IdCounter)
+    .where(IdCounter.name == bindparam("counter"))
+    .values(last_id=IdCounter.last_id + bindparam("count"))
+    .returning(IdCounter.last_id)
+)
+
+
 def dialect_insert(dialect: Dialect, model: type[Base]) -> Any:
     """Return an INSERT for ``model`` that supports ``on_conflict_do_update``."""
-    if dialect.name == "postgresql":
+    return dialect_insert_for(dialect.name, model)
+
+
+def dialect_insert_for(dialect_name: str, model: type[Base]) -> Any:
+    """Return the INSERT of ``dialect_name`` for ``model``, with its upsert clauses."""
+    if dialect_name == "postgresql":
         return postgresql.insert(model)
     return sqlite.insert(model)

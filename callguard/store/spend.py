@@ -1,15 +1,17 @@
 """Spend per trunk per window, as functions over a connection."""
 
+import functools
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import Connection, and_, or_, select
 
 from callguard.money import from_micros
 from callguard.store.models import Spend
 from callguard.store.records import check_text
-from callguard.store.schema import dialect_insert
+from callguard.store.schema import dialect_insert_for
 from callguard.store.types import check_aware, check_money
 from callguard.store.windows import check_window_key
 
@@ -25,17 +27,26 @@ def add_spend(
     check_money(amount)
     check_aware(at, "at")
 
-    insert = dialect_insert(conn.dialect, Spend).values(
-        trunk=trunk, window=window, window_key=key, amount=amount, updated_at=at
-    )
-    upsert = insert.on_conflict_do_update(
+    values = {
+        "trunk": trunk,
+        "window": window,
+        "window_key": key,
+        "amount": amount,
+        "updated_at": at,
+    }
+    return conn.execute(_upsert_statement(conn.dialect.name), values).scalar_one()
+
+
+@functools.cache
+def _upsert_statement(dialect_name: str) -> Any:
+    insert = dialect_insert_for(dialect_name, Spend)
+    return insert.on_conflict_do_update(
         index_elements=["trunk", "window", "window_key"],
         set_={
             "amount": Spend.amount + insert.excluded.amount,
             "updated_at": insert.excluded.updated_at,
         },
-    )
-    return conn.execute(upsert.returning(Spend.amount)).scalar_one()
+    ).returning(Spend.amount)
 
 
 def spend_for(

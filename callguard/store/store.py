@@ -4,6 +4,7 @@ The daemon calls it from one worker thread. Each method runs in its own
 transaction on a pooled connection, so several threads may also call it at once.
 """
 
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -309,13 +310,7 @@ class Store(OutboxMethods, AuditMethods):
                 raise ValueError(f"unknown call update {kind!r}")
 
         with self._transaction(f"storing {len(operations)} call updates") as conn:
-            for kind, args in operations:
-                if kind == "save":
-                    calls.save_call(conn, *args)
-                elif kind == "finish":
-                    calls.finish_call(conn, *args)
-                else:
-                    hangups.add_hangup(conn, *args)
+            _apply_call_updates(conn, operations)
 
     def add_hangup(self, record: HangupRecord) -> int:
         """Store a hang-up that callguard requested; returns its id."""
@@ -330,3 +325,37 @@ class Store(OutboxMethods, AuditMethods):
         """Return the latest hang-ups, newest first, optionally of one trunk only."""
         with self._transaction("reading hangups", write=False) as conn:
             return hangups.recent_hangups(conn, limit, trunk)
+
+
+def _apply_call_updates(
+    conn: Connection, operations: Sequence[tuple[str, tuple]]
+) -> None:
+    """Apply checked call updates in order, each run of one kind as a batch.
+
+    Charges of the finished calls are summed per window and added once at the
+    end: the transaction makes the sum and the ended rows one write.
+    """
+    totals: dict[tuple[str, str, str], Decimal] = {}
+    latest: dict[tuple[str, str, str], datetime] = {}
+    for kind, run in itertools.groupby(operations, key=lambda operation: operation[0]):
+        arguments = [args for _, args in run]
+        if kind == "save":
+            calls.save_calls(conn, [args[0] for args in arguments])
+        elif kind == "hangup":
+            hangups.add_hangups(conn, [args[0] for args in arguments])
+        else:
+            for call, charges, at in arguments:
+                if not calls.end_call(conn, call):
+                    log.info(
+                        "call %s on trunk %s had already ended; not charging it again",
+                        call.uniqueid,
+                        call.trunk,
+                    )
+                    continue
+                for window, key, amount in calls.check_finish(call, charges, at):
+                    slot = (call.trunk, window, key)
+                    totals[slot] = totals.get(slot, Decimal(0)) + amount
+                    latest[slot] = max(latest.get(slot, at), at)
+
+    for slot, amount in totals.items():
+        spend.add_spend(conn, *slot, amount, latest[slot])
