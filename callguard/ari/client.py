@@ -151,10 +151,10 @@ class AriClient:
 
         if reply.status == HTTP_NO_CONTENT:
             cause = ", ".join(f"{key}={value}" for key, value in params.items())
-            log.info("hung up ARI channel %s (%s)", channel_id, cause or "no cause")
+            log.debug("hung up ARI channel %s (%s)", channel_id, cause or "no cause")
             return True
         if reply.status == HTTP_NOT_FOUND:
-            log.info("ARI channel %s was already gone when hanging up", channel_id)
+            log.debug("ARI channel %s was already gone when hanging up", channel_id)
             return False
         raise http_error(reply, "DELETE", self._endpoint.rest_path + path)
 

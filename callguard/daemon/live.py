@@ -4,14 +4,16 @@ import asyncio
 import logging
 
 from callguard.ari import AriClient, AriError
+from callguard.ari.rest import MAX_CONNECTIONS
 from callguard.config import Config
 from callguard.metering.guard import LiveGuard
 from callguard.metering.tracker import EventTracker, leg_from_record
 
 log = logging.getLogger(__name__)
 
-# DELETE requests sent to Asterisk at once; the rest wait their turn.
-MAX_HANGUPS_IN_FLIGHT = 64
+# DELETE requests sent to Asterisk at once, one per connection; the rest wait
+# their turn here, where no request timeout runs yet.
+MAX_HANGUPS_IN_FLIGHT = MAX_CONNECTIONS
 
 
 class AriListener:
@@ -29,6 +31,7 @@ class AriListener:
         self.tracker = tracker
         self._task: asyncio.Task | None = None
         self._hangups_in_flight = asyncio.Semaphore(MAX_HANGUPS_IN_FLIGHT)
+        self._hangups_unsent = 0
         guard.hangup = self._hang_up
 
     @property
@@ -52,11 +55,20 @@ class AriListener:
 
     async def _hang_up(self, channel_id: str, cause: int) -> bool:
         # A limit can end hundreds of calls at once. Capping the requests in
-        # flight keeps the HTTP pool from timing out the ones waiting for it.
-        async with self._hangups_in_flight:
-            return await self.client.hangup(channel_id, reason_code=cause)
+        # flight keeps the connection pool from timing out the ones that wait.
+        self._hangups_unsent += 1
+        try:
+            async with self._hangups_in_flight:
+                return await self.client.hangup(channel_id, reason_code=cause)
+        finally:
+            self._hangups_unsent -= 1
 
     async def _on_event(self, event: dict) -> None:
+        if self._hangups_unsent:
+            # Each hang-up brings a handful of events, often already buffered.
+            # Yielding before each one lets the replies and the next DELETEs
+            # through first, so the last call of a hundred is not hung up late.
+            await asyncio.sleep(0)
         self.tracker.on_event(event)
 
     async def _on_connect(self) -> None:
