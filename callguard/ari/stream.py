@@ -226,6 +226,9 @@ class EventStream:
             ping_timeout=keepalive_step,
             close_timeout=keepalive_step,
             max_size=settings.max_message,
+            # Asterisk's websocket server has no permessage-deflate; not asking
+            # for it spares a zlib context per connection.
+            compression=None,
             logger=WEBSOCKET_LOGGER,
         )
 

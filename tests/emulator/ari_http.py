@@ -182,6 +182,8 @@ class AriHttp:
             timeout=WEBSOCKET_CLOSE_TIMEOUT,
             autoping=False,
             max_msg_size=MAX_BODY_BYTES,
+            # Asterisk's websocket server offers no permessage-deflate.
+            compress=False,
         )
         if not websocket.can_prepare(request).ok:
             return error_response(400, f"GET {EVENTS_PATH} needs a websocket upgrade")

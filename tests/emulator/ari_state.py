@@ -114,6 +114,10 @@ class SwitchState:
         return state
 
     def state_for_channel(self, channel_id: str) -> CallState:
+        # Calls are keyed by their trunk leg, the channel most often named.
+        state = self._calls.get(channel_id)
+        if state is not None:
+            return state
         for state in self._calls.values():
             if any(channel.id == channel_id for channel in state.channels()):
                 return state
