@@ -243,13 +243,17 @@ class LiveGuard:
             return
         now = self.clock.now()
         meter.catch_up(now)
-        deadline = meter.next_deadline(now, skip=self._pending_hangups(meter))
+        pending = self._pending_hangups(meter)
+        deadline = meter.next_deadline(now, skip=pending)
         at = None if deadline is None else deadline.at
 
         if self.alerts is not None:
             legs = list(meter.legs.values()) + [leg for leg in self.recent
                                                 if leg.trunk == trunk]
             self.alerts.check_spend(meter.config, now, legs)
+        if self.alerts is not None and not pending:
+            # While calls are being hung up, every one that ends sets the timer
+            # again; the next warning is looked for once they have all ended.
             warning_at = meter.next_threshold(
                 now, lambda window, key: self.alerts.pending_threshold(meter.config, window,
                                                                        key))
@@ -281,21 +285,24 @@ class LiveGuard:
                        if leg.live and leg.protected and not leg.hangup_requested]
             log.warning("%s: %s reached at %s; hanging up %d live calls", trunk,
                         deadline.reason, now.isoformat(), len(targets))
-            if self.alerts is not None:
-                numbers = ", ".join(leg.e164 or leg.number or "?" for leg in targets)
-                self.alerts.limit_reached(
-                    meter.config, DAY if deadline.reason == REASON_DAILY else WEEK, now,
-                    f"hung up {len(targets)} live calls ({numbers})",
-                    list(meter.legs.values()) + list(self.recent),
-                )
 
         for leg in targets:
             leg.hangup_requested = deadline.reason
-        await asyncio.gather(*(
+        # The DELETEs go out before the alert is written, which takes time.
+        hangups = asyncio.gather(*(
             self._hang_up(leg, deadline.reason,
                           CAUSE_NORMAL_CLEARING if leg.state == UP else CAUSE_CALL_REJECTED)
             for leg in targets
         ))
+        await asyncio.sleep(0)  # lets the hang-up tasks send their requests
+        if deadline.reason != REASON_MAX_DURATION and self.alerts is not None:
+            numbers = ", ".join(leg.e164 or leg.number or "?" for leg in targets)
+            self.alerts.limit_reached(
+                meter.config, DAY if deadline.reason == REASON_DAILY else WEEK, now,
+                f"hung up {len(targets)} live calls ({numbers})",
+                list(meter.legs.values()) + list(self.recent),
+            )
+        await hangups
         self.reschedule(trunk)
 
     async def _hang_up(self, leg: Leg, reason: str, cause: int) -> None:
