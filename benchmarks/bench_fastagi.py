@@ -5,7 +5,7 @@ loopback sockets. Closed-loop runs at 1, 10 and 100 concurrent sessions give
 decisions per second and p50/p99 latency side by side, and an open-loop run
 offers 500 checks/s at a fixed rate, so its p99 includes any queueing delay.
 
-Run: .venv/bin/python benchmarks/bench_fastagi.py [--seconds 5]
+Run: .venv/bin/python benchmarks/bench_fastagi.py [--seconds 5] [--only closed,open]
 """
 
 import argparse
@@ -112,10 +112,11 @@ def row(name: str, figures: dict) -> str:
             f"{figures['p50_ms']:>8.2f} {figures['p99_ms']:>8.2f} {figures['cpu_us']:>12.0f}")
 
 
-async def measure(servers: dict[str, tuple[int, int]], seconds: float) -> None:
+async def measure(servers: dict[str, tuple[int, int]], seconds: float,
+                  loads: set[str]) -> None:
     header = (f"{'server':<10} {'checks':>7} {'per s':>9} {'p50 ms':>8} {'p99 ms':>8} "
               f"{'server CPU us':>12}")
-    for concurrency in (1, 10, 100):
+    for concurrency in (1, 10, 100) if "closed" in loads else ():
         print(f"\nclosed loop, {concurrency} concurrent sessions, {seconds:.0f} s each")
         print(header)
         results = {}
@@ -129,17 +130,25 @@ async def measure(servers: dict[str, tuple[int, int]], seconds: float) -> None:
         cost = results["callguard"]["cpu_us"] / results["bare"]["cpu_us"]
         print(f"callguard / bare: throughput {ratio:.0%}, server CPU per check {cost:.1f}x")
 
+    if "open" not in loads:
+        return
     print(f"\nopen loop, 500 checks/s offered for {seconds:.0f} s "
           "(latency from the scheduled start)")
     print(header)
-    for name, server in servers.items():
-        print(row(name, await run(server, lambda p: open_loop(p, 500, seconds))))
+    for name, (pid, port) in servers.items():
+        await closed_loop(port, 10, 1.0)  # warm-up
+        print(row(name, await run((pid, port), lambda p: open_loop(p, 500, seconds))))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each run")
+    parser.add_argument("--only", default="closed,open",
+                        help="comma-separated loads to run: closed, open")
     args = parser.parse_args()
+    loads = set(args.only.split(","))
+    if not loads <= {"closed", "open"}:
+        parser.error(f"--only {args.only!r}: give closed, open or both")
 
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; client and each "
           "server in separate processes")
@@ -148,7 +157,7 @@ def main() -> None:
         bare, bare_port = start_bare()
         try:
             asyncio.run(measure({"callguard": (callguard.pid, callguard_port),
-                                 "bare": (bare.pid, bare_port)}, args.seconds))
+                                 "bare": (bare.pid, bare_port)}, args.seconds, loads))
         finally:
             for process in (callguard, bare):
                 process.terminate()
