@@ -4,6 +4,7 @@ Names, ids, timestamps and snapshots copy ARI traffic recorded from Asterisk
 22.10.1 in tests/fixtures/asterisk/ (see the README there).
 """
 
+import functools
 import itertools
 import logging
 import uuid
@@ -30,6 +31,7 @@ DEFAULT_CONTEXT = "default"
 DEFAULT_EXTEN = "s"
 
 
+@functools.lru_cache(maxsize=4096)
 def format_timestamp(instant: datetime) -> str:
     """Format like Asterisk's ast_json_timeval(): ``2026-12-04T15:16:46.162+0000``."""
     if instant.tzinfo is None:
