@@ -1052,3 +1052,18 @@ def test_write_calls_sums_the_charges_of_many_calls(db_url, caplog):
     assert sorted(h.id for h in hangups) == list(range(1, 101))
     assert "has ended; ignoring the update to state up" in caplog.text
     assert "had already ended; not charging it again" in caplog.text
+
+
+def test_decisions_keep_time_zone_rate_and_money_exact(store):
+    london = datetime(2024, 6, 14, 23, 59, 59, 999999,
+                      tzinfo=timezone(timedelta(hours=1)))
+    record = decision(1, decided_at=london, rate=Decimal("0.123456789"),
+                      reserved=Decimal("999999999999.999999"), max_seconds=0)
+    store.add_decisions([record])
+
+    stored = store.recent_decisions()[0]
+    assert stored.decided_at == london
+    assert stored.decided_at.utcoffset() == timedelta(0)
+    assert str(stored.rate) == "0.123456789"
+    assert stored.reserved == Decimal("999999999999.999999")
+    assert stored.max_seconds == 0

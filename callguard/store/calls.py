@@ -8,7 +8,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, or_, select, update
+from sqlalchemy import Connection, Table, bindparam, or_, select, update
+from sqlalchemy.engine import Dialect
 
 from callguard.store.models import Call, Decision
 from callguard.store.records import (
@@ -45,8 +46,53 @@ def add_decisions(conn: Connection, rows: Sequence[DecisionRecord]) -> None:
         return
 
     first_id = allocate_ids(conn, Decision.__tablename__, len(rows))
-    values = [_values(row) | {"id": first_id + n} for n, row in enumerate(rows)]
-    conn.execute(Decision.__table__.insert(), values)
+    insert = _decision_insert(conn.dialect)
+    conn.exec_driver_sql(insert.statement, [
+        insert.parameters(_values(row) | {"id": first_id + n})
+        for n, row in enumerate(rows)
+    ])
+
+
+class _DriverInsert:
+    """An INSERT compiled once, with each column's own bind conversion.
+
+    The decisions of a busy minute are thousands of rows. SQLAlchemy's
+    executemany spends about 20 us of CPU per row on them, holding the GIL
+    that the FastAGI sessions wait for; converting each value with the same
+    processors and passing the rows to the driver costs a fraction of it.
+    """
+
+    def __init__(self, table: Table, dialect: Dialect):
+        compiled = table.insert().compile(dialect=dialect)
+        self.statement = str(compiled)
+        names = list(compiled.positiontup if dialect.positional else compiled.params)
+        columns = table.columns
+        self._names = names
+        self._processors = [
+            columns[name].type.dialect_impl(dialect).bind_processor(dialect)
+            for name in names
+        ]
+        self._positional = dialect.positional
+
+    def parameters(self, values: Mapping[str, object]) -> tuple | dict:
+        converted = [
+            value if processor is None or value is None else processor(value)
+            for value, processor in zip(
+                (values[name] for name in self._names), self._processors
+            )
+        ]
+        if self._positional:
+            return tuple(converted)
+        return dict(zip(self._names, converted))
+
+
+@functools.cache
+def _decision_insert_for(dialect: Dialect) -> _DriverInsert:
+    return _DriverInsert(Decision.__table__, dialect)
+
+
+def _decision_insert(dialect: Dialect) -> _DriverInsert:
+    return _decision_insert_for(dialect)
 
 
 def recent_decisions(
