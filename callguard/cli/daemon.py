@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 
@@ -27,6 +28,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def settle_heap() -> None:
+    """Move what is loaded now out of the garbage collector's sight.
+
+    The prefix table, the rate decks and the config are hundreds of
+    thousands of objects that live until the next reload. Left in the
+    collector's oldest generation, each full collection walks all of them
+    while a FastAGI session waits. Unfreezing first lets one collection free
+    what a reload left behind; it pauses the loop once, for about as long as
+    a full collection takes.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 async def serve(app: Application, notifier: Notifier) -> None:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -37,6 +53,7 @@ async def serve(app: Application, notifier: Notifier) -> None:
     loop.add_signal_handler(signal.SIGHUP, reloads.put_nowait, None)
 
     await app.start()
+    settle_heap()
     notifier.ready("deciding calls")
     log.info("callguard %s ready", __version__)
 
@@ -46,6 +63,7 @@ async def serve(app: Application, notifier: Notifier) -> None:
             notifier.reloading()
             try:
                 await app.reload()
+                settle_heap()
             finally:
                 notifier.ready()
 
