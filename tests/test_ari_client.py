@@ -113,6 +113,8 @@ class FakeAri:
         self.script: WebsocketScript = self._idle
         self.release = asyncio.Event()
         self.reply_delay_paths: set[str] = set()
+        self.filter_bodies: list[object] = []
+        self.filter_status = 200
         self._sockets: set[web.WebSocketResponse] = set()
         self._runner: web.AppRunner | None = None
         self.url = ""
@@ -124,6 +126,7 @@ class FakeAri:
         app.router.add_get("/ari/channels/{id}", self._get_channel)
         app.router.add_delete("/ari/channels/{id}", self._delete_channel)
         app.router.add_get("/ari/events", self._events)
+        app.router.add_put("/ari/applications/{app}/eventFilter", self._event_filter)
 
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0)
         await self._runner.setup()
@@ -183,6 +186,15 @@ class FakeAri:
         if failure := await self._rest_preamble(request):
             return failure
         return web.json_response(self.channels)
+
+    async def _event_filter(self, request: web.Request) -> web.StreamResponse:
+        if failure := await self._rest_preamble(request):
+            return failure
+        self.filter_bodies.append(await request.json())
+        if self.filter_status != 200:
+            return web.json_response({"message": "Application not found"},
+                                     status=self.filter_status)
+        return web.json_response(load_capture("ari-applications-while-connected.json")[0])
 
     async def _get_channel(self, request: web.Request) -> web.StreamResponse:
         if failure := await self._rest_preamble(request):
@@ -1073,3 +1085,21 @@ async def test_silent_server_detected(emulator, make_client, caplog):
     assert recorder.disconnected_at[0] - silenced_at <= ping_timeout + 0.25
     assert recorder.disconnects == 1
 
+
+
+async def test_set_event_filter(ari, make_client):
+    client = make_client(ari.url, app="pbx/1")
+
+    await client.set_event_filter({"Dial", "ChannelCreated"})
+    ari.filter_status = 404
+    with pytest.raises(AriHTTPError, match="Application not found") as caught:
+        await client.set_event_filter(["Dial"])
+
+    assert ari.requests[0].raw_path == "/ari/applications/pbx%2F1/eventFilter"
+    assert ari.requests[0].headers["Content-Type"] == "application/json"
+    assert ari.filter_bodies[0] == {
+        "allowed": [{"type": "ChannelCreated"}, {"type": "Dial"}],
+        "disallowed": [],
+    }
+    assert caught.value.status == 404
+    assert len(ari.requests) == 2  # a 404 is final

@@ -347,6 +347,77 @@ async def test_subscribe_all_filter(ari, rest):
     assert rest_of_stasis[-1]["args"] == ["x"]
 
 
+WANTED = ["ChannelCreated", "ChannelDestroyed", "ChannelStateChange", "Dial"]
+
+
+async def test_event_filter_limits_events(ari, rest):
+    async with events_socket(ari) as socket:
+        await ari.wait_for_subscribers()
+        reply = await rest.put(
+            f"ari/applications/{APP}/eventFilter",
+            json={"allowed": [{"type": kind} for kind in WANTED]},
+        )
+        call = await ari.dial_out(NUMBER)
+        await ari.answer(call)
+        await ari.hangup(call)
+        events = await receive_until(socket, destroyed(call.caller_id))
+
+    assert reply.status_code == 200
+    assert reply.json()["events_allowed"] == [{"type": kind} for kind in WANTED]
+    assert reply.json()["events_disallowed"] == []
+    assert {event["type"] for event in events} == set(WANTED)
+
+
+async def test_event_filter_disallowed_wins_and_empty_resets(ari, rest):
+    path = f"ari/applications/{APP}/eventFilter"
+    async with events_socket(ari) as socket:
+        await ari.wait_for_subscribers()
+        await rest.put(path, json={"allowed": [{"type": "Dial"}],
+                                   "disallowed": [{"type": "Dial"}]})
+        silent = await ari.dial_out(NUMBER)
+        await rest.put(path, json={"disallowed": []})  # allowed is kept
+        kept = (await rest.get(f"ari/applications/{APP}")).json()
+        await rest.put(path, json={})
+        call = await ari.dial_out(NUMBER)
+        received = await receive_until(
+            socket, lambda event: event["type"] == "Dial"
+            and event.get("peer", {}).get("id") == call.trunk_id
+        )
+
+    assert kept["events_allowed"] == [{"type": "Dial"}]
+    assert kept["events_disallowed"] == []
+    silent_ids = {silent.caller_id, silent.trunk_id}
+    assert not [event for event in received
+                if event.get("channel", {}).get("id") in silent_ids]
+    assert "ChannelVarset" in {event["type"] for event in received}
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ({"allowed": "Dial"}, 400, "Invalid format definition"),
+    ({"allowed": ["Dial"]}, 400, "Invalid format definition"),
+    ([{"type": "Dial"}], 400, "Invalid format definition"),
+])
+async def test_event_filter_rejects_bad_bodies(ari, rest, body, status, message):
+    async with events_socket(ari):
+        await ari.wait_for_subscribers()
+        reply = await rest.put(f"ari/applications/{APP}/eventFilter", json=body)
+
+    assert reply.status_code == status
+    assert reply.json() == {"message": message}
+    assert ari.event_filter(APP) == {"events_allowed": [], "events_disallowed": []}
+
+
+async def test_event_filter_unknown_application_or_version(ari, rest):
+    missing = await rest.put(f"ari/applications/{APP}/eventFilter", json={})
+    async with events_socket(ari):
+        await ari.wait_for_subscribers()
+        ari.event_filters = False
+        older = await rest.put(f"ari/applications/{APP}/eventFilter", json={})
+
+    assert (missing.status_code, missing.json()) == (404, {"message": "Application not found"})
+    assert (older.status_code, older.json()) == (404, {"message": "Resource not found"})
+
+
 async def test_sockets_each_get_events(ari):
     async with events_socket(ari) as first, events_socket(ari) as second:
         await ari.wait_for_subscribers(2)

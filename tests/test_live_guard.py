@@ -186,3 +186,40 @@ async def test_restart_adopts_live_call(make_pbx):
     await eventually(lambda: not pbx.legs(), what="the call to end")
     await pbx.app.guard.drain()
     assert pbx.spend("day", "2024-06-14") == Decimal("4.00")   # 210 s at 60/60
+
+
+async def test_event_filter_asked_for_and_optional(make_pbx, caplog):
+    start = london(2024, 6, 14, 10, 0)
+    trunks = TRUNK_10.replace("daily_limit = 10.00", "daily_limit = 100.00")
+    pbx = await make_pbx(start, trunks=trunks)
+
+    wanted = [{"type": kind} for kind in
+              ("ChannelCreated", "ChannelDestroyed", "ChannelStateChange", "Dial")]
+    assert pbx.ari.event_filter("callguard") == {"events_allowed": wanted,
+                                                 "events_disallowed": []}
+    filtered, _ = await pbx.call("01632960001")
+    await pbx.ari.answer(filtered)
+    pbx.clock.advance(90)
+    await pbx.ari.hangup(filtered)
+    await eventually(lambda: not pbx.legs(), what="the filtered call to end")
+
+    # An Asterisk without event filters sends everything; callguard meters
+    # the same way.
+    pbx.ari.event_filters = False
+    await pbx.ari.drop_events()
+    await eventually(lambda: pbx.app.ari.connected and "event filter not set" in
+                     caplog.text, timeout=10, what="the reconnect without a filter")
+    assert pbx.ari.event_filter("callguard")["events_allowed"] == []
+    unfiltered, _ = await pbx.call("01632960002")
+    await pbx.ari.answer(unfiltered)
+    pbx.clock.advance(90)
+    await pbx.ari.hangup(unfiltered)
+    await eventually(lambda: not pbx.legs(), what="the unfiltered call to end")
+    await pbx.app.guard.drain()
+
+    with Store(pbx.config.general.database) as store:
+        store.open()
+        costs = {c.uniqueid: c.cost for c in store.recent_calls(10)}
+    # 90 s at 1.00 per minute in 60/60 blocks: two blocks each.
+    assert costs == {filtered.trunk_id: Decimal("2.00"),
+                     unfiltered.trunk_id: Decimal("2.00")}

@@ -7,6 +7,7 @@ and reconnects with capped exponential backoff until close().
 """
 
 import logging
+from collections.abc import Iterable
 from urllib.parse import quote
 
 from callguard.ari.endpoint import build_endpoint
@@ -70,6 +71,7 @@ class AriClient:
             raise ValueError(f"retry_delay must be >= 0 seconds, got {retry_delay!r}")
 
         self._endpoint = build_endpoint(url, username, password, app, ca_file)
+        self._app = app
         self._rest = AriRest(
             self._endpoint,
             timeout=request_timeout,
@@ -157,6 +159,23 @@ class AriClient:
             log.debug("ARI channel %s was already gone when hanging up", channel_id)
             return False
         raise http_error(reply, "DELETE", self._endpoint.rest_path + path)
+
+    async def set_event_filter(self, allowed: Iterable[str]) -> None:
+        """Ask Asterisk to send this application only events of the ``allowed`` types.
+
+        PUT /ari/applications/{app}/eventFilter replaces the allowed list and
+        clears the disallowed one. Raises AriHTTPError when Asterisk refuses
+        it (404 from a version without event filters) and AriError when the
+        request fails.
+        """
+        path = "applications/" + quote(self._app, safe="") + "/eventFilter"
+        body = {
+            "allowed": [{"type": event_type} for event_type in sorted(allowed)],
+            "disallowed": [],
+        }
+        reply = await self._rest.request("PUT", path, body=body)
+        if reply.status != HTTP_OK:
+            raise http_error(reply, "PUT", self._endpoint.rest_path + path)
 
     async def ping(self) -> None:
         """Send GET /ari/asterisk/ping and raise AriError unless ARI replies 200."""

@@ -104,7 +104,11 @@ class AriRest:
             await self._http.close()
 
     async def request(
-        self, method: str, path: str, params: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str] | None = None,
+        body: object = None,
     ) -> Reply:
         """Send a request, retrying after 5xx replies and network errors.
 
@@ -120,7 +124,7 @@ class AriRest:
 
         for attempt in range(1, attempts + 1):
             try:
-                reply = await self._send(method, path, params, shown_path)
+                reply = await self._send(method, path, params, body, shown_path)
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 failure: AriError = AriError(
                     f"ARI {method} {shown_path} to {self._endpoint.base_url} "
@@ -166,15 +170,24 @@ class AriRest:
             )
 
     async def _send(
-        self, method: str, path: str, params: dict[str, str] | None, shown_path: str
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str] | None,
+        body: object,
+        shown_path: str,
     ) -> Reply:
         target = self._endpoint.rest_base + path
         if params:
             target += "?" + urlencode(params)
         # The path is quoted already (a channel id may hold any character).
         url = URL(target, encoded=True)
+        data = headers = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers = {"Content-Type": "application/json"}
         async with self._session().request(
-            method, url, allow_redirects=False
+            method, url, data=data, headers=headers, allow_redirects=False
         ) as response:
             declared = response.content_length
             if declared is not None and declared > self._max_response:

@@ -7,7 +7,7 @@ from callguard.ari import AriClient, AriError
 from callguard.ari.rest import MAX_CONNECTIONS
 from callguard.config import Config
 from callguard.metering.guard import LiveGuard
-from callguard.metering.tracker import EventTracker, leg_from_record
+from callguard.metering.tracker import HANDLED_EVENTS, EventTracker, leg_from_record
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,13 @@ class AriListener:
         self.tracker.on_event(event)
 
     async def _on_connect(self) -> None:
+        # subscribeAll brings every event of the PBX; about four in five of a
+        # call's are of types the tracker ignores. Filtering them out in
+        # Asterisk spares both sides their JSON.
+        try:
+            await self.client.set_event_filter(HANDLED_EVENTS)
+        except AriError as exc:
+            log.warning("ARI event filter not set (%s); receiving every event", exc)
         channels = await self.client.get_channels()
         self.tracker.reconcile(channels)
         log.info("ARI connected; %d channels up, %d trunk legs followed", len(channels),

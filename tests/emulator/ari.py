@@ -256,6 +256,22 @@ class AriEmulator:
         self._http.rest.fail_deletes = count
 
     @property
+    def event_filters(self) -> bool:
+        """False plays an Asterisk without PUT /ari/applications/{app}/eventFilter."""
+        return self._http.rest.event_filters
+
+    @event_filters.setter
+    def event_filters(self, supported: bool) -> None:
+        self._http.rest.event_filters = supported
+        if not supported:
+            self._hub.filters.clear()  # such an Asterisk sends every event
+
+    def event_filter(self, app: str) -> dict:
+        """The filter lists of an application, as GET /ari/applications shows them."""
+        allowed, disallowed = self._hub.filters.get(app, ([], []))
+        return {"events_allowed": list(allowed), "events_disallowed": list(disallowed)}
+
+    @property
     def channels(self) -> dict[str, dict]:
         """Snapshots of the live channels by id, as GET /ari/channels has them."""
         channelvars = self._switch.builder.channelvars

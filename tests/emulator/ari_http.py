@@ -16,7 +16,7 @@ from datetime import datetime
 from aiohttp import BasicAuth, WSMsgType, hdrs, web
 
 from .ari_hub import EventHub, EventSocket
-from .ari_rest import RestResources, error_response
+from .ari_rest import MESSAGE_RESOURCE_NOT_FOUND, RestResources, error_response
 from .ari_switch import Switch
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,6 @@ AUTH_REALM = "Asterisk REST Interface"
 MAX_BODY_BYTES = 64 * 1024
 
 MESSAGE_AUTH_REQUIRED = "Authentication required"
-MESSAGE_RESOURCE_NOT_FOUND = "Resource not found"
 MESSAGE_INVALID_METHOD = "Invalid method"
 MESSAGE_UNAVAILABLE = "Service Unavailable"
 

@@ -68,6 +68,9 @@ class EventHub:
 
     def __init__(self) -> None:
         self.sockets: list[EventSocket] = []
+        # Per application, the event filter set by PUT .../eventFilter:
+        # (allowed, disallowed), each a list of {"type": ...} objects.
+        self.filters: dict[str, tuple[list, list]] = {}
         self.events_sent = 0
         self._changed = asyncio.Condition()
         self._queue: asyncio.Queue[_Batch] = asyncio.Queue()
@@ -165,7 +168,7 @@ class EventHub:
                 continue
 
             for app in socket.apps:
-                if not socket.wants(event, app):
+                if not socket.wants(event, app) or not self.allows(app, event.type):
                     continue
 
                 text = encode_json(event.for_application(app))
@@ -198,6 +201,45 @@ class EventHub:
             socket.silenced = True
         logger.info("silenced %d events websockets", len(self.sockets))
 
+    def allows(self, app: str, event_type: str) -> bool:
+        """Apply the application's event filter as Asterisk does.
+
+        A type in the disallowed list is never sent. Otherwise an empty
+        allowed list lets everything through, and a non-empty one only the
+        types it names.
+        """
+        allowed, disallowed = self.filters.get(app, ([], []))
+        if any(entry.get("type") == event_type for entry in disallowed):
+            return False
+        return not allowed or any(entry.get("type") == event_type for entry in allowed)
+
+    def set_filter(self, app: str, document: object) -> None:
+        """Set an application's event filter from a PUT body, or raise ValueError.
+
+        An empty object clears both lists. A list missing from a non-empty
+        object is left as it was.
+        """
+        if not isinstance(document, dict):
+            raise ValueError("the filter is not a JSON object")
+        allowed, disallowed = self.filters.get(app, ([], []))
+        if not document:
+            self.filters[app] = ([], [])
+            return
+        lists = {"allowed": allowed, "disallowed": disallowed}
+        for name in lists:
+            if name not in document:
+                continue
+            entries = document[name]
+            if not isinstance(entries, list) or not all(
+                isinstance(entry, dict) for entry in entries
+            ):
+                raise ValueError(f"{name} is not an array of objects")
+            lists[name] = entries
+        self.filters[app] = (lists["allowed"], lists["disallowed"])
+
+    def registered(self, app: str) -> bool:
+        return any(app in socket.apps for socket in self.sockets)
+
     def applications(self, channels: list[Channel]) -> list[dict]:
         """Return the registered applications as GET /ari/applications lists them."""
         names: list[str] = []
@@ -209,10 +251,20 @@ class EventHub:
                     subscribe_all[app] = False
                 subscribe_all[app] |= socket.subscribe_all
 
-        return [application_json(name, subscribe_all[name], channels) for name in names]
+        return [
+            application_json(
+                name, subscribe_all[name], channels, self.filters.get(name, ([], []))
+            )
+            for name in names
+        ]
 
 
-def application_json(name: str, subscribe_all: bool, channels: list[Channel]) -> dict:
+def application_json(
+    name: str,
+    subscribe_all: bool,
+    channels: list[Channel],
+    event_filter: tuple[list, list] = ([], []),
+) -> dict:
     if subscribe_all:
         channel_ids = [ALL_CHANNELS_TOPIC]
         bridge_ids = [ALL_BRIDGES_TOPIC]
@@ -228,6 +280,6 @@ def application_json(name: str, subscribe_all: bool, channels: list[Channel]) ->
         "bridge_ids": bridge_ids,
         "endpoint_ids": endpoint_ids,
         "device_names": device_names,
-        "events_allowed": [],
-        "events_disallowed": [],
+        "events_allowed": list(event_filter[0]),
+        "events_disallowed": list(event_filter[1]),
     }

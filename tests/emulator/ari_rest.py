@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 
 MESSAGE_CHANNEL_NOT_FOUND = "Channel not found"
 MESSAGE_APPLICATION_NOT_FOUND = "Application not found"
+# What Asterisk answers for a path it has no handler for.
+MESSAGE_RESOURCE_NOT_FOUND = "Resource not found"
+MESSAGE_INVALID_FILTER = "Invalid format definition"
 MESSAGE_INTERNAL_ERROR = "Internal Server Error"
 MESSAGE_REASON_AND_CODE = "The reason and reason_code can't both be specified"
 MESSAGE_INVALID_REASON_CODE = "Invalid reason for hangup reason code provided"
@@ -70,6 +73,7 @@ class RestResources:
         self.started_at = now()
         self.deletes: list[tuple[str, dict]] = []
         self.fail_deletes = 0
+        self.event_filters = True
 
     def add_routes(self, routes: web.UrlDispatcher) -> None:
         routes.add_get("/ari/asterisk/info", self.asterisk_info)
@@ -81,6 +85,7 @@ class RestResources:
         routes.add_delete("/ari/channels/{channel_id}", self.hangup_channel)
         routes.add_get("/ari/applications", self.list_applications)
         routes.add_get("/ari/applications/{name}", self.get_application)
+        routes.add_put("/ari/applications/{name}/eventFilter", self.filter_application)
 
     async def asterisk_info(self, request: web.Request) -> web.Response:
         started = format_timestamp(self.started_at)
@@ -167,6 +172,25 @@ class RestResources:
     async def list_applications(self, request: web.Request) -> web.Response:
         channels = list(self._switch.channels.values())
         return json_response(200, self._hub.applications(channels))
+
+    async def filter_application(self, request: web.Request) -> web.Response:
+        """Serve PUT /ari/applications/{name}/eventFilter."""
+        name = request.match_info["name"]
+        if not self.event_filters:
+            return error_response(404, MESSAGE_RESOURCE_NOT_FOUND)
+        if not self._hub.registered(name):
+            return error_response(404, MESSAGE_APPLICATION_NOT_FOUND)
+        try:
+            self._hub.set_filter(name, json.loads(await request.read() or b"{}"))
+        except ValueError as error:
+            logger.info("event filter for %s rejected: %s", name, error)
+            return error_response(400, MESSAGE_INVALID_FILTER)
+
+        channels = list(self._switch.channels.values())
+        for application in self._hub.applications(channels):
+            if application["name"] == name:
+                return json_response(200, application)
+        return error_response(404, MESSAGE_APPLICATION_NOT_FOUND)
 
     async def get_application(self, request: web.Request) -> web.Response:
         channels = list(self._switch.channels.values())
