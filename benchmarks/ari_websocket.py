@@ -23,9 +23,15 @@ BACKLOG_TIMEOUT = 120.0
 
 
 async def measure_websocket(
-    directory: Path, *, trunks: int, calls: int, concurrency: int
+    directory: Path, *, trunks: int, calls: int, concurrency: int, event_filter: bool
 ) -> dict:
+    """Run the calls and return the figures.
+
+    Without ``event_filter`` the emulator plays an Asterisk that has no
+    event filters, so the daemon receives every event of every call.
+    """
     ari = TimedAriEmulator()
+    ari.event_filters = event_filter
     await ari.start()
     fastagi_port = free_port()
     limits = {trunk_name(index): UNREACHED_LIMIT for index in range(trunks)}
@@ -75,6 +81,8 @@ async def measure_websocket(
         "sent_s": sent_s,
         "elapsed_s": elapsed_s,
         "per_s": events / elapsed_s,
+        "calls_per_s": calls / elapsed_s,
+        "event_filter": event_filter,
         "daemon_cpu_us_per_event": daemon_cpu_s / events * 1e6,
         "daemon_cpu_share": daemon_cpu_s / elapsed_s,
         "emulator_cpu_share": own_cpu_s / elapsed_s,

@@ -98,22 +98,27 @@ def print_websocket(directory: Path, calls: int, concurrency: int) -> None:
         f"\n1b. ARI events through the websocket: callguard daemon process, ARI "
         f"emulator and FastAGI checks in this process, {TRUNKS} trunks"
     )
-    (directory / "websocket").mkdir()
-    figures = asyncio.run(
-        measure_websocket(
-            directory / "websocket", trunks=TRUNKS, calls=calls, concurrency=concurrency
+    for event_filter in (False, True):
+        run_directory = directory / f"websocket-{'filtered' if event_filter else 'all'}"
+        run_directory.mkdir()
+        figures = asyncio.run(
+            measure_websocket(
+                run_directory, trunks=TRUNKS, calls=calls, concurrency=concurrency,
+                event_filter=event_filter,
+            )
         )
-    )
-    print(
-        f"{figures['calls']} calls, {figures['concurrency']} at a time: "
-        f"{figures['events']} events in {figures['elapsed_s']:.2f} s, "
-        f"{figures['per_s']:.0f} events/s until the daemon stored every call"
-    )
-    print(
-        f"daemon CPU {figures['daemon_cpu_us_per_event']:.0f} us per event (its "
-        f"checks and store writes included), busy {figures['daemon_cpu_share']:.0%}; "
-        f"emulator process busy {figures['emulator_cpu_share']:.0%}"
-    )
+        print(
+            f"{'with' if event_filter else 'without'} ARI's event filter: "
+            f"{figures['calls']} calls, {figures['concurrency']} at a time: "
+            f"{figures['events']} events in {figures['elapsed_s']:.2f} s, "
+            f"{figures['per_s']:.0f} events/s, {figures['calls_per_s']:.0f} calls/s "
+            "until the daemon stored every call"
+        )
+        print(
+            f"  daemon CPU {figures['daemon_cpu_us_per_event']:.0f} us per event (its "
+            f"checks and store writes included), busy {figures['daemon_cpu_share']:.0%}; "
+            f"emulator process busy {figures['emulator_cpu_share']:.0%}"
+        )
 
 
 def print_memory(calls: int, trunks: int) -> None:
