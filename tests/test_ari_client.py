@@ -1103,3 +1103,45 @@ async def test_set_event_filter(ari, make_client):
     }
     assert caught.value.status == 404
     assert len(ari.requests) == 2  # a 404 is final
+
+
+async def closing_server(replies: list[bytes | None]):
+    """Serve one reply per connection from ``replies``; None closes without a reply."""
+    pending = list(replies)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        await reader.readuntil(b"\r\n\r\n")
+        reply = pending.pop(0) if pending else None
+        if reply is not None:
+            writer.write(reply)
+            await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+NO_CONTENT = b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+async def test_closed_connection_sent_again_at_once(make_client):
+    server = await closing_server([None, NO_CONTENT])
+    port = server.sockets[0].getsockname()[1]
+    client = make_client(f"http://127.0.0.1:{port}/", retry_delay=5.0)
+
+    started = asyncio.get_running_loop().time()
+    async with server:
+        assert await client.hangup("1796397405.0", reason_code=16) is True
+
+    assert asyncio.get_running_loop().time() - started < 2.0  # no 5 s retry delay
+
+
+async def test_connection_closed_every_time(make_client):
+    server = await closing_server([])
+    port = server.sockets[0].getsockname()[1]
+    client = make_client(f"http://127.0.0.1:{port}/", retries=1)
+
+    async with server:
+        with pytest.raises(AriError, match="ServerDisconnectedError") as caught:
+            await client.hangup("1796397405.0")
+
+    assert "gave up after 2 attempts" in caught.value.__notes__

@@ -124,7 +124,7 @@ class AriRest:
 
         for attempt in range(1, attempts + 1):
             try:
-                reply = await self._send(method, path, params, body, shown_path)
+                reply = await self._send_once(method, path, params, body, shown_path)
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 failure: AriError = AriError(
                     f"ARI {method} {shown_path} to {self._endpoint.base_url} "
@@ -168,6 +168,25 @@ class AriRest:
                 self._endpoint.base_url,
                 suppressed_note(suppressed),
             )
+
+    async def _send_once(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str] | None,
+        body: object,
+        shown_path: str,
+    ) -> Reply:
+        try:
+            return await self._send(method, path, params, body, shown_path)
+        except aiohttp.ServerDisconnectedError:
+            # Most often a kept-alive connection that Asterisk closed just as
+            # it was reused, before the request reached it. Sending again at
+            # once, on a new connection, keeps a hang-up from waiting out the
+            # retry delay; every request here is idempotent.
+            log.debug("ARI %s %s: the connection closed without a reply; sending "
+                      "again on a new one", method, shown_path)
+            return await self._send(method, path, params, body, shown_path)
 
     async def _send(
         self,
