@@ -456,3 +456,32 @@ def test_unit_exposure_low():
 
     assert match is not None, result.stdout + result.stderr
     assert Decimal(match[1]) <= MAX_EXPOSURE
+
+
+async def test_busy_port_fails_with_one_error(tmp_path):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    ari_port = free_port()  # nothing listens there: the ARI client keeps failing
+    (tmp_path / "ari.secret").write_text("secret\n")
+    (tmp_path / "ari.secret").chmod(0o600)
+    path = write_config(
+        tmp_path, port=taken.getsockname()[1],
+        ari=(f"enabled = yes\nurl = http://127.0.0.1:{ari_port}/\nusername = callguard\n"
+             "password_file = ari.secret\n"),
+    )
+    try:
+        finished = await asyncio.wait_for(asyncio.create_subprocess_exec(
+            str(CALLGUARD), "--config", str(path), "run",
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        ), STEP_TIMEOUT)
+        output, _ = await asyncio.wait_for(finished.communicate(), STOP_TIMEOUT)
+    finally:
+        taken.close()
+
+    text = output.decode(errors="replace")
+    assert finished.returncode == 1, text
+    assert "cannot start" in text
+    assert "address already in use" in text
+    assert "Traceback" not in text
+    assert "never retrieved" not in text

@@ -194,6 +194,9 @@ class EventStream:
     async def _open_unless_closed(self) -> ClientConnection | None:
         """Open the websocket, or return None if close() came first."""
         opening = asyncio.create_task(self._open())
+        # When this coroutine is cancelled or close() wins, a connect that
+        # fails meanwhile ends with an error that nobody awaits: consume it.
+        opening.add_done_callback(_consume_outcome)
         closing = asyncio.create_task(self._closing.wait())
         try:
             await asyncio.wait({opening, closing}, return_when=asyncio.FIRST_COMPLETED)
@@ -237,6 +240,12 @@ class EventStream:
             await asyncio.wait_for(self._closing.wait(), delay)
         except TimeoutError:
             pass
+
+
+def _consume_outcome(task: asyncio.Task) -> None:
+    """Mark a finished connect's error as retrieved; its caller may have gone."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _notify_disconnect(on_disconnect: DisconnectHandler | None) -> None:

@@ -28,6 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+async def stop_quietly(app: Application) -> None:
+    try:
+        await app.stop()
+    except Exception as exc:
+        log.debug("stopping the half-started daemon failed too: %r", exc)
+
+
 def settle_heap() -> None:
     """Move what is loaded now out of the garbage collector's sight.
 
@@ -52,7 +59,13 @@ async def serve(app: Application, notifier: Notifier) -> None:
     loop.add_signal_handler(signal.SIGINT, stopping.set)
     loop.add_signal_handler(signal.SIGHUP, reloads.put_nowait, None)
 
-    await app.start()
+    try:
+        await app.start()
+    except BaseException:
+        # Whatever started before the failure (the ARI client, the store
+        # thread) stops here, so the process ends with the one error.
+        await stop_quietly(app)
+        raise
     settle_heap()
     notifier.ready("deciding calls")
     log.info("callguard %s ready", __version__)
