@@ -22,7 +22,7 @@ from callguard import __version__
 from callguard.ari import AriClient, AriError, AriHTTPError
 from callguard.ari.backoff import JITTER, Backoff
 from callguard.ari.events import event_channel_id
-from callguard.ari.repeats import RepeatLimiter
+from callguard.repeats import RepeatLimiter
 from callguard.clock import ManualClock
 from emulator.ari import AriEmulator
 

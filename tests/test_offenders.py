@@ -203,6 +203,24 @@ async def test_each_offender_key(offenders, key_type, offender, other):
     assert guard.alerts.blocks[0][1] == key_type
 
 
+async def test_missing_key_warned_once_per_burst(offenders, caplog):
+    guard = offenders("offender_key = source\n")
+    for _ in range(8):
+        assert await guard.call() == "barred:premium"
+
+    warnings = [r.getMessage() for r in caplog.records
+                if "not counted toward a block" in r.getMessage()]
+    assert len(warnings) == 5  # the rest of the minute's repeats are counted
+    assert "the call has no source" in warnings[0]
+    assert "CALLGUARD_SOURCE" in warnings[0]
+    assert not guard.alerts.blocks
+    guard.advance(minutes=1)
+    await guard.call()
+    last = [r.getMessage() for r in caplog.records
+            if "not counted toward a block" in r.getMessage()][-1]
+    assert last.endswith("(3 similar messages suppressed)")
+
+
 async def test_emergency_from_blocked_caller(offenders):
     guard = offenders()
     for _ in range(3):

@@ -20,7 +20,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
-from callguard.ari.repeats import RepeatLimiter, suppressed_note
+from callguard.repeats import RepeatLimiter, suppressed_note
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from yarl import URL
 
 from callguard.ari.endpoint import USER_AGENT, AriEndpoint
 from callguard.ari.errors import AriError, AriHTTPError
-from callguard.ari.repeats import RepeatLimiter, suppressed_note
+from callguard.repeats import RepeatLimiter, suppressed_note
 
 log = logging.getLogger(__name__)
 

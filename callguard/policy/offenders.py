@@ -33,6 +33,7 @@ from callguard.policy.decision import (
     CallRequest,
     Decision,
 )
+from callguard.repeats import RepeatLimiter, suppressed_note
 from callguard.store import StoreError
 from callguard.worker import StoreWorker
 
@@ -46,6 +47,15 @@ log = logging.getLogger(__name__)
 BLOCKED_BY_CALLGUARD = "callguard"
 # Keys whose last attempt is older than their window are dropped this often.
 SWEEP_INTERVAL = timedelta(minutes=1)
+
+# What to fix when a call lacks the key that its trunk's offender_key names.
+KEYLESS_HINTS = {
+    KEY_ENDPOINT: "the AGI channel name has no endpoint (expected TECH/ENDPOINT-SEQUENCE)",
+    KEY_CALLER: "the call has no calling number; pass one as the check's third argument",
+    KEY_ACCOUNTCODE: "set the channel's accountcode, or choose another offender_key",
+    KEY_SOURCE: ("pass the caller's address as the check's fourth argument, or set "
+                 "CALLGUARD_SOURCE before the check as the sample extensions.conf shows"),
+}
 
 
 def is_offence(decision: Decision) -> bool:
@@ -167,6 +177,7 @@ class OffenderGuard:
         self.alerts = alerts
         self.counter = AttemptCounter()
         self._tasks: set[asyncio.Task] = set()
+        self._keyless = RepeatLimiter(clock=clock)
 
     def note(self, request: CallRequest, decision: Decision, state: "PolicyState") -> None:
         """Count ``decision`` if it is a barred attempt, and block at ``ban_after``.
@@ -183,7 +194,10 @@ class OffenderGuard:
         settings = trunk.offenders
         caller_e164 = decision.caller_e164 or state.normalise_caller(request.caller) or ""
         key = offender_identity(settings.key_type, request, caller_e164)
-        if not key or key in settings.ban_ignore:
+        if not key:
+            self._warn_keyless(trunk.name, settings.key_type, request)
+            return
+        if key in settings.ban_ignore:
             return
 
         now = self.clock.now()
@@ -204,6 +218,15 @@ class OffenderGuard:
         task = asyncio.get_running_loop().create_task(self._impose(ban))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _warn_keyless(self, trunk: str, key_type: str, request: CallRequest) -> None:
+        # Silent, this would leave a trunk without offender blocking.
+        suppressed = self._keyless.admit()
+        if suppressed is None:
+            return
+        log.warning("%s %s: barred attempt not counted toward a block: the call has no "
+                    "%s, the trunk's offender_key; %s%s", trunk, request.uniqueid or "-",
+                    key_type, KEYLESS_HINTS[key_type], suppressed_note(suppressed))
 
     def forget(self, key_type: str, key: str) -> None:
         """Drop the attempts counted for a key, e.g. after an operator lifts its block."""
