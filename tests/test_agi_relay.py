@@ -178,6 +178,7 @@ async def test_fail_policy_unreachable(closed_port, policy, expected):
         "CALLGUARD_REASON": UNREACHABLE,
     }
     assert result.commands == [
+        "GET VARIABLE CALLGUARD_FAIL_POLICY",
         f"SET VARIABLE CALLGUARD_RESULT {expected}",
         f"SET VARIABLE CALLGUARD_REASON {UNREACHABLE}",
     ]
@@ -185,6 +186,31 @@ async def test_fail_policy_unreachable(closed_port, policy, expected):
     assert result.elapsed < 3
     if policy == "maybe":
         assert "invalid CALLGUARD_FAIL_POLICY 'maybe'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "dialplan, environment, expected",
+    [
+        ("allow", "deny", "ALLOW"),   # the dialplan's global wins
+        ("deny", "allow", "DENY"),
+        ("Allow", None, "ALLOW"),
+        ("sometimes", "allow", "DENY"),  # invalid in the dialplan: deny
+    ],
+)
+async def test_fail_policy_from_dialplan(closed_port, dialplan, environment, expected):
+    env = {"CALLGUARD_FASTAGI": f"127.0.0.1:{closed_port}"}
+    if environment is not None:
+        env["CALLGUARD_FAIL_POLICY"] = environment
+    call = make_call(variables={"CALLGUARD_TRUNK": "trunk-b",
+                                "CALLGUARD_FAIL_POLICY": dialplan})
+
+    result = await run_classic_agi(str(RELAY), call, env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert result.variables["CALLGUARD_RESULT"] == expected
+    assert result.variables["CALLGUARD_REASON"] == UNREACHABLE
+    if dialplan == "sometimes":
+        assert "invalid CALLGUARD_FAIL_POLICY 'sometimes' in the dialplan" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -217,6 +243,7 @@ async def test_fail_policy_handler_error(daemon_factory):
     assert result.returncode == 0, result.stderr
     assert result.commands == [
         "GET VARIABLE CALLGUARD_TRUNK",
+        "GET VARIABLE CALLGUARD_FAIL_POLICY",
         "SET VARIABLE CALLGUARD_RESULT ALLOW",
         f"SET VARIABLE CALLGUARD_REASON {UNREACHABLE}",
     ]
