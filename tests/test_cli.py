@@ -194,10 +194,10 @@ def test_check_budget_left(config, capsys):
     lines = capsys.readouterr().out.splitlines()
 
     assert json_status == EXIT_OK
-    assert budgets["day"] == {"window": day, "spent": "12.50", "limit": "50.00",
-                              "remaining": "37.50"}
-    assert budgets["week"] == {"window": week, "spent": "30.25", "limit": "200.00",
-                               "remaining": "169.75"}
+    assert budgets["day"] == {"window": day, "spent": "12.50", "held": "0.00",
+                              "limit": "50.00", "remaining": "37.50"}
+    assert budgets["week"] == {"window": week, "spent": "30.25", "held": "0.00",
+                               "limit": "200.00", "remaining": "169.75"}
     assert text_status == EXIT_OK
     assert f"day        37.50 of 50.00 GBP left in {day}" in lines
     assert f"week       169.75 of 200.00 GBP left in {week}" in lines

@@ -33,7 +33,7 @@ from emulator.fastagi import (
     run_fastagi_call,
 )
 from live_support import PASSWORD, free_port
-from support import write_config
+from support import TRUNK, write_config
 
 BIN = Path(sys.executable).parent
 CALLGUARD = BIN / "callguard"
@@ -485,3 +485,39 @@ async def test_busy_port_fails_with_one_error(tmp_path):
     assert "address already in use" in text
     assert "Traceback" not in text
     assert "never retrieved" not in text
+
+
+async def ctl_check(config: Path, *options: str) -> dict:
+    ctl = await asyncio.create_subprocess_exec(
+        str(CALLGUARDCTL), "--config", str(config), "check", GEOGRAPHIC, "--trunk",
+        "gamma", "--json", *options, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    output, errors = await asyncio.wait_for(ctl.communicate(), STEP_TIMEOUT)
+    assert ctl.returncode == 0, errors.decode()
+    return json.loads(output)
+
+
+async def test_ctl_check_asks_daemon(start_daemon):
+    daemon = await start_daemon(trunks=TRUNK.replace("max_concurrent_calls = 10",
+                                                     "max_concurrent_calls = 1"))
+    first = await check(daemon.port, GEOGRAPHIC)  # its reservation fills the cap
+    assert first["CALLGUARD_RESULT"] == "ALLOW"
+
+    live = await ctl_check(daemon.config)
+    offline = await ctl_check(daemon.config, "--offline")
+    blocked = await asyncio.create_subprocess_exec(
+        str(CALLGUARDCTL), "--config", str(daemon.config), "block", "1001",
+        "--type", "endpoint", "--reason", "test", stdout=subprocess.DEVNULL,
+    )
+    await blocked.wait()
+    by_channel = await ctl_check(daemon.config, "--channel", "PJSIP/1001-0000002a")
+
+    assert (live["result"], live["reason"], live["decided_by"]) == (
+        "DENY", "limit:concurrent", "daemon")
+    assert Decimal(live["budgets"]["day"]["held"]) > 0
+    assert (offline["result"], offline["reason"], offline["decided_by"]) == (
+        "ALLOW", "ok", "offline")
+    assert by_channel["reason"] == "blocked:offender"
+    # A dry run holds nothing: the daemon still has one pending check.
+    status = await daemon.status()
+    assert status["trunks"]["gamma"]["pending_checks"] == 1

@@ -9,10 +9,12 @@ import sys
 from callguard import __version__
 from callguard.cli.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, add_config_argument, read_config
 from callguard.cli import alerts, audit, blocks, live
-from callguard.cli.inspect import check_number, print_check
+from callguard.cli.inspect import ask_daemon, check_number, print_check
 from callguard.config import ConfigError
 from callguard.daemon.state import build_state
 from callguard.numbers import PrefixTable, PrefixTableError
+from callguard.policy.decision import CallRequest
+from callguard.policy.offenders import normalise_source
 from callguard.rating import RateDeck, RateDeckError
 from callguard.store import Store, StoreError
 
@@ -30,6 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("number", help="the number as dialled, e.g. 0044 9011234567")
     check.add_argument("--trunk", required=True, help="the trunk section name")
     check.add_argument("--caller", default="", help="the CLI presented on the trunk")
+    check.add_argument("--channel", default="", help="the channel the check runs on, "
+                       "e.g. PJSIP/1001-00000012, for blocks and limits by endpoint")
+    check.add_argument("--accountcode", default="", help="the channel's accountcode")
+    check.add_argument("--source", default="", help="the caller's address, for blocks "
+                       "by source")
+    check.add_argument("--offline", action="store_true", help="decide from the config "
+                       "and the store without asking the running daemon")
     check.add_argument("--json", action="store_true", help="print one JSON object")
 
     commands.add_parser("check-config", help="validate the config and the files it names; "
@@ -87,7 +96,18 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = read_config(args)
-    report = asyncio.run(check_number(config, args.number, args.trunk, args.caller))
+    request = CallRequest(trunk=args.trunk.strip(), dialled=args.number, caller=args.caller,
+                          channel=args.channel, accountcode=args.accountcode,
+                          source=normalise_source(args.source))
+    report = None
+    if not args.offline:
+        try:
+            report = ask_daemon(config, request)
+        except RuntimeError as exc:
+            print(f"the daemon could not check the number: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+    if report is None:
+        report = asyncio.run(check_number(config, request))
     print_check(report, as_json=args.json)
     return EXIT_OK
 

@@ -3,27 +3,34 @@
 import asyncio
 import json
 from decimal import Decimal
+from pathlib import Path
 
 from callguard.clock import SystemClock
 from callguard.config import Config
+from callguard.daemon.control import ask
 from callguard.daemon.state import build_state
-from callguard.money import format_amount
 from callguard.policy.blocks import BlockList
 from callguard.policy.decision import CallRequest
 from callguard.policy.engine import PolicyEngine
 from callguard.policy.ledger import Ledger
+from callguard.policy.report import (
+    DECIDED_BY_DAEMON,
+    DECIDED_OFFLINE,
+    check_report,
+    window_budgets,
+)
 from callguard.policy.reservations import Reservations
 from callguard.store import Store
-from callguard.windows import DAY, WEEK, window_keys
+from callguard.windows import window_keys
 from callguard.worker import StoreWorker
 
 
-def _money(amount: Decimal | None) -> str | None:
-    return None if amount is None else format_amount(amount)
+async def check_number(config: Config, request: CallRequest) -> dict:
+    """Decide ``request`` from the config and the store alone, without reserving anything.
 
-
-async def check_number(config: Config, number: str, trunk_name: str, caller: str) -> dict:
-    """Decide ``number`` on ``trunk_name`` as the daemon would, without reserving anything."""
+    The daemon's memory is not consulted, so calls in progress, checks waiting
+    for their Dial and the call-rate limits count for nothing here.
+    """
     tables = await asyncio.to_thread(build_state, config)
     store = Store(config.general.database)
     worker = StoreWorker(store)
@@ -35,49 +42,35 @@ async def check_number(config: Config, number: str, trunk_name: str, caller: str
         blocks.replace({(b.key_type, b.key): b.expires_at for b in active})
 
         ledger = Ledger(worker)
-        engine = PolicyEngine(tables.state, ledger, Reservations(), blocks, clock)
-        request = CallRequest(trunk=trunk_name, dialled=number, caller=caller)
+        reservations = Reservations()
+        engine = PolicyEngine(tables.state, ledger, reservations, blocks, clock)
         decision = await engine.decide(request, reserve=False)
 
-        remaining: dict[str, dict[str, str | None]] = {}
-        trunk = config.trunks.get(trunk_name)
+        trunk = config.trunks.get(request.trunk)
         if trunk is not None:
-            keys = window_keys(clock.now(), trunk.timezone)
-            await ledger.load(trunk.name, keys)
-            for window, limit in ((DAY, trunk.daily_limit), (WEEK, trunk.weekly_limit)):
-                spent = ledger.spent(trunk.name, window, keys[window]) or Decimal(0)
-                remaining[window] = {
-                    "window": keys[window],
-                    "spent": _money(spent),
-                    "limit": _money(limit),
-                    "remaining": _money(None if limit is None else limit - spent),
-                }
+            await ledger.load(trunk.name, window_keys(clock.now(), trunk.timezone))
+        budgets = window_budgets(trunk, ledger, reservations.held, clock.now())
     finally:
         await worker.call(store.close)
         worker.shutdown()
+    return check_report(decision, request, config.general.currency, budgets,
+                        DECIDED_OFFLINE)
 
-    tariff = decision.tariff
-    return {
-        "result": decision.result,
-        "reason": decision.reason,
-        "trunk": trunk_name,
-        "dialled": number,
-        "e164": decision.e164,
-        "category": decision.category,
-        "region": decision.region,
-        "matched_prefix": decision.matched_prefix,
-        "caller": decision.caller_e164,
-        "rate": None if tariff is None else str(tariff.rate),  # per minute, as in the deck
-        "rate_prefix": None if tariff is None else tariff.prefix,
-        "rate_description": None if tariff is None else tariff.description,
-        "connection_fee": None if tariff is None else format_amount(tariff.connection_fee),
-        "increments": None if tariff is None else str(tariff.increments),
-        "first_block_cost": None if tariff is None else format_amount(tariff.first_block_cost()),
-        "max_seconds": decision.max_seconds,
-        "currency": config.general.currency,
-        "budgets": remaining,
-        "detail": decision.detail,
-    }
+
+def ask_daemon(config: Config, request: CallRequest) -> dict | None:
+    """Return the running daemon's dry-run decision, or None when it cannot be reached."""
+    path = Path(config.general.control_socket)
+    try:
+        reply = asyncio.run(ask(path, {
+            "command": "check", "number": request.dialled, "trunk": request.trunk,
+            "caller": request.caller, "channel": request.channel,
+            "accountcode": request.accountcode, "source": request.source,
+        }))
+    except (OSError, TimeoutError, ValueError):
+        return None
+    if "error" in reply:
+        raise RuntimeError(reply["error"])
+    return reply
 
 
 def print_check(report: dict, *, as_json: bool) -> None:
@@ -103,9 +96,17 @@ def print_check(report: dict, *, as_json: bool) -> None:
             print(f"{window:<10} {budget['spent']} {currency} spent in {budget['window']}, "
                   "no limit")
         else:
+            held = ""
+            if Decimal(budget["held"] or 0):
+                held = f", {budget['held']} held by checks waiting for Dial"
             print(f"{window:<10} {budget['remaining']} of {budget['limit']} {currency} left "
-                  f"in {budget['window']}")
+                  f"in {budget['window']}{held}")
     if report["max_seconds"] is not None:
         print(f"max        {report['max_seconds']} s")
     if report["detail"]:
         print(f"why        {report['detail']}")
+    if report["decided_by"] == DECIDED_BY_DAEMON:
+        print("source     the running daemon, with its live calls and pending checks")
+    else:
+        print("source     the config and the store only: the concurrent-call cap, checks "
+              "waiting for Dial and the call-rate limits are not counted")

@@ -11,6 +11,7 @@ from callguard.agi.variables import SCRIPT_CHECK
 from callguard.clock import Clock, SystemClock
 from callguard.config import Config, ConfigError, load_config
 from callguard.daemon import status
+from callguard.daemon.checking import check_command
 from callguard.daemon.control import ControlServer
 from callguard.daemon.live import AriListener, restore_live_calls
 from callguard.daemon.operator import operator_commands
@@ -108,6 +109,7 @@ class Application:
         self.control = ControlServer(general.control_socket, {
             "status": lambda request: self.status(),
             "calls": lambda request: status.calls(self.guard, bool(request.get("live"))),
+            "check": lambda request: check_command(self, request),
             **operator_commands(self),
         })
         try:

@@ -1,0 +1,48 @@
+"""The control command behind ``callguardctl check``: a dry run in the running daemon.
+
+The daemon's engine decides with everything it holds in memory (calls in
+progress, checks waiting for their Dial, the call-rate counters), so the
+answer is the one a real call would get now. Nothing is reserved or counted.
+"""
+
+from typing import TYPE_CHECKING
+
+from callguard.policy.offenders import normalise_source
+from callguard.policy.decision import CallRequest
+from callguard.policy.report import DECIDED_BY_DAEMON, check_report, window_budgets
+from callguard.windows import window_keys
+
+if TYPE_CHECKING:
+    from callguard.daemon.app import Application
+
+FIELDS = ("number", "trunk", "caller", "channel", "accountcode", "source")
+
+
+async def check_command(app: "Application", request: dict) -> dict:
+    values = {name: request.get(name, "") for name in FIELDS}
+    for name, value in values.items():
+        if not isinstance(value, str):
+            raise ValueError(f"invalid {name} {value!r}: give it as a string")
+    if not values["number"] or not values["trunk"]:
+        raise ValueError("missing number or trunk: give both to check a call")
+
+    call = CallRequest(
+        trunk=values["trunk"].strip(),
+        dialled=values["number"],
+        caller=values["caller"],
+        channel=values["channel"],
+        accountcode=values["accountcode"],
+        source=normalise_source(values["source"]),
+    )
+    engine = app.engine
+    decision = await engine.decide(call, reserve=False)
+
+    now = app.clock.now()
+    trunk = app.config.trunks.get(call.trunk)
+    if trunk is not None:
+        await app.ledger.load(trunk.name, window_keys(now, trunk.timezone))
+        if engine.catch_up is not None:
+            engine.catch_up(trunk.name)
+    budgets = window_budgets(trunk, app.ledger, app.reservations.held, now)
+    return check_report(decision, call, app.config.general.currency, budgets,
+                        DECIDED_BY_DAEMON)
