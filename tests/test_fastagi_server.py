@@ -11,7 +11,12 @@ from pathlib import Path
 import pytest
 
 from callguard.agi.protocol import AGIChannel, AGIHangup, AGILimits
-from callguard.agi.server import FastAGIServer, RejectionLog, peer_address
+from callguard.agi.server import (
+    PEER_FAILURE_BURST,
+    FastAGIServer,
+    RejectionLog,
+    peer_address,
+)
 from emulator.fastagi import AGICall, run_fastagi_call
 
 LIMITS = AGILimits(
@@ -580,3 +585,17 @@ async def test_listed_client_served_while_other_refused(start_server):
     assert refused == []
     assert len(route.channels) == 1
     assert route.channels[0].peer.startswith("127.0.0.2:")
+
+
+async def test_flood_of_bad_sessions_logged_in_bounds(start_server, caplog):
+    caplog.set_level(logging.INFO, SERVER_LOG)
+    _, host, port = await start_server({"check": Recorder()})
+
+    await asyncio.gather(*(
+        wait_closed_by_server(host, port, b"GET / HTTP/1.1\r\n\r\n") for _ in range(30)
+    ))
+    await asyncio.sleep(0.05)
+
+    messages = server_messages(caplog, logging.INFO)
+    assert len(messages) == PEER_FAILURE_BURST
+    assert all("invalid AGI environment line" in m for m in messages)

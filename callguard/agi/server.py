@@ -27,6 +27,8 @@ from callguard.agi.protocol import (
     read_environment,
 )
 
+from callguard.repeats import RepeatLimiter, suppressed_note
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[AGIChannel], Awaitable[None]]
@@ -34,6 +36,9 @@ Handler = Callable[[AGIChannel], Awaitable[None]]
 DEFAULT_PORT = 4573
 DEFAULT_ALLOWED_CLIENTS = (ip_network("127.0.0.1/32"), ip_network("::1/128"))
 FAIL_POLICY_NOTE = "closing the session; the dialplan applies its fail policy"
+
+# Warnings per minute about sessions that a peer broke; further ones are counted.
+PEER_FAILURE_BURST = 20
 
 # Seconds between the summary lines for repeated rejected connections.
 REJECTION_SUMMARY_INTERVAL = 60.0
@@ -75,6 +80,9 @@ class FastAGIServer:
         self._session_timeout = session_timeout
         self._allowed = _networks(allowed_clients)
         self._rejections = RejectionLog()
+        # Sessions that a bad or stalled peer ends; a flood of them logs
+        # PEER_FAILURE_BURST lines a minute and counts the rest.
+        self._peer_failures = RepeatLimiter(burst=PEER_FAILURE_BURST)
         self._server: asyncio.Server | None = None
         self._summary_task: asyncio.Task | None = None
         self._connections: set[asyncio.Task] = set()
@@ -197,7 +205,7 @@ class FastAGIServer:
             if not session_timeout.expired():
                 _log_handler_failure(peer, channel)
                 return
-            log.warning(
+            self._warn_peer_failure(
                 "%s: session not finished after %s s; %s",
                 _session_name(peer, channel),
                 self._session_timeout,
@@ -212,7 +220,7 @@ class FastAGIServer:
             raise
         except AGIHangup as exc:
             if channel is None:
-                log.warning(
+                self._warn_peer_failure(
                     "%s: %s; %s", _session_name(peer, channel), exc, FAIL_POLICY_NOTE
                 )
             else:
@@ -222,12 +230,17 @@ class FastAGIServer:
                     exc,
                 )
         except AGIError as exc:
-            log.warning(
+            self._warn_peer_failure(
                 "%s: %s; %s", _session_name(peer, channel), exc, FAIL_POLICY_NOTE
             )
         except Exception:
             # Handlers may raise anything, and one failed call must not stop the server.
             _log_handler_failure(peer, channel)
+
+    def _warn_peer_failure(self, message: str, *args: object) -> None:
+        suppressed = self._peer_failures.admit()
+        if suppressed is not None:
+            log.warning(message + "%s", *args, suppressed_note(suppressed))
 
     async def _summarise_rejections(self) -> None:
         while True:
