@@ -12,7 +12,7 @@ from callguard.cli.ctl import main
 from callguard.clock import ManualClock
 from callguard.config import load_config
 from callguard.daemon.app import Application
-from callguard.store import Store
+from callguard.store import DecisionRecord, HangupRecord, Store
 from callguard.windows import window_keys
 from emulator.fastagi import AGICall, run_fastagi_call
 from support import TRUNK, write_config
@@ -162,6 +162,24 @@ async def test_daemon_applies_block(daemon, capsys):
     assert await daemon.check(GEOGRAPHIC, variables=source) == "ok"
 
 
+@pytest.mark.parametrize("key, source", [
+    ("[2001:DB8:0::1]:5060", "[2001:db8::1]:5062"),
+    ("2001:db8::1", "2001:0db8::1"),
+    ("192.0.2.30/32", "192.0.2.30:5060"),
+])
+async def test_daemon_matches_cli_source_key(daemon, capsys, key, source):
+    variables = {"CALLGUARD_SOURCE": source}
+    assert await daemon.ctl("block", key, "--type", "source", "--reason", "scan") == 0
+    assert "applied to the running daemon" in capsys.readouterr().out
+    assert await daemon.check(GEOGRAPHIC, variables=variables) == "blocked:offender"
+
+    # A restarted daemon reads the key from the store, as the CLI stored it.
+    await daemon.app.stop()
+    daemon.app = Application(daemon.config, clock=daemon.clock)
+    await daemon.app.start()
+    assert await daemon.check(GEOGRAPHIC, variables=variables) == "blocked:offender"
+
+
 async def test_daemon_reset_rereads_spend(daemon, capsys):
     key = window_keys(daemon.clock.now(), daemon.config.trunks["gamma"].timezone)["day"]
     with Store(daemon.config.general.database) as store:
@@ -183,3 +201,206 @@ async def test_reload_recorded(daemon, capsys):
     reloads = [event for event in events if event["kind"] == "reload"]
     assert [event["summary"].split(",")[0] for event in reloads] == [
         "failed", "loaded"]
+
+
+# Keys, reasons and other input that the store would reject or that no call can match
+
+# Text with every kind of control character that a caller can put in a dialled
+# number, a caller ID or a channel name: ESC sequences (colour, window title),
+# BEL, CR, LF, TAB, DEL, a C1 control and a bidirectional override.
+HOSTILE = "\x1b]0;pwned\x07\x1b[31m09\r01\n2\t3\x7f\x9b\u202e"
+HOSTILE_SHOWN = "\\x1b]0;pwned\\x07\\x1b[31m09\\x0d01\\x0a2\\x093\\x7f\\x9b\\u202e"
+RAW_CONTROLS = ("\x1b", "\x07", "\r", "\t", "\x7f", "\x9b", "\u202e")
+
+
+def run_ctl(path, *arguments):
+    """Run callguardctl as the console script would: argparse errors exit 2 too."""
+    try:
+        return ctl(path, *arguments)
+    except SystemExit as exc:
+        return exc.code
+
+
+def stored_blocks(path):
+    with Store(load_config(path).general.database) as store:
+        return [(b.key_type, b.key) for b in store.active_blocks(datetime.now(timezone.utc))]
+
+
+@pytest.mark.parametrize("key, message", [
+    ("10.0.0.0/8", "'10.0.0.0/8' is a network, but a source block matches one address"),
+    ("2001:db8::/32", "'2001:db8::/32' is a network"),
+    ("not an ip", "'not an ip' is not an IP address; write one IPv4 or IPv6 address"),
+    ("192.0.2.300", "'192.0.2.300' is not an IP address"),
+    ("host.example:5060", "'host.example:5060' is not an IP address"),
+])
+def test_block_source_rejects_non_address(conf, capsys, key, message):
+    status = run_ctl(conf, "block", key, "--type", "source", "--reason", "scan")
+
+    err = capsys.readouterr().err
+    assert status == 2
+    assert message in err
+    assert len(err.splitlines()) == 1
+    assert stored_blocks(conf) == []
+
+
+@pytest.mark.parametrize("key, stored", [
+    ("192.0.2.10", "192.0.2.10"),
+    ("192.0.2.10:5060", "192.0.2.10"),
+    ("192.0.2.10/32", "192.0.2.10"),
+    ("[2001:DB8:0:0::1]:5060", "2001:db8::1"),
+    ("2001:0db8::0001", "2001:db8::1"),
+])
+def test_block_source_stores_bare_address(conf, capsys, key, stored):
+    assert run_ctl(conf, "block", key, "--type", "source", "--reason", "scan") == 0
+    assert f"blocked source {stored} " in capsys.readouterr().out
+    assert stored_blocks(conf) == [("source", stored)]
+
+
+@pytest.mark.parametrize("key, message", [
+    ("PJSIP/1001-00000012", "'PJSIP/1001-00000012' is a channel name"),
+    ("pjsip/1001", "write '1001'"),
+    ("SIP/", "write it like 1001"),
+])
+def test_block_endpoint_rejects_channel_name(conf, capsys, key, message):
+    assert run_ctl(conf, "block", key, "--reason", "fraud") == 2
+    assert message in capsys.readouterr().err
+    assert stored_blocks(conf) == []
+
+
+def test_block_accountcode_rejects_line_break(conf, capsys):
+    assert run_ctl(conf, "block", "sales\nteam", "--type", "accountcode",
+                   "--reason", "fraud") == 2
+    assert "'sales\\nteam' contains a line break" in capsys.readouterr().err
+    assert stored_blocks(conf) == []
+
+
+def test_unblock_lifts_unmatchable_stored_key(conf, capsys):
+    config = load_config(conf)
+    with Store(config.general.database) as store:
+        store.add_block("source", "10.0.0.0/8", "scan", datetime.now(timezone.utc), None,
+                        "root")
+
+    assert run_ctl(conf, "unblock", "10.0.0.0/8", "--type", "source", "--reason",
+                   "cannot match") == 0
+    assert "lifted 1 active block on source 10.0.0.0/8" in capsys.readouterr().out
+    assert stored_blocks(conf) == []
+    assert run_ctl(conf, "unblock", "10.0.0.0/8", "--type", "source", "--reason",
+                   "again") == 2
+    assert "'10.0.0.0/8' is a network" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (("block", "", "--reason", "t"), "CALLER is empty; give the endpoint, like 1001"),
+    (("block", "  ", "--type", "caller", "--reason", "t"),
+     "CALLER is empty; give the calling number"),
+    (("unblock", "", "--type", "source", "--reason", "t"),
+     "CALLER is empty; give the source address"),
+    (("block", "1001", "--reason", ""), "argument --reason: the reason is empty"),
+    (("unblock", "1001", "--reason", " "), "argument --reason: the reason is empty"),
+    (("reset", "gamma", "--window", "day", "--reason", ""),
+     "argument --reason: the reason is empty"),
+    (("block", "1001", "--for", "99999999999w", "--reason", "t"),
+     "argument --for: '99999999999w' is longer than 36500d"),
+    (("audit", "--since", "99999999999w"),
+     "--since: '99999999999w' reaches back before the year 1"),
+    (("audit", "--since", "0001-01-01T00:00+05:00"), "is outside the years 1 to 9999"),
+    (("audit", "--since", "9999-12-31T23:00-05:00"), "is outside the years 1 to 9999"),
+    (("audit", "--limit", "99999999999999999999"),
+     "argument --limit: '99999999999999999999' is more than 9223372036854775807"),
+    (("alerts", "--limit", "99999999999999999999"),
+     "argument --limit: '99999999999999999999' is more than 9223372036854775807"),
+])
+def test_bad_input_exits_2_with_message(conf, capsys, arguments, message):
+    # The store or datetime raises on each of these, so the CLI must check them first.
+    status = run_ctl(conf, *arguments)
+
+    err = capsys.readouterr().err
+    assert status == 2
+    assert message in err
+    assert "Traceback" not in err
+    assert stored_blocks(conf) == []
+
+
+# The text listings and what callers can put in them
+
+
+def add_hostile_records(path):
+    """Store a decision, a hang-up and an automatic block whose text came from a call."""
+    config = load_config(path)
+    now = datetime.now(timezone.utc)
+    with Store(config.general.database) as store:
+        store.add_decisions([DecisionRecord(
+            decided_at=now, trunk="gamma", uniqueid="1718355600.1",
+            channel=f"PJSIP/{HOSTILE}-00000012", caller=HOSTILE, dialled=HOSTILE,
+            result="DENY", reason="invalid-number",
+        )])
+        store.add_hangup(HangupRecord(
+            requested_at=now, trunk="gamma", uniqueid="1718355600.2",
+            channel=f"PJSIP/gamma-{HOSTILE}", number=HOSTILE, reason="barred:premium",
+            daily_spend=None, weekly_spend=None, call_cost=Decimal("0"),
+            outcome="requested",
+        ))
+        store.add_block("caller", HOSTILE, f"3 barred attempts, the last to {HOSTILE}",
+                        now, None, "callguard")
+
+
+def test_audit_escapes_control_characters(conf, capsys):
+    add_hostile_records(conf)
+
+    assert ctl(conf, "audit") == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+
+    for control in RAW_CONTROLS:
+        assert control not in out
+    assert len(lines) == 3
+    assert [line for line in lines if HOSTILE_SHOWN in line] == lines
+    # JSON keeps the text as stored, escaped by the JSON encoder.
+    events = run_json(capsys, conf, "audit")
+    assert {event["kind"]: event["subject"] for event in events}["block"] == (
+        f"caller {HOSTILE}")
+
+
+def test_blocks_escapes_control_characters(conf, capsys):
+    add_hostile_records(conf)
+
+    assert ctl(conf, "blocks") == 0
+    out = capsys.readouterr().out
+
+    for control in RAW_CONTROLS:
+        assert control not in out
+    assert out.count(HOSTILE_SHOWN) == 2
+    assert len(out.splitlines()) == 1
+
+
+async def test_audit_reload_detail_one_line(daemon, capsys):
+    good = daemon.path.read_text()
+    daemon.path.write_text(good + "[trunk bad]\nbogus = 1\ndaily_limit = fifty\n")
+    assert not await daemon.app.reload()
+    daemon.path.write_text(good)
+
+    assert await daemon.ctl("audit") == 0
+    lines = capsys.readouterr().out.splitlines()
+
+    reloads = [line for line in lines if " reload " in line]
+    assert len(lines) == 1
+    assert len(reloads) == 1
+    assert "failed, kept the running config: " in reloads[0]
+    assert "; " in reloads[0].split("failed, kept the running config: ")[1]
+    assert reloads[0].endswith(": SIGHUP")
+
+
+async def test_status_limit_zero_no_percent(tmp_path, capsys):
+    daemon = Daemon(tmp_path, TRUNK.replace("daily_limit = 50.00", "daily_limit = 0"))
+    await daemon.app.start()
+    try:
+        assert await daemon.ctl("status") == 0
+        lines = capsys.readouterr().out.splitlines()
+        status = await asyncio.to_thread(run_json, capsys, daemon.path, "status")
+    finally:
+        await daemon.app.stop()
+
+    assert "  daily   0.00 of 0.00 GBP" in lines
+    assert "  weekly  0.00 of 200.00 GBP (0.0%)" in lines
+    assert not [line for line in lines if "None" in line]
+    assert status["trunks"]["gamma"]["daily_percent"] is None

@@ -18,9 +18,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from callguard.cli import ctl
+from callguard.cli import ctl, live
+from callguard.cli.text import escape_controls
 from callguard.config import load_config
-from callguard.store import Store
+from callguard.store import CallRecord, OutboxRecord, Store
 from live_support import Pbx, eventually
 from support import write_config
 
@@ -397,6 +398,52 @@ def test_rates_import_bad_file(config, tmp_path, capsys):
     assert rows == []
 
 
+@pytest.mark.parametrize("header, row, advice", [
+    ("prefix,description,rate,connection_fee,increments", "34,Spain",
+     "the row has 2 fields but the header has 5; give a field for every column and "
+     "leave description or connection_fee empty when there is none, like "
+     "34,Spain,0.05,,60/60"),
+    ("rate,prefix,increments,description,connection_fee", "0.05,34",
+     "the row has 2 fields but the header has 5; give a field for every column and "
+     "leave description or connection_fee empty when there is none, like "
+     "0.05,34,60/60,Spain,"),
+    ("prefix,description,rate,connection_fee,increments",
+     "82,Korea, Republic of,0.05,,60/60",
+     "the row has 6 fields but the header has 5; quote a description that contains "
+     "a comma"),
+])
+def test_rates_import_field_count_advice(config, tmp_path, capsys, header, row, advice):
+    deck = tmp_path / "r.csv"
+    deck.write_text(f"{header}\n{row}\n")
+
+    status = run_ctl("--config", str(config), "rates", "import", str(deck), "--trunk",
+                     "gamma")
+    err = capsys.readouterr().err
+
+    assert status == EXIT_CONFIG
+    assert f"{deck}:2: {advice}" in err
+    if row.count(",") < header.count(","):
+        assert "quote" not in err
+
+
+@pytest.mark.parametrize("row, advice", [
+    ("09,premium", "found 2; give a field for every column and leave the description "
+     "empty when there is none, like '09,premium,'"),
+    ("09", "found 1; give a field for every column"),
+    ("09,premium,Premium, high rate", "found 4; quote a description that contains "
+     "commas"),
+])
+def test_prefixes_import_field_count_advice(config, tmp_path, capsys, row, advice):
+    table = tmp_path / "p.csv"
+    table.write_text(f"prefix,category,description\n{row}\n")
+
+    status = run_ctl("--config", str(config), "prefixes", "import", str(table))
+    err = capsys.readouterr().err
+
+    assert status == EXIT_CONFIG
+    assert f"{table}:2: expected 3 columns (prefix, category, description), {advice}" in err
+
+
 # status and calls against a running Application
 
 
@@ -544,6 +591,106 @@ def test_status_not_running(config, capsys):
     assert captured.out == ""
     assert f"cannot reach the callguard daemon at {socket_path}" in captured.err
     assert "is it running" in captured.err
+
+
+# Text that callers control, in the listings
+
+# ESC sequences (window title, colour), BEL, CR, LF, TAB, DEL, a C1 control and a
+# bidirectional override, as a caller can put them in a number or a channel name.
+HOSTILE = "\x1b]0;pwned\x07\x1b[31m09\r01\n2\t3\x7f\x9b\u202e"
+HOSTILE_SHOWN = "\\x1b]0;pwned\\x07\\x1b[31m09\\x0d01\\x0a2\\x093\\x7f\\x9b\\u202e"
+RAW_CONTROLS = ("\x1b", "\x07", "\r", "\t", "\x7f", "\x9b", "\u202e")
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("\x1b[31mred", "\\x1b[31mred"),
+    ("a\r\nb\tc", "a\\x0d\\x0ab\\x09c"),
+    ("\x00\x07\x1f\x7f", "\\x00\\x07\\x1f\\x7f"),
+    ("\x80\x9b\x9f", "\\x80\\x9b\\x9f"),
+    ("\u202e1234\u2066\u2028", "\\u202e1234\\u2066\\u2028"),
+    ("Zoë +44 20 7946 0000 東京 ✓", "Zoë +44 20 7946 0000 東京 ✓"),
+    ("back\\slash", "back\\slash"),
+])
+def test_escape_controls(text, shown):
+    assert escape_controls(text) == shown
+
+
+def live_call(**fields) -> dict:
+    call = {"uniqueid": "1718355600.2", "trunk": "gamma", "channel": "PJSIP/gamma-00000001",
+            "number": "+441632960123", "category": "geographic", "state": "up",
+            "duration": 30, "cost": "1.00", "hangup_cause": None, "hangup_reason": None}
+    return call | fields
+
+
+def test_status_escapes_control_characters(config, capsys, monkeypatch):
+    trunk = {"daily_spend": "1.00", "daily_limit": "20.00", "daily_percent": "5.0",
+             "weekly_spend": "1.00", "weekly_limit": None, "weekly_percent": None,
+             "pending_checks": 0,
+             "live_calls": [live_call(channel=f"PJSIP/{HOSTILE}", number=HOSTILE)]}
+    reply = {"version": "0.1.0", "currency": "GBP", "ari_connected": True,
+             "trunks": {"gamma": trunk}}
+    monkeypatch.setattr(live, "query", lambda config, request: reply)
+
+    status = run_ctl("--config", str(config), "status")
+    out = capsys.readouterr().out
+
+    assert status == EXIT_OK
+    for control in RAW_CONTROLS:
+        assert control not in out
+    assert out.count(HOSTILE_SHOWN) == 2
+    assert "  weekly  1.00 GBP, no limit" in out.splitlines()
+
+
+def test_calls_escapes_control_characters(config, capsys, monkeypatch):
+    reply = {"live": [live_call(channel=HOSTILE, category=HOSTILE)],
+             "recent": [live_call(number=HOSTILE, state="ended", hangup_reason=HOSTILE)]}
+    monkeypatch.setattr(live, "query", lambda config, request: reply)
+
+    status = run_ctl("--config", str(config), "calls")
+    lines = capsys.readouterr().out.splitlines()
+
+    assert status == EXIT_OK
+    assert len(lines) == 4
+    for control in RAW_CONTROLS:
+        assert not [line for line in lines if control in line]
+    assert lines[1].count(HOSTILE_SHOWN) == 2
+    assert lines[3].count(HOSTILE_SHOWN) == 2
+
+
+def test_stored_calls_escape_control_characters(config, capsys):
+    with Store(load_config(config).general.database) as store:
+        store.save_call(CallRecord(
+            uniqueid="1718355600.2", trunk="gamma", channel=f"PJSIP/{HOSTILE}",
+            caller=HOSTILE, dialled=HOSTILE, created_at=datetime.now(timezone.utc),
+            guarded=False,
+        ))
+
+    status = run_ctl("--config", str(config), "calls")
+    captured = capsys.readouterr()
+
+    assert status == EXIT_OK
+    assert "showing calls from the store instead" in captured.err
+    for control in RAW_CONTROLS:
+        assert control not in captured.out
+    assert captured.out.count(HOSTILE_SHOWN) == 2
+
+
+def test_alerts_escape_control_characters(config, capsys):
+    now = datetime.now(timezone.utc)
+    with Store(load_config(config).general.database) as store:
+        store.queue_alert([OutboxRecord(
+            created_at=now, kind="block", trunk="gamma", transport="webhook",
+            subject=f"[callguard] blocked caller {HOSTILE}", body="",
+            next_attempt_at=now, last_error=f"HTTP 500: {HOSTILE}",
+        )])
+
+    status = run_ctl("--config", str(config), "alerts")
+    out = capsys.readouterr().out
+
+    assert status == EXIT_OK
+    for control in RAW_CONTROLS:
+        assert control not in out
+    assert out.count(HOSTILE_SHOWN) == 2
 
 
 # the console scripts

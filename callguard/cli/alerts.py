@@ -7,12 +7,15 @@ from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
 from callguard.cli.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, read_config
+from callguard.cli.text import escape_controls
 from callguard.config.addresses import EMAIL_PATTERN
 from callguard.notify.mail import build_test_message
 from callguard.notify.smtp import SmtpError, send_mail
 from callguard.store import ALERT_STATES, OutboxRecord, Store
 
 DEFAULT_LIMIT = 50
+# The largest LIMIT that SQLite and PostgreSQL accept, a signed 64-bit integer.
+MAX_LIMIT = 2**63 - 1
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
@@ -20,6 +23,11 @@ def _positive(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a whole number of 1 or more; write it like 20"
+        )
+    if int(text) > MAX_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is more than {MAX_LIMIT}, the largest limit that the database "
+            "takes; write a smaller number, like 20"
         )
     return int(text)
 
@@ -107,11 +115,12 @@ def cmd_test_mail(args: argparse.Namespace) -> int:
     try:
         result = send_mail(settings, message, recipients)
     except SmtpError as exc:
-        print(f"test message failed: {exc}", file=sys.stderr)
+        print(f"test message failed: {escape_controls(exc)}", file=sys.stderr)
         return EXIT_FAILURE
 
+    # The replies are the mail server's text.
     for address, reply in result.refused.items():
-        print(f"{where} refused {address}: {reply}", file=sys.stderr)
+        print(f"{where} refused {address}: {escape_controls(reply)}", file=sys.stderr)
     if result.reply is None:
         print(
             "test message failed: the server refused every recipient",
@@ -120,7 +129,7 @@ def cmd_test_mail(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
     accepted = ", ".join(result.accepted)
-    print(f"{where} accepted the message for {accepted}: {result.reply}")
+    print(f"{where} accepted the message for {accepted}: {escape_controls(result.reply)}")
     return EXIT_FAILURE if result.refused else EXIT_OK
 
 
@@ -149,16 +158,23 @@ def _alert_json(row: OutboxRecord) -> dict:
 
 
 def _print_alert(row: OutboxRecord, zone: ZoneInfo) -> None:
+    """Print one alert, its text safe for a terminal.
+
+    Subjects name dialled numbers and blocked keys, which come from calls, and
+    errors and refusals quote the mail or webhook server.
+    """
     created = row.created_at.astimezone(zone).strftime(TIME_FORMAT)
+    kind, trunk = escape_controls(row.kind), escape_controls(row.trunk or "-")
     print(
-        f"{row.id:>6} {created} {row.kind:<10} {row.trunk or '-':<10} "
-        f"{row.transport:<7} {row.state:<7} {row.attempts:>3}  {row.subject}"
+        f"{row.id:>6} {created} {kind:<10} {trunk:<10} "
+        f"{row.transport:<7} {row.state:<7} {row.attempts:>3}  "
+        f"{escape_controls(row.subject)}"
     )
 
     if row.next_attempt_at is not None:
         next_at = row.next_attempt_at.astimezone(zone).strftime(TIME_FORMAT)
         print(f"{'':>7}next attempt {next_at}")
     if row.last_error:
-        print(f"{'':>7}last error: {row.last_error}")
+        print(f"{'':>7}last error: {escape_controls(row.last_error)}")
     if row.refused:
-        print(f"{'':>7}refused: {row.refused}")
+        print(f"{'':>7}refused: {escape_controls(row.refused)}")

@@ -7,12 +7,15 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 
 from callguard.cli.common import EXIT_CONFIG, EXIT_OK, read_config
+from callguard.cli.text import escape_controls
 from callguard.config.errors import InvalidValue
 from callguard.config.offenders import parse_ban_duration
 from callguard.store import AuditTrail, Store
 
 DEFAULT_SINCE = "1d"
 DEFAULT_LIMIT = 200
+# The largest LIMIT that SQLite and PostgreSQL accept, a signed 64-bit integer.
+MAX_LIMIT = 2**63 - 1
 KIND_DECISION = "decision"
 KIND_BLOCK = "block"
 KIND_HANGUP = "hangup"
@@ -32,13 +35,22 @@ class Event:
 def parse_since(text: str, now: datetime) -> datetime:
     """Parse ``--since``: a duration back from ``now`` (``2h``, ``1d``) or an ISO time.
 
-    An ISO time without an offset is taken as UTC. Raises ``ValueError`` for
-    anything else.
+    An ISO time without an offset is taken as UTC. Returns the moment in UTC.
+    Raises ``ValueError`` for anything else, and for a moment that UTC cannot
+    hold (before the year 1 or after 9999).
     """
     try:
-        return now - timedelta(seconds=parse_ban_duration(text))
+        seconds = parse_ban_duration(text)
     except InvalidValue:
-        pass
+        seconds = None
+    if seconds is not None:
+        try:
+            return now - timedelta(seconds=seconds)
+        except OverflowError:
+            raise ValueError(
+                f"{text!r} reaches back before the year 1; give a shorter duration, "
+                "like 30d"
+            ) from None
 
     try:
         moment = datetime.fromisoformat(text)
@@ -49,13 +61,23 @@ def parse_since(text: str, now: datetime) -> datetime:
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    return moment
+    try:
+        return moment.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(
+            f"{text!r} is outside the years 1 to 9999 in UTC; give a time within them"
+        ) from None
 
 
 def _positive(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a whole number of 1 or more; write it like 50"
+        )
+    if int(text) > MAX_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is more than {MAX_LIMIT}, the largest limit that the database "
+            "takes; write a smaller number, like 50"
         )
     return int(text)
 
@@ -90,9 +112,20 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if not events:
         print(f"nothing since {since.isoformat(timespec='seconds')}")
     for event in events:
-        print(f"{event.at.isoformat(timespec='seconds')}  {event.kind:<8} "
-              f"{event.actor:<10} {event.subject:<28} {event.summary}")
+        print(format_event(event))
     return EXIT_OK
+
+
+def format_event(event: Event) -> str:
+    """Return ``event`` as one line of the listing, its text safe for a terminal.
+
+    Subjects and summaries carry dialled numbers, caller IDs and channel names,
+    which callers choose.
+    """
+    at = event.at.isoformat(timespec="seconds")
+    kind, actor = escape_controls(event.kind), escape_controls(event.actor)
+    subject, summary = escape_controls(event.subject), escape_controls(event.summary)
+    return f"{at}  {kind:<8} {actor:<10} {subject:<28} {summary}"
 
 
 def merge_events(trail: AuditTrail) -> list[Event]:
@@ -118,7 +151,9 @@ def merge_events(trail: AuditTrail) -> list[Event]:
     for change in trail.changes:
         if change.action == KIND_BLOCK:
             continue
-        summary = f"{change.detail}: {change.reason}" if change.reason else change.detail
+        # A failed reload's detail has one line per config error.
+        detail = "; ".join(line for line in change.detail.splitlines() if line.strip())
+        summary = f"{detail}: {change.reason}" if change.reason else detail
         events.append(Event(change.at, change.action, change.actor, change.subject,
                             summary))
 

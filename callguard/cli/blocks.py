@@ -8,15 +8,18 @@ at its next start.
 import argparse
 import asyncio
 import getpass
+import ipaddress
 import json
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from callguard.cli.common import EXIT_CONFIG, EXIT_OK, read_config
+from callguard.cli.text import escape_controls
 from callguard.config import Config
 from callguard.config.errors import InvalidValue
 from callguard.config.offenders import (
+    KEY_ACCOUNTCODE,
     KEY_CALLER,
     KEY_ENDPOINT,
     KEY_SOURCE,
@@ -25,18 +28,52 @@ from callguard.config.offenders import (
 )
 from callguard.daemon.control import ask
 from callguard.numbers.plan import NumberPlan
+from callguard.policy.blocks import endpoint_of
 from callguard.policy.offenders import normalise_source
 from callguard.store import Store
 from callguard.windows import DAY, WEEK, window_keys
 
 UNKNOWN_ACTOR = "unknown"
+# The longest --for. A longer block is one until unblocked, and the limit keeps
+# the expiry far below the year 9999, the last that datetime can hold.
+MAX_BLOCK_DAYS = 36500
+# Technologies that start a channel name, as PJSIP does in PJSIP/1001-00000012.
+CHANNEL_TECHNOLOGIES = frozenset({"pjsip", "sip", "iax2", "dahdi", "local"})
+# The noun and an example of each key type, for the error messages.
+KEY_NOUNS = {
+    KEY_ENDPOINT: "endpoint",
+    KEY_CALLER: "calling number",
+    KEY_ACCOUNTCODE: "account code",
+    KEY_SOURCE: "source address",
+}
+KEY_EXAMPLES = {
+    KEY_ENDPOINT: "1001",
+    KEY_CALLER: "01632960010 or +441632960010",
+    KEY_ACCOUNTCODE: "sales",
+    KEY_SOURCE: "192.0.2.10 or 2001:db8::10",
+}
 
 
 def _duration(text: str) -> int:
     try:
-        return parse_ban_duration(text)
+        seconds = parse_ban_duration(text)
     except InvalidValue as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds > MAX_BLOCK_DAYS * 86400:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is longer than {MAX_BLOCK_DAYS}d (100 years); leave out --for "
+            "to block until unblocked"
+        )
+    return seconds
+
+
+def _reason(text: str) -> str:
+    reason = text.strip()
+    if not reason:
+        raise argparse.ArgumentTypeError(
+            "the reason is empty; say why in a few words, for the audit trail"
+        )
+    return reason
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -46,16 +83,18 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
     block = commands.add_parser("block", help="block a caller from all outbound calls "
                                 "(emergency calls stay allowed)")
-    block.add_argument("key", metavar="CALLER", help="the endpoint, number, account "
-                       "code or address to block")
+    block.add_argument("key", metavar="CALLER", help="the endpoint, calling number, "
+                       "account code or source IP address (one address) to block")
     block.add_argument("--for", dest="duration", type=_duration, metavar="DURATION",
                        help="how long, like 30m, 2h, 1d or 1w (default: until unblocked)")
-    block.add_argument("--reason", required=True, help="why, kept in the audit trail")
+    block.add_argument("--reason", required=True, type=_reason,
+                       help="why, kept in the audit trail")
     _add_type(block)
 
     unblock = commands.add_parser("unblock", help="lift every active block on a caller")
     unblock.add_argument("key", metavar="CALLER", help="the blocked key")
-    unblock.add_argument("--reason", required=True, help="why, kept in the audit trail")
+    unblock.add_argument("--reason", required=True, type=_reason,
+                         help="why, kept in the audit trail")
     _add_type(unblock)
 
     reset = commands.add_parser("reset", help="clear a trunk's spend in the current day "
@@ -63,7 +102,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     reset.add_argument("trunk", help="the trunk section name")
     reset.add_argument("--window", required=True, choices=(DAY, WEEK),
                        help="the window to clear, in the trunk's time zone")
-    reset.add_argument("--reason", required=True, help="why, kept in the audit trail")
+    reset.add_argument("--reason", required=True, type=_reason,
+                       help="why, kept in the audit trail")
 
 
 def _add_type(parser: argparse.ArgumentParser) -> None:
@@ -82,18 +122,22 @@ def cmd_blocks(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not active:
         print("no active blocks")
+    # Automatic blocks carry the caller's key and dialled number in key and reason.
     for record in active:
         until = "until unblocked" if record.expires_at is None else (
             f"until {record.expires_at.isoformat(timespec='seconds')}")
-        print(f"{record.id:>6} {record.key_type:<11} {record.key:<20} {until:<32} "
-              f"by {record.created_by}: {record.reason}")
+        print(f"{record.id:>6} {escape_controls(record.key_type):<11} "
+              f"{escape_controls(record.key):<20} {until:<32} "
+              f"by {escape_controls(record.created_by)}: {escape_controls(record.reason)}")
     return EXIT_OK
 
 
 def cmd_block(args: argparse.Namespace) -> int:
     config = read_config(args)
-    key = normalise_key(config, args.key_type, args.key)
-    if key is None:
+    try:
+        key = normalise_key(config, args.key_type, args.key)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
         return EXIT_CONFIG
 
     now = datetime.now(timezone.utc)
@@ -102,7 +146,7 @@ def cmd_block(args: argparse.Namespace) -> int:
         block_id = store.block_manually(args.key_type, key, args.reason, now, expires_at,
                                         _actor())
     until = "until unblocked" if expires_at is None else f"until {expires_at.isoformat()}"
-    print(f"blocked {args.key_type} {key} {until} (block {block_id})")
+    print(f"blocked {args.key_type} {escape_controls(key)} {until} (block {block_id})")
 
     _tell_daemon(config, {"command": "block", "key_type": args.key_type, "key": key,
                           "expires_at": None if expires_at is None else
@@ -112,15 +156,22 @@ def cmd_block(args: argparse.Namespace) -> int:
 
 def cmd_unblock(args: argparse.Namespace) -> int:
     config = read_config(args)
-    key = normalise_key(config, args.key_type, args.key)
-    if key is None:
-        return EXIT_CONFIG
-
+    now = datetime.now(timezone.utc)
     with Store(config.general.database) as store:
-        lifted = store.unblock_manually(args.key_type, key, args.reason,
-                                        datetime.now(timezone.utc), _actor())
+        try:
+            key = normalise_key(config, args.key_type, args.key)
+        except ValueError as exc:
+            # A block stored before keys were checked on input can still be
+            # lifted by its exact key.
+            key = args.key.strip()
+            if not any(block.key_type == args.key_type and block.key == key
+                       for block in store.active_blocks(now)):
+                print(exc, file=sys.stderr)
+                return EXIT_CONFIG
+
+        lifted = store.unblock_manually(args.key_type, key, args.reason, now, _actor())
     print(f"lifted {lifted} active block{'s' if lifted != 1 else ''} on "
-          f"{args.key_type} {key}")
+          f"{args.key_type} {escape_controls(key)}")
 
     _tell_daemon(config, {"command": "unblock", "key_type": args.key_type, "key": key})
     return EXIT_OK
@@ -146,25 +197,76 @@ def cmd_reset(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def normalise_key(config: Config, key_type: str, text: str) -> str | None:
-    """Return ``text`` in the form the daemon compares for ``key_type``, None if invalid.
+def normalise_key(config: Config, key_type: str, text: str) -> str:
+    """Return ``text`` in the form the daemon compares for ``key_type``.
 
-    A caller becomes E.164 in the config's home country, and a source loses its port.
+    A caller becomes E.164 in the config's home country, and a source becomes
+    one IP address without its port, as ``callguard.agi.check`` reads
+    ``CALLGUARD_SOURCE``. Raises ``ValueError`` with the message for the
+    operator when no call can ever have that key.
     """
-    text = text.strip()
+    noun, example = KEY_NOUNS[key_type], KEY_EXAMPLES[key_type]
+    key = text.strip()
+    if not key:
+        raise ValueError(f"CALLER is empty; give the {noun}, like {example}")
     if key_type == KEY_SOURCE:
-        return normalise_source(text)
-    if key_type != KEY_CALLER:
-        return text
+        return _source_key(key)
+    if key_type == KEY_CALLER:
+        return _caller_key(config, key)
 
+    # Asterisk sends the channel name and the account code on one AGI
+    # environment line each, so neither contains a line feed.
+    if "\n" in key:
+        raise ValueError(f"{key!r} contains a line break, which no {noun} has; give "
+                         f"the {noun}, like {example}")
+    if key_type == KEY_ENDPOINT:
+        return _endpoint_key(key)
+    return key
+
+
+def _source_key(text: str) -> str:
+    """Return the one IP address in ``text``, dropping a port as the daemon does."""
+    try:
+        return str(ipaddress.ip_address(normalise_source(text)))
+    except ValueError:
+        pass
+
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not an IP address; write one IPv4 or IPv6 address, like "
+            f"{KEY_EXAMPLES[KEY_SOURCE]} (a port, as in 192.0.2.10:5060, is dropped)"
+        ) from None
+    if network.num_addresses == 1:
+        return str(network.network_address)
+    raise ValueError(
+        f"{text!r} is a network, but a source block matches one address only; "
+        "block each address on its own, like 192.0.2.10"
+    )
+
+
+def _caller_key(config: Config, text: str) -> str:
     general = config.general
     plan = NumberPlan(general.home_country, general.outside_line_prefix,
                       general.emergency_numbers)
     e164 = plan.normalise_caller(text)
     if e164 is None:
-        print(f"{text!r} is not a calling number; write it in national form or E.164, "
-              "like 01632960010 or +441632960010", file=sys.stderr)
+        raise ValueError(f"{text!r} is not a calling number; write it in national form "
+                         f"or E.164, like {KEY_EXAMPLES[KEY_CALLER]}")
     return e164
+
+
+def _endpoint_key(text: str) -> str:
+    """Reject a channel name, because the daemon compares only its endpoint part."""
+    technology, slash, _ = text.partition("/")
+    if not slash or technology.lower() not in CHANNEL_TECHNOLOGIES:
+        return text
+
+    endpoint = endpoint_of(text)
+    fix = f"write {endpoint!r}" if endpoint else f"write it like {KEY_EXAMPLES[KEY_ENDPOINT]}"
+    raise ValueError(f"{text!r} is a channel name, but an endpoint block matches the "
+                     f"endpoint alone, as 1001 in PJSIP/1001-00000012; {fix}")
 
 
 def _tell_daemon(config: Config, request: dict) -> bool:
@@ -182,7 +284,8 @@ def _tell_daemon(config: Config, request: dict) -> bool:
               "stored and applies at its next start", file=sys.stderr)
         return False
     if "error" in reply:
-        print(f"the daemon answered: {reply['error']}; the change is stored and "
+        print(f"the daemon answered: {escape_controls(reply['error'])}; the change is "
+              "stored and "
               "applies at its next start", file=sys.stderr)
         return False
     print("applied to the running daemon")

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from callguard.cli.common import EXIT_FAILURE, EXIT_OK
+from callguard.cli.text import escape_controls
 from callguard.config import Config
 from callguard.daemon.control import ask
 from callguard.store import Store
@@ -20,7 +21,7 @@ def query(config: Config, request: dict) -> dict | None:
               "are you in its group?", file=sys.stderr)
         return None
     if "error" in reply:
-        print(f"the daemon answered: {reply['error']}", file=sys.stderr)
+        print(f"the daemon answered: {escape_controls(reply['error'])}", file=sys.stderr)
         return None
     return reply
 
@@ -33,24 +34,34 @@ def cmd_status(config: Config, as_json: bool) -> int:
         print(json.dumps(reply, indent=2))
         return EXIT_OK
 
-    currency = reply["currency"]
+    currency = escape_controls(reply["currency"])
     ari = {None: "disabled", True: "connected", False: "DISCONNECTED"}[reply["ari_connected"]]
-    print(f"callguard {reply['version']}, ARI {ari}")
+    print(f"callguard {escape_controls(reply['version'])}, ARI {ari}")
     for name, trunk in reply["trunks"].items():
-        print(f"\n[{name}]")
+        print(f"\n[{escape_controls(name)}]")
         for window in ("daily", "weekly"):
-            spend, limit = trunk[f"{window}_spend"], trunk[f"{window}_limit"]
-            if limit is None:
-                print(f"  {window:<7} {spend} {currency}, no limit")
-            else:
-                print(f"  {window:<7} {spend} of {limit} {currency} "
-                      f"({trunk[f'{window}_percent']}%)")
+            print(_window_line(window, trunk, currency))
         print(f"  live calls {len(trunk['live_calls'])}, checks waiting for Dial "
               f"{trunk['pending_checks']}")
         for call in trunk["live_calls"]:
-            print(f"    {call['channel']:<24} {call['number'] or '?':<16} "
-                  f"{call['state']:<8} {call['duration'] or 0:>6} s {call['cost']:>10}")
+            channel, number = _text(call["channel"]), _text(call["number"], "?")
+            print(f"    {channel:<24} {number:<16} {_text(call['state']):<8} "
+                  f"{call['duration'] or 0:>6} s {_text(call['cost']):>10}")
     return EXIT_OK
+
+
+def _window_line(window: str, trunk: dict, currency: str) -> str:
+    """Return the spend of one window against its limit, with the percent when defined."""
+    spend, limit = trunk[f"{window}_spend"], trunk[f"{window}_limit"]
+    if limit is None:
+        return f"  {window:<7} {spend} {currency}, no limit"
+
+    line = f"  {window:<7} {spend} of {limit} {currency}"
+    # The daemon sends no percent for a limit of 0.
+    percent = trunk[f"{window}_percent"]
+    if percent is None:
+        return line
+    return f"{line} ({percent}%)"
 
 
 def cmd_calls(config: Config, live_only: bool, as_json: bool) -> int:
@@ -69,13 +80,30 @@ def cmd_calls(config: Config, live_only: bool, as_json: bool) -> int:
             continue
         print(f"{title} calls: {len(rows)}")
         for call in rows:
-            ended = call.get("hangup_reason") or (
-                f"cause {call['hangup_cause']}" if call.get("hangup_cause") is not None
-                else "")
-            print(f"  {call['trunk']:<10} {call['channel']:<24} {call['number'] or '?':<16} "
-                  f"{call['category'] or '-':<14} {call['duration'] or 0:>6} s "
-                  f"{call['cost'] or '0.00':>10} {call['state']:<7} {ended}")
+            print(f"  {_call_line(call)}")
     return EXIT_OK
+
+
+def _call_line(call: dict) -> str:
+    """Return one call of ``calls``: trunk, channel, number, category, duration, cost, end."""
+    ended = call.get("hangup_reason") or (
+        f"cause {call['hangup_cause']}" if call.get("hangup_cause") is not None else "")
+    trunk, channel = _text(call["trunk"]), _text(call["channel"])
+    number, category = _text(call["number"], "?"), _text(call["category"], "-")
+    return (f"{trunk:<10} {channel:<24} {number:<16} {category:<14} "
+            f"{call['duration'] or 0:>6} s {_text(call['cost'], '0.00'):>10} "
+            f"{_text(call['state']):<7} {_text(ended)}")
+
+
+def _text(value: object, missing: str = "") -> str:
+    """Return a field of a call, safe for a terminal, or ``missing`` when it is empty.
+
+    Channel names, numbers and hang-up reasons come from calls and peers, so
+    their control characters are escaped.
+    """
+    if value is None or value == "":
+        return missing
+    return escape_controls(value)
 
 
 def _stored_calls(config: Config) -> list[dict]:

@@ -136,7 +136,14 @@ class PrefixTable:
                 header_seen = True
                 continue
 
-            if len(fields) != len(HEADER):
+            if len(fields) < len(HEADER):
+                raise PrefixTableError(
+                    f"{source}:{line_number}: expected 3 columns (prefix, category, "
+                    f"description), found {len(fields)}; give a field for every "
+                    "column and leave the description empty when there is none, "
+                    "like '09,premium,'"
+                )
+            if len(fields) > len(HEADER):
                 raise PrefixTableError(
                     f"{source}:{line_number}: expected 3 columns (prefix, category, "
                     f"description), found {len(fields)}; quote a description that "

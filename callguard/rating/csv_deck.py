@@ -21,6 +21,14 @@ from callguard.rating.increments import Increments
 
 COLUMNS = ("prefix", "description", "rate", "connection_fee", "increments")
 HEADER = ",".join(COLUMNS)
+# An example row by column name, for the advice on a row with too few fields.
+EXAMPLE_ROW = {
+    "prefix": "34",
+    "description": "Spain",
+    "rate": "0.05",
+    "connection_fee": "",
+    "increments": "60/60",
+}
 COMMENT_MARK = "#"
 
 T = TypeVar("T")
@@ -100,10 +108,20 @@ def _read_rows(lines: DataLines, builder: DeckBuilder) -> None:
 
     field_count = len(header)
     in_order = positions == list(range(field_count))
+    # The header names each of COLUMNS once, so the example follows its order.
+    example = ",".join(EXAMPLE_ROW[name.strip().lower()] for name in header)
     parser = _RowParser(builder)
     for row in reader:
         line = lines.line_number
-        if len(row) != field_count:
+        if len(row) < field_count:
+            builder.errors.add(
+                line,
+                f"the row has {len(row)} fields but the header has {field_count}; "
+                "give a field for every column and leave description or "
+                f"connection_fee empty when there is none, like {example}",
+            )
+            continue
+        if len(row) > field_count:
             builder.errors.add(
                 line,
                 f"the row has {len(row)} fields but the header has {field_count}; "
