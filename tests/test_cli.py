@@ -223,7 +223,7 @@ def test_check_config_sample(capsys):
     out = capsys.readouterr().out
 
     assert status == EXIT_OK
-    assert out.startswith(f"{SAMPLE_CONFIG}: OK, 1 trunks,")
+    assert out.startswith(f"{SAMPLE_CONFIG}: OK, 1 trunk,")
     assert f"{len(csv_rows(SAMPLE_RATES))} rates" in out
 
 
@@ -709,3 +709,21 @@ def test_console_script_help(script, words):
     assert result.returncode == EXIT_OK, result.stderr
     for word in words:
         assert word in result.stdout
+
+
+@pytest.mark.parametrize("source", ["10.0.0.0/8", "sbc.example", "192.0.2.10:abc"])
+def test_check_rejects_bad_source(config, capsys, source):
+    status = run_ctl("--config", str(config), "check", GEOGRAPHIC, "--trunk", "gamma",
+                     "--source", source, "--offline")
+
+    assert status == EXIT_CONFIG
+    assert "is not an IP address" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("limit", ["0", "-1", "x", "99999999999999999999"])
+def test_rates_list_rejects_bad_limit(config, capsys, limit):
+    status = run_ctl("--config", str(config), "rates", "list", "--trunk", "gamma",
+                     "--limit", limit)
+
+    assert status == EXIT_CONFIG
+    assert "argument --limit" in capsys.readouterr().err

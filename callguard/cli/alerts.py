@@ -6,7 +6,7 @@ import sys
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
-from callguard.cli.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, read_config
+from callguard.cli.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, read_config, row_limit
 from callguard.cli.text import escape_controls
 from callguard.config.addresses import EMAIL_PATTERN
 from callguard.notify.mail import build_test_message
@@ -14,22 +14,7 @@ from callguard.notify.smtp import SmtpError, send_mail
 from callguard.store import ALERT_STATES, OutboxRecord, Store
 
 DEFAULT_LIMIT = 50
-# The largest LIMIT that SQLite and PostgreSQL accept, a signed 64-bit integer.
-MAX_LIMIT = 2**63 - 1
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
-
-
-def _positive(text: str) -> int:
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a whole number of 1 or more; write it like 20"
-        )
-    if int(text) > MAX_LIMIT:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is more than {MAX_LIMIT}, the largest limit that the database "
-            "takes; write a smaller number, like 20"
-        )
-    return int(text)
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -41,7 +26,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     alerts.add_argument("--json", action="store_true", help="print one JSON object")
     alerts.add_argument(
         "--limit",
-        type=_positive,
+        type=row_limit,
         default=DEFAULT_LIMIT,
         metavar="N",
         help=f"show at most N alerts (default {DEFAULT_LIMIT})",

@@ -6,7 +6,7 @@ import sys
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 
-from callguard.cli.common import EXIT_CONFIG, EXIT_OK, read_config
+from callguard.cli.common import EXIT_CONFIG, EXIT_OK, read_config, row_limit
 from callguard.cli.text import escape_controls
 from callguard.config.errors import InvalidValue
 from callguard.config.offenders import parse_ban_duration
@@ -14,8 +14,6 @@ from callguard.store import AuditTrail, Store
 
 DEFAULT_SINCE = "1d"
 DEFAULT_LIMIT = 200
-# The largest LIMIT that SQLite and PostgreSQL accept, a signed 64-bit integer.
-MAX_LIMIT = 2**63 - 1
 KIND_DECISION = "decision"
 KIND_BLOCK = "block"
 KIND_HANGUP = "hangup"
@@ -69,19 +67,6 @@ def parse_since(text: str, now: datetime) -> datetime:
         ) from None
 
 
-def _positive(text: str) -> int:
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a whole number of 1 or more; write it like 50"
-        )
-    if int(text) > MAX_LIMIT:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is more than {MAX_LIMIT}, the largest limit that the database "
-            "takes; write a smaller number, like 50"
-        )
-    return int(text)
-
-
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add the ``audit`` command to ``callguardctl``."""
     audit = commands.add_parser("audit", help="decisions, blocks, hang-ups, spend resets "
@@ -89,7 +74,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     audit.add_argument("--since", default=DEFAULT_SINCE, metavar="DURATION|ISO-TIME",
                        help=f"start of the listing, like 2h or 2024-06-14T09:00+01:00 "
                        f"(default {DEFAULT_SINCE})")
-    audit.add_argument("--limit", type=_positive, default=DEFAULT_LIMIT, metavar="N",
+    audit.add_argument("--limit", type=row_limit, default=DEFAULT_LIMIT, metavar="N",
                        help=f"show at most N entries (default {DEFAULT_LIMIT})")
     audit.add_argument("--json", action="store_true", help="print one JSON array")
 

@@ -10,6 +10,23 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 
+# The largest LIMIT that SQLite and PostgreSQL accept, a signed 64-bit integer.
+MAX_ROW_LIMIT = 2**63 - 1
+
+
+def row_limit(text: str) -> int:
+    """Parse a --limit: a whole number of rows from 1 to MAX_ROW_LIMIT."""
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number of 1 or more; write it like 50"
+        )
+    if int(text) > MAX_ROW_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is more than {MAX_ROW_LIMIT}, the largest limit that the "
+            "database takes; write a smaller number, like 50"
+        )
+    return int(text)
+
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(

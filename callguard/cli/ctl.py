@@ -2,12 +2,20 @@
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import os
 import sys
 
 from callguard import __version__
-from callguard.cli.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, add_config_argument, read_config
+from callguard.cli.common import (
+    EXIT_CONFIG,
+    EXIT_FAILURE,
+    EXIT_OK,
+    add_config_argument,
+    read_config,
+    row_limit,
+)
 from callguard.cli import alerts, audit, blocks, live
 from callguard.cli.inspect import ask_daemon, check_number, print_check
 from callguard.config import ConfigError
@@ -17,6 +25,7 @@ from callguard.policy.decision import CallRequest
 from callguard.policy.offenders import normalise_source
 from callguard.rating import RateDeck, RateDeckError
 from callguard.store import Store, StoreError
+from callguard.text import plural
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     rate_list = rate_commands.add_parser("list", help="list a trunk's rates in the store")
     rate_list.add_argument("--trunk", required=True)
     rate_list.add_argument("--prefix", help="only prefixes starting with these digits")
-    rate_list.add_argument("--limit", type=int, default=100, help="rows at most (default 100)")
+    rate_list.add_argument("--limit", type=row_limit, default=100,
+                           help="rows at most (default 100)")
     rate_list.add_argument("--json", action="store_true")
 
     alerts.add_commands(commands)
@@ -89,16 +99,24 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
     rated = sum(len(deck) for deck in tables.state.decks.values())
-    print(f"{config.path}: OK, {len(config.trunks)} trunks, {len(tables.prefixes)} prefixes, "
-          f"{rated} rates")
+    print(f"{config.path}: OK, {plural(len(config.trunks), 'trunk')}, "
+          f"{plural(len(tables.prefixes), 'prefix', 'prefixes')}, "
+          f"{plural(rated, 'rate')}")
     return EXIT_OK
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = read_config(args)
+    source = normalise_source(args.source)
+    if source:
+        try:
+            ipaddress.ip_address(source)
+        except ValueError:
+            print(f"--source {args.source!r} is not an IP address; give the caller's "
+                  "address, like 192.0.2.10 or 192.0.2.10:5060", file=sys.stderr)
+            return EXIT_CONFIG
     request = CallRequest(trunk=args.trunk.strip(), dialled=args.number, caller=args.caller,
-                          channel=args.channel, accountcode=args.accountcode,
-                          source=normalise_source(args.source))
+                          channel=args.channel, accountcode=args.accountcode, source=source)
     report = None
     if not args.offline:
         try:

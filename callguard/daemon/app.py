@@ -31,6 +31,7 @@ from callguard.policy.offenders import BLOCKED_BY_CALLGUARD, OffenderGuard
 from callguard.policy.reservations import Reservations
 from callguard.store import AuditRecord, Store, StoreError
 from callguard.store.audit_records import ACTION_RELOAD
+from callguard.text import plural
 from callguard.worker import StoreWorker
 
 log = logging.getLogger(__name__)
@@ -187,8 +188,8 @@ class Application:
         self.alerts.reconfigure(config)
         self.guard.configure(config)
         self.fastagi.set_allowed_clients(config.general.allowed_clients)
-        log.info("reloaded %s: %d trunks", path, len(config.trunks))
-        await self._record_reload(f"loaded, {len(config.trunks)} trunks")
+        log.info("reloaded %s: %s", path, plural(len(config.trunks), "trunk"))
+        await self._record_reload(f"loaded, {plural(len(config.trunks), 'trunk')}")
         return True
 
     async def _record_reload(self, outcome: str) -> None:

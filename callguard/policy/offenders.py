@@ -76,15 +76,23 @@ def normalise_source(text: str) -> str:
     text = text.strip()
     candidates = [text]
     if text.startswith("["):
-        candidates.append(text[1:].partition("]")[0])
+        address, _, port = text[1:].partition("]")
+        if not port or (port.startswith(":") and port[1:].isdigit()):
+            candidates.append(address)
     elif text.count(":") == 1:
-        candidates.append(text.partition(":")[0])
+        address, _, port = text.partition(":")
+        if port.isdigit():
+            candidates.append(address)
 
     for candidate in candidates:
         try:
-            return str(ipaddress.ip_address(candidate))
+            address = ipaddress.ip_address(candidate)
         except ValueError:
             continue
+        # A dual-stack socket reports an IPv4 peer as ::ffff:192.0.2.10.
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return str(address)
     return text
 
 
