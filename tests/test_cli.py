@@ -727,3 +727,23 @@ def test_rates_list_rejects_bad_limit(config, capsys, limit):
 
     assert status == EXIT_CONFIG
     assert "argument --limit" in capsys.readouterr().err
+
+
+def test_check_config_warns_about_odd_limits(tmp_path, capsys):
+    trunks = (
+        "[trunk gamma]\ndaily_limit = 300.00\nweekly_limit = 200.00\nrates = rates.csv\n"
+        "\n[trunk delta]\nweekly_limit = 0\nrates = rates.csv\n"
+    )
+    path = write_config(tmp_path, trunks=trunks)
+
+    status = run_ctl("--config", str(path), "check-config")
+    err = capsys.readouterr().err.splitlines()
+
+    assert status == EXIT_OK
+    assert err == [
+        f"{path}: warning: [trunk gamma] daily_limit 300.00 is above weekly_limit "
+        "200.00, so the weekly limit bites first; lower daily_limit or raise "
+        "weekly_limit",
+        f"{path}: warning: [trunk delta] weekly_limit is 0: every call is refused "
+        "except emergency calls and opted-out callers; leave it empty for no limit",
+    ]

@@ -19,6 +19,7 @@ from callguard.cli.common import (
 from callguard.cli import alerts, audit, blocks, live
 from callguard.cli.inspect import ask_daemon, check_number, print_check
 from callguard.config import ConfigError
+from callguard.config.advice import config_warnings
 from callguard.daemon.state import build_state
 from callguard.numbers import PrefixTable, PrefixTableError
 from callguard.policy.decision import CallRequest
@@ -98,6 +99,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except (PrefixTableError, RateDeckError, ValueError, OSError) as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
+    for warning in config_warnings(config):
+        print(f"{config.path}: warning: {warning}", file=sys.stderr)
     rated = sum(len(deck) for deck in tables.state.decks.values())
     print(f"{config.path}: OK, {plural(len(config.trunks), 'trunk')}, "
           f"{plural(len(tables.prefixes), 'prefix', 'prefixes')}, "

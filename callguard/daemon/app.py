@@ -10,6 +10,7 @@ from callguard.agi.server import FastAGIServer
 from callguard.agi.variables import SCRIPT_CHECK
 from callguard.clock import Clock, SystemClock
 from callguard.config import Config, ConfigError, load_config
+from callguard.config.advice import config_warnings
 from callguard.daemon import status
 from callguard.daemon.checking import check_command
 from callguard.daemon.control import ControlServer
@@ -67,6 +68,7 @@ class Application:
 
     async def start(self) -> None:
         general = self.config.general
+        _log_config_warnings(self.config)
         await self.worker.call(self.store.open)
         log.info("store open at %s", self.store.url_for_logs)
 
@@ -189,6 +191,7 @@ class Application:
         self.guard.configure(config)
         self.fastagi.set_allowed_clients(config.general.allowed_clients)
         log.info("reloaded %s: %s", path, plural(len(config.trunks), "trunk"))
+        _log_config_warnings(config)
         await self._record_reload(f"loaded, {plural(len(config.trunks), 'trunk')}")
         return True
 
@@ -239,6 +242,11 @@ def _ari_password(config: Config) -> str | None:
         log.error("cannot read the ARI password file %s: %s", config.ari.password_file,
                   exc.strerror)
         return None
+
+
+def _log_config_warnings(config: Config) -> None:
+    for warning in config_warnings(config):
+        log.warning("%s: %s", config.path, warning)
 
 
 class _Sinks:

@@ -1,0 +1,24 @@
+"""Settings that load but probably do not do what the sysadmin meant."""
+
+from callguard.config.model import Config
+
+
+def config_warnings(config: Config) -> list[str]:
+    """Return one line per trunk setting that is valid but likely a mistake."""
+    warnings = []
+    for name, trunk in config.trunks.items():
+        daily, weekly = trunk.daily_limit, trunk.weekly_limit
+        if daily is not None and weekly is not None and daily > weekly:
+            warnings.append(
+                f"[trunk {name}] daily_limit {daily} is above weekly_limit {weekly}, "
+                "so the weekly limit bites first; lower daily_limit or raise "
+                "weekly_limit"
+            )
+        for key, limit in (("daily_limit", daily), ("weekly_limit", weekly)):
+            if limit is not None and limit == 0:
+                warnings.append(
+                    f"[trunk {name}] {key} is 0: every call is refused except "
+                    "emergency calls and opted-out callers; leave it empty for no "
+                    "limit"
+                )
+    return warnings
