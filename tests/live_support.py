@@ -42,7 +42,8 @@ class Pbx:
         self.clock = ManualClock(start)
         self.ari = AriEmulator(now=self.clock.now,
                                channelvars=("CALLGUARD_TRUNK", "BRIDGEPEER"))
-        self.port = free_port()
+        # Chosen once the emulator has its port, which could otherwise be this one.
+        self.port: int | None = None
         self.trunks = trunks
         self.rates = rates
         self.general = general
@@ -54,6 +55,8 @@ class Pbx:
 
     async def start(self) -> None:
         await self.ari.start()
+        if self.port is None:
+            self.port = free_port()
         (self.directory / "ari.secret").write_text(PASSWORD + "\n")
         (self.directory / "ari.secret").chmod(0o600)
         self.path = write_config(
@@ -82,6 +85,9 @@ class Pbx:
         app = self.app
         await app.ari.stop()
         await app.fastagi.stop(grace=0)
+        if app.control is not None and app.control._server is not None:
+            # A killed process's listening socket closes; its file stays behind.
+            app.control._server.close()
         app.guard.close()
         app.worker.shutdown()
         self.app = None
