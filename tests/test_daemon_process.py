@@ -521,3 +521,24 @@ async def test_ctl_check_asks_daemon(start_daemon):
     # A dry run holds nothing: the daemon still has one pending check.
     status = await daemon.status()
     assert status["trunks"]["gamma"]["pending_checks"] == 1
+
+
+async def test_second_daemon_leaves_control_socket(start_daemon, tmp_path):
+    first = await start_daemon()
+    other = tmp_path / "other"
+    other.mkdir()
+    config = write_config(other, port=free_port(), database=f"sqlite:///{other / 'db'}")
+    text = config.read_text().replace(f"control_socket = {other / 'callguard.sock'}",
+                                      f"control_socket = {first.control_socket}")
+    config.write_text(text)
+
+    second = await asyncio.create_subprocess_exec(
+        str(CALLGUARD), "--config", str(config), "run",
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(second.communicate(), STOP_TIMEOUT)
+
+    assert second.returncode == 1
+    assert "another callguard daemon is running" in output.decode()
+    assert first.control_socket.is_socket()
+    assert "trunks" in await first.status()

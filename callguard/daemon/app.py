@@ -13,7 +13,7 @@ from callguard.config import Config, ConfigError, load_config
 from callguard.config.advice import config_warnings
 from callguard.daemon import status
 from callguard.daemon.checking import check_command
-from callguard.daemon.control import ControlServer
+from callguard.daemon.control import ControlServer, ControlSocketInUse
 from callguard.daemon.live import AriListener, restore_live_calls
 from callguard.daemon.operator import operator_commands
 from callguard.daemon.recorder import DecisionRecorder
@@ -117,6 +117,9 @@ class Application:
         })
         try:
             await self.control.start()
+        except ControlSocketInUse:
+            self.control = None
+            raise
         except OSError as exc:
             log.error("no control socket, so callguardctl status and calls cannot reach "
                       "the daemon: %s", exc)

@@ -26,6 +26,7 @@ class ControlServer:
         self.path = Path(path)
         self._commands = commands
         self._server: asyncio.AbstractServer | None = None
+        self._inode: int | None = None
 
     async def start(self) -> None:
         if not self.path.parent.is_dir():
@@ -36,6 +37,12 @@ class ControlServer:
                               f"and cannot be created ({exc.strerror}); create it or set "
                               "control_socket in [general]") from None
         if self.path.is_socket():
+            if await _answers(self.path):
+                raise ControlSocketInUse(
+                    f"another callguard daemon is running with the control socket "
+                    f"{self.path}; stop it first, or give this one its own "
+                    "control_socket in [general]"
+                )
             self.path.unlink()  # left behind by a daemon that did not stop cleanly
         old_umask = os.umask(0o117)
         try:
@@ -45,6 +52,7 @@ class ControlServer:
         finally:
             os.umask(old_umask)
         os.chmod(self.path, SOCKET_MODE)
+        self._inode = self.path.stat().st_ino
         log.info("control socket at %s", self.path)
 
     async def stop(self) -> None:
@@ -52,8 +60,10 @@ class ControlServer:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        # Only our own socket: a newer daemon may have taken the path since.
         try:
-            self.path.unlink()
+            if self.path.stat().st_ino == self._inode:
+                self.path.unlink()
         except FileNotFoundError:
             pass
 
@@ -93,6 +103,20 @@ class ControlServer:
         except Exception as exc:
             log.exception("control command %s failed", request.get("command"))
             return {"error": f"command failed: {exc}"}
+
+
+class ControlSocketInUse(OSError):
+    """Another daemon accepts connections on the control socket's path."""
+
+
+async def _answers(path: Path) -> bool:
+    """Tell whether a process accepts connections on the Unix socket at ``path``."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 2.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
 
 
 async def ask(path: Path, request: dict, timeout: float = 5.0) -> dict:
