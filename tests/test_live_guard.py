@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from callguard.daemon import status
 from callguard.store import Store
 from live_support import Pbx, eventually
 
@@ -223,3 +224,17 @@ async def test_event_filter_asked_for_and_optional(make_pbx, caplog):
     # 90 s at 1.00 per minute in 60/60 blocks: two blocks each.
     assert costs == {filtered.trunk_id: Decimal("2.00"),
                      unfiltered.trunk_id: Decimal("2.00")}
+
+
+async def test_calls_cost_runs_without_events(make_pbx):
+    start = london(2024, 6, 14, 10, 0)
+    trunks = TRUNK_10.replace("daily_limit = 10.00", "daily_limit = 100.00")
+    pbx = await make_pbx(start, trunks=trunks)
+    call, _ = await pbx.call("01632960123")
+    await pbx.ari.answer(call)
+    await eventually(lambda: pbx.legs() and next(iter(pbx.legs().values())).state == "up")
+
+    pbx.clock.advance(150)  # no event arrives meanwhile
+    [live] = status.calls(pbx.app.guard, live_only=True)["live"]
+
+    assert live["cost"] == "3.00"  # three 60 s blocks have begun at 1.00 per minute

@@ -85,6 +85,8 @@ def status(guard: LiveGuard, currency: str, ari_connected: bool | None) -> dict:
 
 def calls(guard: LiveGuard, live_only: bool) -> dict:
     now = guard.clock.now()
+    for trunk in guard.meters:
+        guard.catch_up(trunk)  # charge the blocks begun since the last event
     live = [leg_status(leg, now) for leg in guard.legs.values()]
     recent = [] if live_only else [leg_status(leg, now) for leg in reversed(guard.recent)]
     return {"live": live, "recent": recent}
