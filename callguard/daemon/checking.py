@@ -23,8 +23,6 @@ async def check_command(app: "Application", request: dict) -> dict:
     for name, value in values.items():
         if not isinstance(value, str):
             raise ValueError(f"invalid {name} {value!r}: give it as a string")
-    if not values["number"] or not values["trunk"]:
-        raise ValueError("missing number or trunk: give both to check a call")
 
     call = CallRequest(
         trunk=values["trunk"].strip(),
