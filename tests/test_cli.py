@@ -8,6 +8,7 @@ while the test's loop serves the daemon side.
 import asyncio
 import csv
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from callguard.cli import ctl, live
-from callguard.cli.text import escape_controls
+from callguard.cli.common import EscapingFormatter
+from callguard.text import escape_controls
 from callguard.config import load_config
 from callguard.store import CallRecord, OutboxRecord, Store
 from live_support import Pbx, eventually
@@ -747,3 +749,42 @@ def test_check_config_warns_about_odd_limits(tmp_path, capsys):
         f"{path}: warning: [trunk delta] weekly_limit is 0: every call is refused "
         "except emergency calls and opted-out callers; leave it empty for no limit",
     ]
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["rates", "list", "--trunk", ""], "trunk is empty"),
+    (["rates", "list", "--trunk", "gamma", "--prefix", "abc"], "prefix 'abc' is invalid"),
+    (["rates", "import", "/nonexistent.csv", "--trunk", "gamma"],
+     "/nonexistent.csv: cannot read it: No such file or directory"),
+    (["rates", "import", "/tmp", "--trunk", "gamma"], "cannot read it: Is a directory"),
+])
+def test_rates_bad_input_one_line(config, capsys, arguments, message):
+    status = run_ctl("--config", str(config), *arguments)
+    err = capsys.readouterr().err
+
+    assert status == EXIT_CONFIG
+    assert message in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_check_escapes_dialled_text(config, capsys):
+    status = run_ctl("--config", str(config), "check", "0163\x1b[2J2960125", "--trunk",
+                     "gamma", "--offline")
+    out = capsys.readouterr().out
+
+    assert status == EXIT_OK
+    assert "\x1b" not in out
+    assert "dialled    0163\\x1b[2J2960125" in out.splitlines()
+
+
+def test_log_lines_escape_control_characters():
+    formatter = EscapingFormatter("%(levelname)s %(message)s")
+    record = logging.LogRecord("callguard", logging.WARNING, __file__, 1,
+                               "blocked endpoint %s; the last call to %s",
+                               ("80\x1b[31m01", "0163\r\nFAKE LINE"), None)
+
+    line = formatter.format(record)
+
+    assert line == ("WARNING blocked endpoint 80\\x1b[31m01; the last call to "
+                    "0163\\x0d\n    FAKE LINE")

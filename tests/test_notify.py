@@ -741,6 +741,24 @@ def test_outbox_rows_json_data(tmp_path):
     assert row.next_attempt_at == T0
 
 
+def test_outbox_rows_escape_caller_text(tmp_path):
+    config = load_config(write_config(tmp_path, smtp=smtp_keys(25)))
+    alert = Alert(
+        kind="block",
+        trunk="gamma",
+        subject="[callguard] blocked endpoint 80\x1b[31m01",
+        body="Why: 3 attempts, the last to 0163\x1b]0;TITLE\x07\r\nUntil: later",
+        data={"key": "80\x1b[31m01"},
+    )
+
+    [row] = outbox_rows(alert, config, T0)
+
+    assert row.subject == "[callguard] blocked endpoint 80\\x1b[31m01"
+    assert row.body == ("Why: 3 attempts, the last to 0163\\x1b]0;TITLE\\x07\\x0d\n"
+                        "Until: later")
+    assert json.loads(row.data) == {"key": "80\x1b[31m01"}  # JSON escapes it itself
+
+
 @pytest.mark.parametrize(
     "extra, expected",
     [

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
 from callguard.cli.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, read_config, row_limit
-from callguard.cli.text import escape_controls
+from callguard.text import escape_controls
 from callguard.config.addresses import EMAIL_PATTERN
 from callguard.notify.mail import build_test_message
 from callguard.notify.smtp import SmtpError, send_mail

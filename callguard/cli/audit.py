@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 
 from callguard.cli.common import EXIT_CONFIG, EXIT_OK, read_config, row_limit
-from callguard.cli.text import escape_controls
+from callguard.text import escape_controls
 from callguard.config.errors import InvalidValue
 from callguard.config.offenders import parse_ban_duration
 from callguard.store import AuditTrail, Store

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from callguard.cli.common import EXIT_CONFIG, EXIT_OK, read_config
-from callguard.cli.text import escape_controls
+from callguard.text import escape_controls
 from callguard.config import Config
 from callguard.config.errors import InvalidValue
 from callguard.config.offenders import (

@@ -4,6 +4,7 @@ import argparse
 import logging
 import sys
 
+from callguard.text import escape_log_message
 from callguard.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 
 EXIT_OK = 0
@@ -60,9 +61,20 @@ def read_config(args: argparse.Namespace) -> Config:
     return config
 
 
+class EscapingFormatter(logging.Formatter):
+    """A formatter that escapes the control characters callers put into messages.
+
+    Dialled numbers, caller IDs and channel names reach log lines, and a
+    carriage return or an escape sequence in one could rewrite the line on a
+    terminal or in ``journalctl``. Tracebacks are added after this step.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_log_message(super().formatMessage(record))
+
+
 def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        handlers=[handler])

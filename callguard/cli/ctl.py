@@ -141,6 +141,27 @@ def open_store(args: argparse.Namespace) -> Store:
 
 
 def cmd_prefixes(args: argparse.Namespace) -> int:
+    return _reporting_bad_input(_prefixes, args)
+
+
+def cmd_rates(args: argparse.Namespace) -> int:
+    return _reporting_bad_input(_rates, args)
+
+
+def _reporting_bad_input(command, args: argparse.Namespace) -> int:
+    """Run ``command``, turning an unreadable file or a rejected value into one line."""
+    try:
+        return command(args)
+    except OSError as exc:
+        print(f"{exc.filename or args.file}: cannot read it: {exc.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ValueError as exc:
+        # The store's checks name the value and the fix.
+        print(f"callguardctl {args.command} {args.action}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _prefixes(args: argparse.Namespace) -> int:
     if args.action == "import":
         table = PrefixTable.from_csv(args.file)
         store = open_store(args)
@@ -162,7 +183,7 @@ def cmd_prefixes(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_rates(args: argparse.Namespace) -> int:
+def _rates(args: argparse.Namespace) -> int:
     if args.action == "import":
         deck = RateDeck.from_csv(args.file)
         store = open_store(args)

@@ -5,6 +5,7 @@ import json
 from decimal import Decimal
 from pathlib import Path
 
+from callguard.text import escape_controls
 from callguard.clock import SystemClock
 from callguard.config import Config
 from callguard.daemon.control import ask
@@ -78,6 +79,9 @@ def print_check(report: dict, *, as_json: bool) -> None:
         print(json.dumps(report, indent=2))
         return
 
+    # The dialled number and the texts built from it come from the caller.
+    report = {key: escape_controls(value) if isinstance(value, str) else value
+              for key, value in report.items()}
     currency = report["currency"]
     print(f"result     {report['result']} {report['reason']}")
     print(f"dialled    {report['dialled']}")

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from callguard.cli.common import EXIT_FAILURE, EXIT_OK
-from callguard.cli.text import escape_controls
+from callguard.text import escape_controls
 from callguard.config import Config
 from callguard.daemon.control import ask
 from callguard.store import Store

@@ -9,6 +9,7 @@ are alerted too.
 """
 
 import logging
+import shlex
 from datetime import datetime
 from decimal import Decimal
 from typing import Callable, Iterable
@@ -153,7 +154,7 @@ class AlertRaiser:
             "key within ban_max_time",
             "",
             "Emergency calls are still allowed. If this is a false alarm, lift the block:",
-            f"  callguardctl unblock {key} --type {key_type} --reason TEXT",
+            f"  callguardctl unblock {shlex.quote(key)} --type {key_type} --reason TEXT",
             "",
             MORE,
         ])
