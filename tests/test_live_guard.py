@@ -204,6 +204,15 @@ async def test_event_filter_asked_for_and_optional(make_pbx, caplog):
     await pbx.ari.hangup(filtered)
     await eventually(lambda: not pbx.legs(), what="the filtered call to end")
 
+    # Just after a handshake, Asterisk may not know the application yet.
+    pbx.ari.filter_misses = 2
+    await pbx.ari.drop_events()
+    await eventually(lambda: pbx.app.ari.connected and pbx.ari.filter_misses == 0,
+                     timeout=10, what="the reconnect with a late application")
+    await eventually(lambda: pbx.ari.event_filter("callguard")["events_allowed"] == wanted,
+                     what="the filter set again")
+    assert "event filter not set" not in caplog.text
+
     # An Asterisk without event filters sends everything; callguard meters
     # the same way.
     pbx.ari.event_filters = False

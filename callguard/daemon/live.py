@@ -4,12 +4,19 @@ import asyncio
 import logging
 
 from callguard.ari import AriClient, AriError
+from callguard.ari.errors import AriHTTPError
 from callguard.ari.rest import MAX_CONNECTIONS
 from callguard.config import Config
 from callguard.metering.guard import LiveGuard
 from callguard.metering.tracker import HANDLED_EVENTS, EventTracker, leg_from_record
 
 log = logging.getLogger(__name__)
+
+# Tries of the event filter while Asterisk has not registered the application.
+FILTER_ATTEMPTS = 3
+FILTER_RETRY_SECONDS = 0.2
+# Asterisk's message when the application is not (yet) registered.
+MESSAGE_NO_APPLICATION = "Application not found"
 
 # DELETE requests sent to Asterisk at once, one per connection; the rest wait
 # their turn here, where no request timeout runs yet.
@@ -72,17 +79,33 @@ class AriListener:
         self.tracker.on_event(event)
 
     async def _on_connect(self) -> None:
-        # subscribeAll brings every event of the PBX; about four in five of a
-        # call's are of types the tracker ignores. Filtering them out in
-        # Asterisk spares both sides their JSON.
-        try:
-            await self.client.set_event_filter(HANDLED_EVENTS)
-        except AriError as exc:
-            log.warning("ARI event filter not set (%s); receiving every event", exc)
         channels = await self.client.get_channels()
         self.tracker.reconcile(channels)
+        await self._set_event_filter()
         log.info("ARI connected; %d channels up, %d trunk legs followed", len(channels),
                  len(self.guard.legs))
+
+    async def _set_event_filter(self) -> None:
+        """Ask Asterisk to send only the event types the tracker reads.
+
+        subscribeAll brings every event of the PBX, and about four in five of
+        a call's are of types the tracker ignores. Asterisk registers the
+        application just after the websocket handshake, so a filter set at
+        once can find no application yet: that case is tried again.
+        """
+        for attempt in range(1, FILTER_ATTEMPTS + 1):
+            try:
+                await self.client.set_event_filter(HANDLED_EVENTS)
+                return
+            except AriHTTPError as exc:
+                if exc.message != MESSAGE_NO_APPLICATION or attempt == FILTER_ATTEMPTS:
+                    failure: AriError = exc
+                    break
+            except AriError as exc:
+                failure = exc
+                break
+            await asyncio.sleep(FILTER_RETRY_SECONDS)
+        log.warning("ARI event filter not set (%s); receiving every event", failure)
 
     async def _on_disconnect(self) -> None:
         self.tracker.on_disconnect()

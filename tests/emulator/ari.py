@@ -266,6 +266,15 @@ class AriEmulator:
         if not supported:
             self._hub.filters.clear()  # such an Asterisk sends every event
 
+    @property
+    def filter_misses(self) -> int:
+        """How many of the next event filter requests get 404 Application not found."""
+        return self._http.rest.filter_misses
+
+    @filter_misses.setter
+    def filter_misses(self, count: int) -> None:
+        self._http.rest.filter_misses = count
+
     def event_filter(self, app: str) -> dict:
         """The filter lists of an application, as GET /ari/applications shows them."""
         allowed, disallowed = self._hub.filters.get(app, ([], []))

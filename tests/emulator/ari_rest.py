@@ -74,6 +74,9 @@ class RestResources:
         self.deletes: list[tuple[str, dict]] = []
         self.fail_deletes = 0
         self.event_filters = True
+        # How many of the next filter requests find the application not yet
+        # registered, as just after the websocket handshake.
+        self.filter_misses = 0
 
     def add_routes(self, routes: web.UrlDispatcher) -> None:
         routes.add_get("/ari/asterisk/info", self.asterisk_info)
@@ -178,7 +181,8 @@ class RestResources:
         name = request.match_info["name"]
         if not self.event_filters:
             return error_response(404, MESSAGE_RESOURCE_NOT_FOUND)
-        if not self._hub.registered(name):
+        if not self._hub.registered(name) or self.filter_misses > 0:
+            self.filter_misses = max(0, self.filter_misses - 1)
             return error_response(404, MESSAGE_APPLICATION_NOT_FOUND)
         try:
             self._hub.set_filter(name, json.loads(await request.read() or b"{}"))
