@@ -631,7 +631,7 @@ def test_status_escapes_control_characters(config, capsys, monkeypatch):
              "live_calls": [live_call(channel=f"PJSIP/{HOSTILE}", number=HOSTILE)]}
     reply = {"version": "0.1.0", "currency": "GBP", "ari_connected": True,
              "trunks": {"gamma": trunk}}
-    monkeypatch.setattr(live, "query", lambda config, request: reply)
+    monkeypatch.setattr(live, "query", lambda socket, request: reply)
 
     status = run_ctl("--config", str(config), "status")
     out = capsys.readouterr().out
@@ -646,7 +646,7 @@ def test_status_escapes_control_characters(config, capsys, monkeypatch):
 def test_calls_escapes_control_characters(config, capsys, monkeypatch):
     reply = {"live": [live_call(channel=HOSTILE, category=HOSTILE)],
              "recent": [live_call(number=HOSTILE, state="ended", hangup_reason=HOSTILE)]}
-    monkeypatch.setattr(live, "query", lambda config, request: reply)
+    monkeypatch.setattr(live, "query", lambda socket, request: reply)
 
     status = run_ctl("--config", str(config), "calls")
     lines = capsys.readouterr().out.splitlines()

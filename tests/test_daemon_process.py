@@ -542,3 +542,23 @@ async def test_second_daemon_leaves_control_socket(start_daemon, tmp_path):
     assert "another callguard daemon is running" in output.decode()
     assert first.control_socket.is_socket()
     assert "trunks" in await first.status()
+
+
+async def test_status_by_socket_with_broken_config(start_daemon):
+    daemon = await start_daemon()
+    daemon.config.write_text(daemon.config.read_text() + "\n[general]\nnonsense = 1\n")
+
+    async def ctl(*options: str) -> tuple[int, str]:
+        process = await asyncio.create_subprocess_exec(
+            str(CALLGUARDCTL), "--config", str(daemon.config), "status", "--json",
+            *options, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        output, _ = await asyncio.wait_for(process.communicate(), STEP_TIMEOUT)
+        return process.returncode, output.decode()
+
+    broken, _ = await ctl()
+    by_socket, output = await ctl("--socket", str(daemon.control_socket))
+
+    assert broken == 2
+    assert by_socket == 0
+    assert "gamma" in json.loads(output)["trunks"]

@@ -6,6 +6,7 @@ import ipaddress
 import json
 import os
 import sys
+from pathlib import Path
 
 from callguard import __version__
 from callguard.cli.common import (
@@ -57,11 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="spend per trunk against its limits, and "
                                  "the live calls (asks the running daemon)")
     status.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_socket_argument(status)
 
     calls = commands.add_parser("calls", help="live and recent calls with destination, "
                                 "duration, cost and how each ended")
     calls.add_argument("--live", action="store_true", help="live calls only")
     calls.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_socket_argument(calls)
 
     prefixes = commands.add_parser("prefixes", help="the number-prefix table")
     prefix_commands = prefixes.add_subparsers(dest="action", required=True)
@@ -90,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     blocks.add_commands(commands)
     audit.add_commands(commands)
     return parser
+
+
+def _add_socket_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--socket", metavar="PATH", help="the daemon's control socket, "
+                        "instead of control_socket in the config; works while the "
+                        "config file has errors")
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -208,12 +217,20 @@ def _rates(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def control_socket(args: argparse.Namespace) -> Path:
+    """Return --socket, else the config's control_socket (which needs a valid config)."""
+    if args.socket:
+        return Path(args.socket)
+    return Path(read_config(args).general.control_socket)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    return live.cmd_status(read_config(args), args.json)
+    return live.cmd_status(control_socket(args), args.json)
 
 
 def cmd_calls(args: argparse.Namespace) -> int:
-    return live.cmd_calls(read_config(args), args.live, args.json)
+    return live.cmd_calls(control_socket(args), lambda: read_config(args), args.live,
+                          args.json)
 
 
 COMMANDS = {

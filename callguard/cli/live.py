@@ -3,6 +3,7 @@
 import asyncio
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from callguard.cli.common import EXIT_FAILURE, EXIT_OK
@@ -12,8 +13,8 @@ from callguard.daemon.control import ask
 from callguard.store import Store
 
 
-def query(config: Config, request: dict) -> dict | None:
-    path = Path(config.general.control_socket)
+def query(path: Path, request: dict) -> dict | None:
+    """Send ``request`` to the daemon's control socket; None, said on stderr, on failure."""
     try:
         reply = asyncio.run(ask(path, request))
     except (OSError, TimeoutError, ValueError) as exc:
@@ -26,8 +27,8 @@ def query(config: Config, request: dict) -> dict | None:
     return reply
 
 
-def cmd_status(config: Config, as_json: bool) -> int:
-    reply = query(config, {"command": "status"})
+def cmd_status(socket: Path, as_json: bool) -> int:
+    reply = query(socket, {"command": "status"})
     if reply is None:
         return EXIT_FAILURE
     if as_json:
@@ -64,13 +65,15 @@ def _window_line(window: str, trunk: dict, currency: str) -> str:
     return f"{line} ({percent}%)"
 
 
-def cmd_calls(config: Config, live_only: bool, as_json: bool) -> int:
-    reply = query(config, {"command": "calls", "live": live_only})
+def cmd_calls(socket: Path, load_config: Callable[[], Config], live_only: bool,
+              as_json: bool) -> int:
+    """Print live and recent calls; ``load_config`` is called only to read the store."""
+    reply = query(socket, {"command": "calls", "live": live_only})
     if reply is None:
         if live_only:
             return EXIT_FAILURE
         print("showing calls from the store instead", file=sys.stderr)
-        reply = {"live": [], "recent": _stored_calls(config)}
+        reply = {"live": [], "recent": _stored_calls(load_config())}
 
     if as_json:
         print(json.dumps(reply, indent=2))
