@@ -40,6 +40,25 @@ def test_first_block_charged_at_answer():
     assert call.blocks_charged == 1
 
 
+def test_block_charged_exactly_at_its_start():
+    answered = london(2024, 6, 14, 10, 0)
+    call = AnsweredCall(tariff("1.00", "30/6"), LONDON, answered)
+    day = ("day", "2024-06-14")
+
+    first = call.charge_until(answered + timedelta(seconds=10))
+    just_before = call.charge_until(answered + timedelta(seconds=29, microseconds=999999))
+    at_start = call.charge_until(answered + timedelta(seconds=30))
+    again = call.charge_until(answered + timedelta(seconds=30))
+    three_later = call.charge_until(answered + timedelta(seconds=48))
+
+    assert first == {day: Decimal("0.50"), ("week", "2024-W24"): Decimal("0.50")}
+    assert just_before == {}
+    assert at_start[day] == Decimal("0.10")  # the second block begins at 30 s
+    assert again == {}
+    assert three_later[day] == Decimal("0.30")  # blocks at 36, 42 and 48 s
+    assert call.blocks_charged == 5
+
+
 def test_charging_twice_adds_nothing():
     answered = london(2024, 6, 14, 10, 0)
     call = AnsweredCall(tariff("1.00"), LONDON, answered)

@@ -51,6 +51,9 @@ class AnsweredCall:
     answered_at: datetime
     blocks_charged: int = 0
     charges: dict[WindowKey, Decimal] = field(default_factory=dict)
+    # When the first block not charged yet begins. Every event makes the
+    # trunk's live calls catch up, so most calls have nothing to add.
+    _next_block_at: datetime | None = field(default=None, repr=False, compare=False)
 
     def block_instant(self, index: int) -> datetime:
         return self.answered_at + timedelta(seconds=self.tariff.block_start(index))
@@ -75,11 +78,14 @@ class AnsweredCall:
 
     def charge_until(self, instant: datetime) -> dict[WindowKey, Decimal]:
         """Charge every block begun by ``instant``; return what this call adds."""
+        if self._next_block_at is not None and instant < self._next_block_at:
+            return {}
         target = blocks_started_by(self.tariff, elapsed_seconds(self.answered_at, instant))
         if target <= self.blocks_charged:
             return {}
         added = self.charges_for(self.blocks_charged, target)
         self.blocks_charged = target
+        self._next_block_at = self.block_instant(target)
         for key, amount in added.items():
             self.charges[key] = self.charges.get(key, Decimal(0)) + amount
         return added
