@@ -8,6 +8,7 @@ def plural(count: int, singular: str, plural_form: str | None = None) -> str:
     noun = singular if count == 1 else plural_form or singular + "s"
     return f"{count} {noun}"
 
+
 # C0 controls (ESC, CR, LF, TAB, BEL, ...), DEL and the C1 range, which a
 # terminal acts on instead of displaying. The Unicode line and paragraph separators
 # and the bidirectional controls are escaped too, because they can break a
@@ -32,11 +33,15 @@ def _escape(match: re.Match[str]) -> str:
     return f"\\u{code:04x}"
 
 
+def escape_lines(text: str, separator: str = "\n") -> str:
+    """Escape control characters in each line of ``text``, joined by ``separator``."""
+    return separator.join(escape_controls(line) for line in text.split("\n"))
+
+
 def escape_log_message(text: str) -> str:
     """Escape control characters in a log message, keeping its line breaks.
 
     Each line after the first is indented, so that text a caller sent cannot
     pass for a log record of its own.
     """
-    lines = text.split("\n")
-    return "\n    ".join(_UNSAFE.sub(_escape, line) for line in lines)
+    return escape_lines(text, "\n    ")

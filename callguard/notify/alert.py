@@ -12,7 +12,7 @@ from typing import Any
 from callguard.config import Config
 from callguard.config.addresses import EMAIL_PATTERN
 from callguard.store import TRANSPORT_EMAIL, TRANSPORT_WEBHOOK, OutboxRecord
-from callguard.text import escape_controls
+from callguard.text import escape_controls, escape_lines
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def outbox_rows(alert: Alert, config: Config, now: datetime) -> list[OutboxRecor
         # Keys, numbers and reasons in alerts come from callers: escape their
         # control characters, keeping the body's own line breaks.
         "subject": escape_controls(LINE_BREAKS.sub(" ", alert.subject).strip()),
-        "body": "\n".join(escape_controls(line) for line in alert.body.split("\n")),
+        "body": escape_lines(alert.body),
         "data": json.dumps(dict(alert.data), sort_keys=True, default=_json_value),
         "next_attempt_at": now,
     }

@@ -57,9 +57,9 @@ class _DriverInsert:
     """An INSERT compiled once, with each column's own bind conversion.
 
     The decisions of a busy minute are thousands of rows. SQLAlchemy's
-    executemany spends about 20 us of CPU per row on them, holding the GIL
-    that the FastAGI sessions wait for; converting each value with the same
-    processors and passing the rows to the driver costs a fraction of it.
+    executemany spent about 20 us of CPU per row on them while holding the
+    GIL that the FastAGI sessions wait for. Converting each value with the
+    same processors and passing the rows to the driver costs less.
     """
 
     def __init__(self, table: Table, dialect: Dialect):
@@ -87,12 +87,8 @@ class _DriverInsert:
 
 
 @functools.cache
-def _decision_insert_for(dialect: Dialect) -> _DriverInsert:
-    return _DriverInsert(Decision.__table__, dialect)
-
-
 def _decision_insert(dialect: Dialect) -> _DriverInsert:
-    return _decision_insert_for(dialect)
+    return _DriverInsert(Decision.__table__, dialect)
 
 
 def recent_decisions(
@@ -202,7 +198,8 @@ def end_call(conn: Connection, call: CallRecord) -> bool:
 
 
 _CALLS = Call.__table__
-# What a later save or finish may change: not the id, the key or the creation time.
+# Columns that a later save or finish may change: all but the id, the key and
+# the creation time.
 _CHANGED_COLUMNS = tuple(
     column.name
     for column in _CALLS.columns

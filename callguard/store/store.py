@@ -298,19 +298,22 @@ class Store(OutboxMethods, AuditMethods):
         them. A hundred hang-ups at a limit then cost one commit, not three
         hundred.
         """
+        checked = []
         for kind, args in operations:
             if kind == "save":
                 if not isinstance(args[0], CallRecord):
                     raise TypeError(f"{args[0]!r} is not a CallRecord")
             elif kind == "finish":
-                calls.check_finish(*args)
+                call, charges, at = args
+                args = (call, calls.check_finish(call, charges, at), at)
             elif kind == "hangup":
                 hangups.check_hangup(*args)
             else:
                 raise ValueError(f"unknown call update {kind!r}")
+            checked.append((kind, args))
 
         with self._transaction(f"storing {len(operations)} call updates") as conn:
-            _apply_call_updates(conn, operations)
+            _apply_call_updates(conn, checked)
 
     def add_hangup(self, record: HangupRecord) -> int:
         """Store a hang-up that callguard requested; returns its id."""
@@ -332,8 +335,9 @@ def _apply_call_updates(
 ) -> None:
     """Apply checked call updates in order, each run of one kind as a batch.
 
-    Charges of the finished calls are summed per window and added once at the
-    end: the transaction makes the sum and the ended rows one write.
+    A finish carries its charges as ``check_finish`` returns them. They are
+    summed per window and added once at the end, and the transaction makes the
+    sums and the ended rows one write.
     """
     totals: dict[tuple[str, str, str], Decimal] = {}
     latest: dict[tuple[str, str, str], datetime] = {}
@@ -344,7 +348,7 @@ def _apply_call_updates(
         elif kind == "hangup":
             hangups.add_hangups(conn, [args[0] for args in arguments])
         else:
-            for call, charges, at in arguments:
+            for call, checked_charges, at in arguments:
                 if not calls.end_call(conn, call):
                     log.info(
                         "call %s on trunk %s had already ended; not charging it again",
@@ -352,7 +356,7 @@ def _apply_call_updates(
                         call.trunk,
                     )
                     continue
-                for window, key, amount in calls.check_finish(call, charges, at):
+                for window, key, amount in checked_charges:
                     slot = (call.trunk, window, key)
                     totals[slot] = totals.get(slot, Decimal(0)) + amount
                     latest[slot] = max(latest.get(slot, at), at)
