@@ -347,7 +347,7 @@ async def test_subscribe_all_filter(ari, rest):
     assert rest_of_stasis[-1]["args"] == ["x"]
 
 
-WANTED = ["ChannelCreated", "ChannelDestroyed", "ChannelStateChange", "Dial"]
+FILTERED_TYPES = ["ChannelCreated", "ChannelDestroyed", "ChannelStateChange", "Dial"]
 
 
 async def test_event_filter_limits_events(ari, rest):
@@ -355,7 +355,7 @@ async def test_event_filter_limits_events(ari, rest):
         await ari.wait_for_subscribers()
         reply = await rest.put(
             f"ari/applications/{APP}/eventFilter",
-            json={"allowed": [{"type": kind} for kind in WANTED]},
+            json={"allowed": [{"type": kind} for kind in FILTERED_TYPES]},
         )
         call = await ari.dial_out(NUMBER)
         await ari.answer(call)
@@ -363,12 +363,12 @@ async def test_event_filter_limits_events(ari, rest):
         events = await receive_until(socket, destroyed(call.caller_id))
 
     assert reply.status_code == 200
-    assert reply.json()["events_allowed"] == [{"type": kind} for kind in WANTED]
+    assert reply.json()["events_allowed"] == [{"type": kind} for kind in FILTERED_TYPES]
     assert reply.json()["events_disallowed"] == []
-    assert {event["type"] for event in events} == set(WANTED)
+    assert {event["type"] for event in events} == set(FILTERED_TYPES)
 
 
-async def test_event_filter_disallowed_wins_and_empty_resets(ari, rest):
+async def test_event_filter_disallowed_wins(ari, rest):
     path = f"ari/applications/{APP}/eventFilter"
     async with events_socket(ari) as socket:
         await ari.wait_for_subscribers()
@@ -376,7 +376,7 @@ async def test_event_filter_disallowed_wins_and_empty_resets(ari, rest):
                                    "disallowed": [{"type": "Dial"}]})
         silent = await ari.dial_out(NUMBER)
         await rest.put(path, json={"disallowed": []})  # allowed is kept
-        kept = (await rest.get(f"ari/applications/{APP}")).json()
+        application = (await rest.get(f"ari/applications/{APP}")).json()
         await rest.put(path, json={})
         call = await ari.dial_out(NUMBER)
         received = await receive_until(
@@ -384,8 +384,8 @@ async def test_event_filter_disallowed_wins_and_empty_resets(ari, rest):
             and event.get("peer", {}).get("id") == call.trunk_id
         )
 
-    assert kept["events_allowed"] == [{"type": "Dial"}]
-    assert kept["events_disallowed"] == []
+    assert application["events_allowed"] == [{"type": "Dial"}]
+    assert application["events_disallowed"] == []
     silent_ids = {silent.caller_id, silent.trunk_id}
     assert not [event for event in received
                 if event.get("channel", {}).get("id") in silent_ids]
@@ -407,7 +407,7 @@ async def test_event_filter_rejects_bad_bodies(ari, rest, body, status, message)
     assert ari.event_filter(APP) == {"events_allowed": [], "events_disallowed": []}
 
 
-async def test_event_filter_unknown_application_or_version(ari, rest):
+async def test_event_filter_not_found(ari, rest):
     missing = await rest.put(f"ari/applications/{APP}/eventFilter", json={})
     async with events_socket(ari):
         await ari.wait_for_subscribers()

@@ -731,7 +731,7 @@ def test_rates_list_rejects_bad_limit(config, capsys, limit):
     assert "argument --limit" in capsys.readouterr().err
 
 
-def test_check_config_warns_about_odd_limits(tmp_path, capsys):
+def test_check_config_warns_odd_limits(tmp_path, capsys):
     trunks = (
         "[trunk gamma]\ndaily_limit = 300.00\nweekly_limit = 200.00\nrates = rates.csv\n"
         "\n[trunk delta]\nweekly_limit = 0\nrates = rates.csv\n"

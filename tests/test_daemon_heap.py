@@ -11,7 +11,7 @@ class Node:
         self.me = self  # a reference cycle: only the cyclic collector frees it
 
 
-def test_loaded_objects_are_frozen():
+def test_start_freezes_loaded_objects():
     try:
         settle_heap()
         assert gc.get_freeze_count() > 0
@@ -19,16 +19,16 @@ def test_loaded_objects_are_frozen():
         gc.unfreeze()
 
 
-def test_a_reload_frees_the_cycles_of_the_old_tables():
+def test_reload_frees_old_cycles():
     try:
         old_table = Node()
-        gone = weakref.ref(old_table)
+        old_table_ref = weakref.ref(old_table)
         settle_heap()  # started: the table is frozen with everything else
         del old_table
         gc.collect()
-        assert gone() is not None  # frozen: a collection does not see it
+        assert old_table_ref() is not None  # frozen: a collection does not see it
 
         settle_heap()  # reloaded: the old table is unreachable now
-        assert gone() is None
+        assert old_table_ref() is None
     finally:
         gc.unfreeze()

@@ -458,15 +458,15 @@ def test_unit_exposure_low():
     assert Decimal(match[1]) <= MAX_EXPOSURE
 
 
-async def test_busy_port_fails_with_one_error(tmp_path):
-    taken = socket.socket()
-    taken.bind(("127.0.0.1", 0))
-    taken.listen()
+async def test_listener_fails_with_one_error(tmp_path):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
     ari_port = free_port()  # nothing listens there: the ARI client keeps failing
     (tmp_path / "ari.secret").write_text("secret\n")
     (tmp_path / "ari.secret").chmod(0o600)
     path = write_config(
-        tmp_path, port=taken.getsockname()[1],
+        tmp_path, port=listener.getsockname()[1],
         ari=(f"enabled = yes\nurl = http://127.0.0.1:{ari_port}/\nusername = callguard\n"
              "password_file = ari.secret\n"),
     )
@@ -477,7 +477,7 @@ async def test_busy_port_fails_with_one_error(tmp_path):
         ), STEP_TIMEOUT)
         output, _ = await asyncio.wait_for(finished.communicate(), STOP_TIMEOUT)
     finally:
-        taken.close()
+        listener.close()
 
     text = output.decode(errors="replace")
     assert finished.returncode == 1, text
@@ -518,7 +518,7 @@ async def test_ctl_check_asks_daemon(start_daemon):
     assert (offline["result"], offline["reason"], offline["decided_by"]) == (
         "ALLOW", "ok", "offline")
     assert by_channel["reason"] == "blocked:offender"
-    # A dry run holds nothing: the daemon still has one pending check.
+    # A dry run reserves nothing, so the daemon still has one pending check.
     status = await daemon.status()
     assert status["trunks"]["gamma"]["pending_checks"] == 1
 

@@ -587,7 +587,7 @@ async def test_listed_client_served_while_other_refused(start_server):
     assert route.channels[0].peer.startswith("127.0.0.2:")
 
 
-async def test_flood_of_bad_sessions_logged_in_bounds(start_server, caplog):
+async def test_bad_session_warnings_bounded(start_server, caplog):
     caplog.set_level(logging.INFO, SERVER_LOG)
     _, host, port = await start_server({"check": Recorder()})
 

@@ -189,14 +189,14 @@ async def test_restart_adopts_live_call(make_pbx):
     assert pbx.spend("day", "2024-06-14") == Decimal("4.00")   # 210 s at 60/60
 
 
-async def test_event_filter_asked_for_and_optional(make_pbx, caplog):
+async def test_event_filter_set_or_skipped(make_pbx, caplog):
     start = london(2024, 6, 14, 10, 0)
     trunks = TRUNK_10.replace("daily_limit = 10.00", "daily_limit = 100.00")
     pbx = await make_pbx(start, trunks=trunks)
 
-    wanted = [{"type": kind} for kind in
+    allowed_types = [{"type": kind} for kind in
               ("ChannelCreated", "ChannelDestroyed", "ChannelStateChange", "Dial")]
-    assert pbx.ari.event_filter("callguard") == {"events_allowed": wanted,
+    assert pbx.ari.event_filter("callguard") == {"events_allowed": allowed_types,
                                                  "events_disallowed": []}
     filtered, _ = await pbx.call("01632960001")
     await pbx.ari.answer(filtered)
@@ -209,7 +209,7 @@ async def test_event_filter_asked_for_and_optional(make_pbx, caplog):
     await pbx.ari.drop_events()
     await eventually(lambda: pbx.app.ari.connected and pbx.ari.filter_misses == 0,
                      timeout=10, what="the reconnect with a late application")
-    await eventually(lambda: pbx.ari.event_filter("callguard")["events_allowed"] == wanted,
+    await eventually(lambda: pbx.ari.event_filter("callguard")["events_allowed"] == allowed_types,
                      what="the filter set again")
     assert "event filter not set" not in caplog.text
 

@@ -1008,7 +1008,7 @@ def test_write_calls_bad_update_writes_nothing(db_url):
     assert stored == []
 
 
-def test_write_calls_sums_the_charges_of_many_calls(db_url, caplog):
+def test_write_calls_sums_charges(db_url, caplog):
     """A limit that ends a hundred calls on two trunks, one of them across midnight."""
     operations = []
     for n in range(100):
@@ -1026,7 +1026,7 @@ def test_write_calls_sums_the_charges_of_many_calls(db_url, caplog):
         operations.append(("hangup", (hangup(n, uniqueid=uniqueid, trunk=trunk),)))
         operations.append(("finish", (ended_call(uniqueid, trunk=trunk), charges,
                                       T0 + timedelta(seconds=n))))
-    # A late answer of a call that has ended in this same batch changes nothing.
+    # A late save as "up" of a call that ended in this same batch changes nothing.
     operations.append(("save", (call("1718400000.3", trunk="gamma", state=STATE_UP,
                                       answered_at=T0),)))
     # Ended twice: charged once.
@@ -1054,7 +1054,7 @@ def test_write_calls_sums_the_charges_of_many_calls(db_url, caplog):
     assert "had already ended; not charging it again" in caplog.text
 
 
-def test_decisions_keep_time_zone_rate_and_money_exact(store):
+def test_decisions_round_trip_exactly(store):
     london = datetime(2024, 6, 14, 23, 59, 59, 999999,
                       tzinfo=timezone(timedelta(hours=1)))
     record = decision(1, decided_at=london, rate=Decimal("0.123456789"),

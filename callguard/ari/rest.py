@@ -1,13 +1,13 @@
 """ARI's REST interface on one aiohttp session, with retries and bounded replies.
 
-Every request here is idempotent (GET, and DELETE of a channel), so a request
-that failed with a 5xx status, a timeout or a network error is sent again.
+Every request here is idempotent (GET, DELETE of a channel, and PUT of the
+application's event filter), so a request that failed with a 5xx status, a timeout or a network error is sent again.
 Other 4xx statuses are final. A 401 is logged as a credentials problem because
 retrying cannot fix it.
 
 A limit can end a hundred calls at once, one DELETE each, so the cost of a
-request counts: aiohttp sends one in about a tenth of the CPU time httpx
-needs, over a few kept-alive connections.
+request counts. benchmarks/bench_ari_rest.py measures aiohttp at about an
+eighth of the CPU time that httpx needs per request.
 """
 
 import asyncio
@@ -32,11 +32,12 @@ HTTP_SERVER_ERROR = 500
 # Maximum length, in characters, of a reply body quoted in an error message.
 MAX_SHOWN_BODY = 200
 
-# Connections kept open to Asterisk. Each is a thread in its HTTP server, whose
-# sessionlimit (http.conf, 100 by default) the PBX's other clients share.
+# Connections kept open to Asterisk. They count against http.conf's
+# sessionlimit, which every HTTP client of the PBX shares.
 MAX_CONNECTIONS = 16
-# Idle connections are closed before Asterisk's own session_keep_alive (15 s
-# by default) closes them, so that a request rarely meets a stale one.
+# Idle connections are closed before Asterisk's session_keep_alive closes them,
+# so that a request rarely meets a stale one. NOTE: this assumes the usual
+# session_keep_alive of 15 s; a shorter one is caught by the resend below.
 KEEPALIVE_SECONDS = 5.0
 READ_CHUNK = 65536
 
@@ -181,9 +182,9 @@ class AriRest:
             return await self._send(method, path, params, body, shown_path)
         except aiohttp.ServerDisconnectedError:
             # Most often a kept-alive connection that Asterisk closed just as
-            # it was reused, before the request reached it. Sending again at
-            # once, on a new connection, keeps a hang-up from waiting out the
-            # retry delay; every request here is idempotent.
+            # it was reused, before the request reached it. Every request here
+            # is idempotent, so it goes again at once on a new connection
+            # instead of waiting out the retry delay.
             log.debug("ARI %s %s: the connection closed without a reply; sending "
                       "again on a new one", method, shown_path)
             return await self._send(method, path, params, body, shown_path)
@@ -199,7 +200,7 @@ class AriRest:
         target = self._endpoint.rest_base + path
         if params:
             target += "?" + urlencode(params)
-        # The path is quoted already (a channel id may hold any character).
+        # The path is quoted already, because a channel id may contain any character.
         url = URL(target, encoded=True)
         data = headers = None
         if body is not None:

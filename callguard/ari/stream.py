@@ -194,8 +194,8 @@ class EventStream:
     async def _open_unless_closed(self) -> ClientConnection | None:
         """Open the websocket, or return None if close() came first."""
         opening = asyncio.create_task(self._open())
-        # When this coroutine is cancelled or close() wins, a connect that
-        # fails meanwhile ends with an error that nobody awaits: consume it.
+        # When this coroutine is cancelled or close() comes first, no caller
+        # awaits the connect any more, so its error is consumed here.
         opening.add_done_callback(_consume_outcome)
         closing = asyncio.create_task(self._closing.wait())
         try:

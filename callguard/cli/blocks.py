@@ -61,7 +61,7 @@ def _duration(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
     if seconds > MAX_BLOCK_DAYS * 86400:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is longer than {MAX_BLOCK_DAYS}d (100 years); leave out --for "
+            f"{text!r} is longer than {MAX_BLOCK_DAYS}d (about 100 years); leave out --for "
             "to block until unblocked"
         )
     return seconds

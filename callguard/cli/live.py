@@ -14,7 +14,11 @@ from callguard.store import Store
 
 
 def query(path: Path, request: dict) -> dict | None:
-    """Send ``request`` to the daemon's control socket; None, said on stderr, on failure."""
+    """Send ``request`` to the daemon's control socket and return the reply.
+
+    Returns None after printing the reason to stderr when the daemon cannot be
+    reached or returns an error.
+    """
     try:
         reply = asyncio.run(ask(path, request))
     except (OSError, TimeoutError, ValueError) as exc:

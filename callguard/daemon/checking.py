@@ -1,8 +1,8 @@
 """The control command behind ``callguardctl check``: a dry run in the running daemon.
 
-The daemon's engine decides with everything it holds in memory (calls in
+The daemon's engine decides with all of its state in memory (calls in
 progress, checks waiting for their Dial, the call-rate counters), so the
-answer is the one a real call would get now. Nothing is reserved or counted.
+result is the one a real call would get now. Nothing is reserved or counted.
 """
 
 from typing import TYPE_CHECKING

@@ -12,13 +12,13 @@ from callguard.metering.tracker import HANDLED_EVENTS, EventTracker, leg_from_re
 
 log = logging.getLogger(__name__)
 
-# Tries of the event filter while Asterisk has not registered the application.
+# Attempts to set the event filter while Asterisk has not registered the application.
 FILTER_ATTEMPTS = 3
 FILTER_RETRY_SECONDS = 0.2
 # Asterisk's message when the application is not (yet) registered.
 MESSAGE_NO_APPLICATION = "Application not found"
 
-# DELETE requests sent to Asterisk at once, one per connection; the rest wait
+# DELETE requests sent to Asterisk at once, one per connection. The rest wait
 # their turn here, where no request timeout runs yet.
 MAX_HANGUPS_IN_FLIGHT = MAX_CONNECTIONS
 

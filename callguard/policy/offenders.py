@@ -48,7 +48,7 @@ BLOCKED_BY_CALLGUARD = "callguard"
 # Keys whose last attempt is older than their window are dropped this often.
 SWEEP_INTERVAL = timedelta(minutes=1)
 
-# What to fix when a call lacks the key that its trunk's offender_key names.
+# Hints, per offender key type, for a call that lacks the key its trunk counts.
 KEYLESS_HINTS = {
     KEY_ENDPOINT: "the AGI channel name has no endpoint (expected TECH/ENDPOINT-SEQUENCE)",
     KEY_CALLER: "the call has no calling number; pass one as the check's third argument",

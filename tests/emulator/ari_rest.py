@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 MESSAGE_CHANNEL_NOT_FOUND = "Channel not found"
 MESSAGE_APPLICATION_NOT_FOUND = "Application not found"
-# What Asterisk answers for a path it has no handler for.
+# Asterisk's error message for a path that has no handler.
 MESSAGE_RESOURCE_NOT_FOUND = "Resource not found"
 MESSAGE_INVALID_FILTER = "Invalid format definition"
 MESSAGE_INTERNAL_ERROR = "Internal Server Error"
