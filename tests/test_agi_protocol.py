@@ -21,6 +21,7 @@ from callguard.agi.protocol import (
     read_environment,
     script_name,
 )
+from callguard.agi.connection import MAX_QUEUED_LINES, AGIConnection
 from emulator.fastagi import AGICall, AsteriskAGISession, parse_agi_arguments
 
 FIXTURES = Path(__file__).parent / "fixtures" / "asterisk"
@@ -34,11 +35,12 @@ class Pipe:
 
     async def open(self, limits: AGILimits = LIMITS) -> "Pipe":
         ours, theirs = socket.socketpair()
-        self.reader, self.writer = await asyncio.open_connection(
-            sock=ours, limit=limits.max_line
+        loop = asyncio.get_running_loop()
+        _, self.connection = await loop.connect_accepted_socket(
+            lambda: AGIConnection(limits.max_line), sock=ours
         )
         self.peer_reader, self.peer_writer = await asyncio.open_connection(sock=theirs)
-        self.channel = AGIChannel(self.reader, self.writer, {}, limits, "test")
+        self.channel = AGIChannel(self.connection, {}, limits, "test")
         return self
 
     async def feed(self, data: bytes, *, eof: bool = False) -> None:
@@ -54,12 +56,12 @@ class Pipe:
         return data.decode().splitlines()
 
     async def close(self) -> None:
-        for writer in (self.writer, self.peer_writer):
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except ConnectionError:
-                pass
+        self.connection.close()
+        self.peer_writer.close()
+        try:
+            await self.peer_writer.wait_closed()
+        except ConnectionError:
+            pass
 
 
 @pytest.fixture
@@ -191,7 +193,7 @@ async def test_environment_from_capture(pipe, index):
     session = transcript_sessions("fastagi-transcript.txt")[index]
     await pipe.feed(raw_connections()[index], eof=True)
 
-    env = await read_environment(pipe.reader, LIMITS)
+    env = await read_environment(pipe.connection, LIMITS)
 
     assert list(env.items()) == session["env"]
     assert env["agi_version"] == "22.10.1"
@@ -213,8 +215,8 @@ COMMAND_NAMES = [
 async def test_replies_from_capture(pipe, index):
     session = transcript_sessions("fastagi-transcript.txt")[index]
     await pipe.feed(raw_connections()[index], eof=True)
-    env = await read_environment(pipe.reader, LIMITS)
-    channel = AGIChannel(pipe.reader, pipe.writer, env, LIMITS)
+    env = await read_environment(pipe.connection, LIMITS)
+    channel = AGIChannel(pipe.connection, env, LIMITS)
 
     for command, lines in session["exchanges"]:
         name = next(n for n in COMMAND_NAMES if command.startswith(n))
@@ -307,7 +309,7 @@ async def test_environment_rejected(pipe, data, error):
     await pipe.feed(data, eof=True)
 
     with pytest.raises(error):
-        await read_environment(pipe.reader, LIMITS)
+        await read_environment(pipe.connection, LIMITS)
 
 
 async def test_environment_limits_pass(pipe):
@@ -315,7 +317,7 @@ async def test_environment_limits_pass(pipe):
     long_line = b"agi_long: " + b"y" * (4096 - len(b"agi_long: \n")) + b"\n"
     await pipe.feed(lines + long_line + b"\n")
 
-    env = await read_environment(pipe.reader, LIMITS)
+    env = await read_environment(pipe.connection, LIMITS)
 
     assert len(env) == 128
     assert len(env["agi_long"]) == 4096 - len(b"agi_long: \n")
@@ -324,7 +326,7 @@ async def test_environment_limits_pass(pipe):
 async def test_environment_crlf(pipe):
     await pipe.feed(b"agi_network: yes\r\nagi_accountcode: \r\nagi_arg_1: a b\r\n\r\n")
 
-    env = await read_environment(pipe.reader, LIMITS)
+    env = await read_environment(pipe.connection, LIMITS)
 
     assert env == {"agi_network": "yes", "agi_accountcode": "", "agi_arg_1": "a b"}
 
@@ -335,7 +337,7 @@ async def test_environment_timeout(pipe):
     started = loop.time()
 
     with pytest.raises(AGITimeout):
-        await read_environment(pipe.reader, LIMITS)
+        await read_environment(pipe.connection, LIMITS)
     assert loop.time() - started < LIMITS.block_timeout + 0.3
 
 
@@ -348,7 +350,7 @@ async def test_environment_timeout_whole_block(pipe):
 
     task = asyncio.create_task(trickle())
     with pytest.raises(AGITimeout):
-        await read_environment(pipe.reader, LIMITS)
+        await read_environment(pipe.connection, LIMITS)
     task.cancel()
 
 
@@ -366,7 +368,7 @@ async def test_environment_timeout_whole_block(pipe):
     ],
 )
 def test_channel_properties(env, script, arguments):
-    channel = AGIChannel(None, None, env, LIMITS)
+    channel = AGIChannel(None, env, LIMITS)
 
     assert channel.script == script
     assert channel.arguments == arguments
@@ -601,3 +603,62 @@ def test_limits_validated():
         AGILimits(block_timeout=0)
     with pytest.raises(ValueError, match="max_line"):
         AGILimits(max_line=-1)
+
+
+async def test_reply_arriving_byte_by_byte(pipe):
+    async def trickle():
+        for byte in b"200 result=1 (slow)\r\n":
+            await pipe.feed(bytes([byte]))
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(trickle())
+    assert await pipe.channel.get_variable("X") == "slow"
+    await task
+
+
+async def test_line_at_the_limit_split_over_writes(pipe):
+    value = b"y" * (LIMITS.max_line - len(b"agi_long: \n"))
+    await pipe.feed(b"agi_long: " + value[:1000])
+    await asyncio.sleep(0.01)
+    await pipe.feed(value[1000:] + b"\n\n")
+
+    env = await read_environment(pipe.connection, LIMITS)
+
+    assert env["agi_long"] == value.decode()
+
+
+async def test_unfinished_line_over_the_limit_split_over_writes(pipe):
+    await pipe.feed(b"agi_long: " + b"y" * 3000)
+    await asyncio.sleep(0.01)
+    await pipe.feed(b"y" * 3000)
+
+    with pytest.raises(AGIProtocolError, match="longer than the limit of 4096 bytes"):
+        await read_environment(pipe.connection, LIMITS)
+
+
+async def test_reading_pauses_while_lines_queue_up():
+    pipe = await Pipe().open()
+    try:
+        lines = MAX_QUEUED_LINES * 4
+        await pipe.feed(b"".join(b"agi_v%d: x\n" % i for i in range(lines)))
+        await asyncio.sleep(0.05)
+        transport = pipe.connection.transport
+        # The kernel keeps what the connection does not take.
+        assert not transport.is_reading()
+
+        deadline = asyncio.get_running_loop().time() + 1.0
+        received = [await pipe.connection.readline(deadline) for _ in range(lines)]
+        assert received == [f"agi_v{i}: x" for i in range(lines)]
+        assert transport.is_reading()
+    finally:
+        await pipe.close()
+
+
+async def test_write_to_a_peer_that_reads_nothing_times_out(pipe):
+    pipe.connection.transport.set_write_buffer_limits(high=1024)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    with pytest.raises(TimeoutError):
+        await pipe.connection.write(b"x" * 20_000_000, started + 0.2)
+    assert loop.time() - started < 1.0

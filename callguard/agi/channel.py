@@ -1,9 +1,10 @@
-"""One AGI session over a pair of asyncio streams: commands out, replies in."""
+"""One AGI session over an AGIConnection: commands out, replies in."""
 
 import asyncio
 import logging
 from collections.abc import Mapping
 
+from callguard.agi.connection import AGIConnection
 from callguard.agi.protocol import (
     AGI_ARG_PREFIX,
     AGI_CHANNEL,
@@ -31,74 +32,21 @@ from callguard.agi.protocol import (
     _COMMAND_WORDS,
     _NAME,
     _STATUS,
-    close_writer,
     parse_reply,
     quote_argument,
-    read_line,
     script_name,
     validate_name,
 )
 
 log = logging.getLogger(__name__)
 
-
-class ReplyTimer:
-    """The reply timeout of one session, on a single timer that commands re-arm.
-
-    ``asyncio.timeout`` around each command would schedule and cancel a timer
-    handle per command. This keeps one handle per session: arming moves a
-    deadline, and the handle, when it fires early, re-schedules itself at the
-    current deadline.
-    """
-
-    def __init__(self, seconds: float):
-        self._seconds = seconds
-        self._deadline = 0.0
-        self._task: asyncio.Task | None = None
-        self._handle: asyncio.TimerHandle | None = None
-        self._expired = False
-
-    def arm(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._deadline = loop.time() + self._seconds
-        self._task = asyncio.current_task()
-        self._expired = False
-        if self._handle is None:
-            self._handle = loop.call_at(self._deadline, self._fire)
-
-    def disarm(self) -> None:
-        self._task = None
-
-    def expired(self) -> bool:
-        """Return True once if the last cancellation came from this timer."""
-        if not self._expired:
-            return False
-        self._expired = False
-        task = asyncio.current_task()
-        if task is not None:
-            task.uncancel()
-        return True
-
-    def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-        self._task = None
-
-    def _fire(self) -> None:
-        self._handle = None
-        if self._task is None:
-            return
-        loop = asyncio.get_running_loop()
-        if loop.time() < self._deadline:
-            self._handle = loop.call_at(self._deadline, self._fire)
-            return
-        self._expired = True
-        self._task.cancel()
+# The reply to most commands, SET VARIABLE among them, parsed once.
+REPLY_OK_LINE = "200 result=1"
+REPLY_OK = AGIReply(code=CODE_SUCCESS, result=1, data=None, extra="")
 
 
 class AGIChannel:
-    """One AGI session over a pair of asyncio streams (FastAGI socket, or stdin/stdout).
+    """One AGI session over one connection.
 
     Commands run one at a time. After a timeout, a protocol error or the end of
     the stream, the session is out of step with Asterisk and every further
@@ -107,21 +55,23 @@ class AGIChannel:
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        connection: AGIConnection,
         env: Mapping[str, str],
         limits: AGILimits,
-        peer: str = "",
+        peer: object = "",
     ):
         self.env = env
-        self.peer = peer
+        self._peer = peer
         self.hung_up = False
-        self._reader = reader
-        self._writer = writer
+        self._connection = connection
         self._limits = limits
         self._lock = asyncio.Lock()
         self._broken: AGIError | None = None
-        self._timer = ReplyTimer(limits.reply_timeout)
+
+    @property
+    def peer(self) -> str:
+        """The peer's address and port, as text for log lines."""
+        return str(self._peer)
 
     @property
     def uniqueid(self) -> str:
@@ -207,8 +157,7 @@ class AGIChannel:
 
     async def close(self) -> None:
         """Close the connection, which ends the AGI session for Asterisk."""
-        self._timer.cancel()
-        await close_writer(self._writer, self.peer)
+        self._connection.close()
 
     async def _request(self, line: str) -> AGIReply:
         encoded = line.encode("utf-8") + b"\n"
@@ -224,13 +173,11 @@ class AGIChannel:
                     "the AGI session is unusable after an earlier error: "
                     f"{self._broken}"
                 )
-            self._timer.arm()
+            deadline = asyncio.get_running_loop().time() + self._limits.reply_timeout
             try:
-                await self._send(encoded)
-                return await self._read_reply()
-            except asyncio.CancelledError:
-                if not self._timer.expired():
-                    raise
+                await self._send(encoded, deadline)
+                return await self._read_reply(deadline)
+            except TimeoutError:
                 self._broken = AGITimeout(
                     f"no reply to {line[:60]!r} within {self._limits.reply_timeout} s"
                 )
@@ -238,24 +185,23 @@ class AGIChannel:
             except AGIProtocolError as exc:
                 self._broken = exc
                 raise
-            finally:
-                self._timer.disarm()
 
     def _lost(self, error: AGIHangup) -> AGIHangup:
         self.hung_up = True
         self._broken = error
         return error
 
-    async def _send(self, encoded: bytes) -> None:
+    async def _send(self, encoded: bytes, deadline: float) -> None:
         try:
-            self._writer.write(encoded)
-            await self._writer.drain()
+            await self._connection.write(encoded, deadline)
         except (ConnectionError, OSError) as exc:
             raise self._lost(AGIHangup(f"the connection was lost: {exc}")) from None
 
-    async def _read_reply(self) -> AGIReply:
+    async def _read_reply(self, deadline: float) -> AGIReply:
         while True:
-            line = await self._read_reply_line()
+            line = await self._read_reply_line(deadline)
+            if line == REPLY_OK_LINE:
+                return REPLY_OK
 
             if line == HANGUP_LINE:
                 self.hung_up = True
@@ -273,15 +219,15 @@ class AGIChannel:
                 self.hung_up = True
                 raise AGIHangup(f"the channel is dead: {line}")
             if code == CODE_USAGE and status[2] == "-":
-                raise AGICommandError(code, await self._read_usage(line))
+                raise AGICommandError(code, await self._read_usage(line, deadline))
             if 500 <= code <= 599 and status[2] == " ":
                 raise AGICommandError(code, line)
             raise AGIProtocolError(f"invalid AGI reply {line!r}")
 
-    async def _read_usage(self, first: str) -> str:
+    async def _read_usage(self, first: str, deadline: float) -> str:
         lines = [first]
         while len(lines) <= MAX_USAGE_LINES:
-            line = await self._read_reply_line()
+            line = await self._read_reply_line(deadline)
             lines.append(line)
             if line.startswith(f"{CODE_USAGE} "):
                 return "\n".join(lines)
@@ -289,9 +235,9 @@ class AGIChannel:
             f"520 usage reply longer than {MAX_USAGE_LINES} lines without its end"
         )
 
-    async def _read_reply_line(self) -> str:
+    async def _read_reply_line(self, deadline: float) -> str:
         try:
-            line = await read_line(self._reader, self._limits.max_line)
+            line = await self._connection.readline(deadline)
         except AGIHangup as exc:
             raise self._lost(exc) from None
 

@@ -1,4 +1,4 @@
-"""The AGI protocol spoken by Asterisk's res_agi, over a pair of asyncio streams.
+"""The AGI protocol spoken by Asterisk's res_agi: its lines, replies and limits.
 
 Asterisk opens a session with a block of ``agi_name: value`` lines ended by an
 empty line, then reads one command line at a time and sends a reply to each:
@@ -15,6 +15,10 @@ import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from callguard.agi.connection import AGIConnection
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +59,6 @@ MAX_COMMAND_BYTES = 2047
 # Upper bound on the usage lines of one multi-line 520 reply. Asterisk's longest
 # usage texts are a few dozen lines.
 MAX_USAGE_LINES = 256
-
-# Seconds that close() waits for buffered output before it aborts the connection.
-CLOSE_TIMEOUT = 1.0
 
 _NAME = re.compile(r"[A-Za-z0-9_]+")
 _COMMAND_WORDS = re.compile(r"[A-Za-z]+( [A-Za-z]+)*")
@@ -134,9 +135,12 @@ def quote_argument(value: str) -> str:
     backslash. Control characters (CR and LF included) and lone surrogates are
     dropped, so that no value can end the command line or start a second one.
     """
-    kept = "".join(
-        ch for ch in value if unicodedata.category(ch) not in _DROPPED_CATEGORIES
-    )
+    if value.isascii() and value.isprintable():
+        kept = value  # the common case: nothing to drop
+    else:
+        kept = "".join(
+            ch for ch in value if unicodedata.category(ch) not in _DROPPED_CATEGORIES
+        )
     escaped = kept.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
 
@@ -160,33 +164,8 @@ def parse_reply(line: str) -> AGIReply:
     )
 
 
-async def read_line(reader: asyncio.StreamReader, max_line: int) -> str | None:
-    """Read one line and strip its ``\\n`` or ``\\r\\n``; None at a clean end of stream.
-
-    Raises AGIProtocolError for a line longer than ``max_line`` bytes and
-    AGIHangup when the stream ends in the middle of a line.
-    """
-    try:
-        raw = await reader.readuntil(b"\n")
-    except asyncio.IncompleteReadError as exc:
-        if not exc.partial:
-            return None
-        raise AGIHangup("the connection closed in the middle of a line") from None
-    except asyncio.LimitOverrunError:
-        raise AGIProtocolError(
-            f"line longer than the limit of {max_line} bytes"
-        ) from None
-
-    if len(raw) > max_line:
-        raise AGIProtocolError(
-            f"line of {len(raw)} bytes is longer than the limit of {max_line} bytes"
-        )
-    text = raw.decode("utf-8", errors="replace")
-    return text.removesuffix("\n").removesuffix("\r")
-
-
 async def read_environment(
-    reader: asyncio.StreamReader, limits: AGILimits
+    connection: "AGIConnection", limits: AGILimits
 ) -> dict[str, str]:
     """Read the ``agi_*`` block that opens a session, up to its empty line.
 
@@ -197,25 +176,25 @@ async def read_environment(
     """
     env: dict[str, str] = {}
     count = 0
+    deadline = asyncio.get_running_loop().time() + limits.block_timeout
     try:
-        async with asyncio.timeout(limits.block_timeout):
-            while True:
-                line = await read_line(reader, limits.max_line)
-                if line is None:
-                    raise AGIHangup(
-                        f"the connection closed after {count} lines of the "
-                        "AGI environment, before its empty line"
-                    )
-                if line == "":
-                    return env
+        while True:
+            line = await connection.readline(deadline)
+            if line is None:
+                raise AGIHangup(
+                    f"the connection closed after {count} lines of the "
+                    "AGI environment, before its empty line"
+                )
+            if line == "":
+                return env
 
-                count += 1
-                if count > limits.max_variables:
-                    raise AGIProtocolError(
-                        f"AGI environment has more than {limits.max_variables} lines"
-                    )
-                name, value = _split_variable(line)
-                env[name] = value
+            count += 1
+            if count > limits.max_variables:
+                raise AGIProtocolError(
+                    f"AGI environment has more than {limits.max_variables} lines"
+                )
+            name, value = _split_variable(line)
+            env[name] = value
     except TimeoutError:
         raise AGITimeout(
             f"AGI environment not complete after {limits.block_timeout} s "
@@ -259,24 +238,6 @@ def script_name(env: Mapping[str, str]) -> str:
         else:
             raw = posixpath.basename(request)
     return raw.partition("?")[0].strip("/")
-
-
-async def close_writer(writer: asyncio.StreamWriter, peer: str = "") -> None:
-    """Close ``writer``; never raises when the peer is already gone.
-
-    Output that the peer does not read within CLOSE_TIMEOUT seconds is dropped
-    by aborting the connection.
-    """
-    if not writer.is_closing():
-        writer.close()
-    try:
-        async with asyncio.timeout(CLOSE_TIMEOUT):
-            await writer.wait_closed()
-    except TimeoutError:
-        log.debug("%s: output not flushed in %s s; aborting", peer, CLOSE_TIMEOUT)
-        writer.transport.abort()
-    except (ConnectionError, OSError) as exc:
-        log.debug("%s: connection already lost at close: %s", peer, exc)
 
 
 # Re-exported: AGIChannel lives in its own module but belongs to this layer.

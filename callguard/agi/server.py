@@ -18,12 +18,12 @@ from ipaddress import (
     ip_network,
 )
 
+from callguard.agi.connection import AGIConnection
 from callguard.agi.protocol import (
     AGIChannel,
     AGIError,
     AGIHangup,
     AGILimits,
-    close_writer,
     read_environment,
 )
 
@@ -79,6 +79,8 @@ class FastAGIServer:
         self._limits = limits
         self._session_timeout = session_timeout
         self._allowed = _networks(allowed_clients)
+        # Peer address text -> allowed, so that a busy peer is parsed once.
+        self._verdicts: dict[str, bool] = {}
         self._rejections = RejectionLog()
         # Sessions that a bad or stalled peer ends; a flood of them logs
         # PEER_FAILURE_BURST lines a minute and counts the rest.
@@ -93,11 +95,10 @@ class FastAGIServer:
         if self._server is not None:
             raise RuntimeError("the FastAGI server is already started")
 
-        self._server = await asyncio.start_server(
-            self._serve_connection,
-            self._host,
-            self._port,
-            limit=self._limits.max_line,
+        loop = asyncio.get_running_loop()
+        max_line = self._limits.max_line
+        self._server = await loop.create_server(
+            lambda: AGIConnection(max_line, self._accept), self._host, self._port
         )
         self._summary_task = asyncio.create_task(self._summarise_rejections())
         log.debug(
@@ -121,6 +122,7 @@ class FastAGIServer:
         Connections already accepted keep running.
         """
         self._allowed = _networks(networks)
+        self._verdicts.clear()
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting and let running sessions finish.
@@ -154,47 +156,57 @@ class FastAGIServer:
         self._server = None
         log.debug("FastAGI server stopped")
 
-    async def _serve_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        try:
-            address, peer = peer_address(writer.get_extra_info("peername"))
-            if address is None or not self._is_allowed(address):
+    def _accept(self, connection: AGIConnection) -> None:
+        """Vet a new connection's peer, then start its session or close it."""
+        peername = connection.transport.get_extra_info("peername")
+        host = peername[0] if isinstance(peername, tuple) and peername else None
+        allowed = self._verdicts.get(host) if isinstance(host, str) else None
+        if allowed is None:
+            address, peer = peer_address(peername)
+            allowed = address is not None and self._is_allowed(address)
+            if isinstance(host, str):
+                if len(self._verdicts) >= MAX_COUNTED_ADDRESSES:
+                    self._verdicts.clear()
+                self._verdicts[host] = allowed
+            if not allowed:
                 self._rejections.record(str(address) if address else peer, peer)
-                return
+        elif not allowed:
+            address, peer = peer_address(peername)
+            self._rejections.record(str(address), peer)
+        if not allowed:
+            connection.close()
+            return
 
-            self.active_sessions += 1
-            try:
-                await self._run_session(reader, writer, peer)
-            finally:
-                self.active_sessions -= 1
+        task = asyncio.get_running_loop().create_task(
+            self._serve_connection(connection, peername)
+        )
+        self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
+
+    async def _serve_connection(self, connection: AGIConnection, peername: object) -> None:
+        self.active_sessions += 1
+        try:
+            await self._run_session(connection, peername)
         finally:
-            try:
-                await close_writer(writer, peer)
-            finally:
-                self._connections.discard(task)
+            self.active_sessions -= 1
+            connection.close()
 
     def _is_allowed(self, address: IPv4Address | IPv6Address) -> bool:
         return any(address in network for network in self._allowed)
 
-    async def _run_session(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
-    ) -> None:
+    async def _run_session(self, connection: AGIConnection, peername: object) -> None:
         channel: AGIChannel | None = None
         session_timeout = asyncio.timeout(self._session_timeout)
         try:
             async with session_timeout:
-                env = await read_environment(reader, self._limits)
-                channel = AGIChannel(reader, writer, env, self._limits, peer)
+                env = await read_environment(connection, self._limits)
+                channel = AGIChannel(connection, env, self._limits, _PeerName(peername))
 
                 handler = self._routes.get(channel.script)
                 if handler is None:
                     log.warning(
                         "%s: unknown FastAGI script %r (request %r); %s",
-                        _session_name(peer, channel),
+                        _session_name(peername, channel),
                         channel.script,
                         env.get("agi_request", ""),
                         FAIL_POLICY_NOTE,
@@ -203,39 +215,39 @@ class FastAGIServer:
                 await handler(channel)
         except TimeoutError:
             if not session_timeout.expired():
-                _log_handler_failure(peer, channel)
+                _log_handler_failure(peername, channel)
                 return
             self._warn_peer_failure(
                 "%s: session not finished after %s s; %s",
-                _session_name(peer, channel),
+                _session_name(peername, channel),
                 self._session_timeout,
                 FAIL_POLICY_NOTE,
             )
         except asyncio.CancelledError:
             log.warning(
                 "%s: session cancelled by the server stopping; %s",
-                _session_name(peer, channel),
+                _session_name(peername, channel),
                 FAIL_POLICY_NOTE,
             )
             raise
         except AGIHangup as exc:
             if channel is None:
                 self._warn_peer_failure(
-                    "%s: %s; %s", _session_name(peer, channel), exc, FAIL_POLICY_NOTE
+                    "%s: %s; %s", _session_name(peername, channel), exc, FAIL_POLICY_NOTE
                 )
             else:
                 log.info(
                     "%s: channel hung up (%s); closing the session",
-                    _session_name(peer, channel),
+                    _session_name(peername, channel),
                     exc,
                 )
         except AGIError as exc:
             self._warn_peer_failure(
-                "%s: %s; %s", _session_name(peer, channel), exc, FAIL_POLICY_NOTE
+                "%s: %s; %s", _session_name(peername, channel), exc, FAIL_POLICY_NOTE
             )
         except Exception:
             # Handlers may raise anything, and one failed call must not stop the server.
-            _log_handler_failure(peer, channel)
+            _log_handler_failure(peername, channel)
 
     def _warn_peer_failure(self, message: str, *args: object) -> None:
         suppressed = self._peer_failures.admit()
@@ -334,16 +346,29 @@ def peer_address(peername: object) -> tuple[IPv4Address | IPv6Address | None, st
     return address, f"{address}:{peername[1]}"
 
 
-def _log_handler_failure(peer: str, channel: AGIChannel | None) -> None:
+def _log_handler_failure(peername: object, channel: AGIChannel | None) -> None:
     log.exception(
         "%s: handler for script %r failed; %s",
-        _session_name(peer, channel),
+        _session_name(peername, channel),
         channel.script if channel else "",
         FAIL_POLICY_NOTE,
     )
 
 
-def _session_name(peer: str, channel: AGIChannel | None) -> str:
+class _PeerName:
+    """A peer's address as text, built only when a log line needs it."""
+
+    __slots__ = ("_peername",)
+
+    def __init__(self, peername: object):
+        self._peername = peername
+
+    def __str__(self) -> str:
+        return peer_address(self._peername)[1]
+
+
+def _session_name(peername: object, channel: AGIChannel | None) -> str:
+    peer = peer_address(peername)[1]
     if channel is None or not channel.uniqueid:
         return f"FastAGI session from {peer}"
     return f"FastAGI session from {peer} uniqueid {channel.uniqueid}"

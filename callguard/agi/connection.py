@@ -1,0 +1,219 @@
+"""The byte stream under one AGI session: whole lines in, command lines out.
+
+This is an asyncio Protocol, not a StreamReader and StreamWriter pair. A check
+session reads some thirty short lines and sends five commands, and a stream
+spends a coroutine and a buffer search on every readline and a drain on every
+write. Here lines are split as data arrives, so reading a line that has
+already arrived is a deque pop.
+
+Every buffer a peer can fill is bounded: an unfinished line may not grow past
+``max_line`` bytes, and reading pauses while more than MAX_QUEUED_LINES
+complete lines wait to be read.
+"""
+
+import asyncio
+from collections import deque
+
+from callguard.agi.protocol import AGIHangup, AGIProtocolError
+
+# Complete lines held before reading from the socket pauses. The AGI
+# environment is at most a few dozen lines, and a reply is one line, or a
+# few dozen for a 520 usage text.
+MAX_QUEUED_LINES = 512
+
+# Seconds that close() leaves for buffered output to reach the peer before it
+# aborts the connection.
+CLOSE_TIMEOUT = 1.0
+
+
+class AGIConnection(asyncio.Protocol):
+    """One AGI byte stream, read by one coroutine at a time.
+
+    ``on_open``, if given, is called with the connection once the transport
+    exists; the FastAGI server uses it to vet the peer and start the session.
+    """
+
+    def __init__(self, max_line: int, on_open=None):
+        self._max_line = max_line
+        self._on_open = on_open
+        self.transport: asyncio.Transport | None = None
+        self._lines: deque[bytes] = deque()
+        self._partial = b""
+        self._paused = False
+        # An over-long line, raised once the lines before it are read.
+        self._error: AGIProtocolError | None = None
+        self._eof = False
+        self._lost = False
+        self._waiter: asyncio.Future | None = None
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._write_paused = False
+        self._close_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol --------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if self._on_open is not None:
+            self._on_open(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._error is not None:
+            return  # After an over-long line the session is out of step, so nothing more is read.
+        if b"\n" not in data:
+            self._partial += data
+            if len(self._partial) >= self._max_line:
+                self._fail(len(self._partial))
+            return
+
+        pieces = (self._partial + data).split(b"\n")
+        self._partial = pieces.pop()
+        limit = self._max_line
+        for piece in pieces:
+            # The newline counts towards the limit.
+            if len(piece) >= limit:
+                self._fail(len(piece) + 1)
+                break
+            self._lines.append(piece)
+        else:
+            if len(self._partial) >= limit:
+                self._fail(len(self._partial))
+        if len(self._lines) > MAX_QUEUED_LINES and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        # Stay half-open: output already written still reaches the peer.
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self._lost = True
+        self._cancel_timer()
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        self._wake()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake()
+
+    # -- reading -----------------------------------------------------------
+
+    async def readline(self, deadline: float) -> str | None:
+        """Return the next line without its ``\\n`` or ``\\r\\n``; None at a clean end.
+
+        Raises TimeoutError when no line is complete by ``deadline`` (loop time),
+        AGIProtocolError for a line longer than ``max_line`` bytes and AGIHangup
+        when the stream ends in the middle of a line.
+        """
+        while not self._lines:
+            if self._error is not None:
+                raise self._error
+            if self._eof:
+                if self._partial:
+                    raise AGIHangup("the connection closed in the middle of a line")
+                return None
+            await self._wait(deadline)
+
+        raw = self._lines.popleft()
+        if self._paused and len(self._lines) <= MAX_QUEUED_LINES // 2:
+            self._paused = False
+            if not self._lost:
+                self.transport.resume_reading()
+        if raw[-1:] == b"\r":
+            raw = raw[:-1]
+        return raw.decode("utf-8", errors="replace")
+
+    # -- writing -----------------------------------------------------------
+
+    async def write(self, data: bytes, deadline: float) -> None:
+        """Send ``data``, waiting while the peer does not read, up to ``deadline``.
+
+        Raises ConnectionResetError when the connection is gone and TimeoutError
+        at the deadline.
+        """
+        if self._lost or self.transport.is_closing():
+            raise ConnectionResetError("the connection is closed")
+        self.transport.write(data)
+        while self._write_paused:
+            await self._wait(deadline)
+            if self._lost:
+                raise ConnectionResetError("the connection is closed")
+
+    def close(self) -> None:
+        """Close the connection once buffered output is sent, or abort after CLOSE_TIMEOUT."""
+        transport = self.transport
+        self._cancel_timer()
+        if transport is None or self._lost:
+            return
+        if not transport.is_closing():
+            transport.close()
+        if transport.get_write_buffer_size() and self._close_timer is None:
+            self._close_timer = asyncio.get_running_loop().call_later(
+                CLOSE_TIMEOUT, transport.abort
+            )
+
+    def abort(self) -> None:
+        self._cancel_timer()
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- waiting -----------------------------------------------------------
+
+    async def _wait(self, deadline: float) -> None:
+        """Wait for news from the transport; TimeoutError at ``deadline``.
+
+        One timer handle serves the whole connection: a later deadline only
+        moves a number, and the handle re-schedules itself when it fires early.
+        """
+        loop = asyncio.get_running_loop()
+        if self._timer is not None and deadline < self._deadline:
+            self._cancel_timer()
+        self._deadline = deadline
+        if self._timer is None:
+            self._timer = loop.call_at(deadline, self._expire)
+        waiter = self._waiter = loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def _expire(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline:
+            self._timer = loop.call_at(self._deadline, self._expire)
+            return
+        waiter.set_exception(TimeoutError())
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fail(self, length: int) -> None:
+        self._error = AGIProtocolError(
+            f"line longer than the limit of {self._max_line} bytes "
+            f"({length} bytes without its end)"
+        )
+        self._partial = b""
+        if not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
