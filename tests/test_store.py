@@ -548,6 +548,21 @@ def test_decisions_batch_round_trip(store):
     ]
 
 
+@pytest.mark.parametrize("count", [63, 64, 65, 130])
+def test_decisions_batch_over_statement_size(store, count):
+    # SQLite takes a batch as INSERTs of at most 64 rows, so these counts fill
+    # one statement short, exactly, and with a remainder.
+    batch = [
+        decision(n, max_seconds=n, reserved=Decimal(n) / 1000, dialled=f"0{n}")
+        for n in range(1, count + 1)
+    ]
+    store.add_decisions(batch)
+
+    stored = store.recent_decisions(limit=1000)
+    assert [record.id for record in stored] == list(range(count, 0, -1))
+    assert [dataclasses.replace(record, id=None) for record in reversed(stored)] == batch
+
+
 def test_decisions_reject_bad_records(store):
     with pytest.raises(ValueError, match="result 'MAYBE' is invalid"):
         decision(1, result="MAYBE")

@@ -26,8 +26,18 @@ from callguard.store.types import check_aware
 log = logging.getLogger(__name__)
 
 
+# Rows per multi-row INSERT on SQLite: 64 rows of 15 columns stay under the
+# 999 variables per statement that SQLite allowed before version 3.32.
+SQLITE_ROWS_PER_STATEMENT = 64
+
+
 def _values(record: DecisionRecord | CallRecord) -> dict[str, object]:
-    return {field.name: getattr(record, field.name) for field in fields(record)}
+    return {name: getattr(record, name) for name in _field_names(type(record))}
+
+
+@functools.cache
+def _field_names(record_type: type) -> tuple[str, ...]:
+    return tuple(field.name for field in fields(record_type))
 
 
 def check_decisions(rows: Sequence[DecisionRecord]) -> None:
@@ -47,9 +57,8 @@ def add_decisions(conn: Connection, rows: Sequence[DecisionRecord]) -> None:
 
     first_id = allocate_ids(conn, Decision.__tablename__, len(rows))
     insert = _decision_insert(conn.dialect)
-    conn.exec_driver_sql(insert.statement, [
-        insert.parameters(_values(row) | {"id": first_id + n})
-        for n, row in enumerate(rows)
+    insert.execute(conn, [
+        insert.record_parameters(row, first_id + n) for n, row in enumerate(rows)
     ])
 
 
@@ -73,14 +82,36 @@ class _DriverInsert:
             for name in names
         ]
         self._positional = dialect.positional
+        self._rows_per_statement = 1
+        if dialect.name == "sqlite" and dialect.positional:
+            self._rows_per_statement = SQLITE_ROWS_PER_STATEMENT
+        head, _, row = self.statement.partition(" VALUES ")
+        self._head, self._row = head + " VALUES ", row
 
-    def parameters(self, values: Mapping[str, object]) -> tuple | dict:
-        converted = [
-            value if processor is None or value is None else processor(value)
-            for value, processor in zip(
-                (values[name] for name in self._names), self._processors
-            )
-        ]
+    def execute(self, conn: Connection, parameters: list) -> None:
+        """Insert the rows of ``parameters`` in as few statements as the driver allows.
+
+        SQLite gets multi-row INSERTs, because its executemany releases and
+        takes back the GIL around every row, and the event loop thread then
+        waits for the GIL more often. Other drivers get one executemany.
+        """
+        per_statement = self._rows_per_statement
+        if per_statement == 1:
+            conn.exec_driver_sql(self.statement, parameters)
+            return
+        for start in range(0, len(parameters), per_statement):
+            chunk = parameters[start:start + per_statement]
+            values = ", ".join([self._row] * len(chunk))
+            conn.exec_driver_sql(self._head + values, tuple(v for row in chunk for v in row))
+
+    def record_parameters(self, record: object, record_id: int) -> tuple | dict:
+        """Return the driver's parameters for ``record`` stored under ``record_id``."""
+        converted = []
+        for name, processor in zip(self._names, self._processors):
+            value = record_id if name == "id" else getattr(record, name)
+            if processor is not None and value is not None:
+                value = processor(value)
+            converted.append(value)
         if self._positional:
             return tuple(converted)
         return dict(zip(self._names, converted))
