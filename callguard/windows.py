@@ -23,9 +23,27 @@ def week_key(local_date: date) -> str:
 
 
 def window_keys(instant: datetime, tz: ZoneInfo) -> dict[str, str]:
-    """Return the day and week keys of ``instant`` in time zone ``tz``."""
+    """Return the day and week keys of ``instant`` in time zone ``tz``.
+
+    Every decision needs the current keys, so the keys of the last local day
+    seen in each zone are kept with the UTC instants that bound that day.
+    """
+    cached = _current_day.get(tz)
+    if cached is not None and cached[0] <= instant < cached[1]:
+        return dict(cached[2])
+
     local_date = instant.astimezone(tz).date()
-    return {DAY: day_key(local_date), WEEK: week_key(local_date)}
+    keys = {DAY: day_key(local_date), WEEK: week_key(local_date)}
+    start = local_midnight(local_date, tz)
+    end = local_midnight(local_date + timedelta(days=1), tz)
+    # A zone whose clocks skip midnight could put the bounds off the day itself.
+    if start <= instant < end:
+        _current_day[tz] = (start, end, keys)
+    return dict(keys)
+
+
+# Time zone -> (start, end, keys) of the local day that window_keys returned last.
+_current_day: dict[ZoneInfo, tuple[datetime, datetime, dict[str, str]]] = {}
 
 
 def local_midnight(local_date: date, tz: ZoneInfo) -> datetime:

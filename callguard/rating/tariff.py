@@ -19,6 +19,7 @@ All amounts are ``Decimal``, durations are ``Decimal`` or ``int`` seconds, and f
 are rejected with TypeError.
 """
 
+import functools
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Context, Decimal
 
@@ -34,6 +35,9 @@ from callguard.rating.increments import Increments
 SECONDS_PER_MINUTE = 60
 DEFAULT_DESCRIPTION = "default rate"
 DEFAULT_INCREMENTS = Increments(60, 60)
+
+# Distinct (rate, fee, increments) whose block prices are kept.
+BLOCK_PRICE_CACHE_SIZE = 4096
 
 _CEILING = Context(prec=50, rounding=ROUND_CEILING)
 _FLOOR = Context(prec=50, rounding=ROUND_FLOOR)
@@ -195,10 +199,24 @@ class Tariff:
         return bought + budget_micros // later_micros
 
     def _first_block_micros(self) -> int:
-        return to_micros(self.connection_fee) + to_micros(self.block_cost(0))
+        return _block_micros(self.rate, self.connection_fee, self.increments)[0]
 
     def _later_block_micros(self) -> int:
-        return to_micros(self.block_cost(1))
+        return _block_micros(self.rate, self.connection_fee, self.increments)[1]
+
+
+@functools.lru_cache(maxsize=BLOCK_PRICE_CACHE_SIZE)
+def _block_micros(rate: Decimal, connection_fee: Decimal, increments: Increments) -> tuple[int, int]:
+    """Return the fee plus block 0, and one later block, in micro-units.
+
+    Every decision and every live call needs these, and a deck has far fewer
+    distinct rates than prefixes, so the Decimal arithmetic runs once per rate.
+    """
+    tariff = Tariff("", "", rate, connection_fee, increments)
+    return (
+        to_micros(connection_fee) + to_micros(tariff.block_cost(0)),
+        to_micros(tariff.block_cost(1)),
+    )
 
 
 def tariff_from_checked_fields(
