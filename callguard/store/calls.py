@@ -57,9 +57,7 @@ def add_decisions(conn: Connection, rows: Sequence[DecisionRecord]) -> None:
 
     first_id = allocate_ids(conn, Decision.__tablename__, len(rows))
     insert = _decision_insert(conn.dialect)
-    insert.execute(conn, [
-        insert.record_parameters(row, first_id + n) for n, row in enumerate(rows)
-    ])
+    insert.execute_records(conn, rows, first_id)
 
 
 class _DriverInsert:
@@ -88,21 +86,29 @@ class _DriverInsert:
         head, _, row = self.statement.partition(" VALUES ")
         self._head, self._row = head + " VALUES ", row
 
-    def execute(self, conn: Connection, parameters: list) -> None:
-        """Insert the rows of ``parameters`` in as few statements as the driver allows.
+    def execute_records(self, conn: Connection, records: Sequence, first_id: int) -> None:
+        """Insert ``records`` under consecutive ids from ``first_id``, in few statements.
 
-        SQLite gets multi-row INSERTs, because its executemany releases and
-        takes back the GIL around every row, and the event loop thread then
-        waits for the GIL more often. Other drivers get one executemany.
+        SQLite gets INSERTs of up to SQLITE_ROWS_PER_STATEMENT rows, because
+        its executemany releases and takes back the GIL around every row. Each
+        chunk's parameters are built just before it runs, so that the GIL is
+        released between chunks, not held while a whole batch is converted.
+        Other drivers get one executemany.
         """
         per_statement = self._rows_per_statement
         if per_statement == 1:
-            conn.exec_driver_sql(self.statement, parameters)
+            conn.exec_driver_sql(self.statement, [
+                self.record_parameters(record, first_id + n)
+                for n, record in enumerate(records)
+            ])
             return
-        for start in range(0, len(parameters), per_statement):
-            chunk = parameters[start:start + per_statement]
+        for start in range(0, len(records), per_statement):
+            chunk = records[start:start + per_statement]
             values = ", ".join([self._row] * len(chunk))
-            conn.exec_driver_sql(self._head + values, tuple(v for row in chunk for v in row))
+            flat = []
+            for n, record in enumerate(chunk, start=first_id + start):
+                flat.extend(self.record_parameters(record, n))
+            conn.exec_driver_sql(self._head + values, tuple(flat))
 
     def record_parameters(self, record: object, record_id: int) -> tuple | dict:
         """Return the driver's parameters for ``record`` stored under ``record_id``."""
