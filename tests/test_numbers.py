@@ -222,6 +222,54 @@ def test_short_code_number():
     assert number.table_key == "118118"
 
 
+def test_region_found_once_on_first_read():
+    calls = []
+
+    def find_region():
+        calls.append(1)
+        return "IM"
+
+    number = Number(dialled="07624123456", e164="+447624123456", national="07624123456",
+                    country_code=44, short_code=False, find_region=find_region)
+    assert calls == []
+
+    assert number.region == "IM"
+    assert number.region == "IM"
+    assert calls == [1]
+
+
+def test_number_equality_includes_the_found_region():
+    lazy = GB.normalise("07624 123456")
+    plain = Number(dialled="07624 123456", e164="+447624123456", national="07624123456",
+                   country_code=44, short_code=False, region="IM")
+
+    assert lazy == plain
+    assert hash(lazy) == hash(plain)
+    assert lazy != Number(dialled="07624 123456", e164="+447624123456",
+                          national="07624123456", country_code=44, short_code=False,
+                          region="GB")
+    assert "region='IM'" in repr(lazy)
+
+
+def test_number_is_immutable():
+    number = GB.normalise("020 7946 0000")
+
+    with pytest.raises(AttributeError, match="immutable"):
+        number.e164 = "+15555550123"
+    with pytest.raises(AttributeError, match="immutable"):
+        del number.national
+    assert number.e164 == "+442079460000"
+
+
+def test_number_needs_one_region_source():
+    fields = dict(dialled="1", e164="", national="1", country_code=44, short_code=True)
+
+    with pytest.raises(TypeError, match="exactly one of region and find_region"):
+        Number(**fields)
+    with pytest.raises(TypeError, match="exactly one of region and find_region"):
+        Number(**fields, region="GB", find_region=lambda: "GB")
+
+
 # dialled, rating key, table key
 KEY_CASES = [
     ("01632 960000", "441632960000", "01632960000"),

@@ -1,11 +1,10 @@
 """The normalised form of a dialled number."""
 
-from dataclasses import dataclass
+from collections.abc import Callable
 
 E164_PLUS = "+"
 
 
-@dataclass(frozen=True, slots=True)
 class Number:
     """A dialled number in E.164 and national form.
 
@@ -14,14 +13,69 @@ class Number:
     (``01632960000``) or the short code as dialled (``118118``). It is empty for
     numbers of other country codes. ``region`` is the phonenumbers region code
     (``GB``, ``IM``, ``001`` for non-geographic entities, empty when unknown).
+
+    A number is immutable. Its region may be given as ``find_region``, a function
+    called on first use: for a country code that several regions share (``+44``,
+    ``+1``), finding it means matching the number against each region's ranges,
+    and most decisions never read it.
     """
+
+    __slots__ = ("dialled", "e164", "national", "country_code", "short_code",
+                 "_region", "_find_region")
 
     dialled: str
     e164: str
     national: str
     country_code: int
-    region: str
     short_code: bool
+
+    def __init__(
+        self,
+        *,
+        dialled: str,
+        e164: str,
+        national: str,
+        country_code: int,
+        short_code: bool,
+        region: str | None = None,
+        find_region: Callable[[], str] | None = None,
+    ):
+        if (region is None) == (find_region is None):
+            raise TypeError("Number() needs exactly one of region and find_region")
+        for name, value in (("dialled", dialled), ("e164", e164), ("national", national),
+                            ("country_code", country_code), ("short_code", short_code),
+                            ("_region", region), ("_find_region", find_region)):
+            object.__setattr__(self, name, value)
+
+    @property
+    def region(self) -> str:
+        if self._region is None:
+            object.__setattr__(self, "_region", self._find_region())
+            object.__setattr__(self, "_find_region", None)
+        return self._region
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Number is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"Number is immutable: cannot delete {name!r}")
+
+    def _fields(self) -> tuple:
+        return (self.dialled, self.e164, self.national, self.country_code, self.region,
+                self.short_code)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Number):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (f"Number(dialled={self.dialled!r}, e164={self.e164!r}, "
+                f"national={self.national!r}, country_code={self.country_code!r}, "
+                f"region={self.region!r}, short_code={self.short_code!r})")
 
     @property
     def rating_key(self) -> str:

@@ -1,5 +1,6 @@
 """Normalisation of dialled strings to E.164 under a home numbering plan."""
 
+import functools
 from collections.abc import Iterable
 
 import phonenumbers
@@ -244,20 +245,12 @@ class NumberPlan:
             nsn = phonenumbers.national_significant_number(parsed)
             national = self.national_prefix + nsn
 
-        # Numbers in unallocated ranges have no region of their own, so they get
-        # the main region of their country code.
-        region = phonenumbers.region_code_for_number(parsed)
-        if region is None:
-            region = phonenumbers.region_code_for_country_code(country_code)
-        if region == UNKNOWN_REGION:
-            region = ""
-
         return Number(
             dialled=dialled,
             e164=phonenumbers.format_number(parsed, PhoneNumberFormat.E164),
             national=national,
             country_code=country_code,
-            region=region,
+            find_region=functools.partial(_region_of, parsed),
             short_code=False,
         )
 
@@ -274,3 +267,15 @@ class NumberPlan:
             return None
 
         return phonenumbers.format_number(parsed, PhoneNumberFormat.E164)
+
+
+def _region_of(parsed: PhoneNumber) -> str:
+    """Return the region of a parsed number, or "" when phonenumbers has none for it."""
+    region = phonenumbers.region_code_for_number(parsed)
+    if region is None:
+        # Numbers in unallocated ranges have no region of their own, so they get
+        # the main region of their country code.
+        region = phonenumbers.region_code_for_country_code(parsed.country_code)
+    if region == UNKNOWN_REGION:
+        region = ""
+    return region

@@ -1,7 +1,7 @@
 """Which categories a call may not reach: the trunk's barring, then the number's override."""
 
 from callguard.config import NumberOverride, TrunkConfig
-from callguard.numbers import INTERNATIONAL_CATEGORIES
+from callguard.numbers import INTERNATIONAL_CATEGORIES, Number
 
 INTERNATIONAL = "international"
 
@@ -15,7 +15,7 @@ def expand(categories: frozenset[str]) -> frozenset[str]:
 
 def is_barred(
     category: str,
-    region: str,
+    number: Number,
     trunk: TrunkConfig,
     overrides: list[NumberOverride],
 ) -> bool:
@@ -28,7 +28,7 @@ def is_barred(
     and ``bar`` adds to the trunk's barring.
     """
     barred = category in expand(trunk.bar)
-    if barred and category == INTERNATIONAL and region in trunk.international_allow:
+    if barred and category == INTERNATIONAL and number.region in trunk.international_allow:
         barred = False
 
     for override in overrides:

@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from callguard.numbers.number import Number
 from callguard.rating import Tariff
 
 ALLOW = "ALLOW"
@@ -49,7 +50,8 @@ class Decision:
     dialled: str
     category: str = ""
     e164: str = ""
-    region: str = ""
+    # The classified number, whose region is looked up only when read.
+    number: Number | None = field(default=None, repr=False)
     matched_prefix: str = ""
     caller_e164: str = ""
     tariff: Tariff | None = None
@@ -57,6 +59,11 @@ class Decision:
     reserved: Decimal = Decimal(0)
     remaining: dict[str, Decimal | None] = field(default_factory=dict)
     detail: str = ""
+
+    @property
+    def region(self) -> str:
+        """The phonenumbers region of the number, or "" when it was not classified."""
+        return "" if self.number is None else self.number.region
 
     @property
     def allowed(self) -> bool:

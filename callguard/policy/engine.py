@@ -181,7 +181,7 @@ class PolicyEngine:
                               "the calling number is opted out of protection")
 
         overrides = state.config.overrides_for(trunk.name, caller_e164)
-        if is_barred(classified.category, classified.number.region, trunk, overrides):
+        if is_barred(classified.category, classified.number, trunk, overrides):
             return base.deny(REASON_BARRED + classified.category, tariff=tariff)
 
         if tariff is None:
@@ -309,7 +309,7 @@ class _DecisionBase:
             self.request.dialled,
             category=self.classified.category,
             e164=number.e164,
-            region=number.region,
+            number=number,
             matched_prefix=self.classified.prefix,
             caller_e164=self.caller_e164,
             **fields,
