@@ -788,3 +788,16 @@ def test_log_lines_escape_control_characters():
 
     assert line == ("WARNING blocked endpoint 80\\x1b[31m01; the last call to "
                     "0163\\x0d\n    FAKE LINE")
+
+
+def test_log_time_matches_standard_formatter():
+    ours = EscapingFormatter("%(asctime)s %(message)s")
+    standard = logging.Formatter("%(asctime)s %(message)s")
+    # Several records within one second, then the next second and an earlier one.
+    for created in (1718366400.001, 1718366400.5, 1718366400.999, 1718366401.0,
+                    1718366401.25, 1718366399.75, 1733356800.123):
+        record = logging.LogRecord("callguard", logging.INFO, __file__, 1, "call", (), None)
+        record.created = created
+        record.msecs = int((created - int(created)) * 1000)
+
+        assert ours.format(record) == standard.format(record)

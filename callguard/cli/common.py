@@ -3,6 +3,7 @@
 import argparse
 import logging
 import sys
+import time
 
 from callguard.text import escape_log_message
 from callguard.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
@@ -69,11 +70,34 @@ class EscapingFormatter(logging.Formatter):
     terminal or in ``journalctl``. Tracebacks are added after this step.
     """
 
+    def __init__(self, fmt: str):
+        super().__init__(fmt)
+        self._second = -1
+        self._second_text = ""
+
     def formatMessage(self, record: logging.LogRecord) -> str:
         return escape_log_message(super().formatMessage(record))
 
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        # The daemon logs a line per call, so the date and time of the current
+        # second are formatted once and the milliseconds added to each line.
+        second = int(record.created)
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        if second != self._second:
+            self._second_text = time.strftime(self.default_time_format,
+                                              self.converter(record.created))
+            self._second = second
+        return self.default_msec_format % (self._second_text, record.msecs)
+
 
 def setup_logging(level: str) -> None:
+    # No line format here shows the source line, thread or process, so log
+    # records skip collecting them (the logging HOWTO's "Optimization").
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
