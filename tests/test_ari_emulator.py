@@ -11,13 +11,15 @@ import contextlib
 import json
 import math
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
 import websockets
 from emulator.ari import AriEmulator
+from emulator.ari_model import format_timestamp
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
 from callguard.clock import ManualClock
@@ -1162,3 +1164,16 @@ async def test_call_methods_reject_ended_call(ari):
         await ari.answer(call)
     with pytest.raises(ValueError, match="invalid tech"):
         await ari.dial_out(NUMBER, tech="SIP")
+
+
+def test_timestamp_text_follows_each_zone():
+    # One instant in three zones, twice over: the text must never come from
+    # the same instant formatted in another zone.
+    instant = datetime(2024, 3, 31, 1, 0, 1, 5000, tzinfo=timezone.utc)
+    zones = [timezone.utc, ZoneInfo("Europe/London"), timezone(timedelta(hours=5, minutes=30))]
+    expected = ["2024-03-31T01:00:01.005+0000", "2024-03-31T02:00:01.005+0100",
+                "2024-03-31T06:30:01.005+0530"]
+
+    for _ in range(2):
+        texts = [format_timestamp(instant.astimezone(zone)) for zone in zones]
+        assert texts == expected

@@ -31,7 +31,6 @@ DEFAULT_CONTEXT = "default"
 DEFAULT_EXTEN = "s"
 
 
-@functools.lru_cache(maxsize=4096)
 def format_timestamp(instant: datetime) -> str:
     """Format like Asterisk's ast_json_timeval(): ``2026-12-04T15:16:46.162+0000``."""
     if instant.tzinfo is None:
@@ -39,9 +38,32 @@ def format_timestamp(instant: datetime) -> str:
             f"timestamp {instant.isoformat()} has no time zone. "
             "The emulator clock must return aware datetimes"
         )
+    # The text shows milliseconds, and the events of one request are built
+    # within the same millisecond or two, so the last text is kept. Equal
+    # datetimes in different zones format differently, so the zone is part of
+    # the key.
+    global _last_millisecond
+    millisecond = (instant.replace(microsecond=instant.microsecond // 1000 * 1000),
+                   instant.tzinfo)
+    if _last_millisecond[0] != millisecond:
+        _last_millisecond = (millisecond, _format_in_zone(*millisecond))
+    return _last_millisecond[1]
 
-    milliseconds = instant.microsecond // 1000
-    return f"{instant:%Y-%m-%dT%H:%M:%S}.{milliseconds:03d}{instant:%z}"
+
+@functools.lru_cache(maxsize=4096)
+def _format_in_zone(instant: datetime, zone: object) -> str:
+    global _last_second
+    second = (instant.replace(microsecond=0), zone)
+    if _last_second[0] != second:
+        _last_second = (second, f"{instant:%Y-%m-%dT%H:%M:%S}", f"{instant:%z}")
+    return f"{_last_second[1]}.{instant.microsecond // 1000:03d}{_last_second[2]}"
+
+
+# The millisecond that format_timestamp formatted last, and its text.
+_last_millisecond: tuple = (None, "")
+# The second that _format_in_zone formatted last, and the text of its date,
+# time and offset.
+_last_second: tuple = (None, "", "")
 
 
 @dataclass
