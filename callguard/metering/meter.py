@@ -2,11 +2,15 @@
 
 The limit bites at the first block start (of any live call) that the day's or
 the week's remaining budget cannot pay. Spend is a step function of time that
-rises only when a block begins, so that moment is found by a binary search
-over microseconds, each probe summing the calls' costs in closed form.
+rises only when a block begins. Probes that sum the calls' costs in closed
+form bracket that moment. Each probe goes where the spend would cross the
+budget if it rose evenly, and a bisection follows when two probes fail to
+halve the bracket. Once few block starts remain inside the bracket, they are
+listed and summed in time order.
 """
 
 import logging
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -59,6 +63,12 @@ class _Costing:
             return 1
         return 2 + (elapsed - self.first) // self.later
 
+    def block_start(self, block: int) -> int:
+        """Return the instant at which block ``block`` (0 for the first) begins."""
+        if block == 0:
+            return self.start
+        return self.start + self.first + (block - 1) * self.later
+
     def begun_before(self, instant: int) -> int:
         elapsed = instant - self.start
         if elapsed <= 0:
@@ -72,6 +82,94 @@ class _Costing:
         by = self.begun_by(instant)
         before = self.begun_before(window_start)
         return self.cost(by) - self.cost(before) if by > before else 0
+
+
+def first_over(costings: list[_Costing], window_start: int, budget: int,
+               low: int, high: int) -> int | None:
+    """Return the first instant in [low, high] at which the blocks begun since
+    ``window_start`` cost more than ``budget``, or None if there is none.
+
+    Instants are microseconds since the epoch, amounts micro-units, and
+    ``window_start`` is at or before ``low``.
+    """
+    spent_low, begun_low = _spend(costings, window_start, low)
+    if spent_low > budget:
+        return low
+    spent_high, begun_high = _spend(costings, window_start, high)
+    if spent_high <= budget:
+        return None
+
+    # Invariant: the spend at low is within the budget and the spend at high is not.
+    enumerable = max(MIN_LISTED_STARTS, 2 * len(costings))
+    probe_kind = INTERPOLATE
+    # The bracket's width two probes ago, one probe ago and now.
+    widths = [math.inf, math.inf, high - low]
+    while begun_high - begun_low > enumerable and high - low > 1:
+        if widths[2] > widths[0] / 2:
+            probe_kind = BISECT  # the last two probes did not halve the bracket
+        if probe_kind == BISECT:
+            probe = (low + high) // 2
+        elif probe_kind == STEP_PAST:
+            # Far enough past low to take in about half of the block starts
+            # that may be listed.
+            probe = low + (high - low) * (enumerable // 2) // (begun_high - begun_low)
+        else:
+            # Where the spend would pass the budget if it rose evenly.
+            probe = low + (budget - spent_low + 1) * (high - low) // (spent_high - spent_low)
+        probe = min(max(probe, low + 1), high - 1)
+
+        spent, begun = _spend(costings, window_start, probe)
+        if spent > budget:
+            high, spent_high, begun_high = probe, spent, begun
+            probe_kind = INTERPOLATE
+        else:
+            low, spent_low, begun_low = probe, spent, begun
+            # Spend rises in steps, so an even-rise estimate tends to land
+            # just short of the step that crosses the budget.
+            probe_kind = STEP_PAST if probe_kind == INTERPOLATE else INTERPOLATE
+        widths = [widths[1], widths[2], high - low]
+    if high - low <= 1:
+        return high
+    return _first_listed_over(costings, budget - spent_low, low, high)
+
+
+INTERPOLATE, STEP_PAST, BISECT = "interpolate", "step past", "bisect"
+
+# Block starts inside the bracket below which first_over lists them.
+MIN_LISTED_STARTS = 64
+
+
+def _spend(costings: list[_Costing], window_start: int, instant: int) -> tuple[int, int]:
+    """Return the cost of the blocks begun in [window_start, instant] and how many
+    blocks have begun by ``instant`` in all."""
+    spent = begun = 0
+    for costing in costings:
+        spent += costing.cost_between(window_start, instant)
+        begun += costing.begun_by(instant)
+    return spent, begun
+
+
+def _first_listed_over(costings: list[_Costing], headroom: int, low: int,
+                       high: int) -> int:
+    """Return the first block start in (low, high] where the blocks starting in
+    (low, instant] cost more than ``headroom``.
+
+    The caller guarantees that such a start exists.
+    """
+    starts: list[tuple[int, int]] = []
+    for costing in costings:
+        for block in range(costing.begun_by(low), costing.begun_by(high)):
+            starts.append((costing.block_start(block),
+                           costing.first_cost if block == 0 else costing.later_cost))
+    starts.sort()
+    spent = 0
+    for index, (at, cost) in enumerate(starts):
+        spent += cost
+        # Blocks that start at the same instant count together.
+        next_at = starts[index + 1][0] if index + 1 < len(starts) else None
+        if spent > headroom and next_at != at:
+            return at
+    raise AssertionError("the spend at high is over the headroom, so a start crosses it")
 
 
 @dataclass(frozen=True)
@@ -191,28 +289,17 @@ class TrunkMeter:
             if budgets and costings is None:
                 costings = self._current_costings()
 
-            def over(instant: int) -> str | None:
-                for window, amount in budgets.items():
-                    spent = sum(c.cost_between(starts[window], instant) for c in costings)
-                    if spent > amount:
-                        return window
-                return None
-
             segment_end = next_day_start(segment_start, tz)
             low = to_us(segment_start)
             high = to_us(segment_end) - 1
-            window = over(low)
-            if window is not None:
-                return low, window
-            if budgets and costings and over(high) is not None:
-                # Invariant: over(low) is None and over(high) is not.
-                while high - low > 1:
-                    middle = (low + high) // 2
-                    if over(middle) is None:
-                        low = middle
-                    else:
-                        high = middle
-                return high, over(high)
+            found: tuple[int, str] | None = None
+            # On a tie the day wins, as it is checked first.
+            for window, amount in budgets.items():
+                at = first_over(costings, starts[window], amount, low, high)
+                if at is not None and (found is None or at < found[0]):
+                    found = (at, window)
+            if found is not None:
+                return found
             segment_start = segment_end
         return None
 
