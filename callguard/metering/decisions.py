@@ -1,9 +1,10 @@
 """Recent check decisions, by the uniqueid of the channel the AGI ran on."""
 
-from collections import OrderedDict
 from datetime import datetime, timedelta
 
 from callguard.policy.decision import CallRequest, Decision
+from callguard.rating import Increments, Tariff
+from callguard.rating.tariff import tariff_from_checked_fields
 
 # Decisions kept for linking trunk legs: long enough for any ring time, and
 # bounded so that a flood of checks cannot grow memory without end.
@@ -12,27 +13,64 @@ MAX_DECISIONS = 200_000
 
 
 class DecisionBook:
+    """The fields of recent decisions that linking a trunk leg reads.
+
+    Each entry is a tuple of strings, numbers and datetimes, in a plain dict
+    kept in insertion order. The garbage collector stops tracking such tuples
+    and dicts, so a book full after a flood of checks adds nothing to the
+    pauses of full collections. Whole CallRequest and Decision objects would
+    add about seven tracked objects each.
+    """
+
     def __init__(self) -> None:
-        self._entries: OrderedDict[str, tuple[datetime, CallRequest, Decision]] = (
-            OrderedDict()
-        )
+        self._entries: dict[str, tuple] = {}
 
     def record(self, request: CallRequest, decision: Decision, at: datetime) -> None:
         if not request.uniqueid:
             return
-        self._entries.pop(request.uniqueid, None)
-        self._entries[request.uniqueid] = (at, request, decision)
-        while len(self._entries) > MAX_DECISIONS:
-            self._entries.popitem(last=False)
-        while self._entries:
-            oldest_at = next(iter(self._entries.values()))[0]
-            if at - oldest_at <= DECISION_LIFETIME:
+        entries = self._entries
+        entries.pop(request.uniqueid, None)
+        entries[request.uniqueid] = (
+            at, request.caller, request.dialled, decision.trunk, decision.result,
+            decision.reason, decision.category, decision.e164, *_tariff_fields(decision.tariff),
+        )
+        while len(entries) > MAX_DECISIONS:
+            del entries[next(iter(entries))]
+        while entries:
+            oldest = next(iter(entries))
+            if at - entries[oldest][0] <= DECISION_LIFETIME:
                 break
-            self._entries.popitem(last=False)
+            del entries[oldest]
 
     def get(self, uniqueid: str) -> tuple[CallRequest, Decision] | None:
         entry = self._entries.get(uniqueid)
-        return None if entry is None else (entry[1], entry[2])
+        if entry is None:
+            return None
+        _, caller, dialled, trunk, result, reason, category, e164, *tariff = entry
+        request = CallRequest(trunk=trunk, dialled=dialled, caller=caller, uniqueid=uniqueid)
+        decision = Decision(result, reason, trunk, dialled, category=category, e164=e164,
+                            tariff=_tariff_from(tariff))
+        return request, decision
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+# A tuple in a tuple can stay tracked after a collection that untracks the
+# inner one, so the tariff's fields are stored flat, all None for no tariff.
+NO_TARIFF = (None,) * 6
+
+
+def _tariff_fields(tariff: Tariff | None) -> tuple:
+    if tariff is None:
+        return NO_TARIFF
+    return (tariff.prefix, tariff.description, tariff.rate, tariff.connection_fee,
+            tariff.increments.first, tariff.increments.later)
+
+
+def _tariff_from(fields: list) -> Tariff | None:
+    if fields[0] is None:
+        return None
+    prefix, description, rate, connection_fee, first, later = fields
+    return tariff_from_checked_fields(prefix, description, rate, connection_fee,
+                                      Increments(first, later))

@@ -10,7 +10,7 @@ first charged block), when the call ends unanswered, or after
 import heapq
 import itertools
 import logging
-from dataclasses import dataclass
+from typing import NamedTuple
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -19,8 +19,9 @@ from callguard.windows import DAY, WEEK
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Reservation:
+class Reservation(NamedTuple):
+    """One allowed call's hold on its first block."""
+
     id: int
     trunk: str
     uniqueid: str
@@ -37,11 +38,16 @@ class Reservations:
 
     Totals and counts are kept up to date on every change, and expiry pops a
     heap ordered by expiry time, so no operation scans every reservation.
+
+    Reservations are stored as plain tuples and uniqueids map to ids. The
+    garbage collector stops tracking tuples and dicts of plain values, and a
+    busy trunk can hold a hundred thousand reservations for
+    reservation_seconds, which every full collection would otherwise walk.
     """
 
     def __init__(self) -> None:
-        self._by_id: dict[int, Reservation] = {}
-        self._by_uniqueid: dict[str, Reservation] = {}
+        self._by_id: dict[int, tuple] = {}
+        self._by_uniqueid: dict[str, int] = {}
         self._held: dict[tuple[str, str, str], Decimal] = {}
         self._count: dict[str, int] = {}
         self._expiry: list[tuple[datetime, int]] = []
@@ -51,7 +57,7 @@ class Reservations:
             now: datetime, lifetime: float) -> Reservation:
         if uniqueid and uniqueid in self._by_uniqueid:
             # A second check on the same channel replaces the first one's hold.
-            self._remove(self._by_uniqueid[uniqueid])
+            self._remove(self._stored(self._by_uniqueid[uniqueid]))
 
         reservation = Reservation(
             id=next(self._ids),
@@ -63,22 +69,23 @@ class Reservations:
             created_at=now,
             expires_at=now + timedelta(seconds=lifetime),
         )
-        self._by_id[reservation.id] = reservation
+        self._by_id[reservation.id] = tuple(reservation)
         if uniqueid:
-            self._by_uniqueid[uniqueid] = reservation
+            self._by_uniqueid[uniqueid] = reservation.id
         self._adjust(reservation, reservation.amount, 1)
         heapq.heappush(self._expiry, (reservation.expires_at, reservation.id))
         return reservation
 
     def release(self, uniqueid: str) -> Reservation | None:
         """Drop the reservation of the channel ``uniqueid`` and return it."""
-        reservation = self._by_uniqueid.get(uniqueid)
+        reservation = self.get(uniqueid)
         if reservation is not None:
             self._remove(reservation)
         return reservation
 
     def get(self, uniqueid: str) -> Reservation | None:
-        return self._by_uniqueid.get(uniqueid)
+        reservation_id = self._by_uniqueid.get(uniqueid)
+        return None if reservation_id is None else self._stored(reservation_id)
 
     def mark_dialled(self, uniqueid: str) -> Reservation | None:
         """Note that the call of ``uniqueid`` has a trunk leg now.
@@ -87,9 +94,10 @@ class Reservations:
         rings, and the leg itself counts toward the concurrent-call cap from
         here on, so the reservation stops counting.
         """
-        reservation = self._by_uniqueid.get(uniqueid)
+        reservation = self.get(uniqueid)
         if reservation is not None and not reservation.dialled:
-            reservation.dialled = True
+            reservation = reservation._replace(dialled=True)
+            self._by_id[reservation.id] = tuple(reservation)
             self._count_change(reservation.trunk, -1)
         return reservation
 
@@ -97,7 +105,7 @@ class Reservations:
         expired = []
         while self._expiry and self._expiry[0][0] <= now:
             _, reservation_id = heapq.heappop(self._expiry)
-            reservation = self._by_id.get(reservation_id)
+            reservation = self._stored(reservation_id)
             if reservation is None or reservation.dialled:
                 continue  # released earlier, or held until its leg ends
             self._remove(reservation)
@@ -114,10 +122,12 @@ class Reservations:
 
     def undialled(self) -> list[str]:
         """Return the uniqueids of reservations whose call has no trunk leg yet."""
-        return [r.uniqueid for r in self._by_id.values() if r.uniqueid and not r.dialled]
+        reservations = map(Reservation._make, self._by_id.values())
+        return [r.uniqueid for r in reservations if r.uniqueid and not r.dialled]
 
     def pending(self, trunk: str) -> list[Reservation]:
-        return [r for r in self._by_id.values() if r.trunk == trunk]
+        reservations = map(Reservation._make, self._by_id.values())
+        return [r for r in reservations if r.trunk == trunk]
 
     def held(self, trunk: str, window: str, key: str) -> Decimal:
         """Return the money held by pending reservations in one window."""
@@ -128,9 +138,13 @@ class Reservations:
 
     def _remove(self, reservation: Reservation) -> None:
         del self._by_id[reservation.id]
-        if self._by_uniqueid.get(reservation.uniqueid) is reservation:
+        if self._by_uniqueid.get(reservation.uniqueid) == reservation.id:
             del self._by_uniqueid[reservation.uniqueid]
         self._adjust(reservation, -reservation.amount, 0 if reservation.dialled else -1)
+
+    def _stored(self, reservation_id: int) -> Reservation | None:
+        row = self._by_id.get(reservation_id)
+        return None if row is None else Reservation._make(row)
 
     def _adjust(self, reservation: Reservation, amount: Decimal, count: int) -> None:
         for window, key in ((DAY, reservation.day_key), (WEEK, reservation.week_key)):
