@@ -1,7 +1,9 @@
 """The daemon's FastAGI check end to end: the emulated Asterisk dials, callguard answers."""
 
 import asyncio
+import logging
 import socket
+import struct
 import threading
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -12,7 +14,7 @@ from callguard.clock import ManualClock
 from callguard.config import load_config
 from callguard.daemon.app import Application
 from callguard.store import Store
-from emulator.fastagi import AGICall, run_fastagi_call
+from emulator.fastagi import AGICall, encode_environment, run_fastagi_call
 from support import TRUNK, write_config
 
 NOW = datetime(2024, 6, 14, 9, 0, tzinfo=timezone.utc)
@@ -202,3 +204,37 @@ async def test_hangup_mid_session_is_survived(daemon):
     assert broken.variables["CALLGUARD_RESULT"] == "ALLOW"
     assert outcome.hung_up
     assert after.variables["CALLGUARD_RESULT"] == "ALLOW"
+
+
+async def test_channel_gone_before_result_releases_hold(daemon):
+    # The caller hangs up as the check starts: Asterisk has sent the whole
+    # environment and closes the connection before any command is answered.
+    call = AGICall(extension="01632960123", uniqueid="1718355600.9",
+                   arguments=("01632960123", "gamma"))
+    block = encode_environment(call.fastagi_environment("127.0.0.1", daemon.port))
+    with socket.create_connection(("127.0.0.1", daemon.port)) as sock:
+        sock.sendall(block)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    reservations = daemon.app.reservations
+
+    for _ in range(200):
+        if daemon.app.guard.decisions.get("1718355600.9") and not len(reservations):
+            break
+        await asyncio.sleep(0.01)
+
+    assert daemon.app.guard.decisions.get("1718355600.9") is not None
+    assert reservations.get("1718355600.9") is None
+    assert reservations.pending_count("gamma") == 0
+    after = await daemon.check("01632960123", uniqueid="1718355600.10")
+    assert after.variables["CALLGUARD_RESULT"] == "ALLOW"
+
+
+async def test_long_dialled_string_cut_in_log(daemon, caplog):
+    dialled = "0" + "1" * 3999
+    with caplog.at_level(logging.INFO, logger="callguard.agi.check"):
+        result = await daemon.check(dialled, uniqueid="1718355600.11")
+
+    lines = [r.getMessage() for r in caplog.records if r.name == "callguard.agi.check"]
+    assert result.variables["CALLGUARD_REASON"] == "invalid-number"
+    assert any("(4000 characters)" in line for line in lines)
+    assert all(len(line) < 400 for line in lines)

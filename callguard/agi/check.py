@@ -12,7 +12,7 @@ import asyncio
 import logging
 from typing import Callable, Protocol
 
-from callguard.agi.protocol import AGIChannel, AGIError
+from callguard.agi.protocol import AGIChannel, AGIError, AGIHangup
 from callguard.agi.variables import (
     CALLGUARD_CATEGORY,
     CALLGUARD_MAXSECS,
@@ -32,9 +32,18 @@ from callguard.policy.decision import (
     Decision,
 )
 from callguard.policy.engine import PolicyEngine
+from callguard.numbers.errors import quote
 from callguard.policy.offenders import KEY_SOURCE, normalise_source
+from callguard.repeats import RepeatLimiter, suppressed_note
 
 log = logging.getLogger(__name__)
+
+# Warnings per minute about decisions that could not be returned; further ones
+# are counted.
+UNDELIVERED_BURST = 20
+
+# Characters of a peer's reply kept in a log line.
+MAX_LOGGED_REPLY = 200
 
 
 class DecisionSink(Protocol):
@@ -62,6 +71,8 @@ class CheckHandler:
     ):
         self._engine = engine
         self._sink = sink
+        # A peer that breaks every session must not flood the log.
+        self._undelivered = RepeatLimiter(burst=UNDELIVERED_BURST)
 
     async def __call__(self, channel: AGIChannel) -> None:
         engine = self._engine()
@@ -77,22 +88,34 @@ class CheckHandler:
             log.exception("%s: the decision failed", request.uniqueid)
             decision = self._fail_policy(engine, request, "failed")
 
-        # The dialled string and the caller ID come from the phone: repr() keeps
-        # a line break or a terminal escape in them from reaching the log raw.
+        # The dialled string and the caller ID come from the phone: quote()
+        # keeps a line break or a terminal escape in them from reaching the log
+        # raw, and cuts a string long enough to flood it.
         log.info(
-            "%r %r: %s %s to %s (%s) from %r",
-            request.trunk or "-", request.uniqueid or "-", decision.result, decision.reason,
-            decision.e164 or repr(request.dialled), decision.category or "-",
-            request.caller or "unknown",
+            "%s %s: %s %s to %s (%s) from %s",
+            quote(request.trunk or "-"), quote(request.uniqueid or "-"), decision.result,
+            decision.reason, decision.e164 or quote(request.dialled),
+            decision.category or "-", quote(request.caller or "unknown"),
         )
         self._sink.record(request, decision)
 
+        delivered = 0
         try:
             for name, value in decision_variables(decision):
                 await channel.set_variable(name, value)
+                delivered += 1
         except AGIError as exc:
-            log.warning("%s: could not return the decision (%s); the dialplan applies its "
-                        "fail policy", request.uniqueid or "-", exc)
+            released = ""
+            if delivered == 0 and isinstance(exc, AGIHangup) and decision.reserved:
+                # The channel was gone before its result was set, so no Dial
+                # follows: the hold would only block later calls until it expired.
+                engine.reservations.release(request.uniqueid)
+                released = "; released its reservation"
+            suppressed = self._undelivered.admit()
+            if suppressed is not None:
+                log.warning("%s: could not return the decision (%s); the dialplan applies "
+                            "its fail policy%s%s", quote(request.uniqueid or "-"),
+                            _shortened(str(exc)), released, suppressed_note(suppressed))
 
     async def _request(self, channel: AGIChannel, engine: PolicyEngine) -> CallRequest:
         env = channel.env
@@ -147,6 +170,13 @@ def _uses_source(engine: PolicyEngine) -> bool:
     """
     trunks = engine.state.config.trunks.values()
     return any(trunk.offenders.key_type == KEY_SOURCE for trunk in trunks)
+
+
+def _shortened(text: str) -> str:
+    """Cut a peer's reply, such as a 520 usage text, for a log line."""
+    if len(text) <= MAX_LOGGED_REPLY:
+        return text
+    return f"{text[:MAX_LOGGED_REPLY]}... ({len(text)} characters)"
 
 
 def _argument(arguments: list[str], index: int) -> str:
