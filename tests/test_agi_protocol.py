@@ -515,6 +515,8 @@ async def test_trying_then_reply(pipe):
         (b"200 result=one\n", AGIProtocolError),
         (b"200 result=1 (" + b"x" * 5000 + b")\n", AGIProtocolError),
         (b"520-Invalid command syntax.\n" + b"usage\n" * 300, AGIProtocolError),
+        # Fewer lines than the limit, but more bytes than max_block.
+        (b"520-Invalid command syntax.\n" + (b"u" * 1000 + b"\n") * 100, AGIProtocolError),
     ],
 )
 async def test_bad_reply_breaks_session(pipe, data, error):

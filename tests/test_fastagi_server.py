@@ -599,3 +599,36 @@ async def test_bad_session_warnings_bounded(start_server, caplog):
     messages = server_messages(caplog, logging.INFO)
     assert len(messages) == PEER_FAILURE_BURST
     assert all("invalid AGI environment line" in m for m in messages)
+
+
+async def test_sessions_over_the_cap_closed_at_once(start_server, caplog):
+    route = Recorder()
+    _, host, port = await start_server({"check": route}, max_sessions=2)
+    stalled = [socket.create_connection((host, port)) for _ in range(2)]
+    try:
+        await asyncio.sleep(0.05)
+        assert await wait_closed_by_server(host, port) < 1.0
+
+        stalled.pop().close()
+        await asyncio.sleep(0.05)
+        result = await run_fastagi_call(host, port, CAPTURED_CALL)
+        assert result.variables["CALLGUARD_RESULT"] == "ALLOW"
+    finally:
+        for sock in stalled:
+            sock.close()
+    assert any("sessions are open, the limit" in r.getMessage() for r in caplog.records)
+
+
+async def test_environment_over_its_byte_limit_rejected(start_server):
+    route = Recorder()
+    limits = AGILimits(max_line=4096, max_variables=128, max_block=8192,
+                       block_timeout=0.5, reply_timeout=0.5)
+    _, host, port = await start_server({"check": route}, limits=limits)
+    call = AGICall(extension="01632960123",
+                   variables={"CALLGUARD_TRUNK": "trunk-a"},
+                   arguments=tuple("a" * 3000 for _ in range(3)))
+
+    result = await run_fastagi_call(host, port, call)
+
+    assert route.channels == []
+    assert "CALLGUARD_RESULT" not in result.variables

@@ -226,11 +226,18 @@ class AGIChannel:
 
     async def _read_usage(self, first: str, deadline: float) -> str:
         lines = [first]
+        size = len(first) + 1
         while len(lines) <= MAX_USAGE_LINES:
             line = await self._read_reply_line(deadline)
             lines.append(line)
             if line.startswith(f"{CODE_USAGE} "):
                 return "\n".join(lines)
+            size += len(line) + 1
+            if size > self._limits.max_block:
+                raise AGIProtocolError(
+                    f"520 usage reply longer than the limit of {self._limits.max_block} "
+                    "bytes without its end"
+                )
         raise AGIProtocolError(
             f"520 usage reply longer than {MAX_USAGE_LINES} lines without its end"
         )

@@ -8,7 +8,7 @@ already arrived is a deque pop.
 
 Every buffer a peer can fill is bounded: an unfinished line may not grow past
 ``max_line`` bytes, and reading pauses while more than MAX_QUEUED_LINES
-complete lines wait to be read.
+complete lines or MAX_QUEUED_BYTES bytes wait to be read.
 """
 
 import asyncio
@@ -16,10 +16,11 @@ from collections import deque
 
 from callguard.agi.protocol import AGIHangup, AGIProtocolError
 
-# Complete lines held before reading from the socket pauses. The AGI
-# environment is at most a few dozen lines, and a reply is one line, or a
-# few dozen for a 520 usage text.
+# Complete lines, and their bytes, held before reading from the socket
+# pauses. The AGI environment is at most a few dozen lines, and a reply is one
+# line, or a few dozen for a 520 usage text.
 MAX_QUEUED_LINES = 512
+MAX_QUEUED_BYTES = 65536
 
 # Seconds that close() leaves for buffered output to reach the peer before it
 # aborts the connection.
@@ -38,6 +39,7 @@ class AGIConnection(asyncio.Protocol):
         self._on_open = on_open
         self.transport: asyncio.Transport | None = None
         self._lines: deque[bytes] = deque()
+        self._queued_bytes = 0
         self._partial = b""
         self._paused = False
         # An over-long line, raised once the lines before it are read.
@@ -75,10 +77,12 @@ class AGIConnection(asyncio.Protocol):
                 self._fail(len(piece) + 1)
                 break
             self._lines.append(piece)
+            self._queued_bytes += len(piece) + 1
         else:
             if len(self._partial) >= limit:
                 self._fail(len(self._partial))
-        if len(self._lines) > MAX_QUEUED_LINES and not self._paused:
+        if not self._paused and (len(self._lines) > MAX_QUEUED_LINES
+                                 or self._queued_bytes > MAX_QUEUED_BYTES):
             self._paused = True
             self.transport.pause_reading()
         self._wake()
@@ -124,7 +128,10 @@ class AGIConnection(asyncio.Protocol):
             await self._wait(deadline)
 
         raw = self._lines.popleft()
-        if self._paused and len(self._lines) <= MAX_QUEUED_LINES // 2:
+        self._queued_bytes -= len(raw) + 1
+        if (self._paused and self._error is None
+                and len(self._lines) <= MAX_QUEUED_LINES // 2
+                and self._queued_bytes <= MAX_QUEUED_BYTES // 2):
             self._paused = False
             if not self._lost:
                 self.transport.resume_reading()

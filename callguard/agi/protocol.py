@@ -118,11 +118,13 @@ class AGILimits:
 
     max_line: int = 4096  # bytes per line, newline included
     max_variables: int = 128  # agi_* lines in the environment block
+    max_block: int = 65536  # bytes of the whole environment block, or of one 520 reply
     block_timeout: float = 5.0  # seconds to read the whole environment block
     reply_timeout: float = 5.0  # seconds to send one command and read its reply
 
     def __post_init__(self):
-        for name in ("max_line", "max_variables", "block_timeout", "reply_timeout"):
+        for name in ("max_line", "max_variables", "max_block", "block_timeout",
+                     "reply_timeout"):
             value = getattr(self, name)
             if value <= 0:
                 raise ValueError(f"AGILimits.{name} must be positive, got {value!r}")
@@ -170,12 +172,14 @@ async def read_environment(
     """Read the ``agi_*`` block that opens a session, up to its empty line.
 
     Raises AGIProtocolError for a line that is not ``agi_<name>: <value>``, a
-    line over ``limits.max_line`` or more than ``limits.max_variables`` lines,
+    line over ``limits.max_line``, more than ``limits.max_variables`` lines or
+    more than ``limits.max_block`` bytes,
     AGIHangup when the stream ends first, and AGITimeout when the whole block
     takes longer than ``limits.block_timeout``.
     """
     env: dict[str, str] = {}
     count = 0
+    size = 0
     deadline = asyncio.get_running_loop().time() + limits.block_timeout
     try:
         while True:
@@ -192,6 +196,11 @@ async def read_environment(
             if count > limits.max_variables:
                 raise AGIProtocolError(
                     f"AGI environment has more than {limits.max_variables} lines"
+                )
+            size += len(line) + 1
+            if size > limits.max_block:
+                raise AGIProtocolError(
+                    f"AGI environment is longer than the limit of {limits.max_block} bytes"
                 )
             name, value = _split_variable(line)
             env[name] = value

@@ -43,6 +43,12 @@ PEER_FAILURE_BURST = 20
 # Seconds between the summary lines for repeated rejected connections.
 REJECTION_SUMMARY_INTERVAL = 60.0
 
+# Sessions served at once. A check lasts milliseconds, so even a busy PBX has
+# a few dozen open. The cap bounds the memory and file descriptors that
+# stalled peers can take. Beyond it, new connections are closed at once, and
+# the dialplan applies its fail policy.
+DEFAULT_MAX_SESSIONS = 256
+
 # Maximum number of rejected addresses counted one by one. Further addresses share
 # one counter, so that a scan from many addresses cannot grow the table unbounded.
 MAX_COUNTED_ADDRESSES = 1024
@@ -60,7 +66,10 @@ class FastAGIServer:
         allowed_clients: Sequence[IPv4Network | IPv6Network] = DEFAULT_ALLOWED_CLIENTS,
         limits: AGILimits = AGILimits(),
         session_timeout: float = 30.0,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
     ):
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be 1 or more, got {max_sessions!r}")
         if session_timeout <= 0:
             raise ValueError(
                 f"session_timeout must be a positive number of seconds, "
@@ -78,6 +87,8 @@ class FastAGIServer:
         self._port = port
         self._limits = limits
         self._session_timeout = session_timeout
+        self._max_sessions = max_sessions
+        self._overloads = RepeatLimiter(burst=PEER_FAILURE_BURST)
         self._allowed = _networks(allowed_clients)
         # Peer address text -> allowed, so that a busy peer is parsed once.
         self._verdicts: dict[str, bool] = {}
@@ -175,6 +186,17 @@ class FastAGIServer:
             self._rejections.record(str(address), peer)
         if not allowed:
             connection.close()
+            return
+        if len(self._connections) >= self._max_sessions:
+            connection.abort()
+            suppressed = self._overloads.admit()
+            if suppressed is not None:
+                log.warning(
+                    "FastAGI connection from %s closed: %d sessions are open, the "
+                    "limit; %s%s", peer_address(peername)[1], len(self._connections),
+                    FAIL_POLICY_NOTE.removeprefix("closing the session; "),
+                    suppressed_note(suppressed),
+                )
             return
 
         task = asyncio.get_running_loop().create_task(
