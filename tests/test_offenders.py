@@ -11,6 +11,7 @@ from callguard.policy.blocks import BlockList
 from callguard.policy.decision import CallRequest, Decision
 from callguard.policy.engine import PolicyEngine
 from callguard.policy.ledger import Ledger
+from callguard.policy import offenders as offenders_module
 from callguard.policy.offenders import OffenderGuard, is_offence, normalise_source
 from callguard.policy.reservations import Reservations
 from callguard.store import Store
@@ -329,3 +330,19 @@ def test_which_denials_count(reason, counts):
     decision = Decision("DENY" if reason != "ok" else "ALLOW", reason, "gamma", "0901")
 
     assert is_offence(decision) is counts
+
+
+def test_attempt_counter_keeps_a_bounded_number_of_keys(monkeypatch, caplog):
+    monkeypatch.setattr(offenders_module, "MAX_COUNTED_IDENTITIES", 100)
+    counter = offenders_module.AttemptCounter()
+    now = datetime(2024, 6, 14, 9, 0, tzinfo=timezone.utc)
+    window = timedelta(minutes=10)
+
+    for n in range(250):
+        counter.add(("endpoint", f"PJSIP/flood{n}"), now, window, 3)
+    counted = counter.add(("endpoint", "PJSIP/flood249"), now, window, 3)
+
+    assert len(counter) == 100
+    assert counter.evicted == 150
+    assert counted == 2  # the newest keys keep their counts
+    assert any("dropped the count of the oldest" in r.getMessage() for r in caplog.records)

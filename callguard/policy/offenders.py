@@ -109,6 +109,14 @@ def offender_identity(key_type: str, request: CallRequest, caller_e164: str) -> 
     raise ValueError(f"offender key type {key_type!r} is unknown")
 
 
+# Keys whose barred attempts are counted at once. Each costs about 1 KB, and
+# keys such as caller IDs can be made up by the callers, so the number is
+# bounded: past it, the key counted longest ago is dropped.
+MAX_COUNTED_IDENTITIES = 100_000
+# Dropped keys between two warnings about them.
+EVICTION_LOG_EVERY = 10_000
+
+
 class AttemptCounter:
     """Barred attempts per (key type, key), keeping only those inside the window."""
 
@@ -116,6 +124,8 @@ class AttemptCounter:
         self._attempts: dict[tuple[str, str], deque[datetime]] = {}
         self._windows: dict[tuple[str, str], timedelta] = {}
         self._swept_at: datetime | None = None
+        # Keys dropped to stay within MAX_COUNTED_IDENTITIES.
+        self.evicted = 0
 
     def add(self, identity: tuple[str, str], now: datetime, window: timedelta,
             limit: int) -> int:
@@ -123,6 +133,15 @@ class AttemptCounter:
         self._sweep(now)
 
         attempts = self._attempts.get(identity)
+        if attempts is None and len(self._attempts) >= MAX_COUNTED_IDENTITIES:
+            # A flood of distinct keys: the one counted longest ago goes.
+            oldest = next(iter(self._attempts))
+            self.clear(oldest)
+            self.evicted += 1
+            if self.evicted == 1 or self.evicted % EVICTION_LOG_EVERY == 0:
+                log.warning("barred attempts come from more than %d keys; dropped the "
+                            "count of the oldest (%d dropped so far)",
+                            MAX_COUNTED_IDENTITIES, self.evicted)
         if attempts is None or attempts.maxlen != limit:
             attempts = deque(attempts or (), maxlen=limit)
             self._attempts[identity] = attempts
