@@ -21,6 +21,8 @@ daily_limit = 10.00
 channel_pattern = PJSIP/gamma-*
 rates = rates.csv
 """
+# The same trunk with room for long calls.
+TRUNK_100 = TRUNK_10.replace("daily_limit = 10.00", "daily_limit = 100.00")
 
 RATE_1 = "prefix,description,rate,connection_fee,increments\n44,United Kingdom,1.00,,60/60\n"
 RATE_050 = (
@@ -124,8 +126,7 @@ async def test_call_across_midnight(make_pbx):
 
 async def test_blind_period_loses_no_call(make_pbx):
     start = london(2024, 6, 14, 10, 0)
-    trunks = TRUNK_10.replace("daily_limit = 10.00", "daily_limit = 100.00")
-    pbx = await make_pbx(start, trunks=trunks)
+    pbx = await make_pbx(start, trunks=TRUNK_100)
 
     before, _ = await pbx.call("01632960001")
     await pbx.ari.answer(before)
@@ -164,14 +165,18 @@ async def test_blind_period_loses_no_call(make_pbx):
         during.trunk_id].cost
 
 
-async def test_restart_adopts_live_call(make_pbx):
-    start = london(2024, 6, 14, 10, 0)
-    trunks = TRUNK_10.replace("daily_limit = 10.00", "daily_limit = 100.00")
-    pbx = await make_pbx(start, trunks=trunks)
-
+async def answered_call(make_pbx, start):
+    """Start a PBX on TRUNK_100 at ``start`` and answer one call on it."""
+    pbx = await make_pbx(start, trunks=TRUNK_100)
     call, _ = await pbx.call("01632960123")
     await pbx.ari.answer(call)
     await eventually(lambda: pbx.legs() and next(iter(pbx.legs().values())).state == "up")
+    return pbx, call
+
+
+async def test_restart_adopts_live_call(make_pbx):
+    start = london(2024, 6, 14, 10, 0)
+    pbx, call = await answered_call(make_pbx, start)
     await pbx.app.guard.drain()
     pbx.clock.advance(150)
 
@@ -191,8 +196,7 @@ async def test_restart_adopts_live_call(make_pbx):
 
 async def test_event_filter_set_or_skipped(make_pbx, caplog):
     start = london(2024, 6, 14, 10, 0)
-    trunks = TRUNK_10.replace("daily_limit = 10.00", "daily_limit = 100.00")
-    pbx = await make_pbx(start, trunks=trunks)
+    pbx = await make_pbx(start, trunks=TRUNK_100)
 
     allowed_types = [{"type": kind} for kind in
               ("ChannelCreated", "ChannelDestroyed", "ChannelStateChange", "Dial")]
@@ -236,12 +240,7 @@ async def test_event_filter_set_or_skipped(make_pbx, caplog):
 
 
 async def test_calls_cost_runs_without_events(make_pbx):
-    start = london(2024, 6, 14, 10, 0)
-    trunks = TRUNK_10.replace("daily_limit = 10.00", "daily_limit = 100.00")
-    pbx = await make_pbx(start, trunks=trunks)
-    call, _ = await pbx.call("01632960123")
-    await pbx.ari.answer(call)
-    await eventually(lambda: pbx.legs() and next(iter(pbx.legs().values())).state == "up")
+    pbx, _ = await answered_call(make_pbx, london(2024, 6, 14, 10, 0))
 
     pbx.clock.advance(150)  # no event arrives meanwhile
     [live] = status.calls(pbx.app.guard, live_only=True)["live"]
