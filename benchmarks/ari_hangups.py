@@ -165,9 +165,9 @@ async def measure_hangups(
         answered = answer_times(await daemon.status())
         rss_live_kib = daemon.rss_kib()
 
-        # The emulator stands in for Asterisk, which has no garbage collector:
-        # its heap of 1,000 calls is set aside here, so that a full collection
-        # of it (50 to 75 ms) cannot land inside the hang-ups being timed.
+        # This process plays Asterisk, which has no garbage collector. Its heap
+        # of 1,000 calls is frozen here, so that a full collection of it (50 to
+        # 75 ms) cannot land inside the hang-ups being timed.
         gc.collect()
         gc.freeze()
 

@@ -22,6 +22,10 @@ def week_key(local_date: date) -> str:
     return f"{year}-W{week:02d}"
 
 
+# Time zone -> (start, end, keys) of the local day that window_keys returned last.
+_current_day: dict[ZoneInfo, tuple[datetime, datetime, dict[str, str]]] = {}
+
+
 def window_keys(instant: datetime, tz: ZoneInfo) -> dict[str, str]:
     """Return the day and week keys of ``instant`` in time zone ``tz``.
 
@@ -40,10 +44,6 @@ def window_keys(instant: datetime, tz: ZoneInfo) -> dict[str, str]:
     if start <= instant < end:
         _current_day[tz] = (start, end, keys)
     return dict(keys)
-
-
-# Time zone -> (start, end, keys) of the local day that window_keys returned last.
-_current_day: dict[ZoneInfo, tuple[datetime, datetime, dict[str, str]]] = {}
 
 
 def local_midnight(local_date: date, tz: ZoneInfo) -> datetime:

@@ -656,7 +656,7 @@ async def test_reading_pauses_while_lines_queue_up():
         await pipe.close()
 
 
-async def test_write_to_a_peer_that_reads_nothing_times_out(pipe):
+async def test_write_times_out_when_peer_reads_nothing(pipe):
     pipe.connection.transport.set_write_buffer_limits(high=1024)
     loop = asyncio.get_running_loop()
     started = loop.time()

@@ -13,6 +13,7 @@ complete lines or MAX_QUEUED_BYTES bytes wait to be read.
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 
 from callguard.agi.protocol import AGIHangup, AGIProtocolError
 
@@ -34,7 +35,8 @@ class AGIConnection(asyncio.Protocol):
     exists; the FastAGI server uses it to vet the peer and start the session.
     """
 
-    def __init__(self, max_line: int, on_open=None):
+    def __init__(self, max_line: int,
+                 on_open: Callable[["AGIConnection"], None] | None = None):
         self._max_line = max_line
         self._on_open = on_open
         self.transport: asyncio.Transport | None = None
@@ -176,7 +178,9 @@ class AGIConnection(asyncio.Protocol):
     # -- waiting -----------------------------------------------------------
 
     async def _wait(self, deadline: float) -> None:
-        """Wait for news from the transport; TimeoutError at ``deadline``.
+        """Wait until the transport reports data, an end or a loss.
+
+        Raises TimeoutError at ``deadline``.
 
         One timer handle serves the whole connection: a later deadline only
         moves a number, and the handle re-schedules itself when it fires early.

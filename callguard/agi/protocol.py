@@ -138,12 +138,12 @@ def quote_argument(value: str) -> str:
     dropped, so that no value can end the command line or start a second one.
     """
     if value.isascii() and value.isprintable():
-        kept = value  # the common case: nothing to drop
+        cleaned = value  # the common case: nothing to drop
     else:
-        kept = "".join(
+        cleaned = "".join(
             ch for ch in value if unicodedata.category(ch) not in _DROPPED_CATEGORIES
         )
-    escaped = kept.replace("\\", "\\\\").replace('"', '\\"')
+    escaped = cleaned.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
 
 

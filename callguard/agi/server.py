@@ -35,7 +35,8 @@ Handler = Callable[[AGIChannel], Awaitable[None]]
 
 DEFAULT_PORT = 4573
 DEFAULT_ALLOWED_CLIENTS = (ip_network("127.0.0.1/32"), ip_network("::1/128"))
-FAIL_POLICY_NOTE = "closing the session; the dialplan applies its fail policy"
+FAIL_POLICY = "the dialplan applies its fail policy"
+FAIL_POLICY_NOTE = f"closing the session; {FAIL_POLICY}"
 
 # Warnings per minute about sessions that a peer broke; further ones are counted.
 PEER_FAILURE_BURST = 20
@@ -171,20 +172,17 @@ class FastAGIServer:
         """Vet a new connection's peer, then start its session or close it."""
         peername = connection.transport.get_extra_info("peername")
         host = peername[0] if isinstance(peername, tuple) and peername else None
-        allowed = self._verdicts.get(host) if isinstance(host, str) else None
+        allowed = self._verdicts.get(host)
         if allowed is None:
-            address, peer = peer_address(peername)
+            address, _ = peer_address(peername)
             allowed = address is not None and self._is_allowed(address)
             if isinstance(host, str):
                 if len(self._verdicts) >= MAX_COUNTED_ADDRESSES:
                     self._verdicts.clear()
                 self._verdicts[host] = allowed
-            if not allowed:
-                self._rejections.record(str(address) if address else peer, peer)
-        elif not allowed:
-            address, peer = peer_address(peername)
-            self._rejections.record(str(address), peer)
         if not allowed:
+            address, peer = peer_address(peername)
+            self._rejections.record(str(address) if address else peer, peer)
             connection.close()
             return
         if len(self._connections) >= self._max_sessions:
@@ -194,8 +192,7 @@ class FastAGIServer:
                 log.warning(
                     "FastAGI connection from %s closed: %d sessions are open, the "
                     "limit; %s%s", peer_address(peername)[1], len(self._connections),
-                    FAIL_POLICY_NOTE.removeprefix("closing the session; "),
-                    suppressed_note(suppressed),
+                    FAIL_POLICY, suppressed_note(suppressed),
                 )
             return
 

@@ -81,9 +81,9 @@ class EscapingFormatter(logging.Formatter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         # The daemon logs a line per call, so the date and time of the current
         # second are formatted once and the milliseconds added to each line.
-        second = int(record.created)
         if datefmt is not None:
             return super().formatTime(record, datefmt)
+        second = int(record.created)
         if second != self._second:
             self._second_text = time.strftime(self.default_time_format,
                                               self.converter(record.created))

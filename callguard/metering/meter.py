@@ -84,6 +84,13 @@ class _Costing:
         return self.cost(by) - self.cost(before) if by > before else 0
 
 
+# Block starts inside the bracket below which first_over lists them.
+MIN_LISTED_STARTS = 64
+
+# How first_over places its next probe.
+INTERPOLATE, STEP_PAST, BISECT = "interpolate", "step past", "bisect"
+
+
 def first_over(costings: list[_Costing], window_start: int, budget: int,
                low: int, high: int) -> int | None:
     """Return the first instant in [low, high] at which the blocks begun since
@@ -133,10 +140,6 @@ def first_over(costings: list[_Costing], window_start: int, budget: int,
     return _first_listed_over(costings, budget - spent_low, low, high)
 
 
-INTERPOLATE, STEP_PAST, BISECT = "interpolate", "step past", "bisect"
-
-# Block starts inside the bracket below which first_over lists them.
-MIN_LISTED_STARTS = 64
 
 
 def _spend(costings: list[_Costing], window_start: int, instant: int) -> tuple[int, int]:
@@ -144,8 +147,11 @@ def _spend(costings: list[_Costing], window_start: int, instant: int) -> tuple[i
     blocks have begun by ``instant`` in all."""
     spent = begun = 0
     for costing in costings:
-        spent += costing.cost_between(window_start, instant)
-        begun += costing.begun_by(instant)
+        by = costing.begun_by(instant)
+        before = costing.begun_before(window_start)
+        if by > before:
+            spent += costing.cost(by) - costing.cost(before)
+        begun += by
     return spent, begun
 
 

@@ -76,7 +76,7 @@ log = logging.getLogger(__name__)
 # Distinct dialled strings and calling numbers whose normal form is kept, per
 # config: callers repeat all day, and parsing a number is a third of a
 # decision. Each entry is five objects that every full garbage collection
-# walks, so the cache holds the busiest numbers only.
+# walks, so the cache keeps the busiest numbers only.
 NUMBER_CACHE_SIZE = 1024
 
 

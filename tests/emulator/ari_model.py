@@ -38,16 +38,12 @@ def format_timestamp(instant: datetime) -> str:
             f"timestamp {instant.isoformat()} has no time zone. "
             "The emulator clock must return aware datetimes"
         )
-    # The text shows milliseconds, and the events of one request are built
-    # within the same millisecond or two, so the last text is kept. Equal
-    # datetimes in different zones format differently, so the zone is part of
-    # the key.
-    global _last_millisecond
-    millisecond = (instant.replace(microsecond=instant.microsecond // 1000 * 1000),
-                   instant.tzinfo)
-    if _last_millisecond[0] != millisecond:
-        _last_millisecond = (millisecond, _format_in_zone(*millisecond))
-    return _last_millisecond[1]
+    # Equal datetimes in different zones format differently, so the zone is
+    # part of the key. The text shows milliseconds, and the events of one
+    # request are built within a millisecond or two, so most find their text
+    # in the cache.
+    millisecond = instant.replace(microsecond=instant.microsecond // 1000 * 1000)
+    return _format_in_zone(millisecond, instant.tzinfo)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -59,8 +55,6 @@ def _format_in_zone(instant: datetime, zone: object) -> str:
     return f"{_last_second[1]}.{instant.microsecond // 1000:03d}{_last_second[2]}"
 
 
-# The millisecond that format_timestamp formatted last, and its text.
-_last_millisecond: tuple = (None, "")
 # The second that _format_in_zone formatted last, and the text of its date,
 # time and offset.
 _last_second: tuple = (None, "", "")
