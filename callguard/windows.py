@@ -22,28 +22,42 @@ def week_key(local_date: date) -> str:
     return f"{year}-W{week:02d}"
 
 
-# Time zone -> (start, end, keys) of the local day that window_keys returned last.
-_current_day: dict[ZoneInfo, tuple[datetime, datetime, dict[str, str]]] = {}
+# Time zone -> the last two local days looked up there, each as (start, end,
+# keys) with its bounds as UTC instants. Every decision needs the current day,
+# and a call's budget or charges that run past midnight need the next one too.
+_recent_days: dict[ZoneInfo, tuple[tuple, tuple | None]] = {}
 
 
-def window_keys(instant: datetime, tz: ZoneInfo) -> dict[str, str]:
-    """Return the day and week keys of ``instant`` in time zone ``tz``.
-
-    Every decision needs the current keys, so the keys of the last local day
-    seen in each zone are kept with the UTC instants that bound that day.
-    """
-    cached = _current_day.get(tz)
-    if cached is not None and cached[0] <= instant < cached[1]:
-        return dict(cached[2])
+def _local_day(instant: datetime, tz: ZoneInfo) -> tuple[datetime, datetime, dict[str, str]]:
+    """Return (start, end, keys) of the local day in ``tz`` that contains ``instant``."""
+    recent = _recent_days.get(tz)
+    if recent is not None:
+        for day in recent:
+            if day is not None and day[0] <= instant < day[1]:
+                return day
 
     local_date = instant.astimezone(tz).date()
     keys = {DAY: day_key(local_date), WEEK: week_key(local_date)}
-    start = local_midnight(local_date, tz)
-    end = local_midnight(local_date + timedelta(days=1), tz)
+    day = (local_midnight(local_date, tz), local_midnight(local_date + timedelta(days=1), tz),
+           keys)
     # A zone whose clocks skip midnight could put the bounds off the day itself.
-    if start <= instant < end:
-        _current_day[tz] = (start, end, keys)
-    return dict(keys)
+    if day[0] <= instant < day[1]:
+        _recent_days[tz] = (day, recent[0] if recent is not None else None)
+    return day
+
+
+def window_keys(instant: datetime, tz: ZoneInfo) -> dict[str, str]:
+    """Return the day and week keys of ``instant`` in time zone ``tz``."""
+    return dict(_local_day(instant, tz)[2])
+
+
+def day_bounds(instant: datetime, tz: ZoneInfo) -> tuple[dict[str, str], datetime]:
+    """Return the window keys of ``instant`` and the UTC instant its local day ends.
+
+    The keys are shared with later calls: read them, do not change them.
+    """
+    day = _local_day(instant, tz)
+    return day[2], day[1]
 
 
 def local_midnight(local_date: date, tz: ZoneInfo) -> datetime:
@@ -53,8 +67,7 @@ def local_midnight(local_date: date, tz: ZoneInfo) -> datetime:
 
 def next_day_start(instant: datetime, tz: ZoneInfo) -> datetime:
     """Return the UTC instant of the next local midnight after ``instant``."""
-    local_date = instant.astimezone(tz).date()
-    return local_midnight(local_date + timedelta(days=1), tz)
+    return _local_day(instant, tz)[1]
 
 
 def next_week_start(instant: datetime, tz: ZoneInfo) -> datetime:

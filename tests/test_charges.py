@@ -6,7 +6,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from callguard.metering.charges import AnsweredCall, blocks_started_before
+from callguard.metering.charges import (
+    AnsweredCall,
+    blocks_started_before,
+    blocks_started_before_micros,
+)
 from callguard.rating import Increments, Tariff
 
 LONDON = ZoneInfo("Europe/London")
@@ -109,3 +113,17 @@ def test_cost_by_window_start():
 )
 def test_blocks_started_before(elapsed, expected):
     assert blocks_started_before(tariff("1", "30/6"), Decimal(elapsed)) == expected
+    micros = int(Decimal(elapsed) * 1_000_000)
+    assert blocks_started_before_micros(tariff("1", "30/6"), micros) == expected
+
+
+@pytest.mark.parametrize("increments", ["1/1", "30/6", "60/60", "60/1", "1/60"])
+def test_blocks_started_before_agrees_in_micros(increments):
+    rated = tariff("1", increments)
+    first = rated.increments.first * 1_000_000
+    later = rated.increments.later * 1_000_000
+    # Each side of every block start in the first hour, and some instants between.
+    edges = [first + n * later + d for n in range(-1, 3_600) for d in (-1, 0, 1)]
+    for micros in [-1, 0, 1, *edges, *range(0, 7_200_000_000, 7_777_777)]:
+        exact = blocks_started_before(rated, Decimal(micros) / 1_000_000)
+        assert blocks_started_before_micros(rated, micros) == exact, micros

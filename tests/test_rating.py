@@ -153,6 +153,21 @@ def test_first_block_cost_table(rate, increments, fee, expected):
     assert tariff(rate, increments, fee).first_block_cost() == D(expected)
 
 
+@pytest.mark.parametrize(
+    "rate, increments, fee, expected",
+    [
+        ("0.006", "30/6", "0", "0.0006"),
+        ("1.00", "60/60", "0.10", "1.00"),
+        ("0.09", "30/6", "0.01", "0.009"),
+        ("0.0001", "1/1", "0", "0.000002"),
+        ("0", "60/60", "0.25", "0"),
+    ],
+)
+def test_later_block_cost_table(rate, increments, fee, expected):
+    rated = tariff(rate, increments, fee)
+    assert rated.later_block_cost() == D(expected) == rated.block_cost(1)
+
+
 # (rate, increments, fee, budget, expected seconds or None for unlimited)
 BUDGETS = [
     ("1.00", "60/60", "0", D("3.00"), 180),

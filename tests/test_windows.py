@@ -1,11 +1,11 @@
-"""Window keys: the local day and ISO week of an instant, kept per time zone."""
+"""Window keys and day ends: the local day and ISO week of an instant, kept per time zone."""
 
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from callguard.windows import DAY, WEEK, window_keys
+from callguard.windows import DAY, WEEK, day_bounds, local_midnight, next_day_start, window_keys
 
 UTC = timezone.utc
 
@@ -31,13 +31,21 @@ def expected(instant: datetime, tz: ZoneInfo) -> dict[str, str]:
 def test_window_keys_around_midnight(zone, start):
     tz = ZoneInfo(zone)
     # Every minute for six hours, then back and forth over the same span, so
-    # that the kept day is both reused and replaced.
+    # that the kept days are both reused and replaced.
     instants = [start + timedelta(minutes=m) for m in range(360)]
     for instant in instants + instants[::-1] + instants[::7]:
-        assert window_keys(instant, tz) == expected(instant, tz), instant
         # The microsecond either side of the day's last instant.
         edge = instant.replace(second=59, microsecond=999_999)
-        assert window_keys(edge, tz) == expected(edge, tz), edge
+        for moment in (instant, edge):
+            keys = expected(moment, tz)
+            day_end = expected_day_end(moment, tz)
+            assert window_keys(moment, tz) == keys, moment
+            assert next_day_start(moment, tz) == day_end, moment
+            assert day_bounds(moment, tz) == (keys, day_end), moment
+
+
+def expected_day_end(instant: datetime, tz: ZoneInfo) -> datetime:
+    return local_midnight(instant.astimezone(tz).date() + timedelta(days=1), tz)
 
 
 def test_window_keys_returns_a_copy():

@@ -17,11 +17,15 @@ WindowKey = tuple[str, str]  # (window, key), e.g. ("day", "2024-06-14")
 MICROSECONDS = Decimal(1_000_000)
 
 
+def elapsed_micros(start: datetime, instant: datetime) -> int:
+    """Return the whole microseconds from ``start`` to ``instant`` (negative if before)."""
+    delta = instant - start
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
 def elapsed_seconds(start: datetime, instant: datetime) -> Decimal:
     """Return the exact seconds from ``start`` to ``instant`` (negative if before)."""
-    delta = instant - start
-    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-    return Decimal(micros) / MICROSECONDS
+    return Decimal(elapsed_micros(start, instant)) / MICROSECONDS
 
 
 def blocks_started_by(tariff: Tariff, elapsed: Decimal) -> int:
@@ -40,6 +44,20 @@ def blocks_started_before(tariff: Tariff, elapsed: Decimal) -> int:
         return 1
     later = tariff.increments.later
     return 1 + int(((elapsed - first) / later).to_integral_value(rounding=ROUND_CEILING))
+
+
+def blocks_started_before_micros(tariff: Tariff, micros: int) -> int:
+    """Return how many blocks begin strictly before ``micros`` microseconds after answer.
+
+    The same count as blocks_started_before, in integers: the decision and the
+    meter ask it for every call.
+    """
+    if micros <= 0:
+        return 0
+    first = tariff.increments.first * 1_000_000
+    if micros <= first:
+        return 1
+    return 1 + -(-(micros - first) // (tariff.increments.later * 1_000_000))
 
 
 @dataclass
@@ -65,8 +83,8 @@ class AnsweredCall:
         while index < last:
             start = self.block_instant(index)
             keys = window_keys(start, self.tz)
-            boundary = elapsed_seconds(self.answered_at, next_day_start(start, self.tz))
-            end = min(last, blocks_started_before(self.tariff, boundary))
+            boundary = elapsed_micros(self.answered_at, next_day_start(start, self.tz))
+            end = min(last, blocks_started_before_micros(self.tariff, boundary))
             end = max(end, index + 1)
 
             amount = self.tariff.cost_of_blocks(end) - self.tariff.cost_of_blocks(index)

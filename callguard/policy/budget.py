@@ -13,9 +13,9 @@ from decimal import Decimal
 from typing import Callable
 from zoneinfo import ZoneInfo
 
-from callguard.metering.charges import blocks_started_before, elapsed_seconds
+from callguard.metering.charges import blocks_started_before_micros, elapsed_micros
 from callguard.rating import Tariff
-from callguard.windows import DAY, WEEK, next_day_start, window_keys
+from callguard.windows import WINDOWS, day_bounds
 
 # The longest CALLGUARD_MAXSECS ever returned: Asterisk reads an empty or zero
 # limit as "no limit", so an unlimited call still gets a finite one.
@@ -79,30 +79,29 @@ def max_call_seconds(
     ``MAX_SECONDS_CEILING``; 0 means not even the first block is affordable.
     """
     horizon = MAX_SECONDS_CEILING if cap_seconds is None else min(cap_seconds, MAX_SECONDS_CEILING)
+    horizon_end = start + timedelta(seconds=horizon)
     first_cost = tariff.first_block_cost()
-    later_cost = tariff.block_cost(1)
+    later_cost = tariff.later_block_cost()
 
     spent_here: dict[tuple[str, str], Decimal] = {}
     segment_start = start
     next_block = 0
 
-    while True:
-        if segment_start >= start + timedelta(seconds=horizon):
-            return horizon
+    while segment_start < horizon_end:
+        keys, day_end = day_bounds(segment_start, tz)
+        segment_end = min(day_end, horizon_end)
 
-        keys = window_keys(segment_start, tz)
-        segment_end = min(next_day_start(segment_start, tz), start + timedelta(seconds=horizon))
-
-        # Blocks whose start offset lies before end_offset begin in this segment.
-        blocks_by_end = blocks_started_before(tariff, elapsed_seconds(start, segment_end))
+        # Blocks that begin before segment_end begin in this segment.
+        blocks_by_end = blocks_started_before_micros(tariff, elapsed_micros(start, segment_end))
         count = max(0, blocks_by_end - next_block)
 
-        budgets = []
-        for window in (DAY, WEEK):
+        budget = None
+        for window in WINDOWS:
             free = remaining(window, keys[window])
             if free is not None:
-                budgets.append(free - spent_here.get((window, keys[window]), Decimal(0)))
-        budget = min(budgets) if budgets else None
+                free -= spent_here.get((window, keys[window]), 0)
+                if budget is None or free < budget:
+                    budget = free
 
         includes_first = next_block == 0
         paid = _blocks_affordable(count, first_cost, later_cost, includes_first, budget)
@@ -110,8 +109,9 @@ def max_call_seconds(
             return min(tariff.block_start(next_block + paid), horizon)
 
         cost = _cost_of(count, first_cost, later_cost, includes_first)
-        for window in (DAY, WEEK):
+        for window in WINDOWS:
             key = (window, keys[window])
-            spent_here[key] = spent_here.get(key, Decimal(0)) + cost
+            spent_here[key] = spent_here.get(key, 0) + cost
         next_block += count
         segment_start = segment_end
+    return horizon

@@ -236,8 +236,11 @@ class PolicyEngine:
                 return base.deny(reason, f"{free[window]} left, the first block costs {first}",
                                  tariff=tariff, remaining=free)
 
+        def remaining_or_known(window: str, key: str) -> Decimal | None:
+            return free[window] if key == keys[window] else remaining(window, key)
+
         max_seconds = budget.max_call_seconds(
-            tariff, now, trunk.timezone, remaining, trunk.max_call_seconds
+            tariff, now, trunk.timezone, remaining_or_known, trunk.max_call_seconds
         )
         if max_seconds <= 0:
             return base.deny(REASON_DAILY, "the budget buys no time", tariff=tariff,

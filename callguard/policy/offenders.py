@@ -74,6 +74,8 @@ def normalise_source(text: str) -> str:
     address is returned stripped, unchanged otherwise.
     """
     text = text.strip()
+    if not text:
+        return text
     candidates = [text]
     if text.startswith("["):
         address, _, port = text[1:].partition("]")

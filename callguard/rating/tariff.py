@@ -157,6 +157,10 @@ class Tariff:
         """Return the fee plus block 0: the amount a new call must reserve."""
         return from_micros(self._first_block_micros())
 
+    def later_block_cost(self) -> Decimal:
+        """Return the price of each block after block 0: block_cost(1), from the cache."""
+        return from_micros(self._later_block_micros())
+
     def seconds_for_budget(self, budget: Decimal | int) -> int | None:
         """Return the maximum call length in seconds that ``budget`` pays for.
 
