@@ -320,6 +320,41 @@ def test_expired_blocks_dropped_from_memory():
     assert blocks.blocked([("endpoint", "1002")], start + timedelta(hours=2)) is not None
 
 
+def test_shorter_block_does_not_cut_a_longer_one():
+    blocks = BlockList()
+    start = datetime(2024, 6, 14, 9, 0, tzinfo=timezone.utc)
+    blocks.add("endpoint", "1001", None)                          # an operator's block
+    blocks.add("endpoint", "1001", start + timedelta(hours=1))    # a later automatic ban
+    blocks.add("caller", "+441632960001", start + timedelta(hours=4))
+    blocks.add("caller", "+441632960001", start + timedelta(hours=1))
+
+    later = start + timedelta(hours=2)
+    assert blocks.blocked([("endpoint", "1001")], start + timedelta(days=30)) is not None
+    assert blocks.blocked([("caller", "+441632960001")], later) is not None
+
+    blocks.add("caller", "+441632960001", start + timedelta(hours=8))
+    assert blocks.blocked([("caller", "+441632960001")], start + timedelta(hours=6)) is not None
+
+
+def test_replace_keeps_the_block_that_ends_last():
+    blocks = BlockList()
+    start = datetime(2024, 6, 14, 9, 0, tzinfo=timezone.utc)
+    blocks.add("endpoint", "9999", None)
+    # Two active rows in the store for one key, in either order.
+    blocks.replace([
+        ("endpoint", "1001", None),
+        ("endpoint", "1001", start + timedelta(hours=1)),
+        ("endpoint", "1002", start + timedelta(hours=1)),
+        ("endpoint", "1002", start + timedelta(hours=5)),
+    ])
+
+    later = start + timedelta(hours=3)
+    assert blocks.blocked([("endpoint", "1001")], later) is not None
+    assert blocks.blocked([("endpoint", "1002")], later) is not None
+    assert blocks.blocked([("endpoint", "9999")], later) is None
+    assert len(blocks) == 2
+
+
 @pytest.mark.parametrize(
     "reason, counts",
     [("barred:premium", True), ("barred-hours:international", True),

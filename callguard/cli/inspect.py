@@ -40,7 +40,7 @@ async def check_number(config: Config, request: CallRequest) -> dict:
         clock = SystemClock()
         blocks = BlockList()
         active = await worker.call(store.active_blocks, clock.now())
-        blocks.replace({(b.key_type, b.key): b.expires_at for b in active})
+        blocks.replace((b.key_type, b.key, b.expires_at) for b in active)
 
         ledger = Ledger(worker)
         reservations = Reservations()

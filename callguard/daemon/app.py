@@ -235,7 +235,7 @@ class Application:
     async def _load_blocks(self) -> None:
         now = self.clock.now()
         active = await self.worker.call(self.store.active_blocks, now)
-        self.blocks.replace({(b.key_type, b.key): b.expires_at for b in active})
+        self.blocks.replace((b.key_type, b.key, b.expires_at) for b in active)
 
 
 def _ari_password(config: Config) -> str | None:

@@ -1,5 +1,6 @@
 """Callers blocked from all outbound calls, as kept in the store."""
 
+from collections.abc import Iterable
 from datetime import datetime
 
 KEY_ENDPOINT = "endpoint"
@@ -23,16 +24,31 @@ class BlockList:
     def __init__(self) -> None:
         self._blocks: dict[tuple[str, str], datetime | None] = {}
 
-    def replace(self, blocks: dict[tuple[str, str], datetime | None]) -> None:
-        self._blocks = dict(blocks)
+    def replace(self, blocks: Iterable[tuple[str, str, datetime | None]]) -> None:
+        """Hold exactly ``blocks``, given as (key type, key, expiry) rows.
+
+        A key with several rows keeps the one that ends last.
+        """
+        self._blocks = {}
+        for key_type, key, expires_at in blocks:
+            self.add(key_type, key, expires_at)
 
     def add(self, key_type: str, key: str, expires_at: datetime | None,
             now: datetime | None = None) -> None:
-        """Block a key until ``expires_at`` (None: until lifted); drops blocks expired by ``now``."""
+        """Block a key until ``expires_at`` (None: until lifted); drops blocks expired by ``now``.
+
+        A key blocked already stays blocked until the later of the two ends:
+        an automatic ban must not cut short an operator's block.
+        """
         if now is not None:
             for identity in [i for i, at in self._blocks.items() if at is not None and at <= now]:
                 del self._blocks[identity]
-        self._blocks[(key_type, key)] = expires_at
+        identity = (key_type, key)
+        if identity in self._blocks:
+            current = self._blocks[identity]
+            if current is None or (expires_at is not None and current >= expires_at):
+                return
+        self._blocks[identity] = expires_at
 
     def remove(self, key_type: str, key: str) -> None:
         self._blocks.pop((key_type, key), None)
