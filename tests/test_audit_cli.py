@@ -3,7 +3,7 @@
 import asyncio
 import json
 import socket
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -180,6 +180,28 @@ async def test_daemon_matches_cli_source_key(daemon, capsys, key, source):
     assert await daemon.check(GEOGRAPHIC, variables=variables) == "blocked:offender"
 
 
+async def test_daemon_applies_untyped_unblock(daemon, capsys):
+    assert await daemon.ctl("block", "01632960010", "--type", "caller", "--reason",
+                            "fraud") == 0
+    assert await daemon.check(GEOGRAPHIC) == "blocked:offender"
+    capsys.readouterr()
+
+    assert await daemon.ctl("unblock", "01632960010", "--reason", "cleared") == 0
+    out = capsys.readouterr().out
+    assert "lifted 1 active block on caller +441632960010" in out
+    assert "applied to the running daemon" in out
+    assert await daemon.check(GEOGRAPHIC) == "ok"
+
+
+async def test_daemon_keeps_later_expiry(daemon, capsys):
+    assert await daemon.ctl("block", "1001", "--reason", "fraud") == 0
+    assert await daemon.ctl("block", "1001", "--for", "1m", "--reason", "more") == 0
+    assert "applied to the running daemon" in capsys.readouterr().out
+
+    daemon.clock.advance(120)
+    assert await daemon.check(GEOGRAPHIC) == "blocked:offender"
+
+
 async def test_daemon_reset_rereads_spend(daemon, capsys):
     key = window_keys(daemon.clock.now(), daemon.config.trunks["gamma"].timezone)["day"]
     with Store(daemon.config.general.database) as store:
@@ -287,6 +309,171 @@ def test_unblock_lifts_unmatchable_stored_key(conf, capsys):
     assert run_ctl(conf, "unblock", "10.0.0.0/8", "--type", "source", "--reason",
                    "again") == 2
     assert "'10.0.0.0/8' is a network" in capsys.readouterr().err
+
+
+def active_blocks(path):
+    with Store(load_config(path).general.database) as store:
+        return store.active_blocks(datetime.now(timezone.utc))
+
+
+def audit_actions(path):
+    with Store(load_config(path).general.database) as store:
+        trail = store.audit_trail(datetime(2000, 1, 1, tzinfo=timezone.utc), 100)
+    return [change.action for change in trail.changes]
+
+
+def test_unblock_untyped_finds_caller(conf, capsys):
+    assert run_ctl(conf, "block", "01632960001", "--type", "caller", "--reason",
+                   "fraud") == 0
+    capsys.readouterr()
+
+    status = run_ctl(conf, "unblock", "01632960001", "--reason", "false alarm")
+
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "lifted 1 active block on caller +441632960001" in out
+    assert "endpoint" not in out
+    assert stored_blocks(conf) == []
+
+
+def test_unblock_untyped_lifts_each_type(conf, capsys):
+    for key_type in ("endpoint", "caller", "accountcode"):
+        assert run_ctl(conf, "block", "01632960001", "--type", key_type, "--reason",
+                       "fraud") == 0
+    assert run_ctl(conf, "block", "1002", "--reason", "fraud") == 0
+    capsys.readouterr()
+
+    status = run_ctl(conf, "unblock", " 01632960001 ", "--reason", "false alarm")
+
+    lifted = [line for line in capsys.readouterr().out.splitlines()
+              if line.startswith("lifted")]
+    assert status == 0
+    assert lifted == [
+        "lifted 1 active block on endpoint 01632960001",
+        "lifted 1 active block on caller +441632960001",
+        "lifted 1 active block on accountcode 01632960001",
+    ]
+    assert stored_blocks(conf) == [("endpoint", "1002")]
+    assert audit_actions(conf).count("unblock") == 3
+
+
+def test_unblock_nothing_matches_exits_1(conf, capsys):
+    assert run_ctl(conf, "block", "1002", "--reason", "fraud") == 0
+    capsys.readouterr()
+
+    status = run_ctl(conf, "unblock", "01632960001", "--reason", "false alarm")
+
+    out, err = capsys.readouterr()
+    assert status == 1
+    assert "lifted" not in out
+    assert "no active block matches 01632960001" in err
+    assert "caller +441632960001" in err
+    assert stored_blocks(conf) == [("endpoint", "1002")]
+    assert "unblock" not in audit_actions(conf)
+
+
+def test_unblock_untyped_skips_invalid_types(conf, capsys):
+    status = run_ctl(conf, "unblock", "1001", "--reason", "false alarm")
+
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "(tried endpoint 1001, accountcode 1001)" in err
+    assert "is not a calling number" not in err
+    assert "is not an IP address" not in err
+
+
+def test_unblock_typed_nothing_exits_1(conf, capsys):
+    assert run_ctl(conf, "block", "01632960001", "--reason", "fraud") == 0
+    capsys.readouterr()
+
+    status = run_ctl(conf, "unblock", "01632960001", "--type", "caller", "--reason",
+                     "false alarm")
+
+    out, err = capsys.readouterr()
+    assert status == 1
+    assert "lifted" not in out
+    assert "no active block matches 01632960001 (tried caller +441632960001)" in err
+    assert stored_blocks(conf) == [("endpoint", "01632960001")]
+
+
+def test_unblock_untyped_invalid_everywhere(conf, capsys):
+    status = run_ctl(conf, "unblock", "sales\nteam", "--reason", "false alarm")
+
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "'sales\\nteam' contains a line break" in err
+    assert "'sales\\nteam' is not a calling number" in err
+    assert "'sales\\nteam' is not an IP address" in err
+
+
+def test_unblock_untyped_lifts_stored_key(conf, capsys):
+    config = load_config(conf)
+    with Store(config.general.database) as store:
+        store.add_block("source", "10.0.0.0/8", "scan", datetime.now(timezone.utc), None,
+                        "root")
+
+    status = run_ctl(conf, "unblock", "10.0.0.0/8", "--reason", "cannot match")
+
+    assert status == 0
+    assert "lifted 1 active block on source 10.0.0.0/8" in capsys.readouterr().out
+    assert stored_blocks(conf) == []
+
+
+def test_block_twice_extends_one_block(conf, capsys):
+    assert run_ctl(conf, "block", "01632960010", "--type", "caller", "--for", "2h",
+                   "--reason", "toll fraud") == 0
+    first = capsys.readouterr().out
+    assert run_ctl(conf, "block", "+441632960010", "--type", "caller", "--for", "1d",
+                   "--reason", "still calling premium numbers") == 0
+    second = capsys.readouterr().out
+
+    (block,) = active_blocks(conf)
+    assert f"(block {block.id})" in first
+    assert second.startswith(f"caller +441632960010 already had block {block.id} until ")
+    assert "; extended it until " in second
+    assert block.reason == "still calling premium numbers"
+    assert block.expires_at - block.created_at > timedelta(hours=23)
+    assert run_ctl(conf, "unblock", "+441632960010", "--reason", "cleared") == 0
+    assert "lifted 1 active block on caller" in capsys.readouterr().out
+
+
+def test_block_until_unblocked_is_kept(conf, capsys):
+    assert run_ctl(conf, "block", "1001", "--reason", "fraud") == 0
+    capsys.readouterr()
+    assert run_ctl(conf, "block", "1001", "--for", "2h", "--reason", "more fraud") == 0
+    out = capsys.readouterr().out
+
+    (block,) = active_blocks(conf)
+    assert out.startswith(f"endpoint 1001 already has block {block.id} until unblocked")
+    assert "kept that expiry" in out
+    assert block.expires_at is None
+    assert block.reason == "more fraud"
+
+
+def test_block_until_unblocked_extends(conf, capsys):
+    assert run_ctl(conf, "block", "1001", "--for", "2h", "--reason", "fraud") == 0
+    capsys.readouterr()
+    assert run_ctl(conf, "block", "1001", "--reason", "more fraud") == 0
+    out = capsys.readouterr().out
+
+    (block,) = active_blocks(conf)
+    assert "extended it until unblocked" in out
+    assert block.expires_at is None
+
+
+def test_audit_lists_block_renewal(conf, capsys):
+    assert run_ctl(conf, "block", "1001", "--for", "2h", "--reason", "fraud") == 0
+    assert run_ctl(conf, "block", "1001", "--reason", "more fraud") == 0
+    capsys.readouterr()
+
+    events = run_json(capsys, conf, "audit")
+    (block,) = active_blocks(conf)
+    blocks = [event for event in events if event["kind"] == "block"]
+    assert len(blocks) == 2
+    assert blocks[0]["summary"].startswith(
+        f"extended block {block.id} until lifted (was until ")
+    assert blocks[0]["summary"].endswith(", reason 'fraud'): more fraud")
+    assert blocks[1]["summary"] == f"block {block.id} until unblocked: more fraud"
 
 
 @pytest.mark.parametrize("arguments, message", [

@@ -25,6 +25,7 @@ from callguard.text import escape_controls
 from callguard.config import load_config
 from callguard.store import CallRecord, OutboxRecord, Store
 from live_support import Pbx, eventually
+from support import TRUNK as SUPPORT_TRUNK
 from support import write_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,6 +101,7 @@ prefix,description,rate,connection_fee,increments
 """
 GEOGRAPHIC = "01632960123"
 MOBILE = "07700900123"
+TWO_TRUNKS = SUPPORT_TRUNK + "\n[trunk delta]\nrates = rates.csv\n"
 
 
 def run_ctl(*argv: str) -> int:
@@ -332,7 +334,8 @@ def test_prefixes_list_text(config, capsys):
     )
 
 
-def test_rates_round_trip(config, capsys, db_url):
+def test_rates_round_trip(tmp_path, capsys, db_url):
+    config = write_config(tmp_path, trunks=TWO_TRUNKS)
     options = ["--config", str(config), "--database", db_url]
 
     imported = run_ctl(*options, "rates", "import", str(SAMPLE_RATES), "--trunk",
@@ -398,6 +401,31 @@ def test_rates_import_bad_file(config, tmp_path, capsys):
     assert f"{bad}:3:" in err
     assert listed == EXIT_OK
     assert rows == []
+
+
+def test_rates_import_unknown_trunk(tmp_path, capsys):
+    config = write_config(tmp_path, trunks=TWO_TRUNKS)
+
+    status = run_ctl("--config", str(config), "rates", "import", str(SAMPLE_RATES),
+                     "--trunk", "gama")
+    out, err = capsys.readouterr()
+
+    assert status == EXIT_CONFIG
+    assert "imported" not in out
+    assert err == (f"trunk 'gama' is not in {config}; define [trunk gama] there or use "
+                   "one of the trunks (delta, gamma)\n")
+    with Store(load_config(config).general.database) as store:
+        assert store.rate_trunks() == {}
+
+
+def test_rates_list_unknown_trunk(config, capsys):
+    status = run_ctl("--config", str(config), "rates", "list", "--trunk", "delta")
+    out, err = capsys.readouterr()
+
+    assert status == EXIT_CONFIG
+    assert out == ""
+    assert err == (f"trunk 'delta' is not in {config}; define [trunk delta] there or "
+                   "use one of the trunks (gamma)\n")
 
 
 @pytest.mark.parametrize("header, row, advice", [

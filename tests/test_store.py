@@ -920,6 +920,122 @@ def test_block_expiry_must_follow_creation(store):
         store.add_block("caller", "1001", "fraud", T0, T0, "admin")
 
 
+HOUR = timedelta(hours=1)
+RENEWALS = [
+    # first expiry, second expiry, expiry kept, whether the block was extended
+    (T0 + 2 * HOUR, T0 + 3 * HOUR, T0 + 3 * HOUR, True),
+    (T0 + 3 * HOUR, T0 + 2 * HOUR, T0 + 3 * HOUR, False),
+    (T0 + 2 * HOUR, None, None, True),
+    (None, T0 + 2 * HOUR, None, False),
+    (None, None, None, False),
+]
+
+
+@pytest.mark.parametrize("first, second, expected, extended", RENEWALS)
+def test_block_manually_renews_active(store, first, second, expected, extended):
+    created = store.block_manually("caller", "+441632960010", "fraud", T0, first, "alice")
+    renewed = store.block_manually("caller", "+441632960010", "more fraud", T0 + HOUR,
+                                   second, "bob")
+
+    (block,) = store.active_blocks(T0 + HOUR)
+    assert created.previous is None
+    assert renewed.previous == created.block
+    assert renewed.extended is extended
+    assert renewed.block == block
+    assert block.id == created.block.id
+    assert block.expires_at == expected
+    assert block.reason == "more fraud"
+    assert block.created_at == T0
+    assert block.created_by == "alice"
+
+
+def test_block_manually_audits_renewal(store):
+    created = store.block_manually("endpoint", "1001", "fraud", T0, T0 + 2 * HOUR,
+                                   "alice")
+    store.block_manually("endpoint", "1001", "more fraud", T0 + HOUR, None, "bob")
+
+    changes = store.audit_trail(T0, 10).changes
+    block_id = created.block.id
+    assert [(c.action, c.actor, c.reason) for c in changes] == [
+        ("block", "bob", "more fraud"),
+        ("block", "alice", "fraud"),
+    ]
+    assert changes[0].detail == (f"extended block {block_id} until lifted (was until "
+                                 "2024-06-14T14:00:00+00:00, reason 'fraud')")
+    assert changes[1].detail == f"block {block_id} until 2024-06-14T14:00:00+00:00"
+
+
+def test_block_manually_renews_automatic(store):
+    automatic = store.add_block("caller", "+441632960010", "3 barred attempts", T0,
+                                T0 + HOUR, "callguard")
+    store.block_manually("caller", "+441632960010", "fraud", T0 + timedelta(minutes=1),
+                         T0 + 2 * HOUR, "alice")
+
+    (block,) = store.active_blocks(T0 + timedelta(minutes=1))
+    (change,) = store.audit_trail(T0, 10).changes
+    assert block.id == automatic
+    assert block.created_by == "callguard"
+    assert block.expires_at == T0 + 2 * HOUR
+    assert store.count_blocks("caller", "+441632960010", T0, "callguard") == 1
+    assert change.detail.endswith(", reason '3 barred attempts')")
+
+
+@pytest.mark.parametrize("ended", ["lifted", "expired"])
+def test_block_manually_after_block_ended(store, ended):
+    first = store.block_manually("endpoint", "1001", "fraud", T0, T0 + HOUR, "alice")
+    if ended == "lifted":
+        store.unblock_manually("endpoint", "1001", "false alarm", T0 + timedelta(minutes=30),
+                               "alice")
+    second = store.block_manually("endpoint", "1001", "again", T0 + 2 * HOUR, None,
+                                  "alice")
+
+    assert second.previous is None
+    assert second.block.id != first.block.id
+    assert [b.id for b in store.active_blocks(T0 + 2 * HOUR)] == [second.block.id]
+
+
+def test_block_manually_other_key_untouched(store):
+    store.block_manually("endpoint", "1001", "fraud", T0, None, "alice")
+    other_type = store.block_manually("accountcode", "1001", "fraud", T0, None, "alice")
+    other_key = store.block_manually("endpoint", "1002", "fraud", T0, None, "alice")
+
+    assert other_type.previous is None
+    assert other_key.previous is None
+    assert len(store.active_blocks(T0)) == 3
+
+
+def test_block_manually_renewal_checks_expiry(store):
+    store.block_manually("endpoint", "1001", "fraud", T0, None, "alice")
+
+    with pytest.raises(ValueError, match="not after created_at"):
+        store.block_manually("endpoint", "1001", "again", T0 + HOUR, T0, "alice")
+    (block,) = store.active_blocks(T0 + HOUR)
+    assert block.reason == "fraud"
+
+
+def test_block_manually_concurrent_once(store):
+    thread_count = 8
+    barrier = threading.Barrier(thread_count)
+    errors = []
+
+    def block(n: int) -> None:
+        barrier.wait()
+        try:
+            store.block_manually("endpoint", "1001", f"report {n}", T0, None, f"op{n}")
+        except Exception as exc:  # the assert on errors reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=block, args=(n,)) for n in range(thread_count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert len(store.active_blocks(T0)) == 1
+    assert len(store.audit_trail(T0, 100).changes) == thread_count
+
+
 # Connections and errors.
 
 

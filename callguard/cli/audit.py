@@ -132,9 +132,13 @@ def merge_events(trail: AuditTrail) -> list[Event]:
                             f"{hangup.trunk} {hangup.number or '-'}",
                             f"{hangup.reason} on {hangup.channel} ({hangup.outcome}), "
                             f"call cost {hangup.call_cost}"))
-    # Manual blocks are listed from the blocks table, which has their expiry.
+    # The blocks table lists each manual block with its expiry, so the audit entry
+    # of its creation is skipped. Entries of renewals (a block on a key that was
+    # blocked already) are listed.
+    created = {(block.created_at, f"{block.key_type} {block.key}")
+               for block in trail.blocks}
     for change in trail.changes:
-        if change.action == KIND_BLOCK:
+        if change.action == KIND_BLOCK and (change.at, change.subject) in created:
             continue
         # A failed reload's detail has one line per config error.
         detail = "; ".join(line for line in change.detail.splitlines() if line.strip())

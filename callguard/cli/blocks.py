@@ -14,7 +14,7 @@ import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from callguard.cli.common import EXIT_CONFIG, EXIT_OK, read_config
+from callguard.cli.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, read_config
 from callguard.text import escape_controls
 from callguard.config import Config
 from callguard.config.errors import InvalidValue
@@ -89,13 +89,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                        help="how long, like 30m, 2h, 1d or 1w (default: until unblocked)")
     block.add_argument("--reason", required=True, type=_reason,
                        help="why, kept in the audit trail")
-    _add_type(block)
+    _add_type(block, KEY_ENDPOINT, KEY_ENDPOINT)
 
     unblock = commands.add_parser("unblock", help="lift every active block on a caller")
     unblock.add_argument("key", metavar="CALLER", help="the blocked key")
     unblock.add_argument("--reason", required=True, type=_reason,
                          help="why, kept in the audit trail")
-    _add_type(unblock)
+    _add_type(unblock, None, "every type that CALLER is a valid key of")
 
     reset = commands.add_parser("reset", help="clear a trunk's spend in the current day "
                                 "or week, e.g. after a false alarm")
@@ -106,10 +106,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                        help="why, kept in the audit trail")
 
 
-def _add_type(parser: argparse.ArgumentParser) -> None:
+def _add_type(parser: argparse.ArgumentParser, default: str | None,
+              default_text: str) -> None:
     parser.add_argument("--type", dest="key_type", choices=OFFENDER_KEYS,
-                        default=KEY_ENDPOINT,
-                        help=f"what CALLER is (default: {KEY_ENDPOINT})")
+                        default=default,
+                        help=f"what CALLER is (default: {default_text})")
 
 
 def cmd_blocks(args: argparse.Namespace) -> int:
@@ -143,38 +144,77 @@ def cmd_block(args: argparse.Namespace) -> int:
     now = datetime.now(timezone.utc)
     expires_at = None if args.duration is None else now + timedelta(seconds=args.duration)
     with Store(config.general.database) as store:
-        block_id = store.block_manually(args.key_type, key, args.reason, now, expires_at,
-                                        _actor())
-    until = "until unblocked" if expires_at is None else f"until {expires_at.isoformat()}"
-    print(f"blocked {args.key_type} {escape_controls(key)} {until} (block {block_id})")
+        change = store.block_manually(args.key_type, key, args.reason, now, expires_at,
+                                      _actor())
+    block, previous = change.block, change.previous
+    subject = f"{args.key_type} {escape_controls(key)}"
+    if previous is None:
+        print(f"blocked {subject} {_until(block.expires_at)} (block {block.id})")
+    elif change.extended:
+        print(f"{subject} already had block {block.id} {_until(previous.expires_at)}; "
+              f"extended it {_until(block.expires_at)} and replaced its reason")
+    else:
+        print(f"{subject} already has block {block.id} {_until(block.expires_at)}, "
+              "which ends no earlier than requested; kept that expiry and replaced "
+              "its reason")
 
     _tell_daemon(config, {"command": "block", "key_type": args.key_type, "key": key,
-                          "expires_at": None if expires_at is None else
-                          expires_at.isoformat()})
+                          "expires_at": None if block.expires_at is None else
+                          block.expires_at.isoformat()})
     return EXIT_OK
 
 
 def cmd_unblock(args: argparse.Namespace) -> int:
     config = read_config(args)
+    key_types = OFFENDER_KEYS if args.key_type is None else (args.key_type,)
     now = datetime.now(timezone.utc)
     with Store(config.general.database) as store:
-        try:
-            key = normalise_key(config, args.key_type, args.key)
-        except ValueError as exc:
-            # A block stored before keys were checked on input can still be
-            # lifted by its exact key.
-            key = args.key.strip()
-            if not any(block.key_type == args.key_type and block.key == key
-                       for block in store.active_blocks(now)):
-                print(exc, file=sys.stderr)
-                return EXIT_CONFIG
+        active = {(block.key_type, block.key) for block in store.active_blocks(now)}
+        keys, problems = _unblock_keys(config, key_types, args.key, active)
+        if not keys:
+            for problem in problems:
+                print(problem, file=sys.stderr)
+            return EXIT_CONFIG
 
-        lifted = store.unblock_manually(args.key_type, key, args.reason, now, _actor())
-    print(f"lifted {lifted} active block{'s' if lifted != 1 else ''} on "
-          f"{args.key_type} {escape_controls(key)}")
+        # Only keys with an active block are lifted, so the audit trail records
+        # no unblock that changed nothing.
+        lifted = {identity: store.unblock_manually(*identity, args.reason, now, _actor())
+                  for identity in keys if identity in active}
 
-    _tell_daemon(config, {"command": "unblock", "key_type": args.key_type, "key": key})
+    if not any(lifted.values()):
+        tried = ", ".join(f"{key_type} {escape_controls(key)}" for key_type, key in keys)
+        print(f"no active block matches {escape_controls(args.key.strip())} (tried "
+              f"{tried}); list the active blocks with callguardctl blocks",
+              file=sys.stderr)
+        return EXIT_FAILURE
+
+    for (key_type, key), count in lifted.items():
+        if not count:
+            continue
+        print(f"lifted {count} active block{'s' if count != 1 else ''} on "
+              f"{key_type} {escape_controls(key)}")
+        _tell_daemon(config, {"command": "unblock", "key_type": key_type, "key": key})
     return EXIT_OK
+
+
+def _unblock_keys(config: Config, key_types: tuple[str, ...], text: str,
+                  active: set[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[str]]:
+    """Return the (key type, key) pairs to lift for ``text``, and the error messages.
+
+    A type whose ``normalise_key`` rejects ``text`` adds its message and no
+    pair. The exception is an active block of that type with ``text`` as its
+    exact key, stored before keys were checked on input, which is still lifted.
+    """
+    keys, problems = [], []
+    for key_type in key_types:
+        try:
+            keys.append((key_type, normalise_key(config, key_type, text)))
+        except ValueError as exc:
+            if (key_type, text.strip()) in active:
+                keys.append((key_type, text.strip()))
+            else:
+                problems.append(str(exc))
+    return keys, problems
 
 
 def cmd_reset(args: argparse.Namespace) -> int:
@@ -290,6 +330,10 @@ def _tell_daemon(config: Config, request: dict) -> bool:
         return False
     print("applied to the running daemon")
     return True
+
+
+def _until(expires_at: datetime | None) -> str:
+    return "until unblocked" if expires_at is None else f"until {expires_at.isoformat()}"
 
 
 def _actor() -> str:

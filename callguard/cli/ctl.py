@@ -19,7 +19,7 @@ from callguard.cli.common import (
 )
 from callguard.cli import alerts, audit, blocks, live
 from callguard.cli.inspect import ask_daemon, check_number, print_check
-from callguard.config import ConfigError
+from callguard.config import Config, ConfigError
 from callguard.config.advice import config_warnings
 from callguard.daemon.state import build_state
 from callguard.numbers import PrefixTable, PrefixTableError
@@ -81,9 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
                                            "store for a trunk")
     rate_import.add_argument("file", help="CSV with prefix,description,rate,connection_fee,"
                              "increments")
-    rate_import.add_argument("--trunk", required=True)
+    rate_import.add_argument("--trunk", required=True,
+                             help="the trunk section name, as in [trunk NAME]")
     rate_list = rate_commands.add_parser("list", help="list a trunk's rates in the store")
-    rate_list.add_argument("--trunk", required=True)
+    rate_list.add_argument("--trunk", required=True,
+                           help="the trunk section name, as in [trunk NAME]")
     rate_list.add_argument("--prefix", help="only prefixes starting with these digits")
     rate_list.add_argument("--limit", type=row_limit, default=100,
                            help="rows at most (default 100)")
@@ -142,8 +144,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def open_store(args: argparse.Namespace) -> Store:
-    config = read_config(args)
+def open_store(config: Config) -> Store:
     store = Store(config.general.database)
     store.open()
     return store
@@ -173,7 +174,7 @@ def _reporting_bad_input(command, args: argparse.Namespace) -> int:
 def _prefixes(args: argparse.Namespace) -> int:
     if args.action == "import":
         table = PrefixTable.from_csv(args.file)
-        store = open_store(args)
+        store = open_store(read_config(args))
         rows = [(r.prefix, r.category, r.description) for r in table.rules()]
         count = store.replace_prefixes(rows, str(args.file))
         print(f"imported {count} prefixes from {args.file}")
@@ -181,7 +182,7 @@ def _prefixes(args: argparse.Namespace) -> int:
               "point it there and reload to use this file")
         return EXIT_OK
 
-    store = open_store(args)
+    store = open_store(read_config(args))
     rows = [r for r in store.list_prefixes() if not args.category or r[1] == args.category]
     if args.json:
         print(json.dumps([{"prefix": p, "category": c, "description": d} for p, c, d in rows],
@@ -193,9 +194,14 @@ def _prefixes(args: argparse.Namespace) -> int:
 
 
 def _rates(args: argparse.Namespace) -> int:
+    config = read_config(args)
+    if args.trunk not in config.trunks:
+        print(_unknown_trunk(config, args.trunk), file=sys.stderr)
+        return EXIT_CONFIG
+
     if args.action == "import":
         deck = RateDeck.from_csv(args.file)
-        store = open_store(args)
+        store = open_store(config)
         rows = ((t.prefix, t.description, t.rate, t.connection_fee, t.increments.first,
                  t.increments.later) for t in deck.tariffs())
         count = store.replace_rates(args.trunk, rows, str(args.file))
@@ -204,7 +210,7 @@ def _rates(args: argparse.Namespace) -> int:
               "point it there and reload to use this file")
         return EXIT_OK
 
-    store = open_store(args)
+    store = open_store(config)
     rows = store.list_rates(args.trunk, args.prefix, args.limit)
     if args.json:
         print(json.dumps([
@@ -215,6 +221,15 @@ def _rates(args: argparse.Namespace) -> int:
         for prefix, description, rate, fee, first, later in rows:
             print(f"{prefix:<12} {rate:>10} {fee:>8} {first}/{later:<6} {description}")
     return EXIT_OK
+
+
+def _unknown_trunk(config: Config, name: str) -> str:
+    """Return the message for a --trunk that names no trunk section of ``config``."""
+    defined = ", ".join(sorted(config.trunks)) or "none defined"
+    if not name.strip():
+        return f"--trunk is empty; give a trunk of {config.path} ({defined})"
+    return (f"trunk {name!r} is not in {config.path}; define [trunk {name}] there or "
+            f"use one of the trunks ({defined})")
 
 
 def control_socket(args: argparse.Namespace) -> Path:

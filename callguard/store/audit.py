@@ -17,6 +17,7 @@ from callguard.store.audit_records import (
 )
 from callguard.store.models import Audit, Block, Decision, Hangup
 from callguard.store.records import (
+    BlockChange,
     BlockRecord,
     DecisionRecord,
     HangupRecord,
@@ -49,16 +50,31 @@ def block_manually(
     at: datetime,
     expires_at: datetime | None,
     actor: str,
-) -> int:
-    """Store an operator's block and its audit entry; returns the block id."""
+) -> BlockChange:
+    """Store an operator's block, or renew the key's active block, with an audit entry.
+
+    The entry of a renewal records the expiry and reason that it replaced.
+    """
     check_text(reason, "reason")
-    block_id = blocks.add_block(conn, key_type, key, reason, at, expires_at, actor)
-    until = "until lifted" if expires_at is None else f"until {expires_at.isoformat()}"
+    change = blocks.add_or_renew_block(conn, key_type, key, reason, at, expires_at, actor)
     add_audit(conn, AuditRecord(
         at=at, action=ACTION_BLOCK, actor=actor, subject=f"{key_type} {key}",
-        reason=reason, detail=f"block {block_id} {until}",
+        reason=reason, detail=_block_detail(change),
     ))
-    return block_id
+    return change
+
+
+def _block_detail(change: BlockChange) -> str:
+    block, previous = change.block, change.previous
+    if previous is None:
+        return f"block {block.id} {_until(block.expires_at)}"
+    action = "extended" if change.extended else "kept"
+    return (f"{action} block {block.id} {_until(block.expires_at)} (was "
+            f"{_until(previous.expires_at)}, reason {previous.reason!r})")
+
+
+def _until(expires_at: datetime | None) -> str:
+    return "until lifted" if expires_at is None else f"until {expires_at.isoformat()}"
 
 
 def unblock_manually(

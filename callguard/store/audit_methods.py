@@ -10,6 +10,7 @@ from sqlalchemy import Connection
 from callguard.store import audit
 from callguard.store.audit_records import AuditRecord
 from callguard.store.records import (
+    BlockChange,
     BlockRecord,
     DecisionRecord,
     HangupRecord,
@@ -50,8 +51,8 @@ class AuditMethods:
         at: datetime,
         expires_at: datetime | None,
         actor: str,
-    ) -> int:
-        """Store an operator's block with its audit entry; returns the block id."""
+    ) -> BlockChange:
+        """Store an operator's block, or renew the key's active block, with an audit entry."""
         with self._transaction(f"blocking {key_type} {key}") as conn:
             return audit.block_manually(conn, key_type, key, reason, at, expires_at, actor)
 

@@ -198,6 +198,19 @@ class BlockRecord:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class BlockChange:
+    """Outcome of blocking a key, which adds a block or renews the key's active one."""
+
+    block: BlockRecord  # the block as stored after the change
+    previous: BlockRecord | None = None  # the renewed block before it, None when new
+
+    @property
+    def extended(self) -> bool:
+        """Return True when a renewed block now expires later than before."""
+        return self.previous is not None and self.block.expires_at != self.previous.expires_at
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ImportRecord:
     """The last import of the prefix table or of a trunk's rate deck."""
 
