@@ -33,6 +33,17 @@ def _escape(match: re.Match[str]) -> str:
     return f"\\u{code:04x}"
 
 
+def storable(text: str) -> str:
+    """Return ``text`` with each NUL character written as ``\\x00``.
+
+    PostgreSQL text cannot contain NUL, so peer data that contains one would fail
+    the whole batch it is written in.
+    """
+    if "\x00" not in text:
+        return text
+    return text.replace("\x00", "\\x00")
+
+
 def escape_lines(text: str, separator: str = "\n") -> str:
     """Escape control characters in each line of ``text``, joined by ``separator``."""
     return separator.join(escape_controls(line) for line in text.split("\n"))

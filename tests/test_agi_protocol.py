@@ -298,6 +298,8 @@ BAD_BLOCKS = [
     (b"agi_network: yes\nHANGUP\n\n", AGIProtocolError),
     (b"agi_x: " + b"y" * 5000 + b"\n\n", AGIProtocolError),
     (b"".join(b"agi_v%d: x\n" % i for i in range(129)) + b"\n", AGIProtocolError),
+    # Asterisk writes the block from C strings, so a NUL byte never comes from it.
+    (b"agi_network: yes\nagi_arg_1: 0\x0090\n\n", AGIProtocolError),
     (b"agi_network: yes\nagi_channel: PJSIP/1", AGIHangup),
     (b"agi_network: yes\n", AGIHangup),
     (b"", AGIHangup),
@@ -514,6 +516,7 @@ async def test_trying_then_reply(pipe):
         (b"300 result=1\n", AGIProtocolError),
         (b"200 result=one\n", AGIProtocolError),
         (b"200 result=1 (" + b"x" * 5000 + b")\n", AGIProtocolError),
+        (b"200 result=1 (gam\x00ma)\n", AGIProtocolError),
         (b"520-Invalid command syntax.\n" + b"usage\n" * 300, AGIProtocolError),
         # Fewer lines than the limit, but more bytes than max_block.
         (b"520-Invalid command syntax.\n" + (b"u" * 1000 + b"\n") * 100, AGIProtocolError),

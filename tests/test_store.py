@@ -563,6 +563,27 @@ def test_decisions_batch_over_statement_size(store, count):
     assert [dataclasses.replace(record, id=None) for record in reversed(stored)] == batch
 
 
+@pytest.mark.parametrize("count", [1, 65])
+def test_prepared_decisions_round_trip(store, count):
+    batch = [decision(n, reserved=Decimal(n) / 1000, dialled=f"0{n}")
+             for n in range(1, count + 1)]
+    store.add_decisions([decision(0)])
+
+    store.add_prepared_decisions([store.prepare_decision(record) for record in batch])
+    store.add_prepared_decisions([])
+
+    stored = store.recent_decisions(limit=1000)
+    assert [record.id for record in stored] == list(range(count + 1, 0, -1))
+    assert [dataclasses.replace(record, id=None) for record in reversed(stored[:-1])] == batch
+
+
+def test_prepare_decision_rejects_stored_record(store):
+    with pytest.raises(ValueError, match="already stored"):
+        store.prepare_decision(decision(1, id=7))
+    with pytest.raises(TypeError, match="not a DecisionRecord"):
+        store.prepare_decision(("ALLOW", "ok"))
+
+
 def test_decisions_reject_bad_records(store):
     with pytest.raises(ValueError, match="result 'MAYBE' is invalid"):
         decision(1, result="MAYBE")
@@ -570,6 +591,9 @@ def test_decisions_reject_bad_records(store):
         decision(1, decided_at=datetime(2024, 6, 14))
     with pytest.raises(TypeError, match="float"):
         decision(1, reserved=0.5)
+    # Rejected on SQLite too, so both stores keep the same rows.
+    with pytest.raises(ValueError, match="dialled '0\\\\x001' contains a NUL"):
+        decision(1, dialled="0\x001")
 
     store.add_decisions([])
     assert store.recent_decisions() == []

@@ -139,6 +139,10 @@ class AGIConnection(asyncio.Protocol):
                 self.transport.resume_reading()
         if raw[-1:] == b"\r":
             raw = raw[:-1]
+        if b"\x00" in raw:
+            # Asterisk writes AGI lines from C strings, which cannot contain NUL.
+            self._error = AGIProtocolError(f"AGI line {_shown(raw)} contains a NUL byte")
+            raise self._error
         return raw.decode("utf-8", errors="replace")
 
     # -- writing -----------------------------------------------------------
@@ -228,3 +232,8 @@ class AGIConnection(asyncio.Protocol):
             self._paused = True
             self.transport.pause_reading()
         self._wake()
+
+
+def _shown(raw: bytes) -> str:
+    """Return the start of a peer's line for an error message."""
+    return repr(raw[:60]) + ("..." if len(raw) > 60 else "")

@@ -1,7 +1,10 @@
 """Write decisions to the store in batches, off the decision path.
 
 A batch is written every ``interval`` seconds or when ``batch_size`` rows are
-waiting, so a crash loses at most the decisions of the last interval.
+waiting, so a crash loses at most the decisions of the last interval. Each
+decision is converted to driver values as it is recorded: the store thread
+then only executes the INSERT, and holds the GIL for less time per batch,
+which FastAGI sessions in flight would otherwise wait for.
 """
 
 import asyncio
@@ -9,8 +12,11 @@ import logging
 from collections import deque
 
 from callguard.clock import Clock
+from callguard.numbers.errors import quote
 from callguard.policy.decision import CallRequest, Decision
+from callguard.repeats import RepeatLimiter, suppressed_note
 from callguard.store import DecisionRecord
+from callguard.text import storable
 from callguard.worker import StoreWorker
 
 log = logging.getLogger(__name__)
@@ -30,15 +36,29 @@ class DecisionRecorder:
         self._node = node
         self._interval = interval
         self._batch_size = batch_size
-        self._queue: deque[DecisionRecord] = deque(maxlen=MAX_QUEUED)
+        # Decisions as the store's prepared rows.
+        self._queue: deque[tuple] = deque(maxlen=MAX_QUEUED)
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.dropped = 0
+        self._unstorable = RepeatLimiter()
 
     def record(self, request: CallRequest, decision: Decision) -> None:
+        try:
+            record = to_record(request, decision, self._clock, self._node)
+            row = self._worker.store.prepare_decision(record)
+        except (TypeError, ValueError) as exc:
+            self.dropped += 1
+            suppressed = self._unstorable.admit()
+            if suppressed is not None:
+                log.error("%s %s: failed to convert the decision %s %s for the store, "
+                          "so it is not recorded: %s%s", quote(request.trunk or NONE),
+                          quote(request.uniqueid or NONE), decision.result, decision.reason,
+                          quote(str(exc)), suppressed_note(suppressed))
+            return
         if len(self._queue) == self._queue.maxlen:
             self.dropped += 1
-        self._queue.append(to_record(request, decision, self._clock, self._node))
+        self._queue.append(row)
         if len(self._queue) >= self._batch_size:
             self._wakeup.set()
 
@@ -59,7 +79,7 @@ class DecisionRecorder:
         while self._queue:
             batch = [self._queue.popleft() for _ in range(min(self._batch_size, len(self._queue)))]
             try:
-                await self._worker.call(self._worker.store.add_decisions, batch)
+                await self._worker.call(self._worker.store.add_prepared_decisions, batch)
             except Exception as exc:
                 # Put the batch back and try again on the next round.
                 self._queue.extendleft(reversed(batch))
@@ -81,11 +101,11 @@ def to_record(request: CallRequest, decision: Decision, clock: Clock, node: str)
     return DecisionRecord(
         id=None,
         decided_at=clock.now(),
-        trunk=request.trunk or NONE,
-        uniqueid=request.uniqueid or NONE,
-        channel=request.channel,
-        caller=request.caller,
-        dialled=request.dialled,
+        trunk=storable(request.trunk) or NONE,
+        uniqueid=storable(request.uniqueid) or NONE,
+        channel=storable(request.channel),
+        caller=storable(request.caller),
+        dialled=storable(request.dialled),
         e164=decision.e164 or None,
         category=decision.category or None,
         result=decision.result,

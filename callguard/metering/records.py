@@ -1,22 +1,27 @@
-"""Store records of live legs: the call row and the hang-up row."""
+"""Store records of live legs: the call row and the hang-up row.
+
+Channel names, uniqueids, caller IDs and dialled strings come from ARI
+events, so each passes through storable() on its way to the store.
+"""
 
 from datetime import datetime
 from decimal import Decimal
 
 from callguard.metering.legs import Leg
 from callguard.store import CallRecord, HangupRecord
+from callguard.text import storable
 
 
 def call_record(leg: Leg, cost: Decimal) -> CallRecord:
     tariff = leg.tariff
     answered_at = leg.answered.answered_at if leg.answered is not None else None
     return CallRecord(
-        uniqueid=leg.id,
-        decision_uniqueid=leg.decision_uniqueid or None,
+        uniqueid=storable(leg.id),
+        decision_uniqueid=storable(leg.decision_uniqueid) or None,
         trunk=leg.trunk,
-        channel=leg.channel,
-        caller=leg.caller,
-        dialled=leg.number,
+        channel=storable(leg.channel),
+        caller=storable(leg.caller),
+        dialled=storable(leg.number),
         e164=leg.e164 or None,
         category=leg.category or None,
         tariff_prefix=None if tariff is None else tariff.prefix,
@@ -40,9 +45,9 @@ def hangup_record(leg: Leg, reason: str, at: datetime, daily: Decimal | None,
     return HangupRecord(
         requested_at=at,
         trunk=leg.trunk,
-        uniqueid=leg.id,
-        channel=leg.channel,
-        number=leg.e164 or leg.number,
+        uniqueid=storable(leg.id),
+        channel=storable(leg.channel),
+        number=leg.e164 or storable(leg.number),
         reason=reason,
         daily_spend=daily,
         weekly_spend=weekly,

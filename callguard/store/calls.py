@@ -55,9 +55,27 @@ def add_decisions(conn: Connection, rows: Sequence[DecisionRecord]) -> None:
     if not rows:
         return
 
-    first_id = allocate_ids(conn, Decision.__tablename__, len(rows))
     insert = _decision_insert(conn.dialect)
-    insert.execute_records(conn, rows, first_id)
+    add_prepared_decisions(conn, [insert.prepare(row) for row in rows])
+
+
+def prepare_decision(dialect: Dialect, record: DecisionRecord) -> tuple:
+    """Return ``record`` as driver values for ``dialect``, ready for add_prepared_decisions.
+
+    The conversion needs no connection, so the daemon runs it as each
+    decision is made and the store thread only executes the INSERT.
+    """
+    check_decisions([record])
+    return _decision_insert(dialect).prepare(record)
+
+
+def add_prepared_decisions(conn: Connection, rows: Sequence[tuple]) -> None:
+    """Insert decisions returned by prepare_decision, with consecutive ids."""
+    if not rows:
+        return
+
+    first_id = allocate_ids(conn, Decision.__tablename__, len(rows))
+    _decision_insert(conn.dialect).execute_prepared(conn, rows, first_id)
 
 
 class _DriverInsert:
@@ -75,9 +93,11 @@ class _DriverInsert:
         names = list(compiled.positiontup if dialect.positional else compiled.params)
         columns = table.columns
         self._names = names
-        self._processors = [
-            columns[name].type.dialect_impl(dialect).bind_processor(dialect)
-            for name in names
+        self._id_index = names.index("id")
+        # Every column but the id, which is allocated when the rows are stored.
+        self._converters = [
+            (name, columns[name].type.dialect_impl(dialect).bind_processor(dialect))
+            for name in names if name != "id"
         ]
         self._positional = dialect.positional
         self._rows_per_statement = 1
@@ -86,41 +106,41 @@ class _DriverInsert:
         head, _, row = self.statement.partition(" VALUES ")
         self._head, self._row = head + " VALUES ", row
 
-    def execute_records(self, conn: Connection, records: Sequence, first_id: int) -> None:
-        """Insert ``records`` under consecutive ids from ``first_id``, in few statements.
-
-        SQLite gets INSERTs of up to SQLITE_ROWS_PER_STATEMENT rows, because
-        its executemany releases and takes back the GIL around every row. Each
-        chunk's parameters are built just before it runs, so that the GIL is
-        released between chunks, not held while a whole batch is converted.
-        Other drivers get one executemany.
-        """
-        per_statement = self._rows_per_statement
-        if per_statement == 1:
-            conn.exec_driver_sql(self.statement, [
-                self.record_parameters(record, first_id + n)
-                for n, record in enumerate(records)
-            ])
-            return
-        for start in range(0, len(records), per_statement):
-            chunk = records[start:start + per_statement]
-            values = ", ".join([self._row] * len(chunk))
-            flat = []
-            for n, record in enumerate(chunk, start=first_id + start):
-                flat.extend(self.record_parameters(record, n))
-            conn.exec_driver_sql(self._head + values, tuple(flat))
-
-    def record_parameters(self, record: object, record_id: int) -> tuple | dict:
-        """Return the driver's parameters for ``record`` stored under ``record_id``."""
+    def prepare(self, record: object) -> tuple:
+        """Return the driver's values for ``record``, all columns but the id, in order."""
         converted = []
-        for name, processor in zip(self._names, self._processors):
-            value = record_id if name == "id" else getattr(record, name)
+        for name, processor in self._converters:
+            value = getattr(record, name)
             if processor is not None and value is not None:
                 value = processor(value)
             converted.append(value)
-        if self._positional:
-            return tuple(converted)
-        return dict(zip(self._names, converted))
+        return tuple(converted)
+
+    def execute_prepared(self, conn: Connection, rows: Sequence[tuple], first_id: int) -> None:
+        """Insert prepared ``rows`` under consecutive ids from ``first_id``, in few statements.
+
+        SQLite gets INSERTs of up to SQLITE_ROWS_PER_STATEMENT rows, because
+        its executemany releases and takes back the GIL around every row.
+        Other drivers get one executemany.
+        """
+        at = self._id_index
+        per_statement = self._rows_per_statement
+        if per_statement == 1:
+            parameters = [row[:at] + (first_id + n,) + row[at:] for n, row in enumerate(rows)]
+            if not self._positional:
+                parameters = [dict(zip(self._names, values)) for values in parameters]
+            conn.exec_driver_sql(self.statement, parameters)
+            return
+
+        for start in range(0, len(rows), per_statement):
+            chunk = rows[start:start + per_statement]
+            flat: list = []
+            for record_id, row in enumerate(chunk, start=first_id + start):
+                flat.extend(row[:at])
+                flat.append(record_id)
+                flat.extend(row[at:])
+            values = ", ".join([self._row] * len(chunk))
+            conn.exec_driver_sql(self._head + values, tuple(flat))
 
 
 @functools.cache

@@ -41,6 +41,10 @@ def check_text(value: object, field: str, *, empty: bool = False) -> str:
         raise TypeError(f"{field} {value!r} is a {type(value).__name__}; expected str")
     if not empty and not value:
         raise ValueError(f"{field} is empty; give a non-empty string")
+    if "\x00" in value:
+        # PostgreSQL cannot store NUL in text, and a batch that fails there fails whole.
+        raise ValueError(f"{field} {value!r} contains a NUL character, which PostgreSQL "
+                         "text cannot store; remove or escape it")
     return value
 
 

@@ -176,6 +176,21 @@ class Store(OutboxMethods, AuditMethods):
         with self._transaction(f"storing {len(rows)} decisions") as conn:
             calls.add_decisions(conn, rows)
 
+    def prepare_decision(self, record: DecisionRecord) -> tuple:
+        """Return ``record`` converted for this store's driver, for add_prepared_decisions.
+
+        It touches no connection, so any thread may call it. Raises TypeError or
+        ValueError for a record that cannot be stored.
+        """
+        return calls.prepare_decision(self._engine.dialect, record)
+
+    def add_prepared_decisions(self, rows: Sequence[tuple]) -> None:
+        """Append decisions returned by prepare_decision in one transaction."""
+        if not rows:
+            return
+        with self._transaction(f"storing {len(rows)} decisions") as conn:
+            calls.add_prepared_decisions(conn, rows)
+
     def recent_decisions(
         self, limit: int = 50, trunk: str | None = None
     ) -> list[DecisionRecord]:

@@ -1,0 +1,108 @@
+"""Store records from peers' data: decisions recorded in batches, and call records."""
+
+import logging
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import pytest
+
+from callguard.clock import ManualClock
+from callguard.daemon.recorder import DecisionRecorder
+from callguard.metering.legs import Leg
+from callguard.metering.records import call_record, hangup_record
+from callguard.policy.decision import CallRequest, Decision
+from callguard.store import Store
+from callguard.worker import StoreWorker
+
+NOW = datetime(2024, 6, 14, 9, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = Store(f"sqlite:///{tmp_path}/callguard.db")
+    store.open()
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def worker(store):
+    worker = StoreWorker(store)
+    yield worker
+    worker.shutdown()
+
+
+def allowed(request: CallRequest) -> Decision:
+    return Decision("ALLOW", "ok", request.trunk, request.dialled, category="geographic",
+                    e164="+441632960123", max_seconds=600, reserved=Decimal("0.0100"))
+
+
+async def test_recorder_stores_batch(store, worker):
+    recorder = DecisionRecorder(worker, ManualClock(NOW), "pbx1")
+    requests = [CallRequest("gamma", f"0163296012{n}", uniqueid=f"1718355600.{n}")
+                for n in range(3)]
+
+    for request in requests:
+        recorder.record(request, allowed(request))
+    await recorder.flush()
+
+    stored = store.recent_decisions()
+    assert [record.uniqueid for record in stored] == [r.uniqueid for r in reversed(requests)]
+    assert stored[0].decided_at == NOW
+    assert stored[0].reserved == Decimal("0.0100")
+    assert stored[0].node == "pbx1"
+    assert recorder.dropped == 0
+
+
+async def test_recorder_escapes_nul_from_peer(store, worker):
+    recorder = DecisionRecorder(worker, ManualClock(NOW), "pbx1")
+    # PostgreSQL text cannot contain NUL, so a batch containing it would fail whole.
+    request = CallRequest("gamma", "0163\x00296", caller="\x00", uniqueid="1718355600.1",
+                          channel="PJSIP/10\x0001-00000001")
+
+    recorder.record(request, allowed(request))
+    await recorder.flush()
+
+    [stored] = store.recent_decisions()
+    assert stored.dialled == "0163\\x00296"
+    assert stored.caller == "\\x00"
+    assert stored.channel == "PJSIP/10\\x0001-00000001"
+    assert recorder.dropped == 0
+
+
+async def test_recorder_drops_unstorable_decision(store, worker, caplog):
+    recorder = DecisionRecorder(worker, ManualClock(NOW), "pbx1")
+    good = CallRequest("gamma", "01632960123", uniqueid="1718355600.1")
+    bad = CallRequest("gamma\x1b[2J", "01632960123", uniqueid="1718355600.2")
+    broken = Decision("ALLOW", "ok", bad.trunk, bad.dialled, max_seconds=-1)
+
+    with caplog.at_level(logging.ERROR, logger="callguard.daemon.recorder"):
+        recorder.record(bad, broken)
+        recorder.record(good, allowed(good))
+    await recorder.flush()
+
+    assert [record.uniqueid for record in store.recent_decisions()] == ["1718355600.1"]
+    assert recorder.dropped == 1
+    assert "failed to convert the decision ALLOW ok" in caplog.text
+    assert "max_seconds -1 is below the minimum 0" in caplog.text
+    # The trunk came from the peer: its escape sequence is written out, not sent raw.
+    assert "gamma\\x1b[2J" in caplog.text
+    assert "\x1b" not in caplog.text
+
+
+def test_call_records_escape_nul_from_ari():
+    leg = Leg(id="1718355600.\x002", trunk="gamma", channel="PJSIP/gam\x00ma-00000002",
+              created_at=NOW, number="0163\x00296", caller="\x00",
+              decision_uniqueid="1718355600.\x001")
+
+    call = call_record(leg, Decimal(0))
+    hangup = hangup_record(leg, "limit:daily", NOW, None, None, Decimal(0), "requested")
+
+    assert call.uniqueid == "1718355600.\\x002"
+    assert call.decision_uniqueid == "1718355600.\\x001"
+    assert call.channel == "PJSIP/gam\\x00ma-00000002"
+    assert call.dialled == "0163\\x00296"
+    assert call.caller == "\\x00"
+    assert hangup.uniqueid == "1718355600.\\x002"
+    assert hangup.channel == "PJSIP/gam\\x00ma-00000002"
+    assert hangup.number == "0163\\x00296"
