@@ -82,6 +82,10 @@ GB_CASES = [
     ("+882161234567", "satellite", "+882161234567", "", "+882"),
     ("+881612345678", "satellite", "+881612345678", "", "+881"),
     ("+979123456789", "international-premium", "+979123456789", "", "+979"),
+    # Premium ranges abroad, by phonenumbers' ranges, under the catch-all row.
+    ("+353 1550 123456", "international-premium", "+3531550123456", "", "+"),
+    ("0033 899 123 456", "international-premium", "+33899123456", "", "+"),
+    ("+1 900 555 1234", "international-premium", "+19005551234", "", "+"),
 ]
 
 

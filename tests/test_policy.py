@@ -104,6 +104,9 @@ DECISIONS = [
     (FULLWIDTH,                     "DENY",  "invalid-number",        ""),
     ("0163296O123",                 "DENY",  "invalid-number",        ""),
     ("+353 85 123 4567",            "ALLOW", "ok",                    "international"),
+    # Ireland is in international_allow, but not its premium rate range.
+    ("+353 1550 123 456",           "DENY",  "barred:international-premium",
+                                                                      "international-premium"),
     ("0033 6 12 34 56 78",          "DENY",  "barred:international",  "international"),
     ("+972 59 000 0000",            "DENY",  "barred:international",  "international"),
     ("+870 773 111 111",            "DENY",  "barred:satellite",      "satellite"),

@@ -2,13 +2,14 @@
 
 from dataclasses import dataclass
 
-from callguard.numbers.categories import EMERGENCY
+from callguard.numbers.categories import EMERGENCY, INTERNATIONAL, INTERNATIONAL_PREMIUM
 from callguard.numbers.errors import UnclassifiedNumber, quote
 from callguard.numbers.number import Number
 from callguard.numbers.plan import NumberPlan
 from callguard.numbers.table import PLUS, PrefixTable, PrefixTableError
 
 CONFIGURED_EMERGENCY_DESCRIPTION = "emergency number from the configuration"
+PREMIUM_ABROAD_DESCRIPTION = "Premium rate number in {region}, by phonenumbers' number ranges"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,12 +65,19 @@ class Classifier:
                 f"(looked up as {number.table_key!r}); add a row for it"
             )
 
+        category, description = rule.category, rule.description
+        if category == INTERNATIONAL and self.plan.is_premium_rate(number):
+            # Revenue-share fraud dials premium ranges abroad. A country let
+            # through by international_allow must not open them.
+            category = INTERNATIONAL_PREMIUM
+            description = PREMIUM_ABROAD_DESCRIPTION.format(region=number.region or "?")
+
         return Classified(
             number=number,
-            category=rule.category,
+            category=category,
             prefix=rule.prefix,
-            description=rule.description,
-            emergency=rule.category == EMERGENCY,
+            description=description,
+            emergency=category == EMERGENCY,
         )
 
     def _classify_emergency(self, dialled: str, emergency_number: str) -> Classified:

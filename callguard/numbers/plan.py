@@ -4,7 +4,7 @@ import functools
 from collections.abc import Iterable
 
 import phonenumbers
-from phonenumbers import NumberParseException, PhoneNumber, PhoneNumberFormat
+from phonenumbers import NumberParseException, PhoneNumber, PhoneNumberFormat, PhoneNumberType
 
 from callguard.numbers.dialstring import PLUS, parse_dial_string, remove_separators
 from callguard.numbers.errors import InvalidNumber, quote
@@ -253,6 +253,18 @@ class NumberPlan:
             find_region=functools.partial(_region_of, parsed),
             short_code=False,
         )
+
+    def is_premium_rate(self, number: Number) -> bool:
+        """Check whether phonenumbers' ranges put ``number`` in a premium rate range.
+
+        Prefix tables name the home country's premium ranges, but rarely every
+        other country's, so this catches them for numbers the table calls plain
+        international.
+        """
+        if not number.e164:
+            return False
+        parsed = phonenumbers.parse(number.e164, None)
+        return phonenumbers.number_type(parsed) == PhoneNumberType.PREMIUM_RATE
 
     def _parse_caller_leniently(self, text: str) -> str | None:
         if not set(text) <= _CALLER_CHARACTERS:
