@@ -776,6 +776,10 @@ def test_check_config_warns_odd_limits(tmp_path, capsys):
         "weekly_limit",
         f"{path}: warning: [trunk delta] weekly_limit is 0: every call is refused "
         "except emergency calls and opted-out callers; leave it empty for no limit",
+        f"{path}: warning: [ari] enabled = no, so the daily and weekly limits of "
+        "[trunk delta], [trunk gamma] count only the first block each allowed call "
+        "reserves, and only for reservation_seconds: calls are not metered or hung "
+        "up; set enabled = yes in [ari]",
     ]
 
 

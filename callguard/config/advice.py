@@ -21,4 +21,14 @@ def config_warnings(config: Config) -> list[str]:
                     "emergency calls and opted-out callers; leave it empty for no "
                     "limit"
                 )
+    if not config.ari.enabled:
+        limited = sorted(name for name, trunk in config.trunks.items()
+                         if trunk.daily_limit is not None or trunk.weekly_limit is not None)
+        if limited:
+            warnings.append(
+                f"[ari] enabled = no, so the daily and weekly limits of "
+                f"{', '.join(f'[trunk {name}]' for name in limited)} count only the first "
+                "block each allowed call reserves, and only for reservation_seconds: "
+                "calls are not metered or hung up; set enabled = yes in [ari]"
+            )
     return warnings
