@@ -144,7 +144,7 @@ class AriEmulator:
         The dialled leg is ``PJSIP/<trunk>-<seq>`` with the dialstring
         ``<trunk>/<number>``, or for ``tech="Local"`` the Local pair
         ``Local/<number>@<trunk>-<seq>;1`` and ``;2`` with ``<number>@<trunk>``.
-        NOTE: Dial(PJSIP/${EXTEN}@gamma) in etc/asterisk-snippets/extensions.conf
+        NOTE: Dial(PJSIP/${CALLGUARD_DIAL}@gamma) in etc/asterisk-snippets/extensions.conf
         gives the dialstring ``<number>@gamma``, so pass that to emulate it.
         """
         call, events = self._switch.dial_out(
