@@ -2,17 +2,21 @@
 
 import asyncio
 import json
+import logging
 import socket
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
+from sqlalchemy.engine import make_url
 
+from callguard.cli import blocks
 from callguard.cli.ctl import main
 from callguard.clock import ManualClock
 from callguard.config import load_config
 from callguard.daemon.app import Application
-from callguard.store import DecisionRecord, HangupRecord, Store
+from callguard.daemon.control import ask
+from callguard.store import AuditRecord, DecisionRecord, HangupRecord, Store
 from callguard.windows import window_keys
 from emulator.fastagi import AGICall, run_fastagi_call
 from support import TRUNK, write_config
@@ -44,7 +48,11 @@ def conf(tmp_path):
 def test_block_and_unblock(conf, capsys):
     assert ctl(conf, "block", "01632960010", "--type", "caller", "--for", "2h",
                "--reason", "toll fraud") == 0
-    assert "callguard is not running" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"the change is stored in {load_config(conf).general.database}" in out
+    assert "no control socket exists at" in out
+    assert "a running daemon, if any, was not notified" in out
+    assert "callguard applies the change at its next start" in out
 
     blocks = run_json(capsys, conf, "blocks")
     assert [(b["key_type"], b["key"], b["reason"]) for b in blocks] == [
@@ -104,10 +112,11 @@ def test_audit_rejects_bad_since(conf, capsys):
 
 
 class Daemon:
-    def __init__(self, directory, trunks=TRUNK):
+    def __init__(self, directory, trunks=TRUNK, database=None):
         self.port = free_port()
         # Nothing listens on the webhook port, so alerts stay pending in the outbox.
         self.path = write_config(directory, port=self.port, trunks=trunks,
+                                 database=database,
                                  extra=f"[webhook]\nurl = http://127.0.0.1:{free_port()}/\n")
         self.config = load_config(self.path)
         self.clock = ManualClock(datetime.now(timezone.utc))
@@ -473,7 +482,78 @@ def test_audit_lists_block_renewal(conf, capsys):
     assert blocks[0]["summary"].startswith(
         f"extended block {block.id} until lifted (was until ")
     assert blocks[0]["summary"].endswith(", reason 'fraud'): more fraud")
-    assert blocks[1]["summary"] == f"block {block.id} until unblocked: more fraud"
+    expiry = block.created_at + timedelta(hours=2)
+    assert blocks[1]["summary"] == f"block {block.id} until {expiry.isoformat()}: fraud"
+
+
+def test_audit_keeps_creation_reason(conf, capsys):
+    assert run_ctl(conf, "block", "1001", "--for", "2h", "--reason", "test ep") == 0
+    assert run_ctl(conf, "block", "1001", "--reason", "perm") == 0
+    capsys.readouterr()
+
+    assert ctl(conf, "audit") == 0
+    lines = capsys.readouterr().out.splitlines()
+    (block,) = active_blocks(conf)
+    renewal, creation = [line for line in lines if " block " in line]
+
+    expiry = (block.created_at + timedelta(hours=2)).isoformat()
+    assert " endpoint 1001 " in creation
+    assert creation.endswith(f" block {block.id} until {expiry}: test ep")
+    assert "perm" not in creation
+    assert "unblocked" not in creation
+    assert renewal.endswith(f"(was until {expiry}, reason 'test ep'): perm")
+    assert len(lines) == 2
+
+
+def test_audit_creation_entry_actor(conf, capsys, monkeypatch):
+    monkeypatch.setenv("LOGNAME", "alice")
+    assert run_ctl(conf, "block", "1001", "--for", "2h", "--reason", "test ep") == 0
+    monkeypatch.setenv("LOGNAME", "bob")
+    assert run_ctl(conf, "block", "1001", "--reason", "perm") == 0
+    capsys.readouterr()
+
+    events = run_json(capsys, conf, "audit")
+
+    assert [(event["kind"], event["actor"]) for event in events] == [
+        ("block", "bob"), ("block", "alice")]
+
+
+def test_audit_automatic_block_renewed(conf, capsys):
+    config = load_config(conf)
+    created_at = datetime.now(timezone.utc) - timedelta(minutes=5)
+    expires_at = created_at + timedelta(hours=1)
+    with Store(config.general.database) as store:
+        block_id = store.add_block("endpoint", "1001", "3 barred attempts", created_at,
+                                   expires_at, "callguard")
+    assert run_ctl(conf, "block", "1001", "--reason", "perm") == 0
+    capsys.readouterr()
+
+    events = run_json(capsys, conf, "audit")
+
+    renewal, automatic = events
+    assert automatic["actor"] == "callguard"
+    assert automatic["summary"] == (
+        f"block {block_id} until {expires_at.isoformat(timespec='seconds')}: "
+        "3 barred attempts")
+    assert renewal["summary"].startswith(f"extended block {block_id} until lifted")
+    assert renewal["summary"].endswith(": perm")
+
+
+def test_audit_old_creation_entry_as_stored(conf, capsys):
+    # An entry without the block's expiry in its detail is listed as it is,
+    # not completed from the block's current row.
+    config = load_config(conf)
+    created_at = datetime.now(timezone.utc) - timedelta(minutes=5)
+    with Store(config.general.database) as store:
+        store.add_block("endpoint", "1001", "fraud", created_at, None, "alice")
+        store.add_audit(AuditRecord(at=created_at, action="block", actor="alice",
+                                    subject="endpoint 1001", reason="fraud"))
+    assert run_ctl(conf, "block", "1001", "--reason", "perm") == 0
+    capsys.readouterr()
+
+    events = run_json(capsys, conf, "audit")
+
+    assert [event["summary"] for event in events][1:] == ["fraud"]
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -591,3 +671,168 @@ async def test_status_limit_zero_no_percent(tmp_path, capsys):
     assert "  weekly  0.00 of 200.00 GBP (0.0%)" in lines
     assert not [line for line in lines if "None" in line]
     assert status["trunks"]["gamma"]["daily_percent"] is None
+
+
+# Notifying the daemon: its store, and a control socket that does not respond
+
+STORE_CHANGES = [
+    ("block", "1004", "--reason", "fraud"),
+    ("unblock", "1004", "--reason", "cleared"),
+    ("reset", "gamma", "--window", "day", "--reason", "false alarm"),
+]
+
+
+def stale_socket(path):
+    """Leave a Unix socket file at ``path`` that nothing listens on."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))
+
+
+@pytest.mark.parametrize("arguments", STORE_CHANGES)
+def test_stale_socket_exits_3(conf, capsys, arguments):
+    assert run_ctl(conf, "block", "1004", "--reason", "fraud") == 0
+    path = load_config(conf).general.control_socket
+    stale_socket(path)
+    capsys.readouterr()
+
+    status = run_ctl(conf, *arguments)
+
+    err = capsys.readouterr().err
+    assert status == 3
+    assert f"the control socket {path} exists, but the request to the daemon failed" in err
+    assert "The daemon is not responding, or the socket was left by a daemon" in err
+    assert "Connection refused" in err
+    assert "the running daemon, if any, was not notified" in err
+    assert "systemctl restart callguard" in err
+
+
+def test_silent_daemon_exits_3(conf, capsys, monkeypatch):
+    monkeypatch.setattr(blocks, "CONTROL_TIMEOUT", 0.2)
+    path = load_config(conf).general.control_socket
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))
+        listener.listen()
+
+        status = run_ctl(conf, "block", "1004", "--reason", "fraud")
+
+    err = capsys.readouterr().err
+    assert status == 3
+    assert "(no reply within 0.2 s)" in err
+    assert stored_blocks(conf) == [("endpoint", "1004")]
+
+
+@pytest.mark.parametrize("error, message", [
+    (PermissionError(13, "Permission denied"),
+     "(Permission denied). Run callguardctl as root or as a member of the socket's group"),
+    (json.JSONDecodeError("Expecting value", "", 0), "(the reply is missing or not JSON)"),
+])
+def test_request_failure_exits_3(conf, capsys, monkeypatch, error, message):
+    async def failing_ask(*arguments):
+        raise error
+
+    monkeypatch.setattr(blocks, "ask", failing_ask)
+    stale_socket(load_config(conf).general.control_socket)
+
+    status = run_ctl(conf, "block", "1004", "--reason", "fraud")
+
+    err = capsys.readouterr().err
+    assert status == 3
+    assert message in err
+    assert "the running daemon, if any, was not notified" in err
+    assert stored_blocks(conf) == [("endpoint", "1004")]
+
+
+@pytest.mark.parametrize("command", ["block", "unblock", "reset"])
+def test_help_explains_exit_status(capsys, monkeypatch, command):
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per paragraph
+
+    status = run_ctl("callguard.conf", command, "--help")
+    text = capsys.readouterr().out
+
+    assert status == 0
+    assert ("exit status: 0 when the change is stored and the running daemon applied it"
+            in text)
+    assert "or when no control socket exists" in text
+    assert "1 when" in text
+    assert "because it uses another database" in text
+    assert "3 when the change is stored but the request through the existing" in text
+
+
+async def test_daemon_rejects_request_without_store(daemon):
+    reply = await ask(daemon.config.general.control_socket,
+                      {"command": "block", "key_type": "endpoint", "key": "1001"})
+
+    assert "the request names no store" in reply["error"]
+    assert await daemon.check(GEOGRAPHIC) == "ok"
+
+
+async def test_daemon_reset_other_store_kept(daemon, tmp_path, capsys):
+    key = window_keys(daemon.clock.now(), daemon.config.trunks["gamma"].timezone)["day"]
+    with Store(daemon.config.general.database) as store:
+        store.add_spend("gamma", "day", key, Decimal("50"), daemon.clock.now())
+    assert await daemon.check(GEOGRAPHIC) == "limit:daily"
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+
+    status = await daemon.ctl("--database", other, "reset", "gamma", "--window", "day",
+                              "--reason", "test")
+
+    err = capsys.readouterr().err
+    assert status == 1
+    assert f"callguardctl changed the store {other}, but this daemon uses" in err
+    assert await daemon.check(GEOGRAPHIC, uniqueid="1718355600.2") == "limit:daily"
+
+
+async def test_daemon_unblock_other_store_kept(daemon, tmp_path, capsys):
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    assert await daemon.ctl("block", "1001", "--reason", "fraud") == 0
+    assert await daemon.ctl("--database", other, "block", "1001", "--reason", "x") == 1
+    capsys.readouterr()
+
+    status = await daemon.ctl("--database", other, "unblock", "1001", "--reason", "x")
+
+    assert status == 1
+    assert "rejected the change" in capsys.readouterr().err
+    assert await daemon.check(GEOGRAPHIC) == "blocked:offender"
+
+
+@pytest.fixture
+async def pg_daemon(tmp_path, pg_url):
+    # Trust authentication ignores the password, which must stay out of every message.
+    database = make_url(pg_url).set(password="daemon-secret")
+    daemon = Daemon(tmp_path, database=database.render_as_string(hide_password=False))
+    await daemon.app.start()
+    yield daemon
+    await daemon.app.stop()
+
+
+@pytest.mark.postgres
+async def test_postgres_store_matched_without_password(pg_daemon, pg_url, tmp_path,
+                                                       capsys, caplog, monkeypatch):
+    requests = []
+
+    async def recording_ask(path, request, *args):
+        requests.append(request)
+        return await ask(path, request, *args)
+
+    monkeypatch.setattr(blocks, "ask", recording_ask)
+    caplog.set_level(logging.DEBUG)
+    other_password = make_url(pg_url).set(password="ctl-secret")
+
+    same = await pg_daemon.ctl("--database",
+                               other_password.render_as_string(hide_password=False),
+                               "block", "1001", "--reason", "fraud")
+    out = capsys.readouterr().out
+    other = await pg_daemon.ctl("--database", f"sqlite:///{tmp_path / 'other.db'}",
+                                "block", "1002", "--reason", "fraud")
+    err = capsys.readouterr().err
+
+    assert same == 0
+    assert "applied to the running daemon" in out
+    assert await pg_daemon.check(GEOGRAPHIC) == "blocked:offender"
+    assert other == 1
+    assert "but this daemon uses postgresql+psycopg://postgres:***@127.0.0.1" in err
+    assert "daemon-secret" not in err
+    assert [request["store"]["backend"] for request in requests] == ["postgresql", "sqlite"]
+    for secret in ("daemon-secret", "ctl-secret"):
+        assert secret not in json.dumps(requests)
+        assert secret not in caplog.text

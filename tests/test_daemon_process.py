@@ -128,9 +128,11 @@ class DaemonProcess:
     """One ``callguard run`` subprocess, restartable, logging to a file."""
 
     def __init__(self, directory: Path, config: Path, port: int, *,
-                 watchdog_usec: int | None = None, umask: int = 0o022):
+                 watchdog_usec: int | None = None, umask: int = 0o022,
+                 arguments: tuple[str, ...] = ()):
         self.directory = directory
         self.config = config
+        self.arguments = arguments  # between --config FILE and run, like --database
         self.port = port
         self.control_socket = directory / "callguard.sock"
         self.log_path = directory / "callguard.log"
@@ -149,7 +151,7 @@ class DaemonProcess:
 
         with open(self.log_path, "ab") as log:
             self.process = await asyncio.create_subprocess_exec(
-                str(CALLGUARD), "--config", str(self.config), "run",
+                str(CALLGUARD), "--config", str(self.config), *self.arguments, "run",
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                 umask=self.umask,
             )
@@ -196,11 +198,16 @@ async def start_daemon(tmp_path):
     """Start ``callguard run`` on a fresh config, and kill what still runs after."""
     daemons: list[DaemonProcess] = []
 
-    async def start(*, watchdog_usec=None, umask=0o022, **config) -> DaemonProcess:
+    async def start(*, watchdog_usec=None, umask=0o022, arguments=(), control_socket=None,
+                    **config) -> DaemonProcess:
         port = free_port()
         path = write_config(tmp_path, port=port, **config)
+        if control_socket is not None:
+            path.write_text(path.read_text().replace(
+                f"control_socket = {tmp_path / 'callguard.sock'}",
+                f"control_socket = {control_socket}"))
         daemon = DaemonProcess(tmp_path, path, port, watchdog_usec=watchdog_usec,
-                               umask=umask)
+                               umask=umask, arguments=arguments)
         daemons.append(daemon)
         await daemon.start()
         return daemon
@@ -562,3 +569,137 @@ async def test_status_by_socket_with_broken_config(start_daemon):
     assert broken == 2
     assert by_socket == 0
     assert "gamma" in json.loads(output)["trunks"]
+
+
+# Operator changes, the daemon's store and its control socket
+
+async def run_ctl(config: Path, *arguments: str, cwd: Path | None = None
+                  ) -> tuple[int, str, str]:
+    """Run callguardctl and return its exit status, standard output and standard error."""
+    process = await asyncio.create_subprocess_exec(
+        str(CALLGUARDCTL), "--config", str(config), *arguments,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
+    )
+    output, errors = await asyncio.wait_for(process.communicate(), STEP_TIMEOUT)
+    return process.returncode, output.decode(), errors.decode()
+
+
+async def endpoint_check(port: int, endpoint: str, uniqueid: str) -> str:
+    """Run the check for a geographic call from ``endpoint`` and return CALLGUARD_REASON."""
+    call = AGICall(extension=GEOGRAPHIC, uniqueid=uniqueid, callerid=CALLER_ID,
+                   arguments=(GEOGRAPHIC, "gamma"), channel=f"PJSIP/{endpoint}-00000012")
+    outcome = await run_fastagi_call("127.0.0.1", port, call, timeout=STEP_TIMEOUT)
+    return outcome.variables["CALLGUARD_REASON"]
+
+
+def active_block_keys(database: str) -> list[str]:
+    with Store(database) as store:
+        return [block.key for block in store.active_blocks(datetime.now(timezone.utc))]
+
+
+async def test_block_for_other_store_rejected(start_daemon, tmp_path):
+    in_use = f"sqlite:///{tmp_path / 'callguard.db'}"
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    daemon = await start_daemon(database=f"sqlite:///{tmp_path / 'configured.db'}",
+                                arguments=("--database", in_use))
+
+    status, output, errors = await run_ctl(daemon.config, "--database", other, "block",
+                                           "1004", "--reason", "x")
+
+    assert status == 1, output + errors
+    assert "applied to the running daemon" not in output
+    assert (f"callguardctl changed the store {other}, but this daemon uses {in_use}"
+            in errors)
+    assert f"The change is stored in {other}, which that daemon does not use" in errors
+    assert await endpoint_check(daemon.port, "1004", "1718355600.1") == "ok"
+    assert active_block_keys(in_use) == []
+    assert "rejected the control command block" in daemon.log()
+
+    status, _, errors = await run_ctl(daemon.config, "--database", other, "unblock",
+                                      "1004", "--reason", "x")
+    assert status == 1
+    assert "rejected the change" in errors
+    status, _, errors = await run_ctl(daemon.config, "--database", other, "reset",
+                                      "gamma", "--window", "day", "--reason", "x")
+    assert status == 1
+    assert "rejected the change" in errors
+
+
+async def test_block_same_store_other_path(start_daemon, tmp_path):
+    daemon = await start_daemon()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "link").symlink_to(tmp_path)
+
+    relative = await run_ctl(daemon.config, "--database", "sqlite:///../callguard.db",
+                             "block", "1004", "--reason", "fraud", cwd=elsewhere)
+    linked = await run_ctl(daemon.config, "--database",
+                           f"sqlite:///{tmp_path / 'link' / 'callguard.db'}", "block",
+                           "1005", "--reason", "fraud")
+
+    for status, output, errors in (relative, linked):
+        assert status == 0, output + errors
+        assert "applied to the running daemon" in output
+    assert await endpoint_check(daemon.port, "1004", "1718355600.1") == "blocked:offender"
+    assert await endpoint_check(daemon.port, "1005", "1718355600.2") == "blocked:offender"
+
+
+async def test_sighup_keeps_database_override(start_daemon, tmp_path):
+    in_use = f"sqlite:///{tmp_path / 'callguard.db'}"
+    daemon = await start_daemon(database=f"sqlite:///{tmp_path / 'configured.db'}",
+                                arguments=("--database", in_use))
+
+    await daemon.reload()
+    assert "database changed" not in daemon.log()
+
+    text = daemon.config.read_text()
+    daemon.config.write_text(text.replace("configured.db", "changed.db"))
+    await daemon.reload()
+    assert "database changed" not in daemon.log()
+
+    status, output, errors = await run_ctl(daemon.config, "--database", in_use, "block",
+                                           "1004", "--reason", "fraud")
+    assert status == 0, output + errors
+    assert "applied to the running daemon" in output
+
+
+async def test_sighup_warns_database_changed(start_daemon, tmp_path):
+    daemon = await start_daemon()
+    in_use = f"sqlite:///{tmp_path / 'callguard.db'}"
+    changed = f"sqlite:///{tmp_path / 'changed.db'}"
+
+    await daemon.reload()
+    assert "database changed" not in daemon.log()
+
+    daemon.config.write_text(daemon.config.read_text().replace(in_use, changed))
+    await daemon.reload()
+    assert (f"database changed in {daemon.config} to {changed}, but callguard keeps "
+            f"using {in_use} until it restarts") in daemon.log()
+
+    # callguardctl now writes to the file's new database, which the daemon does not use.
+    status, _, errors = await run_ctl(daemon.config, "block", "1004", "--reason", "fraud")
+    assert status == 1
+    assert f"but this daemon uses {in_use}" in errors
+    assert await endpoint_check(daemon.port, "1004", "1718355600.1") == "ok"
+
+
+async def test_no_control_socket_logged_and_ctl(start_daemon, tmp_path):
+    # Not even root can create a directory below a regular file.
+    (tmp_path / "file").write_text("")
+    unusable = tmp_path / "file" / "callguard.sock"
+    daemon = await start_daemon(control_socket=unusable)
+    assert f"control_socket = {unusable}" in daemon.config.read_text()
+
+    log = daemon.log()
+    assert f"ERROR callguard.daemon.app: no control socket at {unusable}: " in log
+    assert f"control socket directory {unusable.parent} is not a directory" in log
+    assert ("Blocks, unblocks and spend resets from callguardctl are stored but do not "
+            "reach this daemon until it is restarted with a usable control_socket") in log
+
+    status, output, errors = await run_ctl(daemon.config, "block", "1004", "--reason",
+                                           "fraud")
+    assert status == 0, errors
+    assert f"no control socket exists at {unusable}" in output
+    assert "a running daemon, if any, was not notified" in output
+    assert "systemctl restart callguard" in output
+    assert "callguard is not running" not in output

@@ -222,6 +222,62 @@ async def test_missing_key_warned_once_per_burst(offenders, caplog):
     assert last.endswith("(3 similar messages suppressed)")
 
 
+CALLER_HINT = ("present the trunk's CLI as the check's third argument, or set "
+               "offender_key = endpoint")
+
+
+def keyless_warnings(caplog):
+    return [r.getMessage() for r in caplog.records
+            if "not counted toward a block" in r.getMessage()]
+
+
+@pytest.mark.parametrize("caller, shown", [
+    ("1001", "'1001'"),
+    ("anonymous", "'anonymous'"),
+    ("10\x1b[2J01", "'10\\x1b[2J01'"),
+])
+async def test_caller_key_not_a_number(offenders, caplog, caller, shown):
+    guard = offenders("offender_key = caller\n")
+    for _ in range(3):
+        assert await guard.call(caller=caller) == "barred:premium"
+
+    (warning, *_) = keyless_warnings(caplog)
+    assert f"caller ID {shown} is not a full number, so it is not counted" in warning
+    assert warning.endswith(CALLER_HINT)
+    assert "no calling number" not in warning
+    assert "\x1b" not in warning
+    assert not guard.alerts.blocks
+
+
+async def test_caller_key_missing(offenders, caplog):
+    guard = offenders("offender_key = caller\n")
+    assert await guard.call(caller="") == "barred:premium"
+
+    (warning,) = keyless_warnings(caplog)
+    assert "the call has no caller ID, so it is not counted" in warning
+    assert warning.endswith(CALLER_HINT)
+
+
+async def test_caller_key_warning_rate_limited(offenders, caplog):
+    guard = offenders("offender_key = caller\n")
+    for _ in range(8):
+        assert await guard.call(caller="1001") == "barred:premium"
+
+    assert len(keyless_warnings(caplog)) == 5
+    guard.advance(minutes=1)
+    await guard.call(caller="1001")
+    assert keyless_warnings(caplog)[-1].endswith(
+        f"{CALLER_HINT} (3 similar messages suppressed)")
+
+
+async def test_ban_after_one_reason_singular(offenders):
+    guard = offenders("ban_after = 1\n")
+    assert await guard.call() == "barred:premium"
+
+    (block,) = guard.store.active_blocks(guard.clock.now())
+    assert block.reason.startswith("1 barred attempt within 10m on trunk gamma, ")
+
+
 async def test_emergency_from_blocked_caller(offenders):
     guard = offenders()
     for _ in range(3):

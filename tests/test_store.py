@@ -14,6 +14,7 @@ from sqlalchemy import Column, MetaData, Table, create_engine, text
 
 from callguard.store import (
     SCHEMA_VERSION,
+    AuditRecord,
     STATE_ENDED,
     STATE_UP,
     CallRecord,
@@ -25,6 +26,7 @@ from callguard.store import (
     UTCDateTime,
     window_keys,
 )
+from callguard.store.audit import Renewal, read_renewal
 from callguard.store.models import Block, Call, Decision, Hangup
 from callguard.store.records import BlockRecord
 
@@ -1002,6 +1004,43 @@ def test_block_manually_renews_automatic(store):
     assert block.expires_at == T0 + 2 * HOUR
     assert store.count_blocks("caller", "+441632960010", T0, "callguard") == 1
     assert change.detail.endswith(", reason '3 barred attempts')")
+
+
+@pytest.mark.parametrize("first, second, expected, extended", RENEWALS)
+def test_renewal_entry_read_back(store, first, second, expected, extended):
+    reason = "it's \"fraud\", (again)"
+    created = store.block_manually("caller", "+441632960010", reason, T0, first, "alice")
+    store.block_manually("caller", "+441632960010", "more fraud", T0 + HOUR, second,
+                         "bob")
+
+    renewal_entry, creation_entry = store.audit_trail(T0, 10).changes
+
+    assert read_renewal(renewal_entry) == Renewal(created.block.id, first, reason)
+    assert read_renewal(creation_entry) is None
+
+
+@pytest.mark.parametrize("action, detail", [
+    ("block", "block 3 until lifted"),
+    ("block", ""),
+    ("block", "extended block 3 until lifted (was until tomorrow, reason 'x')"),
+    ("block", "extended block 3 until lifted (was until lifted, reason x)"),
+    ("unblock", "extended block 3 until lifted (was until lifted, reason 'x')"),
+])
+def test_read_renewal_other_entries(action, detail):
+    record = AuditRecord(at=T0, action=action, actor="alice", subject="endpoint 1001",
+                         reason="r", detail=detail)
+
+    assert read_renewal(record) is None
+
+
+def test_unblock_detail_counts_blocks(store):
+    store.add_block("endpoint", "1001", "fraud", T0, None, "alice")
+    store.unblock_manually("endpoint", "1001", "cleared", T0 + HOUR, "alice")
+    store.unblock_manually("endpoint", "1001", "again", T0 + HOUR, "alice")
+
+    details = [change.detail for change in store.audit_trail(T0, 10).changes]
+
+    assert details == ["lifted 0 active blocks", "lifted 1 active block"]
 
 
 @pytest.mark.parametrize("ended", ["lifted", "expired"])

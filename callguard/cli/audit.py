@@ -11,6 +11,7 @@ from callguard.text import escape_controls
 from callguard.config.errors import InvalidValue
 from callguard.config.offenders import parse_ban_duration
 from callguard.store import AuditTrail, Store
+from callguard.store.audit import Renewal, read_renewal
 
 DEFAULT_SINCE = "1d"
 DEFAULT_LIMIT = 200
@@ -121,30 +122,52 @@ def merge_events(trail: AuditTrail) -> list[Event]:
               f"{d.result} {d.reason} from {d.caller or 'unknown'} on {d.channel or '-'}")
         for d in trail.decisions
     ]
-    for block in trail.blocks:
-        until = "until unblocked" if block.expires_at is None else (
-            f"until {block.expires_at.isoformat(timespec='seconds')}")
-        events.append(Event(block.created_at, KIND_BLOCK, block.created_by,
-                            f"{block.key_type} {block.key}",
-                            f"block {block.id} {until}: {block.reason}"))
+    events.extend(_block_events(trail))
     for hangup in trail.hangups:
         events.append(Event(hangup.requested_at, KIND_HANGUP, "callguard",
                             f"{hangup.trunk} {hangup.number or '-'}",
                             f"{hangup.reason} on {hangup.channel} ({hangup.outcome}), "
                             f"call cost {hangup.call_cost}"))
-    # The blocks table lists each manual block with its expiry, so the audit entry
-    # of its creation is skipped. Entries of renewals (a block on a key that was
-    # blocked already) are listed.
-    created = {(block.created_at, f"{block.key_type} {block.key}")
-               for block in trail.blocks}
     for change in trail.changes:
-        if change.action == KIND_BLOCK and (change.at, change.subject) in created:
-            continue
         # A failed reload's detail has one line per config error.
         detail = "; ".join(line for line in change.detail.splitlines() if line.strip())
-        summary = f"{detail}: {change.reason}" if change.reason else detail
+        summary = f"{detail}: {change.reason}" if detail and change.reason else (
+            detail or change.reason)
         events.append(Event(change.at, change.action, change.actor, change.subject,
                             summary))
 
     events.sort(key=lambda event: event.at, reverse=True)
+    return events
+
+
+def _block_events(trail: AuditTrail) -> list[Event]:
+    """Return an event for each block that has no audit entry of its creation.
+
+    Those are the automatic blocks. An operator's block has such an entry, which
+    is listed in its place. A renewal rewrites the block's row with its own
+    reason and expiry, so a renewed block is shown with the reason and expiry
+    that its first renewal entry records as replaced.
+    """
+    created = {(change.at, change.subject) for change in trail.changes
+               if change.action == KIND_BLOCK and read_renewal(change) is None}
+    # trail.changes is newest first, so the oldest renewal of each block is kept.
+    first_renewals: dict[int, Renewal] = {}
+    for change in reversed(trail.changes):
+        renewal = read_renewal(change)
+        if renewal is not None:
+            first_renewals.setdefault(renewal.block_id, renewal)
+
+    events = []
+    for block in trail.blocks:
+        subject = f"{block.key_type} {block.key}"
+        if (block.created_at, subject) in created:
+            continue
+        expires_at, reason = block.expires_at, block.reason
+        renewal = first_renewals.get(block.id)
+        if renewal is not None:
+            expires_at, reason = renewal.previous_expires_at, renewal.previous_reason
+        until = "until unblocked" if expires_at is None else (
+            f"until {expires_at.isoformat(timespec='seconds')}")
+        events.append(Event(block.created_at, KIND_BLOCK, block.created_by, subject,
+                            f"block {block.id} {until}: {reason}"))
     return events

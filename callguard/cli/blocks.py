@@ -2,7 +2,8 @@
 
 Each change goes to the store with its reason and an audit entry first, then to
 the running daemon over the control socket. Without a daemon the change applies
-at its next start.
+at its next start. A reload (SIGHUP) does not read blocks or spend from the
+store again, so only a restart applies a change that the daemon was not sent.
 """
 
 import argparse
@@ -14,7 +15,13 @@ import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from callguard.cli.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, read_config
+from callguard.cli.common import (
+    EXIT_CONFIG,
+    EXIT_DAEMON_UNREACHABLE,
+    EXIT_FAILURE,
+    EXIT_OK,
+    read_config,
+)
 from callguard.text import escape_controls
 from callguard.config import Config
 from callguard.config.errors import InvalidValue
@@ -27,6 +34,13 @@ from callguard.config.offenders import (
     parse_ban_duration,
 )
 from callguard.daemon.control import ask
+from callguard.daemon.operator import (
+    COMMAND_BLOCK,
+    COMMAND_RESET,
+    COMMAND_UNBLOCK,
+    STORE_FIELD,
+    store_identity,
+)
 from callguard.numbers.plan import NumberPlan
 from callguard.policy.blocks import endpoint_of
 from callguard.policy.offenders import normalise_source
@@ -34,6 +48,11 @@ from callguard.store import Store
 from callguard.windows import DAY, WEEK, window_keys
 
 UNKNOWN_ACTOR = "unknown"
+# Seconds to wait for the daemon to accept the connection, and again for its reply.
+CONTROL_TIMEOUT = 5.0
+RESTART_ADVICE = ("callguard applies the change at its next start, or now with "
+                  "'systemctl restart callguard' (a reload does not read blocks or "
+                  "spend from the store again)")
 # The longest --for. A longer block is one until unblocked, and the limit keeps
 # the expiry far below the year 9999, the last that datetime can hold.
 MAX_BLOCK_DAYS = 36500
@@ -76,13 +95,28 @@ def _reason(text: str) -> str:
     return reason
 
 
+def _exit_status_help(failures: str) -> str:
+    """Return the help text on the exit status of a command that changes the store."""
+    return (
+        "exit status: 0 when the change is stored and the running daemon applied it, "
+        "or when no control socket exists (callguard applies the change at its next "
+        f"start); 1 when {failures}, or when the daemon rejected the change, for "
+        "example because it uses another database; 2 for an invalid argument or "
+        "config; 3 when the change is stored but the request through the existing "
+        "control socket failed (a daemon that does not respond, a socket left by "
+        "one that stopped, or no permission to use it), so the daemon applies the "
+        "change only when it restarts."
+    )
+
+
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add ``blocks``, ``block``, ``unblock`` and ``reset`` to ``callguardctl``."""
     blocks = commands.add_parser("blocks", help="active blocks, from the store")
     blocks.add_argument("--json", action="store_true", help="print one JSON array")
 
     block = commands.add_parser("block", help="block a caller from all outbound calls "
-                                "(emergency calls stay allowed)")
+                                "(emergency calls stay allowed)",
+                                epilog=_exit_status_help("the store failed"))
     block.add_argument("key", metavar="CALLER", help="the endpoint, calling number, "
                        "account code or source IP address (one address) to block")
     block.add_argument("--for", dest="duration", type=_duration, metavar="DURATION",
@@ -91,14 +125,18 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                        help="why, kept in the audit trail")
     _add_type(block, KEY_ENDPOINT, KEY_ENDPOINT)
 
-    unblock = commands.add_parser("unblock", help="lift every active block on a caller")
+    unblock = commands.add_parser(
+        "unblock", help="lift every active block on a caller",
+        epilog=_exit_status_help("no active block matches or the store failed"),
+    )
     unblock.add_argument("key", metavar="CALLER", help="the blocked key")
     unblock.add_argument("--reason", required=True, type=_reason,
                          help="why, kept in the audit trail")
     _add_type(unblock, None, "every type that CALLER is a valid key of")
 
     reset = commands.add_parser("reset", help="clear a trunk's spend in the current day "
-                                "or week, e.g. after a false alarm")
+                                "or week, e.g. after a false alarm",
+                                epilog=_exit_status_help("the store failed"))
     reset.add_argument("trunk", help="the trunk section name")
     reset.add_argument("--window", required=True, choices=(DAY, WEEK),
                        help="the window to clear, in the trunk's time zone")
@@ -158,10 +196,10 @@ def cmd_block(args: argparse.Namespace) -> int:
               "which ends no earlier than requested; kept that expiry and replaced "
               "its reason")
 
-    _tell_daemon(config, {"command": "block", "key_type": args.key_type, "key": key,
-                          "expires_at": None if block.expires_at is None else
-                          block.expires_at.isoformat()})
-    return EXIT_OK
+    return _tell_daemon(config, {"command": COMMAND_BLOCK, "key_type": args.key_type,
+                                 "key": key,
+                                 "expires_at": None if block.expires_at is None else
+                                 block.expires_at.isoformat()})
 
 
 def cmd_unblock(args: argparse.Namespace) -> int:
@@ -188,13 +226,16 @@ def cmd_unblock(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_FAILURE
 
+    status = EXIT_OK
     for (key_type, key), count in lifted.items():
         if not count:
             continue
         print(f"lifted {count} active block{'s' if count != 1 else ''} on "
               f"{key_type} {escape_controls(key)}")
-        _tell_daemon(config, {"command": "unblock", "key_type": key_type, "key": key})
-    return EXIT_OK
+        daemon_status = _tell_daemon(config, {"command": COMMAND_UNBLOCK,
+                                              "key_type": key_type, "key": key})
+        status = max(status, daemon_status)
+    return status
 
 
 def _unblock_keys(config: Config, key_types: tuple[str, ...], text: str,
@@ -233,8 +274,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
     print(f"cleared {cleared} {config.general.currency} from trunk {trunk.name}, "
           f"{args.window} {key}; live calls keep adding their cost")
 
-    _tell_daemon(config, {"command": "reset", "trunk": trunk.name})
-    return EXIT_OK
+    return _tell_daemon(config, {"command": COMMAND_RESET, "trunk": trunk.name})
 
 
 def normalise_key(config: Config, key_type: str, text: str) -> str:
@@ -309,27 +349,64 @@ def _endpoint_key(text: str) -> str:
                      f"endpoint alone, as 1001 in PJSIP/1001-00000012; {fix}")
 
 
-def _tell_daemon(config: Config, request: dict) -> bool:
-    """Apply a stored change to the running daemon; returns True when it did."""
-    path = Path(config.general.control_socket)
-    if not path.exists():
-        print(f"callguard is not running (no control socket at {path}); the change "
-              "applies at its next start")
-        return False
+def _tell_daemon(config: Config, request: dict) -> int:
+    """Send a stored change to the running daemon and return the command's exit status.
 
+    The request carries the identity of the store that was changed, so that a
+    daemon using another store rejects it.
+    """
+    path = Path(config.general.control_socket)
+    store = store_identity(config.general.database)
+    store_url = escape_controls(store["url"])
     try:
-        reply = asyncio.run(ask(path, request))
-    except (OSError, TimeoutError, ValueError) as exc:
-        print(f"could not reach the callguard daemon at {path} ({exc}); the change is "
-              "stored and applies at its next start", file=sys.stderr)
-        return False
-    if "error" in reply:
-        print(f"the daemon answered: {escape_controls(reply['error'])}; the change is "
-              "stored and "
-              "applies at its next start", file=sys.stderr)
-        return False
-    print("applied to the running daemon")
-    return True
+        socket_exists = path.exists()
+    except OSError as exc:
+        # A directory that this user may not search hides whether the socket exists.
+        return _not_notified(
+            f"cannot check for the control socket {path} ({exc.strerror or exc}). Run "
+            "callguardctl as a user that may read the socket's directory", store_url)
+    if not socket_exists:
+        print(f"the change is stored in {store_url}; no control socket exists at {path}, "
+              f"so a running daemon, if any, was not notified. {RESTART_ADVICE}.")
+        return EXIT_OK
+
+    failed = f"the control socket {path} exists, but the request to the daemon failed"
+    try:
+        reply = asyncio.run(ask(path, {**request, STORE_FIELD: store}, CONTROL_TIMEOUT))
+    except TimeoutError:
+        return _unreachable(f"{failed} (no reply within {CONTROL_TIMEOUT:g} s)", store_url)
+    except PermissionError as exc:
+        return _not_notified(f"{failed} ({exc.strerror}). Run callguardctl as root or as "
+                             "a member of the socket's group", store_url)
+    except OSError as exc:
+        return _unreachable(f"{failed} ({exc.strerror or exc})", store_url)
+    except ValueError:
+        return _unreachable(f"{failed} (the reply is missing or not JSON)", store_url)
+    if not isinstance(reply, dict):
+        return _unreachable(f"{failed} (the reply is not a JSON object)", store_url)
+
+    if "error" not in reply:
+        print("applied to the running daemon")
+        return EXIT_OK
+    error = escape_controls(str(reply["error"]))
+    if STORE_FIELD in reply:
+        print(f"the running daemon rejected the change: {error}. The change is stored in "
+              f"{store_url}, which that daemon does not use.", file=sys.stderr)
+    else:
+        print(f"the running daemon rejected the change: {error}. The change is stored in "
+              f"{store_url}. {RESTART_ADVICE}.", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+def _unreachable(problem: str, store_url: str) -> int:
+    return _not_notified(f"{problem}. The daemon is not responding, or the socket was "
+                         "left by a daemon that stopped", store_url)
+
+
+def _not_notified(problem: str, store_url: str) -> int:
+    print(f"{problem}. The change is stored in {store_url}, and the running daemon, if "
+          f"any, was not notified. {RESTART_ADVICE}.", file=sys.stderr)
+    return EXIT_DAEMON_UNREACHABLE
 
 
 def _until(expires_at: datetime | None) -> str:

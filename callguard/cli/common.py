@@ -11,6 +11,8 @@ from callguard.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_conf
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
+# The change is stored, but the daemon's control socket exists and the request failed.
+EXIT_DAEMON_UNREACHABLE = 3
 
 # The largest LIMIT that SQLite and PostgreSQL accept, a signed 64-bit integer.
 MAX_ROW_LIMIT = 2**63 - 1

@@ -5,6 +5,7 @@ import asyncio
 import ipaddress
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -159,12 +160,9 @@ def cmd_rates(args: argparse.Namespace) -> int:
 
 
 def _reporting_bad_input(command, args: argparse.Namespace) -> int:
-    """Run ``command``, turning an unreadable file or a rejected value into one line."""
+    """Run ``command``, turning a rejected value into one line."""
     try:
         return command(args)
-    except OSError as exc:
-        print(f"{exc.filename or args.file}: cannot read it: {exc.strerror}", file=sys.stderr)
-        return EXIT_CONFIG
     except ValueError as exc:
         # The store's checks name the value and the fix.
         print(f"callguardctl {args.command} {args.action}: {exc}", file=sys.stderr)
@@ -177,7 +175,7 @@ def _prefixes(args: argparse.Namespace) -> int:
         store = open_store(read_config(args))
         rows = [(r.prefix, r.category, r.description) for r in table.rules()]
         count = store.replace_prefixes(rows, str(args.file))
-        print(f"imported {count} prefixes from {args.file}")
+        print(f"imported {plural(count, 'prefix', 'prefixes')} from {args.file}")
         print("note: the daemon classifies with the table named by 'prefixes' in the config; "
               "point it there and reload to use this file")
         return EXIT_OK
@@ -200,12 +198,17 @@ def _rates(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
 
     if args.action == "import":
-        deck = RateDeck.from_csv(args.file)
+        try:
+            deck = RateDeck.from_csv(args.file)
+        except OSError as exc:
+            print(f"{exc.filename or args.file}: cannot read it: {exc.strerror}",
+                  file=sys.stderr)
+            return EXIT_CONFIG
         store = open_store(config)
         rows = ((t.prefix, t.description, t.rate, t.connection_fee, t.increments.first,
                  t.increments.later) for t in deck.tariffs())
         count = store.replace_rates(args.trunk, rows, str(args.file))
-        print(f"imported {count} rates for trunk {args.trunk} from {args.file}")
+        print(f"imported {plural(count, 'rate')} for trunk {args.trunk} from {args.file}")
         print("note: the daemon rates with the file named by 'rates' in the trunk's section; "
               "point it there and reload to use this file")
         return EXIT_OK
@@ -265,7 +268,41 @@ COMMANDS = {
 }
 
 
+# The exit status when the reader of stdout has gone away, as after
+# "callguardctl audit | head". 141 is 128 + SIGPIPE, the status that the shell
+# reports for cat or grep ended by SIGPIPE there, so "set -o pipefail" scripts
+# treat callguardctl like them. 1 would read as EXIT_FAILURE, a failed command.
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _run_flushed(argv)
+    except BrokenPipeError:
+        # As the Python docs advise (signal module, "Note on SIGPIPE"): stdout
+        # goes to /dev/null, so the flush at interpreter exit does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _run_flushed(argv: list[str] | None) -> int:
+    """Run the command, then flush stdout, so that a closed pipe raises here.
+
+    Unflushed, buffered output would fail at interpreter exit, which prints
+    "Exception ignored" and exits 120.
+    """
+    try:
+        status = _run(argv)
+    except SystemExit:
+        # argparse exits after printing --help or --version.
+        sys.stdout.flush()
+        raise
+    sys.stdout.flush()
+    return status
+
+
+def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
@@ -278,10 +315,6 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as exc:
         print(f"store: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    except BrokenPipeError:
-        # The reader went away (callguardctl audit | head): nothing left to say.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     config = read_config(args)
     setup_logging(config.general.log_level)
 
-    app = Application(config)
+    app = Application(config, database_override=bool(args.database))
     try:
         asyncio.run(serve(app, Notifier()))
     except OSError as exc:

@@ -1,6 +1,7 @@
 """The daemon: wires config, store, policy and the FastAGI server into one event loop."""
 
 import asyncio
+from dataclasses import replace
 from datetime import timedelta
 import logging
 import socket
@@ -31,6 +32,7 @@ from callguard.policy.ledger import Ledger
 from callguard.policy.offenders import BLOCKED_BY_CALLGUARD, OffenderGuard
 from callguard.policy.reservations import Reservations
 from callguard.store import AuditRecord, Store, StoreError
+from callguard.store.engine import mask_url
 from callguard.store.audit_records import ACTION_RELOAD
 from callguard.text import plural
 from callguard.worker import StoreWorker
@@ -44,10 +46,16 @@ LIMIT_WINDOWS = {REASON_DAILY: DAY, REASON_WEEKLY: WEEK}
 
 
 class Application:
-    def __init__(self, config: Config, clock: Clock | None = None):
+    def __init__(self, config: Config, clock: Clock | None = None, *,
+                 database_override: bool = False):
+        """Build the daemon; ``database_override`` is set when ``--database`` replaced
+        the config file's database, which then stays in effect across reloads."""
         self.config = config
         self.clock = clock or SystemClock()
-        self.store = Store(config.general.database)
+        # The database in use until the daemon stops: a reload does not switch.
+        self.database = config.general.database
+        self._database_override = self.database if database_override else None
+        self.store = Store(self.database)
         self.worker = StoreWorker(self.store)
         self.ledger = Ledger(self.worker)
         self.reservations = Reservations()
@@ -121,8 +129,13 @@ class Application:
             self.control = None
             raise
         except OSError as exc:
-            log.error("no control socket, so callguardctl status and calls cannot reach "
-                      "the daemon: %s", exc)
+            # Running on is safer than refusing to start, which would stop every
+            # check of an outbound call.
+            log.error("no control socket at %s: %s. Blocks, unblocks and spend resets "
+                      "from callguardctl are stored but do not reach this daemon until "
+                      "it is restarted with a usable control_socket in [general]. "
+                      "callguardctl status, calls and check cannot reach it either.",
+                      general.control_socket, exc)
             self.control = None
         self._watch = asyncio.create_task(self._watch_ari(), name="ari-watch")
 
@@ -172,8 +185,7 @@ class Application:
             await self._record_reload(f"failed, kept the running config: {exc!r}")
             return False
 
-        if config.general.database != self.config.general.database:
-            log.warning("database changed in %s; restart callguard to use it", path)
+        config = self._keep_database(config)
         if (config.general.fastagi_host, config.general.fastagi_port) != (
             self.config.general.fastagi_host, self.config.general.fastagi_port
         ):
@@ -197,6 +209,21 @@ class Application:
         _log_config_warnings(config)
         await self._record_reload(f"loaded, {plural(len(config.trunks), 'trunk')}")
         return True
+
+    def _keep_database(self, config: Config) -> Config:
+        """Return the reloaded ``config`` with the database in use, warning if it differs.
+
+        The database given with ``--database`` stays in effect over the file's.
+        """
+        configured = self._database_override or config.general.database
+        if configured != self.database and mask_url(configured) == mask_url(self.database):
+            log.warning("database password changed in %s, but callguard keeps using the "
+                        "old one until it restarts", config.path)
+        elif configured != self.database:
+            log.warning("database changed in %s to %s, but callguard keeps using %s "
+                        "until it restarts", config.path, mask_url(configured),
+                        mask_url(self.database))
+        return replace(config, general=replace(config.general, database=self.database))
 
     async def _record_reload(self, outcome: str) -> None:
         record = AuditRecord(at=self.clock.now(), action=ACTION_RELOAD,

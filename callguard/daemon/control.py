@@ -29,6 +29,10 @@ class ControlServer:
         self._inode: int | None = None
 
     async def start(self) -> None:
+        if self.path.parent.exists() and not self.path.parent.is_dir():
+            raise OSError(f"control socket directory {self.path.parent} is not a "
+                          "directory; set control_socket in [general] to a path in a "
+                          "directory")
         if not self.path.parent.is_dir():
             try:
                 self.path.parent.mkdir(mode=0o750, parents=True)

@@ -25,6 +25,7 @@ from callguard.config.offenders import (
     KEY_SOURCE,
     OffenderSettings,
 )
+from callguard.numbers.errors import quote
 from callguard.policy.blocks import BlockList, endpoint_of
 from callguard.policy.decision import (
     REASON_BARRED,
@@ -35,6 +36,7 @@ from callguard.policy.decision import (
 )
 from callguard.repeats import RepeatLimiter, suppressed_note
 from callguard.store import StoreError
+from callguard.text import plural
 from callguard.worker import StoreWorker
 
 if TYPE_CHECKING:
@@ -51,7 +53,8 @@ SWEEP_INTERVAL = timedelta(minutes=1)
 # Hints, per offender key type, for a call that lacks the key its trunk counts.
 KEYLESS_HINTS = {
     KEY_ENDPOINT: "the AGI channel name has no endpoint (expected TECH/ENDPOINT-SEQUENCE)",
-    KEY_CALLER: "the call has no calling number; pass one as the check's third argument",
+    KEY_CALLER: ("present the trunk's CLI as the check's third argument, or set "
+                 "offender_key = endpoint"),
     KEY_ACCOUNTCODE: "set the channel's accountcode, or choose another offender_key",
     KEY_SOURCE: ("pass the caller's address as the check's fourth argument, or set "
                  "CALLGUARD_SOURCE before the check as the sample extensions.conf shows"),
@@ -191,7 +194,7 @@ class Ban:
     @property
     def reason(self) -> str:
         window = _duration_text(self.settings.ban_window)
-        return (f"{self.attempts} barred attempts within {window} on trunk "
+        return (f"{plural(self.attempts, 'barred attempt')} within {window} on trunk "
                 f"{self.trunk}, the last {self.last_reason} to {self.last_number}")
 
 
@@ -253,9 +256,9 @@ class OffenderGuard:
         suppressed = self._keyless.admit()
         if suppressed is None:
             return
-        log.warning("%s %s: barred attempt not counted toward a block: the call has no "
-                    "%s, the trunk's offender_key; %s%s", trunk, request.uniqueid or "-",
-                    key_type, KEYLESS_HINTS[key_type], suppressed_note(suppressed))
+        log.warning("%s %s: barred attempt not counted toward a block: %s; %s%s", trunk,
+                    request.uniqueid or "-", _missing_key(key_type, request),
+                    KEYLESS_HINTS[key_type], suppressed_note(suppressed))
 
     def forget(self, key_type: str, key: str) -> None:
         """Drop the attempts counted for a key, e.g. after an operator lifts its block."""
@@ -298,6 +301,18 @@ class OffenderGuard:
         if self.alerts is not None:
             self.alerts.block_imposed(block_id, ban.key_type, ban.key, ban.trunk,
                                       ban.reason, ban.at, expires_at, earlier)
+
+
+def _missing_key(key_type: str, request: CallRequest) -> str:
+    """Return why ``request`` has no key of ``key_type``, for the keyless warning."""
+    if key_type != KEY_CALLER:
+        return f"the call has no {key_type}, the trunk's offender_key"
+    # A caller key is the caller's number in E.164, so an internal extension
+    # such as 1001, or a withheld caller ID, cannot be one.
+    if request.caller.strip():
+        return (f"caller ID {quote(request.caller)} is not a full number, so it is not "
+                "counted for offender_key = caller")
+    return "the call has no caller ID, so it is not counted for offender_key = caller"
 
 
 def _duration_text(seconds: int) -> str:

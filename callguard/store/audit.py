@@ -1,7 +1,9 @@
 """The audit trail: operator changes, spend resets and reloads, and the reads that
 merge them with decisions, blocks and hang-ups; functions over a connection."""
 
-from dataclasses import fields
+import ast
+import re
+from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import Decimal
 
@@ -27,6 +29,7 @@ from callguard.store.records import (
 from callguard.store.schema import allocate_ids
 from callguard.store.types import check_aware
 from callguard.store.windows import check_window_key
+from callguard.text import plural
 
 
 def add_audit(conn: Connection, record: AuditRecord) -> int:
@@ -77,6 +80,46 @@ def _until(expires_at: datetime | None) -> str:
     return "until lifted" if expires_at is None else f"until {expires_at.isoformat()}"
 
 
+# The detail that _block_detail writes for a renewal. The old reason is a Python
+# string literal (repr), which runs to the final ")".
+_RENEWAL_DETAIL = re.compile(
+    r"(?:extended|kept) block (?P<block_id>\d+) until \S+ "
+    r"\(was until (?P<until>\S+), reason (?P<reason>.+)\)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    """The expiry and reason that a renewal replaced on block ``block_id``."""
+
+    block_id: int
+    previous_expires_at: datetime | None  # None for a block until lifted
+    previous_reason: str
+
+
+def read_renewal(record: AuditRecord) -> Renewal | None:
+    """Read what a renewal's audit entry records of the block before it.
+
+    Returns None for the entry of a new block, for other actions, and for a
+    detail that ``block_manually`` did not write.
+    """
+    if record.action != ACTION_BLOCK:
+        return None
+    match = _RENEWAL_DETAIL.fullmatch(record.detail)
+    if match is None:
+        return None
+
+    try:
+        reason = ast.literal_eval(match["reason"])
+        until = match["until"]
+        expires_at = None if until == "lifted" else datetime.fromisoformat(until)
+    except (ValueError, SyntaxError):
+        return None
+    if not isinstance(reason, str):
+        return None
+    return Renewal(int(match["block_id"]), expires_at, reason)
+
+
 def unblock_manually(
     conn: Connection, key_type: str, key: str, reason: str, at: datetime, actor: str
 ) -> int:
@@ -85,7 +128,7 @@ def unblock_manually(
     lifted = blocks.lift_block(conn, key_type, key, at, reason)
     add_audit(conn, AuditRecord(
         at=at, action=ACTION_UNBLOCK, actor=actor, subject=f"{key_type} {key}",
-        reason=reason, detail=f"lifted {lifted} active block{'s' if lifted != 1 else ''}",
+        reason=reason, detail=f"lifted {plural(lifted, 'active block')}",
     ))
     return lifted
 
