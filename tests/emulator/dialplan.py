@@ -1,0 +1,414 @@
+"""A small interpreter for the part of Asterisk's dialplan that callguard's snippet uses.
+
+It reads an extensions.conf, matches literal extensions before ``_`` patterns,
+substitutes ``${VAR}``, ``${VAR:offset:length}`` and the functions LEN, ISNULL
+and CALLERID, evaluates ``$[...]`` with Asterisk's operator precedence, and runs
+Set, GotoIf, Goto, AGI, Dial, Log, Verbose, NoOp and Hangup. Anything else
+raises, so a snippet that grows past what is emulated fails its tests instead
+of passing them untested.
+
+The rules come from Asterisk's documentation at docs.asterisk.org. A ``;``
+starts a comment (Asterisk Configuration Files, Comments). A comparison is
+numeric when both sides are numbers and a string comparison otherwise, and
+``|`` returns its left side unless that is empty or 0 (Dialplan,
+Expressions, Operators). NOTE: the ``\\;`` escape and the empty substring
+for length 0 are not checked against a running Asterisk.
+"""
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+MAX_STEPS = 200
+
+# (AGISTATUS, variables the AGI program set) for an AGI(url, args...) call.
+AGIRunner = Callable[[str, list[str], dict[str, str]], Awaitable[tuple[str, dict[str, str]]]]
+
+
+@dataclass
+class Priority:
+    label: str
+    application: str
+    data: str
+
+
+@dataclass
+class Outcome:
+    """What one call through the dialplan did."""
+
+    dials: list[list[str]] = field(default_factory=list)  # Dial()'s arguments
+    hangup_cause: str | None = None
+    logs: list[tuple[str, str]] = field(default_factory=list)
+    verbose: list[str] = field(default_factory=list)
+    agi_calls: list[list[str]] = field(default_factory=list)
+    variables: dict[str, str] = field(default_factory=dict)
+
+
+class DialplanError(Exception):
+    """The dialplan uses something this interpreter does not emulate, or is malformed."""
+
+
+class Dialplan:
+    def __init__(self, text: str):
+        self.globals: dict[str, str] = {}
+        self.contexts: dict[str, dict[str, list[Priority]]] = {}
+        self._parse(text)
+
+    def _parse(self, text: str) -> None:
+        context = None
+        last_exten = None
+        for number, raw in enumerate(text.splitlines(), start=1):
+            line = _strip_comment(raw).strip()
+            if not line:
+                continue
+            if line.startswith("[") and line.endswith("]"):
+                context = line[1:-1]
+                self.contexts.setdefault(context, {})
+                continue
+            if context is None:
+                raise DialplanError(f"line {number}: {line!r} outside a context")
+            if context == "globals":
+                name, _, value = line.partition("=")
+                self.globals[name.strip()] = value.strip()
+                continue
+
+            kind, arrow, rest = line.partition("=>")
+            kind = kind.strip()
+            if not arrow or kind not in ("exten", "same"):
+                raise DialplanError(f"line {number}: cannot read {line!r}")
+            if kind == "exten":
+                exten, _, rest = rest.strip().partition(",")
+                last_exten = exten.strip()
+            elif last_exten is None:
+                raise DialplanError(f"line {number}: 'same' before any 'exten'")
+            priority, _, call = rest.strip().partition(",")
+            label = ""
+            match = re.fullmatch(r"(\w+)\((\w[\w-]*)\)", priority.strip())
+            if match:
+                priority, label = match[1], match[2]
+            application, data = _split_call(call.strip(), number)
+            self.contexts[context].setdefault(last_exten, []).append(
+                Priority(label, application, data))
+
+    async def run(self, context: str, exten: str, *, agi: AGIRunner, callerid: str = "",
+                  globals: dict[str, str] | None = None) -> Outcome:
+        """Run a call to ``exten`` in ``context`` until it hangs up or runs out of priorities."""
+        outcome = Outcome()
+        channel: dict[str, str] = {}
+        shared = dict(self.globals) | dict(globals or {})
+        pattern = self._match(context, exten)
+        index = 0
+
+        for _ in range(MAX_STEPS):
+            priorities = self.contexts[context][pattern]
+            if index >= len(priorities):
+                break
+            step = priorities[index]
+            index += 1
+
+            builtins = {"EXTEN": exten, "CONTEXT": context}
+            data = _substitute(step.data, channel, shared, builtins, callerid)
+            application = step.application.lower()
+
+            if application == "set":
+                name, _, value = data.partition("=")
+                channel[name.strip()] = value
+            elif application == "noop":
+                pass
+            elif application == "log":
+                level, _, message = data.partition(",")
+                outcome.logs.append((level, message))
+            elif application == "verbose":
+                _, _, message = data.partition(",")
+                outcome.verbose.append(message)
+            elif application == "hangup":
+                outcome.hangup_cause = data or "16"
+                break
+            elif application == "dial":
+                outcome.dials.append(_split_arguments(data))
+            elif application == "agi":
+                arguments = _split_arguments(data)
+                outcome.agi_calls.append(arguments)
+                status, variables = await agi(arguments[0], arguments[1:], dict(channel))
+                channel.update(variables)
+                channel["AGISTATUS"] = status
+            elif application in ("goto", "gotoif"):
+                target = data
+                if application == "gotoif":
+                    condition, _, labels = data.partition("?")
+                    when_true, _, when_false = labels.partition(":")
+                    target = when_true if _truthy(condition.strip()) else when_false
+                if not target:
+                    continue
+                context, exten, label = _target(target, context, exten)
+                pattern = self._match(context, exten)
+                index = self._find(context, pattern, label)
+            else:
+                raise DialplanError(f"application {step.application!r} is not emulated")
+        else:
+            raise DialplanError(f"more than {MAX_STEPS} steps: a loop in the dialplan?")
+
+        outcome.variables = channel
+        return outcome
+
+    def _match(self, context: str, exten: str) -> str:
+        extensions = self.contexts.get(context)
+        if extensions is None:
+            raise DialplanError(f"no context [{context}]")
+        if exten in extensions:
+            return exten
+        for pattern in extensions:
+            if pattern.startswith("_") and _pattern_regex(pattern[1:]).fullmatch(exten):
+                return pattern
+        raise DialplanError(f"no extension of [{context}] matches {exten!r}")
+
+    def _find(self, context: str, pattern: str, label: str) -> int:
+        priorities = self.contexts[context][pattern]
+        if label.isdigit():
+            return int(label) - 1
+        for index, step in enumerate(priorities):
+            if step.label == label:
+                return index
+        raise DialplanError(f"no label {label!r} in [{context}] {pattern}")
+
+
+def _strip_comment(line: str) -> str:
+    result = []
+    escaped = False
+    for char in line:
+        if escaped:
+            result.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ";":
+            break
+        else:
+            result.append(char)
+    return "".join(result)
+
+
+def _split_call(call: str, number: int) -> tuple[str, str]:
+    name, paren, rest = call.partition("(")
+    if not paren:
+        return name, ""
+    if not rest.endswith(")"):
+        raise DialplanError(f"line {number}: {call!r} does not end with ')'")
+    return name, rest[:-1]
+
+
+def _split_arguments(data: str) -> list[str]:
+    """Split application arguments on commas outside brackets and quotes."""
+    arguments, current, depth, quoted = [], [], 0, False
+    for char in data:
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and char in "([":
+            depth += 1
+        elif not quoted and char in ")]":
+            depth -= 1
+        elif char == "," and depth == 0 and not quoted:
+            arguments.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    arguments.append("".join(current))
+    return arguments
+
+
+def _target(target: str, context: str, exten: str) -> tuple[str, str, str]:
+    parts = [part.strip() for part in target.split(",")]
+    if len(parts) == 1:
+        return context, exten, parts[0]
+    if len(parts) == 2:
+        return context, parts[0], parts[1]
+    return parts[0], parts[1], parts[2]
+
+
+def _pattern_regex(pattern: str) -> re.Pattern:
+    classes = {"X": "[0-9]", "Z": "[1-9]", "N": "[2-9]", ".": ".+", "!": ".*"}
+    regex, index = [], 0
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "[":
+            end = pattern.index("]", index)
+            regex.append(pattern[index:end + 1])
+            index = end + 1
+            continue
+        regex.append(classes.get(char.upper(), re.escape(char)))
+        index += 1
+    return re.compile("".join(regex))
+
+
+# -- substitution ---------------------------------------------------------------
+
+
+def _substitute(text: str, channel: dict, shared: dict, builtins: dict, callerid: str) -> str:
+    """Replace each ${...} and $[...] in ``text``, innermost first, as Asterisk does."""
+    out, index = [], 0
+    while index < len(text):
+        if text.startswith("${", index) or text.startswith("$[", index):
+            opening, closing = text[index + 1], "}" if text[index + 1] == "{" else "]"
+            end = _closing(text, index + 2, opening, closing)
+            inner = _substitute(text[index + 2:end], channel, shared, builtins, callerid)
+            if opening == "{":
+                out.append(_variable(inner, channel, shared, builtins, callerid))
+            else:
+                out.append(evaluate(inner))
+            index = end + 1
+            continue
+        out.append(text[index])
+        index += 1
+    return "".join(out)
+
+
+def _closing(text: str, start: int, opening: str, closing: str) -> int:
+    depth = 1
+    for index in range(start, len(text)):
+        if text[index] == opening:
+            depth += 1
+        elif text[index] == closing:
+            depth -= 1
+            if depth == 0:
+                return index
+    raise DialplanError(f"no closing {closing!r} in {text!r}")
+
+
+def _variable(name: str, channel: dict, shared: dict, builtins: dict, callerid: str) -> str:
+    call = re.fullmatch(r"([A-Z_]+)\((.*)\)", name, re.S)
+    if call:
+        function, argument = call[1], call[2]
+        if function == "LEN":
+            return str(len(argument))
+        if function == "ISNULL":
+            return "1" if argument == "" else "0"
+        if function == "CALLERID" and argument == "num":
+            return callerid
+        raise DialplanError(f"function {function}({argument}) is not emulated")
+
+    base, *slice_parts = name.split(":")
+    value = builtins.get(base, channel.get(base, shared.get(base, "")))
+    if not slice_parts:
+        return value
+    offset = int(slice_parts[0])
+    length = int(slice_parts[1]) if len(slice_parts) > 1 else None
+    if offset < 0:
+        offset = max(0, len(value) + offset)
+    value = value[offset:]
+    if length is None:
+        return value
+    return value[:length] if length >= 0 else value[:length]
+
+
+# -- expressions ------------------------------------------------------------------
+
+_TOKEN = re.compile(r'\s*("(?:[^"])*"|!=|<=|>=|[|&=<>()+\-]|[^\s|&=<>!()+\-"]+)')
+
+
+def evaluate(expression: str) -> str:
+    """Evaluate a ``$[...]`` body and return its value as Asterisk writes it."""
+    tokens = _tokens(expression)
+    if not tokens:
+        return ""
+    parser = _Parser(tokens)
+    value = parser.parse_or()
+    if parser.position != len(tokens):
+        raise DialplanError(f"cannot evaluate {expression!r}")
+    return value
+
+
+def _tokens(expression: str) -> list[str]:
+    tokens, index = [], 0
+    while index < len(expression):
+        match = _TOKEN.match(expression, index)
+        if match is None:
+            if expression[index:].strip():
+                raise DialplanError(f"cannot read {expression[index:]!r}")
+            break
+        tokens.append(match[1])
+        index = match.end()
+    return tokens
+
+
+class _Parser:
+    def __init__(self, tokens: list[str]):
+        self.tokens = tokens
+        self.position = 0
+
+    def _peek(self) -> str | None:
+        return self.tokens[self.position] if self.position < len(self.tokens) else None
+
+    def _take(self) -> str:
+        token = self.tokens[self.position]
+        self.position += 1
+        return token
+
+    def parse_or(self) -> str:
+        left = self.parse_and()
+        while self._peek() == "|":
+            self._take()
+            right = self.parse_and()
+            left = left if _truthy(left) else right
+        return left
+
+    def parse_and(self) -> str:
+        left = self.parse_comparison()
+        while self._peek() == "&":
+            self._take()
+            right = self.parse_comparison()
+            left = left if _truthy(left) and _truthy(right) else "0"
+        return left
+
+    def parse_comparison(self) -> str:
+        left = self.parse_sum()
+        while self._peek() in ("=", "!=", "<", ">", "<=", ">="):
+            operator = self._take()
+            right = self.parse_sum()
+            left = "1" if _compare(left, operator, right) else "0"
+        return left
+
+    def parse_sum(self) -> str:
+        left = self.parse_atom()
+        while self._peek() in ("+", "-"):
+            operator = self._take()
+            right = self.parse_atom()
+            if not (_integer(left) and _integer(right)):
+                raise DialplanError(f"non-integer operand of {operator}: {left!r}, {right!r}")
+            total = int(left) + int(right) if operator == "+" else int(left) - int(right)
+            left = str(total)
+        return left
+
+    def parse_atom(self) -> str:
+        token = self._take()
+        if token == "(":
+            value = self.parse_or()
+            if self._take() != ")":
+                raise DialplanError("missing ')'")
+            return value
+        if token == "-" and _integer(self._peek() or ""):
+            return str(-int(self._take()))
+        if token.startswith('"') and token.endswith('"') and len(token) >= 2:
+            return token[1:-1]
+        return token
+
+
+def _integer(value: str) -> bool:
+    return re.fullmatch(r"-?\d+", value) is not None
+
+
+def _number(value: str) -> bool:
+    return re.fullmatch(r"-?\d+(\.\d+)?", value) is not None
+
+
+def _compare(left: str, operator: str, right: str) -> bool:
+    if _number(left) and _number(right):
+        a, b = float(left), float(right)
+    else:
+        a, b = left, right
+    return {"=": a == b, "!=": a != b, "<": a < b, ">": a > b,
+            "<=": a <= b, ">=": a >= b}[operator]
+
+
+def _truthy(value: str) -> bool:
+    value = value.strip()
+    return value != "" and not (_integer(value) and int(value) == 0)
