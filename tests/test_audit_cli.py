@@ -366,6 +366,23 @@ def test_unblock_untyped_lifts_each_type(conf, capsys):
     assert audit_actions(conf).count("unblock") == 3
 
 
+def test_unblock_counts_blocks_lifted(conf, capsys):
+    # An automatic block and a manual one can apply to the same key at once.
+    now = datetime.now(timezone.utc)
+    with Store(load_config(conf).general.database) as store:
+        store.add_block("caller", "+441632960001", "3 barred calls", now, None, "callguard")
+        store.add_block("caller", "+441632960001", "fraud", now, None, "operator")
+
+    status = run_ctl(conf, "unblock", "01632960001", "--type", "caller", "--reason",
+                     "false alarm")
+
+    lifted = [line for line in capsys.readouterr().out.splitlines()
+              if line.startswith("lifted")]
+    assert status == 0
+    assert lifted == ["lifted 2 active blocks on caller +441632960001"]
+    assert stored_blocks(conf) == []
+
+
 def test_unblock_nothing_matches_exits_1(conf, capsys):
     assert run_ctl(conf, "block", "1002", "--reason", "fraud") == 0
     capsys.readouterr()

@@ -24,6 +24,7 @@ from callguard.cli.common import EscapingFormatter
 from callguard.text import escape_controls
 from callguard.config import load_config
 from callguard.store import CallRecord, OutboxRecord, Store
+from emulator.fastagi import AGICall, run_fastagi_call
 from live_support import Pbx, eventually
 from support import TRUNK as SUPPORT_TRUNK
 from support import write_config
@@ -457,11 +458,11 @@ def test_rates_import_field_count_advice(config, tmp_path, capsys, header, row, 
 
 
 @pytest.mark.parametrize("row, advice", [
-    ("09,premium", "found 2; give a field for every column and leave the description "
-     "empty when there is none, like '09,premium,'"),
-    ("09", "found 1; give a field for every column"),
-    ("09,premium,Premium, high rate", "found 4; quote a description that contains "
-     "commas"),
+    ("09,premium", "found 2 in '09,premium'; give a field for every column and leave "
+     "the description empty when there is none, like '09,premium,'"),
+    ("09", "found 1 in '09'; give a field for every column"),
+    ("09,premium,Premium, high rate", "found 4 in '09,premium,Premium, high rate'; "
+     "quote a description that contains commas"),
 ])
 def test_prefixes_import_field_count_advice(config, tmp_path, capsys, row, advice):
     table = tmp_path / "p.csv"
@@ -553,6 +554,28 @@ async def test_status_text_live(pbx, capsys):
     call_lines = [line.split() for line in lines if "+441632960123" in line]
     assert len(call_lines) == 1
     assert call_lines[0][2:6] == ["up", "30", "s", "1.00"]
+
+
+async def test_status_drops_expired_checks(pbx, capsys):
+    # A check whose call never reaches Dial reserves its first block until
+    # reservation_seconds (120 by default) have passed.
+    outcome = await run_fastagi_call(
+        "127.0.0.1", pbx.port,
+        AGICall(extension=GEOGRAPHIC, uniqueid="1718355600.1", callerid="01632960010",
+                arguments=(GEOGRAPHIC, "gamma")),
+    )
+    assert outcome.variables["CALLGUARD_RESULT"] == "ALLOW"
+
+    await ctl_in_thread("--config", str(pbx.path), "status", "--json")
+    waiting = read_json(capsys)["trunks"]["gamma"]
+    pbx.clock.advance(121)
+    await ctl_in_thread("--config", str(pbx.path), "status", "--json")
+    expired = read_json(capsys)["trunks"]["gamma"]
+
+    assert waiting["pending_checks"] == 1
+    assert waiting["reserved"] == "1.00"
+    assert expired["pending_checks"] == 0
+    assert expired["reserved"] == "0.00"
 
 
 async def test_calls_json_live_and_recent(pbx, capsys):
@@ -781,6 +804,64 @@ def test_check_config_warns_odd_limits(tmp_path, capsys):
         "reserves, and only for reservation_seconds: calls are not metered or hung "
         "up; set enabled = yes in [ari]",
     ]
+
+
+def test_check_config_warns_outside_line_zero(tmp_path, capsys):
+    path = write_config(tmp_path, general="outside_line_prefix = 0")
+
+    status = run_ctl("--config", str(path), "check-config")
+    err = capsys.readouterr().err.splitlines()
+    warnings = [line for line in err if "outside_line_prefix" in line]
+
+    assert status == EXIT_OK
+    assert len(warnings) == 2
+    assert warnings[0].startswith(
+        f"{path}: warning: [general] outside_line_prefix '0' begins the national "
+        "prefix '0'")
+    assert "rejected as invalid. Phones must always dial '0' first" in warnings[0]
+    assert warnings[1].startswith(
+        f"{path}: warning: [general] outside_line_prefix '0' begins the "
+        "international prefix '00'")
+
+
+BAD_PREFIX_ROWS = """\
+prefix,category,description
+09,premium,Premium rate
+0 9,premium,Spaced
+118,directry,Directory enquiries
+09,premium,Premium again
+08,special-084
+"""
+
+
+def test_check_config_lists_bad_prefix_rows(tmp_path, capsys):
+    table = tmp_path / "prefixes.csv"
+    table.write_text(BAD_PREFIX_ROWS)
+    path = write_config(tmp_path, general="prefixes = prefixes.csv")
+
+    status = run_ctl("--config", str(path), "check-config")
+    err = capsys.readouterr().err.splitlines()
+
+    assert status == EXIT_CONFIG
+    assert err[0].startswith(f"{table}:3: prefix '0 9' is invalid; write")
+    assert err[1].startswith(f"{table}:4: category 'directry' is unknown; use one of")
+    assert err[2] == (f"{table}:5: prefix '09' is already defined on line 2; remove "
+                      "one of the two rows")
+    assert err[3].startswith(f"{table}:6: expected 3 columns (prefix, category, "
+                             "description), found 2 in '08,special-084'; give")
+    assert len(err) == 4
+
+
+def test_prefixes_import_lists_bad_rows(config, tmp_path, capsys):
+    table = tmp_path / "p.csv"
+    table.write_text(BAD_PREFIX_ROWS)
+
+    status = run_ctl("--config", str(config), "prefixes", "import", str(table))
+    err = capsys.readouterr().err
+
+    assert status == EXIT_CONFIG
+    for line in range(3, 7):
+        assert f"{table}:{line}: " in err
 
 
 @pytest.mark.parametrize("arguments, message", [

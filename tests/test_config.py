@@ -21,6 +21,8 @@ from callguard.config import (
     load_config,
     parse_duration,
 )
+from callguard.config.advice import config_warnings
+from callguard.numbers import InvalidNumber, NumberPlan
 
 SAMPLE = Path(__file__).resolve().parent.parent / "etc" / "callguard.conf"
 CONFIG_NAME = "callguard.conf"
@@ -93,6 +95,7 @@ GOOD_VALUES = [
     ("general", "decision_timeout", "2", "general.decision_timeout", 2.0),
     ("general", "prefixes", "", "general.prefixes", None),
     ("general", "reservation_seconds", "2m", "general.reservation_seconds", 120),
+    ("general", "reservation_seconds", "1d", "general.reservation_seconds", 86400),
     ("general", "log_level", "Warning", "general.log_level", "warning"),
     ("ari", "enabled", "off", "ari.enabled", False),
     ("ari", "enabled", "TRUE", "ari.enabled", True),
@@ -116,6 +119,12 @@ GOOD_VALUES = [
     ("trunk gamma", "max_concurrent_calls", "", "trunk.max_concurrent_calls", None),
     ("trunk gamma", "max_call_seconds", "90", "trunk.max_call_seconds", 90),
     ("trunk gamma", "max_call_seconds", "1h", "trunk.max_call_seconds", 3600),
+    ("trunk gamma", "max_call_seconds", "1d", "trunk.max_call_seconds", 86400),
+    ("trunk gamma", "max_call_seconds", "0.5d", "trunk.max_call_seconds", 43200),
+    ("trunk gamma", "repeat_window", "1d", "trunk.repeat_window", 86400),
+    ("trunk gamma", "ban_time", "1.5h", "trunk.offenders.ban_time", 5400),
+    ("trunk gamma", "ban_window", "0.5m", "trunk.offenders.ban_window", 30),
+    ("trunk gamma", "ban_max_time", "2w", "trunk.offenders.ban_max_time", 1209600),
     ("trunk gamma", "max_call_seconds", "", "trunk.max_call_seconds", None),
     ("trunk gamma", "channel_pattern", "PJSIP/gamma-*", "trunk.channel_pattern",
      "PJSIP/gamma-*"),
@@ -144,10 +153,11 @@ GOOD_VALUES = [
 
 
 def attribute(config, path: str):
-    scope, name = path.split(".")
-    if scope == "trunk":
-        return getattr(config.trunks["gamma"], name)
-    return getattr(getattr(config, scope), name)
+    scope, *names = path.split(".")
+    value = config.trunks["gamma"] if scope == "trunk" else getattr(config, scope)
+    for name in names:
+        value = getattr(value, name)
+    return value
 
 
 @pytest.mark.parametrize("section, key, value, path, expected", GOOD_VALUES)
@@ -249,9 +259,18 @@ BAD_VALUES = [
         "'' lets no client connect; list networks like 127.0.0.1/32, ::1/128"]),
     ("general", "outside_line_prefix", "9#", [
         "'9#' is not digits only; write it like 9, or leave it empty"]),
+    ("general", "outside_line_prefix", "90000", [
+        "'90000' is too long; write at most 4 digits, like 9, or leave it empty"]),
     ("general", "emergency_numbers", "999, 1 1 2, *55", [
         "'1 1 2' is not digits only; write it like 999",
         "'*55' is not digits only; write it like 999"]),
+    ("general", "emergency_numbers", "999, 1234567890123456", [
+        "'1234567890123456' is too long for a phone number; write at most 15 "
+        "digits, like 999"]),
+    ("general", "currency", "ßp", [
+        "'ßp' is not a currency code; write three ISO 4217 letters like GBP"]),
+    ("general", "currency", "ﬀr", [
+        "'ﬀr' is not a currency code; write three ISO 4217 letters like GBP"]),
     ("general", "fail_policy", "maybe", [
         "'maybe' is not valid; write one of allow, deny"]),
     ("general", "decision_timeout", "0", [
@@ -326,6 +345,12 @@ BAD_VALUES = [
         f"'2 hours' is not a duration; {DURATION_FIX}"]),
     ("trunk gamma", "max_call_seconds", "500ms", [
         "'500ms' is not a whole number of seconds; write it like 120 or 2m"]),
+    ("trunk gamma", "max_call_seconds", "1D", [
+        f"'1D' is not a duration; {DURATION_FIX}"]),
+    ("trunk gamma", "ban_time", "1.5s", [
+        "'1.5s' is not a whole number of seconds; write it like 90 or 10m"]),
+    ("trunk gamma", "ban_time", "500ms", [
+        "'500ms' must be at least 1s; write it like 10m"]),
     ("trunk gamma", "rates", "rates-delta.csv", [
         "'rates-delta.csv' is not a file (looked for {dir}/rates-delta.csv); create "
         "it or correct the path"]),
@@ -842,6 +867,102 @@ def test_ranges_reject_reversed():
         NumberRanges(((5, 1),))
 
 
+# Warnings: settings that load but likely misfire.
+
+
+def general_warnings(general: str) -> list[str]:
+    return config_warnings(load(f"[general]\n{general}\n[trunk gamma]\n{RATES_LINE}\n"))
+
+
+def test_outside_line_zero_warns(workdir):
+    warnings = general_warnings("outside_line_prefix = 0")
+
+    assert len(warnings) == 2
+    national, international = warnings
+    assert national.startswith(
+        "[general] outside_line_prefix '0' begins the national prefix '0', and "
+        "callguard strips it from every dialled number that starts with it. So 0"
+    )
+    assert ", dialled without the outside-line prefix, is read as " in national
+    assert "and rejected as invalid. Phones must always dial '0' first, like 00" in national
+    assert national.endswith(
+        "if they dial numbers without it, leave outside_line_prefix empty"
+    )
+    assert international.startswith(
+        "[general] outside_line_prefix '0' begins the international prefix '00'"
+    )
+    assert (
+        "So 0033123456789, dialled without the outside-line prefix, is read as "
+        "033123456789 and rejected as invalid" in international
+    )
+
+
+def test_outside_line_zero_misreads_national():
+    with pytest.raises(InvalidNumber):
+        NumberPlan("GB", "0").normalise("01632960123")
+
+    assert NumberPlan("GB", "0").normalise("001632960123").e164 == "+441632960123"
+
+
+def test_outside_line_double_zero_warns(workdir):
+    warnings = general_warnings("outside_line_prefix = 00")
+
+    assert warnings == [
+        "[general] outside_line_prefix '00' begins the international prefix '00', "
+        "and callguard strips it from every dialled number that starts with it. So "
+        "0033123456789, dialled without the outside-line prefix, is read as "
+        "33123456789 and rejected as invalid. Phones must always dial '00' first, "
+        "like 000033123456789; if they dial numbers without it, leave "
+        "outside_line_prefix empty"
+    ]
+
+
+@pytest.mark.parametrize("prefix", ["", "9", "1", "90"])
+def test_outside_line_prefix_quiet(workdir, prefix):
+    assert general_warnings(f"outside_line_prefix = {prefix}") == []
+
+
+def test_emergency_long_number_warns(workdir):
+    warnings = general_warnings("emergency_numbers = 999, 01632960123")
+
+    assert warnings == [
+        "[general] emergency_numbers: '01632960123' has 11 digits, more than the 6 "
+        "of the longest short code in GB, and is in category 'geographic' of the "
+        "prefix table prefixes-gb.csv. Calls to an emergency number skip every "
+        "barring and limit and are never hung up, so remove it unless it reaches "
+        "the emergency services"
+    ]
+
+
+def test_emergency_service_code_warns(workdir):
+    warnings = general_warnings("emergency_numbers = 101")
+
+    assert warnings == [
+        "[general] emergency_numbers: '101' is in category 'service' of the prefix "
+        "table prefixes-gb.csv. Calls to an emergency number skip every barring and "
+        "limit and are never hung up, so remove it unless it reaches the emergency "
+        "services"
+    ]
+
+
+@pytest.mark.parametrize("numbers", ["999, 112", "18000", "911"])
+def test_emergency_numbers_quiet(workdir, numbers):
+    assert general_warnings(f"emergency_numbers = {numbers}") == []
+
+
+def test_emergency_warning_without_table(workdir):
+    # The workdir's prefixes.csv lacks the description column, so it cannot load.
+    warnings = general_warnings(
+        "prefixes = prefixes.csv\nemergency_numbers = 01632960123"
+    )
+
+    assert len(warnings) == 1
+    assert warnings[0].startswith(
+        "[general] emergency_numbers: '01632960123' has 11 digits, more than the 6 "
+        "of the longest short code in GB. Calls"
+    )
+
+
 def test_overrides_for(workdir):
     text = (
         f"[trunk gamma]\n{RATES_LINE}\n"
@@ -873,6 +994,10 @@ DURATIONS = [
     ("30", 30.0),
     ("1.5", 1.5),
     ("1.5m", 90.0),
+    ("1d", 86400.0),
+    ("1.5d", 129600.0),
+    ("2w", 1209600.0),
+    ("1 w", 604800.0),
     ("0", 0.0),
     (" 10 s ", 10.0),
     ("100 ms", 0.1),
@@ -885,7 +1010,7 @@ def test_duration(text, seconds):
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "s", "1d", "1S", "-1s", "1e3", "1.s", "ten"])
+@pytest.mark.parametrize("text", ["", "s", "1y", "1S", "1W", "-1s", "1e3", "1.s", "ten"])
 def test_duration_invalid(text):
     with pytest.raises(ValueError) as caught:
         parse_duration(text)

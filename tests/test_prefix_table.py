@@ -136,6 +136,62 @@ def test_csv_errors(tmp_path, body, start, fragments):
         assert fragment in message
 
 
+def test_csv_lists_every_bad_row(tmp_path):
+    path = write(
+        tmp_path,
+        "prefix,category,description\n"
+        "09,premum,Premium\n"
+        "0871,premium,Business rate\n"
+        '087,special-087,"Business rate\n'
+        "0 9,premium,Spaced\n"
+        "0871,premium,Again\n",
+    )
+
+    with pytest.raises(PrefixTableError) as caught:
+        PrefixTable.from_csv(path)
+
+    lines = str(caught.value).splitlines()
+    assert caught.value.error_count == 4
+    assert len(lines) == 4
+    assert lines[0].startswith(f"{path}:2: category 'premum' is unknown; use one of ")
+    assert lines[1].startswith(
+        f"{path}:4: malformed CSV in '087,special-087,\"Business rate' ("
+    )
+    assert lines[1].endswith(
+        "; fix the quoting, like '0871,premium,\"Business rate, high service charge\"'"
+    )
+    assert lines[2].startswith(f"{path}:5: prefix '0 9' is invalid; write national")
+    assert lines[3] == (
+        f"{path}:6: prefix '0871' is already defined on line 3; remove one of the "
+        "two rows"
+    )
+
+
+def test_csv_errors_bounded(tmp_path):
+    rows = "".join(f"0{n},nope,\n" for n in range(25))
+    path = write(tmp_path, "prefix,category,description\n" + rows)
+
+    with pytest.raises(PrefixTableError) as caught:
+        PrefixTable.from_csv(path)
+
+    lines = str(caught.value).splitlines()
+    assert caught.value.error_count == 25
+    assert len(caught.value.errors) == 20
+    assert lines[0].startswith(f"{path}:2: category 'nope' is unknown")
+    assert lines[19].startswith(f"{path}:21: category 'nope' is unknown")
+    assert lines[20] == "... and 5 more errors"
+
+
+def test_csv_one_error_omitted(tmp_path):
+    rows = "".join(f"0{n},nope,\n" for n in range(21))
+    path = write(tmp_path, "prefix,category,description\n" + rows)
+
+    with pytest.raises(PrefixTableError) as caught:
+        PrefixTable.from_csv(path)
+
+    assert str(caught.value).splitlines()[-1] == "... and 1 more error"
+
+
 # whole file, expected start of the message after the path
 HEADER_ERRORS = [
     ("09,premium,Premium\n", ":1: header row is missing"),
@@ -193,6 +249,18 @@ def test_row_errors(rows, start):
         PrefixTable.from_rows(rows)
 
     assert str(caught.value).startswith(start)
+
+
+def test_rows_list_every_bad_row():
+    rows = [("09", "premium", "A"), ("09", "premium", "B"), ("07", "mobil", "")]
+
+    with pytest.raises(PrefixTableError) as caught:
+        PrefixTable.from_rows(rows)
+
+    assert str(caught.value).splitlines() == [
+        "<rows>:2: prefix '09' is already defined on line 1; remove one of the two rows",
+        f"<rows>:3: category 'mobil' is unknown; use one of {', '.join(sorted(CATEGORIES))}",
+    ]
 
 
 def test_from_rows_source():

@@ -22,7 +22,7 @@ from callguard.cli.common import (
     EXIT_OK,
     read_config,
 )
-from callguard.text import escape_controls
+from callguard.text import escape_controls, plural
 from callguard.config import Config
 from callguard.config.errors import InvalidValue
 from callguard.config.offenders import (
@@ -230,8 +230,8 @@ def cmd_unblock(args: argparse.Namespace) -> int:
     for (key_type, key), count in lifted.items():
         if not count:
             continue
-        print(f"lifted {count} active block{'s' if count != 1 else ''} on "
-              f"{key_type} {escape_controls(key)}")
+        print(f"lifted {plural(count, 'active block')} on {key_type} "
+              f"{escape_controls(key)}")
         daemon_status = _tell_daemon(config, {"command": COMMAND_UNBLOCK,
                                               "key_type": key_type, "key": key})
         status = max(status, daemon_status)

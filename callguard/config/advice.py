@@ -1,10 +1,11 @@
 """Settings that load but probably do not do what the sysadmin meant."""
 
 from callguard.config.model import Config
+from callguard.config.plan_advice import number_plan_warnings
 
 
 def config_warnings(config: Config) -> list[str]:
-    """Return one line per trunk setting that is valid but likely a mistake."""
+    """Return one line per setting that is valid but likely a mistake."""
     warnings = []
     for name, trunk in config.trunks.items():
         daily, weekly = trunk.daily_limit, trunk.weekly_limit
@@ -31,4 +32,5 @@ def config_warnings(config: Config) -> list[str]:
                 "block each allowed call reserves, and only for reservation_seconds: "
                 "calls are not metered or hung up; set enabled = yes in [ari]"
             )
+    warnings.extend(number_plan_warnings(config))
     return warnings

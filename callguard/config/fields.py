@@ -85,7 +85,7 @@ GENERAL_FIELDS: dict[str, Field] = {
     "allowed_clients": Field(
         _ignore_context(addresses.parse_networks), "127.0.0.1/32, ::1/128"
     ),
-    "outside_line_prefix": Field(_ignore_context(values.parse_digits)),
+    "outside_line_prefix": Field(_ignore_context(values.parse_outside_line_prefix)),
     "emergency_numbers": Field(
         lambda text, context: values.parse_emergency_numbers(
             text, ALWAYS_EMERGENCY_NUMBERS

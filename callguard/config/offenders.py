@@ -6,13 +6,13 @@ The parsers here import nothing from ``values`` so that ``model`` can import
 """
 
 import ipaddress
-import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
 from callguard.config.categories import split_list
+from callguard.config.durations import parse_seconds
 from callguard.config.errors import InvalidValue
 from callguard.config.ranges import NumberRanges, parse_number_ranges
 
@@ -24,8 +24,6 @@ KEY_ACCOUNTCODE = "accountcode"
 KEY_SOURCE = "source"
 OFFENDER_KEYS = (KEY_ENDPOINT, KEY_CALLER, KEY_ACCOUNTCODE, KEY_SOURCE)
 
-BAN_DURATION_PATTERN = re.compile(r"(\d+)\s*(s|m|h|d|w)?")
-SECONDS_PER_BAN_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 BAN_DURATION_EXAMPLES = "90s, 10m, 1h, 2d, 1w or 600 (seconds)"
 MAX_BAN_AFTER = 1000
 MAX_BAN_FACTOR = Decimal(100)
@@ -87,17 +85,16 @@ class OffenderSettings:
 
 
 def parse_ban_duration(text: str) -> int:
-    """Parse a duration of 1 s or more, such as ``10m``, ``1h``, ``2d`` or ``1w``."""
-    match = BAN_DURATION_PATTERN.fullmatch(text.strip())
-    if match is None:
-        raise InvalidValue(
-            f"{text!r} is not a duration; write it like {BAN_DURATION_EXAMPLES}"
-        )
-
-    seconds = int(match[1]) * SECONDS_PER_BAN_UNIT[match[2] or "s"]
+    """Parse whole seconds of 1 s or more, such as ``10m``, ``1.5h``, ``2d`` or ``1w``."""
+    seconds = parse_seconds(text, BAN_DURATION_EXAMPLES)
     if seconds < 1:
         raise InvalidValue(f"{text!r} must be at least 1s; write it like 10m")
-    return seconds
+
+    if seconds != seconds.to_integral_value():
+        raise InvalidValue(
+            f"{text!r} is not a whole number of seconds; write it like 90 or 10m"
+        )
+    return int(seconds)
 
 
 def parse_ban_after(text: str) -> int:

@@ -11,17 +11,15 @@ from decimal import Decimal
 import phonenumbers
 
 from callguard.config.categories import split_list
+from callguard.config.durations import parse_seconds
 from callguard.config.errors import InvalidValue
 from callguard.config.model import DefaultRate
 from callguard.money import MAX_AMOUNT, InvalidAmount, parse_amount
+from callguard.numbers.settings import (
+    MAX_EMERGENCY_NUMBER_DIGITS,
+    MAX_OUTSIDE_LINE_PREFIX_DIGITS,
+)
 
-DURATION_PATTERN = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)?")
-SECONDS_PER_UNIT = {
-    "ms": Decimal("0.001"),
-    "s": Decimal(1),
-    "m": Decimal(60),
-    "h": Decimal(3600),
-}
 DURATION_EXAMPLES = "250ms, 1s, 2m, 1h or 30 (seconds)"
 
 TRUE_WORDS = frozenset({"yes", "true", "on", "1"})
@@ -41,19 +39,12 @@ RATE_PATTERN = re.compile(r"\d+(?:\.\d+)?")
 
 
 def parse_duration(text: str) -> float:
-    """Parse a duration such as ``250ms``, ``1s``, ``2m``, ``1h`` or bare seconds.
+    """Parse a duration such as ``250ms``, ``2m``, ``1h``, ``1d``, ``1w`` or bare seconds.
 
     Returns seconds. Raises ``ValueError`` that quotes the text and shows the forms
     accepted.
     """
-    match = DURATION_PATTERN.fullmatch(text.strip())
-    if match is None:
-        raise InvalidValue(
-            f"{text!r} is not a duration; write it like {DURATION_EXAMPLES}"
-        )
-
-    seconds = Decimal(match[1]) * SECONDS_PER_UNIT[match[2] or "s"]
-    return float(seconds)
+    return float(parse_seconds(text, DURATION_EXAMPLES))
 
 
 def parse_timeout(text: str, maximum: float) -> float:
@@ -246,8 +237,14 @@ def parse_regions(text: str) -> frozenset[str]:
 
 
 def parse_currency(text: str) -> str:
-    """Parse a three-letter ISO 4217 currency code, in any case."""
-    code = text.upper()
+    """Parse a three-letter ISO 4217 alphabetic code, in any case, into capitals.
+
+    NOTE: this checks the shape only, because no dependency lists the ISO 4217
+    codes, so an unassigned code such as ``XYZ`` passes.
+    """
+    # Only ASCII letters are upper-cased, because str.upper() turns some other
+    # letters into ASCII capitals, such as "ß" into "SS".
+    code = text.upper() if text.isascii() else text
     if not CURRENCY_PATTERN.fullmatch(code):
         raise InvalidValue(
             f"{text!r} is not a currency code; write three ISO 4217 letters like GBP"
@@ -255,11 +252,17 @@ def parse_currency(text: str) -> str:
     return code
 
 
-def parse_digits(text: str) -> str:
-    """Parse a string of digits; empty is allowed."""
+def parse_outside_line_prefix(text: str) -> str:
+    """Parse the digits dialled for an outside line, at most four; empty is allowed."""
     if text and not (text.isascii() and text.isdigit()):
         raise InvalidValue(
             f"{text!r} is not digits only; write it like 9, or leave it empty"
+        )
+
+    if len(text) > MAX_OUTSIDE_LINE_PREFIX_DIGITS:
+        raise InvalidValue(
+            f"{text!r} is too long; write at most {MAX_OUTSIDE_LINE_PREFIX_DIGITS} "
+            "digits, like 9, or leave it empty"
         )
     return text
 
@@ -271,6 +274,11 @@ def parse_emergency_numbers(text: str, always: tuple[str, ...]) -> tuple[str, ..
     for item in split_list(text):
         if not (item.isascii() and item.isdigit()):
             messages.append(f"{item!r} is not digits only; write it like 999")
+        elif len(item) > MAX_EMERGENCY_NUMBER_DIGITS:
+            messages.append(
+                f"{item!r} is too long for a phone number; write at most "
+                f"{MAX_EMERGENCY_NUMBER_DIGITS} digits, like 999"
+            )
         elif item not in numbers:
             numbers.append(item)
 

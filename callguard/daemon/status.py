@@ -52,6 +52,9 @@ def leg_status(leg: Leg, now: datetime) -> dict:
 
 def status(guard: LiveGuard, currency: str, ari_connected: bool | None) -> dict:
     now = guard.clock.now()
+    # Decisions expire reservations only when they run, so without this the
+    # counts and held money would include checks whose Dial never came.
+    guard.reservations.expire(now)
     trunks = {}
     for name, meter in guard.meters.items():
         meter.catch_up(now)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from callguard.numbers.categories import CATEGORIES
+from callguard.rating.errors import MAX_REPORTED_ERRORS
+from callguard.text import plural
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +29,45 @@ MAX_PREFIX_DIGITS = 18
 
 
 class PrefixTableError(ValueError):
-    """A prefix table that cannot be loaded. The message starts with ``file:line:``."""
+    """A prefix table that cannot be loaded.
+
+    ``errors`` contains up to MAX_REPORTED_ERRORS messages, each starting with
+    ``file:line:``, or ``file:`` for a problem of the whole file. ``error_count``
+    is the number of errors found, reported or not. The message lists the
+    reported errors, one a line.
+    """
+
+    def __init__(self, *errors: str, error_count: int | None = None) -> None:
+        self.errors = errors
+        self.error_count = len(errors) if error_count is None else error_count
+
+        lines = list(errors)
+        omitted = self.error_count - len(errors)
+        if omitted > 0:
+            lines.append(f"... and {plural(omitted, 'more error')}")
+        super().__init__("\n".join(lines))
+
+
+class _InvalidRow(ValueError):
+    """A row that cannot be added, with the problem and its fix as the message."""
+
+
+class _ErrorList:
+    """The errors found while loading one table, in the order they were found."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.messages: list[str] = []
+        self.count = 0
+
+    def add(self, line_number: int, message: str) -> None:
+        self.count += 1
+        if len(self.messages) < MAX_REPORTED_ERRORS:
+            self.messages.append(f"{self.source}:{line_number}: {message}")
+
+    def raise_if_any(self) -> None:
+        if self.count:
+            raise PrefixTableError(*self.messages, error_count=self.count)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,18 +114,23 @@ class PrefixTable:
     ) -> "PrefixTable":
         """Build a table from ``(prefix, category, description)`` rows.
 
-        Errors name the row by its position, starting at 1.
+        Raises ``PrefixTableError`` listing every invalid row, each named by its
+        position, starting at 1.
         """
         table = cls(source)
+        errors = _ErrorList(source)
         for position, row in enumerate(rows, start=1):
-            if len(row) != len(HEADER):
-                raise PrefixTableError(
-                    f"{source}:{position}: expected 3 fields (prefix, category, "
-                    f"description), found {len(row)}: {row!r}"
-                )
+            try:
+                if len(row) != len(HEADER):
+                    raise _InvalidRow(
+                        f"expected 3 fields (prefix, category, description), found "
+                        f"{len(row)}: {row!r}"
+                    )
+                table._add(position, *row)
+            except _InvalidRow as exc:
+                errors.add(position, str(exc))
 
-            table._add(position, *row)
-
+        errors.raise_if_any()
         return table
 
     @classmethod
@@ -118,39 +163,31 @@ class PrefixTable:
 
     @classmethod
     def _from_text(cls, text: str, source: str) -> "PrefixTable":
+        """Parse a whole CSV file, collecting the errors of every row.
+
+        A missing header ends the parsing, because the rows cannot be read
+        without it. Each row is one line, so a row with broken quoting does not
+        affect the rows after it.
+        """
         table = cls(source)
+        errors = _ErrorList(source)
         header_seen = False
         for line_number, line in enumerate(text.splitlines(), start=1):
             stripped = line.strip()
             if not stripped or stripped.startswith(COMMENT_MARK):
                 continue
 
-            fields = _split_csv_line(line, source, line_number)
             if not header_seen:
-                if tuple(field.lower() for field in fields) != HEADER:
-                    raise PrefixTableError(
-                        f"{source}:{line_number}: header row is missing; the first row "
-                        f"must be {','.join(HEADER)!r}, found {stripped!r}"
-                    )
-
+                _check_header(line, source, line_number)
                 header_seen = True
                 continue
 
-            if len(fields) < len(HEADER):
-                raise PrefixTableError(
-                    f"{source}:{line_number}: expected 3 columns (prefix, category, "
-                    f"description), found {len(fields)}; give a field for every "
-                    "column and leave the description empty when there is none, "
-                    "like '09,premium,'"
-                )
-            if len(fields) > len(HEADER):
-                raise PrefixTableError(
-                    f"{source}:{line_number}: expected 3 columns (prefix, category, "
-                    f"description), found {len(fields)}; quote a description that "
-                    "contains commas"
-                )
-
-            table._add(line_number, *fields)
+            try:
+                fields = _split_csv_line(line)
+                _check_column_count(fields, stripped)
+                table._add(line_number, *fields)
+            except _InvalidRow as exc:
+                errors.add(line_number, str(exc))
 
         if not header_seen:
             raise PrefixTableError(
@@ -158,34 +195,33 @@ class PrefixTable:
                 "because the file has no rows"
             )
 
+        errors.raise_if_any()
         logger.info("loaded %d prefix rules from %s", len(table), source)
         return table
 
     def _add(
         self, line_number: int, prefix: str, category: str, description: str
     ) -> None:
-        where = f"{self.source}:{line_number}"
+        """Add one row. Raises ``_InvalidRow`` for a row that cannot be added."""
         fields = (prefix, category, description)
         if not all(isinstance(field, str) for field in fields):
-            raise PrefixTableError(
-                f"{where}: every field must be a string, found {fields!r}"
-            )
+            raise _InvalidRow(f"every field must be a string, found {fields!r}")
 
         prefix = prefix.strip()
         category = category.strip()
         description = description.strip()
 
-        _check_prefix(prefix, where)
+        _check_prefix(prefix)
 
         if category not in CATEGORIES:
-            raise PrefixTableError(
-                f"{where}: category {category!r} is unknown; use one of "
+            raise _InvalidRow(
+                f"category {category!r} is unknown; use one of "
                 f"{', '.join(sorted(CATEGORIES))}"
             )
 
         if prefix in self._rules:
-            raise PrefixTableError(
-                f"{where}: prefix {prefix!r} is already defined on line "
+            raise _InvalidRow(
+                f"prefix {prefix!r} is already defined on line "
                 f"{self._line_numbers[prefix]}; remove one of the two rows"
             )
 
@@ -194,18 +230,48 @@ class PrefixTable:
         self._max_prefix_length = max(self._max_prefix_length, len(prefix))
 
 
-def _split_csv_line(line: str, source: str, line_number: int) -> list[str]:
+def _check_header(line: str, source: str, line_number: int) -> None:
+    """Raise ``PrefixTableError`` unless ``line`` is the header, in any case."""
+    try:
+        fields = _split_csv_line(line)
+    except _InvalidRow as exc:
+        raise PrefixTableError(f"{source}:{line_number}: {exc}") from None
+
+    if tuple(field.lower() for field in fields) != HEADER:
+        raise PrefixTableError(
+            f"{source}:{line_number}: header row is missing; the first row "
+            f"must be {','.join(HEADER)!r}, found {line.strip()!r}"
+        )
+
+
+def _split_csv_line(line: str) -> list[str]:
     try:
         fields = next(csv.reader([line], strict=True))
     except csv.Error as exc:
-        raise PrefixTableError(
-            f"{source}:{line_number}: malformed CSV: {exc}"
+        raise _InvalidRow(
+            f"malformed CSV in {line.strip()!r} ({exc}); fix the quoting, like "
+            "'0871,premium,\"Business rate, high service charge\"'"
         ) from None
 
     return [field.strip() for field in fields]
 
 
-def _check_prefix(prefix: str, where: str) -> None:
+def _check_column_count(fields: list[str], row: str) -> None:
+    if len(fields) < len(HEADER):
+        raise _InvalidRow(
+            f"expected 3 columns (prefix, category, description), found "
+            f"{len(fields)} in {row!r}; give a field for every column and leave "
+            "the description empty when there is none, like '09,premium,'"
+        )
+
+    if len(fields) > len(HEADER):
+        raise _InvalidRow(
+            f"expected 3 columns (prefix, category, description), found "
+            f"{len(fields)} in {row!r}; quote a description that contains commas"
+        )
+
+
+def _check_prefix(prefix: str) -> None:
     digits = prefix.removeprefix(PLUS)
     international = prefix.startswith(PLUS)
     well_formed = (
@@ -215,8 +281,8 @@ def _check_prefix(prefix: str, where: str) -> None:
         and not (international and digits.startswith("0"))
     )
     if not well_formed:
-        raise PrefixTableError(
-            f"{where}: prefix {prefix!r} is invalid; write national digits such as "
+        raise _InvalidRow(
+            f"prefix {prefix!r} is invalid; write national digits such as "
             "'09', '+' and a country code such as '+870', or '+' alone for every "
             "other country"
         )

@@ -1,0 +1,35 @@
+"""Durations in setting values and command options: a number with a unit, or seconds.
+
+Every duration key accepts the same units, so ``1d`` means a day in
+``max_call_seconds`` as it does in ``ban_time``. This module imports nothing
+from ``values`` or ``model``, so that ``offenders`` can use it without an import
+cycle.
+"""
+
+import re
+from decimal import Decimal
+
+from callguard.config.errors import InvalidValue
+
+DURATION_PATTERN = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?")
+SECONDS_PER_UNIT = {
+    "ms": Decimal("0.001"),
+    "s": Decimal(1),
+    "m": Decimal(60),
+    "h": Decimal(3600),
+    "d": Decimal(86400),
+    "w": Decimal(604800),
+}
+
+
+def parse_seconds(text: str, examples: str) -> Decimal:
+    """Parse a duration such as ``250ms``, ``1.5m``, ``2d``, ``1w`` or bare seconds.
+
+    Returns seconds. Raises ``InvalidValue`` that quotes the text and shows
+    ``examples``, the forms that fit the key.
+    """
+    match = DURATION_PATTERN.fullmatch(text.strip())
+    if match is None:
+        raise InvalidValue(f"{text!r} is not a duration; write it like {examples}")
+
+    return Decimal(match[1]) * SECONDS_PER_UNIT[match[2] or "s"]
