@@ -1271,3 +1271,14 @@ def test_delivery_secret_warnings(workdir, caplog):
     assert "secret_file is not set" in messages[1]
     assert "webhook secret file" in messages[2]
     assert all("s3cret" not in message for message in messages)
+
+
+@pytest.mark.parametrize("cap, warned", [("24h", False), ("86401", True), ("2d", True)])
+def test_call_cap_over_a_day_warns(workdir, cap, warned):
+    warnings = config_warnings(
+        load(f"[general]\n[trunk gamma]\n{RATES_LINE}\nmax_call_seconds = {cap}\n"))
+
+    capped = [w for w in warnings if "max_call_seconds" in w]
+    assert bool(capped) is warned
+    if warned:
+        assert "never gives a call more than 86400 s (24 h); write 24h or less" in capped[0]

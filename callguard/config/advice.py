@@ -2,6 +2,7 @@
 
 from callguard.config.model import Config
 from callguard.config.plan_advice import number_plan_warnings
+from callguard.policy.budget import MAX_SECONDS_CEILING
 
 
 def config_warnings(config: Config) -> list[str]:
@@ -22,6 +23,12 @@ def config_warnings(config: Config) -> list[str]:
                     "emergency calls and opted-out callers; leave it empty for no "
                     "limit"
                 )
+        if trunk.max_call_seconds is not None and trunk.max_call_seconds > MAX_SECONDS_CEILING:
+            warnings.append(
+                f"[trunk {name}] max_call_seconds is {trunk.max_call_seconds} s, but "
+                f"callguard never gives a call more than {MAX_SECONDS_CEILING} s (24 h); "
+                "write 24h or less"
+            )
     if not config.ari.enabled:
         limited = sorted(name for name, trunk in config.trunks.items()
                          if trunk.daily_limit is not None or trunk.weekly_limit is not None)
