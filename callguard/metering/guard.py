@@ -24,12 +24,19 @@ from callguard.metering.meter import REASON_DAILY, REASON_MAX_DURATION, TrunkMet
 from callguard.metering.records import call_record, hangup_record
 from callguard.policy.decision import ALLOW, REASON_EMERGENCY, REASON_OPTED_OUT, CallRequest
 from callguard.policy.engine import PolicyEngine
+from callguard.numbers.categories import EMERGENCY
+from callguard.rating import Increments, Tariff
 from callguard.policy.ledger import Ledger
 from callguard.policy.reservations import Reservations
+from callguard.store import StoreError
 from callguard.windows import DAY, WEEK, window_keys
 from callguard.worker import StoreWorker
 
 log = logging.getLogger(__name__)
+
+# The price of an emergency call: nothing.
+EMERGENCY_TARIFF = Tariff("", "emergency call, free of charge", Decimal(0), Decimal(0),
+                          Increments(60, 60))
 
 # Q.850 causes sent with DELETE /ari/channels/{id}.
 CAUSE_NORMAL_CLEARING = 16
@@ -64,6 +71,8 @@ class LiveGuard:
         self.alerts: AlertRaiser | None = None
         self._timers: dict[str, TimerHandle] = {}
         self._dirty: set[str] = set()
+        # (trunk, window, key) of spend windows being read for the limit search.
+        self._loading_windows: set[tuple[str, str, str]] = set()
         self._writes: list[tuple[str, tuple]] = []
         self._writer: asyncio.Future | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -172,7 +181,11 @@ class LiveGuard:
         if leg is None or leg.state != RINGING:
             return  # unknown, or a duplicate or late event
         leg.state = UP
-        if leg.tariff is None:
+        if leg.tariff is None and leg.category == EMERGENCY:
+            # An emergency call is never hung up, so it must not use up the
+            # budget that the trunk's other calls are hung up against.
+            leg.tariff = EMERGENCY_TARIFF
+        elif leg.tariff is None:
             leg.tariff = self._fallback_tariff(leg.trunk)
             leg.notes.append("metered at the trunk's highest rate: destination unknown")
         meter = self.meters[leg.trunk]
@@ -244,6 +257,7 @@ class LiveGuard:
         now = self.clock.now()
         meter.catch_up(now)
         pending = self._pending_hangups(meter)
+        meter.unloaded.clear()
         deadline = meter.next_deadline(now, skip=pending)
         at = None if deadline is None else deadline.at
 
@@ -259,9 +273,41 @@ class LiveGuard:
                                                                        key))
             if warning_at is not None and (at is None or warning_at < at):
                 at = warning_at
+        if meter.unloaded and meter.answered_legs():
+            # Only spend that is running needs the stored totals now; a check
+            # reads its own windows when it decides.
+            self._load_windows(trunk, meter.unloaded)
         if at is None:
             return
         self._timers[trunk] = self.clock.call_at(at, lambda: self._fire(trunk))
+
+    def _load_windows(self, trunk: str, windows: set[tuple[str, str]]) -> None:
+        """Read spend windows the last search lacked, then search again with them."""
+        missing = {(window, key) for window, key in windows
+                  if (trunk, window, key) not in self._loading_windows}
+        if not missing:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no event loop to read with, as in a synchronous reschedule()
+        self._loading_windows.update((trunk, window, key) for window, key in missing)
+        self._spawn(self._load_and_reschedule(trunk, missing))
+
+    async def _load_and_reschedule(self, trunk: str, windows: set[tuple[str, str]]) -> None:
+        try:
+            for window, key in sorted(windows):
+                await self.ledger.load(trunk, {window: key})
+        except StoreError as exc:
+            # The next event or check on the trunk tries again.
+            log.error("%s: could not read spend windows %s from the store, so the limit "
+                      "search counts their earlier spend as 0 for now: %s", trunk,
+                      ", ".join(f"{window} {key}" for window, key in sorted(windows)), exc)
+            return
+        finally:
+            self._loading_windows.difference_update(
+                (trunk, window, key) for window, key in windows)
+        self.reschedule_soon(trunk)
 
     def _fire(self, trunk: str) -> None:
         self._timers.pop(trunk, None)

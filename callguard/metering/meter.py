@@ -194,6 +194,9 @@ class TrunkMeter:
         self.legs: dict[str, Leg] = {}
         # The integer block arithmetic of each answered leg, built once per answer.
         self._costings: dict[str, tuple[AnsweredCall, _Costing]] = {}
+        # (window, key) pairs that a search needed before the ledger had read
+        # them from the store: the guard loads them and searches again.
+        self.unloaded: set[tuple[str, str]] = set()
 
     @property
     def name(self) -> str:
@@ -251,7 +254,7 @@ class TrunkMeter:
             limit = limits[window]
             if limit is None:
                 return None
-            committed = self.ledger.committed(self.name, window, key)
+            committed = self._committed(window, key)
             held = self._held(self.name, window, key)
             return to_micros(limit - committed - held)
 
@@ -266,10 +269,20 @@ class TrunkMeter:
             amount = threshold(window, key)
             if amount is None:
                 return None
-            return to_micros(amount - self.ledger.committed(self.name, window, key)) - 1
+            return to_micros(amount - self._committed(window, key)) - 1
 
         found = self.first_moment(now, budget)
         return None if found is None else EPOCH + timedelta(microseconds=found[0])
+
+    def _committed(self, window: str, key: str) -> Decimal:
+        """Return the committed spend of a window, noting it when not read from the store yet.
+
+        Until it is read, the search counts 0 for it, which is too little after
+        a restart or in a window that a check has not opened yet.
+        """
+        if not self.ledger.loaded(self.name, window, key):
+            self.unloaded.add((window, key))
+        return self.ledger.committed(self.name, window, key)
 
     def first_moment(self, now: datetime,
                      budget: Callable[[str, str], int | None]) -> tuple[int, str] | None:

@@ -1,0 +1,143 @@
+"""The limit timer counts spend that the store contains but no check has read yet.
+
+Each test uses a trunk with a daily limit of 10.00 and 1.00 a minute in 60/60
+blocks, so the limit moment is the start of the first minute that the day's
+budget cannot pay. The emulated Asterisk and callguard run on a manual clock.
+"""
+
+import asyncio
+from datetime import datetime, timezone
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from callguard.store import Store
+from live_support import Pbx, eventually
+
+LONDON = ZoneInfo("Europe/London")
+TRUNKS = """\
+[trunk gamma]
+bar = premium, international
+daily_limit = 10.00
+channel_pattern = PJSIP/gamma-*
+rates = rates.csv
+timezone = Europe/London
+"""
+RATES = ("prefix,description,rate,connection_fee,increments\n"
+         "44,United Kingdom,1.00,,60/60\n"
+         "1900,United States premium rate,2.50,0.25,60/60\n")
+
+
+def london(*args) -> datetime:
+    return datetime(*args, tzinfo=LONDON).astimezone(timezone.utc)
+
+
+@pytest.fixture
+async def pbxs(tmp_path):
+    started = []
+
+    async def start(at: datetime, spent: tuple = ()) -> Pbx:
+        pbx = Pbx(tmp_path, at, trunks=TRUNKS, rates=RATES)
+        await pbx.start()
+        if spent:
+            # Spend stored by calls that ended before this daemon started.
+            await pbx.app.stop()
+            for window, key, amount in spent:
+                pbx.add_spend(window, key, amount, at)
+            await pbx.start_callguard()
+        started.append(pbx)
+        return pbx
+
+    yield start
+    for pbx in started:
+        await pbx.stop()
+
+
+async def answer(pbx: Pbx, call) -> None:
+    await pbx.ari.answer(call)
+    await eventually(lambda: call.trunk_id in pbx.legs()
+                     and pbx.legs()[call.trunk_id].state == "up", what="answer")
+
+
+async def settle(pbx: Pbx) -> None:
+    """Let the guard read the windows it lacked and set its timer again."""
+    await pbx.app.guard.drain()
+    await asyncio.sleep(0.05)
+
+
+def limit_moment(pbx: Pbx) -> datetime:
+    meter = pbx.app.guard.meters["gamma"]
+    assert not meter.unloaded
+    return meter.next_deadline(pbx.clock.now()).at
+
+
+async def test_restart_counts_spend_of_ended_calls(pbxs):
+    pbx = await pbxs(london(2024, 6, 14, 10, 0), spent=[("day", "2024-06-14", "7.00")])
+    call, result = await pbx.call("01632960123")
+    assert result["CALLGUARD_RESULT"] == "ALLOW"
+    await answer(pbx, call)
+
+    pbx.clock.advance(30)
+    await pbx.crash()
+    await pbx.start_callguard()
+    await settle(pbx)
+
+    # 7.00 stored plus 10:00, 10:01 and 10:02: the block at 10:03 is not paid.
+    assert limit_moment(pbx) == london(2024, 6, 14, 10, 3)
+
+
+async def test_new_day_counts_calls_ended_after_midnight(pbxs):
+    pbx = await pbxs(london(2024, 6, 14, 23, 58))
+    first, _ = await pbx.call("01632960001")
+    second, _ = await pbx.call("01632960002", endpoint="1002")
+    await answer(pbx, first)
+    await answer(pbx, second)
+
+    pbx.clock.set(london(2024, 6, 15, 0, 2, 30))
+    await asyncio.sleep(0.05)
+    await pbx.ari.hangup(first)
+    await eventually(lambda: first.trunk_id not in pbx.legs(), what="first call ended")
+    await settle(pbx)
+
+    # The new day: 3.00 from the first call (00:00 to 00:02), and the second
+    # pays 00:00 to 00:06, so its block at 00:07 is the first not paid.
+    assert limit_moment(pbx) == london(2024, 6, 15, 0, 7)
+
+
+async def test_new_week_counts_stored_spend(pbxs):
+    # Sunday night: the store already records 6.00 for the new week (and day),
+    # as another call ended there would leave it.
+    pbx = await pbxs(london(2024, 6, 16, 23, 59),
+                     spent=[("day", "2024-06-17", "6.00"), ("week", "2024-W25", "6.00")])
+    call, _ = await pbx.call("01632960001")
+    await answer(pbx, call)
+    await settle(pbx)
+
+    # 23:59 on Sunday, then 00:00 to 00:03 on Monday: 6.00 + 4.00.
+    assert limit_moment(pbx) == london(2024, 6, 17, 0, 4)
+
+
+async def test_emergency_leg_costs_nothing(pbxs):
+    pbx = await pbxs(london(2024, 6, 14, 10, 0))
+    normal, result = await pbx.call("01632960123")
+    assert result["CALLGUARD_RESULT"] == "ALLOW"
+    # The snippet sends 999 straight to Dial, without the check.
+    emergency = await pbx.ari.dial_out("999", trunk="gamma", caller_endpoint="1005",
+                                       callerid="01632960055", dialstring="999@gamma")
+    await answer(pbx, normal)
+    await answer(pbx, emergency)
+    await settle(pbx)
+
+    assert pbx.legs()[emergency.trunk_id].tariff.rate == Decimal(0)
+    # The normal call alone: 10:00 to 10:09 paid, so 10:10 is the limit.
+    assert limit_moment(pbx) == london(2024, 6, 14, 10, 10)
+
+    pbx.clock.advance(5 * 60)
+    await pbx.ari.hangup(emergency)
+    await eventually(lambda: emergency.trunk_id not in pbx.legs(), what="999 ended")
+    await pbx.app.guard.drain()
+    with Store(pbx.config.general.database) as store:
+        store.open()
+        stored = {record.uniqueid: record for record in store.recent_calls(10)}
+    assert stored[emergency.trunk_id].cost == Decimal(0)
