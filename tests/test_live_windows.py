@@ -1,4 +1,5 @@
-"""The limit timer counts spend that the store contains but no check has read yet.
+"""The limit timer counts spend that the store contains but no check has read yet,
+and spend that other daemons sharing the store add there.
 
 Each test uses a trunk with a daily limit of 10.00 and 1.00 a minute in 60/60
 blocks, so the limit moment is the start of the first minute that the day's
@@ -141,3 +142,46 @@ async def test_emergency_leg_costs_nothing(pbxs):
         store.open()
         stored = {record.uniqueid: record for record in store.recent_calls(10)}
     assert stored[emergency.trunk_id].cost == Decimal(0)
+
+
+async def test_spend_ended_by_another_node_counts(pbxs):
+    pbx = await pbxs(london(2024, 6, 14, 10, 0))
+    call, _ = await pbx.call("01632960123")
+    await answer(pbx, call)
+    await settle(pbx)
+    assert limit_moment(pbx) == london(2024, 6, 14, 10, 10)
+
+    # Another daemon sharing the store ends calls worth 6.00.
+    pbx.add_spend("day", "2024-06-14", "6.00", london(2024, 6, 14, 10, 0, 30))
+    await pbx.app.refresh_spend()
+    await settle(pbx)
+
+    assert limit_moment(pbx) == london(2024, 6, 14, 10, 4)
+
+
+async def test_refresh_counts_unwritten_call_once(pbxs):
+    pbx = await pbxs(london(2024, 6, 14, 10, 0))
+    ledger = pbx.app.ledger
+    window = ("gamma", "day", "2024-06-14")
+    charges = {("day", "2024-06-14"): Decimal("2.00")}
+    await ledger.load("gamma", {"day": "2024-06-14"})
+
+    ledger.commit("gamma", charges)            # ended, not written yet
+    assert await ledger.refresh([window]) == set()
+    assert ledger.committed(*window) == Decimal("2.00")
+
+    # The write lands, and the guard calls written() before any later read.
+    pbx.add_spend("day", "2024-06-14", "2.00", london(2024, 6, 14, 10, 1))
+    ledger.written("gamma", charges)
+    assert await ledger.refresh([window]) == set()
+    assert ledger.committed(*window) == Decimal("2.00")
+
+
+async def test_load_counts_unwritten_call(pbxs):
+    pbx = await pbxs(london(2024, 6, 14, 10, 0))
+    ledger = pbx.app.ledger
+    ledger.commit("gamma", {("day", "2024-06-15"): Decimal("3.00")})
+
+    await ledger.load("gamma", {"day": "2024-06-15"})
+
+    assert ledger.committed("gamma", "day", "2024-06-15") == Decimal("3.00")

@@ -26,7 +26,7 @@ from callguard.notify import AlertDispatcher
 from callguard.metering.tracker import EventTracker
 from callguard.policy.blocks import BlockList
 from callguard.policy.decision import REASON_DAILY, REASON_WEEKLY
-from callguard.windows import DAY, WEEK
+from callguard.windows import DAY, WEEK, window_keys
 from callguard.policy.engine import PolicyEngine
 from callguard.policy.ledger import Ledger
 from callguard.policy.offenders import BLOCKED_BY_CALLGUARD, OffenderGuard
@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 # ARI unreachable this long raises an alert; checked every ARI_WATCH_INTERVAL seconds.
 ARI_ALERT_AFTER = timedelta(minutes=5)
 ARI_WATCH_INTERVAL = 10.0
+# Seconds between reads of the spend totals that other daemons sharing the
+# store may have added to. A shared trunk can overrun by what the other nodes'
+# calls end in this time.
+SPEND_REFRESH_SECONDS = 10.0
 LIMIT_WINDOWS = {REASON_DAILY: DAY, REASON_WEEKLY: WEEK}
 
 
@@ -71,6 +75,7 @@ class Application:
         self.alerts = AlertRaiser(self.dispatcher.submit, config, self.ledger)
         self.offenders = OffenderGuard(self.blocks, self.worker, self.clock, self.alerts)
         self._watch: asyncio.Task | None = None
+        self._refresh: asyncio.Task | None = None
         self.ari_alert_after = ARI_ALERT_AFTER
         self.ari_watch_interval = ARI_WATCH_INTERVAL
 
@@ -138,12 +143,38 @@ class Application:
                       general.control_socket, exc)
             self.control = None
         self._watch = asyncio.create_task(self._watch_ari(), name="ari-watch")
+        self._refresh = asyncio.create_task(self._refresh_spend_forever(),
+                                            name="spend-refresh")
 
     async def alerts_settle(self, timeout: float = 5.0) -> None:
         """Wait until the alerts raised so far are in the outbox and attempted."""
         await self.guard.drain()
         await self.offenders.drain()
         await self.dispatcher.settle(timeout)
+
+    async def refresh_spend(self) -> None:
+        """Read each trunk's current day and week totals from the store again.
+
+        Other daemons that share the store add the calls they end there; the
+        limit timers of trunks whose totals changed are set again.
+        """
+        now = self.clock.now()
+        windows = [(name, window, key) for name, trunk in self.config.trunks.items()
+                   for window, key in window_keys(now, trunk.timezone).items()]
+        try:
+            changed = await self.ledger.refresh(windows)
+        except StoreError as exc:
+            log.error("could not read the spend totals again from the store: %s; "
+                      "trying again in %s s", exc, SPEND_REFRESH_SECONDS)
+            return
+        for trunk in changed:
+            log.info("%s: spend totals changed in the store, as by another node", trunk)
+            self.guard.reschedule_soon(trunk)
+
+    async def _refresh_spend_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SPEND_REFRESH_SECONDS)
+            await self.refresh_spend()
 
     async def _watch_ari(self) -> None:
         """Alert once per outage when ARI stays unreachable past ARI_ALERT_AFTER."""
@@ -235,6 +266,8 @@ class Application:
             log.error("could not record the reload in the audit trail: %s", exc)
 
     async def stop(self) -> None:
+        if self._refresh is not None:
+            self._refresh.cancel()
         if self._watch is not None:
             self._watch.cancel()
         # Stop accepting checks first; running sessions finish while the

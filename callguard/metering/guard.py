@@ -519,6 +519,7 @@ class LiveGuard:
             batch, self._writes = self._writes, []
             try:
                 await self.worker.call(store.write_calls, batch)
+                self._note_written(batch)
                 continue
             except Exception as exc:
                 log.error("failed to store %d call updates together (%s); storing them "
@@ -526,11 +527,19 @@ class LiveGuard:
             for kind, args in batch:
                 try:
                     await self.worker.call(store.write_calls, [(kind, args)])
+                    self._note_written([(kind, args)])
                 except Exception as exc:
                     # NOTE: the call's spend stays right in memory; the store
                     # lacks this update until the call is seen again.
                     log.error("failed to store a call update (%s of %s): %s", kind,
                               getattr(args[0], "uniqueid", "?"), exc)
+
+    def _note_written(self, operations: list[tuple[str, tuple]]) -> None:
+        """Tell the ledger which finished calls' costs the store now contains."""
+        for kind, args in operations:
+            if kind == "finish":
+                record, charges, _ = args
+                self.ledger.written(record.trunk, charges)
 
     def _spawn(self, coroutine) -> None:
         task = asyncio.ensure_future(coroutine)

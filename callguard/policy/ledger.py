@@ -5,6 +5,12 @@ is read from the store the first time a window is needed and grows in memory
 as calls end (the store is written by whoever ends the call). ``live`` is what
 the blocks begun so far by calls still up cost; it lives in memory only and is
 recomputed from answer times and tariffs after a restart.
+
+When several daemons share one store, calls that the others end reach
+``committed`` through refresh(), which reads the stored totals again. The
+costs of this daemon's calls that ended but are not written yet are kept
+apart (``unwritten``) and added to every total read from the store, so a read
+that runs before or after such a write counts the call once.
 """
 
 import asyncio
@@ -26,6 +32,7 @@ class Ledger:
         self._committed: dict[WindowId, Decimal] = {}
         self._live: dict[WindowId, Decimal] = {}
         self._loading: dict[WindowId, asyncio.Future[Decimal]] = {}
+        self._unwritten: dict[WindowId, Decimal] = {}
 
     async def load(self, trunk: str, keys: dict[str, str]) -> None:
         """Make sure the committed totals of these windows are in memory."""
@@ -44,7 +51,7 @@ class Ledger:
             finally:
                 if pending.done():
                     self._loading.pop(window_id, None)
-            self._committed.setdefault(window_id, amount)
+            self._committed.setdefault(window_id, amount + self._unwritten.get(window_id, ZERO))
 
     def loaded(self, trunk: str, window: str, key: str) -> bool:
         return (trunk, window, key) in self._committed
@@ -70,15 +77,40 @@ class Ledger:
         _add(self._live, trunk, charges, -1)
 
     def commit(self, trunk: str, charges: dict[WindowKey, Decimal]) -> None:
-        """Add a finished call's cost to the committed totals already in memory.
+        """Add a finished call's cost to the committed totals, until its write lands.
 
-        Windows not loaded yet are left alone: they are read from the store,
-        which already holds the call, when first needed.
+        Call written() once the store has the call. Windows not loaded yet
+        get the cost when they are read.
         """
         for (window, key), amount in charges.items():
             window_id = (trunk, window, key)
             if window_id in self._committed:
                 self._committed[window_id] += amount
+        _add(self._unwritten, trunk, charges, 1)
+
+    def written(self, trunk: str, charges: dict[WindowKey, Decimal]) -> None:
+        """Note that the store now contains a call whose cost commit() added."""
+        _add(self._unwritten, trunk, charges, -1)
+
+    async def refresh(self, windows: list[WindowId]) -> set[str]:
+        """Read again the committed totals of those ``windows`` that are in memory;
+        return the trunks whose totals changed.
+
+        This brings in the calls that other daemons sharing the store ended.
+        """
+        changed = set()
+        for window_id in windows:
+            if window_id not in self._committed:
+                continue
+            trunk, window, key = window_id
+            stored = await self._worker.call(self._worker.store.get_spend, trunk, window, key)
+            if window_id not in self._committed:
+                continue  # forgotten while it was read, as by a reset
+            total = stored + self._unwritten.get(window_id, ZERO)
+            if total != self._committed[window_id]:
+                self._committed[window_id] = total
+                changed.add(trunk)
+        return changed
 
     def forget(self, trunk: str | None = None) -> None:
         """Drop committed totals (all, or one trunk's) so they are read again from the store."""
