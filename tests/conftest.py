@@ -6,6 +6,8 @@ import uuid
 import pytest
 import sqlalchemy
 
+from callguard.store import Store
+
 PG_BASE_URL = os.environ.get(
     "CALLGUARD_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
@@ -41,3 +43,12 @@ def db_url(request):
     if request.param == "sqlite":
         return request.getfixturevalue("sqlite_url")
     return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def store(db_url):
+    """Yield an open store on each supported backend in turn."""
+    opened = Store(db_url)
+    opened.open()
+    yield opened
+    opened.close()

@@ -124,5 +124,13 @@ class Pbx:
             store.open()
             store.add_spend(trunk, window, key, Decimal(amount), at)
 
+    async def restart_with_spend(self, spent, at: datetime) -> None:
+        """Stop callguard, store ``spent`` (window, key, amount) rows as calls that
+        ended before, and start it again."""
+        await self.app.stop()
+        for window, key, amount in spent:
+            self.add_spend(window, key, amount, at)
+        await self.start_callguard()
+
     def legs(self) -> dict:
         return self.app.guard.legs

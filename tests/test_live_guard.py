@@ -45,10 +45,7 @@ async def make_pbx(tmp_path):
         await pbx.ari.stop()
         await pbx.start()
         if spent:
-            await pbx.app.stop()
-            for window, key, amount in spent:
-                pbx.add_spend(window, key, amount, start)
-            await pbx.start_callguard()
+            await pbx.restart_with_spend(spent, start)
         started.append(pbx)
         return pbx
 

@@ -42,11 +42,7 @@ async def pbxs(tmp_path):
         pbx = Pbx(tmp_path, at, trunks=TRUNKS, rates=RATES)
         await pbx.start()
         if spent:
-            # Spend stored by calls that ended before this daemon started.
-            await pbx.app.stop()
-            for window, key, amount in spent:
-                pbx.add_spend(window, key, amount, at)
-            await pbx.start_callguard()
+            await pbx.restart_with_spend(spent, at)
         started.append(pbx)
         return pbx
 

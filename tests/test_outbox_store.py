@@ -24,14 +24,6 @@ LEASE = timedelta(minutes=2)
 KEY = "warning:gamma:day:2024-06-14:80"
 
 
-@pytest.fixture
-def store(db_url):
-    opened = Store(db_url)
-    opened.open()
-    yield opened
-    opened.close()
-
-
 def alert(n: int = 0, **changes) -> OutboxRecord:
     """Return a new e-mail row created ``n`` seconds after T0 and due then."""
     values = dict(

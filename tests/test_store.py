@@ -36,14 +36,6 @@ PLUS_TWO = timezone(timedelta(hours=2))
 
 
 @pytest.fixture
-def store(db_url):
-    opened = Store(db_url)
-    opened.open()
-    yield opened
-    opened.close()
-
-
-@pytest.fixture
 def engine(db_url):
     created = create_engine(db_url)
     yield created

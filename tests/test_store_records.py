@@ -11,18 +11,9 @@ from callguard.daemon.recorder import DecisionRecorder
 from callguard.metering.legs import Leg
 from callguard.metering.records import call_record, hangup_record
 from callguard.policy.decision import CallRequest, Decision
-from callguard.store import Store
 from callguard.worker import StoreWorker
 
 NOW = datetime(2024, 6, 14, 9, 0, tzinfo=timezone.utc)
-
-
-@pytest.fixture
-def store(tmp_path):
-    store = Store(f"sqlite:///{tmp_path}/callguard.db")
-    store.open()
-    yield store
-    store.close()
 
 
 @pytest.fixture

@@ -75,7 +75,7 @@ class Dialplan:
             kind, arrow, rest = line.partition("=>")
             kind = kind.strip()
             if not arrow or kind not in ("exten", "same"):
-                raise DialplanError(f"line {number}: cannot read {line!r}")
+                raise DialplanError(f"line {number}: invalid dialplan line {line!r}")
             if kind == "exten":
                 exten, _, rest = rest.strip().partition(",")
                 last_exten = exten.strip()
@@ -295,9 +295,8 @@ def _variable(name: str, channel: dict, shared: dict, builtins: dict, callerid: 
     if offset < 0:
         offset = max(0, len(value) + offset)
     value = value[offset:]
-    if length is None:
-        return value
-    return value[:length] if length >= 0 else value[:length]
+    # A negative length drops that many characters from the end.
+    return value if length is None else value[:length]
 
 
 # -- expressions ------------------------------------------------------------------
