@@ -111,7 +111,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except (PrefixTableError, RateDeckError, ValueError, OSError) as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
-    for warning in config_warnings(config):
+    for warning in config_warnings(config, tables.prefixes):
         print(f"{config.path}: warning: {warning}", file=sys.stderr)
     rated = sum(len(deck) for deck in tables.state.decks.values())
     print(f"{config.path}: OK, {plural(len(config.trunks), 'trunk')}, "

@@ -2,11 +2,16 @@
 
 from callguard.config.model import Config
 from callguard.config.plan_advice import number_plan_warnings
+from callguard.numbers import PrefixTable
 from callguard.policy.budget import MAX_SECONDS_CEILING
 
 
-def config_warnings(config: Config) -> list[str]:
-    """Return one line per setting that is valid but likely a mistake."""
+def config_warnings(config: Config, prefixes: PrefixTable | None = None) -> list[str]:
+    """Return one line per setting that is valid but likely a mistake.
+
+    ``prefixes`` is the prefix table already loaded for ``config``; without it
+    the table is loaded here.
+    """
     warnings = []
     for name, trunk in config.trunks.items():
         daily, weekly = trunk.daily_limit, trunk.weekly_limit
@@ -39,5 +44,5 @@ def config_warnings(config: Config) -> list[str]:
                 "block each allowed call reserves, and only for reservation_seconds: "
                 "calls are not metered or hung up; set enabled = yes in [ari]"
             )
-    warnings.extend(number_plan_warnings(config))
+    warnings.extend(number_plan_warnings(config, prefixes))
     return warnings

@@ -32,8 +32,11 @@ MAX_PATTERN_PREFIX_DIGITS = 5
 DIGITS = "0123456789"
 
 
-def number_plan_warnings(config: Config) -> list[str]:
-    """Return one line per outside-line prefix or emergency number that misfires."""
+def number_plan_warnings(config: Config, prefixes: PrefixTable | None = None) -> list[str]:
+    """Return one line per outside-line prefix or emergency number that misfires.
+
+    ``prefixes`` is the prefix table already loaded for ``config``, if any.
+    """
     general = config.general
     plan = NumberPlan(
         general.home_country, general.outside_line_prefix, general.emergency_numbers
@@ -42,7 +45,7 @@ def number_plan_warnings(config: Config) -> list[str]:
     direct = NumberPlan(general.home_country, "", general.emergency_numbers)
     return [
         *_outside_line_warnings(plan, direct),
-        *_emergency_warnings(config, plan, direct),
+        *_emergency_warnings(config, plan, direct, prefixes),
     ]
 
 
@@ -172,14 +175,14 @@ def _as_called(number: Number) -> str:
 
 
 def _emergency_warnings(
-    config: Config, plan: NumberPlan, direct: NumberPlan
+    config: Config, plan: NumberPlan, direct: NumberPlan, prefixes: PrefixTable | None
 ) -> list[str]:
     """Warn about emergency numbers that look like ordinary numbers.
 
     A configured emergency number skips every barring and limit, so a long
     number or one that the prefix table classes otherwise is likely a mistake.
     """
-    table = _prefix_table(config)
+    table = prefixes if prefixes is not None else _prefix_table(config)
     warnings = []
     for number in plan.emergency_numbers:
         reasons = []

@@ -24,6 +24,7 @@ from callguard.metering.alerts import AlertRaiser
 from callguard.metering.guard import LiveGuard
 from callguard.notify import AlertDispatcher
 from callguard.metering.tracker import EventTracker
+from callguard.numbers import PrefixTable
 from callguard.policy.blocks import BlockList
 from callguard.policy.decision import REASON_DAILY, REASON_WEEKLY
 from callguard.windows import DAY, WEEK, window_keys
@@ -52,8 +53,11 @@ LIMIT_WINDOWS = {REASON_DAILY: DAY, REASON_WEEKLY: WEEK}
 class Application:
     def __init__(self, config: Config, clock: Clock | None = None, *,
                  database_override: bool = False):
-        """Build the daemon; ``database_override`` is set when ``--database`` replaced
-        the config file's database, which then stays in effect across reloads."""
+        """Build the daemon.
+
+        ``database_override`` is True when ``--database`` replaced the config
+        file's database, which then stays in effect across reloads.
+        """
         self.config = config
         self.clock = clock or SystemClock()
         # The database in use until the daemon stops: a reload does not switch.
@@ -81,11 +85,11 @@ class Application:
 
     async def start(self) -> None:
         general = self.config.general
-        _log_config_warnings(self.config)
         await self.worker.call(self.store.open)
         log.info("store open at %s", self.store.url_for_logs)
 
         tables = await asyncio.to_thread(build_state, self.config)
+        _log_config_warnings(self.config, tables.prefixes)
         await copy_tables_to_store(self.worker, self.config, tables)
         await self._load_blocks()
 
@@ -164,7 +168,7 @@ class Application:
         try:
             changed = await self.ledger.refresh(windows)
         except StoreError as exc:
-            log.error("could not read the spend totals again from the store: %s; "
+            log.error("failed to read the spend totals again from the store: %s; "
                       "trying again in %s s", exc, SPEND_REFRESH_SECONDS)
             return
         for trunk in changed:
@@ -237,7 +241,7 @@ class Application:
         self.guard.configure(config)
         self.fastagi.set_allowed_clients(config.general.allowed_clients)
         log.info("reloaded %s: %s", path, plural(len(config.trunks), "trunk"))
-        _log_config_warnings(config)
+        _log_config_warnings(config, tables.prefixes)
         await self._record_reload(f"loaded, {plural(len(config.trunks), 'trunk')}")
         return True
 
@@ -307,8 +311,8 @@ def _ari_password(config: Config) -> str | None:
         return None
 
 
-def _log_config_warnings(config: Config) -> None:
-    for warning in config_warnings(config):
+def _log_config_warnings(config: Config, prefixes: PrefixTable) -> None:
+    for warning in config_warnings(config, prefixes):
         log.warning("%s: %s", config.path, warning)
 
 

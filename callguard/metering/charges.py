@@ -47,10 +47,10 @@ def blocks_started_before(tariff: Tariff, elapsed: Decimal) -> int:
 
 
 def blocks_started_before_micros(tariff: Tariff, micros: int) -> int:
-    """Return how many blocks begin strictly before ``micros`` microseconds after answer.
+    """Return how many blocks begin strictly before ``micros`` microseconds after the answer.
 
-    The same count as blocks_started_before, in integers: the decision and the
-    meter ask it for every call.
+    It is the count of blocks_started_before in integer arithmetic, because the
+    decision and the meter need it for every call.
     """
     if micros <= 0:
         return 0

@@ -300,7 +300,7 @@ class LiveGuard:
                 await self.ledger.load(trunk, {window: key})
         except StoreError as exc:
             # The next event or check on the trunk tries again.
-            log.error("%s: could not read spend windows %s from the store, so the limit "
+            log.error("%s: failed to read spend windows %s from the store, so the limit "
                       "search counts their earlier spend as 0 for now: %s", trunk,
                       ", ".join(f"{window} {key}" for window, key in sorted(windows)), exc)
             return

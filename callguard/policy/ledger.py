@@ -93,10 +93,10 @@ class Ledger:
         _add(self._unwritten, trunk, charges, -1)
 
     async def refresh(self, windows: list[WindowId]) -> set[str]:
-        """Read again the committed totals of those ``windows`` that are in memory;
-        return the trunks whose totals changed.
+        """Read again the committed totals of those ``windows`` that are in memory.
 
         This brings in the calls that other daemons sharing the store ended.
+        Returns the trunks whose totals changed.
         """
         changed = set()
         for window_id in windows:
