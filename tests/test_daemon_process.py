@@ -40,7 +40,8 @@ CALLGUARD = BIN / "callguard"
 CALLGUARDCTL = BIN / "callguardctl"
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "callguard.service"
 
-# Seconds allowed for start-up (READY=1), for a stop, and for one awaited step.
+# Seconds allowed for start-up (READY=1, or a start that fails), for a stop, and
+# for one awaited step.
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 3.0
 STEP_TIMEOUT = 5.0
@@ -482,7 +483,7 @@ async def test_listener_fails_with_one_error(tmp_path):
             str(CALLGUARD), "--config", str(path), "run",
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         ), STEP_TIMEOUT)
-        output, _ = await asyncio.wait_for(finished.communicate(), STOP_TIMEOUT)
+        output, _ = await asyncio.wait_for(finished.communicate(), START_TIMEOUT)
     finally:
         listener.close()
 
@@ -543,7 +544,7 @@ async def test_second_daemon_leaves_control_socket(start_daemon, tmp_path):
         str(CALLGUARD), "--config", str(config), "run",
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
-    output, _ = await asyncio.wait_for(second.communicate(), STOP_TIMEOUT)
+    output, _ = await asyncio.wait_for(second.communicate(), START_TIMEOUT)
 
     assert second.returncode == 1
     assert "another callguard daemon is running" in output.decode()

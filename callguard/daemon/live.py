@@ -39,11 +39,17 @@ class AriListener:
         self._task: asyncio.Task | None = None
         self._hangups_in_flight = asyncio.Semaphore(MAX_HANGUPS_IN_FLIGHT)
         self._hangups_unsent = 0
+        self._reconciled = False
         guard.hangup = self._hang_up
 
     @property
     def connected(self) -> bool:
-        return self.client.connected
+        """True once a connection is up and reconciled, until it drops.
+
+        The websocket opens before GET /ari/channels and the event filter
+        have been done; until then the live calls are not known yet.
+        """
+        return self._reconciled and self.client.connected
 
     def start(self) -> None:
         self._task = asyncio.create_task(
@@ -82,6 +88,7 @@ class AriListener:
         channels = await self.client.get_channels()
         self.tracker.reconcile(channels)
         await self._set_event_filter()
+        self._reconciled = True
         log.info("ARI connected; %d channels up, %d trunk legs followed", len(channels),
                  len(self.guard.legs))
 
@@ -108,6 +115,7 @@ class AriListener:
         log.warning("ARI event filter not set (%s); receiving every event", failure)
 
     async def _on_disconnect(self) -> None:
+        self._reconciled = False
         self.tracker.on_disconnect()
         log.warning("ARI events lost; calls are not metered until the connection is back")
 
