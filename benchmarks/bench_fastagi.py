@@ -102,20 +102,43 @@ async def run(server: tuple[int, int], load) -> dict:
     """Run ``load`` against ``server`` (pid, port) and add the server's CPU per check."""
     pid, port = server
     before = cpu_seconds(pid)
+    client_before = time.process_time()
     figures = await load(port)
     figures["cpu_us"] = (cpu_seconds(pid) - before) / figures["sessions"] * 1e6
+    figures["client_us"] = (time.process_time() - client_before) / figures["sessions"] * 1e6
     return figures
+
+
+# The share of the bare server's throughput that callguard is asked to reach.
+TARGET_RATIO = 0.65
+
+
+def ceiling(callguard: dict, bare: dict) -> str:
+    """Say what the CPU figures allow: callguard serves on one thread.
+
+    At ``cpu_us`` of CPU per check one thread manages 1e6 / cpu_us checks a
+    second, and the client and the server also share os.cpu_count() cores.
+    """
+    cpus = os.cpu_count() or 1
+    one_thread = 1e6 / callguard["cpu_us"]
+    all_cores = cpus * 1e6 / (callguard["cpu_us"] + callguard["client_us"])
+    target = TARGET_RATIO * bare["per_second"]
+    needed = min(1e6 / target, cpus * 1e6 / target - callguard["client_us"])
+    return (f"CPU ceiling: one thread {one_thread:.0f}/s, {cpus} cores shared with the "
+            f"client {all_cores:.0f}/s; {TARGET_RATIO:.0%} of bare needs at most "
+            f"{needed:.0f} us of server CPU per check")
 
 
 def row(name: str, figures: dict) -> str:
     return (f"{name:<10} {figures['sessions']:>7} {figures['per_second']:>9.0f} "
-            f"{figures['p50_ms']:>8.2f} {figures['p99_ms']:>8.2f} {figures['cpu_us']:>12.0f}")
+            f"{figures['p50_ms']:>8.2f} {figures['p99_ms']:>8.2f} {figures['cpu_us']:>12.0f} "
+            f"{figures['client_us']:>12.0f}")
 
 
 async def measure(servers: dict[str, tuple[int, int]], seconds: float,
                   loads: set[str]) -> None:
     header = (f"{'server':<10} {'checks':>7} {'per s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-              f"{'server CPU us':>12}")
+              f"{'server CPU us':>12} {'client CPU us':>12}")
     for concurrency in (1, 10, 100) if "closed" in loads else ():
         print(f"\nclosed loop, {concurrency} concurrent sessions, {seconds:.0f} s each")
         print(header)
@@ -129,6 +152,7 @@ async def measure(servers: dict[str, tuple[int, int]], seconds: float,
         ratio = results["callguard"]["per_second"] / results["bare"]["per_second"]
         cost = results["callguard"]["cpu_us"] / results["bare"]["cpu_us"]
         print(f"callguard / bare: throughput {ratio:.0%}, server CPU per check {cost:.1f}x")
+        print(ceiling(results["callguard"], results["bare"]))
 
     if "open" not in loads:
         return

@@ -1282,3 +1282,37 @@ def test_call_cap_over_a_day_warns(workdir, cap, warned):
     assert bool(capped) is warned
     if warned:
         assert "never gives a call more than 86400 s (24 h); write 24h or less" in capped[0]
+
+
+def test_opt_out_beyond_trunk_numbers_warns(workdir):
+    warnings = config_warnings(load(
+        "[general]\n[trunk gamma]\n" + RATES_LINE + "\n"
+        "numbers = 01632960000-01632960099, 02079460123\n"
+        "opt_out = 01632960050, 01632960090-01632960110\n"
+        "opt_in = 02079460123\n"
+        "[number 01632970001]\ntrunk = gamma\nallow = international\n"
+        "[number 01632960001]\ntrunk = gamma\nallow = international\n"
+    ))
+
+    stray = [w for w in warnings if "not among the trunk's numbers" in w]
+    assert len(stray) == 2
+    assert stray[0].startswith("[trunk gamma] opt_out: +441632960100-+441632960110 is not")
+    assert "[number ...] section for +441632970001: +441632970001 is not" in stray[1]
+
+
+def test_trunk_without_numbers_has_no_range_warning(workdir):
+    warnings = config_warnings(load(
+        "[general]\n[trunk gamma]\n" + RATES_LINE + "\nopt_out = 01632960050\n"))
+
+    assert not [w for w in warnings if "numbers" in w]
+
+
+@pytest.mark.parametrize("ranges, covering, outside", [
+    (((10, 20),), ((12, 14), (16, 16)), ((10, 11), (15, 15), (17, 20))),
+    (((10, 20),), ((0, 30),), ()),
+    (((10, 20), (40, 50)), ((15, 45),), ((10, 14), (46, 50))),
+    (((10, 20),), (), ((10, 20),)),
+    (((10, 20),), ((21, 30),), ((10, 20),)),
+])
+def test_number_ranges_outside(ranges, covering, outside):
+    assert NumberRanges(ranges).outside(NumberRanges(covering)).ranges == outside

@@ -1,6 +1,6 @@
 """Settings that load but probably do not do what the sysadmin meant."""
 
-from callguard.config.model import Config
+from callguard.config.model import Config, TrunkConfig
 from callguard.config.plan_advice import number_plan_warnings
 from callguard.numbers import PrefixTable
 from callguard.policy.budget import MAX_SECONDS_CEILING
@@ -28,6 +28,7 @@ def config_warnings(config: Config, prefixes: PrefixTable | None = None) -> list
                     "emergency calls and opted-out callers; leave it empty for no "
                     "limit"
                 )
+        warnings.extend(_outside_trunk_numbers(name, trunk, config))
         if trunk.max_call_seconds is not None and trunk.max_call_seconds > MAX_SECONDS_CEILING:
             warnings.append(
                 f"[trunk {name}] max_call_seconds is {trunk.max_call_seconds} s, but "
@@ -45,4 +46,28 @@ def config_warnings(config: Config, prefixes: PrefixTable | None = None) -> list
                 "calls are not metered or hung up; set enabled = yes in [ari]"
             )
     warnings.extend(number_plan_warnings(config, prefixes))
+    return warnings
+
+
+def _outside_trunk_numbers(name: str, trunk: TrunkConfig, config: Config) -> list[str]:
+    """Warn about opt-outs, opt-ins and number sections beyond the trunk's numbers.
+
+    Such a range matches only callers that present a number the trunk does not
+    list, which is usually a typo in one of the two lists.
+    """
+    if not trunk.numbers:
+        return []
+    lists = [("opt_out", trunk.opt_out), ("opt_in", trunk.opt_in)]
+    lists += [(f"[number ...] section for {override.numbers}", override.numbers)
+              for override in config.overrides if override.trunk == name]
+    warnings = []
+    for label, ranges in lists:
+        stray = ranges.outside(trunk.numbers)
+        if stray:
+            warnings.append(
+                f"[trunk {name}] {label}: {stray} is not among the trunk's numbers "
+                f"({trunk.numbers}), so it matches only callers that present a number "
+                "the trunk does not list; "
+                "correct the number or add it to numbers"
+            )
     return warnings

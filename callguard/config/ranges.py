@@ -59,6 +59,25 @@ class NumberRanges:
     def __bool__(self) -> bool:
         return bool(self.ranges)
 
+    def outside(self, other: "NumberRanges") -> "NumberRanges":
+        """Return the parts of these ranges that ``other`` does not cover."""
+        uncovered: list[tuple[int, int]] = []
+        for low, high in self.ranges:
+            start = low
+            for other_low, other_high in other.ranges:
+                if other_high < start:
+                    continue
+                if other_low > high:
+                    break
+                if other_low > start:
+                    uncovered.append((start, other_low - 1))
+                start = other_high + 1
+                if start > high:
+                    break
+            if start <= high:
+                uncovered.append((start, high))
+        return NumberRanges(tuple(uncovered))
+
     def __str__(self) -> str:
         items = []
         for low, high in self.ranges:
