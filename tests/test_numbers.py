@@ -3,6 +3,7 @@
 import random
 import re
 
+import phonenumbers
 import pytest
 
 from callguard.numbers import (
@@ -56,7 +57,7 @@ GB_CASES = [
     ("01632960000", "geographic", "+441632960000", "01632960000", "01"),
     ("07700900123", "mobile", "+447700900123", "07700900123", "07700900"),
     ("07700123456", "mobile", "+447700123456", "07700123456", "077"),
-    ("07911123456", "crown-dependency", "+447911123456", "07911123456", "07911"),
+    ("07911123456", "crown-dependency", "+447911123456", "07911123456", "079111"),
     ("07624123456", "crown-dependency", "+447624123456", "07624123456", "07624"),
     ("07797123456", "crown-dependency", "+447797123456", "07797123456", "07797"),
     ("07012345678", "personal", "+447012345678", "07012345678", "070"),
@@ -522,3 +523,69 @@ def test_emergency_rows_match_exactly(dialled):
 
     with pytest.raises(UnclassifiedNumber):
         classifier.classify(dialled)
+
+
+# Ranges that phonenumbers 9.0.42 gives regions IM, JE and GG.
+CROWN_DEPENDENCY_NUMBERS = [
+    "01624 123456",  # Isle of Man landline
+    "01534 123456",  # Jersey landline
+    "01481 123456",  # Guernsey landline
+    "07624 123456",  # Isle of Man mobile
+    "07457 600000",  # Isle of Man mobile 074576
+    "07700 300000",  # Jersey mobile 077003
+    "07700 700000",  # Jersey mobile 077007
+    "07700 800000",  # Jersey mobile 077008
+    "07911 123456",  # Guernsey mobile 079111
+    "07911 712345",  # Guernsey mobile 079117
+]
+
+
+@pytest.mark.parametrize("dialled", CROWN_DEPENDENCY_NUMBERS)
+def test_crown_dependency_ranges(classifier, dialled):
+    assert classifier.classify(dialled).category == "crown-dependency"
+
+
+# UK mobiles next to crown dependency ranges, by phonenumbers' GB mobile ranges.
+@pytest.mark.parametrize("dialled", ["07911 212345", "07457 500000", "07700 100000"])
+def test_mobile_beside_crown_dependency(classifier, dialled):
+    assert classifier.classify(dialled).category == "mobile"
+
+
+def test_voip_056_non_geographic(classifier):
+    assert classifier.classify("056 1234 5678").category == "non-geographic"
+
+
+@pytest.mark.parametrize("region", ["IM", "JE", "GG"])
+@pytest.mark.parametrize(
+    "number_type",
+    [phonenumbers.PhoneNumberType.FIXED_LINE, phonenumbers.PhoneNumberType.MOBILE],
+    ids=["fixed-line", "mobile"],
+)
+def test_crown_dependency_examples(classifier, region, number_type):
+    example = phonenumbers.example_number_for_type(region, number_type)
+    assert example is not None, f"phonenumbers has no example for {region} {number_type}"
+
+    e164 = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164)
+    assert classifier.classify(e164).category == "crown-dependency", e164
+
+
+# Special ranges of the islands keep the category of the UK row that contains them.
+ISLAND_SPECIAL_TYPES = [
+    (phonenumbers.PhoneNumberType.TOLL_FREE, "freephone"),
+    (phonenumbers.PhoneNumberType.PREMIUM_RATE, "premium"),
+    (phonenumbers.PhoneNumberType.PERSONAL_NUMBER, "personal"),
+    (phonenumbers.PhoneNumberType.PAGER, "pager"),
+    (phonenumbers.PhoneNumberType.VOIP, "non-geographic"),
+]
+# region, example number in E.164, category. phonenumbers has no Isle of Man pager range.
+ISLAND_SPECIAL_CASES = [
+    (region, phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164), category)
+    for region in ["IM", "JE", "GG"]
+    for number_type, category in ISLAND_SPECIAL_TYPES
+    if (example := phonenumbers.example_number_for_type(region, number_type)) is not None
+]
+
+
+@pytest.mark.parametrize("region, e164, category", ISLAND_SPECIAL_CASES)
+def test_island_special_ranges_keep_category(classifier, region, e164, category):
+    assert classifier.classify(e164).category == category

@@ -355,7 +355,7 @@ SHIPPED_RULES = [
     ("07937", "crown-dependency"),
     ("07781", "crown-dependency"),
     ("07839", "crown-dependency"),
-    ("07911", "crown-dependency"),
+    ("079111", "crown-dependency"),
     ("01", "geographic"),
     ("02", "geographic"),
     ("03", "non-geographic"),
