@@ -91,6 +91,22 @@ async def test_check_sets_variables(daemon, dialled, result, reason, category, m
     assert outcome.closed_by_server
 
 
+@pytest.mark.parametrize("dialled, number", [("999", "999"), ("141999#", "999"),
+                                             ("18000#", "18000")])
+async def test_emergency_number_to_dial(daemon, dialled, number):
+    outcome = await daemon.check(dialled)
+
+    assert outcome.variables["CALLGUARD_REASON"] == "emergency"
+    assert outcome.variables["CALLGUARD_EMERGENCY"] == number
+
+
+async def test_no_emergency_number_otherwise(daemon):
+    outcome = await daemon.check("01632960123")
+
+    assert outcome.variables["CALLGUARD_RESULT"] == "ALLOW"
+    assert "CALLGUARD_EMERGENCY" not in outcome.variables
+
+
 async def test_full_width_digits_denied(daemon):
     outcome = await daemon.check("\uff10\uff11\uff16\uff13\uff12\uff19\uff16\uff10\uff11")
 
@@ -227,6 +243,24 @@ async def test_channel_gone_before_result_releases_hold(daemon):
     assert reservations.pending_count("gamma") == 0
     after = await daemon.check("01632960123", uniqueid="1718355600.10")
     assert after.variables["CALLGUARD_RESULT"] == "ALLOW"
+
+
+@pytest.mark.parametrize("hangup_at, dead_replies", [(1, False), (3, False), (5, False),
+                                                     (3, True), (5, True)])
+async def test_hangup_during_check_releases_hold(daemon, hangup_at, dead_replies):
+    # The caller hangs up while the result is being set: Asterisk sends a
+    # HANGUP line, then answers the remaining commands with 200 (SET VARIABLE
+    # works on a dead channel) or 511. No Dial follows either way.
+    call = AGICall(extension="01632960123", uniqueid="1718355600.20",
+                   arguments=("01632960123", "gamma"))
+    outcome = await run_fastagi_call("127.0.0.1", daemon.port, call,
+                                     hangup_before_command=hangup_at,
+                                     reply_511_after_hangup=dead_replies)
+    reservations = daemon.app.reservations
+
+    assert outcome.hung_up
+    assert reservations.get("1718355600.20") is None
+    assert reservations.pending_count("gamma") == 0
 
 
 async def test_long_dialled_string_cut_in_log(daemon, caplog):

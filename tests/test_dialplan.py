@@ -89,6 +89,7 @@ async def test_fail_open_without_limit_denied(dialplan, limit):
 
 @pytest.mark.parametrize("dialled, sent", [
     ("999", "999"), ("112", "112"), ("9999", "999"), ("9112", "112"),
+    ("999#", "999"), ("112#", "112"), ("9999#", "999"), ("9112#", "112"),
 ])
 async def test_emergency_dialled_without_check(dialplan, dialled, sent):
     outcome = await dialplan.run(CONTEXT, dialled, agi=answering("FAILURE"))
@@ -113,10 +114,11 @@ async def test_number_without_outside_prefix_kept(dialplan):
     assert outcome.dials == [["PJSIP/01632960123@gamma", "60", "S(600)"]]
 
 
-async def test_emergency_from_check_skips_prefix(dialplan):
-    emergency = answering(result="ALLOW", reason="emergency", category="emergency")
+async def test_emergency_from_check_dials_its_number(dialplan):
+    emergency = answering(result="ALLOW", reason="emergency", category="emergency",
+                          emergency="18000")
 
-    outcome = await dialplan.run(CONTEXT, "918000", agi=emergency,
+    outcome = await dialplan.run(CONTEXT, "918000#", agi=emergency,
                                  globals={"CALLGUARD_OUTSIDE_PREFIX": "9"})
 
     assert outcome.dials == [["PJSIP/18000@gamma"]]
@@ -149,6 +151,10 @@ def fastagi(port: int):
     ("909011234567", None),
     ("9118118", None),
     ("9999", ["PJSIP/999@gamma"]),
+    ("9141999", ["PJSIP/999@gamma"]),
+    ("1470112#", ["PJSIP/112@gamma"]),
+    ("918000#", ["PJSIP/18000@gamma"]),
+    ("9990", None),
 ])
 async def test_snippet_with_callguard(dialplan, daemon, dialled, dial):
     outcome = await dialplan.run(CONTEXT, dialled, agi=fastagi(daemon.port),

@@ -151,7 +151,8 @@ rates = rates.csv
 """
 
 
-@pytest.mark.parametrize("dialled", ["999", "112", "9 9 9"])
+@pytest.mark.parametrize("dialled", ["999", "112", "9 9 9", "999#", "141999", "1470112#",
+                                     "18000#"])
 async def test_emergency_despite_everything(tmp_path, dialled):
     guard = Guard(tmp_path, trunks=EVERYTHING_BARRED, extra="")
     guard.spend("day", TODAY, "1.00")

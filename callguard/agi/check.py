@@ -15,6 +15,7 @@ from typing import Callable, Protocol
 from callguard.agi.protocol import AGIChannel, AGIError, AGIHangup
 from callguard.agi.variables import (
     CALLGUARD_CATEGORY,
+    CALLGUARD_EMERGENCY,
     CALLGUARD_MAXSECS,
     CALLGUARD_RATE,
     CALLGUARD_REASON,
@@ -54,13 +55,16 @@ def decision_variables(decision: Decision) -> list[tuple[str, str]]:
     """Return the channel variables that carry ``decision`` to the dialplan, in order."""
     max_seconds = "" if decision.max_seconds is None else str(decision.max_seconds)
     rate = "" if decision.rate is None else str(decision.rate)
-    return [
+    variables = [
         (CALLGUARD_RESULT, decision.result),
         (CALLGUARD_REASON, decision.reason),
         (CALLGUARD_CATEGORY, decision.category),
         (CALLGUARD_MAXSECS, max_seconds),
         (CALLGUARD_RATE, rate),
     ]
+    if decision.emergency_number:
+        variables.append((CALLGUARD_EMERGENCY, decision.emergency_number))
+    return variables
 
 
 class CheckHandler:
@@ -106,16 +110,30 @@ class CheckHandler:
                 delivered += 1
         except AGIError as exc:
             released = ""
-            if delivered == 0 and isinstance(exc, AGIHangup) and decision.reserved:
-                # The channel was gone before its result was set, so no Dial
-                # follows: the hold would only block later calls until it expired.
-                engine.reservations.release(request.uniqueid)
+            if (channel.hung_up or delivered == 0 and isinstance(exc, AGIHangup)) \
+                    and self._release(engine, request, decision):
                 released = "; released its reservation"
             suppressed = self._undelivered.admit()
             if suppressed is not None:
                 log.warning("%s: could not return the decision (%s); the dialplan applies "
                             "its fail policy%s%s", quote(request.uniqueid or "-"),
                             _shortened(str(exc)), released, suppressed_note(suppressed))
+            return
+        if channel.hung_up and self._release(engine, request, decision):
+            log.info("%s: the channel hung up during the check; released its reservation",
+                     quote(request.uniqueid or "-"))
+
+    @staticmethod
+    def _release(engine: PolicyEngine, request: CallRequest, decision: Decision) -> bool:
+        """Release the decision's reservation, if it holds one; return whether it did.
+
+        A channel that hung up, or was gone before its result was set, dials
+        nothing, so the hold would only block later calls until it expired.
+        """
+        if not decision.reserved:
+            return False
+        engine.reservations.release(request.uniqueid)
+        return True
 
     async def _request(self, channel: AGIChannel, engine: PolicyEngine) -> CallRequest:
         env = channel.env

@@ -49,7 +49,7 @@ class Classifier:
         ``InvalidNumber`` for a malformed number and ``UnclassifiedNumber`` when
         no rule matches.
         """
-        emergency_number = self.plan.emergency(dialled)
+        emergency_number = self.plan.emergency(dialled) or self._table_emergency(dialled)
         if emergency_number is not None:
             return self._classify_emergency(dialled, emergency_number)
 
@@ -79,6 +79,20 @@ class Classifier:
             description=description,
             emergency=category == EMERGENCY,
         )
+
+    def _table_emergency(self, dialled: str) -> str | None:
+        """Return the emergency row of the table that ``dialled`` is once the send
+        key or a caller-ID prefix is removed, or None.
+
+        The plain form needs no such check: it is looked up like any number.
+        """
+        for form in self.plan.emergency_forms(dialled)[1:]:
+            if not form.isdigit():
+                continue
+            rule = self.table.match(form)
+            if rule is not None and rule.category == EMERGENCY and rule.prefix == form:
+                return form
+        return None
 
     def _classify_emergency(self, dialled: str, emergency_number: str) -> Classified:
         number = Number(

@@ -18,6 +18,13 @@ from callguard.numbers.settings import (
 
 UNKNOWN_REGION = "ZZ"
 
+# Additions that phones put around a number, removed only when looking for an
+# emergency number: the "#" pressed to send the number, and the prefixes dialled
+# before a number to withhold or show the caller ID for one call (in GB, 141
+# and 1470).
+SEND_KEY = "#"
+CALLER_ID_PREFIXES = {"GB": ("141", "1470")}
+
 _CALLER_CHARACTERS = frozenset("0123456789 -.()+")
 _PARSE_PROBLEMS = {
     NumberParseException.INVALID_COUNTRY_CODE: "has an unassigned country code",
@@ -58,6 +65,7 @@ class NumberPlan:
             emergency_numbers
         )
         self._emergency_set = frozenset(self.emergency_numbers)
+        self._caller_id_prefixes = CALLER_ID_PREFIXES.get(self.home_country, ())
 
     def __repr__(self) -> str:
         return (
@@ -69,24 +77,43 @@ class NumberPlan:
     def emergency(self, dialled: str) -> str | None:
         """Return the configured emergency number that ``dialled`` is, or None.
 
-        Only spaces, dashes and dots are removed first, so ``9 9 9`` matches and
-        ``999#`` does not. The number matches with and without the outside-line
-        prefix.
+        Spaces, dashes and dots are removed first, so ``9 9 9`` matches. The
+        number matches with and without the outside-line prefix, followed by
+        the send key ``#``, and after a per-call caller-ID prefix (``141999``
+        in GB), so that no way a phone sends an emergency number is refused.
+        ``9990`` or ``999#1`` is not an emergency number.
+        """
+        for form in self.emergency_forms(dialled):
+            if form in self._emergency_set:
+                return form
+        return None
+
+    def emergency_forms(self, dialled: str) -> list[str]:
+        """Return the digit strings that ``dialled`` may be, if it is an emergency number.
+
+        The first is ``dialled`` without separators; the others drop the send
+        key, the outside-line prefix and a caller-ID prefix, in that order.
         """
         if not isinstance(dialled, str):
-            return None
+            return []
 
-        compact = remove_separators(dialled)
-        if compact in self._emergency_set:
-            return compact
+        compact = remove_separators(dialled.strip())
+        forms = [compact]
+        if compact.endswith(SEND_KEY):
+            compact = compact[: -len(SEND_KEY)]
+            forms.append(compact)
 
+        bases = [compact]
         prefix = self.outside_line_prefix
         if prefix and compact.startswith(prefix):
-            without_prefix = compact[len(prefix) :]
-            if without_prefix in self._emergency_set:
-                return without_prefix
+            bases.append(compact[len(prefix) :])
+            forms.append(bases[-1])
 
-        return None
+        for base in bases:
+            for caller_id_prefix in self._caller_id_prefixes:
+                if base.startswith(caller_id_prefix):
+                    forms.append(base[len(caller_id_prefix) :])
+        return forms
 
     def normalise(self, dialled: str) -> Number:
         """Return the E.164 and national forms of ``dialled``.

@@ -66,6 +66,13 @@ class Decision:
         return "" if self.number is None else self.number.region
 
     @property
+    def emergency_number(self) -> str:
+        """The emergency number to dial, without what the phone added, or ""."""
+        if self.reason != REASON_EMERGENCY or self.number is None:
+            return ""
+        return self.number.national
+
+    @property
     def allowed(self) -> bool:
         return self.result == ALLOW
 

@@ -151,7 +151,7 @@ class PolicyEngine:
         classifier = state.classifier
 
         if classifier.plan.emergency(request.dialled) is not None:
-            return self._emergency(request)
+            return self._emergency(request, state.classify(request.dialled))
 
         try:
             classified = state.classify(request.dialled)
@@ -261,7 +261,7 @@ class PolicyEngine:
             tariff = self.state.default_tariffs.get(trunk.name)
         return tariff
 
-    def _emergency(self, request: CallRequest, classified: Classified | None = None) -> Decision:
+    def _emergency(self, request: CallRequest, classified: Classified) -> Decision:
         log.info("%r: emergency call to %r from %r; allowing it", request.uniqueid or "-",
                  request.dialled, request.caller or "unknown")
         return Decision(
@@ -270,8 +270,9 @@ class PolicyEngine:
             request.trunk,
             request.dialled,
             category="emergency",
-            e164=classified.number.e164 if classified else "",
-            matched_prefix=classified.prefix if classified else "",
+            e164=classified.number.e164,
+            number=classified.number,
+            matched_prefix=classified.prefix,
         )
 
 
