@@ -6,7 +6,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from callguard.policy.budget import MAX_SECONDS_CEILING, max_call_seconds
+from callguard.policy.budget import LIMIT_LEAD_SECONDS, MAX_SECONDS_CEILING, max_call_seconds
+
+# The lead before the first unpaid block, by which a budget-limited call ends.
+LEAD = LIMIT_LEAD_SECONDS
 from callguard.rating import Increments, Tariff
 
 LONDON = ZoneInfo("Europe/London")
@@ -35,24 +38,25 @@ def london(*args) -> datetime:
 
 def test_call_across_midnight_gains_next_day():
     # 6.00 of 10.00 spent on 14 June; 0.50/min from 23:55 BST: five blocks
-    # (2.50) on 14 June, then twenty (10.00) on 15 June, so the call ends at 00:20.
+    # (2.50) on 14 June, then twenty (10.00) on 15 June, so the call ends
+    # LEAD before 00:20, when the first unpaid block would begin.
     remaining = budgets("10.00", spent={("day", "2024-06-14"): "6.00"})
 
     seconds = max_call_seconds(tariff("0.50"), london(2024, 6, 14, 23, 55), LONDON,
                                remaining, None)
 
-    assert seconds == 25 * 60
+    assert seconds == 25 * 60 - LEAD
 
 
 @pytest.mark.parametrize(
     "daily, spent, rate, increments, fee, expected",
     [
-        ("10.00", "7.00", "1.00", "60/60", "0", 180),   # three blocks left
-        ("10.00", "7.01", "1.00", "60/60", "0", 120),   # a penny short of the third
-        ("10.00", "9.00", "1.00", "60/60", "0", 60),
+        ("10.00", "7.00", "1.00", "60/60", "0", 180 - LEAD),   # three blocks left
+        ("10.00", "7.01", "1.00", "60/60", "0", 120 - LEAD),   # a penny short of the third
+        ("10.00", "9.00", "1.00", "60/60", "0", 60 - LEAD),
         ("10.00", "9.01", "1.00", "60/60", "0", 0),     # not even the first block
-        ("10.00", "7.00", "1.00", "60/60", "1.00", 120),  # the fee comes first
-        ("1.00", "0", "0.006", "30/6", "0", 30 + 6 * 1661),
+        ("10.00", "7.00", "1.00", "60/60", "1.00", 120 - LEAD),  # the fee comes first
+        ("1.00", "0", "0.006", "30/6", "0", 30 + 6 * 1661 - LEAD),
         ("10.00", "0", "0", "60/60", "0", MAX_SECONDS_CEILING),  # free: no budget limit
     ],
 )
@@ -93,7 +97,7 @@ def test_weekly_limit_binds_across_midnight():
     seconds = max_call_seconds(tariff("1.00"), london(2024, 6, 16, 23, 57), LONDON,
                                combined, None)
 
-    assert seconds == (3 + 2) * 60
+    assert seconds == (3 + 2) * 60 - LEAD
 
 
 def test_window_ends_at_local_midnight_in_summer():
@@ -104,31 +108,32 @@ def test_window_ends_at_local_midnight_in_summer():
     seconds = max_call_seconds(tariff("1.00"), london(2024, 3, 31, 23, 30), LONDON,
                                remaining, None)
 
-    assert seconds == 60 * 60
+    assert seconds == 60 * 60 - LEAD
 
 
 def test_block_counts_in_window_where_it_begins():
     # 30/6 blocks from 23:59:00 with 0.0060 a day: the first block and five
     # 6 s blocks (offsets 30 to 54) use up 14 June; from 00:00:00 the next
-    # day's 0.0060 pays ten more 6 s blocks, so the limit falls at 120 s.
+    # day's 0.0060 pays ten more 6 s blocks, so the first unpaid block begins
+    # at 120 s.
     start = london(2024, 6, 14, 23, 59, 0)
     remaining = budgets("0.0060")
 
     seconds = max_call_seconds(tariff("0.006", "30/6"), start, LONDON, remaining, None)
 
-    assert seconds == 120
+    assert seconds == 120 - LEAD
 
 
 def test_partial_block_before_midnight():
     # 31 s before midnight with 30/6 blocks: blocks begin at 0 and 30 s on
     # 14 June (0.0036), then six 6 s blocks on 15 June (0.0036), so the
-    # limit falls at the ninth block, 72 s after answer.
+    # first unpaid block is the ninth, 72 s after answer.
     start = london(2024, 6, 14, 23, 59, 29)
     remaining = budgets("0.0036")
 
     seconds = max_call_seconds(tariff("0.006", "30/6"), start, LONDON, remaining, None)
 
-    assert seconds == 72
+    assert seconds == 72 - LEAD
 
 
 def test_overspent_week_buys_nothing_more():
@@ -140,3 +145,19 @@ def test_overspent_week_buys_nothing_more():
                                remaining, None)
 
     assert seconds == 0
+
+
+def test_lead_leaves_at_least_one_second():
+    # 0.60 a minute by the second: 0.01 pays only the first 1 s block.
+    seconds = max_call_seconds(tariff("0.60", "1/1"), london(2024, 6, 14, 10, 0), LONDON,
+                               budgets("0.01"), None)
+
+    assert seconds == 1
+
+
+def test_lead_applies_below_equal_cap():
+    # 120.00 at 1.00 a minute pays exactly 7200 s, as long as the cap.
+    seconds = max_call_seconds(tariff("1.00"), london(2024, 6, 14, 10, 0), LONDON,
+                               budgets("120.00"), 7200)
+
+    assert seconds == 7200 - LEAD

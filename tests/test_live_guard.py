@@ -70,11 +70,13 @@ async def test_thirty_calls_limit_then_hangup(make_pbx):
     await eventually(lambda: all(leg.state == "up" for leg in pbx.legs().values())
                      and len(pbx.legs()) == 3, what="three answered legs")
 
-    pbx.clock.advance(59)
+    pbx.clock.advance(58)
     await asyncio.sleep(0.05)
     assert pbx.ari.deletes == []
 
-    pbx.clock.advance(1)  # the second block of each call cannot be paid
+    # The second block of each call, at 60 s, cannot be paid: the calls are
+    # hung up a second before it, so that the carrier does not bill it.
+    pbx.clock.advance(1)
     await eventually(lambda: len(pbx.ari.deletes) == 3, what="three hang-ups")
     await eventually(lambda: not pbx.legs(), what="legs ended")
     await pbx.app.guard.drain()
@@ -88,7 +90,7 @@ async def test_thirty_calls_limit_then_hangup(make_pbx):
         store.open()
         hangups = store.recent_hangups(10)
     assert {h.reason for h in hangups} == {"limit:daily"}
-    assert {h.requested_at for h in hangups} == {start + timedelta(seconds=60)}
+    assert {h.requested_at for h in hangups} == {start + timedelta(seconds=59)}
 
 
 async def test_call_across_midnight(make_pbx):

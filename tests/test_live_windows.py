@@ -3,16 +3,18 @@ and spend that other daemons sharing the store add there.
 
 Each test uses a trunk with a daily limit of 10.00 and 1.00 a minute in 60/60
 blocks, so the limit moment is the start of the first minute that the day's
-budget cannot pay. The emulated Asterisk and callguard run on a manual clock.
+budget cannot pay; the hang-up is due LIMIT_LEAD_SECONDS before it. The
+emulated Asterisk and callguard run on a manual clock.
 """
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from callguard.policy.budget import LIMIT_LEAD_SECONDS
 from callguard.store import Store
 from live_support import Pbx, eventually
 
@@ -64,9 +66,11 @@ async def settle(pbx: Pbx) -> None:
 
 
 def limit_moment(pbx: Pbx) -> datetime:
+    """Return the start of the first block that the budget cannot pay."""
     meter = pbx.app.guard.meters["gamma"]
     assert not meter.unloaded
-    return meter.next_deadline(pbx.clock.now()).at
+    hangup_at = meter.next_deadline(pbx.clock.now()).at
+    return hangup_at + timedelta(seconds=LIMIT_LEAD_SECONDS)
 
 
 async def test_restart_counts_spend_of_ended_calls(pbxs):

@@ -252,7 +252,8 @@ async def test_last_block_sets_max_seconds(guard):
 
     decision = await guard.decide("01632960123")
 
-    assert decision.max_seconds == 180
+    # Three blocks of 60 s are paid; the call ends a second before the fourth.
+    assert decision.max_seconds == 179
 
 
 async def test_parallel_decisions_share_no_headroom(guard):

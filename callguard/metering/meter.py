@@ -20,6 +20,7 @@ from callguard.config import TrunkConfig
 from callguard.metering.charges import AnsweredCall
 from callguard.metering.legs import Leg
 from callguard.money import to_micros
+from callguard.policy.budget import LIMIT_LEAD_SECONDS
 from callguard.policy.ledger import Ledger
 from callguard.windows import DAY, WEEK, local_midnight, next_day_start, window_keys
 
@@ -338,5 +339,9 @@ class TrunkMeter:
 
     @staticmethod
     def _deadline(instant_us: int, window: str) -> Deadline:
+        """Return the hang-up for a budget that cannot pay the block beginning at
+        ``instant_us``: LIMIT_LEAD_SECONDS earlier, so that the carrier, which
+        sees the call end later than Asterisk does, does not bill that block."""
         reason = REASON_DAILY if window == DAY else REASON_WEEKLY
-        return Deadline(EPOCH + timedelta(microseconds=instant_us), reason, ())
+        at = EPOCH + timedelta(microseconds=instant_us) - timedelta(seconds=LIMIT_LEAD_SECONDS)
+        return Deadline(at, reason, ())

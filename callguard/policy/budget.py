@@ -21,6 +21,14 @@ from callguard.windows import WINDOWS, day_bounds
 # limit as "no limit", so an unlimited call still gets a finite one.
 MAX_SECONDS_CEILING = 86_400
 
+# Seconds by which a call that its budget limits ends before the first block
+# that no budget can pay. The carrier counts from its own answer until the BYE
+# reaches it, which is longer than Asterisk's count by the signalling delay in
+# both directions; a call ended exactly at a block start would be billed that
+# block. One second is an estimate that covers delays of hundreds of
+# milliseconds.
+LIMIT_LEAD_SECONDS = 1
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -74,12 +82,15 @@ def max_call_seconds(
     """Return the longest a call answered at ``start`` can run on the budgets left.
 
     ``remaining(window, key)`` gives the free money of that day or week window
-    (None when the trunk sets no limit for it). The result is the start of the
-    first block that no budget can pay, at most ``cap_seconds`` and at most
+    (None when the trunk sets no limit for it). The result is
+    ``LIMIT_LEAD_SECONDS`` before the start of the first block that no budget
+    can pay (at least 1), at most ``cap_seconds`` and at most
     ``MAX_SECONDS_CEILING``; 0 means not even the first block is affordable.
     """
     horizon = MAX_SECONDS_CEILING if cap_seconds is None else min(cap_seconds, MAX_SECONDS_CEILING)
-    horizon_end = start + timedelta(seconds=horizon)
+    # A call cut at the horizon is billed as long as one cut by the budget, so
+    # the blocks that begin up to the lead past it must be paid too.
+    horizon_end = start + timedelta(seconds=horizon + LIMIT_LEAD_SECONDS)
     first_cost = tariff.first_block_cost()
     later_cost = tariff.later_block_cost()
 
@@ -106,7 +117,10 @@ def max_call_seconds(
         includes_first = next_block == 0
         paid = _blocks_affordable(count, first_cost, later_cost, includes_first, budget)
         if paid < count:
-            return min(tariff.block_start(next_block + paid), horizon)
+            unpaid_start = tariff.block_start(next_block + paid)
+            if unpaid_start == 0:
+                return 0
+            return min(max(unpaid_start - LIMIT_LEAD_SECONDS, 1), horizon)
 
         cost = _cost_of(count, first_cost, later_cost, includes_first)
         for window in WINDOWS:
