@@ -23,6 +23,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def stored_calls(pbx: "Pbx") -> dict:
+    """Return the calls in the Pbx's store by uniqueid, the 50 most recent."""
+    with Store(pbx.config.general.database) as store:
+        store.open()
+        return {call.uniqueid: call for call in store.recent_calls(50)}
+
+
+def stored_hangups(pbx: "Pbx") -> list:
+    """Return the 50 most recent hang-ups in the Pbx's store."""
+    with Store(pbx.config.general.database) as store:
+        store.open()
+        return store.recent_hangups(50)
+
+
 async def eventually(condition, timeout: float = 5.0, what: str = "condition") -> None:
     """Wait, in real time, until ``condition()`` is true: events cross real sockets."""
     loop = asyncio.get_running_loop()

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from callguard.policy.decision import CallRequest
-from callguard.store import Store
-from live_support import Pbx, eventually
+from live_support import eventually, Pbx, stored_calls, stored_hangups
 
 FIXTURES = Path(__file__).parent / "fixtures" / "asterisk"
 NOW = datetime(2024, 6, 14, 9, 0, tzinfo=timezone.utc)
@@ -48,18 +47,6 @@ async def pbx(tmp_path):
     await pbx.start()
     yield pbx
     await pbx.stop()
-
-
-def stored_calls(pbx) -> dict:
-    with Store(pbx.config.general.database) as store:
-        store.open()
-        return {call.uniqueid: call for call in store.recent_calls(50)}
-
-
-def stored_hangups(pbx) -> list:
-    with Store(pbx.config.general.database) as store:
-        store.open()
-        return store.recent_hangups(50)
 
 
 async def answered(pbx, number="01632960123", **kwargs):

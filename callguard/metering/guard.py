@@ -24,6 +24,7 @@ from callguard.metering.meter import REASON_DAILY, REASON_MAX_DURATION, TrunkMet
 from callguard.metering.records import call_record, hangup_record
 from callguard.policy.decision import ALLOW, REASON_EMERGENCY, REASON_OPTED_OUT, CallRequest
 from callguard.policy.engine import PolicyEngine
+from callguard.numbers import InvalidNumber, UnclassifiedNumber
 from callguard.numbers.categories import EMERGENCY
 from callguard.rating import Increments, Tariff
 from callguard.policy.ledger import Ledger
@@ -37,6 +38,19 @@ log = logging.getLogger(__name__)
 # The price of an emergency call: nothing.
 EMERGENCY_TARIFF = Tariff("", "emergency call, free of charge", Decimal(0), Decimal(0),
                           Increments(60, 60))
+
+
+def leg_tariff(category: str, tariff: Tariff | None) -> Tariff | None:
+    """Return the tariff to meter a leg of ``category`` at, which is ``tariff``
+    unless the leg is an emergency call. Emergency calls get EMERGENCY_TARIFF.
+
+    An emergency call is never hung up, so it must not use up the budget that
+    the trunk's other calls are hung up against.
+    """
+    if category == EMERGENCY:
+        return EMERGENCY_TARIFF
+    return tariff
+
 
 # Q.850 causes sent with DELETE /ari/channels/{id}.
 CAUSE_NORMAL_CLEARING = 16
@@ -181,11 +195,8 @@ class LiveGuard:
         if leg is None or leg.state != RINGING:
             return  # unknown, or a duplicate or late event
         leg.state = UP
-        if leg.tariff is None and leg.category == EMERGENCY:
-            # An emergency call is never hung up, so it must not use up the
-            # budget that the trunk's other calls are hung up against.
-            leg.tariff = EMERGENCY_TARIFF
-        elif leg.tariff is None:
+        leg.tariff = leg_tariff(leg.category, leg.tariff)
+        if leg.tariff is None:
             leg.tariff = self._fallback_tariff(leg.trunk)
             leg.notes.append("metered at the trunk's highest rate: destination unknown")
         meter = self.meters[leg.trunk]
@@ -410,7 +421,7 @@ class LiveGuard:
             leg.guarded = True
             return
 
-        leg.tariff = decision.tariff
+        leg.tariff = leg_tariff(leg.category, decision.tariff)
         if decision.result != ALLOW and leg.protected:
             leg.hangup_requested = decision.reason
             log.warning("%s %s: dialled although the check returned DENY %s; hanging up",
@@ -428,11 +439,13 @@ class LiveGuard:
             leg.tariff = self._fallback_tariff(leg.trunk)
             return
 
-        request = CallRequest(trunk=leg.trunk, dialled=number, caller=caller)
+        request = CallRequest(trunk=leg.trunk, dialled=self.read_destination(number),
+                              caller=caller)
         decision = self.engine.judge(request)
         leg.e164 = decision.e164
         leg.category = decision.category
-        leg.tariff = decision.tariff or state.default_tariffs.get(leg.trunk)
+        leg.tariff = leg_tariff(leg.category,
+                                decision.tariff or state.default_tariffs.get(leg.trunk))
         leg.protected = decision.reason != REASON_EMERGENCY
         if decision.result == ALLOW or not leg.protected:
             log.warning("%s %s: outbound leg %s to %s skipped the check (%s); metering it",
@@ -443,17 +456,41 @@ class LiveGuard:
                         "hanging up", leg.trunk, leg.id, leg.channel, decision.e164 or number,
                         why, decision.reason)
 
+    def read_destination(self, number: str) -> str:
+        """Return a leg's dialled number in a form the check accepts.
+
+        A number that the dialled-number rules reject comes back in E.164 form
+        when it is one without ``+`` (``441632960123``), and unchanged otherwise.
+        """
+        state = self.engine.state
+        try:
+            state.classify(number)
+        except InvalidNumber:
+            return state.classifier.plan.read_destination(number)
+        except UnclassifiedNumber:
+            pass
+        return number
+
     def _same_destination(self, number: str | None, decision) -> bool:
         """Return False when the dialstring names a number other than the checked one."""
         if not number:
             return True
-        try:
-            classified = self.engine.state.classify(number)
-        except ValueError:
+        leg_key = self._destination_key(number)
+        if leg_key is None:
             return False
-        return classified.number.e164 == decision.e164 or (
-            not decision.e164 and classified.number.national == decision.dialled
-        )
+        # Short codes and emergency numbers have no E.164 form, so they compare
+        # by their national digits. Their empty E.164 forms would match each other.
+        decision_key = decision.e164 or self._destination_key(decision.dialled)
+        return leg_key == decision_key
+
+    def _destination_key(self, number: str) -> str | None:
+        """Return the E.164 form of ``number``, its national digits when it has
+        none, or None when it cannot be read."""
+        try:
+            classified = self.engine.state.classify(self.read_destination(number))
+        except ValueError:
+            return None
+        return classified.number.e164 or classified.number.national or None
 
     def _fallback_tariff(self, trunk: str):
         state = self.engine.state

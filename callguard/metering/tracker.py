@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from callguard.clock import Clock
 from callguard.metering.charges import AnsweredCall
 from callguard.metering.dialstring import dialled_number, masked
-from callguard.metering.guard import LiveGuard
+from callguard.metering.guard import LiveGuard, leg_tariff
 from callguard.metering.legs import RINGING, UP, Leg
 from callguard.policy.decision import REASON_INVALID_NUMBER, REASON_UNCLASSIFIED, CallRequest
 from callguard.rating import Increments, Tariff
@@ -157,7 +157,8 @@ class EventTracker:
         for text in candidates:
             if not text:
                 continue
-            decision = self.guard.engine.judge(CallRequest(trunk=trunk, dialled=text))
+            request = CallRequest(trunk=trunk, dialled=self.guard.read_destination(text))
+            decision = self.guard.engine.judge(request)
             if decision.reason not in (REASON_INVALID_NUMBER, REASON_UNCLASSIFIED):
                 return text
         return None
@@ -218,9 +219,10 @@ def leg_from_record(record: CallRecord, guard: LiveGuard) -> Leg | None:
     meter = guard.meters.get(record.trunk)
     if meter is None or record.state != UP or record.rate is None:
         return None
-    tariff = Tariff(record.tariff_prefix, "from the store", record.rate,
+    stored = Tariff(record.tariff_prefix, "from the store", record.rate,
                     record.connection_fee, Increments(record.first_increment,
                                                       record.later_increment))
+    tariff = leg_tariff(record.category or "", stored)
     leg = Leg(id=record.uniqueid, trunk=record.trunk, channel=record.channel,
               created_at=record.created_at, number=record.dialled, e164=record.e164 or "",
               category=record.category or "", caller=record.caller,

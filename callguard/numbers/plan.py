@@ -307,6 +307,47 @@ class NumberPlan:
 
         return phonenumbers.format_number(parsed, PhoneNumberFormat.E164)
 
+    def read_destination(self, dialled: str) -> str:
+        """Return ``dialled``, or its E.164 form when it is an E.164 number without ``+``.
+
+        Many carriers take numbers in E.164 form without ``+`` or an international
+        prefix (``441632960000``, ``33142685300``), so a trunk leg's dialstring can
+        carry a number that ``normalise`` rejects. Such a string is returned in
+        E.164 form when, read after a ``+``, it has a possible length for its
+        country code.
+        Every other string is returned unchanged: numbers that ``normalise``
+        accepts, emergency numbers and strings that are no number in either
+        reading. This never raises.
+        """
+        if not isinstance(dialled, str) or self.emergency(dialled) is not None:
+            return dialled
+
+        try:
+            self.normalise(dialled)
+            return dialled
+        except InvalidNumber:
+            pass
+
+        digits = remove_separators(dialled.strip())
+        if not (digits.isascii() and digits.isdigit()) or digits.startswith("0"):
+            return dialled
+
+        try:
+            parsed = phonenumbers.parse(PLUS + digits, None)
+        except NumberParseException:
+            return dialled
+
+        if length_problem(parsed) is not None or kept_national_prefix(parsed):
+            return dialled
+
+        e164 = phonenumbers.format_number(parsed, PhoneNumberFormat.E164)
+        try:
+            self.normalise(e164)
+        except InvalidNumber:
+            return dialled
+
+        return e164
+
 
 def _region_of(parsed: PhoneNumber) -> str:
     """Return the region of a parsed number, or "" when phonenumbers has none for it."""
