@@ -221,6 +221,21 @@ async def test_daemon_reset_rereads_spend(daemon, capsys):
     assert await daemon.check(GEOGRAPHIC, uniqueid="1718355600.2") == "ok"
 
 
+async def test_daemon_reset_keeps_week_shown(daemon, capsys):
+    keys = window_keys(daemon.clock.now(), daemon.config.trunks["gamma"].timezone)
+    with Store(daemon.config.general.database) as store:
+        store.add_spend("gamma", "day", keys["day"], Decimal("5"), daemon.clock.now())
+        store.add_spend("gamma", "week", keys["week"], Decimal("21"), daemon.clock.now())
+    assert await daemon.check(GEOGRAPHIC) == "ok"
+
+    assert await daemon.ctl("reset", "gamma", "--window", "day", "--reason", "test") == 0
+    await asyncio.sleep(0.2)
+
+    # Read again at once, not at the next decision: status shows both windows.
+    assert daemon.app.ledger.spent("gamma", "week", keys["week"]) == Decimal("21")
+    assert daemon.app.ledger.spent("gamma", "day", keys["day"]) == Decimal("0")
+
+
 async def test_reload_recorded(daemon, capsys):
     assert await daemon.app.reload()
     good = daemon.path.read_text()

@@ -1035,7 +1035,8 @@ def test_sample_loads(tmp_path):
     trunk = config.trunks["gamma"]
     assert trunk.rates == tmp_path / "rates-gamma.csv"
     assert trunk.bar == frozenset(
-        {"premium", "international", "special-084", "special-087", "directory"}
+        {"premium", "international", "special-084", "special-087", "directory", "operator",
+         "personal"}
     )
     assert trunk.daily_limit == Decimal("50.00")
     assert trunk.opted_out("+441632960050")
@@ -1316,3 +1317,34 @@ def test_trunk_without_numbers_has_no_range_warning(workdir):
 ])
 def test_number_ranges_outside(ranges, covering, outside):
     assert NumberRanges(ranges).outside(NumberRanges(covering)).ranges == outside
+
+
+def test_call_cap_without_ari_warns(workdir):
+    warnings = config_warnings(load(
+        "[general]\n[ari]\nenabled = no\n[trunk gamma]\n" + RATES_LINE + "\n"
+        "max_concurrent_calls = 4\n[trunk delta]\n" + RATES_LINE + "\n"))
+
+    capped = [w for w in warnings if "max_concurrent_calls" in w]
+    assert capped == [
+        "[ari] enabled = no, so max_concurrent_calls of [trunk gamma] counts each "
+        "allowed call for reservation_seconds after its check, not while it lasts; "
+        "set enabled = yes in [ari]"
+    ]
+
+
+@pytest.mark.parametrize("pattern, warned", [("", True), ("channel_pattern = PJSIP/gamma-*",
+                                                         False)])
+def test_limits_without_channel_pattern_warn(workdir, pattern, warned):
+    warnings = config_warnings(load(
+        "[general]\n[ari]\nenabled = yes\nurl = http://127.0.0.1:8088/\n"
+        "username = callguard\npassword_file = ari.secret\n"
+        "[trunk gamma]\n" + RATES_LINE + "\ndaily_limit = 5.00\n" + pattern + "\n"))
+
+    unmetered = [w for w in warnings if "channel_pattern is empty" in w]
+    assert bool(unmetered) is warned
+    if warned:
+        assert unmetered[0] == (
+            "[trunk gamma] channel_pattern is empty, so callguard cannot tell this "
+            "trunk's channels: daily_limit applies only to reservations, and calls are not "
+            "metered or hung up; set channel_pattern to the trunk's channel names, such "
+            "as PJSIP/gamma-*")

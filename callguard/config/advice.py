@@ -29,6 +29,17 @@ def config_warnings(config: Config, prefixes: PrefixTable | None = None) -> list
                     "limit"
                 )
         warnings.extend(_outside_trunk_numbers(name, trunk, config))
+        limited = [key for key, value in (("daily_limit", daily), ("weekly_limit", weekly),
+                                          ("max_concurrent_calls", trunk.max_concurrent_calls))
+                   if value is not None]
+        if config.ari.enabled and limited and not trunk.channel_pattern:
+            warnings.append(
+                f"[trunk {name}] channel_pattern is empty, so callguard cannot tell this "
+                f"trunk's channels: {', '.join(limited)} "
+                f"{'applies' if len(limited) == 1 else 'apply'} only to reservations, and "
+                "calls are not metered or hung up; set channel_pattern to the trunk's "
+                f"channel names, such as PJSIP/{name}-*"
+            )
         if trunk.max_call_seconds is not None and trunk.max_call_seconds > MAX_SECONDS_CEILING:
             warnings.append(
                 f"[trunk {name}] max_call_seconds is {trunk.max_call_seconds} s, but "
@@ -44,6 +55,15 @@ def config_warnings(config: Config, prefixes: PrefixTable | None = None) -> list
                 f"{', '.join(f'[trunk {name}]' for name in limited)} count only the first "
                 "block each allowed call reserves, and only for reservation_seconds: "
                 "calls are not metered or hung up; set enabled = yes in [ari]"
+            )
+        capped = sorted(name for name, trunk in config.trunks.items()
+                        if trunk.max_concurrent_calls is not None)
+        if capped:
+            warnings.append(
+                f"[ari] enabled = no, so max_concurrent_calls of "
+                f"{', '.join(f'[trunk {name}]' for name in capped)} counts each allowed "
+                "call for reservation_seconds after its check, not while it lasts; "
+                "set enabled = yes in [ari]"
             )
     warnings.extend(number_plan_warnings(config, prefixes))
     return warnings

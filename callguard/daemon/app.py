@@ -2,7 +2,7 @@
 
 import asyncio
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 import logging
 import socket
 
@@ -68,6 +68,10 @@ class Application:
         self.ledger = Ledger(self.worker)
         self.reservations = Reservations()
         self.blocks = BlockList()
+        # The keys of the active blocks at the last read of the store.
+        self._stored_blocks: set[tuple[str, str]] = set()
+        # Tasks started by control requests, kept until they end.
+        self._background: set[asyncio.Task] = set()
         self.recorder = DecisionRecorder(self.worker, self.clock, socket.gethostname())
         self.engine: PolicyEngine | None = None
         self.guard: LiveGuard | None = None
@@ -175,10 +179,30 @@ class Application:
             log.info("%s: spend totals changed in the store, as by another node", trunk)
             self.guard.reschedule_soon(trunk)
 
+    def reload_spend(self, trunk: str) -> None:
+        """Read a trunk's current day and week totals from the store in the background,
+        then set its limit timer again."""
+        task = asyncio.get_running_loop().create_task(self._reload_spend(trunk))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _reload_spend(self, trunk: str) -> None:
+        config = self.config.trunks.get(trunk)
+        if config is None:
+            return
+        try:
+            await self.ledger.load(trunk, window_keys(self.clock.now(), config.timezone))
+        except StoreError as exc:
+            log.error("%s: failed to read the spend totals from the store: %s; the next "
+                      "decision reads them", trunk, exc)
+            return
+        self.guard.reschedule_soon(trunk)
+
     async def _refresh_spend_forever(self) -> None:
         while True:
             await asyncio.sleep(SPEND_REFRESH_SECONDS)
             await self.refresh_spend()
+            await self.refresh_blocks()
 
     async def _watch_ari(self) -> None:
         """Alert once per outage when ARI stays unreachable past ARI_ALERT_AFTER."""
@@ -300,6 +324,30 @@ class Application:
         now = self.clock.now()
         active = await self.worker.call(self.store.active_blocks, now)
         self.blocks.replace((b.key_type, b.key, b.expires_at) for b in active)
+        self._stored_blocks = {(b.key_type, b.key) for b in active}
+
+    async def refresh_blocks(self) -> None:
+        """Read the active blocks from the store again.
+
+        Other daemons sharing the store, and callguardctl run without the
+        control socket, add and lift blocks there.
+        """
+        try:
+            active = await self.worker.call(self.store.active_blocks, self.clock.now())
+        except StoreError as exc:
+            log.error("failed to read the blocks again from the store: %s; "
+                      "trying again in %s s", exc, SPEND_REFRESH_SECONDS)
+            return
+        stored: dict[tuple[str, str], datetime | None] = {}
+        for block in active:
+            identity = (block.key_type, block.key)
+            current = stored.get(identity, block.expires_at)
+            if current is None or block.expires_at is None:
+                stored[identity] = None
+            else:
+                stored[identity] = max(current, block.expires_at)
+        self.blocks.sync(stored, self._stored_blocks)
+        self._stored_blocks = set(stored)
 
 
 def _ari_password(config: Config) -> str | None:

@@ -188,7 +188,9 @@ def _reset(app: "Application", request: dict) -> dict:
         raise ValueError(f"trunk {trunk!r} is not in the config; use one of "
                          f"{', '.join(sorted(app.config.trunks))}")
 
-    # The next decision on the trunk reads its spend from the store again.
+    # The trunk's spend is read from the store again, at once, so that status
+    # does not show an empty week while it waits for the next decision.
     app.ledger.forget(trunk)
     log.warning("operator reset the spend of trunk %s; reloading it from the store", trunk)
+    app.reload_spend(trunk)
     return {"applied": True}

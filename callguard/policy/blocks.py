@@ -50,6 +50,25 @@ class BlockList:
                 return
         self._blocks[identity] = expires_at
 
+    def sync(self, stored: dict[tuple[str, str], datetime | None],
+             stored_before: set[tuple[str, str]]) -> None:
+        """Follow the store's active blocks, as read again: (key type, key) -> expiry.
+
+        ``stored_before`` is the set of keys at the previous read. A key held here
+        that the store had then and has no more was lifted elsewhere, such as
+        on another node, and goes. A key held here that the store never had is
+        a block of this daemon whose write may still be in flight, so it stays
+        until the next read. The store's expiry replaces the one held here.
+        """
+        for identity in [i for i in self._blocks if i not in stored and i in stored_before]:
+            del self._blocks[identity]
+        for (key_type, key), expires_at in stored.items():
+            identity = (key_type, key)
+            if identity in stored_before:
+                self._blocks[identity] = expires_at
+            else:
+                self.add(key_type, key, expires_at)
+
     def remove(self, key_type: str, key: str) -> None:
         self._blocks.pop((key_type, key), None)
 
