@@ -99,8 +99,17 @@ async def open_loop(port: int, rate: float, duration: float) -> dict:
     started = time.perf_counter()
     count = int(rate * duration)
 
+    refused = 0
+
     async def timed(scheduled: float, seq: int) -> None:
-        await one_session(port, seq)
+        nonlocal refused
+        try:
+            await one_session(port, seq)
+        except ConnectionError:
+            # A server past its session cap closes new connections at once;
+            # Asterisk would then apply the dialplan's fail policy.
+            refused += 1
+            return
         latencies.append(time.perf_counter() - scheduled)
 
     for seq in range(count):
@@ -111,7 +120,7 @@ async def open_loop(port: int, rate: float, duration: float) -> dict:
         tasks.append(asyncio.create_task(timed(scheduled, seq)))
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - started
-    return summary(latencies, elapsed)
+    return summary(latencies, elapsed) | {"refused": refused}
 
 
 def summary(latencies: list[float], elapsed: float) -> dict:

@@ -161,7 +161,11 @@ async def measure(servers: dict[str, tuple[int, int]], seconds: float,
     print(header)
     for name, (pid, port) in servers.items():
         await closed_loop(port, 10, 1.0)  # warm-up
-        print(row(name, await run((pid, port), lambda p: open_loop(p, 500, seconds))))
+        figures = await run((pid, port), lambda p: open_loop(p, 500, seconds))
+        print(row(name, figures))
+        if figures["refused"]:
+            print(f"{name}: {figures['refused']} sessions refused (connection closed "
+                  "or reset), left out of the latencies")
 
 
 def main() -> None:
