@@ -8,6 +8,8 @@ from email import message_from_bytes
 import pytest
 from aiosmtpd.controller import Controller
 
+from callguard.daemon.operator import operator_commands, store_identity
+from callguard.windows import window_keys
 from live_support import Pbx, eventually
 
 NOW = datetime(2024, 6, 14, 9, 0, tzinfo=timezone.utc)
@@ -197,3 +199,31 @@ async def test_ari_unreachable_mail(tmp_path, mailbox):
 
     assert early == []
     assert mailbox.subjects() == ["[callguard] ARI unreachable for 5 minutes"]
+
+
+async def test_alerts_again_after_spend_reset(tmp_path, mailbox):
+    # A "false alarm" reset starts the day's budget again, so its warnings and
+    # limit alert must come again as the spend climbs anew.
+    pbx = Pbx(tmp_path, NOW, trunks=LEVELS_TRUNK + smtp_section(mailbox), rates=BIG_FEE)
+    await pbx.start()
+    try:
+        call = await start_answered(pbx)           # 85.00 fee + 1.00: 86.00
+        await eventually(lambda: len(mailbox.messages) == 1, what="the first warning")
+        await pbx.ari.hangup(call)
+        await eventually(lambda: not pbx.legs(), what="the end of the call")
+        await pbx.app.guard.drain()
+
+        key = window_keys(pbx.clock.now(), pbx.config.trunks["gamma"].timezone)["day"]
+        await pbx.app.worker.call(pbx.app.store.reset_spend, "gamma", "day", key,
+                                  "false alarm", pbx.clock.now(), "root")
+        reset = operator_commands(pbx.app)["reset"]
+        reset({"trunk": "gamma", "window": "day", "key": key,
+               "store": store_identity(pbx.config.general.database)})
+        pbx.clock.advance(60)
+
+        await start_answered(pbx)
+        await eventually(lambda: len(mailbox.messages) == 2, what="the warning after the reset")
+    finally:
+        await pbx.stop()
+
+    assert mailbox.subjects() == ["[callguard] gamma: daily spend 80% (86.00 of 100.00 GBP)"] * 2

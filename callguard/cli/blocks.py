@@ -274,7 +274,8 @@ def cmd_reset(args: argparse.Namespace) -> int:
     print(f"cleared {cleared} {config.general.currency} from trunk {trunk.name}, "
           f"{args.window} {key}; live calls keep adding their cost")
 
-    return _tell_daemon(config, {"command": COMMAND_RESET, "trunk": trunk.name})
+    return _tell_daemon(config, {"command": COMMAND_RESET, "trunk": trunk.name,
+                                 "window": args.window, "key": key})
 
 
 def normalise_key(config: Config, key_type: str, text: str) -> str:

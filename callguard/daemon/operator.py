@@ -188,6 +188,9 @@ def _reset(app: "Application", request: dict) -> dict:
         raise ValueError(f"trunk {trunk!r} is not in the config; use one of "
                          f"{', '.join(sorted(app.config.trunks))}")
 
+    window, key = request.get("window"), request.get("key")
+    if isinstance(window, str) and isinstance(key, str):
+        app.alerts.spend_reset(trunk, window, key, app.clock.now())
     # The trunk's spend is read from the store again, at once, so that status
     # does not show an empty week while it waits for the next decision.
     app.ledger.forget(trunk)

@@ -38,9 +38,28 @@ class AlertRaiser:
         # raised once; the outbox's dedupe key covers restarts.
         self._alerted: dict[tuple[str, str, str], int] = {}
         self._limits: set[tuple[str, str, str]] = set()
+        # Per (trunk, window, key) reset by the operator, the reset's time,
+        # which makes the alerts after it new to the outbox.
+        self._resets: dict[tuple[str, str, str], str] = {}
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
+
+    def spend_reset(self, trunk: str, window: str, key: str, at: datetime) -> None:
+        """Send the window's warnings and limit alert again as its spend climbs anew.
+
+        NOTE: only this daemon learns of the reset, and only until it
+        restarts; after a restart the outbox takes the window's alerts as
+        sent already.
+        """
+        window_id = (trunk, window, key)
+        self._alerted.pop(window_id, None)
+        self._limits.discard(window_id)
+        self._resets[window_id] = at.strftime("%Y%m%dT%H%M%S")
+
+    def _dedupe_suffix(self, trunk: str, window: str, key: str) -> str:
+        stamp = self._resets.get((trunk, window, key))
+        return "" if stamp is None else f":reset-{stamp}"
 
     # Warnings.
 
@@ -85,7 +104,8 @@ class AlertRaiser:
         self.submit(Alert(
             kind="warning", trunk=trunk.name, subject=subject, body=body,
             data=self._data(trunk, window, key, spent, limit) | {"level": level},
-            dedupe_key=f"warning:{trunk.name}:{window}:{key}:{level}",
+            dedupe_key=(f"warning:{trunk.name}:{window}:{key}:{level}"
+                        + self._dedupe_suffix(trunk.name, window, key)),
             recipients=trunk.notify,
         ))
 
@@ -110,7 +130,8 @@ class AlertRaiser:
         self.submit(Alert(
             kind="limit", trunk=trunk.name, subject=subject, body=body,
             data=self._data(trunk, window, key, spent, limit) | {"action": action},
-            dedupe_key=f"limit:{trunk.name}:{window}:{key}",
+            dedupe_key=(f"limit:{trunk.name}:{window}:{key}"
+                        + self._dedupe_suffix(trunk.name, window, key)),
             recipients=trunk.notify,
         ))
 
