@@ -100,7 +100,7 @@ async def test_warning_then_limit_mail(tmp_path, mailbox):
                       if "limit reached" in message["Subject"])
     body = limit_mail.get_payload(decode=True).decode()
     assert "+441632960123" in body
-    assert "hung up 1 live calls" in body
+    assert "hung up 1 live call (" in body
     assert "callguardctl" in body
 
 

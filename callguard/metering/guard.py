@@ -340,8 +340,8 @@ class LiveGuard:
         else:
             targets = [leg for leg in meter.legs.values()
                        if leg.live and leg.protected and not leg.hangup_requested]
-            log.warning("%s: %s reached at %s; hanging up %d live calls", trunk,
-                        deadline.reason, now.isoformat(), len(targets))
+            log.warning("%s: %s reached at %s; hanging up %s", trunk,
+                        deadline.reason, now.isoformat(), _calls(len(targets)))
 
         for leg in targets:
             leg.hangup_requested = deadline.reason
@@ -356,7 +356,7 @@ class LiveGuard:
             numbers = ", ".join(leg.e164 or leg.number or "?" for leg in targets)
             self.alerts.limit_reached(
                 meter.config, DAY if deadline.reason == REASON_DAILY else WEEK, now,
-                f"hung up {len(targets)} live calls ({numbers})",
+                f"hung up {_calls(len(targets))} ({numbers})",
                 list(meter.legs.values()) + list(self.recent),
             )
         await hangups
@@ -386,7 +386,8 @@ class LiveGuard:
 
         log.warning("%s %s: hang-up of %s to %s for %s %s; call cost %s, spend today %s, "
                     "this week %s", leg.trunk, leg.id, leg.channel,
-                    leg.e164 or leg.number or "?", reason, outcome, cost, daily, weekly)
+                    leg.e164 or leg.number or "?", reason, outcome, cost,
+                    _shown_spend(daily), _shown_spend(weekly))
         self._write(("hangup", (hangup_record(leg, reason, now, daily, weekly, cost,
                                                outcome),)))
 
@@ -598,3 +599,12 @@ def _cost_of(charges: dict) -> Decimal:
     """Return a call's cost from its charges: each block counts once per day window."""
     return sum((amount for (window, _), amount in charges.items() if window == "day"),
                Decimal(0))
+
+
+def _calls(count: int) -> str:
+    return "1 live call" if count == 1 else f"{count} live calls"
+
+
+def _shown_spend(amount: Decimal | None) -> str:
+    """Show a window's spend in a log line; None means not read from the store yet."""
+    return "not read yet" if amount is None else str(amount)
