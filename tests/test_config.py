@@ -408,6 +408,8 @@ BAD_VALUES = [
         f"unknown key; did you mean daily_limit? known keys are {TRUNK_KEYS}"]),
     ("general", "data_base", "sqlite:////x.db", [
         f"unknown key; did you mean database? known keys are {GENERAL_KEYS}"]),
+    ("trunk gamma", "DAILY_LIMIT", "50.00", [
+        f"unknown key; did you mean daily_limit? known keys are {TRUNK_KEYS}"]),
 ]
 # fmt: on
 
@@ -1348,3 +1350,19 @@ def test_limits_without_channel_pattern_warn(workdir, pattern, warned):
             "trunk's channels: daily_limit applies only to reservations, and calls are not "
             "metered or hung up; set channel_pattern to the trunk's channel names, such "
             "as PJSIP/gamma-*")
+
+
+@pytest.mark.parametrize("pattern, shown", [("*", "every channel,"),
+                                            ("PJSIP/*", "every channel of PJSIP,"),
+                                            ("PJSIP/gamma-*", None)])
+def test_broad_channel_pattern_warns(workdir, pattern, shown):
+    warnings = config_warnings(load(
+        "[general]\n[trunk gamma]\n" + RATES_LINE + f"\nchannel_pattern = {pattern}\n"))
+
+    broad = [w for w in warnings if "matches every channel" in w]
+    if shown is None:
+        assert broad == []
+    else:
+        assert len(broad) == 1
+        assert shown in broad[0]
+        assert broad[0].endswith("name the trunk's endpoint, such as PJSIP/gamma-*")

@@ -32,6 +32,16 @@ def config_warnings(config: Config, prefixes: PrefixTable | None = None) -> list
         limited = [key for key, value in (("daily_limit", daily), ("weekly_limit", weekly),
                                           ("max_concurrent_calls", trunk.max_concurrent_calls))
                    if value is not None]
+        pattern = trunk.channel_pattern or ""
+        technology, _, endpoint = pattern.partition("/")
+        if pattern and not endpoint.strip("*?"):
+            warnings.append(
+                f"[trunk {name}] channel_pattern {pattern!r} matches every channel"
+                f"{'' if not endpoint else ' of ' + technology}, phones' included, so "
+                "their calls are metered as this trunk's, and hung up when their number is "
+                "barred or no number at all, as an extension is; name "
+                f"the trunk's endpoint, such as PJSIP/{name}-*"
+            )
         if config.ari.enabled and limited and not trunk.channel_pattern:
             warnings.append(
                 f"[trunk {name}] channel_pattern is empty, so callguard cannot tell this "

@@ -233,6 +233,6 @@ def read_override(
 
 
 def _unknown_key(key: str, fields: dict[str, Field]) -> str:
-    close = difflib.get_close_matches(key, fields, n=1)
+    close = difflib.get_close_matches(key.lower(), fields, n=1)
     hint = f"did you mean {close[0]}? " if close else ""
     return f"unknown key; {hint}known keys are {', '.join(fields)}"
