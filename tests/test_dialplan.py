@@ -90,6 +90,9 @@ async def test_fail_open_without_limit_denied(dialplan, limit):
 @pytest.mark.parametrize("dialled, sent", [
     ("999", "999"), ("112", "112"), ("9999", "999"), ("9112", "112"),
     ("999#", "999"), ("112#", "112"), ("9999#", "999"), ("9112#", "112"),
+    ("18000", "18000"), ("918000", "18000"), ("141999", "999"), ("141112", "112"),
+    ("1470999", "999"), ("1470112", "112"), ("9141999", "999"), ("9141112", "112"),
+    ("91470999", "999"), ("91470112", "112"),
 ])
 async def test_emergency_dialled_without_check(dialplan, dialled, sent):
     outcome = await dialplan.run(CONTEXT, dialled, agi=answering("FAILURE"))

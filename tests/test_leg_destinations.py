@@ -313,3 +313,35 @@ async def test_restored_emergency_leg_free(make_pbx):
     assert pbx.ari.deletes == []
     assert stored_calls(pbx)[emergency.trunk_id].cost == Decimal(0)
     assert pbx.spend("day", TODAY) == Decimal(0)
+
+
+# A leg never carries the outside-line prefix: the dialplan dials without it.
+
+TURKEY_RATES = RATES + "90,Turkey,0.2500,,60/60\n"
+
+
+async def test_unchecked_leg_not_read_after_outside_prefix(make_pbx):
+    # Istanbul +90 212 123 4567 in E.164 without "+", on a PBX whose outside-line
+    # prefix is 9: not 0212 123 4567 after the prefix.
+    pbx = await make_pbx(rates=TURKEY_RATES, general="outside_line_prefix = 9\n")
+    call = await pbx.ari.dial_out("902121234567", dialstring="902121234567@gamma")
+    await eventually(lambda: len(pbx.ari.deletes) == 1, what="the hang-up")
+    await pbx.app.guard.drain()
+
+    leg = find_leg(pbx, call.trunk_id)
+    assert pbx.ari.deletes[0][0] == call.trunk_id
+    assert leg.e164 == "+902121234567"
+    assert leg.category == "international"
+    assert leg.hangup_requested == "barred:international"
+
+
+async def test_prefixed_check_links_unprefixed_leg(make_pbx):
+    pbx = await make_pbx(rates=TURKEY_RATES, general="outside_line_prefix = 9\n")
+    call, result = await check_and_dial(pbx, "901632960123", "01632960123@gamma")
+    assert result["CALLGUARD_RESULT"] == "ALLOW"
+    await eventually(lambda: call.trunk_id in pbx.legs(), what="the Dial")
+
+    leg = pbx.legs()[call.trunk_id]
+    assert leg.guarded
+    assert leg.e164 == "+441632960123"
+    assert leg.hangup_requested == ""

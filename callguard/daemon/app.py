@@ -68,8 +68,6 @@ class Application:
         self.ledger = Ledger(self.worker)
         self.reservations = Reservations()
         self.blocks = BlockList()
-        # The keys of the active blocks at the last read of the store.
-        self._stored_blocks: set[tuple[str, str]] = set()
         # Tasks started by control requests, kept until they end.
         self._background: set[asyncio.Task] = set()
         self.recorder = DecisionRecorder(self.worker, self.clock, socket.gethostname())
@@ -324,7 +322,6 @@ class Application:
         now = self.clock.now()
         active = await self.worker.call(self.store.active_blocks, now)
         self.blocks.replace((b.key_type, b.key, b.expires_at) for b in active)
-        self._stored_blocks = {(b.key_type, b.key) for b in active}
 
     async def refresh_blocks(self) -> None:
         """Read the active blocks from the store again.
@@ -346,8 +343,7 @@ class Application:
                 stored[identity] = None
             else:
                 stored[identity] = max(current, block.expires_at)
-        self.blocks.sync(stored, self._stored_blocks)
-        self._stored_blocks = set(stored)
+        self.blocks.sync(stored)
 
 
 def _ari_password(config: Config) -> str | None:

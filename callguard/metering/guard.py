@@ -24,7 +24,6 @@ from callguard.metering.meter import REASON_DAILY, REASON_MAX_DURATION, TrunkMet
 from callguard.metering.records import call_record, hangup_record
 from callguard.policy.decision import ALLOW, REASON_EMERGENCY, REASON_OPTED_OUT, CallRequest
 from callguard.policy.engine import PolicyEngine
-from callguard.numbers import InvalidNumber, UnclassifiedNumber
 from callguard.numbers.categories import EMERGENCY
 from callguard.rating import Increments, Tariff
 from callguard.policy.ledger import Ledger
@@ -458,19 +457,12 @@ class LiveGuard:
                         why, decision.reason)
 
     def read_destination(self, number: str) -> str:
-        """Return a leg's dialled number in a form the check accepts.
+        """Return a leg's dialled number in a form the check reads as the carrier does.
 
-        A number that the dialled-number rules reject comes back in E.164 form
-        when it is one without ``+`` (``441632960123``), and unchanged otherwise.
+        A leg never carries the outside-line prefix, and a number in E.164 form
+        without ``+`` (``441632960123``) comes back with it.
         """
-        state = self.engine.state
-        try:
-            state.classify(number)
-        except InvalidNumber:
-            return state.classifier.plan.read_destination(number)
-        except UnclassifiedNumber:
-            pass
-        return number
+        return self.engine.state.classifier.plan.read_destination(number)
 
     def _same_destination(self, number: str | None, decision) -> bool:
         """Return False when the dialstring names a number other than the checked one."""

@@ -6,7 +6,12 @@ from collections.abc import Iterable
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumber, PhoneNumberFormat, PhoneNumberType
 
-from callguard.numbers.dialstring import PLUS, parse_dial_string, remove_separators
+from callguard.numbers.dialstring import (
+    PLUS,
+    TEL_SCHEME,
+    parse_dial_string,
+    remove_separators,
+)
 from callguard.numbers.errors import InvalidNumber, quote
 from callguard.numbers.number import Number
 from callguard.numbers.region import HomeRegion, kept_national_prefix, length_problem
@@ -18,10 +23,9 @@ from callguard.numbers.settings import (
 
 UNKNOWN_REGION = "ZZ"
 
-# Additions that phones put around a number, removed only when looking for an
-# emergency number: the "#" pressed to send the number, and the prefixes dialled
-# before a number to withhold or show the caller ID for one call (in GB, 141
-# and 1470).
+# Additions that phones put around a number. They are removed only when looking
+# for an emergency number. "#" is the key pressed to send the number; the
+# prefixes withhold or show the caller ID for one call (in GB, 141 and 1470).
 SEND_KEY = "#"
 CALLER_ID_PREFIXES = {"GB": ("141", "1470")}
 
@@ -98,6 +102,8 @@ class NumberPlan:
             return []
 
         compact = remove_separators(dialled.strip())
+        if compact[: len(TEL_SCHEME)].lower() == TEL_SCHEME:
+            compact = compact[len(TEL_SCHEME) :]
         forms = [compact]
         if compact.endswith(SEND_KEY):
             compact = compact[: -len(SEND_KEY)]
@@ -308,25 +314,30 @@ class NumberPlan:
         return phonenumbers.format_number(parsed, PhoneNumberFormat.E164)
 
     def read_destination(self, dialled: str) -> str:
-        """Return ``dialled``, or its E.164 form when it is an E.164 number without ``+``.
+        """Return a trunk leg's number in a form that ``normalise`` reads as the
+        carrier does.
 
-        Many carriers take numbers in E.164 form without ``+`` or an international
-        prefix (``441632960000``, ``33142685300``), so a trunk leg's dialstring can
-        carry a number that ``normalise`` rejects. Such a string is returned in
-        E.164 form when, read after a ``+``, it has a possible length for its
-        country code.
-        Every other string is returned unchanged: numbers that ``normalise``
-        accepts, emergency numbers and strings that are no number in either
+        The dialplan dials the trunk without the outside-line prefix, so a leg's
+        number never carries it: ``902121234567`` is Istanbul in E.164 without
+        ``+``, not 0212 123 4567 after a prefix of 9. A number that starts with
+        the prefix is therefore returned in E.164 form. Many carriers take
+        numbers in E.164 form without ``+`` or an international prefix
+        (``441632960000``, ``33142685300``). Such a number is returned in E.164
+        form when it has a possible length for its country code. Every other string is returned unchanged: numbers read the same
+        either way, emergency numbers and strings that are no number in either
         reading. This never raises.
         """
         if not isinstance(dialled, str) or self.emergency(dialled) is not None:
             return dialled
 
         try:
-            self.normalise(dialled)
-            return dialled
+            number = self._normalise(dialled, strip_outside_line=False)
         except InvalidNumber:
-            pass
+            number = None
+        prefix = self.outside_line_prefix
+        prefixed = bool(prefix) and remove_separators(dialled.strip()).startswith(prefix)
+        if number is not None:
+            return number.e164 if prefixed and number.e164 else dialled
 
         digits = remove_separators(dialled.strip())
         if not (digits.isascii() and digits.isdigit()) or digits.startswith("0"):

@@ -23,6 +23,10 @@ class BlockList:
 
     def __init__(self) -> None:
         self._blocks: dict[tuple[str, str], datetime | None] = {}
+        # Reads of the store so far, and the keys added here (not by a read)
+        # with the read count at their addition.
+        self._reads = 0
+        self._local: dict[tuple[str, str], int] = {}
 
     def replace(self, blocks: Iterable[tuple[str, str, datetime | None]]) -> None:
         """Hold exactly ``blocks``, given as (key type, key, expiry) rows.
@@ -31,7 +35,7 @@ class BlockList:
         """
         self._blocks = {}
         for key_type, key, expires_at in blocks:
-            self.add(key_type, key, expires_at)
+            self._put((key_type, key), expires_at)
 
     def add(self, key_type: str, key: str, expires_at: datetime | None,
             now: datetime | None = None) -> None:
@@ -44,30 +48,38 @@ class BlockList:
             for identity in [i for i, at in self._blocks.items() if at is not None and at <= now]:
                 del self._blocks[identity]
         identity = (key_type, key)
+        self._put(identity, expires_at)
+        self._local[identity] = self._reads
+
+    def _put(self, identity: tuple[str, str], expires_at: datetime | None) -> None:
+        """Hold a block on ``identity``, keeping the later end if it has one already."""
         if identity in self._blocks:
             current = self._blocks[identity]
             if current is None or (expires_at is not None and current >= expires_at):
                 return
         self._blocks[identity] = expires_at
 
-    def sync(self, stored: dict[tuple[str, str], datetime | None],
-             stored_before: set[tuple[str, str]]) -> None:
+    def sync(self, stored: dict[tuple[str, str], datetime | None]) -> None:
         """Follow the store's active blocks, as read again: (key type, key) -> expiry.
 
-        ``stored_before`` is the set of keys at the previous read. A key held here
-        that the store had then and has no more was lifted elsewhere, such as
-        on another node, and goes. A key held here that the store never had is
-        a block of this daemon whose write may still be in flight, so it stays
-        until the next read. The store's expiry replaces the one held here.
+        The store is the truth, as other nodes and callguardctl add and lift
+        blocks there. A block that this daemon added since the previous read
+        may be missing from it, because its write may still be in flight. Such
+        a block stays for this read. If the next read still lacks it, it was
+        lifted elsewhere in between, and it goes.
         """
-        for identity in [i for i in self._blocks if i not in stored and i in stored_before]:
+        self._reads += 1
+        recent = {identity for identity, read in self._local.items()
+                  if read >= self._reads - 1}
+        for identity in [i for i in self._blocks if i not in stored and i not in recent]:
             del self._blocks[identity]
-        for (key_type, key), expires_at in stored.items():
-            identity = (key_type, key)
-            if identity in stored_before:
-                self._blocks[identity] = expires_at
+        for identity, expires_at in stored.items():
+            if identity in recent:
+                self._put(identity, expires_at)
             else:
-                self.add(key_type, key, expires_at)
+                self._blocks[identity] = expires_at
+        self._local = {identity: read for identity, read in self._local.items()
+                       if identity in recent and identity not in stored}
 
     def remove(self, key_type: str, key: str) -> None:
         self._blocks.pop((key_type, key), None)
