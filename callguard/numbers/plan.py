@@ -83,7 +83,7 @@ class NumberPlan:
 
         Spaces, dashes and dots are removed first, so ``9 9 9`` matches. The
         number matches with and without the outside-line prefix, followed by
-        the send key ``#``, and after a per-call caller-ID prefix (``141999``
+        the send key ``#`` (pressed once or more), and after a per-call caller-ID prefix (``141999``
         in GB), so that no way a phone sends an emergency number is refused.
         ``9990`` or ``999#1`` is not an emergency number.
         """
@@ -106,7 +106,7 @@ class NumberPlan:
             compact = compact[len(TEL_SCHEME) :]
         forms = [compact]
         if compact.endswith(SEND_KEY):
-            compact = compact[: -len(SEND_KEY)]
+            compact = compact.rstrip(SEND_KEY)
             forms.append(compact)
 
         bases = [compact]
