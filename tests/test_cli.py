@@ -914,3 +914,20 @@ def test_log_time_matches_standard_formatter():
         record.msecs = int((created - int(created)) * 1000)
 
         assert ours.format(record) == standard.format(record)
+
+
+@pytest.mark.parametrize("command", [["block", "1001", "--reason", "fraud"],
+                                     ["unblock", "1001", "--reason", "done"],
+                                     ["reset", "gamma", "--window", "day", "--reason", "x"]])
+def test_change_with_broken_config_says_how(tmp_path, capsys, command):
+    path = write_config(tmp_path)
+    path.write_text(path.read_text() + "\n[trunk gamma2]\ndaily_limit = fifty\n")
+
+    status = run_ctl("--config", str(path), *command)
+    err = capsys.readouterr().err
+
+    assert status == EXIT_CONFIG
+    assert "daily_limit: 'fifty' is not an amount" in err
+    assert (f"callguardctl {command[0]} needs a config that loads, to find the store and "
+            "the daemon") in err
+    assert "give --config a copy of the last good file" in err

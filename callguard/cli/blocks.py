@@ -172,7 +172,7 @@ def cmd_blocks(args: argparse.Namespace) -> int:
 
 
 def cmd_block(args: argparse.Namespace) -> int:
-    config = read_config(args)
+    config = read_config(args, "block")
     try:
         key = normalise_key(config, args.key_type, args.key)
     except ValueError as exc:
@@ -203,7 +203,7 @@ def cmd_block(args: argparse.Namespace) -> int:
 
 
 def cmd_unblock(args: argparse.Namespace) -> int:
-    config = read_config(args)
+    config = read_config(args, "unblock")
     key_types = OFFENDER_KEYS if args.key_type is None else (args.key_type,)
     now = datetime.now(timezone.utc)
     with Store(config.general.database) as store:
@@ -259,7 +259,7 @@ def _unblock_keys(config: Config, key_types: tuple[str, ...], text: str,
 
 
 def cmd_reset(args: argparse.Namespace) -> int:
-    config = read_config(args)
+    config = read_config(args, "reset")
     trunk = config.trunks.get(args.trunk)
     if trunk is None:
         print(f"trunk {args.trunk!r} is not in {config.path}; use one of "

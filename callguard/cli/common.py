@@ -44,12 +44,21 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def read_config(args: argparse.Namespace) -> Config:
-    """Load the config named on the command line, printing every problem and exiting on error."""
+def read_config(args: argparse.Namespace, change: str = "") -> Config:
+    """Load the config named on the command line, printing every problem and exiting on error.
+
+    ``change`` names the operator command that needs the config, such as
+    ``block``; its error then says how to act while the file has errors.
+    """
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
+        if change:
+            print(f"callguardctl {change} needs a config that loads, to find the store and "
+                  "the daemon; the running daemon keeps its last good config. Fix the "
+                  "lines above, or give --config a copy of the last good file.",
+                  file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
     except OSError as exc:
         print(f"{args.config}: cannot read the config: {exc.strerror}", file=sys.stderr)
