@@ -57,7 +57,7 @@ def test_sync_keeps_unwritten_local_block():
     blocks = BlockList()
     blocks.add("endpoint", "1001", LATER)   # this node's ban, not yet in the store
 
-    blocks.sync({("caller", "+441632960010"): None})
+    blocks.sync([("caller", "+441632960010", None)])
 
     assert blocks.blocked([("endpoint", "1001")], NOW) == ("endpoint", "1001")
     assert blocks.blocked([("caller", "+441632960010")], NOW) == ("caller", "+441632960010")
@@ -67,7 +67,7 @@ def test_sync_drops_block_lifted_elsewhere():
     blocks = BlockList()
     blocks.replace([("endpoint", "1001", LATER), ("endpoint", "1002", LATER)])
 
-    blocks.sync({("endpoint", "1002"): NOW + timedelta(minutes=5)})
+    blocks.sync([("endpoint", "1002", NOW + timedelta(minutes=5))])
 
     assert blocks.blocked([("endpoint", "1001")], NOW) is None
     assert blocks.blocked([("endpoint", "1002")], NOW + timedelta(minutes=10)) is None
@@ -78,14 +78,14 @@ def test_sync_drops_local_block_lifted_before_next_read():
     # Blocked here through the control socket, then lifted on another node
     # before this node read the store again: the second read without it ends it.
     blocks = BlockList()
-    blocks.sync({})
+    blocks.sync([])
     blocks.add("endpoint", "3001", None)
 
-    blocks.sync({})
-    kept = blocks.blocked([("endpoint", "3001")], NOW)
-    blocks.sync({})
+    blocks.sync([])
+    after_one_read = blocks.blocked([("endpoint", "3001")], NOW)
+    blocks.sync([])
 
-    assert kept == ("endpoint", "3001")
+    assert after_one_read == ("endpoint", "3001")
     assert blocks.blocked([("endpoint", "3001")], NOW) is None
 
 
@@ -93,8 +93,8 @@ def test_sync_keeps_written_local_block():
     blocks = BlockList()
     blocks.add("endpoint", "3001", LATER)
 
-    blocks.sync({("endpoint", "3001"): LATER})
-    blocks.sync({("endpoint", "3001"): LATER})
+    blocks.sync([("endpoint", "3001", LATER)])
+    blocks.sync([("endpoint", "3001", LATER)])
 
     assert blocks.blocked([("endpoint", "3001")], NOW) == ("endpoint", "3001")
 

@@ -48,7 +48,8 @@ def read_config(args: argparse.Namespace, change: str = "") -> Config:
     """Load the config named on the command line, printing every problem and exiting on error.
 
     ``change`` names the operator command that needs the config, such as
-    ``block``; its error then says how to act while the file has errors.
+    ``block``. Its error message then explains how to act while the file has
+    errors.
     """
     try:
         config = load_config(args.config)

@@ -2,7 +2,7 @@
 
 import asyncio
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 import logging
 import socket
 
@@ -335,15 +335,7 @@ class Application:
             log.error("failed to read the blocks again from the store: %s; "
                       "trying again in %s s", exc, SPEND_REFRESH_SECONDS)
             return
-        stored: dict[tuple[str, str], datetime | None] = {}
-        for block in active:
-            identity = (block.key_type, block.key)
-            current = stored.get(identity, block.expires_at)
-            if current is None or block.expires_at is None:
-                stored[identity] = None
-            else:
-                stored[identity] = max(current, block.expires_at)
-        self.blocks.sync(stored)
+        self.blocks.sync((b.key_type, b.key, b.expires_at) for b in active)
 
 
 def _ari_password(config: Config) -> str | None:

@@ -468,11 +468,13 @@ class LiveGuard:
         """Return False when the dialstring names a number other than the checked one."""
         if not number:
             return True
-        leg_key = self._destination_key(number)
+        leg_key = self._destination_key(self.read_destination(number))
         if leg_key is None:
             return False
         # Short codes and emergency numbers have no E.164 form, so they compare
         # by their national digits. Their empty E.164 forms would match each other.
+        # The checked string is read as the phone dialled it, outside-line
+        # prefix included.
         decision_key = decision.e164 or self._destination_key(decision.dialled)
         return leg_key == decision_key
 
@@ -480,7 +482,7 @@ class LiveGuard:
         """Return the E.164 form of ``number``, its national digits when it has
         none, or None when it cannot be read."""
         try:
-            classified = self.engine.state.classify(self.read_destination(number))
+            classified = self.engine.state.classify(number)
         except ValueError:
             return None
         return classified.number.e164 or classified.number.national or None

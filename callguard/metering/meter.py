@@ -340,8 +340,9 @@ class TrunkMeter:
     @staticmethod
     def _deadline(instant_us: int, window: str) -> Deadline:
         """Return the hang-up for a budget that cannot pay the block beginning at
-        ``instant_us``: LIMIT_LEAD_SECONDS earlier, so that the carrier, which
-        sees the call end later than Asterisk does, does not bill that block."""
+        ``instant_us``. It is LIMIT_LEAD_SECONDS earlier, because the call ends
+        later at the carrier than in Asterisk, and the carrier must not bill that
+        block."""
         reason = REASON_DAILY if window == DAY else REASON_WEEKLY
         at = EPOCH + timedelta(microseconds=instant_us) - timedelta(seconds=LIMIT_LEAD_SECONDS)
         return Deadline(at, reason, ())

@@ -49,9 +49,10 @@ class Classifier:
         ``InvalidNumber`` for a malformed number and ``UnclassifiedNumber`` when
         no rule matches.
         """
-        emergency_number = self.plan.emergency(dialled) or self._table_emergency(dialled)
+        forms = self.plan.emergency_forms(dialled)
+        emergency_number = self.plan.emergency_among(forms) or self._table_emergency(forms)
         if emergency_number is not None:
-            return self._classify_emergency(dialled, emergency_number)
+            return self.classify_emergency(dialled, emergency_number)
 
         number = self.plan.normalise(dialled)
         rule = self.table.match(number.table_key)
@@ -80,13 +81,13 @@ class Classifier:
             emergency=category == EMERGENCY,
         )
 
-    def _table_emergency(self, dialled: str) -> str | None:
-        """Return the emergency row of the table that ``dialled`` is once the send
-        key or a caller-ID prefix is removed, or None.
+    def _table_emergency(self, forms: list[str]) -> str | None:
+        """Return the table's emergency row that one of a dialled string's
+        ``forms`` (from ``NumberPlan.emergency_forms``) is, or None.
 
-        The plain form needs no such check: it is looked up like any number.
+        The first, plain form needs no such check: it is looked up like any number.
         """
-        for form in self.plan.emergency_forms(dialled)[1:]:
+        for form in forms[1:]:
             if not form.isdigit():
                 continue
             rule = self.table.match(form)
@@ -94,7 +95,9 @@ class Classifier:
                 return form
         return None
 
-    def _classify_emergency(self, dialled: str, emergency_number: str) -> Classified:
+    def classify_emergency(self, dialled: str, emergency_number: str) -> Classified:
+        """Return the classification of ``dialled`` as the emergency number
+        ``emergency_number``, without reading the rest of the number plan."""
         number = Number(
             dialled=dialled,
             e164="",

@@ -82,12 +82,16 @@ class NumberPlan:
         """Return the configured emergency number that ``dialled`` is, or None.
 
         Spaces, dashes and dots are removed first, so ``9 9 9`` matches. The
-        number matches with and without the outside-line prefix, followed by
-        the send key ``#`` (pressed once or more), and after a per-call caller-ID prefix (``141999``
-        in GB), so that no way a phone sends an emergency number is refused.
-        ``9990`` or ``999#1`` is not an emergency number.
+        number also matches after the outside-line prefix or a per-call
+        caller-ID prefix (``141999`` in GB), and followed by the send key ``#``
+        pressed once or more, so that no way a phone sends an emergency number
+        is refused. ``9990`` or ``999#1`` is not an emergency number.
         """
-        for form in self.emergency_forms(dialled):
+        return self.emergency_among(self.emergency_forms(dialled))
+
+    def emergency_among(self, forms: list[str]) -> str | None:
+        """Return the first of ``forms`` that is a configured emergency number, or None."""
+        for form in forms:
             if form in self._emergency_set:
                 return form
         return None
@@ -323,23 +327,24 @@ class NumberPlan:
         the prefix is therefore returned in E.164 form. Many carriers take
         numbers in E.164 form without ``+`` or an international prefix
         (``441632960000``, ``33142685300``). Such a number is returned in E.164
-        form when it has a possible length for its country code. Every other string is returned unchanged: numbers read the same
-        either way, emergency numbers and strings that are no number in either
-        reading. This never raises.
+        form when it has a possible length for its country code. Every other
+        string is returned unchanged: numbers read the same either way,
+        emergency numbers and strings that are no number in either reading.
+        Invalid input is returned, not raised.
         """
         if not isinstance(dialled, str) or self.emergency(dialled) is not None:
             return dialled
 
+        digits = remove_separators(dialled.strip())
         try:
             number = self._normalise(dialled, strip_outside_line=False)
         except InvalidNumber:
             number = None
-        prefix = self.outside_line_prefix
-        prefixed = bool(prefix) and remove_separators(dialled.strip()).startswith(prefix)
         if number is not None:
+            prefix = self.outside_line_prefix
+            prefixed = bool(prefix) and digits.startswith(prefix)
             return number.e164 if prefixed and number.e164 else dialled
 
-        digits = remove_separators(dialled.strip())
         if not (digits.isascii() and digits.isdigit()) or digits.startswith("0"):
             return dialled
 

@@ -52,15 +52,10 @@ class BlockList:
         self._local[identity] = self._reads
 
     def _put(self, identity: tuple[str, str], expires_at: datetime | None) -> None:
-        """Hold a block on ``identity``, keeping the later end if it has one already."""
-        if identity in self._blocks:
-            current = self._blocks[identity]
-            if current is None or (expires_at is not None and current >= expires_at):
-                return
-        self._blocks[identity] = expires_at
+        _keep_later(self._blocks, identity, expires_at)
 
-    def sync(self, stored: dict[tuple[str, str], datetime | None]) -> None:
-        """Follow the store's active blocks, as read again: (key type, key) -> expiry.
+    def sync(self, blocks: Iterable[tuple[str, str, datetime | None]]) -> None:
+        """Follow the store's active blocks, as read again: (key type, key, expiry) rows.
 
         The store is the truth, as other nodes and callguardctl add and lift
         blocks there. A block that this daemon added since the previous read
@@ -68,6 +63,10 @@ class BlockList:
         a block stays for this read. If the next read still lacks it, it was
         lifted elsewhere in between, and it goes.
         """
+        stored: dict[tuple[str, str], datetime | None] = {}
+        for key_type, key, expires_at in blocks:
+            _keep_later(stored, (key_type, key), expires_at)
+
         self._reads += 1
         recent = {identity for identity, read in self._local.items()
                   if read >= self._reads - 1}
@@ -96,3 +95,13 @@ class BlockList:
 
     def __len__(self) -> int:
         return len(self._blocks)
+
+
+def _keep_later(blocks: dict[tuple[str, str], datetime | None], identity: tuple[str, str],
+                expires_at: datetime | None) -> None:
+    """Block ``identity`` in ``blocks`` until ``expires_at``, keeping a later end it has."""
+    if identity in blocks:
+        current = blocks[identity]
+        if current is None or (expires_at is not None and current >= expires_at):
+            return
+    blocks[identity] = expires_at

@@ -150,8 +150,11 @@ class PolicyEngine:
         state = self.state
         classifier = state.classifier
 
-        if classifier.plan.emergency(request.dialled) is not None:
-            return self._emergency(request, state.classify(request.dialled))
+        # Emergency numbers are allowed before anything else can fail.
+        emergency_number = classifier.plan.emergency(request.dialled)
+        if emergency_number is not None:
+            return self._emergency(
+                request, classifier.classify_emergency(request.dialled, emergency_number))
 
         try:
             classified = state.classify(request.dialled)
