@@ -6,6 +6,7 @@ ways that are unsafe for a call guard: it turns full-width digits such as
 """
 
 from dataclasses import dataclass
+from typing import Callable
 
 from callguard.numbers.errors import InvalidNumber, quote
 
@@ -40,14 +41,19 @@ def remove_separators(text: str) -> str:
 
 
 def parse_dial_string(
-    dialled: str, home_country_code: int, national_prefix: str
+    dialled: str,
+    home_country_code: int,
+    national_prefix: str,
+    home_lead: Callable[[str], bool] | None = None,
 ) -> DialString:
     """Check the characters of ``dialled`` and return its digits.
 
     Allowed are ASCII digits, one leading ``+``, spaces, dashes, dots, brackets
     around digits and a leading ``tel:`` scheme. A bracketed national prefix such
-    as ``(0)`` is allowed only directly after ``+<home country code>`` and is
-    dropped there. Raises ``InvalidNumber`` for anything else.
+    as ``(0)`` is allowed only directly after ``+<home country code>``, or after
+    digits that ``home_lead`` accepts (the international prefix and the home
+    country code, as in ``0044 (0) 20``), and is dropped there. Raises
+    ``InvalidNumber`` for anything else.
     """
     if not isinstance(dialled, str):
         raise TypeError(f"dialled number must be a str, not {type(dialled).__name__}")
@@ -70,7 +76,7 @@ def parse_dial_string(
 
     compact = remove_separators(text)
     digits = _remove_brackets(
-        dialled, compact, plus, home_country_code, national_prefix
+        dialled, compact, plus, home_country_code, national_prefix, home_lead
     )
     if not digits:
         raise InvalidNumber(f"dialled number {quote(dialled)} contains no digits")
@@ -116,8 +122,9 @@ def _remove_brackets(
     plus: bool,
     home_country_code: int,
     national_prefix: str,
+    home_lead: Callable[[str], bool] | None,
 ) -> str:
-    """Drop ``(0)`` after ``+<home code>`` and the brackets around other digits."""
+    """Drop ``(0)`` after the home country code and the brackets around other digits."""
     trunk_group = OPEN_BRACKET + national_prefix + CLOSE_BRACKET
     home_code = str(home_country_code)
     if national_prefix and plus and compact.startswith(home_code + trunk_group):
@@ -131,6 +138,7 @@ def _remove_brackets(
 
     digits: list[str] = []
     group_start = None
+    lead_dropped = False
     for position, character in enumerate(compact):
         if character == OPEN_BRACKET:
             if group_start is not None:
@@ -152,10 +160,20 @@ def _remove_brackets(
                     f"dialled number {quote(dialled)} has empty brackets"
                 )
 
+            # The group's own digits are already in ``digits``.
+            before = digits[: len(digits) - len(national_prefix)]
+            if (group == trunk_group and national_prefix and not plus and not lead_dropped
+                    and home_lead is not None and home_lead("".join(before))):
+                digits = before
+                lead_dropped = True
+                group_start = None
+                continue
+
             if group in ambiguous_groups:
                 raise InvalidNumber(
                     f"dialled number {quote(dialled)} has {group!r} in a place where "
-                    f"it is ambiguous; it is only allowed directly after '+{home_code}'"
+                    f"it is ambiguous; it is only allowed directly after '+{home_code}' "
+                    f"or the international prefix and {home_code}"
                 )
 
             group_start = None

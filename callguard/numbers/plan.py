@@ -159,7 +159,11 @@ class NumberPlan:
         return self._parse_caller_leniently(stripped)
 
     def _normalise(self, dialled: str, strip_outside_line: bool) -> Number:
-        dial = parse_dial_string(dialled, self.country_code, self.national_prefix)
+        def home_lead(digits: str) -> bool:
+            return self._dials_home_code(digits, strip_outside_line)
+
+        dial = parse_dial_string(dialled, self.country_code, self.national_prefix,
+                                 home_lead)
         if dial.plus:
             return self._after_plus(dialled, dial.digits)
 
@@ -194,6 +198,19 @@ class NumberPlan:
             f"{self.national_prefix!r}; dial the national prefix and area code, "
             "or '+' and the country code"
         )
+
+    def _dials_home_code(self, digits: str, strip_outside_line: bool) -> bool:
+        """Check whether ``digits`` are the international prefix and the home code.
+
+        ``0044 (0) 20 7946 0000`` is written like ``+44 (0) 20 7946 0000``, so
+        the ``(0)`` after it is the national prefix too.
+        """
+        prefix = self.outside_line_prefix
+        if strip_outside_line and prefix and digits.startswith(prefix):
+            if self._dials_home_code(digits[len(prefix):], False):
+                return True
+        length = self._home.international_prefix_length(digits)
+        return bool(length) and digits[length:] == str(self.country_code)
 
     def _after_plus(self, dialled: str, digits: str) -> Number:
         international_prefix_length = self._home.international_prefix_length(digits)
