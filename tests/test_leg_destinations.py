@@ -345,3 +345,45 @@ async def test_prefixed_check_links_unprefixed_leg(make_pbx):
     assert leg.guarded
     assert leg.e164 == "+441632960123"
     assert leg.hangup_requested == ""
+
+
+# A trunk endpoint named after the account's own number, as ITSP set-up
+# wizards often name it.
+DIGIT_ENDPOINT_TRUNK = """\
+[trunk did]
+bar = premium, international, directory
+daily_limit = 50.00
+channel_pattern = PJSIP/441632960000-*
+rates = rates.csv
+"""
+PREMIUM_RATES = RATES + "449,UK premium,3.00,,60/60\n"
+
+
+async def test_unchecked_leg_on_digit_named_endpoint(make_pbx):
+    pbx = await make_pbx(trunks=DIGIT_ENDPOINT_TRUNK, rates=PREMIUM_RATES)
+    call = await pbx.ari.dial_out("09098790000", trunk="441632960000",
+                                  dialstring="09098790000@441632960000")
+    await eventually(lambda: len(pbx.ari.deletes) == 1, what="the hang-up")
+    await pbx.app.guard.drain()
+
+    leg = find_leg(pbx, call.trunk_id)
+    assert pbx.ari.deletes[0][0] == call.trunk_id
+    assert leg.number == "09098790000"
+    assert leg.category == "premium"
+    assert leg.hangup_requested == "barred:premium"
+
+
+async def test_checked_leg_on_digit_named_endpoint(make_pbx):
+    pbx = await make_pbx(trunks=DIGIT_ENDPOINT_TRUNK, rates=PREMIUM_RATES)
+    call, result = await check_and_dial(
+        pbx, "07700900123", "07700900123@441632960000",
+        checked_trunk="did", dial_trunk="441632960000")
+    assert result["CALLGUARD_RESULT"] == "ALLOW"
+    await eventually(lambda: call.trunk_id in pbx.legs(), what="the Dial")
+
+    leg = pbx.legs()[call.trunk_id]
+    assert leg.guarded
+    assert leg.decision_uniqueid == call.caller_id
+    assert leg.e164 == "+447700900123"
+    assert leg.category == "mobile"
+    assert leg.hangup_requested == ""

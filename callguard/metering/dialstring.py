@@ -18,7 +18,12 @@ _CREDENTIALS = re.compile(r"[^/@:]+:[^/@]*@")
 
 
 def dialled_number(dialstring: str) -> str | None:
-    """Return the number dialled in ``dialstring``, or None when none can be found."""
+    """Return the number dialled in ``dialstring``, or None when none can be found.
+
+    The number's place follows from the dialstring's form, never from how it
+    looks: an endpoint may be named after the account's own number, as in
+    ``09098790000@441632960000``.
+    """
     if not dialstring:
         return None
 
@@ -26,15 +31,18 @@ def dialled_number(dialstring: str) -> str | None:
     if uri is not None and _NUMBER.fullmatch(uri.group(1)):
         return uri.group(1)
 
-    # Local channel options follow the last "/": 0044123456@sink/n
     without_credentials = _CREDENTIALS.sub("", dialstring)
-    segments = re.split(r"[/@]", without_credentials)
-    numbers = [segment for segment in segments if _NUMBER.fullmatch(segment)]
-    if not numbers:
+    first, slash, rest = without_credentials.partition("/")
+    if "@" in first:
+        # number@endpoint (PJSIP) or number@context/options (Local).
+        candidate = first.partition("@")[0]
+    elif slash:
+        # endpoint/number, host/number@context (IAX2) or group/number (DAHDI).
+        candidate = rest.partition("/")[0].partition("@")[0]
+    else:
+        # A bare endpoint, dialled at its own contact.
         return None
-    # An endpoint named with digits (a DAHDI group "g1" is not one) loses to the
-    # longer string: the dialled number.
-    return max(numbers, key=len)
+    return candidate if _NUMBER.fullmatch(candidate) else None
 
 
 def masked(dialstring: str) -> str:
