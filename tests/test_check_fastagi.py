@@ -100,6 +100,14 @@ async def test_emergency_number_to_dial(daemon, dialled, number):
     assert outcome.variables["CALLGUARD_EMERGENCY"] == number
 
 
+async def test_emergency_number_set_first(daemon):
+    # A session cut short after its first command still routes the call.
+    outcome = await daemon.check("141999#")
+
+    assert outcome.commands[0] == 'SET VARIABLE CALLGUARD_EMERGENCY "999"'
+    assert outcome.commands[1] == 'SET VARIABLE CALLGUARD_RESULT "ALLOW"'
+
+
 async def test_no_emergency_number_otherwise(daemon):
     outcome = await daemon.check("01632960123")
 

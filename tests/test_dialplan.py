@@ -127,6 +127,24 @@ async def test_emergency_from_check_dials_its_number(dialplan):
     assert outcome.dials == [["PJSIP/18000@gamma"]]
 
 
+@pytest.mark.parametrize("status", ["SUCCESS", "FAILURE", "HANGUP"])
+async def test_emergency_routed_from_cut_session(dialplan, status):
+    # The session broke after its first command: only CALLGUARD_EMERGENCY is set.
+    cut = answering(status, emergency="999")
+
+    outcome = await dialplan.run(CONTEXT, "141999#", agi=cut)
+
+    assert outcome.dials == [["PJSIP/999@gamma"]]
+
+
+async def test_emergency_not_kept_from_earlier_check(dialplan):
+    # A variable left on the channel by an earlier check must not route this call.
+    outcome = await dialplan.run(CONTEXT, "09011234567", agi=answering("FAILURE"),
+                                 variables={"CALLGUARD_EMERGENCY": "999"})
+
+    assert outcome.dials == []
+
+
 # Through a running callguard: the snippet's AGI() is a real FastAGI session.
 
 @pytest.fixture

@@ -63,7 +63,8 @@ def decision_variables(decision: Decision) -> list[tuple[str, str]]:
         (CALLGUARD_RATE, rate),
     ]
     if decision.emergency_number:
-        variables.append((CALLGUARD_EMERGENCY, decision.emergency_number))
+        # First, so that a session cut short after it still routes the call.
+        variables.insert(0, (CALLGUARD_EMERGENCY, decision.emergency_number))
     return variables
 
 

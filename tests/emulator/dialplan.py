@@ -91,10 +91,14 @@ class Dialplan:
                 Priority(label, application, data))
 
     async def run(self, context: str, exten: str, *, agi: AGIRunner, callerid: str = "",
-                  globals: dict[str, str] | None = None) -> Outcome:
-        """Run a call to ``exten`` in ``context`` until it hangs up or runs out of priorities."""
+                  globals: dict[str, str] | None = None,
+                  variables: dict[str, str] | None = None) -> Outcome:
+        """Run a call to ``exten`` in ``context`` until it hangs up or runs out of priorities.
+
+        ``variables`` are on the channel before it enters ``context``.
+        """
         outcome = Outcome()
-        channel: dict[str, str] = {}
+        channel: dict[str, str] = dict(variables or {})
         shared = dict(self.globals) | dict(globals or {})
         pattern = self._match(context, exten)
         index = 0
