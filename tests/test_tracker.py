@@ -332,3 +332,32 @@ async def test_dial_after_reconcile_links_adopted_leg(pbx):
     assert adopted.guarded
     assert adopted.e164 == "+441632960123"
     assert pbx.app.reservations.pending_count("gamma") == 0
+
+
+async def test_inbound_call_while_blind_not_adopted(pbx):
+    # A call from the trunk to a DID that looks like a premium number.
+    await pbx.ari.drop_events(refuse_for=math.inf)
+    await eventually(lambda: not pbx.app.ari.connected, what="the drop")
+    call = await pbx.ari.inbound(trunk="gamma", callerid="01632960999", exten="09061234567")
+    await pbx.ari.answer(call)
+    pbx.ari.allow_events()
+    await eventually(lambda: pbx.app.ari.connected, timeout=10, what="the reconnect")
+    await asyncio.sleep(0.1)
+    await pbx.app.guard.drain()
+
+    assert pbx.ari.deletes == []
+    assert pbx.legs() == {}
+
+
+async def test_originate_ringing_while_blind_adopted(pbx):
+    # Its Dial event was lost, but it still runs AppDial2 at the reconnect. The
+    # snapshot of a PJSIP leg shows no dialled number, so it pays the top rate.
+    await pbx.ari.drop_events(refuse_for=math.inf)
+    await eventually(lambda: not pbx.app.ari.connected, what="the drop")
+    call = await pbx.ari.originate_out("09061234567", trunk="gamma")
+    pbx.ari.allow_events()
+    await eventually(lambda: call.trunk_id in pbx.legs(), timeout=10, what="the adoption")
+
+    leg = pbx.legs()[call.trunk_id]
+    assert not leg.guarded
+    assert leg.tariff.rate == Decimal("3.00")

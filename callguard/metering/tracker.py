@@ -187,12 +187,16 @@ class EventTracker:
             if peer:
                 callers_by_peer[peer] = channel["id"]
 
+        unplaced = 0
         for channel_id, channel in present.items():
             if channel_id in self.guard.legs:
                 continue
             trunk = self.guard.trunk_for_channel(channel.get("name", ""))
+            if trunk is None:
+                continue
             app = (channel.get("dialplan") or {}).get("app_name", "")
-            if trunk is None or app not in OUTGOING_APPS:
+            if app not in OUTGOING_APPS:
+                unplaced += 1
                 continue
             created_at = parse_timestamp(channel.get("creationtime"), now)
             log.warning("%s %s: adopting %s, which started while callguard could not see "
@@ -211,6 +215,14 @@ class EventTracker:
             if uniqueid not in present:
                 self.guard.channel_gone(uniqueid)
 
+        if unplaced:
+            # NOTE: a channel list shows no direction. An originate shows AppDial2
+            # while it rings, but once answered it runs its own application, so
+            # one that began and was answered while events were lost looks like
+            # a call from the trunk and is not metered.
+            log.info("%d trunk channels that no Dial placed are not metered: calls from "
+                     "the trunk, or originates answered while callguard could not see "
+                     "events", unplaced)
         self.blind_since = None
 
 
