@@ -10,8 +10,8 @@ prefix,description,rate,connection_fee,increments
 449,United Kingdom premium rate,1.5000,0.10,60/60
 4484,United Kingdom 084,0.1000,,60/60
 4487,United Kingdom 087,0.1200,,60/60
-44118118,United Kingdom directory enquiries,3.0000,1.00,60/60
-44118500,United Kingdom directory enquiries,3.0000,1.00,60/60
+short:118118,United Kingdom directory enquiries,3.0000,1.00,60/60
+short:118500,United Kingdom directory enquiries,3.0000,1.00,60/60
 353,Ireland,0.0200,,60/60
 33,France,0.0200,,60/60
 972,Israel,0.0800,,60/60

@@ -385,6 +385,74 @@ def test_rates_list_filters(config, capsys, prefix, limit):
     assert {row["prefix"] for row in rows} <= set(expected)
 
 
+SHORT_CODE_RATES = """\
+prefix,description,rate,connection_fee,increments
+44,UK,0.0085,,1/1
+44118,Reading,0.0090,,1/1
+short:118,Directory,4.50,4.50,60/60
+short:118500,Directory 118500,3.00,1.00,60/60
+"""
+
+
+def test_rates_short_code_round_trip(tmp_path, capsys, db_url):
+    config = write_config(tmp_path, trunks=TWO_TRUNKS)
+    deck = tmp_path / "short-rates.csv"
+    deck.write_text(SHORT_CODE_RATES)
+    options = ["--config", str(config), "--database", db_url]
+
+    imported = run_ctl(*options, "rates", "import", str(deck), "--trunk", "gamma")
+    import_out = capsys.readouterr().out
+    listed = run_ctl(*options, "rates", "list", "--trunk", "gamma", "--prefix", "short:",
+                     "--json")
+    rows = read_json(capsys)
+    text = run_ctl(*options, "rates", "list", "--trunk", "gamma", "--prefix",
+                   "short:1185")
+    lines = capsys.readouterr().out.splitlines()
+    e164 = run_ctl(*options, "rates", "list", "--trunk", "gamma", "--prefix", "44",
+                   "--json")
+    e164_rows = read_json(capsys)
+
+    assert imported == EXIT_OK
+    assert "imported 4 rates for trunk gamma" in import_out
+    assert listed == EXIT_OK
+    assert rows == [
+        {"prefix": "short:118", "description": "Directory", "rate": "4.50",
+         "connection_fee": "4.500000", "increments": "60/60"},
+        {"prefix": "short:118500", "description": "Directory 118500", "rate": "3.00",
+         "connection_fee": "1.000000", "increments": "60/60"},
+    ]
+    assert text == EXIT_OK
+    assert len(lines) == 1
+    assert lines[0].split()[0] == "short:118500"
+    assert e164 == EXIT_OK
+    assert [row["prefix"] for row in e164_rows] == ["44", "44118"]
+
+
+def test_rates_list_bad_short_prefix(config, capsys):
+    status = run_ctl("--config", str(config), "rates", "list", "--trunk", "gamma",
+                     "--prefix", "SHORT:118")
+    err = capsys.readouterr().err
+
+    assert status == EXIT_CONFIG
+    assert err.startswith("callguardctl rates list: prefix 'SHORT:118' is invalid")
+
+
+@pytest.mark.parametrize("prefix", ["short:", "short:+1", "short:1a", "SHORT:118"])
+def test_rates_import_bad_short_prefix(config, tmp_path, capsys, prefix):
+    bad = tmp_path / "bad-rates.csv"
+    bad.write_text("prefix,description,rate,connection_fee,increments\n"
+                   "44,United Kingdom,0.01,,60/60\n"
+                   f"{prefix},Directory,4.50,4.50,60/60\n")
+
+    status = run_ctl("--config", str(config), "rates", "import", str(bad), "--trunk",
+                     "gamma")
+    err = capsys.readouterr().err
+
+    assert status == EXIT_CONFIG
+    assert err.startswith(f"callguardctl rates import: {bad}:3: prefix {prefix!r} ")
+    assert "like short:118" in err
+
+
 def test_rates_import_bad_file(config, tmp_path, capsys):
     bad = tmp_path / "bad-rates.csv"
     bad.write_text("prefix,description,rate,connection_fee,increments\n"

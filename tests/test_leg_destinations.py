@@ -29,7 +29,8 @@ rates = rates.csv
 RATES = """\
 prefix,description,rate,connection_fee,increments
 44,United Kingdom,0.0100,,60/60
-44118,UK directory,3.00,1.00,60/60
+44118,UK Reading,0.0200,,60/60
+short:118,UK directory,3.00,1.00,60/60
 """
 
 # Two trunks that price every number without a rate at 1.00 per minute.
@@ -214,10 +215,28 @@ async def test_short_code_forward_to_other_short_code(make_pbx):
     assert leg.number == "118118"
     assert leg.category == "directory"
     assert leg.hangup_requested == "barred:directory"
+    assert leg.tariff.prefix == "short:118"
     assert leg.tariff.rate == Decimal("3.00")
     assert leg.tariff.connection_fee == Decimal("1.00")
     assert [hangup.reason for hangup in stored_hangups(pbx)] == ["barred:directory"]
     assert pbx.spend("day", TODAY) == Decimal(0)
+
+
+async def test_unchecked_reading_leg_not_short_code_rate(make_pbx):
+    # 0118 496 0123 shares the digits 118 with the short code row short:118.
+    pbx = await make_pbx()
+    call = await pbx.ari.dial_out("01184960123", dialstring="01184960123@gamma")
+    await eventually(lambda: call.trunk_id in pbx.legs(), what="the Dial")
+
+    leg = pbx.legs()[call.trunk_id]
+    assert not leg.guarded
+    assert leg.hangup_requested == ""
+    assert leg.e164 == "+441184960123"
+    assert leg.tariff.prefix == "44118"
+    assert leg.tariff.rate == Decimal("0.0200")
+
+    await answer_and_end(pbx, call, 61)
+    assert stored_calls(pbx)[call.trunk_id].cost == Decimal("0.04")
 
 
 async def test_short_code_with_outside_prefix_linked(make_pbx):

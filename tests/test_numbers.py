@@ -232,7 +232,7 @@ def test_short_code_number():
         region="GB",
         short_code=True,
     )
-    assert number.rating_key == "44118118"
+    assert number.rating_key == "short:118118"
     assert number.table_key == "118118"
 
 
@@ -288,7 +288,7 @@ def test_number_needs_one_region_source():
 KEY_CASES = [
     ("01632 960000", "441632960000", "01632960000"),
     ("+353851234567", "353851234567", "+353851234567"),
-    ("116123", "44116123", "116123"),
+    ("116123", "short:116123", "116123"),
 ]
 
 
@@ -318,7 +318,7 @@ def test_us_short_code():
 
     assert number.short_code is True
     assert number.national == "411"
-    assert number.rating_key == "1411"
+    assert number.rating_key == "short:411"
 
 
 # plan, dialled, emergency number matched

@@ -16,7 +16,7 @@ from callguard.policy.ledger import Ledger
 from callguard.policy.reservations import Reservations
 from callguard.store import Store
 from callguard.worker import StoreWorker
-from support import TRUNK, write_config
+from support import RATES, TRUNK, write_config
 
 # 10:00 BST on Friday 14 June 2024.
 NOW = datetime(2024, 6, 14, 9, 0, tzinfo=timezone.utc)
@@ -42,9 +42,10 @@ default_rate = 0.25, 0.05, 60/60
 class Guard:
     """A policy engine over a real SQLite store and a manual clock."""
 
-    def __init__(self, directory, *, general="", extra=OVERRIDE + OPEN_TRUNK, trunks=TRUNK):
+    def __init__(self, directory, *, general="", extra=OVERRIDE + OPEN_TRUNK, trunks=TRUNK,
+                 rates=RATES):
         self.config = load_config(
-            write_config(directory, general=general, trunks=trunks, extra=extra)
+            write_config(directory, general=general, trunks=trunks, extra=extra, rates=rates)
         )
         self.store = Store(self.config.general.database)
         self.store.open()
@@ -190,6 +191,77 @@ async def test_unrated_then_default_rate(guard):
     assert (unrated.result, unrated.reason) == ("DENY", "unrated")
     assert (fallback.result, fallback.reason) == ("ALLOW", "ok")
     assert fallback.rate == Decimal("0.25")
+
+
+# Rated as country code and digits, 118118 would match the Reading row 44118 and
+# 116123 the Leicester row 44116. The trunks "open" and "fallback" bar nothing.
+SHORT_CODE_RATES = """\
+prefix,description,rate,connection_fee,increments
+44,UK,0.0085,,1/1
+44116,Leicester,0.0300,,1/1
+short:118,Directory,4.50,4.50,60/60
+"""
+# No 44 row, so only short:118 prices a short code.
+SHORT_CODE_RATES_WITHOUT_UK = """\
+prefix,description,rate,connection_fee,increments
+441,UK geographic,0.0085,,1/1
+short:118,Directory,4.50,4.50,60/60
+"""
+
+
+@pytest.fixture
+def short_code_guard(tmp_path):
+    guard = Guard(tmp_path, rates=SHORT_CODE_RATES)
+    yield guard
+    guard.close()
+
+
+async def test_reading_number_not_short_code_rate(short_code_guard):
+    decision = await short_code_guard.decide("01184960123", trunk="open")
+
+    assert (decision.result, decision.reason) == ("ALLOW", "ok")
+    assert decision.e164 == "+441184960123"
+    assert decision.tariff.prefix == "44"
+    assert decision.rate == Decimal("0.0085")
+
+
+async def test_short_code_rated_by_short_row(short_code_guard):
+    decision = await short_code_guard.decide("118118", trunk="open")
+
+    assert (decision.result, decision.reason) == ("ALLOW", "ok")
+    assert decision.category == "directory"
+    assert decision.tariff.prefix == "short:118"
+    assert decision.rate == Decimal("4.50")
+    assert decision.tariff.connection_fee == Decimal("4.50")
+
+
+@pytest.mark.parametrize("trunk", ["open", "fallback"])
+async def test_short_code_without_row_gets_country_rate(short_code_guard, trunk):
+    # The 44116 row (Leicester) prices +44 116 numbers, not the short code 116123.
+    decision = await short_code_guard.decide("116123", trunk=trunk)
+    leicester = await short_code_guard.decide("01164960123", trunk=trunk)
+
+    assert (decision.result, decision.reason) == ("ALLOW", "ok")
+    assert decision.tariff.prefix == "44"
+    assert decision.rate == Decimal("0.0085")
+    assert leicester.tariff.prefix == "44116"
+
+
+async def test_short_code_without_country_row(tmp_path):
+    guard = Guard(tmp_path, rates=SHORT_CODE_RATES_WITHOUT_UK)
+    try:
+        unrated = await guard.decide("116123", trunk="open")
+        fallback = await guard.decide("116123", trunk="fallback")
+        directory = await guard.decide("118118", trunk="open")
+    finally:
+        guard.close()
+
+    assert (unrated.result, unrated.reason) == ("DENY", "unrated")
+    assert unrated.detail == "no rate for short:116123"
+    assert (fallback.result, fallback.reason) == ("ALLOW", "ok")
+    assert fallback.tariff.prefix == ""
+    assert fallback.rate == Decimal("0.25")
+    assert directory.rate == Decimal("4.50")
 
 
 async def test_opted_out_caller_skips_barring(guard):

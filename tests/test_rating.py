@@ -406,6 +406,69 @@ def test_lookup_rejects_bad_digits(digits):
         deck_of("44").lookup(digits)
 
 
+# The E.164 rows 44116 (Leicester) and 44118 (Reading) share digits with the short
+# codes 116123 and 118118, which only short: rows and the 44 row may price.
+SHORT_CODE_DECK = ("44", "44116", "44118", "short:118", "short:11850")
+
+
+@pytest.mark.parametrize(
+    "key, expected",
+    [
+        ("441184960123", "44118"),
+        ("441164960123", "44116"),
+        ("442079460000", "44"),
+        ("short:118118", "short:118"),
+        ("short:118", "short:118"),
+        ("short:118500", "short:11850"),
+        ("short:116123", "44"),
+        ("short:11", "44"),
+        ("short:100", "44"),
+    ],
+)
+def test_lookup_short_codes_apart(key, expected):
+    deck = deck_of(*SHORT_CODE_DECK)
+    found = deck.lookup(key, 44)
+
+    assert (found.prefix if found else None) == expected
+
+
+def test_e164_number_never_matches_short_rows():
+    deck = deck_of("short:44", "short:1")
+
+    assert deck.lookup("441184960123") is None
+    assert deck.lookup("12025550123", 1) is None
+
+
+@pytest.mark.parametrize(
+    "prefixes, home_country_code, expected",
+    [
+        (("44", "4411", "short:999"), 44, "44"),
+        (("4", "441"), 44, "4"),
+        (("35", "3538"), 353, "35"),
+        (("1", "1411"), 1, "1"),
+        (("441", "33"), 44, None),
+        (("44",), None, None),
+    ],
+)
+def test_short_code_falls_back_to_country_row(prefixes, home_country_code, expected):
+    deck = deck_of(*prefixes)
+    found = deck.lookup("short:411", home_country_code)
+
+    assert (found.prefix if found else None) == expected
+
+
+@pytest.mark.parametrize("key", ["short:", "short:1a", "short:+1", "short: 118"])
+def test_lookup_rejects_bad_short_codes(key):
+    with pytest.raises(ValueError, match="short code .* is invalid"):
+        deck_of("44", "short:118").lookup(key, 44)
+
+
+@pytest.mark.parametrize("home_country_code", [0, "44", 44.0])
+def test_lookup_rejects_bad_home_country_code(home_country_code):
+    with pytest.raises(ValueError, match="home_country_code"):
+        deck_of("44").lookup("short:118118", home_country_code)
+
+
 def test_deck_len_and_order():
     deck = deck_of("49", "44", "447")
 
@@ -421,6 +484,10 @@ def test_deck_len_and_order():
         (("33", "x", 0.01, D("0"), Increments(60, 60)), "<rows>:2: rate 0.01"),
         (("33", "x", D("0.01"), D("0"), "60/60"), "<rows>:2: increments '60/60'"),
         (("33", "x", D("0.01")), "<rows>:2: row"),
+        (
+            ("short:1a", "x", D("0.01"), D("0"), Increments(60, 60)),
+            "<rows>:2: prefix 'short:1a' is invalid",
+        ),
         (
             ("44", "x", D("0.01"), D("0"), Increments(60, 60)),
             "<rows>:2: prefix '44' is",
@@ -459,8 +526,10 @@ def write_deck(directory: Path, *lines: str, name: str = "rates.csv") -> Path:
 def test_sample_deck_loads():
     deck = RateDeck.from_csv(SAMPLE_DECK)
 
-    assert len(deck) == 40
+    assert len(deck) == 41
     assert deck.lookup("447700900123").description == "United Kingdom mobile"
+    assert deck.lookup("short:118118", 44).description == "United Kingdom directory enquiries"
+    assert deck.lookup("441184960123").description == "United Kingdom"
     assert deck.lookup("12025550123").increments == Increments(6, 6)
     assert deck.lookup("18005550123").rate == 0
     assert deck.lookup("82212345678").description == "Korea, Republic of"
@@ -501,6 +570,24 @@ def test_csv_error_names_file_and_line(tmp_path, monkeypatch):
             "1234567890123456,UK,0.01,,60/60",
             "prefix '1234567890123456' is invalid because E.164 numbers have at most",
         ),
+        ("short:,UK,0.01,,60/60", "prefix 'short:' is missing the short code"),
+        (
+            "short:+1,UK,0.01,,60/60",
+            "prefix 'short:+1' is invalid; write only the digits 0-9 of a short code",
+        ),
+        (
+            "short:1a,UK,0.01,,60/60",
+            "prefix 'short:1a' is invalid; write only the digits 0-9 of a short code",
+        ),
+        (
+            "SHORT:118,UK,0.01,,60/60",
+            "prefix 'SHORT:118' is invalid; write short: in lower case, like short:118",
+        ),
+        (
+            "short:1234567890123456,UK,0.01,,60/60",
+            "prefix 'short:1234567890123456' is invalid because a short code prefix "
+            "has at most 15 digits",
+        ),
         ("44,UK,abc,,60/60", "rate 'abc' is invalid; write the price per minute"),
         ("44,UK,1e3,,60/60", "rate '1e3' is invalid"),
         ("44,UK,-0.01,,60/60", "rate '-0.01' is invalid because a rate cannot"),
@@ -533,6 +620,43 @@ def test_csv_duplicate_prefix(tmp_path):
         RateDeck.from_csv(path)
     assert str(caught.value) == (
         f"{path}:4: prefix '44' is a duplicate of an earlier row; "
+        "keep one row per prefix"
+    )
+
+
+def test_csv_short_code_rows(tmp_path):
+    path = write_deck(
+        tmp_path,
+        HEADER,
+        "44,UK,0.0085,,1/1",
+        "44118,Reading,0.0090,,1/1",
+        "short:118,Directory,4.50,4.50,60/60",
+    )
+    deck = RateDeck.from_csv(path)
+    reading = deck.lookup("441184960123", 44)
+    directory = deck.lookup("short:118118", 44)
+
+    assert len(deck) == 3
+    assert reading.prefix == "44118"
+    assert reading.rate == D("0.0090")
+    assert directory == Tariff(
+        "short:118", "Directory", D("4.50"), D("4.50"), Increments(60, 60)
+    )
+
+
+def test_csv_duplicate_short_code_prefix(tmp_path):
+    path = write_deck(
+        tmp_path,
+        HEADER,
+        "short:118,Directory,4.50,4.50,60/60",
+        "44118,Reading,0.0090,,1/1",
+        "short:118,Directory,4.50,,60/60",
+    )
+
+    with pytest.raises(RateDeckError) as caught:
+        RateDeck.from_csv(path)
+    assert str(caught.value) == (
+        f"{path}:4: prefix 'short:118' is a duplicate of an earlier row; "
         "keep one row per prefix"
     )
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import logging
+import re
 import socket
 import threading
 import uuid
@@ -479,6 +480,14 @@ def test_rates_failed_replace_keeps_old(store):
     "row, message",
     [
         (("+44", "UK", Decimal("0.01"), Decimal("0"), 60, 60), "without +"),
+        (("short:", "UK", Decimal("0.01"), Decimal("0"), 60, 60), "short: and 1 to 15"),
+        (("short:1a", "UK", Decimal("0.01"), Decimal("0"), 60, 60), "short: and 1 to 15"),
+        (("short:+1", "UK", Decimal("0.01"), Decimal("0"), 60, 60), "short: and 1 to 15"),
+        (("SHORT:118", "UK", Decimal("0.01"), Decimal("0"), 60, 60), "short: and 1 to 15"),
+        (
+            ("short:1234567890123456", "UK", Decimal("0.01"), Decimal("0"), 60, 60),
+            "short: and 1 to 15",
+        ),
         (("44", "UK", 0.01, Decimal("0"), 60, 60), "float"),
         (
             ("44", "UK", Decimal("0.01"), Decimal("-0.5"), 60, 60),
@@ -499,6 +508,34 @@ def test_rates_reject_bad_rows(store, row, message):
     with pytest.raises((TypeError, ValueError), match=message):
         store.replace_rates("gamma", [row], "bad.csv")
     assert store.rate_trunks() == {}
+
+
+SHORT_CODE_DECK = [
+    ("44", "UK", Decimal("0.0085"), Decimal("0"), 1, 1),
+    ("44118", "Reading", Decimal("0.0090"), Decimal("0"), 1, 1),
+    ("short:118", "Directory", Decimal("4.50"), Decimal("4.50"), 60, 60),
+    ("short:118500", "Directory 118500", Decimal("3.00"), Decimal("1.00"), 60, 60),
+]
+
+
+def test_rates_short_code_rows_round_trip(store):
+    assert store.replace_rates("gamma", SHORT_CODE_DECK, "short.csv") == 4
+
+    assert store.list_rates("gamma") == sorted(SHORT_CODE_DECK)
+    assert store.list_rates("gamma", prefix="short:") == SHORT_CODE_DECK[2:]
+    assert store.list_rates("gamma", prefix="short:1185") == SHORT_CODE_DECK[3:]
+    assert store.list_rates("gamma", prefix="44") == SHORT_CODE_DECK[:2]
+    assert store.list_rates("gamma", prefix="118") == []
+
+
+@pytest.mark.parametrize(
+    "prefix", ["short", "short:1a", "short:+1", "SHORT:118", "4_", "44%", "+44", ""]
+)
+def test_rates_list_rejects_bad_prefix(store, prefix):
+    store.replace_rates("gamma", SHORT_CODE_DECK, "short.csv")
+
+    with pytest.raises(ValueError, match=re.escape(f"prefix {prefix!r} is invalid")):
+        store.list_rates("gamma", prefix=prefix)
 
 
 def test_rates_import_100k(store):

@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     rate_list = rate_commands.add_parser("list", help="list a trunk's rates in the store")
     rate_list.add_argument("--trunk", required=True,
                            help="the trunk section name, as in [trunk NAME]")
-    rate_list.add_argument("--prefix", help="only prefixes starting with these digits")
+    rate_list.add_argument("--prefix", help="only prefixes starting with this text: "
+                           "digits, like 44, or short: and digits, like short:118")
     rate_list.add_argument("--limit", type=row_limit, default=100,
                            help="rows at most (default 100)")
     rate_list.add_argument("--json", action="store_true")

@@ -2,6 +2,8 @@
 
 from collections.abc import Callable
 
+from callguard.rating.fields import SHORT_CODE_MARK
+
 E164_PLUS = "+"
 
 
@@ -79,9 +81,13 @@ class Number:
 
     @property
     def rating_key(self) -> str:
-        """Digits for rate-deck lookup: E.164 digits, or country code + short code."""
+        """Key for rate-deck lookup: E.164 digits, or ``short:`` and the short code.
+
+        A short code gets its own form because country code and short code
+        (44118118) would also be the start of real E.164 numbers (+44 118 ...).
+        """
         if self.short_code:
-            return f"{self.country_code}{self.national}"
+            return f"{SHORT_CODE_MARK}{self.national}"
 
         return self.e164.removeprefix(E164_PLUS)
 

@@ -259,7 +259,10 @@ class PolicyEngine:
 
     def _tariff(self, trunk: TrunkConfig, classified: Classified) -> Tariff | None:
         deck = self.state.decks.get(trunk.name)
-        tariff = deck.lookup(classified.number.rating_key) if deck is not None else None
+        tariff = None
+        if deck is not None:
+            home_country_code = self.state.classifier.plan.country_code
+            tariff = deck.lookup(classified.number.rating_key, home_country_code)
         if tariff is None:
             tariff = self.state.default_tariffs.get(trunk.name)
         return tariff

@@ -12,13 +12,23 @@ from callguard.money import MAX_AMOUNT, InvalidAmount, parse_amount, round_up
 
 # ITU-T E.164 limits international numbers to 15 digits, country code included.
 E164_MAX_DIGITS = 15
+# The start of a deck prefix that prices the home country's short codes beginning
+# with the digits after it, as in short:118. Short codes have no E.164 form, so
+# E.164 rows and short: rows never price each other's numbers.
+SHORT_CODE_MARK = "short:"
+# Short code prefixes keep the E.164 digit limit, which is far above any short code.
+SHORT_CODE_MAX_DIGITS = E164_MAX_DIGITS
 
 RATE_CHARACTERS = frozenset("0123456789.")
 ZERO = Decimal(0)
 
 
 def parse_prefix(text: str) -> str:
-    """Check that ``text`` is an E.164 prefix (digits, no ``+``) and return it."""
+    """Check that ``text`` is a deck prefix and return it.
+
+    A deck prefix is either E.164 digits without ``+`` (``44``) or ``short:`` and the
+    leading digits of home short codes (``short:118``).
+    """
     # Valid prefixes, by far the most common input, pass this one test.
     if (
         isinstance(text, str)
@@ -37,6 +47,9 @@ def parse_prefix(text: str) -> str:
     if not text:
         raise ValueError("prefix '' is missing; write the E.164 digits, like 44")
 
+    if text[:len(SHORT_CODE_MARK)].lower() == SHORT_CODE_MARK:
+        return parse_short_code_prefix(text)
+
     if text.startswith("+"):
         example = text[1:] if text[1:].isdigit() else "44"
         raise ValueError(
@@ -46,7 +59,8 @@ def parse_prefix(text: str) -> str:
     if not (text.isascii() and text.isdigit()):
         raise ValueError(
             f"prefix {text!r} is invalid; write only the digits 0-9 of an E.164 "
-            "prefix, like 447"
+            f"prefix, like 447, or {SHORT_CODE_MARK} and the digits of a short code, "
+            f"like {SHORT_CODE_MARK}118"
         )
 
     if text.startswith("0"):
@@ -61,6 +75,41 @@ def parse_prefix(text: str) -> str:
             f"{E164_MAX_DIGITS} digits; shorten it"
         )
     return text
+
+
+def parse_short_code_prefix(text: str) -> str:
+    """Check that ``text`` is ``short:`` and 1 to 15 digits, and return it."""
+    if not text.startswith(SHORT_CODE_MARK):
+        marked = SHORT_CODE_MARK + text[len(SHORT_CODE_MARK):]
+        raise ValueError(
+            f"prefix {text!r} is invalid; write {SHORT_CODE_MARK} in lower case, "
+            f"like {marked}"
+        )
+
+    digits = text[len(SHORT_CODE_MARK):]
+    if not digits:
+        raise ValueError(
+            f"prefix {text!r} is missing the short code; write its leading digits "
+            f"after {SHORT_CODE_MARK}, like {SHORT_CODE_MARK}118"
+        )
+
+    if not (digits.isascii() and digits.isdigit()):
+        raise ValueError(
+            f"prefix {text!r} is invalid; write only the digits 0-9 of a short code "
+            f"after {SHORT_CODE_MARK}, like {SHORT_CODE_MARK}118"
+        )
+
+    if len(digits) > SHORT_CODE_MAX_DIGITS:
+        raise ValueError(
+            f"prefix {text!r} is invalid because a short code prefix has at most "
+            f"{SHORT_CODE_MAX_DIGITS} digits; shorten it"
+        )
+    return text
+
+
+def is_short_code_prefix(prefix: str) -> bool:
+    """Return True if the valid deck prefix ``prefix`` prices short codes."""
+    return prefix.startswith(SHORT_CODE_MARK)
 
 
 def parse_rate(text: str) -> Decimal:

@@ -30,8 +30,12 @@ log = logging.getLogger(__name__)
 # A prefix-table prefix: national digits ("09"), "+" and E.164 digits ("+870"),
 # or a bare "+" for the catch-all.
 _TABLE_PREFIX = re.compile(r"\+?[0-9]*")
-# A rate deck prefix: E.164 digits without "+", at most 15 digits (ITU-T E.164).
-_DECK_PREFIX = re.compile(r"[0-9]{1,15}")
+# A rate deck prefix: E.164 digits without "+", at most 15 digits (ITU-T E.164),
+# or "short:" and 1 to 15 leading digits of home short codes.
+_DECK_PREFIX = re.compile(r"(?:short:)?[0-9]{1,15}")
+# The prefix filter of list_rates: the start of a deck prefix. A bare "short:"
+# selects every short code row.
+_DECK_PREFIX_FILTER = re.compile(r"[0-9]{1,15}|short:[0-9]{0,15}")
 
 INSERT_CHUNK_ROWS = 10_000
 
@@ -130,7 +134,7 @@ def _rate_values(
         if not isinstance(prefix, str) or not _DECK_PREFIX.fullmatch(prefix):
             raise ValueError(
                 f"{source}: row {number}: prefix {prefix!r} is invalid; use 1 to 15 "
-                "E.164 digits without +"
+                "E.164 digits without +, or short: and 1 to 15 digits of a short code"
             )
         if prefix in seen:
             raise ValueError(
@@ -233,11 +237,13 @@ def list_rates(
         .order_by(Rate.prefix)
     )
     if prefix is not None:
-        if not isinstance(prefix, str) or not _DECK_PREFIX.fullmatch(prefix):
+        if not isinstance(prefix, str) or not _DECK_PREFIX_FILTER.fullmatch(prefix):
             raise ValueError(
-                f"prefix {prefix!r} is invalid; use 1 to 15 digits without +"
+                f"prefix {prefix!r} is invalid; use 1 to 15 digits without +, or "
+                "short: and up to 15 digits"
             )
-        # Digits only, so the LIKE pattern needs no escaping.
+        # Digits and "short:" contain no LIKE wildcard, so the pattern needs no
+        # escaping.
         statement = statement.where(Rate.prefix.startswith(prefix))
     if limit is not None:
         statement = statement.limit(check_count(limit, "limit", minimum=1))
