@@ -763,6 +763,20 @@ def test_relative_to_config_dir(workdir, monkeypatch, tmp_path_factory):
     assert config.trunks["gamma"].rates == workdir / "rates-gamma.csv"
 
 
+@pytest.mark.parametrize("url", [
+    "mysql://cg:Ps3cret@127.0.0.1/db?password=Qs3cret",
+    "postgresql+psycopg://cg:Ps3cret@127.0.0.1/?password=Qs3cret",
+    "sqlite://:Ps3cret@/:memory:?password=Qs3cret",
+    "postgresql+psycopg://cg:Ps3cret@127.0.0.1:port/db?password=Qs3cret",
+])
+def test_database_error_masks_password(workdir, url):
+    message = "\n".join(problems(config_with("general", "database", url)))
+
+    assert "Ps3cret" not in message
+    assert "Qs3cret" not in message
+    assert "***" in message
+
+
 def test_ari_password(workdir):
     config = load(config_with("ari", "password_file", "ari.secret"))
 

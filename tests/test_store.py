@@ -30,6 +30,7 @@ from callguard.store import (
 from callguard.store.audit import Renewal, read_renewal
 from callguard.store.models import Block, Call, Decision, Hangup
 from callguard.store.records import BlockRecord
+from callguard.urls import mask_url
 
 UTC = timezone.utc
 T0 = datetime(2024, 6, 14, 12, 0, 0, tzinfo=UTC)
@@ -1142,6 +1143,7 @@ def test_block_manually_concurrent_once(store):
         ("sqlite://", "in-memory"),
         ("mysql://callguard:s3cret@127.0.0.1/callguard", "does not support"),
         ("not a url", "is invalid"),
+        ("postgresql://callguard:s3cret@127.0.0.1:port/callguard", "is invalid"),
     ],
 )
 def test_bad_url_rejected(tmp_path, url, message):
@@ -1162,6 +1164,33 @@ def test_unreachable_database_message():
     assert "s3cret" not in str(caught.value)
     assert "callguard:***@127.0.0.1" in str(caught.value)
     assert unreachable.url_for_logs.startswith("postgresql+psycopg://callguard:***@")
+
+
+@pytest.mark.postgres
+def test_unreachable_database_query_password_masked():
+    # psycopg takes the password as a query parameter too.
+    unreachable = Store(f"postgresql://callguard@127.0.0.1:{free_port()}/callguard"
+                        "?password=Qs3cret&sslpassword=Ks3cret")
+
+    with pytest.raises(StoreError, match="opening the database failed") as caught:
+        unreachable.open()
+
+    assert "Qs3cret" not in str(caught.value)
+    assert "Ks3cret" not in str(caught.value)
+    assert "Qs3cret" not in unreachable.url_for_logs
+    assert "password=***" in unreachable.url_for_logs
+
+
+@pytest.mark.parametrize("url, masked", [
+    ("postgresql+psycopg://cg:s3cret@127.0.0.1/db", "postgresql+psycopg://cg:***@127.0.0.1/db"),
+    ("postgresql+psycopg://cg@h/db?password=s3cret&sslmode=disable",
+     "postgresql+psycopg://cg@h/db?password=***&sslmode=disable"),
+    ("postgresql+psycopg://cg@h/db?SSLPassword=s3cret", "postgresql+psycopg://cg@h/db?SSLPassword=***"),
+    ("not a url://cg:s3cret@h/db", "not a url://cg:***@h/db"),
+    ("postgresql://cg:s3cret@h:port/db", "postgresql://cg:***@h:port/db"),
+])
+def test_mask_url(url, masked):
+    assert mask_url(url) == masked
 
 
 @pytest.mark.postgres

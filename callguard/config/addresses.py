@@ -11,6 +11,7 @@ from sqlalchemy.exc import ArgumentError
 
 from callguard.config.categories import split_list
 from callguard.config.errors import InvalidValue
+from callguard.urls import mask_url
 
 LISTEN_PATTERN = re.compile(
     r"(?:\[(?P<ipv6>[^\]]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d+)"
@@ -120,11 +121,14 @@ def parse_database_url(text: str, base_dir: Path) -> str:
     A relative SQLite path is resolved against ``base_dir``. An in-memory SQLite
     database is rejected because it would lose all recorded spend on restart.
     """
+    # The URL may contain a password, and these messages reach logs and the audit trail.
+    shown = repr(mask_url(text))
     try:
         url = make_url(text)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
+        # SQLAlchemy raises ValueError for a port that is not a number.
         raise InvalidValue(
-            f"{text!r} is not a database URL; write it like {DATABASE_EXAMPLE}"
+            f"{shown} is not a database URL; write it like {DATABASE_EXAMPLE}"
         ) from None
 
     if url.drivername in SQLITE_DRIVERS:
@@ -132,13 +136,13 @@ def parse_database_url(text: str, base_dir: Path) -> str:
 
     if url.drivername != POSTGRESQL_DRIVER:
         raise InvalidValue(
-            f"{text!r} uses the unsupported driver {url.drivername!r}; "
+            f"{shown} uses the unsupported driver {url.drivername!r}; "
             f"write it like {DATABASE_EXAMPLE}"
         )
 
     if not url.database:
         raise InvalidValue(
-            f"{text!r} names no database; write it like {DATABASE_EXAMPLE}"
+            f"{shown} names no database; write it like {DATABASE_EXAMPLE}"
         )
     return text
 
@@ -189,7 +193,7 @@ def parse_existing_file(text: str, base_dir: Path) -> Path | None:
 def _resolve_sqlite_url(text: str, url: URL, base_dir: Path) -> str:
     if not url.database or url.database == SQLITE_MEMORY:
         raise InvalidValue(
-            f"{text!r} is an in-memory database that loses all spend on restart; "
+            f"{mask_url(text)!r} is an in-memory database that loses all spend on restart; "
             f"write a file path like {DATABASE_EXAMPLE.split(' or ')[0]}"
         )
 

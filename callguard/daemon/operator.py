@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Callable
 from sqlalchemy.engine import make_url
 
 from callguard.config.offenders import OFFENDER_KEYS
+from callguard.urls import mask_url
 
 if TYPE_CHECKING:
     from callguard.daemon.app import Application
@@ -60,9 +61,7 @@ def store_identity(url: str) -> dict:
     takes from ``PGHOST``, ``PGPORT`` and ``PGOPTIONS``.
     """
     parsed = make_url(url)
-    # psycopg also takes the password as a query parameter.
-    url_for_messages = parsed.difference_update_query(["password"]).render_as_string(
-        hide_password=True)
+    url_for_messages = mask_url(url)
     if parsed.get_backend_name() == BACKEND_SQLITE:
         path = os.path.realpath(parsed.database or "")
         identity = {"url": url_for_messages, "backend": BACKEND_SQLITE, "path": path}

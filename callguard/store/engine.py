@@ -1,7 +1,6 @@
 """Engines for SQLite and PostgreSQL, and the translation of driver errors to ``StoreError``."""
 
 import logging
-import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,6 +11,8 @@ import psycopg
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError, StatementError
+
+from callguard.urls import MASK, mask_url
 
 log = logging.getLogger(__name__)
 
@@ -27,26 +28,16 @@ PG_DRIVER = "postgresql+psycopg"
 # failing with "database is locked" when it later upgrades a read lock.
 WRITE_OPTION = "callguard_write"
 
-_PASSWORD_IN_URL = re.compile(r"(://[^:/@]*:)[^@]*@")
-
-
 class StoreError(RuntimeError):
     """A database operation failed; the message names the database without its password."""
-
-
-def mask_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***``, even if it does not parse."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return _PASSWORD_IN_URL.sub(r"\1***@", url)
 
 
 def parse_url(url: str) -> URL:
     """Parse and check a database URL; plain ``postgresql://`` gets the psycopg driver."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
+        # SQLAlchemy raises ValueError for a port that is not a number.
         raise StoreError(
             f"database URL {mask_url(url)!r} is invalid; write it like "
             "sqlite:////var/lib/callguard/callguard.db or "
@@ -142,12 +133,13 @@ def _first_line(error: BaseException) -> str:
 
 @contextmanager
 def translated_errors(
-    operation: str, url_for_logs: str, secret: str | None
+    operation: str, url_for_logs: str, secrets: tuple[str, ...] = ()
 ) -> Iterator[None]:
     """Turn driver and SQLAlchemy errors raised inside the block into ``StoreError``.
 
     The message names the operation, the database URL without password, and
-    the first line of the driver's message; ``secret`` is masked if it appears.
+    the first line of the driver's message; each of ``secrets`` is masked if it
+    appears.
     A ``TypeError`` or ``ValueError`` raised by a column type while binding a
     value is a caller's mistake, so it is re-raised as it is.
     """
@@ -159,18 +151,18 @@ def translated_errors(
         ):
             raise exc.orig from None
         cause = exc.orig if exc.orig is not None else exc
-        raise StoreError(_message(operation, url_for_logs, cause, secret)) from exc
+        raise StoreError(_message(operation, url_for_logs, cause, secrets)) from exc
     except SQLAlchemyError as exc:
-        raise StoreError(_message(operation, url_for_logs, exc, secret)) from exc
+        raise StoreError(_message(operation, url_for_logs, exc, secrets)) from exc
     except psycopg.Error as exc:
         # Raised by COPY, which uses the psycopg connection directly.
-        raise StoreError(_message(operation, url_for_logs, exc, secret)) from exc
+        raise StoreError(_message(operation, url_for_logs, exc, secrets)) from exc
 
 
 def _message(
-    operation: str, url_for_logs: str, cause: BaseException, secret: str | None
+    operation: str, url_for_logs: str, cause: BaseException, secrets: tuple[str, ...]
 ) -> str:
     message = f"{operation} failed on {url_for_logs}: {_first_line(cause)}"
-    if secret:
-        message = message.replace(secret, "***")
+    for secret in secrets:
+        message = message.replace(secret, MASK)
     return message

@@ -33,6 +33,7 @@ from callguard.store.records import (
     ImportRecord,
 )
 from callguard.store.schema import ensure_schema
+from callguard.urls import mask_url, url_secrets
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,8 @@ class Store(OutboxMethods, AuditMethods):
         self, url: str, *, echo: bool = False, clock: Callable[[], datetime] = _utc_now
     ) -> None:
         parsed = parse_url(url)
-        self.url_for_logs: str = parsed.render_as_string(hide_password=True)
-        self._password = parsed.password if isinstance(parsed.password, str) else None
+        self.url_for_logs: str = mask_url(parsed.render_as_string(hide_password=False))
+        self._secrets = url_secrets(parsed)
         self._engine = build_engine(parsed, echo=echo)
         self._clock = clock
         self._is_open = False
@@ -101,7 +102,7 @@ class Store(OutboxMethods, AuditMethods):
                 f"{operation} failed: the store is not open; call open() first"
             )
 
-        with translated_errors(operation, self.url_for_logs, self._password):
+        with translated_errors(operation, self.url_for_logs, self._secrets):
             with self._engine.connect() as conn:
                 if write:
                     conn.execution_options(**{WRITE_OPTION: True})
