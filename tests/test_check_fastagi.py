@@ -215,6 +215,22 @@ async def test_reload_keeps_config_on_error(tmp_path):
     assert after.variables["CALLGUARD_REASON"] == "barred:geographic"
 
 
+@pytest.mark.parametrize("text", ["", "[general]\ncurrency = GBP\n"])
+async def test_reload_keeps_trunks_over_file_without_any(tmp_path, text):
+    # An emptied or cut-off file must not turn every call into unknown-trunk.
+    daemon = Daemon(tmp_path)
+    await daemon.app.start()
+    try:
+        daemon.path.write_text(text)
+        kept = await daemon.app.reload()
+        outcome = await daemon.check("0118 496 0000")
+    finally:
+        await daemon.app.stop()
+
+    assert kept is False
+    assert outcome.variables["CALLGUARD_RESULT"] == "ALLOW"
+
+
 async def test_hangup_mid_session_is_survived(daemon):
     broken = await daemon.check("01632960123", uniqueid="1718355600.1")
     outcome = await run_fastagi_call(

@@ -763,6 +763,12 @@ def test_relative_to_config_dir(workdir, monkeypatch, tmp_path_factory):
     assert config.trunks["gamma"].rates == workdir / "rates-gamma.csv"
 
 
+def test_file_without_trunk_rejected(workdir):
+    assert problems("[general]\ncurrency = GBP\n") == [
+        f"{CONFIG_NAME}: has no [trunk NAME] section, so every call would be denied "
+        "unknown-trunk; add one for each outbound trunk, like [trunk gamma] with its rates"]
+
+
 @pytest.mark.parametrize("url", [
     "mysql://cg:Ps3cret@127.0.0.1/db?password=Qs3cret",
     "postgresql+psycopg://cg:Ps3cret@127.0.0.1/?password=Qs3cret",

@@ -82,6 +82,12 @@ def load_config(path: str | os.PathLike) -> Config:
         if override is not None:
             overrides.append(override)
 
+    if not sections.trunks and not reader.problems:
+        # An empty or cut-off file would otherwise load, and a reload to it would
+        # deny every outbound call.
+        reader.report(0, "", "", "has no [trunk NAME] section, so every call would be "
+                      "denied unknown-trunk; add one for each outbound trunk, like "
+                      "[trunk gamma] with its rates")
     if reader.problems or general is None or ari is None:
         raise ConfigError(sorted(reader.problems, key=lambda problem: problem.line))
 
