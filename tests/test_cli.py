@@ -543,6 +543,22 @@ def test_prefixes_import_field_count_advice(config, tmp_path, capsys, row, advic
     assert f"{table}:2: expected 3 columns (prefix, category, description), {advice}" in err
 
 
+def test_prefixes_import_checks_home_rows(config, tmp_path, capsys):
+    # The daemon rejects this table, so the import must not store it.
+    table = tmp_path / "p.csv"
+    table.write_text("prefix,category,description\n09,premium,\n+44,geographic,UK\n")
+
+    status = run_ctl("--config", str(config), "prefixes", "import", str(table))
+    captured = capsys.readouterr()
+    listed = run_ctl("--config", str(config), "prefixes", "list")
+
+    assert status == EXIT_CONFIG
+    assert f"{table}:3: prefix '+44' can never match" in captured.err
+    assert "imported" not in captured.out
+    assert listed == EXIT_OK
+    assert "+44" not in capsys.readouterr().out
+
+
 # status and calls against a running Application
 
 

@@ -16,7 +16,7 @@ SAMPLE_PREFIXES = Path(__file__).resolve().parent.parent / "etc" / "prefixes-gb.
 # The status of a process that SIGPIPE ended, as the shell reports it.
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 
-ONE_PREFIX = "prefix,category,description\n+44,geographic,United Kingdom\n"
+ONE_PREFIX = "prefix,category,description\n01,geographic,United Kingdom landlines\n"
 ONE_RATE = "prefix,description,rate,connection_fee,increments\n44,United Kingdom,0.01,,60/60\n"
 
 

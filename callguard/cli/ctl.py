@@ -22,8 +22,8 @@ from callguard.cli import alerts, audit, blocks, live
 from callguard.cli.inspect import ask_daemon, check_number, print_check
 from callguard.config import Config, ConfigError
 from callguard.config.advice import config_warnings
-from callguard.daemon.state import build_state
-from callguard.numbers import PrefixTable, PrefixTableError
+from callguard.daemon.state import build_state, number_plan
+from callguard.numbers import Classifier, PrefixTable, PrefixTableError
 from callguard.policy.decision import CallRequest
 from callguard.policy.offenders import normalise_source
 from callguard.rating import RateDeck, RateDeckError
@@ -173,7 +173,11 @@ def _reporting_bad_input(command, args: argparse.Namespace) -> int:
 def _prefixes(args: argparse.Namespace) -> int:
     if args.action == "import":
         table = PrefixTable.from_csv(args.file)
-        store = open_store(read_config(args))
+        config = read_config(args)
+        # The daemon's own checks of a table against the dialling plan, so that an
+        # import never stores a table that the daemon would then reject.
+        Classifier(number_plan(config), table)
+        store = open_store(config)
         rows = [(r.prefix, r.category, r.description) for r in table.rules()]
         count = store.replace_prefixes(rows, str(args.file))
         print(f"imported {plural(count, 'prefix', 'prefixes')} from {args.file}")

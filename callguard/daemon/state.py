@@ -34,19 +34,24 @@ def default_tariff(trunk: TrunkConfig) -> Tariff | None:
     return Tariff.default(rate.rate, rate.connection_fee, Increments(rate.first, rate.later))
 
 
+def number_plan(config: Config) -> NumberPlan:
+    """Return the dialling plan that ``config``'s [general] section describes."""
+    general = config.general
+    return NumberPlan(
+        home_country=general.home_country,
+        outside_line_prefix=general.outside_line_prefix,
+        emergency_numbers=general.emergency_numbers,
+    )
+
+
 def build_state(config: Config) -> LoadedTables:
     """Load the prefix table and every trunk's rate deck named in ``config``.
 
     Raises the loaders' own errors (PrefixTableError, RateDeckError), whose
     messages name the file and line.
     """
-    general = config.general
     table, source = load_prefix_table(config)
-    plan = NumberPlan(
-        home_country=general.home_country,
-        outside_line_prefix=general.outside_line_prefix,
-        emergency_numbers=general.emergency_numbers,
-    )
+    plan = number_plan(config)
 
     decks: dict[str, RateDeck] = {}
     defaults: dict[str, Tariff] = {}
