@@ -51,8 +51,9 @@ class Pbx:
     """An emulated Asterisk with callguard attached, sharing one manual clock."""
 
     def __init__(self, directory: Path, start: datetime, *, trunks: str, rates: str,
-                 general: str = ""):
+                 general: str = "", ari_enabled: bool = True):
         self.directory = directory
+        self.ari_enabled = ari_enabled
         self.clock = ManualClock(start)
         self.ari = AriEmulator(now=self.clock.now,
                                channelvars=("CALLGUARD_TRUNK", "BRIDGEPEER"))
@@ -76,7 +77,8 @@ class Pbx:
         self.path = write_config(
             self.directory, port=self.port, trunks=self.trunks, rates=self.rates,
             general=self.general,
-            ari=(f"enabled = yes\nurl = {self.ari.url}\nusername = callguard\n"
+            ari=(f"enabled = {'yes' if self.ari_enabled else 'no'}\n"
+                 f"url = {self.ari.url}\nusername = callguard\n"
                  "password_file = ari.secret\nping_timeout = 2s\n"),
         )
         await self.start_callguard()
@@ -87,7 +89,8 @@ class Pbx:
         for name, value in self.app_settings.items():
             setattr(self.app, name, value)
         await self.app.start()
-        await eventually(lambda: self.app.ari.connected, what="ARI connection")
+        if self.config.ari.enabled:
+            await eventually(lambda: self.app.ari.connected, what="ARI connection")
 
     async def stop(self) -> None:
         if self.app is not None:

@@ -231,6 +231,23 @@ async def test_reload_keeps_trunks_over_file_without_any(tmp_path, text):
     assert outcome.variables["CALLGUARD_RESULT"] == "ALLOW"
 
 
+async def test_reload_warns_control_socket_changed(tmp_path, caplog):
+    daemon = Daemon(tmp_path)
+    await daemon.app.start()
+    running = tmp_path / "callguard.sock"
+    moved = tmp_path / "moved.sock"
+    try:
+        daemon.path.write_text(daemon.path.read_text().replace(str(running), str(moved)))
+        applied = await daemon.app.reload()
+    finally:
+        await daemon.app.stop()
+
+    assert applied is True
+    assert (f"control_socket changed in {daemon.path}; restart callguard to use it"
+            in caplog.text)
+    assert not moved.exists()
+
+
 async def test_hangup_mid_session_is_survived(daemon):
     broken = await daemon.check("01632960123", uniqueid="1718355600.1")
     outcome = await run_fastagi_call(

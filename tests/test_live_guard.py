@@ -1,6 +1,8 @@
 """Live calls metered over ARI and hung up when a limit bites, on a manual clock."""
 
 import asyncio
+import base64
+import logging
 import math
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -10,7 +12,7 @@ import pytest
 
 from callguard.daemon import status
 from callguard.store import Store
-from live_support import Pbx, eventually
+from live_support import PASSWORD, Pbx, eventually
 
 LONDON = ZoneInfo("Europe/London")
 
@@ -38,8 +40,10 @@ def london(*args) -> datetime:
 async def make_pbx(tmp_path):
     started = []
 
-    async def make(start, *, trunks=TRUNK_10, rates=RATE_1, spent=None, general=""):
-        pbx = Pbx(tmp_path, start, trunks=trunks, rates=rates, general=general)
+    async def make(start, *, trunks=TRUNK_10, rates=RATE_1, spent=None, general="",
+                   ari_enabled=True):
+        pbx = Pbx(tmp_path, start, trunks=trunks, rates=rates, general=general,
+                  ari_enabled=ari_enabled)
         await pbx.ari.start()
         pbx.ari_started = True
         await pbx.ari.stop()
@@ -245,3 +249,166 @@ async def test_calls_cost_runs_without_events(make_pbx):
     [live] = status.calls(pbx.app.guard, live_only=True)["live"]
 
     assert live["cost"] == "3.00"  # three 60 s blocks have begun at 1.00 per minute
+
+
+# The password that ari.conf and the password file change to in the reload tests.
+ROTATED = "rotated-Xq7-pw"
+
+
+def set_ari_key(pbx: Pbx, key: str, old: str, new: str) -> None:
+    """Replace ``key = old`` with ``key = new`` in the PBX's callguard.conf."""
+    text = pbx.path.read_text()
+    assert f"\n{key} = {old}\n" in text
+    pbx.path.write_text(text.replace(f"\n{key} = {old}\n", f"\n{key} = {new}\n"))
+
+
+def assert_passwords_not_logged(caplog, *passwords: str) -> None:
+    for password in passwords:
+        token = base64.b64encode(f"callguard:{password}".encode()).decode()
+        assert password not in caplog.text
+        assert token not in caplog.text
+
+
+async def test_reload_rotated_password(make_pbx, caplog):
+    caplog.set_level(logging.DEBUG)
+    start = london(2024, 6, 14, 10, 0)
+    pbx = await make_pbx(start, spent=[("day", "2024-06-14", "7.00")])
+    call, _ = await pbx.call("01632960123")
+    await pbx.ari.answer(call)
+    await eventually(lambda: pbx.legs() and next(iter(pbx.legs().values())).state == "up",
+                     what="the answered leg")
+    pbx.clock.advance(100)
+
+    # ari.conf gets a new password and the events connection drops, so each
+    # reconnect with the old password gets HTTP 401.
+    pbx.ari.password = ROTATED
+    await pbx.ari.drop_events()
+    await eventually(lambda: "HTTP 401" in caplog.text, what="the rejected reconnect")
+    (pbx.directory / "ari.secret").write_text(ROTATED + "\n")
+    assert await pbx.app.reload()
+    await eventually(lambda: pbx.app.ari.connected,
+                     what="the reconnect with the new password")
+
+    assert ("ARI connection restarted with the new [ari] settings (changed: password): "
+            f"{pbx.ari.url} as user callguard, application callguard") in caplog.text
+    legs = pbx.legs()
+    assert list(legs) == [call.trunk_id]
+    assert legs[call.trunk_id].answered.answered_at == start
+
+    # 7.00 spent and three 60 s blocks at 1.00 reach the 10.00 limit, so the
+    # call is hung up a second before its fourth block, 180 s after answer.
+    pbx.clock.advance(78)
+    await asyncio.sleep(0.05)
+    assert pbx.ari.deletes == []
+    pbx.clock.advance(1)
+    await eventually(lambda: len(pbx.ari.deletes) == 1, what="the hang-up")
+    assert pbx.ari.deletes[0][0] == call.trunk_id
+    await eventually(lambda: not pbx.legs(), what="the call to end")
+    await pbx.app.guard.drain()
+    assert pbx.spend("day", "2024-06-14") == Decimal("10.00")
+    assert_passwords_not_logged(caplog, PASSWORD, ROTATED)
+
+
+async def test_reload_enables_ari(make_pbx, caplog):
+    caplog.set_level(logging.DEBUG)
+    start = london(2024, 6, 14, 10, 0)
+    pbx = await make_pbx(start, trunks=TRUNK_100, ari_enabled=False)
+    assert pbx.app.ari is None
+    assert pbx.ari.connections == 0
+
+    set_ari_key(pbx, "enabled", "no", "yes")
+    assert await pbx.app.reload()
+    await eventually(lambda: pbx.app.ari is not None and pbx.app.ari.connected,
+                     what="the ARI connection")
+    assert ("ARI connection started with the new [ari] settings (changed: enabled): "
+            f"{pbx.ari.url} as user callguard, application callguard") in caplog.text
+
+    call, result = await pbx.call("01632960001")
+    assert result["CALLGUARD_RESULT"] == "ALLOW"
+    await pbx.ari.answer(call)
+    await eventually(lambda: pbx.legs() and next(iter(pbx.legs().values())).state == "up",
+                     what="the answered leg")
+    pbx.clock.advance(90)
+    await pbx.ari.hangup(call)
+    await eventually(lambda: not pbx.legs(), what="the call to end")
+    await pbx.app.guard.drain()
+    # 90 s at 1.00 per minute in 60/60 blocks: two blocks.
+    assert pbx.spend("day", "2024-06-14") == Decimal("2.00")
+    assert_passwords_not_logged(caplog, PASSWORD)
+
+
+async def test_reload_disables_ari(make_pbx, caplog):
+    caplog.set_level(logging.DEBUG)
+    start = london(2024, 6, 14, 10, 0)
+    pbx, call = await answered_call(make_pbx, start)
+
+    set_ari_key(pbx, "enabled", "yes", "no")
+    assert await pbx.app.reload()
+
+    assert pbx.app.ari is None
+    assert pbx.app.ari_connected is None
+    assert pbx.app.guard.hangup is None
+    await eventually(lambda: pbx.ari.subscribers() == 0, what="the websocket to close")
+    assert ("ARI connection stopped with the new [ari] settings (changed: enabled)"
+            in caplog.text)
+    assert "ARI is disabled: live calls are not metered or hung up" in caplog.text
+    assert "ARI events lost" not in caplog.text
+    # The leg stays, as after a restart without ARI.
+    assert list(pbx.legs()) == [call.trunk_id]
+
+
+async def test_reload_same_ari_keeps_connection(make_pbx, caplog):
+    caplog.set_level(logging.DEBUG)
+    start = london(2024, 6, 14, 10, 0)
+    pbx, call = await answered_call(make_pbx, start)
+    listener = pbx.app.ari
+    assert pbx.ari.connections == 1
+
+    # The same password written again, and a change outside [ari].
+    (pbx.directory / "ari.secret").write_text(PASSWORD + "\n")
+    pbx.path.write_text(pbx.path.read_text().replace("daily_limit = 100.00",
+                                                     "daily_limit = 50.00"))
+    assert await pbx.app.reload()
+    await asyncio.sleep(0.1)
+
+    assert pbx.app.ari is listener
+    assert pbx.app.ari.connected
+    assert pbx.ari.connections == 1
+    assert "ARI connection" not in caplog.text
+    assert pbx.app.config.trunks["gamma"].daily_limit == Decimal("50.00")
+
+    # Any other [ari] key that changes does reconnect.
+    set_ari_key(pbx, "ping_timeout", "2s", "3s")
+    assert await pbx.app.reload()
+    await eventually(lambda: pbx.app.ari is not listener and pbx.app.ari.connected,
+                     what="the reconnect")
+    assert pbx.ari.connections == 2
+    assert "(changed: ping_timeout)" in caplog.text
+    assert list(pbx.legs()) == [call.trunk_id]
+    assert_passwords_not_logged(caplog, PASSWORD)
+
+
+async def test_reload_bad_password_file_kept(make_pbx, caplog):
+    caplog.set_level(logging.DEBUG)
+    start = london(2024, 6, 14, 10, 0)
+    pbx, call = await answered_call(make_pbx, start)
+    listener = pbx.app.ari
+    running = pbx.app.config
+    secret = pbx.directory / "ari.secret"
+
+    secret.unlink()
+    assert not await pbx.app.reload()
+    assert "[ari] password_file: 'ari.secret' is not a file" in caplog.text
+
+    secret.write_bytes(b"\xffrotated\n")
+    assert not await pbx.app.reload()
+    assert (f"[ari] password_file: {secret} is not UTF-8 text (invalid start byte at "
+            "byte 0); write the password as UTF-8") in caplog.text
+
+    assert pbx.app.config is running
+    assert pbx.app.ari is listener
+    assert pbx.app.ari.connected
+    assert pbx.ari.connections == 1
+    assert "ARI connection" not in caplog.text
+    assert list(pbx.legs()) == [call.trunk_id]
+    assert_passwords_not_logged(caplog, PASSWORD, "rotated")

@@ -165,8 +165,8 @@ def _warn_about_ari_password(ari: AriConfig) -> None:
 
     if ari.password_file is None:
         logger.warning(
-            "ARI is enabled but [ari] password_file is not set, so callguard "
-            "connects to %s without a password",
+            "ARI is enabled but [ari] password_file is not set, so callguard does "
+            "not connect to %s and live calls are not metered or hung up",
             ari.url,
         )
         return

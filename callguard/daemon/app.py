@@ -15,7 +15,12 @@ from callguard.config.advice import config_warnings
 from callguard.daemon import status
 from callguard.daemon.checking import check_command
 from callguard.daemon.control import ControlServer, ControlSocketInUse
-from callguard.daemon.live import AriListener, restore_live_calls
+from callguard.daemon.live import (
+    AriListener,
+    AriSettings,
+    read_ari_settings,
+    restore_live_calls,
+)
 from callguard.daemon.operator import operator_commands
 from callguard.daemon.recorder import DecisionRecorder
 from callguard.daemon.state import LoadedTables, build_state
@@ -75,6 +80,9 @@ class Application:
         self.guard: LiveGuard | None = None
         self.tracker: EventTracker | None = None
         self.ari: AriListener | None = None
+        # The [ari] settings in effect, None while ARI is disabled. A listener
+        # runs only when they include a password.
+        self._ari_settings: AriSettings | None = None
         self.fastagi: FastAGIServer | None = None
         self.control: ControlServer | None = None
         self.dispatcher = AlertDispatcher(config, self.worker, self.clock)
@@ -106,16 +114,7 @@ class Application:
         self.engine.catch_up = self.guard.catch_up
         await restore_live_calls(self.guard)
         self.tracker = EventTracker(self.guard, self.clock)
-        if self.config.ari.enabled and not _ari_password(self.config):
-            log.error("ARI is enabled but no password could be read from [ari] "
-                      "password_file: live calls are not metered or hung up until it is "
-                      "set and callguard restarts")
-        elif self.config.ari.enabled:
-            self.ari = AriListener(self.config, self.guard, self.tracker)
-            self.ari.start()
-        else:
-            log.warning("ARI is disabled: live calls are not metered or hung up; only the "
-                        "dialplan's S() limit ends them")
+        self._start_ari(_ari_settings_at_start(self.config))
         self.recorder.start()
 
         handler = CheckHandler(lambda: self.engine, _Sinks(self))
@@ -224,11 +223,60 @@ class Application:
     def status(self) -> dict:
         return status.status(self.guard, self.config.general.currency, self.ari_connected)
 
+    def _start_ari(self, settings: AriSettings | None) -> None:
+        """Start an ARI listener with ``settings``, or log why live calls go unmetered."""
+        self._ari_settings = settings
+        if settings is None:
+            log.warning("ARI is disabled: live calls are not metered or hung up; only the "
+                        "dialplan's S() limit ends them")
+        elif not settings.password:
+            log.error("ARI is enabled but no password could be read from [ari] "
+                      "password_file: live calls are not metered or hung up until it is "
+                      "set and callguard reloads its config or restarts")
+        else:
+            self.ari = AriListener(settings, self.guard, self.tracker)
+            self.ari.start()
+
+    async def _apply_ari_settings(self, settings: AriSettings | None) -> None:
+        """Reconnect to ARI when the reloaded ``[ari]`` settings differ from the running ones.
+
+        The tracker keeps its legs, and the new connection reconciles them
+        with GET /ari/channels as after any reconnect.
+        """
+        running = self._ari_settings
+        if settings == running:
+            return
+
+        stopped = self.ari is not None
+        if self.ari is not None:
+            await self.ari.stop()
+            self.ari = None
+            # Events from now until the next reconcile are not seen.
+            self.tracker.on_disconnect()
+        self.guard.hangup = None
+        self._start_ari(settings)
+
+        if running is None or settings is None:
+            changed = ["enabled"]
+        else:
+            changed = settings.changed_keys(running)
+        if self.ari is None:
+            if stopped:
+                log.info("ARI connection stopped with the new [ari] settings (changed: %s)",
+                         ", ".join(changed))
+            return
+        # The loader rejects credentials in url, so it can be logged as it is.
+        log.info("ARI connection %s with the new [ari] settings (changed: %s): %s as user "
+                 "%s, application %s", "restarted" if stopped else "started",
+                 ", ".join(changed), settings.ari.url, settings.ari.username,
+                 settings.ari.app)
+
     async def reload(self) -> bool:
         """Load the config file again; on any error keep the running config and return False."""
         path = self.config.path
         try:
             config = load_config(path)
+            ari_settings = read_ari_settings(config)
             tables: LoadedTables = await asyncio.to_thread(build_state, config)
         except (ConfigError, ValueError, OSError) as exc:
             log.error("reload of %s failed, keeping the running config:\n%s", path, exc)
@@ -247,6 +295,8 @@ class Application:
             self.config.general.fastagi_host, self.config.general.fastagi_port
         ):
             log.warning("fastagi_listen changed in %s; restart callguard to use it", path)
+        if config.general.control_socket != self.config.general.control_socket:
+            log.warning("control_socket changed in %s; restart callguard to use it", path)
 
         try:
             await copy_tables_to_store(self.worker, config, tables)
@@ -262,6 +312,7 @@ class Application:
         self.alerts.reconfigure(config)
         self.guard.configure(config)
         self.fastagi.set_allowed_clients(config.general.allowed_clients)
+        await self._apply_ari_settings(ari_settings)
         log.info("reloaded %s: %s", path, plural(len(config.trunks), "trunk"))
         _log_config_warnings(config, tables.prefixes)
         await self._record_reload(f"loaded, {plural(len(config.trunks), 'trunk')}")
@@ -338,13 +389,16 @@ class Application:
         self.blocks.sync((b.key_type, b.key, b.expires_at) for b in active)
 
 
-def _ari_password(config: Config) -> str | None:
+def _ari_settings_at_start(config: Config) -> AriSettings | None:
+    """Read the ``[ari]`` settings, logging a password file that cannot be read.
+
+    Such a file leaves the settings without a password, so no listener starts.
+    """
     try:
-        return config.ari.password()
-    except OSError as exc:
-        log.error("cannot read the ARI password file %s: %s", config.ari.password_file,
-                  exc.strerror)
-        return None
+        return read_ari_settings(config)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return AriSettings(config.ari, None)
 
 
 def _log_config_warnings(config: Config, prefixes: PrefixTable) -> None:

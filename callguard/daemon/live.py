@@ -2,11 +2,15 @@
 
 import asyncio
 import logging
+from dataclasses import dataclass, field, fields
 
 from callguard.ari import AriClient, AriError
 from callguard.ari.errors import AriHTTPError
 from callguard.ari.rest import MAX_CONNECTIONS
-from callguard.config import Config
+from callguard.config import Config, ConfigError
+from callguard.config.errors import ConfigProblem
+from callguard.config.loader import ARI_SECTION
+from callguard.config.model import AriConfig
 from callguard.metering.guard import LiveGuard
 from callguard.metering.tracker import HANDLED_EVENTS, EventTracker, leg_from_record
 
@@ -23,14 +27,57 @@ MESSAGE_NO_APPLICATION = "Application not found"
 MAX_HANGUPS_IN_FLIGHT = MAX_CONNECTIONS
 
 
+@dataclass(frozen=True)
+class AriSettings:
+    """The ``[ari]`` section with the password read from its ``password_file``.
+
+    Equal settings open the same connection. repr() leaves out the password,
+    so the object is safe to log.
+    """
+
+    ari: AriConfig
+    password: str | None = field(repr=False)
+
+    def changed_keys(self, other: "AriSettings") -> list[str]:
+        """Return the names of the ``[ari]`` keys, and ``password``, that differ."""
+        changed = [item.name for item in fields(AriConfig)
+                   if getattr(self.ari, item.name) != getattr(other.ari, item.name)]
+        if self.password != other.password:
+            changed.append("password")
+        return changed
+
+
+def read_ari_settings(config: Config) -> AriSettings | None:
+    """Return the ``[ari]`` settings of ``config`` with the password read from its file.
+
+    Returns None when ARI is disabled. Raises ``ConfigError`` when
+    ``password_file`` cannot be read or is not UTF-8.
+    """
+    ari = config.ari
+    if not ari.enabled:
+        return None
+
+    try:
+        password = ari.password()
+    except OSError as exc:
+        message = (f"cannot read {ari.password_file} ({exc.strerror}); check that it "
+                   "exists and that the callguard user can read it")
+    except UnicodeDecodeError as exc:
+        message = (f"{ari.password_file} is not UTF-8 text ({exc.reason} at byte "
+                   f"{exc.start}); write the password as UTF-8")
+    else:
+        return AriSettings(ari, password)
+    problem = ConfigProblem(str(config.path), 0, ARI_SECTION, "password_file", message)
+    raise ConfigError([problem])
+
+
 class AriListener:
     """Connects the ARI client to the tracker, and reconciles on every (re)connect."""
 
-    def __init__(self, config: Config, guard: LiveGuard, tracker: EventTracker):
-        ari = config.ari
-        password = ari.password()
+    def __init__(self, settings: AriSettings, guard: LiveGuard, tracker: EventTracker):
+        ari = settings.ari
         self.client = AriClient(
-            ari.url, ari.username, password or "", ari.app,
+            ari.url, ari.username, settings.password or "", ari.app,
             ca_file=str(ari.ca_file) if ari.ca_file else None,
             ping_timeout=ari.ping_timeout,
         )
@@ -40,6 +87,8 @@ class AriListener:
         self._hangups_in_flight = asyncio.Semaphore(MAX_HANGUPS_IN_FLIGHT)
         self._hangups_unsent = 0
         self._reconciled = False
+        # Set by stop(): the connection ends on purpose, not as a failure.
+        self._stopping = False
         guard.hangup = self._hang_up
 
     @property
@@ -58,6 +107,7 @@ class AriListener:
         )
 
     async def stop(self) -> None:
+        self._stopping = True
         await self.client.close()
         if self._task is not None:
             self._task.cancel()
@@ -117,7 +167,9 @@ class AriListener:
     async def _on_disconnect(self) -> None:
         self._reconciled = False
         self.tracker.on_disconnect()
-        log.warning("ARI events lost; calls are not metered until the connection is back")
+        if not self._stopping:
+            log.warning("ARI events lost; calls are not metered until the connection is "
+                        "back")
 
 
 async def restore_live_calls(guard: LiveGuard) -> int:
@@ -137,4 +189,5 @@ async def restore_live_calls(guard: LiveGuard) -> int:
     return restored
 
 
-__all__ = ["AriListener", "AriError", "restore_live_calls"]
+__all__ = ["AriError", "AriListener", "AriSettings", "read_ari_settings",
+           "restore_live_calls"]

@@ -297,6 +297,21 @@ class AriEmulator:
     def subscribers(self) -> int:
         return len(self._hub.sockets)
 
+    @property
+    def connections(self) -> int:
+        """Events websockets opened so far, closed ones included."""
+        return self._hub.opened
+
+    @property
+    def password(self) -> str:
+        """The password that requests need, as ari.conf sets it."""
+        return self._http.password
+
+    @password.setter
+    def password(self, password: str) -> None:
+        # Open websockets stay open: only new requests and upgrades need it.
+        self._http.password = password
+
     async def wait_for_subscribers(self, count: int = 1, timeout: float = 5.0) -> None:
         """Wait until at least ``count`` events websockets are open."""
         await self._hub.wait_for_count(count, timeout)

@@ -86,7 +86,8 @@ class AriHttp:
         now: Callable[[], datetime],
     ):
         self._username = username
-        self._password = password
+        # Set anew to play a password changed in ari.conf: later requests need it.
+        self.password = password
         self._app = app
         self._hub = hub
         self._outage = outage
@@ -147,7 +148,7 @@ class AriHttp:
         # Both comparisons run, so the time taken does not tell which failed.
         user_matches = hmac.compare_digest(username.encode(), self._username.encode())
         password_matches = hmac.compare_digest(
-            password.encode(), self._password.encode()
+            password.encode(), self.password.encode()
         )
         return user_matches and password_matches
 

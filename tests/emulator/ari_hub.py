@@ -72,6 +72,8 @@ class EventHub:
         # (allowed, disallowed), each a list of {"type": ...} objects.
         self.filters: dict[str, tuple[list, list]] = {}
         self.events_sent = 0
+        # Events websockets opened since the start, closed ones included.
+        self.opened = 0
         self._changed = asyncio.Condition()
         self._queue: asyncio.Queue[_Batch] = asyncio.Queue()
         self._sender: asyncio.Task | None = None
@@ -103,6 +105,7 @@ class EventHub:
         await self._set_sockets([])
 
     async def add(self, socket: EventSocket) -> None:
+        self.opened += 1
         await self._set_sockets([*self.sockets, socket])
         logger.info(
             "events websocket from %s opened for %s (subscribeAll=%s)",
