@@ -968,6 +968,21 @@ def test_emergency_service_code_warns(workdir):
     ]
 
 
+def test_emergency_always_number_in_table_warns(workdir):
+    # 999 stays an emergency number whatever the config says, so the table row is wrong.
+    sample = Path(__file__).resolve().parent.parent / "etc" / "prefixes-gb.csv"
+    Path("mobile999.csv").write_text(
+        sample.read_text().replace("999,emergency", "999,mobile"))
+
+    warnings = general_warnings("prefixes = mobile999.csv")
+
+    assert warnings == [
+        "[general] emergency_numbers: '999' is in category 'mobile' of the prefix "
+        f"table {Path('mobile999.csv').absolute()}. callguard always treats 999 as an "
+        "emergency number, so correct the prefix table's row for it"
+    ]
+
+
 @pytest.mark.parametrize("numbers", ["999, 112", "18000", "911"])
 def test_emergency_numbers_quiet(workdir, numbers):
     assert general_warnings(f"emergency_numbers = {numbers}") == []
@@ -1371,6 +1386,18 @@ def test_limits_without_channel_pattern_warn(workdir, pattern, warned):
             "trunk's channels: daily_limit applies only to reservations, and calls are not "
             "metered or hung up; set channel_pattern to the trunk's channel names, such "
             "as PJSIP/gamma-*")
+
+
+@pytest.mark.parametrize("pattern, warned", [("[", True), ("gamma", True),
+                                             ("*gamma*", False), ("PJSIP/gamma-*", False)])
+def test_channel_pattern_without_slash_warns(workdir, pattern, warned):
+    warnings = config_warnings(load(
+        "[general]\n[trunk gamma]\n" + RATES_LINE + f"\nchannel_pattern = {pattern}\n"))
+
+    matches_none = [w for w in warnings if "matches no channel" in w]
+    broad = [w for w in warnings if "matches every channel" in w]
+    assert len(matches_none) == (1 if warned else 0)
+    assert broad == []
 
 
 @pytest.mark.parametrize("pattern, shown", [("*", "every channel,"),

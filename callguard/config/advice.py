@@ -33,8 +33,14 @@ def config_warnings(config: Config, prefixes: PrefixTable | None = None) -> list
                                           ("max_concurrent_calls", trunk.max_concurrent_calls))
                    if value is not None]
         pattern = trunk.channel_pattern or ""
-        technology, _, endpoint = pattern.partition("/")
-        if pattern and not endpoint.strip("*?"):
+        technology, slash, endpoint = pattern.partition("/")
+        if pattern and not slash and "*" not in pattern:
+            warnings.append(
+                f"[trunk {name}] channel_pattern {pattern!r} has no '/' and no '*', so it "
+                "matches no channel: channel names are the technology, '/' and the "
+                f"channel, such as PJSIP/{name}-00000001; write it like PJSIP/{name}-*"
+            )
+        elif pattern and (not pattern.strip("*?") or slash and not endpoint.strip("*?")):
             warnings.append(
                 f"[trunk {name}] channel_pattern {pattern!r} matches every channel"
                 f"{'' if not endpoint else ' of ' + technology}, phones' included, so "

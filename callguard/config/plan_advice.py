@@ -10,6 +10,7 @@ import re
 import phonenumbers
 from phonenumbers import PhoneMetadata, PhoneNumberType
 
+from callguard.config.fields import ALWAYS_EMERGENCY_NUMBERS
 from callguard.config.model import Config
 from callguard.numbers import (
     InvalidNumber,
@@ -199,7 +200,13 @@ def _emergency_warnings(
                 f"is in category {category!r} of the prefix table {table.source}"
             )
 
-        if reasons:
+        if reasons and number in ALWAYS_EMERGENCY_NUMBERS:
+            warnings.append(
+                f"[general] emergency_numbers: {number!r} {', and '.join(reasons)}. "
+                f"callguard always treats {number} as an emergency number, so correct "
+                "the prefix table's row for it"
+            )
+        elif reasons:
             warnings.append(
                 f"[general] emergency_numbers: {number!r} {', and '.join(reasons)}. "
                 "Calls to an emergency number skip every barring and limit and are "
