@@ -5,6 +5,10 @@ waiting, so a crash loses at most the decisions of the last interval. Each
 decision is converted to driver values as it is recorded: the store thread
 then only executes the INSERT, and holds the GIL for less time per batch,
 which FastAGI sessions in flight would otherwise wait for.
+
+While the store fails, the decisions stay queued and the wait before the next
+write doubles after each failure, up to ``max_retry_interval`` seconds. The
+first write that succeeds brings the wait back to ``interval``.
 """
 
 import asyncio
@@ -26,16 +30,25 @@ NONE = "-"
 
 # Decisions kept in memory while the store is failing; the oldest go first.
 MAX_QUEUED = 100_000
+# The maximum wait, in seconds, between two writes while the store keeps failing.
+MAX_RETRY_INTERVAL = 10.0
 
 
 class DecisionRecorder:
     def __init__(self, worker: StoreWorker, clock: Clock, node: str, *,
-                 interval: float = 0.2, batch_size: int = 500):
+                 interval: float = 0.2, batch_size: int = 500,
+                 max_retry_interval: float = MAX_RETRY_INTERVAL):
         self._worker = worker
         self._clock = clock
         self._node = node
         self._interval = interval
         self._batch_size = batch_size
+        self._max_retry_interval = max(interval, max_retry_interval)
+        self._retry_delay = interval
+        self._failures = 0
+        # Decisions stored since the first of the failed writes in a row.
+        self._stored_after_failure = 0
+        self._store_errors = RepeatLimiter(clock=clock)
         # Decisions as the store's prepared rows.
         self._queue: deque[tuple] = deque(maxlen=MAX_QUEUED)
         self._wakeup = asyncio.Event()
@@ -62,6 +75,16 @@ class DecisionRecorder:
         if len(self._queue) >= self._batch_size:
             self._wakeup.set()
 
+    @property
+    def queued(self) -> int:
+        """Decisions waiting to be stored."""
+        return len(self._queue)
+
+    @property
+    def retry_delay(self) -> float:
+        """Seconds between writes: ``interval``, or longer after failed writes."""
+        return self._retry_delay
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="decision-recorder")
 
@@ -76,23 +99,58 @@ class DecisionRecorder:
         await self.flush()
 
     async def flush(self) -> None:
+        """Store the queued decisions in batches until the queue is empty or a write fails."""
         while self._queue:
             batch = [self._queue.popleft() for _ in range(min(self._batch_size, len(self._queue)))]
             try:
                 await self._worker.call(self._worker.store.add_prepared_decisions, batch)
             except Exception as exc:
-                # Put the batch back and try again on the next round.
-                self._queue.extendleft(reversed(batch))
-                log.error("failed to store %d decisions, keeping them queued: %s",
-                          len(batch), exc)
+                self._requeue(batch)
+                self._note_failure(len(batch), exc)
                 return
+            if self._failures:
+                self._stored_after_failure += len(batch)
+
+        if self._failures:
+            log.info("storing decisions works again after %d failed writes: stored %d "
+                     "decisions that were queued", self._failures,
+                     self._stored_after_failure)
+            self._failures = 0
+            self._stored_after_failure = 0
+            self._retry_delay = self._interval
+
+    def _requeue(self, batch: list[tuple]) -> None:
+        """Put a batch that failed back at the front of the queue, in its order.
+
+        Decisions recorded during the write may have filled the queue. Then the
+        oldest of the batch are dropped, as a full queue drops its oldest.
+        """
+        overflow = len(self._queue) + len(batch) - MAX_QUEUED
+        if overflow > 0:
+            self.dropped += overflow
+            batch = batch[overflow:]
+        self._queue.extendleft(reversed(batch))
+
+    def _note_failure(self, batch_size: int, exc: Exception) -> None:
+        self._failures += 1
+        if self._failures > 1:
+            self._retry_delay = min(self._retry_delay * 2, self._max_retry_interval)
+        suppressed = self._store_errors.admit()
+        if suppressed is not None:
+            log.error("failed to store %d decisions, keeping %d queued and trying again "
+                      "in %g s: %s%s", batch_size, len(self._queue), self._retry_delay, exc,
+                      suppressed_note(suppressed))
 
     async def _run(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), self._interval)
-            except TimeoutError:
-                pass
+            if self._failures:
+                # A full batch does not cut the wait short while the store fails.
+                await asyncio.sleep(self._retry_delay)
+            else:
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), self._interval)
+                except TimeoutError:
+                    pass
             self._wakeup.clear()
             await self.flush()
 
