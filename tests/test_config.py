@@ -217,7 +217,13 @@ BAD_VALUES = [
         "postgresql+psycopg://user@host/db"]),
     ("general", "database", "postgresql://cg@127.0.0.1/cg", [
         "'postgresql://cg@127.0.0.1/cg' uses the unsupported driver 'postgresql'; "
-        "write it like sqlite:////var/lib/callguard/callguard.db or "
+        "callguard connects to PostgreSQL with psycopg 3, so write "
+        "postgresql+psycopg:// in place of postgresql://, like "
+        "postgresql+psycopg://user@host/db"]),
+    ("general", "database", "postgres://cg@127.0.0.1/cg", [
+        "'postgres://cg@127.0.0.1/cg' uses the unsupported driver 'postgres'; "
+        "callguard connects to PostgreSQL with psycopg 3, so write "
+        "postgresql+psycopg:// in place of postgres://, like "
         "postgresql+psycopg://user@host/db"]),
     ("general", "database", "postgresql+psycopg://cg@127.0.0.1", [
         "'postgresql+psycopg://cg@127.0.0.1' names no database; write it like "
@@ -422,6 +428,28 @@ def test_bad_value(workdir, section, key, value, messages):
     ]
 
     assert problems(config_with(section, key, value)) == expected
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("postgres://cg:s3cret-pw@127.0.0.1/cg", "'postgres://cg:***@127.0.0.1/cg'"),
+    ("postgresql://cg:s3cret-pw@127.0.0.1/cg", "'postgresql://cg:***@127.0.0.1/cg'"),
+    ("mysql://cg:s3cret-pw@127.0.0.1/cg", "'mysql://cg:***@127.0.0.1/cg'"),
+    ("postgresql+psycopg://cg:s3cret-pw@127.0.0.1",
+     "'postgresql+psycopg://cg:***@127.0.0.1'"),
+    # psycopg takes the password as a query parameter too.
+    ("postgresql://cg@127.0.0.1/cg?password=s3cret-pw",
+     "'postgresql://cg@127.0.0.1/cg?password=***'"),
+    ("postgres://cg@127.0.0.1/cg?password=s3cret-pw", "'postgres://cg@127.0.0.1/cg?password=***'"),
+    ("sqlite://:s3cret-pw@/:memory:", "'sqlite://:***@/%3Amemory%3A'"),
+    # A port that is not a number makes SQLAlchemy raise ValueError.
+    ("postgresql+psycopg://cg:s3cret-pw@127.0.0.1:port/cg",
+     "'postgresql+psycopg://cg:***@127.0.0.1:port/cg'"),
+])
+def test_database_error_hides_password(workdir, url, shown):
+    [message] = problems(config_with("general", "database", url))
+
+    assert "s3cret-pw" not in message
+    assert shown in message
 
 
 def test_problem_format(workdir):
@@ -767,20 +795,6 @@ def test_file_without_trunk_rejected(workdir):
     assert problems("[general]\ncurrency = GBP\n") == [
         f"{CONFIG_NAME}: has no [trunk NAME] section, so every call would be denied "
         "unknown-trunk; add one for each outbound trunk, like [trunk gamma] with its rates"]
-
-
-@pytest.mark.parametrize("url", [
-    "mysql://cg:Ps3cret@127.0.0.1/db?password=Qs3cret",
-    "postgresql+psycopg://cg:Ps3cret@127.0.0.1/?password=Qs3cret",
-    "sqlite://:Ps3cret@/:memory:?password=Qs3cret",
-    "postgresql+psycopg://cg:Ps3cret@127.0.0.1:port/db?password=Qs3cret",
-])
-def test_database_error_masks_password(workdir, url):
-    message = "\n".join(problems(config_with("general", "database", url)))
-
-    assert "Ps3cret" not in message
-    assert "Qs3cret" not in message
-    assert "***" in message
 
 
 def test_ari_password(workdir):

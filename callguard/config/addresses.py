@@ -23,6 +23,8 @@ ARI_PATH_SUFFIX = "/ari"
 
 SQLITE_DRIVERS = ("sqlite", "sqlite+pysqlite")
 POSTGRESQL_DRIVER = "postgresql+psycopg"
+# PostgreSQL URL schemes that name no driver, where callguard needs psycopg 3.
+POSTGRESQL_SCHEMES = ("postgres", "postgresql")
 SQLITE_MEMORY = ":memory:"
 DATABASE_EXAMPLE = (
     "sqlite:////var/lib/callguard/callguard.db or postgresql+psycopg://user@host/db"
@@ -120,6 +122,7 @@ def parse_database_url(text: str, base_dir: Path) -> str:
 
     A relative SQLite path is resolved against ``base_dir``. An in-memory SQLite
     database is rejected because it would lose all recorded spend on restart.
+    Error messages show the URL without its password.
     """
     # The URL may contain a password, and these messages reach logs and the audit trail.
     shown = repr(mask_url(text))
@@ -133,6 +136,13 @@ def parse_database_url(text: str, base_dir: Path) -> str:
 
     if url.drivername in SQLITE_DRIVERS:
         return _resolve_sqlite_url(text, url, base_dir)
+
+    if url.drivername in POSTGRESQL_SCHEMES:
+        raise InvalidValue(
+            f"{shown} uses the unsupported driver {url.drivername!r}; callguard "
+            f"connects to PostgreSQL with psycopg 3, so write {POSTGRESQL_DRIVER}:// "
+            f"in place of {url.drivername}://, like {POSTGRESQL_DRIVER}://user@host/db"
+        )
 
     if url.drivername != POSTGRESQL_DRIVER:
         raise InvalidValue(
