@@ -14,7 +14,7 @@ from callguard.cli import blocks
 from callguard.cli.ctl import main
 from callguard.clock import ManualClock
 from callguard.config import load_config
-from callguard.daemon.app import Application
+from callguard.daemon.app import SPEND_REFRESH_SECONDS, Application
 from callguard.daemon.control import ask
 from callguard.store import AuditRecord, DecisionRecord, HangupRecord, Store
 from callguard.windows import window_keys
@@ -52,7 +52,9 @@ def test_block_and_unblock(conf, capsys):
     assert f"the change is stored in {load_config(conf).general.database}" in out
     assert "no control socket exists at" in out
     assert "a running daemon, if any, was not notified" in out
-    assert "callguard applies the change at its next start" in out
+    assert "A running daemon reads the blocks and the spend from the store every " \
+        f"{SPEND_REFRESH_SECONDS:g} seconds" in out
+    assert "A stopped daemon applies the change when it starts" in out
 
     blocks = run_json(capsys, conf, "blocks")
     assert [(b["key_type"], b["key"], b["reason"]) for b in blocks] == [
@@ -735,7 +737,8 @@ def test_stale_socket_exits_3(conf, capsys, arguments):
     assert "The daemon is not responding, or the socket was left by a daemon" in err
     assert "Connection refused" in err
     assert "the running daemon, if any, was not notified" in err
-    assert "systemctl restart callguard" in err
+    assert "applies the change within about 10 seconds and needs no restart" in err
+    assert "systemctl restart" not in err
 
 
 def test_silent_daemon_exits_3(conf, capsys, monkeypatch):

@@ -10,6 +10,7 @@ import csv
 import json
 import logging
 import shutil
+import socket
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -730,6 +731,37 @@ def test_status_not_running(config, capsys):
     assert "is it running" in captured.err
 
 
+def test_status_silent_daemon_timed_out(tmp_path, capsys):
+    # The kernel completes the connection into the listen backlog, and nothing
+    # ever reads the request or replies.
+    socket_path = tmp_path / "silent.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(socket_path))
+    listener.listen()
+    try:
+        status = live.cmd_status(socket_path, as_json=False, timeout=0.2)
+    finally:
+        listener.close()
+    captured = capsys.readouterr()
+
+    assert status == EXIT_FAILURE
+    assert f"cannot reach the callguard daemon at {socket_path}: timed out after 0.2 s;" \
+        in captured.err
+    assert ": ;" not in captured.err
+
+
+def test_calls_help_names_source(capsys):
+    status = run_ctl("calls", "--help")
+    # argparse wraps the description at the terminal width.
+    text = " ".join(capsys.readouterr().out.split())
+
+    assert status == 0
+    assert "the calls that the running daemon holds in memory" in text
+    assert "all seen since it started" in text
+    assert "It does not read the store's history" in text
+    assert "does not list the calls of other daemons that share the store" in text
+
+
 # Text that callers control, in the listings
 
 # ESC sequences (window title, colour), BEL, CR, LF, TAB, DEL, a C1 control and a
@@ -766,7 +798,7 @@ def test_status_escapes_control_characters(config, capsys, monkeypatch):
              "live_calls": [live_call(channel=f"PJSIP/{HOSTILE}", number=HOSTILE)]}
     reply = {"version": "0.1.0", "currency": "GBP", "ari_connected": True,
              "trunks": {"gamma": trunk}}
-    monkeypatch.setattr(live, "query", lambda socket, request: reply)
+    monkeypatch.setattr(live, "query", lambda socket, request, timeout: reply)
 
     status = run_ctl("--config", str(config), "status")
     out = capsys.readouterr().out
@@ -781,7 +813,7 @@ def test_status_escapes_control_characters(config, capsys, monkeypatch):
 def test_calls_escapes_control_characters(config, capsys, monkeypatch):
     reply = {"live": [live_call(channel=HOSTILE, category=HOSTILE)],
              "recent": [live_call(number=HOSTILE, state="ended", hangup_reason=HOSTILE)]}
-    monkeypatch.setattr(live, "query", lambda socket, request: reply)
+    monkeypatch.setattr(live, "query", lambda socket, request, timeout: reply)
 
     status = run_ctl("--config", str(config), "calls")
     lines = capsys.readouterr().out.splitlines()

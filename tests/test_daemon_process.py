@@ -495,6 +495,45 @@ async def test_listener_fails_with_one_error(tmp_path):
     assert "never retrieved" not in text
 
 
+async def run_until_exit(config: Path) -> tuple[int, str, str]:
+    """Run ``callguard run`` that is expected to fail at start; return its status and output."""
+    process = await asyncio.create_subprocess_exec(
+        str(CALLGUARD), "--config", str(config), "run",
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), START_TIMEOUT)
+    return process.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace")
+
+
+async def test_sqlite_directory_missing_one_line(tmp_path):
+    database = tmp_path / "missing" / "callguard.db"
+    config = write_config(tmp_path, port=free_port(), database=f"sqlite:///{database}")
+
+    status, stdout, stderr = await run_until_exit(config)
+
+    assert status == 1, stderr
+    assert "Traceback" not in stderr
+    [line] = [line for line in stderr.splitlines() if "ERROR" in line]
+    assert "cannot start" in line
+    assert str(database) in line
+    assert f"directory {tmp_path / 'missing'} does not exist" in line
+
+
+async def test_postgresql_refused_one_line(tmp_path):
+    # Nothing listens on the port, so the connection is refused at once.
+    url = f"postgresql+psycopg://callguard:s3cret-pw@127.0.0.1:{free_port()}/callguard"
+    config = write_config(tmp_path, port=free_port(), database=url)
+
+    status, stdout, stderr = await run_until_exit(config)
+
+    assert status == 1, stderr
+    assert "Traceback" not in stderr
+    assert "s3cret-pw" not in stderr
+    [line] = [line for line in stderr.splitlines() if "ERROR" in line]
+    assert "callguard:***@127.0.0.1" in line
+    assert "Connection refused" in line
+
+
 async def ctl_check(config: Path, *options: str) -> dict:
     ctl = await asyncio.create_subprocess_exec(
         str(CALLGUARDCTL), "--config", str(config), "check", GEOGRAPHIC, "--trunk",
@@ -694,13 +733,13 @@ async def test_no_control_socket_logged_and_ctl(start_daemon, tmp_path):
     log = daemon.log()
     assert f"ERROR callguard.daemon.app: no control socket at {unusable}: " in log
     assert f"control socket directory {unusable.parent} is not a directory" in log
-    assert ("Blocks, unblocks and spend resets from callguardctl are stored but do not "
-            "reach this daemon until it is restarted with a usable control_socket") in log
+    assert ("Blocks, unblocks and spend resets from callguardctl reach this daemon only "
+            "through the store, within about 10 s.") in log
 
     status, output, errors = await run_ctl(daemon.config, "block", "1004", "--reason",
                                            "fraud")
     assert status == 0, errors
     assert f"no control socket exists at {unusable}" in output
     assert "a running daemon, if any, was not notified" in output
-    assert "systemctl restart callguard" in output
+    assert "applies the change within about 10 seconds and needs no restart" in output
     assert "callguard is not running" not in output

@@ -1,9 +1,9 @@
 """``callguardctl blocks``, ``block``, ``unblock`` and ``reset``: operator controls.
 
 Each change goes to the store with its reason and an audit entry first, then to
-the running daemon over the control socket. Without a daemon the change applies
-at its next start. A reload (SIGHUP) does not read blocks or spend from the
-store again, so only a restart applies a change that the daemon was not sent.
+the running daemon over the control socket, which applies it at once. A daemon
+that was not sent the change still applies it when it next reads the blocks and
+the spend from the store, every 10 seconds while it runs and once as it starts.
 """
 
 import argparse
@@ -50,9 +50,14 @@ from callguard.windows import DAY, WEEK, window_keys
 UNKNOWN_ACTOR = "unknown"
 # Seconds to wait for the daemon to accept the connection, and again for its reply.
 CONTROL_TIMEOUT = 5.0
-RESTART_ADVICE = ("callguard applies the change at its next start, or now with "
-                  "'systemctl restart callguard' (a reload does not read blocks or "
-                  "spend from the store again)")
+# The daemon reads the active blocks and the spend totals from the store as it
+# starts and then every SPEND_REFRESH_SECONDS (10) of callguard.daemon.app. A
+# block that it added itself stays for one read more (BlockList.sync).
+STORE_READ_ADVICE = ("A running daemon reads the blocks and the spend from the store "
+                     "every 10 seconds, so it applies the change within about 10 seconds "
+                     "and needs no restart (an unblock takes up to 20 seconds if the "
+                     "daemon added that block in the 10 seconds before). A stopped daemon "
+                     "applies the change when it starts")
 # The longest --for. A longer block is one until unblocked, and the limit keeps
 # the expiry far below the year 9999, the last that datetime can hold.
 MAX_BLOCK_DAYS = 36500
@@ -99,13 +104,15 @@ def _exit_status_help(failures: str) -> str:
     """Return the help text on the exit status of a command that changes the store."""
     return (
         "exit status: 0 when the change is stored and the running daemon applied it, "
-        "or when no control socket exists (callguard applies the change at its next "
-        f"start); 1 when {failures}, or when the daemon rejected the change, for "
+        "or when no control socket exists (a running daemon reads the change from the "
+        "store within about 10 seconds, and a stopped one when it starts); 1 when "
+        f"{failures}, or when the daemon rejected the change, for "
         "example because it uses another database; 2 for an invalid argument or "
         "config; 3 when the change is stored but the request through the existing "
         "control socket failed (a daemon that does not respond, a socket left by "
-        "one that stopped, or no permission to use it), so the daemon applies the "
-        "change only when it restarts."
+        "one that stopped, or no permission to use it). A running daemon then "
+        "applies the change when it next reads the store, within about 10 seconds, "
+        "with no restart needed."
     )
 
 
@@ -368,7 +375,7 @@ def _tell_daemon(config: Config, request: dict) -> int:
             "callguardctl as a user that may read the socket's directory", store_url)
     if not socket_exists:
         print(f"the change is stored in {store_url}; no control socket exists at {path}, "
-              f"so a running daemon, if any, was not notified. {RESTART_ADVICE}.")
+              f"so a running daemon, if any, was not notified. {STORE_READ_ADVICE}.")
         return EXIT_OK
 
     failed = f"the control socket {path} exists, but the request to the daemon failed"
@@ -395,7 +402,7 @@ def _tell_daemon(config: Config, request: dict) -> int:
               f"{store_url}, which that daemon does not use.", file=sys.stderr)
     else:
         print(f"the running daemon rejected the change: {error}. The change is stored in "
-              f"{store_url}. {RESTART_ADVICE}.", file=sys.stderr)
+              f"{store_url}. {STORE_READ_ADVICE}.", file=sys.stderr)
     return EXIT_FAILURE
 
 
@@ -406,7 +413,7 @@ def _unreachable(problem: str, store_url: str) -> int:
 
 def _not_notified(problem: str, store_url: str) -> int:
     print(f"{problem}. The change is stored in {store_url}, and the running daemon, if "
-          f"any, was not notified. {RESTART_ADVICE}.", file=sys.stderr)
+          f"any, was not notified. {STORE_READ_ADVICE}.", file=sys.stderr)
     return EXIT_DAEMON_UNREACHABLE
 
 

@@ -23,6 +23,7 @@ from callguard.cli.inspect import ask_daemon, check_number, print_check
 from callguard.config import Config, ConfigError
 from callguard.config.advice import config_warnings
 from callguard.daemon.state import build_state, number_plan
+from callguard.metering.guard import RECENT_LEGS
 from callguard.numbers import Classifier, PrefixTable, PrefixTableError
 from callguard.policy.decision import CallRequest
 from callguard.policy.offenders import normalise_source
@@ -61,8 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print one JSON object")
     _add_socket_argument(status)
 
-    calls = commands.add_parser("calls", help="live and recent calls with destination, "
-                                "duration, cost and how each ended")
+    calls = commands.add_parser(
+        "calls", help="live and recent calls that the running daemon has seen since it "
+        "started, with destination, duration, cost and how each ended",
+        description="List the calls that the running daemon holds in memory: the live "
+        f"calls and the last {RECENT_LEGS} that ended, all seen since it started (live "
+        "calls include those it took over from the store as it started). It does not "
+        "read the store's history, and it does not list the calls of other daemons "
+        "that share the store. Only when the daemon cannot be reached, and --live is "
+        f"not given, the last {live.STORED_CALLS} calls from the store are listed "
+        "instead.")
     calls.add_argument("--live", action="store_true", help="live calls only")
     calls.add_argument("--json", action="store_true", help="print one JSON object")
     _add_socket_argument(calls)

@@ -10,6 +10,8 @@ from callguard import __version__
 from callguard.cli.common import EXIT_FAILURE, EXIT_OK, add_config_argument, read_config, setup_logging
 from callguard.daemon.app import Application
 from callguard.daemon.systemd import Notifier
+from callguard.store import StoreError
+from callguard.store.engine import mask_url
 
 log = logging.getLogger("callguard")
 
@@ -110,13 +112,28 @@ def main(argv: list[str] | None = None) -> int:
     config = read_config(args)
     setup_logging(config.general.log_level)
 
-    app = Application(config, database_override=bool(args.database))
     try:
+        app = Application(config, database_override=bool(args.database))
         asyncio.run(serve(app, Notifier()))
+    except StoreError as exc:
+        log.error("%s", store_failure(config.general.database, exc))
+        return EXIT_FAILURE
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def store_failure(database: str, exc: StoreError) -> str:
+    """Return the one-line error for a store that failed, naming its database.
+
+    A driver error already names the database URL without its password, so the
+    URL is added only when the message lacks it.
+    """
+    url = mask_url(database)
+    if url in str(exc):
+        return f"cannot start: {exc}"
+    return f"cannot start with the database {url}: {exc}"
 
 
 if __name__ == "__main__":

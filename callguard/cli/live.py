@@ -9,21 +9,26 @@ from pathlib import Path
 from callguard.cli.common import EXIT_FAILURE, EXIT_OK
 from callguard.text import escape_controls
 from callguard.config import Config
-from callguard.daemon.control import ask
+from callguard.daemon.control import ASK_TIMEOUT, ask
 from callguard.store import Store
 
+# Calls that ``calls`` reads from the store when the daemon cannot be reached.
+STORED_CALLS = 50
 
-def query(path: Path, request: dict) -> dict | None:
+
+def query(path: Path, request: dict, timeout: float = ASK_TIMEOUT) -> dict | None:
     """Send ``request`` to the daemon's control socket and return the reply.
 
     Returns None after printing the reason to stderr when the daemon cannot be
-    reached or returns an error.
+    reached or returns an error. ``timeout`` is in seconds, for the connection
+    and again for the reply.
     """
     try:
-        reply = asyncio.run(ask(path, request))
+        reply = asyncio.run(ask(path, request, timeout))
     except (OSError, TimeoutError, ValueError) as exc:
-        print(f"cannot reach the callguard daemon at {path}: {exc}; is it running, and "
-              "are you in its group?", file=sys.stderr)
+        print(f"cannot reach the callguard daemon at {path}: "
+              f"{_failure_reason(exc, timeout)}; is it running, and are you in its group?",
+              file=sys.stderr)
         return None
     if "error" in reply:
         print(f"the daemon answered: {escape_controls(reply['error'])}", file=sys.stderr)
@@ -31,8 +36,18 @@ def query(path: Path, request: dict) -> dict | None:
     return reply
 
 
-def cmd_status(socket: Path, as_json: bool) -> int:
-    reply = query(socket, {"command": "status"})
+def _failure_reason(exc: Exception, timeout: float) -> str:
+    """Return the exception's text, or its type when the text is empty, as for a timeout."""
+    text = str(exc)
+    if text:
+        return text
+    if isinstance(exc, TimeoutError):
+        return f"timed out after {timeout:g} s"
+    return type(exc).__name__
+
+
+def cmd_status(socket: Path, as_json: bool, timeout: float = ASK_TIMEOUT) -> int:
+    reply = query(socket, {"command": "status"}, timeout)
     if reply is None:
         return EXIT_FAILURE
     if as_json:
@@ -70,9 +85,9 @@ def _window_line(window: str, trunk: dict, currency: str) -> str:
 
 
 def cmd_calls(socket: Path, load_config: Callable[[], Config], live_only: bool,
-              as_json: bool) -> int:
+              as_json: bool, timeout: float = ASK_TIMEOUT) -> int:
     """Print live and recent calls; ``load_config`` is called only to read the store."""
-    reply = query(socket, {"command": "calls", "live": live_only})
+    reply = query(socket, {"command": "calls", "live": live_only}, timeout)
     if reply is None:
         if live_only:
             return EXIT_FAILURE
@@ -117,7 +132,7 @@ def _stored_calls(config: Config) -> list[dict]:
     store = Store(config.general.database)
     store.open()
     try:
-        records = store.recent_calls(50)
+        records = store.recent_calls(STORED_CALLS)
     finally:
         store.close()
     rows = []

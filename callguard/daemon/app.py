@@ -142,10 +142,10 @@ class Application:
             # Running on is safer than refusing to start, which would stop every
             # check of an outbound call.
             log.error("no control socket at %s: %s. Blocks, unblocks and spend resets "
-                      "from callguardctl are stored but do not reach this daemon until "
-                      "it is restarted with a usable control_socket in [general]. "
-                      "callguardctl status, calls and check cannot reach it either.",
-                      general.control_socket, exc)
+                      "from callguardctl reach this daemon only through the store, "
+                      "within about %g s. callguardctl status, calls and check cannot "
+                      "reach it until it is restarted with a usable control_socket in "
+                      "[general].", general.control_socket, exc, SPEND_REFRESH_SECONDS)
             self.control = None
         self._watch = asyncio.create_task(self._watch_ari(), name="ari-watch")
         self._refresh = asyncio.create_task(self._refresh_spend_forever(),

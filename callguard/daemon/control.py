@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 
 MAX_REQUEST = 64 * 1024
 REQUEST_TIMEOUT = 5.0
+# Seconds that a client waits for the connection, and again for the reply.
+ASK_TIMEOUT = 5.0
 SOCKET_MODE = 0o660
 
 Command = Callable[[dict], Awaitable[dict] | dict]
@@ -123,7 +125,7 @@ async def _answers(path: Path) -> bool:
     return True
 
 
-async def ask(path: Path, request: dict, timeout: float = 5.0) -> dict:
+async def ask(path: Path, request: dict, timeout: float = ASK_TIMEOUT) -> dict:
     """Send one request to the daemon's control socket and return its reply."""
     reader, writer = await asyncio.wait_for(
         asyncio.open_unix_connection(str(path), limit=32 << 20), timeout
