@@ -149,7 +149,7 @@ async def test_recorder_outage_limits_errors(proxied_store, proxy, worker, caplo
         assert delays == [0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0]
         assert len(log_lines(caplog, FAILED)) == LOG_BURST
         assert recorder.queued == 3
-        assert "Connection refused" in log_lines(caplog, FAILED)[0]
+        assert "storing 3 decisions failed on postgresql+psycopg://" in log_lines(caplog, FAILED)[0]
 
         # A new window admits a line again, which counts the lines left out.
         clock.advance(LOG_INTERVAL)
@@ -180,14 +180,18 @@ async def test_recorder_run_backs_off(proxied_store, proxy, worker, caplog):
     recorder.start()
     try:
         with caplog.at_level(logging.INFO, logger=RECORDER_LOGGER):
-            # One decision every 5 ms for 0.6 s, while the store is unreachable.
+            # One decision every 5 ms for 0.6 s or more, while the store is unreachable.
+            started = time.monotonic()
             for number in range(120):
                 recorder.record(*decision_for(number))
                 await asyncio.sleep(0.005)
+            elapsed = time.monotonic() - started
 
             # Waits of 0.01, 0.02, 0.04 and then 0.08 s fit about 10 writes into 0.6 s,
-            # where a writer that did not back off would try 120 times.
-            assert worker.writes <= 15
+            # where a writer that did not back off would try 120 times. A busy
+            # machine stretches the loop, and the waits fit more writes into it.
+            assert worker.writes <= elapsed / 0.08 + 5
+            assert worker.writes < 60
             assert recorder.retry_delay == 0.08
             assert recorder.queued == 120
             assert len(log_lines(caplog, FAILED)) <= LOG_BURST
