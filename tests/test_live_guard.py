@@ -4,13 +4,17 @@ import asyncio
 import base64
 import logging
 import math
+import sqlite3
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from callguard.daemon import status
+from callguard.metering import guard
+from callguard.store import engine
 from callguard.store import Store
 from live_support import PASSWORD, Pbx, eventually
 
@@ -412,3 +416,36 @@ async def test_reload_bad_password_file_kept(make_pbx, caplog):
     assert "ARI connection" not in caplog.text
     assert list(pbx.legs()) == [call.trunk_id]
     assert_passwords_not_logged(caplog, PASSWORD, "rotated")
+
+
+async def test_call_end_stored_after_store_lock(make_pbx, monkeypatch):
+    # Another process holds the SQLite write lock as the call ends. If the end
+    # were not written again, the next start would find the call up and charge
+    # it up to that moment: 360.00 for six hours instead of 2.00.
+    monkeypatch.setattr(engine, "SQLITE_BUSY_TIMEOUT_MS", 50)
+    start = london(2024, 6, 14, 10, 0)
+    pbx, call = await answered_call(make_pbx, start)
+    await pbx.app.guard.drain()
+    path = make_url(pbx.config.general.database).database
+    locker = sqlite3.connect(path, isolation_level=None)
+    try:
+        locker.execute("BEGIN EXCLUSIVE")
+        pbx.clock.advance(90)
+        await pbx.ari.hangup(call)
+        await eventually(lambda: not pbx.legs(), what="the call to end")
+        await pbx.app.guard.drain()
+        assert pbx.app.guard._writes, "the end of the call should wait in the queue"
+    finally:
+        locker.execute("COMMIT")
+        locker.close()
+
+    pbx.clock.advance(guard.WRITE_RETRY_FIRST_SECONDS)
+    await eventually(lambda: not pbx.app.guard._writes, what="the write again")
+    await pbx.app.guard.drain()
+    assert pbx.spend("day", "2024-06-14") == Decimal("2.00")
+
+    pbx.clock.set(london(2024, 6, 14, 16, 0))
+    await pbx.app.stop()
+    await pbx.start_callguard()
+    assert pbx.legs() == {}
+    assert pbx.spend("day", "2024-06-14") == Decimal("2.00")

@@ -361,7 +361,7 @@ class Application:
             await self.ari.stop()
         if self.guard is not None:
             self.guard.close()
-            await self.guard.drain()
+            await self.guard.flush_writes()
         await self.offenders.drain()
         await self.recorder.stop()
         await self.dispatcher.stop()

@@ -26,6 +26,7 @@ from callguard.policy.decision import ALLOW, REASON_EMERGENCY, REASON_OPTED_OUT,
 from callguard.policy.engine import PolicyEngine
 from callguard.numbers.categories import EMERGENCY
 from callguard.rating import Increments, Tariff
+from callguard.repeats import RepeatLimiter, suppressed_note
 from callguard.policy.ledger import Ledger
 from callguard.policy.reservations import Reservations
 from callguard.store import StoreError
@@ -59,6 +60,12 @@ CAUSE_CALL_REJECTED = 21
 RECENT_LEGS = 500
 # Seconds before a hang-up that failed (Asterisk unreachable) is tried again.
 HANGUP_RETRY_SECONDS = 2.0
+# Waits before writing call updates again while the store is unreachable: the
+# first, doubled after each failure up to the last.
+WRITE_RETRY_FIRST_SECONDS = 1.0
+WRITE_RETRY_MAX_SECONDS = 30.0
+# Call updates kept while the store is unreachable; beyond it the oldest are dropped.
+MAX_QUEUED_WRITES = 100_000
 
 OUTCOME_REQUESTED = "requested"
 OUTCOME_GONE = "gone"
@@ -88,6 +95,10 @@ class LiveGuard:
         self._loading_windows: set[tuple[str, str, str]] = set()
         self._writes: list[tuple[str, tuple]] = []
         self._writer: asyncio.Future | None = None
+        # While the store is unreachable, the wait before the next write, else None.
+        self._write_retry: float | None = None
+        self._write_errors = RepeatLimiter()
+        self.dropped_writes = 0
         self._tasks: set[asyncio.Task] = set()
 
     # Configuration and queries.
@@ -540,31 +551,69 @@ class LiveGuard:
     def _write(self, operation: tuple[str, tuple]) -> None:
         """Queue a call update; updates queued while a batch is written go in the next."""
         self._writes.append(operation)
+        if len(self._writes) > MAX_QUEUED_WRITES:
+            del self._writes[0]
+            self.dropped_writes += 1
+        if self._write_retry is not None:
+            return  # the retry timer writes the queue
+        self._start_writer()
+
+    def _start_writer(self) -> None:
         if self._writer is None or self._writer.done():
             self._writer = asyncio.ensure_future(self._flush_writes())
             self._tasks.add(self._writer)
             self._writer.add_done_callback(self._tasks.discard)
 
     async def _flush_writes(self) -> None:
+        """Write the queued call updates in order.
+
+        While the store is unreachable, the failed update and every later one
+        stay queued, in order, and are written again after a wait that doubles
+        up to WRITE_RETRY_MAX_SECONDS. A call whose end was never stored would
+        otherwise be found up after a restart and charged up to that moment.
+        """
         store = self.worker.store
         while self._writes:
             batch, self._writes = self._writes, []
             try:
                 await self.worker.call(store.write_calls, batch)
                 self._note_written(batch)
+                self._writes_recovered()
                 continue
             except Exception as exc:
-                log.error("failed to store %d call updates together (%s); storing them "
-                          "one by one", len(batch), exc)
-            for kind, args in batch:
+                if len(batch) > 1 or not _transient(exc):
+                    log.error("failed to store %d call updates together (%s); storing "
+                              "them one by one", len(batch), exc)
+            for index, (kind, args) in enumerate(batch):
                 try:
                     await self.worker.call(store.write_calls, [(kind, args)])
                     self._note_written([(kind, args)])
                 except Exception as exc:
-                    # NOTE: the call's spend stays right in memory; the store
-                    # lacks this update until the call is seen again.
-                    log.error("failed to store a call update (%s of %s): %s", kind,
-                              getattr(args[0], "uniqueid", "?"), exc)
+                    if _transient(exc):
+                        self._writes = batch[index:] + self._writes
+                        self._retry_writes_later(exc)
+                        return
+                    # The database rejected this update itself: storing it again
+                    # cannot succeed, and it must not hold up the others.
+                    log.error("failed to store a call update (%s of %s), dropping it: %s",
+                              kind, getattr(args[0], "uniqueid", "?"), exc)
+            self._writes_recovered()
+
+    def _retry_writes_later(self, exc: Exception) -> None:
+        delay = (WRITE_RETRY_FIRST_SECONDS if self._write_retry is None
+                 else min(self._write_retry * 2, WRITE_RETRY_MAX_SECONDS))
+        self._write_retry = delay
+        suppressed = self._write_errors.admit()
+        if suppressed is not None:
+            log.error("failed to store call updates, keeping %d queued and trying again in "
+                      "%g s: %s%s", len(self._writes), delay, exc,
+                      suppressed_note(suppressed))
+        self.clock.call_at(self.clock.now() + timedelta(seconds=delay), self._start_writer)
+
+    def _writes_recovered(self) -> None:
+        if self._write_retry is not None:
+            log.info("storing call updates works again")
+            self._write_retry = None
 
     def _note_written(self, operations: list[tuple[str, tuple]]) -> None:
         """Tell the ledger which finished calls' costs the store now contains."""
@@ -583,10 +632,24 @@ class LiveGuard:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
+    async def flush_writes(self) -> None:
+        """Try once more to store the call updates still queued, as the daemon stops."""
+        await self.drain()
+        if self._writes:
+            await self._flush_writes()
+        if self._writes:
+            log.error("stopping with %d call updates not stored; calls they end will be "
+                      "found up at the next start and charged up to it", len(self._writes))
+
     def close(self) -> None:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+
+
+def _transient(exc: Exception) -> bool:
+    """Check whether ``exc`` is a store failure that writing again later may get past."""
+    return isinstance(exc, StoreError) and exc.transient
 
 
 def _cost_of(charges: dict) -> Decimal:

@@ -10,7 +10,16 @@ from typing import Any
 import psycopg
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError, StatementError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+    StatementError,
+    TimeoutError as PoolTimeoutError,
+)
 
 from callguard.urls import MASK, mask_url
 
@@ -29,7 +38,22 @@ PG_DRIVER = "postgresql+psycopg"
 WRITE_OPTION = "callguard_write"
 
 class StoreError(RuntimeError):
-    """A database operation failed; the message names the database without its password."""
+    """A database operation failed; the message names the database without its password.
+
+    ``transient`` is True when the database could not be reached or was busy
+    (a refused or lost connection, a locked SQLite file), so the same
+    operation may succeed later; it is False for an operation the database
+    rejected.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+# Errors of a database that is down, unreachable or busy, not of the statement.
+_TRANSIENT_ERRORS = (OperationalError, InterfaceError, DisconnectionError, PoolTimeoutError,
+                     psycopg.OperationalError, psycopg.InterfaceError)
 
 
 def parse_url(url: str) -> URL:
@@ -151,12 +175,15 @@ def translated_errors(
         ):
             raise exc.orig from None
         cause = exc.orig if exc.orig is not None else exc
-        raise StoreError(_message(operation, url_for_logs, cause, secrets)) from exc
+        raise StoreError(_message(operation, url_for_logs, cause, secrets),
+                         transient=isinstance(exc, _TRANSIENT_ERRORS)) from exc
     except SQLAlchemyError as exc:
-        raise StoreError(_message(operation, url_for_logs, exc, secrets)) from exc
+        raise StoreError(_message(operation, url_for_logs, exc, secrets),
+                         transient=isinstance(exc, _TRANSIENT_ERRORS)) from exc
     except psycopg.Error as exc:
         # Raised by COPY, which uses the psycopg connection directly.
-        raise StoreError(_message(operation, url_for_logs, exc, secrets)) from exc
+        raise StoreError(_message(operation, url_for_logs, exc, secrets),
+                         transient=isinstance(exc, _TRANSIENT_ERRORS)) from exc
 
 
 def _message(
