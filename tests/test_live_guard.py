@@ -345,6 +345,7 @@ async def test_reload_disables_ari(make_pbx, caplog):
     caplog.set_level(logging.DEBUG)
     start = london(2024, 6, 14, 10, 0)
     pbx, call = await answered_call(make_pbx, start)
+    pbx.clock.advance(30)
 
     set_ari_key(pbx, "enabled", "yes", "no")
     assert await pbx.app.reload()
@@ -357,8 +358,33 @@ async def test_reload_disables_ari(make_pbx, caplog):
             in caplog.text)
     assert "ARI is disabled: live calls are not metered or hung up" in caplog.text
     assert "ARI events lost" not in caplog.text
-    # The leg stays, as after a restart without ARI.
-    assert list(pbx.legs()) == [call.trunk_id]
+    # No event can end the leg now: it is charged up to the reload and stored as ended.
+    assert pbx.legs() == {}
+    await pbx.app.guard.drain()
+    assert pbx.spend("day", "2024-06-14") == Decimal("1.00")
+
+
+async def test_ari_off_spend_stays_after_restart(make_pbx):
+    # A call up when the daemon stops, which then ends unseen, must not be
+    # charged for ever by a daemon that starts with ARI disabled.
+    start = london(2024, 6, 14, 10, 0)
+    pbx, call = await answered_call(make_pbx, start)
+    await pbx.app.guard.drain()
+    pbx.clock.advance(60)
+    await pbx.crash()
+    set_ari_key(pbx, "enabled", "yes", "no")
+    await pbx.start_callguard()
+    await pbx.app.guard.drain()
+
+    assert pbx.legs() == {}
+    assert pbx.spend("day", "2024-06-14") == Decimal("1.00")
+    pbx.clock.set(london(2024, 6, 14, 12, 0))
+    _, result = await pbx.call("01632960124")
+    assert result["CALLGUARD_RESULT"] == "ALLOW"
+    await pbx.app.stop()
+    await pbx.start_callguard()
+    assert pbx.legs() == {}
+    assert pbx.spend("day", "2024-06-14") == Decimal("1.00")
 
 
 async def test_reload_same_ari_keeps_connection(make_pbx, caplog):

@@ -115,6 +115,8 @@ class Application:
         await restore_live_calls(self.guard)
         self.tracker = EventTracker(self.guard, self.clock)
         self._start_ari(_ari_settings_at_start(self.config))
+        if self.ari is None:
+            self.guard.stop_following(self.clock.now(), "ARI is not connected")
         self.recorder.start()
 
         handler = CheckHandler(lambda: self.engine, _Sinks(self))
@@ -255,6 +257,8 @@ class Application:
             self.tracker.on_disconnect()
         self.guard.hangup = None
         self._start_ari(settings)
+        if self.ari is None:
+            self.guard.stop_following(self.clock.now(), "ARI is no longer connected")
 
         if running is None or settings is None:
             changed = ["enabled"]

@@ -227,6 +227,19 @@ class LiveGuard:
             return
         self._finish(leg, at, cause)
 
+    def stop_following(self, at: datetime, why: str) -> None:
+        """End every leg followed, charged up to ``at``, when ARI events stop for good.
+
+        Without an ARI connection no event can end a leg, so it would be
+        charged for ever, and the store would keep it up for the next start.
+        """
+        legs = list(self.legs.values())
+        if legs:
+            log.warning("%s: no longer following %s; each is charged up to %s and stored "
+                        "as ended", why, _calls(len(legs)), at.isoformat())
+        for leg in legs:
+            self._finish(leg, at, None)
+
     def channel_gone(self, uniqueid: str) -> None:
         """Release the reservation of a checked channel that ended without a trunk leg."""
         reservation = self.reservations.get(uniqueid)
