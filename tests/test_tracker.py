@@ -361,3 +361,23 @@ async def test_originate_ringing_while_blind_adopted(pbx):
     leg = pbx.legs()[call.trunk_id]
     assert not leg.guarded
     assert leg.tariff.rate == Decimal("3.00")
+
+
+async def test_trunk_removed_while_call_rings(pbx, caplog):
+    call, result = await pbx.call("01632960123", checked_trunk="delta", dial_trunk="delta")
+    assert result["CALLGUARD_RESULT"] == "ALLOW"
+    await eventually(lambda: call.trunk_id in pbx.legs(), what="the Dial")
+    pbx.path.write_text(pbx.path.read_text().replace("[trunk delta]", "[trunk removed]")
+                        .replace("channel_pattern = PJSIP/delta-*",
+                                 "channel_pattern = PJSIP/removed-*"))
+    assert await pbx.app.reload()
+
+    await pbx.ari.answer(call)
+    pbx.clock.advance(61)
+    await asyncio.sleep(0.05)
+    await pbx.ari.hangup(call)
+    await eventually(lambda: call.trunk_id not in pbx.app.guard.legs, what="the end")
+    await pbx.app.guard.drain()
+
+    assert "on_event failed" not in caplog.text
+    assert stored_calls(pbx)[call.trunk_id].cost == Decimal("2.00")

@@ -93,6 +93,8 @@ class LiveGuard:
         self._dirty: set[str] = set()
         # (trunk, window, key) of spend windows being read for the limit search.
         self._loading_windows: set[tuple[str, str, str]] = set()
+        # Meters of trunks removed from the config while legs on them were live.
+        self._retired: dict[str, TrunkMeter] = {}
         self._writes: list[tuple[str, tuple]] = []
         self._writer: asyncio.Future | None = None
         # While the store is unreachable, the wait before the next write, else None.
@@ -108,14 +110,17 @@ class LiveGuard:
         meters = {}
         for name, trunk in config.trunks.items():
             meter = TrunkMeter(trunk, self.ledger, self.reservations.held)
-            old = self.meters.get(name)
+            old = self.meters.get(name) or self._retired.pop(name, None)
             if old is not None:
                 meter.legs = old.legs
             meters[name] = meter
         for name, old in self.meters.items():
-            if name not in meters and old.live_count():
+            if name not in meters and old.legs:
+                # Kept until its last leg ends, so the leg's events still find it.
+                self._retired[name] = old
                 log.warning("%s: removed from the config with %d live calls; they are no "
-                            "longer metered", name, old.live_count())
+                            "longer limited or hung up, and are charged when they end",
+                            name, old.live_count())
         self.meters = meters
         for name in self.meters:
             self.reschedule(name)
@@ -209,7 +214,7 @@ class LiveGuard:
         if leg.tariff is None:
             leg.tariff = self._fallback_tariff(leg.trunk)
             leg.notes.append("metered at the trunk's highest rate: destination unknown")
-        meter = self.meters[leg.trunk]
+        meter = self._meter_of(leg.trunk)
         leg.answered = AnsweredCall(leg.tariff, meter.config.timezone, at)
 
         if leg.decision_uniqueid and not self._other_leg_of(leg):
@@ -522,10 +527,15 @@ class LiveGuard:
             return highest
         return default
 
+    def _meter_of(self, trunk: str) -> TrunkMeter:
+        """Return the meter of ``trunk``, also when a reload removed the trunk."""
+        meter = self.meters.get(trunk)
+        return meter if meter is not None else self._retired[trunk]
+
     def _other_leg_of(self, leg: Leg) -> bool:
         return any(other is not leg and other.live and other.state == UP
                    and other.decision_uniqueid == leg.decision_uniqueid
-                   for other in self.meters[leg.trunk].legs.values())
+                   for other in self._meter_of(leg.trunk).legs.values())
 
     def _pending_hangups(self, meter: TrunkMeter) -> set[str]:
         return {leg.id for leg in meter.legs.values() if leg.hangup_requested}
@@ -541,14 +551,15 @@ class LiveGuard:
             self.ledger.remove_live(leg.trunk, leg.answered.charges)
             self.ledger.commit(leg.trunk, final)
         elif leg.decision_uniqueid and not any(
-            other.live for other in self.meters[leg.trunk].legs.values()
+            other.live for other in self._meter_of(leg.trunk).legs.values()
             if other.decision_uniqueid == leg.decision_uniqueid and other is not leg
         ):
             self.reservations.release(leg.decision_uniqueid)
 
-        meter = self.meters.get(leg.trunk)
-        if meter is not None:
-            meter.legs.pop(leg.id, None)
+        meter = self._meter_of(leg.trunk)
+        meter.legs.pop(leg.id, None)
+        if not meter.legs and self._retired.get(leg.trunk) is meter:
+            del self._retired[leg.trunk]
         self.legs.pop(leg.id, None)
         self.recent.append(leg)
 
