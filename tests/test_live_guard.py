@@ -475,3 +475,26 @@ async def test_call_end_stored_after_store_lock(make_pbx, monkeypatch):
     await pbx.start_callguard()
     assert pbx.legs() == {}
     assert pbx.spend("day", "2024-06-14") == Decimal("2.00")
+
+
+async def test_ari_off_and_on_counts_call_once(make_pbx):
+    # The call is charged and stored as ended when ARI goes off; back on, the
+    # reconnect must not follow it again as a new call answered at its creation.
+    start = london(2024, 6, 14, 10, 0)
+    pbx, call = await answered_call(make_pbx, start)
+    pbx.clock.advance(5 * 60 - 1)
+    set_ari_key(pbx, "enabled", "yes", "no")
+    assert await pbx.app.reload()
+    pbx.clock.advance(5 * 60)
+    set_ari_key(pbx, "enabled", "no", "yes")
+    assert await pbx.app.reload()
+    await eventually(lambda: pbx.app.ari.connected, what="ARI back")
+    await asyncio.sleep(0.1)
+
+    assert pbx.legs() == {}
+    pbx.clock.advance(5 * 60)
+    await pbx.ari.hangup(call)
+    await asyncio.sleep(0.1)
+    await pbx.app.guard.drain()
+    assert pbx.spend("day", "2024-06-14") == Decimal("5.00")
+    assert pbx.app.ledger.spent("gamma", "day", "2024-06-14") == Decimal("5.00")

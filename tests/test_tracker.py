@@ -381,3 +381,54 @@ async def test_trunk_removed_while_call_rings(pbx, caplog):
 
     assert "on_event failed" not in caplog.text
     assert stored_calls(pbx)[call.trunk_id].cost == Decimal("2.00")
+
+
+LOW_LIMIT_TRUNK = """\
+[trunk gamma]
+bar = premium, international
+daily_limit = 3.00
+max_call_seconds = 600
+channel_pattern = PJSIP/gamma-*
+rates = rates.csv
+"""
+
+
+async def test_emergency_answered_while_blind_not_hung_up(tmp_path):
+    # The snippet sends 999 straight to Dial(PJSIP/999@gamma). Read from the
+    # calling phone's caller ID instead of that Dial, it would be an ordinary
+    # call, hung up at the 3.00 limit.
+    pbx = Pbx(tmp_path, NOW, trunks=LOW_LIMIT_TRUNK, rates=RATES)
+    await pbx.start()
+    try:
+        await pbx.ari.drop_events(refuse_for=math.inf)
+        await eventually(lambda: not pbx.app.ari.connected, what="the drop")
+        call = await pbx.ari.dial_out("999", callerid="01632960010", dialstring="999@gamma")
+        await pbx.ari.answer(call)
+        pbx.ari.allow_events()
+        await eventually(lambda: call.trunk_id in pbx.legs(), timeout=10, what="the adoption")
+        for _ in range(12):  # past the limit and max_call_seconds
+            pbx.clock.advance(60)
+            await asyncio.sleep(0.02)
+        await pbx.app.guard.drain()
+        leg = pbx.legs()[call.trunk_id]
+    finally:
+        await pbx.stop()
+
+    assert leg.number == "999"
+    assert leg.category == "emergency"
+    assert pbx.ari.deletes == []
+
+
+async def test_premium_answered_while_blind_hung_up(pbx):
+    # Dialled and answered while events were lost, without a check.
+    await pbx.ari.drop_events(refuse_for=math.inf)
+    await eventually(lambda: not pbx.app.ari.connected, what="the drop")
+    call = await pbx.ari.dial_out("09061234567", callerid="01632960010",
+                                  dialstring="09061234567@gamma")
+    await pbx.ari.answer(call)
+    pbx.ari.allow_events()
+    await eventually(lambda: len(pbx.ari.deletes) == 1, timeout=10, what="the hang-up")
+    await pbx.app.guard.drain()
+
+    assert pbx.ari.deletes[0][0] == call.trunk_id
+    assert stored_hangups(pbx)[0].reason == "barred:premium"

@@ -245,6 +245,10 @@ class LiveGuard:
         for leg in legs:
             self._finish(leg, at, None)
 
+    def has_ended(self, leg_id: str) -> bool:
+        """Check whether ``leg_id`` is among the recently ended legs."""
+        return any(leg.id == leg_id for leg in self.recent)
+
     def channel_gone(self, uniqueid: str) -> None:
         """Release the reservation of a checked channel that ended without a trunk leg."""
         reservation = self.reservations.get(uniqueid)

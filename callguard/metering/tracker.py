@@ -32,6 +32,8 @@ STATE_DOWN = "Down"
 STATE_UP = "Up"
 DIALSTATUS_ANSWER = "ANSWER"
 BRIDGEPEER = "BRIDGEPEER"
+# The start of a Local channel's name, whose caller number is the dialled number.
+LOCAL_PREFIX = "Local/"
 # The dialplan application shown on a channel that Dial() or an originate placed.
 OUTGOING_APPS = ("AppDial", "AppDial2")
 
@@ -140,20 +142,24 @@ class EventTracker:
         self.guard.answered(channel["id"], at)
 
     def _follow_unlinked(self, channel: dict, trunk: str, created_at: datetime,
-                         why: str) -> Leg | None:
-        number = self._number_from_snapshot(channel, trunk)
+                         why: str, number: str | None = None) -> Leg | None:
+        if number is None:
+            number = self._number_from_snapshot(channel, trunk)
         return self.guard.dialled(channel["id"], channel.get("name", ""), trunk, "", number,
                                   created_at)
 
     def _number_from_snapshot(self, channel: dict, trunk: str) -> str | None:
         """Return the first plausible destination shown on a channel snapshot."""
-        # The leg's exten is the caller's (empty after answer); Local legs show the
-        # dialled number as their caller number; the connected line comes last.
-        candidates = [
-            (channel.get("dialplan") or {}).get("exten", ""),
-            (channel.get("caller") or {}).get("number", ""),
-            (channel.get("connected") or {}).get("number", ""),
-        ]
+        # The leg's exten is the caller's (empty after answer). A Local leg shows
+        # the dialled number as its caller number, but on other legs the caller
+        # and connected numbers are the calling phone's, which must never be
+        # taken for the destination.
+        candidates = [(channel.get("dialplan") or {}).get("exten", "")]
+        if channel.get("name", "").startswith(LOCAL_PREFIX):
+            candidates += [
+                (channel.get("caller") or {}).get("number", ""),
+                (channel.get("connected") or {}).get("number", ""),
+            ]
         for text in candidates:
             if not text:
                 continue
@@ -191,6 +197,12 @@ class EventTracker:
         for channel_id, channel in present.items():
             if channel_id in self.guard.legs:
                 continue
+            if self.guard.has_ended(channel_id):
+                # Charged and stored as ended when ARI went off: following it again
+                # would count it twice in memory, and the store keeps its first end.
+                log.info("%s: still up, but charged and stored as ended when ARI went "
+                         "off; not metered again", channel_id)
+                continue
             trunk = self.guard.trunk_for_channel(channel.get("name", ""))
             if trunk is None:
                 continue
@@ -202,11 +214,15 @@ class EventTracker:
             log.warning("%s %s: adopting %s, which started while callguard could not see "
                         "events", trunk, channel_id, channel.get("name"))
             caller_id = callers_by_peer.get(channel.get("name", ""), "")
+            # The caller's Dial() argument is the only place a channel list shows
+            # the number of an answered PJSIP leg.
+            number = _number_dialled_by(present.get(caller_id), channel.get("name", ""))
             if caller_id and self.guard.decisions.get(caller_id) is not None:
-                leg = self.guard.dialled(channel_id, channel["name"], trunk, caller_id, None,
+                leg = self.guard.dialled(channel_id, channel["name"], trunk, caller_id, number,
                                          created_at)
             else:
-                leg = self._follow_unlinked(channel, trunk, created_at, "started while blind")
+                leg = self._follow_unlinked(channel, trunk, created_at, "started while blind",
+                                            number)
             if leg is not None and channel.get("state") == STATE_UP:
                 # The answer time is unknown: the creation time never under-counts.
                 self.guard.answered(channel_id, created_at)
@@ -224,6 +240,39 @@ class EventTracker:
                      "the trunk, or originates answered while callguard could not see "
                      "events", unplaced)
         self.blind_since = None
+
+
+def _number_dialled_by(caller: dict | None, leg_name: str) -> str | None:
+    """Return the number that ``caller``'s running Dial() sent to the leg ``leg_name``.
+
+    The caller shows its Dial() argument as ``app_data``, like
+    ``PJSIP/999@gamma,60,S(600)``; a Dial to several destinations joins them
+    with ``&``, and the one on the leg's technology and endpoint is taken.
+    """
+    if not isinstance(caller, dict):
+        return None
+    dialplan = caller.get("dialplan") or {}
+    if dialplan.get("app_name") != DIAL or not isinstance(dialplan.get("app_data"), str):
+        return None
+    targets = dialplan["app_data"].split(",", 1)[0].split("&")
+    leg_technology, _, leg_rest = leg_name.partition("/")
+    # PJSIP/gamma-00000001 is a channel of endpoint gamma.
+    leg_endpoint = leg_rest.rpartition("-")[0]
+    numbers = []
+    for target in targets:
+        technology, _, resource = target.strip().partition("/")
+        if technology.lower() != leg_technology.lower():
+            continue
+        number = dialled_number(resource)
+        if number is not None and (len(targets) == 1 or _endpoint_of(resource) == leg_endpoint):
+            numbers.append(number)
+    return numbers[0] if len(numbers) == 1 else None
+
+
+def _endpoint_of(resource: str) -> str:
+    """Return the endpoint of a Dial resource: gamma in 999@gamma or gamma/999."""
+    first, _, rest = resource.partition("/")
+    return first.partition("@")[2] if "@" in first else first
 
 
 def leg_from_record(record: CallRecord, guard: LiveGuard) -> Leg | None:
