@@ -383,6 +383,51 @@ async def test_trunk_removed_while_call_rings(pbx, caplog):
     assert stored_calls(pbx)[call.trunk_id].cost == Decimal("2.00")
 
 
+async def test_barred_hangup_retried_after_failure(pbx):
+    # Asterisk answers the first DELETEs with 500, beyond the REST client's own
+    # retries; no limit timer comes back to a barred call, so the guard must.
+    call, _ = await pbx.call("01632960123")
+    await eventually(lambda: call.trunk_id in pbx.legs(), what="the Dial")
+    pbx.ari.fail_deletes = 10
+    forwarded = await pbx.ari.forward(call, "09061234567")
+    await eventually(lambda: stored_hangups(pbx), timeout=10, what="the failed hang-up")
+    await pbx.app.guard.drain()
+    failed = len(pbx.ari.deletes)
+    pbx.ari.fail_deletes = 0
+
+    pbx.clock.advance(2)
+    await eventually(lambda: len(pbx.ari.deletes) > failed, what="the second request")
+    await pbx.app.guard.drain()
+
+    outcomes = sorted(hangup.outcome for hangup in stored_hangups(pbx))
+    assert outcomes == ["failed", "requested"]
+    assert pbx.ari.deletes[-1][0] == forwarded.trunk_id
+
+
+async def test_failed_hangups_back_off(pbx, caplog):
+    call, _ = await pbx.call("01632960123")
+    await eventually(lambda: call.trunk_id in pbx.legs(), what="the Dial")
+    pbx.ari.fail_deletes = 1000
+    await pbx.ari.forward(call, "09061234567")
+    await eventually(lambda: len(stored_hangups(pbx)) == 1, timeout=10,
+                     what="the first failed hang-up")
+
+    attempts = []
+    for _ in range(15):  # 30 s of the manual clock, 2 s at a time
+        pbx.clock.advance(2)
+        await asyncio.sleep(0.01)
+        await pbx.app.guard.drain()
+        attempts.append(len(stored_hangups(pbx)))
+
+    # Waits of 2, 4, 8 and 16 s: the hang-up is requested again at 2, 6, 14 and 30 s.
+    assert attempts[-1] == 5
+    assert attempts[0] == 2
+    assert attempts[1] == 2
+    failures = [r for r in caplog.records if "hang-up of" in r.getMessage()
+                and "failed, trying again" in r.getMessage()]
+    assert len(failures) == 5
+
+
 LOW_LIMIT_TRUNK = """\
 [trunk gamma]
 bar = premium, international

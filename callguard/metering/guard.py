@@ -60,6 +60,8 @@ CAUSE_CALL_REJECTED = 21
 RECENT_LEGS = 500
 # Seconds before a hang-up that failed (Asterisk unreachable) is tried again.
 HANGUP_RETRY_SECONDS = 2.0
+# The longest wait between two requests to hang up the same call, while they fail.
+HANGUP_RETRY_MAX_SECONDS = 60.0
 # Waits before writing call updates again while the store is unreachable: the
 # first, doubled after each failure up to the last.
 WRITE_RETRY_FIRST_SECONDS = 1.0
@@ -100,6 +102,7 @@ class LiveGuard:
         # While the store is unreachable, the wait before the next write, else None.
         self._write_retry: float | None = None
         self._write_errors = RepeatLimiter()
+        self._hangup_errors = RepeatLimiter()
         self.dropped_writes = 0
         self._tasks: set[asyncio.Task] = set()
 
@@ -403,37 +406,55 @@ class LiveGuard:
         weekly = self.ledger.spent(leg.trunk, "week", keys["week"]) if keys else None
         cost = leg.answered.total if leg.answered else Decimal(0)
 
+        retry_in = min(HANGUP_RETRY_SECONDS * 2 ** leg.hangup_failures,
+                       HANGUP_RETRY_MAX_SECONDS)
         if self.hangup is None:
             outcome = OUTCOME_FAILED
-            log.error("%s %s: cannot hang up %s (%s): ARI is not configured", leg.trunk,
-                      leg.id, leg.channel, reason)
+            failure = "ARI is not configured"
         else:
             try:
                 gone = not await self.hangup(leg.id, cause)
                 outcome = OUTCOME_GONE if gone else OUTCOME_REQUESTED
             except Exception as exc:
                 outcome = OUTCOME_FAILED
-                log.error("%s %s: hang-up of %s (%s) failed, trying again in %s s: %s",
-                          leg.trunk, leg.id, leg.channel, reason, HANGUP_RETRY_SECONDS, exc)
+                failure = str(exc)
 
-        log.warning("%s %s: hang-up of %s to %s for %s %s; call cost %s, spend today %s, "
-                    "this week %s", leg.trunk, leg.id, leg.channel,
-                    leg.e164 or leg.number or "?", reason, outcome, cost,
-                    _shown_spend(daily), _shown_spend(weekly))
+        if outcome == OUTCOME_FAILED:
+            leg.hangup_failures += 1
+            suppressed = self._hangup_errors.admit()
+            if suppressed is not None:
+                log.error("%s %s: hang-up of %s to %s (%s) failed, trying again in %g s: "
+                          "%s; call cost %s%s", leg.trunk, leg.id, leg.channel,
+                          leg.e164 or leg.number or "?", reason, retry_in, failure, cost,
+                          suppressed_note(suppressed))
+        else:
+            leg.hangup_failures = 0
+            log.warning("%s %s: hang-up of %s to %s for %s %s; call cost %s, spend today "
+                        "%s, this week %s", leg.trunk, leg.id, leg.channel,
+                        leg.e164 or leg.number or "?", reason, outcome, cost,
+                        _shown_spend(daily), _shown_spend(weekly))
         self._write(("hangup", (hangup_record(leg, reason, now, daily, weekly, cost,
                                                outcome),)))
 
-        if not leg.guarded and self.alerts is not None and meter is not None and not (
-            reason.startswith("limit:")
-        ):
+        if (outcome != OUTCOME_FAILED and not leg.guarded and self.alerts is not None
+                and meter is not None and not reason.startswith("limit:")):
             self.alerts.unguarded_hangup(meter.config, leg, reason)
 
         if outcome == OUTCOME_GONE and leg.live:
             self._finish(leg, now, None)
         elif outcome == OUTCOME_FAILED and leg.live:
             leg.hangup_requested = ""
-            retry_at = now + timedelta(seconds=HANGUP_RETRY_SECONDS)
-            self.clock.call_at(retry_at, lambda: self.reschedule(leg.trunk))
+            retry_at = now + timedelta(seconds=retry_in)
+            if reason.startswith("limit:"):
+                # The trunk's timer finds the limit again and hangs up every call past it.
+                self.clock.call_at(retry_at, lambda: self.reschedule(leg.trunk))
+            else:
+                # A barred or unchecked call: no timer would come back to it.
+                self.clock.call_at(retry_at, lambda: self._hang_up_again(leg, reason, cause))
+
+    def _hang_up_again(self, leg: Leg, reason: str, cause: int) -> None:
+        if leg.live and not leg.hangup_requested:
+            self._spawn(self._hang_up(leg, reason, cause))
 
     # Helpers.
 
