@@ -435,13 +435,18 @@ async def test_reload_bad_password_file_kept(make_pbx, caplog):
     assert (f"[ari] password_file: {secret} is not UTF-8 text (invalid start byte at "
             "byte 0); write the password as UTF-8") in caplog.text
 
+    # Read and loaded, but refused by the ARI client: a control character.
+    secret.write_text("new\tpassword\n")
+    assert not await pbx.app.reload()
+    assert "[ari] the ARI password contains a control character; remove it" in caplog.text
+
     assert pbx.app.config is running
     assert pbx.app.ari is listener
     assert pbx.app.ari.connected
     assert pbx.ari.connections == 1
     assert "ARI connection" not in caplog.text
     assert list(pbx.legs()) == [call.trunk_id]
-    assert_passwords_not_logged(caplog, PASSWORD, "rotated")
+    assert_passwords_not_logged(caplog, PASSWORD, "rotated", "new\tpassword")
 
 
 async def test_call_end_stored_after_store_lock(make_pbx, monkeypatch):

@@ -79,6 +79,9 @@ async def serve(app: Application, notifier: Notifier) -> None:
             try:
                 await app.reload()
                 settle_heap()
+            except Exception:
+                # The next SIGHUP must still be read: log this one and go on.
+                log.exception("the reload failed unexpectedly")
             finally:
                 notifier.ready()
 

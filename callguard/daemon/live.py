@@ -5,6 +5,7 @@ import logging
 from dataclasses import dataclass, field, fields
 
 from callguard.ari import AriClient, AriError
+from callguard.ari.endpoint import build_endpoint
 from callguard.ari.errors import AriHTTPError
 from callguard.ari.rest import MAX_CONNECTIONS
 from callguard.config import Config, ConfigError
@@ -51,7 +52,9 @@ def read_ari_settings(config: Config) -> AriSettings | None:
     """Return the ``[ari]`` settings of ``config`` with the password read from its file.
 
     Returns None when ARI is disabled. Raises ``ConfigError`` when
-    ``password_file`` cannot be read or is not UTF-8.
+    ``password_file`` cannot be read or is not UTF-8, or when the ARI client
+    rejects the settings (a control character in the password, a ``ca_file``
+    that is not a PEM bundle or is set with an ``http://`` URL).
     """
     ari = config.ari
     if not ari.enabled:
@@ -66,6 +69,17 @@ def read_ari_settings(config: Config) -> AriSettings | None:
         message = (f"{ari.password_file} is not UTF-8 text ({exc.reason} at byte "
                    f"{exc.start}); write the password as UTF-8")
     else:
+        if not password:
+            return AriSettings(ari, password)
+        try:
+            # The client's own checks, so that a reload never stops a working
+            # connection for settings that cannot start a new one.
+            build_endpoint(ari.url, ari.username, password, ari.app,
+                           str(ari.ca_file) if ari.ca_file else None)
+        except (ValueError, OSError) as exc:
+            # The messages name the setting, never the password's text.
+            problem = ConfigProblem(str(config.path), 0, ARI_SECTION, "", str(exc))
+            raise ConfigError([problem]) from None
         return AriSettings(ari, password)
     problem = ConfigProblem(str(config.path), 0, ARI_SECTION, "password_file", message)
     raise ConfigError([problem])
