@@ -34,6 +34,18 @@ def test_dialled_number(dialstring, number):
     assert dialled_number(dialstring) == number
 
 
+# IAX2/[user[:secret]@]peer/exten[@context]: a user named with digits is no number.
+@pytest.mark.parametrize("dialstring, number", [
+    ("myuser@provider/09061234567",            "09061234567"),
+    ("441632960000@provider/999",              "999"),
+    ("441632960000:s3cret@provider/999",       "999"),
+    ("provider/01632960000@from-callguard",    "01632960000"),
+    ("provider",                               None),
+])
+def test_dialled_number_iax2(dialstring, number):
+    assert dialled_number(dialstring, "IAX2") == number
+
+
 def test_masked_hides_credentials():
     assert masked("carrier:s3cret@192.0.2.10/09011234567") == "***@192.0.2.10/09011234567"
     assert "s3cret" not in masked("iax:s3cret@host/123")

@@ -477,3 +477,27 @@ async def test_premium_answered_while_blind_hung_up(pbx):
 
     assert pbx.ari.deletes[0][0] == call.trunk_id
     assert stored_hangups(pbx)[0].reason == "barred:premium"
+
+
+async def test_failed_limit_hangups_back_off(tmp_path):
+    pbx = Pbx(tmp_path, NOW, trunks=TRUNKS.format(max_call_seconds=120), rates=RATES)
+    await pbx.start()
+    try:
+        await answered(pbx)
+        pbx.ari.fail_deletes = 1000
+        pbx.clock.advance(120)
+        await eventually(lambda: len(stored_hangups(pbx)) == 1, timeout=10,
+                         what="the first failed hang-up")
+        await asyncio.sleep(0.3)  # the clock stands still: no new request
+        await pbx.app.guard.drain()
+        counts = [len(stored_hangups(pbx))]
+        for _ in range(3):  # waits of 2 s, then 4 s
+            pbx.clock.advance(2)
+            await asyncio.sleep(0.05)
+            await pbx.app.guard.drain()
+            counts.append(len(stored_hangups(pbx)))
+    finally:
+        pbx.ari.fail_deletes = 0
+        await pbx.stop()
+
+    assert counts == [1, 2, 2, 3]

@@ -15,13 +15,15 @@ import re
 _NUMBER = re.compile(r"\+?[0-9*#]{3,}")
 _URI_USER = re.compile(r"(?:sips?|tel):([^@;?>]+)", re.IGNORECASE)
 _CREDENTIALS = re.compile(r"[^/@:]+:[^/@]*@")
+IAX2 = "IAX2"
 
 
-def dialled_number(dialstring: str) -> str | None:
+def dialled_number(dialstring: str, technology: str = "") -> str | None:
     """Return the number dialled in ``dialstring``, or None when none can be found.
 
-    The number's place follows from the dialstring's form, never from how it
-    looks: an endpoint may be named after the account's own number, as in
+    The number's place follows from the dialstring's form and the channel's
+    ``technology`` (``PJSIP``, ``IAX2``), never from how it looks: an endpoint
+    may be named after the account's own number, as in
     ``09098790000@441632960000``.
     """
     if not dialstring:
@@ -32,6 +34,10 @@ def dialled_number(dialstring: str) -> str | None:
         return uri.group(1)
 
     without_credentials = _CREDENTIALS.sub("", dialstring)
+    if technology.upper() == IAX2:
+        # IAX2/[user[:secret]@]peer/exten: a user before the peer, not a number.
+        first, _, rest = without_credentials.partition("/")
+        without_credentials = first.rpartition("@")[2] + "/" + rest if rest else first
     first, slash, rest = without_credentials.partition("/")
     if "@" in first:
         # number@endpoint (PJSIP) or number@context/options (Local).

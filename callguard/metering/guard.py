@@ -95,6 +95,8 @@ class LiveGuard:
         self._dirty: set[str] = set()
         # (trunk, window, key) of spend windows being read for the limit search.
         self._loading_windows: set[tuple[str, str, str]] = set()
+        # Legs that stop_following ended while their channels were still up.
+        self._unfollowed: set[str] = set()
         # Meters of trunks removed from the config while legs on them were live.
         self._retired: dict[str, TrunkMeter] = {}
         self._writes: list[tuple[str, tuple]] = []
@@ -246,11 +248,16 @@ class LiveGuard:
             log.warning("%s: no longer following %s; each is charged up to %s and stored "
                         "as ended", why, _calls(len(legs)), at.isoformat())
         for leg in legs:
+            self._unfollowed.add(leg.id)
             self._finish(leg, at, None)
 
     def has_ended(self, leg_id: str) -> bool:
-        """Check whether ``leg_id`` is among the recently ended legs."""
-        return any(leg.id == leg_id for leg in self.recent)
+        """Check whether ``leg_id`` was ended here: stored as ended, or recently ended."""
+        return leg_id in self._unfollowed or any(leg.id == leg_id for leg in self.recent)
+
+    def forget_unfollowed(self, present: set[str]) -> None:
+        """Forget the legs ended by stop_following whose channels are gone from Asterisk."""
+        self._unfollowed &= present
 
     def channel_gone(self, uniqueid: str) -> None:
         """Release the reservation of a checked channel that ended without a trunk leg."""
@@ -373,8 +380,9 @@ class LiveGuard:
         if deadline.reason == REASON_MAX_DURATION:
             targets = [self.legs[leg_id] for leg_id in deadline.legs if leg_id in self.legs]
         else:
+            waiting = self._pending_hangups(meter)
             targets = [leg for leg in meter.legs.values()
-                       if leg.live and leg.protected and not leg.hangup_requested]
+                       if leg.live and leg.protected and leg.id not in waiting]
             log.warning("%s: %s reached at %s; hanging up %s", trunk,
                         deadline.reason, now.isoformat(), _calls(len(targets)))
 
@@ -421,6 +429,7 @@ class LiveGuard:
 
         if outcome == OUTCOME_FAILED:
             leg.hangup_failures += 1
+            leg.hangup_retry_at = now + timedelta(seconds=retry_in)
             suppressed = self._hangup_errors.admit()
             if suppressed is not None:
                 log.error("%s %s: hang-up of %s to %s (%s) failed, trying again in %g s: "
@@ -429,6 +438,7 @@ class LiveGuard:
                           suppressed_note(suppressed))
         else:
             leg.hangup_failures = 0
+            leg.hangup_retry_at = None
             log.warning("%s %s: hang-up of %s to %s for %s %s; call cost %s, spend today "
                         "%s, this week %s", leg.trunk, leg.id, leg.channel,
                         leg.e164 or leg.number or "?", reason, outcome, cost,
@@ -444,7 +454,7 @@ class LiveGuard:
             self._finish(leg, now, None)
         elif outcome == OUTCOME_FAILED and leg.live:
             leg.hangup_requested = ""
-            retry_at = now + timedelta(seconds=retry_in)
+            retry_at = leg.hangup_retry_at
             if reason.startswith("limit:"):
                 # The trunk's timer finds the limit again and hangs up every call past it.
                 self.clock.call_at(retry_at, lambda: self.reschedule(leg.trunk))
@@ -563,7 +573,11 @@ class LiveGuard:
                    for other in self._meter_of(leg.trunk).legs.values())
 
     def _pending_hangups(self, meter: TrunkMeter) -> set[str]:
-        return {leg.id for leg in meter.legs.values() if leg.hangup_requested}
+        """Return the legs that a limit must not hang up now: requested, or waiting to retry."""
+        now = self.clock.now()
+        return {leg.id for leg in meter.legs.values()
+                if leg.hangup_requested
+                or leg.hangup_retry_at is not None and leg.hangup_retry_at > now}
 
     def _finish(self, leg: Leg, at: datetime, cause: int | None) -> None:
         leg.state = ENDED

@@ -32,6 +32,7 @@ class Leg:
     ended_at: datetime | None = None
     hangup_requested: str = ""    # the reason callguard asked Asterisk to hang up
     hangup_failures: int = 0      # hang-up requests in a row that failed
+    hangup_retry_at: datetime | None = None  # no new request before this, after a failure
     hangup_cause: int | None = None
     final_charges: dict = field(default_factory=dict)  # the bill by window, once ended
     notes: list[str] = field(default_factory=list)

@@ -122,7 +122,7 @@ class EventTracker:
             return
         self._candidates.pop(peer["id"], None)
         dialstring = event.get("dialstring", "")
-        number = dialled_number(dialstring)
+        number = dialled_number(dialstring, peer.get("name", "").partition("/")[0])
         if number is None:
             log.warning("%s %s: no number found in dialstring %r", trunk, peer["id"],
                         masked(dialstring))
@@ -230,6 +230,7 @@ class EventTracker:
         for uniqueid in list(self.guard.reservations.undialled()):
             if uniqueid not in present:
                 self.guard.channel_gone(uniqueid)
+        self.guard.forget_unfollowed(set(present))
 
         if unplaced:
             # NOTE: a channel list shows no direction. An originate shows AppDial2
@@ -263,7 +264,7 @@ def _number_dialled_by(caller: dict | None, leg_name: str) -> str | None:
         technology, _, resource = target.strip().partition("/")
         if technology.lower() != leg_technology.lower():
             continue
-        number = dialled_number(resource)
+        number = dialled_number(resource, technology)
         if number is not None and (len(targets) == 1 or _endpoint_of(resource) == leg_endpoint):
             numbers.append(number)
     return numbers[0] if len(numbers) == 1 else None
