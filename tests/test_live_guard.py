@@ -2,6 +2,7 @@
 
 import asyncio
 import base64
+import contextlib
 import logging
 import math
 import sqlite3
@@ -449,26 +450,39 @@ async def test_reload_bad_password_file_kept(make_pbx, caplog):
     assert_passwords_not_logged(caplog, PASSWORD, "rotated", "new\tpassword")
 
 
-async def test_call_end_stored_after_store_lock(make_pbx, monkeypatch):
-    # Another process holds the SQLite write lock as the call ends. If the end
-    # were not written again, the next start would find the call up and charge
-    # it up to that moment: 360.00 for six hours instead of 2.00.
-    monkeypatch.setattr(engine, "SQLITE_BUSY_TIMEOUT_MS", 50)
-    start = london(2024, 6, 14, 10, 0)
-    pbx, call = await answered_call(make_pbx, start)
-    await pbx.app.guard.drain()
+@contextlib.contextmanager
+def sqlite_write_locked(pbx: Pbx):
+    """Hold the store's SQLite write lock from another connection, as another process would."""
     path = make_url(pbx.config.general.database).database
     locker = sqlite3.connect(path, isolation_level=None)
     try:
         locker.execute("BEGIN EXCLUSIVE")
+        yield
+    finally:
+        locker.execute("COMMIT")
+        locker.close()
+
+
+async def call_ended_under_lock(make_pbx, monkeypatch) -> Pbx:
+    """Answer a call at 1.00/min and end it after 90 s while the store is locked."""
+    monkeypatch.setattr(engine, "SQLITE_BUSY_TIMEOUT_MS", 50)
+    start = london(2024, 6, 14, 10, 0)
+    pbx, call = await answered_call(make_pbx, start)
+    await pbx.app.guard.drain()
+    with sqlite_write_locked(pbx):
         pbx.clock.advance(90)
         await pbx.ari.hangup(call)
         await eventually(lambda: not pbx.legs(), what="the call to end")
         await pbx.app.guard.drain()
-        assert pbx.app.guard._writes, "the end of the call should wait in the queue"
-    finally:
-        locker.execute("COMMIT")
-        locker.close()
+    return pbx
+
+
+async def test_call_end_stored_after_store_lock(make_pbx, monkeypatch):
+    # Another process holds the SQLite write lock as the call ends. If the end
+    # were not written again, the next start would find the call up and charge
+    # it up to that moment: 360.00 for six hours instead of 2.00.
+    pbx = await call_ended_under_lock(make_pbx, monkeypatch)
+    assert pbx.app.guard._writes, "the end of the call should wait in the queue"
 
     pbx.clock.advance(guard.WRITE_RETRY_FIRST_SECONDS)
     await eventually(lambda: not pbx.app.guard._writes, what="the write again")
@@ -503,3 +517,34 @@ async def test_ari_off_and_on_counts_call_once(make_pbx):
     await pbx.app.guard.drain()
     assert pbx.spend("day", "2024-06-14") == Decimal("5.00")
     assert pbx.app.ledger.spent("gamma", "day", "2024-06-14") == Decimal("5.00")
+
+
+async def test_closed_guard_cancels_write_retry(make_pbx, monkeypatch):
+    # A retry timer that fired after stop would write through a closed store.
+    pbx = await call_ended_under_lock(make_pbx, monkeypatch)
+    queued = len(pbx.app.guard._writes)
+
+    pbx.app.guard.close()
+    pbx.clock.advance(guard.WRITE_RETRY_MAX_SECONDS)
+    await asyncio.sleep(0.05)
+    await pbx.app.guard.drain()
+
+    assert queued == 1
+    assert len(pbx.app.guard._writes) == 1
+    assert pbx.app.guard._retry_timers == set()
+
+
+async def test_full_write_queue_drops_oldest_loudly(make_pbx, monkeypatch, caplog):
+    monkeypatch.setattr(guard, "MAX_QUEUED_WRITES", 1)
+    monkeypatch.setattr(engine, "SQLITE_BUSY_TIMEOUT_MS", 50)
+    start = london(2024, 6, 14, 10, 0)
+    pbx, call = await answered_call(make_pbx, start)
+    await pbx.app.guard.drain()
+    with sqlite_write_locked(pbx):
+        other, _ = await pbx.call("01632960124")
+        await pbx.ari.answer(other)
+        pbx.clock.advance(30)
+        await pbx.ari.hangup(call)
+        await eventually(lambda: pbx.app.guard.dropped_writes >= 1, what="a dropped update")
+
+    assert "call updates are waiting for the store, so the oldest" in caplog.text

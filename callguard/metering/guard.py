@@ -95,6 +95,8 @@ class LiveGuard:
         self._dirty: set[str] = set()
         # (trunk, window, key) of spend windows being read for the limit search.
         self._loading_windows: set[tuple[str, str, str]] = set()
+        # Retries of failed hang-ups and store writes, cancelled by close().
+        self._retry_timers: set[TimerHandle] = set()
         # Legs that stop_following ended while their channels were still up.
         self._unfollowed: set[str] = set()
         # Meters of trunks removed from the config while legs on them were live.
@@ -457,10 +459,10 @@ class LiveGuard:
             retry_at = leg.hangup_retry_at
             if reason.startswith("limit:"):
                 # The trunk's timer finds the limit again and hangs up every call past it.
-                self.clock.call_at(retry_at, lambda: self.reschedule(leg.trunk))
+                self._retry_at(retry_at, lambda: self.reschedule(leg.trunk))
             else:
                 # A barred or unchecked call: no timer would come back to it.
-                self.clock.call_at(retry_at, lambda: self._hang_up_again(leg, reason, cause))
+                self._retry_at(retry_at, lambda: self._hang_up_again(leg, reason, cause))
 
     def _hang_up_again(self, leg: Leg, reason: str, cause: int) -> None:
         if leg.live and not leg.hangup_requested:
@@ -614,12 +616,22 @@ class LiveGuard:
     def _write(self, operation: tuple[str, tuple]) -> None:
         """Queue a call update; updates queued while a batch is written go in the next."""
         self._writes.append(operation)
-        if len(self._writes) > MAX_QUEUED_WRITES:
-            del self._writes[0]
-            self.dropped_writes += 1
+        self._trim_writes()
         if self._write_retry is not None:
             return  # the retry timer writes the queue
         self._start_writer()
+
+    def _trim_writes(self) -> None:
+        """Drop the oldest call updates beyond MAX_QUEUED_WRITES, saying so."""
+        while len(self._writes) > MAX_QUEUED_WRITES:
+            kind, args = self._writes.pop(0)
+            self.dropped_writes += 1
+            suppressed = self._write_errors.admit()
+            if suppressed is not None:
+                log.error("%d call updates are waiting for the store, so the oldest (%s of "
+                          "%s) is dropped; %d dropped so far%s", MAX_QUEUED_WRITES, kind,
+                          getattr(args[0], "uniqueid", "?"), self.dropped_writes,
+                          suppressed_note(suppressed))
 
     def _start_writer(self) -> None:
         if self._writer is None or self._writer.done():
@@ -654,6 +666,7 @@ class LiveGuard:
                 except Exception as exc:
                     if _transient(exc):
                         self._writes = batch[index:] + self._writes
+                        self._trim_writes()
                         self._retry_writes_later(exc)
                         return
                     # The database rejected this update itself: storing it again
@@ -671,7 +684,7 @@ class LiveGuard:
             log.error("failed to store call updates, keeping %d queued and trying again in "
                       "%g s: %s%s", len(self._writes), delay, exc,
                       suppressed_note(suppressed))
-        self.clock.call_at(self.clock.now() + timedelta(seconds=delay), self._start_writer)
+        self._retry_at(self.clock.now() + timedelta(seconds=delay), self._start_writer)
 
     def _writes_recovered(self) -> None:
         if self._write_retry is not None:
@@ -704,10 +717,21 @@ class LiveGuard:
             log.error("stopping with %d call updates not stored; calls they end will be "
                       "found up at the next start and charged up to it", len(self._writes))
 
+    def _retry_at(self, at: datetime, callback: Callable[[], None]) -> None:
+        """Run ``callback`` at ``at`` unless the guard is closed first."""
+        def run() -> None:
+            self._retry_timers.discard(handle)
+            callback()
+        handle = self.clock.call_at(at, run)
+        self._retry_timers.add(handle)
+
     def close(self) -> None:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        for timer in self._retry_timers:
+            timer.cancel()
+        self._retry_timers.clear()
 
 
 def _transient(exc: Exception) -> bool:
