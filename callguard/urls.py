@@ -17,7 +17,8 @@ _PASSWORD_PARAMETER = re.compile(r"([?&][^=&#]*password[^=&#]*=)[^&#]*", re.IGNO
 def mask_url(url: str) -> str:
     """Return ``url`` with its password and any password query parameter masked.
 
-    This never raises, so it can be used on a URL that failed to parse.
+    A URL that SQLAlchemy cannot parse is masked by pattern instead, so error
+    messages about such a URL can use it too.
     """
     try:
         masked = make_url(url).render_as_string(hide_password=True)

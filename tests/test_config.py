@@ -983,7 +983,7 @@ def test_emergency_service_code_warns(workdir):
 
 
 def test_emergency_always_number_in_table_warns(workdir):
-    # 999 stays an emergency number whatever the config says, so the table row is wrong.
+    # 999 stays an emergency number whatever the config sets, so the table row is wrong.
     sample = Path(__file__).resolve().parent.parent / "etc" / "prefixes-gb.csv"
     Path("mobile999.csv").write_text(
         sample.read_text().replace("999,emergency", "999,mobile"))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from callguard.metering.dialstring import dialled_number, masked
+from callguard.metering.dialstring import dialled_endpoint, dialled_number, masked
 
 # fmt: off
 DIALSTRINGS = [
@@ -49,3 +49,13 @@ def test_dialled_number_iax2(dialstring, number):
 def test_masked_hides_credentials():
     assert masked("carrier:s3cret@192.0.2.10/09011234567") == "***@192.0.2.10/09011234567"
     assert "s3cret" not in masked("iax:s3cret@host/123")
+
+
+@pytest.mark.parametrize("resource, endpoint", [
+    ("999@gamma", "gamma"),
+    ("gamma/999", "gamma"),
+    ("gamma/sip:999@192.0.2.10", "gamma"),
+    ("myuser@provider/09061234567", "provider"),
+])
+def test_dialled_endpoint(resource, endpoint):
+    assert dialled_endpoint(resource) == endpoint

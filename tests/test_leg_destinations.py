@@ -98,6 +98,13 @@ def find_leg(pbx, leg_id):
     return next((leg for leg in guard.recent if leg.id == leg_id), None)
 
 
+async def hung_up_leg(pbx, call):
+    """Wait for callguard's one hang-up, then return the leg of ``call``."""
+    await eventually(lambda: len(pbx.ari.deletes) == 1, what="the hang-up")
+    await pbx.app.guard.drain()
+    return find_leg(pbx, call.trunk_id)
+
+
 async def answer_and_end(pbx, call, seconds):
     """Answer ``call``, let it run ``seconds`` on the manual clock, then hang it up."""
     await pbx.ari.answer(call)
@@ -182,11 +189,9 @@ async def test_unreadable_leg_number_hung_up(make_pbx):
     pbx = await make_pbx()
     call, result = await check_and_dial(pbx, "01632960123", "4416329601@gamma")
     assert result["CALLGUARD_RESULT"] == "ALLOW"
-    await eventually(lambda: len(pbx.ari.deletes) == 1, what="the hang-up")
-    await pbx.app.guard.drain()
+    leg = await hung_up_leg(pbx, call)
 
     assert pbx.ari.deletes[0][0] == call.trunk_id
-    leg = find_leg(pbx, call.trunk_id)
     assert not leg.guarded
     assert leg.hangup_requested == "invalid-number"
     assert [hangup.reason for hangup in stored_hangups(pbx)] == ["invalid-number"]
@@ -344,10 +349,7 @@ async def test_unchecked_leg_not_read_after_outside_prefix(make_pbx):
     # prefix is 9: not 0212 123 4567 after the prefix.
     pbx = await make_pbx(rates=TURKEY_RATES, general="outside_line_prefix = 9\n")
     call = await pbx.ari.dial_out("902121234567", dialstring="902121234567@gamma")
-    await eventually(lambda: len(pbx.ari.deletes) == 1, what="the hang-up")
-    await pbx.app.guard.drain()
-
-    leg = find_leg(pbx, call.trunk_id)
+    leg = await hung_up_leg(pbx, call)
     assert pbx.ari.deletes[0][0] == call.trunk_id
     assert leg.e164 == "+902121234567"
     assert leg.category == "international"
@@ -382,10 +384,7 @@ async def test_unchecked_leg_on_digit_named_endpoint(make_pbx):
     pbx = await make_pbx(trunks=DIGIT_ENDPOINT_TRUNK, rates=PREMIUM_RATES)
     call = await pbx.ari.dial_out("09098790000", trunk="441632960000",
                                   dialstring="09098790000@441632960000")
-    await eventually(lambda: len(pbx.ari.deletes) == 1, what="the hang-up")
-    await pbx.app.guard.drain()
-
-    leg = find_leg(pbx, call.trunk_id)
+    leg = await hung_up_leg(pbx, call)
     assert pbx.ari.deletes[0][0] == call.trunk_id
     assert leg.number == "09098790000"
     assert leg.category == "premium"

@@ -488,7 +488,7 @@ async def test_failed_limit_hangups_back_off(tmp_path):
         pbx.clock.advance(120)
         await eventually(lambda: len(stored_hangups(pbx)) == 1, timeout=10,
                          what="the first failed hang-up")
-        await asyncio.sleep(0.3)  # the clock stands still: no new request
+        await asyncio.sleep(0.3)  # the manual clock does not move, so no new request
         await pbx.app.guard.drain()
         counts = [len(stored_hangups(pbx))]
         for _ in range(3):  # waits of 2 s, then 4 s

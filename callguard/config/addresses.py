@@ -125,13 +125,13 @@ def parse_database_url(text: str, base_dir: Path) -> str:
     Error messages show the URL without its password.
     """
     # The URL may contain a password, and these messages reach logs and the audit trail.
-    shown = repr(mask_url(text))
+    quoted_url = repr(mask_url(text))
     try:
         url = make_url(text)
     except (ArgumentError, ValueError):
         # SQLAlchemy raises ValueError for a port that is not a number.
         raise InvalidValue(
-            f"{shown} is not a database URL; write it like {DATABASE_EXAMPLE}"
+            f"{quoted_url} is not a database URL; write it like {DATABASE_EXAMPLE}"
         ) from None
 
     if url.drivername in SQLITE_DRIVERS:
@@ -139,20 +139,20 @@ def parse_database_url(text: str, base_dir: Path) -> str:
 
     if url.drivername in POSTGRESQL_SCHEMES:
         raise InvalidValue(
-            f"{shown} uses the unsupported driver {url.drivername!r}; callguard "
+            f"{quoted_url} uses the unsupported driver {url.drivername!r}; callguard "
             f"connects to PostgreSQL with psycopg 3, so write {POSTGRESQL_DRIVER}:// "
             f"in place of {url.drivername}://, like {POSTGRESQL_DRIVER}://user@host/db"
         )
 
     if url.drivername != POSTGRESQL_DRIVER:
         raise InvalidValue(
-            f"{shown} uses the unsupported driver {url.drivername!r}; "
+            f"{quoted_url} uses the unsupported driver {url.drivername!r}; "
             f"write it like {DATABASE_EXAMPLE}"
         )
 
     if not url.database:
         raise InvalidValue(
-            f"{shown} names no database; write it like {DATABASE_EXAMPLE}"
+            f"{quoted_url} names no database; write it like {DATABASE_EXAMPLE}"
         )
     return text
 

@@ -51,6 +51,13 @@ def dialled_number(dialstring: str, technology: str = "") -> str | None:
     return candidate if _NUMBER.fullmatch(candidate) else None
 
 
+def dialled_endpoint(resource: str) -> str:
+    """Return the endpoint of a Dial() resource: gamma in 999@gamma, gamma/999 or
+    user@gamma/999."""
+    first, _, _ = resource.partition("/")
+    return first.partition("@")[2] if "@" in first else first
+
+
 def masked(dialstring: str) -> str:
     """Return ``dialstring`` with any ``user:secret@`` credentials replaced."""
     return _CREDENTIALS.sub("***@", dialstring)

@@ -12,7 +12,7 @@ import logging
 from collections import deque
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Iterable
 
 from callguard.clock import Clock, TimerHandle
 from callguard.config import Config
@@ -60,7 +60,7 @@ CAUSE_CALL_REJECTED = 21
 RECENT_LEGS = 500
 # Seconds before a hang-up that failed (Asterisk unreachable) is tried again.
 HANGUP_RETRY_SECONDS = 2.0
-# The longest wait between two requests to hang up the same call, while they fail.
+# The maximum wait between two requests to hang up the same call while they fail.
 HANGUP_RETRY_MAX_SECONDS = 60.0
 # Waits before writing call updates again while the store is unreachable: the
 # first, doubled after each failure up to the last.
@@ -239,7 +239,7 @@ class LiveGuard:
             return
         self._finish(leg, at, cause)
 
-    def stop_following(self, at: datetime, why: str) -> None:
+    def stop_following(self, at: datetime, reason: str) -> None:
         """End every leg followed, charged up to ``at``, when ARI events stop for good.
 
         Without an ARI connection no event can end a leg, so it would be
@@ -248,18 +248,18 @@ class LiveGuard:
         legs = list(self.legs.values())
         if legs:
             log.warning("%s: no longer following %s; each is charged up to %s and stored "
-                        "as ended", why, _calls(len(legs)), at.isoformat())
+                        "as ended", reason, _calls(len(legs)), at.isoformat())
         for leg in legs:
             self._unfollowed.add(leg.id)
             self._finish(leg, at, None)
 
-    def has_ended(self, leg_id: str) -> bool:
-        """Check whether ``leg_id`` was ended here: stored as ended, or recently ended."""
-        return leg_id in self._unfollowed or any(leg.id == leg_id for leg in self.recent)
+    def was_unfollowed(self, leg_id: str) -> bool:
+        """Check whether stop_following ended ``leg_id`` while its channel was up."""
+        return leg_id in self._unfollowed
 
-    def forget_unfollowed(self, present: set[str]) -> None:
+    def forget_unfollowed(self, present: Iterable[str]) -> None:
         """Forget the legs ended by stop_following whose channels are gone from Asterisk."""
-        self._unfollowed &= present
+        self._unfollowed.intersection_update(present)
 
     def channel_gone(self, uniqueid: str) -> None:
         """Release the reservation of a checked channel that ended without a trunk leg."""
@@ -656,24 +656,30 @@ class LiveGuard:
                 self._writes_recovered()
                 continue
             except Exception as exc:
-                if len(batch) > 1 or not _transient(exc):
-                    log.error("failed to store %d call updates together (%s); storing "
-                              "them one by one", len(batch), exc)
+                if _transient(exc):
+                    self._keep_for_retry(batch, exc)
+                    return
+                log.error("failed to store %d call updates together (%s); storing them "
+                          "one by one", len(batch), exc)
             for index, (kind, args) in enumerate(batch):
                 try:
                     await self.worker.call(store.write_calls, [(kind, args)])
                     self._note_written([(kind, args)])
                 except Exception as exc:
                     if _transient(exc):
-                        self._writes = batch[index:] + self._writes
-                        self._trim_writes()
-                        self._retry_writes_later(exc)
+                        self._keep_for_retry(batch[index:], exc)
                         return
                     # The database rejected this update itself: storing it again
                     # cannot succeed, and it must not hold up the others.
                     log.error("failed to store a call update (%s of %s), dropping it: %s",
                               kind, getattr(args[0], "uniqueid", "?"), exc)
             self._writes_recovered()
+
+    def _keep_for_retry(self, updates: list[tuple[str, tuple]], exc: Exception) -> None:
+        """Put ``updates`` back before the queue, in order, and write them again later."""
+        self._writes = updates + self._writes
+        self._trim_writes()
+        self._retry_writes_later(exc)
 
     def _retry_writes_later(self, exc: Exception) -> None:
         delay = (WRITE_RETRY_FIRST_SECONDS if self._write_retry is None

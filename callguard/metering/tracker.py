@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 from callguard.clock import Clock
 from callguard.metering.charges import AnsweredCall
-from callguard.metering.dialstring import dialled_number, masked
+from callguard.metering.dialstring import dialled_endpoint, dialled_number, masked
 from callguard.metering.guard import LiveGuard, leg_tariff
 from callguard.metering.legs import RINGING, UP, Leg
 from callguard.policy.decision import REASON_INVALID_NUMBER, REASON_UNCLASSIFIED, CallRequest
@@ -197,7 +197,7 @@ class EventTracker:
         for channel_id, channel in present.items():
             if channel_id in self.guard.legs:
                 continue
-            if self.guard.has_ended(channel_id):
+            if self.guard.was_unfollowed(channel_id):
                 # Charged and stored as ended when ARI went off: following it again
                 # would count it twice in memory, and the store keeps its first end.
                 log.info("%s: still up, but charged and stored as ended when ARI went "
@@ -230,7 +230,7 @@ class EventTracker:
         for uniqueid in list(self.guard.reservations.undialled()):
             if uniqueid not in present:
                 self.guard.channel_gone(uniqueid)
-        self.guard.forget_unfollowed(set(present))
+        self.guard.forget_unfollowed(present)
 
         if unplaced:
             # NOTE: a channel list shows no direction. An originate shows AppDial2
@@ -247,8 +247,8 @@ def _number_dialled_by(caller: dict | None, leg_name: str) -> str | None:
     """Return the number that ``caller``'s running Dial() sent to the leg ``leg_name``.
 
     The caller shows its Dial() argument as ``app_data``, like
-    ``PJSIP/999@gamma,60,S(600)``; a Dial to several destinations joins them
-    with ``&``, and the one on the leg's technology and endpoint is taken.
+    ``PJSIP/999@gamma,60,S(600)``. A Dial to several destinations joins them
+    with ``&``, so the one on the leg's technology and endpoint is taken.
     """
     if not isinstance(caller, dict):
         return None
@@ -265,15 +265,9 @@ def _number_dialled_by(caller: dict | None, leg_name: str) -> str | None:
         if technology.lower() != leg_technology.lower():
             continue
         number = dialled_number(resource, technology)
-        if number is not None and (len(targets) == 1 or _endpoint_of(resource) == leg_endpoint):
+        if number is not None and (len(targets) == 1 or dialled_endpoint(resource) == leg_endpoint):
             numbers.append(number)
     return numbers[0] if len(numbers) == 1 else None
-
-
-def _endpoint_of(resource: str) -> str:
-    """Return the endpoint of a Dial resource: gamma in 999@gamma or gamma/999."""
-    first, _, rest = resource.partition("/")
-    return first.partition("@")[2] if "@" in first else first
 
 
 def leg_from_record(record: CallRecord, guard: LiveGuard) -> Leg | None:
