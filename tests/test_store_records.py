@@ -1,5 +1,6 @@
 """Store records from peers' data: decisions recorded in batches, and call records."""
 
+import asyncio
 import logging
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -79,6 +80,48 @@ async def test_recorder_drops_unstorable_decision(store, worker, caplog):
     # The trunk came from the peer: its escape sequence is written out, not sent raw.
     assert "gamma\\x1b[2J" in caplog.text
     assert "\x1b" not in caplog.text
+
+
+class BusyPbxWorker(StoreWorker):
+    """A store worker on a busy PBX: two more decisions arrive while each write runs."""
+
+    def __init__(self, store):
+        super().__init__(store)
+        self.recorder: DecisionRecorder | None = None
+        self.busy = True
+        self.writes = 0
+        self.arrived = 0
+
+    async def call(self, fn, *args, **kwargs):
+        result = await super().call(fn, *args, **kwargs)
+        self.writes += 1
+        for _ in range(2 if self.busy else 0):
+            self.arrived += 1
+            request = CallRequest("gamma", "01632960123", uniqueid=f"1718355601.{self.arrived}")
+            self.recorder.record(request, allowed(request))
+        return result
+
+
+async def test_recorder_writes_once_per_interval(store):
+    busy = BusyPbxWorker(store)
+    recorder = busy.recorder = DecisionRecorder(busy, ManualClock(NOW), "pbx1", interval=0.05)
+    request = CallRequest("gamma", "01632960123", uniqueid="1718355600.1")
+    recorder.record(request, allowed(request))
+    try:
+        recorder.start()
+        await asyncio.sleep(0.5)
+        busy.busy = False
+        writes = busy.writes
+        await recorder.stop()
+    finally:
+        busy.shutdown()
+
+    # One write per interval while decisions keep arriving. Writing each
+    # arrival at once made hundreds of small transactions in this time.
+    assert 2 <= writes <= 0.5 / 0.05 + 2
+    # stop() writes the decisions still queued.
+    assert recorder.queued == 0
+    assert len(store.recent_decisions(limit=100_000)) == 1 + busy.arrived
 
 
 def test_call_records_escape_nul_from_ari():

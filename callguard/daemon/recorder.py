@@ -1,7 +1,11 @@
 """Write decisions to the store in batches, off the decision path.
 
-A batch is written every ``interval`` seconds or when ``batch_size`` rows are
-waiting, so a crash loses at most the decisions of the last interval. Each
+The queued decisions are written every ``interval`` seconds, or as soon as
+``batch_size`` of them are queued, so a crash loses at most the decisions of
+the last interval. Decisions made while a write runs go in the next write.
+Writing them at once would keep a busy daemon writing a few rows per
+transaction without pause, and its store thread would then compete with the
+FastAGI sessions for the GIL. Each
 decision is converted to driver values as it is recorded: the store thread
 then only executes the INSERT, and holds the GIL for less time per batch,
 which FastAGI sessions in flight would otherwise wait for.
@@ -13,6 +17,7 @@ first write that succeeds brings the wait back to ``interval``.
 
 import asyncio
 import logging
+import math
 from collections import deque
 
 from callguard.clock import Clock
@@ -98,10 +103,17 @@ class DecisionRecorder:
             self._task = None
         await self.flush()
 
-    async def flush(self) -> None:
-        """Store the queued decisions in batches until the queue is empty or a write fails."""
-        while self._queue:
-            batch = [self._queue.popleft() for _ in range(min(self._batch_size, len(self._queue)))]
+    async def flush(self, count: int | None = None) -> None:
+        """Store queued decisions in batches until a write fails.
+
+        With ``count``, at most the first ``count`` are stored; without it, the
+        queue is written until it is empty.
+        """
+        left = math.inf if count is None else count
+        while self._queue and left > 0:
+            size = min(self._batch_size, len(self._queue), left)
+            batch = [self._queue.popleft() for _ in range(size)]
+            left -= size
             try:
                 await self._worker.call(self._worker.store.add_prepared_decisions, batch)
             except Exception as exc:
@@ -152,7 +164,7 @@ class DecisionRecorder:
                 except TimeoutError:
                     pass
             self._wakeup.clear()
-            await self.flush()
+            await self.flush(len(self._queue))
 
 
 def to_record(request: CallRequest, decision: Decision, clock: Clock, node: str) -> DecisionRecord:
