@@ -1,7 +1,8 @@
 """FastAGI check throughput and latency: callguard against a bare asyncio server.
 
-Both servers run in their own process; this process plays Asterisk over real
-loopback sockets. Closed-loop runs at 1, 10 and 100 concurrent sessions give
+Three servers run, each in its own process: the callguard daemon, callguard's
+FastAGI server with a fixed answer ("fixed"), and the bare server. This
+process plays Asterisk over real loopback sockets. Closed-loop runs at 1, 10 and 100 concurrent sessions give
 decisions per second and p50/p99 latency side by side, and an open-loop run
 offers 500 checks/s at a fixed rate, so its p99 includes any queueing delay.
 
@@ -51,6 +52,26 @@ async def main():
 asyncio.run(main())
 """
 
+# callguard's own FastAGI server with a handler that sets the bare server's
+# variables without deciding. The gap to the bare server is the cost of
+# callguard's protocol layer, and the gap to the daemon is the decision's cost.
+FIXED_SERVER = """
+import asyncio, sys
+sys.path.insert(0, {here!r})
+from bare_fastagi import DECISION
+from callguard.agi.server import FastAGIServer
+
+async def set_fixed_variables(channel):
+    for name, value in DECISION:
+        await channel.set_variable(name, value)
+
+async def main():
+    server = FastAGIServer({{"check": set_fixed_variables}}, "127.0.0.1", {port})
+    await server.start()
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -82,10 +103,11 @@ def start_callguard(directory: Path) -> tuple[subprocess.Popen, int]:
     return process, port
 
 
-def start_bare() -> tuple[subprocess.Popen, int]:
+def start_script(script: str) -> tuple[subprocess.Popen, int]:
+    """Start a server from ``script`` (BARE_SERVER or FIXED_SERVER) on a free port."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-c", BARE_SERVER.format(here=str(HERE), port=port)],
+        [sys.executable, "-c", script.format(here=str(HERE), port=port)],
         stdout=subprocess.DEVNULL,
     )
     wait_for_port(port)
@@ -149,9 +171,10 @@ async def measure(servers: dict[str, tuple[int, int]], seconds: float,
                 (pid, port), lambda p: closed_loop(p, concurrency, seconds)
             )
             print(row(name, results[name]))
-        ratio = results["callguard"]["per_second"] / results["bare"]["per_second"]
-        cost = results["callguard"]["cpu_us"] / results["bare"]["cpu_us"]
-        print(f"callguard / bare: throughput {ratio:.0%}, server CPU per check {cost:.1f}x")
+        for name in ("callguard", "fixed"):
+            ratio = results[name]["per_second"] / results["bare"]["per_second"]
+            cost = results[name]["cpu_us"] / results["bare"]["cpu_us"]
+            print(f"{name} / bare: throughput {ratio:.0%}, server CPU per check {cost:.1f}x")
         print(ceiling(results["callguard"], results["bare"]))
 
     if "open" not in loads:
@@ -180,14 +203,18 @@ def main() -> None:
 
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; client and each "
           "server in separate processes")
+    print("fixed: callguard's FastAGI server setting the bare server's variables, "
+          "without deciding")
     with tempfile.TemporaryDirectory() as directory:
         callguard, callguard_port = start_callguard(Path(directory))
-        bare, bare_port = start_bare()
+        fixed, fixed_port = start_script(FIXED_SERVER)
+        bare, bare_port = start_script(BARE_SERVER)
         try:
             asyncio.run(measure({"callguard": (callguard.pid, callguard_port),
+                                 "fixed": (fixed.pid, fixed_port),
                                  "bare": (bare.pid, bare_port)}, args.seconds, loads))
         finally:
-            for process in (callguard, bare):
+            for process in (callguard, fixed, bare):
                 process.terminate()
                 process.wait(timeout=30)
 
