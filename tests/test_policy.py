@@ -342,6 +342,36 @@ async def test_parallel_decisions_share_no_headroom(guard):
     assert len(denied) == 27
 
 
+async def test_decide_now_waits_for_unread_spend(guard):
+    guard.spend("day", TODAY, "49.98")
+    first = CallRequest("gamma", "01632960123", uniqueid="1718355600.1")
+    second = CallRequest("gamma", "01632960123", uniqueid="1718355600.2")
+    third = CallRequest("gamma", "01632960123", uniqueid="1718355600.3")
+
+    # The day's spend is not read yet, so only decide() can decide.
+    assert guard.engine.decide_now(first) is None
+    assert guard.engine.reservations.pending_count("gamma") == 0
+    allowed = await guard.engine.decide(first)
+    # Once the spend is read, decisions need no wait.
+    now_allowed = guard.engine.decide_now(second)
+    denied = guard.engine.decide_now(third)
+
+    assert (allowed.result, allowed.reserved) == ("ALLOW", Decimal("0.01"))
+    assert allowed.max_seconds == 119
+    assert (now_allowed.result, now_allowed.reserved) == ("ALLOW", Decimal("0.01"))
+    # The first call's reservation leaves one block.
+    assert now_allowed.max_seconds == 59
+    assert (denied.result, denied.reason) == ("DENY", "limit:daily")
+
+
+async def test_decide_now_allows_emergency_at_once(guard):
+    request = CallRequest("gamma", "999", uniqueid="1718355600.1")
+
+    decision = guard.engine.decide_now(request)
+
+    assert (decision.result, decision.reason) == ("ALLOW", "emergency")
+
+
 async def test_reservation_expires(guard):
     guard.spend("day", TODAY, "49.99")
     first = await guard.decide("01632960123", uniqueid="1718355600.1")

@@ -85,8 +85,10 @@ class CheckHandler:
         general = engine.state.config.general
 
         try:
-            async with asyncio.timeout(general.decision_timeout):
-                decision = await engine.decide(request)
+            decision = engine.decide_now(request)
+            if decision is None:
+                async with asyncio.timeout(general.decision_timeout):
+                    decision = await engine.decide(request)
         except TimeoutError:
             decision = self._fail_policy(engine, request, "timed out")
         except Exception:
