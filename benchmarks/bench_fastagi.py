@@ -108,7 +108,8 @@ def start_script(script: str) -> tuple[subprocess.Popen, int]:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-c", script.format(here=str(HERE), port=port)],
-        stdout=subprocess.DEVNULL,
+        # The fixed server logs a warning for each probe of wait_for_port().
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     wait_for_port(port)
     return process, port
