@@ -105,11 +105,17 @@ async def hung_up_leg(pbx, call):
     return find_leg(pbx, call.trunk_id)
 
 
-async def answer_and_end(pbx, call, seconds):
-    """Answer ``call``, let it run ``seconds`` on the manual clock, then hang it up."""
+async def answered_leg(pbx, call):
+    """Answer ``call`` and return its leg once callguard has seen the answer."""
     await pbx.ari.answer(call)
     await eventually(lambda: call.trunk_id in pbx.legs()
                      and pbx.legs()[call.trunk_id].state == "up", what="the answer")
+    return pbx.legs()[call.trunk_id]
+
+
+async def answer_and_end(pbx, call, seconds):
+    """Answer ``call``, let it run ``seconds`` on the manual clock, then hang it up."""
+    await answered_leg(pbx, call)
     pbx.clock.advance(seconds)
     await asyncio.sleep(0.05)
     await pbx.ari.hangup(call)
@@ -292,6 +298,38 @@ async def test_unchecked_emergency_leg_free(make_pbx):
     assert pbx.ari.deletes == []
     assert stored_calls(pbx)[emergency.trunk_id].cost == Decimal(0)
     assert pbx.spend("day", TODAY) == Decimal(0)
+
+
+async def test_emergency_leg_without_dialstring_number(make_pbx):
+    # Dial(PJSIP/gamma) with the number set elsewhere: the dialstring shows none,
+    # but the extension the caller dialled is an emergency number.
+    pbx = await make_pbx(trunks=DEFAULT_RATE_TRUNKS, rates=GEOGRAPHIC_RATES)
+    emergency = await pbx.ari.dial_out("999", dialstring="gamma")
+
+    leg = await answered_leg(pbx, emergency)
+    assert leg.number == "999"
+    assert leg.category == "emergency"
+    assert not leg.protected
+    assert leg.tariff.rate == Decimal(0)
+    # Past the 600 s at which the 10.00 limit ends an unreadable leg below.
+    pbx.clock.advance(900)
+    await asyncio.sleep(0.05)
+    await pbx.app.guard.drain()
+    assert pbx.ari.deletes == []
+
+
+async def test_unreadable_leg_number_pays_top_rate(make_pbx):
+    # The same dialstring for an ordinary number: metered at the trunk's
+    # highest rate, and hung up when the 10.00 limit is spent, at 600 s.
+    pbx = await make_pbx(trunks=DEFAULT_RATE_TRUNKS, rates=GEOGRAPHIC_RATES)
+    call = await pbx.ari.dial_out("01632960123", dialstring="gamma")
+
+    leg = await answered_leg(pbx, call)
+    assert leg.number == ""
+    assert leg.protected
+    assert leg.tariff.rate == Decimal("1.00")
+    pbx.clock.advance(600)
+    await eventually(lambda: pbx.ari.deletes, what="the hang-up at the limit")
 
 
 async def test_emergency_checked_on_other_trunk_free(make_pbx):

@@ -123,10 +123,12 @@ class EventTracker:
         self._candidates.pop(peer["id"], None)
         dialstring = event.get("dialstring", "")
         number = dialled_number(dialstring, peer.get("name", "").partition("/")[0])
-        if number is None:
-            log.warning("%s %s: no number found in dialstring %r", trunk, peer["id"],
-                        masked(dialstring))
         caller = event.get("caller") if isinstance(event.get("caller"), dict) else {}
+        if number is None:
+            number = self._emergency_exten(peer, caller)
+            log.warning("%s %s: no number found in dialstring %r%s", trunk, peer["id"],
+                        masked(dialstring), "" if number is None else
+                        f"; the caller dialled the emergency number {number}")
         self.guard.dialled(peer["id"], peer["name"], trunk, caller.get("id", ""), number, at)
 
     def _on_up(self, channel: dict, at: datetime) -> None:
@@ -147,6 +149,21 @@ class EventTracker:
             number = self._number_from_snapshot(channel, trunk)
         return self.guard.dialled(channel["id"], channel.get("name", ""), trunk, "", number,
                                   created_at)
+
+    def _emergency_exten(self, *channels: dict) -> str | None:
+        """Return the first extension of ``channels`` that is an emergency number, or None.
+
+        Dial() gives the leg its caller's extension. When the dialstring shows
+        no number, that extension still shows an emergency call, which is never
+        hung up. Other extensions may be internal ones, so they are not read
+        as the destination.
+        """
+        plan = self.guard.engine.state.classifier.plan
+        for channel in channels:
+            exten = (channel.get("dialplan") or {}).get("exten")
+            if isinstance(exten, str) and plan.emergency(exten) is not None:
+                return exten
+        return None
 
     def _number_from_snapshot(self, channel: dict, trunk: str) -> str | None:
         """Return the first plausible destination shown on a channel snapshot."""
