@@ -1,5 +1,6 @@
-"""Helpers that write a callguard config and rate deck for a test."""
+"""Helpers that write a callguard config, rate deck and TLS certificate for a test."""
 
+import subprocess
 from pathlib import Path
 
 RATES = """\
@@ -62,3 +63,21 @@ def write_config(
         f"{trunks}\n{extra}\n"
     )
     return path
+
+
+def self_signed_certificate(directory: Path, name: str = "cert") -> tuple[Path, Path]:
+    """Write a new self-signed certificate for 127.0.0.1 and its key with openssl.
+
+    Returns the paths of ``<name>.pem`` and ``<name>-key.pem`` in ``directory``.
+    """
+    cert, key = directory / f"{name}.pem", directory / f"{name}-key.pem"
+    options = (
+        "-x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 "
+        "-subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1"
+    )
+    subprocess.run(
+        ["openssl", "req", *options.split(), "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key

@@ -8,7 +8,6 @@ import math
 import random
 import socket
 import ssl
-import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from callguard.ari.events import event_channel_id
 from callguard.repeats import RepeatLimiter
 from callguard.clock import ManualClock
 from emulator.ari import AriEmulator
+from support import self_signed_certificate
 
 FIXTURES = Path(__file__).parent / "fixtures" / "asterisk"
 
@@ -830,18 +830,7 @@ async def test_run_twice_rejected(ari, make_client):
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory) -> tuple[Path, Path]:
     """Generate a self-signed certificate for 127.0.0.1 with the openssl command."""
-    directory = tmp_path_factory.mktemp("tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    options = (
-        "-x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 "
-        "-subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1"
-    )
-    subprocess.run(
-        ["openssl", "req", *options.split(), "-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture

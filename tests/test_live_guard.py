@@ -13,11 +13,14 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy.engine import make_url
 
+from callguard.config import load_config
 from callguard.daemon import status
+from callguard.daemon.live import read_ari_settings
 from callguard.metering import guard
 from callguard.store import engine
 from callguard.store import Store
 from live_support import PASSWORD, Pbx, eventually
+from support import self_signed_certificate, write_config
 
 LONDON = ZoneInfo("Europe/London")
 
@@ -312,6 +315,24 @@ async def test_reload_rotated_password(make_pbx, caplog):
     await pbx.app.guard.drain()
     assert pbx.spend("day", "2024-06-14") == Decimal("10.00")
     assert_passwords_not_logged(caplog, PASSWORD, ROTATED)
+
+
+def test_ca_file_replaced_is_a_change(tmp_path):
+    ca_file, _ = self_signed_certificate(tmp_path, "ca")
+    (tmp_path / "ari.secret").write_text(PASSWORD + "\n")
+    path = write_config(tmp_path, ari="enabled = yes\nurl = https://127.0.0.1:8089/\n"
+                                      "username = callguard\npassword_file = ari.secret\n"
+                                      "ca_file = ca.pem\n")
+    first = read_ari_settings(load_config(path))
+    same = read_ari_settings(load_config(path))
+    # A new CA certificate under the same name, as when a certificate is renewed.
+    self_signed_certificate(tmp_path, "ca")
+    renewed = read_ari_settings(load_config(path))
+
+    assert same == first
+    assert renewed != first
+    assert renewed.changed_keys(first) == ["ca_file"]
+    assert renewed.ari == first.ari
 
 
 async def test_reload_enables_ari(make_pbx, caplog):

@@ -1,6 +1,7 @@
 """The daemon's ARI side: the events listener, reconciliation and the live guard."""
 
 import asyncio
+import hashlib
 import logging
 from dataclasses import dataclass, field, fields
 
@@ -38,11 +39,19 @@ class AriSettings:
 
     ari: AriConfig
     password: str | None = field(repr=False)
+    # SHA-256 of the ca_file contents, so that a CA bundle replaced under the
+    # same name is a change too.
+    ca_digest: str = ""
 
     def changed_keys(self, other: "AriSettings") -> list[str]:
-        """Return the names of the ``[ari]`` keys, and ``password``, that differ."""
+        """Return the names of the ``[ari]`` keys, and ``password``, that differ.
+
+        ``ca_file`` is among them when the file's contents changed.
+        """
         changed = [item.name for item in fields(AriConfig)
                    if getattr(self.ari, item.name) != getattr(other.ari, item.name)]
+        if self.ca_digest != other.ca_digest and "ca_file" not in changed:
+            changed.append("ca_file")
         if self.password != other.password:
             changed.append("password")
         return changed
@@ -76,11 +85,12 @@ def read_ari_settings(config: Config) -> AriSettings | None:
             # connection for settings that cannot start a new one.
             build_endpoint(ari.url, ari.username, password, ari.app,
                            str(ari.ca_file) if ari.ca_file else None)
+            digest = hashlib.sha256(ari.ca_file.read_bytes()).hexdigest() if ari.ca_file else ""
         except (ValueError, OSError) as exc:
             # The messages name the setting, never the password's text.
             problem = ConfigProblem(str(config.path), 0, ARI_SECTION, "", str(exc))
             raise ConfigError([problem]) from None
-        return AriSettings(ari, password)
+        return AriSettings(ari, password, digest)
     problem = ConfigProblem(str(config.path), 0, ARI_SECTION, "password_file", message)
     raise ConfigError([problem])
 
