@@ -332,6 +332,35 @@ async def test_unreadable_leg_number_pays_top_rate(make_pbx):
     await eventually(lambda: pbx.ari.deletes, what="the hang-up at the limit")
 
 
+async def test_checked_leg_at_emergency_extension(make_pbx):
+    # Extension 112 is an internal phone that forwards to 01632960123. The
+    # dialplan checks that number and sets it outside the dialstring, so the
+    # caller's extension is not the destination and the check guards the leg.
+    pbx = await make_pbx(trunks=DEFAULT_RATE_TRUNKS, rates=GEOGRAPHIC_RATES)
+
+    async def check(caller_id):
+        outcome = await run_fastagi_call(
+            "127.0.0.1", pbx.port,
+            AGICall(extension="112", uniqueid=caller_id, channel="PJSIP/1001-00000001",
+                    callerid="01632960010", arguments=("01632960123", "gamma")),
+        )
+        pbx.results[caller_id] = outcome.variables
+        return outcome.variables.get("CALLGUARD_RESULT") == "ALLOW"
+
+    call = await pbx.ari.dial_out("112", dialstring="gamma", check=check)
+    assert pbx.results[call.caller_id]["CALLGUARD_MAXSECS"] == "599"
+
+    leg = await answered_leg(pbx, call)
+    assert leg.guarded
+    assert leg.decision_uniqueid == call.caller_id
+    assert leg.protected
+    assert leg.category == "geographic"
+    assert leg.tariff.rate == Decimal("1.00")
+    pbx.clock.advance(600)
+    await eventually(lambda: pbx.ari.deletes, what="the hang-up at the limit")
+    assert pbx.ari.deletes[0][0] == call.trunk_id
+
+
 async def test_emergency_checked_on_other_trunk_free(make_pbx):
     # Checked for delta and dialled on gamma, so gamma judges the leg itself.
     pbx = await make_pbx(trunks=DEFAULT_RATE_TRUNKS, rates=GEOGRAPHIC_RATES)

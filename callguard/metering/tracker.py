@@ -124,12 +124,21 @@ class EventTracker:
         dialstring = event.get("dialstring", "")
         number = dialled_number(dialstring, peer.get("name", "").partition("/")[0])
         caller = event.get("caller") if isinstance(event.get("caller"), dict) else {}
+        caller_id = caller.get("id", "")
         if number is None:
-            number = self._emergency_exten(peer, caller)
+            # A check's decision names the destination, an emergency number
+            # included, so the extension is read only when no check ran for
+            # the caller.
+            # NOTE: an unchecked caller's extension can be an internal one that
+            # is also an emergency number, such as a phone 112 forwarding a
+            # call. That leg is then metered as an emergency call: free and
+            # never hung up.
+            if not caller_id or self.guard.decisions.get(caller_id) is None:
+                number = self._emergency_exten(peer, caller)
             log.warning("%s %s: no number found in dialstring %r%s", trunk, peer["id"],
                         masked(dialstring), "" if number is None else
                         f"; the caller dialled the emergency number {number}")
-        self.guard.dialled(peer["id"], peer["name"], trunk, caller.get("id", ""), number, at)
+        self.guard.dialled(peer["id"], peer["name"], trunk, caller_id, number, at)
 
     def _on_up(self, channel: dict, at: datetime) -> None:
         if channel["id"] in self.guard.legs:
