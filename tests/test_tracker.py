@@ -308,6 +308,24 @@ async def test_out_of_order_end_before_answer(recorded):
     assert stored_calls(pbx)["1796397406.2"].cost == Decimal(0)
 
 
+async def test_malformed_dial_snapshots_still_followed(pbx):
+    # A Dial whose dialstring shows no number and whose channel snapshots carry
+    # a dialplan that is not an object: the leg is still followed.
+    recorded = replay(pbx, "ari-events-subscribeall.jsonl")
+    dial = next(e for e in recorded if e["type"] == "Dial" and e.get("caller")
+                and e["dialstatus"] == "")
+    leg = dict(dial["peer"], id="1718355600.61", name="PJSIP/gamma-00000061",
+               dialplan="outbound,999,1")
+    event = dict(dial, peer=leg, dialstring="gamma",
+                 caller=dict(dial["caller"], id="1718355600.60", dialplan=["999"]))
+
+    pbx.app.tracker.on_event(event)
+
+    followed = pbx.legs()["1718355600.61"]
+    assert followed.number == ""
+    assert followed.protected
+
+
 async def test_dial_after_reconcile_links_adopted_leg(pbx):
     # A call checked and dialled while the reconciliation ran: the leg is first
     # adopted from GET /ari/channels, then its held-back Dial links it.

@@ -169,8 +169,8 @@ class EventTracker:
         """
         plan = self.guard.engine.state.classifier.plan
         for channel in channels:
-            exten = (channel.get("dialplan") or {}).get("exten")
-            if isinstance(exten, str) and plan.emergency(exten) is not None:
+            exten = snapshot_text(channel, "dialplan", "exten")
+            if exten and plan.emergency(exten) is not None:
                 return exten
         return None
 
@@ -180,11 +180,11 @@ class EventTracker:
         # the dialled number as its caller number, but on other legs the caller
         # and connected numbers are the calling phone's, which must never be
         # taken for the destination.
-        candidates = [(channel.get("dialplan") or {}).get("exten", "")]
+        candidates = [snapshot_text(channel, "dialplan", "exten")]
         if channel.get("name", "").startswith(LOCAL_PREFIX):
             candidates += [
-                (channel.get("caller") or {}).get("number", ""),
-                (channel.get("connected") or {}).get("number", ""),
+                snapshot_text(channel, "caller", "number"),
+                snapshot_text(channel, "connected", "number"),
             ]
         for text in candidates:
             if not text:
@@ -215,7 +215,7 @@ class EventTracker:
         # lists it in channelvars: the way back to the caller's check decision.
         callers_by_peer = {}
         for channel in present.values():
-            peer = (channel.get("channelvars") or {}).get(BRIDGEPEER)
+            peer = snapshot_text(channel, "channelvars", BRIDGEPEER)
             if peer:
                 callers_by_peer[peer] = channel["id"]
 
@@ -232,7 +232,7 @@ class EventTracker:
             trunk = self.guard.trunk_for_channel(channel.get("name", ""))
             if trunk is None:
                 continue
-            app = (channel.get("dialplan") or {}).get("app_name", "")
+            app = snapshot_text(channel, "dialplan", "app_name")
             if app not in OUTGOING_APPS:
                 unplaced += 1
                 continue
@@ -269,6 +269,14 @@ class EventTracker:
         self.blind_since = None
 
 
+def snapshot_text(snapshot: object, part: str, key: str) -> str:
+    """Return ``snapshot[part][key]`` of an ARI channel snapshot, or "" when it is
+    missing or not a string, as in a malformed event."""
+    inner = snapshot.get(part) if isinstance(snapshot, dict) else None
+    value = inner.get(key) if isinstance(inner, dict) else None
+    return value if isinstance(value, str) else ""
+
+
 def _number_dialled_by(caller: dict | None, leg_name: str) -> str | None:
     """Return the number that ``caller``'s running Dial() sent to the leg ``leg_name``.
 
@@ -276,12 +284,10 @@ def _number_dialled_by(caller: dict | None, leg_name: str) -> str | None:
     ``PJSIP/999@gamma,60,S(600)``. A Dial to several destinations joins them
     with ``&``, so the one on the leg's technology and endpoint is taken.
     """
-    if not isinstance(caller, dict):
+    app_data = snapshot_text(caller, "dialplan", "app_data")
+    if snapshot_text(caller, "dialplan", "app_name") != DIAL or not app_data:
         return None
-    dialplan = caller.get("dialplan") or {}
-    if dialplan.get("app_name") != DIAL or not isinstance(dialplan.get("app_data"), str):
-        return None
-    targets = dialplan["app_data"].split(",", 1)[0].split("&")
+    targets = app_data.split(",", 1)[0].split("&")
     leg_technology, _, leg_rest = leg_name.partition("/")
     # PJSIP/gamma-00000001 is a channel of endpoint gamma.
     leg_endpoint = leg_rest.rpartition("-")[0]
