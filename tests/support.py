@@ -1,6 +1,9 @@
-"""Helpers that write a callguard config, rate deck and TLS certificate for a test."""
+"""Helpers for tests: a callguard config and rate deck, a TLS certificate, a SQLite lock."""
 
+import contextlib
+import sqlite3
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 RATES = """\
@@ -81,3 +84,16 @@ def self_signed_certificate(directory: Path, name: str = "cert") -> tuple[Path, 
         capture_output=True,
     )
     return cert, key
+
+
+@contextlib.contextmanager
+def sqlite_write_locked(path: str | Path) -> Iterator[None]:
+    """Hold the write lock of the SQLite database at ``path`` from another
+    connection, as another process would."""
+    locker = sqlite3.connect(path, isolation_level=None)
+    try:
+        locker.execute("BEGIN EXCLUSIVE")
+        yield
+    finally:
+        locker.execute("COMMIT")
+        locker.close()

@@ -2,10 +2,8 @@
 
 import asyncio
 import base64
-import contextlib
 import logging
 import math
-import sqlite3
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -20,7 +18,7 @@ from callguard.metering import guard
 from callguard.store import engine
 from callguard.store import Store
 from live_support import PASSWORD, Pbx, eventually
-from support import self_signed_certificate, write_config
+from support import self_signed_certificate, sqlite_write_locked, write_config
 
 LONDON = ZoneInfo("Europe/London")
 
@@ -471,17 +469,9 @@ async def test_reload_bad_password_file_kept(make_pbx, caplog):
     assert_passwords_not_logged(caplog, PASSWORD, "rotated", "new\tpassword")
 
 
-@contextlib.contextmanager
-def sqlite_write_locked(pbx: Pbx):
-    """Hold the store's SQLite write lock from another connection, as another process would."""
-    path = make_url(pbx.config.general.database).database
-    locker = sqlite3.connect(path, isolation_level=None)
-    try:
-        locker.execute("BEGIN EXCLUSIVE")
-        yield
-    finally:
-        locker.execute("COMMIT")
-        locker.close()
+def store_locked(pbx: Pbx):
+    """Hold the write lock of the PBX's SQLite store, as another process would."""
+    return sqlite_write_locked(make_url(pbx.config.general.database).database)
 
 
 async def call_ended_under_lock(make_pbx, monkeypatch) -> Pbx:
@@ -490,7 +480,7 @@ async def call_ended_under_lock(make_pbx, monkeypatch) -> Pbx:
     start = london(2024, 6, 14, 10, 0)
     pbx, call = await answered_call(make_pbx, start)
     await pbx.app.guard.drain()
-    with sqlite_write_locked(pbx):
+    with store_locked(pbx):
         pbx.clock.advance(90)
         await pbx.ari.hangup(call)
         await eventually(lambda: not pbx.legs(), what="the call to end")
@@ -561,7 +551,7 @@ async def test_full_write_queue_drops_oldest_loudly(make_pbx, monkeypatch, caplo
     start = london(2024, 6, 14, 10, 0)
     pbx, call = await answered_call(make_pbx, start)
     await pbx.app.guard.drain()
-    with sqlite_write_locked(pbx):
+    with store_locked(pbx):
         other, _ = await pbx.call("01632960124")
         await pbx.ari.answer(other)
         pbx.clock.advance(30)

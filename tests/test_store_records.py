@@ -12,9 +12,12 @@ from callguard.daemon.recorder import DecisionRecorder
 from callguard.metering.legs import Leg
 from callguard.metering.records import call_record, hangup_record
 from callguard.policy.decision import CallRequest, Decision
+from callguard.store import Store, engine
 from callguard.worker import StoreWorker
+from support import sqlite_write_locked
 
 NOW = datetime(2024, 6, 14, 9, 0, tzinfo=timezone.utc)
+RECORDER_LOGGER = "callguard.daemon.recorder"
 
 
 @pytest.fixture
@@ -122,6 +125,69 @@ async def test_recorder_writes_once_per_interval(store):
     # stop() writes the decisions still queued.
     assert recorder.queued == 0
     assert len(store.recent_decisions(limit=100_000)) == 1 + busy.arrived
+
+
+@pytest.fixture
+def locking_store(tmp_path, monkeypatch):
+    """Yield an open SQLite store that gives up on a held lock after 400 ms, and its path."""
+    monkeypatch.setattr(engine, "SQLITE_BUSY_TIMEOUT_MS", 400)
+    path = tmp_path / "callguard.db"
+    opened = Store(f"sqlite:///{path}")
+    opened.open()
+    yield opened, path
+    opened.close()
+
+
+async def until(condition, timeout=5.0):
+    """Wait until ``condition()`` is true, or ``timeout`` seconds have passed."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+
+
+def record_decisions(recorder, count):
+    for n in range(count):
+        request = CallRequest("gamma", "01632960123", uniqueid=f"1718355600.{n}")
+        recorder.record(request, allowed(request))
+
+
+async def test_recorder_stop_keeps_failed_write(locking_store):
+    store, path = locking_store
+    worker = StoreWorker(store)
+    recorder = DecisionRecorder(worker, ManualClock(NOW), "pbx1", interval=0.01)
+    record_decisions(recorder, 3)
+    try:
+        with sqlite_write_locked(path):
+            recorder.start()
+            await until(lambda: recorder.queued == 0)  # the write waits for the lock
+            # stop() cancels the periodic task during the write, which fails in
+            # the store thread at 400 ms. The final write then waits for the
+            # lock, which is free at 600 ms.
+            stopping = asyncio.create_task(recorder.stop())
+            await asyncio.sleep(0.6)
+        await stopping
+    finally:
+        worker.shutdown()
+
+    assert len(store.recent_decisions()) == 3
+    assert recorder.queued == 0
+
+
+async def test_recorder_stop_logs_unstored(locking_store, caplog):
+    store, path = locking_store
+    worker = StoreWorker(store)
+    recorder = DecisionRecorder(worker, ManualClock(NOW), "pbx1")
+    record_decisions(recorder, 3)
+    try:
+        with sqlite_write_locked(path), caplog.at_level(logging.INFO, logger=RECORDER_LOGGER):
+            await recorder.stop()
+    finally:
+        worker.shutdown()
+
+    assert recorder.queued == 3
+    [line] = [r.getMessage() for r in caplog.records if r.name == RECORDER_LOGGER]
+    assert line.startswith("stopping with 3 decisions not stored, because the store failed")
+    assert "trying again" not in caplog.text
 
 
 def test_call_records_escape_nul_from_ari():

@@ -1,8 +1,9 @@
 """Write decisions to the store in batches, off the decision path.
 
 The queued decisions are written every ``interval`` seconds, or as soon as
-``batch_size`` of them are queued, so a crash loses at most the decisions of
-the last interval. Decisions made while a write runs go in the next write.
+``batch_size`` of them are queued, so a crash loses the decisions of the last
+interval and of the write in progress. Decisions made while a write runs go
+in the next write.
 Writing them at once would keep a busy daemon writing a few rows per
 transaction without pause, and its store thread would then compete with the
 FastAGI sessions for the GIL. Each
@@ -53,6 +54,8 @@ class DecisionRecorder:
         self._failures = 0
         # Decisions stored since the first of the failed writes in a row.
         self._stored_after_failure = 0
+        self._last_error: Exception | None = None
+        self._stopping = False
         self._store_errors = RepeatLimiter(clock=clock)
         # Decisions as the store's prepared rows.
         self._queue: deque[tuple] = deque(maxlen=MAX_QUEUED)
@@ -94,6 +97,8 @@ class DecisionRecorder:
         self._task = asyncio.create_task(self._run(), name="decision-recorder")
 
     async def stop(self) -> None:
+        """Stop the periodic writes and store what is queued, saying what could not be."""
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             try:
@@ -102,6 +107,10 @@ class DecisionRecorder:
                 pass
             self._task = None
         await self.flush()
+        if self._queue:
+            log.error("stopping with %d decisions not stored, because the store failed: "
+                      "%s; they are missing from the audit trail", len(self._queue),
+                      self._last_error)
 
     async def flush(self, count: int | None = None) -> None:
         """Store queued decisions in batches until a write fails.
@@ -114,11 +123,7 @@ class DecisionRecorder:
             size = min(self._batch_size, len(self._queue), left)
             batch = [self._queue.popleft() for _ in range(size)]
             left -= size
-            try:
-                await self._worker.call(self._worker.store.add_prepared_decisions, batch)
-            except Exception as exc:
-                self._requeue(batch)
-                self._note_failure(len(batch), exc)
+            if not await self._write(batch):
                 return
             if self._failures:
                 self._stored_after_failure += len(batch)
@@ -130,6 +135,28 @@ class DecisionRecorder:
             self._failures = 0
             self._stored_after_failure = 0
             self._retry_delay = self._interval
+
+    async def _write(self, batch: list[tuple]) -> bool:
+        """Store ``batch``; on failure put it back at the front of the queue and return False.
+
+        The store thread finishes a write that has begun even when stop()
+        cancels the periodic task, so a cancelled write is waited for, and put
+        back if it fails, before the cancellation goes on.
+        """
+        write = asyncio.ensure_future(
+            self._worker.call(self._worker.store.add_prepared_decisions, batch))
+        try:
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            await asyncio.wait([write])
+            if write.cancelled() or write.exception() is not None:
+                self._requeue(batch)
+            raise
+        except Exception as exc:
+            self._requeue(batch)
+            self._note_failure(len(batch), exc)
+            return False
+        return True
 
     def _requeue(self, batch: list[tuple]) -> None:
         """Put a batch that failed back at the front of the queue, in its order.
@@ -145,8 +172,11 @@ class DecisionRecorder:
 
     def _note_failure(self, batch_size: int, exc: Exception) -> None:
         self._failures += 1
+        self._last_error = exc
         if self._failures > 1:
             self._retry_delay = min(self._retry_delay * 2, self._max_retry_interval)
+        if self._stopping:
+            return  # stop() logs what is left, because no write follows.
         suppressed = self._store_errors.admit()
         if suppressed is not None:
             log.error("failed to store %d decisions, keeping %d queued and trying again "
