@@ -90,29 +90,38 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
 
 
-def start_callguard(directory: Path) -> tuple[subprocess.Popen, int]:
+def start_server(command: list[str], port: int, log: Path,
+                 started: list[subprocess.Popen]) -> subprocess.Popen:
+    """Run ``command``, add it to ``started`` and wait until it listens on ``port``.
+
+    Its stderr goes to ``log``, whose end is shown if it never listens.
+    """
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+    started.append(process)
+    try:
+        wait_for_port(port)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}; the end of its log:\n{log.read_text()[-2000:]}") from None
+    return process
+
+
+def start_callguard(directory: Path, started: list[subprocess.Popen]) -> tuple[int, int]:
+    """Start the daemon with CONFIG; return its pid and port."""
     port = free_port()
     config = directory / "callguard.conf"
     config.write_text(CONFIG.format(directory=directory, port=port,
                                     rates=HERE.parent / "etc" / "rates-gamma.csv"))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "callguard.cli.daemon", "--config", str(config), "run"],
-        stdout=subprocess.DEVNULL, stderr=open(directory / "callguard.log", "w"),
-    )
-    wait_for_port(port)
-    return process, port
+    command = [sys.executable, "-m", "callguard.cli.daemon", "--config", str(config), "run"]
+    return start_server(command, port, directory / "callguard.log", started).pid, port
 
 
-def start_script(script: str) -> tuple[subprocess.Popen, int]:
-    """Start a server from ``script`` (BARE_SERVER or FIXED_SERVER) on a free port."""
+def start_script(script: str, name: str, directory: Path,
+                 started: list[subprocess.Popen]) -> tuple[int, int]:
+    """Start a server from ``script`` (BARE_SERVER or FIXED_SERVER); return its pid and port."""
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-c", script.format(here=str(HERE), port=port)],
-        # The fixed server logs a warning for each probe of wait_for_port().
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    wait_for_port(port)
-    return process, port
+    command = [sys.executable, "-c", script.format(here=str(HERE), port=port)]
+    return start_server(command, port, directory / f"{name}.log", started).pid, port
 
 
 def cpu_seconds(pid: int) -> float:
@@ -206,16 +215,18 @@ def main() -> None:
           "server in separate processes")
     print("fixed: callguard's FastAGI server setting the bare server's variables, "
           "without deciding")
-    with tempfile.TemporaryDirectory() as directory:
-        callguard, callguard_port = start_callguard(Path(directory))
-        fixed, fixed_port = start_script(FIXED_SERVER)
-        bare, bare_port = start_script(BARE_SERVER)
+    started: list[subprocess.Popen] = []
+    with tempfile.TemporaryDirectory() as name:
+        directory = Path(name)
         try:
-            asyncio.run(measure({"callguard": (callguard.pid, callguard_port),
-                                 "fixed": (fixed.pid, fixed_port),
-                                 "bare": (bare.pid, bare_port)}, args.seconds, loads))
+            servers = {
+                "callguard": start_callguard(directory, started),
+                "fixed": start_script(FIXED_SERVER, "fixed", directory, started),
+                "bare": start_script(BARE_SERVER, "bare", directory, started),
+            }
+            asyncio.run(measure(servers, args.seconds, loads))
         finally:
-            for process in (callguard, fixed, bare):
+            for process in started:
                 process.terminate()
                 process.wait(timeout=30)
 
