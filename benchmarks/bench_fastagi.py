@@ -2,9 +2,12 @@
 
 Three servers run, each in its own process: the callguard daemon, callguard's
 FastAGI server with a fixed answer ("fixed"), and the bare server. This
-process plays Asterisk over real loopback sockets. Closed-loop runs at 1, 10 and 100 concurrent sessions give
-decisions per second and p50/p99 latency side by side, and an open-loop run
-offers 500 checks/s at a fixed rate, so its p99 includes any queueing delay.
+process plays Asterisk over real loopback sockets. Closed-loop runs at 1, 10
+and 100 concurrent sessions give decisions per second and p50/p99 latency side
+by side, and an open-loop run offers 500 checks/s at a fixed rate, so its p99
+includes any queueing delay. Each server's CPU per check is shown whole and
+split into its main thread and its other threads, such as the daemon's store
+thread.
 
 Run: .venv/bin/python benchmarks/bench_fastagi.py [--seconds 5] [--only closed,open]
 """
@@ -124,20 +127,44 @@ def start_script(script: str, name: str, directory: Path,
     return start_server(command, port, directory / f"{name}.log", started).pid, port
 
 
-def cpu_seconds(pid: int) -> float:
-    """Return the user plus system CPU time of process ``pid`` (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+def cpu_seconds(stat: Path) -> float:
+    """Return the user plus system CPU time in a /proc ``stat`` file."""
+    fields = stat.read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_seconds(pid: int) -> tuple[float, float]:
+    """Return the CPU time of process ``pid``'s main thread and of its other threads.
+
+    Only threads alive at the time count. The servers start theirs before
+    the measured runs and keep them: the daemon's store thread, for one.
+    """
+    tasks = Path(f"/proc/{pid}/task")
+    main = cpu_seconds(tasks / str(pid) / "stat")
+    others = 0.0
+    for task in tasks.iterdir():
+        if task.name == str(pid):
+            continue
+        try:
+            others += cpu_seconds(task / "stat")
+        except FileNotFoundError:
+            pass  # the thread ended after the directory was listed
+    return main, others
+
+
 async def run(server: tuple[int, int], load) -> dict:
-    """Run ``load`` against ``server`` (pid, port) and add the server's CPU per check."""
+    """Run ``load`` against ``server`` (pid, port) and add the server's CPU per check,
+    split into its main thread and its other threads."""
     pid, port = server
-    before = cpu_seconds(pid)
+    main_before, others_before = thread_cpu_seconds(pid)
     client_before = time.process_time()
     figures = await load(port)
-    figures["cpu_us"] = (cpu_seconds(pid) - before) / figures["sessions"] * 1e6
-    figures["client_us"] = (time.process_time() - client_before) / figures["sessions"] * 1e6
+    main_after, others_after = thread_cpu_seconds(pid)
+    sessions = figures["sessions"]
+    figures["main_us"] = (main_after - main_before) / sessions * 1e6
+    figures["threads_us"] = (others_after - others_before) / sessions * 1e6
+    figures["cpu_us"] = figures["main_us"] + figures["threads_us"]
+    figures["client_us"] = (time.process_time() - client_before) / sessions * 1e6
     return figures
 
 
@@ -164,13 +191,14 @@ def ceiling(callguard: dict, bare: dict) -> str:
 def row(name: str, figures: dict) -> str:
     return (f"{name:<10} {figures['sessions']:>7} {figures['per_second']:>9.0f} "
             f"{figures['p50_ms']:>8.2f} {figures['p99_ms']:>8.2f} {figures['cpu_us']:>12.0f} "
+            f"{figures['main_us']:>9.0f} {figures['threads_us']:>10.0f} "
             f"{figures['client_us']:>12.0f}")
 
 
 async def measure(servers: dict[str, tuple[int, int]], seconds: float,
                   loads: set[str]) -> None:
     header = (f"{'server':<10} {'checks':>7} {'per s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-              f"{'server CPU us':>12} {'client CPU us':>12}")
+              f"{'server CPU us':>12} {'main us':>9} {'threads us':>10} {'client CPU us':>12}")
     for concurrency in (1, 10, 100) if "closed" in loads else ():
         print(f"\nclosed loop, {concurrency} concurrent sessions, {seconds:.0f} s each")
         print(header)
