@@ -291,6 +291,210 @@ async def test_fail_policy_daemon_stalls(daemon_factory):
     assert "the daemon ended the session" not in result.stderr
 
 
+async def set_emergency_then_fail(channel: AGIChannel) -> None:
+    await channel.set_variable("CALLGUARD_EMERGENCY", "999")
+    raise RuntimeError("decision failed")
+
+
+async def set_emergency_then_stall(channel: AGIChannel) -> None:
+    await channel.set_variable("CALLGUARD_EMERGENCY", "999")
+    await asyncio.sleep(30)
+
+
+@pytest.mark.parametrize("handler", [set_emergency_then_fail, set_emergency_then_stall])
+@pytest.mark.parametrize("policy", ["deny", "allow"])
+async def test_emergency_allowed_after_failure(daemon_factory, handler, policy):
+    daemon = await daemon_factory({"check": handler})
+    call = make_call(
+        extension="999#",
+        arguments=("999#", "gamma"),
+        variables={"CALLGUARD_TRUNK": "trunk-b", "CALLGUARD_FAIL_POLICY": policy},
+    )
+
+    result = await run_classic_agi(
+        str(RELAY),
+        call,
+        env={"CALLGUARD_FASTAGI": daemon.address, "CALLGUARD_RELAY_TIMEOUT": "0.5"},
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.variables == {
+        "CALLGUARD_EMERGENCY": "999",
+        "CALLGUARD_RESULT": "ALLOW",
+        "CALLGUARD_REASON": "emergency",
+    }
+    # The fail policy is not read, because it does not apply.
+    assert result.commands == [
+        'SET VARIABLE CALLGUARD_EMERGENCY "999"',
+        "SET VARIABLE CALLGUARD_RESULT ALLOW",
+        "SET VARIABLE CALLGUARD_REASON emergency",
+    ]
+    assert "allowing the emergency call" in result.stderr
+    assert "by the fail policy" not in result.stderr
+
+
+async def test_empty_emergency_uses_fail_policy(daemon_factory):
+    async def check(channel: AGIChannel) -> None:
+        await channel.set_variable("CALLGUARD_EMERGENCY", "")
+        raise RuntimeError("decision failed")
+
+    daemon = await daemon_factory({"check": check})
+
+    result = await run_classic_agi(
+        str(RELAY), make_call(), env={"CALLGUARD_FASTAGI": daemon.address}
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.variables == {
+        "CALLGUARD_EMERGENCY": "",
+        "CALLGUARD_RESULT": "DENY",
+        "CALLGUARD_REASON": UNREACHABLE,
+    }
+
+
+class RawDaemon:
+    """A TCP server on a free loopback port that sends fixed bytes after the block.
+
+    After sending ``payload`` it reads ``replies`` lines, or up to the end of
+    the stream when ``replies`` is None, and then closes the connection.
+    """
+
+    def __init__(self, payload: bytes, replies: int | None = None):
+        self.payload = payload
+        self.replies = replies
+        self.received: list[bytes] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        host, port = self.server.sockets[0].getsockname()[:2]
+        return f"{host}:{port}"
+
+    async def stop(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _serve(self, reader, writer) -> None:
+        try:
+            async with asyncio.timeout(5):
+                while (await reader.readline()).strip():
+                    pass
+                writer.write(self.payload)
+                await writer.drain()
+                if self.replies is None:
+                    await reader.read()
+                for _ in range(self.replies or 0):
+                    self.received.append(await reader.readline())
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def raw_daemon_factory():
+    started = []
+
+    async def start(payload: bytes, replies: int | None = None) -> tuple[RawDaemon, str]:
+        daemon = RawDaemon(payload, replies)
+        address = await daemon.start()
+        started.append(daemon)
+        return daemon, address
+
+    yield start
+    for daemon in started:
+        await daemon.stop()
+
+
+def verbose_command(length: int) -> bytes:
+    """Return a VERBOSE command line of ``length`` bytes, newline included."""
+    padding = length - len(b'VERBOSE "" 1\n')
+    return b'VERBOSE "' + b"a" * padding + b'" 1\n'
+
+
+async def test_relay_longest_command(raw_daemon_factory):
+    # Asterisk reads a line of 2047 bytes, newline included, as one command.
+    command = verbose_command(relay.MAX_COMMAND_LINE)
+    payload = command + b'SET VARIABLE CALLGUARD_RESULT "ALLOW"\n'
+    daemon, address = await raw_daemon_factory(payload, replies=2)
+
+    result = await run_classic_agi(
+        str(RELAY), make_call(), env={"CALLGUARD_FASTAGI": address}
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.commands == [
+        command.decode().rstrip("\n"),
+        'SET VARIABLE CALLGUARD_RESULT "ALLOW"',
+    ]
+    assert result.variables == {"CALLGUARD_RESULT": "ALLOW"}
+    assert daemon.received == [b"200 result=1\n", b"200 result=1\n"]
+
+
+async def test_fail_policy_command_too_long(raw_daemon_factory):
+    # Asterisk would run the first 2047 bytes as one command and the rest, here
+    # a SET VARIABLE, as another, and send two replies where the relay counts one.
+    head = b"VERBOSE " + b"a" * (relay.MAX_COMMAND_LINE - len(b"VERBOSE "))
+    payload = head + b"SET VARIABLE CALLGUARD_RESULT ALLOW\n"
+    _, address = await raw_daemon_factory(payload)
+    call = make_call(variables={"CALLGUARD_TRUNK": "trunk-b",
+                                "CALLGUARD_FAIL_POLICY": "allow"})
+
+    result = await run_classic_agi(
+        str(RELAY), call, env={"CALLGUARD_FASTAGI": address}
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.commands == [
+        "GET VARIABLE CALLGUARD_FAIL_POLICY",
+        "SET VARIABLE CALLGUARD_RESULT ALLOW",
+        f"SET VARIABLE CALLGUARD_REASON {UNREACHABLE}",
+    ]
+    assert result.variables == {
+        "CALLGUARD_RESULT": "ALLOW",
+        "CALLGUARD_REASON": UNREACHABLE,
+    }
+    assert "longer than the limit of 2047" in result.stderr
+
+
+async def test_emergency_before_long_command(raw_daemon_factory):
+    # Lines that arrive before an over-long one still reach Asterisk.
+    payload = (
+        b'SET VARIABLE CALLGUARD_EMERGENCY "999"\n'
+        + verbose_command(relay.MAX_COMMAND_LINE + 1)
+    )
+    _, address = await raw_daemon_factory(payload)
+
+    result = await run_classic_agi(
+        str(RELAY), make_call(), env={"CALLGUARD_FASTAGI": address}
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.variables == {
+        "CALLGUARD_EMERGENCY": "999",
+        "CALLGUARD_RESULT": "ALLOW",
+        "CALLGUARD_REASON": "emergency",
+    }
+    assert not any(command.startswith("VERBOSE") for command in result.commands)
+
+
+@pytest.mark.parametrize("timeout", ["inf", "1e12", "3601", "nan", "0", "-1", "x"])
+async def test_relay_timeout_invalid(daemon_factory, timeout):
+    async def check(channel: AGIChannel) -> None:
+        await channel.set_variable("CALLGUARD_RESULT", "ALLOW")
+
+    daemon = await daemon_factory({"check": check})
+
+    result = await run_classic_agi(
+        str(RELAY),
+        make_call(),
+        env={"CALLGUARD_FASTAGI": daemon.address, "CALLGUARD_RELAY_TIMEOUT": timeout},
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.variables == {"CALLGUARD_RESULT": "ALLOW"}
+    assert f"invalid CALLGUARD_RELAY_TIMEOUT {timeout!r}" in result.stderr
+    assert "using 35.0" in result.stderr
+
+
 @pytest.mark.parametrize(
     "stdin",
     [
@@ -374,15 +578,23 @@ def test_reply_counter():
 @pytest.mark.parametrize(
     "line, expected",
     [
-        (b'SET VARIABLE CALLGUARD_RESULT "ALLOW"\n', True),
-        (b"set variable CALLGUARD_RESULT DENY\n", True),
-        (b'SET VARIABLE CALLGUARD_REASON "CALLGUARD_RESULT"\n', False),
-        (b"SET VARIABLE CALLGUARD_RESULT\n", False),
-        (b"GET VARIABLE CALLGUARD_RESULT\n", False),
+        (b'SET VARIABLE CALLGUARD_RESULT "ALLOW"\n', ("CALLGUARD_RESULT", "ALLOW")),
+        (b"set variable CALLGUARD_RESULT DENY\n", ("CALLGUARD_RESULT", "DENY")),
+        (
+            b'SET VARIABLE CALLGUARD_REASON "CALLGUARD_RESULT"\n',
+            ("CALLGUARD_REASON", "CALLGUARD_RESULT"),
+        ),
+        (b"SET VARIABLE CALLGUARD_RESULT\n", None),
+        (b"GET VARIABLE CALLGUARD_RESULT\n", None),
+        (b'SET VARIABLE CALLGUARD_EMERGENCY "999"\n', ("CALLGUARD_EMERGENCY", "999")),
+        (b'set variable X "a \\"b\\""\n', ("X", 'a "b"')),
+        (b'SET VARIABLE X ""\n', ("X", "")),
+        (b"SET VARIABLE X\n", None),
+        (b"GET VARIABLE X\n", None),
     ],
 )
-def test_sets_result(line, expected):
-    assert relay.sets_result(line) is expected
+def test_parse_set_variable(line, expected):
+    assert relay.parse_set_variable(line) == expected
 
 
 def test_relay_imports_only_stdlib():
