@@ -3,13 +3,13 @@
 The queued decisions are written every ``interval`` seconds, or as soon as
 ``batch_size`` of them are queued, so a crash loses the decisions of the last
 interval and of the write in progress. Decisions made while a write runs go
-in the next write.
-Writing them at once would keep a busy daemon writing a few rows per
-transaction without pause, and its store thread would then compete with the
-FastAGI sessions for the GIL. Each
-decision is converted to driver values as it is recorded: the store thread
-then only executes the INSERT, and holds the GIL for less time per batch,
-which FastAGI sessions in flight would otherwise wait for.
+in the next write. Writing them at once would keep a busy daemon writing a
+few rows per transaction without pause, and its store thread would then
+compete with the FastAGI sessions for the GIL.
+
+Each decision is converted to driver values as it is recorded: the store
+thread then only executes the INSERT, and holds the GIL for less time per
+batch, which FastAGI sessions in flight would otherwise wait for.
 
 While the store fails, the decisions stay queued and the wait before the next
 write doubles after each failure, up to ``max_retry_interval`` seconds. The
