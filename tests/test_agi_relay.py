@@ -215,7 +215,9 @@ async def test_fail_policy_from_dialplan(closed_port, dialplan, environment, exp
 
 @pytest.mark.parametrize(
     "address",
-    ["nonsense:port", "127.0.0.1:0", "127.0.0.1:", "127.0.0.1:99999", "[::1", "[::1]x"],
+    ["nonsense:port", "127.0.0.1:0", "127.0.0.1:", "127.0.0.1:99999", "[::1", "[::1]x",
+     # Rejected before any name lookup: a label over 63 characters, a line break.
+     "a" * 64 + ".invalid:4573", "local\nhost:4573"],
 )
 async def test_fail_policy_bad_address(address):
     result = await run_classic_agi(
