@@ -20,6 +20,7 @@ from callguard.numbers.settings import (
     check_emergency_numbers,
     check_outside_line_prefix,
 )
+from callguard.numbers.shortcut import parse_international, parse_national
 
 UNKNOWN_REGION = "ZZ"
 
@@ -238,11 +239,12 @@ class NumberPlan:
                 "because no country code starts with 0"
             )
 
-        parsed = self._parse(dialled, PLUS + digits, None)
+        parsed = parse_international(digits) or self._parse(dialled, PLUS + digits, None)
         return self._build(dialled, parsed)
 
     def _national(self, dialled: str, digits: str) -> Number:
-        parsed = self._parse(dialled, digits, self.home_country)
+        parsed = parse_national(digits, self.home_country) or self._parse(
+            dialled, digits, self.home_country)
         if parsed.country_code != self.country_code:
             raise InvalidNumber(
                 f"dialled number {quote(dialled)} was read as country code "
