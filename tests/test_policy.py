@@ -169,6 +169,29 @@ async def test_emergency_despite_everything(tmp_path, dialled):
     assert ordinary.result == "DENY"
 
 
+# normalise() strips the outside-line prefix 9 after it drops brackets, so these
+# must be found as emergency numbers before it reads them as 9 and 99.
+@pytest.mark.parametrize("dialled, emergency_number", [
+    ("(999)", "999"),
+    ("(99)9", "999"),
+    ("(9)999", "999"),
+    ("9(999)", "999"),
+    ("(112)", "112"),
+])
+async def test_bracketed_emergency_with_prefix_9(tmp_path, dialled, emergency_number):
+    guard = Guard(tmp_path, general="outside_line_prefix = 9", trunks=EVERYTHING_BARRED,
+                  extra="")
+    guard.spend("day", TODAY, "1.00")
+    guard.blocks.add("endpoint", "1001", None)
+    try:
+        decision = await guard.decide(dialled)
+    finally:
+        guard.close()
+
+    assert (decision.result, decision.reason) == ("ALLOW", "emergency")
+    assert decision.emergency_number == emergency_number
+
+
 async def test_geographic_max_seconds(guard):
     decision = await guard.decide("01632960123")
 

@@ -25,6 +25,7 @@ _ALLOWED_CHARACTERS = frozenset(
     "0123456789" + SEPARATORS + OPEN_BRACKET + CLOSE_BRACKET
 )
 _SEPARATOR_REMOVAL = str.maketrans("", "", SEPARATORS)
+_LAYOUT_REMOVAL = str.maketrans("", "", SEPARATORS + OPEN_BRACKET + CLOSE_BRACKET)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,11 @@ class DialString:
 def remove_separators(text: str) -> str:
     """Return ``text`` without spaces, dashes and dots."""
     return text.translate(_SEPARATOR_REMOVAL)
+
+
+def remove_layout(text: str) -> str:
+    """Return ``text`` without spaces, dashes, dots and brackets."""
+    return text.translate(_LAYOUT_REMOVAL)
 
 
 def parse_dial_string(

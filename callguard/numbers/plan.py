@@ -10,6 +10,7 @@ from callguard.numbers.dialstring import (
     PLUS,
     TEL_SCHEME,
     parse_dial_string,
+    remove_layout,
     remove_separators,
 )
 from callguard.numbers.errors import InvalidNumber, quote
@@ -82,11 +83,11 @@ class NumberPlan:
     def emergency(self, dialled: str) -> str | None:
         """Return the configured emergency number that ``dialled`` is, or None.
 
-        Spaces, dashes and dots are removed first, so ``9 9 9`` matches. The
-        number also matches after the outside-line prefix or a per-call
-        caller-ID prefix (``141999`` in GB), and followed by the send key ``#``
-        pressed once or more, so that no way a phone sends an emergency number
-        is refused. ``9990`` or ``999#1`` is not an emergency number.
+        Spaces, dashes, dots and brackets are removed first, so ``9 9 9`` and
+        ``(999)`` match. The number also matches after the outside-line prefix
+        or a per-call caller-ID prefix (``141999`` in GB), and followed by the
+        send key ``#`` pressed once or more, so that no way a phone sends an
+        emergency number is refused. ``9990`` or ``999#1`` is not an emergency number.
         """
         return self.emergency_among(self.emergency_forms(dialled))
 
@@ -100,13 +101,16 @@ class NumberPlan:
     def emergency_forms(self, dialled: str) -> list[str]:
         """Return the digit strings that ``dialled`` may be, if it is an emergency number.
 
-        The first is ``dialled`` without separators; the others drop the send
-        key, the outside-line prefix and a caller-ID prefix, in that order.
+        The first is ``dialled`` without separators and brackets; the others
+        drop the send key, the outside-line prefix and a caller-ID prefix, in
+        that order.
         """
         if not isinstance(dialled, str):
             return []
 
-        compact = remove_separators(dialled.strip())
+        # Brackets are removed too, because normalise() drops them before it
+        # strips the outside-line prefix and would read (999) as 9 and 99.
+        compact = remove_layout(dialled.strip())
         if compact[: len(TEL_SCHEME)].lower() == TEL_SCHEME:
             compact = compact[len(TEL_SCHEME) :]
         forms = [compact]
