@@ -617,6 +617,29 @@ ISLAND_SPECIAL_CASES = [
 ]
 
 
+# Premium rate numbers abroad with extra digits: phonenumbers gives them no
+# type, but the carrier gets every digit.
+@pytest.mark.parametrize("dialled", [
+    "+49 900 1234567 8",
+    "0049 900 1234567 89",
+    "+49 1377 123456 7",
+    "+39 899 123456 7",
+    "+31 900 1234567 8",
+])
+def test_premium_abroad_with_extra_digits(classifier, dialled):
+    assert classifier.classify(dialled).category == "international-premium"
+
+
+@pytest.mark.parametrize("dialled", [
+    "+49 30 1234567 8",
+    "+49 900 123456",
+    "+353 85 123 4567",
+    "+39 06 1234 5678",
+])
+def test_other_numbers_abroad_not_premium(classifier, dialled):
+    assert classifier.classify(dialled).category == "international"
+
+
 @pytest.mark.parametrize("region, e164, category", ISLAND_SPECIAL_CASES)
 def test_island_special_ranges_keep_category(classifier, region, e164, category):
     assert classifier.classify(e164).category == category

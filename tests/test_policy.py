@@ -192,6 +192,27 @@ async def test_bracketed_emergency_with_prefix_9(tmp_path, dialled, emergency_nu
     assert decision.emergency_number == emergency_number
 
 
+TRUNK_ALLOWING_MORE_COUNTRIES = TRUNK.replace(
+    "international_allow = IE", "international_allow = IE, DE, IT\ndefault_rate = 0.05"
+)
+
+
+@pytest.mark.parametrize("dialled, result, reason", [
+    ("+49 900 1234567",   "DENY",  "barred:international-premium"),
+    ("+49 900 1234567 8", "DENY",  "barred:international-premium"),
+    ("+39 899 123456 7",  "DENY",  "barred:international-premium"),
+    ("+49 30 1234567",    "ALLOW", "ok"),
+])
+async def test_allowed_country_premium_ranges(tmp_path, dialled, result, reason):
+    guard = Guard(tmp_path, trunks=TRUNK_ALLOWING_MORE_COUNTRIES)
+    try:
+        decision = await guard.decide(dialled)
+    finally:
+        guard.close()
+
+    assert (decision.result, decision.reason) == (result, reason)
+
+
 async def test_geographic_max_seconds(guard):
     decision = await guard.decide("01632960123")
 

@@ -15,7 +15,12 @@ from callguard.numbers.dialstring import (
 )
 from callguard.numbers.errors import InvalidNumber, quote
 from callguard.numbers.number import Number
-from callguard.numbers.region import HomeRegion, kept_national_prefix, length_problem
+from callguard.numbers.region import (
+    HomeRegion,
+    kept_national_prefix,
+    length_problem,
+    starts_with_premium_rate,
+)
 from callguard.numbers.settings import (
     DEFAULT_EMERGENCY_NUMBERS,
     check_emergency_numbers,
@@ -319,12 +324,23 @@ class NumberPlan:
 
         Prefix tables name the home country's premium ranges, but rarely every
         other country's, so this catches them for numbers the table calls plain
-        international.
+        international. A number of no known type that starts with a whole
+        premium rate number counts too (+49 900 1234567 8), because the
+        carrier gets every dialled digit and a network may route the call on
+        the leading ones.
         """
         if not number.e164:
             return False
         parsed = phonenumbers.parse(number.e164, None)
-        return phonenumbers.number_type(parsed) == PhoneNumberType.PREMIUM_RATE
+        number_type = phonenumbers.number_type(parsed)
+        if number_type == PhoneNumberType.PREMIUM_RATE:
+            return True
+        if number_type != PhoneNumberType.UNKNOWN:
+            return False
+        # NOTE: a number shorter than a premium rate number of its range is
+        # not caught, because Python's re cannot tell whether more digits
+        # would complete a match.
+        return starts_with_premium_rate(parsed, number.region)
 
     def _parse_caller_leniently(self, text: str) -> str | None:
         if not set(text) <= _CALLER_CHARACTERS:

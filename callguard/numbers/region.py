@@ -157,3 +157,26 @@ def kept_national_prefix(parsed: PhoneNumber) -> bool:
 
     nsn = phonenumbers.national_significant_number(parsed)
     return re.fullmatch(metadata.general_desc.national_number_pattern, nsn) is None
+
+
+def starts_with_premium_rate(parsed: PhoneNumber, region: str) -> bool:
+    """Return whether the national significant number starts with a premium
+    rate number of ``region``, by phonenumbers' premium rate pattern.
+
+    ``region`` is the number's region, or "" to use the main region of its
+    country code.
+    """
+    if not region:
+        region = phonenumbers.region_code_for_country_code(parsed.country_code)
+    metadata = PhoneMetadata.metadata_for_region_or_calling_code(
+        parsed.country_code, region
+    )
+    if metadata is None or metadata.premium_rate is None:
+        return False
+
+    pattern = metadata.premium_rate.national_number_pattern
+    if not pattern:
+        return False
+
+    nsn = phonenumbers.national_significant_number(parsed)
+    return re.match(pattern, nsn) is not None
