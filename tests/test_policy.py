@@ -193,7 +193,7 @@ async def test_bracketed_emergency_with_prefix_9(tmp_path, dialled, emergency_nu
 
 
 TRUNK_ALLOWING_MORE_COUNTRIES = TRUNK.replace(
-    "international_allow = IE", "international_allow = IE, DE, IT\ndefault_rate = 0.05"
+    "international_allow = IE", "international_allow = IE, DE, IT, RU\ndefault_rate = 0.05"
 )
 
 
@@ -201,6 +201,9 @@ TRUNK_ALLOWING_MORE_COUNTRIES = TRUNK.replace(
     ("+49 900 1234567",   "DENY",  "barred:international-premium"),
     ("+49 900 1234567 8", "DENY",  "barred:international-premium"),
     ("+39 899 123456 7",  "DENY",  "barred:international-premium"),
+    ("+7 809 123 45 67",  "DENY",  "barred:international-premium"),
+    ("+7 809 123 45 678", "DENY",  "invalid-number"),
+    ("+7 812 123 45 67",  "ALLOW", "ok"),
     ("+49 30 1234567",    "ALLOW", "ok"),
 ])
 async def test_allowed_country_premium_ranges(tmp_path, dialled, result, reason):

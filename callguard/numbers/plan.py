@@ -19,6 +19,7 @@ from callguard.numbers.region import (
     HomeRegion,
     kept_national_prefix,
     length_problem,
+    rewrite_problem,
     starts_with_premium_rate,
 )
 from callguard.numbers.settings import (
@@ -249,6 +250,10 @@ class NumberPlan:
             )
 
         parsed = parse_international(digits) or self._parse(dialled, PLUS + digits, None)
+        problem = rewrite_problem(digits, parsed)
+        if problem is not None:
+            raise InvalidNumber(f"dialled number {quote(dialled)} {problem}")
+
         return self._build(dialled, parsed)
 
     def _national(self, dialled: str, digits: str) -> Number:

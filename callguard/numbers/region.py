@@ -138,6 +138,40 @@ def _join_lengths(country_code: int) -> str:
     return ", ".join(lengths[:-1]) + " or " + lengths[-1]
 
 
+def rewrite_problem(digits: str, parsed: PhoneNumber) -> str | None:
+    """Return a predicate such as "would be read as ..." when ``parsed`` does
+    not keep the dialled ``digits`` after the country code, or None.
+
+    ``digits`` are the dialled digits from the country code on. phonenumbers
+    (9.0.42) drops what it takes for a national prefix or carrier code from a
+    number that does not fit its country's pattern, and some regions' rules
+    add digits. The carrier gets the digits as dialled, so such a number would be
+    classified as another destination: +7 809 123 45 678, a premium rate
+    number with one more digit, would be read as +7 091 234 5678. Only a
+    national prefix of 0 written after the country code, as in
+    +44 0 20 7946 0000, may be dropped.
+    """
+    country_code = str(parsed.country_code)
+    dialled_number = digits[len(country_code) :]
+    nsn = phonenumbers.national_significant_number(parsed)
+    if dialled_number == nsn:
+        return None
+
+    region = phonenumbers.region_code_for_country_code(parsed.country_code)
+    metadata = PhoneMetadata.metadata_for_region_or_calling_code(
+        parsed.country_code, region
+    )
+    national_prefix = metadata.national_prefix if metadata is not None else None
+    if national_prefix == "0" and dialled_number == national_prefix + nsn:
+        return None
+
+    return (
+        f"would be read as +{country_code}{nsn}, not as dialled, so the carrier "
+        "could reach another number; write the international number in full, "
+        "without a national prefix or carrier code after the country code"
+    )
+
+
 def kept_national_prefix(parsed: PhoneNumber) -> bool:
     """Return whether the number starts with a 0 that can only be a national prefix.
 
