@@ -968,6 +968,24 @@ def test_check_config_lists_bad_prefix_rows(tmp_path, capsys):
     assert len(err) == 4
 
 
+def test_check_config_lists_every_bad_table(tmp_path, capsys):
+    table = tmp_path / "prefixes.csv"
+    table.write_text(BAD_PREFIX_ROWS)
+    (tmp_path / "delta.csv").write_text(RATES.replace("\n44,", "\n44x,"))
+    trunks = TWO_TRUNKS.replace("[trunk delta]\nrates = rates.csv",
+                                "[trunk delta]\nrates = delta.csv")
+    path = write_config(tmp_path, general="prefixes = prefixes.csv", trunks=trunks,
+                        rates=RATES.replace(",2.00,", ",-2.00,"))
+
+    status = run_ctl("--config", str(path), "check-config")
+    err = capsys.readouterr().err
+
+    assert status == EXIT_CONFIG
+    assert f"{table}:3: prefix '0 9' is invalid" in err
+    assert f"{tmp_path / 'rates.csv'}:3: rate '-2.00' is invalid" in err
+    assert f"{tmp_path / 'delta.csv'}:2: prefix '44x' is invalid" in err
+
+
 def test_prefixes_import_lists_bad_rows(config, tmp_path, capsys):
     table = tmp_path / "p.csv"
     table.write_text(BAD_PREFIX_ROWS)

@@ -22,7 +22,7 @@ from callguard.cli import alerts, audit, blocks, live
 from callguard.cli.inspect import ask_daemon, check_number, print_check
 from callguard.config import Config, ConfigError
 from callguard.config.advice import config_warnings
-from callguard.daemon.state import build_state, number_plan
+from callguard.daemon.state import TablesError, build_state, number_plan
 from callguard.metering.guard import RECENT_LEGS
 from callguard.numbers import Classifier, PrefixTable, PrefixTableError
 from callguard.policy.decision import CallRequest
@@ -320,7 +320,7 @@ def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (PrefixTableError, RateDeckError) as exc:
+    except (PrefixTableError, RateDeckError, TablesError) as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
     except ConfigError as exc:

@@ -4,11 +4,23 @@ import logging
 from dataclasses import dataclass
 
 from callguard.config import Config, TrunkConfig
-from callguard.numbers import Classifier, NumberPlan, PrefixTable
+from callguard.numbers import Classifier, NumberPlan, PrefixTable, PrefixTableError
 from callguard.policy.engine import PolicyState
-from callguard.rating import Increments, RateDeck, Tariff
+from callguard.rating import Increments, RateDeck, RateDeckError, Tariff
 
 log = logging.getLogger(__name__)
+
+
+class TablesError(ValueError):
+    """Errors in the prefix table and the rate decks, collected from every file.
+
+    ``errors`` contains one PrefixTableError or RateDeckError per invalid file.
+    The message joins their messages, one a line.
+    """
+
+    def __init__(self, errors: list[PrefixTableError | RateDeckError]) -> None:
+        self.errors = tuple(errors)
+        super().__init__("\n".join(str(error) for error in errors))
 
 
 @dataclass(frozen=True)
@@ -47,21 +59,31 @@ def number_plan(config: Config) -> NumberPlan:
 def build_state(config: Config) -> LoadedTables:
     """Load the prefix table and every trunk's rate deck named in ``config``.
 
-    Raises the loaders' own errors (PrefixTableError, RateDeckError), whose
-    messages name the file and line.
+    Raises TablesError with the errors of every invalid file, whose messages
+    name the file and line, so that one pass shows what to fix in all of them.
     """
-    table, source = load_prefix_table(config)
+    errors: list[PrefixTableError | RateDeckError] = []
+    try:
+        table, source = load_prefix_table(config)
+    except PrefixTableError as exc:
+        errors.append(exc)
     plan = number_plan(config)
 
     decks: dict[str, RateDeck] = {}
     defaults: dict[str, Tariff] = {}
     for name, trunk in config.trunks.items():
         if trunk.rates is not None:
-            decks[name] = RateDeck.from_csv(trunk.rates)
-            log.info("%s: loaded %d rates from %s", name, len(decks[name]), trunk.rates)
+            try:
+                decks[name] = RateDeck.from_csv(trunk.rates)
+            except RateDeckError as exc:
+                errors.append(exc)
+            else:
+                log.info("%s: loaded %d rates from %s", name, len(decks[name]), trunk.rates)
         tariff = default_tariff(trunk)
         if tariff is not None:
             defaults[name] = tariff
+    if errors:
+        raise TablesError(errors)
 
     state = PolicyState(
         config=config,
