@@ -519,6 +519,19 @@ async def test_sqlite_directory_missing_one_line(tmp_path):
     assert f"directory {tmp_path / 'missing'} does not exist" in line
 
 
+async def test_bad_rate_deck_no_traceback(tmp_path):
+    rates = "prefix,description,rate,connection_fee,increments\n44,United Kingdom,-1,,60/60\n"
+    config = write_config(tmp_path, port=free_port(), rates=rates)
+
+    status, stdout, stderr = await run_until_exit(config)
+
+    assert status == 2, stderr
+    assert "Traceback" not in stderr
+    [line] = [line for line in stderr.splitlines() if "ERROR" in line]
+    assert "cannot start" in line
+    assert f"{tmp_path / 'rates.csv'}:2: rate '-1' is invalid" in line
+
+
 async def test_postgresql_refused_one_line(tmp_path):
     # Nothing listens on the port, so the connection is refused at once.
     url = f"postgresql+psycopg://callguard:s3cret-pw@127.0.0.1:{free_port()}/callguard"

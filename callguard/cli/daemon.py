@@ -7,8 +7,10 @@ import logging
 import signal
 
 from callguard import __version__
-from callguard.cli.common import EXIT_FAILURE, EXIT_OK, add_config_argument, read_config, setup_logging
+from callguard.cli.common import (EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, add_config_argument,
+                                  read_config, setup_logging)
 from callguard.daemon.app import Application
+from callguard.daemon.state import TablesError
 from callguard.daemon.systemd import Notifier
 from callguard.store import StoreError
 from callguard.store.engine import mask_url
@@ -121,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as exc:
         log.error("%s", store_failure(config.general.database, exc))
         return EXIT_FAILURE
+    except TablesError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_CONFIG
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return EXIT_FAILURE
