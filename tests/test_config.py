@@ -667,7 +667,11 @@ def test_invalid_utf8(workdir):
     with pytest.raises(ConfigError) as caught:
         load_config(CONFIG_NAME)
 
-    assert str(caught.value).startswith("callguard.conf: cannot be read (")
+    assert len(caught.value.problems) == 1
+    assert caught.value.problems[0].line == 2
+    assert str(caught.value) == (
+        "callguard.conf:2: byte 0xff at column 12 is not valid UTF-8; save the file as UTF-8"
+    )
 
 
 def test_comments_and_escapes(workdir):

@@ -1,5 +1,6 @@
 """Loading of the configuration file into a validated ``Config``."""
 
+import codecs
 import logging
 import os
 import stat
@@ -47,6 +48,15 @@ class _SectionsByKind:
     numbers: list[tuple[Section, str]] = field(default_factory=list)
 
 
+def _invalid_utf8(file: str, exc: UnicodeDecodeError) -> ConfigProblem:
+    """Return the problem of the first byte that is not UTF-8, at its line and byte column."""
+    line_start = exc.object.rfind(b"\n", 0, exc.start) + 1
+    line = exc.object.count(b"\n", 0, exc.start) + 1
+    message = (f"byte {exc.object[exc.start]:#04x} at column {exc.start - line_start + 1} "
+               "is not valid UTF-8; save the file as UTF-8")
+    return ConfigProblem(file, line, "", "", message)
+
+
 def load_config(path: str | os.PathLike) -> Config:
     """Read and validate the configuration file at ``path``.
 
@@ -56,10 +66,15 @@ def load_config(path: str | os.PathLike) -> Config:
     file = os.fspath(path)
     config_path = Path(file).absolute()
     try:
-        text = config_path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
+        data = config_path.read_bytes()
+    except OSError as exc:
         message = f"cannot be read ({exc}); check the path and its permissions"
         raise ConfigError([ConfigProblem(file, 0, "", "", message)]) from exc
+    try:
+        # The byte order mark that some Windows editors write is dropped.
+        text = data.removeprefix(codecs.BOM_UTF8).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([_invalid_utf8(file, exc)]) from exc
 
     parsed, problems = parse_ini(text, file)
     reader = Reader(file, problems)
