@@ -65,8 +65,7 @@ from bare_fastagi import DECISION
 from callguard.agi.server import FastAGIServer
 
 async def set_fixed_variables(channel):
-    for name, value in DECISION:
-        await channel.set_variable(name, value)
+    await channel.set_variables(DECISION)
 
 async def main():
     server = FastAGIServer({{"check": set_fixed_variables}}, "127.0.0.1", {port})

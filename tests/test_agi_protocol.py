@@ -667,3 +667,150 @@ async def test_write_times_out_when_peer_reads_nothing(pipe):
     with pytest.raises(TimeoutError):
         await pipe.connection.write(b"x" * 20_000_000, started + 0.2)
     assert loop.time() - started < 1.0
+
+
+# --- set_variables: one command after another from the transport's callback ---
+
+FIVE = [("CALLGUARD_RESULT", "ALLOW"), ("CALLGUARD_REASON", "ok"),
+        ("CALLGUARD_CATEGORY", "geographic"), ("CALLGUARD_MAXSECS", "3600"),
+        ("CALLGUARD_RATE", "0.0100")]
+
+
+async def test_set_variables_roundtrip(pipe, asterisk):
+    await pipe.channel.set_variables(FIVE)
+
+    assert asterisk.variables == dict(FIVE)
+    assert pipe.channel.answered == 5
+    assert [command.split()[2] for command in asterisk.commands] == [n for n, _ in FIVE]
+
+
+async def test_set_variables_then_other_commands(pipe, asterisk):
+    await pipe.channel.set_variables(FIVE[:2])
+
+    assert await pipe.channel.get_variable("CALLGUARD_TRUNK") == "trunk-a"
+    assert pipe.channel.answered == 3
+
+
+async def test_set_variables_none(pipe):
+    await pipe.channel.set_variables([])
+
+    assert pipe.channel.answered == 0
+    assert await pipe.sent_lines() == []
+
+
+async def test_set_variables_hangup_line(pipe, asterisk):
+    asterisk.hangup_before_command = 2
+
+    await pipe.channel.set_variables(FIVE)
+
+    assert pipe.channel.hung_up
+    assert asterisk.variables == dict(FIVE)
+    assert pipe.channel.answered == 5
+
+
+async def test_set_variables_stop_at_511(pipe, asterisk):
+    asterisk.hangup_before_command = 3
+    asterisk.reply_511_after_hangup = True
+
+    with pytest.raises(AGIHangup, match="dead"):
+        await pipe.channel.set_variables(FIVE)
+
+    assert pipe.channel.hung_up
+    assert pipe.channel.answered == 2
+    assert len(asterisk.commands) == 3
+    # As after set_variable(), a 511 leaves the session in step.
+    with pytest.raises(AGIHangup, match="dead"):
+        await pipe.channel.get_variable("A")
+    assert len(asterisk.commands) == 4
+
+
+async def test_set_variables_stop_at_520(pipe):
+    await pipe.feed(
+        b"200 result=1\n"
+        b"520-Invalid command syntax.  Proper usage follows:\n"
+        b"Usage: SET VARIABLE <variablename> <value>\n"
+        b"520 End of proper usage.\n"
+        b"200 result=1 (v)\n"
+    )
+
+    with pytest.raises(AGICommandError) as caught:
+        await pipe.channel.set_variables(FIVE)
+
+    assert caught.value.code == 520
+    assert caught.value.text.split("\n")[-1] == "520 End of proper usage."
+    assert pipe.channel.answered == 1
+    assert await pipe.channel.get_variable("X") == "v"
+    sent = await pipe.sent_lines()
+    assert sent == ['SET VARIABLE CALLGUARD_RESULT "ALLOW"',
+                    'SET VARIABLE CALLGUARD_REASON "ok"', "GET VARIABLE X"]
+
+
+async def test_set_variables_trying_lines(pipe):
+    await pipe.feed(b"100 result=0 Trying...\n200 result=1\n100 result=0 Trying...\n"
+                    b"200 result=1\n")
+
+    await pipe.channel.set_variables(FIVE[:2])
+
+    assert pipe.channel.answered == 2
+
+
+async def test_set_variables_timeout(pipe):
+    await pipe.feed(b"200 result=1\n")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    with pytest.raises(AGITimeout, match="CALLGUARD_REASON"):
+        await pipe.channel.set_variables(FIVE)
+
+    # The second command has its own reply_timeout from when it was sent.
+    assert loop.time() - started < LIMITS.reply_timeout + 0.3
+    assert pipe.channel.answered == 1
+    await pipe.feed(b"200 result=1\n")
+    with pytest.raises(AGITimeout, match="unusable"):
+        await pipe.channel.set_variables(FIVE)
+
+
+async def test_set_variables_timeout_counts_per_command(pipe):
+    async def answer_slowly():
+        for _ in range(3):
+            await asyncio.sleep(LIMITS.reply_timeout * 0.6)
+            await pipe.feed(b"200 result=1\n")
+
+    answering = asyncio.create_task(answer_slowly())
+    await pipe.channel.set_variables(FIVE[:3])
+    await answering
+
+    assert pipe.channel.answered == 3
+
+
+async def test_set_variables_eof(pipe):
+    await pipe.feed(b"200 result=1\n200 result=1 (part", eof=True)
+
+    with pytest.raises(AGIHangup):
+        await pipe.channel.set_variables(FIVE)
+
+    assert pipe.channel.hung_up
+    assert pipe.channel.answered == 1
+    with pytest.raises(AGIHangup, match="unusable"):
+        await pipe.channel.set_variable("X", "1")
+
+
+@pytest.mark.parametrize("data", [b"garbage\n", b"200 result=1 (" + b"x" * 5000 + b")\n"])
+async def test_set_variables_bad_reply(pipe, data):
+    await pipe.feed(data)
+
+    with pytest.raises(AGIProtocolError):
+        await pipe.channel.set_variables(FIVE)
+
+    assert pipe.channel.answered == 0
+    with pytest.raises(AGIProtocolError, match="unusable"):
+        await pipe.channel.set_variables(FIVE)
+
+
+async def test_set_variables_checks_before_sending(pipe):
+    with pytest.raises(ValueError, match="longer than Asterisk's limit"):
+        await pipe.channel.set_variables([("A", "1"), ("B", "x" * 3000)])
+    with pytest.raises(ValueError, match="invalid channel variable name"):
+        await pipe.channel.set_variables([("A", "1"), ("B C", "2")])
+
+    assert await pipe.sent_lines() == []

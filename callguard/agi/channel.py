@@ -1,10 +1,11 @@
 """One AGI session over an AGIConnection: commands out, replies in."""
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
-from callguard.agi.connection import AGIConnection
+from callguard.agi.connection import NO_LINE, AGIConnection
 from callguard.agi.protocol import (
     AGI_ARG_PREFIX,
     AGI_CHANNEL,
@@ -67,6 +68,9 @@ class AGIChannel:
         self._limits = limits
         self._lock = asyncio.Lock()
         self._broken: AGIError | None = None
+        # Commands that got a 200 reply, so a caller can tell how far a failed
+        # set_variables() went.
+        self.answered = 0
 
     @property
     def peer(self) -> str:
@@ -127,6 +131,27 @@ class AGIChannel:
             f"{SET_VARIABLE} {validate_name(name)} {quote_argument(value)}"
         )
 
+    async def set_variables(self, assignments: Iterable[tuple[str, str]]) -> None:
+        """Set each (name, value) in turn, as set_variable() would, stopping at an error.
+
+        Each command is sent from the transport's callback as soon as the
+        reply to the one before it arrives, so the session's task wakes once
+        for all of them. Raises what set_variable() raises; ``answered`` then
+        counts the commands that got their reply.
+        """
+        lines = [
+            self._encode(f"{SET_VARIABLE} {validate_name(name)} {quote_argument(value)}")
+            for name, value in assignments
+        ]
+        if not lines:
+            return
+
+        async with self._lock:
+            self._check_usable()
+            batch = _Batch(self, lines)
+            with self._breaking_on_failure(lambda: batch.current):
+                await batch.run()
+
     async def verbose(self, message: str, level: int = 1) -> None:
         """Write ``message`` to the Asterisk console at verbose ``level`` (1 to 4)."""
         if not 1 <= level <= 4:
@@ -159,32 +184,49 @@ class AGIChannel:
         """Close the connection, which ends the AGI session for Asterisk."""
         self._connection.close()
 
-    async def _request(self, line: str) -> AGIReply:
+    @staticmethod
+    def _encode(line: str) -> bytes:
         encoded = line.encode("utf-8") + b"\n"
         if len(encoded) > MAX_COMMAND_BYTES:
             raise ValueError(
                 f"AGI command of {len(encoded)} bytes is longer than Asterisk's "
                 f"limit of {MAX_COMMAND_BYTES}: {line[:60]!r}...; shorten the value"
             )
+        return encoded
 
+    def _check_usable(self) -> None:
+        if self._broken is not None:
+            raise type(self._broken)(
+                "the AGI session is unusable after an earlier error: "
+                f"{self._broken}"
+            )
+
+    async def _request(self, line: str) -> AGIReply:
+        encoded = self._encode(line)
         async with self._lock:
-            if self._broken is not None:
-                raise type(self._broken)(
-                    "the AGI session is unusable after an earlier error: "
-                    f"{self._broken}"
-                )
+            self._check_usable()
             deadline = asyncio.get_running_loop().time() + self._limits.reply_timeout
-            try:
+            with self._breaking_on_failure(lambda: line[:60]):
                 await self._send(encoded, deadline)
-                return await self._read_reply(deadline)
-            except TimeoutError:
-                self._broken = AGITimeout(
-                    f"no reply to {line[:60]!r} within {self._limits.reply_timeout} s"
-                )
-                raise self._broken from None
-            except AGIProtocolError as exc:
-                self._broken = exc
-                raise
+                reply = await self._read_reply(deadline)
+            self.answered += 1
+            return reply
+
+    @contextlib.contextmanager
+    def _breaking_on_failure(self, command: Callable[[], str]) -> Iterator[None]:
+        """Mark the session unusable on a timeout or a protocol error, which put
+        it out of step with Asterisk. ``command`` returns the command waiting
+        for its reply, for the timeout's message."""
+        try:
+            yield
+        except TimeoutError:
+            self._broken = AGITimeout(
+                f"no reply to {command()!r} within {self._limits.reply_timeout} s"
+            )
+            raise self._broken from None
+        except AGIProtocolError as exc:
+            self._broken = exc
+            raise
 
     def _lost(self, error: AGIHangup) -> AGIHangup:
         self.hung_up = True
@@ -198,49 +240,11 @@ class AGIChannel:
             raise self._lost(AGIHangup(f"the connection was lost: {exc}")) from None
 
     async def _read_reply(self, deadline: float) -> AGIReply:
+        reader = _ReplyReader(self)
         while True:
-            line = await self._read_reply_line(deadline)
-            if line == REPLY_OK_LINE:
-                return REPLY_OK
-
-            if line == HANGUP_LINE:
-                self.hung_up = True
-                continue
-            status = _STATUS.match(line)
-            if status is None:
-                raise AGIProtocolError(f"invalid AGI reply {line!r}")
-
-            code = int(status[1])
-            if code == CODE_TRYING:
-                continue
-            if code == CODE_SUCCESS:
-                return parse_reply(line)
-            if code == CODE_DEAD_CHANNEL:
-                self.hung_up = True
-                raise AGIHangup(f"the channel is dead: {line}")
-            if code == CODE_USAGE and status[2] == "-":
-                raise AGICommandError(code, await self._read_usage(line, deadline))
-            if 500 <= code <= 599 and status[2] == " ":
-                raise AGICommandError(code, line)
-            raise AGIProtocolError(f"invalid AGI reply {line!r}")
-
-    async def _read_usage(self, first: str, deadline: float) -> str:
-        lines = [first]
-        size = len(first) + 1
-        while len(lines) <= MAX_USAGE_LINES:
-            line = await self._read_reply_line(deadline)
-            lines.append(line)
-            if line.startswith(f"{CODE_USAGE} "):
-                return "\n".join(lines)
-            size += len(line) + 1
-            if size > self._limits.max_block:
-                raise AGIProtocolError(
-                    f"520 usage reply longer than the limit of {self._limits.max_block} "
-                    "bytes without its end"
-                )
-        raise AGIProtocolError(
-            f"520 usage reply longer than {MAX_USAGE_LINES} lines without its end"
-        )
+            reply = reader.feed(await self._read_reply_line(deadline))
+            if reply is not None:
+                return reply
 
     async def _read_reply_line(self, deadline: float) -> str:
         try:
@@ -253,3 +257,153 @@ class AGIChannel:
                 AGIHangup("the connection closed while waiting for a reply")
             )
         return line
+
+
+class _ReplyReader:
+    """Reads the lines of one reply, which may follow HANGUP or 100 lines.
+
+    feed() returns the ``200`` reply once it arrives and None while more lines
+    are needed. It raises AGICommandError for a 5xx reply (after the whole
+    usage text of a 520), AGIHangup for 511 and AGIProtocolError for anything
+    else.
+    """
+
+    def __init__(self, channel: AGIChannel):
+        self._channel = channel
+        self._usage: list[str] = []
+        self._usage_size = 0
+
+    def feed(self, line: str) -> AGIReply | None:
+        if self._usage:
+            return self._feed_usage(line)
+        if line == REPLY_OK_LINE:
+            return REPLY_OK
+
+        if line == HANGUP_LINE:
+            self._channel.hung_up = True
+            return None
+        status = _STATUS.match(line)
+        if status is None:
+            raise AGIProtocolError(f"invalid AGI reply {line!r}")
+
+        code = int(status[1])
+        if code == CODE_TRYING:
+            return None
+        if code == CODE_SUCCESS:
+            return parse_reply(line)
+        if code == CODE_DEAD_CHANNEL:
+            self._channel.hung_up = True
+            raise AGIHangup(f"the channel is dead: {line}")
+        if code == CODE_USAGE and status[2] == "-":
+            self._usage = [line]
+            self._usage_size = len(line) + 1
+            return None
+        if 500 <= code <= 599 and status[2] == " ":
+            raise AGICommandError(code, line)
+        raise AGIProtocolError(f"invalid AGI reply {line!r}")
+
+    def _feed_usage(self, line: str) -> None:
+        lines = self._usage
+        lines.append(line)
+        if line.startswith(f"{CODE_USAGE} "):
+            raise AGICommandError(CODE_USAGE, "\n".join(lines))
+        self._usage_size += len(line) + 1
+        max_block = self._channel._limits.max_block
+        if self._usage_size > max_block:
+            raise AGIProtocolError(
+                f"520 usage reply longer than the limit of {max_block} "
+                "bytes without its end"
+            )
+        if len(lines) > MAX_USAGE_LINES:
+            raise AGIProtocolError(
+                f"520 usage reply longer than {MAX_USAGE_LINES} lines without its end"
+            )
+        return None
+
+
+class _Batch:
+    """Sends commands one after another from the transport's callback.
+
+    Each command goes out when the reply to the one before it has been read,
+    and has reply_timeout from then on for its own reply. run() waits for the
+    last reply or the first failure.
+    """
+
+    def __init__(self, channel: AGIChannel, lines: list[bytes]):
+        self._channel = channel
+        self._connection = channel._connection
+        self._lines = lines
+        self._next = 0
+        self._reader: _ReplyReader | None = None
+        self._done = False
+        self._error: BaseException | None = None
+
+    @property
+    def current(self) -> str:
+        """The command now waiting for its reply, shortened for messages."""
+        index = max(self._next - 1, 0)
+        return self._lines[index].decode("utf-8", errors="replace").rstrip("\n")[:60]
+
+    async def run(self) -> None:
+        connection = self._connection
+        self._send_next()
+        connection.set_listener(self._on_input)
+        try:
+            # Lines that arrived before the first command (a HANGUP) are read now.
+            self._on_input()
+            while not self._done:
+                await connection.wait(self._deadline)
+        finally:
+            connection.set_listener(None)
+        if self._error is not None:
+            raise self._error
+
+    def _send_next(self) -> None:
+        connection = self._connection
+        line = self._lines[self._next]
+        self._next += 1
+        self._reader = _ReplyReader(self._channel)
+        self._deadline = asyncio.get_running_loop().time() + self._channel._limits.reply_timeout
+        connection.move_deadline(self._deadline)
+        try:
+            connection.write_nowait(line)
+        except (ConnectionError, OSError) as exc:
+            self._fail(self._channel._lost(AGIHangup(f"the connection was lost: {exc}")))
+
+    def _on_input(self) -> None:
+        channel = self._channel
+        connection = self._connection
+        while not self._done:
+            try:
+                line = connection.readline_nowait()
+            except AGIHangup as exc:
+                self._fail(channel._lost(exc))
+                return
+            except AGIError as exc:
+                self._fail(exc)
+                return
+            if line is NO_LINE:
+                return
+            if line is None:
+                self._fail(channel._lost(
+                    AGIHangup("the connection closed while waiting for a reply")))
+                return
+
+            try:
+                reply = self._reader.feed(line)
+            except AGIError as exc:
+                self._fail(exc)
+                return
+            if reply is None:
+                continue
+            channel.answered += 1
+            if self._next == len(self._lines):
+                self._done = True
+                connection.wake()
+                return
+            self._send_next()
+
+    def _fail(self, error: BaseException) -> None:
+        self._error = error
+        self._done = True
+        self._connection.wake()

@@ -106,12 +106,11 @@ class CheckHandler:
         )
         self._sink.record(request, decision)
 
-        delivered = 0
+        answered_before = channel.answered
         try:
-            for name, value in decision_variables(decision):
-                await channel.set_variable(name, value)
-                delivered += 1
+            await channel.set_variables(decision_variables(decision))
         except AGIError as exc:
+            delivered = channel.answered - answered_before
             released = ""
             if (channel.hung_up or delivered == 0 and isinstance(exc, AGIHangup)) \
                     and self._release(engine, request, decision):

@@ -17,6 +17,9 @@ from collections.abc import Callable
 
 from callguard.agi.protocol import AGIHangup, AGIProtocolError
 
+# Sentinel that readline_nowait() returns while no line is complete.
+NO_LINE = object()
+
 # Complete lines, and their bytes, held before reading from the socket
 # pauses. The AGI environment is at most a few dozen lines, and a reply is one
 # line, or a few dozen for a 520 usage text.
@@ -53,6 +56,7 @@ class AGIConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._write_paused = False
         self._close_timer: asyncio.TimerHandle | None = None
+        self._listener: Callable[[], None] | None = None
 
     # -- asyncio.Protocol --------------------------------------------------
 
@@ -120,14 +124,22 @@ class AGIConnection(asyncio.Protocol):
         AGIProtocolError for a line longer than ``max_line`` bytes and AGIHangup
         when the stream ends in the middle of a line.
         """
-        while not self._lines:
+        while True:
+            line = self.readline_nowait()
+            if line is not NO_LINE:
+                return line
+            await self.wait(deadline)
+
+    def readline_nowait(self) -> "str | None | object":
+        """Return the next line as readline() does, or NO_LINE while none is complete."""
+        if not self._lines:
             if self._error is not None:
                 raise self._error
             if self._eof:
                 if self._partial:
                     raise AGIHangup("the connection closed in the middle of a line")
                 return None
-            await self._wait(deadline)
+            return NO_LINE
 
         raw = self._lines.popleft()
         self._queued_bytes -= len(raw) + 1
@@ -157,9 +169,20 @@ class AGIConnection(asyncio.Protocol):
             raise ConnectionResetError("the connection is closed")
         self.transport.write(data)
         while self._write_paused:
-            await self._wait(deadline)
+            await self.wait(deadline)
             if self._lost:
                 raise ConnectionResetError("the connection is closed")
+
+    def write_nowait(self, data: bytes) -> None:
+        """Send ``data`` without waiting for a peer that does not read.
+
+        For commands of a few kilobytes in all: the transport buffers them
+        until the peer reads, and the reply timeout bounds the wait.
+        Raises ConnectionResetError when the connection is gone.
+        """
+        if self._lost or self.transport.is_closing():
+            raise ConnectionResetError("the connection is closed")
+        self.transport.write(data)
 
     def close(self) -> None:
         """Close the connection once buffered output is sent, or abort after CLOSE_TIMEOUT."""
@@ -181,10 +204,12 @@ class AGIConnection(asyncio.Protocol):
 
     # -- waiting -----------------------------------------------------------
 
-    async def _wait(self, deadline: float) -> None:
-        """Wait until the transport reports data, an end or a loss.
+    async def wait(self, deadline: float) -> None:
+        """Wait until the transport reports data, an end or a loss, or until wake().
 
-        Raises TimeoutError at ``deadline``.
+        Raises TimeoutError at ``deadline``, or at a later one that
+        move_deadline() sets meanwhile. While a listener is set, the transport's
+        reports go to it instead, and only wake() ends the wait.
 
         One timer handle serves the whole connection: a later deadline only
         moves a number, and the handle re-schedules itself when it fires early.
@@ -212,10 +237,29 @@ class AGIConnection(asyncio.Protocol):
             return
         waiter.set_exception(TimeoutError())
 
-    def _wake(self) -> None:
+    def move_deadline(self, deadline: float) -> None:
+        """Move the deadline of the current wait() to ``deadline``, which must be later."""
+        self._deadline = max(self._deadline, deadline)
+
+    def set_listener(self, listener: Callable[[], None] | None) -> None:
+        """Call ``listener`` in place of waking wait() when data, an end or a loss arrives.
+
+        The listener runs inside the transport's callback, so it reads with
+        readline_nowait() and must not raise. None restores the waking.
+        """
+        self._listener = listener
+
+    def wake(self) -> None:
+        """End the current wait()."""
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def _wake(self) -> None:
+        if self._listener is not None:
+            self._listener()
+        else:
+            self.wake()
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
