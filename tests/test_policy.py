@@ -170,13 +170,16 @@ async def test_emergency_despite_everything(tmp_path, dialled):
 
 
 # normalise() strips the outside-line prefix 9 after it drops brackets, so these
-# must be found as emergency numbers before it reads them as 9 and 99.
+# must be found as emergency numbers before it reads them as 9 and 99. The
+# caller-ID prefix 141 may come before the outside-line prefix too.
 @pytest.mark.parametrize("dialled, emergency_number", [
     ("(999)", "999"),
     ("(99)9", "999"),
     ("(9)999", "999"),
     ("9(999)", "999"),
     ("(112)", "112"),
+    ("1419999", "999"),
+    ("1470 9 112", "112"),
 ])
 async def test_bracketed_emergency_with_prefix_9(tmp_path, dialled, emergency_number):
     guard = Guard(tmp_path, general="outside_line_prefix = 9", trunks=EVERYTHING_BARRED,

@@ -109,7 +109,8 @@ class NumberPlan:
 
         The first is ``dialled`` without separators and brackets; the others
         drop the send key, the outside-line prefix and a caller-ID prefix, in
-        that order.
+        that order. The outside-line prefix is also dropped after a caller-ID
+        prefix, for callers who dial them the other way round (141 9 999).
         """
         if not isinstance(dialled, str):
             return []
@@ -133,7 +134,10 @@ class NumberPlan:
         for base in bases:
             for caller_id_prefix in self._caller_id_prefixes:
                 if base.startswith(caller_id_prefix):
-                    forms.append(base[len(caller_id_prefix) :])
+                    rest = base[len(caller_id_prefix) :]
+                    forms.append(rest)
+                    if prefix and rest.startswith(prefix):
+                        forms.append(rest[len(prefix) :])
         return forms
 
     def normalise(self, dialled: str) -> Number:
