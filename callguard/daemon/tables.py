@@ -37,8 +37,8 @@ def rates_source(store, trunk: str) -> str | None:
 async def copy_tables_to_store(worker: StoreWorker, config: Config, tables: LoadedTables) -> None:
     store = worker.store
     rules = [(r.prefix, r.category, r.description) for r in tables.prefixes.rules()]
-    count = await worker.call(store.replace_prefixes, rules, tables.prefix_source)
-    log.info("stored %d prefixes from %s", count, tables.prefix_source)
+    # The store logs the count it stored.
+    await worker.call(store.replace_prefixes, rules, tables.prefix_source)
 
     for name, trunk in config.trunks.items():
         deck = tables.state.decks.get(name)
