@@ -221,6 +221,16 @@ def test_check_unknown_trunk(config, capsys):
     assert report["budgets"] == {}
 
 
+def test_check_unknown_trunk_warns(config, capsys):
+    # The number is rejected before the trunk is looked up.
+    status = run_ctl("--config", str(config), "check", "0151496012#", "--trunk", "gama")
+    captured = capsys.readouterr()
+
+    assert status == EXIT_OK
+    assert "invalid-number" in captured.out
+    assert f"warning: {config} has no [trunk gama]; its trunks: gamma" in captured.err
+
+
 # check-config
 
 

@@ -152,6 +152,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     if report is None:
         report = asyncio.run(check_number(config, request))
     print_check(report, as_json=args.json)
+    if request.trunk not in config.trunks:
+        # A decision that stops earlier, such as invalid-number, would hide the typo.
+        known = ", ".join(config.trunks) or "none"
+        print(f"warning: {args.config} has no [trunk {request.trunk}]; its trunks: {known}",
+              file=sys.stderr)
     return EXIT_OK
 
 
