@@ -56,3 +56,17 @@ def escape_log_message(text: str) -> str:
     pass for a log record of its own.
     """
     return escape_lines(text, "\n    ")
+
+
+def invalid_utf8(error: UnicodeDecodeError) -> tuple[int, str]:
+    """Return the line (from 1) of the byte that ``error`` found not UTF-8, and a
+    message that names the byte, its column and the fix.
+
+    Lines and columns count in the text that was decoded, which for the
+    ``utf-8-sig`` codec starts after a byte order mark.
+    """
+    data = error.object
+    line_start = data.rfind(b"\n", 0, error.start) + 1
+    line = data.count(b"\n", 0, error.start) + 1
+    return line, (f"byte {data[error.start]:#04x} at column {error.start - line_start + 1} "
+                  "is not valid UTF-8; save the file as UTF-8")

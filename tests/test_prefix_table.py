@@ -1,5 +1,6 @@
 """Prefix tables: CSV loading, errors, longest-prefix lookup and the GB table."""
 
+import codecs
 from pathlib import Path
 
 import pytest
@@ -221,14 +222,17 @@ def test_missing_file(tmp_path):
     assert str(caught.value).startswith(f"{path}: cannot read the prefix table")
 
 
-def test_undecodable_file(tmp_path):
+@pytest.mark.parametrize("start", [b"", codecs.BOM_UTF8])
+def test_undecodable_file(tmp_path, start):
     path = tmp_path / "latin1.csv"
-    path.write_bytes(b"prefix,category,description\n09,premium,Premium \xa3\n")
+    path.write_bytes(start + b"prefix,category,description\n09,premium,Premium \xa3\n")
 
     with pytest.raises(PrefixTableError) as caught:
         PrefixTable.from_csv(path)
 
-    assert str(caught.value).startswith(f"{path}: cannot read the prefix table")
+    assert str(caught.value) == (
+        f"{path}:2: byte 0xa3 at column 20 is not valid UTF-8; save the file as UTF-8"
+    )
 
 
 # rows, expected start of the message

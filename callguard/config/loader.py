@@ -22,6 +22,7 @@ from callguard.config.sections import (
     read_trunk,
 )
 from callguard.config.values import parse_region
+from callguard.text import invalid_utf8
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +51,7 @@ class _SectionsByKind:
 
 def _invalid_utf8(file: str, exc: UnicodeDecodeError) -> ConfigProblem:
     """Return the problem of the first byte that is not UTF-8, at its line and byte column."""
-    line_start = exc.object.rfind(b"\n", 0, exc.start) + 1
-    line = exc.object.count(b"\n", 0, exc.start) + 1
-    message = (f"byte {exc.object[exc.start]:#04x} at column {exc.start - line_start + 1} "
-               "is not valid UTF-8; save the file as UTF-8")
+    line, message = invalid_utf8(exc)
     return ConfigProblem(file, line, "", "", message)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from callguard.numbers.categories import CATEGORIES
 from callguard.rating.errors import MAX_REPORTED_ERRORS
-from callguard.text import plural
+from callguard.text import invalid_utf8, plural
 
 logger = logging.getLogger(__name__)
 
@@ -99,12 +99,17 @@ class PrefixTable:
         """Load a table from a CSV file. Raises ``PrefixTableError``."""
         source = os.fspath(path)
         try:
-            # utf-8-sig drops the byte order mark that spreadsheet programs write.
-            text = Path(path).read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as exc:
+            data = Path(path).read_bytes()
+        except OSError as exc:
             raise PrefixTableError(
                 f"{source}: cannot read the prefix table: {exc}"
             ) from exc
+        try:
+            # utf-8-sig drops the byte order mark that spreadsheet programs write.
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line, message = invalid_utf8(exc)
+            raise PrefixTableError(f"{source}:{line}: {message}") from None
 
         return cls._from_text(text, source)
 

@@ -18,6 +18,7 @@ from callguard.rating.builder import DeckBuilder, RateClass
 from callguard.rating.errors import ErrorList
 from callguard.rating.fields import parse_connection_fee, parse_prefix, parse_rate
 from callguard.rating.increments import Increments
+from callguard.text import invalid_utf8
 
 COLUMNS = ("prefix", "description", "rate", "connection_fee", "increments")
 HEADER = ",".join(COLUMNS)
@@ -59,11 +60,7 @@ class DataLines:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                self._errors.add(
-                    number,
-                    f"byte {raw[exc.start]:#04x} at column {exc.start + 1} is not "
-                    "valid UTF-8; save the file as UTF-8",
-                )
+                self._errors.add(number, invalid_utf8(exc)[1])
                 continue
 
             stripped = line.strip()
