@@ -419,6 +419,26 @@ def test_table_emergency_not_configured(gb_table):
     assert result.description == "Emergency services"
 
 
+# The outside-line prefix is optional, so normalise() would strip it from
+# these and read 8000 or 99.
+@pytest.mark.parametrize("outside_line, configured, dialled, number", [
+    ("1", ["999", "112"], "18000", "18000"),
+    ("1", ["999", "112"], "(18000)", "18000"),
+    ("18", ["999", "112"], "18000", "18000"),
+    ("9", [], "999", "999"),
+    ("9", [], "(999)", "999"),
+    ("9", [], "9 9 9", "999"),
+])
+def test_table_emergency_starting_with_prefix(gb_table, outside_line, configured,
+                                               dialled, number):
+    plan = NumberPlan("GB", outside_line_prefix=outside_line, emergency_numbers=configured)
+    result = Classifier(plan, gb_table).classify(dialled)
+
+    assert result.category == "emergency"
+    assert result.emergency is True
+    assert result.number.national == number
+
+
 # dialled
 UNCLASSIFIED_CASES = ["123", "17070", "05512345678", "05001234567"]
 

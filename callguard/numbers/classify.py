@@ -85,9 +85,11 @@ class Classifier:
         """Return the table's emergency row that one of a dialled string's
         ``forms`` (from ``NumberPlan.emergency_forms``) is, or None.
 
-        The first, plain form needs no such check: it is looked up like any number.
+        The first, plain form is checked too, because normalise() strips an
+        outside-line prefix that leads it, so with prefix 1 it would read 18000
+        as 8000.
         """
-        for form in forms[1:]:
+        for form in forms:
             if not form.isdigit():
                 continue
             rule = self.table.match(form)
