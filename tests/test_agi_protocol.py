@@ -282,6 +282,9 @@ def test_parse_reply(line, reply):
         "200 result=x",
         "200 result=1.5",
         "200 result=1 (open",
+        "200 result=\u0661",
+        "200 result=" + "9" * 21,
+        "200 result=" + "9" * 5000,
         "garbage",
         "",
     ],
@@ -795,7 +798,8 @@ async def test_set_variables_eof(pipe):
         await pipe.channel.set_variable("X", "1")
 
 
-@pytest.mark.parametrize("data", [b"garbage\n", b"200 result=1 (" + b"x" * 5000 + b")\n"])
+@pytest.mark.parametrize("data", [b"garbage\n", b"200 result=1 (" + b"x" * 5000 + b")\n",
+                                  b"200 result=" + b"9" * 100 + b"\n"])
 async def test_set_variables_bad_reply(pipe, data):
     await pipe.feed(data)
 

@@ -65,8 +65,10 @@ _COMMAND_WORDS = re.compile(r"[A-Za-z]+( [A-Za-z]+)*")
 _STATUS = re.compile(r"(\d{3})([ -])")
 # The data is matched greedily because a variable's value may contain ") ".
 # Extra text never starts with "(", so an unclosed bracket is an invalid reply.
+# res_agi sends results as C ints, so a result of other characters or of more
+# than 20 digits is invalid, and int() never gets more digits than it converts.
 _SUCCESS = re.compile(
-    r"200 result=(?P<result>-?\d+)(?: \((?P<data>.*)\))?(?: (?P<extra>[^(].*))?"
+    r"200 result=(?P<result>-?[0-9]{1,20})(?: \((?P<data>.*)\))?(?: (?P<extra>[^(].*))?"
 )
 # Unicode categories dropped from arguments: control characters, which include
 # CR and LF, and lone surrogates, which cannot be encoded as UTF-8.
