@@ -24,6 +24,7 @@ from aiosmtpd.smtp import AuthResult
 from callguard.cli import ctl
 from callguard.clock import ManualClock
 from callguard.config import load_config
+from callguard.metering.alerts import AlertRaiser
 from callguard.notify import Alert, AlertDispatcher
 from callguard.notify.alert import merge_recipients, outbox_rows
 from callguard.notify.delivery import backoff
@@ -963,3 +964,18 @@ def test_alerts_rejects_limit(tmp_path, capsys):
     with pytest.raises(SystemExit):
         ctl.main(["--config", str(path), "alerts", "--limit", "0"])
     assert "'0' is not a whole number of 1 or more" in capsys.readouterr().err
+
+
+def test_block_alert_times_whole_seconds(tmp_path):
+    alerts = []
+    raiser = AlertRaiser(alerts.append, load_config(write_config(tmp_path)), ledger=None)
+    at = datetime(2026, 12, 5, 9, 12, 15, 950936, tzinfo=timezone.utc)
+
+    raiser.block_imposed(7, "endpoint", "5005", "gamma", "3 barred attempts", at,
+                         at + timedelta(hours=1), 0)
+
+    [alert] = alerts
+    assert alert.subject == "[callguard] blocked endpoint 5005 until 2026-12-05T10:12:15+00:00"
+    assert "From:    2026-12-05T09:12:15+00:00" in alert.body.splitlines()
+    assert "Until:   2026-12-05T10:12:15+00:00" in alert.body.splitlines()
+    assert alert.data["expires_at"] == "2026-12-05T10:12:15.950936+00:00"

@@ -418,7 +418,9 @@ def _not_notified(problem: str, store_url: str) -> int:
 
 
 def _until(expires_at: datetime | None) -> str:
-    return "until unblocked" if expires_at is None else f"until {expires_at.isoformat()}"
+    if expires_at is None:
+        return "until unblocked"
+    return f"until {expires_at.isoformat(timespec='seconds')}"
 
 
 def _actor() -> str:

@@ -164,13 +164,14 @@ class AlertRaiser:
                       reason: str, at: datetime, expires_at: datetime,
                       earlier: int) -> None:
         """Alert that callguard blocked an offender; sent once per block id."""
-        subject = f"[callguard] blocked {key_type} {key} until {expires_at.isoformat()}"
+        subject = (f"[callguard] blocked {key_type} {key} until "
+                   f"{expires_at.isoformat(timespec='seconds')}")
         body = "\n".join([
             f"callguard blocked {key_type} {key} from all outbound calls.",
             "",
             f"Why:     {reason}",
-            f"From:    {at.isoformat()}",
-            f"Until:   {expires_at.isoformat()}",
+            f"From:    {at.isoformat(timespec='seconds')}",
+            f"Until:   {expires_at.isoformat(timespec='seconds')}",
             f"Earlier: {earlier} automatic block{'s' if earlier != 1 else ''} of this "
             "key within ban_max_time",
             "",
@@ -195,7 +196,8 @@ class AlertRaiser:
         minutes = int(elapsed_seconds(since, now) // 60)
         subject = f"[callguard] ARI unreachable for {minutes} minutes"
         body = "\n".join([
-            f"callguard has not been connected to Asterisk's ARI since {since.isoformat()}.",
+            "callguard has not been connected to Asterisk's ARI since "
+            f"{since.isoformat(timespec='seconds')}.",
             "Live calls are not metered or hung up until it reconnects; the dialplan's S() "
             "limit still ends each call, and new calls are still checked.",
             "",

@@ -285,7 +285,8 @@ class OffenderGuard:
         expires_at = ban.at + timedelta(seconds=seconds)
         self.blocks.add(ban.key_type, ban.key, expires_at)
         log.warning("blocked %s %s for %s until %s (earlier bans: %d): %s", ban.key_type,
-                    ban.key, _duration_text(seconds), expires_at.isoformat(), earlier,
+                    ban.key, _duration_text(seconds), expires_at.isoformat(timespec="seconds"),
+                    earlier,
                     ban.reason)
 
         try:
@@ -295,7 +296,7 @@ class OffenderGuard:
         except StoreError as exc:
             log.error("could not store the block on %s %s (%s); it holds until %s but "
                       "not across a restart", ban.key_type, ban.key, exc,
-                      expires_at.isoformat())
+                      expires_at.isoformat(timespec="seconds"))
             return
 
         if self.alerts is not None:
