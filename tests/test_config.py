@@ -568,7 +568,10 @@ SYNTAX_PROBLEMS = [
         "[number 01632960001]"]),
     ("[trunk gamma/1]\ndefault_rate = 0.1\n", [
         "callguard.conf:1: [trunk gamma/1] 'gamma/1' is not a trunk name; use "
-        "letters, digits, '-', '_' or '.'"]),
+        "ASCII letters (a-z, A-Z), digits, '-', '_' or '.'"]),
+    ("[trunk gämma]\ndefault_rate = 0.1\n", [
+        "callguard.conf:1: [trunk gämma] 'gämma' is not a trunk name; use "
+        "ASCII letters (a-z, A-Z), digits, '-', '_' or '.'"]),
 ]
 # fmt: on
 

@@ -129,7 +129,8 @@ def read_trunk(
             section.line,
             section.header,
             "",
-            f"{name!r} is not a trunk name; use letters, digits, '-', '_' or '.'",
+            f"{name!r} is not a trunk name; use ASCII letters (a-z, A-Z), digits, "
+            "'-', '_' or '.'",
         )
         valid = False
 
