@@ -5,11 +5,14 @@ created by an originate (it starts in state ``Down``, while a call arriving
 from the trunk starts ringing). Inherited ``__`` variables reach every
 downstream channel, Local halves included, so they cannot single out a leg.
 A leg is found by its channel name matching a trunk's ``channel_pattern``.
+A leg dialled by the ;2 half of a Local channel pair belongs to the check of
+the channel that dialled the pair's ;1 half.
 """
 
 import logging
 from collections import OrderedDict
 from datetime import datetime, timezone
+from typing import Callable
 
 from callguard.clock import Clock
 from callguard.metering.charges import AnsweredCall
@@ -41,6 +44,13 @@ OUTGOING_APPS = ("AppDial", "AppDial2")
 MAX_CANDIDATES = 10_000
 # Destroyed channel ids remembered, so that a late duplicate cannot revive one.
 MAX_DESTROYED = 50_000
+# Local channel pairs remembered with the channel that dialled them.
+MAX_LOCAL_PAIRS = 10_000
+# The maximum number of Local pairs followed back from a trunk leg's caller.
+# Local channels can dial Local channels, and the bound stops a looping chain.
+MAX_LOCAL_HOPS = 8
+LOCAL_FIRST_HALF = ";1"
+LOCAL_SECOND_HALF = ";2"
 
 
 def parse_timestamp(text: str | None, fallback: datetime) -> datetime:
@@ -65,6 +75,9 @@ class EventTracker:
         self._candidates: OrderedDict[str, tuple[str, str, datetime]] = OrderedDict()
         # Channels already destroyed: late or repeated events for them are ignored.
         self._destroyed: OrderedDict[str, None] = OrderedDict()
+        # Local pair (its name without ";1" or ";2") -> (id, name) of the channel
+        # whose Dial placed the pair's ;1 half.
+        self._local_dialled_by: OrderedDict[str, tuple[str, str]] = OrderedDict()
 
     def on_event(self, event: dict) -> None:
         kind = event.get("type")
@@ -87,6 +100,9 @@ class EventTracker:
             self._on_up(channel, at)
         elif kind == CHANNEL_DESTROYED:
             self._candidates.pop(channel["id"], None)
+            pair = local_pair(channel_name(channel), LOCAL_FIRST_HALF)
+            if pair is not None:
+                self._local_dialled_by.pop(pair, None)
             self._destroyed[channel["id"]] = None
             while len(self._destroyed) > MAX_DESTROYED:
                 self._destroyed.popitem(last=False)
@@ -117,14 +133,16 @@ class EventTracker:
         if status:
             return
 
+        caller = event.get("caller") if isinstance(event.get("caller"), dict) else {}
+        self._note_local_pair(peer, caller)
         trunk = self.guard.trunk_for_channel(peer.get("name", ""))
         if trunk is None:
             return
         self._candidates.pop(peer["id"], None)
         dialstring = event.get("dialstring", "")
         number = dialled_number(dialstring, peer.get("name", "").partition("/")[0])
-        caller = event.get("caller") if isinstance(event.get("caller"), dict) else {}
-        caller_id = caller.get("id", "")
+        caller_id = self._checked_channel(caller.get("id", ""), channel_name(caller),
+                                          self._local_dialled_by.get)
         if number is None:
             # A check's decision names the destination, an emergency number
             # included, so the extension is read only when no check ran for
@@ -139,6 +157,39 @@ class EventTracker:
                         masked(dialstring), "" if number is None else
                         f"; the caller dialled the emergency number {number}")
         self.guard.dialled(peer["id"], peer["name"], trunk, caller_id, number, at)
+
+    def _note_local_pair(self, peer: dict, caller: dict) -> None:
+        """Remember which channel dialled ``peer`` when it is the ;1 half of a Local pair."""
+        pair = local_pair(channel_name(peer), LOCAL_FIRST_HALF)
+        caller_id = caller.get("id")
+        if pair is None or not isinstance(caller_id, str) or not caller_id:
+            return
+        self._local_dialled_by[pair] = (caller_id, channel_name(caller))
+        self._local_dialled_by.move_to_end(pair)
+        while len(self._local_dialled_by) > MAX_LOCAL_PAIRS:
+            self._local_dialled_by.popitem(last=False)
+
+    def _checked_channel(self, caller_id: str, caller_name: str,
+                         dialled_by: Callable[[str], tuple[str, str] | None]) -> str:
+        """Return the channel whose check covers a Dial by ``caller_id``.
+
+        That is the caller itself when a check ran on it. For the ;2 half of a
+        Local pair it is the channel that dialled the pair's ;1 half, followed
+        back through further Local pairs, as ``dialled_by(pair)`` names them.
+        When no check is found, it is ``caller_id``.
+        """
+        channel_id, name = caller_id, caller_name
+        for _ in range(MAX_LOCAL_HOPS):
+            if not channel_id or self.guard.decisions.get(channel_id) is not None:
+                break
+            pair = local_pair(name, LOCAL_SECOND_HALF)
+            upstream = None if pair is None else dialled_by(pair)
+            if upstream is None:
+                break
+            channel_id, name = upstream
+        if channel_id and self.guard.decisions.get(channel_id) is not None:
+            return channel_id
+        return caller_id
 
     def _on_up(self, channel: dict, at: datetime) -> None:
         if channel["id"] in self.guard.legs:
@@ -243,6 +294,16 @@ class EventTracker:
             # The caller's Dial() argument is the only place a channel list shows
             # the number of an answered PJSIP leg.
             number = _number_dialled_by(present.get(caller_id), channel.get("name", ""))
+
+            def dialled_by(pair: str) -> tuple[str, str] | None:
+                # A phone bridged to a Local pair's ;1 half shows it in BRIDGEPEER.
+                upstream = callers_by_peer.get(pair + LOCAL_FIRST_HALF)
+                if upstream is None:
+                    return self._local_dialled_by.get(pair)
+                return upstream, channel_name(present.get(upstream))
+
+            caller_id = self._checked_channel(caller_id, channel_name(present.get(caller_id)),
+                                              dialled_by)
             if caller_id and self.guard.decisions.get(caller_id) is not None:
                 leg = self.guard.dialled(channel_id, channel["name"], trunk, caller_id, number,
                                          created_at)
@@ -275,6 +336,20 @@ def snapshot_text(snapshot: object, part: str, key: str) -> str:
     inner = snapshot.get(part) if isinstance(snapshot, dict) else None
     value = inner.get(key) if isinstance(inner, dict) else None
     return value if isinstance(value, str) else ""
+
+
+def channel_name(snapshot: object) -> str:
+    """Return the name of an ARI channel snapshot, or "" when it has none."""
+    name = snapshot.get("name") if isinstance(snapshot, dict) else None
+    return name if isinstance(name, str) else ""
+
+
+def local_pair(name: str, half: str) -> str | None:
+    """Return the name of the Local pair ``Local/<exten>@<context>-<seq>`` when
+    ``name`` is its ``half`` (";1" or ";2"), else None."""
+    if name.startswith(LOCAL_PREFIX) and name.endswith(half):
+        return name[:-len(half)]
+    return None
 
 
 def _number_dialled_by(caller: dict | None, leg_name: str) -> str | None:

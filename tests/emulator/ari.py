@@ -211,6 +211,26 @@ class AriEmulator:
         await self._hub.publish(events)
         return call
 
+    async def dial_onward(
+        self,
+        call: EmulatedCall,
+        number: str,
+        *,
+        trunk: str = "gamma",
+        dialstring: str | None = None,
+    ) -> EmulatedCall:
+        """Dial ``number`` on ``trunk`` from the ;2 half of the Local leg of ``call``.
+
+        ``call`` is one that ``dial_out`` placed with ``tech="Local"``, so that
+        a Local channel pair stands between the phone and the trunk leg.
+        Answer and end the returned call, and the Local call follows it.
+        """
+        onward, events = self._switch.dial_onward(
+            call, number, trunk=trunk, dialstring=dialstring
+        )
+        await self._hub.publish(events)
+        return onward
+
     async def forward(self, call: EmulatedCall, new_number: str) -> EmulatedCall:
         """Forward the ringing trunk leg of ``call`` to ``new_number``."""
         new_call, events = self._switch.forward(call, new_number)

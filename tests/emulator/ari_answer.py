@@ -52,10 +52,25 @@ class AnswerFlows(SwitchState):
             answered = self._answer_without_caller(state)
             state.answered_at = self.factory.now()
             return answered
+        if state.onward is not None:
+            raise ValueError(
+                f"call on {call.trunk_name} dialled onward, so answer the onward call"
+            )
 
+        events = self._answer_dialled(state)
+        if state.outer is not None:
+            # The ;2 half that dialled is up now, so its ;1 half answers the
+            # Local call it belongs to.
+            events += self._answer_dialled(state.outer)
+        return events
+
+    def _answer_dialled(self, state: CallState) -> list[Event]:
+        call = state.call
         caller, leg, peer = state.caller, state.trunk, state.trunk_peer
+        # A far end that dialled onward is already up as the onward caller.
+        far_end_answers = peer is not None and state.onward is None
         events: list[Event] = []
-        if peer is not None:
+        if far_end_answers:
             events.append(self._run_app(peer, "Answer", "", 1))
             events.append(self._set_state(peer, STATE_UP))
 
@@ -82,7 +97,7 @@ class AnswerFlows(SwitchState):
 
         events.append(self._varset(leg, VAR_BRIDGEPEER, caller.name))
         events.append(self._varset(caller, VAR_BRIDGEPEER, leg.name))
-        if peer is not None:
+        if far_end_answers:
             events.append(self._run_app(peer, *FAR_END_WAIT, 2))
 
         state.answered_at = self.factory.now()

@@ -244,6 +244,49 @@ class DialFlows(SwitchState):
 
         return events
 
+    def dial_onward(
+        self, call: EmulatedCall, number: str, *, trunk: str, dialstring: str | None
+    ) -> tuple[EmulatedCall, list[Event]]:
+        """Run Dial() on the ;2 half of the Local leg of ``call``, toward ``trunk``.
+
+        Dial(Local/<number>@<context>) leaves the ;2 half in the dialplan at
+        <number>@<context>, where it dials the real trunk. The new call's
+        caller is that ;2 half, whose Local pair links it to ``call``.
+        """
+        outer = self.state_for(call)
+        local_half = outer.trunk_peer
+        if local_half is None or outer.answered or outer.onward is not None:
+            raise ValueError(
+                f"call on {call.trunk_name} cannot dial onward: only a ringing "
+                "Local call that has not dialled onward yet can"
+            )
+        if not number:
+            raise ValueError("number must not be empty")
+        if dialstring is None:
+            dialstring = default_dialstring(TECH_PJSIP, trunk, number)
+
+        local_half.caller = Party(outer.caller.caller.name, outer.caller.caller.number)
+        priority = local_half.priority + 1
+        events = [self._run_app(local_half, "Dial", f"{TECH_PJSIP}/{dialstring},,", priority)]
+        events += [self._varset(local_half, name, "") for name in DIAL_VARIABLES]
+        state, leg_events = self._dial_leg(
+            local_half, TECH_PJSIP, trunk, number, dialstring, outer.inherited
+        )
+        events += leg_events
+        events.append(
+            self.builder.dial(caller=local_half, peer=state.trunk, dialstring=dialstring)
+        )
+        state.outer = outer
+        outer.onward = state
+        logger.info(
+            "%s dials %s through %s (dialstring %s)",
+            local_half.name,
+            number,
+            state.trunk.name,
+            dialstring,
+        )
+        return state.call, events
+
     def forward(
         self, call: EmulatedCall, new_number: str
     ) -> tuple[EmulatedCall, list[Event]]:

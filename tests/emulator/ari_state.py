@@ -81,6 +81,12 @@ class CallState:
     dialplan_target: tuple[str, str, int] | None = None
     after_answer: tuple[str, str] = ("", "")
 
+    # For a call placed through a Local leg: the call that its ;2 half dialled
+    # onward (``onward``), and for that call, the Local call it came from
+    # (``outer``). Answers and ends pass from one to the other.
+    onward: "CallState | None" = None
+    outer: "CallState | None" = None
+
     @property
     def answered(self) -> bool:
         return self.answered_at is not None

@@ -120,23 +120,56 @@ class CallTeardown(SwitchState):
                 f"Use one of {', '.join(FAILED_DIALSTATUSES)}"
             )
 
-        return self._end_unanswered(state, None, dialstatus, cause)
+        if state.onward is not None:
+            raise ValueError(
+                f"call on {call.trunk_name} dialled onward, so end the onward call"
+            )
+        return self._end_unanswered(state, None, dialstatus, cause) + self._end_outer(
+            state, cause
+        )
 
     def _end_call(
         self, state: CallState, channel: Channel, request: Event, cause: int
     ) -> list[Event]:
         if state.caller is None:
             return [request, *self._end_without_caller(state, cause)]
+        if state.onward is not None:
+            raise ValueError(
+                f"call on {state.call.trunk_name} dialled onward, so end the onward call"
+            )
 
         side = SIDE_CALLER if channel is state.caller else SIDE_TRUNK
         if state.answered:
-            return self._end_answered(state, side, request, cause)
+            return self._end_answered(state, side, request, cause) + self._end_outer(
+                state, cause
+            )
 
         if side == SIDE_CALLER:
             dialstatus = DIALSTATUS_CANCEL
         else:
             dialstatus = dialstatus_for_cause(cause)
-        return [request, *self._end_unanswered(state, side, dialstatus, cause)]
+        return [
+            request,
+            *self._end_unanswered(state, side, dialstatus, cause),
+            *self._end_outer(state, cause),
+        ]
+
+    def _end_outer(self, state: CallState, cause: int) -> list[Event]:
+        """End the Local call whose ;2 half dialled ``state``, once that half is gone.
+
+        The ;1 half hangs up with the cause of its ;2 half, then the Local
+        call ends as one whose trunk side hung up.
+        """
+        outer = state.outer
+        if outer is None:
+            return []
+        outer.onward = None
+        outer.trunk_peer = None
+        request = self.builder.hangup_request(outer.trunk, cause)
+        if outer.answered:
+            return self._end_answered(outer, SIDE_TRUNK, request, cause)
+        dialstatus = dialstatus_for_cause(cause)
+        return [request, *self._end_unanswered(outer, SIDE_TRUNK, dialstatus, cause)]
 
     def _end_answered(
         self, state: CallState, side: str, request: Event, cause: int
