@@ -17,7 +17,7 @@ from callguard.daemon.live import read_ari_settings
 from callguard.metering import guard
 from callguard.store import engine
 from callguard.store import Store
-from live_support import PASSWORD, Pbx, eventually
+from live_support import PASSWORD, Pbx, eventually, stored_calls
 from support import self_signed_certificate, sqlite_write_locked, write_config
 
 LONDON = ZoneInfo("Europe/London")
@@ -559,3 +559,36 @@ async def test_full_write_queue_drops_oldest_loudly(make_pbx, monkeypatch, caplo
         await eventually(lambda: pbx.app.guard.dropped_writes >= 1, what="a dropped update")
 
     assert "call updates are waiting for the store, so the oldest" in caplog.text
+
+
+async def test_blind_limit_hangup_charged_to_request(make_pbx):
+    # The limit hangs the call up while the events websocket is down but REST
+    # works, so its ChannelDestroyed is lost. The reconnect 30 minutes later
+    # finds it gone: it ended when Asterisk accepted the DELETE, not then.
+    start = london(2024, 6, 14, 10, 0)
+    pbx = await make_pbx(start, spent=[("day", "2024-06-14", "7.00")])
+    call, _ = await pbx.call("01632960123")
+    await pbx.ari.answer(call)
+    await eventually(lambda: pbx.legs() and pbx.legs()[call.trunk_id].state == "up",
+                     what="the answered leg")
+    await pbx.ari.drop_events(refuse_for=math.inf)
+    await eventually(lambda: not pbx.app.ari.connected, what="the drop")
+
+    pbx.clock.advance(179)
+    await eventually(lambda: len(pbx.ari.deletes) == 1, what="the hang-up at 179 s")
+    await pbx.app.guard.drain()
+    assert call.trunk_id not in pbx.ari.channels
+    assert call.trunk_id in pbx.legs()
+
+    pbx.clock.advance(30 * 60)
+    pbx.ari.allow_events()
+    await eventually(lambda: pbx.app.ari.connected, timeout=10, what="the reconnect")
+    await eventually(lambda: not pbx.legs(), what="the reconciliation")
+    await pbx.app.guard.drain()
+
+    # 7.00 before, and three 60 s blocks at 1.00 up to the hang-up.
+    assert pbx.spend("day", "2024-06-14") == Decimal("10.00")
+    assert pbx.app.ledger.spent("gamma", "day", "2024-06-14") == Decimal("10.00")
+    stored = stored_calls(pbx)[call.trunk_id]
+    assert stored.cost == Decimal("3.00")
+    assert stored.ended_at == start + timedelta(seconds=179)

@@ -441,6 +441,8 @@ class LiveGuard:
         else:
             leg.hangup_failures = 0
             leg.hangup_retry_at = None
+            if outcome == OUTCOME_REQUESTED and leg.hangup_accepted_at is None:
+                leg.hangup_accepted_at = now
             log.warning("%s %s: hang-up of %s to %s for %s %s; call cost %s, spend today "
                         "%s, this week %s", leg.trunk, leg.id, leg.channel,
                         leg.e164 or leg.number or "?", reason, outcome, cost,

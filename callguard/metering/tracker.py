@@ -254,7 +254,14 @@ class EventTracker:
 
         for leg in list(self.guard.legs.values()):
             channel = present.get(leg.id)
-            if channel is None:
+            if channel is None and leg.hangup_accepted_at is not None:
+                # Asterisk accepted the hang-up then, and the limit timer sends
+                # it before a block that the budget cannot pay begins.
+                log.warning("%s %s: %s ended while callguard could not see events; "
+                            "charging it up to its hang-up at %s", leg.trunk, leg.id,
+                            leg.channel, leg.hangup_accepted_at.isoformat())
+                self.guard.ended(leg.id, leg.hangup_accepted_at, None)
+            elif channel is None:
                 # The end time is unknown: charging up to now never under-counts.
                 log.warning("%s %s: %s ended while callguard could not see events; "
                             "charging it up to now", leg.trunk, leg.id, leg.channel)
