@@ -113,6 +113,18 @@ class Pbx:
                    callerid: str = "01632960010", checked_trunk: str = "gamma",
                    dial_trunk: str = "gamma"):
         """Dial ``number`` through the dialplan snippet: check, then Dial() on ALLOW."""
+        check = self.checker(number, endpoint=endpoint, callerid=callerid,
+                             trunk=checked_trunk)
+        call = await self.ari.dial_out(number, trunk=dial_trunk, caller_endpoint=endpoint,
+                                       callerid=callerid, dialstring=f"{number}@{dial_trunk}",
+                                       check=check)
+        return call, self.results[call.caller_id]
+
+    def checker(self, number: str, *, endpoint: str = "1001",
+                callerid: str = "01632960010", trunk: str = "gamma"):
+        """Return the ``check`` for ARI's dial_out(): the FastAGI check of ``number``
+        on a new channel of ``endpoint``. It stores the variables set in
+        ``results`` by uniqueid and returns whether the result is ALLOW."""
         self._sequence += 1
         agi_channel = f"PJSIP/{endpoint}-{self._sequence:08x}"
 
@@ -120,15 +132,12 @@ class Pbx:
             outcome = await run_fastagi_call(
                 "127.0.0.1", self.port,
                 AGICall(extension=number, uniqueid=caller_id, channel=agi_channel,
-                        callerid=callerid, arguments=(number, checked_trunk)),
+                        callerid=callerid, arguments=(number, trunk)),
             )
             self.results[caller_id] = outcome.variables
             return outcome.variables.get("CALLGUARD_RESULT") == "ALLOW"
 
-        call = await self.ari.dial_out(number, trunk=dial_trunk, caller_endpoint=endpoint,
-                                       callerid=callerid, dialstring=f"{number}@{dial_trunk}",
-                                       check=check)
-        return call, self.results[call.caller_id]
+        return check
 
     def spend(self, window: str, key: str, trunk: str = "gamma") -> Decimal:
         with Store(self.config.general.database) as store:

@@ -72,18 +72,7 @@ async def check_and_dial(pbx, checked, dialstring, *, checked_trunk="gamma",
     The dialplan may rewrite the number between the check and Dial(), so the
     dialstring's number can differ from the checked one.
     """
-    pbx._sequence += 1
-    agi_channel = f"PJSIP/1001-{pbx._sequence:08x}"
-
-    async def check(caller_id):
-        outcome = await run_fastagi_call(
-            "127.0.0.1", pbx.port,
-            AGICall(extension=checked, uniqueid=caller_id, channel=agi_channel,
-                    callerid="01632960010", arguments=(checked, checked_trunk)),
-        )
-        pbx.results[caller_id] = outcome.variables
-        return outcome.variables.get("CALLGUARD_RESULT") == "ALLOW"
-
+    check = pbx.checker(checked, trunk=checked_trunk)
     number = dialstring.partition("@")[0]
     call = await pbx.ari.dial_out(number, trunk=dial_trunk, callerid="01632960010",
                                   dialstring=dialstring, check=check)

@@ -7,12 +7,11 @@ the ARI emulator over loopback, on a manual clock.
 
 import asyncio
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from decimal import Decimal
 
 import pytest
 
-from emulator.fastagi import AGICall, run_fastagi_call
 from live_support import Pbx, eventually, stored_calls
 
 START = datetime(2024, 6, 12, 10, 0, tzinfo=timezone.utc)  # a Wednesday
@@ -55,18 +54,7 @@ async def make_pbx(tmp_path):
 async def check_and_dial_local(pbx, number, *, callerid="01632960010"):
     """Check ``number`` on the phone's channel, then Dial(Local/<number>@outbound-trunk)
     if the check allows it. Returns the Local call and the check's variables."""
-    pbx._sequence += 1
-    agi_channel = f"PJSIP/1001-{pbx._sequence:08x}"
-
-    async def check(caller_id):
-        outcome = await run_fastagi_call(
-            "127.0.0.1", pbx.port,
-            AGICall(extension=number, uniqueid=caller_id, channel=agi_channel,
-                    callerid=callerid, arguments=(number, "gamma")),
-        )
-        pbx.results[caller_id] = outcome.variables
-        return outcome.variables.get("CALLGUARD_RESULT") == "ALLOW"
-
+    check = pbx.checker(number, callerid=callerid)
     local = await pbx.ari.dial_out(number, tech="Local", callerid=callerid,
                                    dialstring=f"{number}@{LOCAL_CONTEXT}", check=check)
     return local, pbx.results[local.caller_id]

@@ -34,7 +34,7 @@ class Leg:
     hangup_failures: int = 0      # hang-up requests in a row that failed
     hangup_retry_at: datetime | None = None  # no new request before this, after a failure
     hangup_cause: int | None = None
-    # When Asterisk accepted callguard's hang-up request (DELETE answered 204).
+    # Time at which Asterisk accepted callguard's hang-up request (204 to the DELETE).
     hangup_accepted_at: datetime | None = None
     final_charges: dict = field(default_factory=dict)  # the bill by window, once ended
     notes: list[str] = field(default_factory=list)

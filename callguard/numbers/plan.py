@@ -253,10 +253,14 @@ class NumberPlan:
                 "because no country code starts with 0"
             )
 
-        parsed = parse_international(digits) or self._parse(dialled, PLUS + digits, None)
-        problem = rewrite_problem(digits, parsed)
-        if problem is not None:
-            raise InvalidNumber(f"dialled number {quote(dialled)} {problem}")
+        # The quick reading keeps every dialled digit, so only phonenumbers'
+        # reading can be a rewrite.
+        parsed = parse_international(digits)
+        if parsed is None:
+            parsed = self._parse(dialled, PLUS + digits, None)
+            problem = rewrite_problem(digits, parsed)
+            if problem is not None:
+                raise InvalidNumber(f"dialled number {quote(dialled)} {problem}")
 
         return self._build(dialled, parsed)
 

@@ -91,8 +91,7 @@ class HomeRegion:
 
 def possible_lengths(country_code: int) -> tuple[int, ...]:
     """Return the possible lengths of national significant numbers of a country code."""
-    region = phonenumbers.region_code_for_country_code(country_code)
-    metadata = PhoneMetadata.metadata_for_region_or_calling_code(country_code, region)
+    metadata = _main_metadata(country_code)
     if metadata is None:
         return ()
 
@@ -157,10 +156,7 @@ def rewrite_problem(digits: str, parsed: PhoneNumber) -> str | None:
     if dialled_number == nsn:
         return None
 
-    region = phonenumbers.region_code_for_country_code(parsed.country_code)
-    metadata = PhoneMetadata.metadata_for_region_or_calling_code(
-        parsed.country_code, region
-    )
+    metadata = _main_metadata(parsed.country_code)
     national_prefix = metadata.national_prefix if metadata is not None else None
     if national_prefix == "0" and dialled_number == national_prefix + nsn:
         return None
@@ -182,10 +178,7 @@ def kept_national_prefix(parsed: PhoneNumber) -> bool:
     if not parsed.italian_leading_zero:
         return False
 
-    region = phonenumbers.region_code_for_country_code(parsed.country_code)
-    metadata = PhoneMetadata.metadata_for_region_or_calling_code(
-        parsed.country_code, region
-    )
+    metadata = _main_metadata(parsed.country_code)
     if metadata is None or not (metadata.national_prefix or "").startswith("0"):
         return False
 
@@ -214,3 +207,10 @@ def starts_with_premium_rate(parsed: PhoneNumber, region: str) -> bool:
 
     nsn = phonenumbers.national_significant_number(parsed)
     return re.match(pattern, nsn) is not None
+
+
+def _main_metadata(country_code: int) -> PhoneMetadata | None:
+    """Return the metadata of a country code's main region, which phonenumbers
+    uses for lengths and national prefixes."""
+    region = phonenumbers.region_code_for_country_code(country_code)
+    return PhoneMetadata.metadata_for_region_or_calling_code(country_code, region)

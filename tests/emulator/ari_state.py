@@ -83,7 +83,8 @@ class CallState:
 
     # For a call placed through a Local leg: the call that its ;2 half dialled
     # onward (``onward``), and for that call, the Local call it came from
-    # (``outer``). Answers and ends pass from one to the other.
+    # (``outer``). Answering or ending the onward call does the same to the
+    # Local call.
     onward: "CallState | None" = None
     outer: "CallState | None" = None
 
