@@ -139,10 +139,7 @@ class AGIChannel:
         for all of them. Raises what set_variable() raises; ``answered`` then
         counts the commands that got their reply.
         """
-        lines = [
-            self._encode(f"{SET_VARIABLE} {validate_name(name)} {quote_argument(value)}")
-            for name, value in assignments
-        ]
+        lines = self._assignment_lines(assignments)
         if not lines:
             return
 
@@ -151,6 +148,31 @@ class AGIChannel:
             batch = _Batch(self, lines)
             with self._breaking_on_failure(lambda: batch.current):
                 await batch.run()
+
+    def start_variables(self, assignments: Iterable[tuple[str, str]],
+                        on_done: Callable[[AGIError | None], None],
+                        deadline: float | None = None) -> None:
+        """Set each (name, value) as set_variables() does, without a task to wait in.
+
+        ``on_done`` is called once, from the transport's callbacks or a timer,
+        with None when every command got its reply or with the error that
+        set_variables() would raise. ``deadline`` (loop time) bounds the whole
+        batch besides each command's reply timeout. No other command may run
+        on the session meanwhile. Raises ValueError, as set_variables() does,
+        and AGIError for a session already unusable, before anything is sent.
+        """
+        lines = self._assignment_lines(assignments)
+        self._check_usable()
+        if not lines:
+            on_done(None)
+            return
+        _Batch(self, lines, on_done, deadline).start()
+
+    def _assignment_lines(self, assignments: Iterable[tuple[str, str]]) -> list[bytes]:
+        return [
+            self._encode(f"{SET_VARIABLE} {validate_name(name)} {quote_argument(value)}")
+            for name, value in assignments
+        ]
 
     async def verbose(self, message: str, level: int = 1) -> None:
         """Write ``message`` to the Asterisk console at verbose ``level`` (1 to 4)."""
@@ -326,10 +348,13 @@ class _Batch:
 
     Each command goes out when the reply to the one before it has been read,
     and has reply_timeout from then on for its own reply. run() waits for the
-    last reply or the first failure.
+    last reply or the first failure; start() returns at once and reports
+    either to the ``on_done`` given.
     """
 
-    def __init__(self, channel: AGIChannel, lines: list[bytes]):
+    def __init__(self, channel: AGIChannel, lines: list[bytes],
+                 on_done: Callable[[AGIError | None], None] | None = None,
+                 cap: float | None = None):
         self._channel = channel
         self._connection = channel._connection
         self._lines = lines
@@ -337,6 +362,8 @@ class _Batch:
         self._reader: _ReplyReader | None = None
         self._done = False
         self._error: BaseException | None = None
+        self._on_done = on_done
+        self._cap = cap
 
     @property
     def current(self) -> str:
@@ -358,13 +385,25 @@ class _Batch:
         if self._error is not None:
             raise self._error
 
+    def start(self) -> None:
+        self._send_next()
+        if self._done:
+            return  # the connection was already gone
+        self._connection.set_listener(self._on_input)
+        self._on_input()
+
     def _send_next(self) -> None:
         connection = self._connection
         line = self._lines[self._next]
         self._next += 1
         self._reader = _ReplyReader(self._channel)
         self._deadline = asyncio.get_running_loop().time() + self._channel._limits.reply_timeout
-        connection.move_deadline(self._deadline)
+        if self._on_done is None:
+            connection.move_deadline(self._deadline)
+        elif self._cap is not None and self._cap < self._deadline:
+            connection.watch(self._cap, self._on_timeout)
+        else:
+            connection.watch(self._deadline, self._on_timeout)
         try:
             connection.write_nowait(line)
         except (ConnectionError, OSError) as exc:
@@ -398,12 +437,31 @@ class _Batch:
                 continue
             channel.answered += 1
             if self._next == len(self._lines):
-                self._done = True
-                connection.wake()
+                self._finish(None)
                 return
             self._send_next()
 
-    def _fail(self, error: BaseException) -> None:
+    def _on_timeout(self) -> None:
+        if self._cap is not None and self._cap < self._deadline:
+            limit = "before the session's time ran out"
+        else:
+            limit = f"within {self._channel._limits.reply_timeout} s"
+        self._fail(AGITimeout(f"no reply to {self.current!r} {limit}"))
+
+    def _fail(self, error: AGIError) -> None:
+        if isinstance(error, (AGIProtocolError, AGITimeout)):
+            # Out of step with Asterisk: no later command can be trusted.
+            self._channel._broken = error
+        self._finish(error)
+
+    def _finish(self, error: AGIError | None) -> None:
         self._error = error
         self._done = True
-        self._connection.wake()
+        connection = self._connection
+        on_done = self._on_done
+        if on_done is None:
+            connection.wake()
+            return
+        connection.set_listener(None)
+        connection.unwatch()
+        on_done(error)

@@ -13,6 +13,7 @@ import logging
 from typing import Callable, Protocol
 
 from callguard.agi.protocol import AGIChannel, AGIError, AGIHangup
+from callguard.agi.server import QuickAnswer
 from callguard.agi.variables import (
     CALLGUARD_CATEGORY,
     CALLGUARD_EMERGENCY,
@@ -94,7 +95,45 @@ class CheckHandler:
         except Exception:
             log.exception("%s: the decision failed", request.uniqueid)
             decision = self._fail_policy(engine, request, "failed")
+        self._announce(request, decision)
 
+        answered_before = channel.answered
+        try:
+            await channel.set_variables(decision_variables(decision))
+        except AGIError as exc:
+            self._returned(engine, channel, request, decision, exc, answered_before)
+            return
+        self._returned(engine, channel, request, decision, None, answered_before)
+
+    def answer_now(self, channel: AGIChannel) -> QuickAnswer | None:
+        """Decide without waiting, when nothing needs a round trip or a store read.
+
+        The FastAGI server then sets the variables without a task. None
+        sends the session through __call__.
+        """
+        engine = self._engine()
+        arguments = channel.arguments
+        trunk = _argument(arguments, 1)
+        source = _argument(arguments, 3)
+        if not trunk or not source and _uses_source(engine):
+            return None  # a GET VARIABLE first
+        request = _call_request(channel, trunk, source)
+        try:
+            decision = engine.decide_now(request)
+        except Exception:
+            log.exception("%s: the decision failed", request.uniqueid)
+            decision = self._fail_policy(engine, request, "failed")
+        if decision is None:
+            return None
+        self._announce(request, decision)
+
+        def returned(error: AGIError | None) -> None:
+            self._returned(engine, channel, request, decision, error, 0)
+
+        return QuickAnswer(decision_variables(decision), returned)
+
+    def _announce(self, request: CallRequest, decision: Decision) -> None:
+        """Log the decision and hand it to the sink, before the dialplan learns it."""
         # The dialled string and the caller ID come from the phone: quote()
         # keeps a line break or a terminal escape in them from reaching the log
         # raw, and cuts a string long enough to flood it.
@@ -106,20 +145,20 @@ class CheckHandler:
         )
         self._sink.record(request, decision)
 
-        answered_before = channel.answered
-        try:
-            await channel.set_variables(decision_variables(decision))
-        except AGIError as exc:
+    def _returned(self, engine: PolicyEngine, channel: AGIChannel, request: CallRequest,
+                  decision: Decision, error: AGIError | None, answered_before: int) -> None:
+        """Finish after the result variables were set, or failed to be."""
+        if error is not None:
             delivered = channel.answered - answered_before
             released = ""
-            if (channel.hung_up or delivered == 0 and isinstance(exc, AGIHangup)) \
+            if (channel.hung_up or delivered == 0 and isinstance(error, AGIHangup)) \
                     and self._release(engine, request, decision):
                 released = "; released its reservation"
             suppressed = self._undelivered.admit()
             if suppressed is not None:
                 log.warning("%s: could not return the decision (%s); the dialplan applies "
                             "its fail policy%s%s", quote(request.uniqueid or "-"),
-                            _shortened(str(exc)), released, suppressed_note(suppressed))
+                            _shortened(str(error)), released, suppressed_note(suppressed))
             return
         if channel.hung_up and self._release(engine, request, decision):
             log.info("%s: the channel hung up during the check; released its reservation",
@@ -138,30 +177,15 @@ class CheckHandler:
         return True
 
     async def _request(self, channel: AGIChannel, engine: PolicyEngine) -> CallRequest:
-        env = channel.env
         arguments = channel.arguments
 
-        dialled = _argument(arguments, 0) or env.get("agi_extension", "")
         trunk = _argument(arguments, 1)
         if not trunk:
             trunk = await channel.get_variable(CALLGUARD_TRUNK) or ""
-        caller = _argument(arguments, 2) or env.get("agi_callerid", "")
-        if caller.lower() == UNKNOWN_CALLER:
-            caller = ""
-
         source = _argument(arguments, 3)
         if not source and _uses_source(engine):
             source = await channel.get_variable(CALLGUARD_SOURCE) or ""
-
-        return CallRequest(
-            trunk=trunk.strip(),
-            dialled=dialled,
-            caller=caller,
-            uniqueid=channel.uniqueid,
-            channel=channel.channel,
-            accountcode=env.get("agi_accountcode", ""),
-            source=normalise_source(source),
-        )
+        return _call_request(channel, trunk, source)
 
     def _fail_policy(self, engine: PolicyEngine, request: CallRequest, what: str) -> Decision:
         config = engine.state.config
@@ -180,6 +204,25 @@ class CheckHandler:
             max_seconds = min(cap or MAX_SECONDS_CEILING, MAX_SECONDS_CEILING)
         return Decision(result, REASON_FAIL_POLICY, request.trunk, request.dialled,
                         max_seconds=max_seconds, detail=f"the decision {what}")
+
+
+def _call_request(channel: AGIChannel, trunk: str, source: str) -> CallRequest:
+    """Build the request from the session's arguments and environment."""
+    env = channel.env
+    arguments = channel.arguments
+    dialled = _argument(arguments, 0) or env.get("agi_extension", "")
+    caller = _argument(arguments, 2) or env.get("agi_callerid", "")
+    if caller.lower() == UNKNOWN_CALLER:
+        caller = ""
+    return CallRequest(
+        trunk=trunk.strip(),
+        dialled=dialled,
+        caller=caller,
+        uniqueid=channel.uniqueid,
+        channel=channel.channel,
+        accountcode=env.get("agi_accountcode", ""),
+        source=normalise_source(source),
+    )
 
 
 def _uses_source(engine: PolicyEngine) -> bool:

@@ -57,6 +57,7 @@ class AGIConnection(asyncio.Protocol):
         self._write_paused = False
         self._close_timer: asyncio.TimerHandle | None = None
         self._listener: Callable[[], None] | None = None
+        self._on_timeout: Callable[[], None] | None = None
 
     # -- asyncio.Protocol --------------------------------------------------
 
@@ -229,13 +230,38 @@ class AGIConnection(asyncio.Protocol):
     def _expire(self) -> None:
         self._timer = None
         waiter = self._waiter
-        if waiter is None or waiter.done():
+        if waiter is None:
+            if self._on_timeout is None:
+                return
+        elif waiter.done():
             return
         loop = asyncio.get_running_loop()
         if loop.time() < self._deadline:
             self._timer = loop.call_at(self._deadline, self._expire)
             return
-        waiter.set_exception(TimeoutError())
+        if waiter is not None:
+            waiter.set_exception(TimeoutError())
+            return
+        on_timeout, self._on_timeout = self._on_timeout, None
+        on_timeout()
+
+    def watch(self, deadline: float, on_timeout: Callable[[], None]) -> None:
+        """Call ``on_timeout`` once, at ``deadline`` (loop time), unless unwatch() comes first.
+
+        This is the deadline of a session driven by a listener instead of
+        wait(). A later call moves the deadline, which costs no new timer when
+        it is later. on_timeout runs in a timer callback and must not raise.
+        """
+        if self._timer is not None and deadline < self._deadline:
+            self._cancel_timer()
+        self._deadline = deadline
+        self._on_timeout = on_timeout
+        if self._timer is None and not self._lost:
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._expire)
+
+    def unwatch(self) -> None:
+        """Forget the on_timeout of watch(); a later wait() sets its own deadline."""
+        self._on_timeout = None
 
     def move_deadline(self, deadline: float) -> None:
         """Move the deadline of the current wait() to ``deadline``, which must be later."""
@@ -262,6 +288,7 @@ class AGIConnection(asyncio.Protocol):
             self.wake()
 
     def _cancel_timer(self) -> None:
+        self._on_timeout = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

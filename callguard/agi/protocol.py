@@ -168,49 +168,81 @@ def parse_reply(line: str) -> AGIReply:
     )
 
 
+class EnvironmentReader:
+    """A collector of the ``agi_*`` block that opens a session, fed one line at a time.
+
+    feed() raises AGIProtocolError for a line that is not ``agi_<name>:
+    <value>``, more than ``limits.max_variables`` lines or more than
+    ``limits.max_block`` bytes. Line length is the connection's to bound.
+    """
+
+    __slots__ = ("env", "_limits", "_count", "_size")
+
+    def __init__(self, limits: AGILimits):
+        self.env: dict[str, str] = {}
+        self._limits = limits
+        self._count = 0
+        self._size = 0
+
+    def feed(self, line: str) -> bool:
+        """Take one line without its newline; return True at the empty line that ends the block."""
+        if line == "":
+            return True
+        limits = self._limits
+        self._count += 1
+        if self._count > limits.max_variables:
+            raise AGIProtocolError(
+                f"AGI environment has more than {limits.max_variables} lines"
+            )
+        self._size += len(line) + 1
+        if self._size > limits.max_block:
+            raise AGIProtocolError(
+                f"AGI environment is longer than the limit of {limits.max_block} bytes"
+            )
+        name, value = _split_variable(line)
+        self.env[name] = value
+        return False
+
+    def ended(self) -> AGIHangup:
+        """Return the error for a stream that ended before the block did."""
+        return AGIHangup(
+            f"the connection closed after {self._count} lines of the "
+            "AGI environment, before its empty line"
+        )
+
+    def timed_out(self) -> AGITimeout:
+        """Return the error for a block not complete by ``limits.block_timeout``."""
+        return AGITimeout(
+            f"AGI environment not complete after {self._limits.block_timeout} s "
+            f"({self._count} lines read)"
+        )
+
+
 async def read_environment(
     connection: "AGIConnection", limits: AGILimits
 ) -> dict[str, str]:
     """Read the ``agi_*`` block that opens a session, up to its empty line.
 
-    Raises AGIProtocolError for a line that is not ``agi_<name>: <value>``, a
-    line over ``limits.max_line``, more than ``limits.max_variables`` lines or
-    more than ``limits.max_block`` bytes,
-    AGIHangup when the stream ends first, and AGITimeout when the whole block
-    takes longer than ``limits.block_timeout``.
+    Raises what EnvironmentReader.feed() raises, AGIProtocolError for a line
+    over ``limits.max_line``, AGIHangup when the stream ends first, and
+    AGITimeout when the whole block takes longer than ``limits.block_timeout``.
     """
-    env: dict[str, str] = {}
-    count = 0
-    size = 0
+    reader = EnvironmentReader(limits)
     deadline = asyncio.get_running_loop().time() + limits.block_timeout
     try:
         while True:
-            line = await connection.readline(deadline)
+            # Asterisk sends the block at once, so its lines are usually all
+            # queued already: read them without a coroutine per line.
+            line = connection.readline_nowait()
+            if line is NO_LINE:
+                await connection.wait(deadline)
+                continue
             if line is None:
-                raise AGIHangup(
-                    f"the connection closed after {count} lines of the "
-                    "AGI environment, before its empty line"
-                )
-            if line == "":
-                return env
-
-            count += 1
-            if count > limits.max_variables:
-                raise AGIProtocolError(
-                    f"AGI environment has more than {limits.max_variables} lines"
-                )
-            size += len(line) + 1
-            if size > limits.max_block:
-                raise AGIProtocolError(
-                    f"AGI environment is longer than the limit of {limits.max_block} bytes"
-                )
-            name, value = _split_variable(line)
-            env[name] = value
+                raise reader.ended()
+            if reader.feed(line):
+                return reader.env
     except TimeoutError:
-        raise AGITimeout(
-            f"AGI environment not complete after {limits.block_timeout} s "
-            f"({count} lines read)"
-        ) from None
+        raise reader.timed_out() from None
 
 
 def _split_variable(line: str) -> tuple[str, str]:
@@ -253,3 +285,4 @@ def script_name(env: Mapping[str, str]) -> str:
 
 # Re-exported: AGIChannel lives in its own module but belongs to this layer.
 from callguard.agi.channel import AGIChannel  # noqa: E402, F401
+from callguard.agi.connection import NO_LINE  # noqa: E402

@@ -9,6 +9,7 @@ the result.
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import NamedTuple
 from ipaddress import (
     IPv4Address,
     IPv4Network,
@@ -18,13 +19,13 @@ from ipaddress import (
     ip_network,
 )
 
-from callguard.agi.connection import AGIConnection
+from callguard.agi.connection import NO_LINE, AGIConnection
 from callguard.agi.protocol import (
     AGIChannel,
     AGIError,
     AGIHangup,
     AGILimits,
-    read_environment,
+    EnvironmentReader,
 )
 
 from callguard.repeats import RepeatLimiter, suppressed_note
@@ -32,6 +33,20 @@ from callguard.repeats import RepeatLimiter, suppressed_note
 log = logging.getLogger(__name__)
 
 Handler = Callable[[AGIChannel], Awaitable[None]]
+
+
+class QuickAnswer(NamedTuple):
+    """Channel variables that a handler could decide on without waiting.
+
+    A handler may offer ``answer_now(channel)``, which returns a QuickAnswer or
+    None. With a QuickAnswer the server sets the variables from the
+    transport's callbacks, with no task for the session, then calls ``done``
+    with None or the AGIError that ended the commands. With None, or
+    without answer_now, the handler itself runs in a task.
+    """
+
+    variables: list[tuple[str, str]]
+    done: Callable[[AGIError | None], None]
 
 DEFAULT_PORT = 4573
 DEFAULT_ALLOWED_CLIENTS = (ip_network("127.0.0.1/32"), ip_network("::1/128"))
@@ -99,8 +114,8 @@ class FastAGIServer:
         self._peer_failures = RepeatLimiter(burst=PEER_FAILURE_BURST)
         self._server: asyncio.Server | None = None
         self._summary_task: asyncio.Task | None = None
-        self._connections: set[asyncio.Task] = set()
-        self.active_sessions = 0
+        self._sessions: set[_Session] = set()
+        self._drained: asyncio.Future | None = None
 
     async def start(self) -> None:
         """Bind the listening socket and start accepting connections."""
@@ -118,6 +133,11 @@ class FastAGIServer:
             self.sockets,
             ", ".join(sorted(self._routes)),
         )
+
+    @property
+    def active_sessions(self) -> int:
+        """Sessions accepted and not finished."""
+        return len(self._sessions)
 
     @property
     def sockets(self) -> list[tuple[str, int]]:
@@ -149,19 +169,22 @@ class FastAGIServer:
             self._summary_task.cancel()
             await asyncio.wait([self._summary_task])
 
-        running = set(self._connections)
-        if running:
-            _, pending = await asyncio.wait(running, timeout=grace)
-            if pending:
+        if self._sessions:
+            self._drained = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._drained), grace)
+            except TimeoutError:
+                pending = list(self._sessions)
                 log.warning(
                     "FastAGI server stopping: cancelling %d sessions still running "
                     "after %s s; the dialplan applies its fail policy for them",
                     len(pending),
                     grace,
                 )
-                for task in pending:
-                    task.cancel()
-                await asyncio.wait(pending)
+                tasks = [task for task in (session.cancel() for session in pending) if task]
+                if tasks:
+                    await asyncio.wait(tasks)
+            self._drained = None
 
         await self._server.wait_closed()
         self._rejections.summarise()
@@ -185,88 +208,28 @@ class FastAGIServer:
             self._rejections.record(str(address) if address else peer, peer)
             connection.close()
             return
-        if len(self._connections) >= self._max_sessions:
+        if len(self._sessions) >= self._max_sessions:
             connection.abort()
             suppressed = self._overloads.admit()
             if suppressed is not None:
                 log.warning(
                     "FastAGI connection from %s closed: %d sessions are open, the "
-                    "limit; %s%s", peer_address(peername)[1], len(self._connections),
+                    "limit; %s%s", peer_address(peername)[1], len(self._sessions),
                     FAIL_POLICY, suppressed_note(suppressed),
                 )
             return
 
-        task = asyncio.get_running_loop().create_task(
-            self._serve_connection(connection, peername)
-        )
-        self._connections.add(task)
-        task.add_done_callback(self._connections.discard)
+        session = _Session(self, connection, peername)
+        self._sessions.add(session)
+        session.start()
 
-    async def _serve_connection(self, connection: AGIConnection, peername: object) -> None:
-        self.active_sessions += 1
-        try:
-            await self._run_session(connection, peername)
-        finally:
-            self.active_sessions -= 1
-            connection.close()
+    def _ended(self, session: "_Session") -> None:
+        self._sessions.discard(session)
+        if not self._sessions and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
 
     def _is_allowed(self, address: IPv4Address | IPv6Address) -> bool:
         return any(address in network for network in self._allowed)
-
-    async def _run_session(self, connection: AGIConnection, peername: object) -> None:
-        channel: AGIChannel | None = None
-        session_timeout = asyncio.timeout(self._session_timeout)
-        try:
-            async with session_timeout:
-                env = await read_environment(connection, self._limits)
-                channel = AGIChannel(connection, env, self._limits, _PeerName(peername))
-
-                handler = self._routes.get(channel.script)
-                if handler is None:
-                    log.warning(
-                        "%s: unknown FastAGI script %r (request %r); %s",
-                        _session_name(peername, channel),
-                        channel.script,
-                        env.get("agi_request", ""),
-                        FAIL_POLICY_NOTE,
-                    )
-                    return
-                await handler(channel)
-        except TimeoutError:
-            if not session_timeout.expired():
-                _log_handler_failure(peername, channel)
-                return
-            self._warn_peer_failure(
-                "%s: session not finished after %s s; %s",
-                _session_name(peername, channel),
-                self._session_timeout,
-                FAIL_POLICY_NOTE,
-            )
-        except asyncio.CancelledError:
-            log.warning(
-                "%s: session cancelled by the server stopping; %s",
-                _session_name(peername, channel),
-                FAIL_POLICY_NOTE,
-            )
-            raise
-        except AGIHangup as exc:
-            if channel is None:
-                self._warn_peer_failure(
-                    "%s: %s; %s", _session_name(peername, channel), exc, FAIL_POLICY_NOTE
-                )
-            else:
-                log.info(
-                    "%s: channel hung up (%s); closing the session",
-                    _session_name(peername, channel),
-                    exc,
-                )
-        except AGIError as exc:
-            self._warn_peer_failure(
-                "%s: %s; %s", _session_name(peername, channel), exc, FAIL_POLICY_NOTE
-            )
-        except Exception:
-            # Handlers may raise anything, and one failed call must not stop the server.
-            _log_handler_failure(peername, channel)
 
     def _warn_peer_failure(self, message: str, *args: object) -> None:
         suppressed = self._peer_failures.admit()
@@ -277,6 +240,170 @@ class FastAGIServer:
         while True:
             await asyncio.sleep(REJECTION_SUMMARY_INTERVAL)
             self._rejections.summarise()
+
+
+class _Session:
+    """One FastAGI session, from its first byte to the close.
+
+    The ``agi_*`` block is read in the transport's callbacks. A handler that
+    offers a QuickAnswer is served there too, and the session then costs no
+    task and no coroutine. Otherwise the handler runs in a task, under the
+    session's time limit.
+    """
+
+    __slots__ = ("_server", "_connection", "_peername", "_reader", "_deadline",
+                 "_block_deadline", "channel", "_task", "_done", "_ended")
+
+    def __init__(self, server: FastAGIServer, connection: AGIConnection, peername: object):
+        self._server = server
+        self._connection = connection
+        self._peername = peername
+        self._reader = EnvironmentReader(server._limits)
+        now = asyncio.get_running_loop().time()
+        self._deadline = now + server._session_timeout
+        self._block_deadline = min(now + server._limits.block_timeout, self._deadline)
+        self.channel: AGIChannel | None = None
+        self._task: asyncio.Task | None = None
+        self._done: Callable[[AGIError | None], None] | None = None
+        self._ended = False
+
+    def start(self) -> None:
+        connection = self._connection
+        connection.set_listener(self._on_environment)
+        connection.watch(self._block_deadline, self._on_environment_timeout)
+
+    def cancel(self) -> asyncio.Task | None:
+        """Stop the session for a server that stops; return its task, if it runs in one."""
+        if self._task is not None:
+            self._task.cancel()
+            return self._task
+        log.warning("%s: session cancelled by the server stopping; %s",
+                    _session_name(self._peername, self.channel), FAIL_POLICY_NOTE)
+        self._connection.abort()
+        self._end()
+        return None
+
+    def _on_environment(self) -> None:
+        connection = self._connection
+        reader = self._reader
+        try:
+            while True:
+                line = connection.readline_nowait()
+                if line is NO_LINE:
+                    return
+                if line is None:
+                    raise reader.ended()
+                if reader.feed(line):
+                    break
+        except AGIError as exc:
+            self._peer_failed("%s: %s; %s", _session_name(self._peername, None), exc,
+                              FAIL_POLICY_NOTE)
+            return
+        connection.set_listener(None)
+        connection.unwatch()
+        self._dispatch(reader.env)
+
+    def _on_environment_timeout(self) -> None:
+        if asyncio.get_running_loop().time() >= self._deadline:
+            self._session_timed_out()
+            return
+        self._peer_failed("%s: %s; %s", _session_name(self._peername, None),
+                          self._reader.timed_out(), FAIL_POLICY_NOTE)
+
+    def _dispatch(self, env: dict[str, str]) -> None:
+        server = self._server
+        channel = self.channel = AGIChannel(self._connection, env, server._limits,
+                                            _PeerName(self._peername))
+        handler = server._routes.get(channel.script)
+        if handler is None:
+            log.warning(
+                "%s: unknown FastAGI script %r (request %r); %s",
+                _session_name(self._peername, channel),
+                channel.script,
+                env.get("agi_request", ""),
+                FAIL_POLICY_NOTE,
+            )
+            self._end()
+            return
+
+        answer_now = getattr(handler, "answer_now", None)
+        if answer_now is not None:
+            try:
+                answer = answer_now(channel)
+                if answer is not None:
+                    self._done = answer.done
+                    channel.start_variables(answer.variables, self._answered, self._deadline)
+                    return
+            except AGIError as exc:
+                self._answered(exc)
+                return
+            except Exception:
+                _log_handler_failure(self._peername, channel)
+                self._end()
+                return
+        self._task = asyncio.get_running_loop().create_task(self._run(handler))
+
+    def _answered(self, error: AGIError | None) -> None:
+        try:
+            self._done(error)
+        except Exception:
+            _log_handler_failure(self._peername, self.channel)
+        self._end()
+
+    async def _run(self, handler: Handler) -> None:
+        channel = self.channel
+        session_timeout = asyncio.timeout_at(self._deadline)
+        try:
+            async with session_timeout:
+                await handler(channel)
+        except TimeoutError:
+            if not session_timeout.expired():
+                _log_handler_failure(self._peername, channel)
+                return
+            self._session_timed_out()
+        except asyncio.CancelledError:
+            log.warning(
+                "%s: session cancelled by the server stopping; %s",
+                _session_name(self._peername, channel),
+                FAIL_POLICY_NOTE,
+            )
+            raise
+        except AGIHangup as exc:
+            log.info(
+                "%s: channel hung up (%s); closing the session",
+                _session_name(self._peername, channel),
+                exc,
+            )
+        except AGIError as exc:
+            self._peer_failed(
+                "%s: %s; %s", _session_name(self._peername, channel), exc, FAIL_POLICY_NOTE
+            )
+        except Exception:
+            # Handlers may raise anything, and one failed call must not stop the server.
+            _log_handler_failure(self._peername, channel)
+        finally:
+            self._end()
+
+    def _session_timed_out(self) -> None:
+        self._peer_failed(
+            "%s: session not finished after %s s; %s",
+            _session_name(self._peername, self.channel),
+            self._server._session_timeout,
+            FAIL_POLICY_NOTE,
+        )
+
+    def _peer_failed(self, message: str, *args: object) -> None:
+        self._server._warn_peer_failure(message, *args)
+        self._end()
+
+    def _end(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        connection = self._connection
+        connection.set_listener(None)
+        connection.close()
+        self._server._ended(self)
 
 
 class RejectionLog:

@@ -1,0 +1,201 @@
+"""FastAGI sessions served from the transport's callbacks, for handlers with answer_now()."""
+
+import asyncio
+import logging
+import time
+
+from callguard.agi.protocol import AGIChannel, AGIError, AGIHangup, AGILimits, AGITimeout
+from callguard.agi.server import QuickAnswer
+from emulator.fastagi import AGICall, encode_environment, run_fastagi_call
+from test_fastagi_server import LIMITS, SERVER_LOG, start_server  # noqa: F401
+
+CALL = AGICall(
+    extension="01632960123",
+    uniqueid="1796397405.7",
+    arguments=("01632960123", "gamma"),
+    variables={"CALLGUARD_TRUNK": "gamma"},
+)
+
+VARIABLES = [("CALLGUARD_RESULT", "ALLOW"), ("CALLGUARD_REASON", "ok"),
+             ("CALLGUARD_MAXSECS", "3600")]
+
+
+class QuickRoute:
+    """A route with answer_now(); ``quick=False`` leaves each session to __call__."""
+
+    def __init__(self, *, quick: bool = True, fail: bool = False):
+        self.quick = quick
+        self.fail = fail
+        self.called: list[str] = []
+        self.done: list[AGIError | None] = []
+        self.channels: list[AGIChannel] = []
+
+    def answer_now(self, channel: AGIChannel) -> QuickAnswer | None:
+        self.channels.append(channel)
+        if self.fail:
+            raise RuntimeError("the handler broke")
+        if not self.quick:
+            return None
+        return QuickAnswer(list(VARIABLES), self.done.append)
+
+    async def __call__(self, channel: AGIChannel) -> None:
+        self.called.append(channel.uniqueid)
+        trunk = await channel.get_variable("CALLGUARD_TRUNK")
+        await channel.set_variable("CALLGUARD_RESULT", "DENY" if trunk else "ALLOW")
+
+
+async def stalled_peer(host: str, port: int) -> tuple[asyncio.StreamReader,
+                                                      asyncio.StreamWriter, bytes]:
+    """Open a session, read the first command and never reply to it."""
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(encode_environment(CALL.fastagi_environment(host, port)))
+    first = await asyncio.wait_for(reader.readline(), 5)
+    return reader, writer, first
+
+
+async def closed_within(reader: asyncio.StreamReader, seconds: float) -> float:
+    started = time.monotonic()
+    async with asyncio.timeout(seconds):
+        while await reader.read(4096):
+            pass
+    return time.monotonic() - started
+
+
+async def test_quick_answer_sets_the_variables_without_the_handler(start_server):
+    route = QuickRoute()
+    server, host, port = await start_server({"check": route})
+
+    result = await run_fastagi_call(host, port, CALL)
+
+    assert result.variables == dict(VARIABLES)
+    assert result.commands == [f'SET VARIABLE {name} "{value}"' for name, value in VARIABLES]
+    assert result.closed_by_server
+    assert route.called == []
+    assert route.done == [None]
+    assert route.channels[0].arguments == ["01632960123", "gamma"]
+    assert route.channels[0].answered == len(VARIABLES)
+    assert server.active_sessions == 0
+
+
+async def test_no_quick_answer_runs_the_handler(start_server):
+    route = QuickRoute(quick=False)
+    _, host, port = await start_server({"check": route})
+
+    result = await run_fastagi_call(host, port, CALL)
+
+    assert route.called == ["1796397405.7"]
+    assert result.commands == ["GET VARIABLE CALLGUARD_TRUNK", 'SET VARIABLE CALLGUARD_RESULT "DENY"']
+    assert route.done == []
+
+
+async def test_answer_now_that_raises_closes_the_session(start_server, caplog):
+    caplog.set_level(logging.WARNING, SERVER_LOG)
+    route = QuickRoute(fail=True)
+    server, host, port = await start_server({"check": route})
+
+    result = await run_fastagi_call(host, port, CALL)
+
+    assert result.commands == []
+    assert result.closed_by_server
+    assert route.called == []
+    failures = [r for r in caplog.records if r.name == SERVER_LOG]
+    assert len(failures) == 1
+    assert "handler for script 'check' failed" in failures[0].getMessage()
+    assert "RuntimeError: the handler broke" in failures[0].exc_text
+    assert server.active_sessions == 0
+
+
+async def test_hangup_during_a_quick_answer_reaches_done(start_server):
+    route = QuickRoute()
+    _, host, port = await start_server({"check": route})
+
+    result = await run_fastagi_call(host, port, CALL, hangup_before_command=2,
+                                    reply_511_after_hangup=True)
+
+    (error,) = route.done
+    assert isinstance(error, AGIHangup)
+    assert "511" in str(error)
+    assert route.channels[0].hung_up
+    assert route.channels[0].answered == 1
+    assert result.variables == {"CALLGUARD_RESULT": "ALLOW"}
+
+
+async def test_quick_answer_reply_timeout(start_server):
+    route = QuickRoute()
+    server, host, port = await start_server({"check": route})
+
+    reader, writer, first = await stalled_peer(host, port)
+    try:
+        assert first == b'SET VARIABLE CALLGUARD_RESULT "ALLOW"\n'
+        seconds = await closed_within(reader, 3)
+    finally:
+        writer.close()
+
+    assert LIMITS.reply_timeout - 0.05 < seconds < LIMITS.reply_timeout + 0.5
+    (error,) = route.done
+    assert isinstance(error, AGITimeout)
+    assert str(error) == ("no reply to 'SET VARIABLE CALLGUARD_RESULT \"ALLOW\"' "
+                          f"within {LIMITS.reply_timeout} s")
+    assert server.active_sessions == 0
+
+
+async def test_quick_answer_session_timeout(start_server):
+    route = QuickRoute()
+    _, host, port = await start_server(
+        {"check": route}, limits=AGILimits(reply_timeout=5), session_timeout=0.3)
+
+    reader, writer, _ = await stalled_peer(host, port)
+    try:
+        seconds = await closed_within(reader, 3)
+    finally:
+        writer.close()
+
+    assert seconds < 0.5
+    (error,) = route.done
+    assert isinstance(error, AGITimeout)
+    assert "before the session's time ran out" in str(error)
+
+
+async def test_stop_aborts_a_quick_session_after_its_grace(start_server, caplog):
+    caplog.set_level(logging.WARNING, SERVER_LOG)
+    route = QuickRoute()
+    server, host, port = await start_server({"check": route},
+                                            limits=AGILimits(reply_timeout=5))
+
+    reader, writer, _ = await stalled_peer(host, port)
+    try:
+        assert server.active_sessions == 1
+        started = time.monotonic()
+        await server.stop(grace=0.2)
+        assert 0.15 < time.monotonic() - started < 1
+        await closed_within(reader, 2)
+    finally:
+        writer.close()
+
+    assert server.active_sessions == 0
+    messages = [r.getMessage() for r in caplog.records if r.name == SERVER_LOG]
+    assert any("cancelling 1 sessions still running after 0.2 s" in m for m in messages)
+    assert any("uniqueid 1796397405.7: session cancelled by the server stopping" in m
+               for m in messages)
+
+
+async def test_stop_waits_for_a_quick_session_that_finishes(start_server):
+    route = QuickRoute()
+    server, host, port = await start_server({"check": route},
+                                            limits=AGILimits(reply_timeout=5))
+
+    reader, writer, first = await stalled_peer(host, port)
+    stop = asyncio.create_task(server.stop(grace=5))
+    await asyncio.sleep(0.1)
+    assert not stop.done()
+
+    # The peer now replies to every command, and the session ends by itself.
+    writer.write(b"200 result=1\n")
+    for _ in VARIABLES[1:]:
+        await asyncio.wait_for(reader.readline(), 2)
+        writer.write(b"200 result=1\n")
+    await asyncio.wait_for(stop, 2)
+    writer.close()
+
+    assert route.done == [None]
+    assert server.active_sessions == 0
