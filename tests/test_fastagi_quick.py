@@ -4,7 +4,16 @@ import asyncio
 import logging
 import time
 
-from callguard.agi.protocol import AGIChannel, AGIError, AGIHangup, AGILimits, AGITimeout
+import pytest
+
+from callguard.agi.protocol import (
+    AGIChannel,
+    AGIError,
+    AGIHangup,
+    AGILimits,
+    AGIProtocolError,
+    AGITimeout,
+)
 from callguard.agi.server import QuickAnswer
 from emulator.fastagi import AGICall, encode_environment, run_fastagi_call
 from test_fastagi_server import LIMITS, SERVER_LOG, start_server  # noqa: F401
@@ -23,9 +32,11 @@ VARIABLES = [("CALLGUARD_RESULT", "ALLOW"), ("CALLGUARD_REASON", "ok"),
 class QuickRoute:
     """A route with answer_now(); ``quick=False`` leaves each session to __call__."""
 
-    def __init__(self, *, quick: bool = True, fail: bool = False):
+    def __init__(self, *, quick: bool = True, fail: bool = False,
+                 error: AGIError | None = None):
         self.quick = quick
         self.fail = fail
+        self.error = error
         self.called: list[str] = []
         self.done: list[AGIError | None] = []
         self.channels: list[AGIChannel] = []
@@ -34,6 +45,8 @@ class QuickRoute:
         self.channels.append(channel)
         if self.fail:
             raise RuntimeError("the handler broke")
+        if self.error is not None:
+            raise self.error
         if not self.quick:
             return None
         return QuickAnswer(list(VARIABLES), self.done.append)
@@ -102,6 +115,30 @@ async def test_answer_now_that_raises_closes_the_session(start_server, caplog):
     assert len(failures) == 1
     assert "handler for script 'check' failed" in failures[0].getMessage()
     assert "RuntimeError: the handler broke" in failures[0].exc_text
+    assert server.active_sessions == 0
+
+
+@pytest.mark.parametrize("error, level, text", [
+    (AGIHangup("the channel is gone"), logging.INFO,
+     "uniqueid 1796397405.7: channel hung up (the channel is gone); closing the session"),
+    (AGIProtocolError("out of step"), logging.WARNING,
+     "uniqueid 1796397405.7: out of step; closing the session"),
+])
+async def test_answer_now_agi_error_logged(start_server, caplog, error, level, text):
+    # Logged as the same error raised by a handler that runs in a task.
+    caplog.set_level(logging.INFO, SERVER_LOG)
+    route = QuickRoute(error=error)
+    server, host, port = await start_server({"check": route})
+
+    result = await run_fastagi_call(host, port, CALL)
+
+    assert result.commands == []
+    assert result.closed_by_server
+    assert route.done == []
+    (record,) = [r for r in caplog.records if r.name == SERVER_LOG]
+    assert record.levelno == level
+    assert text in record.getMessage()
+    assert record.exc_info is None
     assert server.active_sessions == 0
 
 
@@ -199,3 +236,4 @@ async def test_stop_waits_for_a_quick_session_that_finishes(start_server):
 
     assert route.done == [None]
     assert server.active_sessions == 0
+

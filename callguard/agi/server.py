@@ -335,7 +335,10 @@ class _Session:
                     channel.start_variables(answer.variables, self._answered, self._deadline)
                     return
             except AGIError as exc:
-                self._answered(exc)
+                if self._done is None:
+                    self._agi_failed(exc)  # raised by answer_now() itself
+                else:
+                    self._answered(exc)
                 return
             except Exception:
                 _log_handler_failure(self._peername, channel)
@@ -368,21 +371,28 @@ class _Session:
                 FAIL_POLICY_NOTE,
             )
             raise
-        except AGIHangup as exc:
-            log.info(
-                "%s: channel hung up (%s); closing the session",
-                _session_name(self._peername, channel),
-                exc,
-            )
         except AGIError as exc:
-            self._peer_failed(
-                "%s: %s; %s", _session_name(self._peername, channel), exc, FAIL_POLICY_NOTE
-            )
+            self._agi_failed(exc)
         except Exception:
             # Handlers may raise anything, and one failed call must not stop the server.
             _log_handler_failure(self._peername, channel)
         finally:
             self._end()
+
+    def _agi_failed(self, error: AGIError) -> None:
+        """Log the AGIError that a handler raised, and end the session."""
+        channel = self.channel
+        if isinstance(error, AGIHangup):
+            log.info(
+                "%s: channel hung up (%s); closing the session",
+                _session_name(self._peername, channel),
+                error,
+            )
+            self._end()
+            return
+        self._peer_failed(
+            "%s: %s; %s", _session_name(self._peername, channel), error, FAIL_POLICY_NOTE
+        )
 
     def _session_timed_out(self) -> None:
         self._peer_failed(
