@@ -237,3 +237,33 @@ async def test_stop_waits_for_a_quick_session_that_finishes(start_server):
     assert route.done == [None]
     assert server.active_sessions == 0
 
+
+async def test_stop_ends_unstarted_task_session(start_server, caplog):
+    caplog.set_level(logging.WARNING, SERVER_LOG)
+    # The block's last byte reaches the server one event loop turn later in
+    # each round. In one round the session's task is created just before
+    # stop() cancels it, so that the task never runs a line of its own.
+    for steps in range(15):
+        caplog.clear()
+        server, host, port = await start_server({"check": QuickRoute(quick=False)})
+        reader, writer = await asyncio.open_connection(host, port)
+        block = encode_environment(CALL.fastagi_environment(host, port))
+        writer.write(block[:-1])
+        await asyncio.sleep(0.05)  # for the server to read all but the last byte
+
+        stop = asyncio.create_task(server.stop(grace=0))
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        writer.write(block[-1:])
+        await stop
+
+        assert server.active_sessions == 0, f"{steps} steps"
+        try:
+            await closed_within(reader, 2)
+        except ConnectionResetError:
+            pass  # the server aborted the session
+        finally:
+            writer.close()
+        cancelled = [r for r in caplog.records
+                     if "session cancelled by the server stopping" in r.getMessage()]
+        assert len(cancelled) == 1, f"{steps} steps"

@@ -277,8 +277,7 @@ class _Session:
         if self._task is not None:
             self._task.cancel()
             return self._task
-        log.warning("%s: session cancelled by the server stopping; %s",
-                    _session_name(self._peername, self.channel), FAIL_POLICY_NOTE)
+        self._log_cancelled()
         self._connection.abort()
         self._end()
         return None
@@ -344,7 +343,8 @@ class _Session:
                 _log_handler_failure(self._peername, channel)
                 self._end()
                 return
-        self._task = asyncio.get_running_loop().create_task(self._run(handler))
+        task = self._task = asyncio.get_running_loop().create_task(self._run(handler))
+        task.add_done_callback(self._task_done)
 
     def _answered(self, error: AGIError | None) -> None:
         try:
@@ -365,11 +365,7 @@ class _Session:
                 return
             self._session_timed_out()
         except asyncio.CancelledError:
-            log.warning(
-                "%s: session cancelled by the server stopping; %s",
-                _session_name(self._peername, channel),
-                FAIL_POLICY_NOTE,
-            )
+            self._log_cancelled()
             raise
         except AGIError as exc:
             self._agi_failed(exc)
@@ -377,6 +373,12 @@ class _Session:
             # Handlers may raise anything, and one failed call must not stop the server.
             _log_handler_failure(self._peername, channel)
         finally:
+            self._end()
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        if not self._ended:
+            # Cancelled before its first step, so _run() never ran to end the session.
+            self._log_cancelled()
             self._end()
 
     def _agi_failed(self, error: AGIError) -> None:
@@ -393,6 +395,10 @@ class _Session:
         self._peer_failed(
             "%s: %s; %s", _session_name(self._peername, channel), error, FAIL_POLICY_NOTE
         )
+
+    def _log_cancelled(self) -> None:
+        log.warning("%s: session cancelled by the server stopping; %s",
+                    _session_name(self._peername, self.channel), FAIL_POLICY_NOTE)
 
     def _session_timed_out(self) -> None:
         self._peer_failed(
