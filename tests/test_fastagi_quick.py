@@ -193,7 +193,7 @@ async def test_quick_answer_session_timeout(start_server):
     assert "before the session's time ran out" in str(error)
 
 
-async def test_stop_aborts_a_quick_session_after_its_grace(start_server, caplog):
+async def test_stop_ends_quick_session_after_grace(start_server, caplog):
     caplog.set_level(logging.WARNING, SERVER_LOG)
     route = QuickRoute()
     server, host, port = await start_server({"check": route},
@@ -214,6 +214,9 @@ async def test_stop_aborts_a_quick_session_after_its_grace(start_server, caplog)
     assert any("cancelling 1 sessions still running after 0.2 s" in m for m in messages)
     assert any("uniqueid 1796397405.7: session cancelled by the server stopping" in m
                for m in messages)
+    (error,) = route.done
+    assert isinstance(error, AGIError)
+    assert str(error) == "the FastAGI server stopped before Asterisk replied"
 
 
 async def test_stop_waits_for_a_quick_session_that_finishes(start_server):

@@ -41,8 +41,9 @@ class QuickAnswer(NamedTuple):
     A handler may offer ``answer_now(channel)``, which returns a QuickAnswer or
     None. With a QuickAnswer the server sets the variables from the
     transport's callbacks, with no task for the session, then calls ``done``
-    with None or the AGIError that ended the commands. With None, or
-    without answer_now, the handler itself runs in a task.
+    once: with None, or with the AGIError that ended the commands, a server
+    that stops among them included. With None, or without answer_now, the
+    handler itself runs in a task.
     """
 
     variables: list[tuple[str, str]]
@@ -115,12 +116,14 @@ class FastAGIServer:
         self._server: asyncio.Server | None = None
         self._summary_task: asyncio.Task | None = None
         self._sessions: set[_Session] = set()
+        self._stopping = False
         self._drained: asyncio.Future | None = None
 
     async def start(self) -> None:
         """Bind the listening socket and start accepting connections."""
         if self._server is not None:
             raise RuntimeError("the FastAGI server is already started")
+        self._stopping = False
 
         loop = asyncio.get_running_loop()
         max_line = self._limits.max_line
@@ -164,6 +167,7 @@ class FastAGIServer:
         if self._server is None:
             return
 
+        self._stopping = True
         self._server.close()
         if self._summary_task is not None:
             self._summary_task.cancel()
@@ -203,6 +207,11 @@ class FastAGIServer:
                 if len(self._verdicts) >= MAX_COUNTED_ADDRESSES:
                     self._verdicts.clear()
                 self._verdicts[host] = allowed
+        if self._stopping:
+            # Accepted just before the listening socket closed, after stop()
+            # took the list of sessions to wait for.
+            connection.close()
+            return
         if not allowed:
             address, peer = peer_address(peername)
             self._rejections.record(str(address) if address else peer, peer)
@@ -278,8 +287,11 @@ class _Session:
             self._task.cancel()
             return self._task
         self._log_cancelled()
-        self._connection.abort()
-        self._end()
+        if self._done is not None and not self._ended:
+            # The commands of a QuickAnswer are in flight, so its handler learns why they stopped.
+            self._answered(AGIError("the FastAGI server stopped before Asterisk replied"))
+        else:
+            self._end()
         return None
 
     def _on_environment(self) -> None:
