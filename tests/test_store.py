@@ -631,6 +631,39 @@ def test_decisions_reject_bad_records(store):
     assert store.recent_decisions() == []
 
 
+def test_node_decisions_since_newest_first(store):
+    since = T0 + timedelta(seconds=2)
+    store.add_decisions([
+        decision(1),  # before since
+        decision(2),  # at since
+        decision(3, node="pbx2"),
+        decision(4, result="ALLOW", reason="ok", rate=Decimal("0.006")),
+        # Made at the same time as decision 4: the higher id comes first.
+        decision(5, decided_at=T0 + timedelta(seconds=4)),
+    ])
+
+    stored = store.node_decisions_since("pbx1", since, 10)
+    assert [record.id for record in stored] == [5, 4, 2]
+    assert stored[1] == dataclasses.replace(
+        decision(4, result="ALLOW", reason="ok", rate=Decimal("0.006")), id=4)
+    assert [record.id for record in store.node_decisions_since("pbx1", since, 2)] == [5, 4]
+    # The same instant in another zone.
+    in_plus_two = since.astimezone(PLUS_TWO)
+    assert [record.id for record in store.node_decisions_since("pbx1", in_plus_two, 10)] == [
+        5, 4, 2]
+    assert [record.id for record in store.node_decisions_since("pbx2", since, 10)] == [3]
+    assert store.node_decisions_since("pbx3", since, 10) == []
+
+
+def test_node_decisions_since_rejects_bad_arguments(store):
+    with pytest.raises(ValueError, match="naive"):
+        store.node_decisions_since("pbx1", datetime(2024, 6, 14), 10)
+    with pytest.raises(ValueError, match="limit 0 is below the minimum 1"):
+        store.node_decisions_since("pbx1", T0, 0)
+    with pytest.raises(TypeError, match="node None is a NoneType"):
+        store.node_decisions_since(None, T0, 10)
+
+
 # Calls.
 
 

@@ -162,6 +162,26 @@ def recent_decisions(
     return [DecisionRecord(**row._mapping) for row in rows]
 
 
+def node_decisions_since(
+    conn: Connection, node: str, since: datetime, limit: int
+) -> list[DecisionRecord]:
+    """Return the decisions of ``node`` made at or after ``since``, newest first.
+
+    No index contains ``node``, so the rows that other nodes sharing the
+    store wrote since ``since`` are read too, and skipped.
+    """
+    check_text(node, "node", empty=True)
+    check_aware(since, "since")
+    check_count(limit, "limit", minimum=1)
+    statement = (
+        select(Decision.__table__)
+        .where(Decision.node == node, Decision.decided_at >= since)
+        .order_by(Decision.decided_at.desc(), Decision.id.desc())
+        .limit(limit)
+    )
+    return [DecisionRecord(**row._mapping) for row in conn.execute(statement)]
+
+
 def save_call(conn: Connection, call: CallRecord) -> None:
     """Insert a call, or update the stored call with the same trunk-leg uniqueid.
 

@@ -199,6 +199,16 @@ class Store(OutboxMethods, AuditMethods):
         with self._transaction("reading decisions", write=False) as conn:
             return calls.recent_decisions(conn, limit, trunk)
 
+    def node_decisions_since(
+        self, node: str, since: datetime, limit: int
+    ) -> list[DecisionRecord]:
+        """Return the decisions of ``node`` made at or after ``since``, newest first.
+
+        At most ``limit`` are returned.
+        """
+        with self._transaction(f"reading the decisions of node {node}", write=False) as conn:
+            return calls.node_decisions_since(conn, node, since, limit)
+
     # Spend windows.
 
     def get_spend(self, trunk: str, window: str, key: str) -> Decimal:
