@@ -1156,6 +1156,22 @@ async def test_start_rejects_non_loopback():
         await emulator.start(host="192.0.2.1")
 
 
+async def test_leg_listed_only_after_check(ari, rest):
+    listed_during_check = []
+
+    async def check(caller_id: str) -> bool:
+        reply = await rest.get("ari/channels")
+        listed_during_check.extend(channel["id"] for channel in reply.json())
+        return True
+
+    call = await ari.dial_out(NUMBER, check=check)
+    listed_after = [channel["id"] for channel in (await rest.get("ari/channels")).json()]
+
+    # Asterisk creates the dialled leg at Dial(), after the check.
+    assert listed_during_check == [call.caller_id]
+    assert sorted(listed_after) == sorted([call.caller_id, call.trunk_id])
+
+
 async def test_call_methods_reject_ended_call(ari):
     call = await ari.dial_out(NUMBER)
     await ari.fail(call)

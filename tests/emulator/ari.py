@@ -139,7 +139,8 @@ class AriEmulator:
         caller's events are sent and before the Dial's, as the AGI runs in the
         dialplan before Dial() on real Asterisk. When it returns False the caller
         ends with ``Hangup(21)`` as the dialplan snippet does on DENY, and no
-        trunk leg is dialled.
+        trunk leg is dialled. While ``check`` runs, GET /ari/channels does not
+        list the dialled leg, which Asterisk creates at Dial().
 
         The dialled leg is ``PJSIP/<trunk>-<seq>`` with the dialstring
         ``<trunk>/<number>``, or for ``tech="Local"`` the Local pair
@@ -162,11 +163,13 @@ class AriEmulator:
                 if event.payload.get("dialplan_app") == "Dial"
             )
             await self._hub.publish(events[:dial_at])
+            withheld = self._switch.withhold_leg(call)
             if not await check(call.caller_id):
                 await self._hub.publish(
                     self._switch.reject_before_dial(call, CAUSE_CALL_REJECTED)
                 )
                 return call
+            self._switch.release_leg(withheld)
             events = events[dial_at:]
         await self._hub.publish(events)
         return call

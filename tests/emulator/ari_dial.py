@@ -153,6 +153,23 @@ class DialFlows(SwitchState):
         )
         return state.call, events
 
+    def withhold_leg(self, call: EmulatedCall) -> list[Channel]:
+        """Take the channels that ``dial_out`` prepared for Dial() out of the channel list.
+
+        Asterisk creates them at Dial(), after the check, so GET /ari/channels
+        must not show them while the check runs. ``release_leg`` puts them back.
+        """
+        state = self.state_for(call)
+        withheld = [channel for channel in state.channels() if channel is not state.caller]
+        for channel in withheld:
+            self.channels.pop(channel.id, None)
+        return withheld
+
+    def release_leg(self, withheld: list[Channel]) -> None:
+        """Put channels that ``withhold_leg`` took back in the channel list."""
+        for channel in withheld:
+            self.channels[channel.id] = channel
+
     def reject_before_dial(self, call: EmulatedCall, cause: int) -> list[Event]:
         """End a caller whose check answered DENY: ``Hangup(cause)`` in place of Dial().
 
