@@ -19,6 +19,7 @@ from callguard.daemon.live import (
     AriListener,
     AriSettings,
     read_ari_settings,
+    restore_decisions,
     restore_live_calls,
 )
 from callguard.daemon.operator import operator_commands
@@ -75,7 +76,9 @@ class Application:
         self.blocks = BlockList()
         # Tasks started by control requests, kept until they end.
         self._background: set[asyncio.Task] = set()
-        self.recorder = DecisionRecorder(self.worker, self.clock, socket.gethostname())
+        # The name stored with each decision, by which a restart reads its own back.
+        self.node = socket.gethostname()
+        self.recorder = DecisionRecorder(self.worker, self.clock, self.node)
         self.engine: PolicyEngine | None = None
         self.guard: LiveGuard | None = None
         self.tracker: EventTracker | None = None
@@ -113,6 +116,7 @@ class Application:
         self.engine.live_calls = self.guard.live_count
         self.engine.catch_up = self.guard.catch_up
         await restore_live_calls(self.guard)
+        await restore_decisions(self.guard, self.node)
         self.tracker = EventTracker(self.guard, self.clock)
         self._start_ari(_ari_settings_at_start(self.config))
         if self.ari is None:

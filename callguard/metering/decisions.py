@@ -26,13 +26,26 @@ class DecisionBook:
         self._entries: dict[str, tuple] = {}
 
     def record(self, request: CallRequest, decision: Decision, at: datetime) -> None:
-        if not request.uniqueid:
+        self.add(request.uniqueid, at, caller=request.caller, dialled=request.dialled,
+                 trunk=decision.trunk, result=decision.result, reason=decision.reason,
+                 category=decision.category, e164=decision.e164, tariff=decision.tariff)
+
+    def add(self, uniqueid: str, at: datetime, *, caller: str, dialled: str, trunk: str,
+            result: str, reason: str, category: str, e164: str,
+            tariff: Tariff | None) -> None:
+        """Add the decision made at ``at`` for the channel ``uniqueid``, replacing its last.
+
+        ``category`` and ``e164`` are "" when the number has none. Decisions
+        must be added in the order they were made, because the oldest are
+        dropped first.
+        """
+        if not uniqueid:
             return
         entries = self._entries
-        entries.pop(request.uniqueid, None)
-        entries[request.uniqueid] = (
-            at, request.caller, request.dialled, decision.trunk, decision.result,
-            decision.reason, decision.category, decision.e164, *_tariff_fields(decision.tariff),
+        entries.pop(uniqueid, None)
+        entries[uniqueid] = (
+            at, caller, dialled, trunk, result, reason, category, e164,
+            *_tariff_fields(tariff),
         )
         while len(entries) > MAX_DECISIONS:
             del entries[next(iter(entries))]

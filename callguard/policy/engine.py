@@ -170,6 +170,27 @@ class PolicyEngine:
         base, trunk, tariff = screened
         return base.allow(REASON_OK, tariff, None)
 
+    def tariff_for(self, trunk: str, dialled: str) -> Tariff | None:
+        """Return the tariff that a check of ``dialled`` on ``trunk`` would rate it at now.
+
+        Returns None where a check's decision carries no tariff: for an
+        emergency number, an invalid or unclassified number, an unknown trunk,
+        or a number with no rate and no ``default_rate``.
+        """
+        state = self.state
+        if state.classifier.plan.emergency(dialled) is not None:
+            return None
+        config = state.config.trunks.get(trunk)
+        if config is None:
+            return None
+        try:
+            classified = state.classify(dialled)
+        except (InvalidNumber, UnclassifiedNumber):
+            return None
+        if classified.emergency:
+            return None
+        return self._tariff(config, classified)
+
     def _screen(self, request: CallRequest) -> "Decision | tuple[_DecisionBase, TrunkConfig, Tariff]":
         """Apply every step up to the limits: a final Decision, or what the limits need."""
         state = self.state

@@ -1,0 +1,202 @@
+"""Check decisions read back from the store when the daemon starts.
+
+A call checked before a restart and dialled after it must link to its check.
+Calls cross the FastAGI server and the ARI emulator over loopback, on a
+manual clock, and the daemon restarts on the same SQLite file.
+"""
+
+import logging
+import socket
+import sqlite3
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from callguard.metering.decisions import DECISION_LIFETIME
+from callguard.rating import Increments
+from callguard.store import DecisionRecord, Store
+from live_support import Pbx, eventually, stored_calls
+
+START = datetime(2024, 6, 12, 10, 0, tzinfo=timezone.utc)  # a Wednesday
+OPTED_OUT = "01632960050"
+OVERRIDDEN = "01632960060"
+FRANCE = "0033123456789"
+
+TRUNK = f"""\
+[trunk gamma]
+bar = premium, international
+daily_limit = 10.00
+channel_pattern = PJSIP/gamma-*
+rates = rates.csv
+opt_out = {OPTED_OUT}
+
+[number {OVERRIDDEN}]
+trunk = gamma
+allow = international
+"""
+RATES = """\
+prefix,description,rate,connection_fee,increments
+44,United Kingdom,1.00,,60/60
+33,France,0.60,0.10,30/6
+"""
+
+
+@pytest.fixture
+async def pbx(tmp_path):
+    started = Pbx(tmp_path, START, trunks=TRUNK, rates=RATES)
+    await started.start()
+    yield started
+    await started.stop()
+
+
+async def dial_across_restart(pbx: Pbx, number: str, callerid: str, *, pause: float = 5):
+    """Check ``number``, restart callguard ``pause`` seconds later, then Dial() it.
+
+    Returns the call and the check's variables once callguard has seen the
+    trunk leg.
+    """
+    check = pbx.checker(number, callerid=callerid)
+
+    async def check_then_restart(caller_id: str) -> bool:
+        allowed = await check(caller_id)
+        await pbx.app.stop()
+        pbx.clock.advance(pause)
+        await pbx.start_callguard()
+        return allowed
+
+    call = await pbx.ari.dial_out(number, callerid=callerid, dialstring=f"{number}@gamma",
+                                  check=check_then_restart)
+    await eventually(lambda: call.trunk_id in pbx.legs() or any(
+        leg.id == call.trunk_id for leg in pbx.app.guard.recent), what="the trunk leg")
+    return call, pbx.results[call.caller_id]
+
+
+@pytest.mark.parametrize("callerid, reason", [(OVERRIDDEN, "ok"), (OPTED_OUT, "opted-out")])
+async def test_leg_after_restart_linked(pbx, caplog, callerid, reason):
+    # International is barred on the trunk: only the calling number allows the call.
+    caplog.set_level(logging.INFO)
+    call, result = await dial_across_restart(pbx, FRANCE, callerid)
+    assert result["CALLGUARD_RESULT"] == "ALLOW"
+    assert result["CALLGUARD_REASON"] == reason
+    assert "restored 1 decision of node" in caplog.text
+
+    leg = pbx.legs()[call.trunk_id]
+    assert leg.guarded
+    assert leg.decision_uniqueid == call.caller_id
+    assert leg.caller == callerid
+    assert leg.e164 == "+33123456789"
+    assert leg.protected == (reason != "opted-out")
+    assert not leg.hangup_requested
+    assert "skipped the check" not in caplog.text
+    assert leg.tariff.rate == Decimal("0.60")
+    assert leg.tariff.connection_fee == Decimal("0.10")
+    assert leg.tariff.increments == Increments(30, 6)
+
+    await pbx.ari.answer(call)
+    await eventually(lambda: pbx.legs()[call.trunk_id].state == "up", what="the answer")
+    pbx.clock.advance(60)
+    await pbx.ari.hangup(call)
+    await eventually(lambda: not pbx.legs(), what="the end")
+    await pbx.app.guard.drain()
+
+    assert pbx.ari.deletes == []
+    record = stored_calls(pbx)[call.trunk_id]
+    assert record.guarded
+    assert record.decision_uniqueid == call.caller_id
+    # The connection fee and two 30 s blocks at 0.60 a minute.
+    assert record.cost == Decimal("0.70")
+
+
+async def test_leg_after_window_judged_alone(pbx, caplog):
+    # A check older than the window is not read back, so the leg is judged on
+    # its own number, without the calling number, and international is barred.
+    pause = DECISION_LIFETIME.total_seconds() + 1
+    call, result = await dial_across_restart(pbx, FRANCE, OVERRIDDEN, pause=pause)
+    assert result["CALLGUARD_RESULT"] == "ALLOW"
+
+    await eventually(lambda: len(pbx.ari.deletes) == 1, what="the hang-up")
+    assert pbx.ari.deletes[0][0] == call.trunk_id
+    assert "skipped the check" in caplog.text
+
+
+def stored_decision(uniqueid: str, decided_at: datetime, **changes) -> DecisionRecord:
+    values = dict(decided_at=decided_at, trunk="gamma", uniqueid=uniqueid,
+                  channel="PJSIP/1001-00000001", caller=OVERRIDDEN, dialled=FRANCE,
+                  e164="+33123456789", category="international", result="ALLOW",
+                  reason="ok", rate=Decimal("0.55"), node=socket.gethostname())
+    return DecisionRecord(**(values | changes))
+
+
+async def test_restore_reads_own_recent_rows(pbx, caplog):
+    caplog.set_level(logging.INFO)
+    await pbx.app.stop()
+    now = pbx.clock.now()
+    with Store(pbx.config.general.database) as store:
+        store.add_decisions([
+            stored_decision("1718200000.1", now - timedelta(minutes=61)),
+            stored_decision("1718200000.2", now - timedelta(minutes=59)),
+            stored_decision("1718200000.3", now - timedelta(minutes=2), node="pbx2"),
+            stored_decision("-", now - timedelta(minutes=2)),
+            stored_decision("1718200000.4", now - timedelta(minutes=2), trunk="-"),
+            stored_decision("1718200000.5", now - timedelta(minutes=2), result="DENY",
+                            reason="barred:international"),
+            # The same channel checked again: the later decision counts.
+            stored_decision("1718200000.5", now - timedelta(minutes=1)),
+            stored_decision("1718200000.6", now, dialled="01632960123", e164=None,
+                            category=None),
+        ])
+    await pbx.start_callguard()
+    book = pbx.app.guard.decisions
+
+    assert f"restored 4 decisions of node {socket.gethostname()}" in caplog.text
+    assert len(book) == 3
+    for missing in ("1718200000.1", "1718200000.3", "-", "1718200000.4"):
+        assert book.get(missing) is None
+    request, decision = book.get("1718200000.2")
+    assert request.caller == OVERRIDDEN
+    assert request.dialled == FRANCE
+    assert decision.e164 == "+33123456789"
+    assert decision.category == "international"
+    # The tariff comes from the current deck, not from the row's rate of 0.55.
+    assert decision.tariff.rate == Decimal("0.60")
+    assert decision.tariff.connection_fee == Decimal("0.10")
+    assert decision.tariff.increments == Increments(30, 6)
+    _, again = book.get("1718200000.5")
+    assert again.result == "ALLOW"
+    _, without_e164 = book.get("1718200000.6")
+    assert without_e164.e164 == ""
+    assert without_e164.category == ""
+    assert without_e164.tariff.rate == Decimal("1.00")
+
+
+# Each breaks the read of the decisions but not the opening of the store.
+BROKEN_STORES = {
+    "column dropped": ("ALTER TABLE decisions DROP COLUMN node",
+                       "no such column: decisions.node"),
+    "row invalid": ("INSERT INTO decisions (id, decided_at, trunk, uniqueid, channel, "
+                    "caller, dialled, result, reason, reserved, node) VALUES (1000, "
+                    "'2024-06-12 09:59:00.000000', 'gamma', '', '', '', '0', 'ALLOW', "
+                    f"'ok', 0, '{socket.gethostname()}')",
+                    "uniqueid is empty"),
+}
+
+
+@pytest.mark.parametrize("statement, error", BROKEN_STORES.values(), ids=BROKEN_STORES)
+async def test_restore_store_failure_logged(pbx, caplog, statement, error):
+    await pbx.app.stop()
+    path = make_url(pbx.config.general.database).database
+    with sqlite3.connect(path) as connection:
+        connection.execute(statement)
+    connection.close()
+    await pbx.start_callguard()
+
+    assert "failed to read the recent decisions of node" in caplog.text
+    assert error in caplog.text
+    assert ("trunk legs dialled for checks made before this start are judged on their own "
+            "number") in caplog.text
+    # The daemon started and still decides checks.
+    assert pbx.app.fastagi is not None
+    _, result = await pbx.call("01632960123")
+    assert result["CALLGUARD_RESULT"] == "ALLOW"
