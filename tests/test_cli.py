@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from callguard.cli import ctl, live
-from callguard.cli.common import EscapingFormatter
+from callguard.cli.common import EscapingFormatter, JournalFormatter, journal_priority
 from callguard.text import escape_controls
 from callguard.config import load_config
 from callguard.store import CallRecord, OutboxRecord, Store
@@ -1075,3 +1075,20 @@ def test_change_with_broken_config_says_how(tmp_path, capsys, command):
     assert (f"callguardctl {command[0]} needs a config that loads, to find the store and "
             "the daemon") in err
     assert "give --config a copy of the last good file" in err
+
+
+def test_journal_lines_carry_the_priority():
+    formatter = JournalFormatter()
+    record = logging.LogRecord("callguard.daemon", logging.ERROR, __file__, 1,
+                               "cannot start: %s", ("first\nsecond",), None)
+
+    assert formatter.format(record) == ("<3>ERROR callguard.daemon: cannot start: first\n"
+                                        "<3>    second")
+
+
+@pytest.mark.parametrize("level, priority", [
+    (logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
+    (logging.INFO, 6), (logging.DEBUG, 7), (logging.INFO + 5, 6),
+])
+def test_journal_priority_of_each_level(level, priority):
+    assert journal_priority(level) == priority

@@ -130,8 +130,9 @@ class DaemonProcess:
 
     def __init__(self, directory: Path, config: Path, port: int, *,
                  watchdog_usec: int | None = None, umask: int = 0o022,
-                 arguments: tuple[str, ...] = ()):
+                 arguments: tuple[str, ...] = (), env: dict[str, str] | None = None):
         self.directory = directory
+        self.env = env or {}
         self.config = config
         self.arguments = arguments  # between --config FILE and run, like --database
         self.port = port
@@ -147,6 +148,7 @@ class DaemonProcess:
         env = {name: value for name, value in os.environ.items()
                if name not in (NOTIFY_SOCKET, WATCHDOG_USEC, "WATCHDOG_PID")}
         env[NOTIFY_SOCKET] = str(self.notify.path)
+        env.update(self.env)
         if self.watchdog_usec is not None:
             env[WATCHDOG_USEC] = str(self.watchdog_usec)
 
@@ -200,7 +202,7 @@ async def start_daemon(tmp_path):
     daemons: list[DaemonProcess] = []
 
     async def start(*, watchdog_usec=None, umask=0o022, arguments=(), control_socket=None,
-                    **config) -> DaemonProcess:
+                    env=None, **config) -> DaemonProcess:
         port = free_port()
         path = write_config(tmp_path, port=port, **config)
         if control_socket is not None:
@@ -208,7 +210,7 @@ async def start_daemon(tmp_path):
                 f"control_socket = {tmp_path / 'callguard.sock'}",
                 f"control_socket = {control_socket}"))
         daemon = DaemonProcess(tmp_path, path, port, watchdog_usec=watchdog_usec,
-                               umask=umask, arguments=arguments)
+                               umask=umask, arguments=arguments, env=env)
         daemons.append(daemon)
         await daemon.start()
         return daemon
@@ -756,3 +758,32 @@ async def test_no_control_socket_logged_and_ctl(start_daemon, tmp_path):
     assert "a running daemon, if any, was not notified" in output
     assert "applies the change within about 10 seconds and needs no restart" in output
     assert "callguard is not running" not in output
+
+
+@pytest.mark.parametrize("connected", [True, False])
+async def test_log_lines_for_the_journal(start_daemon, tmp_path, connected):
+    # systemd names the journal stream by device and inode; here the log file
+    # is that stream, or another file is, as for a command whose stderr moved.
+    log_file = tmp_path / "callguard.log"
+    log_file.touch()
+    other_file = tmp_path / "other.log"
+    other_file.touch()
+    named = os.stat(log_file if connected else other_file)
+    daemon = await start_daemon(env={"JOURNAL_STREAM": f"{named.st_dev}:{named.st_ino}"})
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+    writer.write(b"not an agi line\n\n")
+    await reader.read()
+    writer.close()
+    daemon.send_signal(signal.SIGTERM)
+    assert await daemon.wait() == 0
+
+    lines = daemon.log().splitlines()
+    warning = next(line for line in lines if "invalid AGI environment line" in line)
+    if connected:
+        assert all(re.match(r"<[2-7]>", line) for line in lines)
+        assert any(line.startswith("<6>INFO callguard.") for line in lines)
+        assert warning.startswith("<4>WARNING callguard.agi.server: FastAGI session from ")
+    else:
+        assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", line) for line in lines)
+        assert " WARNING callguard.agi.server: FastAGI session from " in warning

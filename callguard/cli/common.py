@@ -2,8 +2,10 @@
 
 import argparse
 import logging
+import os
 import sys
 import time
+from typing import TextIO
 
 from callguard.text import escape_log_message
 from callguard.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
@@ -103,6 +105,55 @@ class EscapingFormatter(logging.Formatter):
         return self.default_msec_format % (self._second_text, record.msecs)
 
 
+# Syslog priorities (RFC 5424) of the logging levels, for the journal.
+JOURNAL_PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
+                      (logging.INFO, 6))
+JOURNAL_DEBUG = 7
+
+
+class JournalFormatter(EscapingFormatter):
+    """A formatter for a service whose stderr is connected to systemd's journal.
+
+    journald reads a ``<N>`` at the start of a line as the line's syslog
+    priority (SyslogLevelPrefix=, on by default in systemd.exec(5)), so
+    ``journalctl -p err`` finds errors. It also stamps the time itself, and
+    stores each line of a message as an entry of its own, so every line
+    carries the prefix.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{journal_priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in super().format(record).split("\n"))
+
+
+def journal_priority(level: int) -> int:
+    """Return the syslog priority of a logging level."""
+    for threshold, priority in JOURNAL_PRIORITIES:
+        if level >= threshold:
+            return priority
+    return JOURNAL_DEBUG
+
+
+def connected_to_journal(stream: TextIO) -> bool:
+    """Check whether ``stream`` is the stream to the journal that systemd gave this service.
+
+    systemd sets JOURNAL_STREAM to the device and inode of that stream
+    (systemd.exec(5)). A command run from such a service inherits the variable
+    even when its stderr goes elsewhere, so the two are compared.
+    """
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    if not (device.isdigit() and inode.isdigit()):
+        return False
+    try:
+        stat = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return (stat.st_dev, stat.st_ino) == (int(device), int(inode))
+
+
 def setup_logging(level: str) -> None:
     # No line format here shows the source line, thread or process, so log
     # records skip collecting them (the logging HOWTO's "Optimization").
@@ -111,6 +162,10 @@ def setup_logging(level: str) -> None:
     logging.logProcesses = False
     logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if connected_to_journal(sys.stderr):
+        handler.setFormatter(JournalFormatter())
+    else:
+        handler.setFormatter(
+            EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
                         handlers=[handler])
