@@ -136,6 +136,36 @@ async def test_unknown_trunk_denied(daemon):
     assert outcome.variables["CALLGUARD_REASON"] == "unknown-trunk"
 
 
+@pytest.mark.parametrize("trunk, arguments, hint", [
+    ("Gamma", None, "has no [trunk Gamma], so every call checked for it is denied; did "
+                    "you mean 'gamma'? Trunk names are case-sensitive; trunks configured: "
+                    "gamma"),
+    ("delta", None, "has no [trunk delta], so every call checked for it is denied; "
+                    "trunks configured: gamma"),
+    ("", ("01632960123",), "the check got no trunk: give it as the second argument of "
+                           "AGI() or set the channel variable CALLGUARD_TRUNK; trunks "
+                           "configured: gamma"),
+])
+async def test_unknown_trunk_warns_how_to_fix(daemon, caplog, trunk, arguments, hint):
+    with caplog.at_level(logging.WARNING, logger="callguard.agi.check"):
+        outcome = await daemon.check("01632960123", trunk=trunk, arguments=arguments)
+
+    assert outcome.variables["CALLGUARD_REASON"] == "unknown-trunk"
+    (warning,) = [r.getMessage() for r in caplog.records
+                  if r.name == "callguard.agi.check" and r.levelno == logging.WARNING]
+    assert hint in warning
+
+
+async def test_unknown_trunk_warnings_limited(daemon, caplog):
+    with caplog.at_level(logging.WARNING, logger="callguard.agi.check"):
+        for number in range(8):
+            await daemon.check("01632960123", trunk="delta", uniqueid=f"1718355600.{number}")
+
+    warnings = [r for r in caplog.records
+                if r.name == "callguard.agi.check" and r.levelno == logging.WARNING]
+    assert len(warnings) == 5
+
+
 async def test_thirty_checks_three_blocks(tmp_path):
     daemon = Daemon(tmp_path)
     daemon.spend("day", TODAY, "49.97")  # three first blocks of 0.01 left

@@ -30,6 +30,7 @@ from callguard.policy.decision import (
     ALLOW,
     DENY,
     REASON_FAIL_POLICY,
+    REASON_UNKNOWN_TRUNK,
     CallRequest,
     Decision,
 )
@@ -46,6 +47,11 @@ UNDELIVERED_BURST = 20
 
 # Characters of a peer's reply kept in a log line.
 MAX_LOGGED_REPLY = 200
+
+# Warnings per minute about checks for a trunk the config does not name.
+UNKNOWN_TRUNK_BURST = 5
+# Trunk names listed in such a warning.
+MAX_LISTED_TRUNKS = 10
 
 
 class DecisionSink(Protocol):
@@ -79,6 +85,7 @@ class CheckHandler:
         self._sink = sink
         # A peer that breaks every session must not flood the log.
         self._undelivered = RepeatLimiter(burst=UNDELIVERED_BURST)
+        self._unknown_trunks = RepeatLimiter(burst=UNKNOWN_TRUNK_BURST)
 
     async def __call__(self, channel: AGIChannel) -> None:
         engine = self._engine()
@@ -95,7 +102,7 @@ class CheckHandler:
         except Exception:
             log.exception("%s: the decision failed", request.uniqueid)
             decision = self._fail_policy(engine, request, "failed")
-        self._announce(request, decision)
+        self._announce(engine, request, decision)
 
         answered_before = channel.answered
         try:
@@ -125,14 +132,14 @@ class CheckHandler:
             decision = self._fail_policy(engine, request, "failed")
         if decision is None:
             return None
-        self._announce(request, decision)
+        self._announce(engine, request, decision)
 
         def returned(error: AGIError | None) -> None:
             self._returned(engine, channel, request, decision, error, 0)
 
         return QuickAnswer(decision_variables(decision), returned)
 
-    def _announce(self, request: CallRequest, decision: Decision) -> None:
+    def _announce(self, engine: PolicyEngine, request: CallRequest, decision: Decision) -> None:
         """Log the decision and hand it to the sink, before the dialplan learns it."""
         # The dialled string and the caller ID come from the phone: quote()
         # keeps a line break or a terminal escape in them from reaching the log
@@ -144,6 +151,35 @@ class CheckHandler:
             decision.category or "-", quote(request.caller or "unknown"),
         )
         self._sink.record(request, decision)
+        if decision.reason == REASON_UNKNOWN_TRUNK:
+            self._warn_unknown_trunk(engine, request)
+
+    def _warn_unknown_trunk(self, engine: PolicyEngine, request: CallRequest) -> None:
+        """Tell the sysadmin how to fix a dialplan that names no configured trunk.
+
+        Every call it checks is denied, so the mistake stops all outbound calls.
+        """
+        suppressed = self._unknown_trunks.admit()
+        if suppressed is None:
+            return
+        config = engine.state.config
+        names = sorted(config.trunks)
+        listed = ", ".join(names[:MAX_LISTED_TRUNKS]) or "none"
+        if len(names) > MAX_LISTED_TRUNKS:
+            listed += f" and {len(names) - MAX_LISTED_TRUNKS} more"
+        if not request.trunk:
+            problem = ("the check got no trunk: give it as the second argument of "
+                       "AGI() or set the channel variable CALLGUARD_TRUNK")
+        else:
+            trunk_name = request.trunk if len(request.trunk) <= 64 else request.trunk[:64] + "..."
+            problem = (f"{config.path} has no [trunk {trunk_name}], so every call checked "
+                       "for it is denied")
+            alike = [name for name in names if name.lower() == request.trunk.lower()]
+            if alike:
+                problem += f"; did you mean {alike[0]!r}? Trunk names are case-sensitive"
+        log.warning("%s %s: %s; trunks configured: %s%s", quote(request.trunk or "-"),
+                    quote(request.uniqueid or "-"), problem, listed,
+                    suppressed_note(suppressed))
 
     def _returned(self, engine: PolicyEngine, channel: AGIChannel, request: CallRequest,
                   decision: Decision, error: AGIError | None, answered_before: int) -> None:
