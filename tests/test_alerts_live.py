@@ -1,6 +1,7 @@
 """Warning and limit e-mails raised by live spend, delivered to a real SMTP server."""
 
 import asyncio
+import logging
 import socket
 from datetime import datetime, timedelta, timezone
 from email import message_from_bytes
@@ -181,7 +182,7 @@ async def test_refused_call_raises_limit_mail(tmp_path, mailbox):
     assert "refused a call to +441632960123" in body
 
 
-async def test_ari_unreachable_mail(tmp_path, mailbox):
+async def test_ari_unreachable_mail(tmp_path, mailbox, caplog):
     pbx = Pbx(tmp_path, NOW, trunks=TRUNK + smtp_section(mailbox), rates=RATES)
     pbx.app_settings = {"ari_alert_after": timedelta(minutes=5), "ari_watch_interval": 0.02}
     await pbx.start()
@@ -199,6 +200,11 @@ async def test_ari_unreachable_mail(tmp_path, mailbox):
 
     assert early == []
     assert mailbox.subjects() == ["[callguard] ARI unreachable for 5 minutes"]
+    (error,) = [r.getMessage() for r in caplog.records
+                if r.levelno == logging.ERROR and "ARI unreachable since" in r.getMessage()]
+    assert f"its http.conf serves {pbx.app.config.ari.url}, and that its ari.conf has " \
+           f"the user {pbx.app.config.ari.username} with the password in " \
+           f"{pbx.app.config.ari.password_file}" in error
 
 
 async def test_alerts_again_after_spend_reset(tmp_path, mailbox):

@@ -1,6 +1,7 @@
 """The call decision: a table of dialled strings and the decision each gets."""
 
 import asyncio
+import logging
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -167,6 +168,21 @@ async def test_emergency_despite_everything(tmp_path, dialled):
 
     assert (decision.result, decision.reason) == ("ALLOW", "emergency")
     assert ordinary.result == "DENY"
+
+
+async def test_emergency_dry_run_logs_nothing(tmp_path, caplog):
+    # callguardctl check asks for decisions that place no call; the check
+    # handler logs the decisions of real calls itself.
+    guard = Guard(tmp_path, trunks=EVERYTHING_BARRED, extra="")
+    try:
+        with caplog.at_level(logging.DEBUG, logger="callguard.policy"):
+            request = CallRequest(trunk="gamma", dialled="999", caller="01632960010")
+            decision = await guard.engine.decide(request, reserve=False)
+    finally:
+        guard.close()
+
+    assert decision.reason == "emergency"
+    assert [r for r in caplog.records if r.name.startswith("callguard.policy")] == []
 
 
 # normalise() strips the outside-line prefix 9 after it drops brackets, so these

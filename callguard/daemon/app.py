@@ -216,8 +216,11 @@ class Application:
             if since is None or self.ari.connected:
                 continue
             if since != alerted_for and (self.clock.now() - since) >= self.ari_alert_after:
-                log.error("ARI unreachable since %s; live calls are not metered",
-                          since.isoformat())
+                ari = self._ari_settings.ari
+                log.error("ARI unreachable since %s; live calls are not metered. Check "
+                          "that Asterisk runs, that its http.conf serves %s, and that its "
+                          "ari.conf has the user %s with the password in %s",
+                          since.isoformat(), ari.url, ari.username, ari.password_file)
                 self.alerts.ari_unreachable(since, self.clock.now())
                 alerted_for = since
 

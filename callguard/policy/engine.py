@@ -20,7 +20,6 @@
 """
 
 import functools
-import logging
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -70,8 +69,6 @@ from callguard.policy.reservations import Reservations
 from callguard.policy.velocity import VelocityCall, VelocityTracker
 from callguard.rating import RateDeck, Tariff
 from callguard.windows import DAY, WEEK, window_keys
-
-log = logging.getLogger(__name__)
 
 
 # Distinct dialled strings and calling numbers whose normal form is kept, per
@@ -310,8 +307,6 @@ class PolicyEngine:
         return tariff
 
     def _emergency(self, request: CallRequest, classified: Classified) -> Decision:
-        log.info("%r: emergency call to %r from %r; allowing it", request.uniqueid or "-",
-                 request.dialled, request.caller or "unknown")
         return Decision(
             ALLOW,
             REASON_EMERGENCY,
