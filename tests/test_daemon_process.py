@@ -549,14 +549,20 @@ async def test_postgresql_refused_one_line(tmp_path):
     assert "Connection refused" in line
 
 
-async def ctl_check(config: Path, *options: str) -> dict:
+async def ctl_check_output(config: Path, *options: str) -> tuple[dict, str]:
+    """Run callguardctl check --json; return its report and what it wrote to stderr."""
     ctl = await asyncio.create_subprocess_exec(
         str(CALLGUARDCTL), "--config", str(config), "check", GEOGRAPHIC, "--trunk",
         "gamma", "--json", *options, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     output, errors = await asyncio.wait_for(ctl.communicate(), STEP_TIMEOUT)
     assert ctl.returncode == 0, errors.decode()
-    return json.loads(output)
+    return json.loads(output), errors.decode()
+
+
+async def ctl_check(config: Path, *options: str) -> dict:
+    report, _ = await ctl_check_output(config, *options)
+    return report
 
 
 async def test_ctl_check_asks_daemon(start_daemon):
@@ -583,6 +589,26 @@ async def test_ctl_check_asks_daemon(start_daemon):
     # A dry run reserves nothing, so the daemon still has one pending check.
     status = await daemon.status()
     assert status["trunks"]["gamma"]["pending_checks"] == 1
+
+
+async def test_ctl_check_with_other_config(start_daemon, tmp_path):
+    daemon = await start_daemon()
+    other = tmp_path / "other"
+    other.mkdir()
+    # The same control socket and store, and another file, as a copy being edited.
+    copy = other / "callguard.conf"
+    copy.write_text(daemon.config.read_text())
+    shutil.copy(tmp_path / "rates.csv", other / "rates.csv")
+
+    own, own_errors = await ctl_check_output(daemon.config)
+    elsewhere, errors = await ctl_check_output(copy)
+
+    assert own["decided_by"] == "daemon"
+    assert own_errors == ""
+    assert "daemon_config" not in own
+    assert elsewhere["decided_by"] == "offline"
+    assert f"warning: the running daemon uses {daemon.config.resolve()}" in errors
+    assert f"not {copy} and" in errors
 
 
 async def test_second_daemon_leaves_control_socket(start_daemon, tmp_path):

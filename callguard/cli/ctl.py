@@ -22,6 +22,8 @@ from callguard.cli import alerts, audit, blocks, live
 from callguard.cli.inspect import ask_daemon, check_number, print_check
 from callguard.config import Config, ConfigError
 from callguard.config.advice import config_warnings
+from callguard.daemon.checking import DAEMON_CONFIG, DAEMON_STORE
+from callguard.daemon.operator import same_store, store_identity
 from callguard.daemon.state import TablesError, build_state, number_plan
 from callguard.metering.guard import RECENT_LEGS
 from callguard.numbers import Classifier, PrefixTable, PrefixTableError
@@ -29,7 +31,7 @@ from callguard.policy.decision import CallRequest
 from callguard.policy.offenders import normalise_source
 from callguard.rating import RateDeck, RateDeckError
 from callguard.store import Store, StoreError
-from callguard.text import plural
+from callguard.text import escape_controls, plural
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,6 +151,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         except RuntimeError as exc:
             print(f"the daemon could not check the number: {exc}", file=sys.stderr)
             return EXIT_FAILURE
+    if report is not None and not _daemon_uses(report, config):
+        report = None
     if report is None:
         report = asyncio.run(check_number(config, request))
     print_check(report, as_json=args.json)
@@ -158,6 +162,27 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"warning: {args.config} has no [trunk {request.trunk}]; its trunks: {known}",
               file=sys.stderr)
     return EXIT_OK
+
+
+def _daemon_uses(report: dict, config: Config) -> bool:
+    """Check whether the daemon that made ``report`` runs with ``config`` and its store.
+
+    Prints a warning when it does not, because its decision would then come
+    from other settings than the ones the command names.
+    """
+    daemon_config = report.pop(DAEMON_CONFIG, None)
+    daemon_store = report.pop(DAEMON_STORE, None)
+    if daemon_config is None or not isinstance(daemon_store, dict):
+        return True  # a daemon from before these fields, whose decision is all there is
+    ours = store_identity(config.general.database)
+    same_config = os.path.realpath(daemon_config) == os.path.realpath(config.path)
+    if same_config and same_store(ours, daemon_store):
+        return True
+    daemon_url = escape_controls(str(daemon_store.get("url", "")))
+    print(f"warning: the running daemon uses {escape_controls(daemon_config)} and the store "
+          f"{daemon_url}, not {config.path} and {ours['url']}; deciding from the latter "
+          "without the daemon's live calls and pending checks", file=sys.stderr)
+    return False
 
 
 def open_store(config: Config) -> Store:

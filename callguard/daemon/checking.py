@@ -5,8 +5,10 @@ progress, checks waiting for their Dial, the call-rate counters), so the
 result is the one a real call would get now. Nothing is reserved or counted.
 """
 
+import os
 from typing import TYPE_CHECKING
 
+from callguard.daemon.operator import store_identity
 from callguard.policy.offenders import normalise_source
 from callguard.policy.decision import CallRequest
 from callguard.policy.report import DECIDED_BY_DAEMON, check_report, window_budgets
@@ -16,6 +18,10 @@ if TYPE_CHECKING:
     from callguard.daemon.app import Application
 
 FIELDS = ("number", "trunk", "caller", "channel", "accountcode", "source")
+
+# Fields of the reply: the daemon's config file and its store_identity().
+DAEMON_CONFIG = "daemon_config"
+DAEMON_STORE = "daemon_store"
 
 
 async def check_command(app: "Application", request: dict) -> dict:
@@ -42,5 +48,9 @@ async def check_command(app: "Application", request: dict) -> dict:
         if engine.catch_up is not None:
             engine.catch_up(trunk.name)
     budgets = window_budgets(trunk, app.ledger, app.reservations.held, now)
-    return check_report(decision, call, app.config.general.currency, budgets,
-                        DECIDED_BY_DAEMON)
+    report = check_report(decision, call, app.config.general.currency, budgets,
+                          DECIDED_BY_DAEMON)
+    # callguardctl compares these with its own, and decides itself when they differ.
+    report[DAEMON_CONFIG] = os.path.realpath(app.config.path)
+    report[DAEMON_STORE] = store_identity(app.database)
+    return report
