@@ -1,18 +1,22 @@
 """A small interpreter for the part of Asterisk's dialplan that callguard's snippet uses.
 
-It reads an extensions.conf, matches literal extensions before ``_`` patterns,
-substitutes ``${VAR}``, ``${VAR:offset:length}`` and the functions LEN, ISNULL
-and CALLERID, evaluates ``$[...]`` with Asterisk's operator precedence, and runs
-Set, GotoIf, Goto, AGI, Dial, Log, Verbose, NoOp and Hangup. Anything else
-raises, so a snippet that grows past what is emulated fails its tests instead
-of passing them untested.
+It reads an extensions.conf, matches extensions as pbx.c does (literal
+extensions before ``_`` patterns, the most specific pattern first, and ``-``
+ignored in both), substitutes ``${VAR}``, ``${VAR:offset:length}`` and the
+functions LEN, ISNULL and CALLERID, evaluates ``$[...]`` with Asterisk's
+operator precedence, and runs Set, GotoIf, Goto, AGI, Dial, Log, Verbose, NoOp
+and Hangup. Anything else raises, so a snippet that grows past what is
+emulated fails its tests instead of passing them untested.
 
-The rules come from Asterisk's documentation at docs.asterisk.org. A ``;``
-starts a comment (Asterisk Configuration Files, Comments). A comparison is
-numeric when both sides are numbers and a string comparison otherwise, and
-``|`` returns its left side unless that is empty or 0 (Dialplan,
-Expressions, Operators). NOTE: the ``\\;`` escape and the empty substring
-for length 0 are not checked against a running Asterisk.
+The rules come from Asterisk's documentation at docs.asterisk.org and its
+source (main/pbx.c, main/config.c, main/ast_expr2.fl and main/ast_expr2.y). A
+``;`` starts a comment unless a backslash escapes it, and other backslashes
+stay (Asterisk Configuration Files, Comments). A quoted operand is a string,
+kept with its quotes, so ``"0999" = "999"`` is false. A comparison of two
+unquoted numbers is numeric and every other comparison is a string
+comparison, and ``|`` returns its left side unless that is empty or 0
+(Dialplan, Expressions, Operators). NOTE: the empty substring for length 0 is
+not checked against a running Asterisk.
 """
 
 import re
@@ -156,13 +160,23 @@ class Dialplan:
         return outcome
 
     def _match(self, context: str, exten: str) -> str:
+        """Return the extension of ``context`` that Asterisk runs for ``exten``.
+
+        pbx.c skips every ``-`` of the dialled string and of the extension, so
+        ``9-9-9`` is extension 999. Of several matching patterns it takes the
+        most specific (ext_cmp_pattern()).
+        """
         extensions = self.contexts.get(context)
         if extensions is None:
             raise DialplanError(f"no context [{context}]")
-        if exten in extensions:
-            return exten
-        for pattern in extensions:
-            if pattern.startswith("_") and _pattern_regex(pattern[1:]).fullmatch(exten):
+        dialled = exten.replace("-", "")
+        for name in extensions:
+            if not name.startswith("_") and name.replace("-", "") == dialled:
+                return name
+        patterns = sorted((name for name in extensions if name.startswith("_")),
+                          key=_pattern_specificity)
+        for pattern in patterns:
+            if _pattern_regex(pattern[1:]).fullmatch(dialled):
                 return pattern
         raise DialplanError(f"no extension of [{context}] matches {exten!r}")
 
@@ -177,18 +191,19 @@ class Dialplan:
 
 
 def _strip_comment(line: str) -> str:
+    """Cut ``line`` at its first ``;`` that no backslash escapes, as config.c does.
+
+    The backslash of ``\\;`` is dropped. Other backslashes stay for the
+    functions that read them.
+    """
     result = []
-    escaped = False
     for char in line:
-        if escaped:
-            result.append(char)
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == ";":
+        if char == ";":
+            if result and result[-1] == "\\":
+                result[-1] = char
+                continue
             break
-        else:
-            result.append(char)
+        result.append(char)
     return "".join(result)
 
 
@@ -229,19 +244,87 @@ def _target(target: str, context: str, exten: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2]
 
 
-def _pattern_regex(pattern: str) -> re.Pattern:
-    classes = {"X": "[0-9]", "Z": "[1-9]", "N": "[2-9]", ".": ".+", "!": ".*"}
-    regex, index = [], 0
+_PATTERN_CLASSES = {"X": "0123456789", "Z": "123456789", "N": "23456789"}
+# The ranks that ext_cmp_pattern_pos() in pbx.c gives wildcards and the end of
+# a pattern, above any character set.
+_RANK_ONE_OR_MORE = 0x18000
+_RANK_ZERO_OR_MORE = 0x28000
+_RANK_END = 0x30000
+
+
+def _pattern_positions(pattern: str) -> list[str]:
+    """Split a pattern without its ``_`` into character sets and wildcards.
+
+    A set is a string of its characters, and ``.`` and ``!`` stay as they
+    are. ``-`` outside brackets is skipped, and inside them it makes a range.
+    """
+    positions: list[str] = []
+    index = 0
     while index < len(pattern):
         char = pattern[index]
-        if char == "[":
-            end = pattern.index("]", index)
-            regex.append(pattern[index:end + 1])
-            index = end + 1
-            continue
-        regex.append(classes.get(char.upper(), re.escape(char)))
         index += 1
-    return re.compile("".join(regex))
+        if char == "-":
+            continue
+        if char in ".!":
+            positions.append(char)
+        elif char.upper() in _PATTERN_CLASSES:
+            positions.append(_PATTERN_CLASSES[char.upper()])
+        elif char == "[":
+            end = pattern.index("]", index)
+            members = _character_set(pattern[index:end])
+            index = end + 1
+            if members:  # pbx.c ignores an empty set
+                positions.append(members)
+        else:
+            positions.append(char)
+    return positions
+
+
+def _character_set(body: str) -> str:
+    members, index = [], 0
+    while index < len(body):
+        if index + 2 < len(body) and body[index + 1] == "-":
+            first, last = ord(body[index]), ord(body[index + 2])
+            members.extend(chr(code) for code in range(first, last + 1))
+            index += 3
+        else:
+            members.append(body[index])
+            index += 1
+    return "".join(sorted(set(members)))
+
+
+def _pattern_regex(pattern: str) -> re.Pattern:
+    regex = []
+    for position in _pattern_positions(pattern):
+        if position == ".":
+            regex.append(".+")
+        elif position == "!":
+            regex.append(".*")
+        else:
+            regex.append("[" + "".join(re.escape(char) for char in position) + "]")
+    return re.compile("".join(regex), re.S)
+
+
+def _pattern_specificity(name: str) -> list[tuple[int, tuple[int, ...]]]:
+    """Return a sort key that puts more specific patterns first, as ext_cmp() does.
+
+    Each position ranks by the size of its character set, then by its lowest
+    character. At equal rank, the set with the lowest character that the other
+    set lacks comes first, because pbx.c compares the sets' bitmaps.
+    """
+    key = []
+    positions: list[str | None] = [*_pattern_positions(name[1:]), None]
+    for position in positions:
+        if position is None:
+            key.append((_RANK_END, ()))
+        elif position == ".":
+            key.append((_RANK_ONE_OR_MORE, ()))
+        elif position == "!":
+            key.append((_RANK_ZERO_OR_MORE, ()))
+        else:
+            rank = (len(position) << 8) | ord(position[0])
+            key.append((rank, tuple(ord(char) for char in position)))
+    return key
 
 
 # -- substitution ---------------------------------------------------------------
@@ -317,7 +400,7 @@ def evaluate(expression: str) -> str:
     value = parser.parse_or()
     if parser.position != len(tokens):
         raise DialplanError(f"cannot evaluate {expression!r}")
-    return value
+    return str(value)
 
 
 def _tokens(expression: str) -> list[str]:
@@ -391,27 +474,33 @@ class _Parser:
         if token == "-" and _integer(self._peek() or ""):
             return str(-int(self._take()))
         if token.startswith('"') and token.endswith('"') and len(token) >= 2:
-            return token[1:-1]
+            return _Quoted(token)
         return token
 
 
+class _Quoted(str):
+    """A quoted operand. ast_expr2.fl keeps the quotes, so it is never a number."""
+
+
 def _integer(value: str) -> bool:
-    return re.fullmatch(r"-?\d+", value) is not None
+    return not isinstance(value, _Quoted) and re.fullmatch(r"-?\d+", value) is not None
 
 
 def _number(value: str) -> bool:
-    return re.fullmatch(r"-?\d+(\.\d+)?", value) is not None
+    return not isinstance(value, _Quoted) and re.fullmatch(r"-?\d+(\.\d+)?", value) is not None
 
 
 def _compare(left: str, operator: str, right: str) -> bool:
     if _number(left) and _number(right):
         a, b = float(left), float(right)
     else:
-        a, b = left, right
+        a, b = str(left), str(right)
     return {"=": a == b, "!=": a != b, "<": a < b, ">": a > b,
             "<=": a <= b, ">=": a >= b}[operator]
 
 
 def _truthy(value: str) -> bool:
+    if isinstance(value, _Quoted):
+        return True  # is_zero_or_null() in ast_expr2.y: a quoted string is never 0
     value = value.strip()
     return value != "" and not (_integer(value) and int(value) == 0)
