@@ -2,7 +2,7 @@
 
 import pytest
 
-from emulator.dialplan import Dialplan, evaluate
+from emulator.dialplan import Dialplan, _separate_arguments, evaluate
 
 MATCHING = """
 [calls]
@@ -60,3 +60,76 @@ async def test_escaped_semicolon_kept():
 ])
 def test_quoted_operands(expression, value):
     assert evaluate(expression) == value
+
+
+SUBROUTINE = """
+[calls]
+exten => _X.,1,Set(SEEN=${EXTEN})
+ same => n,Gosub(check,s,1)
+ same => n,Hangup(${SEEN}-${INSIDE})
+[check]
+exten => s,1,Set(INSIDE=${EXTEN})
+ same => n,Return()
+"""
+
+
+async def test_gosub_returns_to_caller():
+    dialplan = Dialplan(SUBROUTINE)
+
+    outcome = await dialplan.run("calls", "12", agi=no_agi)
+
+    # EXTEN is the subroutine's own extension inside it and the caller's after it.
+    assert outcome.hangup_cause == "12-s"
+
+
+@pytest.mark.parametrize("data, count, delimiter, remove, arguments", [
+    ("a,b,c", 3, ",", True, ["a", "b", "c"]),
+    ("a,b,c", 2, ",", True, ["a", "b,c"]),       # the last gets the rest
+    ("a,", 3, ",", True, ["a", ""]),
+    ('"a,b",c', 2, ",", True, ["a,b", "c"]),     # quotes removed, comma kept
+    ("x(a,b),c", 2, ",", True, ["x(a,b)", "c"]),
+    ("v,\\,,w", 3, ",", True, ["v", ",", "w"]),  # a backslash makes , literal
+    ("v,\\,,w", 3, ",", False, ["v", "\\,", "w"]),
+    ('"^[a,b]" x"y', 3, '"', True, ["", "^[a,b]", ' x"y']),
+])
+def test_function_arguments(data, count, delimiter, remove, arguments):
+    assert _separate_arguments(data, count, delimiter, remove) == arguments
+
+
+FUNCTIONS = """
+[calls]
+exten => _[0-9T].,1,Set(VALUE=${EXTEN})
+ same => n,Log(NOTICE,${REPLACE(VALUE,(). -)})
+ same => n,Log(NOTICE,${REPLACE(VALUE,9,8)})
+ same => n,Log(NOTICE,${FILTER(0-9#,${VALUE})})
+ same => n,Log(NOTICE,${FILTER(0-1,${VALUE})})
+ same => n,Log(NOTICE,${REGEX("^[tT][eE][lL]:" ${VALUE})})
+ same => n,Log(NOTICE,${REGEX("^9" ${VALUE})})
+ same => n,Log(NOTICE,${FIELDNUM(LIST,\\,,112)})
+ same => n,Log(NOTICE,${FIELDNUM(LIST,\\,,911)})
+"""
+
+
+async def test_string_functions():
+    dialplan = Dialplan(FUNCTIONS)
+
+    outcome = await dialplan.run("calls", "9(9) 1.1-2#", agi=no_agi,
+                                 globals={"LIST": "999,112,18000"})
+
+    messages = [message for _, message in outcome.logs]
+    assert messages[0] == "99112#"
+    assert messages[1] == "8(8) 1.1-2#"
+    assert messages[2] == "99112#"
+    assert messages[3] == "11"
+    assert messages[4] == "0"
+    assert messages[5] == "1"
+    assert messages[6] == "2"
+    assert messages[7] == "0"
+
+
+async def test_regex_finds_scheme():
+    dialplan = Dialplan(FUNCTIONS)
+
+    outcome = await dialplan.run("calls", "Tel:999", agi=no_agi)
+
+    assert outcome.logs[4] == ("NOTICE", "1")

@@ -3,13 +3,15 @@
 It reads an extensions.conf, matches extensions as pbx.c does (literal
 extensions before ``_`` patterns, the most specific pattern first, and ``-``
 ignored in both), substitutes ``${VAR}``, ``${VAR:offset:length}`` and the
-functions LEN, ISNULL and CALLERID, evaluates ``$[...]`` with Asterisk's
-operator precedence, and runs Set, GotoIf, Goto, AGI, Dial, Log, Verbose, NoOp
-and Hangup. Anything else raises, so a snippet that grows past what is
-emulated fails its tests instead of passing them untested.
+functions LEN, ISNULL, CALLERID, REPLACE, FILTER, REGEX and FIELDNUM,
+evaluates ``$[...]`` with Asterisk's operator precedence, and runs Set, GotoIf,
+Goto, Gosub, Return, AGI, Dial, Log, Verbose, NoOp and Hangup. Anything else
+raises, so a snippet that grows past what is emulated fails its tests instead
+of passing them untested.
 
 The rules come from Asterisk's documentation at docs.asterisk.org and its
-source (main/pbx.c, main/config.c, main/ast_expr2.fl and main/ast_expr2.y). A
+source (main/pbx.c, main/config.c, main/app.c, main/ast_expr2.fl,
+main/ast_expr2.y and funcs/func_strings.c). A
 ``;`` starts a comment unless a backslash escapes it, and other backslashes
 stay (Asterisk Configuration Files, Comments). A quoted operand is a string,
 kept with its quotes, so ``"0999" = "999"`` is false. A comparison of two
@@ -106,6 +108,8 @@ class Dialplan:
         shared = dict(self.globals) | dict(globals or {})
         pattern = self._match(context, exten)
         index = 0
+        # Where each Gosub returns to: context, extension, pattern, index.
+        returns: list[tuple[str, str, str, int]] = []
 
         for _ in range(MAX_STEPS):
             priorities = self.contexts[context][pattern]
@@ -151,6 +155,19 @@ class Dialplan:
                 context, exten, label = _target(target, context, exten)
                 pattern = self._match(context, exten)
                 index = self._find(context, pattern, label)
+            elif application == "gosub":
+                if "(" in data:
+                    raise DialplanError(f"Gosub arguments are not emulated: {data!r}")
+                returns.append((context, exten, pattern, index))
+                context, exten, label = _target(data, context, exten)
+                pattern = self._match(context, exten)
+                index = self._find(context, pattern, label)
+            elif application == "return":
+                if data:
+                    raise DialplanError(f"a Return value is not emulated: {data!r}")
+                if not returns:
+                    raise DialplanError("Return without a Gosub")
+                context, exten, pattern, index = returns.pop()
             else:
                 raise DialplanError(f"application {step.application!r} is not emulated")
         else:
@@ -362,19 +379,15 @@ def _closing(text: str, start: int, opening: str, closing: str) -> int:
 
 
 def _variable(name: str, channel: dict, shared: dict, builtins: dict, callerid: str) -> str:
+    def lookup(variable: str) -> str:
+        return builtins.get(variable, channel.get(variable, shared.get(variable, "")))
+
     call = re.fullmatch(r"([A-Z_]+)\((.*)\)", name, re.S)
     if call:
-        function, argument = call[1], call[2]
-        if function == "LEN":
-            return str(len(argument))
-        if function == "ISNULL":
-            return "1" if argument == "" else "0"
-        if function == "CALLERID" and argument == "num":
-            return callerid
-        raise DialplanError(f"function {function}({argument}) is not emulated")
+        return _function(call[1], call[2], lookup, callerid)
 
     base, *slice_parts = name.split(":")
-    value = builtins.get(base, channel.get(base, shared.get(base, "")))
+    value = lookup(base)
     if not slice_parts:
         return value
     offset = int(slice_parts[0])
@@ -384,6 +397,156 @@ def _variable(name: str, channel: dict, shared: dict, builtins: dict, callerid: 
     value = value[offset:]
     # A negative length drops that many characters from the end.
     return value if length is None else value[:length]
+
+
+# -- functions --------------------------------------------------------------------
+
+
+def _function(function: str, argument: str, lookup: Callable[[str], str],
+              callerid: str) -> str:
+    """Return the value of ``${FUNCTION(argument)}`` as Asterisk substitutes it."""
+    if function == "LEN":
+        return str(len(argument))
+    if function == "ISNULL":
+        return "1" if argument == "" else "0"
+    if function == "CALLERID" and argument == "num":
+        return callerid
+    if function == "REPLACE":
+        return _replace(argument, lookup)
+    if function == "FILTER":
+        return _filter(argument)
+    if function == "REGEX":
+        return _regex(argument)
+    if function == "FIELDNUM":
+        return _fieldnum(argument, lookup)
+    raise DialplanError(f"function {function}({argument}) is not emulated")
+
+
+def _separate_arguments(data: str, count: int, delimiter: str = ",",
+                        remove_chars: bool = True) -> list[str]:
+    """Split function arguments as __ast_app_separate_args() in main/app.c does.
+
+    A delimiter inside brackets, parentheses or quotes separates nothing. Only
+    the first ``count - 1`` arguments are scanned, and the last gets the rest
+    of ``data`` unchanged. In the scanned ones, ``remove_chars`` drops quotes
+    and backslashes, and a backslash makes the next character literal.
+    """
+    arguments: list[str] = []
+    position = 0
+    after_delimiter = False
+    paren = bracket = 0
+    quoted = False
+    while position < len(data) and len(arguments) < count - 1:
+        argument: list[str] = []
+        after_delimiter = False
+        while position < len(data):
+            char = data[position]
+            position += 1
+            if char == "(":
+                paren += 1
+            elif char == ")":
+                paren = max(paren - 1, 0)
+            elif char == "[":
+                bracket += 1
+            elif char == "]":
+                bracket = max(bracket - 1, 0)
+            elif char == '"' and delimiter != '"':
+                quoted = not quoted
+                if remove_chars:
+                    continue
+            elif char == "\\":
+                if not remove_chars:
+                    argument.append(char)
+                argument.append(data[position:position + 1])
+                position += 1
+                continue
+            elif char == delimiter and not (paren or quoted or bracket):
+                after_delimiter = True
+                break
+            argument.append(char)
+        arguments.append("".join(argument))
+    if position < len(data) or after_delimiter:
+        arguments.append(data[position:])
+    return arguments
+
+
+def _encoded_characters(text: str, description: str) -> str:
+    # ast_get_encoded_str() would decode backslash escapes such as \x2C.
+    if "\\" in text:
+        raise DialplanError(f"backslash escapes in {description} {text!r} are not emulated")
+    return text
+
+
+def _replace(argument: str, lookup: Callable[[str], str]) -> str:
+    """Delete or replace characters of a variable as REPLACE() does.
+
+    The syntax is REPLACE(varname,find-chars[,replace-char]).
+    """
+    arguments = _separate_arguments(argument, 3)
+    if len(arguments) < 2:
+        raise DialplanError(f"REPLACE({argument}) needs a variable and characters")
+    find = _encoded_characters(arguments[1], "REPLACE characters")
+    replacement = _encoded_characters(arguments[2] if len(arguments) > 2 else "",
+                                      "a REPLACE character")[:1]
+    value = lookup(arguments[0])
+    return "".join(replacement if char in find else char for char in value)
+
+
+def _filter(argument: str) -> str:
+    """Keep the allowed characters, as FILTER(allowed-chars,string) with ranges like 0-9."""
+    arguments = _separate_arguments(argument, 2, remove_chars=False)
+    if len(arguments) < 2:
+        raise DialplanError(f"FILTER({argument}) needs allowed characters and a string")
+    allowed_text = _encoded_characters(arguments[0], "FILTER characters")
+    allowed: set[str] = set()
+    index = 0
+    while index < len(allowed_text):
+        first = allowed_text[index]
+        if allowed_text[index + 1:index + 2] == "-":
+            if index + 2 >= len(allowed_text):
+                raise DialplanError(f"FILTER range without an end in {allowed_text!r}")
+            last = allowed_text[index + 2]
+            allowed.update(chr(code) for code in range(ord(first), ord(last) + 1))
+            index += 3
+        else:
+            allowed.add(first)
+            index += 1
+    return "".join(char for char in arguments[1] if char in allowed)
+
+
+def _regex(argument: str) -> str:
+    """Return 1 if REGEX("regular expression" string) finds the POSIX extended expression.
+
+    regexec() searches the whole string, as re.search() does. The expressions
+    that this emulates have no backslash, ``$`` or POSIX class, where Python's
+    syntax differs.
+    """
+    arguments = _separate_arguments(argument, 3, delimiter='"')
+    if len(arguments) != 3 or arguments[0]:
+        raise DialplanError(f'REGEX({argument}) is not of the form "regex" string')
+    expression, text = arguments[1], arguments[2]
+    if any(part in expression for part in ("\\", "$", "[:")):
+        raise DialplanError(f"REGEX expression {expression!r} is not emulated")
+    if text[:1] in (" ", "\t"):
+        text = text[1:]
+    return "1" if re.search(expression, text) else "0"
+
+
+def _fieldnum(argument: str, lookup: Callable[[str], str]) -> str:
+    """Return the 1-based position of a value in a list, or 0, as FIELDNUM() does.
+
+    The syntax is FIELDNUM(varname,delim,value).
+    """
+    arguments = _separate_arguments(argument, 3)
+    if len(arguments) < 3:
+        raise DialplanError(f"FIELDNUM({argument}) needs a variable, a delimiter and a value")
+    name, delimiter, value = arguments
+    delimiter = _encoded_characters(delimiter, "a FIELDNUM delimiter")
+    text = lookup(name)
+    if not text or not delimiter:
+        return "0"
+    fields = text.split(delimiter[0])
+    return str(fields.index(value) + 1) if value in fields else "0"
 
 
 # -- expressions ------------------------------------------------------------------
