@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from emulator.dialplan import Dialplan, evaluate
+from callguard.numbers.plan import NumberPlan
+from emulator.dialplan import Dialplan, DialplanError, evaluate
 from emulator.fastagi import AGICall, run_fastagi_call
 from test_check_fastagi import Daemon
 
@@ -87,20 +88,6 @@ async def test_fail_open_without_limit_denied(dialplan, limit):
     assert f"CALLGUARD_FAIL_MAXSECS '{limit}' is not a number of seconds" in outcome.logs[-1][1]
 
 
-@pytest.mark.parametrize("dialled, sent", [
-    ("999", "999"), ("112", "112"), ("9999", "999"), ("9112", "112"),
-    ("999#", "999"), ("112#", "112"), ("9999#", "999"), ("9112#", "112"),
-    ("18000", "18000"), ("918000", "18000"), ("141999", "999"), ("141112", "112"),
-    ("1470999", "999"), ("1470112", "112"), ("9141999", "999"), ("9141112", "112"),
-    ("91470999", "999"), ("91470112", "112"),
-])
-async def test_emergency_dialled_without_check(dialplan, dialled, sent):
-    outcome = await dialplan.run(CONTEXT, dialled, agi=answering("FAILURE"))
-
-    assert outcome.agi_calls == []
-    assert outcome.dials == [[f"PJSIP/{sent}@gamma"]]
-
-
 async def test_outside_line_prefix_stripped_for_dial(dialplan):
     outcome = await dialplan.run(CONTEXT, "901632960123", agi=ALLOWED,
                                  globals={"CALLGUARD_OUTSIDE_PREFIX": "9"})
@@ -117,24 +104,29 @@ async def test_number_without_outside_prefix_kept(dialplan):
     assert outcome.dials == [["PJSIP/01632960123@gamma", "60", "S(600)"]]
 
 
+# 911 is an emergency number of callguard.conf that CALLGUARD_EMERGENCY_NUMBERS
+# lacks, so only the check routes it.
+
 async def test_emergency_from_check_dials_its_number(dialplan):
     emergency = answering(result="ALLOW", reason="emergency", category="emergency",
-                          emergency="18000")
+                          emergency="911")
 
-    outcome = await dialplan.run(CONTEXT, "918000#", agi=emergency,
+    outcome = await dialplan.run(CONTEXT, "9911#", agi=emergency,
                                  globals={"CALLGUARD_OUTSIDE_PREFIX": "9"})
 
-    assert outcome.dials == [["PJSIP/18000@gamma"]]
+    assert len(outcome.agi_calls) == 1
+    assert outcome.dials == [["PJSIP/911@gamma"]]
 
 
 @pytest.mark.parametrize("status", ["SUCCESS", "FAILURE", "HANGUP"])
 async def test_emergency_routed_from_cut_session(dialplan, status):
     # The session broke after its first command: only CALLGUARD_EMERGENCY is set.
-    cut = answering(status, emergency="999")
+    cut = answering(status, emergency="911")
 
-    outcome = await dialplan.run(CONTEXT, "141999#", agi=cut)
+    outcome = await dialplan.run(CONTEXT, "141911#", agi=cut)
 
-    assert outcome.dials == [["PJSIP/999@gamma"]]
+    assert len(outcome.agi_calls) == 1
+    assert outcome.dials == [["PJSIP/911@gamma"]]
 
 
 async def test_emergency_not_kept_from_earlier_check(dialplan):
@@ -195,6 +187,161 @@ async def test_snippet_when_callguard_down(dialplan, tmp_path):
 
     assert outcome.dials == []
     assert outcome.hangup_cause == "21"
+
+
+# Emergency numbers in every way of writing them that callguard reads as one
+# (NumberPlan.emergency), with an outside-line prefix of 9: (dialled, number).
+EMERGENCY_FORMS = [
+    ("999", "999"), ("112", "112"), ("18000", "18000"),
+    # layout characters and tel:
+    ("9 9 9", "999"), ("9-9-9", "999"), ("1.1.2", "112"), ("(999)", "999"),
+    ("(1) 8000", "18000"), (".999", "999"), ("999 ", "999"), ("-(112)", "112"),
+    ("tel:999", "999"), ("TEL:112", "112"), ("Tel: 18000", "18000"),
+    ("tel:(999)", "999"), ("(tel:112)", "112"), ("t-e-l:999", "999"),
+    # the send key, once or more
+    ("999#", "999"), ("112#", "112"), ("18000#", "18000"), ("999##", "999"),
+    ("112 # #", "112"), ("tel:18000#", "18000"),
+    # the outside-line prefix
+    ("9999", "999"), ("9112", "112"), ("918000", "18000"), ("9 999#", "999"),
+    ("918000##", "18000"),
+    # a caller-ID prefix: 141 withholds the caller ID, 1470 shows it
+    ("141999", "999"), ("1470112", "112"), ("14118000", "18000"),
+    ("147018000", "18000"), ("141999#", "999"), ("1470112#", "112"),
+    ("141 18000#", "18000"),
+    # both prefixes, in either order, and the outside-line prefix on both sides
+    ("9141999", "999"), ("91470112#", "112"), ("914118000", "18000"),
+    ("1419999", "999"), ("14709112#", "112"), ("141918000", "18000"),
+    ("91419999", "999"), ("tel:9-141-999#", "999"),
+]
+
+PLAN = NumberPlan("GB", "9", ("999", "112", "18000"))
+PREFIX_9 = {"CALLGUARD_OUTSIDE_PREFIX": "9"}
+
+
+@pytest.mark.parametrize("dialled, number", EMERGENCY_FORMS)
+def test_forms_are_emergency_for_callguard(dialled, number):
+    assert PLAN.emergency(dialled) == number
+
+
+@pytest.mark.parametrize("dialled, number", EMERGENCY_FORMS)
+async def test_emergency_form_while_callguard_down(dialplan, tmp_path, dialled, number):
+    down = Daemon(tmp_path, general="outside_line_prefix = 9")  # never started
+
+    outcome = await dialplan.run(CONTEXT, dialled, agi=fastagi(down.port),
+                                 callerid="01632960010", globals=PREFIX_9)
+
+    assert outcome.agi_calls == []
+    assert outcome.dials == [[f"PJSIP/{number}@gamma"]]
+
+
+@pytest.mark.parametrize("dialled, number", EMERGENCY_FORMS)
+async def test_emergency_form_with_callguard(dialplan, daemon, dialled, number):
+    outcome = await dialplan.run(CONTEXT, dialled, agi=fastagi(daemon.port),
+                                 callerid="01632960010", globals=PREFIX_9)
+
+    assert outcome.agi_calls == []
+    assert outcome.dials == [[f"PJSIP/{number}@gamma"]]
+
+
+def written_numbers():
+    """Yield emergency numbers and near misses, written in many ways."""
+    leads = ["", "9", "141", "1470", "9141", "91470", "1419", "14709", "91419",
+             "99", "141141", "1471", "0"]
+    for number in ("999", "112", "18000", "9990", "99", "0999", "1122", "1800"):
+        for lead in leads:
+            for tail in ("", "#", "##", "#1", "*", "0"):
+                digits = lead + number + tail
+                yield digits
+                yield "tel:" + digits
+                yield " ".join(digits)
+                yield f"({lead}) {number}{tail}"
+
+
+async def test_snippet_agrees_with_number_plan(dialplan):
+    mismatches = []
+    for dialled in written_numbers():
+        expected = PLAN.emergency(dialled)
+        outcome = await dialplan.run(CONTEXT, dialled, agi=answering("FAILURE"),
+                                     globals=PREFIX_9)
+        dials = [[f"PJSIP/{expected}@gamma"]] if expected else []
+        if outcome.dials != dials:
+            mismatches.append((dialled, expected, outcome.dials))
+
+    assert mismatches == []
+
+
+@pytest.mark.parametrize("dialled", ["(01632) 960123", "tel:+441632960123", ".5"])
+async def test_unroutable_form_rejected(dialplan, dialled):
+    # A dialled string that starts with a bracket, a dot or tel: is no number
+    # the trunk takes, so it is rejected unless it is an emergency number.
+    outcome = await dialplan.run(CONTEXT, dialled, agi=ALLOWED, globals=PREFIX_9)
+
+    assert outcome.agi_calls == []
+    assert outcome.dials == []
+    assert outcome.hangup_cause == "28"
+
+
+@pytest.mark.parametrize("prefix, dialled, number", [
+    ("8", "8999", "999"),
+    ("8", "141 8 112#", "112"),
+    ("8", "8141 18000", "18000"),
+    ("", "141999", "999"),
+])
+async def test_emergency_prefix_from_globals(dialplan, prefix, dialled, number):
+    outcome = await dialplan.run(CONTEXT, dialled, agi=answering("FAILURE"),
+                                 globals={"CALLGUARD_OUTSIDE_PREFIX": prefix})
+
+    assert outcome.agi_calls == []
+    assert outcome.dials == [[f"PJSIP/{number}@gamma"]]
+
+
+@pytest.mark.parametrize("prefix, dialled", [("", "9999"), ("8", "9999"), ("", "9141999")])
+async def test_other_prefix_not_emergency(dialplan, prefix, dialled):
+    outcome = await dialplan.run(CONTEXT, dialled, agi=answering("FAILURE"),
+                                 globals={"CALLGUARD_OUTSIDE_PREFIX": prefix})
+
+    assert len(outcome.agi_calls) == 1
+    assert outcome.dials == []
+
+
+@pytest.mark.parametrize("numbers, dialled, dial", [
+    ("999,112,18000,911", "141911#", "911"),
+    ("18000", "999#", "999"),            # 999 and 112 are always emergency numbers
+    ("18000", "1470112", "112"),
+    ("999,112", "18000#", None),         # 18000 removed from the list
+    ("999,112", "18000", "18000"),       # but the plain number has its own extension
+    ("999, 112,18000", "18000#", "18000"),
+    ("999, 112,18000", "112#", "112"),
+])
+async def test_emergency_numbers_from_globals(dialplan, numbers, dialled, dial):
+    outcome = await dialplan.run(
+        CONTEXT, dialled, agi=answering("FAILURE"),
+        globals={"CALLGUARD_EMERGENCY_NUMBERS": numbers, "CALLGUARD_OUTSIDE_PREFIX": "9"})
+
+    assert outcome.dials == ([[f"PJSIP/{dial}@gamma"]] if dial else [])
+
+
+async def test_form_with_tab_needs_callguard(dialplan, daemon, tmp_path):
+    # callguard strips a tab at either end, but the dialplan removes only
+    # spaces, dashes, dots and brackets.
+    down = Daemon(tmp_path, general="outside_line_prefix = 9")
+
+    without = await dialplan.run(CONTEXT, "999\t", agi=fastagi(down.port), globals=PREFIX_9)
+    with_callguard = await dialplan.run(CONTEXT, "999\t", agi=fastagi(daemon.port),
+                                        globals=PREFIX_9)
+
+    assert without.dials == []
+    assert with_callguard.dials == [["PJSIP/999@gamma"]]
+
+
+@pytest.mark.parametrize("dialled", [" 999", "\t999", "t.el:999"])
+async def test_form_without_extension(dialplan, dialled):
+    # No extension of the snippet matches these forms, so Asterisk rejects
+    # the call whether or not callguard runs.
+    assert PLAN.emergency(dialled) == "999"
+
+    with pytest.raises(DialplanError, match="no extension"):
+        await dialplan.run(CONTEXT, dialled, agi=answering("FAILURE"), globals=PREFIX_9)
 
 
 @pytest.mark.parametrize("expression, value", [
