@@ -14,11 +14,18 @@ import pytest
 
 from callguard.agi.protocol import AGIChannel, AGILimits
 from callguard.agi.server import FastAGIServer
+from callguard.numbers.plan import NumberPlan
 from emulator.fastagi import AGICall, run_classic_agi
+from test_dialplan import written_numbers
 
 RELAY = Path(__file__).parent.parent / "agi" / "callguard-check.agi"
 LIMITS = AGILimits(block_timeout=0.5, reply_timeout=0.5)
 UNREACHABLE = "callguard-unreachable"
+# What the relay reads from the dialplan before it applies the fail policy.
+EMERGENCY_READS = [
+    "GET VARIABLE CALLGUARD_EMERGENCY_NUMBERS",
+    "GET VARIABLE CALLGUARD_OUTSIDE_PREFIX",
+]
 
 
 def load_relay_module():
@@ -178,6 +185,7 @@ async def test_fail_policy_unreachable(closed_port, policy, expected):
         "CALLGUARD_REASON": UNREACHABLE,
     }
     assert result.commands == [
+        *EMERGENCY_READS,
         "GET VARIABLE CALLGUARD_FAIL_POLICY",
         f"SET VARIABLE CALLGUARD_RESULT {expected}",
         f"SET VARIABLE CALLGUARD_REASON {UNREACHABLE}",
@@ -245,6 +253,7 @@ async def test_fail_policy_handler_error(daemon_factory):
     assert result.returncode == 0, result.stderr
     assert result.commands == [
         "GET VARIABLE CALLGUARD_TRUNK",
+        *EMERGENCY_READS,
         "GET VARIABLE CALLGUARD_FAIL_POLICY",
         "SET VARIABLE CALLGUARD_RESULT ALLOW",
         f"SET VARIABLE CALLGUARD_REASON {UNREACHABLE}",
@@ -354,6 +363,138 @@ async def test_empty_emergency_uses_fail_policy(daemon_factory):
     }
 
 
+# (dialled, dialplan variables, emergency number). 999 and 112 are emergency
+# numbers for callguard in every configuration, other numbers only when the
+# dialplan lists them.
+RELAY_EMERGENCY_FORMS = [
+    ("999", {}, "999"),
+    ("112", {}, "112"),
+    ("999#", {}, "999"),
+    ("112##", {}, "112"),
+    ("9 9 9", {}, "999"),
+    ("(112)", {}, "112"),
+    ("tel:999", {}, "999"),
+    (" 999\t", {}, "999"),
+    ("141999", {}, "999"),
+    ("1470112#", {}, "112"),
+    ("9999", {"CALLGUARD_OUTSIDE_PREFIX": "9"}, "999"),
+    ("9141112#", {"CALLGUARD_OUTSIDE_PREFIX": "9"}, "112"),
+    ("1419999", {"CALLGUARD_OUTSIDE_PREFIX": "9"}, "999"),
+    ("18000#", {"CALLGUARD_EMERGENCY_NUMBERS": "999,112,18000"}, "18000"),
+    ("14118000", {"CALLGUARD_EMERGENCY_NUMBERS": "18000"}, "18000"),
+    ("999", {"CALLGUARD_EMERGENCY_NUMBERS": "18000"}, "999"),
+]
+
+
+@pytest.mark.parametrize("dialled, variables, number", RELAY_EMERGENCY_FORMS)
+@pytest.mark.parametrize("policy", ["deny", "allow"])
+async def test_emergency_allowed_while_unreachable(closed_port, dialled, variables, number,
+                                                   policy):
+    call = make_call(
+        extension=dialled,
+        arguments=(dialled, "gamma", "01632960010"),
+        variables={"CALLGUARD_FAIL_POLICY": policy, **variables},
+    )
+
+    result = await run_classic_agi(
+        str(RELAY), call, env={"CALLGUARD_FASTAGI": f"127.0.0.1:{closed_port}"}
+    )
+
+    assert result.returncode == 0, result.stderr
+    # CALLGUARD_EMERGENCY first, as the daemon sets it, and the number itself,
+    # which the dialplan dials in place of the dialled string.
+    assert list(result.variables.items()) == [
+        ("CALLGUARD_EMERGENCY", number),
+        ("CALLGUARD_RESULT", "ALLOW"),
+        ("CALLGUARD_REASON", "emergency"),
+    ]
+    assert "GET VARIABLE CALLGUARD_FAIL_POLICY" not in result.commands
+    assert f"is the emergency number {number}" in result.stderr
+
+
+async def test_emergency_from_extension(closed_port):
+    # Without arguments the dialled number is agi_extension, as for the daemon.
+    call = make_call(extension="999#", arguments=())
+
+    result = await run_classic_agi(
+        str(RELAY), call, env={"CALLGUARD_FASTAGI": f"127.0.0.1:{closed_port}"}
+    )
+
+    assert result.variables["CALLGUARD_EMERGENCY"] == "999"
+    assert result.variables["CALLGUARD_RESULT"] == "ALLOW"
+
+
+@pytest.mark.parametrize("dialled, variables", [
+    ("9999", {}),                                          # no outside-line prefix
+    ("9999", {"CALLGUARD_OUTSIDE_PREFIX": "8"}),
+    ("18000", {}),                                         # not listed
+    ("18000#", {"CALLGUARD_EMERGENCY_NUMBERS": "999, 18000"}),  # a space: invalid
+    ("8999", {"CALLGUARD_OUTSIDE_PREFIX": "8x"}),          # invalid prefix
+    ("9990", {}),
+    ("0999", {}),
+    ("999#1", {}),
+    ("+999", {}),
+    ("141141999", {}),
+    ("tel:+44999", {}),
+])
+async def test_other_number_gets_fail_policy(closed_port, dialled, variables):
+    call = make_call(extension=dialled, arguments=(dialled, "gamma"), variables=variables)
+
+    result = await run_classic_agi(
+        str(RELAY), call, env={"CALLGUARD_FASTAGI": f"127.0.0.1:{closed_port}"}
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.variables == {
+        "CALLGUARD_RESULT": "DENY",
+        "CALLGUARD_REASON": UNREACHABLE,
+    }
+
+
+async def test_invalid_dialplan_lists_logged(closed_port):
+    call = make_call(variables={"CALLGUARD_EMERGENCY_NUMBERS": "999, 18000,,x",
+                                "CALLGUARD_OUTSIDE_PREFIX": "99999"})
+
+    result = await run_classic_agi(
+        str(RELAY), call, env={"CALLGUARD_FASTAGI": f"127.0.0.1:{closed_port}"}
+    )
+
+    assert result.variables["CALLGUARD_RESULT"] == "DENY"
+    assert "invalid entries in CALLGUARD_EMERGENCY_NUMBERS: ' 18000', '', 'x'" in result.stderr
+    assert "invalid CALLGUARD_OUTSIDE_PREFIX '99999'" in result.stderr
+
+
+async def test_emergency_allowed_after_daemon_error(daemon_factory):
+    # The daemon failed before it set anything, even CALLGUARD_EMERGENCY.
+    daemon = await daemon_factory({"check": failing_check})
+    call = make_call(extension="141999#", arguments=("141999#", "gamma"))
+
+    result = await run_classic_agi(
+        str(RELAY), call, env={"CALLGUARD_FASTAGI": daemon.address}
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.variables == {
+        "CALLGUARD_EMERGENCY": "999",
+        "CALLGUARD_RESULT": "ALLOW",
+        "CALLGUARD_REASON": "emergency",
+    }
+
+
+@pytest.mark.parametrize("prefix", ["", "9"])
+def test_relay_agrees_with_number_plan(prefix):
+    plan = NumberPlan("GB", prefix, ("999", "112", "18000"))
+    numbers = ("999", "112", "18000")
+    mismatches = []
+    for dialled in written_numbers():
+        for text in (dialled, f" {dialled}\t"):
+            found = relay.emergency_number(text, numbers, prefix)
+            if found != plan.emergency(text):
+                mismatches.append((text, found, plan.emergency(text)))
+
+    assert mismatches == []
+
+
 class RawDaemon:
     """A TCP server on a free loopback port that sends fixed bytes after the block.
 
@@ -446,6 +587,7 @@ async def test_fail_policy_command_too_long(raw_daemon_factory):
 
     assert result.returncode == 0, result.stderr
     assert result.commands == [
+        *EMERGENCY_READS,
         "GET VARIABLE CALLGUARD_FAIL_POLICY",
         "SET VARIABLE CALLGUARD_RESULT ALLOW",
         f"SET VARIABLE CALLGUARD_REASON {UNREACHABLE}",
