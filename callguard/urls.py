@@ -1,30 +1,90 @@
-"""Database URLs made safe to print: every password replaced by ``***``."""
+"""URLs made safe to print: passwords and secret query values replaced by ``***``.
+
+Every message that can quote a configured URL (ARI, webhook, database) or an
+SMTP host passes it through ``mask_url`` first, because those messages reach
+the journal, the audit trail and callguardctl's output.
+"""
 
 import re
 
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.engine import URL
 
 MASK = "***"
 
-# user:password@ in a URL that SQLAlchemy cannot parse.
-_PASSWORD_IN_URL = re.compile(r"(://[^:/@]*:)[^@]*@")
-# A query parameter whose name contains "password" (password=, sslpassword=), whatever
-# the URL's form; libpq and psycopg accept both.
-_PASSWORD_PARAMETER = re.compile(r"([?&][^=&#]*password[^=&#]*=)[^&#]*", re.IGNORECASE)
+# The scheme and "://" of a URL; the authority starts after it.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+# A user name, ended by the ":" before a password. "@" may occur in it, as the
+# WHATWG URL standard allows, so that "us@er:pw@host" masks "pw".
+_USER = re.compile(r"[^:/?#\[\]\s]*:")
+# A port after "host:", which is not a password.
+_PORT = re.compile(r"\d*(?=[/?#\s'\",)]|$)")
+_WHITESPACE = re.compile(r"\s")
+# A query parameter whose name suggests a secret, with its value in group 2:
+# password= and sslpassword= of libpq, token=, key= and api_key= of webhook
+# receivers, sig= of signed URLs, code= of Azure Functions.
+_SECRET_PARAMETER = re.compile(
+    r"([?&][^=&#\s]*(?:pass|pwd|secret|token|key|sig|auth|code|credential)[^=&#\s]*=)"
+    r"([^&#\s]*)",
+    re.IGNORECASE,
+)
 
 
-def mask_url(url: str) -> str:
-    """Return ``url`` with its password and any password query parameter masked.
+def mask_url(text: str) -> str:
+    """Return ``text`` with every URL password and secret query value masked.
 
-    A URL that SQLAlchemy cannot parse is masked by pattern instead, so error
-    messages about such a URL can use it too.
+    ``text`` may be one URL or a message that contains URLs. In
+    ``scheme://user:password@host`` the password is replaced by ``***`` and the
+    user name is kept. The password is masked up to the last "@" before a
+    space, so one with "@", "/", "?" or "#" unescaped is masked whole, but a
+    path or query with "@" in it is masked as well. Query values whose name
+    contains pass, pwd, secret, token, key, sig, auth, code or credential are
+    masked too. A text without "://" that is one word, such as an SMTP host
+    written as ``user:password@mail.example.com``, is read as an authority.
+    Unlike SQLAlchemy's ``render_as_string``, the rest of the text is kept as
+    written, so URLs that no parser accepts are masked as well.
     """
-    try:
-        masked = make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        masked = _PASSWORD_IN_URL.sub(rf"\g<1>{MASK}@", url)
-    return _PASSWORD_PARAMETER.sub(rf"\g<1>{MASK}", masked)
+    if "://" in text:
+        starts = [match.end() for match in _SCHEME.finditer(text)]
+    elif text and not any(character.isspace() for character in text):
+        starts = [0]
+    else:
+        starts = []
+
+    pieces = []
+    done = 0
+    for start in starts:
+        if start < done:
+            continue
+        password = _password_span(text, start)
+        if password is None:
+            continue
+        pieces.append(text[done : password[0]])
+        pieces.append(MASK)
+        done = password[1]
+    pieces.append(text[done:])
+    return _SECRET_PARAMETER.sub(rf"\g<1>{MASK}", "".join(pieces))
+
+
+def _password_span(text: str, start: int) -> tuple[int, int] | None:
+    """Return the start and end of the password in the authority at ``start``."""
+    user = _USER.match(text, start)
+    if user is None:
+        return None
+
+    begin = user.end()
+    line_end = text.find("\n", begin)
+    line_end = len(text) if line_end < 0 else line_end
+    if _PORT.match(text, begin, line_end):
+        return None
+
+    # The password ends at the last "@" of the word that contains the first
+    # one, so that "@", "/", "?" and "#" in a password are masked too.
+    first_at = text.find("@", begin, line_end)
+    if first_at < 0:
+        return None
+    word_end = _WHITESPACE.search(text, first_at, line_end)
+    last_at = text.rfind("@", first_at, word_end.start() if word_end else line_end)
+    return begin, last_at
 
 
 def url_secrets(url: URL) -> tuple[str, ...]:

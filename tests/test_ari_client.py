@@ -360,6 +360,7 @@ def messages(caplog, logger: str, level: int = logging.DEBUG) -> list[str]:
         ("http://127.0.0.1:8088/?api_key=u:p", {}, "query or fragment"),
         ("http://127.0.0.1:8088/ari", {}, "ends in /ari"),
         ("http://127.0.0.1:99999/", {}, "invalid ARI URL"),
+        ("http://user:p/w@127.0.0.1:8088/", {}, "port is not a number"),
         ("http://127.0.0.1:8088/", {"ping_timeout": 0}, "ping_timeout"),
         ("http://127.0.0.1:8088/", {"ping_timeout": 31}, "at most 30"),
         ("http://127.0.0.1:8088/", {"backoff_initial": -1}, "backoff_initial"),
@@ -380,7 +381,8 @@ def test_constructor_rejects(url, options, fragment):
     with pytest.raises(ValueError, match=fragment) as caught:
         AriClient(url, USERNAME, PASSWORD, **options)
     assert "pw@" not in str(caught.value)
-    assert "api_key" not in str(caught.value)
+    assert "user:p" not in str(caught.value)
+    assert "u:p" not in str(caught.value)
 
 
 @pytest.mark.parametrize(

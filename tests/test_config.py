@@ -440,7 +440,7 @@ def test_bad_value(workdir, section, key, value, messages):
     ("postgresql://cg@127.0.0.1/cg?password=s3cret-pw",
      "'postgresql://cg@127.0.0.1/cg?password=***'"),
     ("postgres://cg@127.0.0.1/cg?password=s3cret-pw", "'postgres://cg@127.0.0.1/cg?password=***'"),
-    ("sqlite://:s3cret-pw@/:memory:", "'sqlite://:***@/%3Amemory%3A'"),
+    ("sqlite://:s3cret-pw@/:memory:", "'sqlite://:***@/:memory:'"),
     # A port that is not a number makes SQLAlchemy raise ValueError.
     ("postgresql+psycopg://cg:s3cret-pw@127.0.0.1:port/cg",
      "'postgresql+psycopg://cg:***@127.0.0.1:port/cg'"),

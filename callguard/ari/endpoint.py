@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from urllib.parse import SplitResult, urlencode, urlsplit, urlunsplit
 
 from callguard import __version__
+from callguard.urls import mask_url
 
 USER_AGENT = f"callguard/{__version__}"
 
@@ -77,39 +78,48 @@ def basic_authorization(username: str, password: str) -> str:
 
 
 def _parse_base_url(url: str) -> SplitResult:
+    # The URL may contain a password or an api_key, so messages show it masked.
+    shown_url = mask_url(url)
     try:
         parts = urlsplit(url)
-        parts.port
     except ValueError as exc:
         raise ValueError(
-            f"invalid ARI URL {_redact(url)!r}: {exc}; use a URL like {EXAMPLE_URL}"
+            f"invalid ARI URL {shown_url!r}: {exc}; use a URL like {EXAMPLE_URL}"
+        ) from None
+
+    try:
+        parts.port
+    except ValueError:
+        # urllib's message quotes the text it read as the port, which is part
+        # of the password when the password contains "/".
+        raise ValueError(
+            f"invalid ARI URL {shown_url!r}: the port is not a number from 0 to "
+            f"65535; use a URL like {EXAMPLE_URL}"
         ) from None
 
     if parts.scheme not in WEBSOCKET_SCHEMES:
         raise ValueError(
-            f"invalid ARI URL {_redact(url)!r}: the scheme must be http or https, "
+            f"invalid ARI URL {shown_url!r}: the scheme must be http or https, "
             f"as in {EXAMPLE_URL}"
         )
     if not parts.hostname:
         raise ValueError(
-            f"invalid ARI URL {_redact(url)!r}: the host is missing; use a URL "
+            f"invalid ARI URL {shown_url!r}: the host is missing; use a URL "
             f"like {EXAMPLE_URL}"
         )
     if "@" in parts.netloc:
         raise ValueError(
-            f"invalid ARI URL {_redact(url)!r}: it contains credentials; remove them "
+            f"invalid ARI URL {shown_url!r}: it contains credentials; remove them "
             "and set the ARI username and password options instead"
         )
     if parts.query or parts.fragment:
-        # The query is left out of the message because it may contain an api_key.
-        redacted_url = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
         raise ValueError(
-            f"invalid ARI URL {redacted_url + '?...'!r}: it has a query or "
-            f"fragment; give the base URL of Asterisk's HTTP server, like {EXAMPLE_URL}"
+            f"invalid ARI URL {shown_url!r}: it has a query or fragment; give the "
+            f"base URL of Asterisk's HTTP server, like {EXAMPLE_URL}"
         )
     if parts.path.rstrip("/").endswith("/ari"):
         raise ValueError(
-            f"invalid ARI URL {url!r}: it ends in /ari, which the client appends "
+            f"invalid ARI URL {shown_url!r}: it ends in /ari, which the client appends "
             f"itself; give the base URL of Asterisk's HTTP server, like {EXAMPLE_URL}"
         )
 
@@ -154,15 +164,3 @@ def _ssl_context(scheme: str, ca_file: str | None) -> ssl.SSLContext | None:
                 "readable PEM file of CA certificates"
             ) from None
     return context
-
-
-def _redact(url: str) -> str:
-    """Return `url` with anything before an '@' in the authority replaced."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    authority, slash, tail = rest.partition("/")
-    if "@" not in authority:
-        return url
-    host = authority.rsplit("@", 1)[1]
-    return f"{scheme}://***@{host}{slash}{tail}"

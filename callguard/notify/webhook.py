@@ -74,10 +74,12 @@ class WebhookError(Exception):
 def shown_url(url: str) -> str:
     """Return the scheme, host and port of ``url``, for messages and logs.
 
-    The path and query are left out because receivers often take a token there.
+    The path and query are left out because receivers often take a token there,
+    and so is any ``user:password@``.
     """
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
+    host_and_port = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host_and_port}"
 
 
 def payload(row: OutboxRecord) -> bytes:
