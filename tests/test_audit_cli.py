@@ -691,6 +691,27 @@ async def test_audit_reload_detail_one_line(daemon, capsys):
     assert reloads[0].endswith(": SIGHUP")
 
 
+def test_audit_masks_stored_url_password(conf, capsys):
+    # A failed reload as stored by a version that quoted URLs unmasked.
+    detail = ("failed, kept the running config:\ncallguard.conf:9: [ari] url: "
+              "'http://callguard:Sup3rS3cret@127.0.0.1:8088/' has a query, fragment or "
+              "credentials; write only scheme, host, port and path")
+    with Store(load_config(conf).general.database) as store:
+        store.add_audit(AuditRecord(at=datetime.now(timezone.utc), action="reload",
+                                    actor="callguard", subject=str(conf),
+                                    reason="SIGHUP", detail=detail))
+
+    assert ctl(conf, "audit") == 0
+    out = capsys.readouterr().out
+    events = run_json(capsys, conf, "audit")
+
+    assert "Sup3rS3cret" not in out
+    assert "Sup3rS3cret" not in json.dumps(events)
+    assert ("callguard.conf:9: [ari] url: 'http://callguard:***@127.0.0.1:8088/' has a "
+            "query, fragment or credentials") in out
+    assert [event["kind"] for event in events] == ["reload"]
+
+
 async def test_status_limit_zero_no_percent(tmp_path, capsys):
     daemon = Daemon(tmp_path, TRUNK.replace("daily_limit = 50.00", "daily_limit = 0"))
     await daemon.app.start()

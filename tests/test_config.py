@@ -308,7 +308,7 @@ BAD_VALUES = [
         "'http://127.0.0.1:port/' has an invalid port; write it like "
         "http://127.0.0.1:8088/"]),
     ("ari", "url", "http://cg:pw@127.0.0.1:8088/", [
-        "'http://cg:pw@127.0.0.1:8088/' has a query, fragment or credentials; write "
+        "'http://cg:***@127.0.0.1:8088/' has a query, fragment or credentials; write "
         "only scheme, host, port and path, and put the password in password_file"]),
     ("ari", "username", "call guard", [
         "'call guard' is not a valid ARI user name; write one word like callguard"]),
@@ -450,6 +450,40 @@ def test_database_error_hides_password(workdir, url, shown):
 
     assert "s3cret-pw" not in message
     assert shown in message
+
+
+# fmt: off
+SECRET_VALUES = [
+    # (lines of the config file, the secret in them, the masked text shown)
+    ("[ari]\nurl = http://callguard:Sup3rS3cret@127.0.0.1:8088/", "Sup3rS3cret",
+     "2: [ari] url: 'http://callguard:***@127.0.0.1:8088/' has a query, fragment or "
+     "credentials"),
+    ("[ari]\nurl = http://127.0.0.1:8088/?api_key=callguard:Sup3rS3cret", "Sup3rS3cret",
+     "2: [ari] url: 'http://127.0.0.1:8088/?api_key=***' has a query"),
+    ("[ari]\nurl = http://callguard:Sup3r/S3cret@127.0.0.1:8088/", "S3cret",
+     "2: [ari] url: 'http://callguard:***@127.0.0.1:8088/' has an invalid port"),
+    ("[webhook]\nurl = http://bob:HookPw9@127.0.0.1:9/hook", "HookPw9",
+     "2: [webhook] url: 'http://bob:***@127.0.0.1:9/hook' has credentials"),
+    ("[webhook]\nurl = ftp://127.0.0.1/hook?token=T0ken", "T0ken",
+     "2: [webhook] url: 'ftp://127.0.0.1/hook?token=***' is not an http or https URL"),
+    ("[smtp]\nhost = cg:MailPw1@mail.example.com", "MailPw1",
+     "2: [smtp] host: 'cg:***@mail.example.com' contains a user name or password"),
+    ("[ari]\nurl http://callguard:Sup3rS3cret@127.0.0.1:8088/", "Sup3rS3cret",
+     "2: [ari] 'url http://callguard:***@127.0.0.1:8088/' is not a setting"),
+    ("[ari http://callguard:Sup3rS3cret@127.0.0.1:8088/", "Sup3rS3cret",
+     "1: '[ari http://callguard:***@127.0.0.1:8088/' is not a section header"),
+    ("#include http://callguard:Sup3rS3cret@127.0.0.1/callguard.conf", "Sup3rS3cret",
+     "1: '#include http://callguard:***@127.0.0.1/callguard.conf' is not supported"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("lines, secret, shown", SECRET_VALUES)
+def test_problem_masks_url_secret(workdir, lines, secret, shown):
+    found = problems(f"{lines}\n[trunk gamma]\n{RATES_LINE}\n")
+
+    assert all(secret not in problem for problem in found)
+    assert any(problem.startswith(f"{CONFIG_NAME}:{shown}") for problem in found), found
 
 
 def test_problem_format(workdir):
@@ -1239,6 +1273,13 @@ BAD_DELIVERY = [
     ({"host": "smtp://mail.example.com"}, None, [
         "2: [smtp] host: 'smtp://mail.example.com' is not a host name; write only "
         f"the host, like mail.example.com or 127.0.0.1"]),
+    ({"host": "cg:MailPw1@mail.example.com"}, None, [
+        "2: [smtp] host: 'cg:***@mail.example.com' contains a user name or password; "
+        "write the host alone, like mail.example.com or 127.0.0.1, and set username "
+        "and password_file"]),
+    ({"host": "smtp://cg:MailPw1@mail.example.com"}, None, [
+        "2: [smtp] host: 'smtp://cg:***@mail.example.com' is not a host name; write "
+        "only the host, like mail.example.com or 127.0.0.1"]),
     ({"host": "mail.example.com:587"}, None, [
         "2: [smtp] host: 'mail.example.com:587' contains a port; write the host "
         "alone, like mail.example.com or 127.0.0.1, and set port ="]),
@@ -1285,9 +1326,16 @@ BAD_DELIVERY = [
         f"2: [webhook] url: 'https://hooks.example.com:x/' has an invalid port; "
         f"{HOOK_FIX}"]),
     (None, {"url": "https://cg:pw@hooks.example.com/"}, [
-        "2: [webhook] url: 'https://cg:pw@hooks.example.com/' has credentials or "
+        "2: [webhook] url: 'https://cg:***@hooks.example.com/' has credentials or "
         "a fragment; write only scheme, host, port, path and query, and let the "
         "receiver check the signature made with secret_file"]),
+    (None, {"url": "http://bob:HookPw9@127.0.0.1:9/hook"}, [
+        "2: [webhook] url: 'http://bob:***@127.0.0.1:9/hook' has credentials or "
+        "a fragment; write only scheme, host, port, path and query, and let the "
+        "receiver check the signature made with secret_file"]),
+    (None, {"url": "https://hooks.example.com:x/cb?token=T0ken"}, [
+        "2: [webhook] url: 'https://hooks.example.com:x/cb?token=***' has an invalid "
+        f"port; {HOOK_FIX}"]),
     (None, {"url": "http://hooks.example.com/", "ca_file": "ca.pem"}, [
         "3: [webhook] ca_file: is set but url uses http://, which has no "
         "certificate to check; use an https:// url or remove ca_file"]),

@@ -549,6 +549,78 @@ async def test_postgresql_refused_one_line(tmp_path):
     assert "Connection refused" in line
 
 
+# URLs with a password, as a sysadmin may write them: no log line, stored record
+# or output may show the password.
+ARI_URL_WITH_PASSWORD = "http://callguard:Sup3rS3cret@127.0.0.1:8088/"
+WEBHOOK_URL_WITH_PASSWORD = "http://bob:HookPw9@127.0.0.1:9/hook"
+URL_PASSWORDS = ("Sup3rS3cret", "HookPw9")
+ARI_URL_SHOWN = ("[ari] url: 'http://callguard:***@127.0.0.1:8088/' has a query, "
+                 "fragment or credentials; write only scheme, host, port and path")
+WEBHOOK_URL_SHOWN = ("[webhook] url: 'http://bob:***@127.0.0.1:9/hook' has credentials "
+                     "or a fragment")
+
+
+def with_url_passwords(config: Path) -> tuple[int, int]:
+    """Set the ARI and webhook URLs of ``config`` to URLs with passwords.
+
+    Returns the lines of the two ``url`` keys.
+    """
+    text = config.read_text().replace(
+        "[ari]\n", f"[ari]\nurl = {ARI_URL_WITH_PASSWORD}\n")
+    text += f"\n[webhook]\nurl = {WEBHOOK_URL_WITH_PASSWORD}\n"
+    config.write_text(text)
+    lines = text.splitlines()
+    return (lines.index(f"url = {ARI_URL_WITH_PASSWORD}") + 1,
+            lines.index(f"url = {WEBHOOK_URL_WITH_PASSWORD}") + 1)
+
+
+def stored_reload_details(database: str) -> list[str]:
+    since = datetime.now(timezone.utc) - timedelta(hours=1)
+    with Store(database) as store:
+        return [change.detail for change in store.audit_trail(since, 100).changes]
+
+
+async def test_sighup_masks_url_passwords(start_daemon, tmp_path):
+    daemon = await start_daemon()
+    good = daemon.config.read_text()
+    ari_line, webhook_line = with_url_passwords(daemon.config)
+
+    await daemon.reload()
+    daemon.config.write_text(good)
+    details = stored_reload_details(f"sqlite:///{tmp_path / 'callguard.db'}")
+    listed = await run_ctl(daemon.config, "audit")
+    listed_json = await run_ctl(daemon.config, "audit", "--json")
+
+    log = daemon.log()
+    assert daemon.running
+    assert f"{daemon.config}:{ari_line}: {ARI_URL_SHOWN}" in log
+    assert f"{daemon.config}:{webhook_line}: {WEBHOOK_URL_SHOWN}" in log
+    assert len(details) == 1
+    assert ARI_URL_SHOWN in details[0]
+    assert WEBHOOK_URL_SHOWN in details[0]
+    assert listed[0] == 0, listed
+    assert listed_json[0] == 0, listed_json
+    assert ARI_URL_SHOWN in listed[1]
+    for password in URL_PASSWORDS:
+        assert password not in log
+        assert password not in details[0]
+        assert password not in listed[1] + listed[2]
+        assert password not in listed_json[1] + listed_json[2]
+
+
+async def test_start_masks_url_passwords(tmp_path):
+    config = write_config(tmp_path, port=free_port())
+    ari_line, webhook_line = with_url_passwords(config)
+
+    status, stdout, stderr = await run_until_exit(config)
+
+    assert status == 2, stderr
+    assert f"{config}:{ari_line}: {ARI_URL_SHOWN}" in stderr
+    assert f"{config}:{webhook_line}: {WEBHOOK_URL_SHOWN}" in stderr
+    for password in URL_PASSWORDS:
+        assert password not in stdout + stderr
+
+
 async def ctl_check_output(config: Path, *options: str) -> tuple[dict, str]:
     """Run callguardctl check --json; return its report and what it wrote to stderr."""
     ctl = await asyncio.create_subprocess_exec(

@@ -12,6 +12,7 @@ from callguard.config.errors import InvalidValue
 from callguard.config.offenders import parse_ban_duration
 from callguard.store import AuditTrail, Store
 from callguard.store.audit import Renewal, read_renewal
+from callguard.urls import mask_url
 
 DEFAULT_SINCE = "1d"
 DEFAULT_LIMIT = 200
@@ -129,8 +130,10 @@ def merge_events(trail: AuditTrail) -> list[Event]:
                             f"{hangup.reason} on {hangup.channel} ({hangup.outcome}), "
                             f"call cost {hangup.call_cost}"))
     for change in trail.changes:
-        # A failed reload's detail has one line per config error.
-        detail = "; ".join(line for line in change.detail.splitlines() if line.strip())
+        # A failed reload's detail has one line per config error. Rows that
+        # older versions stored may quote a URL with its password unmasked.
+        detail = "; ".join(mask_url(line) for line in change.detail.splitlines()
+                           if line.strip())
         summary = f"{detail}: {change.reason}" if detail and change.reason else (
             detail or change.reason)
         events.append(Event(change.at, change.action, change.actor, change.subject,

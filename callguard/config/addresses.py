@@ -89,10 +89,12 @@ def parse_networks(
 
 def parse_http_url(text: str) -> str:
     """Parse the base URL of Asterisk's HTTP server and return it ending in ``/``."""
+    # The URL may contain a password, and these messages reach logs and the audit trail.
+    quoted_url = repr(mask_url(text))
     parts = urlsplit(text)
     if parts.scheme.lower() not in HTTP_SCHEMES or not parts.hostname:
         raise InvalidValue(
-            f"{text!r} is not an http or https URL; "
+            f"{quoted_url} is not an http or https URL; "
             "write it like http://127.0.0.1:8088/"
         )
 
@@ -100,18 +102,18 @@ def parse_http_url(text: str) -> str:
         parts.port
     except ValueError:
         raise InvalidValue(
-            f"{text!r} has an invalid port; write it like http://127.0.0.1:8088/"
+            f"{quoted_url} has an invalid port; write it like http://127.0.0.1:8088/"
         ) from None
 
     if parts.path.rstrip("/").endswith(ARI_PATH_SUFFIX):
         raise InvalidValue(
-            f"{text!r} ends in {ARI_PATH_SUFFIX}; write the server's base URL, "
+            f"{quoted_url} ends in {ARI_PATH_SUFFIX}; write the server's base URL, "
             "like http://127.0.0.1:8088/"
         )
 
     if parts.query or parts.fragment or parts.username or parts.password:
         raise InvalidValue(
-            f"{text!r} has a query, fragment or credentials; write only scheme, "
+            f"{quoted_url} has a query, fragment or credentials; write only scheme, "
             "host, port and path, and put the password in password_file"
         )
     return text if text.endswith("/") else f"{text}/"

@@ -15,6 +15,7 @@ from callguard.config.fields import Context, Field
 from callguard.config.ini import Section
 from callguard.config.model import SmtpConfig, WebhookConfig
 from callguard.config.sections import Reader, SectionValues
+from callguard.urls import mask_url
 
 SECURITY_NONE = "none"
 SECURITY_STARTTLS = "starttls"
@@ -39,9 +40,17 @@ def parse_host(text: str) -> str | None:
     if not text:
         return None
 
+    # A host written with a login, as user:password@host, is shown masked.
+    quoted_host = repr(mask_url(text))
     if "://" in text or "/" in text:
         raise InvalidValue(
-            f"{text!r} is not a host name; write only the host, like {HOST_EXAMPLE}"
+            f"{quoted_host} is not a host name; write only the host, like {HOST_EXAMPLE}"
+        )
+
+    if "@" in text:
+        raise InvalidValue(
+            f"{quoted_host} contains a user name or password; write the host alone, "
+            f"like {HOST_EXAMPLE}, and set username and password_file"
         )
 
     try:
@@ -53,12 +62,12 @@ def parse_host(text: str) -> str | None:
     labels = name.split(".")
     if ":" in text:
         raise InvalidValue(
-            f"{text!r} contains a port; write the host alone, like {HOST_EXAMPLE}, "
+            f"{quoted_host} contains a port; write the host alone, like {HOST_EXAMPLE}, "
             "and set port ="
         )
     valid_labels = all(HOST_LABEL.fullmatch(label) for label in labels)
     if len(name) > MAX_HOST_LENGTH or not valid_labels:
-        raise InvalidValue(f"{text!r} is not a host name; write it like {HOST_EXAMPLE}")
+        raise InvalidValue(f"{quoted_host} is not a host name; write it like {HOST_EXAMPLE}")
     return name
 
 
@@ -106,24 +115,26 @@ def parse_webhook_url(text: str) -> str | None:
     if not text:
         return None
 
+    # Messages show the URL without its password or query tokens.
+    quoted_url = repr(mask_url(text))
     parts = urlsplit(text)
     if parts.scheme.lower() not in addresses.HTTP_SCHEMES or not parts.hostname:
         raise InvalidValue(
-            f"{text!r} is not an http or https URL; write it like {WEBHOOK_EXAMPLE}"
+            f"{quoted_url} is not an http or https URL; write it like {WEBHOOK_EXAMPLE}"
         )
 
     try:
         parts.port
     except ValueError:
         raise InvalidValue(
-            f"{text!r} has an invalid port; write it like {WEBHOOK_EXAMPLE}"
+            f"{quoted_url} has an invalid port; write it like {WEBHOOK_EXAMPLE}"
         ) from None
 
     if parts.username or parts.password or parts.fragment:
         raise InvalidValue(
-            f"{text!r} has credentials or a fragment; write only scheme, host, port, "
-            "path and query, and let the receiver check the signature made with "
-            "secret_file"
+            f"{quoted_url} has credentials or a fragment; write only scheme, host, "
+            "port, path and query, and let the receiver check the signature made "
+            "with secret_file"
         )
     return text
 

@@ -9,6 +9,7 @@ the end of the line unless the semicolon is escaped as ``\\;``. Asterisk's templ
 from dataclasses import dataclass, field
 
 from callguard.config.errors import ConfigProblem
+from callguard.urls import mask_url
 
 COMMENT_START = ";"
 ESCAPED_COMMENT_START = "\\;"
@@ -86,7 +87,7 @@ def parse_ini(text: str, file: str) -> tuple[list[Section], list[ConfigProblem]]
                 number,
                 current.header if current else "",
                 "",
-                f"{line!r} is not supported; callguard reads no #include or #exec "
+                f"{mask_url(line)!r} is not supported; callguard reads no #include or #exec "
                 "directives, so copy the settings into this file",
             )
             continue
@@ -98,7 +99,7 @@ def parse_ini(text: str, file: str) -> tuple[list[Section], list[ConfigProblem]]
                     number,
                     "",
                     "",
-                    f"{line!r} is not a section header; write it like [trunk gamma]",
+                    f"{mask_url(line)!r} is not a section header; write it like [trunk gamma]",
                 )
                 current = None
                 skipping = True
@@ -137,7 +138,7 @@ def parse_ini(text: str, file: str) -> tuple[list[Section], list[ConfigProblem]]
                 number,
                 current.header if current else "",
                 "",
-                f"{line!r} is not a setting; write it like key = value",
+                f"{mask_url(line)!r} is not a setting; write it like key = value",
             )
             continue
 

@@ -298,7 +298,9 @@ class Application:
             # end reloading: keep the running config and say why.
             log.exception("reload of %s failed unexpectedly, keeping the running config",
                           path)
-            await self._record_reload(f"failed, kept the running config: {exc!r}")
+            # The text is not one of the loader's messages, which mask URLs
+            # themselves, so a URL in it is masked here.
+            await self._record_reload(f"failed, kept the running config: {mask_url(repr(exc))}")
             return False
 
         config = self._keep_database(config)
