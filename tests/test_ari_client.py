@@ -361,6 +361,8 @@ def messages(caplog, logger: str, level: int = logging.DEBUG) -> list[str]:
         ("http://127.0.0.1:8088/ari", {}, "ends in /ari"),
         ("http://127.0.0.1:99999/", {}, "invalid ARI URL"),
         ("http://user:p/w@127.0.0.1:8088/", {}, "port is not a number"),
+        ("http://user:p\uff03w@127.0.0.1:8088/", {}, "unbalanced"),
+        ("http://[::1:8088/", {}, "unbalanced"),
         ("http://127.0.0.1:8088/", {"ping_timeout": 0}, "ping_timeout"),
         ("http://127.0.0.1:8088/", {"ping_timeout": 31}, "at most 30"),
         ("http://127.0.0.1:8088/", {"backoff_initial": -1}, "backoff_initial"),

@@ -261,35 +261,41 @@ def test_check_config_broken(tmp_path, capsys, good, bad, section, key):
     assert "OK" not in captured.out
 
 
-# URLs with a password, as a sysadmin may write them: no output may show the password.
-ARI_URL_WITH_PASSWORD = "http://callguard:Sup3rS3cret@127.0.0.1:8088/"
-WEBHOOK_URL_WITH_PASSWORD = "http://bob:HookPw9@127.0.0.1:9/hook"
-URL_PASSWORDS = ("Sup3rS3cret", "HookPw9")
+# fmt: off
+URL_PASSWORD_LINES = [
+    # (line of the sample config, the line with a password in its place, the
+    # password, the problem shown)
+    ("url = http://127.0.0.1:8088/", "url = http://callguard:Sup3rS3cret@127.0.0.1:8088/",
+     "Sup3rS3cret",
+     "[ari] url: 'http://callguard:***@127.0.0.1:8088/' has a query, fragment or "
+     "credentials; write only scheme, host, port and path, and put the password in "
+     "password_file"),
+    (";url = https://hooks.example.com/callguard", "url = http://bob:HookPw9@127.0.0.1:9/hook",
+     "HookPw9",
+     "[webhook] url: 'http://bob:***@127.0.0.1:9/hook' has credentials or a fragment"),
+    # urllib rejects the fullwidth "#", and its message quotes the password.
+    ("url = http://127.0.0.1:8088/", "url = http://callguard:Sup3r\uff03S3cret@127.0.0.1:8088/",
+     "S3cret", "[ari] url: 'http://callguard:***@127.0.0.1:8088/' is not a valid URL"),
+]
+# fmt: on
 
 
-def test_check_config_masks_url_passwords(tmp_path, capsys):
+@pytest.mark.parametrize("good, bad, password, shown", URL_PASSWORD_LINES)
+def test_check_config_masks_url_password(tmp_path, capsys, good, bad, password, shown):
     path = tmp_path / "callguard.conf"
     text = SAMPLE_CONFIG.read_text()
-    ari_line, hook_line = f"url = {ARI_URL_WITH_PASSWORD}", f"url = {WEBHOOK_URL_WITH_PASSWORD}"
-    text = text.replace("\nurl = http://127.0.0.1:8088/\n", f"\n{ari_line}\n")
-    text = text.replace("\n;url = https://hooks.example.com/callguard\n", f"\n{hook_line}\n")
-    path.write_text(text)
+    assert text.count(f"\n{good}\n") == 1
+    path.write_text(text.replace(f"\n{good}\n", f"\n{bad}\n"))
     shutil.copy(SAMPLE_RATES, tmp_path / SAMPLE_RATES.name)
     shutil.copy(SAMPLE_SECRET, tmp_path / SAMPLE_SECRET.name)
-    lines = text.splitlines()
+    line = path.read_text().splitlines().index(bad) + 1
 
     status = run_ctl("--config", str(path), "check-config")
     captured = capsys.readouterr()
 
     assert status == EXIT_CONFIG
-    for password in URL_PASSWORDS:
-        assert password not in captured.out + captured.err
-    assert (f"{path}:{lines.index(ari_line) + 1}: [ari] url: "
-            "'http://callguard:***@127.0.0.1:8088/' has a query, fragment or "
-            "credentials; write only scheme, host, port and path, and put the password "
-            "in password_file") in captured.err
-    assert (f"{path}:{lines.index(hook_line) + 1}: [webhook] url: "
-            "'http://bob:***@127.0.0.1:9/hook' has credentials or a fragment") in captured.err
+    assert password not in captured.out + captured.err
+    assert f"{path}:{line}: {shown}" in captured.err
 
 
 def test_check_config_all_problems(tmp_path, capsys):

@@ -304,6 +304,10 @@ BAD_VALUES = [
     ("ari", "url", "http://127.0.0.1:8088/ari", [
         "'http://127.0.0.1:8088/ari' ends in /ari; write the server's base URL, "
         "like http://127.0.0.1:8088/"]),
+    ("ari", "url", "http://[::1:8088/", [
+        "'http://[::1:8088/' is not a valid URL because it has an unbalanced [ or ], "
+        "or a character before the path that Unicode NFKC normalization turns into "
+        "/, ?, #, @ or :; write it like http://127.0.0.1:8088/"]),
     ("ari", "url", "http://127.0.0.1:port/", [
         "'http://127.0.0.1:port/' has an invalid port; write it like "
         "http://127.0.0.1:8088/"]),
@@ -462,6 +466,11 @@ SECRET_VALUES = [
      "2: [ari] url: 'http://127.0.0.1:8088/?api_key=***' has a query"),
     ("[ari]\nurl = http://callguard:Sup3r/S3cret@127.0.0.1:8088/", "S3cret",
      "2: [ari] url: 'http://callguard:***@127.0.0.1:8088/' has an invalid port"),
+    # urllib cannot split these, and its message quotes the password.
+    ("[ari]\nurl = http://callguard:Sup3r\uff03S3cret@127.0.0.1:8088/", "S3cret",
+     "2: [ari] url: 'http://callguard:***@127.0.0.1:8088/' is not a valid URL"),
+    ("[webhook]\nurl = http://bob:Hook\uff0fPw9@127.0.0.1:9/hook", "Pw9",
+     "2: [webhook] url: 'http://bob:***@127.0.0.1:9/hook' is not a valid URL"),
     ("[webhook]\nurl = http://bob:HookPw9@127.0.0.1:9/hook", "HookPw9",
      "2: [webhook] url: 'http://bob:***@127.0.0.1:9/hook' has credentials"),
     ("[webhook]\nurl = ftp://127.0.0.1/hook?token=T0ken", "T0ken",

@@ -608,6 +608,25 @@ async def test_sighup_masks_url_passwords(start_daemon, tmp_path):
         assert password not in listed_json[1] + listed_json[2]
 
 
+async def test_sighup_masks_unsplittable_url(start_daemon, tmp_path):
+    # urllib rejects the fullwidth "#", and its message quotes the password.
+    daemon = await start_daemon()
+    good = daemon.config.read_text()
+    daemon.config.write_text(good.replace(
+        "[ari]\n", "[ari]\nurl = http://callguard:Sup3r\uff03S3cret@127.0.0.1:8088/\n"))
+
+    await daemon.reload()
+    daemon.config.write_text(good)
+    details = stored_reload_details(f"sqlite:///{tmp_path / 'callguard.db'}")
+
+    log = daemon.log()
+    assert daemon.running
+    assert "[ari] url: 'http://callguard:***@127.0.0.1:8088/' is not a valid URL" in log
+    assert "S3cret" not in log
+    assert len(details) == 1
+    assert "S3cret" not in details[0]
+
+
 async def test_start_masks_url_passwords(tmp_path):
     config = write_config(tmp_path, port=free_port())
     ari_line, webhook_line = with_url_passwords(config)

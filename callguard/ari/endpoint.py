@@ -82,9 +82,12 @@ def _parse_base_url(url: str) -> SplitResult:
     shown_url = mask_url(url)
     try:
         parts = urlsplit(url)
-    except ValueError as exc:
+    except ValueError:
+        # urllib's message can quote the user name and password.
         raise ValueError(
-            f"invalid ARI URL {shown_url!r}: {exc}; use a URL like {EXAMPLE_URL}"
+            f"invalid ARI URL {shown_url!r}: it has an unbalanced [ or ], or a "
+            "character before the path that Unicode NFKC normalization turns into "
+            f"/, ?, #, @ or :; use a URL like {EXAMPLE_URL}"
         ) from None
 
     try:

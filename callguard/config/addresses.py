@@ -4,7 +4,7 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -91,7 +91,7 @@ def parse_http_url(text: str) -> str:
     """Parse the base URL of Asterisk's HTTP server and return it ending in ``/``."""
     # The URL may contain a password, and these messages reach logs and the audit trail.
     quoted_url = repr(mask_url(text))
-    parts = urlsplit(text)
+    parts = split_url(text, quoted_url, "http://127.0.0.1:8088/")
     if parts.scheme.lower() not in HTTP_SCHEMES or not parts.hostname:
         raise InvalidValue(
             f"{quoted_url} is not an http or https URL; "
@@ -117,6 +117,21 @@ def parse_http_url(text: str) -> str:
             "host, port and path, and put the password in password_file"
         )
     return text if text.endswith("/") else f"{text}/"
+
+
+def split_url(text: str, quoted_url: str, example: str) -> SplitResult:
+    """Split ``text`` with ``urlsplit``, raising ``InvalidValue`` that quotes ``quoted_url``.
+
+    urllib's own message can quote the user name and password, so it is left out.
+    """
+    try:
+        return urlsplit(text)
+    except ValueError:
+        raise InvalidValue(
+            f"{quoted_url} is not a valid URL because it has an unbalanced [ or ], or "
+            "a character before the path that Unicode NFKC normalization turns into "
+            f"/, ?, #, @ or :; write it like {example}"
+        ) from None
 
 
 def parse_database_url(text: str, base_dir: Path) -> str:

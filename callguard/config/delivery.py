@@ -117,7 +117,7 @@ def parse_webhook_url(text: str) -> str | None:
 
     # Messages show the URL without its password or query tokens.
     quoted_url = repr(mask_url(text))
-    parts = urlsplit(text)
+    parts = addresses.split_url(text, quoted_url, WEBHOOK_EXAMPLE)
     if parts.scheme.lower() not in addresses.HTTP_SCHEMES or not parts.hostname:
         raise InvalidValue(
             f"{quoted_url} is not an http or https URL; write it like {WEBHOOK_EXAMPLE}"
