@@ -401,6 +401,13 @@ def test_constructor_rejects_credentials(username, password, fragment):
         AriClient("http://127.0.0.1:8088/", username, password)
 
 
+def test_constructor_hides_username_password():
+    with pytest.raises(ValueError, match="contains ':'") as caught:
+        AriClient("http://127.0.0.1:8088/", "callguard:Sup3rS3cret", PASSWORD)
+
+    assert "Sup3rS3cret" not in str(caught.value)
+
+
 @pytest.mark.parametrize(
     "url, rest_base, events_url",
     [

@@ -276,6 +276,9 @@ URL_PASSWORD_LINES = [
     # urllib rejects the fullwidth "#", and its message quotes the password.
     ("url = http://127.0.0.1:8088/", "url = http://callguard:Sup3r\uff03S3cret@127.0.0.1:8088/",
      "S3cret", "[ari] url: 'http://callguard:***@127.0.0.1:8088/' is not a valid URL"),
+    ("username = callguard", "username = callguard:Sup3rS3cret", "Sup3rS3cret",
+     "[ari] username: contains ':', which ends the user name in HTTP Basic "
+     "authentication"),
 ]
 # fmt: on
 

@@ -475,6 +475,9 @@ SECRET_VALUES = [
      "2: [webhook] url: 'http://bob:***@127.0.0.1:9/hook' has credentials"),
     ("[webhook]\nurl = ftp://127.0.0.1/hook?token=T0ken", "T0ken",
      "2: [webhook] url: 'ftp://127.0.0.1/hook?token=***' is not an http or https URL"),
+    ("[ari]\nusername = callguard:Sup3rS3cret", "Sup3rS3cret",
+     "2: [ari] username: contains ':', which ends the user name in HTTP Basic "
+     "authentication; write the user name alone"),
     ("[smtp]\nhost = cg:MailPw1@mail.example.com", "MailPw1",
      "2: [smtp] host: 'cg:***@mail.example.com' contains a user name or password"),
     ("[ari]\nurl http://callguard:Sup3rS3cret@127.0.0.1:8088/", "Sup3rS3cret",

@@ -608,23 +608,48 @@ async def test_sighup_masks_url_passwords(start_daemon, tmp_path):
         assert password not in listed_json[1] + listed_json[2]
 
 
-async def test_sighup_masks_unsplittable_url(start_daemon, tmp_path):
-    # urllib rejects the fullwidth "#", and its message quotes the password.
-    daemon = await start_daemon()
-    good = daemon.config.read_text()
-    daemon.config.write_text(good.replace(
-        "[ari]\n", "[ari]\nurl = http://callguard:Sup3r\uff03S3cret@127.0.0.1:8088/\n"))
+async def reload_with(daemon: DaemonProcess, old: str, new: str) -> tuple[str, list[str]]:
+    """Reload ``daemon`` with ``old`` replaced by ``new`` in its config, then undo it.
 
+    Returns the daemon's log and the details of the stored reload records.
+    """
+    good = daemon.config.read_text()
+    daemon.config.write_text(good.replace(old, new))
     await daemon.reload()
     daemon.config.write_text(good)
-    details = stored_reload_details(f"sqlite:///{tmp_path / 'callguard.db'}")
+    details = stored_reload_details(f"sqlite:///{daemon.directory / 'callguard.db'}")
+    return daemon.log(), details
 
-    log = daemon.log()
+
+async def test_sighup_masks_unsplittable_url(start_daemon):
+    # urllib rejects the fullwidth "#", and its message quotes the password.
+    daemon = await start_daemon()
+
+    log, details = await reload_with(
+        daemon, "[ari]\n", "[ari]\nurl = http://callguard:Sup3r\uff03S3cret@127.0.0.1:8088/\n")
+
     assert daemon.running
     assert "[ari] url: 'http://callguard:***@127.0.0.1:8088/' is not a valid URL" in log
     assert "S3cret" not in log
     assert len(details) == 1
     assert "S3cret" not in details[0]
+
+
+async def test_sighup_masks_password_in_ari_username(start_daemon, ari, tmp_path):
+    daemon = await start_daemon()
+    secret = tmp_path / "ari.secret"
+    secret.write_text(PASSWORD + "\n")
+    secret.chmod(0o600)
+
+    log, details = await reload_with(daemon, "[ari]\nenabled = no\n", (
+        f"[ari]\nenabled = yes\nurl = {ari.url}\nusername = callguard:Sup3rS3cret\n"
+        "password_file = ari.secret\n"))
+
+    assert daemon.running
+    assert "[ari] username: contains ':'" in log
+    assert "Sup3rS3cret" not in log
+    assert len(details) == 1
+    assert "Sup3rS3cret" not in details[0]
 
 
 async def test_start_masks_url_passwords(tmp_path):

@@ -130,10 +130,16 @@ def _parse_base_url(url: str) -> SplitResult:
 
 
 def _check_credentials(username: str, password: str) -> None:
-    if not username or ":" in username:
+    if not username:
         raise ValueError(
-            f"invalid ARI username {username!r}: it must be non-empty and contain "
-            "no ':'; use the user name of a section in ari.conf"
+            "invalid ARI username: it is empty; use the user name of a section in "
+            "ari.conf"
+        )
+    if ":" in username:
+        # What follows the ":" is often the password, so the name is not quoted.
+        raise ValueError(
+            "invalid ARI username: it contains ':', which ends the user name in HTTP "
+            "Basic authentication; use the user name of a section in ari.conf"
         )
     if not password:
         raise ValueError(

@@ -57,6 +57,18 @@ def parse_optional_zone(text: str) -> ZoneInfo | None:
     return parse_zone(text) if text else None
 
 
+def parse_ari_username(text: str) -> str:
+    """Parse the ARI user name, one word without ":", which ends it in HTTP Basic auth."""
+    if ":" in text:
+        # What follows the ":" is often the password, so the value is not quoted.
+        raise InvalidValue(
+            "contains ':', which ends the user name in HTTP Basic authentication; "
+            "write the user name alone, like callguard, and put the password in "
+            "password_file"
+        )
+    return values.parse_name(text, "ARI user name", "callguard")
+
+
 def _ignore_context(parse: Callable[[str], Any]) -> Callable[[str, Context], Any]:
     return lambda text, context: parse(text)
 
@@ -111,10 +123,7 @@ GENERAL_FIELDS: dict[str, Field] = {
 ARI_FIELDS: dict[str, Field] = {
     "enabled": Field(_ignore_context(values.parse_bool), "yes"),
     "url": Field(_ignore_context(addresses.parse_http_url), "http://127.0.0.1:8088/"),
-    "username": Field(
-        lambda text, context: values.parse_name(text, "ARI user name", "callguard"),
-        "callguard",
-    ),
+    "username": Field(_ignore_context(parse_ari_username), "callguard"),
     "password_file": Field(_in_base_dir(addresses.parse_existing_file)),
     "app": Field(
         lambda text, context: values.parse_name(text, "ARI application", "callguard"),
