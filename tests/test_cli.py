@@ -243,6 +243,25 @@ def test_check_config_sample(capsys):
     assert f"{len(csv_rows(SAMPLE_RATES))} rates" in out
 
 
+def test_check_config_sample_notify_warns(tmp_path, capsys):
+    # The sample with its trunk's notify set, while it sets no [smtp] host and
+    # no [webhook] url.
+    path = tmp_path / "callguard.conf"
+    text = SAMPLE_CONFIG.read_text()
+    assert text.count("\n;notify = noc@example.com\n") == 1
+    path.write_text(text.replace(";notify = noc@example.com", "notify = noc@example.com"))
+    shutil.copy(SAMPLE_RATES, tmp_path / SAMPLE_RATES.name)
+    shutil.copy(SAMPLE_SECRET, tmp_path / SAMPLE_SECRET.name)
+
+    status = run_ctl("--config", str(path), "check-config")
+    captured = capsys.readouterr()
+
+    assert status == EXIT_OK
+    assert captured.out.startswith(f"{path}: OK, 1 trunk,")
+    assert (f"{path}: warning: [trunk gamma] notify = noc@example.com, but this trunk's "
+            "alerts go nowhere until [smtp] host or [webhook] url is set") in captured.err
+
+
 @pytest.mark.parametrize("good, bad, section, key", BROKEN)
 def test_check_config_broken(tmp_path, capsys, good, bad, section, key):
     path = tmp_path / "callguard.conf"

@@ -1393,6 +1393,34 @@ def test_delivery_secret_warnings(workdir, caplog):
     assert all("s3cret" not in message for message in messages)
 
 
+NOTIFY_NOWHERE = (
+    "[trunk gamma] notify = noc@example.com, ops@example.com, but this trunk's alerts "
+    "go nowhere until [smtp] host or [webhook] url is set, and each is dropped with "
+    "a warning in the log; set host, from and to in [smtp], or url in [webhook]")
+NOTIFY_WEBHOOK_ONLY = (
+    "[trunk gamma] notify = noc@example.com, ops@example.com, but [smtp] host is not "
+    "set, so this trunk's alerts go only to the webhook and never to these "
+    "addresses; set host, from and to in [smtp], or remove notify")
+HOOK = {"url": "https://hooks.example.com/"}
+
+
+@pytest.mark.parametrize("smtp, webhook, notify, expected", [
+    (None, None, "noc@example.com, ops@example.com", [NOTIFY_NOWHERE]),
+    # [smtp] without host, as in the sample config, turns e-mail off too.
+    ({"security": "starttls"}, None, "noc@example.com, ops@example.com", [NOTIFY_NOWHERE]),
+    (None, HOOK, "noc@example.com, ops@example.com", [NOTIFY_WEBHOOK_ONLY]),
+    (SMTP_BASE, None, "noc@example.com, ops@example.com", []),
+    (SMTP_BASE, HOOK, "noc@example.com, ops@example.com", []),
+    (None, None, "", []),
+])
+def test_notify_without_mail_warns(workdir, smtp, webhook, notify, expected):
+    text = delivery_config(smtp=smtp, webhook=webhook) + f"notify = {notify}\n"
+
+    warnings = [warning for warning in config_warnings(load(text)) if "notify" in warning]
+
+    assert warnings == expected
+
+
 @pytest.mark.parametrize("cap, warned", [("24h", False), ("86401", True), ("2d", True)])
 def test_call_cap_over_a_day_warns(workdir, cap, warned):
     warnings = config_warnings(

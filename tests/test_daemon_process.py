@@ -338,6 +338,19 @@ async def test_sighup_bad_config_kept(start_daemon):
     assert new_config["CALLGUARD_REASON"] == "barred:geographic"
 
 
+async def test_notify_without_mail_warned(start_daemon):
+    daemon = await start_daemon(trunks=TRUNK + "notify = noc@example.com\n")
+    warning = (f"WARNING callguard.daemon.app: {daemon.config}: [trunk gamma] notify = "
+               "noc@example.com, but this trunk's alerts go nowhere until [smtp] host or "
+               "[webhook] url is set")
+    at_start = daemon.log().count(warning)
+
+    await daemon.reload()
+
+    assert at_start == 1
+    assert daemon.log().count(warning) == 2
+
+
 async def test_sigterm_answers_check(start_daemon):
     daemon = await start_daemon()
     call = check_call(GEOGRAPHIC)

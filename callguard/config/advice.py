@@ -29,6 +29,7 @@ def config_warnings(config: Config, prefixes: PrefixTable | None = None) -> list
                     "limit"
                 )
         warnings.extend(_outside_trunk_numbers(name, trunk, config))
+        warnings.extend(_notify_without_mail(name, trunk, config))
         limited = [key for key, value in (("daily_limit", daily), ("weekly_limit", weekly),
                                           ("max_concurrent_calls", trunk.max_concurrent_calls))
                    if value is not None]
@@ -83,6 +84,25 @@ def config_warnings(config: Config, prefixes: PrefixTable | None = None) -> list
             )
     warnings.extend(number_plan_warnings(config, prefixes))
     return warnings
+
+
+def _notify_without_mail(name: str, trunk: TrunkConfig, config: Config) -> list[str]:
+    """Warn about a trunk's notify addresses that no alert e-mail can reach."""
+    if not trunk.notify or config.smtp is not None:
+        return []
+
+    addresses = ", ".join(trunk.notify)
+    if config.webhook is None:
+        return [
+            f"[trunk {name}] notify = {addresses}, but this trunk's alerts go nowhere "
+            "until [smtp] host or [webhook] url is set, and each is dropped with a "
+            "warning in the log; set host, from and to in [smtp], or url in [webhook]"
+        ]
+    return [
+        f"[trunk {name}] notify = {addresses}, but [smtp] host is not set, so this "
+        "trunk's alerts go only to the webhook and never to these addresses; set "
+        "host, from and to in [smtp], or remove notify"
+    ]
 
 
 def _outside_trunk_numbers(name: str, trunk: TrunkConfig, config: Config) -> list[str]:
