@@ -21,9 +21,12 @@ _PORT = re.compile(r"\d*(?=[/?#\s'\",)]|$)")
 _WHITESPACE = re.compile(r"\s")
 # A query parameter whose name suggests a secret, with its value in group 2:
 # password= and sslpassword= of libpq, token=, key= and api_key= of webhook
-# receivers, sig= of signed URLs, code= of Azure Functions.
+# receivers, sig= of signed URLs, code= of Azure Functions. libpq's sslkey=,
+# a file name, is not one.
 _SECRET_PARAMETER = re.compile(
-    r"([?&][^=&#\s]*(?:pass|pwd|secret|token|key|sig|auth|code|credential)[^=&#\s]*=)"
+    r"([?&](?:[^=&#\s]*(?:pass|pwd|secret|token|credential)[^=&#\s]*"
+    r"|(?:[^=&#\s]*[_-])?(?:api)?key|(?:[^=&#\s]*[_-])?sig(?:nature)?"
+    r"|code|auth|authorization)=)"
     r"([^&#\s]*)",
     re.IGNORECASE,
 )
@@ -36,9 +39,10 @@ def mask_url(text: str) -> str:
     ``scheme://user:password@host`` the password is replaced by ``***`` and the
     user name is kept. The password is masked up to the last "@" before a
     space, so one with "@", "/", "?" or "#" unescaped is masked whole, but a
-    path or query with "@" in it is masked as well. Query values whose name
-    contains pass, pwd, secret, token, key, sig, auth, code or credential are
-    masked too. A text without "://" that is one word, such as an SMTP host
+    path or query with "@" in it is masked as well. The values of query
+    parameters named like a secret are masked too: names that contain pass,
+    pwd, secret, token or credential, names that are or end in key, apikey,
+    sig or signature, and code, auth and authorization. A text without "://" that is one word, such as an SMTP host
     written as ``user:password@mail.example.com``, is read as an authority.
     Unlike SQLAlchemy's ``render_as_string``, the rest of the text is kept as
     written, so URLs that no parser accepts are masked as well.
