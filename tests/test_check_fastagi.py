@@ -273,8 +273,8 @@ async def test_reload_warns_control_socket_changed(tmp_path, caplog):
         await daemon.app.stop()
 
     assert applied is True
-    assert (f"control_socket changed in {daemon.path}; restart callguard to use it"
-            in caplog.text)
+    assert (f"control_socket changed in {daemon.path} to {moved}, but callguard keeps "
+            f"{running}; restart callguard to use it" in caplog.text)
     assert not moved.exists()
 
 

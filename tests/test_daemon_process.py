@@ -351,6 +351,37 @@ async def test_notify_without_mail_warned(start_daemon):
     assert daemon.log().count(warning) == 2
 
 
+async def test_sighup_compares_listeners_with_running(start_daemon, tmp_path):
+    daemon = await start_daemon()
+    good = daemon.config.read_text()
+    running = f"127.0.0.1:{daemon.port}"
+    moved_socket = tmp_path / "moved.sock"
+    listen_warning = (f"fastagi_listen changed in {daemon.config} to 127.0.0.1:4574, but "
+                      f"callguard keeps listening on {running}; restart callguard to use it")
+    socket_warning = (f"control_socket changed in {daemon.config} to {moved_socket}, but "
+                      f"callguard keeps {daemon.control_socket}; restart callguard to use it")
+
+    daemon.config.write_text(good.replace(f"fastagi_listen = {running}",
+                                          "fastagi_listen = 127.0.0.1:4574")
+                             .replace(str(daemon.control_socket), str(moved_socket)))
+    await daemon.reload()
+    changed_log = daemon.log()
+    daemon.config.write_text(good)
+    await daemon.reload()
+    restored_log = daemon.log()
+    variables = await check(daemon.port, GEOGRAPHIC)
+    status = await daemon.status()
+
+    assert changed_log.count(listen_warning) == 1
+    assert changed_log.count(socket_warning) == 1
+    assert restored_log.count("fastagi_listen changed") == 1
+    assert restored_log.count("control_socket changed") == 1
+    assert restored_log.count(f"reloaded {daemon.config}") == 2
+    assert variables["CALLGUARD_RESULT"] == "ALLOW"
+    assert "gamma" in status["trunks"]
+    assert not moved_socket.exists()
+
+
 async def test_sigterm_answers_check(start_daemon):
     daemon = await start_daemon()
     call = check_call(GEOGRAPHIC)

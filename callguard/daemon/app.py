@@ -69,6 +69,10 @@ class Application:
         # The database in use until the daemon stops: a reload does not switch.
         self.database = config.general.database
         self._database_override = self.database if database_override else None
+        # The FastAGI address and the control socket that start() opens, in use
+        # until the daemon stops: a reload does not move them either.
+        self.fastagi_listen = (config.general.fastagi_host, config.general.fastagi_port)
+        self.control_socket = config.general.control_socket
         self.store = Store(self.database)
         self.worker = StoreWorker(self.store)
         self.ledger = Ledger(self.worker)
@@ -126,14 +130,13 @@ class Application:
         handler = CheckHandler(lambda: self.engine, _Sinks(self))
         self.fastagi = FastAGIServer(
             {SCRIPT_CHECK: handler},
-            general.fastagi_host,
-            general.fastagi_port,
+            *self.fastagi_listen,
             allowed_clients=general.allowed_clients,
         )
         await self.fastagi.start()
         log.info("FastAGI listening on %s", ", ".join(f"{h}:{p}" for h, p in self.fastagi.sockets))
 
-        self.control = ControlServer(general.control_socket, {
+        self.control = ControlServer(self.control_socket, {
             "status": lambda request: self.status(),
             "calls": lambda request: status.calls(self.guard, bool(request.get("live"))),
             "check": lambda request: check_command(self, request),
@@ -151,7 +154,7 @@ class Application:
                       "from callguardctl reach this daemon only through the store, "
                       "within about %g s. callguardctl status, calls and check cannot "
                       "reach it until it is restarted with a usable control_socket in "
-                      "[general].", general.control_socket, exc, SPEND_REFRESH_SECONDS)
+                      "[general].", self.control_socket, exc, SPEND_REFRESH_SECONDS)
             self.control = None
         self._watch = asyncio.create_task(self._watch_ari(), name="ari-watch")
         self._refresh = asyncio.create_task(self._refresh_spend_forever(),
@@ -303,13 +306,7 @@ class Application:
             await self._record_reload(f"failed, kept the running config: {mask_url(repr(exc))}")
             return False
 
-        config = self._keep_database(config)
-        if (config.general.fastagi_host, config.general.fastagi_port) != (
-            self.config.general.fastagi_host, self.config.general.fastagi_port
-        ):
-            log.warning("fastagi_listen changed in %s; restart callguard to use it", path)
-        if config.general.control_socket != self.config.general.control_socket:
-            log.warning("control_socket changed in %s; restart callguard to use it", path)
+        config = self._keep_listeners(self._keep_database(config))
 
         try:
             await copy_tables_to_store(self.worker, config, tables)
@@ -345,6 +342,27 @@ class Application:
                         "until it restarts", config.path, mask_url(configured),
                         mask_url(self.database))
         return replace(config, general=replace(config.general, database=self.database))
+
+    def _keep_listeners(self, config: Config) -> Config:
+        """Return the reloaded ``config`` with the FastAGI address and control socket
+        in use, warning about each that the file sets otherwise.
+
+        The comparison is with what the daemon runs on, not with the previous
+        file, so a file changed back to the running value warns no more.
+        """
+        general = config.general
+        configured = (general.fastagi_host, general.fastagi_port)
+        if configured != self.fastagi_listen:
+            log.warning("fastagi_listen changed in %s to %s, but callguard keeps listening "
+                        "on %s; restart callguard to use it", config.path,
+                        _listen_address(*configured), _listen_address(*self.fastagi_listen))
+        if general.control_socket != self.control_socket:
+            log.warning("control_socket changed in %s to %s, but callguard keeps %s; "
+                        "restart callguard to use it", config.path, general.control_socket,
+                        self.control_socket)
+        host, port = self.fastagi_listen
+        return replace(config, general=replace(general, fastagi_host=host, fastagi_port=port,
+                                               control_socket=self.control_socket))
 
     async def _record_reload(self, outcome: str) -> None:
         record = AuditRecord(at=self.clock.now(), action=ACTION_RELOAD,
@@ -412,6 +430,11 @@ def _ari_settings_at_start(config: Config) -> AriSettings | None:
     except ConfigError as exc:
         log.error("%s", exc)
         return AriSettings(config.ari, None)
+
+
+def _listen_address(host: str, port: int) -> str:
+    """Return ``host:port`` as fastagi_listen is written, with an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _log_config_warnings(config: Config, prefixes: PrefixTable) -> None:
