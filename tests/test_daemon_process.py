@@ -382,6 +382,24 @@ async def test_sighup_compares_listeners_with_running(start_daemon, tmp_path):
     assert not moved_socket.exists()
 
 
+async def test_sighup_applies_log_level(start_daemon):
+    daemon = await start_daemon()
+    good = daemon.config.read_text()
+    reloaded = f"INFO callguard.daemon.app: reloaded {daemon.config}"
+
+    daemon.config.write_text(good.replace("[general]\n", "[general]\nlog_level = warning\n"))
+    await daemon.reload()
+    await daemon.reload()
+    quiet_log = daemon.log()
+    daemon.config.write_text(good)
+    await daemon.reload()
+    await daemon.reload()
+
+    # The level applies once the reload that sets it is done.
+    assert quiet_log.count(reloaded) == 1
+    assert daemon.log().count(reloaded) == 2
+
+
 async def test_sigterm_answers_check(start_daemon):
     daemon = await start_daemon()
     call = check_call(GEOGRAPHIC)

@@ -167,5 +167,10 @@ def setup_logging(level: str) -> None:
     else:
         handler.setFormatter(
             EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        handlers=[handler])
+    logging.basicConfig(handlers=[handler])
+    set_log_level(level)
+
+
+def set_log_level(level: str) -> None:
+    """Set the lowest level logged, a [general] log_level such as ``info``."""
+    logging.getLogger().setLevel(getattr(logging, level.upper(), logging.INFO))

@@ -8,7 +8,7 @@ import signal
 
 from callguard import __version__
 from callguard.cli.common import (EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, add_config_argument,
-                                  read_config, setup_logging)
+                                  read_config, set_log_level, setup_logging)
 from callguard.daemon.app import Application
 from callguard.daemon.state import TablesError
 from callguard.daemon.systemd import Notifier
@@ -79,7 +79,8 @@ async def serve(app: Application, notifier: Notifier) -> None:
             await reloads.get()
             notifier.reloading()
             try:
-                await app.reload()
+                if await app.reload():
+                    set_log_level(app.config.general.log_level)
                 settle_heap()
             except Exception:
                 # The next SIGHUP must still be read: log this one and go on.
