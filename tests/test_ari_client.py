@@ -1026,13 +1026,35 @@ async def test_drop_reconnects(emulator, make_client, caplog):
     assert not any(recorder.connected_in_on_disconnect)
 
     delays = [
-        record.args[-1]
+        record.args[3]
         for record in caplog.records
         if record.name == "callguard.ari.stream" and "reconnect attempt" in record.msg
     ]
     assert len(delays) >= 3
     for delay in delays:
         assert (1 - JITTER) * 0.01 <= delay <= 0.2
+
+
+async def test_long_outage_logs_fewer_attempts(emulator, make_client, caplog):
+    client = make_client(emulator.url, backoff_initial=0.001, backoff_max=0.002)
+    recorder = Recorder(client)
+    caplog.set_level(logging.DEBUG, "callguard.ari.stream")
+
+    def attempts() -> list[logging.LogRecord]:
+        return [r for r in caplog.records
+                if r.name == "callguard.ari.stream" and "reconnect attempt" in r.msg]
+
+    async with Running(client, recorder):
+        await until(lambda: recorder.connects == 1, "the first connection")
+        await emulator.drop_events(refuse_for=math.inf)
+        await until(lambda: len(attempts()) >= 31, "31 refused attempts")
+
+    numbered = [(r.args[2], r.levelno) for r in attempts()[:31]]
+    assert [number for number, _ in numbered] == list(range(1, 32))
+    warned = [number for number, level in numbered if level == logging.WARNING]
+    assert warned == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 20, 30]
+    assert "one attempt in 10 is logged from now on" in attempts()[19].getMessage()
+    assert "one attempt in 10" not in attempts()[9].getMessage()
 
 
 async def test_disconnected_while_down(emulator, make_client, caplog):

@@ -31,6 +31,10 @@ DisconnectHandler = Callable[[], Awaitable[None] | None]
 
 HTTP_UNAUTHORIZED = 401
 
+# Failed reconnect attempts in a row that are each logged as a warning. After
+# them, one attempt in this many is a warning and the others are debug lines.
+LOGGED_ATTEMPTS = 10
+
 # websockets closes a connection whose ping got no pong within its ping_timeout,
 # then waits up to close_timeout for the TCP close. Each of the three steps
 # (ping interval, pong wait, close wait) gets a third of our ping_timeout, so
@@ -139,12 +143,21 @@ class EventStream:
                 )
             else:
                 delay = backoff.next_delay()
-                log.warning(
-                    "ARI events at %s: %s; reconnect attempt %d in %.2f s",
+                # An outage of hours would otherwise log a warning every
+                # backoff_max seconds, and the daemon logs an error for it too.
+                level = logging.WARNING
+                every = ""
+                if attempt > LOGGED_ATTEMPTS:
+                    level = logging.DEBUG if attempt % LOGGED_ATTEMPTS else logging.WARNING
+                    every = f"; one attempt in {LOGGED_ATTEMPTS} is logged from now on"
+                log.log(
+                    level,
+                    "ARI events at %s: %s; reconnect attempt %d in %.2f s%s",
                     url,
                     end.reason,
                     attempt,
                     delay,
+                    every,
                 )
             await self._sleep_unless_closed(delay)
 
