@@ -312,6 +312,7 @@ async def test_other_prefix_not_emergency(dialplan, prefix, dialled):
     ("999,112", "18000", "18000"),       # but the plain number has its own extension
     ("999, 112,18000", "18000#", "18000"),
     ("999, 112,18000", "112#", "112"),
+    ("999,112,0", "0#", "0"),            # _X. alone needs two characters
 ])
 async def test_emergency_numbers_from_globals(dialplan, numbers, dialled, dial):
     outcome = await dialplan.run(
@@ -355,3 +356,10 @@ async def test_form_without_extension(dialplan, dialled):
 ])
 def test_expressions(expression, value):
     assert evaluate(expression) == value
+
+
+async def test_one_digit_emergency_from_check(dialplan):
+    outcome = await dialplan.run(CONTEXT, "90", agi=answering(emergency="0"),
+                                 globals={"CALLGUARD_OUTSIDE_PREFIX": "9"})
+
+    assert outcome.dials == [["PJSIP/0@gamma"]]
