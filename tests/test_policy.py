@@ -16,6 +16,7 @@ from callguard.policy.engine import PolicyEngine
 from callguard.policy.ledger import Ledger
 from callguard.policy.reservations import Reservations
 from callguard.store import Store
+from callguard.windows import DAY, WEEK
 from callguard.worker import StoreWorker
 from support import RATES, TRUNK, write_config
 
@@ -467,3 +468,27 @@ async def test_same_channel_checked_twice_holds_once(guard):
     assert first.result == "ALLOW"
     assert again.result == "ALLOW"
     assert len(guard.reservations) == 1
+
+
+def test_reservation_expiry_lines_limited(caplog):
+    # Without ARI every allowed call's reservation expires: the lines are
+    # limited per minute, and the next one counts those left out.
+    clock = ManualClock(NOW)
+    reservations = Reservations(clock)
+    keys = {DAY: TODAY, WEEK: THIS_WEEK}
+    for number in range(30):
+        reservations.add("gamma", f"1718355600.{number}", Decimal("0.01"), keys, NOW, 120)
+
+    with caplog.at_level(logging.INFO, logger="callguard.policy.reservations"):
+        expired = reservations.expire(NOW + timedelta(seconds=121))
+        clock.advance(60)
+        reservations.add("gamma", "1718355700.1", Decimal("0.01"), keys, NOW, 120)
+        reservations.expire(NOW + timedelta(seconds=121))
+
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(expired) == 30
+    assert len(lines) == 21
+    assert lines[0] == ("gamma 1718355600.0: reservation of 0.01 expired without a "
+                        "trunk leg; releasing it")
+    assert lines[-1].endswith("releasing it (10 similar messages suppressed)")
+    assert reservations.pending_count("gamma") == 0

@@ -76,7 +76,7 @@ class Application:
         self.store = Store(self.database)
         self.worker = StoreWorker(self.store)
         self.ledger = Ledger(self.worker)
-        self.reservations = Reservations()
+        self.reservations = Reservations(self.clock)
         self.blocks = BlockList()
         # Tasks started by control requests, kept until they end.
         self._background: set[asyncio.Task] = set()

@@ -14,9 +14,16 @@ from typing import NamedTuple
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+from callguard.clock import Clock
+from callguard.repeats import RepeatLimiter, suppressed_note
 from callguard.windows import DAY, WEEK
 
 log = logging.getLogger(__name__)
+
+# Lines a minute about reservations that expired. Further ones are counted.
+# Without ARI every allowed call's reservation expires, so a busy trunk would
+# otherwise log a line per call twice.
+EXPIRY_LOG_BURST = 20
 
 
 class Reservation(NamedTuple):
@@ -45,7 +52,8 @@ class Reservations:
     reservation_seconds, which every full collection would otherwise walk.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock | None = None) -> None:
+        self._expiry_log = RepeatLimiter(burst=EXPIRY_LOG_BURST, clock=clock)
         self._by_id: dict[int, tuple] = {}
         self._by_uniqueid: dict[str, int] = {}
         self._held: dict[tuple[str, str, str], Decimal] = {}
@@ -110,10 +118,13 @@ class Reservations:
                 continue  # released earlier, or held until its leg ends
             self._remove(reservation)
             expired.append(reservation)
-            log.info(
-                "%s %s: reservation of %s expired without a trunk leg; releasing it",
-                reservation.trunk, reservation.uniqueid or "-", reservation.amount,
-            )
+            suppressed = self._expiry_log.admit()
+            if suppressed is not None:
+                log.info(
+                    "%s %s: reservation of %s expired without a trunk leg; releasing it%s",
+                    reservation.trunk, reservation.uniqueid or "-", reservation.amount,
+                    suppressed_note(suppressed),
+                )
         return expired
 
     def pending_count(self, trunk: str) -> int:
