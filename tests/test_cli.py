@@ -1151,3 +1151,17 @@ def test_journal_lines_carry_the_priority():
 ])
 def test_journal_priority_of_each_level(level, priority):
     assert journal_priority(level) == priority
+
+
+def test_log_traceback_masks_url_password():
+    formatter = EscapingFormatter("%(levelname)s %(message)s")
+    try:
+        raise ValueError("cannot open http://callguard:Sup3rS3cret@127.0.0.1:8088/ari")
+    except ValueError:
+        record = logging.LogRecord("callguard", logging.ERROR, __file__, 1,
+                                   "the reload failed unexpectedly", (), sys.exc_info())
+
+    text = formatter.format(record)
+
+    assert "Sup3rS3cret" not in text
+    assert "ValueError: cannot open http://callguard:***@127.0.0.1:8088/ari" in text

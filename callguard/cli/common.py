@@ -8,6 +8,7 @@ import time
 from typing import TextIO
 
 from callguard.text import escape_log_message
+from callguard.urls import mask_url
 from callguard.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 
 EXIT_OK = 0
@@ -91,6 +92,11 @@ class EscapingFormatter(logging.Formatter):
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         return escape_log_message(super().formatMessage(record))
+
+    def formatException(self, ei) -> str:
+        # An exception nobody foresaw may quote a config value, such as a URL
+        # with its password; messages mask their own values where they name them.
+        return mask_url(super().formatException(ei))
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         # The daemon logs a line per call, so the date and time of the current
