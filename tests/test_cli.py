@@ -262,15 +262,23 @@ def test_check_config_sample_notify_warns(tmp_path, capsys):
             "alerts go nowhere until [smtp] host or [webhook] url is set") in captured.err
 
 
-@pytest.mark.parametrize("good, bad, section, key", BROKEN)
-def test_check_config_broken(tmp_path, capsys, good, bad, section, key):
+def sample_with_line(tmp_path, good: str, bad: str) -> tuple[Path, int]:
+    """Copy the sample config with its line ``good`` replaced by ``bad``.
+
+    Returns the copy's path and the number of the replaced line.
+    """
     path = tmp_path / "callguard.conf"
     text = SAMPLE_CONFIG.read_text()
     assert text.count(f"\n{good}\n") == 1
     path.write_text(text.replace(f"\n{good}\n", f"\n{bad}\n"))
     shutil.copy(SAMPLE_RATES, tmp_path / SAMPLE_RATES.name)
     shutil.copy(SAMPLE_SECRET, tmp_path / SAMPLE_SECRET.name)
-    line = path.read_text().splitlines().index(bad) + 1
+    return path, path.read_text().splitlines().index(bad) + 1
+
+
+@pytest.mark.parametrize("good, bad, section, key", BROKEN)
+def test_check_config_broken(tmp_path, capsys, good, bad, section, key):
+    path, line = sample_with_line(tmp_path, good, bad)
 
     status = run_ctl("--config", str(path), "check-config")
     captured = capsys.readouterr()
@@ -304,13 +312,7 @@ URL_PASSWORD_LINES = [
 
 @pytest.mark.parametrize("good, bad, password, shown", URL_PASSWORD_LINES)
 def test_check_config_masks_url_password(tmp_path, capsys, good, bad, password, shown):
-    path = tmp_path / "callguard.conf"
-    text = SAMPLE_CONFIG.read_text()
-    assert text.count(f"\n{good}\n") == 1
-    path.write_text(text.replace(f"\n{good}\n", f"\n{bad}\n"))
-    shutil.copy(SAMPLE_RATES, tmp_path / SAMPLE_RATES.name)
-    shutil.copy(SAMPLE_SECRET, tmp_path / SAMPLE_SECRET.name)
-    line = path.read_text().splitlines().index(bad) + 1
+    path, line = sample_with_line(tmp_path, good, bad)
 
     status = run_ctl("--config", str(path), "check-config")
     captured = capsys.readouterr()

@@ -966,8 +966,8 @@ async def test_no_control_socket_logged_and_ctl(start_daemon, tmp_path):
 
 @pytest.mark.parametrize("connected", [True, False])
 async def test_log_lines_for_the_journal(start_daemon, tmp_path, connected):
-    # systemd names the journal stream by device and inode; here the log file
-    # is that stream, or another file is, as for a command whose stderr moved.
+    # systemd names the journal stream by its device and inode. Here the log
+    # file is that stream, or another file is, as for a command whose stderr moved.
     log_file = tmp_path / "callguard.log"
     log_file.touch()
     other_file = tmp_path / "other.log"

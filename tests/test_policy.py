@@ -172,7 +172,7 @@ async def test_emergency_despite_everything(tmp_path, dialled):
 
 
 async def test_emergency_dry_run_logs_nothing(tmp_path, caplog):
-    # callguardctl check asks for decisions that place no call; the check
+    # callguardctl check requests decisions that place no call. The check
     # handler logs the decisions of real calls itself.
     guard = Guard(tmp_path, trunks=EVERYTHING_BARRED, extra="")
     try:

@@ -450,7 +450,7 @@ class _Batch:
 
     def _fail(self, error: AGIError) -> None:
         if isinstance(error, (AGIProtocolError, AGITimeout)):
-            # Out of step with Asterisk: no later command can be trusted.
+            # Out of step with Asterisk, so no later command can be trusted.
             self._channel._broken = error
         self._finish(error)
 

@@ -124,7 +124,7 @@ class CheckHandler:
         source = _argument(arguments, 3)
         if not trunk or not source and _uses_source(engine):
             return None  # a GET VARIABLE first
-        request = _call_request(channel, trunk, source)
+        request = _call_request(channel, arguments, trunk, source)
         try:
             decision = engine.decide_now(request)
         except Exception:
@@ -221,7 +221,7 @@ class CheckHandler:
         source = _argument(arguments, 3)
         if not source and _uses_source(engine):
             source = await channel.get_variable(CALLGUARD_SOURCE) or ""
-        return _call_request(channel, trunk, source)
+        return _call_request(channel, arguments, trunk, source)
 
     def _fail_policy(self, engine: PolicyEngine, request: CallRequest, what: str) -> Decision:
         config = engine.state.config
@@ -242,10 +242,10 @@ class CheckHandler:
                         max_seconds=max_seconds, detail=f"the decision {what}")
 
 
-def _call_request(channel: AGIChannel, trunk: str, source: str) -> CallRequest:
-    """Build the request from the session's arguments and environment."""
+def _call_request(channel: AGIChannel, arguments: list[str], trunk: str,
+                  source: str) -> CallRequest:
+    """Build the request from the session's ``arguments`` and environment."""
     env = channel.env
-    arguments = channel.arguments
     dialled = _argument(arguments, 0) or env.get("agi_extension", "")
     caller = _argument(arguments, 2) or env.get("agi_callerid", "")
     if caller.lower() == UNKNOWN_CALLER:

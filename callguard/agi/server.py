@@ -338,23 +338,27 @@ class _Session:
             return
 
         answer_now = getattr(handler, "answer_now", None)
+        answer = None
         if answer_now is not None:
             try:
                 answer = answer_now(channel)
-                if answer is not None:
-                    self._done = answer.done
-                    channel.start_variables(answer.variables, self._answered, self._deadline)
-                    return
             except AGIError as exc:
-                if self._done is None:
-                    self._agi_failed(exc)  # raised by answer_now() itself
-                else:
-                    self._answered(exc)
+                self._agi_failed(exc)
                 return
             except Exception:
                 _log_handler_failure(self._peername, channel)
                 self._end()
                 return
+        if answer is not None:
+            self._done = answer.done
+            try:
+                channel.start_variables(answer.variables, self._answered, self._deadline)
+            except AGIError as exc:
+                self._answered(exc)  # the session was unusable before anything was sent
+            except Exception:
+                _log_handler_failure(self._peername, channel)
+                self._end()
+            return
         task = self._task = asyncio.get_running_loop().create_task(self._run(handler))
         task.add_done_callback(self._task_done)
 

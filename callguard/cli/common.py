@@ -94,8 +94,8 @@ class EscapingFormatter(logging.Formatter):
         return escape_log_message(super().formatMessage(record))
 
     def formatException(self, ei) -> str:
-        # An exception nobody foresaw may quote a config value, such as a URL
-        # with its password; messages mask their own values where they name them.
+        # An unexpected exception may quote a config value, such as a URL with
+        # its password. Log messages mask the values that they name themselves.
         return mask_url(super().formatException(ei))
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:

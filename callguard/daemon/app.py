@@ -70,7 +70,7 @@ class Application:
         self.database = config.general.database
         self._database_override = self.database if database_override else None
         # The FastAGI address and the control socket that start() opens, in use
-        # until the daemon stops: a reload does not move them either.
+        # until the daemon stops. A reload does not move them either.
         self.fastagi_listen = (config.general.fastagi_host, config.general.fastagi_port)
         self.control_socket = config.general.control_socket
         self.store = Store(self.database)

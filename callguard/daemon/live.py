@@ -37,8 +37,8 @@ MAX_HANGUPS_IN_FLIGHT = MAX_CONNECTIONS
 # when every decision was for another number, so the read adds up to about a
 # second to a start. The newest 10,000 cover the whole DECISION_LIFETIME up to
 # an average of 2.7 checks a second, and the last 100 s at 100 a second.
-# NOTE: at 500 checks a second they cover only the last 20 s, which holds a
-# restart but not a long ring before a Dial().
+# NOTE: at 500 checks a second they reach back only 20 s. That is enough for a
+# restart but not for a long ring before a Dial().
 MAX_RESTORED_DECISIONS = 10_000
 
 
