@@ -31,6 +31,17 @@ _SECRET_PARAMETER = re.compile(
     re.IGNORECASE,
 )
 
+# The path of a URL other than a database's, after its authority. Webhook
+# receivers such as chat services take their token as a path segment. A
+# database URL's path is a file or database name.
+_WEB_PATH = re.compile(
+    r"(\b(?!sqlite|postgres)[A-Za-z][A-Za-z0-9+.-]*://[^/\s'\"?#]*)(/[^\s'\"?#]*)",
+    re.IGNORECASE,
+)
+# A path segment read as a token: long, with letters and digits unless very
+# long. An Asterisk unique ID such as 1796397405.12345 has no letter.
+_TOKEN_SEGMENT = re.compile(r"(?=[^/]*\d)(?=[^/]*[A-Za-z])[^/]{16,}|[^/]{24,}")
+
 
 def mask_url(text: str) -> str:
     """Return ``text`` with every URL password and secret query value masked.
@@ -42,8 +53,11 @@ def mask_url(text: str) -> str:
     path or query with "@" in it is masked as well. The values of query
     parameters named like a secret are masked too: names that contain pass,
     pwd, secret, token or credential, names that are or end in key, apikey,
-    sig or signature, and code, auth and authorization. A text without "://" that is one word, such as an SMTP host
-    written as ``user:password@mail.example.com``, is read as an authority.
+    sig or signature, and code, auth and authorization. In the path of a URL
+    other than a database URL, a segment of 16 characters or more that has
+    letters and digits, or of 24 or more, is masked as a token. A text
+    without "://" that is one word, such as an SMTP host written as
+    ``user:password@mail.example.com``, is read as an authority.
     Unlike SQLAlchemy's ``render_as_string``, the rest of the text is kept as
     written, so URLs that no parser accepts are masked as well.
     """
@@ -66,7 +80,16 @@ def mask_url(text: str) -> str:
         pieces.append(MASK)
         done = password[1]
     pieces.append(text[done:])
-    return _SECRET_PARAMETER.sub(rf"\g<1>{MASK}", "".join(pieces))
+    masked = "".join(pieces)
+    if "/" in masked:
+        masked = _WEB_PATH.sub(_mask_path, masked)
+    return _SECRET_PARAMETER.sub(rf"\g<1>{MASK}", masked)
+
+
+def _mask_path(match: re.Match) -> str:
+    """Return the URL in ``match`` with the path segments that look like tokens masked."""
+    authority, path = match.groups()
+    return authority + _TOKEN_SEGMENT.sub(MASK, path)
 
 
 def _password_span(text: str, start: int) -> tuple[int, int] | None:

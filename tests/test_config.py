@@ -475,6 +475,17 @@ SECRET_VALUES = [
      "2: [webhook] url: 'http://bob:***@127.0.0.1:9/hook' has credentials"),
     ("[webhook]\nurl = ftp://127.0.0.1/hook?token=T0ken", "T0ken",
      "2: [webhook] url: 'ftp://127.0.0.1/hook?token=***' is not an http or https URL"),
+    # Chat services take the token in the path.
+    ("[webhook]\nurl = ftp://hooks.example.com/services/T0AB12CD3/B0EF45GH6/aB3dE5fG7hI9jK1lM3n",
+     "aB3dE5fG7hI9jK1lM3n",
+     "2: [webhook] url: 'ftp://hooks.example.com/services/T0AB12CD3/B0EF45GH6/***' is not an "
+     "http or https URL"),
+    ("[webhook]\nurl = https://hooks.example.com/services/T0AB12CD3/aB3dE5fG7hI9jK1lM3n#x",
+     "aB3dE5fG7hI9jK1lM3n",
+     "2: [webhook] url: 'https://hooks.example.com/services/T0AB12CD3/***#x' has credentials"),
+    ("[webhook]\nurl https://hooks.example.com/services/T0AB12CD3/aB3dE5fG7hI9jK1lM3n",
+     "aB3dE5fG7hI9jK1lM3n",
+     "2: [webhook] 'url https://hooks.example.com/services/T0AB12CD3/***' is not a setting"),
     ("[ari]\nusername = callguard:Sup3rS3cret", "Sup3rS3cret",
      "2: [ari] username: contains ':', which ends the user name in HTTP Basic "
      "authentication; write the user name alone"),

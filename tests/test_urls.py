@@ -29,6 +29,16 @@ MASKED = [
     ("http://cg:p%40ss@[::1]:8088/", "http://cg:***@[::1]:8088/"),
     # An "@" after the host is taken for one in the password.
     ("http://cg:pw@127.0.0.1/hook?to=noc@example.com", "http://cg:***@example.com"),
+    # Chat webhooks that take their token in the path.
+    ("https://hooks.slack.com/services/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",
+     "https://hooks.slack.com/services/T0AB12CD3/B0EF45GH6/***"),
+    ("https://discord.com/api/webhooks/123456789012345678/"
+     "AbCdEfGhIjKlMnOpQrStUvWxYz-abcdefghijklmnopqrstuvwxyzABCDEFGH",
+     "https://discord.com/api/webhooks/123456789012345678/***"),
+    ("wss://127.0.0.1/feed/abcdefghijklmnop1?x=1", "wss://127.0.0.1/feed/***?x=1"),
+    ("'url https://hooks.slack.com/services/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' "
+     "is not a setting", "'url https://hooks.slack.com/services/T0AB12CD3/B0EF45GH6/***' "
+     "is not a setting"),
     # An SMTP host written with its login.
     ("cg:MailPw1@mail.example.com", "cg:***@mail.example.com"),
     # Messages that quote URLs.
@@ -49,6 +59,9 @@ KEPT = [
     "postgresql+psycopg://cg@h/db?sslkey=/etc/cg.key&sslcert=/etc/cg.pem&require_auth=scram-sha-256",
     "https://127.0.0.1/x?monkey=1&keyword=2&zipcode=3&author=4",
     "127.0.0.1:4573",
+    "http://127.0.0.1:8088/ari/channels/1796397405.12345",
+    "https://hooks.example.com/callguard/alerts-to-the-noc",
+    "sqlite:////var/lib/callguard/callguard-2026-12-05-backup.db",
     "mail.example.com",
     "noc@example.com",
     "Mon-Fri 08:00-18:00",
