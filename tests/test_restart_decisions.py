@@ -200,3 +200,146 @@ async def test_restore_store_failure_logged(pbx, caplog, statement, error):
     assert pbx.app.fastagi is not None
     _, result = await pbx.call("01632960123")
     assert result["CALLGUARD_RESULT"] == "ALLOW"
+
+
+# Room for one first block of 1.00 a day, and not for a second.
+TIGHT_TRUNK = """\
+[trunk gamma]
+bar = premium, international
+daily_limit = 1.50
+channel_pattern = PJSIP/gamma-*
+rates = rates.csv
+"""
+UK_NUMBER = "01632960123"
+
+
+@pytest.fixture(params=[True, False], ids=["ari", "no-ari"])
+async def tight_pbx(request, tmp_path):
+    started = Pbx(tmp_path, START, trunks=TIGHT_TRUNK, rates=RATES, ari_enabled=request.param)
+    await started.start()
+    yield started
+    await started.stop()
+
+
+async def restart(pbx: Pbx, pause: float = 5) -> None:
+    await pbx.app.stop()
+    pbx.clock.advance(pause)
+    await pbx.start_callguard()
+
+
+async def test_reservation_held_across_restart(tight_pbx, caplog):
+    # The first call is checked, callguard restarts, and a second check comes
+    # before the first call's Dial(): the first block is still held for it.
+    pbx = tight_pbx
+    caplog.set_level(logging.INFO)
+    first = pbx.checker(UK_NUMBER)
+    second: dict[str, bool] = {}
+
+    async def check_restart_check(caller_id: str) -> bool:
+        allowed = await first(caller_id)
+        await restart(pbx)
+        second["allowed"] = await pbx.checker(UK_NUMBER)("1718200000.99")
+        return allowed
+
+    if not pbx.ari_enabled:
+        await check_restart_check("1718200000.1")
+        assert pbx.results["1718200000.1"]["CALLGUARD_RESULT"] == "ALLOW"
+        assert second["allowed"] is False
+        assert pbx.results["1718200000.99"]["CALLGUARD_REASON"] == "limit:daily"
+        assert "and 1 reservation" in caplog.text
+        return
+
+    call = await pbx.ari.dial_out(UK_NUMBER, callerid="01632960010",
+                                  dialstring=f"{UK_NUMBER}@gamma", check=check_restart_check)
+    assert pbx.results[call.caller_id]["CALLGUARD_RESULT"] == "ALLOW"
+    assert second["allowed"] is False
+    assert pbx.results["1718200000.99"]["CALLGUARD_REASON"] == "limit:daily"
+    assert "and 1 reservation" in caplog.text
+
+    await eventually(lambda: call.trunk_id in pbx.legs(), what="the trunk leg")
+    reservation = pbx.app.reservations.get(call.caller_id)
+    assert reservation.dialled
+    assert reservation.amount == Decimal("1.00")
+
+    # Once the leg is answered, the reserved block becomes its first charged block.
+    await pbx.ari.answer(call)
+    await eventually(lambda: pbx.app.reservations.get(call.caller_id) is None,
+                     what="the release")
+    pbx.clock.advance(30)
+    await pbx.ari.hangup(call)
+    await eventually(lambda: not pbx.legs(), what="the end")
+    await pbx.app.guard.drain()
+    assert stored_calls(pbx)[call.trunk_id].cost == Decimal("1.00")
+
+
+async def test_reservation_of_gone_channel_released(tight_pbx):
+    # The checked channel was never dialled and is gone when callguard starts
+    # again: ARI's channel list releases the hold, and without ARI it expires.
+    pbx = tight_pbx
+    assert await pbx.checker(UK_NUMBER)("1718200000.1")
+    await restart(pbx)
+
+    if pbx.ari_enabled:
+        assert pbx.app.reservations.get("1718200000.1") is None
+        assert await pbx.checker(UK_NUMBER)("1718200000.2")
+        return
+
+    assert pbx.app.reservations.get("1718200000.1").amount == Decimal("1.00")
+    assert not await pbx.checker(UK_NUMBER)("1718200000.2")
+    # 5 s passed in the restart: the hold expires reservation_seconds after the check.
+    pbx.clock.advance(pbx.config.general.reservation_seconds - 5)
+    assert await pbx.checker(UK_NUMBER)("1718200000.3")
+
+
+async def test_reservation_not_restored_when_charged(pbx):
+    # An answered call is restored from the store as a live call that already
+    # pays its first block, so its reservation is not held again.
+    call, _ = await pbx.call(UK_NUMBER, callerid="01632960010")
+    await pbx.ari.answer(call)
+    await eventually(lambda: pbx.legs()[call.trunk_id].state == "up", what="the answer")
+    assert pbx.app.reservations.get(call.caller_id) is None
+    await restart(pbx)
+
+    assert call.trunk_id in pbx.legs()
+    assert pbx.app.reservations.get(call.caller_id) is None
+    assert len(pbx.app.reservations) == 0
+
+
+async def test_restore_keeps_later_denial(tmp_path):
+    # A channel checked again and denied has no reservation after the restart.
+    # Without ARI, no channel list releases the reservations of missing channels.
+    pbx = Pbx(tmp_path, START, trunks=TRUNK, rates=RATES, ari_enabled=False)
+    await pbx.start()
+    try:
+        restored, reservations, now = await restore_denial_rows(pbx)
+    finally:
+        await pbx.stop()
+
+    assert reservations.get("1718200000.7") is None
+    # Older than reservation_seconds: expired before the restart.
+    assert reservations.get("1718200000.9") is None
+    assert restored.amount == Decimal("0.40")
+    assert restored.created_at == now - timedelta(seconds=10)
+    assert restored.expires_at == now + timedelta(seconds=110)
+
+
+async def restore_denial_rows(pbx: Pbx):
+    """Store decisions of three channels, start callguard again and return its
+    reservation for the second channel, all reservations and the time of the start."""
+    await pbx.app.stop()
+    now = pbx.clock.now()
+    with Store(pbx.config.general.database) as store:
+        store.add_decisions([
+            stored_decision("1718200000.7", now - timedelta(seconds=30),
+                            reserved=Decimal("0.40")),
+            stored_decision("1718200000.7", now - timedelta(seconds=20), result="DENY",
+                            reason="barred:international"),
+            stored_decision("1718200000.8", now - timedelta(seconds=10),
+                            reserved=Decimal("0.40")),
+            stored_decision("1718200000.9", now - timedelta(seconds=200),
+                            reserved=Decimal("0.40")),
+        ])
+    await pbx.start_callguard()
+
+    reservations = pbx.app.reservations
+    return reservations.get("1718200000.8"), reservations, now

@@ -4,6 +4,7 @@ import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass, field, fields
+from datetime import timedelta
 
 from callguard.ari import AriClient, AriError
 from callguard.ari.endpoint import build_endpoint
@@ -19,6 +20,7 @@ from callguard.metering.guard import LiveGuard
 from callguard.metering.tracker import HANDLED_EVENTS, EventTracker, leg_from_record
 from callguard.store import DecisionRecord, StoreError
 from callguard.text import plural
+from callguard.windows import window_keys
 
 log = logging.getLogger(__name__)
 
@@ -230,12 +232,20 @@ async def restore_decisions(guard: LiveGuard, node: str) -> int:
     """Put the decisions that ``node`` stored in the last DECISION_LIFETIME back in
     the guard's book, so that trunk legs dialled after a restart link to their checks.
 
+    The first blocks that allowed calls reserved within the last
+    reservation_seconds are held again, unless a live call restored from the
+    store already charges them. Otherwise calls checked just before the
+    restart, still ringing or not yet dialled, would leave their first blocks
+    free for other calls. Reconciliation with Asterisk's channel list
+    releases the holds of channels that are gone.
+
     Only ``node``'s own decisions are read, because the uniqueids of two
     Asterisk servers can be equal. A store that fails is logged, and the
     book stays empty. Returns the number of decisions restored.
     """
     store = guard.worker.store
-    since = guard.clock.now() - DECISION_LIFETIME
+    now = guard.clock.now()
+    since = now - DECISION_LIFETIME
     try:
         records = await guard.worker.call(store.node_decisions_since, node, since,
                                           MAX_RESTORED_DECISIONS)
@@ -243,18 +253,28 @@ async def restore_decisions(guard: LiveGuard, node: str) -> int:
         # ValueError: a row that DecisionRecord rejects, such as one written by hand.
         log.error("failed to read the recent decisions of node %s from the store: %s; "
                   "trunk legs dialled for checks made before this start are judged on "
-                  "their own number, without the calling number", node, exc)
+                  "their own number, without the calling number, and the first blocks "
+                  "they reserved are free for other calls", node, exc)
         return 0
 
+    lifetime = guard.engine.state.config.general.reservation_seconds
+    reserved_since = now - timedelta(seconds=lifetime)
+    charged = {leg.decision_uniqueid for leg in guard.legs.values() if leg.decision_uniqueid}
     restored = 0
-    # Oldest first, as the book takes them.
+    reservations_restored = 0
+    # Oldest first, as the book takes them, so that a channel checked twice
+    # keeps the later decision and its reservation.
     for record in reversed(records):
         if record.uniqueid == NONE or record.trunk == NONE:
             continue
         _restore_decision(guard, record)
         restored += 1
-    log.info("restored %s of node %s made since %s from the store",
-             plural(restored, "decision"), node, since.isoformat())
+        if (record.decided_at > reserved_since and record.uniqueid not in charged
+                and _restore_reservation(guard, record, lifetime)):
+            reservations_restored += 1
+    log.info("restored %s of node %s made since %s from the store, and %s",
+             plural(restored, "decision"), node, since.isoformat(),
+             plural(reservations_restored, "reservation"))
     return restored
 
 
@@ -268,6 +288,29 @@ def _restore_decision(guard: LiveGuard, record: DecisionRecord) -> None:
         trunk=record.trunk, result=record.result, reason=record.reason,
         category=record.category or "", e164=record.e164 or "", tariff=tariff,
     )
+
+
+def _restore_reservation(guard: LiveGuard, record: DecisionRecord, lifetime: int) -> bool:
+    """Hold the first block that ``record`` reserved again, and return whether it did.
+
+    The hold counts in the windows of the check's time and expires when the
+    original would have. A later decision for the same channel replaces it,
+    as in Reservations.add.
+    """
+    reservations = guard.reservations
+    if not record.reserved:
+        # A DENY or an opted-out call reserved nothing. After a DENY the
+        # dialplan hangs up, so an earlier check's hold on the channel is
+        # released too.
+        reservations.release(record.uniqueid)
+        return False
+    trunk = guard.engine.state.config.trunks.get(record.trunk)
+    if trunk is None:
+        return False
+    reservations.add(record.trunk, record.uniqueid, record.reserved,
+                     window_keys(record.decided_at, trunk.timezone), record.decided_at,
+                     lifetime)
+    return True
 
 
 __all__ = ["AriError", "AriListener", "AriSettings", "read_ari_settings",
