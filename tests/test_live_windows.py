@@ -15,7 +15,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from callguard.policy.budget import LIMIT_LEAD_SECONDS
+from callguard.policy.ledger import Ledger
 from callguard.store import Store
+from callguard.worker import StoreWorker
 from live_support import Pbx, eventually
 
 LONDON = ZoneInfo("Europe/London")
@@ -185,3 +187,71 @@ async def test_load_counts_unwritten_call(pbxs):
     await ledger.load("gamma", {"day": "2024-06-15"})
 
     assert ledger.committed("gamma", "day", "2024-06-15") == Decimal("3.00")
+
+
+class LateReadWorker(StoreWorker):
+    """A store worker that holds back the result of the first spend read.
+
+    The read runs in the store thread at once, but its result reaches the
+    caller only after ``release`` is set, as when the event loop first runs
+    the callbacks of a write that the store thread ran after the read.
+    """
+
+    def __init__(self, store: Store):
+        super().__init__(store)
+        self.read_done = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def call(self, fn, *args, **kwargs):
+        result = await super().call(fn, *args, **kwargs)
+        if fn == self.store.get_spend and not self.read_done.is_set():
+            self.read_done.set()
+            await self.release.wait()
+        return result
+
+
+@pytest.fixture
+async def late_read_worker(store):
+    worker = LateReadWorker(store)
+    yield worker
+    worker.shutdown()
+
+
+async def land_write_during_read(worker: LateReadWorker, ledger: Ledger,
+                                 charges: dict) -> None:
+    """Store the call of ``charges`` after the store read its window, and tell
+    ``ledger`` before the read's result reaches it."""
+    await worker.read_done.wait()
+    for (window, key), amount in charges.items():
+        await worker.call(worker.store.add_spend, "gamma", window, key, amount,
+                          london(2024, 6, 15, 0, 5))
+    ledger.written("gamma", charges)
+    worker.release.set()
+
+
+async def test_load_keeps_call_written_during_read(late_read_worker):
+    ledger = Ledger(late_read_worker)
+    charges = {("day", "2024-06-15"): Decimal("3.00")}
+    ledger.commit("gamma", charges)   # ended, not written yet
+
+    load = asyncio.ensure_future(ledger.load("gamma", {"day": "2024-06-15"}))
+    await land_write_during_read(late_read_worker, ledger, charges)
+    await load
+
+    assert ledger.committed("gamma", "day", "2024-06-15") == Decimal("3.00")
+
+
+async def test_refresh_keeps_call_written_during_read(late_read_worker):
+    ledger = Ledger(late_read_worker)
+    window = ("gamma", "day", "2024-06-15")
+    charges = {("day", "2024-06-15"): Decimal("3.00")}
+    late_read_worker.read_done.set()   # the load below reads at once
+    await ledger.load("gamma", {"day": "2024-06-15"})
+    late_read_worker.read_done.clear()
+    ledger.commit("gamma", charges)
+
+    refresh = asyncio.ensure_future(ledger.refresh([window]))
+    await land_write_during_read(late_read_worker, ledger, charges)
+    await refresh
+
+    assert ledger.committed(*window) == Decimal("3.00")

@@ -10,7 +10,10 @@ When several daemons share one store, calls that the others end reach
 ``committed`` through refresh(), which reads the stored totals again. The
 costs of this daemon's calls that ended but are not written yet are kept
 apart (``unwritten``) and added to every total read from the store, so a read
-that runs before or after such a write counts the call once.
+that runs before or after such a write counts the call once. A read whose
+window gets such a write while its result is on the way is sent again,
+because the store may have run it before the write, and ``unwritten`` no
+longer contains the call.
 """
 
 import asyncio
@@ -31,8 +34,11 @@ class Ledger:
         self._worker = worker
         self._committed: dict[WindowId, Decimal] = {}
         self._live: dict[WindowId, Decimal] = {}
-        self._loading: dict[WindowId, asyncio.Future[Decimal]] = {}
+        self._loading: dict[WindowId, asyncio.Future[None]] = {}
         self._unwritten: dict[WindowId, Decimal] = {}
+        # Windows being read from the store -> [reads in flight, a count of the
+        # writes that landed in the window while reads were in flight].
+        self._reads: dict[WindowId, list[int]] = {}
 
     async def load(self, trunk: str, keys: dict[str, str]) -> None:
         """Make sure the committed totals of these windows are in memory."""
@@ -42,16 +48,40 @@ class Ledger:
                 continue
             pending = self._loading.get(window_id)
             if pending is None:
-                pending = asyncio.ensure_future(
-                    self._worker.call(self._worker.store.get_spend, trunk, window, key)
-                )
+                pending = asyncio.ensure_future(self._load_window(window_id))
                 self._loading[window_id] = pending
             try:
-                amount = await asyncio.shield(pending)
+                await asyncio.shield(pending)
             finally:
                 if pending.done():
                     self._loading.pop(window_id, None)
-            self._committed.setdefault(window_id, amount + self._unwritten.get(window_id, ZERO))
+
+    async def _load_window(self, window_id: WindowId) -> None:
+        total = await self._read_total(window_id)
+        # Set before any other callback runs, so that a commit() from now on
+        # adds to it.
+        self._committed.setdefault(window_id, total)
+
+    async def _read_total(self, window_id: WindowId) -> Decimal:
+        """Read a window's stored total and return it plus this daemon's unwritten costs there.
+
+        The sum is taken in the same step as the read's result arrives. The
+        read is sent again while writes land in the window during it.
+        """
+        trunk, window, key = window_id
+        reads = self._reads.setdefault(window_id, [0, 0])
+        reads[0] += 1
+        try:
+            while True:
+                landed = reads[1]
+                stored = await self._worker.call(self._worker.store.get_spend, trunk,
+                                                 window, key)
+                if reads[1] == landed:
+                    return stored + self._unwritten.get(window_id, ZERO)
+        finally:
+            reads[0] -= 1
+            if reads[0] == 0:
+                del self._reads[window_id]
 
     def loaded(self, trunk: str, window: str, key: str) -> bool:
         return (trunk, window, key) in self._committed
@@ -91,6 +121,10 @@ class Ledger:
     def written(self, trunk: str, charges: dict[WindowKey, Decimal]) -> None:
         """Note that the store now contains a call whose cost commit() added."""
         _add(self._unwritten, trunk, charges, -1)
+        for window, key in charges:
+            reads = self._reads.get((trunk, window, key))
+            if reads is not None:
+                reads[1] += 1
 
     async def refresh(self, windows: list[WindowId]) -> set[str]:
         """Read again the committed totals of those ``windows`` that are in memory.
@@ -102,14 +136,12 @@ class Ledger:
         for window_id in windows:
             if window_id not in self._committed:
                 continue
-            trunk, window, key = window_id
-            stored = await self._worker.call(self._worker.store.get_spend, trunk, window, key)
+            total = await self._read_total(window_id)
             if window_id not in self._committed:
                 continue  # forgotten while it was read, as by a reset
-            total = stored + self._unwritten.get(window_id, ZERO)
             if total != self._committed[window_id]:
                 self._committed[window_id] = total
-                changed.add(trunk)
+                changed.add(window_id[0])
         return changed
 
     def forget(self, trunk: str | None = None) -> None:
