@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from callguard.policy.budget import LIMIT_LEAD_SECONDS
-from callguard.policy.ledger import Ledger
+from callguard.policy.ledger import MAX_SPEND_READS, Ledger
 from callguard.store import Store
 from callguard.worker import StoreWorker
 from live_support import Pbx, eventually
@@ -255,3 +255,43 @@ async def test_refresh_keeps_call_written_during_read(late_read_worker):
     await refresh
 
     assert ledger.committed(*window) == Decimal("3.00")
+
+
+class BusyWindowWorker(StoreWorker):
+    """A store worker under which a call of 1.00 lands in the window during every read.
+
+    The store runs each call's write before the read, so every total read
+    already contains it, but the ledger hears of the write before the read's
+    result arrives.
+    """
+
+    def __init__(self, store: Store):
+        super().__init__(store)
+        self.ledger: Ledger | None = None
+        self.reads = 0
+
+    async def call(self, fn, *args, **kwargs):
+        if fn != self.store.get_spend:
+            return await super().call(fn, *args, **kwargs)
+        charges = {("day", "2024-06-15"): Decimal("1.00")}
+        self.ledger.commit("gamma", charges)
+        await super().call(self.store.add_spend, "gamma", "day", "2024-06-15",
+                           Decimal("1.00"), london(2024, 6, 15, 0, 5))
+        result = await super().call(fn, *args, **kwargs)
+        self.reads += 1
+        self.ledger.written("gamma", charges)
+        return result
+
+
+async def test_load_reads_busy_window_bounded(store):
+    worker = BusyWindowWorker(store)
+    ledger = worker.ledger = Ledger(worker)
+    try:
+        await asyncio.wait_for(ledger.load("gamma", {"day": "2024-06-15"}), 5)
+    finally:
+        worker.shutdown()
+
+    assert worker.reads == MAX_SPEND_READS
+    # The store contains 5.00. The call that landed during the last read counts
+    # twice, which refuses calls early instead of letting them overspend.
+    assert ledger.committed("gamma", "day", "2024-06-15") == Decimal("6.00")

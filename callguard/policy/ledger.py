@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 WindowId = tuple[str, str, str]  # (trunk, window, key)
 WindowKey = tuple[str, str]  # (window, key)
 ZERO = Decimal(0)
+# Reads of one window's total in a row while this daemon's writes keep landing in it.
+MAX_SPEND_READS = 5
 
 
 class Ledger:
@@ -36,9 +38,9 @@ class Ledger:
         self._live: dict[WindowId, Decimal] = {}
         self._loading: dict[WindowId, asyncio.Future[None]] = {}
         self._unwritten: dict[WindowId, Decimal] = {}
-        # Windows being read from the store -> [reads in flight, a count of the
-        # writes that landed in the window while reads were in flight].
-        self._reads: dict[WindowId, list[int]] = {}
+        # Windows being read from the store -> [reads in flight, the costs of
+        # the writes that landed in the window while reads were in flight].
+        self._reads: dict[WindowId, list] = {}
 
     async def load(self, trunk: str, keys: dict[str, str]) -> None:
         """Make sure the committed totals of these windows are in memory."""
@@ -66,18 +68,24 @@ class Ledger:
         """Read a window's stored total and return it plus this daemon's unwritten costs there.
 
         The sum is taken in the same step as the read's result arrives. The
-        read is sent again while writes land in the window during it.
+        read is sent again while writes land in the window during it, up to
+        MAX_SPEND_READS times. After that the costs written during the last
+        read are added as well: the store may have counted them already, but
+        a cost counted twice only refuses calls early, and one missed lets
+        them overspend. The next refresh() reads the exact total.
         """
         trunk, window, key = window_id
-        reads = self._reads.setdefault(window_id, [0, 0])
+        reads = self._reads.setdefault(window_id, [0, ZERO])
         reads[0] += 1
         try:
-            while True:
-                landed = reads[1]
+            for _ in range(MAX_SPEND_READS):
+                landed_before = reads[1]
                 stored = await self._worker.call(self._worker.store.get_spend, trunk,
                                                  window, key)
-                if reads[1] == landed:
-                    return stored + self._unwritten.get(window_id, ZERO)
+                landed = reads[1] - landed_before
+                if not landed:
+                    break
+            return stored + self._unwritten.get(window_id, ZERO) + landed
         finally:
             reads[0] -= 1
             if reads[0] == 0:
@@ -124,7 +132,7 @@ class Ledger:
         for window, key in charges:
             reads = self._reads.get((trunk, window, key))
             if reads is not None:
-                reads[1] += 1
+                reads[1] += charges[window, key]
 
     async def refresh(self, windows: list[WindowId]) -> set[str]:
         """Read again the committed totals of those ``windows`` that are in memory.
