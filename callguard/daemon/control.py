@@ -97,9 +97,11 @@ class ControlServer:
             return {"error": "invalid request: send one JSON object per line"}
         if not isinstance(request, dict):
             return {"error": "invalid request: send one JSON object per line"}
-        command = self._commands.get(request.get("command"))
+        name = request.get("command")
+        # A list or object as the name cannot be a dict key.
+        command = self._commands.get(name) if isinstance(name, str) else None
         if command is None:
-            return {"error": f"unknown command {request.get('command')!r}; use one of "
+            return {"error": f"unknown command {name!r}; use one of "
                              f"{', '.join(sorted(self._commands))}"}
         try:
             reply = command(request)
