@@ -692,6 +692,27 @@ def test_csv_file_errors(tmp_path, lines, message):
     assert message in str(caught.value)
 
 
+def test_csv_unclosed_quote_line(tmp_path):
+    # The stray quote on line 3 opens a field that runs to the quote on line 6,
+    # where the csv module notices the problem.
+    path = write_deck(
+        tmp_path,
+        HEADER,
+        "44,UK,0.01,,60/60",
+        '4470,"UK personal,0.30,0.05,60/60',
+        "# a comment",
+        "33,France,0.01,,60/60",
+        '82,"Korea, Republic of",0.02,,60/60',
+        "49,Germany,0.01,,60/60",
+    )
+
+    with pytest.raises(RateDeckError) as caught:
+        RateDeck.from_csv(path)
+    assert caught.value.error_count == 1
+    assert caught.value.errors[0].startswith(f"{path}:3: the CSV is malformed")
+    assert "row that runs from this line to line 6" in caught.value.errors[0]
+
+
 def test_csv_not_utf8(tmp_path):
     path = tmp_path / "rates.csv"
     path.write_bytes(

@@ -39,14 +39,22 @@ class DataLines:
     """The decoded lines of a deck file without comments and blank lines.
 
     ``line_number`` is the 1-based number of the last line returned, which is the last
-    line of the row that ``csv.reader`` has just produced. Each line is decoded on its
-    own so that a line that is not UTF-8 is reported with its own number and skipped.
+    line of the row that ``csv.reader`` has just produced. ``row_start`` is the number
+    of the first line returned since the last ``start_row()``, where the row being
+    read begins. Each line is decoded on its own so that a line that is not UTF-8 is
+    reported with its own number and skipped.
     """
 
     def __init__(self, raw_lines: Iterable[bytes], errors: ErrorList) -> None:
         self._numbered = enumerate(raw_lines, start=1)
         self._errors = errors
         self.line_number = 0
+        self.row_start = 0
+        self._row_started = False
+
+    def start_row(self) -> None:
+        """Make the next line returned the first line of a new row."""
+        self._row_started = False
 
     def __iter__(self) -> "DataLines":
         return self
@@ -65,6 +73,9 @@ class DataLines:
 
             stripped = line.strip()
             if stripped and not stripped.startswith(COMMENT_MARK):
+                if not self._row_started:
+                    self._row_started = True
+                    self.row_start = number
                 return line
         raise StopIteration
 
@@ -84,14 +95,20 @@ def read_csv(path: str | os.PathLike) -> DeckBuilder:
         try:
             _read_rows(lines, builder)
         except csv.Error as exc:
+            # An unclosed quote makes the csv module read on to a later line, so
+            # the error is reported where the row begins.
+            where = ""
+            if lines.row_start != lines.line_number:
+                where = f" in the row that runs from this line to line {lines.line_number}"
             builder.errors.add(
-                lines.line_number, f"the CSV is malformed ({exc}); fix the quoting"
+                lines.row_start, f"the CSV is malformed ({exc}){where}; fix the quoting"
             )
     return builder
 
 
 def _read_rows(lines: DataLines, builder: DeckBuilder) -> None:
     reader = csv.reader(lines, strict=True)
+    lines.start_row()
     header = next(reader, None)
     if header is None:
         builder.errors.add(
@@ -108,7 +125,11 @@ def _read_rows(lines: DataLines, builder: DeckBuilder) -> None:
     # The header names each of COLUMNS once, so the example follows its order.
     example = ",".join(EXAMPLE_ROW[name.strip().lower()] for name in header)
     parser = _RowParser(builder)
-    for row in reader:
+    while True:
+        lines.start_row()
+        row = next(reader, None)
+        if row is None:
+            break
         line = lines.line_number
         if len(row) < field_count:
             builder.errors.add(
