@@ -592,3 +592,18 @@ async def test_blind_limit_hangup_charged_to_request(make_pbx):
     stored = stored_calls(pbx)[call.trunk_id]
     assert stored.cost == Decimal("3.00")
     assert stored.ended_at == start + timedelta(seconds=179)
+
+
+async def test_withheld_caller_id_leg_linked(make_pbx):
+    # The phone dials 141 before the number; the dialplan passes the string
+    # to the check and to Dial() as dialled.
+    pbx = await make_pbx(london(2024, 6, 14, 10, 0))
+    call, result = await pbx.call("14101632960123")
+    assert result["CALLGUARD_RESULT"] == "ALLOW"
+    assert result["CALLGUARD_CATEGORY"] == "geographic"
+
+    await eventually(lambda: call.trunk_id in pbx.legs(), what="the trunk leg")
+    leg = pbx.legs()[call.trunk_id]
+    assert leg.guarded
+    assert leg.e164 == "+441632960123"
+    assert not leg.hangup_requested

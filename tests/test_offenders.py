@@ -111,6 +111,16 @@ async def test_invalid_numbers_count(offenders):
     assert await guard.call(GEOGRAPHIC) == "blocked:offender"
 
 
+async def test_withheld_caller_id_not_counted(offenders):
+    # 141 withholds the caller ID for one call: the number after it decides.
+    guard = offenders()
+    reasons = [await guard.call("141 " + GEOGRAPHIC) for _ in range(4)]
+
+    assert reasons == ["ok"] * 4
+    assert await guard.call("1470" + GEOGRAPHIC) == "ok"
+    assert guard.alerts.blocks == []
+
+
 async def test_spread_attempts_no_block(offenders):
     guard = offenders()
     for _ in range(5):

@@ -183,14 +183,8 @@ class NumberPlan:
             return self._after_plus(dialled, dial.digits)
 
         digits = dial.digits
-        prefix = self.outside_line_prefix
-        if strip_outside_line and prefix and digits.startswith(prefix):
-            digits = digits[len(prefix) :]
-            if not digits:
-                raise InvalidNumber(
-                    f"dialled number {quote(dialled)} contains only the "
-                    f"outside-line prefix {prefix!r}"
-                )
+        if strip_outside_line:
+            digits = self._without_dial_prefixes(dialled, digits)
 
         international_prefix_length = self._home.international_prefix_length(digits)
         if international_prefix_length:
@@ -213,6 +207,40 @@ class NumberPlan:
             f"{self.national_prefix!r}; dial the national prefix and area code, "
             "or '+' and the country code"
         )
+
+    def _without_dial_prefixes(self, dialled: str, digits: str) -> str:
+        """Return the dialled ``digits`` without the outside-line prefix and a
+        caller-ID prefix for one call, such as 141 in GB.
+
+        The two may come in either order. A caller-ID prefix is removed only
+        before the national or international prefix and more digits, so
+        ``14101632960123`` is ``01632960123``, but ``1411`` and ``1410`` stay
+        as dialled and are read as short codes.
+        """
+        digits = self._without_outside_line(dialled, digits)
+        outside = self.outside_line_prefix
+        for caller_id_prefix in self._caller_id_prefixes:
+            if not digits.startswith(caller_id_prefix):
+                continue
+            rest = digits[len(caller_id_prefix):]
+            if outside and rest.startswith(outside):
+                rest = rest[len(outside):]
+            prefix = self.national_prefix
+            if prefix and rest.startswith(prefix) and len(rest) > len(prefix):
+                return rest
+        return digits
+
+    def _without_outside_line(self, dialled: str, digits: str) -> str:
+        prefix = self.outside_line_prefix
+        if not prefix or not digits.startswith(prefix):
+            return digits
+        digits = digits[len(prefix) :]
+        if not digits:
+            raise InvalidNumber(
+                f"dialled number {quote(dialled)} contains only the "
+                f"outside-line prefix {prefix!r}"
+            )
+        return digits
 
     def _dials_home_code(self, digits: str, strip_outside_line: bool) -> bool:
         """Check whether ``digits`` are the international prefix and the home code.
