@@ -519,3 +519,32 @@ async def test_failed_limit_hangups_back_off(tmp_path):
         await pbx.stop()
 
     assert counts == [1, 2, 2, 3]
+
+
+async def test_accepted_hangup_requested_again(tmp_path, caplog):
+    # Asterisk replies 204 but the channel stays up, so callguard requests the
+    # hang-up again after 10 s, then after 20 s, until the call ends.
+    pbx = Pbx(tmp_path, NOW, trunks=TRUNKS.format(max_call_seconds=60), rates=RATES)
+    await pbx.start()
+    try:
+        call = await answered(pbx)
+        pbx.ari.ignore_deletes = 2
+        pbx.clock.advance(60)
+        await eventually(lambda: len(pbx.ari.deletes) == 1, what="the first hang-up")
+        pbx.clock.advance(9)
+        await asyncio.sleep(0.1)
+        before_wait = len(pbx.ari.deletes)
+        pbx.clock.advance(1)
+        await eventually(lambda: len(pbx.ari.deletes) == 2, what="the second request")
+        pbx.clock.advance(20)
+        await eventually(lambda: not pbx.legs(), what="the third request")
+        await pbx.app.guard.drain()
+        outcomes = [h.outcome for h in stored_hangups(pbx)]
+    finally:
+        await pbx.stop()
+
+    assert before_wait == 1
+    assert [channel for channel, _ in pbx.ari.deletes] == [call.trunk_id] * 3
+    assert outcomes == ["requested", "requested", "requested"]
+    assert "is still up 10 s after Asterisk accepted its hang-up" in caplog.text
+    assert "is still up 20 s after Asterisk accepted its hang-up" in caplog.text

@@ -62,6 +62,9 @@ RECENT_LEGS = 500
 HANGUP_RETRY_SECONDS = 2.0
 # The maximum wait between two requests to hang up the same call while they fail.
 HANGUP_RETRY_MAX_SECONDS = 60.0
+# Seconds a call may stay up after Asterisk accepted its hang-up before it is
+# requested again. The wait doubles after each request, up to HANGUP_RETRY_MAX_SECONDS.
+HANGUP_CONFIRM_SECONDS = 10.0
 # Waits before writing call updates again while the store is unreachable: the
 # first, doubled after each failure up to the last.
 WRITE_RETRY_FIRST_SECONDS = 1.0
@@ -455,7 +458,14 @@ class LiveGuard:
             self.alerts.unguarded_hangup(meter.config, leg, reason)
 
         if outcome == OUTCOME_GONE and leg.live:
-            self._finish(leg, now, None)
+            # Asked again after Asterisk accepted a hang-up whose end was not
+            # seen: the call ended when it was accepted, as reconciliation reads it.
+            self._finish(leg, leg.hangup_accepted_at or now, None)
+        elif outcome == OUTCOME_REQUESTED and leg.live:
+            wait = min(HANGUP_CONFIRM_SECONDS * 2 ** leg.hangups_unconfirmed,
+                       HANGUP_RETRY_MAX_SECONDS)
+            self._retry_at(now + timedelta(seconds=wait),
+                           lambda: self._confirm_hang_up(leg, reason, cause, wait))
         elif outcome == OUTCOME_FAILED and leg.live:
             leg.hangup_requested = ""
             retry_at = leg.hangup_retry_at
@@ -465,6 +475,17 @@ class LiveGuard:
             else:
                 # A barred or unchecked call: no timer would come back to it.
                 self._retry_at(retry_at, lambda: self._hang_up_again(leg, reason, cause))
+
+    def _confirm_hang_up(self, leg: Leg, reason: str, cause: int, waited: float) -> None:
+        """Request the hang-up again if the call is still up ``waited`` seconds after
+        Asterisk accepted it, as with a channel whose driver does not end it."""
+        if not leg.live or leg.hangup_requested != reason:
+            return
+        leg.hangups_unconfirmed += 1
+        log.warning("%s %s: %s to %s is still up %g s after Asterisk accepted its hang-up "
+                    "for %s; requesting it again", leg.trunk, leg.id, leg.channel,
+                    leg.e164 or leg.number or "?", waited, reason)
+        self._spawn(self._hang_up(leg, reason, cause))
 
     def _hang_up_again(self, leg: Leg, reason: str, cause: int) -> None:
         if leg.live and not leg.hangup_requested:

@@ -33,6 +33,7 @@ class Leg:
     hangup_requested: str = ""    # the reason callguard asked Asterisk to hang up
     hangup_failures: int = 0      # hang-up requests in a row that failed
     hangup_retry_at: datetime | None = None  # no new request before this, after a failure
+    hangups_unconfirmed: int = 0  # accepted hang-ups that left the call up
     hangup_cause: int | None = None
     # Time at which Asterisk accepted callguard's hang-up request (204 to the DELETE).
     hangup_accepted_at: datetime | None = None

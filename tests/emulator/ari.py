@@ -279,6 +279,21 @@ class AriEmulator:
         self._http.rest.fail_deletes = count
 
     @property
+    def ignore_deletes(self) -> int:
+        """How many of the next DELETE requests get 204 but leave the channel up.
+
+        Asterisk only requests the hang-up from the channel before it replies
+        204, so a channel whose driver is stuck stays up.
+        """
+        return self._http.rest.ignore_deletes
+
+    @ignore_deletes.setter
+    def ignore_deletes(self, count: int) -> None:
+        if count < 0:
+            raise ValueError(f"invalid ignore_deletes {count}. Give 0 or more")
+        self._http.rest.ignore_deletes = count
+
+    @property
     def event_filters(self) -> bool:
         """False plays an Asterisk without PUT /ari/applications/{app}/eventFilter."""
         return self._http.rest.event_filters
