@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 from callguard.metering.decisions import DECISION_LIFETIME
 from callguard.rating import Increments
 from callguard.store import DecisionRecord, Store
+from callguard.windows import DAY
 from live_support import Pbx, eventually, stored_calls
 
 START = datetime(2024, 6, 12, 10, 0, tzinfo=timezone.utc)  # a Wednesday
@@ -343,3 +344,44 @@ async def restore_denial_rows(pbx: Pbx):
 
     reservations = pbx.app.reservations
     return reservations.get("1718200000.8"), reservations, now
+
+
+# Room for two calls at once and for two first blocks of 1.00 a day.
+CAPPED_TRUNK = """\
+[trunk gamma]
+bar = premium, international
+daily_limit = 2.50
+max_concurrent_calls = 2
+channel_pattern = PJSIP/gamma-*
+rates = rates.csv
+"""
+
+
+@pytest.mark.parametrize("tech", ["PJSIP", "Local"])
+async def test_reservation_of_leg_dialled_before_restart(tmp_path, tech):
+    # The trunk leg rang before the restart, so no Dial event after it links
+    # the leg to its check. The check's hold must not count a second time,
+    # neither as a call in progress nor, once the leg is answered, as money.
+    pbx = Pbx(tmp_path, START, trunks=CAPPED_TRUNK, rates=RATES)
+    await pbx.start()
+    try:
+        call = await pbx.ari.dial_out(UK_NUMBER, tech=tech, dialstring=f"{UK_NUMBER}@gamma",
+                                      check=pbx.checker(UK_NUMBER))
+        leg = call
+        if tech == "Local":
+            leg = await pbx.ari.dial_onward(call, UK_NUMBER, dialstring=f"{UK_NUMBER}@gamma")
+        await eventually(lambda: leg.trunk_id in pbx.legs(), what="the trunk leg")
+        await restart(pbx)
+
+        assert leg.trunk_id in pbx.legs()
+        assert pbx.app.reservations.get(call.caller_id) is None
+        assert await pbx.checker(UK_NUMBER)("1718200000.2")
+
+        await pbx.ari.answer(leg)
+        await eventually(lambda: pbx.legs()[leg.trunk_id].state == "up", what="the answer")
+        assert pbx.app.reservations.get(call.caller_id) is None
+        # Only the second check holds a first block now.
+        assert pbx.app.reservations.held("gamma", DAY, "2024-06-12") == Decimal("1.00")
+    finally:
+        await pbx.stop()
+

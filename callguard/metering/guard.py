@@ -272,6 +272,15 @@ class LiveGuard:
             log.info("%s %s: the checked call ended before Dial; released its reservation",
                      reservation.trunk, uniqueid)
 
+    def dial_unseen(self, uniqueid: str) -> None:
+        """Release the reservation of a checked channel whose Dial() callguard did not see."""
+        reservation = self.reservations.get(uniqueid)
+        if reservation is not None and not reservation.dialled:
+            self.reservations.release(uniqueid)
+            log.info("%s %s: the checked call dialled while callguard could not see "
+                     "events, and its legs are metered without the check; released its "
+                     "reservation", reservation.trunk, uniqueid)
+
     def adopt(self, leg: Leg) -> None:
         """Follow a leg found in the store or in GET /ari/channels."""
         if leg.id in self.legs or leg.trunk not in self.meters:

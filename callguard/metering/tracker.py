@@ -324,6 +324,14 @@ class EventTracker:
         for uniqueid in list(self.guard.reservations.undialled()):
             if uniqueid not in present:
                 self.guard.channel_gone(uniqueid)
+            elif snapshot_text(present[uniqueid], "dialplan", "app_name") == DIAL:
+                # Its Dial() ran while callguard could not see events, and no
+                # leg adopted above was linked to its check. The legs are
+                # metered on their own, so the hold would count a second time
+                # until it expired.
+                # NOTE: a Dial event buffered during this reconciliation still
+                # links its leg afterwards, but that call rings without a hold.
+                self.guard.dial_unseen(uniqueid)
         self.guard.forget_unfollowed(present)
 
         if unplaced:

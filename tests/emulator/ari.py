@@ -139,8 +139,9 @@ class AriEmulator:
         caller's events are sent and before the Dial's, as the AGI runs in the
         dialplan before Dial() on real Asterisk. When it returns False the caller
         ends with ``Hangup(21)`` as the dialplan snippet does on DENY, and no
-        trunk leg is dialled. While ``check`` runs, GET /ari/channels does not
-        list the dialled leg, which Asterisk creates at Dial().
+        trunk leg is dialled. While ``check`` runs, GET /ari/channels shows the
+        caller in AGI() and does not list the dialled leg, which Asterisk
+        creates at Dial().
 
         The dialled leg is ``PJSIP/<trunk>-<seq>`` with the dialstring
         ``<trunk>/<number>``, or for ``tech="Local"`` the Local pair
@@ -164,12 +165,13 @@ class AriEmulator:
             )
             await self._hub.publish(events[:dial_at])
             withheld = self._switch.withhold_leg(call)
-            if not await check(call.caller_id):
+            allowed = await check(call.caller_id)
+            self._switch.release_leg(withheld)
+            if not allowed:
                 await self._hub.publish(
                     self._switch.reject_before_dial(call, CAUSE_CALL_REJECTED)
                 )
                 return call
-            self._switch.release_leg(withheld)
             events = events[dial_at:]
         await self._hub.publish(events)
         return call

@@ -6,6 +6,7 @@ A forward follows do_forward() in Asterisk's apps/app_dial.c.
 """
 
 import logging
+from typing import NamedTuple
 
 from .ari_causes import CAUSE_NORMAL_CLEARING
 from .ari_events import Event
@@ -52,6 +53,15 @@ DIAL_VARIABLES = (
 )
 
 TECHS = (TECH_PJSIP, TECH_LOCAL)
+
+
+class WithheldDial(NamedTuple):
+    """The channels of a Dial() that ``withhold_leg`` keeps out of the channel list."""
+
+    channels: list[Channel]
+    caller: Channel
+    # The caller's (app_name, app_data, priority) at its Dial().
+    dial_location: tuple[str, str, int]
 
 
 def default_dialstring(tech: str, trunk: str, number: str) -> str:
@@ -153,22 +163,32 @@ class DialFlows(SwitchState):
         )
         return state.call, events
 
-    def withhold_leg(self, call: EmulatedCall) -> list[Channel]:
-        """Take the channels that ``dial_out`` prepared for Dial() out of the channel list.
+    def withhold_leg(self, call: EmulatedCall) -> WithheldDial:
+        """Take the channels that ``dial_out`` prepared for Dial() out of the channel
+        list, and show the caller at its AGI() check again.
 
         Asterisk creates them at Dial(), after the check, so GET /ari/channels
-        must not show them while the check runs. ``release_leg`` puts them back.
+        must show neither them nor the caller in Dial() while the check runs.
+        ``release_leg`` puts them back and moves the caller on to its Dial().
         """
         state = self.state_for(call)
-        withheld = [channel for channel in state.channels() if channel is not state.caller]
-        for channel in withheld:
+        caller = state.caller
+        withheld = WithheldDial(
+            [channel for channel in state.channels() if channel is not caller],
+            caller,
+            (caller.app_name, caller.app_data, caller.priority),
+        )
+        for channel in withheld.channels:
             self.channels.pop(channel.id, None)
+        # The caller runs AGI(), then a NoOp(), then Dial().
+        caller.set_location("AGI", CHECK_AGI_URL, caller.priority - 2)
         return withheld
 
-    def release_leg(self, withheld: list[Channel]) -> None:
-        """Put channels that ``withhold_leg`` took back in the channel list."""
-        for channel in withheld:
+    def release_leg(self, withheld: WithheldDial) -> None:
+        """Undo ``withhold_leg``: list the channels again, with the caller in Dial()."""
+        for channel in withheld.channels:
             self.channels[channel.id] = channel
+        withheld.caller.set_location(*withheld.dial_location)
 
     def reject_before_dial(self, call: EmulatedCall, cause: int) -> list[Event]:
         """End a caller whose check answered DENY: ``Hangup(cause)`` in place of Dial().
