@@ -324,23 +324,28 @@ async def test_restore_keeps_later_denial(tmp_path):
     assert restored.expires_at == now + timedelta(seconds=110)
 
 
+async def restart_with_decisions(pbx: Pbx, decisions: list[DecisionRecord]) -> None:
+    """Stop callguard, store ``decisions`` as its own and start it again."""
+    await pbx.app.stop()
+    with Store(pbx.config.general.database) as store:
+        store.add_decisions(decisions)
+    await pbx.start_callguard()
+
+
 async def restore_denial_rows(pbx: Pbx):
     """Store decisions of three channels, start callguard again and return its
     reservation for the second channel, all reservations and the time of the start."""
-    await pbx.app.stop()
     now = pbx.clock.now()
-    with Store(pbx.config.general.database) as store:
-        store.add_decisions([
-            stored_decision("1718200000.7", now - timedelta(seconds=30),
-                            reserved=Decimal("0.40")),
-            stored_decision("1718200000.7", now - timedelta(seconds=20), result="DENY",
-                            reason="barred:international"),
-            stored_decision("1718200000.8", now - timedelta(seconds=10),
-                            reserved=Decimal("0.40")),
-            stored_decision("1718200000.9", now - timedelta(seconds=200),
-                            reserved=Decimal("0.40")),
-        ])
-    await pbx.start_callguard()
+    await restart_with_decisions(pbx, [
+        stored_decision("1718200000.7", now - timedelta(seconds=30),
+                        reserved=Decimal("0.40")),
+        stored_decision("1718200000.7", now - timedelta(seconds=20), result="DENY",
+                        reason="barred:international"),
+        stored_decision("1718200000.8", now - timedelta(seconds=10),
+                        reserved=Decimal("0.40")),
+        stored_decision("1718200000.9", now - timedelta(seconds=200),
+                        reserved=Decimal("0.40")),
+    ])
 
     reservations = pbx.app.reservations
     return reservations.get("1718200000.8"), reservations, now
@@ -385,3 +390,23 @@ async def test_reservation_of_leg_dialled_before_restart(tmp_path, tech):
     finally:
         await pbx.stop()
 
+
+async def test_restore_later_check_on_removed_trunk(tmp_path):
+    # The channel was checked again for a trunk since removed from the config.
+    # That later check replaced the first check's hold, so none comes back.
+    pbx = Pbx(tmp_path, START, trunks=TRUNK, rates=RATES, ari_enabled=False)
+    await pbx.start()
+    try:
+        now = pbx.clock.now()
+        await restart_with_decisions(pbx, [
+            stored_decision("1718200000.7", now - timedelta(seconds=30),
+                            reserved=Decimal("0.40")),
+            stored_decision("1718200000.7", now - timedelta(seconds=20), trunk="delta",
+                            reserved=Decimal("0.40")),
+        ])
+
+        assert "delta" not in pbx.config.trunks
+        assert pbx.app.reservations.get("1718200000.7") is None
+        assert len(pbx.app.reservations) == 0
+    finally:
+        await pbx.stop()

@@ -293,19 +293,21 @@ def _restore_decision(guard: LiveGuard, record: DecisionRecord) -> None:
 def _restore_reservation(guard: LiveGuard, record: DecisionRecord, lifetime: int) -> bool:
     """Hold the first block that ``record`` reserved again, and return whether it did.
 
-    The hold counts in the windows of the check's time and expires when the
-    original would have. A later decision for the same channel replaces it,
-    as in Reservations.add.
+    The hold counts in the windows of the check's time and expires
+    ``lifetime`` seconds after the check. A later decision for the same
+    channel replaces it, as in Reservations.add.
+
+    NOTE: the store does not keep a hold's lifetime, so the current
+    reservation_seconds sets it. After an increase, a hold that had already
+    expired before the restart comes back until the new expiry.
     """
     reservations = guard.reservations
-    if not record.reserved:
-        # A DENY or an opted-out call reserved nothing. After a DENY the
-        # dialplan hangs up, so an earlier check's hold on the channel is
-        # released too.
-        reservations.release(record.uniqueid)
-        return False
+    # A later check of the channel replaced an earlier check's hold. A DENY or
+    # an opted-out call reserved nothing, and after a DENY the dialplan hangs
+    # up. A trunk removed from the config has nothing to hold.
+    reservations.release(record.uniqueid)
     trunk = guard.engine.state.config.trunks.get(record.trunk)
-    if trunk is None:
+    if not record.reserved or trunk is None:
         return False
     reservations.add(record.trunk, record.uniqueid, record.reserved,
                      window_keys(record.decided_at, trunk.timezone), record.decided_at,
