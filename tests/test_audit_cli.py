@@ -16,6 +16,7 @@ from callguard.clock import ManualClock
 from callguard.config import load_config
 from callguard.daemon.app import SPEND_REFRESH_SECONDS, Application
 from callguard.daemon.control import ask
+from callguard.daemon.operator import STORE_FIELD, store_identity
 from callguard.store import AuditRecord, DecisionRecord, HangupRecord, Store
 from callguard.windows import window_keys
 from emulator.fastagi import AGICall, run_fastagi_call
@@ -819,6 +820,31 @@ async def test_daemon_rejects_request_without_store(daemon):
                       {"command": "block", "key_type": "endpoint", "key": "1001"})
 
     assert "the request names no store" in reply["error"]
+    assert await daemon.check(GEOGRAPHIC) == "ok"
+
+
+# Fields of a control request of the wrong type or form, and the error they get.
+INVALID_FIELDS = [
+    ({"command": "reset", "trunk": ["gamma"]}, "trunk ['gamma'] is not in the config"),
+    ({"command": "block", "key_type": "endpoint", "key": "1001", "expires_at": 7},
+     "expires_at 7 is not an ISO 8601 time"),
+    ({"command": "block", "key_type": "endpoint", "key": "1001", "expires_at": "tomorrow"},
+     "expires_at 'tomorrow' is not an ISO 8601 time"),
+    ({"command": "block", "key_type": ["endpoint"], "key": "1001"},
+     "key_type ['endpoint'] is invalid"),
+    ({"command": "check", "number": 123, "trunk": "gamma"}, "number 123 is not a string"),
+]
+
+
+@pytest.mark.parametrize("fields, message", INVALID_FIELDS)
+async def test_daemon_invalid_fields_rejected(daemon, caplog, fields, message):
+    request = fields | {STORE_FIELD: store_identity(daemon.app.database)}
+
+    reply = await ask(daemon.config.general.control_socket, request)
+
+    assert reply["error"].startswith(f"invalid request: {message}")
+    assert "Traceback" not in caplog.text
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert await daemon.check(GEOGRAPHIC) == "ok"
 
 

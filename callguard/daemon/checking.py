@@ -8,6 +8,7 @@ result is the one a real call would get now. Nothing is reserved or counted.
 import os
 from typing import TYPE_CHECKING
 
+from callguard.daemon.control import InvalidRequest
 from callguard.daemon.operator import store_identity
 from callguard.policy.offenders import normalise_source
 from callguard.policy.decision import CallRequest
@@ -28,7 +29,7 @@ async def check_command(app: "Application", request: dict) -> dict:
     values = {name: request.get(name, "") for name in FIELDS}
     for name, value in values.items():
         if not isinstance(value, str):
-            raise ValueError(f"invalid {name} {value!r}: give it as a string")
+            raise InvalidRequest(f"{name} {value!r} is not a string; give it as text")
 
     call = CallRequest(
         trunk=values["trunk"].strip(),

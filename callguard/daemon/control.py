@@ -108,9 +108,18 @@ class ControlServer:
             if asyncio.iscoroutine(reply):
                 reply = await reply
             return reply
+        except InvalidRequest as exc:
+            # An error in the request, not in the daemon: the log gets one line
+            # without a traceback.
+            log.warning("control command %s rejected: %s", name, exc)
+            return {"error": f"invalid request: {exc}"}
         except Exception as exc:
             log.exception("control command %s failed", request.get("command"))
             return {"error": f"command failed: {exc}"}
+
+
+class InvalidRequest(ValueError):
+    """A control request whose fields are missing, of the wrong type or invalid."""
 
 
 class ControlSocketInUse(OSError):

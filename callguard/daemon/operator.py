@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Callable
 from sqlalchemy.engine import make_url
 
 from callguard.config.offenders import OFFENDER_KEYS
+from callguard.daemon.control import InvalidRequest
 from callguard.urls import mask_url
 
 if TYPE_CHECKING:
@@ -152,20 +153,26 @@ def _identity(request: dict) -> tuple[str, str]:
     key_type = request.get("key_type")
     key = request.get("key")
     if key_type not in OFFENDER_KEYS:
-        raise ValueError(f"key_type {key_type!r} is invalid; use one of "
+        raise InvalidRequest(f"key_type {key_type!r} is invalid; use one of "
                          f"{', '.join(OFFENDER_KEYS)}")
     if not isinstance(key, str) or not key:
-        raise ValueError(f"key {key!r} is invalid; give the blocked key as text")
+        raise InvalidRequest(f"key {key!r} is invalid; give the blocked key as text")
     return key_type, key
 
 
 def _block(app: "Application", request: dict) -> dict:
     key_type, key = _identity(request)
     expires_text = request.get("expires_at")
-    expires_at = None if expires_text is None else datetime.fromisoformat(expires_text)
+    expires_at = None
+    if expires_text is not None:
+        try:
+            expires_at = datetime.fromisoformat(expires_text)
+        except (TypeError, ValueError):
+            raise InvalidRequest(f"expires_at {expires_text!r} is not an ISO 8601 time; "
+                                 "send one like 2026-12-05T14:00:00+00:00") from None
     if expires_at is not None and expires_at.tzinfo is None:
-        raise ValueError(f"expires_at {expires_text!r} has no time zone; send ISO 8601 "
-                         "with an offset")
+        raise InvalidRequest(f"expires_at {expires_text!r} has no time zone; send ISO "
+                             "8601 with an offset")
 
     app.blocks.add(key_type, key, expires_at)
     log.warning("operator blocked %s %s until %s", key_type, key,
@@ -183,8 +190,8 @@ def _unblock(app: "Application", request: dict) -> dict:
 
 def _reset(app: "Application", request: dict) -> dict:
     trunk = request.get("trunk")
-    if trunk not in app.config.trunks:
-        raise ValueError(f"trunk {trunk!r} is not in the config; use one of "
+    if not isinstance(trunk, str) or trunk not in app.config.trunks:
+        raise InvalidRequest(f"trunk {trunk!r} is not in the config; use one of "
                          f"{', '.join(sorted(app.config.trunks))}")
 
     window, key = request.get("window"), request.get("key")
