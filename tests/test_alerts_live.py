@@ -233,3 +233,24 @@ async def test_alerts_again_after_spend_reset(tmp_path, mailbox):
         await pbx.stop()
 
     assert mailbox.subjects() == ["[callguard] gamma: daily spend 80% (86.00 of 100.00 GBP)"] * 2
+
+
+async def test_zero_limit_no_warning(tmp_path, mailbox):
+    # A daily limit of 0 refuses every call. The limit mail reports it, and no
+    # warning claims that 95 % of nothing was spent.
+    trunk = TRUNK.replace("daily_limit = 100.00", "daily_limit = 0").replace(
+        "warn_percent = 80", "warn_percent = 50, 80, 95")
+    pbx = Pbx(tmp_path, NOW, trunks=trunk + smtp_section(mailbox), rates=RATES)
+    await pbx.start()
+    try:
+        _, result = await pbx.call("01632960123")
+        await eventually(lambda: any("limit reached" in s for s in mailbox.subjects()),
+                         what="the limit e-mail")
+        # As after a reload or a read of the totals that other nodes changed.
+        pbx.app.guard.reschedule("gamma")
+        await pbx.app.alerts_settle()
+    finally:
+        await pbx.stop()
+
+    assert result["CALLGUARD_REASON"] == "limit:daily"
+    assert [s for s in mailbox.subjects() if "%" in s] == []

@@ -66,7 +66,8 @@ class AlertRaiser:
     def pending_threshold(self, trunk: TrunkConfig, window: str, key: str) -> Decimal | None:
         """Return the spend at which the next warning level of this window is reached."""
         limit = trunk.daily_limit if window == DAY else trunk.weekly_limit
-        if limit is None or not trunk.warn_percent:
+        if not limit or not trunk.warn_percent:
+            # A zero limit refuses every call from the start, so no warning comes first.
             return None
         done = self._alerted.get((trunk.name, window, key), 0)
         levels = [level for level in sorted(trunk.warn_percent) if level > done]
@@ -79,7 +80,7 @@ class AlertRaiser:
         for window in (DAY, WEEK):
             limit = trunk.daily_limit if window == DAY else trunk.weekly_limit
             spent = self.ledger.spent(trunk.name, window, keys[window])
-            if limit is None or spent is None or not trunk.warn_percent:
+            if not limit or spent is None or not trunk.warn_percent:
                 continue
             reached = [level for level in trunk.warn_percent if spent * 100 >= limit * level]
             if not reached:
