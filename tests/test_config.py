@@ -1534,3 +1534,38 @@ def test_broad_channel_pattern_warns(workdir, pattern, shown):
         assert len(broad) == 1
         assert shown in broad[0]
         assert broad[0].endswith("name the trunk's endpoint, such as PJSIP/gamma-*")
+
+
+def test_overlapping_number_sections_warn(workdir):
+    # One caller in two forms, a range that contains another section's number,
+    # and two sections for the same number on different trunks, which is fine.
+    warnings = config_warnings(load(
+        "[general]\n[trunk gamma]\n" + RATES_LINE + "\n[trunk delta]\n" + RATES_LINE + "\n"
+        "[number 01632960012]\nallow = international\n"
+        "[number +441632960012]\nbar = mobile\n"
+        "[number 01632960100-01632960199]\ntrunk = gamma\nallow = international\n"
+        "[number 01632960150]\ntrunk = gamma\nbar = geographic\n"
+        "[number 02079460001]\ntrunk = gamma\nallow = international\n"
+        "[number +442079460001]\ntrunk = delta\nbar = mobile\n"
+    ))
+
+    overlaps = [w for w in warnings if w.startswith("[number ...] sections")]
+    assert overlaps == [
+        "[number ...] sections for +441632960012 and for +441632960012 both cover "
+        "+441632960012, so their allow and bar lists apply together to those callers; "
+        "merge them into one section",
+        "[number ...] sections for +441632960100-+441632960199 and for +441632960150 both "
+        "cover +441632960150, so their allow and bar lists apply together to those "
+        "callers; merge them into one section",
+    ]
+
+
+def test_many_overlapping_number_sections_counted(workdir):
+    sections = "".join(f"[number 016329600{n:02d}]\nallow = international\n"
+                       f"[number +4416329600{n:02d}]\nbar = mobile\n" for n in range(12))
+    warnings = config_warnings(load("[general]\n[trunk gamma]\n" + RATES_LINE + "\n"
+                                    + sections))
+
+    overlaps = [w for w in warnings if "[number ...] sections" in w]
+    assert len(overlaps) == 11
+    assert overlaps[-1] == "2 more pairs of [number ...] sections overlap"

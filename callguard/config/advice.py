@@ -82,7 +82,49 @@ def config_warnings(config: Config, prefixes: PrefixTable | None = None) -> list
                 "call for reservation_seconds after its check, not while it lasts; "
                 "set enabled = yes in [ari]"
             )
+    warnings.extend(_overlapping_overrides(config))
     warnings.extend(number_plan_warnings(config, prefixes))
+    return warnings
+
+
+# Pairs of overlapping [number ...] sections named one by one; more are counted.
+MAX_LISTED_OVERLAPS = 10
+
+
+def _overlapping_overrides(config: Config) -> list[str]:
+    """Warn about [number ...] sections that cover the same callers on a trunk.
+
+    Their allow and bar lists then apply together, which is easy to miss when
+    one number is written in two forms, such as 01632960012 and +441632960012.
+    The ranges of all sections are swept once in order, so a config with
+    thousands of sections is still checked quickly.
+    """
+    overrides = config.overrides
+    ranges = sorted((low, high, index) for index, override in enumerate(overrides)
+                    for low, high in override.numbers.ranges)
+    pairs: dict[tuple[int, int], tuple[int, int]] = {}
+    active: list[tuple[int, int, int]] = []
+    for low, high, index in ranges:
+        active = [item for item in active if item[1] >= low]
+        for _, other_high, other in active:
+            first, second = overrides[other], overrides[index]
+            if other == index or (first.trunk and second.trunk and first.trunk != second.trunk):
+                continue
+            pair = (min(other, index), max(other, index))
+            pairs.setdefault(pair, (low, min(high, other_high)))
+        active.append((low, high, index))
+
+    warnings = []
+    for (first, second), (low, high) in list(pairs.items())[:MAX_LISTED_OVERLAPS]:
+        shared = f"+{low}" if low == high else f"+{low}-+{high}"
+        warnings.append(
+            f"[number ...] sections for {overrides[first].numbers} and for "
+            f"{overrides[second].numbers} both cover {shared}, so their allow and bar "
+            "lists apply together to those callers; merge them into one section"
+        )
+    if len(pairs) > MAX_LISTED_OVERLAPS:
+        warnings.append(f"{len(pairs) - MAX_LISTED_OVERLAPS} more pairs of [number ...] "
+                        "sections overlap")
     return warnings
 
 
