@@ -228,6 +228,19 @@ async def restart(pbx: Pbx, pause: float = 5) -> None:
     await pbx.start_callguard()
 
 
+async def answer_for(pbx: Pbx, call, seconds: float) -> Decimal:
+    """Answer ``call``, wait until its check's hold is released, hang it up
+    ``seconds`` later and return the cost stored for it."""
+    await pbx.ari.answer(call)
+    await eventually(lambda: pbx.app.reservations.get(call.caller_id) is None,
+                     what="the release")
+    pbx.clock.advance(seconds)
+    await pbx.ari.hangup(call)
+    await eventually(lambda: not pbx.legs(), what="the end")
+    await pbx.app.guard.drain()
+    return stored_calls(pbx)[call.trunk_id].cost
+
+
 async def test_reservation_held_across_restart(tight_pbx, caplog):
     # The first call is checked, callguard restarts, and a second check comes
     # before the first call's Dial(): the first block is still held for it.
@@ -263,14 +276,7 @@ async def test_reservation_held_across_restart(tight_pbx, caplog):
     assert reservation.amount == Decimal("1.00")
 
     # Once the leg is answered, the reserved block becomes its first charged block.
-    await pbx.ari.answer(call)
-    await eventually(lambda: pbx.app.reservations.get(call.caller_id) is None,
-                     what="the release")
-    pbx.clock.advance(30)
-    await pbx.ari.hangup(call)
-    await eventually(lambda: not pbx.legs(), what="the end")
-    await pbx.app.guard.drain()
-    assert stored_calls(pbx)[call.trunk_id].cost == Decimal("1.00")
+    assert await answer_for(pbx, call, 30) == Decimal("1.00")
 
 
 async def test_reservation_of_gone_channel_released(tight_pbx):
@@ -379,7 +385,10 @@ async def test_reservation_of_leg_dialled_before_restart(tmp_path, tech):
         await restart(pbx)
 
         assert leg.trunk_id in pbx.legs()
-        assert pbx.app.reservations.get(call.caller_id) is None
+        # Linked through the caller's extension, as a Dial event would link
+        # it, also past a Local pair: the hold stays until the answer and
+        # counts once.
+        assert pbx.app.reservations.get(call.caller_id).dialled
         assert await pbx.checker(UK_NUMBER)("1718200000.2")
 
         await pbx.ari.answer(leg)
@@ -410,3 +419,56 @@ async def test_restore_later_check_on_removed_trunk(tmp_path):
         assert len(pbx.app.reservations) == 0
     finally:
         await pbx.stop()
+
+
+async def test_ringing_leg_linked_after_restart(pbx):
+    # The call rings when callguard restarts. The channel list shows no
+    # BRIDGEPEER yet, so the leg is linked to its check through the caller's
+    # extension and caller ID, and the override that allowed it still counts.
+    call = await pbx.ari.dial_out(FRANCE, callerid=OVERRIDDEN, dialstring=f"{FRANCE}@gamma",
+                                  check=pbx.checker(FRANCE, callerid=OVERRIDDEN))
+    await eventually(lambda: call.trunk_id in pbx.legs(), what="the trunk leg")
+    assert pbx.results[call.caller_id]["CALLGUARD_RESULT"] == "ALLOW"
+    await restart(pbx)
+
+    await eventually(lambda: call.trunk_id in pbx.legs(), what="the adopted leg")
+    leg = pbx.legs()[call.trunk_id]
+    assert leg.guarded
+    assert leg.decision_uniqueid == call.caller_id
+    assert not leg.hangup_requested
+    assert pbx.app.reservations.get(call.caller_id).dialled
+
+    # The connection fee and two 30 s blocks at 0.60 a minute.
+    assert await answer_for(pbx, call, 60) == Decimal("0.70")
+    assert pbx.ari.deletes == []
+
+
+async def test_ringing_leg_without_caller_id_linked(pbx):
+    # A caller without caller ID: Dial() gives the leg the extension instead.
+    call = await pbx.ari.dial_out(UK_NUMBER, callerid="", dialstring=f"{UK_NUMBER}@gamma",
+                                  check=pbx.checker(UK_NUMBER, callerid=""))
+    await eventually(lambda: call.trunk_id in pbx.legs(), what="the trunk leg")
+    await restart(pbx)
+
+    await eventually(lambda: call.trunk_id in pbx.legs(), what="the adopted leg")
+    assert pbx.legs()[call.trunk_id].decision_uniqueid == call.caller_id
+
+
+async def test_ringing_legs_of_two_callers_not_linked(pbx):
+    # Two phones ring the same number with the same caller ID: neither leg can
+    # be told apart, so each is judged on its own number, as before.
+    calls = [await pbx.ari.dial_out(UK_NUMBER, caller_endpoint=endpoint,
+                                    callerid="01632960010", dialstring=f"{UK_NUMBER}@gamma",
+                                    check=pbx.checker(UK_NUMBER, endpoint=endpoint))
+             for endpoint in ("1001", "1002")]
+    await eventually(lambda: all(c.trunk_id in pbx.legs() for c in calls), what="the legs")
+    await restart(pbx)
+
+    await eventually(lambda: all(c.trunk_id in pbx.legs() for c in calls),
+                     what="the adopted legs")
+    for call in calls:
+        leg = pbx.legs()[call.trunk_id]
+        assert not leg.guarded
+        assert not leg.hangup_requested
+        # Each leg pays its own first block when answered, so no hold stays.
+        assert pbx.app.reservations.get(call.caller_id) is None

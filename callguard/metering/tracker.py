@@ -297,7 +297,8 @@ class EventTracker:
             created_at = parse_timestamp(channel.get("creationtime"), now)
             log.warning("%s %s: adopting %s, which started while callguard could not see "
                         "events", trunk, channel_id, channel.get("name"))
-            caller_id = callers_by_peer.get(channel.get("name", ""), "")
+            caller_id = (callers_by_peer.get(channel.get("name", ""), "")
+                         or self._checked_caller_in_dial(channel, present))
             # The caller's Dial() argument is the only place a channel list shows
             # the number of an answered PJSIP leg.
             number = _number_dialled_by(present.get(caller_id), channel.get("name", ""))
@@ -343,6 +344,31 @@ class EventTracker:
                      "the trunk, or originates answered while callguard could not see "
                      "events", unplaced)
         self.blind_since = None
+
+
+    def _checked_caller_in_dial(self, leg: dict, present: dict[str, dict]) -> str:
+        """Return the checked channel whose Dial() placed a leg that is not bridged yet, or "".
+
+        A ringing leg shows no caller in BRIDGEPEER, but Dial() gives it the
+        caller's extension and caller ID, or the extension as caller ID when
+        the caller has none. The caller is taken to be the one checked channel
+        in Dial() with that extension and caller ID. With none or several, such
+        as two phones dialling the same number, it is "".
+        """
+        exten = snapshot_text(leg, "dialplan", "exten")
+        if not exten:
+            return ""
+        number = snapshot_text(leg, "caller", "number")
+        callers = {number, ""} if number == exten else {number}
+        found = [
+            channel_id for channel_id, channel in present.items()
+            if channel_id != leg.get("id")
+            and snapshot_text(channel, "dialplan", "app_name") == DIAL
+            and snapshot_text(channel, "dialplan", "exten") == exten
+            and snapshot_text(channel, "caller", "number") in callers
+            and self.guard.decisions.get(channel_id) is not None
+        ]
+        return found[0] if len(found) == 1 else ""
 
 
 def snapshot_text(snapshot: object, part: str, key: str) -> str:
