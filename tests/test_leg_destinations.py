@@ -461,3 +461,34 @@ async def test_checked_leg_on_digit_named_endpoint(make_pbx):
     assert leg.e164 == "+447700900123"
     assert leg.category == "mobile"
     assert leg.hangup_requested == ""
+
+
+# A caller-ID prefix (141 withholds, 1470 presents) before a national number.
+# 141 before an 8-digit number such as 0800 1111 gives 11 digits that also
+# read as a NANP number in E.164 form without "+" (+1 410 800 1111).
+
+async def test_withheld_short_national_leg_linked(make_pbx):
+    pbx = await make_pbx()
+    call, result = await check_and_dial(pbx, "141 0800 1111", "14108001111@gamma")
+    assert result["CALLGUARD_RESULT"] == "ALLOW"
+    await eventually(lambda: call.trunk_id in pbx.legs(), what="the Dial")
+
+    leg = pbx.legs()[call.trunk_id]
+    assert leg.guarded
+    assert leg.e164 == "+448001111"
+    assert leg.category == "freephone"
+    assert leg.hangup_requested == ""
+
+
+async def test_unchecked_withheld_084_leg_barred(make_pbx):
+    # International calls are allowed and rated here, so reading the leg as
+    # +1 410 845 4647 would let the barred 0845 4647 through.
+    trunk = TRUNK.replace("bar = premium, international, directory", "bar = special-084")
+    pbx = await make_pbx(trunks=trunk, rates=RATES + "1,North America,0.0100,,60/60\n")
+    call = await pbx.ari.dial_out("14108454647", dialstring="14108454647@gamma")
+    leg = await hung_up_leg(pbx, call)
+
+    assert not leg.guarded
+    assert leg.e164 == "+448454647"
+    assert leg.category == "special-084"
+    assert leg.hangup_requested == "barred:special-084"

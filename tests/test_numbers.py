@@ -509,6 +509,24 @@ def test_normalise_caller(text, e164):
     assert GB.normalise_caller(text) == e164
 
 
+# A trunk leg's number after a caller-ID prefix, beside NANP numbers in E.164
+# form without "+" that start with the same digits.
+DESTINATION_CASES = [
+    (GB, "14108001111", "+448001111"),
+    (GB, "141 0845 4647", "+448454647"),
+    (GB_WITH_9, "14108454647", "+448454647"),
+    (GB, "14109061234567", "+449061234567"),
+    # 0555 1234 has a possible length only, so this stays a Maryland number.
+    (GB, "14105551234", "+14105551234"),
+    (US, "14108001111", "14108001111"),
+]
+
+
+@pytest.mark.parametrize("plan, dialled, read", DESTINATION_CASES)
+def test_read_destination_caller_id(plan, dialled, read):
+    assert plan.read_destination(dialled) == read
+
+
 def test_caller_keeps_outside_line_digit():
     plan = NumberPlan("US", outside_line_prefix="9")
 

@@ -173,7 +173,10 @@ class NumberPlan:
 
         return self._parse_caller_leniently(stripped)
 
-    def _normalise(self, dialled: str, strip_outside_line: bool) -> Number:
+    def _normalise(self, dialled: str, strip_outside_line: bool,
+                   strip_caller_id: bool = False) -> Number:
+        """Read ``dialled``. Only ``strip_outside_line`` drops the outside-line
+        prefix, and either flag drops a caller-ID prefix."""
         def home_lead(digits: str) -> bool:
             return self._dials_home_code(digits, strip_outside_line)
 
@@ -185,6 +188,8 @@ class NumberPlan:
         digits = dial.digits
         if strip_outside_line:
             digits = self._without_dial_prefixes(dialled, digits)
+        elif strip_caller_id:
+            digits = self._without_caller_id(digits, "")
 
         international_prefix_length = self._home.international_prefix_length(digits)
         if international_prefix_length:
@@ -218,7 +223,11 @@ class NumberPlan:
         as dialled and are read as short codes.
         """
         digits = self._without_outside_line(dialled, digits)
-        outside = self.outside_line_prefix
+        return self._without_caller_id(digits, self.outside_line_prefix)
+
+    def _without_caller_id(self, digits: str, outside: str) -> str:
+        """Return ``digits`` without a leading caller-ID prefix, and ``outside``
+        directly after it, when the national prefix and more digits follow."""
         for caller_id_prefix in self._caller_id_prefixes:
             if not digits.startswith(caller_id_prefix):
                 continue
@@ -407,7 +416,9 @@ class NumberPlan:
         the prefix is therefore returned in E.164 form. Many carriers take
         numbers in E.164 form without ``+`` or an international prefix
         (``441632960000``, ``33142685300``). Such a number is returned in E.164
-        form when it has a possible length for its country code. Every other
+        form when it has a possible length for its country code. A caller-ID
+        prefix before a valid home number (``141 0800 1111`` in GB) is dropped,
+        as the check drops it, and the number is returned in E.164 form. Every other
         string is returned unchanged: numbers read the same either way,
         emergency numbers and strings that are no number in either reading.
         Invalid input is returned, not raised.
@@ -428,6 +439,12 @@ class NumberPlan:
         if not (digits.isascii() and digits.isdigit()) or digits.startswith("0"):
             return dialled
 
+        withheld = self._home_number_after_caller_id(dialled)
+        if withheld is not None:
+            # The check reads 141 0800 1111 as 0800 1111, so the leg must too,
+            # though +1 410 800 1111 is a valid NANP number as well.
+            return withheld
+
         try:
             parsed = phonenumbers.parse(PLUS + digits, None)
         except NumberParseException:
@@ -443,6 +460,24 @@ class NumberPlan:
             return dialled
 
         return e164
+
+    def _home_number_after_caller_id(self, dialled: str) -> str | None:
+        """Return the E.164 form of the valid home number after a caller-ID
+        prefix in ``dialled``, or None.
+
+        A number that has only a possible length gives None, so that a leg to
+        +1 410 555 1234 in E.164 form without ``+`` is not read as 0555 1234.
+        """
+        try:
+            number = self._normalise(dialled, strip_outside_line=False,
+                                     strip_caller_id=True)
+        except InvalidNumber:
+            return None
+        if not number.e164 or number.country_code != self.country_code:
+            return None
+        if not phonenumbers.is_valid_number(phonenumbers.parse(number.e164, None)):
+            return None
+        return number.e164
 
 
 def _region_of(parsed: PhoneNumber) -> str:
