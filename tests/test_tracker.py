@@ -548,3 +548,31 @@ async def test_accepted_hangup_requested_again(tmp_path, caplog):
     assert outcomes == ["requested", "requested", "requested"]
     assert "is still up 10 s after Asterisk accepted its hang-up" in caplog.text
     assert "is still up 20 s after Asterisk accepted its hang-up" in caplog.text
+
+
+async def test_gone_charged_to_last_accept(tmp_path):
+    # The second 204 shows the channel still up 10 s after the first, so a
+    # third request that finds it gone, its end events lost, charges the call
+    # up to the second 204.
+    pbx = Pbx(tmp_path, NOW, trunks=TRUNKS.format(max_call_seconds=60), rates=RATES)
+    await pbx.start()
+    try:
+        call = await answered(pbx)
+        pbx.ari.ignore_deletes = 2
+        pbx.clock.advance(60)
+        await eventually(lambda: len(pbx.ari.deletes) == 1, what="the first hang-up")
+        pbx.clock.advance(10)
+        await eventually(lambda: len(pbx.ari.deletes) == 2, what="the second request")
+        await pbx.app.guard.drain()
+        pbx.ari.hangup_unseen(call)
+        pbx.clock.advance(20)
+        await eventually(lambda: not pbx.legs(), what="the third request")
+        await pbx.app.guard.drain()
+        record = stored_calls(pbx)[call.trunk_id]
+        outcomes = [h.outcome for h in reversed(stored_hangups(pbx))]
+    finally:
+        await pbx.stop()
+
+    assert outcomes == ["requested", "requested", "gone"]
+    assert record.ended_at == NOW + timedelta(seconds=70)
+    assert record.cost == Decimal("2.00")

@@ -453,7 +453,9 @@ class LiveGuard:
         else:
             leg.hangup_failures = 0
             leg.hangup_retry_at = None
-            if outcome == OUTCOME_REQUESTED and leg.hangup_accepted_at is None:
+            if outcome == OUTCOME_REQUESTED:
+                # A repeat that Asterisk accepts shows the channel still up, so
+                # the call cannot have ended at an earlier acceptance.
                 leg.hangup_accepted_at = now
             log.warning("%s %s: hang-up of %s to %s for %s %s; call cost %s, spend today "
                         "%s, this week %s", leg.trunk, leg.id, leg.channel,
@@ -468,7 +470,8 @@ class LiveGuard:
 
         if outcome == OUTCOME_GONE and leg.live:
             # Asked again after Asterisk accepted a hang-up whose end was not
-            # seen: the call ended when it was accepted, as reconciliation reads it.
+            # seen: the call ended when the last request was accepted, as
+            # reconciliation reads it.
             self._finish(leg, leg.hangup_accepted_at or now, None)
         elif outcome == OUTCOME_REQUESTED and leg.live:
             wait = min(HANGUP_CONFIRM_SECONDS * 2 ** leg.hangups_unconfirmed,

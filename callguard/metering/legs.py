@@ -35,7 +35,7 @@ class Leg:
     hangup_retry_at: datetime | None = None  # no new request before this, after a failure
     hangups_unconfirmed: int = 0  # accepted hang-ups that left the call up
     hangup_cause: int | None = None
-    # Time at which Asterisk accepted callguard's hang-up request (204 to the DELETE).
+    # Time at which Asterisk last accepted callguard's hang-up request (204 to the DELETE).
     hangup_accepted_at: datetime | None = None
     final_charges: dict = field(default_factory=dict)  # the bill by window, once ended
     notes: list[str] = field(default_factory=list)

@@ -200,6 +200,10 @@ class AriEmulator:
         """End ``call`` because the ``caller`` or the ``trunk`` side hung up."""
         await self._hub.publish(self._switch.hangup(call, side, cause))
 
+    def hangup_unseen(self, call: EmulatedCall, cause: int = CAUSE_NORMAL_CLEARING) -> None:
+        """End ``call`` but drop its events, as when they are lost on the way."""
+        self._switch.hangup(call, "trunk", cause)
+
     async def inbound(
         self,
         *,
