@@ -39,3 +39,15 @@ async def test_known_command_answered(control):
     reply = json.loads(await send_line(control, b'{"command": "status"}\n'))
 
     assert reply == {"ok": 1}
+
+
+async def test_deeply_nested_request_rejected(control, caplog):
+    # Nesting this deep fits in the line limit but exceeds the JSON decoder's
+    # recursion limit.
+    depth = 30_000
+    line = b'{"command": "status", "x": ' + b"[" * depth + b"]" * depth + b"}\n"
+
+    reply = json.loads(await send_line(control, line))
+
+    assert reply["error"].startswith("invalid request")
+    assert "Traceback" not in caplog.text

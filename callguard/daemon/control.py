@@ -93,7 +93,8 @@ class ControlServer:
     async def _answer(self, line: bytes) -> dict:
         try:
             request = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
+            # json raises RecursionError for nesting deeper than the recursion limit.
             return {"error": "invalid request: send one JSON object per line"}
         if not isinstance(request, dict):
             return {"error": "invalid request: send one JSON object per line"}
