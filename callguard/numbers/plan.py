@@ -255,11 +255,12 @@ class NumberPlan:
         """Check whether ``digits`` are the international prefix and the home code.
 
         ``0044 (0) 20 7946 0000`` is written like ``+44 (0) 20 7946 0000``, so
-        the ``(0)`` after it is the national prefix too.
+        the ``(0)`` after it is the national prefix too, also after the
+        outside-line prefix or a caller-ID prefix.
         """
-        prefix = self.outside_line_prefix
-        if strip_outside_line and prefix and digits.startswith(prefix):
-            if self._dials_home_code(digits[len(prefix):], False):
+        if strip_outside_line and digits != self.outside_line_prefix:
+            stripped = self._without_dial_prefixes(digits, digits)
+            if stripped != digits and self._dials_home_code(stripped, False):
                 return True
         length = self._home.international_prefix_length(digits)
         return bool(length) and digits[length:] == str(self.country_code)
