@@ -576,3 +576,27 @@ async def test_gone_charged_to_last_accept(tmp_path):
     assert outcomes == ["requested", "requested", "gone"]
     assert record.ended_at == NOW + timedelta(seconds=70)
     assert record.cost == Decimal("2.00")
+
+
+@pytest.mark.parametrize("number, callerid", [("999", "01632960010"),
+                                              ("01632960123", "01632960050")])
+async def test_unprotected_leg_never_hung_up(tmp_path, caplog, number, callerid):
+    # Whatever requests it, no DELETE goes out for an emergency call or for a
+    # call of an opted-out caller (01632960050 in the trunk below).
+    trunks = LOW_LIMIT_TRUNK + "opt_out = 01632960050\n"
+    pbx = Pbx(tmp_path, NOW, trunks=trunks, rates=RATES)
+    await pbx.start()
+    try:
+        call, result = await pbx.call(number, callerid=callerid)
+        await eventually(lambda: call.trunk_id in pbx.legs(), what="the trunk leg")
+        leg = pbx.legs()[call.trunk_id]
+        await pbx.app.guard._hang_up(leg, "limit:daily", 16)
+        await pbx.app.guard.drain()
+    finally:
+        await pbx.stop()
+
+    assert result["CALLGUARD_RESULT"] == "ALLOW"
+    assert not leg.protected
+    assert pbx.ari.deletes == []
+    assert leg.hangup_requested == ""
+    assert "is never hung up" in caplog.text

@@ -420,6 +420,15 @@ class LiveGuard:
         self.reschedule(trunk)
 
     async def _hang_up(self, leg: Leg, reason: str, cause: int) -> None:
+        if not leg.protected:
+            # The one place that sends a DELETE refuses emergency calls and
+            # opted-out callers, whatever asked for it, such as a hang-up
+            # requested before the leg was linked to the check that showed it.
+            log.warning("%s %s: not hanging up %s to %s for %s: an emergency call or "
+                        "an opted-out caller's call is never hung up", leg.trunk, leg.id,
+                        leg.channel, leg.e164 or leg.number or "?", reason)
+            leg.hangup_requested = ""
+            return
         leg.hangup_requested = reason
         now = self.clock.now()
         meter = self.meters.get(leg.trunk)
@@ -512,6 +521,9 @@ class LiveGuard:
         leg.e164 = decision.e164
         leg.category = decision.category
         leg.protected = decision.reason not in (REASON_EMERGENCY, REASON_OPTED_OUT)
+        if not leg.protected:
+            # A leg judged alone before this link may have a hang-up requested.
+            leg.hangup_requested = ""
 
         if decision.trunk != leg.trunk:
             log.warning("%s %s: checked for trunk %s but dialled on %s (%s); %s pays",
