@@ -833,6 +833,10 @@ INVALID_FIELDS = [
     ({"command": "block", "key_type": ["endpoint"], "key": "1001"},
      "key_type ['endpoint'] is invalid"),
     ({"command": "check", "number": 123, "trunk": "gamma"}, "number 123 is not a string"),
+    ({"command": "reset", "trunk": "gamma", "window": "month", "key": "2024-06"},
+     "window 'month' and key '2024-06' are invalid"),
+    ({"command": "reset", "trunk": "gamma", "window": "day", "key": 7},
+     "window 'day' and key 7 are invalid"),
 ]
 
 

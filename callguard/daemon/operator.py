@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 
 from callguard.config.offenders import OFFENDER_KEYS
 from callguard.daemon.control import InvalidRequest
+from callguard.windows import DAY, WEEK
 from callguard.urls import mask_url
 
 if TYPE_CHECKING:
@@ -195,7 +196,10 @@ def _reset(app: "Application", request: dict) -> dict:
                          f"{', '.join(sorted(app.config.trunks))}")
 
     window, key = request.get("window"), request.get("key")
-    if isinstance(window, str) and isinstance(key, str):
+    if window is not None or key is not None:
+        if window not in (DAY, WEEK) or not isinstance(key, str) or not key:
+            raise InvalidRequest(f"window {window!r} and key {key!r} are invalid; send "
+                                 f"window {DAY!r} or {WEEK!r} and the window's key as text")
         app.alerts.spend_reset(trunk, window, key, app.clock.now())
     # The trunk's spend is read from the store again, at once, so that status
     # does not show an empty week while it waits for the next decision.
