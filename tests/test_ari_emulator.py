@@ -621,7 +621,11 @@ async def test_pjsip_call_shape(ari):
     assert dial["caller"]["channelvars"]["CALLGUARD_TRUNK"] == "gamma"
     assert dial["caller"]["caller"]["number"] == "01632960001"
     assert dial["peer"]["id"] == call.trunk_id
-    assert dial["peer"]["caller"]["number"] == "01632960001"
+    # Dial() gives the leg the caller's extension as its caller ID and the
+    # caller's caller ID as its connected line (apps/app_dial.c).
+    assert dial["peer"]["dialplan"]["exten"] == NUMBER
+    assert dial["peer"]["caller"]["number"] == NUMBER
+    assert dial["peer"]["connected"]["number"] == "01632960001"
 
 
 DIALSTRING_CASES = [

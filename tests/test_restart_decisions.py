@@ -444,7 +444,7 @@ async def test_ringing_leg_linked_after_restart(pbx):
 
 
 async def test_ringing_leg_without_caller_id_linked(pbx):
-    # A caller without caller ID: Dial() gives the leg the extension instead.
+    # A caller without caller ID: the leg's connected line is empty as well.
     call = await pbx.ari.dial_out(UK_NUMBER, callerid="", dialstring=f"{UK_NUMBER}@gamma",
                                   check=pbx.checker(UK_NUMBER, callerid=""))
     await eventually(lambda: call.trunk_id in pbx.legs(), what="the trunk leg")
@@ -472,3 +472,43 @@ async def test_ringing_legs_of_two_callers_not_linked(pbx):
         assert not leg.hangup_requested
         # Each leg pays its own first block when answered, so no hold stays.
         assert pbx.app.reservations.get(call.caller_id) is None
+
+
+async def test_ringing_legs_linked_to_own_callers(pbx):
+    # One phone sends a caller ID and the other none. Each leg shows its
+    # caller's extension as caller ID and its caller's caller ID as connected
+    # line, so each is linked to the phone that dialled it.
+    calls = [await pbx.ari.dial_out(UK_NUMBER, caller_endpoint=endpoint, callerid=callerid,
+                                    dialstring=f"{UK_NUMBER}@gamma",
+                                    check=pbx.checker(UK_NUMBER, endpoint=endpoint,
+                                                      callerid=callerid))
+             for endpoint, callerid in (("1001", "01632960010"), ("1002", ""))]
+    await eventually(lambda: all(c.trunk_id in pbx.legs() for c in calls), what="the legs")
+    await restart(pbx)
+
+    await eventually(lambda: all(c.trunk_id in pbx.legs() for c in calls),
+                     what="the adopted legs")
+    for call in calls:
+        assert pbx.legs()[call.trunk_id].decision_uniqueid == call.caller_id
+
+
+async def test_ringing_leg_of_unchecked_phone_not_linked(pbx):
+    # Two phones send the same caller ID, and only the first one's call was
+    # checked. The second phone's leg must not be linked to the first phone's
+    # check, whose override allows France: no check allowed it.
+    checked = await pbx.ari.dial_out(FRANCE, callerid=OVERRIDDEN,
+                                     dialstring=f"{FRANCE}@gamma",
+                                     check=pbx.checker(FRANCE, callerid=OVERRIDDEN))
+    # The channel stays up although callguard requests its hang-up.
+    pbx.ari.ignore_deletes = 10
+    unchecked = await pbx.ari.dial_out(FRANCE, caller_endpoint="1002", callerid=OVERRIDDEN,
+                                       dialstring=f"{FRANCE}@gamma")
+    await eventually(lambda: unchecked.trunk_id in pbx.legs(), what="the unchecked leg")
+    assert pbx.legs()[unchecked.trunk_id].hangup_requested
+    await restart(pbx)
+
+    await eventually(lambda: unchecked.trunk_id in pbx.legs(), what="the adopted leg")
+    leg = pbx.legs()[unchecked.trunk_id]
+    assert leg.decision_uniqueid != checked.caller_id
+    assert not leg.guarded
+    assert leg.hangup_requested == "barred:international"

@@ -349,26 +349,30 @@ class EventTracker:
     def _checked_caller_in_dial(self, leg: dict, present: dict[str, dict]) -> str:
         """Return the checked channel whose Dial() placed a leg that is not bridged yet, or "".
 
-        A ringing leg shows no caller in BRIDGEPEER, but Dial() gives it the
-        caller's extension and caller ID, or the extension as caller ID when
-        the caller has none. The caller is taken to be the one checked channel
-        in Dial() with that extension and caller ID. With none or several, such
-        as two phones dialling the same number, it is "".
+        A ringing leg shows no caller in BRIDGEPEER. Dial() gives it the
+        caller's extension, and copies the caller's caller ID to the leg's
+        connected line, while the leg's own caller ID is the extension
+        (dial_exec_full() in Asterisk's apps/app_dial.c). The caller is the one
+        channel in Dial() that shows both. A second such channel, checked or
+        not, makes the caller unknown, so that no leg is linked to another
+        phone's check. The ;2 half of a Local pair is not counted, because it
+        shows the extension and caller ID of the channel that dialled the pair.
         """
         exten = snapshot_text(leg, "dialplan", "exten")
         if not exten:
             return ""
-        number = snapshot_text(leg, "caller", "number")
-        callers = {number, ""} if number == exten else {number}
+        calling = snapshot_text(leg, "connected", "number")
         found = [
             channel_id for channel_id, channel in present.items()
             if channel_id != leg.get("id")
             and snapshot_text(channel, "dialplan", "app_name") == DIAL
             and snapshot_text(channel, "dialplan", "exten") == exten
-            and snapshot_text(channel, "caller", "number") in callers
-            and self.guard.decisions.get(channel_id) is not None
+            and snapshot_text(channel, "caller", "number") == calling
+            and local_pair(channel_name(channel), LOCAL_SECOND_HALF) is None
         ]
-        return found[0] if len(found) == 1 else ""
+        if len(found) != 1 or self.guard.decisions.get(found[0]) is None:
+            return ""
+        return found[0]
 
 
 def snapshot_text(snapshot: object, part: str, key: str) -> str:

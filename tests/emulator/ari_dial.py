@@ -235,9 +235,11 @@ class DialFlows(SwitchState):
             events.append(self.builder.channel_created(peer))
 
         events += self._inherit(leg, dialstring, inherited)
-        # Dial() gives the new leg the caller's caller ID, or the dialled
-        # extension when the caller has none, as captured.
-        leg.caller = Party(caller.caller.name, caller.caller.number or number)
+        # Dial() gives the new leg the caller's extension as its caller ID,
+        # because no channel driver here sets one, and copies the caller's
+        # caller ID to the leg's connected line (apps/app_dial.c).
+        leg.caller = Party("", caller.exten)
+        leg.connected = Party(caller.caller.name, caller.caller.number)
         events.append(self._run_app(leg, APP_DIAL, OUTGOING_LINE, 1))
         events.append(self.builder.channel_caller_id(leg))
 
