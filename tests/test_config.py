@@ -1,10 +1,13 @@
 """Tests of the configuration loader: syntax, each key's values and exact errors."""
 
 import logging
+import random
 import shutil
+import time
 from decimal import Decimal
 from ipaddress import ip_network
 from pathlib import Path
+from types import SimpleNamespace
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -21,7 +24,9 @@ from callguard.config import (
     load_config,
     parse_duration,
 )
-from callguard.config.advice import config_warnings
+from callguard.config.advice import MAX_LISTED_OVERLAPS, _overlapping_overrides, config_warnings
+from callguard.config.model import NumberOverride
+from callguard.config.ranges import NumberRanges
 from callguard.numbers import InvalidNumber, NumberPlan
 
 SAMPLE = Path(__file__).resolve().parent.parent / "etc" / "callguard.conf"
@@ -1569,3 +1574,51 @@ def test_many_overlapping_number_sections_counted(workdir):
     overlaps = [w for w in warnings if "[number ...] sections" in w]
     assert len(overlaps) == 11
     assert overlaps[-1] == "2 more pairs of [number ...] sections overlap"
+
+
+def test_overlap_check_fast_with_many_sections(workdir):
+    # 5,000 nested ranges make 12,497,500 overlapping pairs. The check runs
+    # at every start and reload, so it must count them without listing each.
+    sections = "".join(f"[number 0{1632900000 + n}-0{1632999999 - n}]\n"
+                       + ("trunk = gamma\n" if n % 2 else "")
+                       + "allow = international\n"
+                       for n in range(5000))
+    config = load("[general]\n[trunk gamma]\n" + RATES_LINE + "\n" + sections)
+
+    started = time.perf_counter()
+    warnings = config_warnings(config)
+    elapsed = time.perf_counter() - started
+
+    overlaps = [w for w in warnings if "[number ...] sections" in w]
+    assert len(overlaps) == 11
+    assert overlaps[-1] == "12497490 more pairs of [number ...] sections overlap"
+    assert elapsed < 2
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_overlap_count_matches_pairwise(seed):
+    # Random sections, with and without a trunk, against a check of every pair.
+    generator = random.Random(seed)
+    overrides = []
+    for _ in range(60):
+        low = 441632960000 + generator.randrange(200)
+        high = low + generator.choice([0, 0, 3, 40])
+        trunk = generator.choice([None, "gamma", "delta"])
+        overrides.append(NumberOverride(numbers=NumberRanges(((low, high),)), trunk=trunk,
+                                        allow=frozenset({"international"}), bar=frozenset()))
+    expected = sum(
+        1 for i, first in enumerate(overrides) for second in overrides[i + 1:]
+        if (first.trunk is None or second.trunk is None or first.trunk == second.trunk)
+        and first.numbers.ranges[0][0] <= second.numbers.ranges[0][1]
+        and second.numbers.ranges[0][0] <= first.numbers.ranges[0][1]
+    )
+
+    warnings = _overlapping_overrides(SimpleNamespace(overrides=overrides))
+
+    listed = [w for w in warnings if w.startswith("[number ...] sections for")]
+    assert len(listed) == min(expected, MAX_LISTED_OVERLAPS)
+    if expected > MAX_LISTED_OVERLAPS:
+        assert warnings[-1] == (f"{expected - MAX_LISTED_OVERLAPS} more pairs of "
+                                "[number ...] sections overlap")
+    else:
+        assert len(warnings) == expected

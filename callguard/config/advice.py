@@ -1,6 +1,8 @@
 """Settings that load but probably do not do what the sysadmin meant."""
 
-from callguard.config.model import Config, TrunkConfig
+import bisect
+
+from callguard.config.model import Config, NumberOverride, TrunkConfig
 from callguard.config.plan_advice import number_plan_warnings
 from callguard.numbers import PrefixTable
 from callguard.policy.budget import MAX_SECONDS_CEILING
@@ -96,36 +98,92 @@ def _overlapping_overrides(config: Config) -> list[str]:
 
     Their allow and bar lists then apply together, which is easy to miss when
     one number is written in two forms, such as 01632960012 and +441632960012.
-    The ranges of all sections are swept once in order, so a config with
-    thousands of sections is still checked quickly.
+    It runs at every start and reload, so the listing and the count take
+    O(n log n) time in the number of sections, even when thousands of
+    sections all overlap.
     """
     overrides = config.overrides
-    ranges = sorted((low, high, index) for index, override in enumerate(overrides)
-                    for low, high in override.numbers.ranges)
-    pairs: dict[tuple[int, int], tuple[int, int]] = {}
-    active: list[tuple[int, int, int]] = []
-    for low, high, index in ranges:
-        active = [item for item in active if item[1] >= low]
-        for _, other_high, other in active:
-            first, second = overrides[other], overrides[index]
-            if other == index or (first.trunk and second.trunk and first.trunk != second.trunk):
-                continue
-            pair = (min(other, index), max(other, index))
-            pairs.setdefault(pair, (low, min(high, other_high)))
-        active.append((low, high, index))
-
+    listed = _first_overlaps(overrides, MAX_LISTED_OVERLAPS)
     warnings = []
-    for (first, second), (low, high) in list(pairs.items())[:MAX_LISTED_OVERLAPS]:
+    for (first, second), (low, high) in listed.items():
         shared = f"+{low}" if low == high else f"+{low}-+{high}"
         warnings.append(
             f"[number ...] sections for {overrides[first].numbers} and for "
             f"{overrides[second].numbers} both cover {shared}, so their allow and bar "
             "lists apply together to those callers; merge them into one section"
         )
-    if len(pairs) > MAX_LISTED_OVERLAPS:
-        warnings.append(f"{len(pairs) - MAX_LISTED_OVERLAPS} more pairs of [number ...] "
-                        "sections overlap")
+    if len(listed) == MAX_LISTED_OVERLAPS:
+        more = _count_overlaps(overrides) - MAX_LISTED_OVERLAPS
+        if more > 0:
+            warnings.append(f"{more} more pairs of [number ...] sections overlap")
     return warnings
+
+
+def _first_overlaps(overrides: list[NumberOverride],
+                    limit: int) -> dict[tuple[int, int], tuple[int, int]]:
+    """Return up to ``limit`` overlapping pairs of sections, by the low end of
+    their shared range, each with the first range that both cover.
+
+    The ranges are swept in order of their low ends. Each trunk, and None for
+    sections without one, keeps the ranges still open. A range with a trunk
+    is compared with the open ranges of its trunk and of None, and a range
+    without one with all. An open range that has not ended overlaps the range
+    being swept, so each comparison finds a pair or drops an ended range, and
+    the sweep stops at ``limit`` pairs.
+    """
+    ranges = sorted((low, high, index) for index, override in enumerate(overrides)
+                    for low, high in override.numbers.ranges)
+    pairs: dict[tuple[int, int], tuple[int, int]] = {}
+    open_ranges: dict[str | None, list[tuple[int, int]]] = {}
+    for low, high, index in ranges:
+        trunk = overrides[index].trunk
+        scopes = list(open_ranges) if trunk is None else [trunk, None]
+        for scope in scopes:
+            still_open = [item for item in open_ranges.get(scope, []) if item[0] >= low]
+            for other_high, other in still_open:
+                if other != index:
+                    pair = (min(other, index), max(other, index))
+                    pairs.setdefault(pair, (low, min(high, other_high)))
+                if len(pairs) == limit:
+                    return pairs
+            if still_open:
+                open_ranges[scope] = still_open
+            else:
+                open_ranges.pop(scope, None)
+        open_ranges.setdefault(trunk, []).append((high, index))
+    return pairs
+
+
+def _count_overlaps(overrides: list[NumberOverride]) -> int:
+    """Return how many pairs of sections overlap on some trunk.
+
+    Ranges are counted in pairs, which equal pairs of sections because each
+    [number ...] section contains one number or range.
+    """
+    by_trunk: dict[str | None, list[tuple[int, int]]] = {}
+    for override in overrides:
+        by_trunk.setdefault(override.trunk, []).extend(override.numbers.ranges)
+
+    every_trunk = by_trunk.pop(None, [])
+    lows = sorted(low for low, _ in every_trunk)
+    highs = sorted(high for _, high in every_trunk)
+    total = _count_overlaps_within(every_trunk)
+    for ranges in by_trunk.values():
+        total += _count_overlaps_within(ranges)
+        for low, high in ranges:
+            # A range without a trunk misses this one when it ends below its
+            # low end or starts above its high end.
+            missed = bisect.bisect_left(highs, low) + len(lows) - bisect.bisect_right(lows, high)
+            total += len(every_trunk) - missed
+    return total
+
+
+def _count_overlaps_within(ranges: list[tuple[int, int]]) -> int:
+    """Return how many pairs of ``ranges`` share a number."""
+    highs = sorted(high for _, high in ranges)
+    # Of two ranges that share no number, exactly one ends below the other's low end.
+    apart = sum(bisect.bisect_left(highs, low) for low, _ in ranges)
+    return len(ranges) * (len(ranges) - 1) // 2 - apart
 
 
 def _notify_without_mail(name: str, trunk: TrunkConfig, config: Config) -> list[str]:
