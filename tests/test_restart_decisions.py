@@ -512,3 +512,31 @@ async def test_ringing_leg_of_unchecked_phone_not_linked(pbx):
     assert leg.decision_uniqueid != checked.caller_id
     assert not leg.guarded
     assert leg.hangup_requested == "barred:international"
+
+
+async def test_local_leg_without_prefix_linked(tmp_path):
+    # The phone dials 9 and the number, and the dialplan dials the number
+    # without the 9 through a Local pair. The trunk leg's extension is the
+    # Local one, so its caller is found through the pair's ;1 half, which
+    # shows the phone's extension, and the override still allows the call.
+    pbx = Pbx(tmp_path, START, trunks=TRUNK, rates=RATES, general="outside_line_prefix = 9")
+    await pbx.start()
+    try:
+        dialled = "9" + FRANCE
+        call = await pbx.ari.dial_out(dialled, callerid=OVERRIDDEN, tech="Local",
+                                      dialstring=f"{FRANCE}@sink",
+                                      check=pbx.checker(dialled, callerid=OVERRIDDEN))
+        leg = await pbx.ari.dial_onward(call, FRANCE, dialstring=f"{FRANCE}@gamma")
+        await eventually(lambda: leg.trunk_id in pbx.legs(), what="the trunk leg")
+        assert pbx.legs()[leg.trunk_id].decision_uniqueid == call.caller_id
+        # The channel stays up although callguard requests its hang-up.
+        pbx.ari.ignore_deletes = 10
+        await restart(pbx)
+
+        await eventually(lambda: leg.trunk_id in pbx.legs(), what="the adopted leg")
+        adopted = pbx.legs()[leg.trunk_id]
+        assert adopted.decision_uniqueid == call.caller_id
+        assert adopted.guarded
+        assert not adopted.hangup_requested
+    finally:
+        await pbx.stop()

@@ -355,24 +355,49 @@ class EventTracker:
         (dial_exec_full() in Asterisk's apps/app_dial.c). The caller is the one
         channel in Dial() that shows both. A second such channel, checked or
         not, makes the caller unknown, so that no leg is linked to another
-        phone's check. The ;2 half of a Local pair is not counted, because it
-        shows the extension and caller ID of the channel that dialled the pair.
+        phone's check.
+        """
+        by_name = {channel_name(channel): channel for channel in present.values()}
+        caller_id = self._dialling_channel(leg, present, by_name, MAX_LOCAL_HOPS)
+        if caller_id is None or self.guard.decisions.get(caller_id) is None:
+            return ""
+        return caller_id
+
+    def _dialling_channel(self, leg: dict, present: dict[str, dict],
+                          by_name: dict[str, dict], hops: int) -> str | None:
+        """Return the channel whose Dial() placed ``leg``, past Local pairs, or
+        None when no single channel shows the leg's extension and caller ID.
+
+        A ;2 half of a Local pair that shows them is replaced by the channel
+        that dialled the pair, found in turn from the pair's ;1 half. That ;1
+        half can show a different extension from the trunk leg, such as one
+        with the outside-line prefix that the Local pair drops.
         """
         exten = snapshot_text(leg, "dialplan", "exten")
-        if not exten:
-            return ""
+        if not exten or hops == 0:
+            return None
         calling = snapshot_text(leg, "connected", "number")
-        found = [
-            channel_id for channel_id, channel in present.items()
-            if channel_id != leg.get("id")
-            and snapshot_text(channel, "dialplan", "app_name") == DIAL
-            and snapshot_text(channel, "dialplan", "exten") == exten
-            and snapshot_text(channel, "caller", "number") == calling
-            and local_pair(channel_name(channel), LOCAL_SECOND_HALF) is None
-        ]
-        if len(found) != 1 or self.guard.decisions.get(found[0]) is None:
-            return ""
-        return found[0]
+        own_pair = local_pair(channel_name(leg), LOCAL_FIRST_HALF)
+        found = set()
+        for channel_id, channel in present.items():
+            if (channel_id == leg.get("id")
+                    or snapshot_text(channel, "dialplan", "app_name") != DIAL
+                    or snapshot_text(channel, "dialplan", "exten") != exten
+                    or snapshot_text(channel, "caller", "number") != calling):
+                continue
+            pair = local_pair(channel_name(channel), LOCAL_SECOND_HALF)
+            if pair is None:
+                found.add(channel_id)
+                continue
+            if pair == own_pair:
+                continue
+            first_half = by_name.get(pair + LOCAL_FIRST_HALF)
+            upstream = (None if first_half is None
+                        else self._dialling_channel(first_half, present, by_name, hops - 1))
+            if upstream is None:
+                return None
+            found.add(upstream)
+        return found.pop() if len(found) == 1 else None
 
 
 def snapshot_text(snapshot: object, part: str, key: str) -> str:

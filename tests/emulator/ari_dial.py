@@ -217,8 +217,13 @@ class DialFlows(SwitchState):
         number: str,
         dialstring: str,
         inherited: list[tuple[str, str]],
+        forwarded: bool = False,
     ) -> tuple[CallState, list[Event]]:
-        """Create the dialled leg and the events before its Dial event."""
+        """Create the dialled leg and the events before its Dial event.
+
+        Dial() gives a leg the caller's extension, but not a leg that follows
+        a forward (do_forward() in apps/app_dial.c).
+        """
         peer: Channel | None = None
         device = None
         if tech == TECH_LOCAL:
@@ -235,9 +240,11 @@ class DialFlows(SwitchState):
             events.append(self.builder.channel_created(peer))
 
         events += self._inherit(leg, dialstring, inherited)
-        # Dial() gives the new leg the caller's extension as its caller ID,
-        # because no channel driver here sets one, and copies the caller's
+        # Dial() gives the new leg the caller's extension, also as its caller
+        # ID because no channel driver here sets one, and copies the caller's
         # caller ID to the leg's connected line (apps/app_dial.c).
+        if not forwarded:
+            leg.exten = caller.exten
         leg.caller = Party("", caller.exten)
         leg.connected = Party(caller.caller.name, caller.caller.number)
         events.append(self._run_app(leg, APP_DIAL, OUTGOING_LINE, 1))
@@ -354,6 +361,7 @@ class DialFlows(SwitchState):
             new_number,
             dialstring,
             state.inherited,
+            forwarded=True,
         )
         new_state.dialed_at = state.dialed_at
         caller = state.caller
