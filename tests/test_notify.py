@@ -633,8 +633,10 @@ async def test_send_keeps_loop_free(tmp_path, rig):
     stalled.close()
 
     [row] = await cg.rows()
-    assert submit_seconds < 0.005
-    assert max(lags) < 0.05
+    # A send on the loop would stall it for the whole 0.3 s timeout. The
+    # bounds leave room for a busy machine, far below that.
+    assert submit_seconds < 0.1
+    assert max(lags) < 0.15
     assert row.last_error.endswith("timed out after 0.3 s")
 
 
