@@ -193,7 +193,7 @@ async def test_recorder_run_backs_off(proxied_store, proxy, worker, caplog):
             assert worker.writes <= elapsed / 0.08 + 5
             assert worker.writes < 60
             assert recorder.retry_delay == 0.08
-            # A batch of one that a write attempt holds is not in the queue.
+            # The decision that a write attempt is storing is not in the queue.
             assert recorder.queued in (119, 120)
             assert recorder.dropped == 0
             assert len(log_lines(caplog, FAILED)) <= LOG_BURST

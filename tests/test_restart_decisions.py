@@ -456,7 +456,7 @@ async def test_ringing_leg_without_caller_id_linked(pbx):
 
 async def test_ringing_legs_of_two_callers_not_linked(pbx):
     # Two phones ring the same number with the same caller ID: neither leg can
-    # be told apart, so each is judged on its own number, as before.
+    # be distinguished, so each is judged on its own number, as before.
     calls = [await pbx.ari.dial_out(UK_NUMBER, caller_endpoint=endpoint,
                                     callerid="01632960010", dialstring=f"{UK_NUMBER}@gamma",
                                     check=pbx.checker(UK_NUMBER, endpoint=endpoint))

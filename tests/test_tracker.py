@@ -521,16 +521,26 @@ async def test_failed_limit_hangups_back_off(tmp_path):
     assert counts == [1, 2, 2, 3]
 
 
+async def stuck_at_max_duration(tmp_path):
+    """Start a PBX whose trunk allows 60 s calls, and answer a call there whose
+    channel stays up after the first two hang-ups that Asterisk accepts.
+
+    Returns the PBX and the call once the first hang-up, at 60 s, was sent.
+    """
+    pbx = Pbx(tmp_path, NOW, trunks=TRUNKS.format(max_call_seconds=60), rates=RATES)
+    await pbx.start()
+    call = await answered(pbx)
+    pbx.ari.ignore_deletes = 2
+    pbx.clock.advance(60)
+    await eventually(lambda: len(pbx.ari.deletes) == 1, what="the first hang-up")
+    return pbx, call
+
+
 async def test_accepted_hangup_requested_again(tmp_path, caplog):
     # Asterisk replies 204 but the channel stays up, so callguard requests the
     # hang-up again after 10 s, then after 20 s, until the call ends.
-    pbx = Pbx(tmp_path, NOW, trunks=TRUNKS.format(max_call_seconds=60), rates=RATES)
-    await pbx.start()
+    pbx, call = await stuck_at_max_duration(tmp_path)
     try:
-        call = await answered(pbx)
-        pbx.ari.ignore_deletes = 2
-        pbx.clock.advance(60)
-        await eventually(lambda: len(pbx.ari.deletes) == 1, what="the first hang-up")
         pbx.clock.advance(9)
         await asyncio.sleep(0.1)
         before_wait = len(pbx.ari.deletes)
@@ -554,13 +564,8 @@ async def test_gone_charged_to_last_accept(tmp_path):
     # The second 204 shows the channel still up 10 s after the first, so a
     # third request that finds it gone, its end events lost, charges the call
     # up to the second 204.
-    pbx = Pbx(tmp_path, NOW, trunks=TRUNKS.format(max_call_seconds=60), rates=RATES)
-    await pbx.start()
+    pbx, call = await stuck_at_max_duration(tmp_path)
     try:
-        call = await answered(pbx)
-        pbx.ari.ignore_deletes = 2
-        pbx.clock.advance(60)
-        await eventually(lambda: len(pbx.ari.deletes) == 1, what="the first hang-up")
         pbx.clock.advance(10)
         await eventually(lambda: len(pbx.ari.deletes) == 2, what="the second request")
         await pbx.app.guard.drain()

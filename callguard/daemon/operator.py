@@ -155,7 +155,7 @@ def _identity(request: dict) -> tuple[str, str]:
     key = request.get("key")
     if key_type not in OFFENDER_KEYS:
         raise InvalidRequest(f"key_type {key_type!r} is invalid; use one of "
-                         f"{', '.join(OFFENDER_KEYS)}")
+                             f"{', '.join(OFFENDER_KEYS)}")
     if not isinstance(key, str) or not key:
         raise InvalidRequest(f"key {key!r} is invalid; give the blocked key as text")
     return key_type, key
@@ -193,7 +193,7 @@ def _reset(app: "Application", request: dict) -> dict:
     trunk = request.get("trunk")
     if not isinstance(trunk, str) or trunk not in app.config.trunks:
         raise InvalidRequest(f"trunk {trunk!r} is not in the config; use one of "
-                         f"{', '.join(sorted(app.config.trunks))}")
+                             f"{', '.join(sorted(app.config.trunks))}")
 
     window, key = request.get("window"), request.get("key")
     if window is not None or key is not None:

@@ -266,20 +266,21 @@ class LiveGuard:
 
     def channel_gone(self, uniqueid: str) -> None:
         """Release the reservation of a checked channel that ended without a trunk leg."""
-        reservation = self.reservations.get(uniqueid)
-        if reservation is not None and not reservation.dialled:
-            self.reservations.release(uniqueid)
-            log.info("%s %s: the checked call ended before Dial; released its reservation",
-                     reservation.trunk, uniqueid)
+        self._release_undialled(uniqueid, "the checked call ended before Dial")
 
     def dial_unseen(self, uniqueid: str) -> None:
         """Release the reservation of a checked channel whose Dial() callguard did not see."""
+        self._release_undialled(uniqueid, "the checked call dialled while callguard could "
+                                          "not see events, and its legs are metered "
+                                          "without the check")
+
+    def _release_undialled(self, uniqueid: str, why: str) -> None:
+        """Release the reservation of ``uniqueid`` unless a trunk leg holds it."""
         reservation = self.reservations.get(uniqueid)
         if reservation is not None and not reservation.dialled:
             self.reservations.release(uniqueid)
-            log.info("%s %s: the checked call dialled while callguard could not see "
-                     "events, and its legs are metered without the check; released its "
-                     "reservation", reservation.trunk, uniqueid)
+            log.info("%s %s: %s; released its reservation", reservation.trunk, uniqueid,
+                     why)
 
     def adopt(self, leg: Leg) -> None:
         """Follow a leg found in the store or in GET /ari/channels."""
@@ -421,8 +422,8 @@ class LiveGuard:
 
     async def _hang_up(self, leg: Leg, reason: str, cause: int) -> None:
         if not leg.protected:
-            # The one place that sends a DELETE refuses emergency calls and
-            # opted-out callers, whatever asked for it, such as a hang-up
+            # The one place that sends a DELETE skips emergency calls and
+            # opted-out callers, whatever requested it, such as a hang-up
             # requested before the leg was linked to the check that showed it.
             log.warning("%s %s: not hanging up %s to %s for %s: an emergency call or "
                         "an opted-out caller's call is never hung up", leg.trunk, leg.id,

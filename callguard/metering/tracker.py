@@ -345,7 +345,6 @@ class EventTracker:
                      "events", unplaced)
         self.blind_since = None
 
-
     def _checked_caller_in_dial(self, leg: dict, present: dict[str, dict]) -> str:
         """Return the checked channel whose Dial() placed a leg that is not bridged yet, or "".
 

@@ -440,7 +440,9 @@ class NumberPlan:
         if not (digits.isascii() and digits.isdigit()) or digits.startswith("0"):
             return dialled
 
-        withheld = self._home_number_after_caller_id(dialled)
+        withheld = None
+        if digits.startswith(self._caller_id_prefixes):
+            withheld = self._home_number_after_caller_id(dialled)
         if withheld is not None:
             # The check reads 141 0800 1111 as 0800 1111, so the leg must too,
             # though +1 410 800 1111 is a valid NANP number as well.

@@ -18,6 +18,7 @@ longer contains the call.
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from decimal import Decimal
 
 from callguard.worker import StoreWorker
@@ -31,6 +32,15 @@ ZERO = Decimal(0)
 MAX_SPEND_READS = 5
 
 
+@dataclass
+class _ReadsInFlight:
+    """The reads of one window's total that wait for the store."""
+
+    count: int = 0
+    # The costs of this daemon's writes that landed in the window meanwhile.
+    landed: Decimal = ZERO
+
+
 class Ledger:
     def __init__(self, worker: StoreWorker):
         self._worker = worker
@@ -38,9 +48,8 @@ class Ledger:
         self._live: dict[WindowId, Decimal] = {}
         self._loading: dict[WindowId, asyncio.Future[None]] = {}
         self._unwritten: dict[WindowId, Decimal] = {}
-        # Windows being read from the store -> [reads in flight, the costs of
-        # the writes that landed in the window while reads were in flight].
-        self._reads: dict[WindowId, list] = {}
+        # The windows being read from the store.
+        self._reads: dict[WindowId, _ReadsInFlight] = {}
 
     async def load(self, trunk: str, keys: dict[str, str]) -> None:
         """Make sure the committed totals of these windows are in memory."""
@@ -75,20 +84,20 @@ class Ledger:
         them overspend. The next refresh() reads the exact total.
         """
         trunk, window, key = window_id
-        reads = self._reads.setdefault(window_id, [0, ZERO])
-        reads[0] += 1
+        reads = self._reads.setdefault(window_id, _ReadsInFlight())
+        reads.count += 1
         try:
             for _ in range(MAX_SPEND_READS):
-                landed_before = reads[1]
+                landed_before = reads.landed
                 stored = await self._worker.call(self._worker.store.get_spend, trunk,
                                                  window, key)
-                landed = reads[1] - landed_before
+                landed = reads.landed - landed_before
                 if not landed:
                     break
             return stored + self._unwritten.get(window_id, ZERO) + landed
         finally:
-            reads[0] -= 1
-            if reads[0] == 0:
+            reads.count -= 1
+            if reads.count == 0:
                 del self._reads[window_id]
 
     def loaded(self, trunk: str, window: str, key: str) -> bool:
@@ -129,10 +138,10 @@ class Ledger:
     def written(self, trunk: str, charges: dict[WindowKey, Decimal]) -> None:
         """Note that the store now contains a call whose cost commit() added."""
         _add(self._unwritten, trunk, charges, -1)
-        for window, key in charges:
+        for (window, key), amount in charges.items():
             reads = self._reads.get((trunk, window, key))
             if reads is not None:
-                reads[1] += charges[window, key]
+                reads.landed += amount
 
     async def refresh(self, windows: list[WindowId]) -> set[str]:
         """Read again the committed totals of those ``windows`` that are in memory.
