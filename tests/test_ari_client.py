@@ -1167,3 +1167,14 @@ async def test_connection_closed_every_time(make_client):
             await client.hangup("1796397405.0")
 
     assert "gave up after 2 attempts" in caught.value.__notes__
+
+
+async def test_get_global_variable(emulator, make_client):
+    client = make_client(emulator.url)
+    emulator.global_variables["CALLGUARD_EMERGENCY_NUMBERS"] = "999,112,18000"
+
+    assert await client.get_global_variable("CALLGUARD_EMERGENCY_NUMBERS") == "999,112,18000"
+    # Asterisk reads a variable that is not set as empty.
+    assert await client.get_global_variable("CALLGUARD_OUTSIDE_PREFIX") == ""
+    with pytest.raises(ValueError):
+        await client.get_global_variable("")

@@ -177,6 +177,28 @@ class AriClient:
         if reply.status != HTTP_OK:
             raise http_error(reply, "PUT", self._endpoint.rest_path + path)
 
+    async def get_global_variable(self, name: str) -> str:
+        """Return the value of a dialplan global variable (GET /ari/asterisk/variable).
+
+        Asterisk replies with an empty value for a variable that is not set.
+        Raises AriHTTPError when Asterisk refuses the request and AriError when
+        it fails or the reply is not a variable object.
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"invalid variable name {name!r}; give a name such as "
+                             "CALLGUARD_EMERGENCY_NUMBERS")
+        reply = await self._rest.request("GET", "asterisk/variable", {"variable": name})
+        shown_path = self._endpoint.rest_path + "asterisk/variable"
+        if reply.status != HTTP_OK:
+            raise http_error(reply, "GET", shown_path)
+
+        document = decode_json(reply, "GET", shown_path)
+        value = document.get("value") if isinstance(document, dict) else None
+        if not isinstance(value, str):
+            raise AriError(f"the reply to ARI GET {shown_path} for {name} is not a "
+                           "variable object")
+        return value
+
     async def ping(self) -> None:
         """Send GET /ari/asterisk/ping and raise AriError unless ARI replies 200."""
         reply = await self._rest.request("GET", "asterisk/ping")

@@ -323,6 +323,9 @@ class Application:
         self.guard.configure(config)
         self.fastagi.set_allowed_clients(config.general.allowed_clients)
         await self._apply_ari_settings(ari_settings)
+        if self.ari is not None and self.ari.connected:
+            # A new connection compares them itself.
+            self.ari.check_dialplan()
         log.info("reloaded %s: %s", path, plural(len(config.trunks), "trunk"))
         _log_config_warnings(config, tables.prefixes)
         await self._record_reload(f"loaded, {plural(len(config.trunks), 'trunk')}")

@@ -14,6 +14,7 @@ from callguard.config import Config, ConfigError
 from callguard.config.errors import ConfigProblem
 from callguard.config.loader import ARI_SECTION
 from callguard.config.model import AriConfig
+from callguard.daemon.dialplan_globals import compare_dialplan
 from callguard.daemon.recorder import NONE
 from callguard.metering.decisions import DECISION_LIFETIME
 from callguard.metering.guard import LiveGuard
@@ -128,6 +129,7 @@ class AriListener:
         self._reconciled = False
         # Set by stop(): the connection ends on purpose, not as a failure.
         self._stopping = False
+        self._dialplan_check: asyncio.Task | None = None
         guard.hangup = self._hang_up
 
     @property
@@ -147,6 +149,8 @@ class AriListener:
 
     async def stop(self) -> None:
         self._stopping = True
+        if self._dialplan_check is not None:
+            self._dialplan_check.cancel()
         await self.client.close()
         if self._task is not None:
             self._task.cancel()
@@ -180,6 +184,29 @@ class AriListener:
         self._reconciled = True
         log.info("ARI connected; %d channels up, %d trunk legs followed", len(channels),
                  len(self.guard.legs))
+        self.check_dialplan()
+
+    def check_dialplan(self) -> None:
+        """Compare the dialplan's emergency numbers and outside-line prefix with callguard's.
+
+        Runs in its own task, so that events are not held up by the two
+        requests. A check still running is replaced.
+        """
+        if self._dialplan_check is not None:
+            self._dialplan_check.cancel()
+        self._dialplan_check = asyncio.create_task(self._check_dialplan(),
+                                                   name="ari-dialplan-check")
+
+    async def _check_dialplan(self) -> None:
+        try:
+            await compare_dialplan(self.client.get_global_variable,
+                                   self.guard.engine.state.classifier)
+        except AriError as exc:
+            log.info("could not read the dialplan's globals over ARI (%s), so its "
+                     "emergency numbers are not compared with callguard's", exc)
+        except Exception:
+            log.exception("comparing the dialplan's emergency numbers with callguard's "
+                          "failed")
 
     async def _set_event_filter(self) -> None:
         """Ask Asterisk to send only the event types the tracker reads.

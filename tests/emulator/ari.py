@@ -319,6 +319,11 @@ class AriEmulator:
     def filter_misses(self, count: int) -> None:
         self._http.rest.filter_misses = count
 
+    @property
+    def global_variables(self) -> dict[str, str]:
+        """The dialplan's global variables that GET /ari/asterisk/variable reads."""
+        return self._http.rest.global_variables
+
     def event_filter(self, app: str) -> dict:
         """The filter lists of an application, as GET /ari/applications shows them."""
         allowed, disallowed = self._hub.filters.get(app, ([], []))

@@ -78,10 +78,13 @@ class RestResources:
         # How many of the next filter requests find the application not yet
         # registered, as just after the websocket handshake.
         self.filter_misses = 0
+        # Dialplan globals, as [globals] of extensions.conf sets them.
+        self.global_variables: dict[str, str] = {}
 
     def add_routes(self, routes: web.UrlDispatcher) -> None:
         routes.add_get("/ari/asterisk/info", self.asterisk_info)
         routes.add_get("/ari/asterisk/ping", self.asterisk_ping)
+        routes.add_get("/ari/asterisk/variable", self.get_global_variable)
         routes.add_get("/ari/channels", self.list_channels)
         routes.add_post("/ari/channels", self.originate)
         routes.add_get("/ari/channels/{channel_id}", self.get_channel)
@@ -125,6 +128,13 @@ class RestResources:
             "asterisk_id": ASTERISK_ID,
         }
         return json_response(200, reply)
+
+    async def get_global_variable(self, request: web.Request) -> web.Response:
+        # res/ari/resource_asterisk.c: a variable that is not set reads as "".
+        name = request.query.get("variable", "")
+        if not name:
+            return error_response(400, "Variable name is required")
+        return json_response(200, {"value": self.global_variables.get(name, "")})
 
     async def list_channels(self, request: web.Request) -> web.Response:
         channelvars = self._switch.builder.channelvars
