@@ -51,7 +51,7 @@ class Pbx:
     """An emulated Asterisk with callguard attached, sharing one manual clock."""
 
     def __init__(self, directory: Path, start: datetime, *, trunks: str, rates: str,
-                 general: str = "", ari_enabled: bool = True):
+                 general: str = "", ari_enabled: bool = True, database: str | None = None):
         self.directory = directory
         self.ari_enabled = ari_enabled
         self.clock = ManualClock(start)
@@ -62,6 +62,7 @@ class Pbx:
         self.trunks = trunks
         self.rates = rates
         self.general = general
+        self.database = database
         self.app: Application | None = None
         # Attributes set on each Application before it starts, e.g. alert timings.
         self.app_settings: dict = {}
@@ -76,7 +77,7 @@ class Pbx:
         (self.directory / "ari.secret").chmod(0o600)
         self.path = write_config(
             self.directory, port=self.port, trunks=self.trunks, rates=self.rates,
-            general=self.general,
+            general=self.general, database=self.database,
             ari=(f"enabled = {'yes' if self.ari_enabled else 'no'}\n"
                  f"url = {self.ari.url}\nusername = callguard\n"
                  "password_file = ari.secret\nping_timeout = 2s\n"),

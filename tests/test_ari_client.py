@@ -1178,3 +1178,11 @@ async def test_get_global_variable(emulator, make_client):
     assert await client.get_global_variable("CALLGUARD_OUTSIDE_PREFIX") == ""
     with pytest.raises(ValueError):
         await client.get_global_variable("")
+
+
+async def test_get_system_name(emulator, make_client):
+    client = make_client(emulator.url)
+
+    assert await client.get_system_name() == ""
+    emulator.system_name = "pbx-a"
+    assert await client.get_system_name() == "pbx-a"

@@ -135,3 +135,35 @@ async def test_compared_on_connect_and_after_reload(tmp_path, caplog):
                          timeout=10, what="the comparison after the reconnect")
     finally:
         await pbx.stop()
+
+
+SYSTEM_NAME_WARNING = "Asterisk has no systemname"
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("system_name, warned", [("", True), ("pbx-a", False)])
+async def test_system_name_with_shared_store(tmp_path, caplog, pg_url, system_name, warned):
+    caplog.set_level(logging.INFO)
+    pbx = Pbx(tmp_path, datetime(2024, 6, 14, 9, tzinfo=timezone.utc), trunks=TRUNK,
+              rates=RATES, database=pg_url)
+    pbx.ari.system_name = system_name
+    await pbx.start()
+    try:
+        await eventually(lambda: "CALLGUARD_EMERGENCY_NUMBERS" in caplog.text,
+                         what="the checks after the connect")
+        assert (SYSTEM_NAME_WARNING in caplog.text) is warned
+    finally:
+        await pbx.stop()
+
+
+async def test_system_name_not_read_for_sqlite(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    pbx = Pbx(tmp_path, datetime(2024, 6, 14, 9, tzinfo=timezone.utc), trunks=TRUNK,
+              rates=RATES)
+    await pbx.start()
+    try:
+        await eventually(lambda: "CALLGUARD_EMERGENCY_NUMBERS" in caplog.text,
+                         what="the checks after the connect")
+        assert SYSTEM_NAME_WARNING not in caplog.text
+    finally:
+        await pbx.stop()

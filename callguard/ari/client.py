@@ -177,6 +177,25 @@ class AriClient:
         if reply.status != HTTP_OK:
             raise http_error(reply, "PUT", self._endpoint.rest_path + path)
 
+    async def get_system_name(self) -> str:
+        """Return Asterisk's ``systemname`` from asterisk.conf, empty when it is not set.
+
+        Reads the config section of GET /ari/asterisk/info. Raises
+        AriHTTPError when Asterisk refuses the request and AriError when it
+        fails or the reply has no config name.
+        """
+        reply = await self._rest.request("GET", "asterisk/info", {"only": "config"})
+        shown_path = self._endpoint.rest_path + "asterisk/info"
+        if reply.status != HTTP_OK:
+            raise http_error(reply, "GET", shown_path)
+
+        document = decode_json(reply, "GET", shown_path)
+        config = document.get("config") if isinstance(document, dict) else None
+        name = config.get("name") if isinstance(config, dict) else None
+        if not isinstance(name, str):
+            raise AriError(f"the reply to ARI GET {shown_path} has no config name")
+        return name
+
     async def get_global_variable(self, name: str) -> str:
         """Return the value of a dialplan global variable (GET /ari/asterisk/variable).
 

@@ -6,6 +6,8 @@ from datetime import timedelta
 import logging
 import socket
 
+from sqlalchemy.engine import make_url
+
 from callguard.agi.check import CheckHandler
 from callguard.agi.server import FastAGIServer
 from callguard.agi.variables import SCRIPT_CHECK
@@ -22,7 +24,7 @@ from callguard.daemon.live import (
     restore_decisions,
     restore_live_calls,
 )
-from callguard.daemon.operator import operator_commands
+from callguard.daemon.operator import BACKEND_POSTGRESQL, operator_commands
 from callguard.daemon.recorder import DecisionRecorder
 from callguard.daemon.state import LoadedTables, build_state
 from callguard.daemon.tables import copy_tables_to_store
@@ -246,7 +248,8 @@ class Application:
                       "password_file: live calls are not metered or hung up until it is "
                       "set and callguard reloads its config or restarts")
         else:
-            self.ari = AriListener(settings, self.guard, self.tracker)
+            shared = make_url(self.database).get_backend_name() == BACKEND_POSTGRESQL
+            self.ari = AriListener(settings, self.guard, self.tracker, shared_store=shared)
             self.ari.start()
 
     async def _apply_ari_settings(self, settings: AriSettings | None) -> None:

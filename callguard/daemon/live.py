@@ -114,7 +114,8 @@ def read_ari_settings(config: Config) -> AriSettings | None:
 class AriListener:
     """Connects the ARI client to the tracker, and reconciles on every (re)connect."""
 
-    def __init__(self, settings: AriSettings, guard: LiveGuard, tracker: EventTracker):
+    def __init__(self, settings: AriSettings, guard: LiveGuard, tracker: EventTracker, *,
+                 shared_store: bool = False):
         ari = settings.ari
         self.client = AriClient(
             ari.url, ari.username, settings.password or "", ari.app,
@@ -130,6 +131,8 @@ class AriListener:
         # Set by stop(): the connection ends on purpose, not as a failure.
         self._stopping = False
         self._dialplan_check: asyncio.Task | None = None
+        # A PostgreSQL store, which the daemons of several PBXs may share.
+        self._shared_store = shared_store
         guard.hangup = self._hang_up
 
     @property
@@ -184,20 +187,23 @@ class AriListener:
         self._reconciled = True
         log.info("ARI connected; %d channels up, %d trunk legs followed", len(channels),
                  len(self.guard.legs))
-        self.check_dialplan()
+        self.check_dialplan(system_name=self._shared_store)
 
-    def check_dialplan(self) -> None:
+    def check_dialplan(self, *, system_name: bool = False) -> None:
         """Compare the dialplan's emergency numbers and outside-line prefix with callguard's.
 
-        Runs in its own task, so that events are not held up by the two
+        With ``system_name``, also warn when Asterisk has no systemname.
+        Runs in its own task, so that events are not held up by the
         requests. A check still running is replaced.
         """
         if self._dialplan_check is not None:
             self._dialplan_check.cancel()
-        self._dialplan_check = asyncio.create_task(self._check_dialplan(),
+        self._dialplan_check = asyncio.create_task(self._check_dialplan(system_name),
                                                    name="ari-dialplan-check")
 
-    async def _check_dialplan(self) -> None:
+    async def _check_dialplan(self, system_name: bool) -> None:
+        if system_name:
+            await self._check_system_name()
         try:
             await compare_dialplan(self.client.get_global_variable,
                                    self.guard.engine.state.classifier)
@@ -207,6 +213,26 @@ class AriListener:
         except Exception:
             log.exception("comparing the dialplan's emergency numbers with callguard's "
                           "failed")
+
+    async def _check_system_name(self) -> None:
+        """Warn when Asterisk has no systemname while the store may be shared.
+
+        Without one, Asterisk builds uniqueids from the time and a counter
+        alone, so two PBXs can give their channels the same uniqueid. Calls
+        are stored by the uniqueid of their trunk leg, so two such calls
+        would share one record, and the second to end would not be charged.
+        """
+        try:
+            name = await self.client.get_system_name()
+        except AriError as exc:
+            log.info("could not read Asterisk's systemname over ARI (%s)", exc)
+            return
+        if not name:
+            log.warning("Asterisk has no systemname, so its channel uniqueids can equal "
+                        "those of another PBX whose callguard shares this PostgreSQL "
+                        "store, and a call of one could then go uncharged; where several "
+                        "PBXs share the store, set a different systemname in the "
+                        "[options] of each one's asterisk.conf")
 
     async def _set_event_filter(self) -> None:
         """Ask Asterisk to send only the event types the tracker reads.

@@ -320,6 +320,15 @@ class AriEmulator:
         self._http.rest.filter_misses = count
 
     @property
+    def system_name(self) -> str:
+        """Asterisk's systemname, as GET /ari/asterisk/info shows it in config.name."""
+        return self._http.rest.system_name
+
+    @system_name.setter
+    def system_name(self, name: str) -> None:
+        self._http.rest.system_name = name
+
+    @property
     def global_variables(self) -> dict[str, str]:
         """The dialplan's global variables that GET /ari/asterisk/variable reads."""
         return self._http.rest.global_variables

@@ -80,6 +80,9 @@ class RestResources:
         self.filter_misses = 0
         # Dialplan globals, as [globals] of extensions.conf sets them.
         self.global_variables: dict[str, str] = {}
+        # systemname of asterisk.conf. Asterisk also starts each uniqueid with it,
+        # which the emulator's uniqueids do not.
+        self.system_name = ""
 
     def add_routes(self, routes: web.UrlDispatcher) -> None:
         routes.add_get("/ari/asterisk/info", self.asterisk_info)
@@ -100,7 +103,7 @@ class RestResources:
             "build": BUILD_INFO,
             "system": {"version": ASTERISK_VERSION, "entity_id": ASTERISK_ID},
             "config": {
-                "name": "",
+                "name": self.system_name,
                 "default_language": "en",
                 "setid": {"user": "", "group": ""},
             },
