@@ -176,3 +176,25 @@ async def test_local_leg_adopted_after_blind(make_pbx):
     assert pbx.ari.deletes == []
     pbx.clock.advance(29)
     await eventually(lambda: len(pbx.ari.deletes) == 1, what="the hang-up at 59 s")
+
+
+async def test_phone_gone_before_ringing_leg(make_pbx):
+    # The phone hangs up while the trunk leg rings. Its Dial() hangs up the
+    # Local ;1 half, and the ;2 half's own Dial() hangs up the trunk leg in
+    # another thread (local_hangup() in main/core_local.c queues the hang-up
+    # on the other half), so the phone can end before the leg. The leg's end
+    # then releases the hold, with no further Dial() to keep it for.
+    pbx = await make_pbx()
+    local, trunk, _ = await call_through_local(pbx, "01632960123")
+    phone = pbx.ari.channels[local.caller_id]
+    pbx.app.tracker.on_event({"type": "ChannelDestroyed", "timestamp": "",
+                              "cause": 16, "cause_txt": "Normal Clearing",
+                              "channel": phone})
+    assert pbx.app.reservations.get(local.caller_id).dialled
+
+    await pbx.ari.fail(trunk, "CANCEL", 16)
+    await eventually(lambda: not pbx.legs(), what="the end")
+
+    assert pbx.app.reservations.get(local.caller_id) is None
+    assert pbx.app.reservations.held("gamma", "day", TODAY) == Decimal(0)
+    assert pbx.app.reservations.pending_count("gamma") == 0

@@ -102,6 +102,10 @@ class LiveGuard:
         self._retry_timers: set[TimerHandle] = set()
         # Legs that stop_following ended while their channels were still up.
         self._unfollowed: set[str] = set()
+        # Checked channels that ended while a trunk leg of their check still
+        # rang, so that the leg's end releases the hold instead of keeping it
+        # for another Dial().
+        self._checked_gone: set[str] = set()
         # Meters of trunks removed from the config while legs on them were live.
         self._retired: dict[str, TrunkMeter] = {}
         self._writes: list[tuple[str, tuple]] = []
@@ -230,6 +234,7 @@ class LiveGuard:
         if leg.decision_uniqueid and not self._other_leg_of(leg):
             # The reserved first block becomes the call's first charged block.
             self.reservations.release(leg.decision_uniqueid)
+            self._checked_gone.discard(leg.decision_uniqueid)
         meter.catch_up(max(at, self.clock.now()))
         log.info("%s %s: answered, %s to %s at %s/min", leg.trunk, leg.id, leg.channel,
                  leg.e164 or leg.number or "an unknown number", leg.tariff.rate)
@@ -265,7 +270,21 @@ class LiveGuard:
         self._unfollowed.intersection_update(present)
 
     def channel_gone(self, uniqueid: str) -> None:
-        """Release the reservation of a checked channel that ended without a trunk leg."""
+        """Release the reservation of a checked channel that ended without a live trunk leg.
+
+        While a leg of its check still rings, as when the channel dialled a
+        Local pair whose ;2 half hangs up the leg after the channel is gone,
+        the leg's end releases it.
+        """
+        reservation = self.reservations.get(uniqueid)
+        if reservation is not None and reservation.dialled:
+            if self._live_legs_of(uniqueid):
+                self._checked_gone.add(uniqueid)
+                return
+            self.reservations.release(uniqueid)
+            log.info("%s %s: the checked call ended after its last trunk leg; released "
+                     "its reservation", reservation.trunk, uniqueid)
+            return
         self._release_undialled(uniqueid, "the checked call ended before Dial")
 
     def dial_unseen(self, uniqueid: str) -> None:
@@ -617,6 +636,29 @@ class LiveGuard:
         meter = self.meters.get(trunk)
         return meter if meter is not None else self._retired[trunk]
 
+    def _live_legs_of(self, decision_uniqueid: str, excluding: Leg | None = None) -> bool:
+        """Check whether a live leg other than ``excluding`` belongs to the check of
+        ``decision_uniqueid``, on any trunk, as with Dial(PJSIP/n@gamma&PJSIP/n@delta)."""
+        return any(other is not excluding and other.live
+                   and other.decision_uniqueid == decision_uniqueid
+                   for other in self.legs.values())
+
+    def _last_leg_unanswered(self, decision_uniqueid: str) -> None:
+        """Keep the check's hold for another Dial() after its last leg ended unanswered.
+
+        Dial() returns to the dialplan then, and a dialplan that fails over
+        dials a second trunk from the same channel without a new check. The
+        hold lasts until that leg is answered or ends, the checked channel
+        ends, or reservation_seconds pass. A checked channel already gone
+        dials nothing more, so its hold is released at once.
+        """
+        if decision_uniqueid in self._checked_gone:
+            self._checked_gone.discard(decision_uniqueid)
+            self.reservations.release(decision_uniqueid)
+            return
+        lifetime = self.engine.state.config.general.reservation_seconds
+        self.reservations.redial(decision_uniqueid, self.clock.now(), lifetime)
+
     def _other_leg_of(self, leg: Leg) -> bool:
         return any(other is not leg and other.live and other.state == UP
                    and other.decision_uniqueid == leg.decision_uniqueid
@@ -639,11 +681,10 @@ class LiveGuard:
             leg.final_charges = final
             self.ledger.remove_live(leg.trunk, leg.answered.charges)
             self.ledger.commit(leg.trunk, final)
-        elif leg.decision_uniqueid and not any(
-            other.live for other in self._meter_of(leg.trunk).legs.values()
-            if other.decision_uniqueid == leg.decision_uniqueid and other is not leg
-        ):
-            self.reservations.release(leg.decision_uniqueid)
+        elif leg.decision_uniqueid and not self._live_legs_of(leg.decision_uniqueid, leg):
+            self._last_leg_unanswered(leg.decision_uniqueid)
+        if leg.decision_uniqueid and not self._live_legs_of(leg.decision_uniqueid, leg):
+            self._checked_gone.discard(leg.decision_uniqueid)
 
         meter = self._meter_of(leg.trunk)
         meter.legs.pop(leg.id, None)

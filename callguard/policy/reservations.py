@@ -3,8 +3,10 @@
 A reservation is taken in the same synchronous step as the headroom check, so
 a burst of parallel decisions cannot all pass on the same last block of
 budget. It ends when the trunk leg is answered (the reserved block becomes the
-first charged block), when the call ends unanswered, or after
-``reservation_seconds`` when no trunk leg ever shows up.
+first charged block), when the checked channel ends, or after
+``reservation_seconds`` when no trunk leg shows up. That time starts again
+when the call's last trunk leg ends unanswered, because the dialplan may dial
+another trunk for the same check.
 """
 
 import heapq
@@ -109,6 +111,24 @@ class Reservations:
             self._count_change(reservation.trunk, -1)
         return reservation
 
+    def redial(self, uniqueid: str, now: datetime, lifetime: float) -> Reservation | None:
+        """Note that the last trunk leg of the call of ``uniqueid`` ended unanswered.
+
+        Dial() then returns to the dialplan, which may dial another trunk for
+        the same check. The hold stays, counts as a call without a trunk leg
+        again, and expires ``lifetime`` seconds from ``now`` unless a leg
+        shows up first.
+        """
+        reservation = self.get(uniqueid)
+        if reservation is None or not reservation.dialled:
+            return reservation
+        reservation = reservation._replace(dialled=False,
+                                           expires_at=now + timedelta(seconds=lifetime))
+        self._by_id[reservation.id] = tuple(reservation)
+        self._count_change(reservation.trunk, 1)
+        heapq.heappush(self._expiry, (reservation.expires_at, reservation.id))
+        return reservation
+
     def expire(self, now: datetime) -> list[Reservation]:
         expired = []
         while self._expiry and self._expiry[0][0] <= now:
@@ -116,6 +136,8 @@ class Reservations:
             reservation = self._stored(reservation_id)
             if reservation is None or reservation.dialled:
                 continue  # released earlier, or held until its leg ends
+            if reservation.expires_at > now:
+                continue  # given a later expiry by redial(), which has its own entry
             self._remove(reservation)
             expired.append(reservation)
             suppressed = self._expiry_log.admit()

@@ -187,9 +187,55 @@ class AriEmulator:
         call: EmulatedCall,
         dialstatus: str = DIALSTATUS_NOANSWER,
         cause: int = CAUSE_NO_ANSWER,
+        *,
+        caller_continues: bool = False,
     ) -> None:
-        """End an unanswered call with ``dialstatus`` and the Q.850 ``cause``."""
-        await self._hub.publish(self._switch.fail(call, dialstatus, cause))
+        """End an unanswered call with ``dialstatus`` and the Q.850 ``cause``.
+
+        With ``caller_continues`` the caller stays in the dialplan after its
+        Dial(), for ``dial_again`` or ``end_waiting_caller``.
+        """
+        await self._hub.publish(
+            self._switch.fail(call, dialstatus, cause, caller_continues=caller_continues)
+        )
+
+    async def dial_parallel(
+        self,
+        call: EmulatedCall,
+        number: str,
+        *,
+        trunk: str = "gamma",
+        dialstring: str | None = None,
+    ) -> EmulatedCall:
+        """Ring ``number`` on ``trunk`` from the same Dial() as ``call``, as
+        Dial(PJSIP/a@gamma&PJSIP/b@delta) does. The first leg answered wins."""
+        leg, events = self._switch.dial_parallel(
+            call, number, trunk=trunk, dialstring=dialstring
+        )
+        await self._hub.publish(events)
+        return leg
+
+    async def dial_again(
+        self,
+        call: EmulatedCall,
+        number: str,
+        *,
+        trunk: str = "gamma",
+        dialstring: str | None = None,
+    ) -> EmulatedCall:
+        """Dial ``number`` on ``trunk`` from the caller of the failed ``call``, as a
+        dialplan that fails over to a second trunk does."""
+        again, events = self._switch.dial_again(
+            call, number, trunk=trunk, dialstring=dialstring
+        )
+        await self._hub.publish(events)
+        return again
+
+    async def end_waiting_caller(
+        self, call: EmulatedCall, cause: int = CAUSE_NORMAL_CLEARING
+    ) -> None:
+        """Hang up the caller of the failed ``call`` instead of dialling again."""
+        await self._hub.publish(self._switch.end_waiting_caller(call, cause))
 
     async def hangup(
         self,

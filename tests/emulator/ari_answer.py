@@ -6,6 +6,7 @@ originate follows ari-events-s3-ari-originate.jsonl in tests/fixtures/asterisk/.
 
 import logging
 
+from .ari_causes import CAUSE_ANSWERED_ELSEWHERE
 from .ari_events import Event
 from .ari_model import (
     STATE_RING,
@@ -16,6 +17,7 @@ from .ari_model import (
 )
 from .ari_state import (
     DIALSTATUS_ANSWER,
+    DIALSTATUS_CANCEL,
     VAR_BRIDGEPEER,
     VAR_DIALSTATUS,
     VAR_STASISSTATUS,
@@ -75,7 +77,19 @@ class AnswerFlows(SwitchState):
             events.append(self._set_state(peer, STATE_UP))
 
         events.append(self._set_state(leg, STATE_UP))
+        # wait_for_answer() in apps/app_dial.c sends a CANCEL Dial event for
+        # every other leg, and dial_exec_full() hangs them up with cause 26
+        # (hanguptree()) after it sets DIALSTATUS and before the ANSWER event.
+        siblings, state.siblings = state.siblings, []
+        events += [
+            self.builder.dial(caller=caller, peer=sibling.trunk, dialstatus=DIALSTATUS_CANCEL)
+            for sibling in siblings
+        ]
         events.append(self._varset(caller, VAR_DIALSTATUS, DIALSTATUS_ANSWER))
+        for sibling in siblings:
+            sibling.siblings = []
+            events += self._end_trunk(sibling, CAUSE_ANSWERED_ELSEWHERE)
+            self._forget(sibling)
         events.append(self._varset(caller, "DIALEDPEERNAME", leg.name))
         events.append(self._varset(caller, "DIALEDPEERNUMBER", call.dialstring))
 

@@ -11,6 +11,7 @@ CAUSE_NO_ANSWER = 19
 # Asterisk's AST_CAUSE_UNREGISTERED is this cause.
 CAUSE_SUBSCRIBER_ABSENT = 20
 CAUSE_CALL_REJECTED = 21
+CAUSE_ANSWERED_ELSEWHERE = 26
 CAUSE_NORMAL_CIRCUIT_CONGESTION = 34
 
 # Q.850 cause texts from the causes[] table in Asterisk's main/channel.c.

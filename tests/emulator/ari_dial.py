@@ -333,6 +333,107 @@ class DialFlows(SwitchState):
         )
         return state.call, events
 
+    def dial_parallel(
+        self, call: EmulatedCall, number: str, *, trunk: str, dialstring: str | None
+    ) -> tuple[EmulatedCall, list[Event]]:
+        """Add a leg to the Dial() of ``call`` that rings at the same time, as
+        Dial(PJSIP/a@gamma&PJSIP/b@delta) does.
+
+        dial_exec_full() in apps/app_dial.c creates and calls each destination
+        in turn, with a Dial event for each (dialstring, empty dialstatus).
+        NOTE: Asterisk creates every leg before the first Dial event, while
+        here the new leg's events follow the first leg's Dial event.
+        """
+        first = self.state_for(call)
+        if first.caller is None or first.answered or first.trunk_peer is not None:
+            raise ValueError(
+                f"call on {call.trunk_name} cannot ring a second leg: only a ringing "
+                "PJSIP call that a phone dialled can"
+            )
+        if not number:
+            raise ValueError("number must not be empty")
+        if dialstring is None:
+            dialstring = default_dialstring(TECH_PJSIP, trunk, number)
+
+        caller = first.caller
+        state, events = self._dial_leg(
+            caller, TECH_PJSIP, trunk, number, dialstring, first.inherited
+        )
+        state.dialed_at = first.dialed_at
+        events.append(
+            self.builder.dial(caller=caller, peer=state.trunk, dialstring=dialstring)
+        )
+        group = [first, *first.siblings]
+        for member in group:
+            member.siblings.append(state)
+        state.siblings = group
+        logger.info(
+            "%s also rings %s through %s (dialstring %s)",
+            caller.name,
+            number,
+            state.trunk.name,
+            dialstring,
+        )
+        return state.call, events
+
+    def dial_again(
+        self, call: EmulatedCall, number: str, *, trunk: str, dialstring: str | None
+    ) -> tuple[EmulatedCall, list[Event]]:
+        """Run the next Dial() of the caller whose Dial() for ``call`` failed.
+
+        A dialplan that fails over runs a second Dial() on the same channel,
+        with no new check, after the first returned BUSY, CONGESTION or
+        CHANUNAVAIL. That Dial() clears the DIAL_VARIABLES again and creates
+        a new leg, as in ``dial_out`` (dial_exec_full() in apps/app_dial.c).
+        """
+        failed = self.waiting_callers.pop(call.caller_id or "", None)
+        if failed is None or failed.call != call:
+            raise ValueError(
+                f"call on {call.trunk_name} has no caller waiting to dial again. "
+                "Pass a call that fail() ended with caller_continues=True"
+            )
+        if not number:
+            raise ValueError("number must not be empty")
+        if dialstring is None:
+            dialstring = default_dialstring(TECH_PJSIP, trunk, number)
+
+        caller = failed.caller
+        assert caller is not None
+        priority = caller.priority + 1
+        events = [self._run_app(caller, "Dial", f"{TECH_PJSIP}/{dialstring},,", priority)]
+        events += [self._varset(caller, name, "") for name in DIAL_VARIABLES]
+        state, leg_events = self._dial_leg(
+            caller, TECH_PJSIP, trunk, number, dialstring, failed.inherited
+        )
+        events += leg_events
+        events.append(
+            self.builder.dial(caller=caller, peer=state.trunk, dialstring=dialstring)
+        )
+        logger.info(
+            "%s dials %s again through %s (dialstring %s)",
+            caller.name,
+            number,
+            state.trunk.name,
+            dialstring,
+        )
+        return state.call, events
+
+    def end_waiting_caller(self, call: EmulatedCall, cause: int) -> list[Event]:
+        """Hang up the caller whose Dial() for ``call`` failed, with no other Dial()."""
+        failed = self.waiting_callers.pop(call.caller_id or "", None)
+        if failed is None or failed.call != call:
+            raise ValueError(
+                f"call on {call.trunk_name} has no caller waiting to dial again. "
+                "Pass a call that fail() ended with caller_continues=True"
+            )
+        caller = failed.caller
+        assert caller is not None
+        return [
+            self._run_app(caller, "Hangup", "", caller.priority + 1),
+            self.builder.hangup_request(caller, cause),
+            self._destroy(caller, cause),
+        ]
+
     def forward(
         self, call: EmulatedCall, new_number: str
     ) -> tuple[EmulatedCall, list[Event]]:

@@ -88,6 +88,11 @@ class CallState:
     onward: "CallState | None" = None
     outer: "CallState | None" = None
 
+    # The other legs that the same Dial() rings at once, as
+    # Dial(PJSIP/a@gamma&PJSIP/b@gamma) does. The first to answer wins, and
+    # the others are cancelled.
+    siblings: list["CallState"] = field(default_factory=list)
+
     @property
     def answered(self) -> bool:
         return self.answered_at is not None
@@ -109,6 +114,9 @@ class SwitchState:
         self.builder = builder
         self.channels: dict[str, Channel] = {}
         self._calls: dict[str, CallState] = {}
+        # Callers whose Dial() failed and that stay in the dialplan, by channel
+        # id, with the state of the call that failed.
+        self.waiting_callers: dict[str, CallState] = {}
 
     def state_for(self, call: EmulatedCall) -> CallState:
         state = self._calls.get(call.trunk_id)

@@ -106,8 +106,20 @@ class CallTeardown(SwitchState):
         request = self.builder.hangup_request(channel, cause)
         return self._end_call(state, channel, request, cause)
 
-    def fail(self, call: EmulatedCall, dialstatus: str, cause: int) -> list[Event]:
-        """End an unanswered call: the trunk leg gives up with ``cause``."""
+    def fail(
+        self,
+        call: EmulatedCall,
+        dialstatus: str,
+        cause: int,
+        *,
+        caller_continues: bool = False,
+    ) -> list[Event]:
+        """End an unanswered call: the trunk leg gives up with ``cause``.
+
+        With ``caller_continues`` the caller stays up after its Dial() returns,
+        as a dialplan that fails over to another trunk keeps it, and
+        ``dial_again`` can dial from it.
+        """
         state = self.state_for(call)
         if state.answered:
             raise ValueError(
@@ -124,13 +136,42 @@ class CallTeardown(SwitchState):
             raise ValueError(
                 f"call on {call.trunk_name} dialled onward, so end the onward call"
             )
-        return self._end_unanswered(state, None, dialstatus, cause) + self._end_outer(
-            state, cause
-        )
+        if state.siblings:
+            # Dial() goes on waiting for the other legs (wait_for_answer() in
+            # apps/app_dial.c): only this leg ends.
+            return self._end_sibling(state, dialstatus, cause)
+        if caller_continues:
+            if state.caller is None or state.outer is not None:
+                raise ValueError(
+                    f"call on {call.trunk_name} has no phone that dialled it, so its "
+                    "caller cannot continue"
+                )
+            self.waiting_callers[state.caller.id] = state
+        return self._end_unanswered(
+            state, None, dialstatus, cause, caller_continues=caller_continues
+        ) + self._end_outer(state, cause)
+
+    def _end_sibling(self, state: CallState, dialstatus: str, cause: int) -> list[Event]:
+        """End one leg of a Dial() that rings several: its Dial event with
+        ``dialstatus``, then its end. The caller and the other legs stay."""
+        for sibling in state.siblings:
+            sibling.siblings.remove(state)
+        state.siblings = []
+        events = [
+            self.builder.dial(caller=state.caller, peer=state.trunk, dialstatus=dialstatus),
+            *self._end_trunk(state, cause),
+        ]
+        self._forget(state)
+        return events
 
     def _end_call(
         self, state: CallState, channel: Channel, request: Event, cause: int
     ) -> list[Event]:
+        if state.siblings:
+            raise ValueError(
+                f"call on {state.call.trunk_name} rings with other legs, so fail or "
+                "answer one of them first"
+            )
         if state.caller is None:
             return [request, *self._end_without_caller(state, cause)]
         if state.onward is not None:
@@ -223,9 +264,19 @@ class CallTeardown(SwitchState):
         return events
 
     def _end_unanswered(
-        self, state: CallState, side: str | None, dialstatus: str, cause: int
+        self,
+        state: CallState,
+        side: str | None,
+        dialstatus: str,
+        cause: int,
+        *,
+        caller_continues: bool = False,
     ) -> list[Event]:
-        """End a call before answer. ``side`` is None when the trunk gave up."""
+        """End a call before answer. ``side`` is None when the trunk gave up.
+
+        The caller is destroyed too, unless ``caller_continues``: then its
+        Dial() returns with DIALSTATUS set and it stays in the dialplan.
+        """
         if state.caller is None:
             return self._end_without_caller(state, cause, dialstatus)
 
@@ -240,8 +291,9 @@ class CallTeardown(SwitchState):
             self._varset(caller, "DIALEDTIME", dialed_seconds),
             self._varset(caller, "DIALEDTIME_MS", dialed_ms),
             self._varset(caller, VAR_DIALSTATUS, dialstatus),
-            self._destroy(caller, cause),
         ]
+        if not caller_continues:
+            events.append(self._destroy(caller, cause))
         events += self._device_not_in_use(state)
         logger.debug(
             "unanswered call on %s ended by %s: %s, cause %d",
