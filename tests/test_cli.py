@@ -357,6 +357,27 @@ def test_check_config_bad_rates(tmp_path, capsys):
     assert "cheap" in err
 
 
+@pytest.mark.parametrize("secret, problem", [
+    (b"change-me\x1b\n", "the ARI password contains a control character"),
+    (b"change-\xffme\n", "is not UTF-8 text"),
+])
+def test_check_config_unusable_ari_password(tmp_path, capsys, secret, problem):
+    # The daemon rejects these passwords at start and on reload, so the check
+    # that systemd runs before both must reject them too.
+    path = tmp_path / "callguard.conf"
+    path.write_text(SAMPLE_CONFIG.read_text())
+    (tmp_path / SAMPLE_SECRET.name).write_bytes(secret)
+    (tmp_path / SAMPLE_SECRET.name).chmod(0o600)
+    shutil.copy(SAMPLE_RATES, tmp_path / SAMPLE_RATES.name)
+
+    status = run_ctl("--config", str(path), "check-config")
+    err = capsys.readouterr().err
+
+    assert status == EXIT_CONFIG
+    assert f"{path}: [ari] " in err
+    assert problem in err
+
+
 def test_check_config_missing_file(tmp_path, capsys):
     path = tmp_path / "absent.conf"
 

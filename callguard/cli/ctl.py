@@ -23,6 +23,7 @@ from callguard.cli.inspect import ask_daemon, check_number, print_check
 from callguard.config import Config, ConfigError
 from callguard.config.advice import config_warnings
 from callguard.daemon.checking import DAEMON_CONFIG, DAEMON_STORE
+from callguard.daemon.live import read_ari_settings
 from callguard.daemon.operator import same_store, store_identity
 from callguard.daemon.state import TablesError, build_state, number_plan
 from callguard.metering.guard import RECENT_LEGS
@@ -119,8 +120,12 @@ def _add_socket_argument(parser: argparse.ArgumentParser) -> None:
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = read_config(args)
     try:
+        # The daemon reads the password and ca_file like this at start and on
+        # reload. A start without them runs unmetered and a reload fails, so
+        # systemd's check before either must fail too.
+        read_ari_settings(config)
         tables = build_state(config)
-    except (PrefixTableError, RateDeckError, ValueError, OSError) as exc:
+    except (ConfigError, PrefixTableError, RateDeckError, ValueError, OSError) as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
     for warning in config_warnings(config, tables.prefixes):
