@@ -360,6 +360,7 @@ def test_check_config_bad_rates(tmp_path, capsys):
 @pytest.mark.parametrize("secret, problem", [
     (b"change-me\x1b\n", "the ARI password contains a control character"),
     (b"change-\xffme\n", "is not UTF-8 text"),
+    (b"\n", "is empty"),
 ])
 def test_check_config_unusable_ari_password(tmp_path, capsys, secret, problem):
     # The daemon rejects these passwords at start and on reload, so the check

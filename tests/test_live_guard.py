@@ -460,6 +460,11 @@ async def test_reload_bad_password_file_kept(make_pbx, caplog):
     assert not await pbx.app.reload()
     assert "[ari] the ARI password contains a control character; remove it" in caplog.text
 
+    # Emptied, as by a shell redirect before the new password is written.
+    secret.write_text("\n")
+    assert not await pbx.app.reload()
+    assert f"[ari] password_file: {secret} is empty" in caplog.text
+
     assert pbx.app.config is running
     assert pbx.app.ari is listener
     assert pbx.app.ari.connected

@@ -77,7 +77,7 @@ def read_ari_settings(config: Config) -> AriSettings | None:
     """Return the ``[ari]`` settings of ``config`` with the password read from its file.
 
     Returns None when ARI is disabled. Raises ``ConfigError`` when
-    ``password_file`` cannot be read or is not UTF-8, or when the ARI client
+    ``password_file`` cannot be read, is not UTF-8 or is empty, or when the ARI client
     rejects the settings (a control character in the password, a ``ca_file``
     that is not a PEM bundle or is set with an ``http://`` URL).
     """
@@ -94,8 +94,13 @@ def read_ari_settings(config: Config) -> AriSettings | None:
         message = (f"{ari.password_file} is not UTF-8 text ({exc.reason} at byte "
                    f"{exc.start}); write the password as UTF-8")
     else:
-        if not password:
+        if password is None:
             return AriSettings(ari, password)
+        if not password:
+            # An empty password starts no listener, so a reload would stop metering.
+            message = f"{ari.password_file} is empty; write the ARI password on its first line"
+            problem = ConfigProblem(str(config.path), 0, ARI_SECTION, "password_file", message)
+            raise ConfigError([problem])
         try:
             # The client's own checks, so that a reload never stops a working
             # connection for settings that cannot start a new one.
