@@ -1622,3 +1622,19 @@ def test_overlap_count_matches_pairwise(seed):
                                 "[number ...] sections overlap")
     else:
         assert len(warnings) == expected
+
+
+@pytest.mark.parametrize("text", ["s3cret;pass", "s3cret;pass\n", "s3cret;pass\r\n",
+                                  "s3cret;pass\nchanged 2026-12-01\n"])
+def test_secrets_first_line_only(workdir, text):
+    (workdir / "ari.secret").write_text(text)
+    keys = {"url": "http://127.0.0.1:9000/hook", "secret_file": "ari.secret"}
+    smtp = SMTP_BASE | {"username": "cg", "password_file": "ari.secret"}
+
+    ari = load(config_with("ari", "password_file", "ari.secret")).ari
+    delivery = load(delivery_config(smtp=smtp, webhook=keys))
+
+    assert ari.password() == "s3cret;pass"
+    assert delivery.smtp.password() == "s3cret;pass"
+    assert delivery.webhook.secret() == "s3cret;pass"
+

@@ -20,8 +20,10 @@ def _read_secret(path: Path | None) -> str | None:
     if path is None:
         return None
 
+    # The secret is the first line, as the sample config documents. Later
+    # lines, such as a note on when it was changed, are not part of it.
     text = path.read_text(encoding="utf-8")
-    return text.rstrip("\r\n")
+    return text.split("\n", 1)[0].rstrip("\r")
 
 
 @dataclass(frozen=True)

@@ -244,9 +244,11 @@ class Application:
             log.warning("ARI is disabled: live calls are not metered or hung up; only the "
                         "dialplan's S() limit ends them")
         elif not settings.password:
-            log.error("ARI is enabled but no password could be read from [ari] "
-                      "password_file: live calls are not metered or hung up until it is "
-                      "set and callguard reloads its config or restarts")
+            # read_ari_settings rejects a password file that is unreadable or
+            # empty, so here the setting itself is missing.
+            log.error("ARI is enabled but [ari] password_file is not set: live calls are "
+                      "not metered or hung up until it is set and callguard reloads its "
+                      "config or restarts")
         else:
             shared = make_url(self.database).get_backend_name() == BACKEND_POSTGRESQL
             self.ari = AriListener(settings, self.guard, self.tracker, shared_store=shared)
