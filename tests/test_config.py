@@ -1066,6 +1066,27 @@ def test_emergency_always_number_in_table_warns(workdir):
     ]
 
 
+@pytest.mark.parametrize("row, reason", [
+    ("09011234567", "starts with the national prefix 0"),
+    ("+35315501234", "is an international number"),
+    ("1234567", "has 7 digits, more than the 6 of the longest short code in GB"),
+])
+def test_emergency_table_row_warns(workdir, row, reason):
+    sample = Path(__file__).resolve().parent.parent / "etc" / "prefixes-gb.csv"
+    text = sample.read_text() + f"{row},emergency,Mistaken row\n"
+    Path("extra.csv").write_text(text)
+    line = len(text.splitlines())
+
+    warnings = general_warnings("prefixes = extra.csv")
+
+    assert warnings == [
+        f"{Path('extra.csv').absolute()}:{line}: prefix {row!r} is in category 'emergency' "
+        f"but {reason}. Calls to an emergency number skip every barring and limit and are "
+        "never hung up, so give the row another category unless the number reaches the "
+        "emergency services"
+    ]
+
+
 @pytest.mark.parametrize("numbers", ["999, 112", "18000", "911"])
 def test_emergency_numbers_quiet(workdir, numbers):
     assert general_warnings(f"emergency_numbers = {numbers}") == []

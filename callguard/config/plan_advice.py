@@ -20,6 +20,7 @@ from callguard.numbers import (
     PrefixTableError,
 )
 from callguard.numbers.categories import EMERGENCY
+from callguard.numbers.table import PLUS
 
 # The country of the example international number, and the one used instead when
 # it is the home country.
@@ -212,6 +213,38 @@ def _emergency_warnings(
                 "Calls to an emergency number skip every barring and limit and are "
                 "never hung up, so remove it unless it reaches the emergency services"
             )
+    if table is not None:
+        warnings.extend(_emergency_row_warnings(plan, table))
+    return warnings
+
+
+def _emergency_row_warnings(plan: NumberPlan, table: PrefixTable) -> list[str]:
+    """Warn about emergency rows of the prefix table that are no short codes.
+
+    Such a row makes a national or international number an emergency number,
+    which skips every barring and limit, as an emergency_numbers entry does.
+    """
+    warnings = []
+    for rule in table.rules():
+        if rule.category != EMERGENCY:
+            continue
+        prefix = rule.prefix
+        if prefix.startswith(PLUS):
+            reason = "is an international number"
+        elif plan.national_prefix and prefix.startswith(plan.national_prefix):
+            reason = f"starts with the national prefix {plan.national_prefix}"
+        elif len(prefix) > plan.short_code_max_length:
+            reason = (f"has {len(prefix)} digits, more than the "
+                      f"{plan.short_code_max_length} of the longest short code in "
+                      f"{plan.home_country}")
+        else:
+            continue
+        warnings.append(
+            f"{table.source}:{table.line_number(prefix)}: prefix {prefix!r} is in "
+            f"category 'emergency' but {reason}. Calls to an emergency number skip every "
+            "barring and limit and are never hung up, so give the row another category "
+            "unless the number reaches the emergency services"
+        )
     return warnings
 
 
