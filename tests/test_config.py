@@ -1659,3 +1659,22 @@ def test_secrets_first_line_only(workdir, text):
     assert delivery.smtp.password() == "s3cret;pass"
     assert delivery.webhook.secret() == "s3cret;pass"
 
+
+def test_open_fastagi_warns(workdir):
+    warnings = general_warnings("fastagi_listen = 0.0.0.0:4573\n"
+                                "allowed_clients = 0.0.0.0/0, ::/0")
+
+    assert warnings == [
+        "[general] allowed_clients contains 0.0.0.0/0, ::/0 and fastagi_listen is "
+        "0.0.0.0, so any host that reaches port 4573 can send checks, hold budget and "
+        "get phones blocked as offenders; list only the addresses of the Asterisk servers"
+    ]
+
+
+@pytest.mark.parametrize("general", [
+    "allowed_clients = 0.0.0.0/0",  # listening on 127.0.0.1 only
+    "fastagi_listen = [::1]:4573\nallowed_clients = ::/0",
+    "fastagi_listen = 0.0.0.0:4573\nallowed_clients = 192.0.2.10/32, 127.0.0.1/32",
+])
+def test_fastagi_clients_quiet(workdir, general):
+    assert general_warnings(general) == []

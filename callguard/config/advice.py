@@ -1,6 +1,7 @@
 """Settings that load but probably do not do what the sysadmin meant."""
 
 import bisect
+from ipaddress import ip_address
 
 from callguard.config.model import Config, NumberOverride, TrunkConfig
 from callguard.config.plan_advice import number_plan_warnings
@@ -84,9 +85,37 @@ def config_warnings(config: Config, prefixes: PrefixTable | None = None) -> list
                 "call for reservation_seconds after its check, not while it lasts; "
                 "set enabled = yes in [ari]"
             )
+    warnings.extend(_open_fastagi(config))
     warnings.extend(_overlapping_overrides(config))
     warnings.extend(number_plan_warnings(config, prefixes))
     return warnings
+
+
+def _open_fastagi(config: Config) -> list[str]:
+    """Warn when any host that reaches a non-loopback fastagi_listen may send checks.
+
+    A check names its channel and caller itself, so such a host can hold
+    first blocks, use up the velocity limits and get phones blocked as
+    offenders.
+    """
+    general = config.general
+    if _is_loopback(general.fastagi_host):
+        return []
+    open_networks = [str(network) for network in general.allowed_clients
+                     if network.prefixlen == 0]
+    if not open_networks:
+        return []
+    return [
+        f"[general] allowed_clients contains {', '.join(open_networks)} and fastagi_listen "
+        f"is {general.fastagi_host}, so any host that reaches port {general.fastagi_port} "
+        "can send checks, hold budget and get phones blocked as offenders; list only the "
+        "addresses of the Asterisk servers"
+    ]
+
+
+def _is_loopback(host: str) -> bool:
+    # parse_listen_address accepts IP addresses only.
+    return ip_address(host).is_loopback
 
 
 # Pairs of overlapping [number ...] sections named one by one; more are counted.
