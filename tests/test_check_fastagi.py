@@ -108,6 +108,18 @@ async def test_emergency_number_set_first(daemon):
     assert outcome.commands[1] == 'SET VARIABLE CALLGUARD_RESULT "ALLOW"'
 
 
+@pytest.mark.parametrize("arguments", [(), ("999",), ("999", "")])
+async def test_emergency_without_trunk_asks_nothing(daemon, arguments):
+    # The trunk is read with GET VARIABLE only for other numbers: a bad reply
+    # to it must not end the session before CALLGUARD_EMERGENCY is set.
+    outcome = await daemon.check("999", arguments=arguments)
+
+    assert outcome.commands[0] == 'SET VARIABLE CALLGUARD_EMERGENCY "999"'
+    assert not [command for command in outcome.commands if command.startswith("GET")]
+    assert outcome.variables["CALLGUARD_RESULT"] == "ALLOW"
+    assert outcome.variables["CALLGUARD_REASON"] == "emergency"
+
+
 async def test_no_emergency_number_otherwise(daemon):
     outcome = await daemon.check("01632960123")
 

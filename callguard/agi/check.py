@@ -89,6 +89,10 @@ class CheckHandler:
 
     async def __call__(self, channel: AGIChannel) -> None:
         engine = self._engine()
+        emergency = self._emergency_first(channel, engine)
+        if emergency is not None:
+            await self._answer(engine, channel, *emergency)
+            return
         request = await self._request(channel, engine)
         general = engine.state.config.general
 
@@ -102,6 +106,11 @@ class CheckHandler:
         except Exception:
             log.exception("%s: the decision failed", request.uniqueid)
             decision = self._fail_policy(engine, request, "failed")
+        await self._answer(engine, channel, request, decision)
+
+    async def _answer(self, engine: PolicyEngine, channel: AGIChannel, request: CallRequest,
+                      decision: Decision) -> None:
+        """Log ``decision``, record it and set its channel variables."""
         self._announce(engine, request, decision)
 
         answered_before = channel.answered
@@ -123,13 +132,17 @@ class CheckHandler:
         trunk = _argument(arguments, 1)
         source = _argument(arguments, 3)
         if not trunk or not source and _uses_source(engine):
-            return None  # a GET VARIABLE first
-        request = _call_request(channel, arguments, trunk, source)
-        try:
-            decision = engine.decide_now(request)
-        except Exception:
-            log.exception("%s: the decision failed", request.uniqueid)
-            decision = self._fail_policy(engine, request, "failed")
+            emergency = self._emergency_first(channel, engine)
+            if emergency is None:
+                return None  # a GET VARIABLE first
+            request, decision = emergency
+        else:
+            request = _call_request(channel, arguments, trunk, source)
+            try:
+                decision = engine.decide_now(request)
+            except Exception:
+                log.exception("%s: the decision failed", request.uniqueid)
+                decision = self._fail_policy(engine, request, "failed")
         if decision is None:
             return None
         self._announce(engine, request, decision)
@@ -138,6 +151,25 @@ class CheckHandler:
             self._returned(engine, channel, request, decision, error, 0)
 
         return QuickAnswer(decision_variables(decision), returned)
+
+    @staticmethod
+    def _emergency_first(channel: AGIChannel,
+                         engine: PolicyEngine) -> tuple[CallRequest, Decision] | None:
+        """Return the request and decision of an emergency call, from the arguments alone.
+
+        Reading a missing trunk or source address costs a round trip to
+        Asterisk, and a bad reply to it would end the session before
+        CALLGUARD_EMERGENCY is set. An emergency call needs neither.
+        """
+        arguments = channel.arguments
+        request = _call_request(channel, arguments, _argument(arguments, 1),
+                                _argument(arguments, 3))
+        try:
+            decision = engine.emergency_decision(request)
+        except Exception:
+            # The full decision runs next and reports the failure.
+            return None
+        return None if decision is None else (request, decision)
 
     def _announce(self, engine: PolicyEngine, request: CallRequest, decision: Decision) -> None:
         """Log the decision and hand it to the sink, before the dialplan learns it."""

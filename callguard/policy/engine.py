@@ -188,8 +188,19 @@ class PolicyEngine:
             return None
         return self._tariff(config, classified)
 
-    def _screen(self, request: CallRequest) -> "Decision | tuple[_DecisionBase, TrunkConfig, Tariff]":
-        """Apply every step up to the limits: a final Decision, or what the limits need."""
+    def emergency_decision(self, request: CallRequest) -> Decision | None:
+        """Return the decision on ``request`` if it dials an emergency number, else None.
+
+        That decision depends on the dialled string alone, so a check can give
+        it before it reads the trunk or the source address from Asterisk.
+        """
+        screened = self._screen_number(request)
+        if isinstance(screened, Decision) and screened.reason == REASON_EMERGENCY:
+            return screened
+        return None
+
+    def _screen_number(self, request: CallRequest) -> "Decision | Classified":
+        """Classify the dialled number; an emergency number or a bad one is a final Decision."""
         state = self.state
         classifier = state.classifier
 
@@ -209,6 +220,14 @@ class PolicyEngine:
                             detail=str(exc))
         if classified.emergency:
             return self._emergency(request, classified)
+        return classified
+
+    def _screen(self, request: CallRequest) -> "Decision | tuple[_DecisionBase, TrunkConfig, Tariff]":
+        """Apply every step up to the limits: a final Decision, or what the limits need."""
+        state = self.state
+        classified = self._screen_number(request)
+        if isinstance(classified, Decision):
+            return classified
 
         caller_e164 = state.normalise_caller(request.caller) or ""
         base = _DecisionBase(request, classified, caller_e164)
