@@ -59,7 +59,7 @@ def mailbox():
     controller.stop()
 
 
-async def test_warning_then_limit_mail(tmp_path, mailbox):
+async def test_warning_then_limit_mail(tmp_path, mailbox, caplog):
     smtp = (f"\n[smtp]\nhost = 127.0.0.1\nport = {mailbox.port}\nsecurity = none\n"
             "from = callguard@pbx.example.org\nto = noc@example.org\n")
     pbx = Pbx(tmp_path, NOW, trunks=TRUNK + smtp, rates=RATES)
@@ -94,6 +94,8 @@ async def test_warning_then_limit_mail(tmp_path, mailbox):
         await pbx.stop()
 
     assert warnings == ["[callguard] gamma: daily spend 80% (80.82 of 100.00 GBP)"]
+    assert ("gamma: daily spend 80.82 of 100.00 GBP reached the warning level of 80%"
+            in caplog.text)
     recipients = [sorted(rcpt) for rcpt, message in mailbox.messages
                   if "80%" in message["Subject"]]
     assert recipients == [["gamma-noc@example.org", "noc@example.org"]]

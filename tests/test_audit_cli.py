@@ -80,7 +80,7 @@ def test_reset_clears_window(conf, capsys):
         store.add_spend("gamma", "day", key, Decimal("42.50"), now)
 
     assert ctl(conf, "reset", "gamma", "--window", "day", "--reason", "false alarm") == 0
-    assert "cleared 42.50" in capsys.readouterr().out
+    assert "cleared 42.50 GBP from trunk gamma" in capsys.readouterr().out
     with Store(config.general.database) as store:
         assert store.get_spend("gamma", "day", key) == 0
 

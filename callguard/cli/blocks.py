@@ -22,6 +22,7 @@ from callguard.cli.common import (
     EXIT_OK,
     read_config,
 )
+from callguard.money import format_amount
 from callguard.text import escape_controls, plural
 from callguard.config import Config
 from callguard.config.errors import InvalidValue
@@ -278,7 +279,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
     with Store(config.general.database) as store:
         cleared = store.reset_spend(trunk.name, args.window, key, args.reason, now,
                                     _actor())
-    print(f"cleared {cleared} {config.general.currency} from trunk {trunk.name}, "
+    print(f"cleared {format_amount(cleared)} {config.general.currency} from trunk {trunk.name}, "
           f"{args.window} {key}; live calls keep adding their cost")
 
     return _tell_daemon(config, {"command": COMMAND_RESET, "trunk": trunk.name,

@@ -101,7 +101,7 @@ class AlertRaiser:
         body = self._body(trunk, window, key, spent, limit, legs,
                           f"The {name} spend crossed the warning level of {level}%.")
         log.warning("%s: %s spend %s of %s %s reached the warning level of %d%%", trunk.name,
-                    name, spent, limit, currency, level)
+                    name, format_amount(spent), format_amount(limit), currency, level)
         self.submit(Alert(
             kind="warning", trunk=trunk.name, subject=subject, body=body,
             data=self._data(trunk, window, key, spent, limit) | {"level": level},
