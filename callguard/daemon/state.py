@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from callguard.config import Config, TrunkConfig
 from callguard.numbers import Classifier, NumberPlan, PrefixTable, PrefixTableError
+from callguard.numbers.table import DEFAULT_TABLE
 from callguard.policy.engine import PolicyState
 from callguard.rating import Increments, RateDeck, RateDeckError, Tariff
 
@@ -35,7 +36,7 @@ class LoadedTables:
 def load_prefix_table(config: Config) -> tuple[PrefixTable, str]:
     path = config.general.prefixes
     if path is None:
-        return PrefixTable.default(), "built-in GB table"
+        return PrefixTable.default(), f"built-in {DEFAULT_TABLE}"
     return PrefixTable.from_csv(path), str(path)
 
 

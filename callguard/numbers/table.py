@@ -146,7 +146,8 @@ class PrefixTable:
             .joinpath("data")
             .joinpath(DEFAULT_TABLE)
         )
-        return cls._from_text(resource.read_text(encoding="utf-8"), DEFAULT_TABLE)
+        return cls._from_text(resource.read_text(encoding="utf-8"), DEFAULT_TABLE,
+                              label=f"built-in {DEFAULT_TABLE}")
 
     def match(self, key: str) -> PrefixRule | None:
         """Return the rule with the longest prefix of ``key``, or None."""
@@ -167,12 +168,13 @@ class PrefixTable:
         return self._line_numbers.get(prefix)
 
     @classmethod
-    def _from_text(cls, text: str, source: str) -> "PrefixTable":
+    def _from_text(cls, text: str, source: str, label: str = "") -> "PrefixTable":
         """Parse a whole CSV file, collecting the errors of every row.
 
         A missing header ends the parsing, because the rows cannot be read
         without it. Each row is one line, so a row with broken quoting does not
-        affect the rows after it.
+        affect the rows after it. ``label`` names the table in the log line
+        instead of ``source``.
         """
         table = cls(source)
         errors = _ErrorList(source)
@@ -201,7 +203,7 @@ class PrefixTable:
             )
 
         errors.raise_if_any()
-        logger.info("loaded %d prefix rules from %s", len(table), source)
+        logger.info("loaded %d prefix rules from %s", len(table), label or source)
         return table
 
     def _add(
