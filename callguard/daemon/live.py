@@ -159,6 +159,8 @@ class AriListener:
         self._stopping = True
         if self._dialplan_check is not None:
             self._dialplan_check.cancel()
+            # The check logs its own errors, so only its cancellation is left.
+            await asyncio.gather(self._dialplan_check, return_exceptions=True)
         await self.client.close()
         if self._task is not None:
             self._task.cancel()
