@@ -1,6 +1,7 @@
 """Creation and version check of the schema, id allocation, and per-dialect upserts."""
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, inspect, select, text, update
@@ -117,6 +118,25 @@ def allocate_ids(conn: Connection, table: str, count: int) -> int:
         raise StoreError(f"id_counters has no row for {table}; the schema is damaged")
     return last - count + 1
 
+
+def lock_id_counters(conn: Connection, tables: Sequence[str]) -> None:
+    """Lock the id counters of ``tables`` until the transaction ends, in name order.
+
+    A transaction that allocates ids for several tables locks their counters
+    one by one as it goes. Two such transactions that reach the counters in
+    opposite orders deadlock on PostgreSQL, so each locks them all first, in
+    one order. SQLAlchemy leaves FOR UPDATE out on SQLite, whose writers
+    start with BEGIN IMMEDIATE and run one at a time.
+    """
+    for table in sorted(tables):
+        conn.execute(_LOCK_COUNTER, {"counter": table})
+
+
+_LOCK_COUNTER = (
+    select(IdCounter.last_id)
+    .where(IdCounter.name == bindparam("counter"))
+    .with_for_update()
+)
 
 # One statement object for every allocation, so SQLAlchemy compiles it once.
 _ALLOCATE_IDS = (

@@ -22,7 +22,7 @@ from callguard.store.engine import (
     parse_url,
     translated_errors,
 )
-from callguard.store.models import SCHEMA_VERSION
+from callguard.store.models import SCHEMA_VERSION, Call, Hangup
 from callguard.store.audit_methods import AuditMethods
 from callguard.store.outbox_methods import OutboxMethods
 from callguard.store.records import (
@@ -32,12 +32,14 @@ from callguard.store.records import (
     HangupRecord,
     ImportRecord,
 )
-from callguard.store.schema import ensure_schema
+from callguard.store.schema import ensure_schema, lock_id_counters
 from callguard.urls import mask_url, url_secrets
 
 log = logging.getLogger(__name__)
 
 RateRow = decks.RateRow
+# The id counters that a batch of call updates may allocate from.
+CALL_UPDATE_COUNTERS = (Call.__tablename__, Hangup.__tablename__)
 
 
 def _utc_now() -> datetime:
@@ -364,7 +366,11 @@ def _apply_call_updates(
     A finish carries its charges as ``check_finish`` returns them. They are
     summed per window and added once at the end, and the transaction makes the
     sums and the ended rows one write.
+
+    The id counters of calls and hang-ups are locked first, because nodes
+    that share the store write the kinds in different orders.
     """
+    lock_id_counters(conn, CALL_UPDATE_COUNTERS)
     totals: dict[tuple[str, str, str], Decimal] = {}
     latest: dict[tuple[str, str, str], datetime] = {}
     for kind, run in itertools.groupby(operations, key=lambda operation: operation[0]):

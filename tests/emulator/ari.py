@@ -70,6 +70,7 @@ class AriEmulator:
     ):
         self.app = app
         factory = ChannelFactory(now or _utc_now)
+        self._factory = factory
         builder = EventBuilder(tuple(channelvars), factory.now)
         self._switch = Switch(factory, builder)
         self._hub = EventHub()
@@ -373,6 +374,7 @@ class AriEmulator:
     @system_name.setter
     def system_name(self, name: str) -> None:
         self._http.rest.system_name = name
+        self._factory.system_name = name
 
     @property
     def global_variables(self) -> dict[str, str]:

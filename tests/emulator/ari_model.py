@@ -163,12 +163,14 @@ class ChannelFactory:
     """Source of uniqueids and channel names, numbered as Asterisk numbers them.
 
     Uniqueids are ``<epoch seconds>.<sequence>`` with one sequence for every
-    channel. PJSIP names end in ``-%08x`` from chan_pjsip's counter, and each
+    channel, after ``<systemname>-`` when ``system_name`` is set, as Asterisk
+    builds them. PJSIP names end in ``-%08x`` from chan_pjsip's counter, and each
     Local pair shares one ``-%08x`` from the Local channel counter.
     """
 
     def __init__(self, now: Callable[[], datetime]):
         self._now = now
+        self.system_name = ""
         self._uniqueid_sequence = itertools.count()
         self._tech_sequences: dict[str, itertools.count] = {}
 
@@ -182,7 +184,8 @@ class ChannelFactory:
         return instant
 
     def next_uniqueid(self) -> str:
-        return f"{int(self.now().timestamp())}.{next(self._uniqueid_sequence)}"
+        uniqueid = f"{int(self.now().timestamp())}.{next(self._uniqueid_sequence)}"
+        return f"{self.system_name}-{uniqueid}" if self.system_name else uniqueid
 
     def _next_suffix(self, tech: str) -> str:
         sequence = self._tech_sequences.setdefault(tech, itertools.count())
