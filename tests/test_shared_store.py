@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy
 
 from callguard.store import CallRecord, HangupRecord, Store
-from live_support import Pbx, eventually
+from live_support import Pbx, eventually, stored_calls
 
 pytestmark = pytest.mark.postgres
 
@@ -135,6 +135,51 @@ async def test_reset_reaches_other_node(nodes):
     assert refused["CALLGUARD_REASON"] == "limit:daily"
     assert allowed["CALLGUARD_RESULT"] == "ALLOW"
 
+
+
+async def test_restart_leaves_other_node_call(nodes):
+    a, b = nodes
+    call = await answered_call(b, "01632960123")
+    advance(nodes, 30)
+
+    await a.app.stop()
+    await a.start_callguard()
+    adopted = call.trunk_id in a.legs()
+    live_on_a = a.app.ledger.live("gamma", "day", DAY)
+    advance(nodes, 60)
+    await b.ari.hangup(call)
+    await eventually(lambda: not b.legs(), what="b's leg to end")
+    await b.app.guard.drain()
+    await a.app.guard.drain()
+    record = stored_calls(b)[call.trunk_id]
+
+    assert not adopted
+    assert live_on_a == Decimal("0")
+    assert record.ended_at == START + timedelta(seconds=90)
+    # Two blocks begun, at 0 s and 60 s.
+    assert record.cost == Decimal("2.00")
+    assert b.spend("day", DAY) == Decimal("2.00")
+
+
+async def test_restart_ends_own_unseen_call(nodes):
+    a, b = nodes
+    call = await answered_call(a, "01632960123")
+    other = await answered_call(b, "01632960124")
+    advance(nodes, 30)
+
+    await a.crash()
+    a.ari.hangup_unseen(call)
+    advance(nodes, 60)
+    await a.start_callguard()
+    await a.app.guard.drain()
+    record = stored_calls(a)[call.trunk_id]
+
+    # Charged up to the restart, which never under-counts.
+    assert record.state == "ended"
+    assert record.ended_at == START + timedelta(seconds=90)
+    assert record.cost == Decimal("2.00")
+    assert other.trunk_id in b.legs()
+    assert stored_calls(a)[other.trunk_id].state == "up"
 
 
 def call_update(uniqueid: str) -> tuple[str, tuple]:

@@ -189,12 +189,26 @@ class AriListener:
 
     async def _on_connect(self) -> None:
         channels = await self.client.get_channels()
-        self.tracker.reconcile(channels)
+        self.tracker.reconcile(channels, await self._system_name_for_reconcile())
         await self._set_event_filter()
         self._reconciled = True
         log.info("ARI connected; %d channels up, %d trunk legs followed", len(channels),
                  len(self.guard.legs))
         self.check_dialplan(system_name=self._shared_store)
+
+    async def _system_name_for_reconcile(self) -> str:
+        """Return Asterisk's systemname, or "" when the store is not shared or it
+        cannot be read, so that every live call taken over from the store counts as
+        this PBX's own."""
+        if not self._shared_store:
+            return ""
+        try:
+            return await self.client.get_system_name()
+        except AriError as exc:
+            log.warning("could not read Asterisk's systemname over ARI (%s), so live "
+                        "calls taken over from the store that this Asterisk does not "
+                        "have are ended here, even those of other PBXs", exc)
+            return ""
 
     def check_dialplan(self, *, system_name: bool = False) -> None:
         """Compare the dialplan's emergency numbers and outside-line prefix with callguard's.

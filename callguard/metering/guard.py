@@ -311,6 +311,19 @@ class LiveGuard:
             self.meters[leg.trunk].catch_up(self.clock.now())
         self.reschedule_soon(leg.trunk)
 
+    def release_foreign(self, leg: Leg) -> None:
+        """Stop following a leg taken over from the store that another PBX's callguard
+        follows, without ending it in the store.
+
+        That callguard charges the call when it ends. Ending it here would
+        store a shorter call, and the store would then ignore the real end.
+        """
+        self.legs.pop(leg.id, None)
+        self._meter_of(leg.trunk).legs.pop(leg.id, None)
+        if leg.answered is not None:
+            self.ledger.remove_live(leg.trunk, leg.answered.charges)
+        self.reschedule_soon(leg.trunk)
+
     # The timer per trunk.
 
     def reschedule_soon(self, trunk: str) -> None:

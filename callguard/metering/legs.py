@@ -38,6 +38,8 @@ class Leg:
     # Time at which Asterisk last accepted callguard's hang-up request (204 to the DELETE).
     hangup_accepted_at: datetime | None = None
     final_charges: dict = field(default_factory=dict)  # the bill by window, once ended
+    # Taken over from the store at start, and not yet found in Asterisk's channel list.
+    restored: bool = False
     notes: list[str] = field(default_factory=list)
 
     @property

@@ -246,14 +246,28 @@ class EventTracker:
                 return text
         return None
 
-    def reconcile(self, channels: list[dict]) -> None:
-        """Match the legs callguard follows with the channels Asterisk has now."""
+    def reconcile(self, channels: list[dict], system_name: str = "") -> None:
+        """Match the legs callguard follows with the channels Asterisk has now.
+
+        ``system_name`` is Asterisk's systemname, which begins the uniqueids
+        of its channels. A leg taken over from the store that is missing here
+        and does not begin with it is a call of another PBX sharing the store,
+        so it is left to that PBX's callguard.
+        """
         now = self.clock.now()
         blind_since = self.blind_since or now
         present = {c["id"]: c for c in channels if isinstance(c, dict) and "id" in c}
 
         for leg in list(self.guard.legs.values()):
             channel = present.get(leg.id)
+            if channel is not None:
+                leg.restored = False
+            elif leg.restored and not own_uniqueid(leg.id, system_name):
+                log.info("%s %s: %s, taken over from the store, is not a channel of this "
+                         "Asterisk (systemname %s); leaving it to the callguard of its PBX",
+                         leg.trunk, leg.id, leg.channel, system_name)
+                self.guard.release_foreign(leg)
+                continue
             if channel is None and leg.hangup_accepted_at is not None:
                 # Asterisk accepted the hang-up then, and the limit timer sends
                 # it before a block that the budget cannot pay begins.
@@ -446,6 +460,21 @@ def _number_dialled_by(caller: dict | None, leg_name: str) -> str | None:
     return numbers[0] if len(numbers) == 1 else None
 
 
+def own_uniqueid(uniqueid: str, system_name: str) -> bool:
+    """Check whether ``uniqueid`` can be a channel of the Asterisk with ``system_name``.
+
+    With a systemname, Asterisk builds uniqueids as ``<systemname>-<time>.<n>``
+    (``__ast_channel_alloc_ap`` in main/channel.c). An Asterisk without one
+    could have made any uniqueid, as far as callguard can tell, so every
+    uniqueid counts as its own.
+
+    NOTE: a call stored before its Asterisk's systemname was set, or an
+    originate given its own channelId over ARI, counts as another PBX's call.
+    If it ends while callguard is down, it stays up in the store, uncharged.
+    """
+    return not system_name or uniqueid.startswith(f"{system_name}-")
+
+
 def leg_from_record(record: CallRecord, guard: LiveGuard) -> Leg | None:
     """Rebuild a live leg from the store after a restart, with its original answer time."""
     meter = guard.meters.get(record.trunk)
@@ -459,7 +488,7 @@ def leg_from_record(record: CallRecord, guard: LiveGuard) -> Leg | None:
               created_at=record.created_at, number=record.dialled, e164=record.e164 or "",
               category=record.category or "", caller=record.caller,
               decision_uniqueid=record.decision_uniqueid or "", guarded=record.guarded,
-              tariff=tariff, state=UP)
+              tariff=tariff, state=UP, restored=True)
     caller = guard.engine.state.normalise_caller(record.caller)
     leg.protected = record.category != "emergency" and not meter.config.opted_out(caller)
     leg.answered = AnsweredCall(tariff, meter.config.timezone, record.answered_at)
