@@ -189,42 +189,50 @@ class AriListener:
 
     async def _on_connect(self) -> None:
         channels = await self.client.get_channels()
-        self.tracker.reconcile(channels, await self._system_name_for_reconcile())
+        system_name = await self._read_system_name() if self._shared_store else None
+        self.tracker.reconcile(channels, system_name or "")
         await self._set_event_filter()
         self._reconciled = True
         log.info("ARI connected; %d channels up, %d trunk legs followed", len(channels),
                  len(self.guard.legs))
-        self.check_dialplan(system_name=self._shared_store)
+        if system_name == "":
+            # Without one, Asterisk builds uniqueids from the time and a counter
+            # alone, so two PBXs can give their channels the same uniqueid. Calls
+            # are stored by the uniqueid of their trunk leg, so two such calls
+            # would share one record, and the second to end would not be charged.
+            log.warning("Asterisk has no systemname, so its channel uniqueids can equal "
+                        "those of another PBX whose callguard shares this PostgreSQL "
+                        "store, and a call of one could then go uncharged; where several "
+                        "PBXs share the store, set a different systemname in the "
+                        "[options] of each one's asterisk.conf")
+        self.check_dialplan()
 
-    async def _system_name_for_reconcile(self) -> str:
-        """Return Asterisk's systemname, or "" when the store is not shared or it
-        cannot be read, so that every live call taken over from the store counts as
-        this PBX's own."""
-        if not self._shared_store:
-            return ""
+    async def _read_system_name(self) -> str | None:
+        """Return Asterisk's systemname ("" when it has none), or None when it cannot be read.
+
+        On a shared store, live calls taken over from the store count as this
+        PBX's own only when their uniqueids begin with it.
+        """
         try:
             return await self.client.get_system_name()
         except AriError as exc:
             log.warning("could not read Asterisk's systemname over ARI (%s), so live "
                         "calls taken over from the store that this Asterisk does not "
                         "have are ended here, even those of other PBXs", exc)
-            return ""
+            return None
 
-    def check_dialplan(self, *, system_name: bool = False) -> None:
+    def check_dialplan(self) -> None:
         """Compare the dialplan's emergency numbers and outside-line prefix with callguard's.
 
-        With ``system_name``, also warn when Asterisk has no systemname.
         Runs in its own task, so that events are not held up by the
         requests. A check still running is replaced.
         """
         if self._dialplan_check is not None:
             self._dialplan_check.cancel()
-        self._dialplan_check = asyncio.create_task(self._check_dialplan(system_name),
+        self._dialplan_check = asyncio.create_task(self._check_dialplan(),
                                                    name="ari-dialplan-check")
 
-    async def _check_dialplan(self, system_name: bool) -> None:
-        if system_name:
-            await self._check_system_name()
+    async def _check_dialplan(self) -> None:
         try:
             await compare_dialplan(self.client.get_global_variable,
                                    self.guard.engine.state.classifier)
@@ -234,26 +242,6 @@ class AriListener:
         except Exception:
             log.exception("comparing the dialplan's emergency numbers with callguard's "
                           "failed")
-
-    async def _check_system_name(self) -> None:
-        """Warn when Asterisk has no systemname while the store may be shared.
-
-        Without one, Asterisk builds uniqueids from the time and a counter
-        alone, so two PBXs can give their channels the same uniqueid. Calls
-        are stored by the uniqueid of their trunk leg, so two such calls
-        would share one record, and the second to end would not be charged.
-        """
-        try:
-            name = await self.client.get_system_name()
-        except AriError as exc:
-            log.info("could not read Asterisk's systemname over ARI (%s)", exc)
-            return
-        if not name:
-            log.warning("Asterisk has no systemname, so its channel uniqueids can equal "
-                        "those of another PBX whose callguard shares this PostgreSQL "
-                        "store, and a call of one could then go uncharged; where several "
-                        "PBXs share the store, set a different systemname in the "
-                        "[options] of each one's asterisk.conf")
 
     async def _set_event_filter(self) -> None:
         """Ask Asterisk to send only the event types the tracker reads.
