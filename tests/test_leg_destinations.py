@@ -492,3 +492,35 @@ async def test_unchecked_withheld_084_leg_barred(make_pbx):
     assert leg.e164 == "+448454647"
     assert leg.category == "special-084"
     assert leg.hangup_requested == "barred:special-084"
+
+
+async def test_emergency_trunk_from_variable_linked(make_pbx, caplog):
+    # The dialplan gives the trunk in CALLGUARD_TRUNK, not as an argument. The
+    # emergency answer comes before that variable is read, and the leg on the
+    # trunk still counts as the one checked, with no warning about a trunk
+    # that differs.
+    pbx = await make_pbx()
+    results = {}
+
+    async def check(caller_id: str) -> bool:
+        outcome = await run_fastagi_call(
+            "127.0.0.1", pbx.port,
+            AGICall(extension="999", uniqueid=caller_id, channel="PJSIP/1001-00000001",
+                    callerid="01632960010", arguments=("999",),
+                    variables={"CALLGUARD_TRUNK": "gamma"}),
+        )
+        results[caller_id] = outcome.variables
+        return outcome.variables.get("CALLGUARD_RESULT") == "ALLOW"
+
+    call = await pbx.ari.dial_out("999", dialstring="999@gamma", check=check)
+    assert results[call.caller_id]["CALLGUARD_REASON"] == "emergency"
+
+    await answer_and_end(pbx, call, 300)
+    leg = find_leg(pbx, call.trunk_id)
+    assert leg.guarded
+    assert leg.decision_uniqueid == call.caller_id
+    assert leg.category == "emergency"
+    assert leg.tariff.rate == Decimal(0)
+    assert pbx.ari.deletes == []
+    assert "checked for trunk" not in caplog.text
+    assert "skipped the check" not in caplog.text

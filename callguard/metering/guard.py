@@ -558,7 +558,11 @@ class LiveGuard:
             # A leg judged alone before this link may have a hang-up requested.
             leg.hangup_requested = ""
 
-        if decision.trunk != leg.trunk:
+        # An emergency check is answered before the trunk is read from
+        # CALLGUARD_TRUNK, so it names no trunk when the dialplan passes it
+        # that way. It reserves nothing, so it stands for the leg's trunk.
+        emergency_anywhere = decision.reason == REASON_EMERGENCY and not decision.trunk
+        if decision.trunk != leg.trunk and not emergency_anywhere:
             log.warning("%s %s: checked for trunk %s but dialled on %s (%s); %s pays",
                         leg.trunk, leg.id, decision.trunk or "-", leg.trunk, leg.channel,
                         leg.trunk)
