@@ -3,6 +3,7 @@ checked once, dials a second trunk. Calls cross the FastAGI server and the
 ARI emulator over loopback, on a manual clock.
 """
 
+import logging
 from datetime import datetime, timezone
 from decimal import Decimal
 
@@ -126,3 +127,30 @@ async def test_failover_hold_expires(pbx):
 
     assert pbx.app.reservations.get(failed.caller_id) is None
     assert pbx.app.reservations.held("gamma", "day", TODAY) == Decimal(0)
+
+
+async def test_caller_gone_after_busy_logged(pbx, caplog):
+    caplog.set_level(logging.INFO, logger="callguard.metering.guard")
+    failed = await busy_first_trunk(pbx)
+    await pbx.ari.end_waiting_caller(failed)
+    await eventually(lambda: pbx.app.reservations.get(failed.caller_id) is None,
+                     what="the release")
+
+    released = [record.getMessage() for record in caplog.records
+                if "released its reservation" in record.getMessage()]
+    assert len(released) == 1
+    assert "before Dial" not in released[0]
+    assert "after its last trunk leg ended unanswered" in released[0]
+
+
+async def test_failover_hold_expiry_logged(pbx, caplog):
+    caplog.set_level(logging.INFO, logger="callguard.policy.reservations")
+    failed = await busy_first_trunk(pbx)
+    pbx.clock.advance(121)
+    pbx.app.reservations.expire(pbx.clock.now())
+
+    expired = [record.getMessage() for record in caplog.records if "expired" in
+               record.getMessage()]
+    assert len(expired) == 1
+    assert failed.caller_id in expired[0]
+    assert "after its last trunk leg ended unanswered" in expired[0]

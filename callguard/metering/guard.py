@@ -285,6 +285,10 @@ class LiveGuard:
             log.info("%s %s: the checked call ended after its last trunk leg; released "
                      "its reservation", reservation.trunk, uniqueid)
             return
+        if reservation is not None and reservation.legs_ended:
+            self._release_undialled(uniqueid, "the checked call ended after its last trunk "
+                                              "leg ended unanswered")
+            return
         self._release_undialled(uniqueid, "the checked call ended before Dial")
 
     def dial_unseen(self, uniqueid: str) -> None:

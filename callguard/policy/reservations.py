@@ -40,6 +40,7 @@ class Reservation(NamedTuple):
     created_at: datetime
     expires_at: datetime
     dialled: bool = False     # a trunk leg exists: it no longer expires by time
+    legs_ended: bool = False  # trunk legs were dialled, and all ended unanswered
 
 
 class Reservations:
@@ -122,7 +123,7 @@ class Reservations:
         reservation = self.get(uniqueid)
         if reservation is None or not reservation.dialled:
             return reservation
-        reservation = reservation._replace(dialled=False,
+        reservation = reservation._replace(dialled=False, legs_ended=True,
                                            expires_at=now + timedelta(seconds=lifetime))
         self._by_id[reservation.id] = tuple(reservation)
         self._count_change(reservation.trunk, 1)
@@ -142,9 +143,11 @@ class Reservations:
             expired.append(reservation)
             suppressed = self._expiry_log.admit()
             if suppressed is not None:
+                why = ("after its last trunk leg ended unanswered" if reservation.legs_ended
+                       else "without a trunk leg")
                 log.info(
-                    "%s %s: reservation of %s expired without a trunk leg; releasing it%s",
-                    reservation.trunk, reservation.uniqueid or "-", reservation.amount,
+                    "%s %s: reservation of %s expired %s; releasing it%s",
+                    reservation.trunk, reservation.uniqueid or "-", reservation.amount, why,
                     suppressed_note(suppressed),
                 )
         return expired
