@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 
 from callguard.config import load_config
 from callguard.daemon import status
+from callguard.daemon.app import Application
 from callguard.daemon.live import read_ari_settings
 from callguard.metering import guard
 from callguard.store import engine
@@ -436,6 +437,24 @@ async def test_reload_same_ari_keeps_connection(make_pbx, caplog):
     assert "(changed: ping_timeout)" in caplog.text
     assert list(pbx.legs()) == [call.trunk_id]
     assert_passwords_not_logged(caplog, PASSWORD)
+
+
+async def test_start_empty_password_file_logged(make_pbx, caplog):
+    pbx = await make_pbx(london(2024, 6, 14, 10, 0))
+    await pbx.app.stop()
+    secret = pbx.directory / "ari.secret"
+    secret.write_text("\n")
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+
+    pbx.app = Application(load_config(pbx.path), clock=pbx.clock)
+    await pbx.app.start()
+
+    assert pbx.app.ari is None
+    assert f"[ari] password_file: {secret} is empty" in caplog.text
+    assert "password_file is not set" not in caplog.text
+    assert ("ARI is enabled but no password was read from [ari] password_file, so live "
+            "calls are not metered or hung up") in caplog.text
 
 
 async def test_reload_bad_password_file_kept(make_pbx, caplog):

@@ -243,12 +243,15 @@ class Application:
         if settings is None:
             log.warning("ARI is disabled: live calls are not metered or hung up; only the "
                         "dialplan's S() limit ends them")
-        elif not settings.password:
-            # read_ari_settings rejects a password file that is unreadable or
-            # empty, so here the setting itself is missing.
+        elif not settings.password and settings.ari.password_file is None:
             log.error("ARI is enabled but [ari] password_file is not set: live calls are "
                       "not metered or hung up until it is set and callguard reloads its "
                       "config or restarts")
+        elif not settings.password:
+            # At start, _ari_settings_at_start has logged why the file was rejected.
+            log.error("ARI is enabled but no password was read from [ari] password_file, "
+                      "so live calls are not metered or hung up until the file is fixed "
+                      "and callguard reloads its config or restarts")
         else:
             shared = make_url(self.database).get_backend_name() == BACKEND_POSTGRESQL
             self.ari = AriListener(settings, self.guard, self.tracker, shared_store=shared)
