@@ -1678,3 +1678,18 @@ def test_open_fastagi_warns(workdir):
 ])
 def test_fastagi_clients_quiet(workdir, general):
     assert general_warnings(general) == []
+
+
+# Short codes that start with the national prefix: 0 in AU, 1 in US.
+@pytest.mark.parametrize("region, short_code, national", [
+    ("AU", "000", "0212345678"),
+    ("US", "112", "12125550123"),
+])
+def test_emergency_short_code_row_quiet(workdir, region, short_code, national):
+    rows = f"prefix,category,description\n{short_code},emergency,Emergency services\n"
+    Path("short.csv").write_text(rows)
+    Path("mistaken.csv").write_text(rows + f"{national},emergency,Mistaken row\n")
+
+    assert general_warnings(f"home_country = {region}\nprefixes = short.csv") == []
+    [warning] = general_warnings(f"home_country = {region}\nprefixes = mistaken.csv")
+    assert f"prefix {national!r} is in category 'emergency' but " in warning

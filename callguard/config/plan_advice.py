@@ -214,7 +214,7 @@ def _emergency_warnings(
                 "never hung up, so remove it unless it reaches the emergency services"
             )
     if table is not None:
-        warnings.extend(_emergency_row_warnings(plan, table))
+        warnings.extend(_emergency_row_warnings(direct, table))
     return warnings
 
 
@@ -223,6 +223,7 @@ def _emergency_row_warnings(plan: NumberPlan, table: PrefixTable) -> list[str]:
 
     Such a row makes a national or international number an emergency number,
     which skips every barring and limit, as an emergency_numbers entry does.
+    ``plan`` reads numbers as dialled without the outside-line prefix.
     """
     warnings = []
     for rule in table.rules():
@@ -231,7 +232,8 @@ def _emergency_row_warnings(plan: NumberPlan, table: PrefixTable) -> list[str]:
         prefix = rule.prefix
         if prefix.startswith(PLUS):
             reason = "is an international number"
-        elif plan.national_prefix and prefix.startswith(plan.national_prefix):
+        elif (plan.national_prefix and prefix.startswith(plan.national_prefix)
+              and _is_national_number(plan, prefix)):
             reason = f"starts with the national prefix {plan.national_prefix}"
         elif len(prefix) > plan.short_code_max_length:
             reason = (f"has {len(prefix)} digits, more than the "
@@ -246,6 +248,19 @@ def _emergency_row_warnings(plan: NumberPlan, table: PrefixTable) -> list[str]:
             "unless the number reaches the emergency services"
         )
     return warnings
+
+
+def _is_national_number(plan: NumberPlan, digits: str) -> bool:
+    """Check whether ``plan`` reads ``digits`` as a whole national number.
+
+    Short codes can start with the national prefix too, such as 000 in AU
+    (prefix 0) and 112 in US (prefix 1), and are not national numbers.
+    """
+    try:
+        number = plan.normalise(digits)
+    except InvalidNumber:
+        return False
+    return not number.short_code
 
 
 def _prefix_table(config: Config) -> PrefixTable | None:
