@@ -167,3 +167,30 @@ async def test_system_name_not_read_for_sqlite(tmp_path, caplog):
         assert SYSTEM_NAME_WARNING not in caplog.text
     finally:
         await pbx.stop()
+
+
+async def test_no_comparison_after_stop(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    pbx = Pbx(tmp_path, datetime(2024, 6, 14, 9, tzinfo=timezone.utc), trunks=TRUNK,
+              rates=RATES)
+    await pbx.start()
+    try:
+        await eventually(lambda: "CALLGUARD_EMERGENCY_NUMBERS" in caplog.text,
+                         what="the comparison after the connect")
+        listener = pbx.app.ari
+        close = listener.client.close
+
+        async def close_after_connect() -> None:
+            # A connect that finishes while stop() closes the client starts
+            # a comparison of its own.
+            listener.check_dialplan()
+            await close()
+
+        listener.client.close = close_after_connect
+        caplog.clear()
+        await listener.stop()
+
+        assert listener._dialplan_check.done()
+        assert "dialplan's globals" not in caplog.text
+    finally:
+        await pbx.stop()

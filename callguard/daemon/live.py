@@ -225,8 +225,11 @@ class AriListener:
         """Compare the dialplan's emergency numbers and outside-line prefix with callguard's.
 
         Runs in its own task, so that events are not held up by the
-        requests. A check still running is replaced.
+        requests. A check still running is replaced. Once stop() has begun,
+        nothing is started, so that no check outlives the client.
         """
+        if self._stopping:
+            return
         if self._dialplan_check is not None:
             self._dialplan_check.cancel()
         self._dialplan_check = asyncio.create_task(self._check_dialplan(),
