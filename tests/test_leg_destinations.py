@@ -495,10 +495,9 @@ async def test_unchecked_withheld_084_leg_barred(make_pbx):
 
 
 async def test_emergency_trunk_from_variable_linked(make_pbx, caplog):
-    # The dialplan gives the trunk in CALLGUARD_TRUNK, not as an argument. The
-    # emergency answer comes before that variable is read, and the leg on the
-    # trunk still counts as the one checked, with no warning about a trunk
-    # that differs.
+    # The dialplan passes the trunk in CALLGUARD_TRUNK, not as an argument.
+    # The check sets the emergency variables before it reads that variable,
+    # and the leg is still linked to the check without a warning.
     pbx = await make_pbx()
     results = {}
 

@@ -562,9 +562,9 @@ class LiveGuard:
             # A leg judged alone before this link may have a hang-up requested.
             leg.hangup_requested = ""
 
-        # An emergency check is answered before the trunk is read from
-        # CALLGUARD_TRUNK, so it names no trunk when the dialplan passes it
-        # that way. It reserves nothing, so it stands for the leg's trunk.
+        # A check sets an emergency call's variables before it reads the trunk
+        # from CALLGUARD_TRUNK, so that decision can name no trunk. It
+        # reserves nothing, so the leg's trunk is taken as the checked one.
         emergency_anywhere = decision.reason == REASON_EMERGENCY and not decision.trunk
         if decision.trunk != leg.trunk and not emergency_anywhere:
             log.warning("%s %s: checked for trunk %s but dialled on %s (%s); %s pays",

@@ -143,12 +143,12 @@ class Reservations:
             expired.append(reservation)
             suppressed = self._expiry_log.admit()
             if suppressed is not None:
-                why = ("after its last trunk leg ended unanswered" if reservation.legs_ended
-                       else "without a trunk leg")
+                circumstance = ("after its last trunk leg ended unanswered"
+                                if reservation.legs_ended else "without a trunk leg")
                 log.info(
                     "%s %s: reservation of %s expired %s; releasing it%s",
-                    reservation.trunk, reservation.uniqueid or "-", reservation.amount, why,
-                    suppressed_note(suppressed),
+                    reservation.trunk, reservation.uniqueid or "-", reservation.amount,
+                    circumstance, suppressed_note(suppressed),
                 )
         return expired
 
