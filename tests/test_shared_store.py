@@ -136,7 +136,6 @@ async def test_reset_reaches_other_node(nodes):
     assert allowed["CALLGUARD_RESULT"] == "ALLOW"
 
 
-
 async def test_restart_leaves_other_node_call(nodes):
     a, b = nodes
     call = await answered_call(b, "01632960123")
@@ -157,6 +156,32 @@ async def test_restart_leaves_other_node_call(nodes):
     assert live_on_a == Decimal("0")
     assert record.ended_at == START + timedelta(seconds=90)
     # Two blocks begun, at 0 s and 60 s.
+    assert record.cost == Decimal("2.00")
+    assert b.spend("day", DAY) == Decimal("2.00")
+
+
+async def test_restart_without_ari_leaves_calls(nodes, caplog):
+    # A node started with [ari] enabled = no cannot ask its Asterisk which
+    # calls are its own, so it leaves every call taken over from the store.
+    a, b = nodes
+    call = await answered_call(b, "01632960123")
+    advance(nodes, 30)
+
+    await a.app.stop()
+    a.path.write_text(a.path.read_text().replace("enabled = yes", "enabled = no"))
+    await a.start_callguard()
+    after_start = stored_calls(b)[call.trunk_id].state
+    advance(nodes, 60)
+    await b.ari.hangup(call)
+    await eventually(lambda: not b.legs(), what="b's leg to end")
+    await b.app.guard.drain()
+    record = stored_calls(b)[call.trunk_id]
+
+    assert a.app.ari is None
+    assert not a.legs()
+    assert after_start == "up"
+    assert "leaving 1 live call taken over from the store" in caplog.text
+    assert record.ended_at == START + timedelta(seconds=90)
     assert record.cost == Decimal("2.00")
     assert b.spend("day", DAY) == Decimal("2.00")
 

@@ -126,7 +126,8 @@ class Application:
         self.tracker = EventTracker(self.guard, self.clock)
         self._start_ari(_ari_settings_at_start(self.config))
         if self.ari is None:
-            self.guard.stop_following(self.clock.now(), "ARI is not connected")
+            self.guard.stop_following(self.clock.now(), "ARI is not connected",
+                                      shared_store=self._shared_store)
         self.recorder.start()
 
         handler = CheckHandler(lambda: self.engine, _Sinks(self))
@@ -230,6 +231,11 @@ class Application:
                 alerted_for = since
 
     @property
+    def _shared_store(self) -> bool:
+        """True for a PostgreSQL store, which the daemons of several PBXs may share."""
+        return make_url(self.database).get_backend_name() == BACKEND_POSTGRESQL
+
+    @property
     def ari_connected(self) -> bool | None:
         """True or False when ARI is enabled, None when it is not."""
         return None if self.ari is None else self.ari.connected
@@ -253,8 +259,8 @@ class Application:
                       "so live calls are not metered or hung up until the file is fixed "
                       "and callguard reloads its config or restarts")
         else:
-            shared = make_url(self.database).get_backend_name() == BACKEND_POSTGRESQL
-            self.ari = AriListener(settings, self.guard, self.tracker, shared_store=shared)
+            self.ari = AriListener(settings, self.guard, self.tracker,
+                                   shared_store=self._shared_store)
             self.ari.start()
 
     async def _apply_ari_settings(self, settings: AriSettings | None) -> None:
@@ -276,7 +282,8 @@ class Application:
         self.guard.hangup = None
         self._start_ari(settings)
         if self.ari is None:
-            self.guard.stop_following(self.clock.now(), "ARI is no longer connected")
+            self.guard.stop_following(self.clock.now(), "ARI is no longer connected",
+                                      shared_store=self._shared_store)
 
         if running is None or settings is None:
             changed = ["enabled"]

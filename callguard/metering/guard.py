@@ -247,12 +247,23 @@ class LiveGuard:
             return
         self._finish(leg, at, cause)
 
-    def stop_following(self, at: datetime, reason: str) -> None:
+    def stop_following(self, at: datetime, reason: str, *, shared_store: bool = False) -> None:
         """End every leg followed, charged up to ``at``, when ARI events stop for good.
 
         Without an ARI connection no event can end a leg, so it would be
         charged for ever, and the store would keep it up for the next start.
+        On a ``shared_store``, a leg taken over from the store and never seen
+        in this Asterisk may be another PBX's call, which its own callguard
+        charges when it ends, so it is only dropped from memory.
         """
+        if shared_store:
+            foreign = [leg for leg in self.legs.values() if leg.restored]
+            if foreign:
+                log.warning("%s: leaving %s taken over from the store to the callguard "
+                            "of their PBX, because this Asterisk was not asked whether it "
+                            "has them", reason, _calls(len(foreign)))
+            for leg in foreign:
+                self.release_foreign(leg)
         legs = list(self.legs.values())
         if legs:
             log.warning("%s: no longer following %s; each is charged up to %s and stored "
