@@ -492,3 +492,34 @@ def test_reservation_expiry_lines_limited(caplog):
                         "trunk leg; releasing it")
     assert lines[-1].endswith("releasing it (10 similar messages suppressed)")
     assert reservations.pending_count("gamma") == 0
+
+
+HOLD_RATES = "prefix,description,rate,connection_fee,increments\n44,United Kingdom,1.00,,60/60\n"
+
+
+@pytest.mark.parametrize("before_midnight, daily, weekly, reason", [
+    # 23:59:30 BST on Friday 14 June: the next day starts within the hold.
+    (datetime(2024, 6, 14, 22, 59, 30, tzinfo=timezone.utc), "2.00", "100.00", "limit:daily"),
+    # 23:59:30 BST on Sunday 16 June: the next week starts within the hold.
+    (datetime(2024, 6, 16, 22, 59, 30, tzinfo=timezone.utc), "100.00", "2.00", "limit:weekly"),
+])
+async def test_hold_counts_in_next_window(tmp_path, before_midnight, daily, weekly, reason):
+    # Calls checked before midnight and answered after it pay their first
+    # block from the new window, so their holds must count there too.
+    trunk = (f"[trunk gamma]\nrates = rates.csv\ndaily_limit = {daily}\n"
+             f"weekly_limit = {weekly}\n")
+    guard = Guard(tmp_path, trunks=trunk, extra="", rates=HOLD_RATES)
+    try:
+        guard.clock = ManualClock(before_midnight)
+        guard.engine.clock = guard.clock
+        first = await guard.decide("01632960123", uniqueid="1718405970.1")
+        second = await guard.decide("01632960124", uniqueid="1718405970.2")
+        guard.clock.advance(60)
+        after_midnight = await guard.decide("01632960125", uniqueid="1718406030.3")
+    finally:
+        guard.close()
+
+    assert first.result == "ALLOW"
+    assert second.result == "ALLOW"
+    assert after_midnight.result == "DENY"
+    assert after_midnight.reason == reason

@@ -59,7 +59,8 @@ class Reservations:
         self._expiry_log = RepeatLimiter(burst=EXPIRY_LOG_BURST, clock=clock)
         self._by_id: dict[int, tuple] = {}
         self._by_uniqueid: dict[str, int] = {}
-        self._held: dict[tuple[str, str, str], Decimal] = {}
+        # (trunk, window) -> window key -> money held by reservations taken in it.
+        self._held: dict[tuple[str, str], dict[str, Decimal]] = {}
         self._count: dict[str, int] = {}
         self._expiry: list[tuple[datetime, int]] = []
         self._ids = itertools.count(1)
@@ -166,8 +167,18 @@ class Reservations:
         return [r for r in reservations if r.trunk == trunk]
 
     def held(self, trunk: str, window: str, key: str) -> Decimal:
-        """Return the money held by pending reservations in one window."""
-        return self._held.get((trunk, window, key), Decimal(0))
+        """Return the money that pending reservations may charge to one window.
+
+        A reservation's first block is charged in the window where the call is
+        answered, so a hold taken before midnight that is still pending counts
+        in the next day's and any later window too. Window keys are ISO dates
+        and weeks, which sort in time order.
+        """
+        by_key = self._held.get((trunk, window))
+        if not by_key:
+            return Decimal(0)
+        return sum((amount for held_key, amount in by_key.items() if held_key <= key),
+                   Decimal(0))
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -184,12 +195,14 @@ class Reservations:
 
     def _adjust(self, reservation: Reservation, amount: Decimal, count: int) -> None:
         for window, key in ((DAY, reservation.day_key), (WEEK, reservation.week_key)):
-            window_id = (reservation.trunk, window, key)
-            total = self._held.get(window_id, Decimal(0)) + amount
+            by_key = self._held.setdefault((reservation.trunk, window), {})
+            total = by_key.get(key, Decimal(0)) + amount
             if total:
-                self._held[window_id] = total
+                by_key[key] = total
             else:
-                self._held.pop(window_id, None)
+                by_key.pop(key, None)
+            if not by_key:
+                del self._held[(reservation.trunk, window)]
         self._count_change(reservation.trunk, count)
 
     def _count_change(self, trunk: str, count: int) -> None:
