@@ -65,7 +65,7 @@ async def make_pbx(tmp_path):
         await pbx.stop()
 
 
-async def test_thirty_calls_limit_then_hangup(make_pbx):
+async def test_thirty_calls_limit_then_hangup(make_pbx, caplog):
     start = london(2024, 6, 14, 10, 0)
     pbx = await make_pbx(start, spent=[("day", "2024-06-14", "7.00")])
 
@@ -102,6 +102,10 @@ async def test_thirty_calls_limit_then_hangup(make_pbx):
         hangups = store.recent_hangups(10)
     assert {h.reason for h in hangups} == {"limit:daily"}
     assert {h.requested_at for h in hangups} == {start + timedelta(seconds=59)}
+    # Amounts in log lines have the currency's two decimals, not the store's six.
+    hangup_lines = [r.getMessage() for r in caplog.records if "hang-up of" in r.getMessage()]
+    assert len(hangup_lines) == 3
+    assert all("call cost 1.00, spend today 10.00" in line for line in hangup_lines)
 
 
 async def test_call_across_midnight(make_pbx):

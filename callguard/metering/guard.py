@@ -22,6 +22,7 @@ from callguard.metering.decisions import DecisionBook
 from callguard.metering.legs import ENDED, RINGING, UP, Leg
 from callguard.metering.meter import REASON_DAILY, REASON_MAX_DURATION, TrunkMeter
 from callguard.metering.records import call_record, hangup_record
+from callguard.money import format_amount
 from callguard.policy.decision import ALLOW, REASON_EMERGENCY, REASON_OPTED_OUT, CallRequest
 from callguard.policy.engine import PolicyEngine
 from callguard.numbers.categories import EMERGENCY
@@ -505,8 +506,8 @@ class LiveGuard:
             if suppressed is not None:
                 log.error("%s %s: hang-up of %s to %s (%s) failed, trying again in %g s: "
                           "%s; call cost %s%s", leg.trunk, leg.id, leg.channel,
-                          leg.e164 or leg.number or "?", reason, retry_in, failure, cost,
-                          suppressed_note(suppressed))
+                          leg.e164 or leg.number or "?", reason, retry_in, failure,
+                          format_amount(cost), suppressed_note(suppressed))
         else:
             leg.hangup_failures = 0
             leg.hangup_retry_at = None
@@ -516,7 +517,7 @@ class LiveGuard:
                 leg.hangup_accepted_at = now
             log.warning("%s %s: hang-up of %s to %s for %s %s; call cost %s, spend today "
                         "%s, this week %s", leg.trunk, leg.id, leg.channel,
-                        leg.e164 or leg.number or "?", reason, outcome, cost,
+                        leg.e164 or leg.number or "?", reason, outcome, format_amount(cost),
                         _shown_spend(daily), _shown_spend(weekly))
         self._write(("hangup", (hangup_record(leg, reason, now, daily, weekly, cost,
                                                outcome),)))
@@ -727,7 +728,7 @@ class LiveGuard:
 
         cost = _cost_of(final)
         log.info("%s %s: ended %s to %s, cause %s, cost %s", leg.trunk, leg.id, leg.channel,
-                 leg.e164 or leg.number or "?", cause, cost)
+                 leg.e164 or leg.number or "?", cause, format_amount(cost))
         self._write(("finish", (call_record(leg, cost), final, at)))
         self.reschedule_soon(leg.trunk)
 
@@ -878,4 +879,4 @@ def _calls(count: int) -> str:
 
 def _shown_spend(amount: Decimal | None) -> str:
     """Show a window's spend in a log line; None means not read from the store yet."""
-    return "not read yet" if amount is None else str(amount)
+    return "not read yet" if amount is None else format_amount(amount)

@@ -30,6 +30,7 @@ from callguard.store import (
     OutboxRecord,
     StoreError,
 )
+from callguard.text import plural
 from callguard.worker import StoreWorker
 
 log = logging.getLogger(__name__)
@@ -148,9 +149,8 @@ class OutboxSender:
         moved = await self._worker.call(self._store.defer_alerts, transport, until)
         if moved:
             log.warning(
-                "%d more %s alerts wait until %s",
-                moved,
-                TRANSPORT_NAMES[transport],
+                "%s wait until %s",
+                plural(moved, f"more {TRANSPORT_NAMES[transport]} alert"),
                 until.isoformat(timespec="seconds"),
             )
 
