@@ -530,6 +530,24 @@ def test_unit_exposure_low():
     assert Decimal(match[1]) <= MAX_EXPOSURE
 
 
+def test_unit_verifies(tmp_path):
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze is not installed")
+    # verify checks that the programs exist, so the unit names this venv's.
+    text = UNIT.read_text().replace("/usr/bin/callguardctl", str(CALLGUARDCTL))
+    text = text.replace("/usr/bin/callguard ", f"{CALLGUARD} ")
+    unit = tmp_path / UNIT.name
+    unit.write_text(text)
+
+    result = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True,
+                            timeout=60)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Unknown key" not in result.stderr
+    assert "/usr/bin" not in text
+
+
 async def test_listener_fails_with_one_error(tmp_path):
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
