@@ -431,6 +431,29 @@ async def test_decide_now_waits_for_unread_spend(guard):
     assert (denied.result, denied.reason) == ("DENY", "limit:daily")
 
 
+async def test_decide_uses_config_reloaded_during_read(guard, tmp_path):
+    # The day's spend is read from the store while a reload lowers the daily
+    # limit below the first block: the check must apply the new limit.
+    lowered = load_config(write_config(
+        tmp_path, trunks=TRUNK.replace("daily_limit = 50.00", "daily_limit = 0.005"),
+        extra=OVERRIDE + OPEN_TRUNK))
+    ledger = guard.engine.ledger
+    read_day = ledger.load
+
+    async def load_during_reload(trunk, keys):
+        guard.engine.state = build_state(lowered).state
+        await read_day(trunk, keys)
+
+    ledger.load = load_during_reload
+    request = CallRequest("gamma", "01632960123", uniqueid="1718355600.1")
+
+    decision = await guard.engine.decide(request)
+
+    assert (decision.result, decision.reason) == ("DENY", "limit:daily")
+    assert decision.reserved == Decimal(0)
+    assert guard.engine.reservations.pending_count("gamma") == 0
+
+
 async def test_decide_now_allows_emergency_at_once(guard):
     request = CallRequest("gamma", "999", uniqueid="1718355600.1")
 

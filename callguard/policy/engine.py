@@ -125,11 +125,17 @@ class PolicyEngine:
 
     async def decide(self, request: CallRequest, *, reserve: bool = True) -> Decision:
         """Decide ``request``; with ``reserve=False`` nothing is held (a dry run)."""
-        screened = self._screen_for_limits(request)
-        if isinstance(screened, Decision):
-            return screened
-        await self.ledger.load(screened.trunk.name, screened.keys)
-        return self._check_limits(*screened, reserve=reserve)
+        while True:
+            screened = self._screen_for_limits(request)
+            if isinstance(screened, Decision):
+                return screened
+            if all(self.ledger.loaded(screened.trunk.name, window, key)
+                   for window, key in screened.keys.items()):
+                return self._check_limits(*screened, reserve=reserve)
+            await self.ledger.load(screened.trunk.name, screened.keys)
+            # A reload may have replaced the config during the store read, and
+            # the clock may have reached another window: screen again, so that
+            # the limits checked are those of the running config.
 
     def decide_now(self, request: CallRequest) -> Decision | None:
         """Decide ``request`` as decide() does, or return None if that must wait.
