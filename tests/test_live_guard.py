@@ -497,6 +497,37 @@ async def test_reload_bad_password_file_kept(make_pbx, caplog):
     assert_passwords_not_logged(caplog, PASSWORD, "rotated", "new\tpassword")
 
 
+async def test_reload_timezone_moves_live_blocks(make_pbx):
+    # The trunk moves from London to UTC during a call from 23:30 to 00:30
+    # London time, which is 22:30 to 23:30 UTC: one UTC day, so every block
+    # counts on the 14th, as it would after a restart.
+    trunks = TRUNK_100.replace("rates = rates.csv",
+                               "rates = rates.csv\ntimezone = Europe/London")
+    start = london(2024, 6, 14, 23, 30)
+    pbx = await make_pbx(start, trunks=trunks)
+    call, _ = await pbx.call("01632960123")
+    await pbx.ari.answer(call)
+    await eventually(lambda: pbx.legs() and pbx.legs()[call.trunk_id].state == "up",
+                     what="the answered leg")
+    pbx.clock.advance(60)
+    pbx.path.write_text(pbx.path.read_text().replace("timezone = Europe/London",
+                                                     "timezone = UTC"))
+    assert await pbx.app.reload()
+
+    pbx.clock.set(london(2024, 6, 15, 0, 15))
+    pbx.app.guard.catch_up("gamma")
+    assert pbx.app.ledger.live("gamma", "day", "2024-06-14") == Decimal("46.00")
+    assert pbx.app.ledger.live("gamma", "day", "2024-06-15") == Decimal(0)
+    pbx.clock.set(london(2024, 6, 15, 0, 29, 30))
+    await pbx.ari.hangup(call)
+    await eventually(lambda: not pbx.legs(), what="the call to end")
+    await pbx.app.guard.drain()
+
+    assert pbx.spend("day", "2024-06-14") == Decimal("60.00")
+    assert pbx.spend("day", "2024-06-15") == Decimal(0)
+    assert pbx.app.ledger.live("gamma", "day", "2024-06-14") == Decimal(0)
+
+
 def store_locked(pbx: Pbx):
     """Hold the write lock of the PBX's SQLite store, as another process would."""
     return sqlite_write_locked(make_url(pbx.config.general.database).database)

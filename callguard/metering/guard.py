@@ -128,6 +128,8 @@ class LiveGuard:
             old = self.meters.get(name) or self._retired.pop(name, None)
             if old is not None:
                 meter.legs = old.legs
+                if old.config.timezone != trunk.timezone:
+                    self._move_to_timezone(meter)
             meters[name] = meter
         for name, old in self.meters.items():
             if name not in meters and old.legs:
@@ -139,6 +141,24 @@ class LiveGuard:
         self.meters = meters
         for name in self.meters:
             self.reschedule(name)
+
+    def _move_to_timezone(self, meter: TrunkMeter) -> None:
+        """Charge the answered live legs of ``meter`` again in its new time zone.
+
+        The blocks they have begun move to the day and week windows of that
+        zone, as a restart would place them, and the reschedule that follows
+        a reload charges them there.
+        """
+        legs = meter.answered_legs()
+        for leg in legs:
+            earlier = leg.answered
+            self.ledger.remove_live(meter.name, earlier.charges)
+            leg.answered = AnsweredCall(earlier.tariff, meter.config.timezone,
+                                        earlier.answered_at)
+        if legs:
+            log.info("%s: timezone changed to %s, so the blocks of %d live calls are "
+                     "charged again in its day and week windows", meter.name,
+                     meter.config.timezone, len(legs))
 
     def trunk_for_channel(self, channel_name: str) -> str | None:
         for name, meter in self.meters.items():
