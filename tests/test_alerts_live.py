@@ -256,3 +256,28 @@ async def test_zero_limit_no_warning(tmp_path, mailbox):
 
     assert result["CALLGUARD_REASON"] == "limit:daily"
     assert [s for s in mailbox.subjects() if "%" in s] == []
+
+
+async def test_lower_limit_warning_says_over(tmp_path, mailbox):
+    # A reload that lowers the limit below the day's spend brings the warning
+    # level and the limit at once: the mail says so instead of "80%".
+    pbx = Pbx(tmp_path, NOW, trunks=TRUNK + smtp_section(mailbox), rates=RATES)
+    await pbx.start()
+    try:
+        await pbx.restart_with_spend([("day", "2024-06-14", "9.00")], NOW)
+        call, _ = await pbx.call("01632960123")
+        await pbx.ari.answer(call)
+        await eventually(lambda: call.trunk_id in pbx.legs()
+                         and pbx.legs()[call.trunk_id].state == "up", what="the answer")
+        pbx.path.write_text(pbx.path.read_text().replace("daily_limit = 100.00",
+                                                         "daily_limit = 5.00"))
+        assert await pbx.app.reload()
+        await eventually(lambda: any("spend over" in s for s in mailbox.subjects()),
+                         what="the warning e-mail")
+    finally:
+        await pbx.stop()
+
+    # 9.00 before the call, and its connection fee and first block of 4.49 each.
+    assert "[callguard] gamma: daily spend over the limit (17.98 of 5.00 GBP)" in (
+        mailbox.subjects())
+    assert [s for s in mailbox.subjects() if "%" in s] == []

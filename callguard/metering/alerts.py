@@ -96,12 +96,19 @@ class AlertRaiser:
               limit: Decimal, legs: Iterable[Leg]) -> None:
         currency = self.config.general.currency
         name = WINDOW_NAMES[window]
-        subject = (f"[callguard] {trunk.name}: {name} spend {level}% "
-                   f"({format_amount(spent)} of {format_amount(limit)} {currency})")
-        body = self._body(trunk, window, key, spent, limit, legs,
-                          f"The {name} spend crossed the warning level of {level}%.")
-        log.warning("%s: %s spend %s of %s %s reached the warning level of %d%%", trunk.name,
-                    name, format_amount(spent), format_amount(limit), currency, level)
+        amounts = f"{format_amount(spent)} of {format_amount(limit)} {currency}"
+        if spent >= limit:
+            # A reload can lower the limit below what was already spent, and the
+            # warning level then comes with the spend past the limit itself.
+            subject = f"[callguard] {trunk.name}: {name} spend over the limit ({amounts})"
+            crossed = (f"The {name} spend is at or over the limit, as after a lower limit "
+                       f"was loaded; the warning level was {level}%.")
+        else:
+            subject = f"[callguard] {trunk.name}: {name} spend {level}% ({amounts})"
+            crossed = f"The {name} spend crossed the warning level of {level}%."
+        body = self._body(trunk, window, key, spent, limit, legs, crossed)
+        log.warning("%s: %s spend %s reached the warning level of %d%%%s", trunk.name, name,
+                    amounts, level, " and the limit" if spent >= limit else "")
         self.submit(Alert(
             kind="warning", trunk=trunk.name, subject=subject, body=body,
             data=self._data(trunk, window, key, spent, limit) | {"level": level},
