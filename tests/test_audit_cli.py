@@ -174,6 +174,28 @@ async def test_daemon_applies_block(daemon, capsys):
     assert await daemon.check(GEOGRAPHIC, variables=source) == "ok"
 
 
+async def test_source_block_without_source_key(tmp_path, capsys):
+    # The trunks count offenders by endpoint, but an operator's block on an
+    # address must still hold for a dialplan that sets CALLGUARD_SOURCE.
+    daemon = Daemon(tmp_path)
+    await daemon.app.start()
+    try:
+        source = {"CALLGUARD_SOURCE": "192.0.2.40:5060"}
+        assert await daemon.check(GEOGRAPHIC, variables=source) == "ok"
+        assert await daemon.ctl("block", "192.0.2.40", "--type", "source",
+                                "--reason", "scan") == 0
+        assert "applied to the running daemon" in capsys.readouterr().out
+        assert await daemon.check(GEOGRAPHIC, variables=source) == "blocked:offender"
+        other = {"CALLGUARD_SOURCE": "192.0.2.41:5060"}
+        assert await daemon.check(GEOGRAPHIC, variables=other) == "ok"
+
+        assert await daemon.ctl("unblock", "192.0.2.40", "--type", "source",
+                                "--reason", "cleared") == 0
+        assert await daemon.check(GEOGRAPHIC, variables=source) == "ok"
+    finally:
+        await daemon.app.stop()
+
+
 @pytest.mark.parametrize("key, source", [
     ("[2001:DB8:0::1]:5060", "[2001:db8::1]:5062"),
     ("2001:db8::1", "2001:0db8::1"),

@@ -5,7 +5,7 @@ The arguments are the dialled number (default ``agi_extension``), the trunk
 (default the channel variable ``CALLGUARD_TRUNK``), the CLI presented on the
 trunk (default ``agi_callerid``) and the caller's source address (default the
 channel variable ``CALLGUARD_SOURCE``, read only when a trunk sets
-``offender_key = source``).
+``offender_key = source`` or a source address is blocked).
 """
 
 import asyncio
@@ -294,13 +294,16 @@ def _call_request(channel: AGIChannel, arguments: list[str], trunk: str,
 
 
 def _uses_source(engine: PolicyEngine) -> bool:
-    """Check whether any trunk counts offenders by source address.
+    """Check whether any trunk counts offenders by source address, or any address is blocked.
 
     Reading the variable costs a round trip to Asterisk, so the check skips it
-    otherwise.
+    otherwise. A block on an address, set by hand or kept from a time when a
+    trunk counted by source, applies to every trunk, so it needs the read too.
     """
     trunks = engine.state.config.trunks.values()
-    return any(trunk.offenders.key_type == KEY_SOURCE for trunk in trunks)
+    if any(trunk.offenders.key_type == KEY_SOURCE for trunk in trunks):
+        return True
+    return engine.blocks.has_type(KEY_SOURCE, engine.clock.now())
 
 
 def _shortened(text: str) -> str:

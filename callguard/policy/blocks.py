@@ -93,6 +93,11 @@ class BlockList:
                 return identity
         return None
 
+    def has_type(self, key_type: str, now: datetime) -> bool:
+        """Check whether any key of ``key_type`` is under an active block at ``now``."""
+        return any(identity[0] == key_type and (expires_at is None or expires_at > now)
+                   for identity, expires_at in self._blocks.items())
+
     def __len__(self) -> int:
         return len(self._blocks)
 
