@@ -236,6 +236,32 @@ async def test_allowed_country_premium_ranges(tmp_path, dialled, result, reason)
     assert (decision.result, decision.reason) == (result, reason)
 
 
+TRUNK_ALLOWING_SHARED_CODES = TRUNK.replace(
+    "international_allow = IE", "international_allow = US, RU\ndefault_rate = 0.05"
+)
+
+
+@pytest.mark.parametrize("dialled, result, reason", [
+    # +1 and +7 are shared by several countries. A number that phonenumbers
+    # places in none of them may belong to any of them, so allowing the code's
+    # main country (US, RU) does not let it through.
+    ("+1 202 456 1111",   "ALLOW", "ok"),
+    ("+1 999 555 0123",   "DENY",  "barred:international"),
+    ("+1 876 555 1234",   "DENY",  "barred:international"),
+    ("+7 812 123 45 67",  "ALLOW", "ok"),
+    ("+7 600 123 45 67",  "DENY",  "barred:international"),
+    ("+7 701 234 56 78",  "DENY",  "barred:international"),
+])
+async def test_allowed_country_shared_code(tmp_path, dialled, result, reason):
+    guard = Guard(tmp_path, trunks=TRUNK_ALLOWING_SHARED_CODES)
+    try:
+        decision = await guard.decide(dialled)
+    finally:
+        guard.close()
+
+    assert (decision.result, decision.reason) == (result, reason)
+
+
 async def test_geographic_max_seconds(guard):
     decision = await guard.decide("01632960123")
 

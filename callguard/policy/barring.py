@@ -1,5 +1,7 @@
 """Which categories a call may not reach: the trunk's barring, then the number's override."""
 
+import phonenumbers
+
 from callguard.config import NumberOverride, TrunkConfig
 from callguard.numbers import INTERNATIONAL_CATEGORIES, Number
 
@@ -28,7 +30,7 @@ def is_barred(
     and ``bar`` adds to the trunk's barring.
     """
     barred = category in expand(trunk.bar)
-    if barred and category == INTERNATIONAL and number.region in trunk.international_allow:
+    if barred and category == INTERNATIONAL and _in_allowed_region(number, trunk):
         barred = False
 
     for override in overrides:
@@ -38,3 +40,18 @@ def is_barred(
         if category in expand(override.bar):
             barred = True
     return barred
+
+
+def _in_allowed_region(number: Number, trunk: TrunkConfig) -> bool:
+    """Check whether ``number`` lies in a region of the trunk's ``international_allow``.
+
+    A number of a country code that several regions share (+1, +7) gets the
+    code's main region (US, RU) when phonenumbers places it in none of them.
+    Such a number may belong to another country, so that guess does not allow it.
+    """
+    if number.region not in trunk.international_allow:
+        return False
+    if len(phonenumbers.region_codes_for_country_code(number.country_code)) <= 1:
+        return True
+    parsed = phonenumbers.parse(number.e164, None)
+    return phonenumbers.region_code_for_number(parsed) == number.region
