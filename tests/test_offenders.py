@@ -49,9 +49,9 @@ class Offenders:
         self.guard = OffenderGuard(self.blocks, self.worker, self.clock, self.alerts)
 
     async def call(self, number=PREMIUM, *, endpoint="1001", caller="01632960010",
-                   accountcode="", source=""):
+                   accountcode="", source="", channel=None):
         request = CallRequest(trunk="gamma", dialled=number, caller=caller,
-                              channel=f"PJSIP/{endpoint}-00000012",
+                              channel=channel or f"PJSIP/{endpoint}-00000012",
                               accountcode=accountcode, source=source)
         decision = await self.engine.decide(request, reserve=False)
         self.guard.note(request, decision, self.engine.state)
@@ -239,6 +239,20 @@ CALLER_HINT = ("present the trunk's CLI as the check's third argument, or set "
 def keyless_warnings(caplog):
     return [r.getMessage() for r in caplog.records
             if "not counted toward a block" in r.getMessage()]
+
+
+async def test_local_channel_not_one_endpoint(offenders, caplog):
+    # Many phones reach one Local extension, so barred attempts made through it
+    # must not block everyone who calls out that way.
+    guard = offenders()
+    reasons = [await guard.call(channel=f"Local/s@dialout-0000000{n};2") for n in range(4)]
+
+    assert reasons == ["barred:premium"] * 4
+    assert not guard.alerts.blocks
+    warning = keyless_warnings(caplog)[0]
+    assert "the check ran on Local channel 'Local/s@dialout-00000000;2'" in warning
+    assert "run the check on the phone's own channel" in warning
+    assert await guard.call(GEOGRAPHIC, channel="Local/s@dialout-00000009;2") == "ok"
 
 
 @pytest.mark.parametrize("caller, shown", [

@@ -9,9 +9,19 @@ KEY_ACCOUNTCODE = "accountcode"
 KEY_SOURCE = "source"
 
 
+# The channel technology whose names give a dialplan location, not a phone.
+LOCAL_TECHNOLOGY = "local"
+
+
 def endpoint_of(channel: str) -> str:
-    """Return the endpoint of a channel name: ``1001`` in ``PJSIP/1001-00000012``."""
-    _, _, rest = channel.partition("/")
+    """Return the endpoint of a channel name: ``1001`` in ``PJSIP/1001-00000012``.
+
+    A Local channel, such as ``Local/09011234567@outbound-00000001;2``, names
+    an extension and context that many phones may reach, so it has none: "".
+    """
+    technology, _, rest = channel.partition("/")
+    if technology.lower() == LOCAL_TECHNOLOGY:
+        return ""
     endpoint, dash, sequence = rest.rpartition("-")
     if not dash or not endpoint:
         return rest

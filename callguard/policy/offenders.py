@@ -26,7 +26,7 @@ from callguard.config.offenders import (
     OffenderSettings,
 )
 from callguard.numbers.errors import quote
-from callguard.policy.blocks import BlockList, endpoint_of
+from callguard.policy.blocks import LOCAL_TECHNOLOGY, BlockList, endpoint_of
 from callguard.policy.decision import (
     REASON_BARRED,
     REASON_BARRED_HOURS,
@@ -52,7 +52,8 @@ SWEEP_INTERVAL = timedelta(minutes=1)
 
 # Hints, per offender key type, for a call that lacks the key its trunk counts.
 KEYLESS_HINTS = {
-    KEY_ENDPOINT: "the AGI channel name has no endpoint (expected TECH/ENDPOINT-SEQUENCE)",
+    KEY_ENDPOINT: ("run the check on the phone's own channel (TECH/ENDPOINT-SEQUENCE), "
+                   "or choose another offender_key"),
     KEY_CALLER: ("present the trunk's CLI as the check's third argument, or set "
                  "offender_key = endpoint"),
     KEY_ACCOUNTCODE: "set the channel's accountcode, or choose another offender_key",
@@ -306,6 +307,10 @@ class OffenderGuard:
 
 def _missing_key(key_type: str, request: CallRequest) -> str:
     """Return why ``request`` has no key of ``key_type``, for the keyless warning."""
+    if key_type == KEY_ENDPOINT and request.channel.lower().startswith(LOCAL_TECHNOLOGY + "/"):
+        # Many phones can reach one Local extension, so its name is no one's key.
+        return (f"the check ran on Local channel {quote(request.channel)}, which names "
+                "no phone, so it is not counted for offender_key = endpoint")
     if key_type != KEY_CALLER:
         return f"the call has no {key_type}, the trunk's offender_key"
     # A caller key is the caller's number in E.164, so an internal extension
