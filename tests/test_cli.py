@@ -1160,6 +1160,20 @@ def test_change_with_broken_config_says_how(tmp_path, capsys, command):
     assert "give --config a copy of the last good file" in err
 
 
+@pytest.mark.parametrize("command", ["status", "calls"])
+def test_query_with_broken_config_names_socket(tmp_path, capsys, command):
+    path = write_config(tmp_path)
+    path.write_text(path.read_text() + "\n[trunk gamma2]\ndaily_limit = fifty\n")
+
+    status = run_ctl("--config", str(path), command)
+    err = capsys.readouterr().err
+
+    assert status == EXIT_CONFIG
+    assert "daily_limit: 'fifty' is not an amount" in err
+    assert f"callguardctl {command} reads control_socket from the config" in err
+    assert "--socket PATH" in err
+
+
 def test_journal_lines_carry_the_priority():
     formatter = JournalFormatter()
     record = logging.LogRecord("callguard.daemon", logging.ERROR, __file__, 1,

@@ -47,18 +47,21 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def read_config(args: argparse.Namespace, change: str = "") -> Config:
+def read_config(args: argparse.Namespace, change: str = "", advice: str = "") -> Config:
     """Load the config named on the command line, printing every problem and exiting on error.
 
     ``change`` names the operator command that needs the config, such as
     ``block``. Its error message then explains how to act while the file has
-    errors.
+    errors. ``advice``, when given, is printed after the error instead, for a
+    command that can run without the config.
     """
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
-        if change:
+        if advice:
+            print(advice, file=sys.stderr)
+        elif change:
             print(f"callguardctl {change} needs a config that loads, to find the store and "
                   "the daemon; the running daemon keeps its last good config. Fix the "
                   "lines above, or give --config a copy of the last good file.",
@@ -66,6 +69,8 @@ def read_config(args: argparse.Namespace, change: str = "") -> Config:
         raise SystemExit(EXIT_CONFIG) from None
     except OSError as exc:
         print(f"{args.config}: cannot read the config: {exc.strerror}", file=sys.stderr)
+        if advice:
+            print(advice, file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
 
     if getattr(args, "database", None):

@@ -288,7 +288,10 @@ def control_socket(args: argparse.Namespace) -> Path:
     """Return --socket, else the config's control_socket (which needs a valid config)."""
     if args.socket:
         return Path(args.socket)
-    return Path(read_config(args).general.control_socket)
+    advice = (f"callguardctl {args.command} reads control_socket from the config. "
+              "While the config cannot be loaded, name the running daemon's socket "
+              "with --socket PATH, like --socket /run/callguard/callguard.sock")
+    return Path(read_config(args, advice=advice).general.control_socket)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
