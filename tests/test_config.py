@@ -892,6 +892,7 @@ def test_password_warnings(workdir, caplog):
     assert len(messages) == 2
     assert "password_file is not set" in messages[0]
     assert "does not connect to http://127.0.0.1:8088/" in messages[0]
+    assert "set password_file to the file" in messages[0]
     assert "readable by other users (mode 644)" in messages[1]
     assert all("s3cret" not in message for message in messages)
 

@@ -179,7 +179,9 @@ def _warn_about_ari_password(ari: AriConfig) -> None:
     if ari.password_file is None:
         logger.warning(
             "ARI is enabled but [ari] password_file is not set, so callguard does "
-            "not connect to %s and live calls are not metered or hung up",
+            "not connect to %s and live calls are not metered or hung up; set "
+            "password_file to the file that contains the ARI user's password, or "
+            "set enabled = no in [ari] to run without ARI",
             ari.url,
         )
         return
