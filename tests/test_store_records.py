@@ -160,11 +160,13 @@ async def test_recorder_stop_keeps_failed_write(locking_store):
         with sqlite_write_locked(path):
             recorder.start()
             await until(lambda: recorder.queued == 0)  # the write waits for the lock
+            periodic = recorder._task
             # stop() cancels the periodic task during the write, which fails in
-            # the store thread at 400 ms. The final write then waits for the
-            # lock, which is free at 600 ms.
+            # the store thread after the 400 ms busy timeout and puts its batch
+            # back. The lock is released as soon as that task has ended, so the
+            # final write finds it free however late the first one began.
             stopping = asyncio.create_task(recorder.stop())
-            await asyncio.sleep(0.6)
+            await until(periodic.done)
         await stopping
     finally:
         worker.shutdown()
