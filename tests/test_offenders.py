@@ -400,6 +400,26 @@ def test_expired_blocks_dropped_from_memory():
     assert blocks.blocked([("endpoint", "1002")], start + timedelta(hours=2)) is not None
 
 
+def test_has_type_follows_changes():
+    blocks = BlockList()
+    hour = timedelta(hours=1)
+
+    assert not blocks.has_type("source", NOW)
+    blocks.add("source", "192.0.2.10", NOW + hour)
+    assert blocks.has_type("source", NOW)
+    assert not blocks.has_type("source", NOW + hour)
+    assert not blocks.has_type("endpoint", NOW)
+    blocks.add("source", "192.0.2.11", None)
+    assert blocks.has_type("source", NOW + 2 * hour)
+    blocks.remove("source", "192.0.2.11")
+    assert not blocks.has_type("source", NOW + 2 * hour)
+    blocks.replace([("endpoint", "1001", None)])
+    assert not blocks.has_type("source", NOW)
+    assert blocks.has_type("endpoint", NOW)
+    blocks.sync([("source", "192.0.2.12", NOW + hour)])
+    assert blocks.has_type("source", NOW)
+
+
 def test_shorter_block_does_not_cut_a_longer_one():
     blocks = BlockList()
     start = datetime(2024, 6, 14, 9, 0, tzinfo=timezone.utc)

@@ -37,6 +37,9 @@ class BlockList:
         # with the read count at their addition.
         self._reads = 0
         self._local: dict[tuple[str, str], int] = {}
+        # The latest end of the blocks of each key type (None: until lifted),
+        # built by has_type() and dropped whenever the blocks change.
+        self._ends: dict[str, datetime | None] | None = None
 
     def replace(self, blocks: Iterable[tuple[str, str, datetime | None]]) -> None:
         """Hold exactly ``blocks``, given as (key type, key, expiry) rows.
@@ -44,6 +47,7 @@ class BlockList:
         A key with several rows keeps the one that ends last.
         """
         self._blocks = {}
+        self._ends = None
         for key_type, key, expires_at in blocks:
             self._put((key_type, key), expires_at)
 
@@ -54,6 +58,7 @@ class BlockList:
         A key blocked already stays blocked until the later of the two ends:
         an automatic ban must not cut short an operator's block.
         """
+        self._ends = None
         if now is not None:
             for identity in [i for i, at in self._blocks.items() if at is not None and at <= now]:
                 del self._blocks[identity]
@@ -78,6 +83,7 @@ class BlockList:
             _keep_later(stored, (key_type, key), expires_at)
 
         self._reads += 1
+        self._ends = None
         recent = {identity for identity, read in self._local.items()
                   if read >= self._reads - 1}
         for identity in [i for i in self._blocks if i not in stored and i not in recent]:
@@ -91,6 +97,7 @@ class BlockList:
                        if identity in recent and identity not in stored}
 
     def remove(self, key_type: str, key: str) -> None:
+        self._ends = None
         self._blocks.pop((key_type, key), None)
 
     def blocked(self, identities: list[tuple[str, str]], now: datetime) -> tuple[str, str] | None:
@@ -104,16 +111,26 @@ class BlockList:
         return None
 
     def has_type(self, key_type: str, now: datetime) -> bool:
-        """Check whether any key of ``key_type`` is under an active block at ``now``."""
-        return any(identity[0] == key_type and (expires_at is None or expires_at > now)
-                   for identity, expires_at in self._blocks.items())
+        """Check whether any key of ``key_type`` is under an active block at ``now``.
+
+        A check without a source address calls this before it decides, so the
+        blocks are scanned once after each change, not on every check.
+        """
+        if self._ends is None:
+            ends: dict[str, datetime | None] = {}
+            for (kind, _), expires_at in self._blocks.items():
+                _keep_later(ends, kind, expires_at)
+            self._ends = ends
+        if key_type not in self._ends:
+            return False
+        end = self._ends[key_type]
+        return end is None or end > now
 
     def __len__(self) -> int:
         return len(self._blocks)
 
 
-def _keep_later(blocks: dict[tuple[str, str], datetime | None], identity: tuple[str, str],
-                expires_at: datetime | None) -> None:
+def _keep_later(blocks: dict, identity: object, expires_at: datetime | None) -> None:
     """Block ``identity`` in ``blocks`` until ``expires_at``, keeping a later end it has."""
     if identity in blocks:
         current = blocks[identity]
