@@ -102,95 +102,90 @@ async def test_nothing_compared_without_the_globals(caplog):
     assert "the dialplan sets no CALLGUARD_EMERGENCY_NUMBERS" in caplog.text
 
 
-async def test_compared_on_connect_and_after_reload(tmp_path, caplog):
-    caplog.set_level(logging.INFO)
-    pbx = Pbx(tmp_path, datetime(2024, 6, 14, 9, tzinfo=timezone.utc), trunks=TRUNK,
-              rates=RATES)
-    pbx.ari.global_variables.update({"CALLGUARD_EMERGENCY_NUMBERS": SNIPPET_LIST + ",2222",
-                                     "CALLGUARD_OUTSIDE_PREFIX": "9"})
-    await pbx.start()
-    try:
-        await eventually(lambda: "CALLGUARD_OUTSIDE_PREFIX is '9'" in caplog.text,
-                         what="the comparison after the connect")
-        warnings = [record.getMessage() for record in caplog.records
-                    if record.levelno == logging.WARNING and "dialplan's" in record.getMessage()]
-        assert len(warnings) == 2
-        assert warnings[0].startswith("the dialplan's CALLGUARD_EMERGENCY_NUMBERS routes 2222")
+START = datetime(2024, 6, 14, 9, tzinfo=timezone.utc)
+SYSTEM_NAME_WARNING = "Asterisk has no systemname"
 
-        # The sysadmin brings callguard.conf in line and reloads.
-        text = pbx.path.read_text().replace(
-            "[ari]", "outside_line_prefix = 9\nemergency_numbers = 999, 112, 2222\n[ari]", 1)
-        pbx.path.write_text(text)
-        caplog.clear()
-        assert await pbx.app.reload()
-        await eventually(lambda: "agree with callguard's settings" in caplog.text,
-                         what="the comparison after the reload")
-        assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
 
-        # A reconnect compares again: Asterisk may have reloaded its dialplan.
-        pbx.ari.global_variables["CALLGUARD_EMERGENCY_NUMBERS"] = SNIPPET_LIST
-        caplog.clear()
-        await pbx.ari.drop_events()
-        await eventually(lambda: "callguard treats 2222 as emergency numbers" in caplog.text,
-                         timeout=10, what="the comparison after the reconnect")
-    finally:
+@pytest.fixture
+async def connected_pbx(tmp_path, caplog):
+    """Start an emulated PBX with callguard, and wait for the checks after its ARI connect."""
+    started = []
+
+    async def start(*, database=None, system_name="", global_variables=None) -> Pbx:
+        caplog.set_level(logging.INFO)
+        pbx = Pbx(tmp_path, START, trunks=TRUNK, rates=RATES, database=database)
+        pbx.ari.system_name = system_name
+        pbx.ari.global_variables.update(global_variables or {})
+        await pbx.start()
+        started.append(pbx)
+        await eventually(lambda: "CALLGUARD_EMERGENCY_NUMBERS" in caplog.text,
+                         what="the checks after the connect")
+        return pbx
+
+    yield start
+    for pbx in started:
         await pbx.stop()
 
 
-SYSTEM_NAME_WARNING = "Asterisk has no systemname"
+async def test_compared_on_connect_and_after_reload(connected_pbx, caplog):
+    pbx = await connected_pbx(global_variables={
+        "CALLGUARD_EMERGENCY_NUMBERS": SNIPPET_LIST + ",2222",
+        "CALLGUARD_OUTSIDE_PREFIX": "9",
+    })
+    await eventually(lambda: "CALLGUARD_OUTSIDE_PREFIX is '9'" in caplog.text,
+                     what="the comparison after the connect")
+    warnings = [record.getMessage() for record in caplog.records
+                if record.levelno == logging.WARNING and "dialplan's" in record.getMessage()]
+    assert len(warnings) == 2
+    assert warnings[0].startswith("the dialplan's CALLGUARD_EMERGENCY_NUMBERS routes 2222")
+
+    # The sysadmin brings callguard.conf in line and reloads.
+    text = pbx.path.read_text().replace(
+        "[ari]", "outside_line_prefix = 9\nemergency_numbers = 999, 112, 2222\n[ari]", 1)
+    pbx.path.write_text(text)
+    caplog.clear()
+    assert await pbx.app.reload()
+    await eventually(lambda: "agree with callguard's settings" in caplog.text,
+                     what="the comparison after the reload")
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+
+    # A reconnect compares again: Asterisk may have reloaded its dialplan.
+    pbx.ari.global_variables["CALLGUARD_EMERGENCY_NUMBERS"] = SNIPPET_LIST
+    caplog.clear()
+    await pbx.ari.drop_events()
+    await eventually(lambda: "callguard treats 2222 as emergency numbers" in caplog.text,
+                     timeout=10, what="the comparison after the reconnect")
 
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("system_name, warned", [("", True), ("pbx-a", False)])
-async def test_system_name_with_shared_store(tmp_path, caplog, pg_url, system_name, warned):
-    caplog.set_level(logging.INFO)
-    pbx = Pbx(tmp_path, datetime(2024, 6, 14, 9, tzinfo=timezone.utc), trunks=TRUNK,
-              rates=RATES, database=pg_url)
-    pbx.ari.system_name = system_name
-    await pbx.start()
-    try:
-        await eventually(lambda: "CALLGUARD_EMERGENCY_NUMBERS" in caplog.text,
-                         what="the checks after the connect")
-        assert (SYSTEM_NAME_WARNING in caplog.text) is warned
-    finally:
-        await pbx.stop()
+async def test_system_name_with_shared_store(connected_pbx, caplog, pg_url, system_name,
+                                             warned):
+    await connected_pbx(database=pg_url, system_name=system_name)
+
+    assert (SYSTEM_NAME_WARNING in caplog.text) is warned
 
 
-async def test_system_name_not_read_for_sqlite(tmp_path, caplog):
-    caplog.set_level(logging.INFO)
-    pbx = Pbx(tmp_path, datetime(2024, 6, 14, 9, tzinfo=timezone.utc), trunks=TRUNK,
-              rates=RATES)
-    await pbx.start()
-    try:
-        await eventually(lambda: "CALLGUARD_EMERGENCY_NUMBERS" in caplog.text,
-                         what="the checks after the connect")
-        assert SYSTEM_NAME_WARNING not in caplog.text
-    finally:
-        await pbx.stop()
+async def test_system_name_not_read_for_sqlite(connected_pbx, caplog):
+    await connected_pbx()
+
+    assert SYSTEM_NAME_WARNING not in caplog.text
 
 
-async def test_no_comparison_after_stop(tmp_path, caplog):
-    caplog.set_level(logging.INFO)
-    pbx = Pbx(tmp_path, datetime(2024, 6, 14, 9, tzinfo=timezone.utc), trunks=TRUNK,
-              rates=RATES)
-    await pbx.start()
-    try:
-        await eventually(lambda: "CALLGUARD_EMERGENCY_NUMBERS" in caplog.text,
-                         what="the comparison after the connect")
-        listener = pbx.app.ari
-        close = listener.client.close
+async def test_no_comparison_after_stop(connected_pbx, caplog):
+    pbx = await connected_pbx()
+    listener = pbx.app.ari
+    close = listener.client.close
 
-        async def close_after_connect() -> None:
-            # A connect that finishes while stop() closes the client starts
-            # a comparison of its own.
-            listener.check_dialplan()
-            await close()
+    async def close_after_connect() -> None:
+        # A connect that finishes while stop() closes the client starts
+        # a comparison of its own.
+        listener.check_dialplan()
+        await close()
 
-        listener.client.close = close_after_connect
-        caplog.clear()
-        await listener.stop()
+    listener.client.close = close_after_connect
+    caplog.clear()
+    await listener.stop()
 
-        assert listener._dialplan_check.done()
-        assert "dialplan's globals" not in caplog.text
-    finally:
-        await pbx.stop()
+    assert listener._dialplan_check.done()
+    assert "dialplan's globals" not in caplog.text

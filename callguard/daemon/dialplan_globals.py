@@ -21,6 +21,7 @@ reload, and logs a warning for each difference.
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 
+from callguard.config.fields import ALWAYS_EMERGENCY_NUMBERS
 from callguard.numbers.categories import EMERGENCY
 from callguard.numbers.classify import Classifier
 from callguard.numbers.errors import quote
@@ -30,13 +31,10 @@ log = logging.getLogger(__name__)
 EMERGENCY_VARIABLE = "CALLGUARD_EMERGENCY_NUMBERS"
 OUTSIDE_PREFIX_VARIABLE = "CALLGUARD_OUTSIDE_PREFIX"
 
-# Emergency numbers for callguard and for agi/callguard-check.agi, listed or not.
-ALWAYS_EMERGENCY = ("999", "112")
-
 # Entries of a list shown in one warning.
 MAX_LISTED = 10
 
-# Reads a dialplan global variable; empty when it is not set.
+# Reads a dialplan global variable, which is "" when it is not set.
 ReadVariable = Callable[[str], Awaitable[str]]
 
 
@@ -47,7 +45,7 @@ def callguard_emergency_numbers(classifier: Classifier) -> set[str]:
     of the prefix table that name a whole number, the form that the snippet
     documents for CALLGUARD_EMERGENCY_NUMBERS.
     """
-    numbers = set(ALWAYS_EMERGENCY) | set(classifier.plan.emergency_numbers)
+    numbers = set(ALWAYS_EMERGENCY_NUMBERS) | set(classifier.plan.emergency_numbers)
     for rule in classifier.table.rules():
         if rule.category == EMERGENCY and rule.prefix.isdigit():
             numbers.add(rule.prefix)
@@ -71,7 +69,7 @@ def dialplan_differences(classifier: Classifier, emergency_value: str,
                 f"{_listed(quote(entry) for entry in invalid)}; write digits separated "
                 "by commas without spaces, such as 999,112,18000"
             )
-        dialplan = listed | set(ALWAYS_EMERGENCY)
+        dialplan = listed | set(ALWAYS_EMERGENCY_NUMBERS)
         ours = callguard_emergency_numbers(classifier)
         only_dialplan = sorted(dialplan - ours)
         only_ours = sorted(ours - dialplan)

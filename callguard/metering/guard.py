@@ -734,9 +734,10 @@ class LiveGuard:
             leg.final_charges = final
             self.ledger.remove_live(leg.trunk, leg.answered.charges)
             self.ledger.commit(leg.trunk, final)
-        elif leg.decision_uniqueid and not self._live_legs_of(leg.decision_uniqueid, leg):
-            self._last_leg_unanswered(leg.decision_uniqueid)
         if leg.decision_uniqueid and not self._live_legs_of(leg.decision_uniqueid, leg):
+            # The check's last leg: a hold is left only after an unanswered end.
+            if leg.answered is None:
+                self._last_leg_unanswered(leg.decision_uniqueid)
             self._checked_gone.discard(leg.decision_uniqueid)
 
         meter = self._meter_of(leg.trunk)
