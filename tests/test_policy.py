@@ -225,6 +225,13 @@ TRUNK_ALLOWING_MORE_COUNTRIES = TRUNK.replace(
     ("+7 809 123 45 678", "DENY",  "invalid-number"),
     ("+7 812 123 45 67",  "ALLOW", "ok"),
     ("+49 30 1234567",    "ALLOW", "ok"),
+    # These are in no range of their country, so phonenumbers cannot tell
+    # whether they are premium rate. Both +353 15xx numbers are in Ireland's
+    # premium block, and +49 900 123456 has a digit too few for Germany's 900.
+    ("+353 1519 123456",  "DENY",  "barred:international"),
+    ("+353 1511 123456",  "DENY",  "barred:international"),
+    ("+49 900 123456",    "DENY",  "barred:international"),
+    ("+39 06 1234 5678",  "ALLOW", "ok"),
 ])
 async def test_allowed_country_premium_ranges(tmp_path, dialled, result, reason):
     guard = Guard(tmp_path, trunks=TRUNK_ALLOWING_MORE_COUNTRIES)

@@ -24,10 +24,11 @@ def is_barred(
     """Return True when ``category`` is barred for this trunk and calling number.
 
     A country in the trunk's ``international_allow`` passes the trunk's
-    international barring; it never opens satellite or international premium
-    ranges. A number's override comes last: ``allow`` lifts exactly the
-    categories it names (allowing ``international`` leaves satellite barred),
-    and ``bar`` adds to the trunk's barring.
+    international barring for numbers in its ranges; it never opens satellite
+    or international premium ranges. A number's override comes last:
+    ``allow`` lifts exactly the categories it names (allowing
+    ``international`` leaves satellite barred), and ``bar`` adds to the
+    trunk's barring.
     """
     barred = category in expand(trunk.bar)
     if barred and category == INTERNATIONAL and _in_allowed_region(number, trunk):
@@ -43,15 +44,16 @@ def is_barred(
 
 
 def _in_allowed_region(number: Number, trunk: TrunkConfig) -> bool:
-    """Check whether ``number`` lies in a region of the trunk's ``international_allow``.
+    """Check whether ``number`` lies in a range of a region of the trunk's
+    ``international_allow``.
 
-    A number of a country code that several regions share (+1, +7) gets the
-    code's main region (US, RU) when phonenumbers places it in none of them.
-    Such a number may belong to another country, so that guess does not allow it.
+    A number in no range of its country (+353 1519 123456 in Ireland's
+    premium block) passes only as a possible length, so phonenumbers cannot
+    tell whether it is premium rate, and it is not allowed. Such a number of
+    a country code that several regions share (+1, +7) gets the code's main
+    region (US, RU), and may belong to another country besides.
     """
     if number.region not in trunk.international_allow:
         return False
-    if len(phonenumbers.region_codes_for_country_code(number.country_code)) <= 1:
-        return True
     parsed = phonenumbers.parse(number.e164, None)
-    return phonenumbers.region_code_for_number(parsed) == number.region
+    return phonenumbers.is_valid_number_for_region(parsed, number.region)
