@@ -78,6 +78,11 @@ GB_CASES = [
     ("999", "emergency", "", "999", "999"),
     ("9 9 9", "emergency", "", "999", "999"),
     ("18000", "emergency", "", "18000", "18000"),
+    # A caller-ID prefix for one call before a short code, in a string too
+    # long to be a short code itself.
+    ("141 116123", "service", "", "116123", "116123"),
+    ("1470 118118", "directory", "", "118118", "118"),
+    ("1470 101", "service", "", "101", "101"),
     ("+353851234567", "international", "+353851234567", "", "+"),
     ("00353 85 123 4567", "international", "+353851234567", "", "+"),
     ("+1 (212) 555-1234", "international", "+12125551234", "", "+"),
@@ -123,6 +128,8 @@ OUTSIDE_LINE_CASES = [
     ("1470 9 0044 20 7946 0000", "geographic", "+442079460000", "02079460000"),
     ("9 141 0044 (0) 20 7946 0000", "geographic", "+442079460000", "02079460000"),
     ("141 9 0044 (0) 20 7946 0000", "geographic", "+442079460000", "02079460000"),
+    ("9 141 116123", "service", "", "116123"),
+    ("141 9 118118", "directory", "", "118118"),
 ]
 
 
@@ -453,7 +460,8 @@ def test_table_emergency_starting_with_prefix(gb_table, outside_line, configured
 
 
 # dialled
-UNCLASSIFIED_CASES = ["123", "17070", "05512345678", "05001234567"]
+# 141101 fits a short code, so its 141 is not read as a caller-ID prefix.
+UNCLASSIFIED_CASES = ["123", "17070", "05512345678", "05001234567", "141101"]
 
 
 @pytest.mark.parametrize("dialled", UNCLASSIFIED_CASES)
@@ -521,6 +529,7 @@ DESTINATION_CASES = [
     (GB, "14109061234567", "+449061234567"),
     # 0555 1234 has a possible length only, so this stays a Maryland number.
     (GB, "14105551234", "+14105551234"),
+    (GB, "141116123", "141116123"),
     (US, "14108001111", "14108001111"),
 ]
 

@@ -217,17 +217,20 @@ class NumberPlan:
         """Return the dialled ``digits`` without the outside-line prefix and a
         caller-ID prefix for one call, such as 141 in GB.
 
-        The two may come in either order. A caller-ID prefix is removed only
+        The two may come in either order. A caller-ID prefix is removed
         before the national or international prefix and more digits, so
-        ``14101632960123`` is ``01632960123``, but ``1411`` and ``1410`` stay
-        as dialled and are read as short codes.
+        ``14101632960123`` is ``01632960123``. It is removed before a short
+        code only when the whole is too long for a short code, so
+        ``141116123`` is ``116123``, but ``1411`` and ``141101`` stay as
+        dialled and are read as short codes.
         """
         digits = self._without_outside_line(dialled, digits)
         return self._without_caller_id(digits, self.outside_line_prefix)
 
     def _without_caller_id(self, digits: str, outside: str) -> str:
         """Return ``digits`` without a leading caller-ID prefix, and ``outside``
-        directly after it, when the national prefix and more digits follow."""
+        directly after it, when the national prefix and more digits follow,
+        or a short code follows and ``digits`` are too long for one."""
         for caller_id_prefix in self._caller_id_prefixes:
             if not digits.startswith(caller_id_prefix):
                 continue
@@ -237,7 +240,15 @@ class NumberPlan:
             prefix = self.national_prefix
             if prefix and rest.startswith(prefix) and len(rest) > len(prefix):
                 return rest
+            if len(digits) > self.short_code_max_length and self._fits_short_code(rest):
+                return rest
         return digits
+
+    def _fits_short_code(self, digits: str) -> bool:
+        """Check whether ``digits`` have a short code's length and no national prefix."""
+        if self.national_prefix and digits.startswith(self.national_prefix):
+            return False
+        return self._home.short_code_min_length <= len(digits) <= self.short_code_max_length
 
     def _without_outside_line(self, dialled: str, digits: str) -> str:
         prefix = self.outside_line_prefix
