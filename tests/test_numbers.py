@@ -90,6 +90,11 @@ GB_CASES = [
     ("+882161234567", "satellite", "+882161234567", "", "+882"),
     ("+881612345678", "satellite", "+881612345678", "", "+881"),
     ("+979123456789", "international-premium", "+979123456789", "", "+979"),
+    # +878 and +888 belong to no country, like the satellite codes, but
+    # the international freephone code +800 stays international.
+    ("+878 10 1234 567890", "satellite", "+878101234567890", "", "+878"),
+    ("+888 1234 5678 901", "satellite", "+88812345678901", "", "+888"),
+    ("+800 1234 5678", "international", "+80012345678", "", "+"),
     # Premium ranges abroad, by phonenumbers' ranges, under the catch-all row.
     ("+353 1550 123456", "international-premium", "+3531550123456", "", "+"),
     ("0033 899 123 456", "international-premium", "+33899123456", "", "+"),

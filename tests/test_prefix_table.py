@@ -370,6 +370,8 @@ SHIPPED_RULES = [
     ("+881", "satellite"),
     ("+882", "satellite"),
     ("+883", "satellite"),
+    ("+878", "satellite"),
+    ("+888", "satellite"),
     ("+979", "international-premium"),
 ]
 
