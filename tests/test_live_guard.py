@@ -653,11 +653,13 @@ async def test_blind_limit_hangup_charged_to_request(make_pbx):
     assert stored.ended_at == start + timedelta(seconds=179)
 
 
-async def test_withheld_caller_id_leg_linked(make_pbx):
-    # The phone dials 141 before the number; the dialplan passes the string
-    # to the check and to Dial() as dialled.
+# The phone dials 141 (caller ID withheld) or 18001 (Relay UK) before the
+# number, and the dialplan passes the string to the check and to Dial() as
+# dialled, so that the carrier gets the prefix.
+@pytest.mark.parametrize("dialled", ["14101632960123", "1800101632960123"])
+async def test_call_prefix_leg_linked(make_pbx, dialled):
     pbx = await make_pbx(london(2024, 6, 14, 10, 0))
-    call, result = await pbx.call("14101632960123")
+    call, result = await pbx.call(dialled)
     assert result["CALLGUARD_RESULT"] == "ALLOW"
     assert result["CALLGUARD_CATEGORY"] == "geographic"
 

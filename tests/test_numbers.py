@@ -135,6 +135,9 @@ OUTSIDE_LINE_CASES = [
     ("141 9 0044 (0) 20 7946 0000", "geographic", "+442079460000", "02079460000"),
     ("9 141 116123", "service", "", "116123"),
     ("141 9 118118", "directory", "", "118118"),
+    # A text relay prefix, before or after the outside-line prefix.
+    ("9 18001 01632 960123", "geographic", "+441632960123", "01632960123"),
+    ("18002 9 07700 900123", "mobile", "+447700900123", "07700900123"),
 ]
 
 
@@ -188,6 +191,8 @@ INVALID_CASES = [
     (GB, "0" * 65, "too long"),
     (GB_WITH_9, "9", "only the outside-line prefix"),
     (GB, "141 01632", "too short"),
+    (GB, "18001 01632", "too short"),
+    (US, "18001 2125551234", "too long"),
     (US, "5551234", "too short"),
     (US, "+011 44 20 7946 0000", "international prefix '011' after '+'"),
     (US, "+44 (0) 20 7946 0000", "only allowed directly after '+1'"),
@@ -248,6 +253,12 @@ NORMALISE_CASES = [
     (GB, "1470 0044 20 7946 0000", "+442079460000", "02079460000", "GB"),
     (GB, "141 0044 (0) 20 7946 0000", "+442079460000", "02079460000", "GB"),
     (GB, "141 00353 85 123 4567", "+353851234567", "", "IE"),
+    # Relay UK connects calls dialled after 18001 (from a textphone) or 18002
+    # (to a textphone) at the rate of the number after the prefix.
+    (GB, "18001 01632 960123", "+441632960123", "01632960123", "GB"),
+    (GB, "1800209011234567", "+449011234567", "09011234567", "GB"),
+    (GB, "18001 0044 (0) 20 7946 0000", "+442079460000", "02079460000", "GB"),
+    (GB, "18002 00353 85 123 4567", "+353851234567", "", "IE"),
 ]
 
 
@@ -381,6 +392,9 @@ EMERGENCY_CASES = [
     (GB, "(999)", "999"),
     (GB, "tel:999", "999"),
     (GB, "18000", None),
+    # 18000 is the text relay emergency number, so 18001 999 is not one.
+    (GB, "18001999", None),
+    (GB, "18001 112", None),
     (GB_WITH_9, "9999", "999"),
     (GB_WITH_9, "999", "999"),
     (GB_WITH_9, "9112", "112"),
@@ -535,6 +549,9 @@ DESTINATION_CASES = [
     # 0555 1234 has a possible length only, so this stays a Maryland number.
     (GB, "14105551234", "+14105551234"),
     (GB, "141116123", "141116123"),
+    (GB, "1800101134960123", "+441134960123"),
+    (GB, "18002 0800 1111", "+448001111"),
+    (GB_WITH_9, "1800209011234567", "+449011234567"),
     (US, "14108001111", "14108001111"),
 ]
 

@@ -111,13 +111,15 @@ async def test_invalid_numbers_count(offenders):
     assert await guard.call(GEOGRAPHIC) == "blocked:offender"
 
 
-async def test_withheld_caller_id_not_counted(offenders):
-    # 141 withholds the caller ID for one call: the number after it decides.
+# 141 withholds and 1470 presents the caller ID for one call, and 18001 and
+# 18002 put the call through Relay UK, so the number after the prefix decides.
+@pytest.mark.parametrize("first, second", [("141 ", "1470"), ("18001 ", "18002")])
+async def test_call_prefix_not_counted(offenders, first, second):
     guard = offenders()
-    reasons = [await guard.call("141 " + GEOGRAPHIC) for _ in range(4)]
+    reasons = [await guard.call(first + GEOGRAPHIC) for _ in range(4)]
 
     assert reasons == ["ok"] * 4
-    assert await guard.call("1470" + GEOGRAPHIC) == "ok"
+    assert await guard.call(second + GEOGRAPHIC) == "ok"
     assert guard.alerts.blocks == []
 
 

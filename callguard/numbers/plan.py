@@ -31,11 +31,18 @@ from callguard.numbers.shortcut import parse_international, parse_national
 
 UNKNOWN_REGION = "ZZ"
 
-# Additions that phones put around a number. They are removed only when looking
-# for an emergency number. "#" is the key pressed to send the number; the
-# prefixes withhold or show the caller ID for one call (in GB, 141 and 1470).
+# Additions that phones put around a number. "#" is the key pressed to send
+# the number, and is removed only when looking for an emergency number. The
+# caller-ID prefixes withhold or show the caller ID for one call (in GB, 141
+# and 1470).
 SEND_KEY = "#"
 CALLER_ID_PREFIXES = {"GB": ("141", "1470")}
+# Prefixes that put one call through the text relay service, which charges it
+# as a call to the number after the prefix: in GB, Relay UK's 18001 from a
+# textphone and 18002 to one. Unlike a caller-ID prefix, they are not removed
+# before an emergency number, because text relay has an emergency number of
+# its own (18000 in GB).
+TEXT_RELAY_PREFIXES = {"GB": ("18001", "18002")}
 
 _CALLER_CHARACTERS = frozenset("0123456789 -.()+")
 _PARSE_PROBLEMS = {
@@ -78,6 +85,8 @@ class NumberPlan:
         )
         self._emergency_set = frozenset(self.emergency_numbers)
         self._caller_id_prefixes = CALLER_ID_PREFIXES.get(self.home_country, ())
+        self._call_prefixes = self._caller_id_prefixes + TEXT_RELAY_PREFIXES.get(
+            self.home_country, ())
 
     def __repr__(self) -> str:
         return (
@@ -174,9 +183,9 @@ class NumberPlan:
         return self._parse_caller_leniently(stripped)
 
     def _normalise(self, dialled: str, strip_outside_line: bool,
-                   strip_caller_id: bool = False) -> Number:
+                   strip_call_prefix: bool = False) -> Number:
         """Read ``dialled``. Only ``strip_outside_line`` drops the outside-line
-        prefix, and either flag drops a caller-ID prefix."""
+        prefix, and either flag drops a caller-ID or text relay prefix."""
         def home_lead(digits: str) -> bool:
             return self._dials_home_code(digits, strip_outside_line)
 
@@ -188,8 +197,8 @@ class NumberPlan:
         digits = dial.digits
         if strip_outside_line:
             digits = self._without_dial_prefixes(dialled, digits)
-        elif strip_caller_id:
-            digits = self._without_caller_id(digits, "")
+        elif strip_call_prefix:
+            digits = self._without_call_prefix(digits, "")
 
         international_prefix_length = self._home.international_prefix_length(digits)
         if international_prefix_length:
@@ -215,32 +224,37 @@ class NumberPlan:
 
     def _without_dial_prefixes(self, dialled: str, digits: str) -> str:
         """Return the dialled ``digits`` without the outside-line prefix and a
-        caller-ID prefix for one call, such as 141 in GB.
+        prefix for one call: a caller-ID prefix such as 141 or a text relay
+        prefix such as 18001 in GB.
 
-        The two may come in either order. A caller-ID prefix is removed
+        The two may come in either order. A prefix for one call is removed
         before the national or international prefix and more digits, so
-        ``14101632960123`` is ``01632960123``. It is removed before a short
-        code only when the whole is too long for a short code, so
-        ``141116123`` is ``116123``, but ``1411`` and ``141101`` stay as
-        dialled and are read as short codes.
+        ``14101632960123`` is ``01632960123``. A caller-ID prefix is also
+        removed before a short code when the whole is too long for a short
+        code, so ``141116123`` is ``116123``, but ``1411`` and ``141101`` stay
+        as dialled and are read as short codes. A text relay prefix never is,
+        so that ``18001999`` is not read as a voice call to 999.
         """
         digits = self._without_outside_line(dialled, digits)
-        return self._without_caller_id(digits, self.outside_line_prefix)
+        return self._without_call_prefix(digits, self.outside_line_prefix)
 
-    def _without_caller_id(self, digits: str, outside: str) -> str:
-        """Return ``digits`` without a leading caller-ID prefix, and ``outside``
-        directly after it, when the national prefix and more digits follow,
-        or a short code follows and ``digits`` are too long for one."""
-        for caller_id_prefix in self._caller_id_prefixes:
-            if not digits.startswith(caller_id_prefix):
+    def _without_call_prefix(self, digits: str, outside: str) -> str:
+        """Return ``digits`` without a leading caller-ID or text relay prefix,
+        and ``outside`` directly after it, when the national prefix and more
+        digits follow, or, after a caller-ID prefix, a short code follows and
+        ``digits`` are too long for one."""
+        for call_prefix in self._call_prefixes:
+            if not digits.startswith(call_prefix):
                 continue
-            rest = digits[len(caller_id_prefix):]
+            rest = digits[len(call_prefix):]
             if outside and rest.startswith(outside):
                 rest = rest[len(outside):]
             prefix = self.national_prefix
             if prefix and rest.startswith(prefix) and len(rest) > len(prefix):
                 return rest
-            if len(digits) > self.short_code_max_length and self._fits_short_code(rest):
+            if (call_prefix in self._caller_id_prefixes
+                    and len(digits) > self.short_code_max_length
+                    and self._fits_short_code(rest)):
                 return rest
         return digits
 
@@ -267,7 +281,7 @@ class NumberPlan:
 
         ``0044 (0) 20 7946 0000`` is written like ``+44 (0) 20 7946 0000``, so
         the ``(0)`` after it is the national prefix too, also after the
-        outside-line prefix or a caller-ID prefix.
+        outside-line prefix or a caller-ID or text relay prefix.
         """
         if strip_outside_line and digits != self.outside_line_prefix:
             stripped = self._without_dial_prefixes(digits, digits)
@@ -429,8 +443,9 @@ class NumberPlan:
         numbers in E.164 form without ``+`` or an international prefix
         (``441632960000``, ``33142685300``). Such a number is returned in E.164
         form when it has a possible length for its country code. A caller-ID
-        prefix before a valid home number (``141 0800 1111`` in GB) is dropped,
-        as the check drops it, and the number is returned in E.164 form. Every other
+        or text relay prefix before a valid home number (``141 0800 1111`` or
+        ``18001 0800 1111`` in GB) is dropped, as the check drops it, and the
+        number is returned in E.164 form. Every other
         string is returned unchanged: numbers read the same either way,
         emergency numbers and strings that are no number in either reading.
         Invalid input is returned, not raised.
@@ -451,13 +466,13 @@ class NumberPlan:
         if not (digits.isascii() and digits.isdigit()) or digits.startswith("0"):
             return dialled
 
-        withheld = None
-        if digits.startswith(self._caller_id_prefixes):
-            withheld = self._home_number_after_caller_id(dialled)
-        if withheld is not None:
+        after_prefix = None
+        if digits.startswith(self._call_prefixes):
+            after_prefix = self._home_number_after_call_prefix(dialled)
+        if after_prefix is not None:
             # The check reads 141 0800 1111 as 0800 1111, so the leg must too,
             # though +1 410 800 1111 is a valid NANP number as well.
-            return withheld
+            return after_prefix
 
         try:
             parsed = phonenumbers.parse(PLUS + digits, None)
@@ -475,16 +490,16 @@ class NumberPlan:
 
         return e164
 
-    def _home_number_after_caller_id(self, dialled: str) -> str | None:
-        """Return the E.164 form of the valid home number after a caller-ID
-        prefix in ``dialled``, or None.
+    def _home_number_after_call_prefix(self, dialled: str) -> str | None:
+        """Return the E.164 form of the valid home number after a caller-ID or
+        text relay prefix in ``dialled``, or None.
 
         A number that has only a possible length gives None, so that a leg to
         +1 410 555 1234 in E.164 form without ``+`` is not read as 0555 1234.
         """
         try:
             number = self._normalise(dialled, strip_outside_line=False,
-                                     strip_caller_id=True)
+                                     strip_call_prefix=True)
         except InvalidNumber:
             return None
         if not number.e164 or number.country_code != self.country_code:
