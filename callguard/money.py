@@ -60,3 +60,13 @@ def format_amount(amount: Decimal, places: int = 2) -> str:
     exponent = normal.as_tuple().exponent
     shown = max(places, -exponent if isinstance(exponent, int) else places)
     return f"{amount:.{shown}f}"
+
+
+def format_rate(rate: Decimal) -> str:
+    """Format a price per minute with the digits of the deck, never in exponent form.
+
+    ``str()`` writes a rate below 0.000001 or a zero with more than six decimal
+    places, such as ``0.00000000``, in exponent form (``0E-8``), which the
+    dialplan and people cannot read as a price.
+    """
+    return format(rate, "f")

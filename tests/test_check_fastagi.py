@@ -91,6 +91,22 @@ async def test_check_sets_variables(daemon, dialled, result, reason, category, m
     assert outcome.closed_by_server
 
 
+async def test_tiny_rate_written_plain(tmp_path):
+    # Decimal's str() writes 0.00000000 as 0E-8, which a dialplan cannot use.
+    rates = ("prefix,description,rate,connection_fee,increments\n"
+             "44,UK,0.00000000,,60/60\n447,UK mobile,0.0000001,,1/1\n")
+    daemon = Daemon(tmp_path, rates=rates)
+    await daemon.app.start()
+    try:
+        geographic = await daemon.check("01632960123", uniqueid="1718355600.1")
+        mobile = await daemon.check("07700900123", uniqueid="1718355600.2")
+    finally:
+        await daemon.app.stop()
+
+    assert geographic.variables["CALLGUARD_RATE"] == "0.00000000"
+    assert mobile.variables["CALLGUARD_RATE"] == "0.0000001"
+
+
 @pytest.mark.parametrize("dialled, number", [("999", "999"), ("141999#", "999"),
                                              ("18000#", "18000")])
 async def test_emergency_number_to_dial(daemon, dialled, number):

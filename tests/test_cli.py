@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -520,6 +521,42 @@ def test_rates_short_code_round_trip(tmp_path, capsys, db_url):
     assert lines[0].split()[0] == "short:118500"
     assert e164 == EXIT_OK
     assert [row["prefix"] for row in e164_rows] == ["44", "44118"]
+
+
+# A deck may write a free destination with eight zeros, or a rate below a
+# micro-unit a minute. Decimal's str() writes both in exponent form.
+TINY_RATES = """\
+prefix,description,rate,connection_fee,increments
+44,UK,0.0085,,1/1
+44800,UK freephone,0.00000000,,60/60
+447,UK mobile,0.0000001,,1/1
+"""
+
+
+def test_tiny_rates_written_plain(tmp_path, capsys):
+    config = write_config(tmp_path, rates=TINY_RATES)
+    options = ["--config", str(config)]
+
+    run_ctl(*options, "rates", "import", str(tmp_path / "rates.csv"), "--trunk", "gamma")
+    capsys.readouterr()
+    listed = run_ctl(*options, "rates", "list", "--trunk", "gamma", "--json")
+    rows = {row["prefix"]: row["rate"] for row in read_json(capsys)}
+    run_ctl(*options, "rates", "list", "--trunk", "gamma", "--prefix", "44800")
+    text = capsys.readouterr().out.split()
+    run_ctl(*options, "check", "0800 123 4567", "--trunk", "gamma", "--json")
+    free = read_json(capsys)
+    run_ctl(*options, "check", "07700 900123", "--trunk", "gamma", "--json")
+    mobile = read_json(capsys)
+
+    with sqlite3.connect(tmp_path / "callguard.db") as conn:
+        stored = dict(conn.execute("SELECT prefix, rate FROM rates"))
+
+    assert listed == EXIT_OK
+    assert rows == {"44": "0.0085", "44800": "0.00000000", "447": "0.0000001"}
+    assert stored == rows
+    assert text[:2] == ["44800", "0.00000000"]
+    assert free["rate"] == "0.00000000"
+    assert mobile["rate"] == "0.0000001"
 
 
 def test_rates_list_bad_short_prefix(config, capsys):

@@ -25,6 +25,7 @@ from callguard.agi.variables import (
     CALLGUARD_TRUNK,
     UNKNOWN_CALLER,
 )
+from callguard.money import format_rate
 from callguard.policy.budget import MAX_SECONDS_CEILING
 from callguard.policy.decision import (
     ALLOW,
@@ -61,7 +62,7 @@ class DecisionSink(Protocol):
 def decision_variables(decision: Decision) -> list[tuple[str, str]]:
     """Return the channel variables that carry ``decision`` to the dialplan, in order."""
     max_seconds = "" if decision.max_seconds is None else str(decision.max_seconds)
-    rate = "" if decision.rate is None else str(decision.rate)
+    rate = "" if decision.rate is None else format_rate(decision.rate)
     variables = [
         (CALLGUARD_RESULT, decision.result),
         (CALLGUARD_REASON, decision.reason),

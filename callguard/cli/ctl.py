@@ -27,6 +27,7 @@ from callguard.daemon.live import read_ari_settings
 from callguard.daemon.operator import same_store, store_identity
 from callguard.daemon.state import TablesError, build_state, number_plan
 from callguard.metering.guard import RECENT_LEGS
+from callguard.money import format_rate
 from callguard.numbers import Classifier, PrefixTable, PrefixTableError
 from callguard.policy.decision import CallRequest
 from callguard.policy.offenders import normalise_source
@@ -266,12 +267,12 @@ def _rates(args: argparse.Namespace) -> int:
     rows = store.list_rates(args.trunk, args.prefix, args.limit)
     if args.json:
         print(json.dumps([
-            {"prefix": p, "description": d, "rate": str(r), "connection_fee": str(f),
+            {"prefix": p, "description": d, "rate": format_rate(r), "connection_fee": str(f),
              "increments": f"{a}/{b}"} for p, d, r, f, a, b in rows
         ], indent=2))
     else:
         for prefix, description, rate, fee, first, later in rows:
-            print(f"{prefix:<12} {rate:>10} {fee:>8} {first}/{later:<6} {description}")
+            print(f"{prefix:<12} {format_rate(rate):>10} {fee:>8} {first}/{later:<6} {description}")
     return EXIT_OK
 
 

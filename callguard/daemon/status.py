@@ -7,7 +7,7 @@ from callguard import __version__
 from callguard.metering.charges import elapsed_seconds
 from callguard.metering.guard import LiveGuard
 from callguard.metering.legs import Leg
-from callguard.money import format_amount
+from callguard.money import format_amount, format_rate
 from callguard.windows import DAY, WEEK, window_keys
 
 
@@ -43,7 +43,7 @@ def leg_status(leg: Leg, now: datetime) -> dict:
         "answered_at": answered.answered_at.isoformat() if answered else None,
         "ended_at": leg.ended_at.isoformat() if leg.ended_at else None,
         "duration": duration,
-        "rate": None if leg.tariff is None else str(leg.tariff.rate),
+        "rate": None if leg.tariff is None else format_rate(leg.tariff.rate),
         "cost": _money(cost),
         "hangup_cause": leg.hangup_cause,
         "hangup_reason": leg.hangup_requested or None,

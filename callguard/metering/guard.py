@@ -22,7 +22,7 @@ from callguard.metering.decisions import DecisionBook
 from callguard.metering.legs import ENDED, RINGING, UP, Leg
 from callguard.metering.meter import REASON_DAILY, REASON_MAX_DURATION, TrunkMeter
 from callguard.metering.records import call_record, hangup_record
-from callguard.money import format_amount
+from callguard.money import format_amount, format_rate
 from callguard.policy.decision import ALLOW, REASON_EMERGENCY, REASON_OPTED_OUT, CallRequest
 from callguard.policy.engine import PolicyEngine
 from callguard.numbers.categories import EMERGENCY
@@ -258,7 +258,7 @@ class LiveGuard:
             self._checked_gone.discard(leg.decision_uniqueid)
         meter.catch_up(max(at, self.clock.now()))
         log.info("%s %s: answered, %s to %s at %s/min", leg.trunk, leg.id, leg.channel,
-                 leg.e164 or leg.number or "an unknown number", leg.tariff.rate)
+                 leg.e164 or leg.number or "an unknown number", format_rate(leg.tariff.rate))
         self._persist(leg)
         self.reschedule_soon(leg.trunk)
 

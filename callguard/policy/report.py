@@ -5,7 +5,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from callguard.config import TrunkConfig
-from callguard.money import format_amount
+from callguard.money import format_amount, format_rate
 from callguard.policy.decision import CallRequest, Decision
 from callguard.policy.ledger import Ledger
 from callguard.windows import DAY, WEEK, window_keys
@@ -60,7 +60,7 @@ def check_report(decision: Decision, request: CallRequest, currency: str,
         "region": decision.region,
         "matched_prefix": decision.matched_prefix,
         "caller": decision.caller_e164,
-        "rate": None if tariff is None else str(tariff.rate),  # per minute, as in the deck
+        "rate": None if tariff is None else format_rate(tariff.rate),  # per minute, as in the deck
         "rate_prefix": None if tariff is None else tariff.prefix,
         "rate_description": None if tariff is None else tariff.description,
         "connection_fee": None if tariff is None else format_amount(tariff.connection_fee),

@@ -13,7 +13,7 @@ from itertools import islice
 
 from sqlalchemy import Connection, delete, func, select
 
-from callguard.money import to_micros
+from callguard.money import format_rate, to_micros
 from callguard.store.models import Import, Prefix, Rate
 from callguard.store.records import (
     DATASET_PREFIXES,
@@ -161,7 +161,7 @@ def _rate_text(rate: object) -> str:
     check_money(rate, "rate")
     if rate < 0:
         raise ValueError(f"rate {rate} is negative")
-    return str(rate)
+    return format_rate(rate)
 
 
 class _MicrosCache:

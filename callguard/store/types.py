@@ -16,7 +16,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from callguard.money import from_micros, to_micros
+from callguard.money import format_rate, from_micros, to_micros
 
 # Range of a signed 64-bit BIGINT, in micro-units.
 MIN_MICROS = -(2**63)
@@ -110,7 +110,7 @@ class PerMinuteRate(TypeDecorator[Decimal]):
         check_money(value)
         if value < 0:
             raise ValueError(f"rate {value} is negative")
-        return str(value)
+        return format_rate(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
         if value is None:
