@@ -367,16 +367,42 @@ def test_check_config_unusable_ari_password(tmp_path, capsys, secret, problem):
     # The daemon rejects these passwords at start and on reload, so the check
     # that systemd runs before both must reject them too.
     path = tmp_path / "callguard.conf"
-    path.write_text(SAMPLE_CONFIG.read_text())
+    text = SAMPLE_CONFIG.read_text()
+    path.write_text(text)
     (tmp_path / SAMPLE_SECRET.name).write_bytes(secret)
     (tmp_path / SAMPLE_SECRET.name).chmod(0o600)
     shutil.copy(SAMPLE_RATES, tmp_path / SAMPLE_RATES.name)
+    line = text.splitlines().index("password_file = ari.secret") + 1
 
     status = run_ctl("--config", str(path), "check-config")
     err = capsys.readouterr().err
 
     assert status == EXIT_CONFIG
-    assert f"{path}: [ari] " in err
+    assert f"{path}:{line}: [ari] password_file: " in err
+    assert problem in err
+
+
+@pytest.mark.parametrize("url, ca_text, problem", [
+    ("http://127.0.0.1:8088/", "", "is set but the ARI URL uses http://"),
+    ("https://127.0.0.1:8089/", "no certificate here\n", "cannot load the ARI CA bundle"),
+])
+def test_check_config_unusable_ari_ca_file(tmp_path, capsys, url, ca_text, problem):
+    path = tmp_path / "callguard.conf"
+    text = (SAMPLE_CONFIG.read_text()
+            .replace("url = http://127.0.0.1:8088/", f"url = {url}")
+            .replace("ca_file =\n", "ca_file = ca.pem\n", 1))
+    path.write_text(text)
+    (tmp_path / "ca.pem").write_text(ca_text)
+    shutil.copy(SAMPLE_SECRET, tmp_path / SAMPLE_SECRET.name)
+    (tmp_path / SAMPLE_SECRET.name).chmod(0o600)
+    shutil.copy(SAMPLE_RATES, tmp_path / SAMPLE_RATES.name)
+    line = text.splitlines().index("ca_file = ca.pem") + 1
+
+    status = run_ctl("--config", str(path), "check-config")
+    err = capsys.readouterr().err
+
+    assert status == EXIT_CONFIG
+    assert f"{path}:{line}: [ari] ca_file: " in err
     assert problem in err
 
 

@@ -481,7 +481,8 @@ async def test_reload_bad_password_file_kept(make_pbx, caplog):
     # Read and loaded, but refused by the ARI client: a control character.
     secret.write_text("new\tpassword\n")
     assert not await pbx.app.reload()
-    assert "[ari] the ARI password contains a control character; remove it" in caplog.text
+    assert ("[ari] password_file: the ARI password contains a control character; "
+            "remove it") in caplog.text
 
     # Emptied, as by a shell redirect before the new password is written.
     secret.write_text("\n")

@@ -2,7 +2,7 @@
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
@@ -64,7 +64,12 @@ class GeneralConfig:
 
 @dataclass(frozen=True)
 class AriConfig:
-    """Settings of the ``[ari]`` section; ``ping_timeout`` is in seconds."""
+    """Settings of the ``[ari]`` section; ``ping_timeout`` is in seconds.
+
+    ``lines`` maps each key that the file sets to its line, for the problems
+    found once the password and CA files are read. It is no setting, so
+    comparisons leave it out.
+    """
 
     enabled: bool
     url: str
@@ -73,6 +78,7 @@ class AriConfig:
     app: str
     ca_file: Path | None
     ping_timeout: float
+    lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def password(self) -> str | None:
         """Read the ARI password from ``password_file``, without its line break.

@@ -3,6 +3,7 @@
 import difflib
 import re
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from callguard.config.errors import ConfigProblem, InvalidValue
@@ -112,7 +113,9 @@ def read_general(
 def read_ari(section: Section, reader: Reader, context: Context) -> AriConfig | None:
     """Build ``[ari]``, in which every key has a default."""
     result = reader.read(section, ARI_FIELDS, context)
-    return AriConfig(**result.values) if result.valid else None
+    if not result.valid:
+        return None
+    return AriConfig(**result.values, lines=MappingProxyType(result.lines))
 
 
 def read_trunk(

@@ -44,6 +44,9 @@ MAX_HANGUPS_IN_FLIGHT = MAX_CONNECTIONS
 # restart but not for a long ring before a Dial().
 MAX_RESTORED_DECISIONS = 10_000
 
+# A password that passes the ARI client's checks, to check the other settings alone.
+PLACEHOLDER_PASSWORD = "placeholder"
+
 
 @dataclass(frozen=True)
 class AriSettings:
@@ -64,8 +67,8 @@ class AriSettings:
 
         ``ca_file`` is among them when the file's contents changed.
         """
-        changed = [item.name for item in fields(AriConfig)
-                   if getattr(self.ari, item.name) != getattr(other.ari, item.name)]
+        changed = [item.name for item in fields(AriConfig) if item.compare
+                   and getattr(self.ari, item.name) != getattr(other.ari, item.name)]
         if self.ca_digest != other.ca_digest and "ca_file" not in changed:
             changed.append("ca_file")
         if self.password != other.password:
@@ -90,30 +93,42 @@ def read_ari_settings(config: Config) -> AriSettings | None:
     except OSError as exc:
         message = (f"cannot read {ari.password_file} ({exc.strerror}); check that it "
                    "exists and that the callguard user can read it")
+        raise _ari_error(config, "password_file", message) from None
     except UnicodeDecodeError as exc:
         message = (f"{ari.password_file} is not UTF-8 text ({exc.reason} at byte "
                    f"{exc.start}); write the password as UTF-8")
-    else:
-        if password is None:
-            return AriSettings(ari, password)
-        if not password:
-            # An empty password starts no listener, so a reload would stop metering.
-            message = f"{ari.password_file} is empty; write the ARI password on its first line"
-            problem = ConfigProblem(str(config.path), 0, ARI_SECTION, "password_file", message)
-            raise ConfigError([problem])
-        try:
-            # The client's own checks, so that a reload never stops a working
-            # connection for settings that cannot start a new one.
-            build_endpoint(ari.url, ari.username, password, ari.app,
-                           str(ari.ca_file) if ari.ca_file else None)
-            digest = hashlib.sha256(ari.ca_file.read_bytes()).hexdigest() if ari.ca_file else ""
-        except (ValueError, OSError) as exc:
-            # The messages name the setting, never the password's text.
-            problem = ConfigProblem(str(config.path), 0, ARI_SECTION, "", str(exc))
-            raise ConfigError([problem]) from None
-        return AriSettings(ari, password, digest)
-    problem = ConfigProblem(str(config.path), 0, ARI_SECTION, "password_file", message)
-    raise ConfigError([problem])
+        raise _ari_error(config, "password_file", message) from None
+    if password is None:
+        return AriSettings(ari, password)
+    if not password:
+        # An empty password starts no listener, so a reload would stop metering.
+        message = f"{ari.password_file} is empty; write the ARI password on its first line"
+        raise _ari_error(config, "password_file", message)
+
+    # The client's own checks, so that a reload never stops a working
+    # connection for settings that cannot start a new one. The loader has
+    # checked url, username and app, so a problem with a placeholder password
+    # lies in ca_file, and one that only the real password shows lies in the
+    # password. The messages name the setting, never the password's text.
+    ca_file = str(ari.ca_file) if ari.ca_file else None
+    digest = ""
+    try:
+        build_endpoint(ari.url, ari.username, PLACEHOLDER_PASSWORD, ari.app, ca_file)
+        if ari.ca_file:
+            digest = hashlib.sha256(ari.ca_file.read_bytes()).hexdigest()
+    except (ValueError, OSError) as exc:
+        raise _ari_error(config, "ca_file", str(exc)) from None
+    try:
+        build_endpoint(ari.url, ari.username, password, ari.app, ca_file)
+    except ValueError as exc:
+        raise _ari_error(config, "password_file", str(exc)) from None
+    return AriSettings(ari, password, digest)
+
+
+def _ari_error(config: Config, key: str, message: str) -> ConfigError:
+    """Return the ConfigError for ``key`` of ``[ari]``, at its line in the file."""
+    line = config.ari.lines.get(key, 0)
+    return ConfigError([ConfigProblem(str(config.path), line, ARI_SECTION, key, message)])
 
 
 class AriListener:
