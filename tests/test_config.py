@@ -1681,6 +1681,24 @@ def test_fastagi_clients_quiet(workdir, general):
     assert general_warnings(general) == []
 
 
+@pytest.mark.parametrize("general, listen, missing", [
+    ("fastagi_listen = [::1]:4573\nallowed_clients = 127.0.0.1/32", "::1", "::1/128"),
+    ("allowed_clients = ::1/128", "127.0.0.1", "127.0.0.1/32"),
+    ("allowed_clients = 192.0.2.10/32", "127.0.0.1", "127.0.0.1/32"),
+])
+def test_loopback_fastagi_unreachable_warns(workdir, general, listen, missing):
+    # A loopback listen address takes connections from loopback addresses
+    # only, so allowed_clients without one rejects every check.
+    warnings = general_warnings(general)
+
+    assert warnings == [
+        f"[general] fastagi_listen is {listen}, which takes connections from this "
+        "host alone, but allowed_clients contains no loopback address that can "
+        "connect to it, so every check is rejected and the dialplan applies its "
+        f"fail policy; add {missing} to allowed_clients"
+    ]
+
+
 # Short codes that start with the national prefix: 0 in AU, 1 in US.
 @pytest.mark.parametrize("region, short_code, national", [
     ("AU", "000", "0212345678"),

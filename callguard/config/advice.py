@@ -1,7 +1,7 @@
 """Settings that load but probably do not do what the sysadmin meant."""
 
 import bisect
-from ipaddress import ip_address
+from ipaddress import ip_address, ip_network
 
 from callguard.config.model import Config, NumberOverride, TrunkConfig
 from callguard.config.plan_advice import number_plan_warnings
@@ -86,6 +86,7 @@ def config_warnings(config: Config, prefixes: PrefixTable | None = None) -> list
                 "set enabled = yes in [ari]"
             )
     warnings.extend(_open_fastagi(config))
+    warnings.extend(_unreachable_fastagi(config))
     warnings.extend(_overlapping_overrides(config))
     warnings.extend(number_plan_warnings(config, prefixes))
     return warnings
@@ -110,6 +111,34 @@ def _open_fastagi(config: Config) -> list[str]:
         f"is {general.fastagi_host}, so any host that reaches port {general.fastagi_port} "
         "can send checks, hold budget and get phones blocked as offenders; list only the "
         "addresses of the Asterisk servers"
+    ]
+
+
+# The addresses from which a connection to a loopback address of each IP
+# version comes, and the network that allowed_clients needs to accept one.
+LOOPBACK_SOURCES = {4: (ip_network("127.0.0.0/8"), "127.0.0.1/32"),
+                    6: (ip_network("::1/128"), "::1/128")}
+
+
+def _unreachable_fastagi(config: Config) -> list[str]:
+    """Warn when no client that can reach a loopback fastagi_listen is allowed.
+
+    The server rejects every other source, so each check then ends in the
+    dialplan's fail policy.
+    """
+    general = config.general
+    listen = ip_address(general.fastagi_host)
+    if not listen.is_loopback:
+        return []
+    sources, missing = LOOPBACK_SOURCES[listen.version]
+    if any(network.version == sources.version and network.overlaps(sources)
+           for network in general.allowed_clients):
+        return []
+    return [
+        f"[general] fastagi_listen is {general.fastagi_host}, which takes connections "
+        "from this host alone, but allowed_clients contains no loopback address that "
+        "can connect to it, so every check is rejected and the dialplan applies its "
+        f"fail policy; add {missing} to allowed_clients"
     ]
 
 
