@@ -135,6 +135,11 @@ OUTSIDE_LINE_CASES = [
     ("141 9 0044 (0) 20 7946 0000", "geographic", "+442079460000", "02079460000"),
     ("9 141 116123", "service", "", "116123"),
     ("141 9 118118", "directory", "", "118118"),
+    # A number in E.164 form after the outside-line prefix, as a phone that
+    # puts the prefix before every number of its directory dials it.
+    ("9+44 1632 960123", "geographic", "+441632960123", "01632960123"),
+    ("9 +44 (0) 9061 234567", "premium", "+449061234567", "09061234567"),
+    ("9+353 85 123 4567", "international", "+353851234567", ""),
     # A text relay prefix, before or after the outside-line prefix.
     ("9 18001 01632 960123", "geographic", "+441632960123", "01632960123"),
     ("18002 9 07700 900123", "mobile", "+447700900123", "07700900123"),
@@ -190,6 +195,10 @@ INVALID_CASES = [
     (GB, "+", "no digits"),
     (GB, "0" * 65, "too long"),
     (GB_WITH_9, "9", "only the outside-line prefix"),
+    (GB_WITH_9, "9+", "no digits"),
+    (GB_WITH_9, "9+44 1632", "too short"),
+    (GB_WITH_9, "99+441632960123", "a '+' that is not the first character"),
+    (GB, "9+441632960123", "a '+' that is not the first character"),
     (GB, "141 01632", "too short"),
     (GB, "18001 01632", "too short"),
     (US, "18001 2125551234", "too long"),

@@ -51,15 +51,17 @@ def parse_dial_string(
     home_country_code: int,
     national_prefix: str,
     home_lead: Callable[[str], bool] | None = None,
+    outside_line_prefix: str = "",
 ) -> DialString:
     """Check the characters of ``dialled`` and return its digits.
 
     Allowed are ASCII digits, one leading ``+``, spaces, dashes, dots, brackets
-    around digits and a leading ``tel:`` scheme. A bracketed national prefix such
-    as ``(0)`` is allowed only directly after ``+<home country code>``, or after
-    digits that ``home_lead`` accepts (the international prefix and the home
-    country code, as in ``0044 (0) 20``), and is dropped there. Raises
-    ``InvalidNumber`` for anything else.
+    around digits and a leading ``tel:`` scheme. The ``+`` may also follow
+    ``outside_line_prefix``, which is then dropped (``9+44``). A bracketed
+    national prefix such as ``(0)`` is allowed only directly after ``+<home
+    country code>``, or after digits that ``home_lead`` accepts (the
+    international prefix and the home country code, as in ``0044 (0) 20``),
+    and is dropped there. Raises ``InvalidNumber`` for anything else.
     """
     if not isinstance(dialled, str):
         raise TypeError(f"dialled number must be a str, not {type(dialled).__name__}")
@@ -77,6 +79,10 @@ def parse_dial_string(
     plus = text.startswith(PLUS)
     if plus:
         text = text[len(PLUS) :]
+    elif outside_line_prefix:
+        head, separator, tail = text.partition(PLUS)
+        if separator and remove_separators(head) == outside_line_prefix:
+            text, plus = tail, True
 
     _check_characters(dialled, text)
 

@@ -189,8 +189,11 @@ class NumberPlan:
         def home_lead(digits: str) -> bool:
             return self._dials_home_code(digits, strip_outside_line)
 
+        # Callers' and trunk legs' numbers never carry the outside-line prefix.
+        # A dialled number may, also before a number in E.164 form (9+44...).
+        outside = self.outside_line_prefix if strip_outside_line else ""
         dial = parse_dial_string(dialled, self.country_code, self.national_prefix,
-                                 home_lead)
+                                 home_lead, outside)
         if dial.plus:
             return self._after_plus(dialled, dial.digits)
 
