@@ -135,6 +135,13 @@ OUTSIDE_LINE_CASES = [
     ("141 9 0044 (0) 20 7946 0000", "geographic", "+442079460000", "02079460000"),
     ("9 141 116123", "service", "", "116123"),
     ("141 9 118118", "directory", "", "118118"),
+    # A text relay prefix (18001 for textphone users, 18002 for voice users)
+    # before a national or international number, which sets the call's cost.
+    ("18001 01632 960123", "geographic", "+441632960123", "01632960123"),
+    ("1800209011234567", "premium", "+449011234567", "09011234567"),
+    ("18001 0044 (0) 20 7946 0000", "geographic", "+442079460000", "02079460000"),
+    ("18002 00353 85 123 4567", "international", "+353851234567", ""),
+    ("9 18001 0845 4647", "special-084", "+448454647", "08454647"),
     # A number in E.164 form after the outside-line prefix, as a phone that
     # puts the prefix before every number of its directory dials it.
     ("9+44 1632 960123", "geographic", "+441632960123", "01632960123"),
@@ -200,6 +207,7 @@ INVALID_CASES = [
     (GB_WITH_9, "99+441632960123", "a '+' that is not the first character"),
     (GB, "9+441632960123", "a '+' that is not the first character"),
     (GB, "141 01632", "too short"),
+    (GB, "18001 01632", "too short"),
     (GB, "18001 01632", "too short"),
     (US, "18001 2125551234", "too long"),
     (US, "5551234", "too short"),

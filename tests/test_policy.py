@@ -101,6 +101,8 @@ DECISIONS = [
     ("07012345678",                 "ALLOW", "ok",                    "personal"),
     ("111",                         "ALLOW", "ok",                    "service"),
     ("116123",                      "ALLOW", "ok",                    "service"),
+    ("18001 01632 960123",          "ALLOW", "ok",                    "geographic"),
+    ("18002 09011234567",           "DENY",  "barred:premium",        "premium"),
     ("+00972590000000",             "DENY",  "invalid-number",        ""),
     ("0151496012#",                 "DENY",  "invalid-number",        ""),
     ("*21*00441514960123",          "DENY",  "invalid-number",        ""),
