@@ -15,10 +15,11 @@ from callguard.config import load_config
 from callguard.daemon import status
 from callguard.daemon.app import Application
 from callguard.daemon.live import read_ari_settings
+from callguard.policy.budget import LIMIT_LEAD_SECONDS
 from callguard.metering import guard
 from callguard.store import engine
 from callguard.store import Store
-from live_support import PASSWORD, Pbx, eventually, stored_calls
+from live_support import PASSWORD, Pbx, eventually, stored_calls, stored_hangups
 from support import self_signed_certificate, sqlite_write_locked, write_config
 
 LONDON = ZoneInfo("Europe/London")
@@ -669,3 +670,36 @@ async def test_call_prefix_leg_linked(make_pbx, dialled):
     assert leg.guarded
     assert leg.e164 == "+441632960123"
     assert not leg.hangup_requested
+
+
+async def test_weekly_limit_days_ahead_hangs_up(make_pbx):
+    # A call that skipped the check gets no S() limit from the dialplan. At
+    # 0.01 a minute the weekly 72.00 pays 7200 minutes, which is five days and
+    # further ahead than the limit timer searches. The 50% warning comes 60
+    # hours before the limit.
+    trunks = TRUNK_10.replace("daily_limit = 10.00",
+                              "weekly_limit = 72.00\nwarn_percent = 50")
+    rates = RATE_1.replace("1.00", "0.01")
+    start = london(2024, 6, 10, 0, 0, 30)  # a Monday
+    pbx = await make_pbx(start, trunks=trunks, rates=rates)
+    call = await pbx.ari.dial_out("01632960123", dialstring="01632960123@gamma")
+    await pbx.ari.answer(call)
+    await eventually(lambda: pbx.legs() and pbx.legs()[call.trunk_id].state == "up",
+                     what="the answered leg")
+
+    hangup_at = start + timedelta(minutes=7200) - timedelta(seconds=LIMIT_LEAD_SECONDS)
+    while pbx.clock.now() + timedelta(hours=1) < hangup_at:
+        pbx.clock.advance(3600)
+        await asyncio.sleep(0.01)
+    pbx.clock.set(hangup_at - timedelta(seconds=1))
+    await asyncio.sleep(0.05)
+    assert pbx.ari.deletes == []
+
+    pbx.clock.advance(1)
+    await eventually(lambda: len(pbx.ari.deletes) == 1, what="the hang-up")
+    await eventually(lambda: not pbx.legs(), what="the leg to end")
+    await pbx.app.guard.drain()
+    hangup = stored_hangups(pbx)[0]
+    assert hangup.reason == "limit:weekly"
+    assert hangup.requested_at == hangup_at
+    assert pbx.spend("week", "2024-W24") == Decimal("72.00")

@@ -20,7 +20,12 @@ from callguard.metering.alerts import AlertRaiser
 from callguard.metering.charges import AnsweredCall
 from callguard.metering.decisions import DecisionBook
 from callguard.metering.legs import ENDED, RINGING, UP, Leg
-from callguard.metering.meter import REASON_DAILY, REASON_MAX_DURATION, TrunkMeter
+from callguard.metering.meter import (
+    REASON_DAILY,
+    REASON_MAX_DURATION,
+    SEARCH_HORIZON,
+    TrunkMeter,
+)
 from callguard.metering.records import call_record, hangup_record
 from callguard.money import format_amount, format_rate
 from callguard.policy.decision import ALLOW, REASON_EMERGENCY, REASON_OPTED_OUT, CallRequest
@@ -409,10 +414,15 @@ class LiveGuard:
                                                                        key))
             if warning_at is not None and (at is None or warning_at < at):
                 at = warning_at
-        if meter.unloaded and meter.answered_legs():
+        answered = meter.answered_legs()
+        if meter.unloaded and answered:
             # Only spend that is running needs the stored totals now; a check
             # reads its own windows when it decides.
             self._load_windows(trunk, meter.unloaded)
+        if answered and (at is None or at > now + SEARCH_HORIZON):
+            # The searches look SEARCH_HORIZON ahead, so a budget that lasts
+            # longer is searched for again then.
+            at = now + SEARCH_HORIZON
         if at is None:
             return
         self._timers[trunk] = self.clock.call_at(at, lambda: self._fire(trunk))
