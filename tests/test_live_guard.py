@@ -672,6 +672,14 @@ async def test_call_prefix_leg_linked(make_pbx, dialled):
     assert not leg.hangup_requested
 
 
+async def single_hangup(pbx: Pbx):
+    """Wait for the one hang-up callguard requests and the leg's end; return its record."""
+    await eventually(lambda: len(pbx.ari.deletes) == 1, what="the hang-up")
+    await eventually(lambda: not pbx.legs(), what="the leg to end")
+    await pbx.app.guard.drain()
+    return stored_hangups(pbx)[0]
+
+
 async def test_weekly_limit_days_ahead_hangs_up(make_pbx):
     # A call that skipped the check gets no S() limit from the dialplan. At
     # 0.01 a minute the weekly 72.00 pays 7200 minutes, which is five days and
@@ -696,10 +704,63 @@ async def test_weekly_limit_days_ahead_hangs_up(make_pbx):
     assert pbx.ari.deletes == []
 
     pbx.clock.advance(1)
-    await eventually(lambda: len(pbx.ari.deletes) == 1, what="the hang-up")
-    await eventually(lambda: not pbx.legs(), what="the leg to end")
-    await pbx.app.guard.drain()
-    hangup = stored_hangups(pbx)[0]
+    hangup = await single_hangup(pbx)
     assert hangup.reason == "limit:weekly"
     assert hangup.requested_at == hangup_at
     assert pbx.spend("week", "2024-W24") == Decimal("72.00")
+
+
+async def test_expired_hold_frees_live_budget(make_pbx):
+    # The first call's trunk is busy and its caller stays in the dialplan, so
+    # its 1.00 stays held until 120 s later, at 10:02. No check runs after
+    # that, so the second call, answered at 10:00:30, has the whole 10.00 for
+    # ten minutes, and its block at 10:10:30 is the first not paid.
+    start = london(2024, 6, 14, 10, 0)
+    pbx = await make_pbx(start)
+    busy, _ = await pbx.call("01632960001")
+    await eventually(lambda: busy.trunk_id in pbx.legs(), what="the first Dial")
+    await pbx.ari.fail(busy, "BUSY", 17, caller_continues=True)
+    await eventually(lambda: not pbx.legs(), what="the busy leg's end")
+    assert pbx.app.reservations.held("gamma", "day", "2024-06-14") == Decimal("1.00")
+
+    pbx.clock.set(london(2024, 6, 14, 10, 0, 30))
+    call, _ = await pbx.call("01632960002", endpoint="1002")
+    await pbx.ari.answer(call)
+    await eventually(lambda: pbx.legs() and pbx.legs()[call.trunk_id].state == "up",
+                     what="the answered leg")
+    for minute in range(1, 10):
+        pbx.clock.set(london(2024, 6, 14, 10, minute, 30))
+        await asyncio.sleep(0.01)
+    pbx.clock.set(london(2024, 6, 14, 10, 10, 28))
+    await asyncio.sleep(0.05)
+    assert pbx.ari.deletes == []
+
+    pbx.clock.advance(1)
+    hangup = await single_hangup(pbx)
+    assert hangup.requested_at == london(2024, 6, 14, 10, 10, 29)
+    assert pbx.spend("day", "2024-06-14") == Decimal("10.00")
+
+
+async def test_new_hold_brings_limit_forward(make_pbx):
+    # A check at 10:08:30 finds 1.00 left and reserves it, but its channel has
+    # not dialled yet, as while the dialplan plays a prompt. The call up since
+    # 10:00 may then pay nine minutes, so its block at 10:09 is not paid.
+    pbx = await make_pbx(london(2024, 6, 14, 10, 0))
+    call, _ = await pbx.call("01632960001")
+    await pbx.ari.answer(call)
+    await eventually(lambda: pbx.legs() and pbx.legs()[call.trunk_id].state == "up",
+                     what="the answered leg")
+    for minute in range(1, 9):
+        pbx.clock.set(london(2024, 6, 14, 10, minute))
+        await asyncio.sleep(0.01)
+    pbx.clock.set(london(2024, 6, 14, 10, 8, 30))
+    check = pbx.checker("01632960002", endpoint="1002")
+    assert await check("1718356110.90")
+    await asyncio.sleep(0.05)
+    assert pbx.app.reservations.held("gamma", "day", "2024-06-14") == Decimal("1.00")
+    assert pbx.ari.deletes == []
+
+    pbx.clock.set(london(2024, 6, 14, 10, 8, 59))
+    hangup = await single_hangup(pbx)
+    assert hangup.requested_at == london(2024, 6, 14, 10, 8, 59)
+    assert pbx.spend("day", "2024-06-14") == Decimal("9.00")

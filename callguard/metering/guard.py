@@ -178,6 +178,11 @@ class LiveGuard:
 
     def note_decision(self, request: CallRequest, decision) -> None:
         self.decisions.record(request, decision, self.clock.now())
+        meter = self.meters.get(decision.trunk)
+        if decision.reserved and meter is not None and meter.answered_legs():
+            # The hold leaves less budget to the live calls, so their limit
+            # can come before the moment the trunk's timer is set for.
+            self.reschedule_soon(decision.trunk)
 
     def catch_up(self, trunk: str) -> None:
         meter = self.meters.get(trunk)
@@ -397,6 +402,9 @@ class LiveGuard:
             return
         now = self.clock.now()
         meter.catch_up(now)
+        # Holds expire only when expire() runs. A hold past its expiry would
+        # otherwise still take its money from the budget of the live calls.
+        self.reservations.expire(now)
         pending = self._pending_hangups(meter)
         meter.unloaded.clear()
         deadline = meter.next_deadline(now, skip=pending)
@@ -465,6 +473,7 @@ class LiveGuard:
             return
         now = self.clock.now()
         meter.catch_up(now)
+        self.reservations.expire(now)
         deadline = meter.next_deadline(now, skip=self._pending_hangups(meter))
         if deadline is None or deadline.at > now:
             self.reschedule(trunk)
