@@ -7,6 +7,7 @@ import pytest
 import sqlalchemy
 
 from callguard.store import Store
+from support import PostgresProxy
 
 PG_BASE_URL = os.environ.get(
     "CALLGUARD_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -52,3 +53,13 @@ def store(db_url):
     opened.open()
     yield opened
     opened.close()
+
+
+@pytest.fixture
+async def proxy(pg_url):
+    url = sqlalchemy.engine.make_url(pg_url)
+    started = PostgresProxy(url.host, url.port)
+    await started.listen()
+    yield started
+    if started.listening:
+        await started.refuse()

@@ -1,5 +1,7 @@
-"""Helpers for tests: a callguard config and rate deck, a TLS certificate, a SQLite lock."""
+"""Helpers for tests: a callguard config and rate deck, a TLS certificate, a SQLite lock,
+and a proxy that cuts the store off from the PostgreSQL server."""
 
+import asyncio
 import contextlib
 import sqlite3
 import subprocess
@@ -97,3 +99,51 @@ def sqlite_write_locked(path: str | Path) -> Iterator[None]:
     finally:
         locker.execute("COMMIT")
         locker.close()
+
+
+class PostgresProxy:
+    """A loopback TCP proxy to the test PostgreSQL server that can stop listening."""
+
+    def __init__(self, target_host: str, target_port: int):
+        self._target = (target_host, target_port)
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.port = 0
+
+    @property
+    def listening(self) -> bool:
+        return self._server is not None
+
+    async def listen(self) -> None:
+        self._server = await asyncio.start_server(self._pipe, "127.0.0.1", self.port,
+                                                  reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def refuse(self) -> None:
+        """Close the listener and every open connection, so connecting is refused."""
+        self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        await self._server.wait_closed()
+        self._server = None
+
+    async def _pipe(self, client_reader: asyncio.StreamReader,
+                    client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection(*self._target)
+        self._writers |= {client_writer, server_writer}
+
+        async def copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                writer.close()
+
+        try:
+            await asyncio.gather(copy(client_reader, server_writer),
+                                 copy(server_reader, client_writer))
+        finally:
+            self._writers -= {client_writer, server_writer}

@@ -1,5 +1,6 @@
 """The limit timer counts spend that the store contains but no check has read yet,
-and spend that other daemons sharing the store add there.
+and spend that other daemons sharing the store add there, also when the store
+cannot be reached for a while.
 
 Each test uses a trunk with a daily limit of 10.00 and 1.00 a minute in 60/60
 blocks, so the limit moment is the start of the first minute that the day's
@@ -13,6 +14,7 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from callguard.policy.budget import LIMIT_LEAD_SECONDS
 from callguard.policy.ledger import MAX_SPEND_READS, Ledger
@@ -189,6 +191,22 @@ async def test_load_counts_unwritten_call(pbxs):
     assert ledger.committed("gamma", "day", "2024-06-15") == Decimal("3.00")
 
 
+async def test_unread_window_counts_ended_calls(pbxs):
+    pbx = await pbxs(london(2024, 6, 14, 10, 0))
+    ledger = pbx.app.ledger
+    charges = {("day", "2024-06-15"): Decimal("3.00")}
+    ledger.commit("gamma", charges)
+    assert ledger.committed("gamma", "day", "2024-06-15") == Decimal("3.00")
+
+    # Written while the window is still unread: the store now contains it.
+    pbx.add_spend("day", "2024-06-15", "3.00", london(2024, 6, 15, 0, 5))
+    ledger.written("gamma", charges)
+    assert ledger.committed("gamma", "day", "2024-06-15") == Decimal("3.00")
+
+    await ledger.load("gamma", {"day": "2024-06-15"})
+    assert ledger.committed("gamma", "day", "2024-06-15") == Decimal("3.00")
+
+
 class LateReadWorker(StoreWorker):
     """A store worker that holds back the result of the first spend read.
 
@@ -295,3 +313,89 @@ async def test_load_reads_busy_window_bounded(store):
     # The store contains 5.00. The call that landed during the last read counts
     # twice, which refuses calls early instead of letting them overspend.
     assert ledger.committed("gamma", "day", "2024-06-15") == Decimal("6.00")
+
+
+@pytest.fixture
+async def cut_off_pbx(tmp_path, pg_url, proxy):
+    """Start a PBX at 23:57 whose callguard reaches PostgreSQL through ``proxy``."""
+    url = make_url(pg_url).set(host="127.0.0.1", port=proxy.port)
+    pbx = Pbx(tmp_path, london(2024, 6, 14, 23, 57), trunks=TRUNKS, rates=RATES,
+              database=url.render_as_string(hide_password=False))
+    await pbx.start()
+    yield pbx
+    await pbx.stop()
+
+
+def stored_spend(pg_url: str, window: str, key: str) -> Decimal:
+    """Read a window's spend past the proxy, which runs in the test's event loop."""
+    with Store(pg_url) as store:
+        store.open()
+        return store.get_spend("gamma", window, key)
+
+
+async def step_to(pbx: Pbx, instant: datetime, seconds: float = 1.0) -> None:
+    """Move the clock to ``instant`` in steps, letting callguard act after each."""
+    while pbx.clock.now() < instant:
+        pbx.clock.set(min(pbx.clock.now() + timedelta(seconds=seconds), instant))
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.postgres
+async def test_call_ended_while_store_down_counts(cut_off_pbx, proxy, pg_url):
+    # Both calls are answered at 23:57, after the store went away, so the 15th
+    # is never read. The first call ends at 00:04:30, having paid 00:00 to
+    # 00:04 on the 15th. The second pays the same, so its block at 00:05 is
+    # the first not paid.
+    pbx = cut_off_pbx
+    first, _ = await pbx.call("01632960001")
+    second, _ = await pbx.call("01632960002", endpoint="1002")
+    await proxy.refuse()
+    await answer(pbx, first)
+    await answer(pbx, second)
+
+    await step_to(pbx, london(2024, 6, 15, 0, 4, 30), seconds=30)
+    await pbx.ari.hangup(first)
+    await eventually(lambda: first.trunk_id not in pbx.legs(), what="the first call's end")
+    await step_to(pbx, london(2024, 6, 15, 0, 4, 58))
+    assert pbx.ari.deletes == []
+
+    pbx.clock.advance(1)
+    await eventually(lambda: len(pbx.ari.deletes) == 1, what="the hang-up at 00:04:59")
+    await eventually(lambda: not pbx.legs(), what="the second call's end")
+    assert pbx.ari.deletes[0][0] == second.trunk_id
+
+    await proxy.listen()
+    await step_to(pbx, london(2024, 6, 15, 0, 6))
+    await eventually(lambda: not pbx.app.guard._writes, what="the queued writes")
+    await pbx.app.guard.drain()
+    assert stored_spend(pg_url, "day", "2024-06-14") == Decimal("6.00")
+    assert stored_spend(pg_url, "day", "2024-06-15") == Decimal("10.00")
+
+
+@pytest.mark.postgres
+async def test_unread_window_read_when_store_back(cut_off_pbx, proxy, pg_url):
+    # The call is answered at 23:57, after the store went away. Another node
+    # stores 6.00 for the 15th at 00:01, and the store is back at 00:02. The
+    # call then pays 00:00 to 00:03 on the 15th, so 00:04 is not paid.
+    pbx = cut_off_pbx
+    call, _ = await pbx.call("01632960001")
+    await proxy.refuse()
+    await answer(pbx, call)
+
+    await step_to(pbx, london(2024, 6, 15, 0, 1), seconds=30)
+    with Store(pg_url) as store:
+        store.open()
+        store.add_spend("gamma", "day", "2024-06-15", Decimal("6.00"),
+                        london(2024, 6, 15, 0, 1))
+    await step_to(pbx, london(2024, 6, 15, 0, 2), seconds=30)
+    await proxy.listen()
+    await step_to(pbx, london(2024, 6, 15, 0, 3, 58))
+    assert pbx.ari.deletes == []
+
+    pbx.clock.advance(1)
+    await eventually(lambda: len(pbx.ari.deletes) == 1, what="the hang-up at 00:03:59")
+    await eventually(lambda: not pbx.legs(), what="the call's end")
+    await step_to(pbx, london(2024, 6, 15, 0, 5))
+    await eventually(lambda: not pbx.app.guard._writes, what="the queued writes")
+    await pbx.app.guard.drain()
+    assert stored_spend(pg_url, "day", "2024-06-15") == Decimal("10.00")

@@ -30,54 +30,6 @@ RECOVERED = "storing decisions works again"
 SETTLE_TIMEOUT = 10.0
 
 
-class PostgresProxy:
-    """A loopback TCP proxy to the test PostgreSQL server that can stop listening."""
-
-    def __init__(self, target_host: str, target_port: int):
-        self._target = (target_host, target_port)
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self.port = 0
-
-    @property
-    def listening(self) -> bool:
-        return self._server is not None
-
-    async def listen(self) -> None:
-        self._server = await asyncio.start_server(self._pipe, "127.0.0.1", self.port,
-                                                  reuse_address=True)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def refuse(self) -> None:
-        """Close the listener and every open connection, so connecting is refused."""
-        self._server.close()
-        for writer in list(self._writers):
-            writer.close()
-        await self._server.wait_closed()
-        self._server = None
-
-    async def _pipe(self, client_reader: asyncio.StreamReader,
-                    client_writer: asyncio.StreamWriter) -> None:
-        server_reader, server_writer = await asyncio.open_connection(*self._target)
-        self._writers |= {client_writer, server_writer}
-
-        async def copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                while data := await reader.read(65536):
-                    writer.write(data)
-                    await writer.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                writer.close()
-
-        try:
-            await asyncio.gather(copy(client_reader, server_writer),
-                                 copy(server_reader, client_writer))
-        finally:
-            self._writers -= {client_writer, server_writer}
-
-
 class CountingWorker(StoreWorker):
     """A store worker that counts the batches of decisions it was asked to write."""
 
@@ -89,16 +41,6 @@ class CountingWorker(StoreWorker):
         if fn == self.store.add_prepared_decisions:
             self.writes += 1
         return await super().call(fn, *args, **kwargs)
-
-
-@pytest.fixture
-async def proxy(pg_url):
-    url = make_url(pg_url)
-    started = PostgresProxy(url.host, url.port)
-    await started.listen()
-    yield started
-    if started.listening:
-        await started.refuse()
 
 
 @pytest.fixture

@@ -75,6 +75,10 @@ HANGUP_CONFIRM_SECONDS = 10.0
 # first, doubled after each failure up to the last.
 WRITE_RETRY_FIRST_SECONDS = 1.0
 WRITE_RETRY_MAX_SECONDS = 30.0
+# Waits before the limit search reads again the spend windows that the store
+# failed to return. The first wait doubles after each failure, up to the last.
+READ_RETRY_FIRST_SECONDS = 1.0
+READ_RETRY_MAX_SECONDS = 30.0
 # Call updates kept while the store is unreachable; beyond it the oldest are dropped.
 MAX_QUEUED_WRITES = 100_000
 
@@ -104,6 +108,9 @@ class LiveGuard:
         self._dirty: set[str] = set()
         # (trunk, window, key) of spend windows being read for the limit search.
         self._loading_windows: set[tuple[str, str, str]] = set()
+        # Trunk -> the last wait before reading its spend windows again, while
+        # the reads fail.
+        self._read_retry: dict[str, float] = {}
         # Retries of failed hang-ups and store writes, cancelled by close().
         self._retry_timers: set[TimerHandle] = set()
         # Legs that stop_following ended while their channels were still up.
@@ -453,14 +460,23 @@ class LiveGuard:
             for window, key in sorted(windows):
                 await self.ledger.load(trunk, {window: key})
         except StoreError as exc:
-            # The next event or check on the trunk tries again.
+            previous = self._read_retry.get(trunk)
+            delay = (READ_RETRY_FIRST_SECONDS if previous is None
+                     else min(previous * 2, READ_RETRY_MAX_SECONDS))
+            self._read_retry[trunk] = delay
             log.error("%s: failed to read spend windows %s from the store, so the limit "
-                      "search counts their earlier spend as 0 for now: %s", trunk,
-                      ", ".join(f"{window} {key}" for window, key in sorted(windows)), exc)
+                      "search counts there only the calls that this daemon ended; trying "
+                      "again in %g s: %s", trunk,
+                      ", ".join(f"{window} {key}" for window, key in sorted(windows)),
+                      delay, exc)
+            # The search that runs then reads the windows it still lacks.
+            self._retry_at(self.clock.now() + timedelta(seconds=delay),
+                           lambda: self.reschedule(trunk))
             return
         finally:
             self._loading_windows.difference_update(
                 (trunk, window, key) for window, key in windows)
+        self._read_retry.pop(trunk, None)
         self.reschedule_soon(trunk)
 
     def _fire(self, trunk: str) -> None:

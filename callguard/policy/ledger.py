@@ -48,6 +48,9 @@ class Ledger:
         self._live: dict[WindowId, Decimal] = {}
         self._loading: dict[WindowId, asyncio.Future[None]] = {}
         self._unwritten: dict[WindowId, Decimal] = {}
+        # Costs that commit() added to windows not read from the store yet.
+        # Until the read succeeds, they are the least those windows contain.
+        self._unread: dict[WindowId, Decimal] = {}
         # The windows being read from the store.
         self._reads: dict[WindowId, _ReadsInFlight] = {}
 
@@ -70,8 +73,9 @@ class Ledger:
     async def _load_window(self, window_id: WindowId) -> None:
         total = await self._read_total(window_id)
         # Set before any other callback runs, so that a commit() from now on
-        # adds to it.
+        # adds to it. The total contains every cost that _unread counted.
         self._committed.setdefault(window_id, total)
+        self._unread.pop(window_id, None)
 
     async def _read_total(self, window_id: WindowId) -> Decimal:
         """Read a window's stored total and return it plus this daemon's unwritten costs there.
@@ -104,8 +108,16 @@ class Ledger:
         return (trunk, window, key) in self._committed
 
     def committed(self, trunk: str, window: str, key: str) -> Decimal:
-        """Return what finished calls cost in one window (0 if never loaded)."""
-        return self._committed.get((trunk, window, key), ZERO)
+        """Return what finished calls cost in one window.
+
+        Until the window is read from the store, that is only what the calls
+        this daemon ended there cost, as while the store cannot be reached.
+        """
+        window_id = (trunk, window, key)
+        total = self._committed.get(window_id)
+        if total is None:
+            return self._unread.get(window_id, ZERO)
+        return total
 
     def live(self, trunk: str, window: str, key: str) -> Decimal:
         return self._live.get((trunk, window, key), ZERO)
@@ -133,6 +145,8 @@ class Ledger:
             window_id = (trunk, window, key)
             if window_id in self._committed:
                 self._committed[window_id] += amount
+            else:
+                self._unread[window_id] = self._unread.get(window_id, ZERO) + amount
         _add(self._unwritten, trunk, charges, 1)
 
     def written(self, trunk: str, charges: dict[WindowKey, Decimal]) -> None:
@@ -165,9 +179,12 @@ class Ledger:
         """Drop committed totals (all, or one trunk's) so they are read again from the store."""
         if trunk is None:
             self._committed.clear()
+            self._unread.clear()
             return
         for window_id in [w for w in self._committed if w[0] == trunk]:
             del self._committed[window_id]
+        for window_id in [w for w in self._unread if w[0] == trunk]:
+            del self._unread[window_id]
 
 
 def _add(totals: dict[WindowId, Decimal], trunk: str, charges: dict[WindowKey, Decimal],
