@@ -123,6 +123,28 @@ async def test_new_week_counts_stored_spend(pbxs):
     assert limit_moment(pbx) == london(2024, 6, 17, 0, 4)
 
 
+async def test_status_reads_new_week(pbxs):
+    # The trunk sets no weekly limit, so nothing reads the new week's spend.
+    # The store records 4.00 there, as another node would leave it, and the
+    # call up since Sunday 23:55 has paid 00:00 to 00:05 on Monday.
+    pbx = await pbxs(london(2024, 6, 16, 23, 55))
+    call, _ = await pbx.call("01632960001")
+    await answer(pbx, call)
+    pbx.add_spend("week", "2024-W25", "4.00", london(2024, 6, 16, 23, 56))
+    for minute in range(56, 60):
+        pbx.clock.set(london(2024, 6, 16, 23, minute))
+        await asyncio.sleep(0.01)
+    for minute in range(6):
+        pbx.clock.set(london(2024, 6, 17, 0, minute))
+        await asyncio.sleep(0.01)
+    pbx.clock.set(london(2024, 6, 17, 0, 5, 30))
+
+    trunk = (await pbx.app.status())["trunks"]["gamma"]
+    assert trunk["week"] == "2024-W25"
+    assert trunk["weekly_spend"] == "10.00"
+    assert trunk["daily_spend"] == "6.00"
+
+
 async def test_emergency_leg_costs_nothing(pbxs):
     pbx = await pbxs(london(2024, 6, 14, 10, 0))
     normal, result = await pbx.call("01632960123")

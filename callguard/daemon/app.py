@@ -240,7 +240,22 @@ class Application:
         """True or False when ARI is enabled, None when it is not."""
         return None if self.ari is None else self.ari.connected
 
-    def status(self) -> dict:
+    async def status(self) -> dict:
+        """Return the reply to ``callguardctl status``, with each trunk's spend
+        today and this week and its live calls.
+
+        Windows that nothing has read from the store yet, such as the week of
+        a trunk without a weekly limit after a restart or a new week, are read
+        first, so that their earlier spend shows.
+        """
+        now = self.clock.now()
+        for name, trunk in self.config.trunks.items():
+            try:
+                await self.ledger.load(name, window_keys(now, trunk.timezone))
+            except StoreError as exc:
+                log.error("%s: failed to read the spend totals from the store for "
+                          "status, so it shows only what this daemon counted: %s",
+                          name, exc)
         return status.status(self.guard, self.config.general.currency, self.ari_connected)
 
     def _start_ari(self, settings: AriSettings | None) -> None:

@@ -60,7 +60,8 @@ def status(guard: LiveGuard, currency: str, ari_connected: bool | None) -> dict:
         meter.catch_up(now)
         config = meter.config
         keys = window_keys(now, config.timezone)
-        spent = {window: guard.ledger.spent(name, window, keys[window]) or Decimal(0)
+        spent = {window: guard.ledger.committed(name, window, keys[window])
+                 + guard.ledger.live(name, window, keys[window])
                  for window in (DAY, WEEK)}
         trunks[name] = {
             "day": keys[DAY],
