@@ -622,11 +622,9 @@ async def test_full_write_queue_drops_oldest_loudly(make_pbx, monkeypatch, caplo
     assert "call updates are waiting for the store, so the oldest" in caplog.text
 
 
-async def test_blind_limit_hangup_charged_to_request(make_pbx):
-    # The limit hangs the call up while the events websocket is down but REST
-    # works, so its ChannelDestroyed is lost. The reconnect 30 minutes later
-    # finds it gone: it ended when Asterisk accepted the DELETE, not then.
-    start = london(2024, 6, 14, 10, 0)
+async def limit_hangup_while_blind(make_pbx, start: datetime):
+    """Answer a call at ``start`` with 3.00 of the budget left, and let the limit
+    hang it up while the events websocket is down; return the PBX and the call."""
     pbx = await make_pbx(start, spent=[("day", "2024-06-14", "7.00")])
     call, _ = await pbx.call("01632960123")
     await pbx.ari.answer(call)
@@ -638,6 +636,15 @@ async def test_blind_limit_hangup_charged_to_request(make_pbx):
     pbx.clock.advance(179)
     await eventually(lambda: len(pbx.ari.deletes) == 1, what="the hang-up at 179 s")
     await pbx.app.guard.drain()
+    return pbx, call
+
+
+async def test_blind_limit_hangup_charged_to_request(make_pbx):
+    # The limit hangs the call up while the events websocket is down but REST
+    # works, so its ChannelDestroyed is lost. The reconnect 30 minutes later
+    # finds it gone: it ended when Asterisk accepted the DELETE, not then.
+    start = london(2024, 6, 14, 10, 0)
+    pbx, call = await limit_hangup_while_blind(make_pbx, start)
     assert call.trunk_id not in pbx.ari.channels
     assert call.trunk_id in pbx.legs()
 
@@ -650,6 +657,26 @@ async def test_blind_limit_hangup_charged_to_request(make_pbx):
     # 7.00 before, and three 60 s blocks at 1.00 up to the hang-up.
     assert pbx.spend("day", "2024-06-14") == Decimal("10.00")
     assert pbx.app.ledger.spent("gamma", "day", "2024-06-14") == Decimal("10.00")
+    stored = stored_calls(pbx)[call.trunk_id]
+    assert stored.cost == Decimal("3.00")
+    assert stored.ended_at == start + timedelta(seconds=179)
+
+
+async def test_blind_limit_hangup_charged_after_restart(make_pbx):
+    # As above, but callguard restarts 30 minutes after the hang-up, before
+    # ARI shows the call gone. The call is still charged up to the hang-up,
+    # not up to the restart, which would be 33.00 instead of 3.00.
+    start = london(2024, 6, 14, 10, 0)
+    pbx, call = await limit_hangup_while_blind(make_pbx, start)
+
+    await pbx.crash()
+    pbx.clock.advance(30 * 60)
+    pbx.ari.allow_events()
+    await pbx.start_callguard()
+    await eventually(lambda: not pbx.legs(), what="the reconciliation")
+    await pbx.app.guard.drain()
+
+    assert pbx.spend("day", "2024-06-14") == Decimal("10.00")
     stored = stored_calls(pbx)[call.trunk_id]
     assert stored.cost == Decimal("3.00")
     assert stored.ended_at == start + timedelta(seconds=179)

@@ -732,6 +732,26 @@ def test_live_calls_ordered(store):
     assert [record.uniqueid for record in store.recent_calls(limit=2)] == ["1.4", "1.3"]
 
 
+def test_accepted_hangups_latest_per_leg(store):
+    leg = "1718366400.1"
+    for record in [
+        hangup(1, uniqueid=leg),
+        hangup(3, uniqueid=leg),
+        # Asterisk no longer had the channel, or the request failed.
+        hangup(5, uniqueid=leg, outcome="gone"),
+        hangup(6, uniqueid=leg, outcome="failed"),
+        hangup(2, uniqueid="1718366400.2", outcome="failed"),
+        hangup(4, uniqueid="1718366400.4"),
+    ]:
+        store.add_hangup(record)
+
+    accepted = store.accepted_hangups([leg, "1718366400.2", "1718366400.9"])
+
+    assert accepted == {leg: T0 + timedelta(minutes=3)}
+    assert accepted[leg].utcoffset() == timedelta(0)
+    assert store.accepted_hangups([]) == {}
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [

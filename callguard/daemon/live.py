@@ -292,8 +292,23 @@ class AriListener:
 
 
 async def restore_live_calls(guard: LiveGuard) -> int:
-    """Adopt the calls the store still holds as up, with their original answer times."""
-    records = await guard.worker.call(guard.worker.store.live_calls)
+    """Adopt the calls the store still holds as up, with their original answer times.
+
+    A call whose hang-up Asterisk accepted before the restart gets that time
+    back, so that if it is gone once ARI connects, it is charged up to its
+    hang-up and not up to that moment.
+    """
+    store = guard.worker.store
+    records = await guard.worker.call(store.live_calls)
+    accepted: dict = {}
+    if records:
+        try:
+            accepted = await guard.worker.call(store.accepted_hangups,
+                                               [record.uniqueid for record in records])
+        except StoreError as exc:
+            log.error("failed to read the hang-ups of the live calls in the store: %s; a "
+                      "call that callguard hung up before this start and that is gone is "
+                      "charged up to the moment ARI shows it gone", exc)
     restored = 0
     for record in records:
         leg = leg_from_record(record, guard)
@@ -301,6 +316,9 @@ async def restore_live_calls(guard: LiveGuard) -> int:
             log.warning("%s %s: live call in the store cannot be restored (trunk unknown or "
                         "no tariff)", record.trunk, record.uniqueid)
             continue
+        accepted_at = accepted.get(record.uniqueid)
+        if accepted_at is not None and accepted_at >= record.answered_at:
+            leg.hangup_accepted_at = accepted_at
         guard.adopt(leg)
         restored += 1
     if restored:

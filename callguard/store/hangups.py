@@ -2,11 +2,12 @@
 
 from collections.abc import Sequence
 from dataclasses import fields
+from datetime import datetime
 
 from sqlalchemy import Connection, select
 
 from callguard.store.models import Hangup
-from callguard.store.records import HangupRecord, check_count, check_text
+from callguard.store.records import OUTCOME_REQUESTED, HangupRecord, check_count, check_text
 from callguard.store.schema import allocate_ids
 
 
@@ -53,3 +54,23 @@ def recent_hangups(
 
     rows = conn.execute(statement.limit(limit))
     return [HangupRecord(**row._mapping) for row in rows]
+
+
+# Uniqueids per query. Each is one bound parameter, and SQLite before version
+# 3.32 allowed 999 in a statement.
+UNIQUEIDS_PER_QUERY = 500
+
+
+def accepted_hangups(conn: Connection, uniqueids: Sequence[str]) -> dict[str, datetime]:
+    """Return, for each trunk leg of ``uniqueids`` that has one, the latest hang-up
+    of it that Asterisk accepted (outcome ``requested``)."""
+    latest: dict[str, datetime] = {}
+    for start in range(0, len(uniqueids), UNIQUEIDS_PER_QUERY):
+        chunk = [check_text(uniqueid, "uniqueid")
+                 for uniqueid in uniqueids[start:start + UNIQUEIDS_PER_QUERY]]
+        statement = select(Hangup.uniqueid, Hangup.requested_at).where(
+            Hangup.outcome == OUTCOME_REQUESTED, Hangup.uniqueid.in_(chunk))
+        for uniqueid, requested_at in conn.execute(statement):
+            if uniqueid not in latest or requested_at > latest[uniqueid]:
+                latest[uniqueid] = requested_at
+    return latest

@@ -357,6 +357,11 @@ class Store(OutboxMethods, AuditMethods):
         with self._transaction("reading hangups", write=False) as conn:
             return hangups.recent_hangups(conn, limit, trunk)
 
+    def accepted_hangups(self, uniqueids: Sequence[str]) -> dict[str, datetime]:
+        """Return when Asterisk last accepted a hang-up of each of these trunk legs."""
+        with self._transaction("reading accepted hangups", write=False) as conn:
+            return hangups.accepted_hangups(conn, uniqueids)
+
 
 def _apply_call_updates(
     conn: Connection, operations: Sequence[tuple[str, tuple]]
