@@ -439,6 +439,51 @@ def test_bad_value(workdir, section, key, value, messages):
     assert problems(config_with(section, key, value)) == expected
 
 
+# fmt: off
+LIST_VALUES = [
+    # (section, key, a valid list of two items) for every comma-separated key
+    ("general", "allowed_clients", "127.0.0.1/32", "::1/128"),
+    ("general", "emergency_numbers", "999", "112"),
+    ("trunk gamma", "bar", "premium", "international"),
+    ("trunk gamma", "warn_percent", "50", "80"),
+    ("trunk gamma", "international_allow", "IE", "FR"),
+    ("trunk gamma", "numbers", "01632960000-01632960099", "02079460123"),
+    ("trunk gamma", "opt_out", "01632960050", "01632960051"),
+    ("trunk gamma", "opt_in", "01632960050", "01632960051"),
+    ("trunk gamma", "notify", "noc@example.com", "ops@example.com"),
+    ("trunk gamma", "bar_out_of_hours", "international", "premium"),
+    ("trunk gamma", "business_hours", "Mon-Fri 08:00-18:00", "Sat 09:00-13:00"),
+    ("trunk gamma", "ban_ignore", "1001", "1002"),
+    ("smtp", "to", "noc@example.com", "ops@example.com"),
+    ("number 01632960001", "allow", "international", "mobile"),
+    ("number 01632960001", "bar", "premium", "mobile"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("section, key, first, second", LIST_VALUES)
+def test_list_empty_item_rejected(workdir, section, key, first, second):
+    fixed = f"{first}, {second}"
+    cases = [
+        (f"{first},,{second}", "between two commas"),
+        (f"{first}, , {second}", "between two commas"),
+        (f", {first}, {second}", "before the first comma"),
+        (f"{first}, {second},", "after the last comma"),
+    ]
+    for value, place in cases:
+        assert problems(config_with(section, key, value)) == [
+            f"{CONFIG_NAME}:2: [{section}] {key}: {value!r} has an empty item "
+            f"{place}; remove the extra comma and write it like {fixed}"
+        ]
+
+
+def test_list_of_commas_rejected(workdir):
+    assert problems(config_with("trunk gamma", "bar", ",")) == [
+        f"{CONFIG_NAME}:2: [trunk gamma] bar: ',' has an empty item before the "
+        "first comma; remove the extra comma and leave it empty for none"
+    ]
+
+
 @pytest.mark.parametrize("url, shown", [
     ("postgres://cg:s3cret-pw@127.0.0.1/cg", "'postgres://cg:***@127.0.0.1/cg'"),
     ("postgresql://cg:s3cret-pw@127.0.0.1/cg", "'postgresql://cg:***@127.0.0.1/cg'"),

@@ -5,6 +5,8 @@ import difflib
 from callguard.config.errors import InvalidValue
 from callguard.numbers.categories import CATEGORIES, EMERGENCY
 
+LIST_SEPARATOR = ","
+
 # The names come from the numbers layer, which assigns them, so a category that
 # a prefix table can produce can always be barred. The order is for messages.
 KNOWN_CATEGORIES: tuple[str, ...] = tuple(
@@ -41,8 +43,29 @@ def parse_categories(text: str, *, barring: bool) -> frozenset[str]:
 
 
 def split_list(text: str) -> list[str]:
-    """Split a comma list into its stripped, non-empty items."""
-    return [item.strip() for item in text.split(",") if item.strip()]
+    """Split a comma list into its stripped items, or none for blank text.
+
+    Raises ``InvalidValue`` for an empty item, as in ``50,,80`` or ``50, 80,``,
+    because a stray comma is a typo that may have lost an item.
+    """
+    if not text.strip():
+        return []
+
+    items = [item.strip() for item in text.split(LIST_SEPARATOR)]
+    if all(items):
+        return items
+
+    if not items[0]:
+        place = "before the first comma"
+    elif not items[-1]:
+        place = "after the last comma"
+    else:
+        place = "between two commas"
+    fixed = f"{LIST_SEPARATOR} ".join(item for item in items if item)
+    fix = f"write it like {fixed}" if fixed else "leave it empty for none"
+    raise InvalidValue(
+        f"{text!r} has an empty item {place}; remove the extra comma and {fix}"
+    )
 
 
 def _unknown_category(item: str) -> str:
