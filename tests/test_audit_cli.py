@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from callguard.cli import blocks
+from callguard.cli.audit import parse_since
 from callguard.cli.ctl import main
 from callguard.clock import ManualClock
 from callguard.config import load_config
@@ -112,6 +113,22 @@ def test_audit_since_excludes_older(conf, capsys):
 def test_audit_rejects_bad_since(conf, capsys):
     assert main(["--config", str(conf), "audit", "--since", "yesterday"]) == 2
     assert "'yesterday' is neither a duration nor an ISO time" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("since", ["0s", "0", "0ms", "-1h", "-0"])
+def test_audit_rejects_since_not_positive(conf, capsys, since):
+    assert main(["--config", str(conf), "audit", f"--since={since}"]) == 2
+    assert (f"--since: {since!r} must be longer than zero, because the listing starts "
+            "that long before now; write it like 2h, 1d or 2024-06-14T09:00+01:00"
+            ) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("since, seconds", [
+    ("1s", 1), ("2h", 7200), ("250ms", 0.25), ("1.5m", 90), ("30", 30)])
+def test_parse_since_duration(since, seconds):
+    now = datetime(2024, 6, 14, 9, 0, tzinfo=timezone.utc)
+
+    assert parse_since(since, now) == now - timedelta(seconds=seconds)
 
 
 class Daemon:

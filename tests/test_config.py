@@ -290,7 +290,11 @@ BAD_VALUES = [
     ("general", "decision_timeout", "1 minute", [
         f"'1 minute' is not a duration; {DURATION_FIX}"]),
     ("general", "decision_timeout", "-1s", [
-        f"'-1s' is not a duration; {DURATION_FIX}"]),
+        "'-1s' must be longer than zero; write it like 1s"]),
+    ("general", "decision_timeout", "-0", [
+        "'-0' must be longer than zero; write it like 1s"]),
+    ("general", "decision_timeout", "--1s", [
+        f"'--1s' is not a duration; {DURATION_FIX}"]),
     ("general", "prefixes", "missing.csv", [
         "'missing.csv' is not a file (looked for {dir}/missing.csv); create it or "
         "correct the path"]),
@@ -298,6 +302,8 @@ BAD_VALUES = [
         "'1.5s' is not a whole number of seconds; write it like 120 or 2m"]),
     ("general", "reservation_seconds", "0", [
         "'0' must be at least 1s; write it like 120 or 2m"]),
+    ("general", "reservation_seconds", "-2m", [
+        "'-2m' must be at least 1s; write it like 120 or 2m"]),
     ("general", "control_socket", "", [
         "'' is not a path; write it like /run/callguard/callguard.sock"]),
     ("general", "log_level", "verbose", [
@@ -330,6 +336,8 @@ BAD_VALUES = [
         "'nowhere.pem' is not a file (looked for {dir}/nowhere.pem); create it or "
         "correct the path"]),
     ("ari", "ping_timeout", "1m", ["'1m' is too long; write at most 30s"]),
+    ("ari", "ping_timeout", "-30s", [
+        "'-30s' must be longer than zero; write it like 1s"]),
     ("trunk gamma", "bar", "premum", [
         f"'premum' is not a barring category; did you mean premium? use one of "
         f"{CATEGORY_LIST}"]),
@@ -366,6 +374,14 @@ BAD_VALUES = [
         "'1.5s' is not a whole number of seconds; write it like 90 or 10m"]),
     ("trunk gamma", "ban_time", "500ms", [
         "'500ms' must be at least 1s; write it like 10m"]),
+    ("trunk gamma", "ban_time", "-1h", [
+        "'-1h' must be at least 1s; write it like 10m"]),
+    ("trunk gamma", "ban_window", "0", [
+        "'0' must be at least 1s; write it like 10m"]),
+    ("trunk gamma", "max_call_seconds", "-1h", [
+        "'-1h' must be at least 1s; write it like 120 or 2m"]),
+    ("trunk gamma", "repeat_window", "-1h", [
+        "'-1h' must be at least 1s; write it like 120 or 2m"]),
     ("trunk gamma", "rates", "rates-delta.csv", [
         "'rates-delta.csv' is not a file (looked for {dir}/rates-delta.csv); create "
         "it or correct the path"]),

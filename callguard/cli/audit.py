@@ -9,12 +9,13 @@ from datetime import datetime, timedelta, timezone
 from callguard.cli.common import EXIT_CONFIG, EXIT_OK, read_config, row_limit
 from callguard.text import escape_controls
 from callguard.config.errors import InvalidValue
-from callguard.config.offenders import parse_ban_duration
+from callguard.config.durations import parse_signed_seconds
 from callguard.store import AuditTrail, Store
 from callguard.store.audit import Renewal, read_renewal
 from callguard.urls import mask_url
 
 DEFAULT_SINCE = "1d"
+SINCE_EXAMPLES = "2h, 1d or 2024-06-14T09:00+01:00"
 DEFAULT_LIMIT = 200
 KIND_DECISION = "decision"
 KIND_BLOCK = "block"
@@ -36,16 +37,23 @@ def parse_since(text: str, now: datetime) -> datetime:
     """Parse ``--since``: a duration back from ``now`` (``2h``, ``1d``) or an ISO time.
 
     An ISO time without an offset is taken as UTC. Returns the moment in UTC.
-    Raises ``ValueError`` for anything else, and for a moment that UTC cannot
-    hold (before the year 1 or after 9999).
+    Raises ``ValueError`` for anything else, for a duration of zero or less, and
+    for a moment that UTC cannot hold (before the year 1 or after 9999).
     """
     try:
-        seconds = parse_ban_duration(text)
+        seconds = parse_signed_seconds(text, SINCE_EXAMPLES)
     except InvalidValue:
         seconds = None
     if seconds is not None:
+        if seconds <= 0:
+            # Every other duration of callguardctl and the config must be
+            # longer than zero too.
+            raise ValueError(
+                f"{text!r} must be longer than zero, because the listing starts "
+                f"that long before now; write it like {SINCE_EXAMPLES}"
+            )
         try:
-            return now - timedelta(seconds=seconds)
+            return now - timedelta(seconds=float(seconds))
         except OverflowError:
             raise ValueError(
                 f"{text!r} reaches back before the year 1; give a shorter duration, "
@@ -56,8 +64,8 @@ def parse_since(text: str, now: datetime) -> datetime:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(
-            f"{text!r} is neither a duration nor an ISO time; write it like 2h, 1d or "
-            "2024-06-14T09:00+01:00"
+            f"{text!r} is neither a duration nor an ISO time; write it like "
+            f"{SINCE_EXAMPLES}"
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)

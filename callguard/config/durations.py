@@ -12,6 +12,7 @@ from decimal import Decimal
 from callguard.config.errors import InvalidValue
 
 DURATION_PATTERN = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?")
+NEGATIVE_SIGN = "-"
 SECONDS_PER_UNIT = {
     "ms": Decimal("0.001"),
     "s": Decimal(1),
@@ -33,3 +34,19 @@ def parse_seconds(text: str, examples: str) -> Decimal:
         raise InvalidValue(f"{text!r} is not a duration; write it like {examples}")
 
     return Decimal(match[1]) * SECONDS_PER_UNIT[match[2] or "s"]
+
+
+def parse_signed_seconds(text: str, examples: str) -> Decimal:
+    """Parse a duration as ``parse_seconds`` does, or one with a leading ``-``.
+
+    Returns a negative number of seconds for ``-1h``, so that a key or option
+    with a minimum rejects it with the message it gives for zero, not as text
+    that is no duration.
+    """
+    stripped = text.strip()
+    if stripped.startswith(NEGATIVE_SIGN):
+        try:
+            return -parse_seconds(stripped[len(NEGATIVE_SIGN):], examples)
+        except InvalidValue:
+            pass
+    return parse_seconds(text, examples)

@@ -12,7 +12,7 @@ from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
 from callguard.config.categories import split_list
-from callguard.config.durations import parse_seconds
+from callguard.config.durations import parse_signed_seconds
 from callguard.config.errors import InvalidValue
 from callguard.config.ranges import NumberRanges, parse_number_ranges
 
@@ -86,7 +86,7 @@ class OffenderSettings:
 
 def parse_ban_duration(text: str) -> int:
     """Parse whole seconds of 1 s or more, such as ``10m``, ``1.5h``, ``2d`` or ``1w``."""
-    seconds = parse_seconds(text, BAN_DURATION_EXAMPLES)
+    seconds = parse_signed_seconds(text, BAN_DURATION_EXAMPLES)
     if seconds < 1:
         raise InvalidValue(f"{text!r} must be at least 1s; write it like 10m")
 

@@ -11,7 +11,7 @@ from decimal import Decimal
 import phonenumbers
 
 from callguard.config.categories import split_list
-from callguard.config.durations import parse_seconds
+from callguard.config.durations import parse_seconds, parse_signed_seconds
 from callguard.config.errors import InvalidValue
 from callguard.config.model import DefaultRate
 from callguard.money import MAX_AMOUNT, InvalidAmount, parse_amount
@@ -49,7 +49,7 @@ def parse_duration(text: str) -> float:
 
 def parse_timeout(text: str, maximum: float) -> float:
     """Parse a duration of more than zero and at most ``maximum`` seconds."""
-    seconds = parse_duration(text)
+    seconds = float(parse_signed_seconds(text, DURATION_EXAMPLES))
     if seconds <= 0:
         raise InvalidValue(f"{text!r} must be longer than zero; write it like 1s")
 
@@ -60,7 +60,7 @@ def parse_timeout(text: str, maximum: float) -> float:
 
 def parse_whole_seconds(text: str) -> int:
     """Parse a duration of one second or more that is a whole number of seconds."""
-    seconds = parse_duration(text)
+    seconds = float(parse_signed_seconds(text, DURATION_EXAMPLES))
     if seconds != int(seconds):
         raise InvalidValue(
             f"{text!r} is not a whole number of seconds; write it like 120 or 2m"
