@@ -2,6 +2,7 @@
 
 import logging
 import random
+import re
 import shutil
 import time
 from decimal import Decimal
@@ -1222,6 +1223,36 @@ def test_duration_invalid(text):
     assert str(caught.value) == f"{text!r} is not a duration; {DURATION_FIX}"
 
 
+def sample_comment(section: str, key: str) -> str:
+    """Return the comment lines just above ``key`` in ``section`` of the sample config."""
+    lines = SAMPLE.read_text().splitlines()
+    start = lines.index(f"[{section}]")
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith(f"{key} ="))
+    comment = []
+    for line in reversed(lines[start:end]):
+        if not line.startswith(";"):
+            break
+        comment.insert(0, line.lstrip("; "))
+    return " ".join(comment)
+
+
+@pytest.mark.parametrize("section, key", [
+    ("general", "decision_timeout"),
+    ("ari", "ping_timeout"),
+    ("smtp", "timeout"),
+    ("smtp", "give_up_after"),
+    ("webhook", "timeout"),
+    ("webhook", "give_up_after"),
+    ("trunk gamma", "repeat_window"),
+])
+def test_duration_limit_as_sample_writes(workdir, section, key):
+    limit = re.search(r"at most (\w+)", sample_comment(section, key))[1]
+
+    assert problems(config_with(section, key, "2w")) == [
+        f"{CONFIG_NAME}:2: [{section}] {key}: '2w' is too long; write at most {limit}"
+    ]
+
+
 def test_categories():
     assert len(KNOWN_CATEGORIES) == 17
     assert "operator" in KNOWN_CATEGORIES
@@ -1426,7 +1457,9 @@ BAD_DELIVERY = [
     ({"timeout": "10m"}, None, [
         "5: [smtp] timeout: '10m' is too long; write at most 300s"]),
     ({"give_up_after": "25h"}, None, [
-        "5: [smtp] give_up_after: '25h' is too long; write at most 86400s"]),
+        "5: [smtp] give_up_after: '25h' is too long; write at most 24h"]),
+    ({"give_up_after": "2d"}, None, [
+        "5: [smtp] give_up_after: '2d' is too long; write at most 24h"]),
     ({"password_file": "smtp.secret", "username": "cg"}, None, [
         "5: [smtp] password_file: 'smtp.secret' is not a file (looked for "
         "{dir}/smtp.secret); create it or correct the path"]),
@@ -1452,6 +1485,10 @@ BAD_DELIVERY = [
         "certificate to check; use an https:// url or remove ca_file"]),
     (None, {"url": "https://hooks.example.com/", "timeout": "0"}, [
         "3: [webhook] timeout: '0' must be longer than zero; write it like 1s"]),
+    (None, {"url": "https://hooks.example.com/", "timeout": "301"}, [
+        "3: [webhook] timeout: '301' is too long; write at most 300s"]),
+    (None, {"url": "https://hooks.example.com/", "give_up_after": "2d"}, [
+        "3: [webhook] give_up_after: '2d' is too long; write at most 24h"]),
     (None, {"url": "https://hooks.example.com/", "retries": "3"}, [
         "3: [webhook] retries: unknown key; known keys are url, secret_file, "
         "timeout, ca_file, give_up_after"]),

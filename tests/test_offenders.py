@@ -354,8 +354,10 @@ CONFIG_ERRORS = [
     ("ban_time = 0", "ban_time", "'0' must be at least 1s; write it like 10m"),
     ("ban_time_factor = 0.5", "ban_time_factor", "'0.5' is not a factor from 1 to 100; "
      "write it like 2, or 1 to give every ban the same length"),
-    ("ban_max_time = 30m", "ban_max_time", "1800s is shorter than ban_time (3600s); set "
+    ("ban_max_time = 30m", "ban_max_time", "30m is shorter than ban_time (1h); set "
      "ban_max_time to ban_time or longer"),
+    ("ban_time = 1.5h\nban_max_time = 90", "ban_max_time", "90s is shorter than "
+     "ban_time (90m); set ban_max_time to ban_time or longer"),
     ("offender_key = source\nban_ignore = 192.0.2.300", "ban_ignore",
      "'192.0.2.300' is not an IP address or network; write it like 192.0.2.10 or "
      "192.0.2.0/24, because offender_key is source"),

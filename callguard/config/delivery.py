@@ -24,8 +24,9 @@ SMTP_SECURITY = (SECURITY_NONE, SECURITY_STARTTLS, SECURITY_TLS)
 SMTP_PORT = 25
 SMTPS_PORT = 465  # implicit TLS, RFC 8314
 
-MAX_SEND_TIMEOUT_SECONDS = 300.0
-MAX_GIVE_UP_SECONDS = 86400.0
+# Limits as the sample config writes them, because error messages quote them.
+MAX_SEND_TIMEOUT = "300s"
+MAX_GIVE_UP = "24h"
 LOCALHOST = "localhost"
 
 # RFC 1123 host names: dot-separated labels of letters, digits and inner hyphens.
@@ -140,11 +141,11 @@ def parse_webhook_url(text: str) -> str | None:
 
 
 def _timeout(text: str, context: Context) -> float:
-    return values.parse_timeout(text, MAX_SEND_TIMEOUT_SECONDS)
+    return values.parse_timeout(text, MAX_SEND_TIMEOUT)
 
 
 def _give_up(text: str, context: Context) -> float:
-    return values.parse_timeout(text, MAX_GIVE_UP_SECONDS)
+    return values.parse_timeout(text, MAX_GIVE_UP)
 
 
 def _file(text: str, context: Context):

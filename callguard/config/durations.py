@@ -50,3 +50,11 @@ def parse_signed_seconds(text: str, examples: str) -> Decimal:
         except InvalidValue:
             pass
     return parse_seconds(text, examples)
+
+
+def format_duration(seconds: int) -> str:
+    """Return whole ``seconds`` in the largest unit that divides them, like ``90m`` or ``1w``."""
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"

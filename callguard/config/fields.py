@@ -20,10 +20,12 @@ from callguard.config.ranges import parse_number_ranges
 ALWAYS_EMERGENCY_NUMBERS = ("999", "112")
 FAIL_POLICIES = ("allow", "deny")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-MAX_TIMEOUT_SECONDS = 30.0
+# Limits of duration keys, written as the sample config writes them, because
+# error messages quote them.
+MAX_TIMEOUT = "30s"
 # Velocity counts live in memory only, so a longer window would promise more
 # than a restart keeps.
-MAX_REPEAT_WINDOW_SECONDS = 24 * 3600
+MAX_REPEAT_WINDOW = "24h"
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ GENERAL_FIELDS: dict[str, Field] = {
         lambda text, context: values.parse_choice(text, FAIL_POLICIES), "deny"
     ),
     "decision_timeout": Field(
-        lambda text, context: values.parse_timeout(text, MAX_TIMEOUT_SECONDS), "1s"
+        lambda text, context: values.parse_timeout(text, MAX_TIMEOUT), "1s"
     ),
     "prefixes": Field(_in_base_dir(addresses.parse_existing_file)),
     "reservation_seconds": Field(_ignore_context(values.parse_whole_seconds), "120"),
@@ -131,7 +133,7 @@ ARI_FIELDS: dict[str, Field] = {
     ),
     "ca_file": Field(_in_base_dir(addresses.parse_existing_file)),
     "ping_timeout": Field(
-        lambda text, context: values.parse_timeout(text, MAX_TIMEOUT_SECONDS), "30s"
+        lambda text, context: values.parse_timeout(text, MAX_TIMEOUT), "30s"
     ),
 }
 
@@ -155,7 +157,7 @@ TRUNK_FIELDS: dict[str, Field] = {
     "max_destinations_per_hour": Field(_ignore_context(values.parse_optional_count)),
     "max_repeat_calls": Field(_ignore_context(values.parse_optional_count)),
     "repeat_window": Field(
-        lambda text, context: values.parse_window(text, MAX_REPEAT_WINDOW_SECONDS),
+        lambda text, context: values.parse_window(text, MAX_REPEAT_WINDOW),
         "1h",
     ),
     "bar_out_of_hours": Field(

@@ -12,7 +12,7 @@ from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
 from callguard.config.categories import split_list
-from callguard.config.durations import parse_signed_seconds
+from callguard.config.durations import format_duration, parse_signed_seconds
 from callguard.config.errors import InvalidValue
 from callguard.config.ranges import NumberRanges, parse_number_ranges
 
@@ -197,8 +197,9 @@ def build_offender_settings(
         report(
             lines.get("ban_max_time", lines.get("ban_time", 0)),
             "ban_max_time",
-            f"{values['ban_max_time']}s is shorter than ban_time "
-            f"({values['ban_time']}s); set ban_max_time to ban_time or longer",
+            f"{format_duration(values['ban_max_time'])} is shorter than ban_time "
+            f"({format_duration(values['ban_time'])}); set ban_max_time to ban_time "
+            "or longer",
         )
         valid = False
 

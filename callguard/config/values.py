@@ -47,14 +47,18 @@ def parse_duration(text: str) -> float:
     return float(parse_seconds(text, DURATION_EXAMPLES))
 
 
-def parse_timeout(text: str, maximum: float) -> float:
-    """Parse a duration of more than zero and at most ``maximum`` seconds."""
+def parse_timeout(text: str, maximum: str) -> float:
+    """Parse a duration of more than zero and at most ``maximum``, such as ``30s``.
+
+    ``maximum`` is duration text, so that the message gives the limit in the
+    unit that the sample config writes it in.
+    """
     seconds = float(parse_signed_seconds(text, DURATION_EXAMPLES))
     if seconds <= 0:
         raise InvalidValue(f"{text!r} must be longer than zero; write it like 1s")
 
-    if seconds > maximum:
-        raise InvalidValue(f"{text!r} is too long; write at most {maximum:g}s")
+    if seconds > parse_duration(maximum):
+        raise InvalidValue(f"{text!r} is too long; write at most {maximum}")
     return seconds
 
 
@@ -78,13 +82,14 @@ def parse_optional_seconds(text: str) -> int | None:
     return parse_whole_seconds(text)
 
 
-def parse_window(text: str, maximum: int) -> int:
-    """Parse whole seconds as ``parse_whole_seconds`` does, at most ``maximum``."""
+def parse_window(text: str, maximum: str) -> int:
+    """Parse whole seconds as ``parse_whole_seconds`` does, at most ``maximum``.
+
+    ``maximum`` is duration text, such as ``24h``, as ``parse_timeout`` takes it.
+    """
     seconds = parse_whole_seconds(text)
-    if seconds > maximum:
-        raise InvalidValue(
-            f"{text!r} is too long; write at most {maximum // 3600}h"
-        )
+    if seconds > parse_duration(maximum):
+        raise InvalidValue(f"{text!r} is too long; write at most {maximum}")
     return seconds
 
 

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from callguard.clock import Clock
+from callguard.config.durations import format_duration
 from callguard.config.offenders import (
     KEY_ACCOUNTCODE,
     KEY_CALLER,
@@ -194,7 +195,7 @@ class Ban:
 
     @property
     def reason(self) -> str:
-        window = _duration_text(self.settings.ban_window)
+        window = format_duration(self.settings.ban_window)
         return (f"{plural(self.attempts, 'barred attempt')} within {window} on trunk "
                 f"{self.trunk}, the last {self.last_reason} to {self.last_number}")
 
@@ -286,7 +287,7 @@ class OffenderGuard:
         expires_at = ban.at + timedelta(seconds=seconds)
         self.blocks.add(ban.key_type, ban.key, expires_at)
         log.warning("blocked %s %s for %s until %s (earlier bans: %d): %s", ban.key_type,
-                    ban.key, _duration_text(seconds), expires_at.isoformat(timespec="seconds"),
+                    ban.key, format_duration(seconds), expires_at.isoformat(timespec="seconds"),
                     earlier,
                     ban.reason)
 
@@ -319,10 +320,3 @@ def _missing_key(key_type: str, request: CallRequest) -> str:
         return (f"caller ID {quote(request.caller)} is not a full number, so it is not "
                 "counted for offender_key = caller")
     return "the call has no caller ID, so it is not counted for offender_key = caller"
-
-
-def _duration_text(seconds: int) -> str:
-    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
