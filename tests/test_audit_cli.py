@@ -12,7 +12,7 @@ from sqlalchemy.engine import make_url
 
 from callguard.cli import blocks
 from callguard.cli.audit import parse_since
-from callguard.cli.ctl import main
+from callguard.cli.ctl import attach_negative_values, main
 from callguard.clock import ManualClock
 from callguard.config import load_config
 from callguard.daemon.app import SPEND_REFRESH_SECONDS, Application
@@ -628,6 +628,55 @@ def test_audit_old_creation_entry_as_stored(conf, capsys):
     events = run_json(capsys, conf, "audit")
 
     assert [event["summary"] for event in events][1:] == ["fraud"]
+
+
+BLOCK_FOR_FIX = ("write how long the block lasts, like 30m, 2h, 1d or 1w, or leave out "
+                 "--for to block until unblocked")
+
+
+@pytest.mark.parametrize("arguments, value", [
+    (("--for", "-1h"), "-1h"),
+    (("--for=-1h",), "-1h"),
+    (("--for", "-30"), "-30"),
+    (("--for", "-0.5d"), "-0.5d"),
+    (("--for", "0s"), "0s"),
+    (("--for", "0"), "0"),
+    (("--for", "-0"), "-0"),
+])
+def test_block_for_not_positive(conf, capsys, arguments, value):
+    status = run_ctl(conf, "block", "1001", *arguments, "--reason", "fraud")
+
+    err = capsys.readouterr().err
+    assert status == 2
+    assert (f"argument --for: {value!r} must be longer than zero; {BLOCK_FOR_FIX}"
+            in err)
+    assert "expected one argument" not in err
+    assert stored_blocks(conf) == []
+
+
+def test_block_for_negative_before_caller(conf, capsys):
+    status = run_ctl(conf, "block", "--for", "-2h", "1001", "--reason", "fraud")
+
+    assert status == 2
+    assert "argument --for: '-2h' must be longer than zero" in capsys.readouterr().err
+    assert stored_blocks(conf) == []
+
+
+def test_audit_since_negative_separate(conf, capsys):
+    assert main(["--config", str(conf), "audit", "--since", "-1h"]) == 2
+    assert "--since: '-1h' must be longer than zero" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, attached", [
+    (["block", "1001", "--for", "-1h"], ["block", "1001", "--for=-1h"]),
+    (["audit", "--since", "-.5h"], ["audit", "--since=-.5h"]),
+    (["block", "1001", "--for", "2h"], ["block", "1001", "--for", "2h"]),
+    (["block", "--reason", "-1h"], ["block", "--reason", "-1h"]),
+    (["block", "--", "--for", "-1h"], ["block", "--", "--for", "-1h"]),
+    (["block", "1001", "--for"], ["block", "1001", "--for"]),
+])
+def test_attach_negative_values(argv, attached):
+    assert attach_negative_values(argv) == attached
 
 
 @pytest.mark.parametrize("arguments, message", [

@@ -25,8 +25,10 @@ from callguard.cli.common import (
 from callguard.money import format_amount
 from callguard.text import escape_controls, plural
 from callguard.config import Config
+from callguard.config.durations import parse_signed_seconds
 from callguard.config.errors import InvalidValue
 from callguard.config.offenders import (
+    BAN_DURATION_EXAMPLES,
     KEY_ACCOUNTCODE,
     KEY_CALLER,
     KEY_ENDPOINT,
@@ -62,6 +64,7 @@ STORE_READ_ADVICE = ("A running daemon reads the blocks and the spend from the s
 # The longest --for. A longer block is one until unblocked, and the limit keeps
 # the expiry far below the year 9999, the last that datetime can hold.
 MAX_BLOCK_DAYS = 36500
+BLOCK_DURATION_EXAMPLES = "30m, 2h, 1d or 1w"
 # Technologies that start a channel name, as PJSIP does in PJSIP/1001-00000012.
 CHANNEL_TECHNOLOGIES = frozenset({"pjsip", "sip", "iax2", "dahdi", "local"})
 # The noun and an example of each key type, for the error messages.
@@ -81,6 +84,12 @@ KEY_EXAMPLES = {
 
 def _duration(text: str) -> int:
     try:
+        if parse_signed_seconds(text, BAN_DURATION_EXAMPLES) <= 0:
+            raise InvalidValue(
+                f"{text!r} must be longer than zero; write how long the block lasts, "
+                f"like {BLOCK_DURATION_EXAMPLES}, or leave out --for to block until "
+                "unblocked"
+            )
         seconds = parse_ban_duration(text)
     except InvalidValue as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
@@ -128,7 +137,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     block.add_argument("key", metavar="CALLER", help="the endpoint, calling number, "
                        "account code or source IP address (one address) to block")
     block.add_argument("--for", dest="duration", type=_duration, metavar="DURATION",
-                       help="how long, like 30m, 2h, 1d or 1w (default: until unblocked)")
+                       help=f"how long, like {BLOCK_DURATION_EXAMPLES} (default: until "
+                       "unblocked)")
     block.add_argument("--reason", required=True, type=_reason,
                        help="why, kept in the audit trail")
     _add_type(block, KEY_ENDPOINT, KEY_ENDPOINT)

@@ -5,6 +5,7 @@ import asyncio
 import ipaddress
 import json
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -328,6 +329,35 @@ COMMANDS = {
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 
 
+# Options that take a duration. argparse reads a value that starts with "-",
+# as in "--for -1h", as an option of its own and reports "expected one
+# argument", so such a value is attached first and the option's own check
+# reports it.
+DURATION_OPTIONS = frozenset({"--for", "--since"})
+NEGATIVE_VALUE = re.compile(r"-[0-9.]")
+
+
+def attach_negative_values(argv: list[str]) -> list[str]:
+    """Return ``argv`` with ``--for -1h`` written as ``--for=-1h``, for every duration option."""
+    attached = []
+    index = 0
+    while index < len(argv):
+        argument = argv[index]
+        if argument == "--":
+            attached.extend(argv[index:])
+            break
+
+        following = argv[index + 1] if index + 1 < len(argv) else ""
+        if argument in DURATION_OPTIONS and NEGATIVE_VALUE.match(following):
+            attached.append(f"{argument}={following}")
+            index += 2
+            continue
+
+        attached.append(argument)
+        index += 1
+    return attached
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return _run_flushed(argv)
@@ -356,7 +386,9 @@ def _run_flushed(argv: list[str] | None) -> int:
 
 
 def _run(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    if argv is None:
+        argv = sys.argv[1:]
+    args = build_parser().parse_args(attach_negative_values(argv))
     try:
         return COMMANDS[args.command](args)
     except (PrefixTableError, RateDeckError, TablesError) as exc:
