@@ -362,6 +362,76 @@ def test_block_accountcode_rejects_line_break(conf, capsys):
     assert stored_blocks(conf) == []
 
 
+# Python reads argument bytes that are not UTF-8, as in $'10\xff01', as lone
+# surrogates.
+NOT_UTF8 = "10\udcff01"
+
+
+@pytest.mark.parametrize("key_type, noun", [
+    ("endpoint", "endpoint"), ("accountcode", "account code")])
+def test_block_rejects_non_utf8_key(conf, capsys, key_type, noun):
+    status = run_ctl(conf, "block", NOT_UTF8, "--type", key_type, "--reason", "fraud")
+
+    err = capsys.readouterr().err
+    assert status == 2
+    assert (f"'10\\udcff01' contains bytes that are not UTF-8 text, which no {noun} "
+            f"of a check has; give the {noun} in UTF-8") in err
+    assert "Traceback" not in err
+    assert stored_blocks(conf) == []
+
+
+def test_unblock_rejects_non_utf8_key(conf, capsys):
+    status = run_ctl(conf, "unblock", NOT_UTF8, "--reason", "false alarm")
+
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "'10\\udcff01' contains bytes that are not UTF-8 text" in err
+
+
+@pytest.mark.parametrize("key_type, key, shown", [
+    ("endpoint", "10 01", "10 01"),
+    ("endpoint", "10\t01", "10\\x0901"),
+    ("accountcode", "sales team", "sales team"),
+    ("accountcode", "sales\x1bteam", "sales\\x1bteam"),
+])
+def test_block_unusual_key_warns_and_stores(conf, capsys, key_type, key, shown):
+    # Asterisk keeps whitespace and control characters in a pjsip.conf
+    # section name and in an account code, so a check can carry them.
+    status = run_ctl(conf, "block", key, "--type", key_type, "--reason", "fraud")
+
+    out, err = capsys.readouterr()
+    assert status == 0
+    assert f"blocked {key_type} {shown} " in out
+    assert "contains whitespace or a control character, so the block matches only" in err
+    assert "\x1b" not in err
+    assert stored_blocks(conf) == [(key_type, key)]
+
+
+@pytest.mark.parametrize("key_type, key", [
+    ("endpoint", "1001"), ("endpoint", "alice.desk-2"), ("accountcode", "sales"),
+    ("caller", "01632 960010"), ("source", "192.0.2.10")])
+def test_block_ordinary_key_no_warning(conf, capsys, key_type, key):
+    assert run_ctl(conf, "block", key, "--type", key_type, "--reason", "fraud") == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options", [
+    ("--channel", "PJSIP/10 01-00000012"),
+    ("--accountcode", "sales\tteam"),
+])
+def test_unusual_key_block_matches_check(conf, capsys, options):
+    key_type = "endpoint" if options[0] == "--channel" else "accountcode"
+    key = "10 01" if key_type == "endpoint" else "sales\tteam"
+    assert run_ctl(conf, "block", key, "--type", key_type, "--reason", "fraud") == 0
+    capsys.readouterr()
+
+    status = run_ctl(conf, "check", "01632960123", "--trunk", "gamma", *options,
+                     "--offline")
+
+    assert status == 0
+    assert "blocked:offender" in capsys.readouterr().out
+
+
 def test_unblock_lifts_unmatchable_stored_key(conf, capsys):
     config = load_config(conf)
     with Store(config.general.database) as store:

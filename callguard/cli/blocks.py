@@ -196,6 +196,9 @@ def cmd_block(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
+    warning = unusual_key_warning(args.key_type, key)
+    if warning is not None:
+        print(warning, file=sys.stderr)
 
     now = datetime.now(timezone.utc)
     expires_at = None if args.duration is None else now + timedelta(seconds=args.duration)
@@ -308,6 +311,13 @@ def normalise_key(config: Config, key_type: str, text: str) -> str:
     key = text.strip()
     if not key:
         raise ValueError(f"CALLER is empty; give the {noun}, like {example}")
+    if not _is_utf8_text(key):
+        # Python turns argument bytes that are not UTF-8 into lone surrogates,
+        # which the store cannot encode. The FastAGI server decodes each line
+        # with errors="replace", so no key of a check contains them.
+        raise ValueError(f"{key!r} contains bytes that are not UTF-8 text, which no "
+                         f"{noun} of a check has; give the {noun} in UTF-8, like "
+                         f"{example}")
     if key_type == KEY_SOURCE:
         return _source_key(key)
     if key_type == KEY_CALLER:
@@ -321,6 +331,36 @@ def normalise_key(config: Config, key_type: str, text: str) -> str:
     if key_type == KEY_ENDPOINT:
         return _endpoint_key(key)
     return key
+
+
+def unusual_key_warning(key_type: str, key: str) -> str | None:
+    """Return a warning for an endpoint or account code with whitespace or control characters.
+
+    Asterisk's config reader (main/config.c) keeps the text between a
+    section's brackets as it is, so a pjsip.conf endpoint, and the channel
+    name and endpoint that a check reads, can contain both. A check takes the
+    account code from the AGI environment unchanged. Such a key is therefore
+    stored, but it is more often a typo, and the block matches only a key
+    written exactly so.
+    """
+    if key_type not in (KEY_ENDPOINT, KEY_ACCOUNTCODE):
+        return None
+    if not any(character.isspace() or not character.isprintable() for character in key):
+        return None
+
+    noun = KEY_NOUNS[key_type]
+    return (f"warning: {escape_controls(repr(key))} contains whitespace or a control "
+            f"character, so the block matches only an {noun} written exactly so; if "
+            f"that is a typo, unblock it and block the {noun} as the channel carries "
+            f"it, like {KEY_EXAMPLES[key_type]}")
+
+
+def _is_utf8_text(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _source_key(text: str) -> str:
