@@ -1,6 +1,7 @@
 """The FastAGI server over real loopback sockets, with an emulated Asterisk."""
 
 import asyncio
+import errno
 import importlib.util
 import logging
 import socket
@@ -234,6 +235,44 @@ async def test_ipv6_loopback(start_server):
     server.set_allowed_clients([ip_network("127.0.0.1/32")])
     assert await wait_closed_by_server(host, port) < 1
     assert len(route.channels) == 1
+
+
+async def test_ipv6_any_takes_ipv4(start_server):
+    # A dialplan that connects to agi://127.0.0.1 must reach a server on [::].
+    route = Recorder()
+    server, host, port = await start_server({"check": route}, host="::")
+
+    ipv4 = await run_fastagi_call("127.0.0.1", port, CAPTURED_CALL)
+    ipv6 = await run_fastagi_call("::1", port, CAPTURED_CALL)
+
+    assert host == "::"
+    assert ipv4.variables["CALLGUARD_RESULT"] == "ALLOW"
+    assert ipv6.variables["CALLGUARD_RESULT"] == "ALLOW"
+    assert route.channels[0].peer.startswith("127.0.0.1:")
+    assert route.channels[1].peer.startswith("[::1]:")
+
+
+async def test_ipv6_any_checks_ipv4_clients(start_server):
+    route = Recorder()
+    server, host, port = await start_server(
+        {"check": route}, host="::", allowed_clients=[ip_network("::1/128")]
+    )
+
+    assert await wait_closed_by_server("127.0.0.1", port) < 1
+    assert route.channels == []
+
+
+async def test_ipv6_any_port_in_use(start_server):
+    server, host, port = await start_server({"check": quick_check}, host="::")
+    second = FastAGIServer({"check": quick_check}, "::", port)
+
+    with pytest.raises(OSError) as caught:
+        await second.start()
+
+    assert caught.value.errno == errno.EADDRINUSE
+    assert f"error while attempting to bind on address ('::', {port}): " in str(
+        caught.value
+    )
 
 
 @pytest.mark.parametrize(

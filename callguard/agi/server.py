@@ -8,6 +8,7 @@ the result.
 
 import asyncio
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple
 from ipaddress import (
@@ -50,6 +51,10 @@ class QuickAnswer(NamedTuple):
     done: Callable[[AGIError | None], None]
 
 DEFAULT_PORT = 4573
+# The unspecified IPv6 address, on which a socket takes connections to every
+# address of the host. asyncio's create_server sets IPV6_V6ONLY on each IPv6
+# socket, so it would take IPv6 connections alone.
+IPV6_ANY = "::"
 DEFAULT_ALLOWED_CLIENTS = (ip_network("127.0.0.1/32"), ip_network("::1/128"))
 FAIL_POLICY = "the dialplan applies its fail policy"
 FAIL_POLICY_NOTE = f"closing the session; {FAIL_POLICY}"
@@ -127,9 +132,16 @@ class FastAGIServer:
 
         loop = asyncio.get_running_loop()
         max_line = self._limits.max_line
-        self._server = await loop.create_server(
-            lambda: AGIConnection(max_line, self._accept), self._host, self._port
-        )
+
+        def connection() -> AGIConnection:
+            return AGIConnection(max_line, self._accept)
+
+        if self._host == IPV6_ANY:
+            self._server = await loop.create_server(
+                connection, sock=dual_stack_socket(self._port)
+            )
+        else:
+            self._server = await loop.create_server(connection, self._host, self._port)
         self._summary_task = asyncio.create_task(self._summarise_rejections())
         log.debug(
             "FastAGI server on %s serving scripts %s",
@@ -502,6 +514,45 @@ def _networks(
                 "such as 127.0.0.1/32 or 192.0.2.0/24"
             ) from None
     return tuple(networks)
+
+
+def dual_stack_socket(port: int) -> socket.socket:
+    """Bind an IPv6 socket on ``[::]:port`` that takes IPv4 connections too.
+
+    An IPv4 client then connects from an IPv4-mapped address such as
+    ``::ffff:127.0.0.1``, which ``peer_address`` reads as ``127.0.0.1``. Where
+    the system cannot clear IPV6_V6ONLY, the socket takes IPv6 alone, and a
+    warning is logged.
+    """
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        # As asyncio's create_server does, so a restart can bind the port at
+        # once while connections of the old process linger.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        except OSError as exc:
+            log.warning(
+                "FastAGI server on [::]:%d cannot take IPv4 connections on its IPv6 "
+                "socket (%s), so IPv4 clients such as 127.0.0.1 cannot connect; set "
+                "fastagi_listen to an IPv4 address for them",
+                port,
+                exc,
+            )
+        try:
+            sock.bind((IPV6_ANY, port))
+        except OSError as exc:
+            # The message that asyncio's create_server gives, which names the address.
+            raise OSError(
+                exc.errno,
+                f"error while attempting to bind on address {(IPV6_ANY, port)!r}: "
+                f"{(exc.strerror or str(exc)).lower()}",
+            ) from None
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def peer_address(peername: object) -> tuple[IPv4Address | IPv6Address | None, str]:
