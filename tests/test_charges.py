@@ -11,6 +11,8 @@ from callguard.metering.charges import (
     blocks_started_before,
     blocks_started_before_micros,
 )
+from callguard.daemon.status import leg_status
+from callguard.metering.legs import ENDED, Leg
 from callguard.rating import Increments, Tariff
 
 LONDON = ZoneInfo("Europe/London")
@@ -127,3 +129,34 @@ def test_blocks_started_before_agrees_in_micros(increments):
     for micros in [-1, 0, 1, *edges, *range(0, 7_200_000_000, 7_777_777)]:
         exact = blocks_started_before(rated, Decimal(micros) / 1_000_000)
         assert blocks_started_before_micros(rated, micros) == exact, micros
+
+
+def test_status_of_leg_ended_before_its_answer_time():
+    # Asterisk stamps the answer, and callguard's clock the end of a call
+    # found gone after an ARI outage. With Asterisk's clock ahead, the end
+    # can come before the answer: the leg shows no time and the bill it got.
+    answered = london(2024, 6, 14, 10, 0, 30)
+    leg = Leg(id="1718355600.7", trunk="gamma", channel="PJSIP/gamma-00000007",
+              created_at=answered - timedelta(seconds=20), state=ENDED,
+              answered=AnsweredCall(tariff("1.00"), LONDON, answered),
+              ended_at=answered - timedelta(seconds=2))
+    leg.final_charges = leg.answered.final_charges(leg.ended_at)
+
+    status = leg_status(leg, answered + timedelta(minutes=5))
+
+    assert status["duration"] == 0
+    assert status["cost"] == "0.00"
+
+
+def test_status_of_ended_leg_shows_its_bill():
+    answered = london(2024, 6, 14, 23, 59, 30)
+    leg = Leg(id="1718355600.8", trunk="gamma", channel="PJSIP/gamma-00000008",
+              created_at=answered, state=ENDED,
+              answered=AnsweredCall(tariff("1.00", fee="0.25"), LONDON, answered),
+              ended_at=answered + timedelta(seconds=61))
+    leg.final_charges = leg.answered.final_charges(leg.ended_at)
+
+    status = leg_status(leg, answered + timedelta(hours=2))
+
+    assert status["duration"] == 61
+    assert status["cost"] == "2.25"

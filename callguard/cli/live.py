@@ -139,7 +139,7 @@ def _stored_calls(config: Config) -> list[dict]:
     for record in records:
         duration = None
         if record.answered_at and record.ended_at:
-            duration = int((record.ended_at - record.answered_at).total_seconds())
+            duration = max(0, int((record.ended_at - record.answered_at).total_seconds()))
         rows.append({
             "uniqueid": record.uniqueid, "trunk": record.trunk, "channel": record.channel,
             "number": record.e164 or record.dialled, "category": record.category,

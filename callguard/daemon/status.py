@@ -21,15 +21,25 @@ def _percent(spent: Decimal, limit: Decimal | None) -> str | None:
     return f"{(spent * 100 / limit).quantize(Decimal('0.1'))}"
 
 
+def _billed(leg: Leg) -> Decimal:
+    """Return what an ended leg was charged: its bill in the days its blocks began.
+
+    Each block is counted in a day and in a week, so the days alone add up
+    to the whole bill.
+    """
+    return sum((amount for (window, _), amount in leg.final_charges.items()
+                if window == DAY), Decimal(0))
+
+
 def leg_status(leg: Leg, now: datetime) -> dict:
     answered = leg.answered
     duration = None
     cost = Decimal(0)
     if answered is not None:
-        end = leg.ended_at or now
-        duration = int(elapsed_seconds(answered.answered_at, end))
-        cost = answered.total if leg.live else answered.tariff.cost(
-            elapsed_seconds(answered.answered_at, end))
+        # An end stamped by callguard's clock can precede an answer stamped
+        # by Asterisk's; such a call shows no time.
+        duration = max(0, int(elapsed_seconds(answered.answered_at, leg.ended_at or now)))
+        cost = answered.total if leg.live else _billed(leg)
     return {
         "uniqueid": leg.id,
         "trunk": leg.trunk,
