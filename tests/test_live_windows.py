@@ -421,3 +421,24 @@ async def test_unread_window_read_when_store_back(cut_off_pbx, proxy, pg_url):
     await eventually(lambda: not pbx.app.guard._writes, what="the queued writes")
     await pbx.app.guard.drain()
     assert stored_spend(pg_url, "day", "2024-06-15") == Decimal("10.00")
+
+
+@pytest.mark.postgres
+async def test_failed_reads_retry_once_per_trunk(cut_off_pbx, proxy):
+    # Every search of the limit moment while the store is down reads the
+    # missing window again and fails. Each failure used to set a retry timer
+    # of its own, so every event on the trunk during an outage added a chain
+    # of reads that ran until the store came back.
+    pbx = cut_off_pbx
+    call, _ = await pbx.call("01632960001")
+    await proxy.refuse()
+    await answer(pbx, call)
+    await settle(pbx)
+    guard = pbx.app.guard
+    timers = len(guard._retry_timers)
+
+    for _ in range(5):
+        guard.reschedule("gamma")
+        await settle(pbx)
+
+    assert len(guard._retry_timers) == timers

@@ -111,6 +111,8 @@ class LiveGuard:
         # Trunk -> the last wait before reading its spend windows again, while
         # the reads fail.
         self._read_retry: dict[str, float] = {}
+        # Trunks whose spend windows a retry timer will read again.
+        self._read_retry_pending: set[str] = set()
         # Retries of failed hang-ups and store writes, cancelled by close().
         self._retry_timers: set[TimerHandle] = set()
         # Legs that stop_following ended while their channels were still up.
@@ -460,24 +462,35 @@ class LiveGuard:
             for window, key in sorted(windows):
                 await self.ledger.load(trunk, {window: key})
         except StoreError as exc:
+            window_names = ", ".join(f"{window} {key}" for window, key in sorted(windows))
+            if trunk in self._read_retry_pending:
+                # Every search while the store is down reads again, so one
+                # retry timer per trunk is enough, not one per failed search.
+                log.error("%s: failed to read spend windows %s from the store, so the "
+                          "limit search counts there only the calls that this daemon "
+                          "ended; a retry is already scheduled: %s", trunk, window_names, exc)
+                return
             previous = self._read_retry.get(trunk)
             delay = (READ_RETRY_FIRST_SECONDS if previous is None
                      else min(previous * 2, READ_RETRY_MAX_SECONDS))
             self._read_retry[trunk] = delay
             log.error("%s: failed to read spend windows %s from the store, so the limit "
                       "search counts there only the calls that this daemon ended; trying "
-                      "again in %g s: %s", trunk,
-                      ", ".join(f"{window} {key}" for window, key in sorted(windows)),
-                      delay, exc)
+                      "again in %g s: %s", trunk, window_names, delay, exc)
             # The search that runs then reads the windows it still lacks.
+            self._read_retry_pending.add(trunk)
             self._retry_at(self.clock.now() + timedelta(seconds=delay),
-                           lambda: self.reschedule(trunk))
+                           lambda: self._read_again(trunk))
             return
         finally:
             self._loading_windows.difference_update(
                 (trunk, window, key) for window, key in windows)
         self._read_retry.pop(trunk, None)
         self.reschedule_soon(trunk)
+
+    def _read_again(self, trunk: str) -> None:
+        self._read_retry_pending.discard(trunk)
+        self.reschedule(trunk)
 
     def _fire(self, trunk: str) -> None:
         self._timers.pop(trunk, None)
@@ -916,6 +929,7 @@ class LiveGuard:
         for timer in self._retry_timers:
             timer.cancel()
         self._retry_timers.clear()
+        self._read_retry_pending.clear()
 
 
 def _transient(exc: Exception) -> bool:
