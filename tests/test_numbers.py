@@ -134,7 +134,6 @@ OUTSIDE_LINE_CASES = [
     ("9 141 0044 (0) 20 7946 0000", "geographic", "+442079460000", "02079460000"),
     ("141 9 0044 (0) 20 7946 0000", "geographic", "+442079460000", "02079460000"),
     ("9 141 116123", "service", "", "116123"),
-    ("141 9 118118", "directory", "", "118118"),
     # A text relay prefix (18001 for textphone users, 18002 for voice users)
     # before a national or international number, which sets the call's cost.
     ("18001 01632 960123", "geographic", "+441632960123", "01632960123"),
@@ -208,7 +207,11 @@ INVALID_CASES = [
     (GB, "9+441632960123", "a '+' that is not the first character"),
     (GB, "141 01632", "too short"),
     (GB, "18001 01632", "too short"),
-    (GB, "18001 01632", "too short"),
+    # The dialplan strips only a leading outside-line prefix, so the trunk gets
+    # these as dialled, and +1 470 911 6123 is a valid number in E.164 form
+    # without '+'. A short code counts only directly after a caller-ID prefix.
+    (GB_WITH_9, "141 9 118118", "neither a short code"),
+    (GB_WITH_9, "1470 9 116123", "neither a short code"),
     (US, "18001 2125551234", "too long"),
     (US, "5551234", "too short"),
     (US, "+011 44 20 7946 0000", "international prefix '011' after '+'"),

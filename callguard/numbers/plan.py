@@ -233,9 +233,10 @@ class NumberPlan:
         The two may come in either order. A prefix for one call is removed
         before the national or international prefix and more digits, so
         ``14101632960123`` is ``01632960123``. A caller-ID prefix is also
-        removed before a short code when the whole is too long for a short
-        code, so ``141116123`` is ``116123``, but ``1411`` and ``141101`` stay
-        as dialled and are read as short codes. A text relay prefix never is,
+        removed before a short code that follows it directly, when the whole
+        is too long for a short code, so ``141116123`` is ``116123``, but
+        ``1411`` and ``141101`` stay as dialled and are read as short codes. A
+        text relay prefix never is,
         so that ``18001999`` is not read as a voice call to 999.
         """
         digits = self._without_outside_line(dialled, digits)
@@ -244,17 +245,23 @@ class NumberPlan:
     def _without_call_prefix(self, digits: str, outside: str) -> str:
         """Return ``digits`` without a leading caller-ID or text relay prefix,
         and ``outside`` directly after it, when the national prefix and more
-        digits follow, or, after a caller-ID prefix, a short code follows and
-        ``digits`` are too long for one."""
+        digits follow. After a caller-ID prefix, return the short code that
+        follows it directly when ``digits`` are too long for one.
+
+        The outside-line prefix is not dropped before a short code, because
+        the dialplan strips it only at the start. The trunk gets ``1470 9
+        116123`` as dialled, which a trunk leg reads as +1 470 911 6123.
+        """
         for call_prefix in self._call_prefixes:
             if not digits.startswith(call_prefix):
                 continue
             rest = digits[len(call_prefix):]
-            if outside and rest.startswith(outside):
-                rest = rest[len(outside):]
+            number = rest
+            if outside and number.startswith(outside):
+                number = number[len(outside):]
             prefix = self.national_prefix
-            if prefix and rest.startswith(prefix) and len(rest) > len(prefix):
-                return rest
+            if prefix and number.startswith(prefix) and len(number) > len(prefix):
+                return number
             if (call_prefix in self._caller_id_prefixes
                     and len(digits) > self.short_code_max_length
                     and self._fits_short_code(rest)):
