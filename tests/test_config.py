@@ -4,6 +4,7 @@ import logging
 import random
 import re
 import shutil
+import socket
 import time
 from decimal import Decimal
 from ipaddress import ip_network
@@ -1783,18 +1784,34 @@ def test_fastagi_clients_quiet(workdir, general):
     ("fastagi_listen = [::1]:4573\nallowed_clients = 127.0.0.1/32", "::1", "::1/128"),
     ("allowed_clients = ::1/128", "127.0.0.1", "127.0.0.1/32"),
     ("allowed_clients = 192.0.2.10/32", "127.0.0.1", "127.0.0.1/32"),
+    # A connection to 127.0.0.2 comes from 127.0.0.1.
+    ("fastagi_listen = 127.0.0.2:4573\nallowed_clients = 127.0.0.2/32", "127.0.0.2",
+     "127.0.0.1/32"),
 ])
 def test_loopback_fastagi_unreachable_warns(workdir, general, listen, missing):
-    # A loopback listen address takes connections from loopback addresses
-    # only, so allowed_clients without one rejects every check.
+    # A loopback listen address takes connections from this host only, so
+    # allowed_clients without the address it connects from rejects every check.
     warnings = general_warnings(general)
+    source = missing.partition("/")[0]
 
     assert warnings == [
         f"[general] fastagi_listen is {listen}, which takes connections from this "
-        "host alone, but allowed_clients contains no loopback address that can "
-        "connect to it, so every check is rejected and the dialplan applies its "
-        f"fail policy; add {missing} to allowed_clients"
+        f"host alone, but allowed_clients does not contain {source}, the address that "
+        "Asterisk on this host connects from, so every check is rejected and the "
+        f"dialplan applies its fail policy; add {missing} to allowed_clients"
     ]
+
+
+def test_connection_to_other_loopback_address_comes_from_first():
+    # The warning above rests on this: a client that binds no address reaches
+    # 127.0.0.2 from 127.0.0.1.
+    with socket.socket() as server, socket.socket() as client:
+        server.bind(("127.0.0.2", 0))
+        server.listen()
+        client.connect(server.getsockname())
+        connection, (peer, _) = server.accept()
+        connection.close()
+    assert peer == "127.0.0.1"
 
 
 # Short codes that start with the national prefix: 0 in AU, 1 in US.

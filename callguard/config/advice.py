@@ -1,7 +1,7 @@
 """Settings that load but probably do not do what the sysadmin meant."""
 
 import bisect
-from ipaddress import ip_address, ip_network
+from ipaddress import ip_address
 
 from callguard.config.model import Config, NumberOverride, TrunkConfig
 from callguard.config.plan_advice import number_plan_warnings
@@ -114,14 +114,16 @@ def _open_fastagi(config: Config) -> list[str]:
     ]
 
 
-# The addresses from which a connection to a loopback address of each IP
-# version comes, and the network that allowed_clients needs to accept one.
-LOOPBACK_SOURCES = {4: (ip_network("127.0.0.0/8"), "127.0.0.1/32"),
-                    6: (ip_network("::1/128"), "::1/128")}
+# The address from which a client on this host connects to a loopback
+# address of each IP version. Linux takes it from the local route, so a
+# connection to 127.0.0.2 comes from 127.0.0.1 too. Only a client that binds
+# its own address differs, and Asterisk binds none.
+LOOPBACK_SOURCES = {4: ip_address("127.0.0.1"), 6: ip_address("::1")}
 
 
 def _unreachable_fastagi(config: Config) -> list[str]:
-    """Warn when no client that can reach a loopback fastagi_listen is allowed.
+    """Warn when allowed_clients rejects the clients that can reach a loopback
+    fastagi_listen.
 
     The server rejects every other source, so each check then ends in the
     dialplan's fail policy.
@@ -130,15 +132,16 @@ def _unreachable_fastagi(config: Config) -> list[str]:
     listen = ip_address(general.fastagi_host)
     if not listen.is_loopback:
         return []
-    sources, missing = LOOPBACK_SOURCES[listen.version]
-    if any(network.version == sources.version and network.overlaps(sources)
+    source = LOOPBACK_SOURCES[listen.version]
+    if any(network.version == source.version and source in network
            for network in general.allowed_clients):
         return []
     return [
         f"[general] fastagi_listen is {general.fastagi_host}, which takes connections "
-        "from this host alone, but allowed_clients contains no loopback address that "
-        "can connect to it, so every check is rejected and the dialplan applies its "
-        f"fail policy; add {missing} to allowed_clients"
+        f"from this host alone, but allowed_clients does not contain {source}, the "
+        "address that Asterisk on this host connects from, so every check is rejected "
+        "and the dialplan applies its fail policy; add "
+        f"{source}/{source.max_prefixlen} to allowed_clients"
     ]
 
 
