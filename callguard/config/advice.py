@@ -117,7 +117,7 @@ def _open_fastagi(config: Config) -> list[str]:
 # The address from which a client on this host connects to a loopback
 # address of each IP version. Linux takes it from the local route, so a
 # connection to 127.0.0.2 comes from 127.0.0.1 too. Only a client that binds
-# its own address differs, and Asterisk binds none.
+# its own address differs, and an agi:// URL has no way to name one.
 LOOPBACK_SOURCES = {4: ip_address("127.0.0.1"), 6: ip_address("::1")}
 
 
