@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from itertools import islice
 
-from sqlalchemy import Connection, delete, func, select
+from sqlalchemy import Connection, delete, func, select, text
 
 from callguard.money import format_rate, to_micros
 from callguard.store.models import Import, Prefix, Rate
@@ -38,6 +38,13 @@ _DECK_PREFIX = re.compile(r"(?:short:)?[0-9]{1,15}")
 _DECK_PREFIX_FILTER = re.compile(r"[0-9]{1,15}|short:[0-9]{0,15}")
 
 INSERT_CHUNK_ROWS = 10_000
+
+# Key of the PostgreSQL advisory lock that each import of the prefix table or
+# a rate deck takes and keeps until it commits. Two nodes that import at once,
+# as when they start together, would otherwise both delete the old rows, both
+# insert the new ones and fail on the primary key. The value is the ASCII of
+# "cgim" (callguard import).
+PG_IMPORT_LOCK = 0x6367696D
 
 RateRow = tuple[str, str, Decimal, Decimal, int, int]
 _RATE_COLUMNS = (
@@ -86,6 +93,7 @@ def replace_prefixes(
             {"prefix": prefix, "category": category, "description": description}
         )
 
+    _lock_imports(conn)
     conn.execute(delete(Prefix))
     if records:
         conn.execute(Prefix.__table__.insert(), records)
@@ -112,6 +120,7 @@ def replace_rates(
     """
     check_text(trunk, "trunk")
     check_text(source, "source")
+    _lock_imports(conn)
     conn.execute(delete(Rate).where(Rate.trunk == trunk))
 
     values = _rate_values(trunk, rows, source)
@@ -122,6 +131,18 @@ def replace_rates(
 
     _record_import(conn, DATASET_RATES, trunk, source, count, now)
     return count
+
+
+def _lock_imports(conn: Connection) -> None:
+    """Wait on PostgreSQL until any other import commits, and keep the lock until this
+    transaction ends.
+
+    The DELETE that follows then also removes the rows that the other import
+    committed. SQLite writers start with BEGIN IMMEDIATE, which serializes
+    them already.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_IMPORT_LOCK})
 
 
 def _rate_values(

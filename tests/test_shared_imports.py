@@ -1,0 +1,84 @@
+"""Two nodes that store the same prefix table or rate deck at once, as at a joint start."""
+
+import asyncio
+import threading
+from decimal import Decimal
+
+import pytest
+import sqlalchemy
+
+from callguard.store import Store
+from live_support import eventually
+
+pytestmark = pytest.mark.postgres
+
+RATES = [
+    ("44", "United Kingdom", Decimal("0.01"), Decimal("0"), 60, 60),
+    ("447", "United Kingdom mobile", Decimal("0.05"), Decimal("0"), 60, 60),
+]
+PREFIXES = [("01", "geographic", "Geographic"), ("07", "mobile", "Mobile")]
+
+
+def waiting_backends(admin) -> int:
+    """Return how many backends of callguard wait for a lock."""
+    with admin.connect() as conn:
+        return conn.execute(sqlalchemy.text(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE application_name = 'callguard' AND wait_event_type = 'Lock'"
+        )).scalar()
+
+
+async def test_rate_imports_at_once_both_succeed(pg_url):
+    # Node a's import has deleted the old deck and waits before its rows.
+    # Node b imports the same deck meanwhile, and then node a goes on.
+    a, b = Store(pg_url), Store(pg_url)
+    a.open()
+    b.open()
+    admin = sqlalchemy.create_engine(pg_url)
+    in_copy, go_on = threading.Event(), threading.Event()
+
+    def held_rows():
+        in_copy.set()
+        go_on.wait(10)
+        yield from RATES
+
+    try:
+        import_a = asyncio.ensure_future(
+            asyncio.to_thread(a.replace_rates, "gamma", held_rows(), "rates.csv"))
+        await eventually(in_copy.is_set, what="node a's import to start")
+        import_b = asyncio.ensure_future(
+            asyncio.to_thread(b.replace_rates, "gamma", iter(RATES), "rates.csv"))
+        await eventually(lambda: import_b.done() or waiting_backends(admin) > 0,
+                         what="node b's import to end or wait")
+        go_on.set()
+        outcomes = await asyncio.gather(import_a, import_b, return_exceptions=True)
+        stored = b.list_rates("gamma")
+    finally:
+        go_on.set()
+        admin.dispose()
+        a.close()
+        b.close()
+
+    assert outcomes == [2, 2]
+    assert [row[0] for row in stored] == ["44", "447"]
+
+
+async def test_prefix_imports_at_once_both_succeed(pg_url):
+    # The same race for the prefix table, run 20 times. Without a lock around
+    # the import, two of them often insert the same prefixes.
+    stores = [Store(pg_url), Store(pg_url)]
+    for store in stores:
+        store.open()
+    try:
+        for _ in range(20):
+            outcomes = await asyncio.gather(
+                *(asyncio.to_thread(store.replace_prefixes, PREFIXES, "prefixes.csv")
+                  for store in stores),
+                return_exceptions=True)
+            assert outcomes == [2, 2]
+        stored = stores[0].list_prefixes()
+    finally:
+        for store in stores:
+            store.close()
+
+    assert stored == PREFIXES
