@@ -131,7 +131,7 @@ def test_blocks_started_before_agrees_in_micros(increments):
         assert blocks_started_before_micros(rated, micros) == exact, micros
 
 
-def test_status_of_leg_ended_before_its_answer_time():
+def test_status_ended_before_answer():
     # Asterisk stamps the answer, and callguard's clock the end of a call
     # found gone after an ARI outage. With Asterisk's clock ahead, the end
     # can come before the answer: the leg shows no time and the bill it got.
@@ -148,7 +148,7 @@ def test_status_of_leg_ended_before_its_answer_time():
     assert status["cost"] == "0.00"
 
 
-def test_status_of_ended_leg_shows_its_bill():
+def test_status_ended_leg_bill():
     answered = london(2024, 6, 14, 23, 59, 30)
     leg = Leg(id="1718355600.8", trunk="gamma", channel="PJSIP/gamma-00000008",
               created_at=answered, state=ENDED,

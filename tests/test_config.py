@@ -1802,7 +1802,7 @@ def test_loopback_fastagi_unreachable_warns(workdir, general, listen, missing):
     ]
 
 
-def test_connection_to_other_loopback_address_comes_from_first():
+def test_loopback_source_address():
     # The warning above rests on this: a client that binds no address reaches
     # 127.0.0.2 from 127.0.0.1.
     with socket.socket() as server, socket.socket() as client:

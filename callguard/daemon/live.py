@@ -292,7 +292,7 @@ class AriListener:
 
 
 async def restore_live_calls(guard: LiveGuard) -> int:
-    """Adopt the calls the store still holds as up, with their original answer times.
+    """Adopt the calls that the store lists as up, with their original answer times.
 
     A call whose hang-up Asterisk accepted before the restart gets that time
     back, so that if it is gone once ARI connects, it is charged up to its

@@ -188,7 +188,7 @@ class LiveGuard:
     def note_decision(self, request: CallRequest, decision) -> None:
         self.decisions.record(request, decision, self.clock.now())
         meter = self.meters.get(decision.trunk)
-        if decision.reserved and meter is not None and meter.answered_legs():
+        if decision.reserved and meter is not None and meter.has_answered_legs():
             # The hold leaves less budget to the live calls, so their limit
             # can come before the moment the trunk's timer is set for.
             self.reschedule_soon(decision.trunk)
@@ -431,7 +431,7 @@ class LiveGuard:
                                                                        key))
             if warning_at is not None and (at is None or warning_at < at):
                 at = warning_at
-        answered = meter.answered_legs()
+        answered = meter.has_answered_legs()
         if meter.unloaded and answered:
             # Only spend that is running needs the stored totals now; a check
             # reads its own windows when it decides.

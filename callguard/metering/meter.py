@@ -209,6 +209,10 @@ class TrunkMeter:
     def answered_legs(self) -> list[Leg]:
         return [leg for leg in self.legs.values() if leg.live and leg.answered is not None]
 
+    def has_answered_legs(self) -> bool:
+        """Check whether any live leg is answered, without listing them all."""
+        return any(leg.live and leg.answered is not None for leg in self.legs.values())
+
     def catch_up(self, now: datetime) -> None:
         """Charge every block that has begun by ``now`` to the ledger's live spend."""
         for leg in self.answered_legs():

@@ -236,8 +236,8 @@ class NumberPlan:
         removed before a short code that follows it directly, when the whole
         is too long for a short code, so ``141116123`` is ``116123``, but
         ``1411`` and ``141101`` stay as dialled and are read as short codes. A
-        text relay prefix never is,
-        so that ``18001999`` is not read as a voice call to 999.
+        text relay prefix never is, so that ``18001999`` is not read as a voice
+        call to 999.
         """
         digits = self._without_outside_line(dialled, digits)
         return self._without_call_prefix(digits, self.outside_line_prefix)

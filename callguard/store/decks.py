@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from itertools import islice
 
-from sqlalchemy import Connection, delete, func, select, text
+from sqlalchemy import Connection, delete, func, select
 
 from callguard.money import format_rate, to_micros
 from callguard.store.models import Import, Prefix, Rate
@@ -22,7 +22,7 @@ from callguard.store.records import (
     check_count,
     check_text,
 )
-from callguard.store.schema import dialect_insert
+from callguard.store.schema import dialect_insert, lock_transaction
 from callguard.store.types import check_money
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,8 @@ def replace_prefixes(
             {"prefix": prefix, "category": category, "description": description}
         )
 
-    _lock_imports(conn)
+    # Waits for another import, so that the DELETE also removes its committed rows.
+    lock_transaction(conn, PG_IMPORT_LOCK)
     conn.execute(delete(Prefix))
     if records:
         conn.execute(Prefix.__table__.insert(), records)
@@ -120,7 +121,8 @@ def replace_rates(
     """
     check_text(trunk, "trunk")
     check_text(source, "source")
-    _lock_imports(conn)
+    # Waits for another import, so that the DELETE also removes its committed rows.
+    lock_transaction(conn, PG_IMPORT_LOCK)
     conn.execute(delete(Rate).where(Rate.trunk == trunk))
 
     values = _rate_values(trunk, rows, source)
@@ -131,18 +133,6 @@ def replace_rates(
 
     _record_import(conn, DATASET_RATES, trunk, source, count, now)
     return count
-
-
-def _lock_imports(conn: Connection) -> None:
-    """Wait on PostgreSQL until any other import commits, and keep the lock until this
-    transaction ends.
-
-    The DELETE that follows then also removes the rows that the other import
-    committed. SQLite writers start with BEGIN IMMEDIATE, which serializes
-    them already.
-    """
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_IMPORT_LOCK})
 
 
 def _rate_values(

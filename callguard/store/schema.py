@@ -25,6 +25,17 @@ log = logging.getLogger(__name__)
 PG_SCHEMA_LOCK = 0x63677363
 
 
+def lock_transaction(conn: Connection, key: int) -> None:
+    """Take PostgreSQL's advisory lock ``key`` until the transaction ends,
+    waiting while another transaction holds it.
+
+    SQLite needs none: its writers start with BEGIN IMMEDIATE, which
+    serializes them already.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
 def ensure_schema(conn: Connection) -> bool:
     """Create the schema in an empty database, else check its version.
 
@@ -32,10 +43,7 @@ def ensure_schema(conn: Connection) -> bool:
     database contains only part of the schema, a version newer or older than this
     code's, or no id counters.
     """
-    if conn.dialect.name == "postgresql":
-        conn.execute(
-            text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_SCHEMA_LOCK}
-        )
+    lock_transaction(conn, PG_SCHEMA_LOCK)
 
     existing = set(inspect(conn).get_table_names())
     expected = set(Base.metadata.tables)
