@@ -9,11 +9,14 @@ import asyncio
 import csv
 import json
 import logging
+import os
 import shutil
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
+import traceback
 from datetime import datetime, timezone
 from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
@@ -404,6 +407,72 @@ def test_check_config_unusable_ari_ca_file(tmp_path, capsys, url, ca_text, probl
     assert status == EXIT_CONFIG
     assert f"{path}:{line}: [ari] ca_file: " in err
     assert problem in err
+
+
+NOBODY_ID = 65534
+
+
+def run_ctl_unprivileged(*argv: str) -> tuple[int, str]:
+    """Run callguardctl in a forked child and return its exit status and stderr.
+
+    As root the child first becomes uid and gid 65534 (nobody), so that folder
+    permissions apply to it as they do to the callguard user.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            os.close(read_end)
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setgid(NOBODY_ID)
+                os.setuid(NOBODY_ID)
+            os.dup2(write_end, sys.stderr.fileno())
+            sys.stderr = open(sys.stderr.fileno(), "w", closefd=False)
+            status = run_ctl(*argv)
+        except BaseException:
+            # Printed as the interpreter prints an uncaught exception.
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(status)
+    os.close(write_end)
+    with open(read_end, "rb") as output:
+        err = output.read().decode()
+    _, wait_status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(wait_status), err
+
+
+def test_check_config_unsearchable_folder():
+    # The rates file lies in a folder that the checking user may not search,
+    # such as the private folder of another service.
+    with tempfile.TemporaryDirectory(dir="/tmp") as name:
+        folder = Path(name)
+        folder.chmod(0o755)
+        private = folder / "private"
+        private.mkdir()
+        shutil.copy(SAMPLE_RATES, private / SAMPLE_RATES.name)
+        private.chmod(0o700 if os.geteuid() == 0 else 0o000)
+        text = SAMPLE_CONFIG.read_text().replace(
+            "rates = rates-gamma.csv", "rates = private/rates-gamma.csv")
+        path = folder / "callguard.conf"
+        path.write_text(text)
+        path.chmod(0o644)
+        line = text.splitlines().index("rates = private/rates-gamma.csv") + 1
+        secret = folder / SAMPLE_SECRET.name
+        shutil.copy(SAMPLE_SECRET, secret)
+        secret.chmod(0o644)
+        try:
+            status, err = run_ctl_unprivileged("--config", str(path), "check-config")
+        finally:
+            private.chmod(0o700)
+
+    assert status == EXIT_CONFIG
+    assert "cannot read the config" not in err
+    assert (f"{path}:{line}: [trunk gamma] rates: 'private/rates-gamma.csv' cannot be "
+            f"checked (Permission denied at {private}/rates-gamma.csv); correct the path, "
+            "or let the callguard user search every folder above the file") in err
 
 
 def test_check_config_missing_file(tmp_path, capsys):

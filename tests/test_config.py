@@ -300,6 +300,12 @@ BAD_VALUES = [
     ("general", "prefixes", "missing.csv", [
         "'missing.csv' is not a file (looked for {dir}/missing.csv); create it or "
         "correct the path"]),
+    # A name longer than NAME_MAX (255 bytes) makes stat() fail with
+    # ENAMETOOLONG, as a folder that the user may not search fails with EACCES.
+    ("general", "prefixes", "x" * 256 + "/prefixes.csv", [
+        f"'{'x' * 256}/prefixes.csv' cannot be checked (File name too long at "
+        f"{{dir}}/{'x' * 256}/prefixes.csv); correct the path, or let the callguard "
+        "user search every folder above the file"]),
     ("general", "reservation_seconds", "1.5s", [
         "'1.5s' is not a whole number of seconds; write it like 120 or 2m"]),
     ("general", "reservation_seconds", "0", [

@@ -205,7 +205,16 @@ def parse_existing_file(text: str, base_dir: Path) -> Path | None:
         return None
 
     path = resolve_path(text, base_dir)
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as exc:
+        # is_file() returns False only for a missing path. A folder that this
+        # user may not search, or a name that is too long, raises instead.
+        raise InvalidValue(
+            f"{text!r} cannot be checked ({exc.strerror} at {path}); correct the path, "
+            "or let the callguard user search every folder above the file"
+        ) from None
+    if not found:
         raise InvalidValue(
             f"{text!r} is not a file (looked for {path}); create it or correct the path"
         )
