@@ -6,6 +6,7 @@ while the test's loop serves the daemon side.
 """
 
 import asyncio
+import contextlib
 import csv
 import json
 import logging
@@ -444,35 +445,69 @@ def run_ctl_unprivileged(*argv: str) -> tuple[int, str]:
     return os.waitstatus_to_exitcode(wait_status), err
 
 
-def test_check_config_unsearchable_folder():
-    # The rates file lies in a folder that the checking user may not search,
-    # such as the private folder of another service.
+@contextlib.contextmanager
+def folder_with_private_folder():
+    """Yield a folder that everyone may read and, in it, ``private``.
+
+    Both contain the sample rates, and the folder also the sample ARI secret. The
+    unprivileged callguardctl of ``run_ctl_unprivileged`` may not search
+    ``private``, as the callguard user may not search another service's folder.
+    Both are removed on exit.
+    """
     with tempfile.TemporaryDirectory(dir="/tmp") as name:
         folder = Path(name)
         folder.chmod(0o755)
         private = folder / "private"
         private.mkdir()
+        for sample in (SAMPLE_RATES, SAMPLE_SECRET):
+            shutil.copy(sample, folder / sample.name)
+            (folder / sample.name).chmod(0o644)
         shutil.copy(SAMPLE_RATES, private / SAMPLE_RATES.name)
         private.chmod(0o700 if os.geteuid() == 0 else 0o000)
+        try:
+            yield folder, private
+        finally:
+            private.chmod(0o700)
+
+
+def test_check_config_unsearchable_folder():
+    with folder_with_private_folder() as (folder, private):
         text = SAMPLE_CONFIG.read_text().replace(
             "rates = rates-gamma.csv", "rates = private/rates-gamma.csv")
         path = folder / "callguard.conf"
         path.write_text(text)
         path.chmod(0o644)
         line = text.splitlines().index("rates = private/rates-gamma.csv") + 1
-        secret = folder / SAMPLE_SECRET.name
-        shutil.copy(SAMPLE_SECRET, secret)
-        secret.chmod(0o644)
-        try:
-            status, err = run_ctl_unprivileged("--config", str(path), "check-config")
-        finally:
-            private.chmod(0o700)
+
+        status, err = run_ctl_unprivileged("--config", str(path), "check-config")
 
     assert status == EXIT_CONFIG
     assert "cannot read the config" not in err
     assert (f"{path}:{line}: [trunk gamma] rates: 'private/rates-gamma.csv' cannot be "
             f"checked (Permission denied at {private}/rates-gamma.csv); correct the path, "
             "or let the callguard user search every folder above the file") in err
+
+
+def test_block_unsearchable_database_folder():
+    with folder_with_private_folder() as (folder, private):
+        database = private / "callguard.db"
+        text = (SAMPLE_CONFIG.read_text()
+                .replace("database = sqlite:////var/lib/callguard/callguard.db",
+                         f"database = sqlite:///{database}")
+                .replace("control_socket = /run/callguard/callguard.sock",
+                         f"control_socket = {folder / 'callguard.sock'}"))
+        path = folder / "callguard.conf"
+        path.write_text(text)
+        path.chmod(0o644)
+
+        status, err = run_ctl_unprivileged("--config", str(path), "block", "1001",
+                                           "--reason", "test")
+
+    assert status == EXIT_FAILURE
+    assert "Traceback" not in err
+    assert (f"store: cannot check the SQLite database path {database} (Permission "
+            "denied); let the user that callguard runs as search every folder above "
+            "it, or change the database URL") in err
 
 
 def test_check_config_missing_file(tmp_path, capsys):

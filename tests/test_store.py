@@ -1193,6 +1193,12 @@ def test_block_manually_concurrent_once(store):
             "missing does not exist, so the SQLite database",
         ),
         ("sqlite:///{tmp}", "is a directory"),
+        # A name longer than NAME_MAX makes stat() fail, as a folder that the
+        # user may not search does.
+        (
+            "sqlite:///{tmp}/" + "x" * 256 + "/callguard.db",
+            r"cannot check the SQLite database path .*/callguard\.db \(File name too long\)",
+        ),
         ("sqlite://", "in-memory"),
         ("mysql://callguard:s3cret@127.0.0.1/callguard", "does not support"),
         ("not a url", "is invalid"),

@@ -97,12 +97,23 @@ def _check_sqlite_path(url: URL) -> None:
         )
 
     path = Path(database)
-    if path.is_dir():
+    try:
+        is_directory = path.is_dir()
+        parent_is_directory = path.parent.is_dir()
+    except OSError as exc:
+        # is_dir() returns False only for a missing path. A folder that this
+        # user may not search, or a name that is too long, raises instead.
+        raise StoreError(
+            f"cannot check the SQLite database path {path} ({exc.strerror}); let the "
+            "user that callguard runs as search every folder above it, or change the "
+            "database URL"
+        ) from None
+    if is_directory:
         raise StoreError(
             f"SQLite database path {path} is a directory; give a file name in it, "
             f"e.g. {path / 'callguard.db'}"
         )
-    if not path.parent.is_dir():
+    if not parent_is_directory:
         raise StoreError(
             f"directory {path.parent} does not exist, so the SQLite database {path} "
             "cannot be created; create the directory, writable by the user callguard "
