@@ -1752,9 +1752,11 @@ def test_overlap_count_matches_pairwise(seed):
 
 
 @pytest.mark.parametrize("text", ["s3cret;pass", "s3cret;pass\n", "s3cret;pass\r\n",
-                                  "s3cret;pass\nchanged 2026-12-01\n"])
+                                  "s3cret;pass\nchanged 2026-12-01\n",
+                                  # Windows Notepad starts a UTF-8 file with a BOM.
+                                  "\ufeffs3cret;pass\r\n"])
 def test_secrets_first_line_only(workdir, text):
-    (workdir / "ari.secret").write_text(text)
+    (workdir / "ari.secret").write_text(text, encoding="utf-8")
     keys = {"url": "http://127.0.0.1:9000/hook", "secret_file": "ari.secret"}
     smtp = SMTP_BASE | {"username": "cg", "password_file": "ari.secret"}
 

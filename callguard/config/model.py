@@ -15,6 +15,8 @@ from callguard.config.ranges import NumberRanges
 
 logger = logging.getLogger(__name__)
 
+BYTE_ORDER_MARK = "\ufeff"
+
 
 def _read_secret(path: Path | None) -> str | None:
     if path is None:
@@ -22,7 +24,9 @@ def _read_secret(path: Path | None) -> str | None:
 
     # The secret is the first line, as the sample config documents. Later
     # lines, such as a note on when it was changed, are not part of it.
-    text = path.read_text(encoding="utf-8")
+    # A byte order mark, which Windows editors may write, is removed after
+    # decoding, so that a decoding error gives the offset in the file.
+    text = path.read_text(encoding="utf-8").removeprefix(BYTE_ORDER_MARK)
     return text.split("\n", 1)[0].rstrip("\r")
 
 
