@@ -1652,6 +1652,39 @@ def test_channel_pattern_without_slash_warns(workdir, pattern, warned):
     assert broad == []
 
 
+@pytest.mark.parametrize("pattern, warning", [
+    # "#" starts no comment in this file, so the comment became part of the pattern.
+    ("PJSIP/gamma-* # outbound",
+     "[trunk gamma] channel_pattern 'PJSIP/gamma-* # outbound' contains whitespace, "
+     "which channel names do not contain, so it matches no channel; remove the "
+     "whitespace, and start a comment with ';', as in PJSIP/gamma-* ; outbound"),
+    ("gamma-*",
+     "[trunk gamma] channel_pattern 'gamma-*' does not begin with the technology and "
+     "'/' or with a wildcard, so it matches no channel: channel names are the "
+     "technology, '/' and the channel, such as PJSIP/gamma-00000001; write it like "
+     "PJSIP/gamma-*"),
+    ("PJSIP/gamma",
+     "[trunk gamma] channel_pattern 'PJSIP/gamma' has no wildcard, so it matches "
+     "only the channel of exactly that name, but Asterisk adds a number to each "
+     "channel's name, such as PJSIP/gamma-00000001; write it like PJSIP/gamma-*"),
+])
+def test_unmatchable_channel_pattern_warns(workdir, pattern, warning):
+    warnings = config_warnings(load(
+        "[general]\n[trunk gamma]\n" + RATES_LINE + f"\nchannel_pattern = {pattern}\n"))
+
+    assert [w for w in warnings if "channel_pattern" in w] == [warning]
+
+
+@pytest.mark.parametrize("pattern", ["PJSIP/gamma-*", "*gamma*", "PJSIP/gamma-0000000?",
+                                     "PJSIP/[gd]*", "?JSIP/gamma-*", "PJSIP*"])
+def test_matchable_channel_pattern_quiet(workdir, pattern):
+    warnings = config_warnings(load(
+        "[general]\n[trunk gamma]\n" + RATES_LINE + f"\nchannel_pattern = {pattern}\n"))
+
+    assert [w for w in warnings if "matches no channel" in w] == []
+    assert [w for w in warnings if "only the channel" in w] == []
+
+
 @pytest.mark.parametrize("pattern, shown", [("*", "every channel,"),
                                             ("PJSIP/*", "every channel of PJSIP,"),
                                             ("PJSIP/gamma-*", None)])

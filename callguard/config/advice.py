@@ -38,12 +38,9 @@ def config_warnings(config: Config, prefixes: PrefixTable | None = None) -> list
                    if value is not None]
         pattern = trunk.channel_pattern or ""
         technology, slash, endpoint = pattern.partition("/")
-        if pattern and not slash and "*" not in pattern:
-            warnings.append(
-                f"[trunk {name}] channel_pattern {pattern!r} has no '/' and no '*', so it "
-                "matches no channel: channel names are the technology, '/' and the "
-                f"channel, such as PJSIP/{name}-00000001; write it like PJSIP/{name}-*"
-            )
+        unmatchable = _unmatchable_channel_pattern(name, pattern)
+        if unmatchable:
+            warnings.append(unmatchable)
         elif pattern and (not pattern.strip("*?") or slash and not endpoint.strip("*?")):
             warnings.append(
                 f"[trunk {name}] channel_pattern {pattern!r} matches every channel"
@@ -90,6 +87,55 @@ def config_warnings(config: Config, prefixes: PrefixTable | None = None) -> list
     warnings.extend(_overlapping_overrides(config))
     warnings.extend(number_plan_warnings(config, prefixes))
     return warnings
+
+
+def _unmatchable_channel_pattern(name: str, pattern: str) -> str | None:
+    """Return the warning for a channel_pattern that no channel name matches, if any.
+
+    Asterisk names a channel TECHNOLOGY/RESOURCE-NUMBER, such as
+    PJSIP/gamma-00000001, and technologies are letters and digits.
+    """
+    if not pattern:
+        return None
+
+    fix = (f"channel names are the technology, '/' and the channel, such as "
+           f"PJSIP/{name}-00000001; write it like PJSIP/{name}-*")
+    if any(character.isspace() for character in pattern):
+        return (f"[trunk {name}] channel_pattern {pattern!r} contains whitespace, which "
+                "channel names do not contain, so it matches no channel; remove the "
+                f"whitespace, and start a comment with ';', as in PJSIP/{name}-* ; outbound")
+
+    wildcard = _first_wildcard(pattern)
+    if wildcard is None and "/" not in pattern:
+        return (f"[trunk {name}] channel_pattern {pattern!r} has no '/' and no '*', so "
+                f"it matches no channel: {fix}")
+    if wildcard is None:
+        return (f"[trunk {name}] channel_pattern {pattern!r} has no wildcard, so it "
+                "matches only the channel of exactly that name, but Asterisk adds a "
+                f"number to each channel's name, such as PJSIP/{name}-00000001; write "
+                f"it like PJSIP/{name}-*")
+
+    # The text before the first wildcard must be the start of a technology, or
+    # a technology and '/'.
+    literal_start = pattern[:wildcard]
+    technology = literal_start.partition("/")[0]
+    if technology and not technology.isalnum():
+        return (f"[trunk {name}] channel_pattern {pattern!r} does not begin with the "
+                f"technology and '/' or with a wildcard, so it matches no channel: {fix}")
+    return None
+
+
+def _first_wildcard(pattern: str) -> int | None:
+    """Return the index of the first wildcard of ``pattern``, or None.
+
+    fnmatch reads a '[' without a later ']' as a plain character.
+    """
+    for index, character in enumerate(pattern):
+        if character in "*?":
+            return index
+        if character == "[" and "]" in pattern[index + 2:]:
+            return index
+    return None
 
 
 def _open_fastagi(config: Config) -> list[str]:
