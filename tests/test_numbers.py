@@ -530,6 +530,38 @@ def test_classifier_rejects_home_e164_rule():
     assert "'09'" in str(caught.value)
 
 
+def home_rule_problems(rows: list[tuple[str, str, str]]) -> tuple[int, list[str]]:
+    """Return the error count and the message lines of the Classifier's home-row check."""
+    table = PrefixTable.from_rows(rows, source="custom.csv")
+    with pytest.raises(PrefixTableError) as caught:
+        Classifier(GB, table)
+    return caught.value.error_count, str(caught.value).splitlines()
+
+
+def test_classifier_lists_every_home_e164_rule():
+    count, lines = home_rule_problems([
+        ("09", "premium", ""), ("+449", "premium", ""), ("+44", "international", ""),
+        ("01", "geographic", ""), ("+4470", "personal", "")])
+
+    assert count == 3
+    assert len(lines) == 3
+    assert lines[0].startswith("custom.csv:2: prefix '+449' can never match")
+    assert lines[1].startswith("custom.csv:3: prefix '+44' can never match")
+    assert lines[1].endswith("write it as '0'")
+    assert lines[2].startswith("custom.csv:5: prefix '+4470' can never match")
+    assert lines[2].endswith("write it as '070'")
+
+
+def test_classifier_home_rules_capped():
+    # 25 E.164 rows of the home country, five more than the 20 listed.
+    count, lines = home_rule_problems([(f"+44{n}", "premium", "") for n in range(100, 125)])
+
+    assert count == 25
+    assert len(lines) == 21
+    assert lines[19].startswith("custom.csv:20: prefix '+44119' can never match")
+    assert lines[20] == "... and 5 more errors"
+
+
 # text, E.164 or None
 CALLER_CASES = [
     ("01632960000", "+441632960000"),

@@ -7,6 +7,7 @@ from callguard.numbers.errors import UnclassifiedNumber, quote
 from callguard.numbers.number import Number
 from callguard.numbers.plan import NumberPlan
 from callguard.numbers.table import PLUS, PrefixTable, PrefixTableError
+from callguard.rating.errors import MAX_REPORTED_ERRORS
 
 CONFIGURED_EMERGENCY_DESCRIPTION = "emergency number from the configuration"
 PREMIUM_ABROAD_DESCRIPTION = "Premium rate number in {region}, by phonenumbers' number ranges"
@@ -126,15 +127,24 @@ class Classifier:
 
 
 def _check_home_rules(plan: NumberPlan, table: PrefixTable) -> None:
+    """Raise ``PrefixTableError`` listing the first rows that write home numbers in
+    E.164 form, in file order."""
     home_e164 = f"{PLUS}{plan.country_code}"
+    messages = []
+    count = 0
     for rule in table.rules():
         if not rule.prefix.startswith(home_e164):
             continue
 
+        count += 1
+        if len(messages) == MAX_REPORTED_ERRORS:
+            continue
         national = plan.national_prefix + rule.prefix[len(home_e164) :]
-        raise PrefixTableError(
+        messages.append(
             f"{table.source}:{table.line_number(rule.prefix)}: prefix {rule.prefix!r} "
             f"can never match, because numbers with the home country code "
             f"{home_e164} are looked up on their national form; "
             f"write it as {national!r}"
         )
+    if count:
+        raise PrefixTableError(*messages, error_count=count)
