@@ -650,6 +650,20 @@ async def test_no_transport_configured(tmp_path, rig, caplog):
     assert any("neither [smtp] nor [webhook]" in r.getMessage() for r in caplog.records)
 
 
+async def test_unsent_alert_without_trunk_logged(tmp_path, rig, caplog):
+    cg = await rig(write_config(tmp_path))
+    down = Alert(kind="ari-down", trunk=None, subject="[callguard] ARI unreachable",
+                 body="ARI has been unreachable for 5 minutes.\n", data={})
+
+    cg.dispatcher.submit(down)
+    await cg.dispatcher.settle()
+
+    messages = [r.getMessage() for r in caplog.records if "not sending" in r.getMessage()]
+    assert messages == [
+        "not sending the ari-down alert because neither [smtp] nor [webhook] is "
+        "configured: [callguard] ARI unreachable"]
+
+
 async def test_invalid_alert_dropped(tmp_path, mail_server, rig, caplog):
     cg = await rig(write_config(tmp_path, smtp=smtp_keys(mail_server(Mailbox()))))
     bad_subject = Alert(kind="warning", trunk="gamma", subject=None, body="", data={})

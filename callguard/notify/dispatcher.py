@@ -55,19 +55,19 @@ class AlertDispatcher:
         logged and dropped.
         """
         kind = getattr(alert, "kind", "?")
-        trunk = getattr(alert, "trunk", None) or "-"
+        trunk = getattr(alert, "trunk", None)
+        # Alerts such as ari-down concern no trunk.
+        described = f"{kind} alert for trunk {trunk}" if trunk else f"{kind} alert"
         try:
             rows = outbox_rows(alert, self._config, self._clock.now())
         except (TypeError, ValueError) as exc:
-            log.error("dropping an invalid %s alert for trunk %s: %s", kind, trunk, exc)
+            log.error("dropping an invalid %s: %s", described, exc)
             return
 
         if not rows:
             log.warning(
-                "not sending the %s alert for trunk %s because neither [smtp] nor "
-                "[webhook] is configured: %s",
-                kind,
-                trunk,
+                "not sending the %s because neither [smtp] nor [webhook] is configured: %s",
+                described,
                 alert.subject,
             )
             return
