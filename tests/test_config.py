@@ -1801,6 +1801,20 @@ def test_secrets_first_line_only(workdir, text):
     assert delivery.webhook.secret() == "s3cret;pass"
 
 
+@pytest.mark.parametrize("text", ["s3cret;pass \n", "\ts3cret;pass\t\r\n"])
+def test_ari_password_outer_whitespace_dropped(workdir, text):
+    # Asterisk strips the whitespace around every value of ari.conf, so an ARI
+    # password never begins or ends with it. SMTP passwords keep theirs.
+    (workdir / "ari.secret").write_text(text)
+    smtp = SMTP_BASE | {"username": "cg", "password_file": "ari.secret"}
+
+    ari = load(config_with("ari", "password_file", "ari.secret")).ari
+    delivery = load(delivery_config(smtp=smtp))
+
+    assert ari.password() == "s3cret;pass"
+    assert delivery.smtp.password() == text.splitlines()[0]
+
+
 def test_open_fastagi_warns(workdir):
     warnings = general_warnings("fastagi_listen = 0.0.0.0:4573\n"
                                 "allowed_clients = 0.0.0.0/0, ::/0")

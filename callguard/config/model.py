@@ -87,10 +87,14 @@ class AriConfig:
     def password(self) -> str | None:
         """Read the ARI password from ``password_file``, without its line break.
 
-        Returns None when no file is configured. Raises ``OSError`` when the file
-        cannot be read.
+        Whitespace around the password is dropped, because Asterisk strips it
+        from every value of ari.conf (process_text_line() in its main/config.c
+        calls ast_strip()), so the password that ARI checks never has any.
+        Returns None when no file is configured. Raises ``OSError`` when the
+        file cannot be read.
         """
-        return _read_secret(self.password_file)
+        password = _read_secret(self.password_file)
+        return None if password is None else password.strip()
 
 
 @dataclass(frozen=True)
