@@ -328,6 +328,16 @@ async def test_environment_limits_pass(pipe):
     assert len(env["agi_long"]) == 4096 - len(b"agi_long: \n")
 
 
+async def test_environment_limit_counts_bytes(pipe):
+    # 17 lines of 1,300 three-byte characters: about 22,000 characters, but
+    # over 66,000 bytes, so the block is over max_block.
+    lines = b"".join(b"agi_v%d: " % i + "\u20ac".encode() * 1300 + b"\n" for i in range(17))
+    await pipe.feed(lines + b"\n")
+
+    with pytest.raises(AGIProtocolError, match="65536 bytes"):
+        await read_environment(pipe.connection, LIMITS)
+
+
 async def test_environment_crlf(pipe):
     await pipe.feed(b"agi_network: yes\r\nagi_accountcode: \r\nagi_arg_1: a b\r\n\r\n")
 
@@ -487,6 +497,18 @@ async def test_usage_520_multiline(pipe, asterisk):
     assert lines[1] == "Usage: SET VARIABLE <variablename> <value>"
     assert lines[-1] == "520 End of proper usage."
     assert await pipe.channel.get_variable("CALLGUARD_TRUNK") == "trunk-a"
+
+
+async def test_usage_520_limit_counts_bytes(pipe):
+    usage = "".join(f" Usage line {i}: " + "\u20ac" * 1300 + "\n" for i in range(17))
+    await pipe.feed(
+        b"520-Invalid command syntax.  Proper usage follows:\n"
+        + usage.encode()
+        + b"520 End of proper usage.\n"
+    )
+
+    with pytest.raises(AGIProtocolError, match="65536 bytes"):
+        await pipe.channel.command("GET VARIABLE")
 
 
 async def test_usage_520_single_line(pipe):

@@ -33,6 +33,7 @@ from callguard.agi.protocol import (
     _COMMAND_WORDS,
     _NAME,
     _STATUS,
+    encoded_size,
     parse_reply,
     quote_argument,
     script_name,
@@ -318,7 +319,7 @@ class _ReplyReader:
             raise AGIHangup(f"the channel is dead: {line}")
         if code == CODE_USAGE and status[2] == "-":
             self._usage = [line]
-            self._usage_size = len(line) + 1
+            self._usage_size = encoded_size(line) + 1
             return None
         if 500 <= code <= 599 and status[2] == " ":
             raise AGICommandError(code, line)
@@ -329,7 +330,7 @@ class _ReplyReader:
         lines.append(line)
         if line.startswith(f"{CODE_USAGE} "):
             raise AGICommandError(CODE_USAGE, "\n".join(lines))
-        self._usage_size += len(line) + 1
+        self._usage_size += encoded_size(line) + 1
         max_block = self._channel._limits.max_block
         if self._usage_size > max_block:
             raise AGIProtocolError(

@@ -149,6 +149,16 @@ def quote_argument(value: str) -> str:
     return f'"{escaped}"'
 
 
+def encoded_size(line: str) -> int:
+    """Return the size of a peer's decoded ``line`` in UTF-8 bytes, for the byte limits.
+
+    A byte that was not UTF-8 was decoded as U+FFFD and counts as three.
+    """
+    if line.isascii():
+        return len(line)
+    return len(line.encode("utf-8"))
+
+
 def parse_reply(line: str) -> AGIReply:
     """Parse a ``200 result=<n> [(<data>)] [<extra>]`` line, without its newline.
 
@@ -194,7 +204,7 @@ class EnvironmentReader:
             raise AGIProtocolError(
                 f"AGI environment has more than {limits.max_variables} lines"
             )
-        self._size += len(line) + 1
+        self._size += encoded_size(line) + 1
         if self._size > limits.max_block:
             raise AGIProtocolError(
                 f"AGI environment is longer than the limit of {limits.max_block} bytes"
