@@ -286,6 +286,8 @@ OUTSIDE_LINE_9 = [
     ("9 00 1 212 555 0123",         DENY,  "barred:international", "international"),
     ("9 1632960123",                DENY,  INVALID,       ""),
     ("9(0)1632960123",              DENY,  INVALID,       ""),
+    ("-902121234567",               DENY,  INVALID,       ""),
+    ("(9) 01632 960123",            DENY,  INVALID,       ""),
     ("9",                           DENY,  INVALID,       ""),
     ("99",                          DENY,  INVALID,       ""),
 ]

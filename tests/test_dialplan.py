@@ -168,6 +168,9 @@ def fastagi(port: int):
     ("1470112#", ["PJSIP/112@gamma"]),
     ("918000#", ["PJSIP/18000@gamma"]),
     ("9990", None),
+    # Asterisk skips the dash to match the pattern, but the snippet strips the
+    # outside-line prefix only from the start, so the trunk would get the 9.
+    ("-902121234567", None),
     # E.164 as a phone dials it: the + reaches the check and the trunk.
     ("+441632960123", ["PJSIP/+441632960123@gamma", "60", "S(7200)"]),
     ("+449011234567", None),

@@ -161,6 +161,23 @@ def test_classify_outside_line(classifier_with_9, dialled, category, e164, natio
     assert result.number.national == national
 
 
+# Asterisk skips a dash when it matches EXTEN against a pattern (main/pbx.c), so
+# these reach the check, but the dialplan strips the outside-line prefix only
+# from the start of EXTEN. The trunk gets the 9, and a carrier that takes E.164
+# digits reads -902121234567 as +90 212 123 4567 in Istanbul.
+@pytest.mark.parametrize("dialled", [
+    "-902121234567",
+    "-9-0212-123-4567",
+    "-9 01632 960123",
+    "(9)01632960123",
+    "-9+441632960123",
+    "-9 +44 1632 960123",
+])
+def test_outside_line_prefix_only_at_start(dialled):
+    with pytest.raises(InvalidNumber):
+        GB_WITH_9.normalise(dialled)
+
+
 # plan, dialled, fragment of the message
 INVALID_CASES = [
     (GB, "+00972590000000", "international prefix '00' after '+'"),

@@ -30,10 +30,16 @@ _LAYOUT_REMOVAL = str.maketrans("", "", SEPARATORS + OPEN_BRACKET + CLOSE_BRACKE
 
 @dataclass(frozen=True, slots=True)
 class DialString:
-    """The digits of a checked dialled string, and whether a ``+`` led them."""
+    """The digits of a checked dialled string, and whether a ``+`` led them.
+
+    ``outside_line`` is whether the string starts with the outside-line
+    prefix. The dialplan strips the prefix only there, so only then may the
+    reading drop it from ``digits``.
+    """
 
     plus: bool
     digits: str
+    outside_line: bool = False
 
 
 def remove_separators(text: str) -> str:
@@ -57,7 +63,9 @@ def parse_dial_string(
 
     Allowed are ASCII digits, one leading ``+``, spaces, dashes, dots, brackets
     around digits and a leading ``tel:`` scheme. The ``+`` may also follow
-    ``outside_line_prefix``, which is then dropped (``9+44``). A bracketed
+    ``outside_line_prefix`` at the start, which is then dropped (``9+44``).
+    Asterisk skips a dash when it matches a pattern, so ``-9+44`` reaches a
+    check too, but the dialplan leaves its 9 for the trunk. A bracketed
     national prefix such as ``(0)`` is allowed only directly after ``+<home
     country code>``, or after digits that ``home_lead`` accepts (the
     international prefix and the home country code, as in ``0044 (0) 20``),
@@ -76,13 +84,14 @@ def parse_dial_string(
     if text[: len(TEL_SCHEME)].lower() == TEL_SCHEME:
         text = text[len(TEL_SCHEME) :]
 
+    outside_line = bool(outside_line_prefix) and text.startswith(outside_line_prefix)
     plus = text.startswith(PLUS)
     if plus:
         text = text[len(PLUS) :]
-    elif outside_line_prefix:
+    elif outside_line:
         head, separator, tail = text.partition(PLUS)
         if separator and remove_separators(head) == outside_line_prefix:
-            text, plus = tail, True
+            text, plus, outside_line = tail, True, False
 
     _check_characters(dialled, text)
 
@@ -93,7 +102,7 @@ def parse_dial_string(
     if not digits:
         raise InvalidNumber(f"dialled number {quote(dialled)} contains no digits")
 
-    return DialString(plus=plus, digits=digits)
+    return DialString(plus=plus, digits=digits, outside_line=outside_line)
 
 
 def _check_characters(dialled: str, text: str) -> None:

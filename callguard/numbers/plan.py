@@ -58,9 +58,10 @@ class NumberPlan:
     """Dialling rules of a PBX: home country, outside-line prefix, emergency numbers.
 
     ``home_country`` is an ISO 3166-1 region code. ``outside_line_prefix`` is the
-    digit string that users dial to get a line (``9``), or empty. When dialled
-    digits start with it, it is stripped once, so it is optional. Raises
-    ``ValueError`` for a bad setting.
+    digit string that users dial to get a line (``9``), or empty. When a
+    dialled string starts with it, it is stripped once, so it is optional. It
+    is kept where something comes first, as in ``-9...``, because the dialplan
+    then sends it to the trunk. Raises ``ValueError`` for a bad setting.
     """
 
     def __init__(
@@ -199,7 +200,7 @@ class NumberPlan:
 
         digits = dial.digits
         if strip_outside_line:
-            digits = self._without_dial_prefixes(dialled, digits)
+            digits = self._without_dial_prefixes(dialled, digits, dial.outside_line)
         elif strip_call_prefix:
             digits = self._without_call_prefix(digits, "")
 
@@ -225,7 +226,8 @@ class NumberPlan:
             "or '+' and the country code"
         )
 
-    def _without_dial_prefixes(self, dialled: str, digits: str) -> str:
+    def _without_dial_prefixes(self, dialled: str, digits: str,
+                               outside_line: bool = True) -> str:
         """Return the dialled ``digits`` without the outside-line prefix and a
         prefix for one call: a caller-ID prefix such as 141 or a text relay
         prefix such as 18001 in GB.
@@ -237,9 +239,11 @@ class NumberPlan:
         is too long for a short code, so ``141116123`` is ``116123``, but
         ``1411`` and ``141101`` stay as dialled and are read as short codes. A
         text relay prefix never is, so that ``18001999`` is not read as a voice
-        call to 999.
+        call to 999. A leading outside-line prefix is removed only when
+        ``outside_line`` is set, that is when ``dialled`` starts with it.
         """
-        digits = self._without_outside_line(dialled, digits)
+        if outside_line:
+            digits = self._without_outside_line(dialled, digits)
         return self._without_call_prefix(digits, self.outside_line_prefix)
 
     def _without_call_prefix(self, digits: str, outside: str) -> str:
