@@ -20,7 +20,7 @@ from aiohttp import web
 from callguard import __version__
 from callguard.ari import AriClient, AriError, AriHTTPError
 from callguard.ari.backoff import JITTER, Backoff
-from callguard.ari.events import event_channel_id
+from callguard.ari.events import ReconcileBuffer, event_channel_id
 from callguard.repeats import RepeatLimiter
 from callguard.clock import ManualClock
 from emulator.ari import AriEmulator
@@ -661,6 +661,15 @@ async def test_reconcile_buffer_overflow(ari, make_client, caplog):
         "reconciliation buffer overflowed" in m
         for m in messages(caplog, "callguard.ari.stream", logging.WARNING)
     )
+
+
+def test_reconcile_buffer_counts_bytes():
+    ascii_buffer = ReconcileBuffer(max_events=10, max_bytes=100)
+    utf8_buffer = ReconcileBuffer(max_events=10, max_bytes=100)
+
+    assert ascii_buffer.add("x" * 100)
+    # 40 three-byte characters: 40 characters, but 120 bytes of UTF-8.
+    assert not utf8_buffer.add("\u20ac" * 40)
 
 
 async def test_non_json_skipped(ari, make_client, caplog):

@@ -105,7 +105,7 @@ class ReconcileBuffer:
 
     def add(self, message: str | bytes) -> bool:
         """Append a message; return False, keeping nothing new, when it is full."""
-        size = len(message)
+        size = _message_size(message)
         if len(self._messages) >= self.max_events:
             return False
         if self._bytes + size > self.max_bytes:
@@ -118,8 +118,15 @@ class ReconcileBuffer:
     def drain(self) -> Iterator[str | bytes]:
         while self._messages:
             message = self._messages.popleft()
-            self._bytes -= len(message)
+            self._bytes -= _message_size(message)
             yield message
+
+
+def _message_size(message: str | bytes) -> int:
+    """Return the size in bytes of a websocket message, encoding a text frame as UTF-8."""
+    if isinstance(message, bytes) or message.isascii():
+        return len(message)
+    return len(message.encode("utf-8"))
 
 
 @dataclass(frozen=True)
