@@ -37,8 +37,8 @@ ALLOWED = answering(result="ALLOW", reason="ok", category="geographic", maxsecs=
 async def test_allow_dials_with_limit(dialplan):
     outcome = await dialplan.run(CONTEXT, "01632960123", agi=ALLOWED, callerid="01632960010")
 
-    assert outcome.agi_calls == [["agi://127.0.0.1:4573/check", "01632960123", "gamma",
-                                  "01632960010"]]
+    # The caller ID goes in the agi_* block, where no comma splits it.
+    assert outcome.agi_calls == [["agi://127.0.0.1:4573/check", "01632960123", "gamma"]]
     assert outcome.dials == [["PJSIP/01632960123@gamma", "60", "S(600)"]]
     assert outcome.hangup_cause == "16"
 
@@ -147,10 +147,11 @@ async def daemon(tmp_path):
     await daemon.app.stop()
 
 
-def fastagi(port: int):
+def fastagi(port: int, callerid: str = "unknown"):
+    """Return an AGI runner for a channel with ``callerid`` and the dialplan's variables."""
     async def run(url, arguments, channel):
         call = AGICall(extension=arguments[0], arguments=tuple(arguments),
-                       callerid=arguments[2] if len(arguments) > 2 else "unknown")
+                       callerid=callerid, variables=dict(channel))
         try:
             result = await run_fastagi_call("127.0.0.1", port, call)
         except OSError:
@@ -176,7 +177,7 @@ def fastagi(port: int):
     ("+449011234567", None),
 ])
 async def test_snippet_with_callguard(dialplan, daemon, dialled, dial):
-    outcome = await dialplan.run(CONTEXT, dialled, agi=fastagi(daemon.port),
+    outcome = await dialplan.run(CONTEXT, dialled, agi=fastagi(daemon.port, "01632960010"),
                                  callerid="01632960010",
                                  globals={"CALLGUARD_OUTSIDE_PREFIX": "9"})
 
@@ -184,6 +185,26 @@ async def test_snippet_with_callguard(dialplan, daemon, dialled, dial):
     if dial is None:
         assert outcome.hangup_cause == "21"
         assert outcome.variables["CALLGUARD_RESULT"] == "DENY"
+
+
+async def test_caller_id_comma_passes_no_source(dialplan, tmp_path):
+    # Asterisk splits AGI()'s arguments at each comma after it substitutes the
+    # variables, and a phone may choose its own caller ID. Passed to the check,
+    # 1001,198.51.100.7 would give 198.51.100.7 as its fourth argument, the
+    # source address, and evade the block on the phone's real address.
+    caller = "1001,198.51.100.7"
+    daemon = Daemon(tmp_path)
+    await daemon.app.start()
+    try:
+        daemon.app.engine.blocks.add("source", "192.0.2.10", None)
+        outcome = await dialplan.run(CONTEXT, "01632960123", agi=fastagi(daemon.port, caller),
+                                     callerid=caller,
+                                     variables={"CALLGUARD_SOURCE": "192.0.2.10"})
+    finally:
+        await daemon.app.stop()
+
+    assert outcome.dials == []
+    assert outcome.variables["CALLGUARD_REASON"] == "blocked:offender"
 
 
 async def test_snippet_when_callguard_down(dialplan, tmp_path):

@@ -1,11 +1,13 @@
 """The ``check`` FastAGI script: decide one outbound call and answer in channel variables.
 
-Dialplan: ``AGI(agi://127.0.0.1:4573/check,${EXTEN},gamma,${CALLERID(num)})``.
+Dialplan: ``AGI(agi://127.0.0.1:4573/check,${EXTEN},gamma)``.
 The arguments are the dialled number (default ``agi_extension``), the trunk
 (default the channel variable ``CALLGUARD_TRUNK``), the CLI presented on the
 trunk (default ``agi_callerid``) and the caller's source address (default the
 channel variable ``CALLGUARD_SOURCE``, read only when a trunk sets
-``offender_key = source`` or a source address is blocked).
+``offender_key = source`` or a source address is blocked). AGI() splits its
+arguments at each comma of the substituted text, so ``${CALLERID(num)}``,
+which a phone may choose, must not come before an argument that matters.
 """
 
 import asyncio
