@@ -8,6 +8,9 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+from callguard.config import load_config
+from callguard.store import Store
+
 RATES = """\
 prefix,description,rate,connection_fee,increments
 44,United Kingdom,0.0100,,60/60
@@ -68,6 +71,14 @@ def write_config(
         f"{trunks}\n{extra}\n"
     )
     return path
+
+
+def create_database(config_path: Path) -> Path:
+    """Create the store that the config at ``config_path`` names, as the daemon's first
+    start does, and return ``config_path``."""
+    with Store(load_config(config_path).general.database):
+        pass
+    return config_path
 
 
 def self_signed_certificate(directory: Path, name: str = "cert") -> tuple[Path, Path]:

@@ -21,7 +21,7 @@ from callguard.daemon.operator import STORE_FIELD, store_identity
 from callguard.store import AuditRecord, DecisionRecord, HangupRecord, Store
 from callguard.windows import window_keys
 from emulator.fastagi import AGICall, run_fastagi_call
-from support import TRUNK, write_config
+from support import TRUNK, create_database, write_config
 
 PREMIUM = "09011234567"
 GEOGRAPHIC = "01632960123"
@@ -44,7 +44,7 @@ def run_json(capsys, path, *arguments):
 
 @pytest.fixture
 def conf(tmp_path):
-    return write_config(tmp_path)
+    return create_database(write_config(tmp_path))
 
 
 def test_block_and_unblock(conf, capsys):

@@ -24,6 +24,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+import sqlalchemy
 
 from callguard.cli import ctl, live
 from callguard.cli.common import EscapingFormatter, JournalFormatter, journal_priority
@@ -33,7 +34,7 @@ from callguard.store import CallRecord, OutboxRecord, Store
 from emulator.fastagi import AGICall, run_fastagi_call
 from live_support import Pbx, eventually
 from support import TRUNK as SUPPORT_TRUNK
-from support import write_config
+from support import create_database, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_CONFIG = ROOT / "etc" / "callguard.conf"
@@ -137,7 +138,7 @@ def csv_rows(path: Path) -> list[dict[str, str]]:
 
 @pytest.fixture
 def config(tmp_path):
-    return write_config(tmp_path)
+    return create_database(write_config(tmp_path))
 
 
 def today_keys() -> tuple[str, str]:
@@ -1370,3 +1371,52 @@ def test_log_traceback_masks_url_password():
 
     assert "Sup3rS3cret" not in text
     assert "ValueError: cannot open http://callguard:***@127.0.0.1:8088/ari" in text
+
+
+# Commands that only read the store, with the arguments they need.
+READ_ONLY_COMMANDS = [
+    ["blocks"],
+    ["audit"],
+    ["alerts"],
+    ["calls"],
+    ["check", GEOGRAPHIC, "--trunk", "gamma", "--offline"],
+    ["prefixes", "list"],
+    ["rates", "list", "--trunk", "gamma"],
+    ["unblock", "1001", "--reason", "mistyped database"],
+]
+
+
+@pytest.mark.parametrize("command", READ_ONLY_COMMANDS, ids=lambda argv: argv[0])
+def test_read_only_missing_sqlite_file(tmp_path, capsys, command):
+    config = write_config(tmp_path)
+    missing = tmp_path / "calguard.db"
+
+    status = run_ctl("--config", str(config), "--database", f"sqlite:///{missing}",
+                     *command)
+    err = capsys.readouterr().err
+
+    assert status == EXIT_FAILURE
+    assert f"SQLite database {missing} does not exist" in err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["callguard.conf",
+                                                                 "rates.csv"]
+
+
+@pytest.mark.parametrize("command", READ_ONLY_COMMANDS, ids=lambda argv: argv[0])
+def test_read_only_empty_database(tmp_path, capsys, db_url, command):
+    config = write_config(tmp_path, database=db_url)
+    if db_url.startswith("sqlite"):
+        # An empty file, as a database that another program created.
+        sqlite3.connect(tmp_path / "callguard.db").close()
+
+    status = run_ctl("--config", str(config), *command)
+    err = capsys.readouterr().err
+
+    engine = sqlalchemy.create_engine(db_url)
+    with engine.connect() as conn:
+        tables = sqlalchemy.inspect(conn).get_table_names()
+    engine.dispose()
+    assert status == EXIT_FAILURE
+    assert "has no callguard schema" in err
+    assert tables == []
+    if db_url.startswith("sqlite"):
+        assert (tmp_path / "callguard.db").stat().st_size == 0

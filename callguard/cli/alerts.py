@@ -48,7 +48,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 def cmd_alerts(args: argparse.Namespace) -> int:
     config = read_config(args)
-    store = Store(config.general.database)
+    store = Store(config.general.database, create_schema=False)
     store.open()
     try:
         rows = store.recent_alerts(args.limit, args.state)

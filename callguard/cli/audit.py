@@ -96,7 +96,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"--since: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    with Store(config.general.database) as store:
+    with Store(config.general.database, create_schema=False) as store:
         trail = store.audit_trail(since, args.limit)
     events = merge_events(trail)[: args.limit]
 

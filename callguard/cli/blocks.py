@@ -171,7 +171,7 @@ def _add_type(parser: argparse.ArgumentParser, default: str | None,
 
 def cmd_blocks(args: argparse.Namespace) -> int:
     config = read_config(args)
-    with Store(config.general.database) as store:
+    with Store(config.general.database, create_schema=False) as store:
         active = store.active_blocks(datetime.now(timezone.utc))
 
     if args.json:
@@ -227,7 +227,7 @@ def cmd_unblock(args: argparse.Namespace) -> int:
     config = read_config(args, "unblock")
     key_types = OFFENDER_KEYS if args.key_type is None else (args.key_type,)
     now = datetime.now(timezone.utc)
-    with Store(config.general.database) as store:
+    with Store(config.general.database, create_schema=False) as store:
         active = {(block.key_type, block.key) for block in store.active_blocks(now)}
         keys, problems = _unblock_keys(config, key_types, args.key, active)
         if not keys:

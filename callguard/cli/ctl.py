@@ -192,8 +192,9 @@ def _daemon_uses(report: dict, config: Config) -> bool:
     return False
 
 
-def open_store(config: Config) -> Store:
-    store = Store(config.general.database)
+def open_store(config: Config, *, create_schema: bool = True) -> Store:
+    """Open the config's store; without ``create_schema`` it must already exist."""
+    store = Store(config.general.database, create_schema=create_schema)
     store.open()
     return store
 
@@ -231,7 +232,7 @@ def _prefixes(args: argparse.Namespace) -> int:
               "point it there and reload to use this file")
         return EXIT_OK
 
-    store = open_store(read_config(args))
+    store = open_store(read_config(args), create_schema=False)
     rows = [r for r in store.list_prefixes() if not args.category or r[1] == args.category]
     if args.json:
         print(json.dumps([{"prefix": p, "category": c, "description": d} for p, c, d in rows],
@@ -264,7 +265,7 @@ def _rates(args: argparse.Namespace) -> int:
               "point it there and reload to use this file")
         return EXIT_OK
 
-    store = open_store(config)
+    store = open_store(config, create_schema=False)
     rows = store.list_rates(args.trunk, args.prefix, args.limit)
     if args.json:
         print(json.dumps([

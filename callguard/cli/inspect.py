@@ -33,7 +33,7 @@ async def check_number(config: Config, request: CallRequest) -> dict:
     for their Dial and the call-rate limits count for nothing here.
     """
     tables = await asyncio.to_thread(build_state, config)
-    store = Store(config.general.database)
+    store = Store(config.general.database, create_schema=False)
     worker = StoreWorker(store)
     try:
         await worker.call(store.open)

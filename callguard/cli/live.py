@@ -129,7 +129,7 @@ def _text(value: object, missing: str = "") -> str:
 
 
 def _stored_calls(config: Config) -> list[dict]:
-    store = Store(config.general.database)
+    store = Store(config.general.database, create_schema=False)
     store.open()
     try:
         records = store.recent_calls(STORED_CALLS)

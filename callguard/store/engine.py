@@ -121,11 +121,31 @@ def _check_sqlite_path(url: URL) -> None:
         )
 
 
-def build_engine(url: URL, *, echo: bool = False) -> Engine:
-    """Create the engine for a URL from ``parse_url``; no connection is made yet."""
+def check_sqlite_exists(url: URL) -> None:
+    """Raise ``StoreError`` when ``url`` names a SQLite file that does not exist.
+
+    Connecting would create it. PostgreSQL needs no such check, because it
+    rejects a connection to a database that does not exist.
+    """
+    if url.get_backend_name() != "sqlite":
+        return
+    path = Path(url.database or "")
+    if not path.is_file():
+        raise StoreError(
+            f"SQLite database {path} does not exist. Check --database or database "
+            "in [general], or start the callguard daemon once to create it"
+        )
+
+
+def build_engine(url: URL, *, echo: bool = False, set_wal: bool = True) -> Engine:
+    """Create the engine for a URL from ``parse_url``; no connection is made yet.
+
+    With ``set_wal`` False, SQLite connections leave the journal mode as the
+    file has it, so that opening a file that is not callguard's writes nothing.
+    """
     if url.get_backend_name() == "sqlite":
         engine = create_engine(url, echo=echo)
-        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "connect", _sqlite_connect if set_wal else _sqlite_connect_as_is)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
 
@@ -139,6 +159,18 @@ def build_engine(url: URL, *, echo: bool = False) -> Engine:
 
 
 def _sqlite_connect(dbapi_connection: sqlite3.Connection, record: Any) -> None:
+    _sqlite_connect_as_is(dbapi_connection, record)
+    cursor = dbapi_connection.cursor()
+    try:
+        mode = cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    finally:
+        cursor.close()
+
+    if mode.lower() != "wal":
+        log.warning("SQLite kept journal mode %s instead of WAL", mode)
+
+
+def _sqlite_connect_as_is(dbapi_connection: sqlite3.Connection, record: Any) -> None:
     # The driver must not issue BEGIN itself: _sqlite_begin does, so DDL is
     # transactional too.
     dbapi_connection.isolation_level = None
@@ -146,12 +178,8 @@ def _sqlite_connect(dbapi_connection: sqlite3.Connection, record: Any) -> None:
     try:
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys = ON")
-        mode = cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     finally:
         cursor.close()
-
-    if mode.lower() != "wal":
-        log.warning("SQLite kept journal mode %s instead of WAL", mode)
 
 
 def _sqlite_begin(conn: Connection) -> None:

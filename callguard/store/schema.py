@@ -36,18 +36,27 @@ def lock_transaction(conn: Connection, key: int) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
-def ensure_schema(conn: Connection) -> bool:
+def ensure_schema(
+    conn: Connection, *, create: bool = True, database: str = "the database"
+) -> bool:
     """Create the schema in an empty database, else check its version.
 
     Returns True when the schema was created. Raises ``StoreError`` when the
     database contains only part of the schema, a version newer or older than this
-    code's, or no id counters.
+    code's, or no id counters, and, with ``create`` False, when it has no
+    callguard tables. ``database`` names the database in that message.
     """
     lock_transaction(conn, PG_SCHEMA_LOCK)
 
     existing = set(inspect(conn).get_table_names())
     expected = set(Base.metadata.tables)
     if not existing & expected:
+        if not create:
+            raise StoreError(
+                f"{database} has no callguard schema (none of its tables). Check "
+                "--database or database in [general], or start the callguard daemon "
+                "once to create the schema"
+            )
         create_schema(conn)
         return True
 

@@ -19,6 +19,7 @@ from callguard.store.engine import (
     WRITE_OPTION,
     StoreError,
     build_engine,
+    check_sqlite_exists,
     parse_url,
     translated_errors,
 )
@@ -52,15 +53,25 @@ class Store(OutboxMethods, AuditMethods):
     A failed database operation raises ``StoreError``. An invalid argument
     raises ``TypeError`` or ``ValueError`` and leaves the database unchanged.
     ``clock`` returns the current time recorded with each import.
+    With ``create_schema`` False, ``open`` creates neither a SQLite file nor
+    the schema: a command that only reads the store then reports a mistyped
+    database instead of leaving an empty one behind.
     """
 
     def __init__(
-        self, url: str, *, echo: bool = False, clock: Callable[[], datetime] = _utc_now
+        self,
+        url: str,
+        *,
+        echo: bool = False,
+        clock: Callable[[], datetime] = _utc_now,
+        create_schema: bool = True,
     ) -> None:
         parsed = parse_url(url)
+        self._parsed_url = parsed
+        self._create_schema = create_schema
         self.url_for_logs: str = mask_url(parsed.render_as_string(hide_password=False))
         self._secrets = url_secrets(parsed)
-        self._engine = build_engine(parsed, echo=echo)
+        self._engine = build_engine(parsed, echo=echo, set_wal=create_schema)
         self._clock = clock
         self._is_open = False
 
@@ -72,11 +83,18 @@ class Store(OutboxMethods, AuditMethods):
         self.close()
 
     def open(self) -> None:
-        """Connect, create the schema in an empty database, and check its version."""
+        """Connect, create the schema in an empty database, and check its version.
+
+        Without ``create_schema``, raises ``StoreError`` for a SQLite file that
+        does not exist and for a database without callguard's tables.
+        """
+        if not self._create_schema:
+            check_sqlite_exists(self._parsed_url)
         self._is_open = True
         try:
             with self._transaction("opening the database") as conn:
-                created = ensure_schema(conn)
+                created = ensure_schema(conn, create=self._create_schema,
+                                        database=f"database {self.url_for_logs}")
         except BaseException:
             self._is_open = False
             raise
