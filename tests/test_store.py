@@ -2,6 +2,7 @@
 
 import dataclasses
 import logging
+import os
 import re
 import socket
 import threading
@@ -28,6 +29,7 @@ from callguard.store import (
     window_keys,
 )
 from callguard.store.audit import Renewal, read_renewal
+from callguard.store.engine import build_engine, parse_url
 from callguard.store.models import Block, Call, Decision, Hangup
 from callguard.store.records import BlockRecord
 from callguard.urls import mask_url
@@ -1378,3 +1380,59 @@ def test_decisions_round_trip_exactly(store):
     assert str(stored.rate) == "0.123456789"
     assert stored.reserved == Decimal("999999999999.999999")
     assert stored.max_seconds == 0
+
+
+def connection_settings(url: str) -> tuple[dict[str, str], dict[str, int]]:
+    """Return the libpq parameters of a store connection to ``url`` and the TCP
+    options that the kernel applies to its socket."""
+    engine = build_engine(parse_url(url))
+    with engine.connect() as conn:
+        dbapi_connection = conn.connection.dbapi_connection
+        parameters = dbapi_connection.info.get_parameters()
+        sock = socket.socket(fileno=os.dup(dbapi_connection.pgconn.socket))
+    try:
+        options = {
+            "SO_KEEPALIVE": sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+            "TCP_KEEPIDLE": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+            "TCP_KEEPINTVL": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+            "TCP_KEEPCNT": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+            "TCP_USER_TIMEOUT": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+        }
+    finally:
+        sock.close()
+        engine.dispose()
+    return parameters, options
+
+
+@pytest.mark.postgres
+def test_pg_connection_keepalive_defaults(pg_url):
+    parameters, options = connection_settings(pg_url)
+
+    assert parameters["keepalives_idle"] == "10"
+    assert parameters["keepalives_interval"] == "5"
+    assert parameters["keepalives_count"] == "3"
+    assert parameters["tcp_user_timeout"] == "25000"
+    assert parameters["connect_timeout"] == "10"
+    assert options["SO_KEEPALIVE"] == 1
+    assert options["TCP_KEEPIDLE"] == 10
+    assert options["TCP_KEEPINTVL"] == 5
+    assert options["TCP_KEEPCNT"] == 3
+    assert options["TCP_USER_TIMEOUT"] == 25000
+
+
+@pytest.mark.postgres
+def test_pg_connection_keepalive_from_url(pg_url):
+    url = sqlalchemy.engine.make_url(pg_url).update_query_dict({
+        "keepalives_idle": "60", "keepalives_count": "5", "tcp_user_timeout": "0",
+        "connect_timeout": "3",
+    })
+    parameters, options = connection_settings(url.render_as_string(hide_password=False))
+
+    assert parameters["keepalives_idle"] == "60"
+    assert parameters["keepalives_interval"] == "5"
+    assert parameters["keepalives_count"] == "5"
+    assert parameters["connect_timeout"] == "3"
+    assert options["TCP_KEEPIDLE"] == 60
+    assert options["TCP_KEEPINTVL"] == 5
+    assert options["TCP_KEEPCNT"] == 5
+    assert options["TCP_USER_TIMEOUT"] == 0

@@ -28,8 +28,22 @@ log = logging.getLogger(__name__)
 SQLITE_BUSY_TIMEOUT_MS = 5000
 # 3.35 added RETURNING; 3.24 added INSERT .. ON CONFLICT DO UPDATE.
 SQLITE_MIN_VERSION = (3, 35, 0)
-PG_CONNECT_TIMEOUT_S = 10
 PG_APPLICATION_NAME = "callguard"
+# libpq connection parameters that callguard sets unless the database URL's
+# query string gives them. TCP keepalives probe a connection that waits for a
+# reply after 10 s of silence, every 5 s, and drop it after 3 unanswered
+# probes. tcp_user_timeout (milliseconds, libpq 12 or newer) drops it when
+# sent data stays unacknowledged as long. Either way a store whose host
+# vanished fails a statement within about 25 s, instead of after the kernel's
+# defaults of more than two hours idle or about 15 minutes of retransmission.
+PG_CONNECTION_DEFAULTS = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 25000,
+}
 PG_DRIVER = "postgresql+psycopg"
 
 # Execution option that makes a SQLite transaction start with BEGIN IMMEDIATE, so
@@ -149,9 +163,10 @@ def build_engine(url: URL, *, echo: bool = False, set_wal: bool = True) -> Engin
         event.listen(engine, "begin", _sqlite_begin)
         return engine
 
-    connect_args: dict[str, Any] = {}
-    if "connect_timeout" not in url.query:
-        connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
+    connect_args: dict[str, Any] = {
+        name: value for name, value in PG_CONNECTION_DEFAULTS.items()
+        if name not in url.query
+    }
     if "application_name" not in url.query:
         connect_args["application_name"] = PG_APPLICATION_NAME
     # pool_pre_ping replaces connections that died, e.g. when PostgreSQL restarted.
