@@ -1,10 +1,16 @@
--- The callguard database schema, version 1, for PostgreSQL and SQLite alike.
+-- The callguard database schema, version 2, for PostgreSQL and SQLite alike.
 --
 -- callguard creates this schema by itself in an empty database. Use this file
 -- to create it by hand instead, e.g. when the daemon's database user may not
 -- create tables:
 --   psql -v ON_ERROR_STOP=1 -1 -d callguard -f schema.sql
 --   sqlite3 /var/lib/callguard/callguard.db < schema.sql
+--
+-- The daemon upgrades a database of version 1 by itself. By hand:
+--   ALTER TABLE blocks ADD COLUMN renewed_at TIMESTAMP WITH TIME ZONE;
+--   ALTER TABLE blocks ADD COLUMN renewed_by TEXT;
+--   ALTER TABLE blocks ADD COLUMN first_reason TEXT;
+--   UPDATE schema_version SET version = 2;
 --
 -- Money columns (rate, connection_fee, reserved, cost, amount, daily_spend,
 -- weekly_spend, call_cost) are BIGINT micro-units: 1.50 is stored as 1500000.
@@ -128,7 +134,9 @@ CREATE TABLE spend (
     CONSTRAINT ck_spend_window CHECK ("window" IN ('day', 'week'))
 );
 
--- Blocks; expires_at NULL means permanent, lifted_at set means lifted.
+-- Blocks; expires_at NULL means permanent, lifted_at set means lifted. A
+-- renewal replaces reason and expires_at and sets renewed_at and renewed_by,
+-- and first_reason keeps the reason given at created_at.
 CREATE TABLE blocks (
     id BIGINT NOT NULL,
     key_type TEXT NOT NULL,
@@ -139,6 +147,9 @@ CREATE TABLE blocks (
     created_by TEXT NOT NULL,
     lifted_at TIMESTAMP WITH TIME ZONE,
     lifted_reason TEXT,
+    renewed_at TIMESTAMP WITH TIME ZONE,
+    renewed_by TEXT,
+    first_reason TEXT,
     CONSTRAINT pk_blocks PRIMARY KEY (id)
 );
 CREATE INDEX ix_blocks_key_type_key ON blocks (key_type, "key");
@@ -212,7 +223,7 @@ CREATE TABLE audit (
 );
 CREATE INDEX ix_audit_at ON audit (at);
 
-INSERT INTO schema_version (version) VALUES (1);
+INSERT INTO schema_version (version) VALUES (2);
 INSERT INTO id_counters (name, last_id) VALUES ('decisions', 0);
 INSERT INTO id_counters (name, last_id) VALUES ('calls', 0);
 INSERT INTO id_counters (name, last_id) VALUES ('blocks', 0);

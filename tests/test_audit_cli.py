@@ -630,6 +630,29 @@ def test_audit_lists_block_renewal(conf, capsys):
     assert blocks[1]["summary"] == f"block {block.id} until {expiry.isoformat()}: fraud"
 
 
+def test_blocks_shows_renewer(conf, capsys, monkeypatch):
+    monkeypatch.setenv("LOGNAME", "alice")
+    assert run_ctl(conf, "block", "1001", "--for", "2h", "--reason", "fraud") == 0
+    monkeypatch.setenv("LOGNAME", "bob")
+    assert run_ctl(conf, "block", "1001", "--reason", "more fraud") == 0
+    capsys.readouterr()
+
+    (shown,) = run_json(capsys, conf, "blocks")
+    assert ctl(conf, "blocks") == 0
+    (line,) = capsys.readouterr().out.splitlines()
+
+    (block,) = active_blocks(conf)
+    created = block.created_at.isoformat(timespec="seconds")
+    renewed = block.renewed_at.isoformat(timespec="seconds")
+    assert shown["created_by"] == "alice"
+    assert shown["renewed_by"] == "bob"
+    assert shown["renewed_at"] == block.renewed_at.isoformat()
+    assert shown["reason"] == "more fraud"
+    assert shown["first_reason"] == "fraud"
+    assert line.endswith(f"by bob at {renewed}: more fraud (renewed; first blocked by "
+                         f"alice at {created}: fraud)")
+
+
 def test_audit_keeps_creation_reason(conf, capsys):
     assert run_ctl(conf, "block", "1001", "--for", "2h", "--reason", "test ep") == 0
     assert run_ctl(conf, "block", "1001", "--reason", "perm") == 0

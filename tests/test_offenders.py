@@ -28,8 +28,9 @@ class Alerts:
         self.blocks = []
 
     def block_imposed(self, block_id, key_type, key, trunk, reason, at, expires_at,
-                      earlier):
+                      earlier, renewal=None):
         self.blocks.append((block_id, key_type, key, expires_at - at, earlier))
+        self.renewal = renewal
 
 
 class Offenders:
@@ -90,6 +91,29 @@ async def test_burst_blocks_at_third(offenders):
     stored = guard.store.active_blocks(guard.clock.now())
     assert [(b.key_type, b.key, b.created_by) for b in stored] == [
         ("endpoint", "1001", "callguard")]
+
+
+async def test_automatic_block_renews_stored_one(offenders):
+    guard = offenders()
+    # An operator's block that the daemon has not read from the store yet.
+    manual = guard.store.block_manually("endpoint", "1001", "suspected fraud", NOW,
+                                        NOW + timedelta(minutes=30), "alice")
+    guard.advance(minutes=1)
+    for _ in range(3):
+        await guard.call()
+
+    (stored,) = guard.store.active_blocks(guard.clock.now())
+    changes = guard.store.audit_trail(NOW, 10).changes
+    assert stored.id == manual.block.id
+    assert stored.created_by == "alice"
+    assert stored.renewed_by == "callguard"
+    assert stored.renewed_at == NOW + timedelta(minutes=1)
+    assert stored.first_reason == "suspected fraud"
+    assert stored.expires_at == NOW + timedelta(minutes=61)
+    assert [(c.actor, c.subject) for c in changes] == [("callguard", "endpoint 1001"),
+                                                      ("alice", "endpoint 1001")]
+    assert [b[:3] for b in guard.alerts.blocks] == [(manual.block.id, "endpoint", "1001")]
+    assert guard.alerts.renewal.previous == manual.block
 
 
 async def test_callers_counted_apart(offenders):

@@ -3,7 +3,7 @@
 import dataclasses
 import re
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,8 +20,10 @@ from callguard.store import (
     PerMinuteRate,
     OutboxRecord,
     Store,
+    StoreError,
     UTCDateTime,
 )
+from callguard.store.models import Block
 from callguard.store.records import RESULT_DENY
 from callguard.store.schema import create_schema
 
@@ -219,7 +221,7 @@ def test_column_types_per_backend(engines):
         if isinstance(column.type, PerMinuteRate)
     ]
     assert len(money) == 8
-    assert len(times) == 15
+    assert len(times) == 16
     assert sorted(rates) == [("calls", "rate"), ("decisions", "rate"), ("rates", "rate")]
 
     for table, name in money:
@@ -290,3 +292,62 @@ def test_store_opens_schema_sql(twin_url):
         assert store.recent_hangups() == [dataclasses.replace(hangup, id=1)]
         assert [record.id for record in store.recent_decisions()] == [1]
         assert spent == Decimal("0.0036")
+
+
+# The columns that version 2 added to blocks, as schema.sql declares them.
+VERSION_2_LINES = (
+    "    renewed_at TIMESTAMP WITH TIME ZONE,\n",
+    "    renewed_by TEXT,\n",
+    "    first_reason TEXT,\n",
+)
+
+
+def version_1_sql() -> str:
+    """Return schema.sql as it was at version 1, before blocks recorded renewals."""
+    sql = SCHEMA_SQL.read_text()
+    for line in VERSION_2_LINES:
+        assert line in sql
+        sql = sql.replace(line, "")
+    seed = "INSERT INTO schema_version (version) VALUES (2);"
+    assert seed in sql
+    return sql.replace(seed, "INSERT INTO schema_version (version) VALUES (1);")
+
+
+def test_store_upgrades_version_1(engines, twin_url):
+    from_models, from_sql = engines
+    create_from_models(from_models)
+    run_schema_sql(from_sql, version_1_sql())
+    with from_sql.begin() as conn:
+        conn.execute(Block.__table__.insert(), {
+            "id": 1, "key_type": "endpoint", "key": "1001", "reason": "fraud",
+            "created_at": T0, "expires_at": None, "created_by": "alice",
+        })
+        conn.execute(text("UPDATE id_counters SET last_id = 1 WHERE name = 'blocks'"))
+
+    with Store(twin_url) as store:
+        (old,) = store.active_blocks(T0)
+        renewal = store.block_manually("endpoint", "1001", "more fraud",
+                                       T0 + timedelta(hours=1), None, "bob")
+
+    assert describe(from_sql) == describe(from_models)
+    assert seeds(from_sql)[0] == [(2,)]
+    assert old.renewed_by is None
+    assert old.first_reason is None
+    assert renewal.block.id == 1
+    assert renewal.block.renewed_by == "bob"
+    assert renewal.block.first_reason == "fraud"
+
+
+def test_read_only_open_keeps_version_1(twin_url):
+    engine = create_engine(twin_url)
+    run_schema_sql(engine, version_1_sql())
+
+    with pytest.raises(StoreError, match="has schema version 1, older than version 2"):
+        Store(twin_url, create_schema=False).open()
+
+    with engine.connect() as conn:
+        version = conn.execute(text("SELECT version FROM schema_version")).scalar_one()
+        columns = [column["name"] for column in inspect(conn).get_columns("blocks")]
+    engine.dispose()
+    assert version == 1
+    assert "renewed_at" not in columns

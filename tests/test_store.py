@@ -1060,6 +1060,29 @@ def test_block_manually_renews_active(store, first, second, expected, extended):
     assert block.created_by == "alice"
 
 
+def test_block_renewal_records_renewer(store):
+    store.block_manually("endpoint", "1001", "fraud", T0, T0 + 2 * HOUR, "alice")
+    store.block_manually("endpoint", "1001", "more fraud", T0 + HOUR, None, "bob")
+    store.block_manually("endpoint", "1001", "still more", T0 + 2 * HOUR, None, "carol")
+
+    (block,) = store.active_blocks(T0 + 2 * HOUR)
+    assert block.reason == "still more"
+    assert block.renewed_by == "carol"
+    assert block.renewed_at == T0 + 2 * HOUR
+    assert block.created_by == "alice"
+    assert block.created_at == T0
+    assert block.first_reason == "fraud"
+
+
+def test_new_block_not_renewed(store):
+    store.block_manually("endpoint", "1001", "fraud", T0, None, "alice")
+
+    (block,) = store.active_blocks(T0)
+    assert block.renewed_by is None
+    assert block.renewed_at is None
+    assert block.first_reason is None
+
+
 def test_block_manually_audits_renewal(store):
     created = store.block_manually("endpoint", "1001", "fraud", T0, T0 + 2 * HOUR,
                                    "alice")

@@ -47,7 +47,7 @@ from callguard.daemon.operator import (
 from callguard.numbers.plan import NumberPlan
 from callguard.policy.blocks import endpoint_of
 from callguard.policy.offenders import normalise_source
-from callguard.store import Store
+from callguard.store import BlockRecord, Store
 from callguard.windows import DAY, WEEK, window_keys
 
 UNKNOWN_ACTOR = "unknown"
@@ -184,9 +184,20 @@ def cmd_blocks(args: argparse.Namespace) -> int:
         until = "until unblocked" if record.expires_at is None else (
             f"until {record.expires_at.isoformat(timespec='seconds')}")
         print(f"{record.id:>6} {escape_controls(record.key_type):<11} "
-              f"{escape_controls(record.key):<20} {until:<32} "
-              f"by {escape_controls(record.created_by)}: {escape_controls(record.reason)}")
+              f"{escape_controls(record.key):<20} {until:<32} {_block_origin(record)}")
     return EXIT_OK
+
+
+def _block_origin(record: BlockRecord) -> str:
+    """Return who set a block and why, and for a renewed block who first set it."""
+    if record.renewed_by is None:
+        return f"by {escape_controls(record.created_by)}: {escape_controls(record.reason)}"
+    return (f"by {escape_controls(record.renewed_by)} at "
+            f"{record.renewed_at.isoformat(timespec='seconds')}: "
+            f"{escape_controls(record.reason)} (renewed; first blocked by "
+            f"{escape_controls(record.created_by)} at "
+            f"{record.created_at.isoformat(timespec='seconds')}: "
+            f"{escape_controls(record.creation_reason)})")
 
 
 def cmd_block(args: argparse.Namespace) -> int:
@@ -490,4 +501,7 @@ def _block_data(record) -> dict:
         "created_at": record.created_at.isoformat(),
         "expires_at": None if record.expires_at is None else record.expires_at.isoformat(),
         "created_by": record.created_by,
+        "renewed_at": None if record.renewed_at is None else record.renewed_at.isoformat(),
+        "renewed_by": record.renewed_by,
+        "first_reason": record.first_reason,
     }

@@ -20,6 +20,7 @@ from callguard.metering.legs import Leg
 from callguard.money import format_amount
 from callguard.notify import Alert
 from callguard.policy.ledger import Ledger
+from callguard.store.records import BlockChange
 from callguard.windows import DAY, WEEK, window_keys
 
 log = logging.getLogger(__name__)
@@ -170,10 +171,19 @@ class AlertRaiser:
 
     def block_imposed(self, block_id: int, key_type: str, key: str, trunk: str,
                       reason: str, at: datetime, expires_at: datetime,
-                      earlier: int) -> None:
-        """Alert that callguard blocked an offender; sent once per block id."""
+                      earlier: int, renewal: BlockChange | None = None) -> None:
+        """Alert that callguard blocked an offender; sent once per block id.
+
+        ``renewal`` is the change when callguard renewed a block that was
+        active already, which is then alerted once per renewal.
+        """
         subject = (f"[callguard] blocked {key_type} {key} until "
                    f"{expires_at.isoformat(timespec='seconds')}")
+        dedupe_key = f"block:{block_id}"
+        renewal_lines = []
+        if renewal is not None:
+            dedupe_key = f"block:{block_id}:renewed:{at.isoformat()}"
+            renewal_lines = _renewal_lines(renewal)
         body = "\n".join([
             f"callguard blocked {key_type} {key} from all outbound calls.",
             "",
@@ -182,6 +192,7 @@ class AlertRaiser:
             f"Until:   {expires_at.isoformat(timespec='seconds')}",
             f"Earlier: {earlier} automatic block{'s' if earlier != 1 else ''} of this "
             "key within ban_max_time",
+            *renewal_lines,
             "",
             "Emergency calls are still allowed. If this is a false alarm, lift the block:",
             f"  callguardctl unblock {shlex.quote(key)} --type {key_type} --reason TEXT",
@@ -197,7 +208,7 @@ class AlertRaiser:
             data={"block_id": block_id, "key_type": key_type, "key": key,
                   "reason": reason, "created_at": at.isoformat(),
                   "expires_at": expires_at.isoformat(), "earlier_blocks": earlier},
-            dedupe_key=f"block:{block_id}", recipients=recipients,
+            dedupe_key=dedupe_key, recipients=recipients,
         ))
 
     def ari_unreachable(self, since: datetime, now: datetime) -> None:
@@ -279,3 +290,16 @@ def _live_line(leg: Leg, currency: str) -> str:
     cost = leg.answered.total if leg.answered else Decimal(0)
     return (f"  {leg.channel:<24} {leg.e164 or leg.number or '?':<16} {leg.state:<8} "
             f"{format_amount(cost):>10} {currency}")
+
+
+def _renewal_lines(renewal: BlockChange) -> list[str]:
+    """Return the lines of a block alert about the active block that it renewed."""
+    previous, block = renewal.previous, renewal.block
+    until = ("until unblocked" if block.expires_at is None
+             else f"until {block.expires_at.isoformat(timespec='seconds')}")
+    return [
+        f"Renews:  block {block.id}, set by {previous.created_by} at "
+        f"{previous.created_at.isoformat(timespec='seconds')}: "
+        f"{previous.creation_reason}",
+        f"Holds:   {until}, the later of the two ends",
+    ]

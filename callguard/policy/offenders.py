@@ -292,18 +292,28 @@ class OffenderGuard:
                     ban.reason)
 
         try:
-            block_id = await self.worker.call(store.add_block, ban.key_type, ban.key,
-                                              ban.reason, ban.at, expires_at,
-                                              BLOCKED_BY_CALLGUARD)
+            # A block that another node or callguardctl stored since the last
+            # read of the store is renewed, so the key keeps one block.
+            change = await self.worker.call(store.block_automatically, ban.key_type,
+                                            ban.key, ban.reason, ban.at, expires_at,
+                                            BLOCKED_BY_CALLGUARD)
         except StoreError as exc:
             log.error("could not store the block on %s %s (%s); it holds until %s but "
                       "not across a restart", ban.key_type, ban.key, exc,
                       expires_at.isoformat(timespec="seconds"))
             return
 
+        if change.previous is not None:
+            previous = change.previous
+            self.blocks.add(ban.key_type, ban.key, change.block.expires_at)
+            log.warning("renewed block %d on %s %s, first set by %s at %s: %s",
+                        previous.id, ban.key_type, ban.key, previous.created_by,
+                        previous.created_at.isoformat(timespec="seconds"),
+                        previous.creation_reason)
         if self.alerts is not None:
-            self.alerts.block_imposed(block_id, ban.key_type, ban.key, ban.trunk,
-                                      ban.reason, ban.at, expires_at, earlier)
+            self.alerts.block_imposed(change.block.id, ban.key_type, ban.key, ban.trunk,
+                                      ban.reason, ban.at, expires_at, earlier,
+                                      renewal=None if change.previous is None else change)
 
 
 def _missing_key(key_type: str, request: CallRequest) -> str:

@@ -60,11 +60,37 @@ def block_manually(
     """
     check_text(reason, "reason")
     change = blocks.add_or_renew_block(conn, key_type, key, reason, at, expires_at, actor)
-    add_audit(conn, AuditRecord(
-        at=at, action=ACTION_BLOCK, actor=actor, subject=f"{key_type} {key}",
-        reason=reason, detail=_block_detail(change),
-    ))
+    _audit_block(conn, change, actor)
     return change
+
+
+def block_automatically(
+    conn: Connection,
+    key_type: str,
+    key: str,
+    reason: str,
+    at: datetime,
+    expires_at: datetime,
+    actor: str,
+) -> BlockChange:
+    """Store a block that callguard imposed, or renew the key's active block.
+
+    A new block is its own record. A renewal also gets an audit entry, as an
+    operator's does, because the renewed row keeps its first creator.
+    """
+    change = blocks.add_or_renew_block(conn, key_type, key, reason, at, expires_at, actor)
+    if change.previous is not None:
+        _audit_block(conn, change, actor)
+    return change
+
+
+def _audit_block(conn: Connection, change: BlockChange, actor: str) -> None:
+    block = change.block
+    at = block.created_at if change.previous is None else block.renewed_at
+    add_audit(conn, AuditRecord(
+        at=at, action=ACTION_BLOCK, actor=actor, subject=f"{block.key_type} {block.key}",
+        reason=block.reason, detail=_block_detail(change),
+    ))
 
 
 def _block_detail(change: BlockChange) -> str:

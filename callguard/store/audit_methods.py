@@ -56,6 +56,20 @@ class AuditMethods:
         with self._transaction(f"blocking {key_type} {key}") as conn:
             return audit.block_manually(conn, key_type, key, reason, at, expires_at, actor)
 
+    def block_automatically(
+        self,
+        key_type: str,
+        key: str,
+        reason: str,
+        at: datetime,
+        expires_at: datetime,
+        actor: str,
+    ) -> BlockChange:
+        """Store a block that callguard imposed, or renew the key's active block."""
+        with self._transaction(f"blocking {key_type} {key}") as conn:
+            return audit.block_automatically(conn, key_type, key, reason, at, expires_at,
+                                             actor)
+
     def unblock_manually(
         self, key_type: str, key: str, reason: str, at: datetime, actor: str
     ) -> int:

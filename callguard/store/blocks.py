@@ -49,8 +49,10 @@ def add_or_renew_block(
 
     A renewed block takes ``reason`` and the later of its own expiry and
     ``expires_at``, None (permanent) being the latest. Its id, creator and
-    creation time stay. When the key already has several active blocks, the
-    newest is renewed and ends no earlier than any of them.
+    creation time stay. The arguments ``created_at`` and ``created_by``
+    become its ``renewed_at`` and ``renewed_by``, and its ``first_reason``
+    keeps the reason of its creation. When the key already has several active blocks,
+    the newest is renewed and ends no earlier than any of them.
     """
     _check_block(key_type, key, reason, created_at, expires_at, created_by)
     # add_block's UPDATE of the blocks id counter locks that row on PostgreSQL.
@@ -79,12 +81,15 @@ def add_or_renew_block(
     previous = BlockRecord(**active[-1]._mapping)
     expiries = [expires_at] + [row.expires_at for row in active]
     latest = None if None in expiries else max(expiries)
-    conn.execute(
-        update(Block)
-        .where(Block.id == previous.id)
-        .values(reason=reason, expires_at=latest)
-    )
-    renewed = replace(previous, reason=reason, expires_at=latest)
+    renewal = {
+        "reason": reason,
+        "expires_at": latest,
+        "renewed_at": created_at,
+        "renewed_by": created_by,
+        "first_reason": previous.creation_reason,
+    }
+    conn.execute(update(Block).where(Block.id == previous.id).values(**renewal))
+    renewed = replace(previous, **renewal)
     return BlockChange(block=renewed, previous=previous)
 
 

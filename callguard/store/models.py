@@ -31,7 +31,9 @@ from callguard.store.records import (
 )
 from callguard.store.types import Money, PerMinuteRate, UTCDateTime
 
-SCHEMA_VERSION = 1
+# Version 2 added the renewal columns of blocks; schema.upgrade_schema adds
+# them to a database of version 1.
+SCHEMA_VERSION = 2
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -210,6 +212,11 @@ class Block(Base):
     created_by: Mapped[str] = mapped_column(Text)
     lifted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     lifted_reason: Mapped[str | None] = mapped_column(Text)
+    # The last renewal, and the reason given when the block was created; NULL
+    # for a block never renewed.
+    renewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    renewed_by: Mapped[str | None] = mapped_column(Text)
+    first_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class Hangup(Base):

@@ -182,7 +182,12 @@ class CallRecord:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class BlockRecord:
-    """A block on a key (a caller, a number, ...), permanent when ``expires_at`` is None."""
+    """A block on a key (a caller, a number, ...), permanent when ``expires_at`` is None.
+
+    ``reason`` and ``expires_at`` are those of the last renewal, if any.
+    ``created_at`` and ``created_by`` stay those of the first block, and
+    ``first_reason`` keeps its reason once the block is renewed.
+    """
 
     id: int
     key_type: str
@@ -193,6 +198,14 @@ class BlockRecord:
     created_by: str
     lifted_at: datetime | None = None
     lifted_reason: str | None = None
+    renewed_at: datetime | None = None
+    renewed_by: str | None = None
+    first_reason: str | None = None
+
+    @property
+    def creation_reason(self) -> str:
+        """The reason given when the block was created, before any renewal."""
+        return self.reason if self.first_reason is None else self.first_reason
 
     def active_at(self, now: datetime) -> bool:
         """Return True when the block is neither lifted nor expired at ``now``."""

@@ -13,6 +13,7 @@ from callguard.store.models import (
     COUNTED_TABLES,
     SCHEMA_VERSION,
     Base,
+    Block,
     IdCounter,
     SchemaVersion,
 )
@@ -39,12 +40,13 @@ def lock_transaction(conn: Connection, key: int) -> None:
 def ensure_schema(
     conn: Connection, *, create: bool = True, database: str = "the database"
 ) -> bool:
-    """Create the schema in an empty database, else check its version.
+    """Create the schema in an empty database or upgrade an older one, else check its version.
 
     Returns True when the schema was created. Raises ``StoreError`` when the
-    database contains only part of the schema, a version newer or older than this
-    code's, or no id counters, and, with ``create`` False, when it has no
-    callguard tables. ``database`` names the database in that message.
+    database contains only part of the schema, a version newer than this
+    code's or older without an upgrade, or no id counters. With ``create``
+    False it neither creates nor upgrades, and raises ``StoreError`` instead,
+    naming ``database`` in the message.
     """
     lock_transaction(conn, PG_SCHEMA_LOCK)
 
@@ -66,7 +68,11 @@ def ensure_schema(
             "but no schema_version table; restore it from a backup or point callguard "
             "at an empty database"
         )
-    _check_version(conn)
+    version = _read_version(conn)
+    if version in UPGRADES and create:
+        upgrade_schema(conn, version)
+    else:
+        _check_version(version, database)
 
     missing = expected - existing
     if missing:
@@ -89,7 +95,7 @@ def create_schema(conn: Connection) -> None:
     log.info("created database schema version %d", SCHEMA_VERSION)
 
 
-def _check_version(conn: Connection) -> None:
+def _read_version(conn: Connection) -> int:
     versions = conn.execute(select(SchemaVersion.version)).scalars().all()
     if len(versions) != 1:
         raise StoreError(
@@ -97,8 +103,16 @@ def _check_version(conn: Connection) -> None:
             f"set it to the database's schema version ({SCHEMA_VERSION} for a "
             "database made from this release's schema.sql)"
         )
+    return versions[0]
 
-    version = versions[0]
+
+def _check_version(version: int, database: str) -> None:
+    if version in UPGRADES:
+        raise StoreError(
+            f"{database} has schema version {version}, older than version "
+            f"{SCHEMA_VERSION} of this callguard. Start the callguard daemon once "
+            "to upgrade it, then run this command again"
+        )
     if version > SCHEMA_VERSION:
         raise StoreError(
             f"the database has schema version {version}, newer than version "
@@ -110,6 +124,32 @@ def _check_version(conn: Connection) -> None:
             f"{SCHEMA_VERSION}, and no upgrade exists for it; recreate it from "
             "schema.sql"
         )
+
+
+# Columns that each schema version added, by the version that lacks them.
+UPGRADES: dict[int, tuple[tuple[str, tuple[str, ...]], ...]] = {
+    1: ((Block.__tablename__, ("renewed_at", "renewed_by", "first_reason")),),
+}
+
+
+def upgrade_schema(conn: Connection, version: int) -> None:
+    """Add to a database of ``version`` the columns of every later version.
+
+    Each added column is nullable, so a daemon of the older version that
+    still runs against the database goes on working.
+    """
+    preparer = conn.dialect.identifier_preparer
+    for step in range(version, SCHEMA_VERSION):
+        for table_name, columns in UPGRADES[step]:
+            table = Base.metadata.tables[table_name]
+            for name in columns:
+                column_type = table.columns[name].type.compile(dialect=conn.dialect)
+                conn.execute(text(
+                    f"ALTER TABLE {preparer.quote(table_name)} "
+                    f"ADD COLUMN {preparer.quote(name)} {column_type}"
+                ))
+    conn.execute(update(SchemaVersion).values(version=SCHEMA_VERSION))
+    log.info("upgraded database schema from version %d to %d", version, SCHEMA_VERSION)
 
 
 def _check_counters(conn: Connection) -> None:
