@@ -6,10 +6,12 @@ import os
 import re
 import socket
 import threading
+import time
 import uuid
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
+import psycopg
 import pytest
 import sqlalchemy
 from sqlalchemy import Column, MetaData, Table, create_engine, text
@@ -29,7 +31,7 @@ from callguard.store import (
     window_keys,
 )
 from callguard.store.audit import Renewal, read_renewal
-from callguard.store.engine import build_engine, parse_url
+from callguard.store.engine import SQLITE_BUSY_TIMEOUT_MS, build_engine, parse_url
 from callguard.store.models import Block, Call, Decision, Hangup
 from callguard.store.records import BlockRecord
 from callguard.urls import mask_url
@@ -1459,3 +1461,58 @@ def test_pg_connection_keepalive_from_url(pg_url):
     assert options["TCP_KEEPINTVL"] == 5
     assert options["TCP_KEEPCNT"] == 5
     assert options["TCP_USER_TIMEOUT"] == 0
+
+
+@pytest.mark.postgres
+def test_pg_lock_wait_bounded(store_pg_locked):
+    store, locker = store_pg_locked
+    outcome = []
+
+    def read_blocks():
+        started = time.monotonic()
+        try:
+            store.active_blocks(T0)
+            outcome.append(("read", time.monotonic() - started))
+        except StoreError as exc:
+            outcome.append((exc, time.monotonic() - started))
+
+    reader = threading.Thread(target=read_blocks)
+    reader.start()
+    reader.join(SQLITE_BUSY_TIMEOUT_MS / 1000 + 5)
+    finished = not reader.is_alive()
+    locker.rollback()
+    reader.join()
+
+    ((error, waited),) = outcome
+    assert finished
+    assert isinstance(error, StoreError)
+    assert error.transient
+    assert "lock timeout" in str(error)
+    assert waited >= SQLITE_BUSY_TIMEOUT_MS / 1000 - 0.5
+
+
+@pytest.mark.postgres
+def test_pg_lock_timeout_from_url(pg_url):
+    options = sqlalchemy.engine.make_url(pg_url).query["options"]
+    url = sqlalchemy.engine.make_url(pg_url).update_query_dict(
+        {"options": f"{options} -clock_timeout=250ms"})
+
+    engine = build_engine(parse_url(url.render_as_string(hide_password=False)))
+    with engine.connect() as conn:
+        lock_timeout = conn.exec_driver_sql("SHOW lock_timeout").scalar_one()
+    engine.dispose()
+    assert lock_timeout == "250ms"
+
+
+@pytest.fixture
+def store_pg_locked(pg_url):
+    """Yield an open store and a connection that holds an exclusive lock on blocks."""
+    with Store(pg_url) as store:
+        locker = psycopg.connect(
+            sqlalchemy.engine.make_url(pg_url).set(drivername="postgresql")
+            .render_as_string(hide_password=False))
+        locker.execute("LOCK TABLE blocks IN ACCESS EXCLUSIVE MODE")
+        try:
+            yield store, locker
+        finally:
+            locker.close()

@@ -29,6 +29,10 @@ SQLITE_BUSY_TIMEOUT_MS = 5000
 # 3.35 added RETURNING; 3.24 added INSERT .. ON CONFLICT DO UPDATE.
 SQLITE_MIN_VERSION = (3, 35, 0)
 PG_APPLICATION_NAME = "callguard"
+# A statement that waits longer for a lock (a table, a row or an advisory
+# lock) fails, as a SQLite writer does after its busy timeout. A lock held
+# elsewhere then cannot stall the store thread, or the daemon's stop.
+PG_LOCK_TIMEOUT_MS = SQLITE_BUSY_TIMEOUT_MS
 # libpq connection parameters that callguard sets unless the database URL's
 # query string gives them. TCP keepalives probe a connection that waits for a
 # reply after 10 s of silence, every 5 s, and drop it after 3 unanswered
@@ -170,7 +174,19 @@ def build_engine(url: URL, *, echo: bool = False, set_wal: bool = True) -> Engin
     if "application_name" not in url.query:
         connect_args["application_name"] = PG_APPLICATION_NAME
     # pool_pre_ping replaces connections that died, e.g. when PostgreSQL restarted.
-    return create_engine(url, echo=echo, pool_pre_ping=True, connect_args=connect_args)
+    engine = create_engine(url, echo=echo, pool_pre_ping=True, connect_args=connect_args)
+    event.listen(engine, "connect", _pg_connect)
+    return engine
+
+
+def _pg_connect(dbapi_connection: psycopg.Connection, record: Any) -> None:
+    # A lock_timeout from the URL's options, PGOPTIONS or the role's or
+    # database's settings is kept. PostgreSQL's default of 0 waits forever.
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute("SHOW lock_timeout")
+        if cursor.fetchone()[0] == "0":
+            cursor.execute(f"SET SESSION lock_timeout = {PG_LOCK_TIMEOUT_MS}")
+    dbapi_connection.commit()
 
 
 def _sqlite_connect(dbapi_connection: sqlite3.Connection, record: Any) -> None:
