@@ -108,6 +108,8 @@ class Pbx:
             app.control._server.close()
         app.guard.close()
         app.worker.shutdown()
+        # The kernel drops a killed process's flock on the SQLite lock file.
+        app.database_lock.release()
         self.app = None
 
     async def call(self, number: str, *, endpoint: str = "1001",

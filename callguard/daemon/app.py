@@ -25,6 +25,7 @@ from callguard.daemon.live import (
     restore_live_calls,
 )
 from callguard.daemon.operator import BACKEND_POSTGRESQL, operator_commands
+from callguard.daemon.exclusive import DatabaseLock
 from callguard.daemon.recorder import DecisionRecorder
 from callguard.daemon.state import LoadedTables, build_state
 from callguard.daemon.tables import copy_tables_to_store
@@ -76,6 +77,7 @@ class Application:
         self.fastagi_listen = (config.general.fastagi_host, config.general.fastagi_port)
         self.control_socket = config.general.control_socket
         self.store = Store(self.database)
+        self.database_lock = DatabaseLock(self.database)
         self.worker = StoreWorker(self.store)
         self.ledger = Ledger(self.worker)
         self.reservations = Reservations(self.clock)
@@ -104,6 +106,7 @@ class Application:
 
     async def start(self) -> None:
         general = self.config.general
+        self.database_lock.acquire()
         await self.worker.call(self.store.open)
         log.info("store open at %s", self.store.url_for_logs)
 
@@ -431,6 +434,7 @@ class Application:
         await self.dispatcher.stop()
         await self.worker.call(self.store.close)
         self.worker.shutdown()
+        self.database_lock.release()
         log.info("stopped")
 
     async def _load_blocks(self) -> None:
