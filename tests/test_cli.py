@@ -34,7 +34,7 @@ from callguard.store import CallRecord, OutboxRecord, Store
 from emulator.fastagi import AGICall, run_fastagi_call
 from live_support import Pbx, eventually
 from support import TRUNK as SUPPORT_TRUNK
-from support import create_database, write_config
+from support import create_database, sqlite_write_locked, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_CONFIG = ROOT / "etc" / "callguard.conf"
@@ -1420,3 +1420,14 @@ def test_read_only_empty_database(tmp_path, capsys, db_url, command):
     assert tables == []
     if db_url.startswith("sqlite"):
         assert (tmp_path / "callguard.db").stat().st_size == 0
+
+
+def test_read_only_while_write_locked(config, capsys):
+    # WAL lets readers go on while another process holds the write lock.
+    with sqlite_write_locked(config.parent / "callguard.db"):
+        status = run_ctl("--config", str(config), "blocks")
+    captured = capsys.readouterr()
+
+    assert status == EXIT_OK
+    assert captured.out == "no active blocks\n"
+    assert captured.err == ""

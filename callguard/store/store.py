@@ -83,16 +83,21 @@ class Store(OutboxMethods, AuditMethods):
         self.close()
 
     def open(self) -> None:
-        """Connect, create the schema in an empty database, and check its version.
+        """Connect, create the schema in an empty database or upgrade an older one,
+        and check its version.
 
-        Without ``create_schema``, raises ``StoreError`` for a SQLite file that
-        does not exist and for a database without callguard's tables.
+        Without ``create_schema`` it only reads, and raises ``StoreError`` for a
+        SQLite file that does not exist, a database without callguard's tables
+        and one of an older schema version.
         """
         if not self._create_schema:
             check_sqlite_exists(self._parsed_url)
         self._is_open = True
         try:
-            with self._transaction("opening the database") as conn:
+            # Without create_schema the open only reads, so on SQLite it does
+            # not wait for a writer that holds the write lock.
+            with self._transaction("opening the database",
+                                   write=self._create_schema) as conn:
                 created = ensure_schema(conn, create=self._create_schema,
                                         database=f"database {self.url_for_logs}")
         except BaseException:
