@@ -2,6 +2,7 @@
 receiver (aiohttp) on loopback, the outbox in SQLite, time from a manual clock."""
 
 import asyncio
+import dataclasses
 import email
 import hashlib
 import hmac
@@ -35,6 +36,8 @@ from callguard.store import (
     ALERT_SENT,
     TRANSPORT_EMAIL,
     TRANSPORT_WEBHOOK,
+    BlockChange,
+    BlockRecord,
     Store,
 )
 from callguard.worker import StoreWorker
@@ -995,3 +998,28 @@ def test_block_alert_times_whole_seconds(tmp_path):
     assert "From:    2026-12-05T09:12:15+00:00" in alert.body.splitlines()
     assert "Until:   2026-12-05T10:12:15+00:00" in alert.body.splitlines()
     assert alert.data["expires_at"] == "2026-12-05T10:12:15.950936+00:00"
+
+
+def test_block_alert_names_renewed_block(tmp_path):
+    alerts = []
+    raiser = AlertRaiser(alerts.append, load_config(write_config(tmp_path)), ledger=None)
+    first = datetime(2026, 12, 5, 9, 0, tzinfo=timezone.utc)
+    at = first + timedelta(minutes=10)
+    previous = BlockRecord(id=7, key_type="endpoint", key="5005", reason="suspected fraud",
+                           created_at=first, expires_at=None, created_by="alice")
+    renewed = dataclasses.replace(previous, reason="3 barred attempts", renewed_at=at,
+                                  renewed_by="callguard", first_reason="suspected fraud")
+
+    raiser.block_imposed(7, "endpoint", "5005", "gamma", "3 barred attempts", at,
+                         at + timedelta(hours=1), 0,
+                         renewal=BlockChange(block=renewed, previous=previous))
+    raiser.block_imposed(7, "endpoint", "5005", "gamma", "3 barred attempts", at,
+                         at + timedelta(hours=1), 0)
+
+    renewal, new = alerts
+    lines = renewal.body.splitlines()
+    assert ("Renews:  block 7, set by alice at 2026-12-05T09:00:00+00:00: suspected fraud"
+            in lines)
+    assert "Holds:   until unblocked, the later of the two ends" in lines
+    assert renewal.dedupe_key == "block:7:renewed:2026-12-05T09:10:00+00:00"
+    assert new.dedupe_key == "block:7"
