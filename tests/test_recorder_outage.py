@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from callguard.clock import ManualClock
+from callguard.daemon import recorder as recorder_module
 from callguard.daemon.recorder import DecisionRecorder
 from callguard.policy.decision import CallRequest, Decision
 from callguard.repeats import LOG_BURST, LOG_INTERVAL
@@ -153,3 +154,26 @@ async def test_recorder_run_backs_off(proxied_store, proxy, worker, caplog):
     assert recorder.dropped == 0
     [recovered] = log_lines(caplog, RECOVERED)
     assert "stored 120 decisions" in recovered
+
+
+async def test_recorder_overflow_logged(proxied_store, proxy, worker, caplog, monkeypatch):
+    monkeypatch.setattr(recorder_module, "MAX_QUEUED", 4)
+    recorder = DecisionRecorder(worker, ManualClock(NOW), "pbx1")
+    await proxy.refuse()
+
+    with caplog.at_level(logging.ERROR, logger=RECORDER_LOGGER):
+        for number in range(6):
+            recorder.record(*decision_for(number))
+        await recorder.flush()
+        recorder.record(*decision_for(6))
+
+        await proxy.listen()
+        await recorder.flush()
+
+    dropped = log_lines(caplog, "dropped")
+    assert recorder.dropped == 3
+    assert await stored_uniqueids(proxied_store) == [f"1718355600.{n}" for n in range(3, 7)]
+    assert len(dropped) == 3
+    assert dropped[0] == ("4 decisions are waiting for the store, so the oldest is "
+                          "dropped from the audit trail; 1 dropped so far")
+    assert dropped[-1].endswith("; 3 dropped so far")

@@ -63,6 +63,7 @@ class DecisionRecorder:
         self._task: asyncio.Task | None = None
         self.dropped = 0
         self._unstorable = RepeatLimiter()
+        self._overflow = RepeatLimiter(clock=clock)
 
     def record(self, request: CallRequest, decision: Decision) -> None:
         try:
@@ -78,7 +79,7 @@ class DecisionRecorder:
                           quote(str(exc)), suppressed_note(suppressed))
             return
         if len(self._queue) == self._queue.maxlen:
-            self.dropped += 1
+            self._note_dropped(1)
         self._queue.append(row)
         if len(self._queue) >= self._batch_size:
             self._wakeup.set()
@@ -164,11 +165,21 @@ class DecisionRecorder:
         Decisions recorded during the write may have filled the queue. Then the
         oldest of the batch are dropped, as a full queue drops its oldest.
         """
-        overflow = len(self._queue) + len(batch) - MAX_QUEUED
+        overflow = len(self._queue) + len(batch) - self._queue.maxlen
         if overflow > 0:
-            self.dropped += overflow
+            self._note_dropped(overflow)
             batch = batch[overflow:]
         self._queue.extendleft(reversed(batch))
+
+    def _note_dropped(self, count: int) -> None:
+        """Count decisions dropped from a full queue and log them, in at most
+        LOG_BURST lines a minute."""
+        self.dropped += count
+        suppressed = self._overflow.admit()
+        if suppressed is not None:
+            log.error("%d decisions are waiting for the store, so the oldest is dropped "
+                      "from the audit trail; %d dropped so far%s", self._queue.maxlen,
+                      self.dropped, suppressed_note(suppressed))
 
     def _note_failure(self, batch_size: int, exc: Exception) -> None:
         self._failures += 1
