@@ -482,6 +482,44 @@ async def test_emergency_answered_while_blind_not_hung_up(tmp_path):
     assert pbx.ari.deletes == []
 
 
+async def test_forwarded_opted_out_leg_kept(tmp_path):
+    # The check allows the opted-out caller without limits. The carrier then
+    # forwards the call to another number, which is judged on its own, and
+    # that judgement keeps the opt-out, as the check and a restart do.
+    trunks = LOW_LIMIT_TRUNK + "opt_out = 01632960050\n"
+    pbx = Pbx(tmp_path, NOW, trunks=trunks, rates=RATES)
+    await pbx.start()
+    try:
+        call, result = await pbx.call("01632960123", callerid="01632960050")
+        await eventually(lambda: call.trunk_id in pbx.legs(), what="the Dial")
+        forwarded = await pbx.ari.forward(call, "01632960124")
+        await pbx.ari.answer(forwarded)
+        await eventually(lambda: forwarded.trunk_id in pbx.legs()
+                         and pbx.legs()[forwarded.trunk_id].state == "up",
+                         what="the answer")
+        leg = pbx.legs()[forwarded.trunk_id]
+        # 1.00 a minute against the 3.00 limit: a protected leg would be hung
+        # up at 179 s, a second before its fourth block.
+        for _ in range(5):
+            pbx.clock.advance(60)
+            await asyncio.sleep(0.02)
+        await pbx.app.guard.drain()
+        deletes = list(pbx.ari.deletes)
+        if forwarded.trunk_id in pbx.ari.channels:
+            await pbx.ari.hangup(forwarded)
+        await eventually(lambda: not pbx.legs(), what="the end")
+        await pbx.app.guard.drain()
+        record = stored_calls(pbx)[forwarded.trunk_id]
+    finally:
+        await pbx.stop()
+
+    assert result["CALLGUARD_REASON"] == "opted-out"
+    assert not leg.protected
+    assert deletes == []
+    # 300 s at 60/60 bills the blocks at 0, 60, 120, 180 and 240 s: 5 * 1.00.
+    assert record.cost == Decimal("5.00")
+
+
 async def test_premium_answered_while_blind_hung_up(pbx):
     # Dialled and answered while events were lost, without a check.
     await pbx.ari.drop_events(refuse_for=math.inf)

@@ -58,6 +58,15 @@ def leg_tariff(category: str, tariff: Tariff | None) -> Tariff | None:
     return tariff
 
 
+def may_hang_up(reason: str) -> bool:
+    """Check whether a leg judged with decision ``reason`` may be hung up.
+
+    Emergency calls never are, and an opted-out caller's calls are allowed
+    without limits, whether a check or the leg's own judgement found it.
+    """
+    return reason not in (REASON_EMERGENCY, REASON_OPTED_OUT)
+
+
 # Q.850 causes sent with DELETE /ari/channels/{id}.
 CAUSE_NORMAL_CLEARING = 16
 CAUSE_CALL_REJECTED = 21
@@ -637,7 +646,7 @@ class LiveGuard:
         leg.number = leg.number or request.dialled
         leg.e164 = decision.e164
         leg.category = decision.category
-        leg.protected = decision.reason not in (REASON_EMERGENCY, REASON_OPTED_OUT)
+        leg.protected = may_hang_up(decision.reason)
         if not leg.protected:
             # A leg judged alone before this link may have a hang-up requested.
             leg.hangup_requested = ""
@@ -680,7 +689,7 @@ class LiveGuard:
         leg.category = decision.category
         leg.tariff = leg_tariff(leg.category,
                                 decision.tariff or state.default_tariffs.get(leg.trunk))
-        leg.protected = decision.reason != REASON_EMERGENCY
+        leg.protected = may_hang_up(decision.reason)
         if decision.result == ALLOW or not leg.protected:
             log.warning("%s %s: outbound leg %s to %s skipped the check (%s); metering it",
                         leg.trunk, leg.id, leg.channel, decision.e164 or number, why)
