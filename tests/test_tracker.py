@@ -535,6 +535,40 @@ async def test_premium_answered_while_blind_hung_up(pbx):
     assert stored_hangups(pbx)[0].reason == "barred:premium"
 
 
+async def test_restart_hangs_up_barred_leg(tmp_path):
+    # A premium call that skipped the check is answered while Asterisk
+    # rejects every DELETE, and callguard is killed before a retry. The
+    # store keeps the call up but not the hang-up it still owed.
+    pbx = Pbx(tmp_path, NOW, trunks=TRUNKS.format(max_call_seconds=7200), rates=RATES)
+    await pbx.start()
+    try:
+        pbx.ari.fail_deletes = 1000
+        call = await pbx.ari.dial_out("09061234567", callerid="01632960010",
+                                      dialstring="09061234567@gamma")
+        await pbx.ari.answer(call)
+        await eventually(lambda: call.trunk_id in pbx.legs()
+                         and pbx.legs()[call.trunk_id].state == "up", what="the answer")
+        await eventually(lambda: stored_hangups(pbx), what="the failed hang-up")
+        await pbx.app.guard.drain()
+        await pbx.crash()
+        pbx.ari.fail_deletes = 0
+        requested = len(pbx.ari.deletes)
+
+        await pbx.start_callguard()
+        # Found up in Asterisk, the call is judged again and hung up at once,
+        # long before the 100.00 daily limit: 3.00 a minute lasts 33 minutes.
+        await eventually(lambda: len(pbx.ari.deletes) > requested, what="the hang-up")
+        await eventually(lambda: not pbx.legs(), what="the end")
+        await pbx.app.guard.drain()
+        hangup = stored_hangups(pbx)[0]
+    finally:
+        await pbx.stop()
+
+    assert pbx.ari.deletes[requested][0] == call.trunk_id
+    assert hangup.reason == "barred:premium"
+    assert hangup.outcome == "requested"
+
+
 async def test_failed_limit_hangups_back_off(tmp_path):
     pbx = Pbx(tmp_path, NOW, trunks=TRUNKS.format(max_call_seconds=120), rates=RATES)
     await pbx.start()

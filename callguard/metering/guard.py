@@ -28,7 +28,14 @@ from callguard.metering.meter import (
 )
 from callguard.metering.records import call_record, hangup_record
 from callguard.money import format_amount, format_rate
-from callguard.policy.decision import ALLOW, REASON_EMERGENCY, REASON_OPTED_OUT, CallRequest
+from callguard.policy.decision import (
+    ALLOW,
+    REASON_BARRED_HOURS,
+    REASON_BLOCKED,
+    REASON_EMERGENCY,
+    REASON_OPTED_OUT,
+    CallRequest,
+)
 from callguard.policy.engine import PolicyEngine
 from callguard.numbers.categories import EMERGENCY
 from callguard.rating import Increments, Tariff
@@ -374,6 +381,48 @@ class LiveGuard:
         if leg.answered is not None:
             self.meters[leg.trunk].catch_up(self.clock.now())
         self.reschedule_soon(leg.trunk)
+
+    def judge_restored(self, leg: Leg) -> None:
+        """Hang up a leg taken over from the store if its destination is barred.
+
+        The store does not keep a hang-up that failed or was not yet sent
+        when callguard stopped. So a leg found up after a restart is judged
+        again as at its Dial: by its check's decision, or on its own number
+        when no check covers it.
+        """
+        if not leg.live or not leg.protected or leg.hangup_requested:
+            return
+        reason = self._restored_denial(leg)
+        if not reason:
+            return
+        leg.hangup_requested = reason
+        log.warning("%s %s: %s to %s, taken over from the store, is %s; hanging up",
+                    leg.trunk, leg.id, leg.channel, leg.e164 or leg.number or "?", reason)
+        cause = CAUSE_NORMAL_CLEARING if leg.state == UP else CAUSE_CALL_REJECTED
+        self._spawn(self._hang_up(leg, reason, cause))
+
+    def _restored_denial(self, leg: Leg) -> str:
+        """Return the reason to hang up a restored leg, or "" when it may go on.
+
+        Reasons that depend on the moment, such as business hours or a block
+        imposed later, are left out, because the leg was judged at its Dial.
+        """
+        linked = self.decisions.get(leg.decision_uniqueid) if leg.decision_uniqueid else None
+        if leg.guarded and linked is not None and linked[1].trunk == leg.trunk:
+            decision = linked[1]
+        elif leg.guarded and linked is None:
+            return ""  # no decision read back from the store shows a DENY
+        elif leg.number:
+            request = CallRequest(trunk=leg.trunk, dialled=self.read_destination(leg.number),
+                                  caller=leg.caller)
+            decision = self.engine.judge(request)
+        else:
+            return ""
+        if decision.result == ALLOW or not may_hang_up(decision.reason):
+            return ""
+        if decision.reason.startswith(REASON_BARRED_HOURS) or decision.reason == REASON_BLOCKED:
+            return ""
+        return decision.reason
 
     def release_foreign(self, leg: Leg) -> None:
         """Stop following a leg taken over from the store that another PBX's callguard

@@ -261,7 +261,10 @@ class EventTracker:
         for leg in list(self.guard.legs.values()):
             channel = present.get(leg.id)
             if channel is not None:
-                leg.restored = False
+                if leg.restored:
+                    # Found up after a restart: a hang-up lost with it is sent again.
+                    leg.restored = False
+                    self.guard.judge_restored(leg)
             elif leg.restored and not own_uniqueid(leg.id, system_name):
                 log.info("%s %s: %s, taken over from the store, is not a channel of this "
                          "Asterisk (systemname %s); leaving it to the callguard of its PBX",
