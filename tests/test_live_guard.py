@@ -568,15 +568,22 @@ async def test_call_end_stored_after_store_lock(make_pbx, monkeypatch):
     assert pbx.spend("day", "2024-06-14") == Decimal("2.00")
 
 
-async def test_ari_off_and_on_counts_call_once(make_pbx):
-    # The call is charged and stored as ended when ARI goes off; back on, the
-    # reconnect must not follow it again as a new call answered at its creation.
-    start = london(2024, 6, 14, 10, 0)
-    pbx, call = await answered_call(make_pbx, start)
+async def answered_then_ari_off(make_pbx):
+    """Answer a call at 10:00 and turn ARI off by a reload at 10:04:59; return
+    the PBX and the call at 10:09:59."""
+    pbx, call = await answered_call(make_pbx, london(2024, 6, 14, 10, 0))
     pbx.clock.advance(5 * 60 - 1)
     set_ari_key(pbx, "enabled", "yes", "no")
     assert await pbx.app.reload()
+    await pbx.app.guard.drain()
     pbx.clock.advance(5 * 60)
+    return pbx, call
+
+
+async def test_ari_off_and_on_counts_call_once(make_pbx):
+    # The call is charged and stored as ended when ARI goes off; back on, the
+    # reconnect must not follow it again as a new call answered at its creation.
+    pbx, call = await answered_then_ari_off(make_pbx)
     set_ari_key(pbx, "enabled", "no", "yes")
     assert await pbx.app.reload()
     await eventually(lambda: pbx.app.ari.connected, what="ARI back")
@@ -587,6 +594,31 @@ async def test_ari_off_and_on_counts_call_once(make_pbx):
     await pbx.ari.hangup(call)
     await asyncio.sleep(0.1)
     await pbx.app.guard.drain()
+    assert pbx.spend("day", "2024-06-14") == Decimal("5.00")
+    assert pbx.app.ledger.spent("gamma", "day", "2024-06-14") == Decimal("5.00")
+
+
+async def test_ari_off_then_restart_counts_once(make_pbx):
+    # As above, but ARI comes back with a restart, whose channel list shows
+    # the call still up: it was charged and stored as ended when ARI went off.
+    pbx, call = await answered_then_ari_off(make_pbx)
+    set_ari_key(pbx, "enabled", "no", "yes")
+    await pbx.app.stop()
+    await pbx.start_callguard()
+    await asyncio.sleep(0.1)
+    legs = dict(pbx.legs())
+    status = (await pbx.app.status())["trunks"]["gamma"]
+
+    pbx.clock.advance(5 * 60)
+    await pbx.ari.hangup(call)
+    await asyncio.sleep(0.1)
+    await pbx.app.guard.drain()
+
+    assert legs == {}
+    # Answered at 10:00 and charged up to 10:04:59, when ARI went off: the
+    # blocks at 10:00, 10:01, 10:02, 10:03 and 10:04, 5 * 1.00. Metered again
+    # from its creation, it would show 15.00 at 10:09:59 and 20.00 at its end.
+    assert status["daily_spend"] == "5.00"
     assert pbx.spend("day", "2024-06-14") == Decimal("5.00")
     assert pbx.app.ledger.spent("gamma", "day", "2024-06-14") == Decimal("5.00")
 

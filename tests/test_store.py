@@ -736,6 +736,17 @@ def test_live_calls_ordered(store):
     assert [record.uniqueid for record in store.recent_calls(limit=2)] == ["1.4", "1.3"]
 
 
+def test_ended_calls_among_uniqueids(store):
+    store.save_call(call("1.1", answered_at=T0))
+    store.save_call(call("1.2", state=STATE_ENDED, answered_at=T0,
+                         ended_at=T0 + timedelta(seconds=3)))
+    store.save_call(call("1.3", state=STATE_ENDED, answered_at=T0,
+                         ended_at=T0 + timedelta(seconds=5)))
+
+    assert store.ended_calls(["1.1", "1.2", "1.9"]) == {"1.2"}
+    assert store.ended_calls([]) == set()
+
+
 def test_accepted_hangups_latest_per_leg(store):
     leg = "1718366400.1"
     for record in [

@@ -18,7 +18,12 @@ from callguard.daemon.dialplan_globals import compare_dialplan
 from callguard.daemon.recorder import NONE
 from callguard.metering.decisions import DECISION_LIFETIME
 from callguard.metering.guard import LiveGuard
-from callguard.metering.tracker import HANDLED_EVENTS, EventTracker, leg_from_record
+from callguard.metering.tracker import (
+    HANDLED_EVENTS,
+    EventTracker,
+    channel_name,
+    leg_from_record,
+)
 from callguard.store import DecisionRecord, StoreError
 from callguard.text import plural
 from callguard.windows import window_keys
@@ -204,6 +209,7 @@ class AriListener:
 
     async def _on_connect(self) -> None:
         channels = await self.client.get_channels()
+        await self._skip_stored_ended(channels)
         system_name = await self._read_system_name() if self._shared_store else None
         self.tracker.reconcile(channels, system_name or "")
         await self._set_event_filter()
@@ -221,6 +227,28 @@ class AriListener:
                         "PBXs share the store, set a different systemname in the "
                         "[options] of each one's asterisk.conf")
         self.check_dialplan()
+
+    async def _skip_stored_ended(self, channels: list) -> None:
+        """Keep trunk channels that are stored as ended from being metered again.
+
+        Such a channel was charged and stored as ended when ARI went off,
+        and a restart since has forgotten it.
+        """
+        not_followed = [channel["id"] for channel in channels
+                        if isinstance(channel, dict) and isinstance(channel.get("id"), str)
+                        and channel["id"] not in self.guard.legs
+                        and self.guard.trunk_for_channel(channel_name(channel))]
+        if not not_followed:
+            return
+        store = self.guard.worker.store
+        try:
+            ended = await self.guard.worker.call(store.ended_calls, not_followed)
+        except StoreError as exc:
+            log.error("failed to read from the store which of %s is stored as ended: %s; "
+                      "those still up are metered again from their creation",
+                      plural(len(not_followed), "trunk channel"), exc)
+            return
+        self.guard.skip_stored_ended(ended)
 
     async def _read_system_name(self) -> str | None:
         """Return Asterisk's systemname ("" when it has none), or None when it cannot be read.

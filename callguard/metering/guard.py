@@ -332,6 +332,15 @@ class LiveGuard:
         """Check whether stop_following ended ``leg_id`` while its channel was up."""
         return leg_id in self._unfollowed
 
+    def skip_stored_ended(self, uniqueids: Iterable[str]) -> None:
+        """Treat the channels ``uniqueids``, which are stored as ended, as
+        stop_following does, so that the channel list does not meter them again.
+
+        A restart forgets which legs stop_following ended, and the store
+        keeps a call's first end.
+        """
+        self._unfollowed.update(uniqueids)
+
     def forget_unfollowed(self, present: Iterable[str]) -> None:
         """Forget the legs ended by stop_following whose channels are gone from Asterisk."""
         self._unfollowed.intersection_update(present)

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, bindparam, or_, select, update
 from sqlalchemy.engine import Dialect
 
+from callguard.store.hangups import UNIQUEIDS_PER_QUERY
 from callguard.store.models import Call, Decision
 from callguard.store.records import (
     STATE_ENDED,
@@ -316,6 +317,18 @@ def live_calls(conn: Connection) -> list[CallRecord]:
         .order_by(Call.created_at, Call.id)
     )
     return [CallRecord(**row._mapping) for row in conn.execute(statement)]
+
+
+def ended_calls(conn: Connection, uniqueids: Sequence[str]) -> set[str]:
+    """Return those of the trunk legs ``uniqueids`` whose calls are stored as ended."""
+    ended: set[str] = set()
+    for start in range(0, len(uniqueids), UNIQUEIDS_PER_QUERY):
+        chunk = [check_text(uniqueid, "uniqueid")
+                 for uniqueid in uniqueids[start:start + UNIQUEIDS_PER_QUERY]]
+        statement = select(Call.uniqueid).where(Call.state == STATE_ENDED,
+                                                Call.uniqueid.in_(chunk))
+        ended.update(uniqueid for (uniqueid,) in conn.execute(statement))
+    return ended
 
 
 def recent_calls(conn: Connection, limit: int) -> list[CallRecord]:

@@ -300,6 +300,11 @@ class Store(OutboxMethods, AuditMethods):
         with self._transaction("reading live calls", write=False) as conn:
             return calls.live_calls(conn)
 
+    def ended_calls(self, uniqueids: Sequence[str]) -> set[str]:
+        """Return those of the trunk legs ``uniqueids`` whose calls are stored as ended."""
+        with self._transaction("reading ended calls", write=False) as conn:
+            return calls.ended_calls(conn, uniqueids)
+
     def recent_calls(self, limit: int = 50) -> list[CallRecord]:
         """Return the latest calls, newest first."""
         with self._transaction("reading calls", write=False) as conn:
