@@ -641,6 +641,21 @@ async def test_bad_session_warnings_bounded(start_server, caplog):
     assert all("invalid AGI environment line" in m for m in messages)
 
 
+async def test_unknown_script_warnings_bounded(start_server, caplog):
+    caplog.set_level(logging.INFO, SERVER_LOG)
+    _, host, port = await start_server({"check": Recorder()})
+
+    await asyncio.gather(*(
+        run_fastagi_call(host, port, AGICall("0044123456", script=f"nosuch{n}"))
+        for n in range(30)
+    ))
+    await asyncio.sleep(0.05)
+
+    messages = server_messages(caplog, logging.INFO)
+    assert len(messages) == PEER_FAILURE_BURST
+    assert all("unknown FastAGI script 'nosuch" in m for m in messages)
+
+
 async def test_sessions_over_the_cap_closed_at_once(start_server, caplog):
     route = Recorder()
     _, host, port = await start_server({"check": route}, max_sessions=2)

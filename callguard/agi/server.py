@@ -339,7 +339,9 @@ class _Session:
                                             _PeerName(self._peername))
         handler = server._routes.get(channel.script)
         if handler is None:
-            log.warning(
+            # A mistyped AGI() line sends every call here, so these warnings
+            # share the per-minute bound of other failed sessions.
+            self._peer_failed(
                 "%s: unknown FastAGI script %r (request %r); %s",
                 _session_name(self._peername, channel),
                 channel.script,
