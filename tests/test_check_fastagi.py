@@ -250,6 +250,26 @@ async def test_stalled_store_gets_fail_policy(tmp_path, policy, result):
         assert outcome.variables["CALLGUARD_MAXSECS"] == "7200"
 
 
+async def test_fail_policy_log_quotes_uniqueid(tmp_path, caplog):
+    daemon = Daemon(tmp_path, decision_timeout="250ms")
+    await daemon.app.start()
+    release = threading.Event()
+    stall = asyncio.ensure_future(daemon.app.worker.call(release.wait, 10))
+    # The uniqueid is the peer's agi_uniqueid value, unchecked.
+    uniqueid = "1718355600.1" + "\x1b[2J" + "9" * 100
+    try:
+        with caplog.at_level(logging.ERROR, logger="callguard.agi.check"):
+            await daemon.check("01632960123", uniqueid=uniqueid)
+    finally:
+        release.set()
+        await stall
+        await daemon.app.stop()
+
+    (message,) = [r.getMessage() for r in caplog.records if "by fail_policy" in r.getMessage()]
+    assert "\x1b" not in message
+    assert "(116 characters)" in message
+
+
 async def test_reload_keeps_config_on_error(tmp_path):
     daemon = Daemon(tmp_path)
     await daemon.app.start()

@@ -107,7 +107,7 @@ class CheckHandler:
         except TimeoutError:
             decision = self._fail_policy(engine, request, "timed out")
         except Exception:
-            log.exception("%s: the decision failed", request.uniqueid)
+            log.exception("%s: the decision failed", quote(request.uniqueid or "-"))
             decision = self._fail_policy(engine, request, "failed")
         await self._answer(engine, channel, request, decision)
 
@@ -144,7 +144,7 @@ class CheckHandler:
             try:
                 decision = engine.decide_now(request)
             except Exception:
-                log.exception("%s: the decision failed", request.uniqueid)
+                log.exception("%s: the decision failed", quote(request.uniqueid or "-"))
                 decision = self._fail_policy(engine, request, "failed")
         if decision is None:
             return None
@@ -263,7 +263,7 @@ class CheckHandler:
         result = ALLOW if config.general.fail_policy == "allow" else DENY
         log.error(
             "%s %s: the decision %s; returning %s by fail_policy",
-            request.trunk or "-", request.uniqueid or "-", what, result,
+            quote(request.trunk or "-"), quote(request.uniqueid or "-"), what, result,
         )
 
         # An allowed call still gets a finite limit: Asterisk reads an empty
