@@ -692,6 +692,11 @@ SYNTAX_PROBLEMS = [
     ("[Général]\n", [
         "callguard.conf:1: [Général] unknown section; use [general], [ari], "
         "[smtp], [webhook], [trunk NAME] or [number NUMBER_OR_RANGE]"]),
+    ("[Trunk gamma]\ndefault_rate = 0.1\n[GENERAL]\n", [
+        "callguard.conf:1: [Trunk gamma] unknown section, because section kinds are "
+        "lower case; write it like [trunk gamma]",
+        "callguard.conf:3: [GENERAL] unknown section, because section kinds are "
+        "lower case; write it like [general]"]),
     ("[trunk]\n[number]\n", [
         "callguard.conf:1: [trunk] section needs a name; write it like "
         "[trunk gamma]",

@@ -148,14 +148,28 @@ def _group_sections(sections: list[Section], reader: Reader) -> _SectionsByKind:
                 f"section needs a name; write it like [{kind} {NAME_EXAMPLES[kind]}]",
             )
         else:
-            reader.report(
-                section.line,
-                section.header,
-                "",
-                "unknown section; use [general], [ari], [smtp], [webhook], "
-                "[trunk NAME] or [number NUMBER_OR_RANGE]",
-            )
+            lowered = _lower_case_kind(section.header)
+            if lowered is not None:
+                message = ("unknown section, because section kinds are lower case; "
+                           f"write it like [{lowered}]")
+            else:
+                message = ("unknown section; use [general], [ari], [smtp], [webhook], "
+                           "[trunk NAME] or [number NUMBER_OR_RANGE]")
+            reader.report(section.line, section.header, "", message)
     return grouped
+
+
+def _lower_case_kind(header: str) -> str | None:
+    """Return ``header`` with its kind in lower case, if that makes it a known kind."""
+    kind, space, name = header.partition(" ")
+    lowered = kind.lower()
+    if lowered == kind:
+        return None
+    if not name and lowered in (GENERAL_SECTION, ARI_SECTION, SMTP_SECTION, WEBHOOK_SECTION):
+        return lowered
+    if name and lowered in (TRUNK_KIND, NUMBER_KIND):
+        return f"{lowered}{space}{name}"
+    return None
 
 
 def _home_country(general: Section) -> str:
