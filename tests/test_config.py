@@ -697,6 +697,10 @@ SYNTAX_PROBLEMS = [
         "lower case; write it like [trunk gamma]",
         "callguard.conf:3: [GENERAL] unknown section, because section kinds are "
         "lower case; write it like [general]"]),
+    (f"[trunk gamma]\n{RATES_LINE}\nweekly_limit = 200.00 # per week\n", [
+        "callguard.conf:3: [trunk gamma] weekly_limit: '200.00 # per week' is not an "
+        "amount; write it like 50.00; '#' does not start a comment in this file, so "
+        "start the comment with ';'"]),
     ("[trunk]\n[number]\n", [
         "callguard.conf:1: [trunk] section needs a name; write it like "
         "[trunk gamma]",

@@ -30,6 +30,10 @@ from callguard.config.ranges import NumberRanges, parse_number_range
 PACKAGED_PREFIXES_REGION = "GB"
 TRUNK_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 LIST_SEPARATOR = ","
+# A '#' after whitespace, as other formats write a comment after a value.
+TRAILING_HASH_COMMENT = re.compile(r"\s#")
+# Added to the error of a value with such a '#'.
+COMMENT_HINT = "; '#' does not start a comment in this file, so start the comment with ';'"
 
 
 @dataclass
@@ -74,8 +78,11 @@ class Reader:
             try:
                 result.values[entry.key] = field_spec.parse(entry.value, context)
             except InvalidValue as exc:
+                # Other config formats start comments with '#', so a value
+                # that fails with ' #' in it most likely carries such a comment.
+                hint = COMMENT_HINT if TRAILING_HASH_COMMENT.search(entry.value) else ""
                 for message in exc.messages:
-                    self.report(entry.line, section.header, entry.key, message)
+                    self.report(entry.line, section.header, entry.key, message + hint)
                 result.failed.add(entry.key)
                 result.valid = False
 
