@@ -192,6 +192,19 @@ def test_check_text(config, capsys, dialled, result, reason, category, e164,
         assert max_lines == [f"max        {max_seconds} s"]
 
 
+@pytest.mark.parametrize("dialled", ["01632960123\t", "\u00a001632960123", " 01632960123\n"])
+def test_check_strips_whitespace(config, capsys, dialled):
+    # FastAGI strips each check argument, so a number pasted with a tab or a
+    # no-break space is decided alike on both paths.
+    status = run_ctl("--config", str(config), "check", dialled, "--trunk", "gamma",
+                     "--caller", " 01632960010\t", "--json")
+    report = read_json(capsys)
+
+    assert status == EXIT_OK
+    assert report["result"] == "ALLOW"
+    assert report["e164"] == "+441632960123"
+
+
 def test_check_budget_left(config, capsys):
     day, week = today_keys()
     with Store(load_config(config).general.database) as store:

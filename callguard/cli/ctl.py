@@ -149,7 +149,9 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"--source {args.source!r} is not an IP address; give the caller's "
                   "address, like 192.0.2.10 or 192.0.2.10:5060", file=sys.stderr)
             return EXIT_CONFIG
-    request = CallRequest(trunk=args.trunk.strip(), dialled=args.number, caller=args.caller,
+    # Stripped as the FastAGI check strips its arguments.
+    request = CallRequest(trunk=args.trunk.strip(), dialled=args.number.strip(),
+                          caller=args.caller.strip(),
                           channel=args.channel, accountcode=args.accountcode, source=source)
     report = None
     if not args.offline:
