@@ -30,11 +30,23 @@ def lock_transaction(conn: Connection, key: int) -> None:
     """Take PostgreSQL's advisory lock ``key`` until the transaction ends,
     waiting while another transaction holds it.
 
+    The wait ignores the session's ``lock_timeout``. Only callguard takes
+    these locks, for an import or a schema check, and an import of a large
+    rate deck on another node can hold one for longer than that timeout. The
+    later statements of the transaction keep the timeout.
+    NOTE: a holder whose host vanished keeps the lock until the server drops
+    its connection, which the server's own TCP keepalive settings decide.
+
     SQLite needs none: its writers start with BEGIN IMMEDIATE, which
     serializes them already.
     """
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+    if conn.dialect.name != "postgresql":
+        return
+    lock_timeout = conn.execute(text("SELECT current_setting('lock_timeout')")).scalar_one()
+    conn.execute(text("SELECT set_config('lock_timeout', '0', true)"))
+    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+    conn.execute(text("SELECT set_config('lock_timeout', :value, true)"),
+                 {"value": lock_timeout})
 
 
 def ensure_schema(
