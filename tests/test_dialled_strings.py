@@ -270,7 +270,8 @@ OUTSIDE_LINE_9 = [
     ("9 0800 1111",                 ALLOW, OK,            "freephone"),
     ("9 116123",                    ALLOW, OK,            "service"),
     ("9 141 01632 960123",          ALLOW, OK,            "geographic"),
-    ("141 9 01632 960123",          ALLOW, OK,            "geographic"),
+    # The dialplan strips the 9 only at the start, so the trunk would get it.
+    ("141 9 01632 960123",          DENY,  INVALID,       ""),
     ("999",                         ALLOW, EMERGENCY,     "emergency"),
     ("9999",                        ALLOW, EMERGENCY,     "emergency"),
     ("9 112",                       ALLOW, EMERGENCY,     "emergency"),

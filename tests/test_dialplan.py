@@ -172,6 +172,8 @@ def fastagi(port: int, callerid: str = "unknown"):
     # Asterisk skips the dash to match the pattern, but the snippet strips the
     # outside-line prefix only from the start, so the trunk would get the 9.
     ("-902121234567", None),
+    # The same after a caller-ID prefix: the trunk would get 141902121234567.
+    ("141902121234567", None),
     # E.164 as a phone dials it: the + reaches the check and the trunk.
     ("+441632960123", ["PJSIP/+441632960123@gamma", "60", "S(7200)"]),
     ("+449011234567", None),

@@ -127,12 +127,9 @@ OUTSIDE_LINE_CASES = [
     ("9112", "emergency", "", "112"),
     ("112", "emergency", "", "112"),
     ("9-999", "emergency", "", "999"),
-    # A caller-ID prefix for one call, before or after the outside-line prefix.
+    # A caller-ID prefix for one call after the outside-line prefix.
     ("914101632960123", "geographic", "+441632960123", "01632960123"),
-    ("141 9 09061234567", "premium", "+449061234567", "09061234567"),
-    ("1470 9 0044 20 7946 0000", "geographic", "+442079460000", "02079460000"),
     ("9 141 0044 (0) 20 7946 0000", "geographic", "+442079460000", "02079460000"),
-    ("141 9 0044 (0) 20 7946 0000", "geographic", "+442079460000", "02079460000"),
     ("9 141 116123", "service", "", "116123"),
     # A text relay prefix (18001 for textphone users, 18002 for voice users)
     # before a national or international number, which sets the call's cost.
@@ -146,9 +143,8 @@ OUTSIDE_LINE_CASES = [
     ("9+44 1632 960123", "geographic", "+441632960123", "01632960123"),
     ("9 +44 (0) 9061 234567", "premium", "+449061234567", "09061234567"),
     ("9+353 85 123 4567", "international", "+353851234567", ""),
-    # A text relay prefix, before or after the outside-line prefix.
+    # A text relay prefix after the outside-line prefix.
     ("9 18001 01632 960123", "geographic", "+441632960123", "01632960123"),
-    ("18002 9 07700 900123", "mobile", "+447700900123", "07700900123"),
 ]
 
 
@@ -229,6 +225,14 @@ INVALID_CASES = [
     # without '+'. A short code counts only directly after a caller-ID prefix.
     (GB_WITH_9, "141 9 118118", "neither a short code"),
     (GB_WITH_9, "1470 9 116123", "neither a short code"),
+    # The same holds before a national or international number: the trunk gets
+    # 141 9 0212 123 4567, and a carrier that drops the 141 and takes E.164
+    # digits connects +90 212 123 4567 in Istanbul.
+    (GB_WITH_9, "141 9 0212 123 4567", "neither a short code"),
+    (GB_WITH_9, "141 9 09061234567", "neither a short code"),
+    (GB_WITH_9, "1470 9 0044 20 7946 0000", "neither a short code"),
+    (GB_WITH_9, "141 9 0044 (0) 20 7946 0000", "only allowed directly after"),
+    (GB_WITH_9, "18002 9 07700 900123", "neither a short code"),
     (US, "18001 2125551234", "too long"),
     (US, "5551234", "too short"),
     (US, "+011 44 20 7946 0000", "international prefix '011' after '+'"),

@@ -202,7 +202,7 @@ class NumberPlan:
         if strip_outside_line:
             digits = self._without_dial_prefixes(dialled, digits, dial.outside_line)
         elif strip_call_prefix:
-            digits = self._without_call_prefix(digits, "")
+            digits = self._without_call_prefix(digits)
 
         international_prefix_length = self._home.international_prefix_length(digits)
         if international_prefix_length:
@@ -232,7 +232,11 @@ class NumberPlan:
         prefix for one call: a caller-ID prefix such as 141 or a text relay
         prefix such as 18001 in GB.
 
-        The two may come in either order. A prefix for one call is removed
+        The prefix for one call may follow the outside-line prefix, but not
+        precede it, because the dialplan strips the outside-line prefix only
+        at the start. The trunk gets ``141 9 0212 123 4567`` as dialled, and a
+        carrier that drops the 141 reads the rest as +90 212 123 4567. A
+        prefix for one call is removed
         before the national or international prefix and more digits, so
         ``14101632960123`` is ``01632960123``. A caller-ID prefix is also
         removed before a short code that follows it directly, when the whole
@@ -244,15 +248,15 @@ class NumberPlan:
         """
         if outside_line:
             digits = self._without_outside_line(dialled, digits)
-        return self._without_call_prefix(digits, self.outside_line_prefix)
+        return self._without_call_prefix(digits)
 
-    def _without_call_prefix(self, digits: str, outside: str) -> str:
+    def _without_call_prefix(self, digits: str) -> str:
         """Return ``digits`` without a leading caller-ID or text relay prefix,
-        and ``outside`` directly after it, when the national prefix and more
-        digits follow. After a caller-ID prefix, return the short code that
-        follows it directly when ``digits`` are too long for one.
+        when the national prefix and more digits follow. After a caller-ID
+        prefix, return the short code that follows it directly when
+        ``digits`` are too long for one.
 
-        The outside-line prefix is not dropped before a short code, because
+        An outside-line prefix after the prefix for one call stays, because
         the dialplan strips it only at the start. The trunk gets ``1470 9
         116123`` as dialled, which a trunk leg reads as +1 470 911 6123.
         """
@@ -260,12 +264,9 @@ class NumberPlan:
             if not digits.startswith(call_prefix):
                 continue
             rest = digits[len(call_prefix):]
-            number = rest
-            if outside and number.startswith(outside):
-                number = number[len(outside):]
             prefix = self.national_prefix
-            if prefix and number.startswith(prefix) and len(number) > len(prefix):
-                return number
+            if prefix and rest.startswith(prefix) and len(rest) > len(prefix):
+                return rest
             if (call_prefix in self._caller_id_prefixes
                     and len(digits) > self.short_code_max_length
                     and self._fits_short_code(rest)):
