@@ -351,3 +351,39 @@ def test_read_only_open_keeps_version_1(twin_url):
     engine.dispose()
     assert version == 1
     assert "renewed_at" not in columns
+
+
+@pytest.fixture
+def pg_version_1_for_user(pg_url):
+    """Yield the URL of a version 1 schema made from schema.sql by its owner, for a
+    role that may only read and write its rows, as schema.sql's header suggests
+    for a daemon that may not create tables."""
+    engine = create_engine(pg_url)
+    run_schema_sql(engine, version_1_sql())
+    schema = make_url(pg_url).query["options"].removeprefix("-csearch_path=")
+    role = f"cg_{uuid.uuid4().hex[:12]}"
+    with engine.begin() as conn:
+        conn.execute(text(f'CREATE ROLE "{role}" LOGIN'))
+        conn.execute(text(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"'))
+        conn.execute(text(f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA '
+                          f'"{schema}" TO "{role}"'))
+    try:
+        yield make_url(pg_url).set(username=role).render_as_string(hide_password=False)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f'DROP OWNED BY "{role}"'))
+            conn.execute(text(f'DROP ROLE "{role}"'))
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_upgrade_without_owner_rights_explained(pg_version_1_for_user):
+    store = Store(pg_version_1_for_user)
+    with pytest.raises(StoreError) as caught:
+        store.open()
+    store.close()
+
+    message = str(caught.value)
+    assert "schema version 1" in message
+    assert "must be owner of table blocks" in message
+    assert "schema.sql" in message

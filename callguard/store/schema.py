@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, inspect, select, text, update
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.dialects import postgresql, sqlite
 
 from callguard.store.engine import StoreError
@@ -82,7 +83,7 @@ def ensure_schema(
         )
     version = _read_version(conn)
     if version in UPGRADES and create:
-        upgrade_schema(conn, version)
+        upgrade_schema(conn, version, database)
     else:
         _check_version(version, database)
 
@@ -144,11 +145,13 @@ UPGRADES: dict[int, tuple[tuple[str, tuple[str, ...]], ...]] = {
 }
 
 
-def upgrade_schema(conn: Connection, version: int) -> None:
+def upgrade_schema(conn: Connection, version: int, database: str = "the database") -> None:
     """Add to a database of ``version`` the columns of every later version.
 
     Each added column is nullable, so a daemon of the older version that
-    still runs against the database goes on working.
+    still runs against the database goes on working. Raises ``StoreError``
+    naming ``database`` and the upgrade by hand when PostgreSQL rejects an
+    ALTER TABLE, as it does for a user that does not own the tables.
     """
     preparer = conn.dialect.identifier_preparer
     for step in range(version, SCHEMA_VERSION):
@@ -156,10 +159,18 @@ def upgrade_schema(conn: Connection, version: int) -> None:
             table = Base.metadata.tables[table_name]
             for name in columns:
                 column_type = table.columns[name].type.compile(dialect=conn.dialect)
-                conn.execute(text(
-                    f"ALTER TABLE {preparer.quote(table_name)} "
-                    f"ADD COLUMN {preparer.quote(name)} {column_type}"
-                ))
+                statement = text(f"ALTER TABLE {preparer.quote(table_name)} "
+                                 f"ADD COLUMN {preparer.quote(name)} {column_type}")
+                try:
+                    conn.execute(statement)
+                except ProgrammingError as exc:
+                    cause = str(exc.orig).strip().splitlines()[0]
+                    raise StoreError(
+                        f"{database} has schema version {version}, and upgrading it to "
+                        f"version {SCHEMA_VERSION} failed ({cause}). Run the upgrade "
+                        "statements at the top of schema.sql as the owner of the tables, "
+                        "then try again"
+                    ) from None
     conn.execute(update(SchemaVersion).values(version=SCHEMA_VERSION))
     log.info("upgraded database schema from version %d to %d", version, SCHEMA_VERSION)
 
