@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from callguard.policy.decision import CallRequest
+from callguard.store import Store
 from live_support import eventually, Pbx, stored_calls, stored_hangups
 
 FIXTURES = Path(__file__).parent / "fixtures" / "asterisk"
@@ -535,6 +536,25 @@ async def test_premium_answered_while_blind_hung_up(pbx):
     assert stored_hangups(pbx)[0].reason == "barred:premium"
 
 
+async def restart_after_lost_hangup(pbx, before_restart=lambda: None):
+    """Kill callguard while Asterisk rejects its hang-up of a call, start it again
+    with DELETEs accepted, and return the index of its first new DELETE and the
+    latest stored hang-up. ``before_restart`` runs while callguard is down."""
+    await eventually(lambda: stored_hangups(pbx), what="the failed hang-up")
+    await pbx.app.recorder.stop()
+    await pbx.app.guard.drain()
+    await pbx.crash()
+    before_restart()
+    pbx.ari.fail_deletes = 0
+    requested = len(pbx.ari.deletes)
+
+    await pbx.start_callguard()
+    await eventually(lambda: len(pbx.ari.deletes) > requested, what="the hang-up")
+    await eventually(lambda: not pbx.legs(), what="the end")
+    await pbx.app.guard.drain()
+    return requested, stored_hangups(pbx)[0]
+
+
 async def test_restart_hangs_up_barred_leg(tmp_path):
     # A premium call that skipped the check is answered while Asterisk
     # rejects every DELETE, and callguard is killed before a retry. The
@@ -548,19 +568,36 @@ async def test_restart_hangs_up_barred_leg(tmp_path):
         await pbx.ari.answer(call)
         await eventually(lambda: call.trunk_id in pbx.legs()
                          and pbx.legs()[call.trunk_id].state == "up", what="the answer")
-        await eventually(lambda: stored_hangups(pbx), what="the failed hang-up")
-        await pbx.app.guard.drain()
-        await pbx.crash()
-        pbx.ari.fail_deletes = 0
-        requested = len(pbx.ari.deletes)
-
-        await pbx.start_callguard()
         # Found up in Asterisk, the call is judged again and hung up at once,
         # long before the 100.00 daily limit: 3.00 a minute lasts 33 minutes.
-        await eventually(lambda: len(pbx.ari.deletes) > requested, what="the hang-up")
-        await eventually(lambda: not pbx.legs(), what="the end")
-        await pbx.app.guard.drain()
-        hangup = stored_hangups(pbx)[0]
+        requested, hangup = await restart_after_lost_hangup(pbx)
+    finally:
+        await pbx.stop()
+
+    assert pbx.ari.deletes[requested][0] == call.trunk_id
+    assert hangup.reason == "barred:premium"
+    assert hangup.outcome == "requested"
+
+
+async def test_restored_leg_barred_despite_block(tmp_path):
+    # Checked for delta, which allows premium numbers, but dialled on gamma,
+    # which bars them: the leg is judged on gamma, and its hang-up fails until
+    # callguard is killed. The caller is blocked before the restart, as one
+    # who dials premium numbers is. The block must not hide the barring.
+    pbx = Pbx(tmp_path, NOW, trunks=TRUNKS.format(max_call_seconds=7200), rates=RATES)
+
+    def block_caller():
+        with Store(pbx.config.general.database) as store:
+            store.add_block("caller", "+441632960010", "premium fraud", NOW, None, "admin")
+
+    await pbx.start()
+    try:
+        pbx.ari.fail_deletes = 1000
+        call, result = await pbx.call("09061234567", checked_trunk="delta",
+                                      dial_trunk="gamma")
+        assert result["CALLGUARD_RESULT"] == "ALLOW"
+        await pbx.ari.answer(call)
+        requested, hangup = await restart_after_lost_hangup(pbx, block_caller)
     finally:
         await pbx.stop()
 

@@ -415,6 +415,8 @@ class LiveGuard:
 
         Reasons that depend on the moment, such as business hours or a block
         imposed later, are left out, because the leg was judged at its Dial.
+        Blocks are skipped in the judgement itself, because a blocked caller
+        comes before barring there and would hide a barred destination.
         """
         linked = self.decisions.get(leg.decision_uniqueid) if leg.decision_uniqueid else None
         if leg.guarded and linked is not None and linked[1].trunk == leg.trunk:
@@ -424,7 +426,7 @@ class LiveGuard:
         elif leg.number:
             request = CallRequest(trunk=leg.trunk, dialled=self.read_destination(leg.number),
                                   caller=leg.caller)
-            decision = self.engine.judge(request)
+            decision = self.engine.judge(request, blocks=False)
         else:
             return ""
         if decision.result == ALLOW or not may_hang_up(decision.reason):

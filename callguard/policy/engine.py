@@ -161,13 +161,14 @@ class PolicyEngine:
         now = self.clock.now()
         return _Screened(base, trunk, tariff, now, window_keys(now, trunk.timezone))
 
-    def judge(self, request: CallRequest) -> Decision:
+    def judge(self, request: CallRequest, *, blocks: bool = True) -> Decision:
         """Decide ``request`` on everything but the spend limits and the call cap.
 
         Used for trunk legs that skipped the check: their spend is metered and
         limited while they run, so only barring and rating decide at once.
+        With ``blocks`` False, blocked callers are judged like any other.
         """
-        screened = self._screen(request)
+        screened = self._screen(request, blocks=blocks)
         if isinstance(screened, Decision):
             return screened
         base, trunk, tariff = screened
@@ -228,8 +229,12 @@ class PolicyEngine:
             return self._emergency(request, classified)
         return classified
 
-    def _screen(self, request: CallRequest) -> "Decision | tuple[_DecisionBase, TrunkConfig, Tariff]":
-        """Apply every step up to the limits: a final Decision, or what the limits need."""
+    def _screen(self, request: CallRequest, *,
+                blocks: bool = True) -> "Decision | tuple[_DecisionBase, TrunkConfig, Tariff]":
+        """Apply every step up to the limits: a final Decision, or what the limits need.
+
+        With ``blocks`` False the step that denies blocked callers is skipped.
+        """
         state = self.state
         classified = self._screen_number(request)
         if isinstance(classified, Decision):
@@ -238,7 +243,9 @@ class PolicyEngine:
         caller_e164 = state.normalise_caller(request.caller) or ""
         base = _DecisionBase(request, classified, caller_e164)
 
-        blocked = self.blocks.blocked(_identities(request, caller_e164), self.clock.now())
+        blocked = None
+        if blocks:
+            blocked = self.blocks.blocked(_identities(request, caller_e164), self.clock.now())
         if blocked is not None:
             return base.deny(REASON_BLOCKED, f"{blocked[0]} {blocked[1]} is blocked")
 
