@@ -1,13 +1,17 @@
 """A second daemon on the SQLite file of a running one fails to start before it
 touches the store, so it cannot end or charge the first daemon's live calls."""
 
+import os
+import tempfile
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
 from callguard.config import load_config
 from callguard.daemon.app import Application
+from callguard.daemon.exclusive import DatabaseLock
 from callguard.store import STATE_UP, CallRecord, Store, StoreError
 from live_support import free_port
 from support import write_config
@@ -63,3 +67,50 @@ async def test_daemon_after_stopped_one_starts(tmp_path):
 
     await second.start()
     await second.stop()
+
+
+NOBODY_ID = 65534
+
+
+def acquire_as_nobody(url: str) -> str:
+    """Take the lock of ``url`` in a forked child that runs as uid and gid 65534
+    (nobody), as the service's own user, and return what the child reports."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(NOBODY_ID)
+            os.setuid(NOBODY_ID)
+            DatabaseLock(url).acquire()
+            report = "locked"
+        except BaseException as exc:
+            report = f"{type(exc).__name__}: {exc}"
+        finally:
+            os.write(write_end, report.encode())
+            os._exit(0)
+    os.close(write_end)
+    with open(read_end, "rb") as output:
+        report = output.read().decode()
+    os.waitpid(pid, 0)
+    return report
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to leave a lock file of root's")
+def test_lock_file_left_by_root_run():
+    # callguard run by hand as root, with the service stopped, leaves the lock
+    # file owned by root. The service's user must still start.
+    with tempfile.TemporaryDirectory(dir="/tmp") as name:
+        folder = Path(name)
+        folder.chmod(0o777)
+        database = folder / "callguard.db"
+        first = DatabaseLock(f"sqlite:///{database}")
+        first.acquire()
+        first.release()
+
+        report = acquire_as_nobody(f"sqlite:///{database}")
+        owner = (folder / "callguard.db.lock").stat().st_uid
+
+    assert owner == 0
+    assert report == "locked"

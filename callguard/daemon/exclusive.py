@@ -6,11 +6,14 @@ run. PostgreSQL stores are shared by design and need no such lock.
 """
 
 import fcntl
+import logging
 import os
 from pathlib import Path
 
 from callguard.store import StoreError
 from callguard.store.engine import parse_url
+
+log = logging.getLogger(__name__)
 
 # Appended to the database file's name for the lock file, which stays in place.
 LOCK_SUFFIX = ".lock"
@@ -37,23 +40,49 @@ class DatabaseLock:
         """Take the lock, or raise ``StoreError`` naming the daemon that holds it."""
         if self.path is None or self._fd is not None:
             return
+        writable = True
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            # Readable by all, so that a file that another user created (a
+            # run by hand as root) still opens read-only for the lock.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except PermissionError as exc:
+            # flock needs no write access, so the lock still works, but the
+            # pid is not written.
+            writable = False
+            fd = self._open_read_only(exc)
         except OSError as exc:
-            raise StoreError(f"cannot open the lock file {self.path} of the SQLite "
-                             f"database {self.database}: {exc.strerror}. Make its "
-                             "directory writable by the user callguard runs as") from None
+            raise self._open_error(exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            # NOTE: a holder that could open the file only read-only left the
+            # pid of the file's last writer in it.
             holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
             os.close(fd)
             raise StoreError(f"another callguard daemon uses the SQLite database "
                              f"{self.database} (pid {holder}, holding {self.path}). "
                              "Stop it first, or give this one its own database") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        if writable:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        else:
+            log.warning("cannot write the pid of this daemon to the lock file %s, which "
+                        "another user owns; remove the file while callguard is stopped",
+                        self.path)
         self._fd = fd
+
+    def _open_read_only(self, denied: PermissionError) -> int:
+        """Open the lock file read-only, or raise ``denied`` as a ``StoreError``."""
+        try:
+            return os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            raise self._open_error(denied) from None
+
+    def _open_error(self, exc: OSError) -> StoreError:
+        return StoreError(f"cannot open the lock file {self.path} of the SQLite database "
+                          f"{self.database}: {exc.strerror}. Let the user callguard runs "
+                          "as write the file and its directory, or remove the file while "
+                          "callguard is stopped")
 
     def release(self) -> None:
         """Drop the lock, if held."""
