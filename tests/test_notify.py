@@ -1000,19 +1000,29 @@ def test_block_alert_times_whole_seconds(tmp_path):
     assert alert.data["expires_at"] == "2026-12-05T10:12:15.950936+00:00"
 
 
+RENEWAL_FIRST = datetime(2026, 12, 5, 9, 0, tzinfo=timezone.utc)
+RENEWAL_AT = RENEWAL_FIRST + timedelta(minutes=10)
+
+
+def renewal_of(expires_at: datetime | None) -> BlockChange:
+    """Return callguard's renewal at RENEWAL_AT of alice's block 7 that ends at
+    ``expires_at``, which stays the renewed block's end."""
+    previous = BlockRecord(id=7, key_type="endpoint", key="5005", reason="suspected fraud",
+                           created_at=RENEWAL_FIRST, expires_at=expires_at,
+                           created_by="alice")
+    renewed = dataclasses.replace(previous, reason="3 barred attempts",
+                                  renewed_at=RENEWAL_AT, renewed_by="callguard",
+                                  first_reason="suspected fraud")
+    return BlockChange(block=renewed, previous=previous)
+
+
 def test_block_alert_names_renewed_block(tmp_path):
     alerts = []
     raiser = AlertRaiser(alerts.append, load_config(write_config(tmp_path)), ledger=None)
-    first = datetime(2026, 12, 5, 9, 0, tzinfo=timezone.utc)
-    at = first + timedelta(minutes=10)
-    previous = BlockRecord(id=7, key_type="endpoint", key="5005", reason="suspected fraud",
-                           created_at=first, expires_at=None, created_by="alice")
-    renewed = dataclasses.replace(previous, reason="3 barred attempts", renewed_at=at,
-                                  renewed_by="callguard", first_reason="suspected fraud")
+    at = RENEWAL_AT
 
     raiser.block_imposed(7, "endpoint", "5005", "gamma", "3 barred attempts", at,
-                         at + timedelta(hours=1), 0,
-                         renewal=BlockChange(block=renewed, previous=previous))
+                         at + timedelta(hours=1), 0, renewal=renewal_of(None))
     raiser.block_imposed(7, "endpoint", "5005", "gamma", "3 barred attempts", at,
                          at + timedelta(hours=1), 0)
 
@@ -1023,3 +1033,25 @@ def test_block_alert_names_renewed_block(tmp_path):
     assert "Holds:   until unblocked, the later of the two ends" in lines
     assert renewal.dedupe_key == "block:7:renewed:2026-12-05T09:10:00+00:00"
     assert new.dedupe_key == "block:7"
+
+
+@pytest.mark.parametrize("previous_end, subject_end, until_line, data_end", [
+    # The later of the two ends holds: here the block that was renewed.
+    (None, "until unblocked", "Until:   unblocked", None),
+    (timedelta(hours=3), "until 2026-12-05T12:00:00+00:00",
+     "Until:   2026-12-05T12:00:00+00:00", "2026-12-05T12:00:00+00:00"),
+])
+def test_block_alert_renewal_end(tmp_path, previous_end, subject_end, until_line,
+                                 data_end):
+    alerts = []
+    raiser = AlertRaiser(alerts.append, load_config(write_config(tmp_path)), ledger=None)
+    expires_at = None if previous_end is None else RENEWAL_FIRST + previous_end
+
+    raiser.block_imposed(7, "endpoint", "5005", "gamma", "3 barred attempts", RENEWAL_AT,
+                         RENEWAL_AT + timedelta(hours=1), 0,
+                         renewal=renewal_of(expires_at))
+
+    (alert,) = alerts
+    assert alert.subject == f"[callguard] blocked endpoint 5005 {subject_end}"
+    assert until_line in alert.body.splitlines()
+    assert alert.data["expires_at"] == data_end

@@ -175,21 +175,26 @@ class AlertRaiser:
         """Alert that callguard blocked an offender; sent once per block id.
 
         ``renewal`` is the change when callguard renewed a block that was
-        active already, which is then alerted once per renewal.
+        active already, which is then alerted once per renewal. The block then
+        holds until the later of its own end and ``expires_at``, which the
+        subject and the data give.
         """
-        subject = (f"[callguard] blocked {key_type} {key} until "
-                   f"{expires_at.isoformat(timespec='seconds')}")
+        holds_until: datetime | None = expires_at
         dedupe_key = f"block:{block_id}"
         renewal_lines = []
         if renewal is not None:
+            holds_until = renewal.block.expires_at
             dedupe_key = f"block:{block_id}:renewed:{at.isoformat()}"
             renewal_lines = _renewal_lines(renewal)
+        until = ("unblocked" if holds_until is None
+                 else holds_until.isoformat(timespec="seconds"))
+        subject = f"[callguard] blocked {key_type} {key} until {until}"
         body = "\n".join([
             f"callguard blocked {key_type} {key} from all outbound calls.",
             "",
             f"Why:     {reason}",
             f"From:    {at.isoformat(timespec='seconds')}",
-            f"Until:   {expires_at.isoformat(timespec='seconds')}",
+            f"Until:   {until}",
             f"Earlier: {earlier} automatic block{'s' if earlier != 1 else ''} of this "
             "key within ban_max_time",
             *renewal_lines,
@@ -207,7 +212,8 @@ class AlertRaiser:
             kind="block", trunk=trunk, subject=subject, body=body,
             data={"block_id": block_id, "key_type": key_type, "key": key,
                   "reason": reason, "created_at": at.isoformat(),
-                  "expires_at": expires_at.isoformat(), "earlier_blocks": earlier},
+                  "expires_at": None if holds_until is None else holds_until.isoformat(),
+                  "earlier_blocks": earlier},
             dedupe_key=dedupe_key, recipients=recipients,
         ))
 
