@@ -8,6 +8,8 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 from callguard.config import load_config
 from callguard.store import Store
 
@@ -71,6 +73,14 @@ def write_config(
         f"{trunks}\n{extra}\n"
     )
     return path
+
+
+def with_lock_timeout(url: str, timeout: str) -> str:
+    """Return the PostgreSQL ``url`` with ``lock_timeout`` set to ``timeout`` in its options."""
+    parsed = make_url(url)
+    options = f"{parsed.query.get('options', '')} -clock_timeout={timeout}".strip()
+    return parsed.update_query_dict({"options": options}).render_as_string(
+        hide_password=False)
 
 
 def create_database(config_path: Path) -> Path:

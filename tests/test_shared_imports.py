@@ -2,13 +2,20 @@
 
 import asyncio
 import threading
+from datetime import datetime, timezone
 from decimal import Decimal
 
 import pytest
 import sqlalchemy
 
+from callguard.clock import ManualClock
+from callguard.config import load_config
+from callguard.daemon.app import Application
 from callguard.store import Store
-from live_support import eventually
+from callguard.store.decks import PG_IMPORT_LOCK
+from emulator.fastagi import AGICall, run_fastagi_call
+from live_support import eventually, free_port
+from support import with_lock_timeout, write_config
 
 pytestmark = pytest.mark.postgres
 
@@ -17,6 +24,7 @@ RATES = [
     ("447", "United Kingdom mobile", Decimal("0.05"), Decimal("0"), 60, 60),
 ]
 PREFIXES = [("01", "geographic", "Geographic"), ("07", "mobile", "Mobile")]
+NOW = datetime(2024, 6, 14, 9, 0, tzinfo=timezone.utc)
 
 
 def waiting_backends(admin) -> int:
@@ -82,3 +90,35 @@ async def test_prefix_imports_at_once_both_succeed(pg_url):
             store.close()
 
     assert stored == PREFIXES
+
+
+async def test_start_during_other_import(tmp_path, pg_url, caplog):
+    # Another node's import of a large deck holds the import lock for longer
+    # than this node's lock_timeout (500 ms here, 5 s by default). The daemon
+    # decides from the files it loaded, so it starts and decides checks.
+    database = with_lock_timeout(pg_url, "500ms")
+    with Store(database):
+        pass
+    port = free_port()
+    app = Application(load_config(write_config(tmp_path, port=port, database=database)),
+                      clock=ManualClock(NOW))
+    admin = sqlalchemy.create_engine(pg_url)
+    importer = admin.connect()
+    try:
+        importer.begin()
+        importer.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"),
+                         {"key": PG_IMPORT_LOCK})
+        await app.start()
+        try:
+            outcome = await run_fastagi_call("127.0.0.1", port, AGICall(
+                extension="01632960123", uniqueid="1718355600.1", callerid="01632960010",
+                channel="PJSIP/3001-00000001", arguments=("01632960123", "gamma")))
+        finally:
+            await app.stop()
+    finally:
+        importer.rollback()
+        importer.close()
+        admin.dispose()
+
+    assert outcome.variables["CALLGUARD_RESULT"] == "ALLOW"
+    assert "failed to copy the prefix table and rate decks to the store" in caplog.text

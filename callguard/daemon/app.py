@@ -112,7 +112,7 @@ class Application:
 
         tables = await asyncio.to_thread(build_state, self.config)
         _log_config_warnings(self.config, tables.prefixes)
-        await copy_tables_to_store(self.worker, self.config, tables)
+        await self._copy_tables(self.config, tables, "start")
         await self._load_blocks()
 
         self.engine = PolicyEngine(tables.state, self.ledger, self.reservations, self.blocks,
@@ -341,13 +341,7 @@ class Application:
 
         config = self._keep_listeners(self._keep_database(config))
 
-        try:
-            await copy_tables_to_store(self.worker, config, tables)
-        except StoreError as exc:
-            # The tables in memory are what decisions use; the store's copy
-            # catches up on the next reload or restart.
-            log.error("reload of %s: failed to copy the prefix table and rate decks "
-                      "to the store (%s); using the new config anyway", path, exc)
+        await self._copy_tables(config, tables, "reload")
         self.config = config
         assert self.engine is not None and self.fastagi is not None
         self.engine.state = tables.state
@@ -363,6 +357,21 @@ class Application:
         _log_config_warnings(config, tables.prefixes)
         await self._record_reload(f"loaded, {plural(len(config.trunks), 'trunk')}")
         return True
+
+    async def _copy_tables(self, config: Config, tables: LoadedTables, occasion: str) -> None:
+        """Store the prefix table and rate decks of ``config``, logging a failure.
+
+        Decisions use the tables in memory, and only ``prefixes list`` and
+        ``rates list`` read the store's copy. So a failure, such as a lock
+        timeout while another node imports a large deck, neither stops a
+        start nor fails a reload, and the next start or reload stores the
+        tables again.
+        """
+        try:
+            await copy_tables_to_store(self.worker, config, tables)
+        except StoreError as exc:
+            log.error("%s of %s: failed to copy the prefix table and rate decks to the "
+                      "store (%s); deciding from the files loaded", occasion, config.path, exc)
 
     def _keep_database(self, config: Config) -> Config:
         """Return the reloaded ``config`` with the database in use, warning if it differs.
