@@ -3,6 +3,7 @@
 from datetime import datetime, timedelta, timezone
 
 import pytest
+import sqlalchemy
 
 from callguard.clock import ManualClock
 from callguard.config import load_config
@@ -10,7 +11,7 @@ from callguard.daemon.app import Application
 from callguard.policy.blocks import BlockList
 from callguard.store import Store
 from live_support import free_port
-from support import write_config
+from support import TRUNK, with_lock_timeout, write_config
 from emulator.fastagi import AGICall, run_fastagi_call
 
 NOW = datetime(2024, 6, 14, 9, 0, tzinfo=timezone.utc)
@@ -27,9 +28,9 @@ async def node(tmp_path, db_url):
     await app.stop()
 
 
-async def check(port: int, uniqueid: str) -> str:
-    call = AGICall(extension="01632960123", uniqueid=uniqueid, callerid="01632960010",
-                   channel="PJSIP/3001-00000001", arguments=("01632960123", "gamma"))
+async def check(port: int, uniqueid: str, number: str = "01632960123") -> str:
+    call = AGICall(extension=number, uniqueid=uniqueid, callerid="01632960010",
+                   channel="PJSIP/3001-00000001", arguments=(number, "gamma"))
     outcome = await run_fastagi_call("127.0.0.1", port, call)
     return outcome.variables["CALLGUARD_REASON"]
 
@@ -89,6 +90,23 @@ def test_sync_drops_local_block_lifted_before_next_read():
     assert blocks.blocked([("endpoint", "3001")], NOW) is None
 
 
+def test_sync_keeps_unstored_block_until_removed():
+    blocks = BlockList()
+    blocks.add("endpoint", "3001", LATER)
+    blocks.keep_unstored("endpoint", "3001")
+
+    for _ in range(3):
+        blocks.sync([])
+    after_reads = blocks.blocked([("endpoint", "3001")], NOW)
+    blocks.remove("endpoint", "3001")
+    blocks.add("endpoint", "3001", LATER)
+    blocks.sync([])
+    blocks.sync([])
+
+    assert after_reads == ("endpoint", "3001")
+    assert blocks.blocked([("endpoint", "3001")], NOW) is None
+
+
 def test_sync_keeps_written_local_block():
     blocks = BlockList()
     blocks.add("endpoint", "3001", LATER)
@@ -116,3 +134,35 @@ async def test_own_block_lifted_elsewhere_ends(node):
         other.close()
 
     assert reason == "ok"
+
+
+async def test_unstored_ban_outlasts_reads(tmp_path, pg_url, caplog):
+    # The ban's write waits for the blocks id counter, which another node
+    # holds past lock_timeout (300 ms here), so the write fails. The ban has
+    # no row that another node could lift, so reads of the store keep it.
+    database = with_lock_timeout(pg_url, "300ms")
+    port = free_port()
+    config = write_config(tmp_path, port=port, database=database,
+                          trunks=TRUNK + "ban_after = 2\n")
+    app = Application(load_config(config), clock=ManualClock(NOW))
+    await app.start()
+    admin = sqlalchemy.create_engine(pg_url)
+    holder = admin.connect()
+    try:
+        holder.begin()
+        holder.execute(sqlalchemy.text(
+            "SELECT last_id FROM id_counters WHERE name = 'blocks' FOR UPDATE"))
+        barred = [await check(port, f"1718355600.{n}", "09011234567") for n in (1, 2)]
+        await app.offenders.drain()
+        holder.rollback()
+        await app.refresh_blocks()
+        await app.refresh_blocks()
+        after_reads = await check(port, "1718355600.3")
+    finally:
+        holder.close()
+        admin.dispose()
+        await app.stop()
+
+    assert barred == ["barred:premium", "barred:premium"]
+    assert "could not store the block on endpoint 3001" in caplog.text
+    assert after_reads == "blocked:offender"

@@ -37,6 +37,9 @@ class BlockList:
         # with the read count at their addition.
         self._reads = 0
         self._local: dict[tuple[str, str], int] = {}
+        # Keys blocked here whose block could not be stored. No read of the
+        # store contains them, so reads keep them until they expire or are removed.
+        self._unstored: set[tuple[str, str]] = set()
         # The latest end of the blocks of each key type (None: until lifted),
         # built by has_type() and dropped whenever the blocks change.
         self._ends: dict[str, datetime | None] | None = None
@@ -62,9 +65,19 @@ class BlockList:
         if now is not None:
             for identity in [i for i, at in self._blocks.items() if at is not None and at <= now]:
                 del self._blocks[identity]
+                self._unstored.discard(identity)
         identity = (key_type, key)
         self._put(identity, expires_at)
         self._local[identity] = self._reads
+
+    def keep_unstored(self, key_type: str, key: str) -> None:
+        """Keep the block that add() set on a key across later reads of the store.
+
+        It serves a block whose write to the store failed, which sync() would
+        otherwise drop at the second read that lacks it.
+        """
+        if (key_type, key) in self._blocks:
+            self._unstored.add((key_type, key))
 
     def _put(self, identity: tuple[str, str], expires_at: datetime | None) -> None:
         _keep_later(self._blocks, identity, expires_at)
@@ -86,6 +99,7 @@ class BlockList:
         self._ends = None
         recent = {identity for identity, read in self._local.items()
                   if read >= self._reads - 1}
+        recent |= self._unstored
         for identity in [i for i in self._blocks if i not in stored and i not in recent]:
             del self._blocks[identity]
         for identity, expires_at in stored.items():
@@ -99,6 +113,7 @@ class BlockList:
     def remove(self, key_type: str, key: str) -> None:
         self._ends = None
         self._blocks.pop((key_type, key), None)
+        self._unstored.discard((key_type, key))
 
     def blocked(self, identities: list[tuple[str, str]], now: datetime) -> tuple[str, str] | None:
         """Return the first of ``identities`` under an active block, or None."""

@@ -298,6 +298,7 @@ class OffenderGuard:
                                             ban.key, ban.reason, ban.at, expires_at,
                                             BLOCKED_BY_CALLGUARD)
         except StoreError as exc:
+            self.blocks.keep_unstored(ban.key_type, ban.key)
             log.error("could not store the block on %s %s (%s); it holds until %s but "
                       "not across a restart", ban.key_type, ban.key, exc,
                       expires_at.isoformat(timespec="seconds"))
