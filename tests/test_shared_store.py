@@ -282,3 +282,36 @@ async def test_concurrent_call_writes_do_not_deadlock(pg_url):
         b.close()
 
     assert outcomes == [None, None]
+
+
+async def test_resets_at_once_clear_once(pg_url):
+    # Operators on nodes a and b reset the same day's 6.00 at once. Both
+    # resets start while a third transaction has locked the spend row.
+    a, b = Store(pg_url), Store(pg_url)
+    a.open()
+    b.open()
+    a.add_spend("gamma", "day", DAY, Decimal("6.00"), START)
+    admin = sqlalchemy.create_engine(pg_url)
+    holder = admin.connect()
+    try:
+        holder.begin()
+        holder.execute(sqlalchemy.text("SELECT amount FROM spend FOR UPDATE"))
+        holder_pid = holder.execute(sqlalchemy.text("SELECT pg_backend_pid()")).scalar()
+
+        reset_a = asyncio.ensure_future(asyncio.to_thread(
+            a.reset_spend, "gamma", "day", DAY, "false alarm", START, "root"))
+        pid_a = await wait_for_blocked(admin, [holder_pid], [])
+        reset_b = asyncio.ensure_future(asyncio.to_thread(
+            b.reset_spend, "gamma", "day", DAY, "false alarm", START, "admin"))
+        await wait_for_blocked(admin, [holder_pid, pid_a], [pid_a])
+        holder.rollback()
+        cleared = await asyncio.gather(reset_a, reset_b)
+        total = a.get_spend("gamma", "day", DAY)
+    finally:
+        holder.close()
+        admin.dispose()
+        a.close()
+        b.close()
+
+    assert sorted(cleared) == [Decimal("0"), Decimal("6.00")]
+    assert total == Decimal("0")

@@ -174,7 +174,9 @@ def reset_spend(
     """
     check_text(reason, "reason")
     check_window_key(window, key)
-    cleared = spend.spend_for(conn, trunk, {window: key})[window]
+    # Locked, so that a reset at the same time on another node waits and then
+    # clears only what was spent since, instead of clearing the same amount again.
+    cleared = spend.spend_for(conn, trunk, {window: key}, lock=True)[window]
     if cleared:
         spend.add_spend(conn, trunk, window, key, -cleared, at)
     add_audit(conn, AuditRecord(

@@ -50,9 +50,14 @@ def _upsert_statement(dialect_name: str) -> Any:
 
 
 def spend_for(
-    conn: Connection, trunk: str, keys: Mapping[str, str]
+    conn: Connection, trunk: str, keys: Mapping[str, str], *, lock: bool = False
 ) -> dict[str, Decimal]:
-    """Return the spend of ``trunk`` in each window of ``keys`` (window -> key), 0 if none."""
+    """Return the spend of ``trunk`` in each window of ``keys`` (window -> key), 0 if none.
+
+    With ``lock``, the rows read stay locked until the transaction ends, so
+    that a write based on them cannot lose a concurrent change. SQLAlchemy
+    leaves FOR UPDATE out on SQLite, whose writers run one at a time.
+    """
     check_text(trunk, "trunk")
     for window, key in keys.items():
         check_window_key(window, key)
@@ -66,6 +71,8 @@ def spend_for(
     statement = select(Spend.window, Spend.amount).where(
         Spend.trunk == trunk, or_(*matches)
     )
+    if lock:
+        statement = statement.with_for_update()
     found = {window: amount for window, amount in conn.execute(statement)}
     return {window: found.get(window, from_micros(0)) for window in keys}
 
