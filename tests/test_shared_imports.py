@@ -2,6 +2,7 @@
 
 import asyncio
 import threading
+import uuid
 from datetime import datetime, timezone
 from decimal import Decimal
 
@@ -13,6 +14,7 @@ from callguard.config import load_config
 from callguard.daemon.app import Application
 from callguard.store import Store
 from callguard.store.decks import PG_IMPORT_LOCK
+from callguard.store.schema import lock_transaction
 from emulator.fastagi import AGICall, run_fastagi_call
 from live_support import eventually, free_port
 from support import with_lock_timeout, write_config
@@ -106,8 +108,7 @@ async def test_start_during_other_import(tmp_path, pg_url, caplog):
     importer = admin.connect()
     try:
         importer.begin()
-        importer.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"),
-                         {"key": PG_IMPORT_LOCK})
+        lock_transaction(importer, PG_IMPORT_LOCK)
         await app.start()
         try:
             outcome = await run_fastagi_call("127.0.0.1", port, AGICall(
@@ -122,3 +123,34 @@ async def test_start_during_other_import(tmp_path, pg_url, caplog):
 
     assert outcome.variables["CALLGUARD_RESULT"] == "ALLOW"
     assert "failed to copy the prefix table and rate decks to the store" in caplog.text
+
+
+async def test_import_lock_per_schema(pg_url):
+    # Advisory locks belong to the whole database. A store in another schema
+    # of it is another store, so its long import must not make this one wait.
+    other_schema = f"t_{uuid.uuid4().hex[:12]}"
+    other_url = sqlalchemy.engine.make_url(pg_url).update_query_dict(
+        {"options": f"-csearch_path={other_schema}"}).render_as_string(hide_password=False)
+    admin = sqlalchemy.create_engine(pg_url)
+    with admin.begin() as conn:
+        conn.execute(sqlalchemy.text(f'CREATE SCHEMA "{other_schema}"'))
+    with Store(other_url):
+        pass
+    store = Store(with_lock_timeout(pg_url, "300ms"))
+    store.open()
+    other = sqlalchemy.create_engine(other_url)
+    importer = other.connect()
+    try:
+        importer.begin()
+        lock_transaction(importer, PG_IMPORT_LOCK)
+        stored = await asyncio.to_thread(store.replace_prefixes, PREFIXES, "prefixes.csv")
+    finally:
+        importer.rollback()
+        importer.close()
+        other.dispose()
+        store.close()
+        with admin.begin() as conn:
+            conn.execute(sqlalchemy.text(f'DROP SCHEMA "{other_schema}" CASCADE'))
+        admin.dispose()
+
+    assert stored == 2

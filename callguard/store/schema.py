@@ -31,6 +31,14 @@ def lock_transaction(conn: Connection, key: int) -> None:
     """Take PostgreSQL's advisory lock ``key`` until the transaction ends,
     waiting while another transaction holds it.
 
+    Advisory locks belong to the whole database, so the lock is taken on
+    ``key`` and a hash of the schema that callguard's tables are in. Stores in
+    other schemas of the same database then do not wait for each other.
+
+    NOTE: earlier releases took the lock on ``key`` alone. During a rolling
+    upgrade, an import on a node that runs one of them and an import on a
+    node that runs this code therefore do not wait for each other.
+
     The wait ignores the session's ``lock_timeout``. Only callguard takes
     these locks, for an import or a schema check, and an import of a large
     rate deck on another node can hold one for longer than that timeout. The
@@ -45,9 +53,15 @@ def lock_transaction(conn: Connection, key: int) -> None:
         return
     lock_timeout = conn.execute(text("SELECT current_setting('lock_timeout')")).scalar_one()
     conn.execute(text("SELECT set_config('lock_timeout', '0', true)"))
-    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+    conn.execute(_ADVISORY_LOCK, {"key": key})
     conn.execute(text("SELECT set_config('lock_timeout', :value, true)"),
                  {"value": lock_timeout})
+
+
+# The two-key form takes two int4 values, so ``key`` must fit in a signed 32-bit integer.
+_ADVISORY_LOCK = text(
+    "SELECT pg_advisory_xact_lock(:key, hashtext(coalesce(current_schema(), '')))"
+)
 
 
 def ensure_schema(
