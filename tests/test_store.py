@@ -31,11 +31,9 @@ from callguard.store import (
     window_keys,
 )
 from callguard.store.audit import Renewal, read_renewal
-from callguard.store.decks import PG_IMPORT_LOCK
 from callguard.store.engine import SQLITE_BUSY_TIMEOUT_MS, build_engine, parse_url
 from callguard.store.models import Block, Call, Decision, Hangup
 from callguard.store.records import BlockRecord
-from callguard.store.schema import PG_SCHEMA_LOCK, lock_transaction
 from callguard.urls import mask_url
 
 UTC = timezone.utc
@@ -1529,51 +1527,3 @@ def store_pg_locked(pg_url):
             yield store, locker
         finally:
             locker.close()
-
-
-def hold_advisory_lock(pg_url: str, key: int) -> psycopg.Connection:
-    """Return a connection whose open transaction holds PostgreSQL's advisory lock ``key``,
-    as another node's import or schema check does."""
-    holder = psycopg.connect(
-        sqlalchemy.engine.make_url(pg_url).set(drivername="postgresql")
-        .render_as_string(hide_password=False))
-    holder.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
-    return holder
-
-
-# Longer than lock_timeout, as an import of a large rate deck on another node takes.
-ADVISORY_HOLD_SECONDS = SQLITE_BUSY_TIMEOUT_MS / 1000 + 1.5
-
-
-@pytest.mark.postgres
-@pytest.mark.parametrize("key, operation", [
-    (PG_IMPORT_LOCK, lambda store, url: store.replace_prefixes([("09", "premium", "")],
-                                                               "prefixes.csv")),
-    (PG_SCHEMA_LOCK, lambda store, url: Store(url).open()),
-], ids=["import", "schema"])
-def test_pg_advisory_wait_outlasts_timeout(pg_url, key, operation):
-    with Store(pg_url) as store:
-        holder = hold_advisory_lock(pg_url, key)
-        release = threading.Timer(ADVISORY_HOLD_SECONDS, holder.commit)
-        release.start()
-        started = time.monotonic()
-        try:
-            operation(store, pg_url)
-            waited = time.monotonic() - started
-        finally:
-            release.join()
-            holder.close()
-
-    assert waited >= ADVISORY_HOLD_SECONDS - 0.5
-
-
-@pytest.mark.postgres
-def test_pg_lock_timeout_restored_after_advisory(pg_url):
-    engine = build_engine(parse_url(pg_url))
-    with engine.begin() as conn:
-        lock_transaction(conn, PG_IMPORT_LOCK)
-        inside = conn.exec_driver_sql("SHOW lock_timeout").scalar_one()
-    engine.dispose()
-
-    # The later statements of the import keep the bound on their own lock waits.
-    assert inside == "5s"

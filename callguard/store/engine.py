@@ -29,10 +29,9 @@ SQLITE_BUSY_TIMEOUT_MS = 5000
 # 3.35 added RETURNING; 3.24 added INSERT .. ON CONFLICT DO UPDATE.
 SQLITE_MIN_VERSION = (3, 35, 0)
 PG_APPLICATION_NAME = "callguard"
-# A statement that waits longer for a lock on a table or a row fails, as a
-# SQLite writer does after its busy timeout. A lock held elsewhere then cannot
-# stall the store thread, or the daemon's stop. The waits for callguard's own
-# advisory locks are exempt (schema.lock_transaction).
+# A statement that waits longer for a lock (a table, a row or an advisory
+# lock) fails, as a SQLite writer does after its busy timeout. A lock held
+# elsewhere then cannot stall the store thread, or the daemon's stop.
 PG_LOCK_TIMEOUT_MS = SQLITE_BUSY_TIMEOUT_MS
 # libpq connection parameters that callguard sets unless the database URL's
 # query string gives them. TCP keepalives probe a connection that waits for a

@@ -39,23 +39,16 @@ def lock_transaction(conn: Connection, key: int) -> None:
     upgrade, an import on a node that runs one of them and an import on a
     node that runs this code therefore do not wait for each other.
 
-    The wait ignores the session's ``lock_timeout``. Only callguard takes
-    these locks, for an import or a schema check, and an import of a large
-    rate deck on another node can hold one for longer than that timeout. The
-    later statements of the transaction keep the timeout.
-    NOTE: a holder whose host vanished keeps the lock until the server drops
-    its connection, which the server's own TCP keepalive settings decide.
+    The wait ends after the session's ``lock_timeout``, so a node whose
+    peer holds the lock for a long import, or vanished holding it, fails the
+    transaction instead of waiting: the daemon then starts on the files it
+    loaded, and an import by hand can be run again.
 
     SQLite needs none: its writers start with BEGIN IMMEDIATE, which
     serializes them already.
     """
-    if conn.dialect.name != "postgresql":
-        return
-    lock_timeout = conn.execute(text("SELECT current_setting('lock_timeout')")).scalar_one()
-    conn.execute(text("SELECT set_config('lock_timeout', '0', true)"))
-    conn.execute(_ADVISORY_LOCK, {"key": key})
-    conn.execute(text("SELECT set_config('lock_timeout', :value, true)"),
-                 {"value": lock_timeout})
+    if conn.dialect.name == "postgresql":
+        conn.execute(_ADVISORY_LOCK, {"key": key})
 
 
 # The two-key form takes two int4 values, so ``key`` must fit in a signed 32-bit integer.
