@@ -39,10 +39,10 @@ def lock_transaction(conn: Connection, key: int) -> None:
     upgrade, an import on a node that runs one of them and an import on a
     node that runs this code therefore do not wait for each other.
 
-    The wait ends after the session's ``lock_timeout``, so a node whose
-    peer holds the lock for a long import, or vanished holding it, fails the
-    transaction instead of waiting: the daemon then starts on the files it
-    loaded, and an import by hand can be run again.
+    The wait ends after the session's ``lock_timeout``. A node whose peer
+    holds the lock for a long import, or vanished holding it, then fails the
+    transaction instead of waiting. The daemon starts on the files it loaded,
+    and an import by hand can be run again.
 
     SQLite needs none: its writers start with BEGIN IMMEDIATE, which
     serializes them already.
