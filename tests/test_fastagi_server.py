@@ -18,7 +18,12 @@ from callguard.agi.server import (
     RejectionLog,
     peer_address,
 )
-from emulator.fastagi import AGICall, run_fastagi_call
+from emulator.fastagi import (
+    AGICall,
+    AsteriskAGISession,
+    encode_environment,
+    run_fastagi_call,
+)
 
 LIMITS = AGILimits(
     max_line=4096, max_variables=128, block_timeout=0.5, reply_timeout=0.5
@@ -494,6 +499,30 @@ async def test_stop_waits_for_session(start_server):
     await asyncio.wait_for(stop, 2)
     result = await call
     assert result.variables == {"CALLGUARD_RESULT": "ALLOW"}
+    assert server.active_sessions == 0
+
+
+@pytest.mark.parametrize("turns", range(6))
+async def test_stop_serves_queued_connection(start_server, turns):
+    # Asterisk connected and sent its block just before the server stopped:
+    # still in the kernel's accept queue (no turn of the loop), or accepted
+    # by asyncio and not yet seen by the server. The call gets its result
+    # variables, not a reset.
+    server, host, port = await start_server({"check": quick_check})
+    client = socket.create_connection((host, port))
+    client.sendall(encode_environment(CAPTURED_CALL.fastagi_environment(host, port)))
+    client.setblocking(False)
+    for _ in range(turns):
+        await asyncio.sleep(0)
+
+    stop = asyncio.ensure_future(server.stop(grace=5))
+    reader, writer = await asyncio.open_connection(sock=client)
+    session = AsteriskAGISession(CAPTURED_CALL, reader, writer, on_hangup=lambda: None)
+    await asyncio.wait_for(session.serve(), 5)
+    writer.close()
+    await asyncio.wait_for(stop, 5)
+
+    assert session.variables == {"CALLGUARD_RESULT": "ALLOW", "CALLGUARD_REASON": ""}
     assert server.active_sessions == 0
 
 

@@ -71,6 +71,10 @@ REJECTION_SUMMARY_INTERVAL = 60.0
 # the dialplan applies its fail policy.
 DEFAULT_MAX_SESSIONS = 256
 
+# Turns of the event loop that stop() gives the connections asyncio has
+# accepted to reach the server. Two are enough, and the rest is margin.
+SETTLE_TURNS = 8
+
 # Maximum number of rejected addresses counted one by one. Further addresses share
 # one counter, so that a scan from many addresses cannot grow the table unbounded.
 MAX_COUNTED_ADDRESSES = 1024
@@ -121,27 +125,30 @@ class FastAGIServer:
         self._server: asyncio.Server | None = None
         self._summary_task: asyncio.Task | None = None
         self._sessions: set[_Session] = set()
+        # Set once stop() has counted the sessions it waits for. A connection
+        # that opens after that is closed.
         self._stopping = False
         self._drained: asyncio.Future | None = None
+        # Connections that the protocol factory made and whose connection_made
+        # has not run yet.
+        self._opening = 0
 
     async def start(self) -> None:
         """Bind the listening socket and start accepting connections."""
         if self._server is not None:
             raise RuntimeError("the FastAGI server is already started")
         self._stopping = False
+        self._opening = 0
 
         loop = asyncio.get_running_loop()
-        max_line = self._limits.max_line
-
-        def connection() -> AGIConnection:
-            return AGIConnection(max_line, self._accept)
-
         if self._host == IPV6_ANY:
             self._server = await loop.create_server(
-                connection, sock=dual_stack_socket(self._port)
+                self._connection, sock=dual_stack_socket(self._port)
             )
         else:
-            self._server = await loop.create_server(connection, self._host, self._port)
+            self._server = await loop.create_server(
+                self._connection, self._host, self._port
+            )
         self._summary_task = asyncio.create_task(self._summarise_rejections())
         log.debug(
             "FastAGI server on %s serving scripts %s",
@@ -174,13 +181,30 @@ class FastAGIServer:
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting and let running sessions finish.
 
-        Sessions still running after ``grace`` seconds are cancelled.
+        Connections that Asterisk opened before the listening socket closed
+        are served too, those still in the kernel's accept queue included:
+        closing the socket would otherwise reset them. Sessions still running
+        after ``grace`` seconds are cancelled.
         """
         if self._server is None:
             return
 
-        self._stopping = True
+        loop = asyncio.get_running_loop()
+        # Stop asyncio accepting first, so that the connections it has already
+        # accepted reach _accept while the server is open. asyncio fails to
+        # make a transport for a closed server and leaves its socket open.
+        for listening in self._server.sockets:
+            loop.remove_reader(listening.fileno())
+        await self._settle_accepts()
+        queued = self._take_accept_queue()
         self._server.close()
+        for sock in queued:
+            try:
+                await loop.connect_accepted_socket(self._connection, sock)
+            except OSError as exc:
+                sock.close()
+                log.debug("FastAGI connection lost while the server stops: %s", exc)
+        self._stopping = True
         if self._summary_task is not None:
             self._summary_task.cancel()
             await asyncio.wait([self._summary_task])
@@ -207,8 +231,48 @@ class FastAGIServer:
         self._server = None
         log.debug("FastAGI server stopped")
 
+    def _connection(self) -> AGIConnection:
+        self._opening += 1
+        return AGIConnection(self._limits.max_line, self._accept)
+
+    def _take_accept_queue(self) -> list[socket.socket]:
+        """Accept, without serving yet, the connections the kernel has queued.
+
+        Runs with no await, just before the listening sockets close.
+        """
+        taken: list[socket.socket] = []
+        assert self._server is not None
+        for listening in self._server.sockets:
+            # A duplicate descriptor of the same listening socket; closing
+            # it leaves the server's own open.
+            with socket.fromfd(listening.fileno(), listening.family, listening.type) as dup:
+                dup.setblocking(False)
+                while len(taken) < self._max_sessions:
+                    try:
+                        sock, _ = dup.accept()
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    except OSError as exc:
+                        log.debug("FastAGI accept while stopping failed: %s", exc)
+                        break
+                    sock.setblocking(False)
+                    taken.append(sock)
+        return taken
+
+    async def _settle_accepts(self) -> None:
+        """Let the connections that asyncio has accepted reach _accept.
+
+        asyncio accepts in a callback, makes the protocol in a task, and calls
+        connection_made a turn of the loop later: a few turns in all.
+        """
+        for _ in range(SETTLE_TURNS):
+            await asyncio.sleep(0)
+            if not self._opening:
+                return
+
     def _accept(self, connection: AGIConnection) -> None:
         """Vet a new connection's peer, then start its session or close it."""
+        self._opening -= 1
         peername = connection.transport.get_extra_info("peername")
         host = peername[0] if isinstance(peername, tuple) and peername else None
         allowed = self._verdicts.get(host)
@@ -220,8 +284,7 @@ class FastAGIServer:
                     self._verdicts.clear()
                 self._verdicts[host] = allowed
         if self._stopping:
-            # Accepted just before the listening socket closed, after stop()
-            # took the list of sessions to wait for.
+            # Opened after stop() counted the sessions it waits for.
             connection.close()
             return
         if not allowed:
