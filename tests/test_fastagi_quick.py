@@ -1,8 +1,10 @@
 """FastAGI sessions served from the transport's callbacks, for handlers with answer_now()."""
 
 import asyncio
+import gc
 import logging
 import time
+import weakref
 
 import pytest
 
@@ -270,3 +272,43 @@ async def test_stop_ends_unstarted_task_session(start_server, caplog):
         cancelled = [r for r in caplog.records
                      if "session cancelled by the server stopping" in r.getMessage()]
         assert len(cancelled) == 1, f"{steps} steps"
+
+
+class WeakRoute:
+    """A route that keeps only weak references to each session's transport."""
+
+    def __init__(self, quick: bool):
+        self.quick = quick
+        self.transports: list[weakref.ref] = []
+
+    def answer_now(self, channel: AGIChannel) -> QuickAnswer | None:
+        self.transports.append(weakref.ref(channel._connection.transport))
+        if not self.quick:
+            return None
+        return QuickAnswer(list(VARIABLES), lambda error: None)
+
+    async def __call__(self, channel: AGIChannel) -> None:
+        await channel.set_variables(VARIABLES)
+
+
+@pytest.mark.parametrize("quick", [True, False])
+async def test_closed_transport_freed_without_collector(start_server, quick):
+    # Reference counting alone frees a finished session's transport, so a busy
+    # server leaves no garbage for the cyclic collector to walk.
+    route = WeakRoute(quick)
+    server, host, port = await start_server({"check": route})
+    gc.collect()
+    gc.disable()
+    try:
+        result = await run_fastagi_call(host, port, CALL)
+        for _ in range(20):
+            if server.active_sessions == 0 and route.transports[0]() is None:
+                break
+            await asyncio.sleep(0)
+        freed = route.transports[0]() is None
+    finally:
+        gc.enable()
+
+    assert result.variables == dict(VARIABLES)
+    assert server.active_sessions == 0
+    assert freed

@@ -31,6 +31,19 @@ MAX_QUEUED_BYTES = 65536
 CLOSE_TIMEOUT = 1.0
 
 
+def release_transport(transport: asyncio.BaseTransport | None) -> None:
+    """Break the reference cycle that a closed asyncio socket transport keeps.
+
+    In Python 3.11 the selector transport keeps a bound method of itself in
+    ``_read_ready_cb`` after it closes (CPython gh-100348), so only the cyclic
+    garbage collector frees it. At hundreds of sessions a second, those
+    transports make the collector run more often, and each run pauses every
+    session. Call this once the transport has reported the loss.
+    """
+    if getattr(transport, "_read_ready_cb", None) is not None:
+        transport._read_ready_cb = None  # type: ignore[union-attr]
+
+
 class AGIConnection(asyncio.Protocol):
     """One AGI byte stream, read by one coroutine at a time.
 
@@ -103,6 +116,7 @@ class AGIConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof = True
         self._lost = True
+        release_transport(self.transport)
         self._cancel_timer()
         if self._close_timer is not None:
             self._close_timer.cancel()
