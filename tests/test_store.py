@@ -31,6 +31,7 @@ from callguard.store import (
     window_keys,
 )
 from callguard.store.audit import Renewal, read_renewal
+from callguard.store import engine as engine_module
 from callguard.store.engine import SQLITE_BUSY_TIMEOUT_MS, build_engine, parse_url
 from callguard.store.models import Block, Call, Decision, Hangup
 from callguard.store.records import BlockRecord
@@ -316,7 +317,15 @@ def test_records_mirror_tables():
 # Spend windows.
 
 
-def test_spend_threads_sum_exactly(store):
+def test_spend_threads_sum_exactly(db_url, monkeypatch):
+    # SQLite does not queue waiting writers: each polls for the lock, up to
+    # 100 ms apart (sqliteDefaultBusyCallback), and another writer can take it
+    # between two polls. On a loaded machine one of eight writers can then
+    # wait past the 5 s busy timeout. The daemon writes from one store thread,
+    # so only this test needs the longer timeout, set before any connection.
+    monkeypatch.setattr(engine_module, "SQLITE_BUSY_TIMEOUT_MS", 120_000)
+    store = Store(db_url)
+    store.open()
     errors = []
 
     def add_many():
@@ -332,8 +341,11 @@ def test_spend_threads_sum_exactly(store):
     for thread in threads:
         thread.join()
 
+    total = store.get_spend("gamma", "day", "2024-06-14")
+    store.close()
+
     assert errors == []
-    assert store.get_spend("gamma", "day", "2024-06-14") == Decimal("5.76")
+    assert total == Decimal("5.76")
 
 
 def test_add_spend_returns_total(store):
