@@ -8,6 +8,7 @@ import weakref
 
 import pytest
 
+from callguard.agi.connection import AGIConnection
 from callguard.agi.protocol import (
     AGIChannel,
     AGIError,
@@ -74,6 +75,33 @@ async def closed_within(reader: asyncio.StreamReader, seconds: float) -> float:
         while await reader.read(4096):
             pass
     return time.monotonic() - started
+
+
+class ReadCounter:
+    """Counter of the bytes that the server's connections receive, so that a
+    test can wait until the server has read what the peer sent."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        self.count = 0
+        self._changed = asyncio.Event()
+        received = AGIConnection.data_received
+
+        def counted(connection: AGIConnection, data: bytes) -> None:
+            self.count += len(data)
+            self._changed.set()
+            received(connection, data)
+
+        monkeypatch.setattr(AGIConnection, "data_received", counted)
+
+    def reset(self) -> None:
+        self.count = 0
+
+    async def wait_for(self, count: int, timeout: float = 5.0) -> None:
+        """Wait until ``count`` bytes have been received since the last reset."""
+        async with asyncio.timeout(timeout):
+            while self.count < count:
+                self._changed.clear()
+                await self._changed.wait()
 
 
 async def test_quick_answer_sets_the_variables_without_the_handler(start_server):
@@ -243,8 +271,9 @@ async def test_stop_waits_for_a_quick_session_that_finishes(start_server):
     assert server.active_sessions == 0
 
 
-async def test_stop_ends_unstarted_task_session(start_server, caplog):
+async def test_stop_ends_unstarted_task_session(start_server, caplog, monkeypatch):
     caplog.set_level(logging.WARNING, SERVER_LOG)
+    read = ReadCounter(monkeypatch)
     # The block's last byte reaches the server one event loop turn later in
     # each round. In one round the session's task is created just before
     # stop() cancels it, so that the task never runs a line of its own.
@@ -253,8 +282,9 @@ async def test_stop_ends_unstarted_task_session(start_server, caplog):
         server, host, port = await start_server({"check": QuickRoute(quick=False)})
         reader, writer = await asyncio.open_connection(host, port)
         block = encode_environment(CALL.fastagi_environment(host, port))
+        read.reset()
         writer.write(block[:-1])
-        await asyncio.sleep(0.05)  # for the server to read all but the last byte
+        await read.wait_for(len(block) - 1)
 
         stop = asyncio.create_task(server.stop(grace=0))
         for _ in range(steps):
