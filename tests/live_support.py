@@ -163,3 +163,16 @@ class Pbx:
 
     def legs(self) -> dict:
         return self.app.guard.legs
+
+    async def settle(self) -> None:
+        """Wait until the guard has finished the work that the clock and the events
+        so far started: limit searches, spend reads, call writes and hang-ups.
+
+        Moving the clock again before then would let that work see a later time.
+        """
+        guard = self.app.guard
+        while True:
+            await guard.drain()
+            await asyncio.sleep(0)  # runs the searches that reschedule_soon() queued
+            if not guard._tasks and not guard._dirty:
+                return

@@ -63,12 +63,6 @@ async def answer(pbx: Pbx, call) -> None:
                      and pbx.legs()[call.trunk_id].state == "up", what="answer")
 
 
-async def settle(pbx: Pbx) -> None:
-    """Let the guard read the windows it lacked and set its timer again."""
-    await pbx.app.guard.drain()
-    await asyncio.sleep(0.05)
-
-
 def limit_moment(pbx: Pbx) -> datetime:
     """Return the start of the first block that the budget cannot pay."""
     meter = pbx.app.guard.meters["gamma"]
@@ -86,7 +80,7 @@ async def test_restart_counts_spend_of_ended_calls(pbxs):
     pbx.clock.advance(30)
     await pbx.crash()
     await pbx.start_callguard()
-    await settle(pbx)
+    await pbx.settle()
 
     # 7.00 stored plus 10:00, 10:01 and 10:02: the block at 10:03 is not paid.
     assert limit_moment(pbx) == london(2024, 6, 14, 10, 3)
@@ -100,10 +94,10 @@ async def test_new_day_counts_calls_ended_after_midnight(pbxs):
     await answer(pbx, second)
 
     pbx.clock.set(london(2024, 6, 15, 0, 2, 30))
-    await asyncio.sleep(0.05)
+    await pbx.settle()
     await pbx.ari.hangup(first)
     await eventually(lambda: first.trunk_id not in pbx.legs(), what="first call ended")
-    await settle(pbx)
+    await pbx.settle()
 
     # The new day: 3.00 from the first call (00:00 to 00:02), and the second
     # pays 00:00 to 00:06, so its block at 00:07 is the first not paid.
@@ -117,7 +111,7 @@ async def test_new_week_counts_stored_spend(pbxs):
                      spent=[("day", "2024-06-17", "6.00"), ("week", "2024-W25", "6.00")])
     call, _ = await pbx.call("01632960001")
     await answer(pbx, call)
-    await settle(pbx)
+    await pbx.settle()
 
     # 23:59 on Sunday, then 00:00 to 00:03 on Monday: 6.00 + 4.00.
     assert limit_moment(pbx) == london(2024, 6, 17, 0, 4)
@@ -133,10 +127,10 @@ async def test_status_reads_new_week(pbxs):
     pbx.add_spend("week", "2024-W25", "4.00", london(2024, 6, 16, 23, 56))
     for minute in range(56, 60):
         pbx.clock.set(london(2024, 6, 16, 23, minute))
-        await asyncio.sleep(0.01)
+        await pbx.settle()
     for minute in range(6):
         pbx.clock.set(london(2024, 6, 17, 0, minute))
-        await asyncio.sleep(0.01)
+        await pbx.settle()
     pbx.clock.set(london(2024, 6, 17, 0, 5, 30))
 
     trunk = (await pbx.app.status())["trunks"]["gamma"]
@@ -154,7 +148,7 @@ async def test_emergency_leg_costs_nothing(pbxs):
                                        callerid="01632960055", dialstring="999@gamma")
     await answer(pbx, normal)
     await answer(pbx, emergency)
-    await settle(pbx)
+    await pbx.settle()
 
     assert pbx.legs()[emergency.trunk_id].tariff.rate == Decimal(0)
     # The normal call alone: 10:00 to 10:09 paid, so 10:10 is the limit.
@@ -174,13 +168,13 @@ async def test_spend_ended_by_another_node_counts(pbxs):
     pbx = await pbxs(london(2024, 6, 14, 10, 0))
     call, _ = await pbx.call("01632960123")
     await answer(pbx, call)
-    await settle(pbx)
+    await pbx.settle()
     assert limit_moment(pbx) == london(2024, 6, 14, 10, 10)
 
     # Another daemon sharing the store ends calls worth 6.00.
     pbx.add_spend("day", "2024-06-14", "6.00", london(2024, 6, 14, 10, 0, 30))
     await pbx.app.refresh_spend()
-    await settle(pbx)
+    await pbx.settle()
 
     assert limit_moment(pbx) == london(2024, 6, 14, 10, 4)
 
@@ -359,7 +353,7 @@ async def step_to(pbx: Pbx, instant: datetime, seconds: float = 1.0) -> None:
     """Move the clock to ``instant`` in steps, letting callguard act after each."""
     while pbx.clock.now() < instant:
         pbx.clock.set(min(pbx.clock.now() + timedelta(seconds=seconds), instant))
-        await asyncio.sleep(0.01)
+        await pbx.settle()
 
 
 @pytest.mark.postgres
@@ -433,12 +427,12 @@ async def test_failed_reads_retry_once_per_trunk(cut_off_pbx, proxy):
     call, _ = await pbx.call("01632960001")
     await proxy.refuse()
     await answer(pbx, call)
-    await settle(pbx)
+    await pbx.settle()
     guard = pbx.app.guard
     timers = len(guard._retry_timers)
 
     for _ in range(5):
         guard.reschedule("gamma")
-        await settle(pbx)
+        await pbx.settle()
 
     assert len(guard._retry_timers) == timers
