@@ -29,19 +29,30 @@ PREFIXES = [("01", "geographic", "Geographic"), ("07", "mobile", "Mobile")]
 NOW = datetime(2024, 6, 14, 9, 0, tzinfo=timezone.utc)
 
 
-def waiting_backends(admin) -> int:
-    """Return how many backends of callguard wait for a lock."""
+def with_application_name(url: str) -> tuple[str, str]:
+    """Return ``url`` with an application_name of its own, and that name.
+
+    Other test runs on the same server have backends named callguard too.
+    """
+    name = f"callguard-test-{uuid.uuid4().hex[:8]}"
+    named = sqlalchemy.engine.make_url(url).update_query_dict({"application_name": name})
+    return named.render_as_string(hide_password=False), name
+
+
+def waiting_backends(admin, application_name: str) -> int:
+    """Return how many backends named ``application_name`` wait for a lock."""
     with admin.connect() as conn:
         return conn.execute(sqlalchemy.text(
             "SELECT count(*) FROM pg_stat_activity "
-            "WHERE application_name = 'callguard' AND wait_event_type = 'Lock'"
-        )).scalar()
+            "WHERE application_name = :name AND wait_event_type = 'Lock'"
+        ), {"name": application_name}).scalar()
 
 
 async def test_rate_imports_at_once_both_succeed(pg_url):
     # Node a's import has deleted the old deck and waits before its rows.
     # Node b imports the same deck meanwhile, and then node a goes on.
-    a, b = Store(pg_url), Store(pg_url)
+    url, name = with_application_name(pg_url)
+    a, b = Store(url), Store(url)
     a.open()
     b.open()
     admin = sqlalchemy.create_engine(pg_url)
@@ -58,7 +69,7 @@ async def test_rate_imports_at_once_both_succeed(pg_url):
         await eventually(in_copy.is_set, what="node a's import to start")
         import_b = asyncio.ensure_future(
             asyncio.to_thread(b.replace_rates, "gamma", iter(RATES), "rates.csv"))
-        await eventually(lambda: import_b.done() or waiting_backends(admin) > 0,
+        await eventually(lambda: import_b.done() or waiting_backends(admin, name) > 0,
                          what="node b's import to end or wait")
         go_on.set()
         outcomes = await asyncio.gather(import_a, import_b, return_exceptions=True)
