@@ -83,7 +83,7 @@ async def test_thirty_calls_limit_then_hangup(make_pbx, caplog):
                      and len(pbx.legs()) == 3, what="three answered legs")
 
     pbx.clock.advance(58)
-    await asyncio.sleep(0.05)
+    await pbx.settle()
     assert pbx.ari.deletes == []
 
     # The second block of each call, at 60 s, cannot be paid: the calls are
@@ -310,7 +310,7 @@ async def test_reload_rotated_password(make_pbx, caplog):
     # 7.00 spent and three 60 s blocks at 1.00 reach the 10.00 limit, so the
     # call is hung up a second before its fourth block, 180 s after answer.
     pbx.clock.advance(78)
-    await asyncio.sleep(0.05)
+    await pbx.settle()
     assert pbx.ari.deletes == []
     pbx.clock.advance(1)
     await eventually(lambda: len(pbx.ari.deletes) == 1, what="the hang-up")
@@ -757,9 +757,9 @@ async def test_weekly_limit_days_ahead_hangs_up(make_pbx):
     hangup_at = start + timedelta(minutes=7200) - timedelta(seconds=LIMIT_LEAD_SECONDS)
     while pbx.clock.now() + timedelta(hours=1) < hangup_at:
         pbx.clock.advance(3600)
-        await asyncio.sleep(0.01)
+        await pbx.settle()
     pbx.clock.set(hangup_at - timedelta(seconds=1))
-    await asyncio.sleep(0.05)
+    await pbx.settle()
     assert pbx.ari.deletes == []
 
     pbx.clock.advance(1)
@@ -789,9 +789,9 @@ async def test_expired_hold_frees_live_budget(make_pbx):
                      what="the answered leg")
     for minute in range(1, 10):
         pbx.clock.set(london(2024, 6, 14, 10, minute, 30))
-        await asyncio.sleep(0.01)
+        await pbx.settle()
     pbx.clock.set(london(2024, 6, 14, 10, 10, 28))
-    await asyncio.sleep(0.05)
+    await pbx.settle()
     assert pbx.ari.deletes == []
 
     pbx.clock.advance(1)
@@ -811,11 +811,11 @@ async def test_new_hold_brings_limit_forward(make_pbx):
                      what="the answered leg")
     for minute in range(1, 9):
         pbx.clock.set(london(2024, 6, 14, 10, minute))
-        await asyncio.sleep(0.01)
+        await pbx.settle()
     pbx.clock.set(london(2024, 6, 14, 10, 8, 30))
     check = pbx.checker("01632960002", endpoint="1002")
     assert await check("1718356110.90")
-    await asyncio.sleep(0.05)
+    await pbx.settle()
     assert pbx.app.reservations.held("gamma", "day", "2024-06-14") == Decimal("1.00")
     assert pbx.ari.deletes == []
 
