@@ -81,7 +81,7 @@ async def test_warning_then_limit_mail(tmp_path, mailbox, caplog):
         await eventually(lambda: len(mailbox.messages) == 1, what="the warning e-mail")
         for _ in range(4):
             pbx.clock.advance(60)
-            await asyncio.sleep(0.01)
+            await pbx.settle()
         await pbx.app.alerts_settle()
         warnings = [s for s in mailbox.subjects() if "80%" in s]
 

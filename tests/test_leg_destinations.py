@@ -4,7 +4,6 @@ Calls run through the FastAGI check and the ARI emulator over loopback, as the
 dialplan snippet places them, on a manual clock.
 """
 
-import asyncio
 import dataclasses
 import math
 from datetime import datetime, timezone
@@ -106,7 +105,7 @@ async def answer_and_end(pbx, call, seconds):
     """Answer ``call``, let it run ``seconds`` on the manual clock, then hang it up."""
     await answered_leg(pbx, call)
     pbx.clock.advance(seconds)
-    await asyncio.sleep(0.05)
+    await pbx.settle()
     await pbx.ari.hangup(call)
     await eventually(lambda: call.trunk_id not in pbx.legs(), what="the end")
     await pbx.app.guard.drain()
@@ -273,7 +272,7 @@ async def test_unchecked_emergency_leg_free(make_pbx):
     assert leg.tariff.connection_fee == Decimal(0)
 
     pbx.clock.advance(300)
-    await asyncio.sleep(0.05)
+    await pbx.settle()
     assert pbx.app.ledger.live("gamma", "day", TODAY) == Decimal(0)
     # The whole 10.00 limit is left for a checked call. Ten 60 s blocks at 1.00
     # fit, so it ends 1 s (LIMIT_LEAD_SECONDS) before the eleventh, at 600 s.
@@ -302,8 +301,7 @@ async def test_emergency_leg_without_dialstring_number(make_pbx):
     assert leg.tariff.rate == Decimal(0)
     # Past the 600 s at which the 10.00 limit ends an unreadable leg below.
     pbx.clock.advance(900)
-    await asyncio.sleep(0.05)
-    await pbx.app.guard.drain()
+    await pbx.settle()
     assert pbx.ari.deletes == []
 
 

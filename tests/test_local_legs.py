@@ -5,7 +5,6 @@ of that Local pair then dials the trunk. Calls cross the FastAGI server and
 the ARI emulator over loopback, on a manual clock.
 """
 
-import asyncio
 import math
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -112,7 +111,7 @@ async def test_local_leg_last_block_not_cut(make_pbx):
     await answer(pbx, trunk)
 
     pbx.clock.advance(30)
-    await asyncio.sleep(0.05)
+    await pbx.settle()
     assert pbx.ari.deletes == []
 
     # The second block, at 60 s, cannot be paid: the hang-up comes at 59 s.
@@ -133,7 +132,7 @@ async def test_local_leg_opted_out_caller_kept(make_pbx):
     assert result["CALLGUARD_REASON"] == "opted-out"
     await answer(pbx, trunk)
     pbx.clock.advance(30)
-    await asyncio.sleep(0.05)
+    await pbx.settle()
 
     assert pbx.ari.deletes == []
     leg = pbx.legs()[trunk.trunk_id]
@@ -172,7 +171,7 @@ async def test_local_leg_adopted_after_blind(make_pbx):
     assert pbx.app.reservations.get(local.caller_id) is None
 
     pbx.clock.advance(30)
-    await asyncio.sleep(0.05)
+    await pbx.settle()
     assert pbx.ari.deletes == []
     pbx.clock.advance(29)
     await eventually(lambda: len(pbx.ari.deletes) == 1, what="the hang-up at 59 s")

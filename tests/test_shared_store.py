@@ -88,7 +88,8 @@ async def test_other_node_spend_moves_hangup(nodes):
     # more at 360 s the day reaches 10.00, so the block at 420 s cannot be paid.
     await b.app.refresh_spend()
     advance(nodes, 268)
-    await asyncio.sleep(0.05)
+    for pbx in nodes:
+        await pbx.settle()
     before_limit = list(b.ari.deletes)
     advance(nodes, 1)
     await eventually(lambda: len(b.ari.deletes) == 1, what="b's hang-up")
