@@ -21,6 +21,7 @@ from callguard.daemon.operator import STORE_FIELD, store_identity
 from callguard.store import AuditRecord, DecisionRecord, HangupRecord, Store
 from callguard.windows import window_keys
 from emulator.fastagi import AGICall, run_fastagi_call
+from live_support import eventually
 from support import TRUNK, create_database, write_config
 
 PREMIUM = "09011234567"
@@ -271,9 +272,12 @@ async def test_daemon_reset_keeps_week_shown(daemon, capsys):
     assert await daemon.check(GEOGRAPHIC) == "ok"
 
     assert await daemon.ctl("reset", "gamma", "--window", "day", "--reason", "test") == 0
-    await asyncio.sleep(0.2)
+    # The reset drops the trunk's totals. They are read again at once, not at
+    # the next decision, so that status shows both windows.
+    await eventually(lambda: all(daemon.app.ledger.loaded("gamma", window, key)
+                                 for window, key in keys.items()),
+                     what="the spend windows read again")
 
-    # Read again at once, not at the next decision: status shows both windows.
     assert daemon.app.ledger.spent("gamma", "week", keys["week"]) == Decimal("21")
     assert daemon.app.ledger.spent("gamma", "day", keys["day"]) == Decimal("0")
 
