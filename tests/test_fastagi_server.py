@@ -685,16 +685,26 @@ async def test_unknown_script_warnings_bounded(start_server, caplog):
     assert all("unknown FastAGI script 'nosuch" in m for m in messages)
 
 
+async def until_sessions(server: FastAGIServer, accept, timeout: float = 5.0) -> None:
+    """Wait until ``accept`` takes the number of sessions that ``server`` has open."""
+    async with asyncio.timeout(timeout):
+        while not accept(server.active_sessions):
+            await asyncio.sleep(0.01)
+
+
 async def test_sessions_over_the_cap_closed_at_once(start_server, caplog):
     route = Recorder()
-    _, host, port = await start_server({"check": route}, max_sessions=2)
+    # The stalled peers send nothing, so a block timeout far longer than the
+    # test keeps their sessions open until they close.
+    limits = AGILimits(max_line=4096, max_variables=128, block_timeout=30, reply_timeout=0.5)
+    server, host, port = await start_server({"check": route}, max_sessions=2, limits=limits)
     stalled = [socket.create_connection((host, port)) for _ in range(2)]
     try:
-        await asyncio.sleep(0.05)
-        assert await wait_closed_by_server(host, port) < 1.0
+        await until_sessions(server, lambda count: count == 2)
+        assert await wait_closed_by_server(host, port) < 5.0
 
         stalled.pop().close()
-        await asyncio.sleep(0.05)
+        await until_sessions(server, lambda count: count < 2)
         result = await run_fastagi_call(host, port, CAPTURED_CALL)
         assert result.variables["CALLGUARD_RESULT"] == "ALLOW"
     finally:
