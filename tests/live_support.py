@@ -1,7 +1,6 @@
 """A PBX for tests: the ARI and FastAGI emulators, and callguard on a manual clock."""
 
 import asyncio
-import socket
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -12,15 +11,10 @@ from callguard.daemon.app import Application
 from callguard.store import Store
 from emulator.ari import AriEmulator
 from emulator.fastagi import AGICall, run_fastagi_call
-from support import write_config
+from support import free_port, write_config
 
 PASSWORD = "callguard-test"
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def stored_calls(pbx: "Pbx") -> dict:

@@ -1,8 +1,10 @@
 """Helpers for tests: a callguard config and rate deck, a TLS certificate, a SQLite lock,
-and a proxy that cuts the store off from the PostgreSQL server."""
+a free port, and a proxy that cuts the store off from the PostgreSQL server."""
 
 import asyncio
 import contextlib
+import random
+import socket
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -12,6 +14,41 @@ from sqlalchemy.engine import make_url
 
 from callguard.config import load_config
 from callguard.store import Store
+
+# The kernel's range of local ports for outgoing connections, when /proc does not give it.
+DEFAULT_EPHEMERAL_PORTS = (32768, 60999)
+# Ports below this are left to the machine's own services.
+LOWEST_TEST_PORT = 10000
+
+
+def ephemeral_ports() -> range:
+    """Return the ports that the kernel gives to outgoing connections."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        low, high = (int(value) for value in text.split())
+    except (OSError, ValueError):
+        low, high = DEFAULT_EPHEMERAL_PORTS
+    return range(low, high + 1)
+
+
+def free_port() -> int:
+    """Return a loopback TCP port that is free now, for a server that binds it later.
+
+    The port lies outside the ephemeral range. Every outgoing connection of the
+    suite takes its local port from that range, so one of them could take a
+    port from it before the server binds.
+    """
+    ephemeral = ephemeral_ports()
+    candidates = [port for port in range(LOWEST_TEST_PORT, 65536) if port not in ephemeral]
+    for port in random.sample(candidates, len(candidates)):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port outside the ephemeral range")
+
 
 RATES = """\
 prefix,description,rate,connection_fee,increments

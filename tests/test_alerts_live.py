@@ -2,7 +2,6 @@
 
 import asyncio
 import logging
-import socket
 from datetime import datetime, timedelta, timezone
 from email import message_from_bytes
 
@@ -12,6 +11,7 @@ from aiosmtpd.controller import Controller
 from callguard.daemon.operator import operator_commands, store_identity
 from callguard.windows import window_keys
 from live_support import Pbx, eventually
+from support import free_port
 
 NOW = datetime(2024, 6, 14, 9, 0, tzinfo=timezone.utc)
 
@@ -42,11 +42,6 @@ class Mailbox:
     def subjects(self) -> list[str]:
         return [message["Subject"] for _, message in self.messages]
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

@@ -22,16 +22,11 @@ from callguard.store import AuditRecord, DecisionRecord, HangupRecord, Store
 from callguard.windows import window_keys
 from emulator.fastagi import AGICall, run_fastagi_call
 from live_support import eventually
-from support import TRUNK, create_database, write_config
+from support import TRUNK, create_database, free_port, write_config
 
 PREMIUM = "09011234567"
 GEOGRAPHIC = "01632960123"
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def ctl(path, *arguments):

@@ -15,16 +15,11 @@ from callguard.config import load_config
 from callguard.daemon.app import Application
 from callguard.store import Store
 from emulator.fastagi import AGICall, encode_environment, run_fastagi_call
-from support import TRUNK, write_config
+from support import TRUNK, free_port, write_config
 
 NOW = datetime(2024, 6, 14, 9, 0, tzinfo=timezone.utc)
 TODAY = "2024-06-14"
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Daemon:

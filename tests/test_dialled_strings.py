@@ -9,7 +9,6 @@ Numbering Plan and the shipped prefix table, not callguard's own output.
 """
 
 import contextlib
-import socket
 
 import pytest
 
@@ -18,7 +17,7 @@ from callguard.config import load_config
 from callguard.daemon.app import Application
 from callguard.daemon.control import ask
 from emulator.fastagi import AGICall, run_fastagi_call
-from support import write_config
+from support import free_port, write_config
 
 TRUNK = "gamma"
 BARRED = "premium, international, special-084, special-087, directory"
@@ -331,11 +330,6 @@ NANP = [
 ]
 # fmt: on
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def trunk_section() -> str:

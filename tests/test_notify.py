@@ -42,6 +42,7 @@ from callguard.store import (
     Store,
 )
 from callguard.worker import StoreWorker
+from support import free_port
 
 T0 = datetime(2024, 6, 14, 12, 0, 0, tzinfo=timezone.utc)
 SENDER = "callguard@pbx.example.com"
@@ -55,11 +56,6 @@ PASSWORD = "s3cret-Pa55"
 WEBHOOK_SECRET = "hook-k3y-0f-callguard"
 HOOK_PATH = "/hooks/callguard"
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def warning(key: str | None = KEY, recipients: tuple[str, ...] = ()) -> Alert:

@@ -36,6 +36,7 @@ from callguard.store.engine import SQLITE_BUSY_TIMEOUT_MS, build_engine, parse_u
 from callguard.store.models import Block, Call, Decision, Hangup
 from callguard.store.records import BlockRecord
 from callguard.urls import mask_url
+from support import free_port
 
 UTC = timezone.utc
 T0 = datetime(2024, 6, 14, 12, 0, 0, tzinfo=UTC)
@@ -48,11 +49,6 @@ def engine(db_url):
     yield created
     created.dispose()
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def decision(n: int, **changes) -> DecisionRecord:
