@@ -266,8 +266,9 @@ class CheckHandler:
             quote(request.trunk or "-"), quote(request.uniqueid or "-"), what, result,
         )
 
-        # An allowed call still gets a finite limit: Asterisk reads an empty
-        # or zero S() as no limit at all.
+        # An allowed call still gets a finite limit, because Dial() sets no
+        # limit for an empty S() and the dialplan applies its fail policy to an
+        # ALLOW without a positive limit.
         max_seconds = None
         if result == ALLOW:
             trunk = config.trunks.get(request.trunk)

@@ -17,8 +17,8 @@ from callguard.metering.charges import blocks_started_before_micros, elapsed_mic
 from callguard.rating import Tariff
 from callguard.windows import WINDOWS, day_bounds
 
-# The longest CALLGUARD_MAXSECS ever returned: Asterisk reads an empty or zero
-# limit as "no limit", so an unlimited call still gets a finite one.
+# The longest CALLGUARD_MAXSECS ever returned: Dial() sets no limit for an empty
+# S(), so an unlimited call still gets a finite one.
 MAX_SECONDS_CEILING = 86_400
 
 # Seconds by which a call that its budget limits ends before the first block
