@@ -58,7 +58,7 @@ async def test_deny_hangs_up_with_cause_21(dialplan):
     answering("HANGUP"),
     answering("SUCCESS"),                                  # no result set
     answering("SUCCESS", result="ALLOW", maxsecs=""),      # no limit
-    answering("SUCCESS", result="ALLOW", maxsecs="0"),     # Asterisk reads 0 as none
+    answering("SUCCESS", result="ALLOW", maxsecs="0"),     # Dial() rejects S(0)
 ])
 async def test_no_usable_answer_denied_by_default(dialplan, runner):
     outcome = await dialplan.run(CONTEXT, "01632960123", agi=runner)
@@ -74,6 +74,19 @@ async def test_fail_open_uses_fail_limit(dialplan):
                                  globals={"CALLGUARD_FAIL_POLICY": "allow"})
 
     assert outcome.dials == [["PJSIP/01632960123@gamma", "60", "S(3600)"]]
+
+
+async def test_deny_kept_after_failed_session(dialplan):
+    # res_agi sets AGISTATUS to FAILURE when an agi-bin program exits non-zero,
+    # also after the program set the result.
+    denied = answering("FAILURE", result="DENY", reason="barred:premium", category="premium")
+
+    outcome = await dialplan.run(CONTEXT, "09011234567", agi=denied,
+                                 globals={"CALLGUARD_FAIL_POLICY": "allow"})
+
+    assert outcome.dials == []
+    assert outcome.hangup_cause == "21"
+    assert outcome.logs == []
 
 
 @pytest.mark.parametrize("limit", ["", "0", "-5", "abc", "1e9"])
