@@ -317,8 +317,9 @@ async def test_applications_match_capture(ari, rest):
 
 
 async def test_subscribe_all_filter(ari, rest):
+    # Two websockets of one application would replace each other.
     async with events_socket(ari) as everything, events_socket(
-        ari, f"app={APP}"
+        ari, "app=stasis-only"
     ) as stasis_only:
         await ari.wait_for_subscribers(2)
         call = await ari.dial_out(NUMBER)
@@ -328,7 +329,8 @@ async def test_subscribe_all_filter(ari, rest):
 
         reply = await rest.post(
             "ari/channels",
-            params={"endpoint": f"PJSIP/{NUMBER}@gamma", "app": APP, "appArgs": "x"},
+            params={"endpoint": f"PJSIP/{NUMBER}@gamma", "app": "stasis-only",
+                    "appArgs": "x"},
         )
         originated = reply.json()["id"]
         await ari.answer(ari.call_for(originated))
@@ -350,6 +352,35 @@ async def test_subscribe_all_filter(ari, rest):
 
 
 FILTERED_TYPES = ["ChannelCreated", "ChannelDestroyed", "ChannelStateChange", "Dial"]
+
+
+async def test_second_socket_replaces_application(ari):
+    async with events_socket(ari) as first:
+        await ari.wait_for_subscribers()
+        async with events_socket(ari) as second:
+            await ari.wait_for_subscribers(2)
+            replaced = json.loads(await asyncio.wait_for(first.recv(), 5))
+            call = await ari.dial_out(NUMBER)
+            await ari.hangup(call)
+            await receive_until(second, destroyed(call.caller_id))
+
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(first.recv(), 0.2)
+
+    assert replaced["type"] == "ApplicationReplaced"
+    assert replaced["application"] == APP
+
+
+async def test_filter_can_hide_replacement(ari, rest):
+    async with events_socket(ari) as first:
+        await ari.wait_for_subscribers()
+        await rest.put(f"ari/applications/{APP}/eventFilter",
+                       json={"allowed": [{"type": "Dial"}]})
+        async with events_socket(ari):
+            await ari.wait_for_subscribers(2)
+
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(first.recv(), 0.2)
 
 
 async def test_event_filter_limits_events(ari, rest):
@@ -421,7 +452,10 @@ async def test_event_filter_not_found(ari, rest):
 
 
 async def test_sockets_each_get_events(ari):
-    async with events_socket(ari) as first, events_socket(ari) as second:
+    # A second websocket of the same application would replace the first.
+    async with events_socket(ari) as first, events_socket(
+        ari, "app=other&subscribeAll=true"
+    ) as second:
         await ari.wait_for_subscribers(2)
         sent_before = ari.events_sent
         call = await ari.dial_out(NUMBER)
@@ -430,6 +464,9 @@ async def test_sockets_each_get_events(ari):
         from_second = await receive_count(second, sent // 2)
 
     assert sent % 2 == 0
+    assert [event["application"] for event in from_second] == ["other"] * (sent // 2)
+    for event in from_second:
+        event["application"] = APP
     assert from_first == from_second
     assert from_first[-1]["type"] == "Dial"
     assert from_first[-1]["peer"]["id"] == call.trunk_id

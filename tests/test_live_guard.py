@@ -9,6 +9,7 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
+import websockets
 from sqlalchemy.engine import make_url
 
 from callguard.config import load_config
@@ -209,12 +210,33 @@ async def test_restart_adopts_live_call(make_pbx):
     assert pbx.spend("day", "2024-06-14") == Decimal("4.00")   # 210 s at 60/60
 
 
+async def test_replaced_application_taken_back(make_pbx, caplog):
+    pbx = await make_pbx(london(2024, 6, 14, 10, 0), trunks=TRUNK_100)
+    opened = pbx.ari.connections
+    token = base64.b64encode(f"callguard:{PASSWORD}".encode()).decode()
+    url = pbx.ari.url.replace("http://", "ws://", 1) + "ari/events?app=callguard&subscribeAll=true"
+
+    # Another client registers the application, as a second daemon on this
+    # Asterisk with the same app would, and keeps its websocket open.
+    async with websockets.connect(url, additional_headers={"Authorization": f"Basic {token}"}):
+        await eventually(lambda: pbx.ari.connections > opened + 1 and pbx.app.ari.connected,
+                         timeout=10, what="callguard to register its application again")
+        call, _ = await pbx.call("01632960001")
+        await pbx.ari.answer(call)
+        await eventually(lambda: call.trunk_id in pbx.legs()
+                         and pbx.legs()[call.trunk_id].state == "up",
+                         what="the answer to reach callguard")
+
+    assert "another ARI client registered application 'callguard'" in caplog.text
+
+
 async def test_event_filter_set_or_skipped(make_pbx, caplog):
     start = london(2024, 6, 14, 10, 0)
     pbx = await make_pbx(start, trunks=TRUNK_100)
 
     allowed_types = [{"type": kind} for kind in
-              ("ChannelCreated", "ChannelDestroyed", "ChannelStateChange", "Dial")]
+              ("ApplicationReplaced", "ChannelCreated", "ChannelDestroyed",
+               "ChannelStateChange", "Dial")]
     assert pbx.ari.event_filter("callguard") == {"events_allowed": allowed_types,
                                                  "events_disallowed": []}
     filtered, _ = await pbx.call("01632960001")

@@ -37,6 +37,12 @@ RECONCILE_MAX_MESSAGES_OF_MAX_SIZE = 64
 
 CLOSED_BY_CLIENT = "the client was closed"
 
+# The event Asterisk sends a websocket when another one registers its
+# application. Asterisk then sends that application's events only to the
+# other websocket, and this one stays open but receives nothing more
+# (ari_websocket_send_event() in res/ari/ari_websockets.c).
+APPLICATION_REPLACED = "ApplicationReplaced"
+
 
 def event_channel_id(event: dict) -> str | None:
     """Return the id of the channel an event is about (a Dial event's peer)."""
@@ -55,16 +61,22 @@ class EventDispatcher:
         self._invalid_messages = RepeatLimiter()
         self._handler_errors = RepeatLimiter()
 
-    async def dispatch(self, message: str | bytes) -> None:
-        """Deliver a message to on_event, or log and skip it if not a JSON object."""
+    async def dispatch(self, message: str | bytes) -> str | None:
+        """Deliver a message to on_event, or log and skip it if not a JSON object.
+
+        Returns why the connection must end for an ApplicationReplaced event,
+        which is not delivered, and None for every other message.
+        """
         try:
             event = json.loads(message)
         except ValueError as exc:
             self._log_invalid(message, f"it is not JSON ({exc})")
-            return
+            return None
         if not isinstance(event, dict):
             self._log_invalid(message, f"it is a JSON {type(event).__name__}")
-            return
+            return None
+        if event.get("type") == APPLICATION_REPLACED:
+            return _replaced(event)
 
         try:
             result = self._on_event(event)
@@ -81,6 +93,7 @@ class EventDispatcher:
                     event_channel_id(event),
                     suppressed_note(suppressed),
                 )
+        return None
 
     def _log_invalid(self, message: str | bytes, problem: str) -> None:
         suppressed = self._invalid_messages.admit()
@@ -179,7 +192,9 @@ async def serve_connection(
     for message in buffer.drain():
         if closing.is_set():
             return CLOSED_BY_CLIENT
-        await dispatcher.dispatch(message)
+        replaced = await dispatcher.dispatch(message)
+        if replaced is not None:
+            return replaced
     if reader_end is not None:
         return reader_end.reason
 
@@ -188,8 +203,25 @@ async def serve_connection(
             message = await ws.recv()
         except ConnectionClosed as exc:
             return describe_close(exc, max_message)
-        await dispatcher.dispatch(message)
+        replaced = await dispatcher.dispatch(message)
+        if replaced is not None:
+            return replaced
     return CLOSED_BY_CLIENT
+
+
+def _replaced(event: dict) -> str:
+    """Log an ApplicationReplaced event and return why the connection ends.
+
+    Reconnecting registers the application again, so events flow to this
+    client again. Two clients that share an application name take it from
+    each other at every reconnect.
+    """
+    app = event.get("application")
+    log.error("another ARI client registered application %r, so Asterisk sends its "
+              "events there and none to this connection; reconnecting to register it "
+              "again. Give each callguard daemon on this Asterisk its own app in [ari]",
+              app if isinstance(app, str) else "?")
+    return f"another client registered application {app!r} (ApplicationReplaced)"
 
 
 async def close_discarding(ws: ClientConnection) -> None:

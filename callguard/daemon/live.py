@@ -9,6 +9,7 @@ from datetime import timedelta
 from callguard.ari import AriClient, AriError
 from callguard.ari.endpoint import build_endpoint
 from callguard.ari.errors import AriHTTPError
+from callguard.ari.events import APPLICATION_REPLACED
 from callguard.ari.rest import MAX_CONNECTIONS
 from callguard.config import Config, ConfigError
 from callguard.config.errors import ConfigProblem
@@ -299,7 +300,7 @@ class AriListener:
         """
         for attempt in range(1, FILTER_ATTEMPTS + 1):
             try:
-                await self.client.set_event_filter(HANDLED_EVENTS)
+                await self.client.set_event_filter(HANDLED_EVENTS | {APPLICATION_REPLACED})
                 return
             except AriHTTPError as exc:
                 if exc.message != MESSAGE_NO_APPLICATION or attempt == FILTER_ATTEMPTS:

@@ -11,11 +11,12 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from aiohttp import web
 
 from .ari_events import Event
-from .ari_model import Channel
+from .ari_model import Channel, format_timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,9 @@ CLOSE_GOING_AWAY = 1001
 
 # Seconds that stop() waits for queued events to reach clients that do not read.
 STOP_SEND_TIMEOUT = 5.0
+
+# The event sent to a websocket whose application a later websocket registered.
+APPLICATION_REPLACED = "ApplicationReplaced"
 
 
 def encode_json(document: object) -> str:
@@ -105,7 +109,19 @@ class EventHub:
         await self._set_sockets([])
 
     async def add(self, socket: EventSocket) -> None:
+        """Start sending events to ``socket``.
+
+        An application that an older websocket serves moves to the new one.
+        The older one gets ApplicationReplaced, if the application's event
+        filter lets it through, and no events of that application after it,
+        as ari_websocket_send_event() in Asterisk's res/ari/ari_websockets.c
+        drops the application from the replaced websocket.
+        """
         self.opened += 1
+        replaced = [(old, app) for old in self.sockets for app in socket.apps
+                    if app in old.apps]
+        for old, app in replaced:
+            old.apps.remove(app)
         await self._set_sockets([*self.sockets, socket])
         logger.info(
             "events websocket from %s opened for %s (subscribeAll=%s)",
@@ -113,6 +129,25 @@ class EventHub:
             ",".join(socket.apps),
             socket.subscribe_all,
         )
+        for old, app in replaced:
+            await self._send_replaced(old, app)
+
+    async def _send_replaced(self, socket: EventSocket, app: str) -> None:
+        logger.info("application %s of the events websocket from %s replaced",
+                    app, socket.peer)
+        if socket.silenced or not self.allows(app, APPLICATION_REPLACED):
+            return
+        event = {
+            "type": APPLICATION_REPLACED,
+            "timestamp": format_timestamp(datetime.now(timezone.utc)),
+            "application": app,
+        }
+        try:
+            await socket.websocket.send_str(encode_json(event))
+        except ConnectionResetError as error:
+            logger.warning("events websocket from %s failed, dropping it: %s",
+                           socket.peer, error)
+            await self.remove(socket)
 
     async def remove(self, socket: EventSocket) -> None:
         if socket in self.sockets:
