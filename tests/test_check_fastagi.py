@@ -138,6 +138,21 @@ async def test_no_emergency_number_otherwise(daemon):
     assert "CALLGUARD_EMERGENCY" not in outcome.variables
 
 
+@pytest.mark.parametrize("extension", [
+    "09011234567,gamma,01632960050",  # an opted-out caller skips barring
+    "999,gamma",
+    "01632960123,",
+])
+async def test_comma_in_extension_denied(daemon, extension):
+    # AGI() splits its arguments at each comma of the substituted ${EXTEN}, so
+    # a phone that dials a comma would choose the trunk and the caller checked.
+    result = await daemon.check(extension, arguments=extension.split(","))
+
+    assert result.variables["CALLGUARD_RESULT"] == "DENY"
+    assert result.variables["CALLGUARD_REASON"] == "invalid-number"
+    assert "CALLGUARD_EMERGENCY" not in result.variables
+
+
 async def test_full_width_digits_denied(daemon):
     outcome = await daemon.check("\uff10\uff11\uff16\uff13\uff12\uff19\uff16\uff10\uff11")
 

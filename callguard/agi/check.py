@@ -7,7 +7,10 @@ trunk (default ``agi_callerid``) and the caller's source address (default the
 channel variable ``CALLGUARD_SOURCE``, read only when a trunk sets
 ``offender_key = source`` or a source address is blocked). AGI() splits its
 arguments at each comma of the substituted text, so ``${CALLERID(num)}``,
-which a phone may choose, must not come before an argument that matters.
+which a phone may choose, must not come before an argument that matters. A
+comma in ``agi_extension`` means the phone dialled one and so chose the
+arguments after the number: the check then denies the call as an invalid
+number.
 """
 
 import asyncio
@@ -282,7 +285,14 @@ def _call_request(channel: AGIChannel, arguments: list[str], trunk: str,
                   source: str) -> CallRequest:
     """Build the request from the session's ``arguments`` and environment."""
     env = channel.env
-    dialled = _argument(arguments, 0) or env.get("agi_extension", "")
+    extension = env.get("agi_extension", "")
+    if "," in extension:
+        # AGI() split the arguments at the commas of a substituted ${EXTEN},
+        # so the phone chose the ones after the number. The whole extension
+        # is checked instead, and a comma makes it an invalid number.
+        dialled = extension
+    else:
+        dialled = _argument(arguments, 0) or extension
     caller = _argument(arguments, 2) or env.get("agi_callerid", "")
     if caller.lower() == UNKNOWN_CALLER:
         caller = ""
