@@ -55,7 +55,6 @@ async def test_deny_hangs_up_with_cause_21(dialplan):
 
 @pytest.mark.parametrize("runner", [
     answering("FAILURE"),
-    answering("HANGUP"),
     answering("SUCCESS"),                                  # no result set
     answering("SUCCESS", result="ALLOW", maxsecs=""),      # no limit
     answering("SUCCESS", result="ALLOW", maxsecs="0"),     # Dial() rejects S(0)
@@ -67,6 +66,29 @@ async def test_no_usable_answer_denied_by_default(dialplan, runner):
     assert outcome.hangup_cause == "21"
     assert outcome.logs[0][0] == "WARNING"
     assert "fail policy deny applies" in outcome.logs[0][1]
+
+
+@pytest.mark.parametrize("variables", [
+    {},
+    {"result": "ALLOW", "reason": "ok", "maxsecs": "600"},
+    {"result": "DENY", "reason": "barred:premium"},
+    {"emergency": "911"},
+    {"result": "ALLOW", "reason": "emergency", "emergency": "999"},
+])
+async def test_hangup_during_check_ends_call(dialplan, variables):
+    # The caller hung up during the session: AGI() returns -1, so Asterisk
+    # runs no further priority, whatever the check set, and the fail policy
+    # does not apply either.
+    outcome = await dialplan.run(CONTEXT, "141911#", agi=answering("HANGUP", **variables),
+                                 globals={"CALLGUARD_FAIL_POLICY": "allow"})
+
+    assert outcome.hung_up
+    assert outcome.variables["AGISTATUS"] == "HANGUP"
+    assert len(outcome.agi_calls) == 1
+    assert outcome.dials == []
+    assert outcome.hangup_cause is None
+    assert outcome.logs == []
+    assert outcome.verbose == []
 
 
 async def test_fail_open_uses_fail_limit(dialplan):
@@ -131,7 +153,7 @@ async def test_emergency_from_check_dials_its_number(dialplan):
     assert outcome.dials == [["PJSIP/911@gamma"]]
 
 
-@pytest.mark.parametrize("status", ["SUCCESS", "FAILURE", "HANGUP"])
+@pytest.mark.parametrize("status", ["SUCCESS", "FAILURE"])
 async def test_emergency_routed_from_cut_session(dialplan, status):
     # The session broke after its first command: only CALLGUARD_EMERGENCY is set.
     cut = answering(status, emergency="911")
@@ -160,16 +182,21 @@ async def daemon(tmp_path):
     await daemon.app.stop()
 
 
-def fastagi(port: int, callerid: str = "unknown"):
-    """Return an AGI runner for a channel with ``callerid`` and the dialplan's variables."""
+def fastagi(port: int, callerid: str = "unknown", hangup_before_command: int | None = None):
+    """Return an AGI runner for a channel with ``callerid`` and the dialplan's variables.
+
+    With ``hangup_before_command``, the caller hangs up just before Asterisk
+    replies to that command, and AGISTATUS is HANGUP, as res_agi.c sets it.
+    """
     async def run(url, arguments, channel):
         call = AGICall(extension=arguments[0], arguments=tuple(arguments),
                        callerid=callerid, variables=dict(channel))
         try:
-            result = await run_fastagi_call("127.0.0.1", port, call)
+            result = await run_fastagi_call("127.0.0.1", port, call,
+                                            hangup_before_command=hangup_before_command)
         except OSError:
             return "FAILURE", {}
-        return "SUCCESS", result.variables
+        return ("HANGUP" if result.hung_up else "SUCCESS"), result.variables
     return run
 
 
@@ -200,6 +227,18 @@ async def test_snippet_with_callguard(dialplan, daemon, dialled, dial):
     if dial is None:
         assert outcome.hangup_cause == "21"
         assert outcome.variables["CALLGUARD_RESULT"] == "DENY"
+
+
+@pytest.mark.parametrize("hangup_before_command", [1, 2, 3])
+async def test_hangup_with_callguard_dials_nothing(dialplan, daemon, hangup_before_command):
+    outcome = await dialplan.run(
+        CONTEXT, "901632960123", agi=fastagi(daemon.port, "01632960010", hangup_before_command),
+        callerid="01632960010", globals={"CALLGUARD_OUTSIDE_PREFIX": "9",
+                                         "CALLGUARD_FAIL_POLICY": "allow"})
+
+    assert outcome.hung_up
+    assert outcome.dials == []
+    assert outcome.logs == []
 
 
 async def test_caller_id_comma_passes_no_source(dialplan, tmp_path):

@@ -133,3 +133,64 @@ async def test_regex_finds_scheme():
     outcome = await dialplan.run("calls", "Tel:999", agi=no_agi)
 
     assert outcome.logs[4] == ("NOTICE", "1")
+
+
+HANGUP_HANDLING = """
+[calls]
+exten => _X.,1,Set(BEFORE=1)
+ same => n,Gosub(check,s,1)
+ same => n,Log(NOTICE,after the check)
+ same => n,Dial(PJSIP/${EXTEN}@trunk)
+exten => h,1,Log(NOTICE,h in calls)
+[check]
+exten => s,1,AGI(agi://127.0.0.1/check)
+ same => n,Return()
+exten => h,1,Log(NOTICE,h in check ${EXTEN} ${AGISTATUS})
+ same => n,Hangup(16)
+ same => n,Log(NOTICE,after Hangup)
+"""
+
+
+def agi_status(status: str):
+    async def run(url, arguments, channel):
+        return status, {"CHECKED": "1"}
+    return run
+
+
+async def test_agi_hangup_runs_h_extension():
+    dialplan = Dialplan(HANGUP_HANDLING)
+
+    outcome = await dialplan.run("calls", "123", agi=agi_status("HANGUP"))
+
+    # The h extension of the context the channel is in, the subroutine's,
+    # runs instead of the priorities after AGI() and after Gosub().
+    assert outcome.hung_up
+    assert outcome.variables["CHECKED"] == "1"
+    assert outcome.logs == [("NOTICE", "h in check h HANGUP")]
+    assert outcome.dials == []
+    assert outcome.hangup_cause == "16"
+
+
+async def test_agi_hangup_without_h_extension():
+    # [calls] has an h extension, but the channel is in [check] when it hangs up.
+    without_h = HANGUP_HANDLING.replace("exten => h,1,Log(NOTICE,h in check",
+                                        "exten => x,1,Log(NOTICE,x in check")
+    dialplan = Dialplan(without_h)
+
+    outcome = await dialplan.run("calls", "123", agi=agi_status("HANGUP"))
+
+    assert outcome.hung_up
+    assert outcome.logs == []
+    assert outcome.dials == []
+    assert outcome.hangup_cause is None
+
+
+@pytest.mark.parametrize("status", ["SUCCESS", "FAILURE", "NOTFOUND"])
+async def test_agi_other_status_continues(status):
+    dialplan = Dialplan(HANGUP_HANDLING)
+
+    outcome = await dialplan.run("calls", "123", agi=agi_status(status))
+
+    assert not outcome.hung_up
+    assert outcome.logs == [("NOTICE", "after the check")]
+    assert outcome.dials == [["PJSIP/123@trunk"]]

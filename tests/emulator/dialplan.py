@@ -9,6 +9,12 @@ Goto, Gosub, Return, AGI, Dial, Log, Verbose, NoOp and Hangup. Anything else
 raises, so a snippet that grows past what is emulated fails its tests instead
 of passing them untested.
 
+An AGI() whose channel hung up during the session sets AGISTATUS to HANGUP
+and returns -1 (agi_exec_full() in res/res_agi.c). After an application
+returns non-zero, __ast_pbx_run() in main/pbx.c runs no further priority
+except those of the ``h`` extension of the channel's current context, if it
+has one, and so does this interpreter. Hangup handlers are not emulated.
+
 The rules come from Asterisk's documentation at docs.asterisk.org and its
 source (main/pbx.c, main/config.c, main/app.c, main/ast_expr2.fl,
 main/ast_expr2.y and funcs/func_strings.c). A
@@ -26,6 +32,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 MAX_STEPS = 200
+
+# The AGISTATUS of a session during which the channel hung up.
+AGI_HANGUP = "HANGUP"
 
 # (AGISTATUS, variables the AGI program set) for an AGI(url, args...) call.
 AGIRunner = Callable[[str, list[str], dict[str, str]], Awaitable[tuple[str, dict[str, str]]]]
@@ -48,6 +57,8 @@ class Outcome:
     verbose: list[str] = field(default_factory=list)
     agi_calls: list[list[str]] = field(default_factory=list)
     variables: dict[str, str] = field(default_factory=dict)
+    # The channel hung up during an application, which ended the dialplan.
+    hung_up: bool = False
 
 
 class DialplanError(Exception):
@@ -144,6 +155,12 @@ class Dialplan:
                 status, variables = await agi(arguments[0], arguments[1:], dict(channel))
                 channel.update(variables)
                 channel["AGISTATUS"] = status
+                if status == AGI_HANGUP:
+                    outcome.hung_up = True
+                    if exten == "h" or not self._has_extension(context, "h"):
+                        break
+                    exten, pattern, index = "h", self._match(context, "h"), 0
+                    returns.clear()
             elif application in ("goto", "gotoif"):
                 target = data
                 if application == "gotoif":
@@ -196,6 +213,13 @@ class Dialplan:
             if _pattern_regex(pattern[1:]).fullmatch(dialled):
                 return pattern
         raise DialplanError(f"no extension of [{context}] matches {exten!r}")
+
+    def _has_extension(self, context: str, exten: str) -> bool:
+        try:
+            self._match(context, exten)
+        except DialplanError:
+            return False
+        return True
 
     def _find(self, context: str, pattern: str, label: str) -> int:
         priorities = self.contexts[context][pattern]
