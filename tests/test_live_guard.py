@@ -12,6 +12,7 @@ import pytest
 import websockets
 from sqlalchemy.engine import make_url
 
+from callguard.ari import events
 from callguard.config import load_config
 from callguard.daemon import status
 from callguard.daemon.app import Application
@@ -20,6 +21,7 @@ from callguard.policy.budget import LIMIT_LEAD_SECONDS
 from callguard.metering import guard
 from callguard.store import engine
 from callguard.store import Store
+from emulator.ari_rest import RestResources
 from live_support import PASSWORD, Pbx, eventually, stored_calls, stored_hangups
 from support import self_signed_certificate, sqlite_write_locked, write_config
 
@@ -274,6 +276,51 @@ async def test_event_filter_set_or_skipped(make_pbx, caplog):
     # 90 s at 1.00 per minute in 60/60 blocks: two blocks each.
     assert costs == {filtered.trunk_id: Decimal("2.00"),
                      unfiltered.trunk_id: Decimal("2.00")}
+
+
+async def test_filter_set_before_channel_list(make_pbx, monkeypatch, caplog):
+    # A busy PBX sends device states, which callguard ignores, while it
+    # serves GET /ari/channels. Unfiltered, they overflow the buffer that
+    # keeps events until the channel list is read.
+    monkeypatch.setattr(events, "RECONCILE_MAX_EVENTS", 50)
+    list_channels = RestResources.list_channels
+    answered_while_listing = []
+
+    async def busy_list_channels(self, request):
+        builder = self._switch.builder
+        await self._hub.publish([builder.device_state_changed(f"PJSIP/{n}", "INUSE")
+                                 for n in range(200)])
+        while answered_while_listing:
+            await pbx.ari.answer(answered_while_listing.pop())
+        await asyncio.sleep(0.2)  # time for callguard to read the events first
+        return await list_channels(self, request)
+
+    monkeypatch.setattr(RestResources, "list_channels", busy_list_channels)
+    start = london(2024, 6, 14, 10, 0)
+    pbx = await make_pbx(start, trunks=TRUNK_100)
+
+    assert "reconciliation buffer overflowed" not in caplog.text
+    call, result = await pbx.call("01632960001")
+    assert result["CALLGUARD_RESULT"] == "ALLOW"
+
+    # The answer comes between the filter and the channel list, so both the
+    # list and the buffered ChannelStateChange show the call up.
+    pbx.clock.advance(5)
+    answered_while_listing.append(call)
+    await pbx.ari.drop_events()
+    await eventually(lambda: pbx.app.ari.connected and not answered_while_listing,
+                     timeout=10, what="the reconnect")
+    await eventually(lambda: call.trunk_id in pbx.legs()
+                     and pbx.legs()[call.trunk_id].state == "up",
+                     what="the answered call to be metered")
+    pbx.clock.advance(90)
+    await pbx.ari.hangup(call)
+    await eventually(lambda: not pbx.legs(), what="the call to end")
+    await pbx.app.guard.drain()
+
+    assert "reconciliation buffer overflowed" not in caplog.text
+    # 90 s at 1.00 per minute in 60/60 blocks: two blocks.
+    assert stored_calls(pbx)[call.trunk_id].cost == Decimal("2.00")
 
 
 async def test_calls_cost_runs_without_events(make_pbx):

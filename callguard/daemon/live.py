@@ -209,11 +209,16 @@ class AriListener:
         self.tracker.on_event(event)
 
     async def _on_connect(self) -> None:
+        # Events are buffered until this returns, in a bounded buffer. With the
+        # filter set first, Asterisk sends only the types the tracker reads
+        # while the channel list is fetched, so a busy PBX does not fill the
+        # buffer. The events that arrive after the filter still come after
+        # the list in the buffer, and the tracker applies them in order.
+        await self._set_event_filter()
         channels = await self.client.get_channels()
         await self._skip_stored_ended(channels)
         system_name = await self._read_system_name() if self._shared_store else None
         self.tracker.reconcile(channels, system_name or "")
-        await self._set_event_filter()
         self._reconciled = True
         log.info("ARI connected; %d channels up, %d trunk legs followed", len(channels),
                  len(self.guard.legs))
