@@ -15,8 +15,9 @@ import pytest
 from callguard.agi.protocol import AGIChannel, AGILimits
 from callguard.agi.server import FastAGIServer
 from callguard.numbers.plan import NumberPlan
+from emulator.dialplan import Dialplan
 from emulator.fastagi import AGICall, run_classic_agi
-from test_dialplan import written_numbers
+from test_dialplan import CONTEXT, SNIPPET, written_numbers
 
 RELAY = Path(__file__).parent.parent / "agi" / "callguard-check.agi"
 LIMITS = AGILimits(block_timeout=0.5, reply_timeout=0.5)
@@ -219,6 +220,52 @@ async def test_fail_policy_from_dialplan(closed_port, dialplan, environment, exp
     assert result.variables["CALLGUARD_REASON"] == UNREACHABLE
     if dialplan == "sometimes":
         assert "invalid CALLGUARD_FAIL_POLICY 'sometimes' in the dialplan" in result.stderr
+
+
+# Spellings of the fail policy in the dialplan, and whether a call goes out
+# while callguard is down. Only a spelling of allow in any case
+# lets it through.
+POLICY_SPELLINGS = [
+    ("allow", True),
+    ("Allow", True),
+    ("ALLOW", True),
+    ("aLLoW", True),
+    ("deny", False),
+    ("Deny", False),
+    ("", False),
+    (" allow", False),
+    ("allow ", False),
+    ("allowed", False),
+    ("alow", False),
+    ("sometimes", False),
+]
+
+
+@pytest.mark.parametrize("policy, dials", POLICY_SPELLINGS)
+async def test_relay_and_snippet_agree_on_policy(closed_port, policy, dials):
+    # The snippet's AGI() runs the relay while callguard is down, so both read
+    # the same CALLGUARD_FAIL_POLICY.
+    dialplan_globals = {"CALLGUARD_FAIL_POLICY": policy}
+    results = []
+
+    async def run_relay(url, arguments, channel):
+        call = make_call(extension=arguments[0], arguments=tuple(arguments),
+                         variables={**dialplan_globals, **channel})
+        result = await run_classic_agi(
+            str(RELAY), call, env={"CALLGUARD_FASTAGI": f"127.0.0.1:{closed_port}"})
+        results.append(result)
+        return ("SUCCESS" if result.returncode == 0 else "FAILURE"), result.variables
+
+    dialplan = Dialplan(SNIPPET.read_text())
+    outcome = await dialplan.run(CONTEXT, "01632960123", agi=run_relay,
+                                 globals=dialplan_globals)
+
+    [result] = results
+    assert result.returncode == 0, result.stderr
+    assert result.variables["CALLGUARD_RESULT"] == ("ALLOW" if dials else "DENY")
+    assert outcome.dials == ([["PJSIP/01632960123@gamma", "60", "S(3600)"]] if dials else [])
+    if not dials:
+        assert outcome.hangup_cause == "21"
 
 
 @pytest.mark.parametrize(

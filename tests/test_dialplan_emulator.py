@@ -194,3 +194,12 @@ async def test_agi_other_status_continues(status):
     assert not outcome.hung_up
     assert outcome.logs == [("NOTICE", "after the check")]
     assert outcome.dials == [["PJSIP/123@trunk"]]
+
+
+async def test_tolower_changes_ascii_only():
+    dialplan = Dialplan("[calls]\nexten => 1,1,Log(NOTICE,${TOLOWER(${VALUE})})\n")
+
+    outcome = await dialplan.run("calls", "1", agi=no_agi, globals={"VALUE": "AlLoW Ä-9"})
+
+    # C's tolower() in the C locale leaves bytes outside A to Z as they are.
+    assert outcome.logs == [("NOTICE", "allow Ä-9")]

@@ -3,7 +3,7 @@
 It reads an extensions.conf, matches extensions as pbx.c does (literal
 extensions before ``_`` patterns, the most specific pattern first, and ``-``
 ignored in both), substitutes ``${VAR}``, ``${VAR:offset:length}`` and the
-functions LEN, ISNULL, CALLERID, REPLACE, FILTER, REGEX and FIELDNUM,
+functions LEN, ISNULL, CALLERID, REPLACE, FILTER, REGEX, FIELDNUM and TOLOWER,
 evaluates ``$[...]`` with Asterisk's operator precedence, and runs Set, GotoIf,
 Goto, Gosub, Return, AGI, Dial, Log, Verbose, NoOp and Hangup. Anything else
 raises, so a snippet that grows past what is emulated fails its tests instead
@@ -443,6 +443,10 @@ def _function(function: str, argument: str, lookup: Callable[[str], str],
         return _regex(argument)
     if function == "FIELDNUM":
         return _fieldnum(argument, lookup)
+    if function == "TOLOWER":
+        # string_tolower() in funcs/func_strings.c applies C's tolower() to
+        # each byte, which in the C locale changes only A to Z.
+        return "".join(char.lower() if "A" <= char <= "Z" else char for char in argument)
     raise DialplanError(f"function {function}({argument}) is not emulated")
 
 
