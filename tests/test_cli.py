@@ -574,6 +574,36 @@ def test_prefixes_list_text(config, capsys):
     )
 
 
+@pytest.mark.parametrize("category, hint", [
+    ("premum", "did you mean premium?"),
+    ("bogus", "use one of emergency, "),
+])
+def test_prefixes_list_unknown_category(config, capsys, category, hint):
+    run_ctl("--config", str(config), "prefixes", "import", str(SAMPLE_PREFIXES))
+    capsys.readouterr()
+
+    status = run_ctl("--config", str(config), "prefixes", "list", "--category", category)
+    captured = capsys.readouterr()
+
+    assert status == EXIT_CONFIG
+    assert captured.out == ""
+    assert f"{category!r} is not a barring category" in captured.err
+    assert hint in captured.err
+
+
+def test_prefixes_list_category_case(config, capsys):
+    run_ctl("--config", str(config), "prefixes", "import", str(SAMPLE_PREFIXES))
+    capsys.readouterr()
+
+    status = run_ctl("--config", str(config), "prefixes", "list", "--category",
+                     "Emergency", "--json")
+    rows = read_json(capsys)
+
+    assert status == EXIT_OK
+    assert rows
+    assert {r["category"] for r in rows} == {"emergency"}
+
+
 def test_rates_round_trip(tmp_path, capsys, db_url):
     config = write_config(tmp_path, trunks=TWO_TRUNKS)
     options = ["--config", str(config), "--database", db_url]

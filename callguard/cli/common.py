@@ -10,6 +10,8 @@ from typing import TextIO
 from callguard.text import escape_log_message
 from callguard.urls import mask_url
 from callguard.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+from callguard.config.categories import parse_categories
+from callguard.config.errors import InvalidValue
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -33,6 +35,19 @@ def row_limit(text: str) -> int:
             "database takes; write a smaller number, like 50"
         )
     return int(text)
+
+
+def category_name(text: str) -> str:
+    """Parse a --category: one category of the prefix table, in any case."""
+    try:
+        categories = parse_categories(text, barring=False)
+    except InvalidValue as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if len(categories) != 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not one category; write one, like premium"
+        )
+    return next(iter(categories))
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:

@@ -16,6 +16,7 @@ from callguard.cli.common import (
     EXIT_FAILURE,
     EXIT_OK,
     add_config_argument,
+    category_name,
     read_config,
     row_limit,
 )
@@ -87,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                "the store")
     prefix_import.add_argument("file", help="CSV with prefix,category,description")
     prefix_list = prefix_commands.add_parser("list", help="list the table in the store")
-    prefix_list.add_argument("--category", help="only this category")
+    prefix_list.add_argument("--category", type=category_name,
+                             help="only this category, such as premium")
     prefix_list.add_argument("--json", action="store_true")
 
     rates = commands.add_parser("rates", help="rate decks")
