@@ -212,6 +212,8 @@ TRUNK_KEYS = (
     "ban_max_time, ban_ignore"
 )
 DURATION_FIX = "write it like 250ms, 1s, 2m, 1h or 30 (seconds)"
+# Keys that take whole seconds reject 250ms, so their examples leave it out.
+WHOLE_SECONDS_FIX = "write it like 90s, 2m, 1h or 120 (seconds)"
 RATE_FIX = "write RATE[, FEE[, N/M]] like 0.25, 0.05, 60/60"
 GB_NUMBER = "01632960000 or +441632960000"
 
@@ -308,6 +310,8 @@ BAD_VALUES = [
         "user search every folder above the file"]),
     ("general", "reservation_seconds", "1.5s", [
         "'1.5s' is not a whole number of seconds; write it like 120 or 2m"]),
+    ("general", "reservation_seconds", "2 min", [
+        f"'2 min' is not a duration; {WHOLE_SECONDS_FIX}"]),
     ("general", "reservation_seconds", "0", [
         "'0' must be at least 1s; write it like 120 or 2m"]),
     ("general", "reservation_seconds", "-2m", [
@@ -373,11 +377,13 @@ BAD_VALUES = [
         "'ten' is not a whole number of 1 or more; write it like 10, or leave it "
         "empty for no cap"]),
     ("trunk gamma", "max_call_seconds", "2 hours", [
-        f"'2 hours' is not a duration; {DURATION_FIX}"]),
+        f"'2 hours' is not a duration; {WHOLE_SECONDS_FIX}"]),
     ("trunk gamma", "max_call_seconds", "500ms", [
         "'500ms' is not a whole number of seconds; write it like 120 or 2m"]),
     ("trunk gamma", "max_call_seconds", "1D", [
-        f"'1D' is not a duration; {DURATION_FIX}"]),
+        f"'1D' is not a duration; {WHOLE_SECONDS_FIX}"]),
+    ("trunk gamma", "repeat_window", "1 hour", [
+        f"'1 hour' is not a duration; {WHOLE_SECONDS_FIX}"]),
     ("trunk gamma", "ban_time", "1.5s", [
         "'1.5s' is not a whole number of seconds; write it like 90 or 10m"]),
     ("trunk gamma", "ban_time", "500ms", [

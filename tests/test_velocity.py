@@ -291,7 +291,7 @@ BAD_KEYS = [
     ("repeat_window", "0.5s",
      "'0.5s' is not a whole number of seconds; write it like 120 or 2m"),
     ("repeat_window", "soon",
-     "'soon' is not a duration; write it like 250ms, 1s, 2m, 1h or 30 (seconds)"),
+     "'soon' is not a duration; write it like 90s, 2m, 1h or 120 (seconds)"),
 ]
 # fmt: on
 

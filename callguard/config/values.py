@@ -21,6 +21,8 @@ from callguard.numbers.settings import (
 )
 
 DURATION_EXAMPLES = "250ms, 1s, 2m, 1h or 30 (seconds)"
+# Keys of whole seconds reject 250ms, so their messages do not suggest it.
+WHOLE_SECONDS_EXAMPLES = "90s, 2m, 1h or 120 (seconds)"
 
 TRUE_WORDS = frozenset({"yes", "true", "on", "1"})
 FALSE_WORDS = frozenset({"no", "false", "off", "0"})
@@ -64,7 +66,7 @@ def parse_timeout(text: str, maximum: str) -> float:
 
 def parse_whole_seconds(text: str) -> int:
     """Parse a duration of one second or more that is a whole number of seconds."""
-    seconds = float(parse_signed_seconds(text, DURATION_EXAMPLES))
+    seconds = float(parse_signed_seconds(text, WHOLE_SECONDS_EXAMPLES))
     if seconds != int(seconds):
         raise InvalidValue(
             f"{text!r} is not a whole number of seconds; write it like 120 or 2m"
