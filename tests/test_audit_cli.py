@@ -127,6 +127,23 @@ def test_parse_since_duration(since, seconds):
     assert parse_since(since, now) == now - timedelta(seconds=seconds)
 
 
+def test_parse_since_time_without_offset_is_utc():
+    now = datetime(2024, 6, 14, 12, 0, tzinfo=timezone.utc)
+
+    assert parse_since("2024-06-14T09:00", now) == datetime(2024, 6, 14, 9, 0,
+                                                             tzinfo=timezone.utc)
+
+
+def test_audit_help_names_zone_of_since(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per paragraph
+
+    status = run_ctl("callguard.conf", "audit", "--help")
+    text = capsys.readouterr().out
+
+    assert status == 0
+    assert "a time without an offset is UTC" in text
+
+
 class Daemon:
     def __init__(self, directory, trunks=TRUNK, database=None):
         self.port = free_port()

@@ -83,7 +83,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                                 "and config reloads, newest first")
     audit.add_argument("--since", default=DEFAULT_SINCE, metavar="DURATION|ISO-TIME",
                        help=f"start of the listing, like 2h or 2024-06-14T09:00+01:00 "
-                       f"(default {DEFAULT_SINCE})")
+                       f"(default {DEFAULT_SINCE}); a time without an offset is UTC, "
+                       "like the times that it prints")
     audit.add_argument("--limit", type=row_limit, default=DEFAULT_LIMIT, metavar="N",
                        help=f"show at most N entries (default {DEFAULT_LIMIT})")
     audit.add_argument("--json", action="store_true", help="print one JSON array")
