@@ -1690,6 +1690,42 @@ def test_unmatchable_channel_pattern_warns(workdir, pattern, warning):
     assert [w for w in warnings if "channel_pattern" in w] == [warning]
 
 
+def two_trunks(first: str, second: str) -> str:
+    return ("[general]\n"
+            f"[trunk gamma]\n{RATES_LINE}\nchannel_pattern = {first}\n"
+            f"[trunk delta]\n{RATES_LINE}\nchannel_pattern = {second}\n")
+
+
+@pytest.mark.parametrize("first, second", [
+    ("PJSIP/gamma-*", "PJSIP/gamma-*"),
+    ("PJSIP/gamma*", "PJSIP/gamma-eu-*"),
+    ("*gamma*", "PJSIP/gamma-*"),
+])
+def test_shadowed_channel_pattern_warns(workdir, first, second):
+    warnings = config_warnings(load(two_trunks(first, second)))
+
+    shadowed = [w for w in warnings if "comes first in the file" in w]
+    assert shadowed == [
+        f"[trunk delta] channel_pattern {second!r} falls within [trunk gamma]'s "
+        f"{first!r}, which comes first in the file. callguard assigns each channel "
+        "to the first trunk whose pattern matches it, so delta's calls are metered "
+        "and hung up by gamma's limits, and delta's limits never apply; give each "
+        "trunk a pattern that matches only its own channels, such as PJSIP/delta-*"
+    ]
+
+
+@pytest.mark.parametrize("first, second", [
+    ("PJSIP/gamma-*", "PJSIP/delta-*"),
+    # The narrower pattern comes first, so it keeps its channels.
+    ("PJSIP/gamma-eu-*", "PJSIP/gamma*"),
+    ("PJSIP/gamma-*", ""),
+])
+def test_distinct_channel_patterns_quiet(workdir, first, second):
+    warnings = config_warnings(load(two_trunks(first, second)))
+
+    assert [w for w in warnings if "comes first in the file" in w] == []
+
+
 @pytest.mark.parametrize("pattern", ["PJSIP/gamma-*", "*gamma*", "PJSIP/gamma-0000000?",
                                      "PJSIP/[gd]*", "?JSIP/gamma-*", "PJSIP*"])
 def test_matchable_channel_pattern_quiet(workdir, pattern):

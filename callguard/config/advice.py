@@ -1,6 +1,7 @@
 """Settings that load but probably do not do what the sysadmin meant."""
 
 import bisect
+import fnmatch
 from ipaddress import ip_address
 
 from callguard.config.model import Config, NumberOverride, TrunkConfig
@@ -82,10 +83,44 @@ def config_warnings(config: Config, prefixes: PrefixTable | None = None) -> list
                 "call for reservation_seconds after its check, not while it lasts; "
                 "set enabled = yes in [ari]"
             )
+    warnings.extend(_shadowed_channel_patterns(config))
     warnings.extend(_open_fastagi(config))
     warnings.extend(_unreachable_fastagi(config))
     warnings.extend(_overlapping_overrides(config))
     warnings.extend(number_plan_warnings(config, prefixes))
+    return warnings
+
+
+def _shadowed_channel_patterns(config: Config) -> list[str]:
+    """Return a warning for each trunk whose channels an earlier trunk's pattern takes.
+
+    The metering gives a channel to the first trunk in file order whose
+    channel_pattern matches it.
+    """
+    # NOTE: a later pattern counts as shadowed when the earlier pattern matches
+    # its text, which holds for copies and for a '*' that covers a longer prefix.
+    # Overlaps that only some channel names share, such as PJSIP/g* and
+    # PJSIP/*a-*, are not detected.
+    warnings = []
+    earlier: list[tuple[str, str]] = []
+    for name, trunk in config.trunks.items():
+        pattern = trunk.channel_pattern or ""
+        if not pattern:
+            continue
+
+        for first_name, first_pattern in earlier:
+            if fnmatch.fnmatchcase(pattern, first_pattern):
+                warnings.append(
+                    f"[trunk {name}] channel_pattern {pattern!r} falls within "
+                    f"[trunk {first_name}]'s {first_pattern!r}, which comes first in the "
+                    "file. callguard assigns each channel to the first trunk whose "
+                    f"pattern matches it, so {name}'s calls are metered and hung up by "
+                    f"{first_name}'s limits, and {name}'s limits never apply; give each "
+                    "trunk a pattern that matches only its own channels, such as "
+                    f"PJSIP/{name}-*"
+                )
+                break
+        earlier.append((name, pattern))
     return warnings
 
 
