@@ -250,15 +250,23 @@ def _overlapping_overrides(config: Config) -> list[str]:
     for (first, second), (low, high) in listed.items():
         shared = f"+{low}" if low == high else f"+{low}-+{high}"
         warnings.append(
-            f"[number ...] sections for {overrides[first].numbers} and for "
-            f"{overrides[second].numbers} both cover {shared}, so their allow and bar "
-            "lists apply together to those callers; merge them into one section"
+            f"{_describe_override(overrides[first])} and "
+            f"{_describe_override(overrides[second])} both cover {shared}, so their "
+            "allow and bar lists apply together to those callers; merge them into one "
+            "section"
         )
     if len(listed) == MAX_LISTED_OVERLAPS:
         more = _count_overlaps(overrides) - MAX_LISTED_OVERLAPS
         if more > 0:
             warnings.append(f"{more} more pairs of [number ...] sections overlap")
     return warnings
+
+
+def _describe_override(override: NumberOverride) -> str:
+    """Name a [number ...] section as the file writes it, with its line."""
+    if override.line:
+        return f"[{override.header}] on line {override.line}"
+    return f"the [number ...] section for {override.numbers}"
 
 
 def _first_overlaps(overrides: list[NumberOverride],

@@ -196,12 +196,16 @@ class NumberOverride:
     """A ``[number ...]`` section: categories that its callers may or may not call.
 
     ``trunk`` limits the override to one trunk, or is None for every trunk.
+    ``header`` and ``line`` locate the section in the file for messages, or are
+    empty and 0 for an override built in code.
     """
 
     numbers: NumberRanges
     trunk: str | None
     allow: frozenset[str]
     bar: frozenset[str]
+    header: str = field(default="", compare=False)
+    line: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)

@@ -240,7 +240,8 @@ def read_override(
 
     if not valid:
         return None
-    return NumberOverride(numbers=numbers, trunk=trunk, allow=allow, bar=bar)
+    return NumberOverride(numbers=numbers, trunk=trunk, allow=allow, bar=bar,
+                          header=section.header, line=section.line)
 
 
 def _unknown_key(key: str, fields: dict[str, Field]) -> str:
