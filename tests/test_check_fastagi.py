@@ -140,8 +140,8 @@ async def test_no_emergency_number_otherwise(daemon):
 
 @pytest.mark.parametrize("extension", [
     "09011234567,gamma,01632960050",  # an opted-out caller skips barring
-    "999,gamma",
     "01632960123,",
+    "07700900123,gamma",
 ])
 async def test_comma_in_extension_denied(daemon, extension):
     # AGI() splits its arguments at each comma of the substituted ${EXTEN}, so
@@ -151,6 +151,16 @@ async def test_comma_in_extension_denied(daemon, extension):
     assert result.variables["CALLGUARD_RESULT"] == "DENY"
     assert result.variables["CALLGUARD_REASON"] == "invalid-number"
     assert "CALLGUARD_EMERGENCY" not in result.variables
+
+
+@pytest.mark.parametrize("arguments", [("999", "gamma"), ("999", "")])
+async def test_comma_after_emergency_number_routed(daemon, arguments):
+    # Only the emergency route follows, so the comma cannot buy a call.
+    result = await daemon.check("999," + arguments[1], arguments=arguments)
+
+    assert result.variables["CALLGUARD_EMERGENCY"] == "999"
+    assert result.variables["CALLGUARD_RESULT"] == "ALLOW"
+    assert result.variables["CALLGUARD_REASON"] == "emergency"
 
 
 async def test_full_width_digits_denied(daemon):

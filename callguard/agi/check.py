@@ -10,7 +10,7 @@ arguments at each comma of the substituted text, so ``${CALLERID(num)}``,
 which a phone may choose, must not come before an argument that matters. A
 comma in ``agi_extension`` means the phone dialled one and so chose the
 arguments after the number: the check then denies the call as an invalid
-number.
+number, unless the first argument is an emergency number.
 """
 
 import asyncio
@@ -137,7 +137,7 @@ class CheckHandler:
         arguments = channel.arguments
         trunk = _argument(arguments, 1)
         source = _argument(arguments, 3)
-        if not trunk or not source and _uses_source(engine):
+        if not trunk or not source and _uses_source(engine) or _split_extension(channel):
             emergency = self._emergency_first(channel, engine)
             if emergency is None:
                 return None  # a GET VARIABLE first
@@ -168,8 +168,10 @@ class CheckHandler:
         CALLGUARD_EMERGENCY is set. An emergency call needs neither.
         """
         arguments = channel.arguments
+        # The first argument counts even when a comma split the extension,
+        # because the emergency route dials only the emergency number.
         request = _call_request(channel, arguments, _argument(arguments, 1),
-                                _argument(arguments, 3))
+                                _argument(arguments, 3), whole_extension=False)
         try:
             decision = engine.emergency_decision(request)
         except Exception:
@@ -282,11 +284,15 @@ class CheckHandler:
 
 
 def _call_request(channel: AGIChannel, arguments: list[str], trunk: str,
-                  source: str) -> CallRequest:
-    """Build the request from the session's ``arguments`` and environment."""
+                  source: str, *, whole_extension: bool = True) -> CallRequest:
+    """Build the request from the session's ``arguments`` and environment.
+
+    With ``whole_extension``, an ``agi_extension`` that contains a comma is the
+    dialled string, whatever the first argument is.
+    """
     env = channel.env
     extension = env.get("agi_extension", "")
-    if "," in extension:
+    if whole_extension and _split_extension(channel):
         # AGI() split the arguments at the commas of a substituted ${EXTEN},
         # so the phone chose the ones after the number. The whole extension
         # is checked instead, and a comma makes it an invalid number.
@@ -305,6 +311,11 @@ def _call_request(channel: AGIChannel, arguments: list[str], trunk: str,
         accountcode=env.get("agi_accountcode", ""),
         source=normalise_source(source),
     )
+
+
+def _split_extension(channel: AGIChannel) -> bool:
+    """Check whether the dialled extension contains a comma, at which AGI() split it."""
+    return "," in channel.env.get("agi_extension", "")
 
 
 def _uses_source(engine: PolicyEngine) -> bool:
