@@ -16,7 +16,6 @@ from support import free_port, write_config
 PASSWORD = "callguard-test"
 
 
-
 def stored_calls(pbx: "Pbx") -> dict:
     """Return the calls in the Pbx's store by uniqueid, the 50 most recent."""
     with Store(pbx.config.general.database) as store:

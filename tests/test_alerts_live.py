@@ -43,7 +43,6 @@ class Mailbox:
         return [message["Subject"] for _, message in self.messages]
 
 
-
 @pytest.fixture
 def mailbox():
     box = Mailbox()

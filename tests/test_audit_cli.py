@@ -28,7 +28,6 @@ PREMIUM = "09011234567"
 GEOGRAPHIC = "01632960123"
 
 
-
 def ctl(path, *arguments):
     return main(["--config", str(path), *arguments])
 

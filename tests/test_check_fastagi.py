@@ -21,7 +21,6 @@ NOW = datetime(2024, 6, 14, 9, 0, tzinfo=timezone.utc)
 TODAY = "2024-06-14"
 
 
-
 class Daemon:
     def __init__(self, directory, **config):
         self.port = free_port()

@@ -331,7 +331,6 @@ NANP = [
 # fmt: on
 
 
-
 def trunk_section() -> str:
     # Barred attempts would otherwise block the endpoint after three of them.
     return f"[trunk {TRUNK}]\nbar = {BARRED}\ndefault_rate = 0.05\nban_after = 1000\n"

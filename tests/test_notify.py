@@ -57,7 +57,6 @@ WEBHOOK_SECRET = "hook-k3y-0f-callguard"
 HOOK_PATH = "/hooks/callguard"
 
 
-
 def warning(key: str | None = KEY, recipients: tuple[str, ...] = ()) -> Alert:
     return Alert(
         kind="warning",

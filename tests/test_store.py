@@ -50,7 +50,6 @@ def engine(db_url):
     created.dispose()
 
 
-
 def decision(n: int, **changes) -> DecisionRecord:
     values = dict(
         decided_at=T0 + timedelta(seconds=n),

@@ -240,24 +240,26 @@ class FastAGIServer:
 
         Runs with no await, just before the listening sockets close.
         """
-        taken: list[socket.socket] = []
+        accepted: list[socket.socket] = []
         assert self._server is not None
         for listening in self._server.sockets:
-            # A duplicate descriptor of the same listening socket; closing
-            # it leaves the server's own open.
+            # A duplicate descriptor of the same listening socket. Closing it
+            # leaves the server's own descriptor open.
             with socket.fromfd(listening.fileno(), listening.family, listening.type) as dup:
                 dup.setblocking(False)
-                while len(taken) < self._max_sessions:
+                while len(accepted) < self._max_sessions:
                     try:
                         sock, _ = dup.accept()
                     except (BlockingIOError, InterruptedError):
                         break
                     except OSError as exc:
-                        log.debug("FastAGI accept while stopping failed: %s", exc)
+                        log.warning("FastAGI server stopping: accepting a queued "
+                                    "connection failed (%s); %s for the rest", exc,
+                                    FAIL_POLICY)
                         break
                     sock.setblocking(False)
-                    taken.append(sock)
-        return taken
+                    accepted.append(sock)
+        return accepted
 
     async def _settle_accepts(self) -> None:
         """Let the connections that asyncio has accepted reach _accept.
