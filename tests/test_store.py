@@ -10,6 +10,7 @@ import time
 import uuid
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -618,6 +619,44 @@ def test_prepared_decisions_round_trip(store, count):
     stored = store.recent_decisions(limit=1000)
     assert [record.id for record in stored] == list(range(count + 1, 0, -1))
     assert [dataclasses.replace(record, id=None) for record in reversed(stored[:-1])] == batch
+
+
+def _column_values(record: DecisionRecord) -> dict:
+    values = {field.name: getattr(record, field.name) for field in dataclasses.fields(record)}
+    del values["id"]
+    return values
+
+
+def test_decision_values_prepared_as_records(store):
+    batch = [
+        decision(1, reserved=Decimal("0.0036"), rate=Decimal("0.0333333"), max_seconds=7200,
+                 result="ALLOW", reason="ok", category="geographic", e164="+441632960001"),
+        decision(2, e164=None, category=None, caller="", channel=""),
+        decision(3, decided_at=datetime(2024, 6, 14, 13, 0, tzinfo=ZoneInfo("Europe/London"))),
+    ]
+    rows = [store.prepare_decision_values(_column_values(record)) for record in batch]
+    assert rows == [store.prepare_decision(record) for record in batch]
+
+    store.add_prepared_decisions(rows)
+    stored = store.recent_decisions(limit=10)
+    assert [dataclasses.replace(record, id=None) for record in stored] == [
+        dataclasses.replace(record, decided_at=record.decided_at.astimezone(timezone.utc))
+        for record in sorted(batch, key=lambda record: record.decided_at, reverse=True)
+    ]
+
+
+@pytest.mark.parametrize("change, error, message", [
+    ({"result": "MAYBE"}, ValueError, "result 'MAYBE' is invalid"),
+    ({"decided_at": datetime(2024, 6, 14)}, ValueError, "naive"),
+    ({"reserved": 0.5}, TypeError, "float"),
+    ({"rate": Decimal("-0.01")}, ValueError, "negative"),
+    ({"rate": Decimal("NaN")}, ValueError, "not a finite number"),
+    ({"max_seconds": -1}, ValueError, "below the minimum"),
+    ({"max_seconds": True}, TypeError, "expected int"),
+])
+def test_decision_values_rejected(store, change, error, message):
+    with pytest.raises(error, match=message):
+        store.prepare_decision_values(_column_values(decision(1)) | change)
 
 
 def test_prepare_decision_rejects_stored_record(store):

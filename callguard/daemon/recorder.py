@@ -25,7 +25,6 @@ from callguard.clock import Clock
 from callguard.numbers.errors import quote
 from callguard.policy.decision import CallRequest, Decision
 from callguard.repeats import RepeatLimiter, suppressed_note
-from callguard.store import DecisionRecord
 from callguard.text import storable
 from callguard.worker import StoreWorker
 
@@ -67,8 +66,8 @@ class DecisionRecorder:
 
     def record(self, request: CallRequest, decision: Decision) -> None:
         try:
-            record = to_record(request, decision, self._clock, self._node)
-            row = self._worker.store.prepare_decision(record)
+            row = self._worker.store.prepare_decision_values(
+                decision_values(request, decision, self._clock, self._node))
         except (TypeError, ValueError) as exc:
             self.dropped += 1
             suppressed = self._unstorable.admit()
@@ -208,21 +207,23 @@ class DecisionRecorder:
             await self.flush(len(self._queue))
 
 
-def to_record(request: CallRequest, decision: Decision, clock: Clock, node: str) -> DecisionRecord:
-    return DecisionRecord(
-        id=None,
-        decided_at=clock.now(),
-        trunk=storable(request.trunk) or NONE,
-        uniqueid=storable(request.uniqueid) or NONE,
-        channel=storable(request.channel),
-        caller=storable(request.caller),
-        dialled=storable(request.dialled),
-        e164=decision.e164 or None,
-        category=decision.category or None,
-        result=decision.result,
-        reason=decision.reason,
-        max_seconds=decision.max_seconds,
-        rate=decision.rate,
-        reserved=decision.reserved,
-        node=node,
-    )
+def decision_values(request: CallRequest, decision: Decision, clock: Clock,
+                    node: str) -> dict:
+    """Return the ``decisions`` row of ``decision``, by column, without its id."""
+    return {
+        "decided_at": clock.now(),
+        "trunk": storable(request.trunk) or NONE,
+        "uniqueid": storable(request.uniqueid) or NONE,
+        "channel": storable(request.channel),
+        "caller": storable(request.caller),
+        "dialled": storable(request.dialled),
+        "e164": storable(decision.e164) or None,
+        "category": decision.category or None,
+        "result": decision.result,
+        "reason": storable(decision.reason),
+        "max_seconds": decision.max_seconds,
+        "rate": decision.rate,
+        "reserved": decision.reserved,
+        "node": storable(node),
+    }
+

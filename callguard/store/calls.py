@@ -14,6 +14,7 @@ from sqlalchemy.engine import Dialect
 from callguard.store.hangups import UNIQUEIDS_PER_QUERY
 from callguard.store.models import Call, Decision
 from callguard.store.records import (
+    DECISION_RESULTS,
     STATE_ENDED,
     CallRecord,
     DecisionRecord,
@@ -70,6 +71,25 @@ def prepare_decision(dialect: Dialect, record: DecisionRecord) -> tuple:
     return _decision_insert(dialect).prepare(record)
 
 
+def prepare_decision_values(dialect: Dialect, values: Mapping[str, Any]) -> tuple:
+    """Return a decision given as column ``values`` (all but the id) as driver values.
+
+    The daemon records every decision it makes this way, without building a
+    ``DecisionRecord`` first. The texts must already be free of NUL
+    characters (``callguard.text.storable``). Raises TypeError or ValueError
+    for a value the record would refuse: the result, a naive time, money
+    that is not a finite ``Decimal``, a negative rate or a bad count.
+    """
+    result = values["result"]
+    if result not in DECISION_RESULTS:
+        raise ValueError(f"result {result!r} is invalid; use one of "
+                         f"{', '.join(DECISION_RESULTS)}")
+    max_seconds = values["max_seconds"]
+    if max_seconds is not None:
+        check_count(max_seconds, "max_seconds")
+    return _decision_insert(dialect).prepare_values(values)
+
+
 def add_prepared_decisions(conn: Connection, rows: Sequence[tuple]) -> None:
     """Insert decisions returned by prepare_decision, with consecutive ids."""
     if not rows:
@@ -100,6 +120,11 @@ class _DriverInsert:
             (name, columns[name].type.dialect_impl(dialect).bind_processor(dialect))
             for name in names if name != "id"
         ]
+        self._value_names = [name for name, _ in self._converters]
+        # The positions in a row of the values that need converting.
+        self._processors = [(index, processor)
+                            for index, (_, processor) in enumerate(self._converters)
+                            if processor is not None]
         self._positional = dialect.positional
         self._rows_per_statement = 1
         if dialect.name == "sqlite" and dialect.positional:
@@ -116,6 +141,15 @@ class _DriverInsert:
                 value = processor(value)
             converted.append(value)
         return tuple(converted)
+
+    def prepare_values(self, values: Mapping[str, Any]) -> tuple:
+        """Return the driver's values for the columns in ``values``, as prepare() does."""
+        row = [values[name] for name in self._value_names]
+        for index, processor in self._processors:
+            value = row[index]
+            if value is not None:
+                row[index] = processor(value)
+        return tuple(row)
 
     def execute_prepared(self, conn: Connection, rows: Sequence[tuple], first_id: int) -> None:
         """Insert prepared ``rows`` under consecutive ids from ``first_id``, in few statements.

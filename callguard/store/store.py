@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import Connection
 
@@ -209,6 +210,10 @@ class Store(OutboxMethods, AuditMethods):
         ValueError for a record that cannot be stored.
         """
         return calls.prepare_decision(self._engine.dialect, record)
+
+    def prepare_decision_values(self, values: Mapping[str, Any]) -> tuple:
+        """Return a decision's column ``values`` converted as prepare_decision() does."""
+        return calls.prepare_decision_values(self._engine.dialect, values)
 
     def add_prepared_decisions(self, rows: Sequence[tuple]) -> None:
         """Append decisions returned by prepare_decision in one transaction."""
