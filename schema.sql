@@ -1,4 +1,4 @@
--- The callguard database schema, version 2, for PostgreSQL and SQLite alike.
+-- The callguard database schema, version 3, for PostgreSQL and SQLite alike.
 --
 -- callguard creates this schema by itself in an empty database. Use this file
 -- to create it by hand instead, e.g. when the daemon's database user may not
@@ -6,14 +6,16 @@
 --   psql -v ON_ERROR_STOP=1 -1 -d callguard -f schema.sql
 --   sqlite3 /var/lib/callguard/callguard.db < schema.sql
 --
--- The daemon upgrades a database of version 1 by itself. By hand:
+-- The daemon upgrades a database of version 1 or 2 by itself. By hand, from
+-- version 1 run all of the statements below, and from version 2 the last two:
 --   ALTER TABLE blocks ADD COLUMN renewed_at TIMESTAMP WITH TIME ZONE;
 --   ALTER TABLE blocks ADD COLUMN renewed_by TEXT;
 --   ALTER TABLE blocks ADD COLUMN first_reason TEXT;
---   UPDATE schema_version SET version = 2;
+--   (the CREATE TABLE live_spend statement of this file)
+--   UPDATE schema_version SET version = 3;
 --
--- Money columns (rate, connection_fee, reserved, cost, amount, daily_spend,
--- weekly_spend, call_cost) are BIGINT micro-units: 1.50 is stored as 1500000.
+-- Money columns (rate, connection_fee, reserved, cost, amount, live, held,
+-- daily_spend, weekly_spend, call_cost) are BIGINT micro-units: 1.50 is stored as 1500000.
 -- Timestamps are UTC; SQLite stores them as text 'YYYY-MM-DD HH:MM:SS.ffffff'.
 -- Increments are seconds.
 -- Ids of decisions, calls, blocks, hangups, outbox and audit come from
@@ -134,6 +136,23 @@ CREATE TABLE spend (
     CONSTRAINT ck_spend_window CHECK ("window" IN ('day', 'week'))
 );
 
+-- Spend that each node sharing the store has not added to spend yet: the
+-- blocks its calls still up have begun, the ended calls it has still to store
+-- (live), and the first blocks its pending checks hold (held). Each node
+-- replaces its own rows every few seconds; the others ignore rows whose
+-- updated_at is too old, as those of a node that crashed.
+CREATE TABLE live_spend (
+    node TEXT NOT NULL,
+    trunk TEXT NOT NULL,
+    "window" TEXT NOT NULL,
+    window_key TEXT NOT NULL,
+    live BIGINT NOT NULL,
+    held BIGINT NOT NULL,
+    updated_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    CONSTRAINT pk_live_spend PRIMARY KEY (node, trunk, "window", window_key),
+    CONSTRAINT ck_live_spend_window CHECK ("window" IN ('day', 'week'))
+);
+
 -- Blocks; expires_at NULL means permanent, lifted_at set means lifted. A
 -- renewal replaces reason and expires_at and sets renewed_at and renewed_by,
 -- and first_reason keeps the reason given at created_at.
@@ -223,7 +242,7 @@ CREATE TABLE audit (
 );
 CREATE INDEX ix_audit_at ON audit (at);
 
-INSERT INTO schema_version (version) VALUES (2);
+INSERT INTO schema_version (version) VALUES (3);
 INSERT INTO id_counters (name, last_id) VALUES ('decisions', 0);
 INSERT INTO id_counters (name, last_id) VALUES ('calls', 0);
 INSERT INTO id_counters (name, last_id) VALUES ('blocks', 0);

@@ -16,6 +16,7 @@ from callguard.store import (
     Base,
     DecisionRecord,
     HangupRecord,
+    LiveSpendRow,
     Money,
     PerMinuteRate,
     OutboxRecord,
@@ -220,8 +221,8 @@ def test_column_types_per_backend(engines):
         for column in table.columns
         if isinstance(column.type, PerMinuteRate)
     ]
-    assert len(money) == 8
-    assert len(times) == 16
+    assert len(money) == 10
+    assert len(times) == 17
     assert sorted(rates) == [("calls", "rate"), ("decisions", "rate"), ("rates", "rate")]
 
     for table, name in money:
@@ -302,9 +303,20 @@ VERSION_2_LINES = (
 )
 
 
+def version_2_sql() -> str:
+    """Return schema.sql as it was at version 2, before the live_spend table."""
+    sql = SCHEMA_SQL.read_text()
+    start = sql.index("\nCREATE TABLE live_spend (")
+    end = sql.index(");", start) + len(");")
+    sql = sql[:start] + sql[end:]
+    seed = "INSERT INTO schema_version (version) VALUES (3);"
+    assert seed in sql
+    return sql.replace(seed, "INSERT INTO schema_version (version) VALUES (2);")
+
+
 def version_1_sql() -> str:
     """Return schema.sql as it was at version 1, before blocks recorded renewals."""
-    sql = SCHEMA_SQL.read_text()
+    sql = version_2_sql()
     for line in VERSION_2_LINES:
         assert line in sql
         sql = sql.replace(line, "")
@@ -330,7 +342,7 @@ def test_store_upgrades_version_1(engines, twin_url):
                                        T0 + timedelta(hours=1), None, "bob")
 
     assert describe(from_sql) == describe(from_models)
-    assert seeds(from_sql)[0] == [(2,)]
+    assert seeds(from_sql)[0] == [(3,)]
     assert old.renewed_by is None
     assert old.first_reason is None
     assert renewal.block.id == 1
@@ -342,7 +354,7 @@ def test_read_only_open_keeps_version_1(twin_url):
     engine = create_engine(twin_url)
     run_schema_sql(engine, version_1_sql())
 
-    with pytest.raises(StoreError, match="has schema version 1, older than version 2"):
+    with pytest.raises(StoreError, match="has schema version 1, older than version 3"):
         Store(twin_url, create_schema=False).open()
 
     with engine.connect() as conn:
@@ -351,6 +363,21 @@ def test_read_only_open_keeps_version_1(twin_url):
     engine.dispose()
     assert version == 1
     assert "renewed_at" not in columns
+
+
+def test_store_upgrades_version_2(engines, twin_url):
+    from_models, from_sql = engines
+    create_from_models(from_models)
+    run_schema_sql(from_sql, version_2_sql())
+    row = LiveSpendRow("gamma", "day", "2024-06-14", Decimal("1.50"), Decimal("0.20"))
+
+    with Store(twin_url) as store:
+        store.replace_live_spend("pbx-a", [row], T0)
+        shared = store.others_live_spend("pbx-b", T0)
+
+    assert describe(from_sql) == describe(from_models)
+    assert seeds(from_sql)[0] == [(3,)]
+    assert shared == {("gamma", "day", "2024-06-14"): Decimal("1.70")}
 
 
 @pytest.fixture

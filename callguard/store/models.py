@@ -31,9 +31,9 @@ from callguard.store.records import (
 )
 from callguard.store.types import Money, PerMinuteRate, UTCDateTime
 
-# Version 2 added the renewal columns of blocks; schema.upgrade_schema adds
-# them to a database of version 1.
-SCHEMA_VERSION = 2
+# Version 2 added the renewal columns of blocks, and version 3 the live_spend
+# table; schema.upgrade_schema adds them to a database of an older version.
+SCHEMA_VERSION = 3
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -194,6 +194,29 @@ class Spend(Base):
     window: Mapped[str] = mapped_column(Text)
     window_key: Mapped[str] = mapped_column(Text)  # "2024-06-14" or "2024-W24"
     amount: Mapped[Decimal] = mapped_column(Money)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class LiveSpend(Base):
+    """The spend of one node's calls still up, and of its pending holds, in one window.
+
+    Each node that shares the store replaces its own rows every few seconds,
+    and the other nodes count the rows updated recently in their limits.
+    """
+
+    __tablename__ = "live_spend"
+    __table_args__ = (
+        PrimaryKeyConstraint("node", "trunk", "window", "window_key"),
+        CheckConstraint(_sql_in('"window"', WINDOWS), name="window"),
+    )
+
+    node: Mapped[str] = mapped_column(Text)
+    trunk: Mapped[str] = mapped_column(Text)
+    window: Mapped[str] = mapped_column(Text)
+    window_key: Mapped[str] = mapped_column(Text)  # "2024-06-14" or "2024-W24"
+    # Blocks begun by calls still up, plus ended calls not yet in spend.
+    live: Mapped[Decimal] = mapped_column(Money)
+    held: Mapped[Decimal] = mapped_column(Money)  # first blocks of pending checks
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 

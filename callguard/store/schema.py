@@ -1,7 +1,7 @@
 """Creation and version check of the schema, id allocation, and per-dialect upserts."""
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, inspect, select, text, update
@@ -16,6 +16,7 @@ from callguard.store.models import (
     Base,
     Block,
     IdCounter,
+    LiveSpend,
     SchemaVersion,
 )
 
@@ -91,6 +92,8 @@ def ensure_schema(
     version = _read_version(conn)
     if version in UPGRADES and create:
         upgrade_schema(conn, version, database)
+        existing |= {name for step in range(version, SCHEMA_VERSION)
+                     for name in ADDED_TABLES.get(step, ())}
     else:
         _check_version(version, database)
 
@@ -149,16 +152,22 @@ def _check_version(version: int, database: str) -> None:
 # Columns that each schema version added, by the version that lacks them.
 UPGRADES: dict[int, tuple[tuple[str, tuple[str, ...]], ...]] = {
     1: ((Block.__tablename__, ("renewed_at", "renewed_by", "first_reason")),),
+    2: (),
+}
+# Tables that each schema version added, by the version that lacks them.
+ADDED_TABLES: dict[int, tuple[str, ...]] = {
+    2: (LiveSpend.__tablename__,),
 }
 
 
 def upgrade_schema(conn: Connection, version: int, database: str = "the database") -> None:
-    """Add to a database of ``version`` the columns of every later version.
+    """Add to a database of ``version`` the columns and tables of every later version.
 
-    Each added column is nullable, so a daemon of the older version that
-    still runs against the database goes on working. Raises ``StoreError``
-    naming ``database`` and the upgrade by hand when PostgreSQL rejects an
-    ALTER TABLE, as it does for a user that does not own the tables.
+    Each added column is nullable and no added table is needed by older code,
+    so a daemon of the older version that still runs against the database
+    goes on working. Raises ``StoreError`` naming ``database`` and the
+    upgrade by hand when PostgreSQL rejects an ALTER TABLE or CREATE TABLE, as
+    it does for a user that does not own the tables or may not create any.
     """
     preparer = conn.dialect.identifier_preparer
     for step in range(version, SCHEMA_VERSION):
@@ -168,18 +177,29 @@ def upgrade_schema(conn: Connection, version: int, database: str = "the database
                 column_type = table.columns[name].type.compile(dialect=conn.dialect)
                 statement = text(f"ALTER TABLE {preparer.quote(table_name)} "
                                  f"ADD COLUMN {preparer.quote(name)} {column_type}")
-                try:
-                    conn.execute(statement)
-                except ProgrammingError as exc:
-                    cause = str(exc.orig).strip().splitlines()[0]
-                    raise StoreError(
-                        f"{database} has schema version {version}, and upgrading it to "
-                        f"version {SCHEMA_VERSION} failed ({cause}). Run the upgrade "
-                        "statements at the top of schema.sql as the owner of the tables, "
-                        "then try again"
-                    ) from None
+                _run_upgrade(conn, version, database,
+                             lambda statement=statement: conn.execute(statement))
+        for table_name in ADDED_TABLES.get(step, ()):
+            table = Base.metadata.tables[table_name]
+            _run_upgrade(conn, version, database,
+                         lambda table=table: table.create(conn, checkfirst=True))
     conn.execute(update(SchemaVersion).values(version=SCHEMA_VERSION))
     log.info("upgraded database schema from version %d to %d", version, SCHEMA_VERSION)
+
+
+def _run_upgrade(conn: Connection, version: int, database: str,
+                 statement: Callable[[], object]) -> None:
+    """Run one upgrade ``statement``, explaining the upgrade by hand if the database rejects it."""
+    try:
+        statement()
+    except ProgrammingError as exc:
+        cause = str(exc.orig).strip().splitlines()[0]
+        raise StoreError(
+            f"{database} has schema version {version}, and upgrading it to "
+            f"version {SCHEMA_VERSION} failed ({cause}). Run the upgrade "
+            "statements at the top of schema.sql as the owner of the tables, "
+            "then try again"
+        ) from None
 
 
 def _check_counters(conn: Connection) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from callguard.store import blocks, calls, decks, hangups, spend
+from callguard.store import blocks, calls, decks, hangups, live_spend, spend
 from callguard.store.engine import (
     WRITE_OPTION,
     StoreError,
@@ -259,6 +259,28 @@ class Store(OutboxMethods, AuditMethods):
         """Return the spend of ``trunk`` in each window of ``keys`` (window -> key)."""
         with self._transaction(f"reading spend of trunk {trunk}", write=False) as conn:
             return spend.spend_for(conn, trunk, keys)
+
+    # Live spend that nodes sharing the store show each other.
+
+    def replace_live_spend(
+        self, node: str, rows: Sequence[live_spend.LiveSpendRow], at: datetime
+    ) -> None:
+        """Replace the live spend rows of ``node`` with ``rows``, updated at ``at``.
+
+        An empty ``rows`` deletes them, as when the node's calls have ended.
+        """
+        live_spend.check_live_spend(node, rows, at)
+        with self._transaction(f"storing the live spend of node {node}") as conn:
+            live_spend.replace_live_spend(conn, node, rows, at)
+
+    def others_live_spend(
+        self, node: str, since: datetime
+    ) -> dict[tuple[str, str, str], Decimal]:
+        """Return the live and held spend of the nodes other than ``node`` per
+        (trunk, window, key), from their rows updated at or after ``since``."""
+        with self._transaction("reading the live spend of other nodes",
+                               write=False) as conn:
+            return live_spend.others_live_spend(conn, node, since)
 
     # Calls.
 

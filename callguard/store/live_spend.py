@@ -1,0 +1,68 @@
+"""Live spend that each node shares with the others, as functions over a connection."""
+
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import NamedTuple
+
+from sqlalchemy import Connection, delete, insert, select
+
+from callguard.store.models import LiveSpend
+from callguard.store.records import check_text
+from callguard.store.types import check_aware, check_money
+from callguard.store.windows import check_window_key
+
+
+class LiveSpendRow(NamedTuple):
+    """One node's spend in one window that the spend table does not contain yet."""
+
+    trunk: str
+    window: str
+    key: str
+    live: Decimal  # blocks begun by calls still up, plus ended calls not yet stored
+    held: Decimal  # first blocks of pending checks
+
+
+def check_live_spend(node: str, rows: Sequence[LiveSpendRow], at: datetime) -> None:
+    """Raise ``TypeError`` or ``ValueError`` unless the rows can be stored for ``node``."""
+    check_text(node, "node")
+    check_aware(at, "at")
+    seen = set()
+    for row in rows:
+        check_text(row.trunk, "trunk")
+        check_window_key(row.window, row.key)
+        check_money(row.live, f"live spend of {row.trunk} {row.window} {row.key}")
+        check_money(row.held, f"held spend of {row.trunk} {row.window} {row.key}")
+        slot = (row.trunk, row.window, row.key)
+        if slot in seen:
+            raise ValueError(f"live spend of {row.trunk} {row.window} {row.key} is given "
+                             "twice; give one row per trunk and window")
+        seen.add(slot)
+
+
+def replace_live_spend(conn: Connection, node: str, rows: Sequence[LiveSpendRow],
+                       at: datetime) -> None:
+    """Replace every row of ``node`` with ``rows``, each updated at ``at``."""
+    conn.execute(delete(LiveSpend).where(LiveSpend.node == node))
+    if rows:
+        conn.execute(insert(LiveSpend), [
+            {"node": node, "trunk": row.trunk, "window": row.window,
+             "window_key": row.key, "live": row.live, "held": row.held, "updated_at": at}
+            for row in rows
+        ])
+
+
+def others_live_spend(conn: Connection, node: str,
+                      since: datetime) -> dict[tuple[str, str, str], Decimal]:
+    """Return the live and held spend of every node but ``node``, summed per
+    (trunk, window, key), from the rows updated at or after ``since``."""
+    check_text(node, "node")
+    check_aware(since, "since")
+    statement = select(LiveSpend.trunk, LiveSpend.window, LiveSpend.window_key,
+                       LiveSpend.live, LiveSpend.held).where(
+        LiveSpend.node != node, LiveSpend.updated_at >= since)
+    totals: dict[tuple[str, str, str], Decimal] = {}
+    for trunk, window, key, live, held in conn.execute(statement):
+        slot = (trunk, window, key)
+        totals[slot] = totals.get(slot, Decimal(0)) + live + held
+    return totals
