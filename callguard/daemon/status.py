@@ -72,6 +72,7 @@ def status(guard: LiveGuard, currency: str, ari_connected: bool | None) -> dict:
         keys = window_keys(now, config.timezone)
         spent = {window: guard.ledger.committed(name, window, keys[window])
                  + guard.ledger.live(name, window, keys[window])
+                 + guard.ledger.others(name, window, keys[window])
                  for window in (DAY, WEEK)}
         trunks[name] = {
             "day": keys[DAY],

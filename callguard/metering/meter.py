@@ -259,9 +259,9 @@ class TrunkMeter:
             limit = limits[window]
             if limit is None:
                 return None
-            committed = self._committed(window, key)
+            elsewhere = self._spent_elsewhere(window, key)
             held = self._held(self.name, window, key)
-            return to_micros(limit - committed - held)
+            return to_micros(limit - elsewhere - held)
 
         found = self.first_moment(now, budget)
         return None if found is None else self._deadline(*found)
@@ -274,10 +274,19 @@ class TrunkMeter:
             amount = threshold(window, key)
             if amount is None:
                 return None
-            return to_micros(amount - self._committed(window, key)) - 1
+            return to_micros(amount - self._spent_elsewhere(window, key)) - 1
 
         found = self.first_moment(now, budget)
         return None if found is None else EPOCH + timedelta(microseconds=found[0])
+
+    def _spent_elsewhere(self, window: str, key: str) -> Decimal:
+        """Return the spend of a window that the live legs here do not contain:
+        the committed spend and the live spend and holds of the other daemons.
+
+        Their share is fixed at its last read, so the search does not count
+        the blocks that their calls begin after it.
+        """
+        return self._committed(window, key) + self.ledger.others(self.name, window, key)
 
     def _committed(self, window: str, key: str) -> Decimal:
         """Return the committed spend of a window, noting it when not read from the store yet.

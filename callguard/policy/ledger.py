@@ -14,6 +14,14 @@ that runs before or after such a write counts the call once. A read whose
 window gets such a write while its result is on the way is sent again,
 because the store may have run it before the write, and ``unwritten`` no
 longer contains the call.
+
+Those daemons also share what their calls still up have spent and what
+their pending checks hold, which no stored total contains yet. Each writes
+its own part to the store every few seconds, and ``others`` keeps the
+parts of the other daemons as last read. ``spent()`` counts them with this
+daemon's own spend. A daemon counts a call that ended in its share until the
+store has the call (``unwritten``), so its share falls only once the
+stored total has risen.
 """
 
 import asyncio
@@ -53,6 +61,8 @@ class Ledger:
         self._unread: dict[WindowId, Decimal] = {}
         # The windows being read from the store.
         self._reads: dict[WindowId, _ReadsInFlight] = {}
+        # The live spend and holds of the other daemons sharing the store.
+        self._others: dict[WindowId, Decimal] = {}
 
     async def load(self, trunk: str, keys: dict[str, str]) -> None:
         """Make sure the committed totals of these windows are in memory."""
@@ -122,12 +132,43 @@ class Ledger:
     def live(self, trunk: str, window: str, key: str) -> Decimal:
         return self._live.get((trunk, window, key), ZERO)
 
+    def others(self, trunk: str, window: str, key: str) -> Decimal:
+        """Return the live spend and holds of the other daemons in one window."""
+        return self._others.get((trunk, window, key), ZERO)
+
     def spent(self, trunk: str, window: str, key: str) -> Decimal | None:
-        """Return committed plus live spend, or None when the window was never loaded."""
+        """Return committed plus live spend, the other daemons' included, or None
+        when the window was never loaded."""
         window_id = (trunk, window, key)
         if window_id not in self._committed:
             return None
-        return self._committed[window_id] + self._live.get(window_id, ZERO)
+        return (self._committed[window_id] + self._live.get(window_id, ZERO)
+                + self._others.get(window_id, ZERO))
+
+    def unstored(self, trunk: str, window: str, key: str) -> Decimal:
+        """Return this daemon's spend in one window that the store's total lacks:
+        the live spend and the calls that ended but are not written yet."""
+        window_id = (trunk, window, key)
+        return self._live.get(window_id, ZERO) + self._unwritten.get(window_id, ZERO)
+
+    def others_fallen(self, others: dict[WindowId, Decimal]) -> list[WindowId]:
+        """Return the windows in which ``others`` is less than the shares counted now.
+
+        A share falls when calls end, and their cost is in the store's totals
+        by then, so those totals must be read again before the new shares count.
+        """
+        return [window_id for window_id, amount in self._others.items()
+                if others.get(window_id, ZERO) < amount]
+
+    def replace_others(self, others: dict[WindowId, Decimal]) -> set[str]:
+        """Count ``others`` as the other daemons' shares from now on.
+
+        Returns the trunks whose shares changed.
+        """
+        changed = {window_id[0] for window_id in self._others.keys() | others.keys()
+                   if self._others.get(window_id, ZERO) != others.get(window_id, ZERO)}
+        self._others = {window_id: amount for window_id, amount in others.items() if amount}
+        return changed
 
     def add_live(self, trunk: str, charges: dict[WindowKey, Decimal]) -> None:
         _add(self._live, trunk, charges, 1)
