@@ -40,6 +40,16 @@ async def eventually(condition, timeout: float = 5.0, what: str = "condition") -
         await asyncio.sleep(0.01)
 
 
+async def answered_call(pbx: "Pbx", number: str, endpoint: str = "1001"):
+    """Dial ``number`` on ``pbx``, expect ALLOW, answer the call and wait for its leg to be up."""
+    call, result = await pbx.call(number, endpoint=endpoint)
+    assert result["CALLGUARD_RESULT"] == "ALLOW", result
+    await pbx.ari.answer(call)
+    await eventually(lambda: call.trunk_id in pbx.legs()
+                     and pbx.legs()[call.trunk_id].state == "up", what="answered leg")
+    return call
+
+
 class Pbx:
     """An emulated Asterisk with callguard attached, sharing one manual clock."""
 
@@ -94,6 +104,7 @@ class Pbx:
     async def crash(self) -> None:
         """Leave callguard as kill -9 would: nothing flushed, no call finished."""
         app = self.app
+        await app.live_share.stop()
         await app.ari.stop()
         await app.fastagi.stop(grace=0)
         if app.control is not None and app.control._server is not None:
@@ -158,11 +169,13 @@ class Pbx:
         return self.app.guard.legs
 
     async def settle(self) -> None:
-        """Wait until the guard has finished the work that the clock and the events
-        so far started: limit searches, spend reads, call writes and hang-ups.
+        """Wait until callguard has finished the work that the clock and the events
+        so far started: a round of live spend sharing, limit searches, spend
+        reads, call writes and hang-ups.
 
         Moving the clock again before then would let that work see a later time.
         """
+        await self.app.live_share.settle()
         guard = self.app.guard
         while True:
             await guard.drain()

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy
 
 from callguard.store import CallRecord, HangupRecord, Store
-from live_support import Pbx, eventually, stored_calls
+from live_support import Pbx, answered_call, eventually, stored_calls
 
 pytestmark = pytest.mark.postgres
 
@@ -45,15 +45,6 @@ async def nodes(tmp_path, pg_url):
 def advance(nodes: list[Pbx], seconds: float) -> None:
     for pbx in nodes:
         pbx.clock.advance(seconds)
-
-
-async def answered_call(pbx: Pbx, number: str, endpoint: str = "1001"):
-    call, result = await pbx.call(number, endpoint=endpoint)
-    assert result["CALLGUARD_RESULT"] == "ALLOW", result
-    await pbx.ari.answer(call)
-    await eventually(lambda: call.trunk_id in pbx.legs()
-                     and pbx.legs()[call.trunk_id].state == "up", what="answered leg")
-    return call
 
 
 async def test_calls_ending_together_both_charged(nodes):

@@ -27,6 +27,7 @@ from callguard.daemon.live import (
 from callguard.daemon.operator import BACKEND_POSTGRESQL, operator_commands
 from callguard.daemon.exclusive import DatabaseLock
 from callguard.daemon.recorder import DecisionRecorder
+from callguard.daemon.sharing import LiveSpendShare
 from callguard.daemon.state import LoadedTables, build_state
 from callguard.daemon.tables import copy_tables_to_store
 from callguard.metering.alerts import AlertRaiser
@@ -53,8 +54,9 @@ log = logging.getLogger(__name__)
 ARI_ALERT_AFTER = timedelta(minutes=5)
 ARI_WATCH_INTERVAL = 10.0
 # Seconds between reads of the spend totals that other daemons sharing the
-# store may have added to. A shared trunk can overrun by what the other nodes'
-# calls end in this time.
+# store may have added to. The calls they end reach this daemon sooner, with
+# their live spend (see callguard.daemon.sharing), so this read brings in
+# what reaches the totals otherwise, such as a reset by callguardctl.
 SPEND_REFRESH_SECONDS = 10.0
 LIMIT_WINDOWS = {REASON_DAILY: DAY, REASON_WEEKLY: WEEK}
 
@@ -101,6 +103,8 @@ class Application:
         self.offenders = OffenderGuard(self.blocks, self.worker, self.clock, self.alerts)
         self._watch: asyncio.Task | None = None
         self._refresh: asyncio.Task | None = None
+        # Runs only on a shared store: one SQLite database serves one daemon.
+        self.live_share = LiveSpendShare(self)
         self.ari_alert_after = ARI_ALERT_AFTER
         self.ari_watch_interval = ARI_WATCH_INTERVAL
 
@@ -165,6 +169,8 @@ class Application:
         self._watch = asyncio.create_task(self._watch_ari(), name="ari-watch")
         self._refresh = asyncio.create_task(self._refresh_spend_forever(),
                                             name="spend-refresh")
+        if self._shared_store:
+            self.live_share.start()
 
     async def alerts_settle(self, timeout: float = 5.0) -> None:
         """Wait until the alerts raised so far are in the outbox and attempted."""
@@ -423,6 +429,7 @@ class Application:
             self._refresh.cancel()
         if self._watch is not None:
             self._watch.cancel()
+        await self.live_share.stop()
         # Stop accepting checks first; running sessions finish while the
         # control socket goes away.
         sessions = None

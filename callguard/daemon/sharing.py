@@ -1,0 +1,147 @@
+"""Live spend that the daemons sharing a PostgreSQL store show each other.
+
+A trunk's stored totals contain only the calls that have ended. So every
+LIVE_SPEND_SECONDS each daemon writes to the store what its calls still up
+have spent and what its pending checks hold, per trunk and current day and
+week. It then reads the same of the other daemons, and the ledger counts it
+in every decision and limit search. A daemon whose rows are older than
+LIVE_SPEND_STALE_SECONDS is taken to be down, and its rows no longer count.
+"""
+
+import asyncio
+import logging
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from callguard.clock import TimerHandle
+from callguard.repeats import RepeatLimiter, suppressed_note
+from callguard.store import LiveSpendRow, StoreError
+from callguard.windows import DAY, WEEK, window_keys
+
+if TYPE_CHECKING:
+    from callguard.daemon.app import Application
+
+log = logging.getLogger(__name__)
+
+# Seconds between two rounds of writing this daemon's live spend and reading
+# the others'. A shared trunk can overrun its limit by what the calls up on
+# the other nodes begin in about twice this time. Up to one round passes
+# before a node writes a new block, and up to one more before another reads it.
+LIVE_SPEND_SECONDS = 2.0
+# Rows of a node not updated for this long are ignored, as those of a node
+# that crashed or lost the store. It is well above the 25 s that a statement
+# on a vanished PostgreSQL host may take to fail, so one slow write does not
+# make a running node's rows stale.
+LIVE_SPEND_STALE_SECONDS = 60.0
+
+
+class LiveSpendShare:
+    """Writes this daemon's live spend to the store and reads the other daemons'."""
+
+    def __init__(self, app: "Application"):
+        self._app = app
+        self._timer: TimerHandle | None = None
+        self._task: asyncio.Task | None = None
+        # True while the store may contain rows of this node that are not zero.
+        self._rows_stored = True
+        self._errors = RepeatLimiter(clock=app.clock)
+        self._stopped = False
+
+    def start(self) -> None:
+        """Run a round every LIVE_SPEND_SECONDS on the daemon's clock."""
+        self._stopped = False
+        self._schedule()
+
+    async def stop(self) -> None:
+        """Stop the rounds, and wait for the one running to end.
+
+        The rows stay in the store: the calls of this node go on while it
+        restarts, and the rows count for the others until they are stale.
+        """
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def settle(self) -> None:
+        """Wait for the round that is running, if any."""
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def _schedule(self) -> None:
+        clock = self._app.clock
+        at = clock.now() + timedelta(seconds=LIVE_SPEND_SECONDS)
+        self._timer = clock.call_at(at, self._start_round)
+
+    def _start_round(self) -> None:
+        self._timer = None
+        if self._stopped:
+            return
+        self._task = asyncio.get_running_loop().create_task(self._round(),
+                                                            name="live-spend-share")
+
+    async def _round(self) -> None:
+        try:
+            await self.share()
+        except Exception:
+            # A bug here must not end the rounds: the next one may succeed.
+            log.exception("sharing live spend with the other nodes failed unexpectedly; "
+                          "trying again in %g s", LIVE_SPEND_SECONDS)
+        finally:
+            if not self._stopped:
+                self._schedule()
+
+    async def share(self) -> None:
+        """Write this daemon's live spend, then read the other daemons' and count it.
+
+        A store error is logged and the round ends. The ledger then keeps the
+        shares of the others that it read last, until they are read again.
+        """
+        app = self._app
+        now = app.clock.now()
+        rows = self._own_rows()
+        if rows or self._rows_stored:
+            try:
+                await app.worker.call(app.store.replace_live_spend, app.node, rows, now)
+                self._rows_stored = bool(rows)
+            except StoreError as exc:
+                self._log_error("failed to store this node's live spend for the other "
+                                "nodes", exc)
+
+        since = now - timedelta(seconds=LIVE_SPEND_STALE_SECONDS)
+        try:
+            others = await app.worker.call(app.store.others_live_spend, app.node, since)
+            fallen = app.ledger.others_fallen(others)
+            changed = await app.ledger.refresh(fallen) if fallen else set()
+        except StoreError as exc:
+            self._log_error("failed to read the live spend of the other nodes", exc)
+            return
+        changed |= app.ledger.replace_others(others)
+        for trunk in changed:
+            log.debug("%s: live spend of the other nodes changed", trunk)
+            app.guard.reschedule_soon(trunk)
+
+    def _own_rows(self) -> list[LiveSpendRow]:
+        """Return this daemon's live spend and holds in each trunk's current windows."""
+        app = self._app
+        now = app.clock.now()
+        app.reservations.expire(now)
+        rows = []
+        for name, trunk in app.config.trunks.items():
+            app.guard.catch_up(name)
+            keys = window_keys(now, trunk.timezone)
+            for window in (DAY, WEEK):
+                live = app.ledger.unstored(name, window, keys[window])
+                held = app.reservations.held(name, window, keys[window])
+                if live or held:
+                    rows.append(LiveSpendRow(name, window, keys[window], live, held))
+        return rows
+
+    def _log_error(self, failure: str, exc: StoreError) -> None:
+        suppressed = self._errors.admit()
+        if suppressed is not None:
+            log.error("%s: %s; trying again in %g s%s", failure, exc, LIVE_SPEND_SECONDS,
+                      suppressed_note(suppressed))

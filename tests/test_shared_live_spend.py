@@ -1,0 +1,225 @@
+"""Two PBX nodes on one PostgreSQL store count each other's calls while they are up."""
+
+import logging
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from callguard.daemon.sharing import LIVE_SPEND_SECONDS, LIVE_SPEND_STALE_SECONDS
+from callguard.store import LiveSpendRow, Store
+from live_support import Pbx, answered_call, eventually
+
+pytestmark = pytest.mark.postgres
+
+START = datetime(2024, 6, 14, 9, 0, tzinfo=timezone.utc)
+DAY = "2024-06-14"
+
+TRUNK = """\
+[trunk gamma]
+bar = premium, international
+daily_limit = 10.00
+channel_pattern = PJSIP/gamma-*
+rates = rates.csv
+"""
+# Landlines at 1.00 a minute, so a call begins a block of 1.00 every 60 s,
+# and mobiles at 3.00, whose first block fits in 6.00 but not in 2.00.
+RATES = ("prefix,description,rate,connection_fee,increments\n"
+         "44,United Kingdom,1.00,,60/60\n"
+         "447,United Kingdom mobile,3.00,,60/60\n")
+MOBILE = "07700900123"
+
+
+async def start_nodes(tmp_path, urls: dict[str, str]) -> list[Pbx]:
+    """Start one node per name in ``urls``, each on its database URL and own clock."""
+    started = []
+    for name, url in urls.items():
+        directory = tmp_path / name
+        directory.mkdir()
+        pbx = Pbx(directory, START, trunks=TRUNK, rates=RATES, database=url)
+        pbx.ari.system_name = f"pbx-{name}"
+        pbx.app_settings = {"node": f"pbx-{name}"}
+        await pbx.start()
+        started.append(pbx)
+    return started
+
+
+@pytest.fixture
+async def nodes(tmp_path, pg_url):
+    started = await start_nodes(tmp_path, {"a": pg_url, "b": pg_url})
+    yield started
+    for pbx in started:
+        await pbx.stop()
+
+
+@pytest.fixture
+async def cut_off_nodes(tmp_path, pg_url, proxy):
+    """Start node a on the store and node b on it through ``proxy``."""
+    through_proxy = make_url(pg_url).set(host="127.0.0.1", port=proxy.port)
+    started = await start_nodes(tmp_path, {
+        "a": pg_url, "b": through_proxy.render_as_string(hide_password=False)})
+    yield started
+    if not proxy.listening:
+        await proxy.listen()
+    for pbx in started:
+        await pbx.stop()
+
+
+async def step_to(nodes: list[Pbx], seconds: float) -> None:
+    """Move every running node's clock to START + ``seconds`` one second at a
+    time, letting each node act after every step."""
+    running = [pbx for pbx in nodes if pbx.app is not None]
+    target = START + timedelta(seconds=seconds)
+    while running[0].clock.now() < target:
+        for pbx in running:
+            pbx.clock.advance(1)
+        for pbx in running:
+            await pbx.settle()
+
+
+async def test_check_counts_other_node_calls(nodes):
+    a, b = nodes
+    await answered_call(a, "01632960123")
+    await answered_call(b, "01632960124", endpoint="1002")
+
+    # Four blocks begun on each call, at 0, 60, 120 and 180 s: 8.00 in all,
+    # so 2.00 is left, less than the mobile's first block. b counts a's
+    # block at 180 s within two rounds.
+    await step_to(nodes, 180 + 2 * LIVE_SPEND_SECONDS)
+    _, result = await b.call(MOBILE, endpoint="1003")
+
+    assert result["CALLGUARD_RESULT"] == "DENY"
+    assert result["CALLGUARD_REASON"] == "limit:daily"
+    assert b.app.ledger.live("gamma", "day", DAY) == Decimal("4.00")
+    assert b.app.ledger.others("gamma", "day", DAY) == Decimal("4.00")
+
+
+async def test_guards_hang_up_at_combined_limit(nodes):
+    a, b = nodes
+    call_a = await answered_call(a, "01632960123")
+    await step_to(nodes, 30)
+    call_b = await answered_call(b, "01632960124", endpoint="1002")
+
+    # a begins blocks at 0, 60, ... and b at 30, 90, .... With b's block at
+    # 270 s the two have begun ten, so a's block at 300 s cannot be paid and
+    # a hangs up 1 s before it. b's next block, at 330 s, cannot be paid either.
+    await step_to(nodes, 298)
+    a_before_limit = list(a.ari.deletes)
+    await step_to(nodes, 299)
+    await eventually(lambda: len(a.ari.deletes) == 1, what="a's hang-up")
+    await eventually(lambda: not a.legs(), what="a's leg to end")
+
+    await step_to(nodes, 328)
+    b_before_limit = list(b.ari.deletes)
+    await step_to(nodes, 329)
+    await eventually(lambda: len(b.ari.deletes) == 1, what="b's hang-up")
+    await eventually(lambda: not b.legs(), what="b's leg to end")
+    await a.app.guard.drain()
+    await b.app.guard.drain()
+
+    assert a_before_limit == []
+    assert a.ari.deletes[0][0] == call_a.trunk_id
+    assert b_before_limit == []
+    assert b.ari.deletes[0][0] == call_b.trunk_id
+    assert a.spend("day", DAY) == Decimal("10.00")
+
+
+async def test_stale_node_stops_counting(nodes):
+    a, b = nodes
+    await answered_call(a, "01632960123")
+    # Eight blocks begun by 420 s, so 2.00 is left once b has read them.
+    await step_to(nodes, 420 + 2 * LIVE_SPEND_SECONDS)
+    _, while_fresh = await b.call(MOBILE)
+    await a.crash()
+
+    crashed_at = 420 + 2 * LIVE_SPEND_SECONDS
+    await step_to(nodes, crashed_at + LIVE_SPEND_STALE_SECONDS - 2 * LIVE_SPEND_SECONDS)
+    _, before_stale = await b.call(MOBILE, endpoint="1002")
+    await step_to(nodes, crashed_at + LIVE_SPEND_STALE_SECONDS + LIVE_SPEND_SECONDS)
+    _, once_stale = await b.call(MOBILE, endpoint="1003")
+
+    assert while_fresh["CALLGUARD_REASON"] == "limit:daily"
+    assert before_stale["CALLGUARD_REASON"] == "limit:daily"
+    assert once_stale["CALLGUARD_RESULT"] == "ALLOW"
+    assert b.app.ledger.others("gamma", "day", DAY) == Decimal(0)
+
+
+async def test_store_outage_keeps_shares(cut_off_nodes, proxy, caplog):
+    a, b = cut_off_nodes
+    await answered_call(a, "01632960123")
+    await answered_call(b, "01632960124", endpoint="1002")
+    await step_to(cut_off_nodes, 185)
+    await proxy.refuse()
+
+    # b still counts a's four blocks as read last, and its own four.
+    with caplog.at_level(logging.ERROR, logger="callguard.daemon.sharing"):
+        await step_to(cut_off_nodes, 190)
+    _, during_outage = await b.call(MOBILE, endpoint="1003")
+    await proxy.listen()
+    await step_to(cut_off_nodes, 195)
+
+    assert "failed to store this node's live spend" in caplog.text
+    assert "failed to read the live spend of the other nodes" in caplog.text
+    assert during_outage["CALLGUARD_RESULT"] == "DENY"
+    assert during_outage["CALLGUARD_REASON"] == "limit:daily"
+    assert a.app.ledger.others("gamma", "day", DAY) == Decimal("4.00")
+    assert b.app.ledger.others("gamma", "day", DAY) == Decimal("4.00")
+
+
+async def test_ended_calls_leave_no_share(nodes):
+    a, b = nodes
+    await b.app.status()  # reads the day's total, which b then keeps current
+    call = await answered_call(a, "01632960123")
+    await step_to(nodes, 90)
+    await a.ari.hangup(call)
+    await eventually(lambda: not a.legs(), what="a's leg to end")
+    await step_to(nodes, 95)
+
+    with Store(a.config.general.database) as store:
+        shared_with_b = store.others_live_spend("pbx-b", START)
+
+    assert shared_with_b == {}
+    assert b.app.ledger.others("gamma", "day", DAY) == Decimal(0)
+    assert b.app.ledger.committed("gamma", "day", DAY) == Decimal("2.00")
+
+
+async def test_sqlite_node_writes_no_rows(tmp_path, sqlite_url):
+    pbx = Pbx(tmp_path, START, trunks=TRUNK, rates=RATES, database=sqlite_url)
+    await pbx.start()
+    try:
+        await answered_call(pbx, "01632960123")
+        for _ in range(3):
+            pbx.clock.advance(LIVE_SPEND_SECONDS)
+            await pbx.settle()
+        with Store(sqlite_url) as store:
+            rows = store.others_live_spend("another-node", START)
+    finally:
+        await pbx.stop()
+
+    assert rows == {}
+
+
+def test_others_live_spend_skips_stale(store):
+    fresh = START + timedelta(seconds=LIVE_SPEND_STALE_SECONDS)
+    store.replace_live_spend("pbx-a", [
+        LiveSpendRow("gamma", "day", DAY, Decimal("1.50"), Decimal("0.25")),
+        LiveSpendRow("gamma", "week", "2024-W24", Decimal("1.50"), Decimal("0.25")),
+    ], START)
+    store.replace_live_spend("pbx-b", [
+        LiveSpendRow("gamma", "day", DAY, Decimal("2.00"), Decimal(0)),
+    ], fresh)
+    store.replace_live_spend("pbx-c", [
+        LiveSpendRow("gamma", "day", DAY, Decimal("4.00"), Decimal(0)),
+    ], fresh)
+
+    assert store.others_live_spend("pbx-b", START) == {
+        ("gamma", "day", DAY): Decimal("5.75"),
+        ("gamma", "week", "2024-W24"): Decimal("1.75"),
+    }
+    assert store.others_live_spend("pbx-b", fresh) == {
+        ("gamma", "day", DAY): Decimal("4.00"),
+    }
+
+    store.replace_live_spend("pbx-c", [], fresh)
+    assert store.others_live_spend("pbx-b", fresh) == {}
