@@ -76,8 +76,9 @@ PLAIN = [
     ("0300 123 4567",               ALLOW, OK,            "non-geographic"),
     ("0345 123 4567",               ALLOW, OK,            "non-geographic"),
     ("+44 370 123 4567",            ALLOW, OK,            "non-geographic"),
-    # 05: 055 corporate numbers have no row, 056 is VoIP, 0500 is closed.
-    ("0551 234 5678",               DENY,  UNCLASSIFIED,  ""),
+    # 05: 055 corporate numbers may cost as much as premium rate, 056 is
+    # VoIP, 0500 is closed.
+    ("0551 234 5678",               DENY,  "barred:premium",     "premium"),
     ("0561 234 5678",               ALLOW, OK,            "non-geographic"),
     ("0500 123456",                 DENY,  UNCLASSIFIED,  ""),
     # 07: personal numbers, mobiles, pagers and the crown dependencies' mobiles.
@@ -171,13 +172,17 @@ PLAIN = [
     ("1181181",                     DENY,  INVALID,       ""),
     ("100",                         ALLOW, OK,            "operator"),
     ("155",                         ALLOW, OK,            "operator"),
-    # The speaking clock, BT's service lines and line test have no row.
-    ("123",                         DENY,  UNCLASSIFIED,  ""),
-    ("150",                         DENY,  UNCLASSIFIED,  ""),
-    ("151",                         DENY,  UNCLASSIFIED,  ""),
-    ("152",                         DENY,  UNCLASSIFIED,  ""),
-    ("17070",                       DENY,  UNCLASSIFIED,  ""),
-    ("1471",                        DENY,  UNCLASSIFIED,  ""),
+    # The speaking clock is charged per call, and 1471 can call the last
+    # caller back. The line provider's own services are service.
+    ("123",                         DENY,  "barred:premium",     "premium"),
+    ("150",                         ALLOW, OK,            "service"),
+    ("151",                         ALLOW, OK,            "service"),
+    ("152",                         ALLOW, OK,            "service"),
+    ("154",                         ALLOW, OK,            "service"),
+    ("1571",                        ALLOW, OK,            "service"),
+    ("17070",                       ALLOW, OK,            "service"),
+    ("1471",                        ALLOW, OK,            "operator"),
+    ("153",                         DENY,  UNCLASSIFIED,  ""),
     ("141",                         DENY,  UNCLASSIFIED,  ""),
     ("1470",                        DENY,  UNCLASSIFIED,  ""),
     # Caller-ID and text relay prefixes before a national number.
