@@ -48,6 +48,7 @@ PLAIN = [
     ("016977 23456",                ALLOW, OK,            "geographic"),
     ("020 7946 01234",              DENY,  INVALID,       ""),
     ("01632 9601234",               DENY,  INVALID,       ""),
+    ("020 7946 012",                DENY,  INVALID,       ""),
     ("0163",                        DENY,  INVALID,       ""),
     ("1632 960123",                 DENY,  INVALID,       ""),
     # The home country code in its written forms.
@@ -77,10 +78,10 @@ PLAIN = [
     ("0345 123 4567",               ALLOW, OK,            "non-geographic"),
     ("+44 370 123 4567",            ALLOW, OK,            "non-geographic"),
     # 05: 055 corporate numbers may cost as much as premium rate, 056 is
-    # VoIP, 0500 is closed.
+    # VoIP, and the 0500 range is closed, so no number has its length.
     ("0551 234 5678",               DENY,  "barred:premium",     "premium"),
     ("0561 234 5678",               ALLOW, OK,            "non-geographic"),
-    ("0500 123456",                 DENY,  UNCLASSIFIED,  ""),
+    ("0500 123456",                 DENY,  INVALID,       ""),
     # 07: personal numbers, mobiles, pagers and the crown dependencies' mobiles.
     ("070 1234 5678",               ALLOW, OK,            "personal"),
     ("+44 70 1234 5678",            ALLOW, OK,            "personal"),
@@ -103,6 +104,9 @@ PLAIN = [
     ("01624 123456",                ALLOW, OK,            "crown-dependency"),
     ("07700 9001234",               DENY,  INVALID,       ""),
     ("07624 1234567",               DENY,  INVALID,       ""),
+    ("07700 90012",                 DENY,  INVALID,       ""),
+    ("07624 12345",                 DENY,  INVALID,       ""),
+    ("0712 3456",                   DENY,  INVALID,       ""),
     # 08: freephone, and business rate numbers with a service charge.
     ("0800 123 4567",               ALLOW, OK,            "freephone"),
     ("0800 123456",                 ALLOW, OK,            "freephone"),
@@ -138,6 +142,7 @@ PLAIN = [
     ("1470 0909 123 4567",          DENY,  "barred:premium",     "premium"),
     ("18001 0909 123 4567",         DENY,  "barred:premium",     "premium"),
     ("0909 123 45678",              DENY,  INVALID,       ""),
+    ("0909 123 456",                DENY,  INVALID,       ""),
     ("+4400909 123 4567",           DENY,  INVALID,       ""),
     # Short codes.
     ("999",                         ALLOW, EMERGENCY,     "emergency"),
@@ -223,8 +228,12 @@ PLAIN = [
     ("+86 10 1234 5678",            DENY,  "barred:international", "international"),
     ("+91 22 1234 5678",            DENY,  "barred:international", "international"),
     ("+252 1 234567",               DENY,  "barred:international", "international"),
-    ("+682 12345",                  DENY,  "barred:international", "international"),
-    ("+290 1234",                   DENY,  "barred:international", "international"),
+    ("+682 21 234",                 DENY,  "barred:international", "international"),
+    ("+290 8999",                   DENY,  "barred:international", "international"),
+    # In phonenumbers' ranges no Cook Islands number starts with 1, and the
+    # only four-digit numbers of +290 are Tristan da Cunha's (8xxx).
+    ("+682 12345",                  DENY,  INVALID,       ""),
+    ("+290 1234",                   DENY,  INVALID,       ""),
     ("+800 1234 5678",              DENY,  "barred:international", "international"),
     ("+870 773 123 456",            DENY,  "barred:satellite",     "satellite"),
     ("+881 6 1234 5678",            DENY,  "barred:satellite",     "satellite"),

@@ -202,6 +202,17 @@ INVALID_CASES = [
     (GB, "01632", "too short"),
     (GB, "0163296", "too short"),
     (GB, "016329600", "too short"),
+    # +44 numbers have 7, 9 or 10 digits after the 0, but in phonenumbers'
+    # ranges only 08 numbers have 7, and only 01 and 08 numbers have 9.
+    (GB, "0712 3456", "impossible length for its leading digits"),
+    (GB, "07700 90012", "impossible length for its leading digits"),
+    (GB, "+44 7624 12345", "impossible length for its leading digits"),
+    (GB, "020 7946 000", "impossible length for its leading digits"),
+    (GB, "0300 123 456", "impossible length for its leading digits"),
+    (GB, "0909 1234", "impossible length for its leading digits"),
+    (GB, "0044 909 123 456", "impossible length for its leading digits"),
+    # Irish numbers have 7 to 10 digits, but those that start with 7 have 9.
+    (GB, "+353 7 1234567", "impossible length for its leading digits"),
     (GB, "+44 0163296", "too short"),
     (GB, "12", "too short"),
     (GB, "1632960000", "neither a short code"),
@@ -295,6 +306,12 @@ NORMALISE_CASES = [
     (GB, "+33 0 1 42 68 53 00", "+33142685300", "", "FR"),
     (GB, "+7 812 123 45 67", "+78121234567", "", "RU"),
     (GB, "+378 0549 804728", "+3780549804728", "", "SM"),
+    # Numbers shorter than most of their country's: Childline, NHS Direct's
+    # old 0845 number and a 016977 number with a four-digit local number.
+    (GB, "0800 1111", "+448001111", "08001111", "GB"),
+    (GB, "0845 4647", "+448454647", "08454647", "GB"),
+    (GB, "016977 2345", "+44169772345", "0169772345", "GB"),
+    (GB, "0800 123456", "+44800123456", "0800123456", "GB"),
     (US, "011 44 20 7946 0000", "+442079460000", "", "GB"),
     (US, "(212) 555-1234", "+12125551234", "12125551234", "US"),
     (US, "1 212 555 1234", "+12125551234", "12125551234", "US"),

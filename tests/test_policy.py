@@ -258,7 +258,9 @@ TRUNK_ALLOWING_SHARED_CODES = TRUNK.replace(
     ("+1 999 555 0123",   "DENY",  "barred:international"),
     ("+1 876 555 1234",   "DENY",  "barred:international"),
     ("+7 812 123 45 67",  "ALLOW", "ok"),
-    ("+7 600 123 45 67",  "DENY",  "barred:international"),
+    ("+7 300 123 45 67",  "DENY",  "barred:international"),
+    # No range of Russia or Kazakhstan in phonenumbers starts with 6.
+    ("+7 600 123 45 67",  "DENY",  "invalid-number"),
     ("+7 701 234 56 78",  "DENY",  "barred:international"),
 ])
 async def test_allowed_country_shared_code(tmp_path, dialled, result, reason):

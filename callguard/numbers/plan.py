@@ -18,6 +18,7 @@ from callguard.numbers.number import Number
 from callguard.numbers.region import (
     HomeRegion,
     kept_national_prefix,
+    leading_digits_problem,
     length_problem,
     rewrite_problem,
     starts_with_premium_rate,
@@ -395,6 +396,10 @@ class NumberPlan:
         return parsed
 
     def _build(self, dialled: str, parsed: PhoneNumber) -> Number:
+        problem = leading_digits_problem(parsed)
+        if problem is not None:
+            raise InvalidNumber(f"dialled number {quote(dialled)} {problem}")
+
         country_code = parsed.country_code
         national = ""
         if country_code == self.country_code:

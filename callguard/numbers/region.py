@@ -1,5 +1,6 @@
 """Dialling rules of a region, derived from phonenumbers' metadata."""
 
+import functools
 import re
 
 import phonenumbers
@@ -127,6 +128,44 @@ def length_problem(number: PhoneNumber) -> str | None:
         "digits after the country code and national prefix, "
         f"but this one has {digit_count}"
     )
+
+
+def leading_digits_problem(number: PhoneNumber) -> str | None:
+    """Return a predicate such as "has an impossible length ..." when no range
+    of the number's country code has its length and leading digits, or None.
+
+    A country's possible lengths are those of all its ranges together, so
+    +44 7123 456 has a possible length (0800 1111 has as many digits) though
+    every 07 number has 10. The check uses the general pattern of each region
+    of the country code in phonenumbers' metadata, which matches every number
+    of every range. Unlike ``is_valid_number``, it accepts numbers of
+    unallocated and reserved ranges that fit this pattern, such as Ofcom's
+    drama ranges (07700 900xxx).
+    """
+    patterns = _general_patterns(number.country_code)
+    nsn = phonenumbers.national_significant_number(number)
+    if not patterns or any(pattern.fullmatch(nsn) for pattern in patterns):
+        return None
+
+    return (
+        f"has an impossible length for its leading digits: no range of "
+        f"+{number.country_code} numbers has {len(nsn)} digits after the country "
+        "code and national prefix and starts with these digits"
+    )
+
+
+@functools.cache
+def _general_patterns(country_code: int) -> tuple[re.Pattern, ...]:
+    """Return the general number pattern of each region that uses ``country_code``."""
+    patterns = []
+    for region in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(country_code, ()):
+        metadata = PhoneMetadata.metadata_for_region_or_calling_code(country_code, region)
+        if metadata is None or metadata.general_desc is None:
+            continue
+        pattern = metadata.general_desc.national_number_pattern
+        if pattern:
+            patterns.append(re.compile(pattern))
+    return tuple(patterns)
 
 
 def _join_lengths(country_code: int) -> str:
