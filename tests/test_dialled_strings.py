@@ -184,6 +184,7 @@ PLAIN = [
     ("151",                         ALLOW, OK,            "service"),
     ("152",                         ALLOW, OK,            "service"),
     ("154",                         ALLOW, OK,            "service"),
+    ("159",                         ALLOW, OK,            "service"),
     ("1571",                        ALLOW, OK,            "service"),
     ("17070",                       ALLOW, OK,            "service"),
     ("1471",                        ALLOW, OK,            "operator"),
