@@ -341,6 +341,8 @@ NANP = [
     ("00 44 20 7946 0123",          DENY,  INVALID,       ""),
     ("011 876 555 0123",            DENY,  INVALID,       ""),
     ("1 212 555 01234",             DENY,  INVALID,       ""),
+    ("1 212 555 012",               DENY,  INVALID,       ""),
+    ("1 876 555 012",               DENY,  INVALID,       ""),
     ("555 0123",                    DENY,  INVALID,       ""),
 ]
 # fmt: on

@@ -258,6 +258,11 @@ INVALID_CASES = [
     (GB_WITH_9, "18002 9 07700 900123", "neither a short code"),
     (US, "18001 2125551234", "too long"),
     (US, "5551234", "too short"),
+    # One digit short after the 1, these would be read as 10 digits that start
+    # with 1, which no NANP number does, while the carrier reads 1 876 as Jamaica.
+    (US, "1 876 555 123", "no range of +1 numbers fits the 10 digits '1876555123'"),
+    (US, "1 212 555 123", "no range of +1 numbers fits the 10 digits '1212555123'"),
+    (US, "+1 1 876 555 123", "no range of +1 numbers fits the 10 digits '1876555123'"),
     (US, "+011 44 20 7946 0000", "international prefix '011' after '+'"),
     (US, "+44 (0) 20 7946 0000", "only allowed directly after '+1'"),
     # phonenumbers would drop or add digits after the country code, so the

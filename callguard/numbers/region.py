@@ -149,8 +149,8 @@ def leading_digits_problem(number: PhoneNumber) -> str | None:
 
     return (
         f"has an impossible length for its leading digits: no range of "
-        f"+{number.country_code} numbers has {len(nsn)} digits after the country "
-        "code and national prefix and starts with these digits"
+        f"+{number.country_code} numbers fits the {len(nsn)} digits {nsn!r} after "
+        "the country code and national prefix"
     )
 
 
