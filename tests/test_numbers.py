@@ -849,3 +849,30 @@ def test_premium_abroad_by_leading_digits(classifier, dialled, category):
 @pytest.mark.parametrize("region, e164, category", ISLAND_SPECIAL_CASES)
 def test_island_special_ranges_keep_category(classifier, region, e164, category):
     assert classifier.classify(e164).category == category
+
+
+# Ofcom's ranges for drama and documentation, which no number in service has.
+# They must pass the length checks, though phonenumbers 9.0.42's
+# is_valid_number rejects 01632 960xxx and 07700 900xxx.
+DRAMA_NUMBERS = [
+    ("0113 496 0123", "geographic"),
+    ("0121 496 0123", "geographic"),
+    ("0131 496 0123", "geographic"),
+    ("0141 496 0123", "geographic"),
+    ("0151 496 0123", "geographic"),
+    ("0161 496 0123", "geographic"),
+    ("0191 498 0123", "geographic"),
+    ("01632 960123", "geographic"),
+    ("020 7946 0123", "geographic"),
+    ("028 9649 6123", "geographic"),
+    ("029 2018 0123", "geographic"),
+    ("0306 999 0123", "non-geographic"),
+    ("07700 900123", "mobile"),
+    ("0808 157 0123", "freephone"),
+    ("0909 879 0123", "premium"),
+]
+
+
+@pytest.mark.parametrize("dialled, category", DRAMA_NUMBERS)
+def test_drama_ranges_classified(classifier, dialled, category):
+    assert classifier.classify(dialled).category == category
