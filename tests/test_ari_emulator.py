@@ -298,6 +298,22 @@ async def test_info_only_filter(ari, rest):
     assert rejected.status_code == 400
 
 
+async def test_restart_clears_channels(ari, rest, clock):
+    before = await ari.dial_out(NUMBER)
+    clock.advance(90)
+    await ari.restart()
+    info = await rest.get("ari/asterisk/info", params={"only": "status"})
+    listed = await rest.get("ari/channels")
+    after = await ari.dial_out(NUMBER)
+
+    assert info.json()["status"]["startup_time"] == format_timestamp(clock.now())
+    assert listed.json() == []
+    assert after.trunk_name == before.trunk_name
+    assert after.caller_name == before.caller_name
+    assert after.trunk_id != before.trunk_id
+    assert after.caller_id.endswith(".0")
+
+
 async def test_applications_match_capture(ari, rest):
     before = await rest.get("ari/applications")
     async with events_socket(ari):

@@ -174,6 +174,11 @@ class ChannelFactory:
         self._uniqueid_sequence = itertools.count()
         self._tech_sequences: dict[str, itertools.count] = {}
 
+    def restart(self) -> None:
+        """Number uniqueids and channel names from zero, as a new Asterisk process does."""
+        self._uniqueid_sequence = itertools.count()
+        self._tech_sequences.clear()
+
     def now(self) -> datetime:
         instant = self._now()
         if instant.tzinfo is None:

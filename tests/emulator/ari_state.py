@@ -118,6 +118,12 @@ class SwitchState:
         # id, with the state of the call that failed.
         self.waiting_callers: dict[str, CallState] = {}
 
+    def restart(self) -> None:
+        """Forget every channel and call, which end with the Asterisk process."""
+        self.channels.clear()
+        self._calls.clear()
+        self.waiting_callers.clear()
+
     def state_for(self, call: EmulatedCall) -> CallState:
         state = self._calls.get(call.trunk_id)
         if state is None or state.call != call:
