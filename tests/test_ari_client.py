@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import random
+import re
 import socket
 import ssl
 import time
@@ -1195,3 +1196,10 @@ async def test_get_system_name(emulator, make_client):
     assert await client.get_system_name() == ""
     emulator.system_name = "pbx-a"
     assert await client.get_system_name() == "pbx-a"
+
+
+async def test_get_startup_time(emulator, make_client):
+    client = make_client(emulator.url)
+
+    started = await client.get_startup_time()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d{4}", started)

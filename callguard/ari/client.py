@@ -184,17 +184,38 @@ class AriClient:
         AriHTTPError when Asterisk refuses the request and AriError when it
         fails or the reply has no config name.
         """
-        reply = await self._rest.request("GET", "asterisk/info", {"only": "config"})
-        shown_path = self._endpoint.rest_path + "asterisk/info"
-        if reply.status != HTTP_OK:
-            raise http_error(reply, "GET", shown_path)
-
-        document = decode_json(reply, "GET", shown_path)
-        config = document.get("config") if isinstance(document, dict) else None
+        config = await self._get_info_section("config")
         name = config.get("name") if isinstance(config, dict) else None
         if not isinstance(name, str):
-            raise AriError(f"the reply to ARI GET {shown_path} has no config name")
+            raise AriError(f"the reply to ARI GET {self._info_path} has no config name")
         return name
+
+    async def get_startup_time(self) -> str:
+        """Return when the running Asterisk process started, as ``status.startup_time``
+        of GET /ari/asterisk/info shows it (``2026-12-04T15:16:36.150+0000``).
+
+        Raises AriHTTPError when Asterisk refuses the request and AriError when
+        it fails or the reply has no startup time.
+        """
+        status = await self._get_info_section("status")
+        started = status.get("startup_time") if isinstance(status, dict) else None
+        if not isinstance(started, str) or not started:
+            raise AriError(f"the reply to ARI GET {self._info_path} has no "
+                           "status.startup_time")
+        return started
+
+    @property
+    def _info_path(self) -> str:
+        return self._endpoint.rest_path + "asterisk/info"
+
+    async def _get_info_section(self, section: str) -> object:
+        """Return one section of GET /ari/asterisk/info, or None when the reply lacks it."""
+        reply = await self._rest.request("GET", "asterisk/info", {"only": section})
+        if reply.status != HTTP_OK:
+            raise http_error(reply, "GET", self._info_path)
+
+        document = decode_json(reply, "GET", self._info_path)
+        return document.get(section) if isinstance(document, dict) else None
 
     async def get_global_variable(self, name: str) -> str:
         """Return the value of a dialplan global variable (GET /ari/asterisk/variable).

@@ -4,7 +4,7 @@ import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass, field, fields
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from callguard.ari import AriClient, AriError
 from callguard.ari.endpoint import build_endpoint
@@ -24,6 +24,7 @@ from callguard.metering.tracker import (
     EventTracker,
     channel_name,
     leg_from_record,
+    read_timestamp,
 )
 from callguard.store import DecisionRecord, StoreError
 from callguard.text import plural
@@ -218,7 +219,8 @@ class AriListener:
         channels = await self.client.get_channels()
         await self._skip_stored_ended(channels)
         system_name = await self._read_system_name() if self._shared_store else None
-        self.tracker.reconcile(channels, system_name or "")
+        started_at = await self._read_startup_time()
+        self.tracker.reconcile(channels, system_name or "", started_at)
         self._reconciled = True
         log.info("ARI connected; %d channels up, %d trunk legs followed", len(channels),
                  len(self.guard.legs))
@@ -269,6 +271,24 @@ class AriListener:
                         "calls taken over from the store that this Asterisk does not "
                         "have are ended here, even those of other PBXs", exc)
             return None
+
+    async def _read_startup_time(self) -> datetime | None:
+        """Return when the running Asterisk process started, or None when it cannot be read.
+
+        Calls missing from the channel list that began before that moment
+        ended with the earlier process, so they are charged up to it.
+        """
+        try:
+            text = await self.client.get_startup_time()
+        except AriError as exc:
+            log.warning("could not read Asterisk's startup time over ARI (%s), so calls "
+                        "that a restart of Asterisk ended are charged up to now", exc)
+            return None
+        started_at = read_timestamp(text)
+        if started_at is None:
+            log.warning("invalid Asterisk startup time %r, so calls that a restart of "
+                        "Asterisk ended are charged up to now", text[:40])
+        return started_at
 
     def check_dialplan(self) -> None:
         """Compare the dialplan's emergency numbers and outside-line prefix with callguard's.

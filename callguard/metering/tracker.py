@@ -53,18 +53,28 @@ LOCAL_FIRST_HALF = ";1"
 LOCAL_SECOND_HALF = ";2"
 
 
+def read_timestamp(text: str) -> datetime | None:
+    """Parse ARI's ``2026-12-04T15:16:46.162+0000`` into UTC, or return None when invalid."""
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%f%z").astimezone(timezone.utc)
+    except ValueError:
+        pass
+    try:
+        instant = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return instant.astimezone(timezone.utc) if instant.tzinfo is not None else None
+
+
 def parse_timestamp(text: str | None, fallback: datetime) -> datetime:
     """Parse ARI's ``2026-12-04T15:16:46.162+0000``; use ``fallback`` when absent or bad."""
     if not text:
         return fallback
-    try:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%f%z").astimezone(timezone.utc)
-    except ValueError:
-        try:
-            return datetime.fromisoformat(text).astimezone(timezone.utc)
-        except ValueError:
-            log.warning("invalid ARI timestamp %r; using the local clock", text[:40])
-            return fallback
+    instant = read_timestamp(text)
+    if instant is None:
+        log.warning("invalid ARI timestamp %r; using the local clock", text[:40])
+        return fallback
+    return instant
 
 
 class EventTracker:
@@ -246,13 +256,16 @@ class EventTracker:
                 return text
         return None
 
-    def reconcile(self, channels: list[dict], system_name: str = "") -> None:
+    def reconcile(self, channels: list[dict], system_name: str = "",
+                  started_at: datetime | None = None) -> None:
         """Match the legs callguard follows with the channels Asterisk has now.
 
         ``system_name`` is Asterisk's systemname, which begins the uniqueids
         of its channels. A leg taken over from the store that is missing here
         and does not begin with it is a call of another PBX sharing the store,
-        so it is left to that PBX's callguard.
+        so it is left to that PBX's callguard. ``started_at`` is the start of
+        the running Asterisk process, when known: a missing leg created before
+        it ended with the earlier process, by that moment at the latest.
         """
         now = self.clock.now()
         blind_since = self.blind_since or now
@@ -271,13 +284,22 @@ class EventTracker:
                          leg.trunk, leg.id, leg.channel, system_name)
                 self.guard.release_foreign(leg)
                 continue
-            if channel is None and leg.hangup_accepted_at is not None:
+            restarted = started_at is not None and leg.created_at < started_at
+            if channel is None and leg.hangup_accepted_at is not None and not (
+                    restarted and started_at < leg.hangup_accepted_at):
                 # Asterisk accepted the hang-up then, and the limit timer sends
                 # it before a block that the budget cannot pay begins.
                 log.warning("%s %s: %s ended while callguard could not see events; "
                             "charging it up to its hang-up at %s", leg.trunk, leg.id,
                             leg.channel, leg.hangup_accepted_at.isoformat())
                 self.guard.ended(leg.id, leg.hangup_accepted_at, None)
+            elif channel is None and restarted and started_at < now:
+                # The channel cannot outlive its Asterisk process, so charging
+                # up to the new process's start never under-counts.
+                log.warning("%s %s: %s ended when Asterisk restarted; charging it up to "
+                            "the restart at %s", leg.trunk, leg.id, leg.channel,
+                            started_at.isoformat())
+                self.guard.ended(leg.id, started_at, None)
             elif channel is None:
                 # The end time is unknown: charging up to now never under-counts.
                 log.warning("%s %s: %s ended while callguard could not see events; "
