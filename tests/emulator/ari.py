@@ -278,7 +278,8 @@ class AriEmulator:
         """Dial ``number`` on ``trunk`` from the ;2 half of the Local leg of ``call``.
 
         ``call`` is one that ``dial_out`` placed with ``tech="Local"``, so that
-        a Local channel pair is between the phone and the trunk leg.
+        a Local channel pair is between the phone and the trunk leg, or a Local
+        channel originated through POST /ari/channels.
         Answer and end the returned call, and the Local call follows it.
         """
         onward, events = self._switch.dial_onward(

@@ -295,8 +295,9 @@ class DialFlows(SwitchState):
     ) -> tuple[EmulatedCall, list[Event]]:
         """Run Dial() on the ;2 half of the Local leg of ``call``, toward ``trunk``.
 
-        Dial(Local/<number>@<context>) leaves the ;2 half in the dialplan at
-        <number>@<context>, where it dials the real trunk. The new call's
+        Dial(Local/<number>@<context>), or an originate of that Local
+        channel, leaves the ;2 half in the dialplan at <number>@<context>,
+        where it dials the real trunk. The new call's
         caller is that ;2 half, whose Local pair links it to ``call``.
         """
         outer = self.state_for(call)
@@ -311,7 +312,10 @@ class DialFlows(SwitchState):
         if dialstring is None:
             dialstring = default_dialstring(TECH_PJSIP, trunk, number)
 
-        local_half.caller = Party(outer.caller.caller.name, outer.caller.caller.number)
+        if outer.caller is not None:
+            # An originated pair has no caller: its ;2 half keeps the caller ID
+            # that the originate gave it.
+            local_half.caller = Party(outer.caller.caller.name, outer.caller.caller.number)
         priority = local_half.priority + 1
         events = [self._run_app(local_half, "Dial", f"{TECH_PJSIP}/{dialstring},,", priority)]
         events += [self._varset(local_half, name, "") for name in DIAL_VARIABLES]
