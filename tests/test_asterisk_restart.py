@@ -4,8 +4,10 @@ import math
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
+import httpx
 import pytest
 
+from emulator.ari import DEFAULT_PASSWORD, DEFAULT_USERNAME
 from live_support import Pbx, answered_call, eventually, stored_calls
 
 NOW = datetime(2024, 6, 14, 9, 0, tzinfo=timezone.utc)
@@ -14,14 +16,19 @@ TODAY = "2024-06-14"
 RATES = """\
 prefix,description,rate,connection_fee,increments
 44,United Kingdom,1.00,,60/60
+33,France,1.00,,60/60
 """
 
 TRUNKS = """\
 [trunk gamma]
+bar = premium, international
 daily_limit = 100.00
 channel_pattern = PJSIP/gamma-*
 rates = rates.csv
+opt_out = 01632960050
 """
+FRANCE = "0033123456789"
+LOCAL_CONTEXT = "outbound-trunk"
 
 
 @pytest.fixture
@@ -90,3 +97,39 @@ async def test_restart_ends_no_later_call(pbx):
     assert second.trunk_name == first.trunk_name
     assert list(pbx.legs()) == [second.trunk_id]
     assert stored_calls(pbx)[first.trunk_id].cost == Decimal("2.00")
+
+
+async def originate_local(pbx: Pbx, exten: str, context: str):
+    """Originate Local/<exten>@<context> through POST /ari/channels, as an AMI or
+    ARI client may, and return its call: no phone dialled it and no check ran."""
+    async with httpx.AsyncClient(base_url=pbx.ari.url, trust_env=False, timeout=5.0,
+                                 auth=(DEFAULT_USERNAME, DEFAULT_PASSWORD)) as client:
+        reply = await client.post("ari/channels", params={
+            "endpoint": f"Local/{exten}@{context}", "extension": "s",
+            "context": "default"})
+    assert reply.status_code == 200, reply.text
+    return pbx.ari.call_for(reply.json()["id"])
+
+
+async def test_reused_local_name_not_linked(pbx):
+    # Before the restart, an opted-out caller dials France through a Local pair.
+    check = pbx.checker(FRANCE, callerid="01632960050")
+    before = await pbx.ari.dial_out(FRANCE, tech="Local", callerid="01632960050",
+                                    dialstring=f"{FRANCE}@{LOCAL_CONTEXT}", check=check)
+    assert pbx.results[before.caller_id]["CALLGUARD_REASON"] == "opted-out"
+    restarted = NOW + timedelta(minutes=1)
+    await restart_asterisk(pbx, at=restarted, reconnect_at=restarted + timedelta(seconds=5))
+
+    # The new Asterisk gives an originated Local pair the same name, and its
+    # ;2 half dials France on the trunk without a check.
+    local = await originate_local(pbx, FRANCE, LOCAL_CONTEXT)
+    assert local.trunk_name == before.trunk_name
+    trunk = await pbx.ari.dial_onward(local, FRANCE, dialstring=f"{FRANCE}@gamma")
+    await eventually(lambda: pbx.ari.deletes, what="the hang-up")
+
+    assert pbx.ari.deletes[0][0] == trunk.trunk_id
+    leg = pbx.legs().get(trunk.trunk_id) or next(
+        leg for leg in pbx.app.guard.recent if leg.id == trunk.trunk_id)
+    assert not leg.guarded
+    assert leg.protected
+    assert leg.hangup_requested == "barred:international"

@@ -270,6 +270,7 @@ class EventTracker:
         now = self.clock.now()
         blind_since = self.blind_since or now
         present = {c["id"]: c for c in channels if isinstance(c, dict) and "id" in c}
+        self._forget_gone_pairs(present)
 
         for leg in list(self.guard.legs.values()):
             channel = present.get(leg.id)
@@ -383,6 +384,19 @@ class EventTracker:
                      "the trunk, or originates answered while callguard could not see "
                      "events", unplaced)
         self.blind_since = None
+
+    def _forget_gone_pairs(self, present: dict[str, dict]) -> None:
+        """Forget the Local pairs whose ;1 half is not in the channel list.
+
+        Their ChannelDestroyed was lost. A restarted Asterisk numbers Local
+        pairs from zero again, so a new pair can reuse the name of a gone one,
+        which must not link its trunk legs to the gone pair's caller.
+        """
+        names = {channel_name(channel) for channel in present.values()}
+        stale_pairs = [pair for pair in self._local_dialled_by
+                       if pair + LOCAL_FIRST_HALF not in names]
+        for pair in stale_pairs:
+            del self._local_dialled_by[pair]
 
     def _checked_caller_in_dial(self, leg: dict, present: dict[str, dict]) -> str:
         """Return the checked channel whose Dial() placed a leg that is not bridged yet, or "".
