@@ -329,6 +329,49 @@ async def test_applications_match_capture(ari, rest):
     assert other.json() == {"message": "Application not found"}
 
 
+async def test_blind_transfer_keeps_trunk_leg(ari):
+    async with events_socket(ari) as socket:
+        await ari.wait_for_subscribers()
+        call = await ari.dial_out(NUMBER)
+        await ari.answer(call)
+        await receive_until(socket, lambda event: event["type"] == "ChannelEnteredBridge"
+                            and event["channel"]["id"] == call.caller_id)
+        await ari.blind_transfer(call, "1002")
+        events = await receive_until(socket, lambda event: event["type"] == "Dial"
+                                     and event["dialstatus"] == "ANSWER")
+
+    transfer = next(event for event in events if event["type"] == "BridgeBlindTransfer")
+    assert list(transfer) == ["type", "timestamp", "channel", "exten", "context", "result",
+                              "is_external", "transferee", "bridge", "asterisk_id",
+                              "application"]
+    assert transfer["channel"]["id"] == call.caller_id
+    assert transfer["transferee"]["id"] == call.trunk_id
+    assert transfer["result"] == "Success"
+    assert any(destroyed(call.caller_id)(event) for event in events)
+    assert not any(destroyed(call.trunk_id)(event) for event in events)
+    answer = events[-1]
+    assert answer["caller"]["id"] == call.trunk_id
+    assert answer["peer"]["name"].startswith("PJSIP/1002-")
+    assert list(ari.channels) == [call.trunk_id, answer["peer"]["id"]]
+
+
+async def test_attended_transfer_swaps_phone_in(ari):
+    async with events_socket(ari) as socket:
+        await ari.wait_for_subscribers()
+        call = await ari.dial_out(NUMBER)
+        await ari.answer(call)
+        await ari.attended_transfer(call, "1002")
+        events = await receive_until(
+            socket, lambda event: event["type"] == "BridgeDestroyed")
+
+    transfer = next(event for event in events if event["type"] == "BridgeAttendedTransfer")
+    assert transfer["transferee"]["id"] == call.trunk_id
+    assert transfer["destination_type"] == "bridge"
+    assert transfer["destination_bridge"] == transfer["transferer_first_leg_bridge"]["id"]
+    assert any(destroyed(call.caller_id)(event) for event in events)
+    assert list(ari.channels) == [call.trunk_id, transfer["transfer_target"]["id"]]
+
+
 # Events and their filter
 
 

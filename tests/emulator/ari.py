@@ -294,6 +294,16 @@ class AriEmulator:
         await self._hub.publish(events)
         return new_call
 
+    async def blind_transfer(self, call: EmulatedCall, extension: str) -> None:
+        """Transfer the answered ``call`` from its phone to the phone ``extension``,
+        which answers: the trunk leg stays up in a new bridge."""
+        await self._hub.publish(self._switch.blind_transfer(call, extension))
+
+    async def attended_transfer(self, call: EmulatedCall, extension: str) -> None:
+        """Transfer the answered ``call`` to the phone ``extension`` after its phone
+        consulted that phone: the phone takes its place in the trunk leg's bridge."""
+        await self._hub.publish(self._switch.attended_transfer(call, extension))
+
     def call_for(self, channel_id: str) -> EmulatedCall:
         """Return the live call that ``channel_id`` belongs to, such as an originate."""
         return self._switch.call_for(channel_id)

@@ -93,6 +93,12 @@ class CallState:
     # the others are cancelled.
     siblings: list["CallState"] = field(default_factory=list)
 
+    # After a transfer: the phone bridged to the trunk leg now, which is also
+    # ``caller``, and whether the trunk leg itself runs the Dial() to it, as
+    # after a blind transfer.
+    transferred_to: Channel | None = None
+    transferee_dials: bool = False
+
     @property
     def answered(self) -> bool:
         return self.answered_at is not None

@@ -174,6 +174,8 @@ class CallTeardown(SwitchState):
             )
         if state.caller is None:
             return [request, *self._end_without_caller(state, cause)]
+        if state.transferred_to is not None:
+            return self._end_transferred(state, channel, request, cause)
         if state.onward is not None:
             raise ValueError(
                 f"call on {state.call.trunk_name} dialled onward, so end the onward call"
