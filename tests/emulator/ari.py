@@ -251,6 +251,22 @@ class AriEmulator:
         """End ``call`` but drop its events, as when they are lost on the way."""
         self._switch.hangup(call, "trunk", cause)
 
+    def hangup_late(
+        self,
+        call: EmulatedCall,
+        side: str = "trunk",
+        cause: int = CAUSE_NORMAL_CLEARING,
+    ) -> Callable[[], Awaitable[None]]:
+        """End ``call`` now, but send its events only when the returned function is
+        awaited, as when they reach the websocket after a REST request finds the
+        channel gone. The events keep the timestamps of the moment the call ended."""
+        events = self._switch.hangup(call, side, cause)
+
+        async def deliver() -> None:
+            await self._hub.publish(events)
+
+        return deliver
+
     async def inbound(
         self,
         *,
