@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from callguard.metering.guard import GONE_EVENT_WAIT_SECONDS
 from callguard.policy.decision import CallRequest
 from callguard.store import Store
 from live_support import eventually, Pbx, stored_calls, stored_hangups
@@ -213,6 +214,34 @@ async def test_delete_404_finalises_once(pbx):
     assert pbx.legs() == {}
     assert stored_hangups(pbx)[0].outcome == "gone"
     assert pbx.spend("day", TODAY) == Decimal("1.00")
+
+
+async def test_delete_404_waits_for_end_event(tmp_path):
+    # Per-second billing. The far end hangs up 2 s before max_call_seconds,
+    # but its events reach callguard only after the DELETE found no channel.
+    rates = RATES.replace("1.00,,60/60", "0.60,,1/1")
+    pbx = Pbx(tmp_path, NOW, trunks=TRUNKS.format(max_call_seconds=120), rates=rates)
+    await pbx.start()
+    try:
+        call = await answered(pbx)
+        pbx.clock.advance(118)
+        await pbx.settle()
+        deliver = pbx.ari.hangup_late(call, "trunk", 16)
+        pbx.clock.advance(2)
+        await eventually(lambda: pbx.ari.deletes, what="the hang-up")
+        await pbx.app.guard.drain()
+        await deliver()
+        await eventually(lambda: not pbx.legs(), what="the end")
+        await pbx.app.guard.drain()
+        stored = stored_calls(pbx)[call.trunk_id]
+        outcome = stored_hangups(pbx)[0].outcome
+    finally:
+        await pbx.stop()
+
+    assert outcome == "gone"
+    assert stored.ended_at == NOW + timedelta(seconds=118)
+    assert stored.hangup_cause == 16
+    assert stored.cost == Decimal("1.18")
 
 
 async def test_failed_deletes_retried(tmp_path):
@@ -680,7 +709,11 @@ async def test_gone_charged_to_last_accept(tmp_path):
         await pbx.app.guard.drain()
         pbx.ari.hangup_unseen(call)
         pbx.clock.advance(20)
-        await eventually(lambda: not pbx.legs(), what="the third request")
+        await eventually(lambda: len(pbx.ari.deletes) == 3, what="the third request")
+        await pbx.app.guard.drain()
+        assert call.trunk_id in pbx.legs()   # its end event may still come
+        pbx.clock.advance(GONE_EVENT_WAIT_SECONDS)
+        await eventually(lambda: not pbx.legs(), what="the end")
         await pbx.app.guard.drain()
         record = stored_calls(pbx)[call.trunk_id]
         outcomes = [h.outcome for h in reversed(stored_hangups(pbx))]

@@ -84,6 +84,10 @@ RECENT_LEGS = 500
 HANGUP_RETRY_SECONDS = 2.0
 # The maximum wait between two requests to hang up the same call while they fail.
 HANGUP_RETRY_MAX_SECONDS = 60.0
+# Seconds to wait for the ChannelDestroyed of a call whose hang-up request found
+# the channel gone (404), because the event can still be on its way. It carries
+# the real end and cause. Without it the call ends at the request.
+GONE_EVENT_WAIT_SECONDS = 5.0
 # Seconds a call may stay up after Asterisk accepted its hang-up before it is
 # requested again. The wait doubles after each request, up to HANGUP_RETRY_MAX_SECONDS.
 HANGUP_CONFIRM_SECONDS = 10.0
@@ -664,10 +668,13 @@ class LiveGuard:
             self.alerts.unguarded_hangup(meter.config, leg, reason)
 
         if outcome == OUTCOME_GONE and leg.live:
-            # Asked again after Asterisk accepted a hang-up whose end was not
-            # seen: the call ended when the last request was accepted, as
-            # reconciliation reads it.
-            self._finish(leg, leg.hangup_accepted_at or now, None)
+            # The call ended by the last request that Asterisk accepted, or
+            # else by this one. Reconciliation reads the same moment when the
+            # events are lost.
+            gone_at = leg.hangup_accepted_at or now
+            leg.hangup_accepted_at = gone_at
+            self._retry_at(now + timedelta(seconds=GONE_EVENT_WAIT_SECONDS),
+                           lambda: self._end_gone(leg, gone_at))
         elif outcome == OUTCOME_REQUESTED and leg.live:
             wait = min(HANGUP_CONFIRM_SECONDS * 2 ** leg.hangups_unconfirmed,
                        HANGUP_RETRY_MAX_SECONDS)
@@ -682,6 +689,16 @@ class LiveGuard:
             else:
                 # A barred or unchecked call: no timer would come back to it.
                 self._retry_at(retry_at, lambda: self._hang_up_again(leg, reason, cause))
+
+    def _end_gone(self, leg: Leg, gone_at: datetime) -> None:
+        """End a call whose hang-up request found its channel gone, if no
+        ChannelDestroyed ended it meanwhile."""
+        if not leg.live:
+            return
+        log.warning("%s %s: %s was gone when hung up, and no end event came within "
+                    "%g s; charging it up to %s", leg.trunk, leg.id, leg.channel,
+                    GONE_EVENT_WAIT_SECONDS, gone_at.isoformat())
+        self._finish(leg, gone_at, None)
 
     def _confirm_hang_up(self, leg: Leg, reason: str, cause: int, waited: float) -> None:
         """Request the hang-up again if the call is still up ``waited`` seconds after
