@@ -5,11 +5,13 @@ from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
+
 from callguard.clock import ManualClock
 from callguard.config import load_config
 from callguard.daemon.app import Application
 from callguard.store import Store
-from emulator.ari import AriEmulator
+from emulator.ari import DEFAULT_PASSWORD, DEFAULT_USERNAME, AriEmulator
 from emulator.fastagi import AGICall, run_fastagi_call
 from support import free_port, write_config
 
@@ -48,6 +50,18 @@ async def answered_call(pbx: "Pbx", number: str, endpoint: str = "1001"):
     await eventually(lambda: call.trunk_id in pbx.legs()
                      and pbx.legs()[call.trunk_id].state == "up", what="answered leg")
     return call
+
+
+async def originate_local(pbx: "Pbx", exten: str, context: str):
+    """Originate Local/<exten>@<context> through POST /ari/channels, as an AMI or
+    ARI client may, and return its call: no phone dialled it and no check ran."""
+    async with httpx.AsyncClient(base_url=pbx.ari.url, trust_env=False, timeout=5.0,
+                                 auth=(DEFAULT_USERNAME, DEFAULT_PASSWORD)) as client:
+        reply = await client.post("ari/channels", params={
+            "endpoint": f"Local/{exten}@{context}", "extension": "s",
+            "context": "default"})
+    assert reply.status_code == 200, reply.text
+    return pbx.ari.call_for(reply.json()["id"])
 
 
 class Pbx:

@@ -4,11 +4,9 @@ import math
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
-import httpx
 import pytest
 
-from emulator.ari import DEFAULT_PASSWORD, DEFAULT_USERNAME
-from live_support import Pbx, answered_call, eventually, stored_calls
+from live_support import Pbx, answered_call, eventually, originate_local, stored_calls
 
 NOW = datetime(2024, 6, 14, 9, 0, tzinfo=timezone.utc)
 TODAY = "2024-06-14"
@@ -97,18 +95,6 @@ async def test_restart_ends_no_later_call(pbx):
     assert second.trunk_name == first.trunk_name
     assert list(pbx.legs()) == [second.trunk_id]
     assert stored_calls(pbx)[first.trunk_id].cost == Decimal("2.00")
-
-
-async def originate_local(pbx: Pbx, exten: str, context: str):
-    """Originate Local/<exten>@<context> through POST /ari/channels, as an AMI or
-    ARI client may, and return its call: no phone dialled it and no check ran."""
-    async with httpx.AsyncClient(base_url=pbx.ari.url, trust_env=False, timeout=5.0,
-                                 auth=(DEFAULT_USERNAME, DEFAULT_PASSWORD)) as client:
-        reply = await client.post("ari/channels", params={
-            "endpoint": f"Local/{exten}@{context}", "extension": "s",
-            "context": "default"})
-    assert reply.status_code == 200, reply.text
-    return pbx.ari.call_for(reply.json()["id"])
 
 
 async def test_reused_local_name_not_linked(pbx):

@@ -11,7 +11,8 @@ from decimal import Decimal
 
 import pytest
 
-from live_support import Pbx, eventually, stored_calls
+from emulator.fastagi import AGICall, run_fastagi_call
+from live_support import Pbx, eventually, originate_local, stored_calls
 
 START = datetime(2024, 6, 12, 10, 0, tzinfo=timezone.utc)  # a Wednesday
 TODAY = "2024-06-12"
@@ -197,3 +198,56 @@ async def test_phone_gone_before_ringing_leg(make_pbx):
     assert pbx.app.reservations.get(local.caller_id) is None
     assert pbx.app.reservations.held("gamma", "day", TODAY) == Decimal(0)
     assert pbx.app.reservations.pending_count("gamma") == 0
+
+
+async def check_on_second_half(pbx, local, number, *, callerid="01632960010"):
+    """Run the check of ``number`` on the ;2 half of the Local call ``local``.
+
+    A dialplan does so when it checks in the Local channel's context. Returns
+    the ;2 half's uniqueid and the check's variables.
+    """
+    second_name = local.trunk_name.removesuffix(";1") + ";2"
+    second_id = next(channel_id for channel_id, channel in pbx.ari.channels.items()
+                     if channel["name"] == second_name)
+    outcome = await run_fastagi_call(
+        "127.0.0.1", pbx.port,
+        AGICall(extension=number, uniqueid=second_id, channel=second_name,
+                callerid=callerid, arguments=(number, "gamma")))
+    return second_id, outcome.variables
+
+
+async def check_then_dial_while_blind(pbx, local, number, callerid):
+    """Check ``number`` for an opted-out ``callerid`` on the ;2 half of ``local``,
+    then let that half dial the trunk while the events are lost. Returns the ;2
+    half's uniqueid and the trunk call, once callguard has read the channel list."""
+    second_id, result = await check_on_second_half(pbx, local, number, callerid=callerid)
+    assert result["CALLGUARD_REASON"] == "opted-out"
+    await pbx.ari.drop_events(refuse_for=math.inf)
+    await eventually(lambda: not pbx.app.ari.connected, what="the drop")
+    trunk = await pbx.ari.dial_onward(local, number, dialstring=f"{number}@gamma")
+    pbx.ari.allow_events()
+    await eventually(lambda: pbx.app.ari.connected, timeout=10, what="the reconnect")
+    await pbx.app.guard.drain()
+    return second_id, trunk
+
+
+@pytest.mark.parametrize("placed_by", ["phone", "originate"])
+async def test_second_half_check_linked_after_blind(make_pbx, placed_by):
+    # A phone dials the Local channel without a check, or an originate places
+    # it, and its ;2 half runs the check: an opted-out caller may dial France
+    # although international is barred. The leg still rings when callguard
+    # reads the channel list.
+    pbx = await make_pbx(trunks=TRUNK + "opt_out = 01632960050\n")
+    if placed_by == "phone":
+        local = await pbx.ari.dial_out("0033123456789", tech="Local", callerid="01632960050",
+                                       dialstring=f"0033123456789@{LOCAL_CONTEXT}")
+    else:
+        local = await originate_local(pbx, "0033123456789", LOCAL_CONTEXT)
+    second_id, trunk = await check_then_dial_while_blind(pbx, local, "0033123456789",
+                                                         "01632960050")
+
+    assert pbx.ari.deletes == []
+    leg = pbx.legs()[trunk.trunk_id]
+    assert leg.decision_uniqueid == second_id
+    assert leg.guarded
+    assert not leg.protected

@@ -423,7 +423,9 @@ class EventTracker:
         A ;2 half of a Local pair that shows them is replaced by the channel
         that dialled the pair, found in turn from the pair's ;1 half. That ;1
         half can show a different extension from the trunk leg, such as one
-        with the outside-line prefix that the Local pair drops.
+        with the outside-line prefix that the Local pair drops. A ;2 half that
+        ran the check itself is returned in place of that channel, because its
+        check covers the leg.
         """
         exten = snapshot_text(leg, "dialplan", "exten")
         if not exten or hops == 0:
@@ -431,6 +433,10 @@ class EventTracker:
         calling = snapshot_text(leg, "connected", "number")
         own_pair = local_pair(channel_name(leg), LOCAL_FIRST_HALF)
         found = set()
+        # The channel that dialled a Local pair -> the pair's ;2 half, when a
+        # check ran on that half. The channel itself shows the same extension
+        # and caller ID, so it is found both directly and through the pair.
+        checked_halves: dict[str, str] = {}
         for channel_id, channel in present.items():
             if (channel_id == leg.get("id")
                     or snapshot_text(channel, "dialplan", "app_name") != DIAL
@@ -446,10 +452,19 @@ class EventTracker:
             first_half = by_name.get(pair + LOCAL_FIRST_HALF)
             upstream = (None if first_half is None
                         else self._dialling_channel(first_half, present, by_name, hops - 1))
-            if upstream is None:
+            checked = self.guard.decisions.get(channel_id) is not None
+            if upstream is None and not checked:
                 return None
+            if upstream is None:
+                found.add(channel_id)
+                continue
             found.add(upstream)
-        return found.pop() if len(found) == 1 else None
+            if checked:
+                checked_halves[upstream] = channel_id
+        if len(found) != 1:
+            return None
+        caller = found.pop()
+        return checked_halves.get(caller, caller)
 
 
 def snapshot_text(snapshot: object, part: str, key: str) -> str:
