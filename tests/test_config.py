@@ -316,6 +316,10 @@ BAD_VALUES = [
         "'0' must be at least 1s; write it like 120 or 2m"]),
     ("general", "reservation_seconds", "-2m", [
         "'-2m' must be at least 1s; write it like 120 or 2m"]),
+    ("general", "reservation_seconds", "36501d", [
+        "'36501d' is too long; write at most 36500d"]),
+    ("general", "reservation_seconds", "99999999999999999999", [
+        "'99999999999999999999' is too long; write at most 36500d"]),
     ("general", "control_socket", "", [
         "'' is not a path; write it like /run/callguard/callguard.sock"]),
     ("general", "log_level", "verbose", [
@@ -392,6 +396,10 @@ BAD_VALUES = [
         "'-1h' must be at least 1s; write it like 10m"]),
     ("trunk gamma", "ban_window", "0", [
         "'0' must be at least 1s; write it like 10m"]),
+    ("trunk gamma", "ban_window", "36501d", [
+        "'36501d' is too long; write at most 36500d"]),
+    ("trunk gamma", "ban_max_time", "999999w", [
+        "'999999w' is too long; write at most 36500d"]),
     ("trunk gamma", "max_call_seconds", "-1h", [
         "'-1h' must be at least 1s; write it like 120 or 2m"]),
     ("trunk gamma", "repeat_window", "-1h", [

@@ -26,6 +26,9 @@ MAX_TIMEOUT = "30s"
 # Velocity counts live in memory only, so a longer window would promise more
 # than a restart keeps.
 MAX_REPEAT_WINDOW = "24h"
+# A reservation's start and end are datetimes, which cannot go past the year
+# 9999 or before the year 1, so a longer one is rejected.
+MAX_RESERVATION = "36500d"
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,9 @@ GENERAL_FIELDS: dict[str, Field] = {
         lambda text, context: values.parse_timeout(text, MAX_TIMEOUT), "1s"
     ),
     "prefixes": Field(_in_base_dir(addresses.parse_existing_file)),
-    "reservation_seconds": Field(_ignore_context(values.parse_whole_seconds), "120"),
+    "reservation_seconds": Field(
+        lambda text, context: values.parse_window(text, MAX_RESERVATION), "120"
+    ),
     "control_socket": Field(
         _in_base_dir(addresses.resolve_path), "/run/callguard/callguard.sock"
     ),

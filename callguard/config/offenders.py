@@ -27,6 +27,10 @@ OFFENDER_KEYS = (KEY_ENDPOINT, KEY_CALLER, KEY_ACCOUNTCODE, KEY_SOURCE)
 BAN_DURATION_EXAMPLES = "90s, 10m, 1h, 2d, 1w or 600 (seconds)"
 MAX_BAN_AFTER = 1000
 MAX_BAN_FACTOR = Decimal(100)
+# The maximum ban_window, ban_time and ban_max_time, as for callguardctl block
+# --for. A block's expiry is a datetime, which cannot go past the year 9999.
+MAX_BAN_DURATION = "36500d"
+MAX_BAN_SECONDS = 36500 * 86400
 
 DEFAULT_BAN_AFTER = 3
 DEFAULT_BAN_WINDOW = 600
@@ -95,6 +99,14 @@ def parse_ban_duration(text: str) -> int:
             f"{text!r} is not a whole number of seconds; write it like 90 or 10m"
         )
     return int(seconds)
+
+
+def parse_ban_setting(text: str) -> int:
+    """Parse a ban_window, ban_time or ban_max_time of at most ``MAX_BAN_DURATION``."""
+    seconds = parse_ban_duration(text)
+    if seconds > MAX_BAN_SECONDS:
+        raise InvalidValue(f"{text!r} is too long; write at most {MAX_BAN_DURATION}")
+    return seconds
 
 
 def parse_ban_after(text: str) -> int:
@@ -169,10 +181,10 @@ def _items(text: str, context: Any) -> tuple[str, ...]:
 OFFENDER_FIELDS: dict[str, tuple[Any, str]] = {
     "offender_key": (_ignore_context(parse_offender_key), KEY_ENDPOINT),
     "ban_after": (_ignore_context(parse_ban_after), str(DEFAULT_BAN_AFTER)),
-    "ban_window": (_ignore_context(parse_ban_duration), "10m"),
-    "ban_time": (_ignore_context(parse_ban_duration), "1h"),
+    "ban_window": (_ignore_context(parse_ban_setting), "10m"),
+    "ban_time": (_ignore_context(parse_ban_setting), "1h"),
     "ban_time_factor": (_ignore_context(parse_ban_factor), "2"),
-    "ban_max_time": (_ignore_context(parse_ban_duration), "1w"),
+    "ban_max_time": (_ignore_context(parse_ban_setting), "1w"),
     "ban_ignore": (_items, ""),
 }
 
