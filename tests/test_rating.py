@@ -594,6 +594,15 @@ def test_csv_error_names_file_and_line(tmp_path, monkeypatch):
         ("44,UK,,,60/60", "rate '' is missing"),
         ("44,UK,0.01,0.1234567,60/60", "connection_fee '0.1234567' is invalid"),
         ("44,UK,0.01,-1,60/60", "connection_fee '-1' is invalid"),
+        (
+            "44,UK,1000000000000,,60/60",
+            "rate '1000000000000' is too large; the maximum is 999999999999.999999",
+        ),
+        (
+            "44,UK,0.01,1000000000000,60/60",
+            "connection_fee '1000000000000' is too large; the maximum is "
+            "999999999999.999999",
+        ),
         ("44,UK,0.01,,60/0", "increments '60/0' is invalid because a block"),
         ("44,UK,0.01,,", "increments '' is invalid"),
         ("44,Korea, Republic of,0.01,,60/60", "the row has 6 fields but the header"),

@@ -128,13 +128,17 @@ def parse_rate(text: str) -> Decimal:
             "write the price per minute like 0.05"
         )
 
-    plain = RATE_CHARACTERS.issuperset(cleaned) and cleaned.count(".") <= 1
-    if not plain or cleaned == ".":
+    if not is_plain_number(cleaned):
         raise ValueError(
             f"rate {text!r} is invalid; write the price per minute as a plain "
             "decimal, like 0.05"
         )
-    return Decimal(cleaned)
+
+    # The store keeps every rate as it keeps money, so a larger one fails there.
+    rate = Decimal(cleaned)
+    if rate > MAX_AMOUNT:
+        raise ValueError(f"rate {text!r} is too large; the maximum is {MAX_AMOUNT}")
+    return rate
 
 
 def parse_connection_fee(text: str) -> Decimal:
@@ -148,10 +152,22 @@ def parse_connection_fee(text: str) -> Decimal:
     try:
         return parse_amount(text)
     except InvalidAmount:
+        pass
+
+    cleaned = text.strip()
+    if is_plain_number(cleaned) and Decimal(cleaned) > MAX_AMOUNT:
         raise ValueError(
-            f"connection_fee {text!r} is invalid; write a plain decimal that is "
-            "not negative and has at most six decimal places, like 0.10"
-        ) from None
+            f"connection_fee {text!r} is too large; the maximum is {MAX_AMOUNT}"
+        )
+    raise ValueError(
+        f"connection_fee {text!r} is invalid; write a plain decimal that is "
+        "not negative and has at most six decimal places, like 0.10"
+    )
+
+
+def is_plain_number(text: str) -> bool:
+    """Return True if ``text`` is digits with at most one decimal point."""
+    return RATE_CHARACTERS.issuperset(text) and text.count(".") <= 1 and text != "."
 
 
 def check_rate(value: object) -> None:
