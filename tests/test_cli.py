@@ -864,6 +864,63 @@ def test_prefixes_import_checks_home_rows(config, tmp_path, capsys):
     assert "+44" not in capsys.readouterr().out
 
 
+def test_prefixes_list_empty_store(config, capsys):
+    listed = run_ctl("--config", str(config), "prefixes", "list")
+    captured = capsys.readouterr()
+    listed_json = run_ctl("--config", str(config), "prefixes", "list", "--json")
+    captured_json = capsys.readouterr()
+
+    assert listed == EXIT_OK
+    assert captured.out == ""
+    assert "no prefix table is stored in sqlite:///" in captured.err
+    assert "callguardctl prefixes import FILE" in captured.err
+    assert listed_json == EXIT_OK
+    assert json.loads(captured_json.out) == []
+    assert captured_json.err == ""
+
+
+def test_prefixes_list_empty_category(config, capsys):
+    run_ctl("--config", str(config), "prefixes", "import", str(SAMPLE_PREFIXES))
+    capsys.readouterr()
+    table = config.parent / "no-pagers.csv"
+    rows = [line for line in SAMPLE_PREFIXES.read_text().splitlines()
+            if ",pager," not in line]
+    table.write_text("\n".join(rows) + "\n")
+    run_ctl("--config", str(config), "prefixes", "import", str(table))
+    capsys.readouterr()
+
+    listed = run_ctl("--config", str(config), "prefixes", "list", "--category", "pager")
+    captured = capsys.readouterr()
+
+    assert listed == EXIT_OK
+    assert captured.out == ""
+    assert "no prefix of category pager is stored in sqlite:///" in captured.err
+
+
+def test_rates_list_empty_store(tmp_path, capsys):
+    config = create_database(write_config(
+        tmp_path, trunks=TWO_TRUNKS + "\n[trunk epsilon]\ndefault_rate = 0.05\n"))
+    options = ["--config", str(config)]
+
+    gamma = run_ctl(*options, "rates", "list", "--trunk", "gamma")
+    gamma_err = capsys.readouterr().err
+    epsilon = run_ctl(*options, "rates", "list", "--trunk", "epsilon")
+    epsilon_err = capsys.readouterr().err
+    run_ctl(*options, "rates", "import", str(SAMPLE_RATES), "--trunk", "gamma")
+    capsys.readouterr()
+    filtered = run_ctl(*options, "rates", "list", "--trunk", "gamma", "--prefix", "999")
+    filtered_output = capsys.readouterr()
+
+    assert gamma == EXIT_OK
+    assert "no rate deck is stored for trunk gamma in sqlite:///" in gamma_err
+    assert "callguardctl rates import FILE --trunk gamma" in gamma_err
+    assert epsilon == EXIT_OK
+    assert f"its section in {config} names no rates file" in epsilon_err
+    assert filtered == EXIT_OK
+    assert filtered_output.out == ""
+    assert "no rate of trunk gamma whose prefix starts with 999" in filtered_output.err
+
+
 # status and calls against a running Application
 
 

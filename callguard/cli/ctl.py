@@ -36,6 +36,7 @@ from callguard.policy.offenders import normalise_source
 from callguard.rating import RateDeck, RateDeckError
 from callguard.store import Store, StoreError
 from callguard.text import escape_controls, plural
+from callguard.urls import mask_url
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,8 +237,12 @@ def _prefixes(args: argparse.Namespace) -> int:
               "point it there and reload to use this file")
         return EXIT_OK
 
-    store = open_store(read_config(args), create_schema=False)
-    rows = [r for r in store.list_prefixes() if not args.category or r[1] == args.category]
+    config = read_config(args)
+    store = open_store(config, create_schema=False)
+    stored = store.list_prefixes()
+    rows = [r for r in stored if not args.category or r[1] == args.category]
+    if not rows and not args.json:
+        print(_no_prefixes_message(config, stored, args.category), file=sys.stderr)
     if args.json:
         print(json.dumps([{"prefix": p, "category": c, "description": d} for p, c, d in rows],
                          indent=2))
@@ -271,6 +276,8 @@ def _rates(args: argparse.Namespace) -> int:
 
     store = open_store(config, create_schema=False)
     rows = store.list_rates(args.trunk, args.prefix, args.limit)
+    if not rows and not args.json:
+        print(_no_rates_message(config, args.trunk, args.prefix), file=sys.stderr)
     if args.json:
         print(json.dumps([
             {"prefix": p, "description": d, "rate": format_rate(r), "connection_fee": str(f),
@@ -280,6 +287,31 @@ def _rates(args: argparse.Namespace) -> int:
         for prefix, description, rate, fee, first, later in rows:
             print(f"{prefix:<12} {format_rate(rate):>10} {fee:>8} {first}/{later:<6} {description}")
     return EXIT_OK
+
+
+def _no_prefixes_message(config: Config, stored: list, category: str | None) -> str:
+    """Return why ``prefixes list`` lists nothing, for standard error."""
+    database = mask_url(config.general.database)
+    if stored:
+        return f"no prefix of category {category} is stored in {database}"
+    return (f"no prefix table is stored in {database}; the daemon stores the table it "
+            "uses each time it starts, or store one with callguardctl prefixes import "
+            "FILE")
+
+
+def _no_rates_message(config: Config, trunk: str, prefix: str | None) -> str:
+    """Return why ``rates list`` lists nothing for ``trunk``."""
+    database = mask_url(config.general.database)
+    if prefix:
+        return (f"no rate of trunk {trunk} whose prefix starts with {prefix} is stored "
+                f"in {database}")
+    if config.trunks[trunk].rates is None:
+        return (f"no rate deck is stored for trunk {trunk} in {database}, and its "
+                f"section in {config.path} names no rates file; store one with "
+                f"callguardctl rates import FILE --trunk {trunk}")
+    return (f"no rate deck is stored for trunk {trunk} in {database}; the daemon "
+            "stores the deck named by 'rates' each time it starts, or store one with "
+            f"callguardctl rates import FILE --trunk {trunk}")
 
 
 def _unknown_trunk(config: Config, name: str) -> str:
