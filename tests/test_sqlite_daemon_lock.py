@@ -58,6 +58,28 @@ async def test_second_daemon_on_sqlite_refused(tmp_path):
         await first.stop()
 
 
+@pytest.mark.parametrize("link", ["file", "folder"])
+async def test_second_daemon_through_symlink_refused(tmp_path, link):
+    (tmp_path / "data").mkdir()
+    database = f"sqlite:///{tmp_path / 'data' / 'shared.db'}"
+    if link == "file":
+        (tmp_path / "linked.db").symlink_to(tmp_path / "data" / "shared.db")
+        linked = f"sqlite:///{tmp_path / 'linked.db'}"
+    else:
+        (tmp_path / "linked").symlink_to(tmp_path / "data")
+        linked = f"sqlite:///{tmp_path / 'linked' / 'shared.db'}"
+    first = daemon(tmp_path / "first", database)
+    second = daemon(tmp_path / "second", linked)
+    await first.start()
+    try:
+        with pytest.raises(StoreError, match="another callguard daemon uses the SQLite "
+                                             "database"):
+            await second.start()
+        await second.stop()
+    finally:
+        await first.stop()
+
+
 async def test_daemon_after_stopped_one_starts(tmp_path):
     database = f"sqlite:///{tmp_path / 'shared.db'}"
     first = daemon(tmp_path / "first", database)

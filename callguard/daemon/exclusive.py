@@ -33,7 +33,12 @@ class DatabaseLock:
         self.path: Path | None = None
         if parsed.get_backend_name() == "sqlite":
             self.database = Path(parsed.database or "")
-            self.path = self.database.with_name(self.database.name + LOCK_SUFFIX)
+            # The lock is beside the file that the path resolves to, so that a
+            # daemon that names the database through a symbolic link takes the
+            # same lock. NOTE: a hard link to the database still gets a lock
+            # of its own.
+            resolved = self.database.resolve()
+            self.path = resolved.with_name(resolved.name + LOCK_SUFFIX)
         self._fd: int | None = None
 
     def acquire(self) -> None:
