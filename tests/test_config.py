@@ -1159,6 +1159,18 @@ def test_emergency_always_number_in_table_warns(workdir):
     ]
 
 
+@pytest.mark.parametrize("number", ["0", "9"])
+def test_emergency_one_digit_warns(workdir, number):
+    # A single digit makes the phone's first keypress a call that skips every limit.
+    warnings = general_warnings(f"emergency_numbers = 999, {number}")
+
+    assert len(warnings) == 1
+    assert warnings[0].startswith(
+        f"[general] emergency_numbers: {number!r} has only 1 digit, and no emergency "
+        "number has fewer than 2."
+    )
+
+
 @pytest.mark.parametrize("row, reason", [
     ("09011234567", "starts with the national prefix 0"),
     ("+35315501234", "is an international number"),

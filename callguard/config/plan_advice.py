@@ -32,6 +32,8 @@ DIAL_TONE_MARK = "~"
 # and others) for which phonenumbers 9.0.42 gives only a pattern of several forms.
 MAX_PATTERN_PREFIX_DIGITS = 5
 DIGITS = "0123456789"
+# Digits of the shortest emergency numbers in use.
+MIN_EMERGENCY_DIGITS = 2
 
 
 def number_plan_warnings(config: Config, prefixes: PrefixTable | None = None) -> list[str]:
@@ -188,6 +190,10 @@ def _emergency_warnings(
     warnings = []
     for number in plan.emergency_numbers:
         reasons = []
+        if len(number) < MIN_EMERGENCY_DIGITS:
+            # The shortest in use have two digits, such as 15, 17 and 18 in France.
+            reasons.append(f"has only {len(number)} digit, and no emergency number has "
+                           f"fewer than {MIN_EMERGENCY_DIGITS}")
         if len(number) > plan.short_code_max_length:
             reasons.append(
                 f"has {len(number)} digits, more than the "
