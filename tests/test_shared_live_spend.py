@@ -31,15 +31,19 @@ RATES = ("prefix,description,rate,connection_fee,increments\n"
 MOBILE = "07700900123"
 
 
-async def start_nodes(tmp_path, urls: dict[str, str]) -> list[Pbx]:
-    """Start one node per name in ``urls``, each on its database URL and own clock."""
+async def start_nodes(tmp_path, urls: dict[str, str],
+                      node_names: dict[str, str] | None = None) -> list[Pbx]:
+    """Start one node per name in ``urls``, each on its database URL and own clock.
+
+    A node is stored as ``pbx-NAME`` unless ``node_names`` names it otherwise.
+    """
     started = []
     for name, url in urls.items():
         directory = tmp_path / name
         directory.mkdir()
         pbx = Pbx(directory, START, trunks=TRUNK, rates=RATES, database=url)
         pbx.ari.system_name = f"pbx-{name}"
-        pbx.app_settings = {"node": f"pbx-{name}"}
+        pbx.app_settings = {"node": (node_names or {}).get(name, f"pbx-{name}")}
         await pbx.start()
         started.append(pbx)
     return started
@@ -182,6 +186,43 @@ async def test_ended_calls_leave_no_share(nodes):
     assert shared_with_b == {}
     assert b.app.ledger.others("gamma", "day", DAY) == Decimal(0)
     assert b.app.ledger.committed("gamma", "day", DAY) == Decimal("2.00")
+
+
+NAMESAKE_ERROR = "another daemon stores its live spend under this node's name"
+
+
+async def test_namesake_node_reported(tmp_path, pg_url, caplog):
+    started = await start_nodes(tmp_path, {"a": pg_url, "b": pg_url},
+                                node_names={"a": "pbx", "b": "pbx"})
+    try:
+        a, b = started
+        # Two hosts' clocks never agree to the microsecond, as these would.
+        b.clock.advance(0.25)
+        await answered_call(a, "01632960123")
+        await answered_call(b, "01632960124", endpoint="1002")
+        with caplog.at_level(logging.ERROR, logger="callguard.daemon.sharing"):
+            await step_to(started, 4 * LIVE_SPEND_SECONDS)
+    finally:
+        for pbx in started:
+            await pbx.stop()
+
+    assert NAMESAKE_ERROR in caplog.text
+    assert "'pbx'" in caplog.text
+
+
+async def test_distinct_nodes_not_reported(nodes, caplog):
+    a, b = nodes
+    await answered_call(a, "01632960123")
+    await answered_call(b, "01632960124", endpoint="1002")
+    with caplog.at_level(logging.ERROR, logger="callguard.daemon.sharing"):
+        await step_to(nodes, 4 * LIVE_SPEND_SECONDS)
+        # A restarted node finds the rows of its own last run, which are no namesake's.
+        await a.crash()
+        await a.start_callguard()
+        await answered_call(a, "01632960125", endpoint="1003")
+        await step_to(nodes, 8 * LIVE_SPEND_SECONDS)
+
+    assert NAMESAKE_ERROR not in caplog.text
 
 
 async def test_sqlite_node_writes_no_rows(tmp_path, sqlite_url):

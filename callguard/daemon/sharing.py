@@ -10,7 +10,7 @@ LIVE_SPEND_STALE_SECONDS is taken to be down, and its rows no longer count.
 
 import asyncio
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from callguard.clock import TimerHandle
@@ -44,7 +44,12 @@ class LiveSpendShare:
         self._task: asyncio.Task | None = None
         # True while the store may contain rows of this node that are not zero.
         self._rows_stored = True
+        # When this daemon last stored its rows, or None when it does not know
+        # which rows under its node name it stored: since its start, and after
+        # a failed write.
+        self._written_at: datetime | None = None
         self._errors = RepeatLimiter(clock=app.clock)
+        self._namesakes = RepeatLimiter(clock=app.clock)
         self._stopped = False
 
     def start(self) -> None:
@@ -105,11 +110,16 @@ class LiveSpendShare:
         rows = self._own_rows()
         if rows or self._rows_stored:
             try:
-                await app.worker.call(app.store.replace_live_spend, app.node, rows, now)
-                self._rows_stored = bool(rows)
+                replaced = await app.worker.call(app.store.replace_live_spend, app.node,
+                                                 rows, now)
             except StoreError as exc:
+                self._written_at = None
                 self._log_error("failed to store this node's live spend for the other "
                                 "nodes", exc)
+            else:
+                self._check_namesake(replaced)
+                self._rows_stored = bool(rows)
+                self._written_at = now if rows else None
 
         since = now - timedelta(seconds=LIVE_SPEND_STALE_SECONDS)
         try:
@@ -139,6 +149,22 @@ class LiveSpendShare:
                 if live or held:
                     rows.append(LiveSpendRow(name, window, keys[window], live, held))
         return rows
+
+    def _check_namesake(self, replaced: set[datetime]) -> None:
+        """Log an error when the rows just replaced are not the ones this daemon stored.
+
+        Another daemon that shares the store under the same node name then
+        writes them, and each daemon replaces the other's share with its own,
+        so neither counts the other's calls.
+        """
+        if self._written_at is None or replaced <= {self._written_at}:
+            return
+        suppressed = self._namesakes.admit()
+        if suppressed is not None:
+            log.error("another daemon stores its live spend under this node's name %r; "
+                      "neither counts the other's calls toward the shared limits. Give "
+                      "each daemon that shares the store its own host name%s",
+                      self._app.node, suppressed_note(suppressed))
 
     def _log_error(self, failure: str, exc: StoreError) -> None:
         suppressed = self._errors.admit()

@@ -5,10 +5,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import NamedTuple
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, delete, select
 
 from callguard.store.models import LiveSpend
 from callguard.store.records import check_text
+from callguard.store.schema import dialect_insert_for
 from callguard.store.types import check_aware, check_money
 from callguard.store.windows import check_window_key
 
@@ -41,15 +42,30 @@ def check_live_spend(node: str, rows: Sequence[LiveSpendRow], at: datetime) -> N
 
 
 def replace_live_spend(conn: Connection, node: str, rows: Sequence[LiveSpendRow],
-                       at: datetime) -> None:
-    """Replace every row of ``node`` with ``rows``, each updated at ``at``."""
-    conn.execute(delete(LiveSpend).where(LiveSpend.node == node))
+                       at: datetime) -> set[datetime]:
+    """Replace every row of ``node`` with ``rows``, each updated at ``at``.
+
+    Returns the update times of the rows replaced.
+    """
+    replaced = conn.execute(delete(LiveSpend).where(LiveSpend.node == node)
+                            .returning(LiveSpend.updated_at))
+    updated = {updated_at for (updated_at,) in replaced}
     if rows:
-        conn.execute(insert(LiveSpend), [
+        # A daemon that wrongly shares this node's name may insert the same
+        # rows meanwhile. Taking them over keeps both daemons writing, and the
+        # caller learns of it from the update times returned next round.
+        upsert = dialect_insert_for(conn.dialect.name, LiveSpend)
+        upsert = upsert.on_conflict_do_update(
+            index_elements=["node", "trunk", "window", "window_key"],
+            set_={"live": upsert.excluded.live, "held": upsert.excluded.held,
+                  "updated_at": upsert.excluded.updated_at},
+        )
+        conn.execute(upsert, [
             {"node": node, "trunk": row.trunk, "window": row.window,
              "window_key": row.key, "live": row.live, "held": row.held, "updated_at": at}
             for row in rows
         ])
+    return updated
 
 
 def others_live_spend(conn: Connection, node: str,

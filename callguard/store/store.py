@@ -264,14 +264,15 @@ class Store(OutboxMethods, AuditMethods):
 
     def replace_live_spend(
         self, node: str, rows: Sequence[live_spend.LiveSpendRow], at: datetime
-    ) -> None:
+    ) -> set[datetime]:
         """Replace the live spend rows of ``node`` with ``rows``, updated at ``at``.
 
         An empty ``rows`` deletes them, as when the node's calls have ended.
+        Returns the update times of the rows replaced, in UTC.
         """
         live_spend.check_live_spend(node, rows, at)
         with self._transaction(f"storing the live spend of node {node}") as conn:
-            live_spend.replace_live_spend(conn, node, rows, at)
+            return live_spend.replace_live_spend(conn, node, rows, at)
 
     def others_live_spend(
         self, node: str, since: datetime
