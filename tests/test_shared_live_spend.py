@@ -7,7 +7,9 @@ from decimal import Decimal
 import pytest
 from sqlalchemy.engine import make_url
 
+from callguard.cli.inspect import check_number
 from callguard.daemon.sharing import LIVE_SPEND_SECONDS, LIVE_SPEND_STALE_SECONDS
+from callguard.policy.decision import CallRequest
 from callguard.store import LiveSpendRow, Store
 from live_support import Pbx, answered_call, eventually
 
@@ -186,6 +188,21 @@ async def test_ended_calls_leave_no_share(nodes):
     assert shared_with_b == {}
     assert b.app.ledger.others("gamma", "day", DAY) == Decimal(0)
     assert b.app.ledger.committed("gamma", "day", DAY) == Decimal("2.00")
+
+
+async def test_offline_check_counts_shared_spend(nodes):
+    a, b = nodes
+    await answered_call(a, "01632960123")
+    await answered_call(b, "01632960124", endpoint="1002")
+    await step_to(nodes, 180 + 2 * LIVE_SPEND_SECONDS)
+
+    # Both nodes' four blocks, as they shared them: 2.00 is left, less than
+    # the mobile's first block.
+    report = await check_number(b.config, CallRequest(trunk="gamma", dialled=MOBILE),
+                                clock=b.clock)
+
+    assert report["result"] == "DENY"
+    assert report["reason"] == "limit:daily"
 
 
 NAMESAKE_ERROR = "another daemon stores its live spend under this node's name"

@@ -2,13 +2,18 @@
 
 import asyncio
 import json
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 from callguard.text import escape_controls
-from callguard.clock import SystemClock
+from callguard.clock import Clock, SystemClock
 from callguard.config import Config
 from callguard.daemon.control import ask
+from callguard.daemon.operator import BACKEND_POSTGRESQL
+from callguard.daemon.sharing import LIVE_SPEND_STALE_SECONDS
 from callguard.daemon.state import build_state
 from callguard.policy.blocks import BlockList
 from callguard.policy.decision import CallRequest
@@ -26,23 +31,29 @@ from callguard.windows import window_keys
 from callguard.worker import StoreWorker
 
 
-async def check_number(config: Config, request: CallRequest) -> dict:
+async def check_number(config: Config, request: CallRequest,
+                       clock: Clock | None = None) -> dict:
     """Decide ``request`` from the config and the store alone, without reserving anything.
 
-    The daemon's memory is not consulted, so calls in progress, checks waiting
-    for their Dial and the call-rate limits count for nothing here.
+    The daemon's memory is not consulted, so the call-rate limits count for
+    nothing here. Calls in progress and checks waiting for their Dial count
+    only on a PostgreSQL store, as the live spend that the daemons last
+    shared there, every node's own included.
     """
     tables = await asyncio.to_thread(build_state, config)
     store = Store(config.general.database, create_schema=False)
     worker = StoreWorker(store)
     try:
         await worker.call(store.open)
-        clock = SystemClock()
+        clock = clock or SystemClock()
         blocks = BlockList()
         active = await worker.call(store.active_blocks, clock.now())
         blocks.replace((b.key_type, b.key, b.expires_at) for b in active)
 
         ledger = Ledger(worker)
+        if make_url(config.general.database).get_backend_name() == BACKEND_POSTGRESQL:
+            since = clock.now() - timedelta(seconds=LIVE_SPEND_STALE_SECONDS)
+            ledger.replace_others(await worker.call(store.others_live_spend, None, since))
         reservations = Reservations()
         engine = PolicyEngine(tables.state, ledger, reservations, blocks, clock)
         decision = await engine.decide(request, reserve=False)

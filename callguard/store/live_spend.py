@@ -68,15 +68,20 @@ def replace_live_spend(conn: Connection, node: str, rows: Sequence[LiveSpendRow]
     return updated
 
 
-def others_live_spend(conn: Connection, node: str,
+def others_live_spend(conn: Connection, node: str | None,
                       since: datetime) -> dict[tuple[str, str, str], Decimal]:
     """Return the live and held spend of every node but ``node``, summed per
-    (trunk, window, key), from the rows updated at or after ``since``."""
-    check_text(node, "node")
+    (trunk, window, key), from the rows updated at or after ``since``.
+
+    With ``node`` None, every node's rows count.
+    """
+    if node is not None:
+        check_text(node, "node")
     check_aware(since, "since")
     statement = select(LiveSpend.trunk, LiveSpend.window, LiveSpend.window_key,
-                       LiveSpend.live, LiveSpend.held).where(
-        LiveSpend.node != node, LiveSpend.updated_at >= since)
+                       LiveSpend.live, LiveSpend.held).where(LiveSpend.updated_at >= since)
+    if node is not None:
+        statement = statement.where(LiveSpend.node != node)
     totals: dict[tuple[str, str, str], Decimal] = {}
     for trunk, window, key, live, held in conn.execute(statement):
         slot = (trunk, window, key)

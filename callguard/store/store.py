@@ -275,10 +275,11 @@ class Store(OutboxMethods, AuditMethods):
             return live_spend.replace_live_spend(conn, node, rows, at)
 
     def others_live_spend(
-        self, node: str, since: datetime
+        self, node: str | None, since: datetime
     ) -> dict[tuple[str, str, str], Decimal]:
         """Return the live and held spend of the nodes other than ``node`` per
-        (trunk, window, key), from their rows updated at or after ``since``."""
+        (trunk, window, key), from their rows updated at or after ``since``.
+        With ``node`` None, every node's rows count."""
         with self._transaction("reading the live spend of other nodes",
                                write=False) as conn:
             return live_spend.others_live_spend(conn, node, since)
