@@ -345,6 +345,40 @@ async def test_reload_warns_control_socket_changed(tmp_path, caplog):
     assert not moved.exists()
 
 
+async def test_decisions_stored_under_node_name(tmp_path):
+    daemon = Daemon(tmp_path, general="node_name = pbx-7\n")
+    await daemon.app.start()
+    try:
+        await daemon.check("01632960123", uniqueid="1718355600.9")
+    finally:
+        await daemon.app.stop()
+
+    with Store(daemon.config.general.database) as store:
+        store.open()
+        decisions = store.recent_decisions(10)
+    assert daemon.app.node == "pbx-7"
+    assert [decision.node for decision in decisions] == ["pbx-7"]
+
+
+async def test_reload_warns_node_name_changed(tmp_path, caplog):
+    daemon = Daemon(tmp_path, general="node_name = pbx-7\n")
+    await daemon.app.start()
+    try:
+        daemon.path.write_text(daemon.path.read_text().replace("pbx-7", "pbx-8"))
+        applied = await daemon.app.reload()
+        await daemon.check("01632960123", uniqueid="1718355600.9")
+    finally:
+        await daemon.app.stop()
+
+    with Store(daemon.config.general.database) as store:
+        store.open()
+        decisions = store.recent_decisions(10)
+    assert applied is True
+    assert (f"node_name changed in {daemon.path} to 'pbx-8', but callguard keeps storing "
+            "its rows as node 'pbx-7'; restart callguard to use it" in caplog.text)
+    assert [decision.node for decision in decisions] == ["pbx-7"]
+
+
 async def test_hangup_mid_session_is_survived(daemon):
     broken = await daemon.check("01632960123", uniqueid="1718355600.1")
     outcome = await run_fastagi_call(

@@ -104,6 +104,8 @@ GOOD_VALUES = [
     ("general", "reservation_seconds", "2m", "general.reservation_seconds", 120),
     ("general", "reservation_seconds", "1d", "general.reservation_seconds", 86400),
     ("general", "log_level", "Warning", "general.log_level", "warning"),
+    ("general", "node_name", "pbx-2.london", "general.node_name", "pbx-2.london"),
+    ("general", "node_name", "", "general.node_name", ""),
     ("ari", "enabled", "off", "ari.enabled", False),
     ("ari", "enabled", "TRUE", "ari.enabled", True),
     ("ari", "enabled", "1", "ari.enabled", True),
@@ -197,11 +199,16 @@ def test_sqlite_relative(workdir):
 
 
 AMOUNT_FIX = "write it like 50.00"
+NODE_NAME_FIX = (
+    "is not a node name; write 1 to 63 ASCII letters, digits, dots, dashes or "
+    "underscores, starting with a letter or digit, like pbx1, or leave it empty "
+    "for the host name"
+)
 CATEGORY_LIST = ", ".join(KNOWN_CATEGORIES)
 GENERAL_KEYS = (
     "database, home_country, timezone, currency, fastagi_listen, allowed_clients, "
     "outside_line_prefix, emergency_numbers, fail_policy, decision_timeout, "
-    "prefixes, reservation_seconds, control_socket, log_level"
+    "prefixes, reservation_seconds, control_socket, log_level, node_name"
 )
 TRUNK_KEYS = (
     "bar, daily_limit, weekly_limit, warn_percent, max_concurrent_calls, "
@@ -324,6 +331,9 @@ BAD_VALUES = [
         "'' is not a path; write it like /run/callguard/callguard.sock"]),
     ("general", "log_level", "verbose", [
         "'verbose' is not valid; write one of debug, info, warning, error"]),
+    ("general", "node_name", "pbx 2", [f"'pbx 2' {NODE_NAME_FIX}"]),
+    ("general", "node_name", "-pbx", [f"'-pbx' {NODE_NAME_FIX}"]),
+    ("general", "node_name", "p" * 64, [f"'{'p' * 64}' {NODE_NAME_FIX}"]),
     ("ari", "enabled", "maybe", ["'maybe' is not a yes/no value; write yes or no"]),
     ("ari", "url", "ws://127.0.0.1:8088/", [
         "'ws://127.0.0.1:8088/' is not an http or https URL; write it like "

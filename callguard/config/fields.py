@@ -125,6 +125,7 @@ GENERAL_FIELDS: dict[str, Field] = {
     "log_level": Field(
         lambda text, context: values.parse_choice(text, LOG_LEVELS), "info"
     ),
+    "node_name": Field(_ignore_context(values.parse_node_name)),
 }
 
 ARI_FIELDS: dict[str, Field] = {

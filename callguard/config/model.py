@@ -64,6 +64,7 @@ class GeneralConfig:
     reservation_seconds: int
     control_socket: Path
     log_level: str
+    node_name: str  # empty for the host name
 
 
 @dataclass(frozen=True)

@@ -259,6 +259,22 @@ def parse_currency(text: str) -> str:
     return code
 
 
+# A node name: the characters of a host name, and underscores, up to 63 of them.
+NODE_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def parse_node_name(text: str) -> str:
+    """Parse the name that this daemon's rows in a shared store carry; empty
+    stands for the host name."""
+    if text and not NODE_NAME_PATTERN.fullmatch(text):
+        raise InvalidValue(
+            f"{text!r} is not a node name; write 1 to 63 ASCII letters, digits, dots, "
+            "dashes or underscores, starting with a letter or digit, like pbx1, or "
+            "leave it empty for the host name"
+        )
+    return text
+
+
 def parse_outside_line_prefix(text: str) -> str:
     """Parse the digits dialled for an outside line, at most four; empty is allowed."""
     if text and not (text.isascii() and text.isdigit()):

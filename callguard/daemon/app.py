@@ -87,7 +87,7 @@ class Application:
         # Tasks started by control requests, kept until they end.
         self._background: set[asyncio.Task] = set()
         # The name stored with each decision, by which a restart reads its own back.
-        self.node = socket.gethostname()
+        self.node = config.general.node_name or socket.gethostname()
         self.recorder = DecisionRecorder(self.worker, self.clock, self.node)
         self.engine: PolicyEngine | None = None
         self.guard: LiveGuard | None = None
@@ -396,7 +396,8 @@ class Application:
 
     def _keep_listeners(self, config: Config) -> Config:
         """Return the reloaded ``config`` with the FastAGI address and control socket
-        in use, warning about each that the file sets otherwise.
+        in use, warning about each that the file sets otherwise, and about a
+        changed node_name, which also takes effect only at a restart.
 
         The comparison is with what the daemon runs on, not with the previous
         file, so a file changed back to the running value warns no more.
@@ -411,6 +412,10 @@ class Application:
             log.warning("control_socket changed in %s to %s, but callguard keeps %s; "
                         "restart callguard to use it", config.path, general.control_socket,
                         self.control_socket)
+        if (general.node_name or socket.gethostname()) != self.node:
+            log.warning("node_name changed in %s to %r, but callguard keeps storing its "
+                        "rows as node %r; restart callguard to use it", config.path,
+                        general.node_name or socket.gethostname(), self.node)
         host, port = self.fastagi_listen
         return replace(config, general=replace(general, fastagi_host=host, fastagi_port=port,
                                                control_socket=self.control_socket))
