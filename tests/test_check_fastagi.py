@@ -29,6 +29,12 @@ class Daemon:
         self.clock = ManualClock(NOW)
         self.app = Application(self.config, clock=self.clock)
 
+    def decisions(self):
+        """Return the stored decisions, newest first."""
+        with Store(self.config.general.database) as store:
+            store.open()
+            return store.recent_decisions(10)
+
     def spend(self, window, key, amount, trunk="gamma"):
         with Store(self.config.general.database) as store:
             store.open()
@@ -239,9 +245,7 @@ async def test_decisions_stored(tmp_path):
     finally:
         await daemon.app.stop()
 
-    with Store(daemon.config.general.database) as store:
-        store.open()
-        decisions = store.recent_decisions(10)
+    decisions = daemon.decisions()
     by_uniqueid = {d.uniqueid: d for d in decisions}
     assert by_uniqueid["1718355600.7"].reason == "barred:premium"
     assert by_uniqueid["1718355600.8"].result == "ALLOW"
@@ -353,9 +357,7 @@ async def test_decisions_stored_under_node_name(tmp_path):
     finally:
         await daemon.app.stop()
 
-    with Store(daemon.config.general.database) as store:
-        store.open()
-        decisions = store.recent_decisions(10)
+    decisions = daemon.decisions()
     assert daemon.app.node == "pbx-7"
     assert [decision.node for decision in decisions] == ["pbx-7"]
 
@@ -370,9 +372,7 @@ async def test_reload_warns_node_name_changed(tmp_path, caplog):
     finally:
         await daemon.app.stop()
 
-    with Store(daemon.config.general.database) as store:
-        store.open()
-        decisions = store.recent_decisions(10)
+    decisions = daemon.decisions()
     assert applied is True
     assert (f"node_name changed in {daemon.path} to 'pbx-8', but callguard keeps storing "
             "its rows as node 'pbx-7'; restart callguard to use it" in caplog.text)
