@@ -876,3 +876,40 @@ DRAMA_NUMBERS = [
 @pytest.mark.parametrize("dialled, category", DRAMA_NUMBERS)
 def test_drama_ranges_classified(classifier, dialled, category):
     assert classifier.classify(dialled).category == category
+
+
+def _example_numbers() -> list[str]:
+    """Return phonenumbers' example number of every type of every region and network,
+    in E.164."""
+    types = [phonenumbers.PhoneNumberType.FIXED_LINE, phonenumbers.PhoneNumberType.MOBILE,
+             phonenumbers.PhoneNumberType.TOLL_FREE, phonenumbers.PhoneNumberType.PREMIUM_RATE,
+             phonenumbers.PhoneNumberType.SHARED_COST, phonenumbers.PhoneNumberType.VOIP,
+             phonenumbers.PhoneNumberType.PERSONAL_NUMBER, phonenumbers.PhoneNumberType.PAGER,
+             phonenumbers.PhoneNumberType.UAN, phonenumbers.PhoneNumberType.VOICEMAIL]
+    examples = [phonenumbers.example_number_for_type(region, number_type)
+                for region in sorted(phonenumbers.SUPPORTED_REGIONS) for number_type in types]
+    examples += [phonenumbers.example_number_for_non_geo_entity(code)
+                 for code in sorted(phonenumbers.COUNTRY_CODES_FOR_NON_GEO_REGIONS)]
+    return [phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164)
+            for example in examples if example is not None]
+
+
+# Canadian 310 numbers have seven digits and are dialled without an area code,
+# so they have no E.164 form that a carrier would connect.
+NOT_DIALLABLE_EXAMPLES = {"+13101234"}
+
+
+def test_example_numbers_normalised():
+    # The length check by leading digits must accept an example of every type in
+    # every region that phonenumbers knows.
+    rejected = {}
+    for e164 in _example_numbers():
+        if e164 in NOT_DIALLABLE_EXAMPLES:
+            continue
+        try:
+            GB.normalise(e164)
+        except InvalidNumber as exc:
+            rejected[e164] = str(exc)
+
+    assert len(_example_numbers()) > 1000
+    assert rejected == {}
