@@ -901,7 +901,7 @@ NOT_DIALLABLE_EXAMPLES = {"+13101234"}
 
 def test_example_numbers_normalised():
     # The length check by leading digits must accept an example of every type in
-    # every region that phonenumbers knows.
+    # every region of phonenumbers' metadata.
     rejected = {}
     for e164 in _example_numbers():
         if e164 in NOT_DIALLABLE_EXAMPLES:

@@ -6,13 +6,11 @@ from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
-
 from callguard.text import escape_controls
 from callguard.clock import Clock, SystemClock
 from callguard.config import Config
 from callguard.daemon.control import ask
-from callguard.daemon.operator import BACKEND_POSTGRESQL
+from callguard.daemon.operator import is_shared_store
 from callguard.daemon.sharing import LIVE_SPEND_STALE_SECONDS
 from callguard.daemon.state import build_state
 from callguard.policy.blocks import BlockList
@@ -51,7 +49,7 @@ async def check_number(config: Config, request: CallRequest,
         blocks.replace((b.key_type, b.key, b.expires_at) for b in active)
 
         ledger = Ledger(worker)
-        if make_url(config.general.database).get_backend_name() == BACKEND_POSTGRESQL:
+        if is_shared_store(config.general.database):
             since = clock.now() - timedelta(seconds=LIVE_SPEND_STALE_SECONDS)
             ledger.replace_others(await worker.call(store.others_live_spend, None, since))
         reservations = Reservations()

@@ -6,7 +6,6 @@ from datetime import timedelta
 import logging
 import socket
 
-from sqlalchemy.engine import make_url
 
 from callguard.agi.check import CheckHandler
 from callguard.agi.server import FastAGIServer
@@ -24,7 +23,7 @@ from callguard.daemon.live import (
     restore_decisions,
     restore_live_calls,
 )
-from callguard.daemon.operator import BACKEND_POSTGRESQL, operator_commands
+from callguard.daemon.operator import is_shared_store, operator_commands
 from callguard.daemon.exclusive import DatabaseLock
 from callguard.daemon.recorder import DecisionRecorder
 from callguard.daemon.sharing import LiveSpendShare
@@ -242,7 +241,7 @@ class Application:
     @property
     def _shared_store(self) -> bool:
         """True for a PostgreSQL store, which the daemons of several PBXs may share."""
-        return make_url(self.database).get_backend_name() == BACKEND_POSTGRESQL
+        return is_shared_store(self.database)
 
     @property
     def ari_connected(self) -> bool | None:
@@ -412,10 +411,11 @@ class Application:
             log.warning("control_socket changed in %s to %s, but callguard keeps %s; "
                         "restart callguard to use it", config.path, general.control_socket,
                         self.control_socket)
-        if (general.node_name or socket.gethostname()) != self.node:
+        configured_node = general.node_name or socket.gethostname()
+        if configured_node != self.node:
             log.warning("node_name changed in %s to %r, but callguard keeps storing its "
                         "rows as node %r; restart callguard to use it", config.path,
-                        general.node_name or socket.gethostname(), self.node)
+                        configured_node, self.node)
         host, port = self.fastagi_listen
         return replace(config, general=replace(general, fastagi_host=host, fastagi_port=port,
                                                control_socket=self.control_socket))

@@ -38,12 +38,19 @@ STORE_FIELD = "store"
 BACKEND_SQLITE = "sqlite"
 BACKEND_POSTGRESQL = "postgresql"
 POSTGRESQL_DEFAULT_PORT = 5432
+
 # The fields that tell PostgreSQL stores apart. The user and password do not:
 # two users reach the same tables.
 POSTGRESQL_FIELDS = ("host", "port", "database", "search_path")
 # Host names that all reach the PostgreSQL server on this machine over TCP.
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 _SEARCH_PATH = re.compile(r"-c\s*search_path\s*=\s*(\S+)")
+
+
+def is_shared_store(database: str) -> bool:
+    """Check whether ``database`` is a PostgreSQL store, which the daemons of several
+    PBXs may share."""
+    return make_url(database).get_backend_name() == BACKEND_POSTGRESQL
 
 
 def operator_commands(app: "Application") -> dict:

@@ -107,7 +107,7 @@ class LiveSpendShare:
         """
         app = self._app
         now = app.clock.now()
-        rows = self._own_rows()
+        rows = self._own_rows(now)
         if rows or self._rows_stored:
             try:
                 replaced = await app.worker.call(app.store.replace_live_spend, app.node,
@@ -134,10 +134,10 @@ class LiveSpendShare:
             log.debug("%s: live spend of the other nodes changed", trunk)
             app.guard.reschedule_soon(trunk)
 
-    def _own_rows(self) -> list[LiveSpendRow]:
-        """Return this daemon's live spend and holds in each trunk's current windows."""
+    def _own_rows(self, now: datetime) -> list[LiveSpendRow]:
+        """Return this daemon's live spend and the first blocks its pending checks
+        reserve, in each trunk's windows at ``now``."""
         app = self._app
-        now = app.clock.now()
         app.reservations.expire(now)
         rows = []
         for name, trunk in app.config.trunks.items():
@@ -163,7 +163,8 @@ class LiveSpendShare:
         if suppressed is not None:
             log.error("another daemon stores its live spend under this node's name %r; "
                       "neither counts the other's calls toward the shared limits. Give "
-                      "each daemon that shares the store its own host name%s",
+                      "each daemon that shares the store its own node_name in "
+                      "[general]%s",
                       self._app.node, suppressed_note(suppressed))
 
     def _log_error(self, failure: str, exc: StoreError) -> None:

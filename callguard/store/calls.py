@@ -116,14 +116,11 @@ class _DriverInsert:
         self._names = names
         self._id_index = names.index("id")
         # Every column but the id, which is allocated when the rows are stored.
-        self._converters = [
-            (name, columns[name].type.dialect_impl(dialect).bind_processor(dialect))
-            for name in names if name != "id"
-        ]
-        self._value_names = [name for name, _ in self._converters]
+        self._value_names = [name for name in names if name != "id"]
+        processors = [columns[name].type.dialect_impl(dialect).bind_processor(dialect)
+                      for name in self._value_names]
         # The positions in a row of the values that need converting.
-        self._processors = [(index, processor)
-                            for index, (_, processor) in enumerate(self._converters)
+        self._processors = [(index, processor) for index, processor in enumerate(processors)
                             if processor is not None]
         self._positional = dialect.positional
         self._rows_per_statement = 1
@@ -134,17 +131,14 @@ class _DriverInsert:
 
     def prepare(self, record: object) -> tuple:
         """Return the driver's values for ``record``, all columns but the id, in order."""
-        converted = []
-        for name, processor in self._converters:
-            value = getattr(record, name)
-            if processor is not None and value is not None:
-                value = processor(value)
-            converted.append(value)
-        return tuple(converted)
+        return self._convert([getattr(record, name) for name in self._value_names])
 
     def prepare_values(self, values: Mapping[str, Any]) -> tuple:
         """Return the driver's values for the columns in ``values``, as prepare() does."""
-        row = [values[name] for name in self._value_names]
+        return self._convert([values[name] for name in self._value_names])
+
+    def _convert(self, row: list) -> tuple:
+        """Apply each column's bind conversion to ``row``, in column order."""
         for index, processor in self._processors:
             value = row[index]
             if value is not None:
