@@ -1,4 +1,4 @@
--- The callguard database schema, version 3, for PostgreSQL and SQLite alike.
+-- The callguard database schema, version 4, for PostgreSQL and SQLite alike.
 --
 -- callguard creates this schema by itself in an empty database. Use this file
 -- to create it by hand instead, e.g. when the daemon's database user may not
@@ -6,13 +6,19 @@
 --   psql -v ON_ERROR_STOP=1 -1 -d callguard -f schema.sql
 --   sqlite3 /var/lib/callguard/callguard.db < schema.sql
 --
--- The daemon upgrades a database of version 1 or 2 by itself. By hand, from
--- version 1 run all of the statements below, and from version 2 the last two:
---   ALTER TABLE blocks ADD COLUMN renewed_at TIMESTAMP WITH TIME ZONE;
---   ALTER TABLE blocks ADD COLUMN renewed_by TEXT;
---   ALTER TABLE blocks ADD COLUMN first_reason TEXT;
---   (the CREATE TABLE live_spend statement of this file)
---   UPDATE schema_version SET version = 3;
+-- The daemon upgrades a database of version 1, 2 or 3 by itself. By hand, run
+-- the statements below for the database's version, then the last one:
+--   from version 1:
+--     ALTER TABLE blocks ADD COLUMN renewed_at TIMESTAMP WITH TIME ZONE;
+--     ALTER TABLE blocks ADD COLUMN renewed_by TEXT;
+--     ALTER TABLE blocks ADD COLUMN first_reason TEXT;
+--     (the CREATE TABLE live_spend statement of this file)
+--   from version 2:
+--     (the CREATE TABLE live_spend statement of this file)
+--   from version 3:
+--     ALTER TABLE live_spend ADD COLUMN calls INTEGER;
+--   in every case:
+--     UPDATE schema_version SET version = 4;
 --
 -- Money columns (rate, connection_fee, reserved, cost, amount, live, held,
 -- daily_spend, weekly_spend, call_cost) are BIGINT micro-units: 1.50 is stored as 1500000.
@@ -138,7 +144,9 @@ CREATE TABLE spend (
 
 -- Spend that each node sharing the store has not added to spend yet: the
 -- blocks its calls still up have begun, the ended calls it has still to store
--- (live), and the first blocks its pending checks hold (held). Each node
+-- (live), and the first blocks its pending checks hold (held). The row of the
+-- current day also carries the node's calls up plus its pending checks on the
+-- trunk (calls), which is NULL in rows of a release before version 4. Each node
 -- replaces its own rows every few seconds; the others ignore rows whose
 -- updated_at is too old, as those of a node that crashed.
 CREATE TABLE live_spend (
@@ -149,6 +157,7 @@ CREATE TABLE live_spend (
     live BIGINT NOT NULL,
     held BIGINT NOT NULL,
     updated_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    calls INTEGER,
     CONSTRAINT pk_live_spend PRIMARY KEY (node, trunk, "window", window_key),
     CONSTRAINT ck_live_spend_window CHECK ("window" IN ('day', 'week'))
 );
@@ -242,7 +251,7 @@ CREATE TABLE audit (
 );
 CREATE INDEX ix_audit_at ON audit (at);
 
-INSERT INTO schema_version (version) VALUES (3);
+INSERT INTO schema_version (version) VALUES (4);
 INSERT INTO id_counters (name, last_id) VALUES ('decisions', 0);
 INSERT INTO id_counters (name, last_id) VALUES ('calls', 0);
 INSERT INTO id_counters (name, last_id) VALUES ('blocks', 0);

@@ -16,6 +16,7 @@ from callguard.store import (
     Base,
     DecisionRecord,
     HangupRecord,
+    LiveShares,
     LiveSpendRow,
     Money,
     PerMinuteRate,
@@ -24,7 +25,7 @@ from callguard.store import (
     StoreError,
     UTCDateTime,
 )
-from callguard.store.models import Block
+from callguard.store.models import Block, LiveSpend
 from callguard.store.records import RESULT_DENY
 from callguard.store.schema import create_schema
 
@@ -303,9 +304,23 @@ VERSION_2_LINES = (
 )
 
 
+# The column that version 4 added to live_spend, as schema.sql declares it.
+VERSION_4_LINE = "    calls INTEGER,\n"
+
+
+def version_3_sql() -> str:
+    """Return schema.sql as it was at version 3, before live_spend shared call counts."""
+    sql = SCHEMA_SQL.read_text()
+    assert VERSION_4_LINE in sql
+    sql = sql.replace(VERSION_4_LINE, "")
+    seed = "INSERT INTO schema_version (version) VALUES (4);"
+    assert seed in sql
+    return sql.replace(seed, "INSERT INTO schema_version (version) VALUES (3);")
+
+
 def version_2_sql() -> str:
     """Return schema.sql as it was at version 2, before the live_spend table."""
-    sql = SCHEMA_SQL.read_text()
+    sql = version_3_sql()
     start = sql.index("\nCREATE TABLE live_spend (")
     end = sql.index(");", start) + len(");")
     sql = sql[:start] + sql[end:]
@@ -325,10 +340,16 @@ def version_1_sql() -> str:
     return sql.replace(seed, "INSERT INTO schema_version (version) VALUES (1);")
 
 
-def test_store_upgrades_version_1(engines, twin_url):
+def create_older_and_current(engines: tuple[Engine, Engine], older_sql: str) -> None:
+    """Create the current schema with the first engine and ``older_sql`` with the second."""
     from_models, from_sql = engines
     create_from_models(from_models)
-    run_schema_sql(from_sql, version_1_sql())
+    run_schema_sql(from_sql, older_sql)
+
+
+def test_store_upgrades_version_1(engines, twin_url):
+    from_models, from_sql = engines
+    create_older_and_current(engines, version_1_sql())
     with from_sql.begin() as conn:
         conn.execute(Block.__table__.insert(), {
             "id": 1, "key_type": "endpoint", "key": "1001", "reason": "fraud",
@@ -342,7 +363,7 @@ def test_store_upgrades_version_1(engines, twin_url):
                                        T0 + timedelta(hours=1), None, "bob")
 
     assert describe(from_sql) == describe(from_models)
-    assert seeds(from_sql)[0] == [(3,)]
+    assert seeds(from_sql)[0] == [(4,)]
     assert old.renewed_by is None
     assert old.first_reason is None
     assert renewal.block.id == 1
@@ -354,7 +375,7 @@ def test_read_only_open_keeps_version_1(twin_url):
     engine = create_engine(twin_url)
     run_schema_sql(engine, version_1_sql())
 
-    with pytest.raises(StoreError, match="has schema version 1, older than version 3"):
+    with pytest.raises(StoreError, match="has schema version 1, older than version 4"):
         Store(twin_url, create_schema=False).open()
 
     with engine.connect() as conn:
@@ -365,19 +386,43 @@ def test_read_only_open_keeps_version_1(twin_url):
     assert "renewed_at" not in columns
 
 
-def test_store_upgrades_version_2(engines, twin_url):
-    from_models, from_sql = engines
-    create_from_models(from_models)
-    run_schema_sql(from_sql, version_2_sql())
-    row = LiveSpendRow("gamma", "day", "2024-06-14", Decimal("1.50"), Decimal("0.20"))
-
+def share_after_upgrade(twin_url: str, row: LiveSpendRow) -> LiveShares:
+    """Open the store at ``twin_url``, which upgrades it, store ``row`` for
+    pbx-a and return what pbx-b reads of the others."""
     with Store(twin_url) as store:
         store.replace_live_spend("pbx-a", [row], T0)
-        shared = store.others_live_spend("pbx-b", T0)
+        return store.others_live_spend("pbx-b", T0)
+
+
+def test_store_upgrades_version_2(engines, twin_url):
+    from_models, from_sql = engines
+    create_older_and_current(engines, version_2_sql())
+    row = LiveSpendRow("gamma", "day", "2024-06-14", Decimal("1.50"), Decimal("0.20"))
+
+    shared = share_after_upgrade(twin_url, row)
 
     assert describe(from_sql) == describe(from_models)
-    assert seeds(from_sql)[0] == [(3,)]
-    assert shared == {("gamma", "day", "2024-06-14"): Decimal("1.70")}
+    assert seeds(from_sql)[0] == [(4,)]
+    assert shared.spend == {("gamma", "day", "2024-06-14"): Decimal("1.70")}
+
+
+def test_store_upgrades_version_3(engines, twin_url):
+    from_models, from_sql = engines
+    create_older_and_current(engines, version_3_sql())
+    # A row that a node of version 3 stored before the upgrade, with no count.
+    with from_sql.begin() as conn:
+        conn.execute(LiveSpend.__table__.insert(), {
+            "node": "pbx-c", "trunk": "gamma", "window": "day", "window_key": "2024-06-14",
+            "live": Decimal("1.00"), "held": Decimal(0), "updated_at": T0,
+        })
+    row = LiveSpendRow("gamma", "day", "2024-06-14", Decimal("1.50"), Decimal("0.20"), 2)
+
+    shared = share_after_upgrade(twin_url, row)
+
+    assert describe(from_sql) == describe(from_models)
+    assert seeds(from_sql)[0] == [(4,)]
+    assert shared.spend == {("gamma", "day", "2024-06-14"): Decimal("2.70")}
+    assert shared.calls == {"gamma": 2}
 
 
 @pytest.fixture

@@ -31,10 +31,12 @@ RATES = ("prefix,description,rate,connection_fee,increments\n"
          "44,United Kingdom,1.00,,60/60\n"
          "447,United Kingdom mobile,3.00,,60/60\n")
 MOBILE = "07700900123"
+CAPPED_TRUNK = TRUNK + "max_concurrent_calls = 3\n"
 
 
 async def start_nodes(tmp_path, urls: dict[str, str],
-                      node_names: dict[str, str] | None = None) -> list[Pbx]:
+                      node_names: dict[str, str] | None = None,
+                      trunks: str = TRUNK) -> list[Pbx]:
     """Start one node per name in ``urls``, each on its database URL and own clock.
 
     A node is stored as ``pbx-NAME`` unless ``node_names`` names it otherwise.
@@ -43,7 +45,7 @@ async def start_nodes(tmp_path, urls: dict[str, str],
     for name, url in urls.items():
         directory = tmp_path / name
         directory.mkdir()
-        pbx = Pbx(directory, START, trunks=TRUNK, rates=RATES, database=url)
+        pbx = Pbx(directory, START, trunks=trunks, rates=RATES, database=url)
         pbx.ari.system_name = f"pbx-{name}"
         pbx.app_settings = {"node": (node_names or {}).get(name, f"pbx-{name}")}
         await pbx.start()
@@ -54,6 +56,14 @@ async def start_nodes(tmp_path, urls: dict[str, str],
 @pytest.fixture
 async def nodes(tmp_path, pg_url):
     started = await start_nodes(tmp_path, {"a": pg_url, "b": pg_url})
+    yield started
+    for pbx in started:
+        await pbx.stop()
+
+
+@pytest.fixture
+async def capped_nodes(tmp_path, pg_url):
+    started = await start_nodes(tmp_path, {"a": pg_url, "b": pg_url}, trunks=CAPPED_TRUNK)
     yield started
     for pbx in started:
         await pbx.stop()
@@ -185,7 +195,8 @@ async def test_ended_calls_leave_no_share(nodes):
     with Store(a.config.general.database) as store:
         shared_with_b = store.others_live_spend("pbx-b", START)
 
-    assert shared_with_b == {}
+    assert shared_with_b.spend == {}
+    assert shared_with_b.calls == {}
     assert b.app.ledger.others("gamma", "day", DAY) == Decimal(0)
     assert b.app.ledger.committed("gamma", "day", DAY) == Decimal("2.00")
 
@@ -203,6 +214,63 @@ async def test_offline_check_counts_shared_spend(nodes):
 
     assert report["result"] == "DENY"
     assert report["reason"] == "limit:daily"
+
+
+async def answer_two_calls(nodes: list[Pbx]) -> None:
+    """Answer two calls on the first node, and step every node's clock until
+    the others have read them."""
+    for number, endpoint in (("01632960123", "1001"), ("01632960124", "1002")):
+        await answered_call(nodes[0], number, endpoint=endpoint)
+    await step_to(nodes, 2 * LIVE_SPEND_SECONDS)
+
+
+async def test_concurrent_cap_counts_other_node(capped_nodes):
+    a, b = capped_nodes
+    await answer_two_calls(capped_nodes)
+    _, first = await b.call("01632960125", endpoint="1003")
+    _, second = await b.call("01632960126", endpoint="1004")
+    # a reads b's ringing call within two more.
+    await step_to(capped_nodes, 4 * LIVE_SPEND_SECONDS)
+    _, on_a = await a.call("01632960127", endpoint="1005")
+
+    assert b.app.ledger.others_calls("gamma") == 2
+    assert first["CALLGUARD_RESULT"] == "ALLOW"
+    assert second["CALLGUARD_RESULT"] == "DENY"
+    assert second["CALLGUARD_REASON"] == "limit:concurrent"
+    assert a.app.ledger.others_calls("gamma") == 1
+    assert on_a["CALLGUARD_RESULT"] == "DENY"
+    assert on_a["CALLGUARD_REASON"] == "limit:concurrent"
+
+
+async def test_stale_node_calls_stop_counting(capped_nodes):
+    a, b = capped_nodes
+    await answer_two_calls(capped_nodes)
+    await answered_call(b, "01632960125", endpoint="1003")
+    await a.crash()
+
+    crashed_at = 2 * LIVE_SPEND_SECONDS
+    await step_to(capped_nodes, crashed_at + LIVE_SPEND_STALE_SECONDS - 2 * LIVE_SPEND_SECONDS)
+    _, before_stale = await b.call("01632960126", endpoint="1004")
+    await step_to(capped_nodes, crashed_at + LIVE_SPEND_STALE_SECONDS + LIVE_SPEND_SECONDS)
+    _, once_stale = await b.call("01632960127", endpoint="1005")
+
+    assert before_stale["CALLGUARD_RESULT"] == "DENY"
+    assert before_stale["CALLGUARD_REASON"] == "limit:concurrent"
+    assert once_stale["CALLGUARD_RESULT"] == "ALLOW"
+    assert b.app.ledger.others_calls("gamma") == 0
+
+
+async def test_offline_check_counts_shared_calls(capped_nodes):
+    a, b = capped_nodes
+    await answered_call(b, "01632960125", endpoint="1003")
+    await answer_two_calls(capped_nodes)
+
+    report = await check_number(b.config, CallRequest(trunk="gamma", dialled="01632960126"),
+                                clock=b.clock)
+
+    assert report["result"] == "DENY"
+    assert report["reason"] == "limit:concurrent"
+    assert report["detail"] == "3 calls of 3 in progress, 3 of them on other nodes"
 
 
 NAMESAKE_ERROR = "another daemon stores its live spend under this node's name"
@@ -255,7 +323,49 @@ async def test_sqlite_node_writes_no_rows(tmp_path, sqlite_url):
     finally:
         await pbx.stop()
 
-    assert rows == {}
+    assert rows.spend == {}
+    assert rows.calls == {}
+
+
+async def test_sqlite_node_caps_own_calls(tmp_path, sqlite_url):
+    pbx = Pbx(tmp_path, START, trunks=TRUNK + "max_concurrent_calls = 2\n", rates=RATES,
+              database=sqlite_url)
+    await pbx.start()
+    try:
+        await answered_call(pbx, "01632960123")
+        await answered_call(pbx, "01632960124", endpoint="1002")
+        pbx.clock.advance(LIVE_SPEND_SECONDS)
+        await pbx.settle()
+        _, third = await pbx.call("01632960125", endpoint="1003")
+        with Store(sqlite_url) as store:
+            rows = store.others_live_spend(None, START)
+    finally:
+        await pbx.stop()
+
+    assert third["CALLGUARD_RESULT"] == "DENY"
+    assert third["CALLGUARD_REASON"] == "limit:concurrent"
+    assert rows.calls == {}
+
+
+def test_others_live_calls_skip_stale(store):
+    fresh = START + timedelta(seconds=LIVE_SPEND_STALE_SECONDS)
+    store.replace_live_spend("pbx-a", [
+        LiveSpendRow("gamma", "day", DAY, Decimal("1.50"), Decimal(0), 2),
+        LiveSpendRow("gamma", "week", "2024-W24", Decimal("1.50"), Decimal(0)),
+    ], START)
+    store.replace_live_spend("pbx-b", [
+        LiveSpendRow("gamma", "day", DAY, Decimal(0), Decimal(0), 1),
+    ], fresh)
+    store.replace_live_spend("pbx-c", [
+        LiveSpendRow("gamma", "day", DAY, Decimal(0), Decimal("0.50"), 4),
+        LiveSpendRow("delta", "day", DAY, Decimal(0), Decimal(0), 1),
+    ], fresh)
+
+    assert store.others_live_spend("pbx-b", START).calls == {"gamma": 6, "delta": 1}
+    assert store.others_live_spend("pbx-b", fresh).calls == {"gamma": 4, "delta": 1}
+    assert store.others_live_spend(None, fresh).calls == {"gamma": 5, "delta": 1}
+    # A row of counts alone adds no spend.
+    assert store.others_live_spend("pbx-c", fresh).spend == {}
 
 
 def test_others_live_spend_skips_stale(store):
@@ -271,13 +381,13 @@ def test_others_live_spend_skips_stale(store):
         LiveSpendRow("gamma", "day", DAY, Decimal("4.00"), Decimal(0)),
     ], fresh)
 
-    assert store.others_live_spend("pbx-b", START) == {
+    assert store.others_live_spend("pbx-b", START).spend == {
         ("gamma", "day", DAY): Decimal("5.75"),
         ("gamma", "week", "2024-W24"): Decimal("1.75"),
     }
-    assert store.others_live_spend("pbx-b", fresh) == {
+    assert store.others_live_spend("pbx-b", fresh).spend == {
         ("gamma", "day", DAY): Decimal("4.00"),
     }
 
     store.replace_live_spend("pbx-c", [], fresh)
-    assert store.others_live_spend("pbx-b", fresh) == {}
+    assert store.others_live_spend("pbx-b", fresh).spend == {}

@@ -35,8 +35,8 @@ async def check_number(config: Config, request: CallRequest,
 
     The daemon's memory is not consulted, so the call-rate limits count for
     nothing here. Calls in progress and checks waiting for their Dial count
-    only on a PostgreSQL store, as the live spend that the daemons last
-    shared there, every node's own included.
+    only on a PostgreSQL store, as the live spend and the calls that the
+    daemons last shared there, every node's own included.
     """
     tables = await asyncio.to_thread(build_state, config)
     store = Store(config.general.database, create_schema=False)

@@ -3,9 +3,12 @@
 A trunk's stored totals contain only the calls that have ended. So every
 LIVE_SPEND_SECONDS each daemon writes to the store what its calls still up
 have spent and what its pending checks hold, per trunk and current day and
-week. It then reads the same of the other daemons, and the ledger counts it
-in every decision and limit search. A daemon whose rows are older than
-LIVE_SPEND_STALE_SECONDS is taken to be down, and its rows no longer count.
+week. With the day's spend it writes how many calls it has up plus pending
+checks on the trunk. It then reads the same of the other daemons. The ledger
+counts their spend in every decision and limit search, and their calls in
+the concurrent-call cap. A daemon
+whose rows are older than LIVE_SPEND_STALE_SECONDS is taken to be down, and
+its rows no longer count.
 """
 
 import asyncio
@@ -124,7 +127,7 @@ class LiveSpendShare:
         since = now - timedelta(seconds=LIVE_SPEND_STALE_SECONDS)
         try:
             others = await app.worker.call(app.store.others_live_spend, app.node, since)
-            fallen = app.ledger.others_fallen(others)
+            fallen = app.ledger.others_fallen(others.spend)
             changed = await app.ledger.refresh(fallen) if fallen else set()
         except StoreError as exc:
             self._log_error("failed to read the live spend of the other nodes", exc)
@@ -136,18 +139,21 @@ class LiveSpendShare:
 
     def _own_rows(self, now: datetime) -> list[LiveSpendRow]:
         """Return this daemon's live spend and the first blocks its pending checks
-        reserve, in each trunk's windows at ``now``."""
+        reserve, in each trunk's windows at ``now``, with its calls up plus
+        pending checks per trunk on the day's row."""
         app = self._app
         app.reservations.expire(now)
         rows = []
         for name, trunk in app.config.trunks.items():
             app.guard.catch_up(name)
             keys = window_keys(now, trunk.timezone)
+            calls = app.guard.live_count(name) + app.reservations.pending_count(name)
             for window in (DAY, WEEK):
                 live = app.ledger.unstored(name, window, keys[window])
                 held = app.reservations.held(name, window, keys[window])
-                if live or held:
-                    rows.append(LiveSpendRow(name, window, keys[window], live, held))
+                count = calls if window == DAY else 0
+                if live or held or count:
+                    rows.append(LiveSpendRow(name, window, keys[window], live, held, count))
         return rows
 
     def _check_namesake(self, replaced: set[datetime]) -> None:

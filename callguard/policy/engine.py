@@ -11,7 +11,9 @@
    ``barred-hours:<category>``;
 9. the velocity limits, counted over allowed calls only: deny ``limit:rate``,
    ``limit:destinations`` or ``limit:repeat``;
-10. the concurrent-call cap, pending reservations included: deny;
+10. the concurrent-call cap, pending reservations and the calls that the
+    other nodes sharing the store last reported included: deny
+    ``limit:concurrent``;
 11. the daily, then the weekly budget must cover the connection fee and the
     first block, which are reserved in the same step: deny ``limit:daily`` or
     ``limit:weekly``;
@@ -290,11 +292,14 @@ class PolicyEngine:
             return base.deny(breach.reason, breach.detail, tariff=tariff)
 
         if trunk.max_concurrent_calls is not None:
-            busy = self.live_calls(trunk.name) + self.reservations.pending_count(trunk.name)
+            elsewhere = self.ledger.others_calls(trunk.name)
+            busy = (self.live_calls(trunk.name) + self.reservations.pending_count(trunk.name)
+                    + elsewhere)
             if busy >= trunk.max_concurrent_calls:
-                return base.deny(REASON_CONCURRENT,
-                                 f"{busy} calls of {trunk.max_concurrent_calls} in progress",
-                                 tariff=tariff)
+                detail = f"{busy} calls of {trunk.max_concurrent_calls} in progress"
+                if elsewhere:
+                    detail += f", {elsewhere} of them on other nodes"
+                return base.deny(REASON_CONCURRENT, detail, tariff=tariff)
 
         def remaining(window: str, key: str) -> Decimal | None:
             limit = trunk.daily_limit if window == DAY else trunk.weekly_limit

@@ -21,7 +21,9 @@ its own part to the store every few seconds, and ``others`` keeps the
 parts of the other daemons as last read. ``spent()`` counts them with this
 daemon's own spend. A daemon counts a call that ended in its share until the
 store has the call (``unwritten``), so its share falls only once the
-stored total has risen.
+stored total has risen. The ledger also keeps the other daemons' calls up
+and pending checks per trunk, read with their shares, for the concurrent-call
+cap.
 """
 
 import asyncio
@@ -29,6 +31,7 @@ import logging
 from dataclasses import dataclass
 from decimal import Decimal
 
+from callguard.store import LiveShares
 from callguard.worker import StoreWorker
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,8 @@ class Ledger:
         self._reads: dict[WindowId, _ReadsInFlight] = {}
         # The live spend and holds of the other daemons sharing the store.
         self._others: dict[WindowId, Decimal] = {}
+        # The calls up and pending checks of the other daemons, per trunk.
+        self._others_calls: dict[str, int] = {}
 
     async def load(self, trunk: str, keys: dict[str, str]) -> None:
         """Make sure the committed totals of these windows are in memory."""
@@ -136,6 +141,10 @@ class Ledger:
         """Return the live spend and holds of the other daemons in one window."""
         return self._others.get((trunk, window, key), ZERO)
 
+    def others_calls(self, trunk: str) -> int:
+        """Return the calls up and pending checks of the other daemons on ``trunk``."""
+        return self._others_calls.get(trunk, 0)
+
     def spent(self, trunk: str, window: str, key: str) -> Decimal | None:
         """Return committed plus live spend, the other daemons' included, or None
         when the window was never loaded."""
@@ -160,14 +169,16 @@ class Ledger:
         return [window_id for window_id, amount in self._others.items()
                 if others.get(window_id, ZERO) < amount]
 
-    def replace_others(self, others: dict[WindowId, Decimal]) -> set[str]:
-        """Count ``others`` as the other daemons' shares from now on.
+    def replace_others(self, shares: LiveShares) -> set[str]:
+        """Count ``shares`` as the other daemons' spend and calls from now on.
 
-        Returns the trunks whose shares changed.
+        Returns the trunks whose spend shares changed.
         """
+        others = shares.spend
         changed = {window_id[0] for window_id in self._others.keys() | others.keys()
                    if self._others.get(window_id, ZERO) != others.get(window_id, ZERO)}
         self._others = {window_id: amount for window_id, amount in others.items() if amount}
+        self._others_calls = {trunk: count for trunk, count in shares.calls.items() if count}
         return changed
 
     def add_live(self, trunk: str, charges: dict[WindowKey, Decimal]) -> None:

@@ -3,7 +3,7 @@
 from callguard.store.audit_methods import AuditTrail
 from callguard.store.audit_records import AUDIT_ACTIONS, AuditRecord
 from callguard.store.engine import StoreError
-from callguard.store.live_spend import LiveSpendRow
+from callguard.store.live_spend import LiveShares, LiveSpendRow
 from callguard.store.models import SCHEMA_VERSION, Base
 from callguard.store.outbox_records import (
     ALERT_FAILED,
@@ -78,6 +78,7 @@ __all__ = [
     "DecisionRecord",
     "HangupRecord",
     "ImportRecord",
+    "LiveShares",
     "LiveSpendRow",
     "Money",
     "PerMinuteRate",

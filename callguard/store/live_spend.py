@@ -8,7 +8,7 @@ from typing import NamedTuple
 from sqlalchemy import Connection, delete, select
 
 from callguard.store.models import LiveSpend
-from callguard.store.records import check_text
+from callguard.store.records import check_count, check_text
 from callguard.store.schema import dialect_insert_for
 from callguard.store.types import check_aware, check_money
 from callguard.store.windows import check_window_key
@@ -22,6 +22,17 @@ class LiveSpendRow(NamedTuple):
     key: str
     live: Decimal  # blocks begun by calls still up, plus ended calls not yet stored
     held: Decimal  # first blocks of pending checks
+    # Calls up on the trunk plus pending checks there. Only the row of the
+    # current day carries them, so that each is counted once.
+    calls: int = 0
+
+
+class LiveShares(NamedTuple):
+    """The spend and calls of the nodes sharing a store that its stored totals lack."""
+
+    # Live and held spend per (trunk, window, key), zero sums left out.
+    spend: dict[tuple[str, str, str], Decimal]
+    calls: dict[str, int]  # calls up plus pending checks per trunk, zero counts left out
 
 
 def check_live_spend(node: str, rows: Sequence[LiveSpendRow], at: datetime) -> None:
@@ -34,6 +45,7 @@ def check_live_spend(node: str, rows: Sequence[LiveSpendRow], at: datetime) -> N
         check_window_key(row.window, row.key)
         check_money(row.live, f"live spend of {row.trunk} {row.window} {row.key}")
         check_money(row.held, f"held spend of {row.trunk} {row.window} {row.key}")
+        check_count(row.calls, f"calls of {row.trunk} {row.window} {row.key}")
         slot = (row.trunk, row.window, row.key)
         if slot in seen:
             raise ValueError(f"live spend of {row.trunk} {row.window} {row.key} is given "
@@ -58,32 +70,39 @@ def replace_live_spend(conn: Connection, node: str, rows: Sequence[LiveSpendRow]
         upsert = upsert.on_conflict_do_update(
             index_elements=["node", "trunk", "window", "window_key"],
             set_={"live": upsert.excluded.live, "held": upsert.excluded.held,
-                  "updated_at": upsert.excluded.updated_at},
+                  "calls": upsert.excluded.calls, "updated_at": upsert.excluded.updated_at},
         )
         conn.execute(upsert, [
             {"node": node, "trunk": row.trunk, "window": row.window,
-             "window_key": row.key, "live": row.live, "held": row.held, "updated_at": at}
+             "window_key": row.key, "live": row.live, "held": row.held,
+             "calls": row.calls, "updated_at": at}
             for row in rows
         ])
     return updated
 
 
-def others_live_spend(conn: Connection, node: str | None,
-                      since: datetime) -> dict[tuple[str, str, str], Decimal]:
+def others_live_spend(conn: Connection, node: str | None, since: datetime) -> LiveShares:
     """Return the live and held spend of every node but ``node``, summed per
-    (trunk, window, key), from the rows updated at or after ``since``.
+    (trunk, window, key), and their calls, summed per trunk, from the rows
+    updated at or after ``since``.
 
-    With ``node`` None, every node's rows count.
+    With ``node`` None, every node's rows count. A NULL count, as a release
+    before schema version 4 writes, counts as no calls.
     """
     if node is not None:
         check_text(node, "node")
     check_aware(since, "since")
     statement = select(LiveSpend.trunk, LiveSpend.window, LiveSpend.window_key,
-                       LiveSpend.live, LiveSpend.held).where(LiveSpend.updated_at >= since)
+                       LiveSpend.live, LiveSpend.held, LiveSpend.calls
+                       ).where(LiveSpend.updated_at >= since)
     if node is not None:
         statement = statement.where(LiveSpend.node != node)
-    totals: dict[tuple[str, str, str], Decimal] = {}
-    for trunk, window, key, live, held in conn.execute(statement):
-        slot = (trunk, window, key)
-        totals[slot] = totals.get(slot, Decimal(0)) + live + held
-    return totals
+    spend: dict[tuple[str, str, str], Decimal] = {}
+    calls: dict[str, int] = {}
+    for trunk, window, key, live, held, count in conn.execute(statement):
+        if live or held:
+            slot = (trunk, window, key)
+            spend[slot] = spend.get(slot, Decimal(0)) + live + held
+        if count:
+            calls[trunk] = calls.get(trunk, 0) + count
+    return LiveShares(spend, calls)

@@ -31,9 +31,10 @@ from callguard.store.records import (
 )
 from callguard.store.types import Money, PerMinuteRate, UTCDateTime
 
-# Version 2 added the renewal columns of blocks, and version 3 the live_spend
-# table; schema.upgrade_schema adds them to a database of an older version.
-SCHEMA_VERSION = 3
+# Version 2 added the renewal columns of blocks, version 3 the live_spend
+# table and version 4 its calls column. schema.upgrade_schema adds them to a
+# database of an older version.
+SCHEMA_VERSION = 4
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -218,6 +219,11 @@ class LiveSpend(Base):
     live: Mapped[Decimal] = mapped_column(Money)
     held: Mapped[Decimal] = mapped_column(Money)  # first blocks of pending checks
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # The node's calls up on the trunk plus its pending checks there, on the
+    # day row only (0 on the week row). NULL in rows that a release before
+    # schema version 4 writes, which shares no count. It is the last column,
+    # where the upgrade from version 3 adds it.
+    calls: Mapped[int | None] = mapped_column(Integer)
 
 
 class Block(Base):

@@ -153,6 +153,7 @@ def _check_version(version: int, database: str) -> None:
 UPGRADES: dict[int, tuple[tuple[str, tuple[str, ...]], ...]] = {
     1: ((Block.__tablename__, ("renewed_at", "renewed_by", "first_reason")),),
     2: (),
+    3: ((LiveSpend.__tablename__, ("calls",)),),
 }
 # Tables that each schema version added, by the version that lacks them.
 ADDED_TABLES: dict[int, tuple[str, ...]] = {
@@ -170,8 +171,12 @@ def upgrade_schema(conn: Connection, version: int, database: str = "the database
     it does for a user that does not own the tables or may not create any.
     """
     preparer = conn.dialect.identifier_preparer
+    # A table created by an earlier step has every column of the models already.
+    created: set[str] = set()
     for step in range(version, SCHEMA_VERSION):
         for table_name, columns in UPGRADES[step]:
+            if table_name in created:
+                continue
             table = Base.metadata.tables[table_name]
             for name in columns:
                 column_type = table.columns[name].type.compile(dialect=conn.dialect)
@@ -183,6 +188,7 @@ def upgrade_schema(conn: Connection, version: int, database: str = "the database
             table = Base.metadata.tables[table_name]
             _run_upgrade(conn, version, database,
                          lambda table=table: table.create(conn, checkfirst=True))
+            created.add(table_name)
     conn.execute(update(SchemaVersion).values(version=SCHEMA_VERSION))
     log.info("upgraded database schema from version %d to %d", version, SCHEMA_VERSION)
 

@@ -274,12 +274,10 @@ class Store(OutboxMethods, AuditMethods):
         with self._transaction(f"storing the live spend of node {node}") as conn:
             return live_spend.replace_live_spend(conn, node, rows, at)
 
-    def others_live_spend(
-        self, node: str | None, since: datetime
-    ) -> dict[tuple[str, str, str], Decimal]:
+    def others_live_spend(self, node: str | None, since: datetime) -> live_spend.LiveShares:
         """Return the live and held spend of the nodes other than ``node`` per
-        (trunk, window, key), from their rows updated at or after ``since``.
-        With ``node`` None, every node's rows count."""
+        (trunk, window, key), and their calls per trunk, from their rows updated
+        at or after ``since``. With ``node`` None, every node's rows count."""
         with self._transaction("reading the live spend of other nodes",
                                write=False) as conn:
             return live_spend.others_live_spend(conn, node, since)
