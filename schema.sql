@@ -148,7 +148,8 @@ CREATE TABLE spend (
 -- current day also carries the node's calls up plus its pending checks on the
 -- trunk (calls), which is NULL in rows of a release before version 4. Each node
 -- replaces its own rows every few seconds; the others ignore rows whose
--- updated_at is too old, as those of a node that crashed.
+-- updated_at is too old, as those of a node that crashed. Rows not updated for
+-- a day are deleted.
 CREATE TABLE live_spend (
     node TEXT NOT NULL,
     trunk TEXT NOT NULL,

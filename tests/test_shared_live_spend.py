@@ -5,12 +5,19 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import create_engine, select
 from sqlalchemy.engine import make_url
 
 from callguard.cli.inspect import check_number
-from callguard.daemon.sharing import LIVE_SPEND_SECONDS, LIVE_SPEND_STALE_SECONDS
+from callguard.daemon.sharing import (
+    LIVE_SPEND_EXPIRY_SECONDS,
+    LIVE_SPEND_PURGE_SECONDS,
+    LIVE_SPEND_SECONDS,
+    LIVE_SPEND_STALE_SECONDS,
+)
 from callguard.policy.decision import CallRequest
 from callguard.store import LiveSpendRow, Store
+from callguard.store.models import LiveSpend
 from live_support import Pbx, answered_call, eventually
 
 pytestmark = pytest.mark.postgres
@@ -273,6 +280,42 @@ async def test_offline_check_counts_shared_calls(capped_nodes):
     assert report["detail"] == "3 calls of 3 in progress, 3 of them on other nodes"
 
 
+def stored_nodes(url: str) -> set[str]:
+    """Return the names of the nodes that have live_spend rows in the store at ``url``."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return set(conn.execute(select(LiveSpend.node).distinct()).scalars())
+    finally:
+        engine.dispose()
+
+
+async def test_expired_rows_deleted(nodes, pg_url):
+    a, b = nodes
+    expired_at = START - timedelta(seconds=LIVE_SPEND_EXPIRY_SECONDS + 1)
+    kept_at = START - timedelta(seconds=LIVE_SPEND_EXPIRY_SECONDS - 60)
+    row = LiveSpendRow("gamma", "day", DAY, Decimal("1.00"), Decimal(0), 1)
+    with Store(pg_url) as store:
+        store.replace_live_spend("pbx-gone", [row], expired_at)
+        store.replace_live_spend("pbx-late", [row], kept_at)
+    await answered_call(a, "01632960123")
+
+    await step_to(nodes, 2 * LIVE_SPEND_SECONDS)
+    after_first_round = stored_nodes(pg_url)
+    with Store(pg_url) as store:
+        store.replace_live_spend("pbx-gone", [row], expired_at)
+    await step_to(nodes, 4 * LIVE_SPEND_SECONDS)
+    within_the_hour = stored_nodes(pg_url)
+    # Only b's clock moves on, so a's rows are an hour old on it.
+    b.clock.advance(LIVE_SPEND_PURGE_SECONDS)
+    await b.settle()
+    after_an_hour = stored_nodes(pg_url)
+
+    assert after_first_round == {"pbx-a", "pbx-late"}
+    assert within_the_hour == {"pbx-a", "pbx-late", "pbx-gone"}
+    assert after_an_hour == {"pbx-a"}
+
+
 NAMESAKE_ERROR = "another daemon stores its live spend under this node's name"
 
 
@@ -366,6 +409,20 @@ def test_others_live_calls_skip_stale(store):
     assert store.others_live_spend(None, fresh).calls == {"gamma": 5, "delta": 1}
     # A row of counts alone adds no spend.
     assert store.others_live_spend("pbx-c", fresh).spend == {}
+
+
+def test_delete_live_spend_before(store):
+    row = LiveSpendRow("gamma", "day", DAY, Decimal("1.00"), Decimal(0), 1)
+    store.replace_live_spend("pbx-a", [
+        row, LiveSpendRow("gamma", "week", "2024-W24", Decimal("1.00"), Decimal(0)),
+    ], START)
+    store.replace_live_spend("pbx-b", [row], START + timedelta(seconds=1))
+
+    deleted = store.delete_live_spend_before(START + timedelta(seconds=1))
+
+    assert deleted == 2
+    assert store.others_live_spend(None, START).calls == {"gamma": 1}
+    assert store.delete_live_spend_before(START + timedelta(seconds=1)) == 0
 
 
 def test_others_live_spend_skips_stale(store):

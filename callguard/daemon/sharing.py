@@ -6,9 +6,9 @@ have spent and what its pending checks hold, per trunk and current day and
 week. With the day's spend it writes how many calls it has up plus pending
 checks on the trunk. It then reads the same of the other daemons. The ledger
 counts their spend in every decision and limit search, and their calls in
-the concurrent-call cap. A daemon
-whose rows are older than LIVE_SPEND_STALE_SECONDS is taken to be down, and
-its rows no longer count.
+the concurrent-call cap. A daemon whose rows are older than
+LIVE_SPEND_STALE_SECONDS is taken to be down, and its rows no longer count.
+Rows older than LIVE_SPEND_EXPIRY_SECONDS are deleted.
 """
 
 import asyncio
@@ -36,6 +36,14 @@ LIVE_SPEND_SECONDS = 2.0
 # on a vanished PostgreSQL host may take to fail, so one slow write does not
 # make a running node's rows stale.
 LIVE_SPEND_STALE_SECONDS = 60.0
+# Rows not updated for this long are deleted, as those of a node that stopped
+# for good or was renamed. A running node rewrites its rows every round, so
+# they are deleted only after a day of failed writes, when they count for
+# nothing already, or when its clock is a day behind the deleting node's.
+LIVE_SPEND_EXPIRY_SECONDS = 24 * 3600.0
+# Seconds between two deletions of expired rows. A daemon deletes them in its
+# first round, and again in the round after a failed deletion.
+LIVE_SPEND_PURGE_SECONDS = 3600.0
 
 
 class LiveSpendShare:
@@ -54,6 +62,8 @@ class LiveSpendShare:
         self._errors = RepeatLimiter(clock=app.clock)
         self._namesakes = RepeatLimiter(clock=app.clock)
         self._stopped = False
+        # When this daemon last deleted the expired rows, None before it has.
+        self._purged_at: datetime | None = None
 
     def start(self) -> None:
         """Run a round every LIVE_SPEND_SECONDS on the daemon's clock."""
@@ -103,7 +113,8 @@ class LiveSpendShare:
                 self._schedule()
 
     async def share(self) -> None:
-        """Write this daemon's live spend, then read the other daemons' and count it.
+        """Write this daemon's live spend, then read the other daemons' and count it,
+        and delete the rows of nodes that stopped long ago.
 
         A store error is logged and the round ends. The ledger then keeps the
         shares of the others that it read last, until they are read again.
@@ -136,6 +147,25 @@ class LiveSpendShare:
         for trunk in changed:
             log.debug("%s: live spend of the other nodes changed", trunk)
             app.guard.reschedule_soon(trunk)
+        await self._purge(now)
+
+    async def _purge(self, now: datetime) -> None:
+        """Delete the rows of every node not updated for LIVE_SPEND_EXPIRY_SECONDS,
+        at most once every LIVE_SPEND_PURGE_SECONDS."""
+        purge_interval = timedelta(seconds=LIVE_SPEND_PURGE_SECONDS)
+        if self._purged_at is not None and now - self._purged_at < purge_interval:
+            return
+        app = self._app
+        before = now - timedelta(seconds=LIVE_SPEND_EXPIRY_SECONDS)
+        try:
+            deleted = await app.worker.call(app.store.delete_live_spend_before, before)
+        except StoreError as exc:
+            self._log_error("failed to delete the live spend rows of stopped nodes", exc)
+            return
+        self._purged_at = now
+        if deleted:
+            log.info("deleted %d live spend rows not updated since %s, of nodes that "
+                     "stopped", deleted, before.isoformat())
 
     def _own_rows(self, now: datetime) -> list[LiveSpendRow]:
         """Return this daemon's live spend and the first blocks its pending checks

@@ -81,6 +81,14 @@ def replace_live_spend(conn: Connection, node: str, rows: Sequence[LiveSpendRow]
     return updated
 
 
+def delete_live_spend_before(conn: Connection, before: datetime) -> int:
+    """Delete the rows of every node last updated before ``before``, and return
+    how many were deleted."""
+    check_aware(before, "before")
+    deleted = conn.execute(delete(LiveSpend).where(LiveSpend.updated_at < before))
+    return deleted.rowcount
+
+
 def others_live_spend(conn: Connection, node: str | None, since: datetime) -> LiveShares:
     """Return the live and held spend of every node but ``node``, summed per
     (trunk, window, key), and their calls, summed per trunk, from the rows

@@ -274,6 +274,14 @@ class Store(OutboxMethods, AuditMethods):
         with self._transaction(f"storing the live spend of node {node}") as conn:
             return live_spend.replace_live_spend(conn, node, rows, at)
 
+    def delete_live_spend_before(self, before: datetime) -> int:
+        """Delete the live spend rows of every node last updated before ``before``.
+
+        Returns how many rows were deleted.
+        """
+        with self._transaction("deleting the live spend of stopped nodes") as conn:
+            return live_spend.delete_live_spend_before(conn, before)
+
     def others_live_spend(self, node: str | None, since: datetime) -> live_spend.LiveShares:
         """Return the live and held spend of the nodes other than ``node`` per
         (trunk, window, key), and their calls per trunk, from their rows updated
