@@ -325,10 +325,9 @@ def _uses_source(engine: PolicyEngine) -> bool:
     otherwise. A block on an address, set by hand or kept from a time when a
     trunk counted by source, applies to every trunk, so it needs the read too.
     """
-    trunks = engine.state.config.trunks.values()
-    if any(trunk.offenders.key_type == KEY_SOURCE for trunk in trunks):
+    if engine.state.source_offenders:
         return True
-    return engine.blocks.has_type(KEY_SOURCE, engine.clock.now())
+    return bool(engine.blocks) and engine.blocks.has_type(KEY_SOURCE, engine.clock.now())
 
 
 def _shortened(text: str) -> str:

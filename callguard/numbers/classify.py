@@ -93,8 +93,9 @@ class Classifier:
         for form in forms:
             if not form.isdigit():
                 continue
-            rule = self.table.match(form)
-            if rule is not None and rule.category == EMERGENCY and rule.prefix == form:
+            # An emergency row matches its number exactly, as classify() requires.
+            rule = self.table.exact(form)
+            if rule is not None and rule.category == EMERGENCY:
                 return form
         return None
 

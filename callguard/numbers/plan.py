@@ -396,19 +396,21 @@ class NumberPlan:
         return parsed
 
     def _build(self, dialled: str, parsed: PhoneNumber) -> Number:
-        problem = leading_digits_problem(parsed)
+        nsn = phonenumbers.national_significant_number(parsed)
+        problem = leading_digits_problem(parsed, nsn)
         if problem is not None:
             raise InvalidNumber(f"dialled number {quote(dialled)} {problem}")
 
         country_code = parsed.country_code
         national = ""
         if country_code == self.country_code:
-            nsn = phonenumbers.national_significant_number(parsed)
             national = self.national_prefix + nsn
 
         return Number(
             dialled=dialled,
-            e164=phonenumbers.format_number(parsed, PhoneNumberFormat.E164),
+            # The text of format_number(parsed, E164), which differs only for
+            # a national number of 0 with raw input: no number read here.
+            e164=f"{PLUS}{country_code}{nsn}",
             national=national,
             country_code=country_code,
             find_region=functools.partial(_region_of, parsed),

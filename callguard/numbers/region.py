@@ -130,7 +130,7 @@ def length_problem(number: PhoneNumber) -> str | None:
     )
 
 
-def leading_digits_problem(number: PhoneNumber) -> str | None:
+def leading_digits_problem(number: PhoneNumber, nsn: str | None = None) -> str | None:
     """Return a predicate such as "has an impossible length ..." when no range
     of the number's country code has its length and leading digits, or None.
 
@@ -140,10 +140,12 @@ def leading_digits_problem(number: PhoneNumber) -> str | None:
     of the country code in phonenumbers' metadata, which matches every number
     of every range. Unlike ``is_valid_number``, it accepts numbers of
     unallocated and reserved ranges that fit this pattern, such as Ofcom's
-    drama ranges (07700 900xxx).
+    drama ranges (07700 900xxx). ``nsn`` is the number's national
+    significant number, when the caller has it already.
     """
     patterns = _general_patterns(number.country_code)
-    nsn = phonenumbers.national_significant_number(number)
+    if nsn is None:
+        nsn = phonenumbers.national_significant_number(number)
     if not patterns or any(pattern.fullmatch(nsn) for pattern in patterns):
         return None
 

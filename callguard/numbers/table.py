@@ -159,6 +159,10 @@ class PrefixTable:
 
         return None
 
+    def exact(self, prefix: str) -> PrefixRule | None:
+        """Return the rule whose prefix is exactly ``prefix``, or None."""
+        return self._rules.get(prefix)
+
     def rules(self) -> list[PrefixRule]:
         """Return the rules in the order they were defined."""
         return list(self._rules.values())

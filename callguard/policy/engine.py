@@ -96,6 +96,8 @@ class PolicyState:
         self.normalise_caller = functools.lru_cache(NUMBER_CACHE_SIZE)(
             self.classifier.plan.normalise_caller
         )
+        self.source_offenders = any(trunk.offenders.key_type == KEY_SOURCE
+                                    for trunk in self.config.trunks.values())
 
 
 def no_live_calls(trunk: str) -> int:
@@ -159,8 +161,7 @@ class PolicyEngine:
         screened = self._screen(request)
         if isinstance(screened, Decision):
             return screened
-        base, trunk, tariff = screened
-        now = self.clock.now()
+        base, trunk, tariff, now = screened
         return _Screened(base, trunk, tariff, now, window_keys(now, trunk.timezone))
 
     def judge(self, request: CallRequest, *, blocks: bool = True) -> Decision:
@@ -173,7 +174,7 @@ class PolicyEngine:
         screened = self._screen(request, blocks=blocks)
         if isinstance(screened, Decision):
             return screened
-        base, trunk, tariff = screened
+        base, trunk, tariff, _ = screened
         return base.allow(REASON_OK, tariff, None)
 
     def tariff_for(self, trunk: str, dialled: str) -> Tariff | None:
@@ -231,9 +232,10 @@ class PolicyEngine:
             return self._emergency(request, classified)
         return classified
 
-    def _screen(self, request: CallRequest, *,
-                blocks: bool = True) -> "Decision | tuple[_DecisionBase, TrunkConfig, Tariff]":
-        """Apply every step up to the limits: a final Decision, or what the limits need.
+    def _screen(self, request: CallRequest, *, blocks: bool = True
+                ) -> "Decision | tuple[_DecisionBase, TrunkConfig, Tariff, datetime]":
+        """Apply every step up to the limits: a final Decision, or what the limits
+        need and the time of the decision.
 
         With ``blocks`` False the step that denies blocked callers is skipped.
         """
@@ -245,9 +247,10 @@ class PolicyEngine:
         caller_e164 = state.normalise_caller(request.caller) or ""
         base = _DecisionBase(request, classified, caller_e164)
 
+        now = self.clock.now()
         blocked = None
-        if blocks:
-            blocked = self.blocks.blocked(_identities(request, caller_e164), self.clock.now())
+        if blocks and self.blocks:
+            blocked = self.blocks.blocked(_identities(request, caller_e164), now)
         if blocked is not None:
             return base.deny(REASON_BLOCKED, f"{blocked[0]} {blocked[1]} is blocked")
 
@@ -269,10 +272,10 @@ class PolicyEngine:
         if tariff is None:
             return base.deny(REASON_UNRATED, f"no rate for {classified.number.rating_key}")
 
-        if is_barred_out_of_hours(classified.category, trunk, self.clock.now()):
+        if is_barred_out_of_hours(classified.category, trunk, now):
             return base.deny(REASON_BARRED_HOURS + classified.category,
                              "outside the trunk's business_hours", tariff=tariff)
-        return base, trunk, tariff
+        return base, trunk, tariff, now
 
     def _check_limits(self, base: "_DecisionBase", trunk: TrunkConfig, tariff: Tariff,
                       now: datetime, keys: dict[str, str], *, reserve: bool) -> Decision:
@@ -285,11 +288,13 @@ class PolicyEngine:
             # A channel checked again (a dialplan loop, a retry) replaces its own hold.
             self.reservations.release(base.request.uniqueid)
 
-        velocity_call = _velocity_call(base)
         self.velocity.sweep(self.state.config.trunks, now)
-        breach = self.velocity.check(trunk, velocity_call, now)
-        if breach is not None:
-            return base.deny(breach.reason, breach.detail, tariff=tariff)
+        # A trunk without velocity limits counts nothing, so no call is built for it.
+        velocity_call = _velocity_call(base) if self.velocity.has_limits(trunk) else None
+        if velocity_call is not None:
+            breach = self.velocity.check(trunk, velocity_call, now)
+            if breach is not None:
+                return base.deny(breach.reason, breach.detail, tariff=tariff)
 
         if trunk.max_concurrent_calls is not None:
             elsewhere = self.ledger.others_calls(trunk.name)
@@ -330,7 +335,8 @@ class PolicyEngine:
             self.reservations.add(trunk.name, base.request.uniqueid, first, keys, now,
                                   self.state.config.general.reservation_seconds)
             reserved = first
-            self.velocity.record(trunk, velocity_call, now)
+            if velocity_call is not None:
+                self.velocity.record(trunk, velocity_call, now)
         return base.allow(REASON_OK, tariff, max_seconds, remaining=free, reserved=reserved)
 
     def _tariff(self, trunk: TrunkConfig, classified: Classified) -> Tariff | None:

@@ -67,6 +67,13 @@ class VelocityTracker:
         self._repeats: dict[tuple[str, str], deque[datetime]] = {}
         self._next_sweep: datetime | None = None
 
+    @staticmethod
+    def has_limits(trunk: TrunkConfig) -> bool:
+        """Check whether ``trunk`` sets any velocity limit; only then are its calls counted."""
+        return (trunk.max_calls_per_minute is not None
+                or trunk.max_destinations_per_hour is not None
+                or trunk.max_repeat_calls is not None)
+
     def check(
         self, trunk: TrunkConfig, call: VelocityCall, now: datetime
     ) -> Breach | None:
