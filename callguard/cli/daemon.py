@@ -116,7 +116,7 @@ async def serve(app: Application, notifier: Notifier) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = read_config(args)
-    setup_logging(config.general.log_level)
+    setup_logging(config.general.log_level, by_step=True)
 
     try:
         app = Application(config, database_override=bool(args.database))
