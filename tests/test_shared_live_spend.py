@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, event, select
 from sqlalchemy.engine import make_url
 
 from callguard.cli.inspect import check_number
@@ -336,6 +336,29 @@ async def test_namesake_node_reported(tmp_path, pg_url, caplog):
 
     assert NAMESAKE_ERROR in caplog.text
     assert "'pbx'" in caplog.text
+
+
+def test_namesake_insert_after_delete_reported(pg_url):
+    """Two daemons under one name write at once: the second's DELETE found no
+    rows, but the first inserted its rows before the second's INSERT."""
+    row = LiveSpendRow("gamma", "day", DAY, Decimal("1.00"), Decimal(0), 1)
+    theirs = START + timedelta(seconds=0.25)
+    with Store(pg_url) as store, Store(pg_url) as namesake:
+        inserted = []
+
+        def namesake_inserts_first(conn, cursor, statement, *args):
+            if statement.startswith("INSERT INTO live_spend") and not inserted:
+                inserted.append(namesake.replace_live_spend("pbx", [row], theirs))
+
+        event.listen(store._engine, "before_cursor_execute", namesake_inserts_first)
+        replaced = store.replace_live_spend("pbx", [row], START)
+        event.remove(store._engine, "before_cursor_execute", namesake_inserts_first)
+        stored = store.others_live_spend(None, START)
+
+    assert inserted == [set()]
+    assert replaced == {theirs}
+    # The rows are taken over, so the daemon goes on writing.
+    assert stored.calls == {"gamma": 1}
 
 
 async def test_distinct_nodes_not_reported(nodes, caplog):

@@ -5,7 +5,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import NamedTuple
 
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from callguard.store.models import LiveSpend
 from callguard.store.records import check_count, check_text
@@ -57,27 +58,36 @@ def replace_live_spend(conn: Connection, node: str, rows: Sequence[LiveSpendRow]
                        at: datetime) -> set[datetime]:
     """Replace every row of ``node`` with ``rows``, each updated at ``at``.
 
-    Returns the update times of the rows replaced.
+    Returns the update times of the rows replaced, those that a daemon
+    sharing ``node``'s name inserted since the DELETE included.
     """
     replaced = conn.execute(delete(LiveSpend).where(LiveSpend.node == node)
                             .returning(LiveSpend.updated_at))
     updated = {updated_at for (updated_at,) in replaced}
-    if rows:
-        # A daemon that wrongly shares this node's name may insert the same
-        # rows meanwhile. Taking them over keeps both daemons writing, and the
-        # caller learns of it from the update times returned next round.
+    if not rows:
+        return updated
+
+    values = [
+        {"node": node, "trunk": row.trunk, "window": row.window, "window_key": row.key,
+         "live": row.live, "held": row.held, "calls": row.calls, "updated_at": at}
+        for row in rows
+    ]
+    try:
+        with conn.begin_nested():
+            conn.execute(insert(LiveSpend), values)
+    except IntegrityError:
+        # A daemon that wrongly shares this node's name inserted the same rows
+        # after the DELETE. Their update times tell the caller, and taking the
+        # rows over keeps both daemons writing.
+        conflicting = conn.execute(select(LiveSpend.updated_at).where(LiveSpend.node == node))
+        updated |= {updated_at for (updated_at,) in conflicting}
         upsert = dialect_insert_for(conn.dialect.name, LiveSpend)
         upsert = upsert.on_conflict_do_update(
             index_elements=["node", "trunk", "window", "window_key"],
             set_={"live": upsert.excluded.live, "held": upsert.excluded.held,
                   "calls": upsert.excluded.calls, "updated_at": upsert.excluded.updated_at},
         )
-        conn.execute(upsert, [
-            {"node": node, "trunk": row.trunk, "window": row.window,
-             "window_key": row.key, "live": row.live, "held": row.held,
-             "calls": row.calls, "updated_at": at}
-            for row in rows
-        ])
+        conn.execute(upsert, values)
     return updated
 
 
