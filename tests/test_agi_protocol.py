@@ -21,7 +21,7 @@ from callguard.agi.protocol import (
     read_environment,
     script_name,
 )
-from callguard.agi.connection import MAX_QUEUED_LINES, AGIConnection
+from callguard.agi.connection import MAX_QUEUED_LINES, NO_LINE, AGIConnection
 from emulator.fastagi import AGICall, AsteriskAGISession, parse_agi_arguments
 
 FIXTURES = Path(__file__).parent / "fixtures" / "asterisk"
@@ -315,6 +315,42 @@ async def test_environment_rejected(pipe, data, error):
 
     with pytest.raises(error):
         await read_environment(pipe.connection, LIMITS)
+
+
+async def test_environment_leaves_next_line(pipe):
+    await pipe.feed(b"agi_network: yes\nagi_arg_1: 999\n\n200 result=1\n")
+
+    env = await read_environment(pipe.connection, LIMITS)
+
+    assert env == {"agi_network": "yes", "agi_arg_1": "999"}
+    assert pipe.connection.readline_nowait() == "200 result=1"
+
+
+async def test_environment_byte_by_byte(pipe):
+    block = b"agi_network: yes\r\nagi_arg_1: 01632 960000\r\n\r\n"
+
+    async def trickle():
+        for byte in block:
+            await pipe.feed(bytes([byte]))
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(trickle())
+    env = await read_environment(pipe.connection, LIMITS)
+    await task
+
+    assert env == {"agi_network": "yes", "agi_arg_1": "01632 960000"}
+
+
+async def test_environment_lines_before_nul_read(pipe):
+    await pipe.feed(b"agi_network: yes\nagi_arg_1: 0\x0090\n\n")
+    lines = pipe.connection.block_nowait()
+    while lines is NO_LINE:
+        await asyncio.sleep(0.01)
+        lines = pipe.connection.block_nowait()
+
+    assert lines == ["agi_network: yes"]
+    with pytest.raises(AGIProtocolError, match="NUL"):
+        pipe.connection.block_nowait()
 
 
 async def test_environment_limits_pass(pipe):

@@ -158,12 +158,7 @@ class AGIConnection(asyncio.Protocol):
 
         raw = self._lines.popleft()
         self._queued_bytes -= len(raw) + 1
-        if (self._paused and self._error is None
-                and len(self._lines) <= MAX_QUEUED_LINES // 2
-                and self._queued_bytes <= MAX_QUEUED_BYTES // 2):
-            self._paused = False
-            if not self._lost:
-                self.transport.resume_reading()
+        self._resume_if_drained()
         if raw[-1:] == b"\r":
             raw = raw[:-1]
         if b"\x00" in raw:
@@ -171,6 +166,41 @@ class AGIConnection(asyncio.Protocol):
             self._error = AGIProtocolError(f"AGI line {_shown(raw)} contains a NUL byte")
             raise self._error
         return raw.decode("utf-8", errors="replace")
+
+    def block_nowait(self) -> "list[str] | None | object":
+        """Return the complete lines queued up to the first empty one, that one
+        included, each as readline() returns it.
+
+        Returns NO_LINE while no line is complete and None at a clean end,
+        and raises as readline_nowait() does. A line with a NUL byte stays
+        queued behind the lines returned, so the next call raises for it.
+        Asterisk writes the agi_* block line after line without waiting for
+        a reply, so a session usually finds much of it queued at once.
+        """
+        lines = []
+        queue = self._lines
+        while queue and b"\x00" not in queue[0]:
+            raw = queue.popleft()
+            self._queued_bytes -= len(raw) + 1
+            if raw[-1:] == b"\r":
+                raw = raw[:-1]
+            line = raw.decode("utf-8", errors="replace")
+            lines.append(line)
+            if not line:
+                break
+        if not lines:
+            return self.readline_nowait()
+        self._resume_if_drained()
+        return lines
+
+    def _resume_if_drained(self) -> None:
+        """Read from the socket again once the queue paused for is half empty."""
+        if (self._paused and self._error is None
+                and len(self._lines) <= MAX_QUEUED_LINES // 2
+                and self._queued_bytes <= MAX_QUEUED_BYTES // 2):
+            self._paused = False
+            if not self._lost:
+                self.transport.resume_reading()
 
     # -- writing -----------------------------------------------------------
 

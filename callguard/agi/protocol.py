@@ -13,7 +13,7 @@ import logging
 import posixpath
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -196,21 +196,32 @@ class EnvironmentReader:
 
     def feed(self, line: str) -> bool:
         """Take one line without its newline; return True at the empty line that ends the block."""
-        if line == "":
-            return True
+        return self.feed_lines((line,))
+
+    def feed_lines(self, lines: Iterable[str]) -> bool:
+        """Take lines as feed() does, in order; return True at the empty line.
+
+        Lines after the empty one are not read.
+        """
         limits = self._limits
-        self._count += 1
-        if self._count > limits.max_variables:
-            raise AGIProtocolError(
-                f"AGI environment has more than {limits.max_variables} lines"
-            )
-        self._size += encoded_size(line) + 1
-        if self._size > limits.max_block:
-            raise AGIProtocolError(
-                f"AGI environment is longer than the limit of {limits.max_block} bytes"
-            )
-        name, value = _split_variable(line)
-        self.env[name] = value
+        env = self.env
+        for line in lines:
+            if line == "":
+                return True
+            self._count += 1
+            if self._count > limits.max_variables:
+                raise AGIProtocolError(
+                    f"AGI environment has more than {limits.max_variables} lines"
+                )
+            self._size += encoded_size(line) + 1
+            if self._size > limits.max_block:
+                raise AGIProtocolError(
+                    f"AGI environment is longer than the limit of {limits.max_block} bytes"
+                )
+            name, separator, value = line.partition(AGI_SEPARATOR)
+            if not separator or not name.startswith(AGI_PREFIX):
+                raise _invalid_line(line)
+            env[name] = value
         return False
 
     def ended(self) -> AGIHangup:
@@ -243,26 +254,23 @@ async def read_environment(
         while True:
             # Asterisk sends the block at once, so its lines are usually all
             # queued already: read them without a coroutine per line.
-            line = connection.readline_nowait()
-            if line is NO_LINE:
+            lines = connection.block_nowait()
+            if lines is NO_LINE:
                 await connection.wait(deadline)
                 continue
-            if line is None:
+            if lines is None:
                 raise reader.ended()
-            if reader.feed(line):
+            if reader.feed_lines(lines):
                 return reader.env
     except TimeoutError:
         raise reader.timed_out() from None
 
 
-def _split_variable(line: str) -> tuple[str, str]:
-    name, separator, value = line.partition(AGI_SEPARATOR)
-    if not separator or not name.startswith(AGI_PREFIX):
-        shown = line if len(line) <= 80 else line[:80] + "..."
-        raise AGIProtocolError(
-            f"invalid AGI environment line {shown!r}: expected 'agi_<name>: <value>'"
-        )
-    return name, value
+def _invalid_line(line: str) -> AGIProtocolError:
+    shown = line if len(line) <= 80 else line[:80] + "..."
+    return AGIProtocolError(
+        f"invalid AGI environment line {shown!r}: expected 'agi_<name>: <value>'"
+    )
 
 
 def validate_name(name: str) -> str:

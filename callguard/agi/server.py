@@ -376,12 +376,12 @@ class _Session:
         reader = self._reader
         try:
             while True:
-                line = connection.readline_nowait()
-                if line is NO_LINE:
+                lines = connection.block_nowait()
+                if lines is NO_LINE:
                     return
-                if line is None:
+                if lines is None:
                     raise reader.ended()
-                if reader.feed(line):
+                if reader.feed_lines(lines):
                     break
         except AGIError as exc:
             self._peer_failed("%s: %s; %s", _session_name(self._peername, None), exc,
