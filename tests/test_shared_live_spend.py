@@ -9,6 +9,7 @@ from sqlalchemy import create_engine, event, select
 from sqlalchemy.engine import make_url
 
 from callguard.cli.inspect import check_number
+from callguard.daemon.app import Application
 from callguard.daemon.sharing import (
     LIVE_SPEND_EXPIRY_SECONDS,
     LIVE_SPEND_PURGE_SECONDS,
@@ -278,6 +279,28 @@ async def test_offline_check_counts_shared_calls(capped_nodes):
     assert report["result"] == "DENY"
     assert report["reason"] == "limit:concurrent"
     assert report["detail"] == "3 calls of 3 in progress, 3 of them on other nodes"
+
+
+async def test_restarted_node_shares_no_foreign_call(capped_nodes):
+    # Node a restarts while its Asterisk is down, so it cannot ask which of the
+    # calls it takes over from the store are its own. b's call must count once.
+    a, b = capped_nodes
+    call = await answered_call(b, "01632960123")
+    await step_to(capped_nodes, 2 * LIVE_SPEND_SECONDS)
+    await a.app.stop()
+    await a.ari.stop()
+    a.app = Application(a.config, clock=a.clock)
+    a.app.node = "pbx-a"
+    await a.app.start()
+    taken_over = set(a.legs())
+
+    # Two blocks begun on b's call, at 0 s and 60 s, and two rounds to share them.
+    await step_to(capped_nodes, 60 + 4 * LIVE_SPEND_SECONDS)
+
+    assert taken_over == {call.trunk_id}
+    assert b.app.ledger.live("gamma", "day", DAY) == Decimal("2.00")
+    assert b.app.ledger.others("gamma", "day", DAY) == Decimal("0")
+    assert b.app.ledger.others_calls("gamma") == 0
 
 
 def stored_nodes(url: str) -> set[str]:

@@ -205,6 +205,18 @@ class LiveGuard:
         meter = self.meters.get(trunk)
         return 0 if meter is None else meter.live_count()
 
+    def unconfirmed_legs(self, trunk: str) -> list[Leg]:
+        """Return the live legs of ``trunk`` taken over from the store that this
+        Asterisk has not yet listed as its own.
+
+        On a shared store such a leg may be another PBX's call, which that
+        PBX's callguard counts already.
+        """
+        meter = self.meters.get(trunk)
+        if meter is None:
+            return []
+        return [leg for leg in meter.legs.values() if leg.live and leg.restored]
+
     def note_decision(self, request: CallRequest, decision) -> None:
         self.decisions.record(request, decision, self.clock.now())
         meter = self.meters.get(decision.trunk)
