@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import create_engine, event, select
 from sqlalchemy.engine import make_url
 
-from callguard.cli.inspect import check_number
+from callguard.cli.inspect import check_number, print_check
 from callguard.daemon.app import Application
 from callguard.daemon.sharing import (
     LIVE_SPEND_EXPIRY_SECONDS,
@@ -279,6 +279,23 @@ async def test_offline_check_counts_shared_calls(capped_nodes):
     assert report["result"] == "DENY"
     assert report["reason"] == "limit:concurrent"
     assert report["detail"] == "3 calls of 3 in progress, 3 of them on other nodes"
+
+
+async def test_offline_check_source_names_shared(capped_nodes, capsys):
+    b = capped_nodes[1]
+    await answered_call(b, "01632960125", endpoint="1003")
+    await answer_two_calls(capped_nodes)
+
+    report = await check_number(b.config, CallRequest(trunk="gamma", dialled="01632960126"),
+                                clock=b.clock)
+    print_check(report, as_json=False)
+    lines = capsys.readouterr().out.splitlines()
+    source = [line for line in lines if line.startswith("source")]
+
+    assert report["reason"] == "limit:concurrent"
+    assert source == ["source     the config and the store only: the calls in progress and "
+                      "checks waiting for Dial that the daemons last shared, without the "
+                      "call-rate limits"]
 
 
 async def test_restarted_node_shares_no_foreign_call(capped_nodes):

@@ -49,7 +49,8 @@ async def check_number(config: Config, request: CallRequest,
         blocks.replace((b.key_type, b.key, b.expires_at) for b in active)
 
         ledger = Ledger(worker)
-        if is_shared_store(config.general.database):
+        shared = is_shared_store(config.general.database)
+        if shared:
             since = clock.now() - timedelta(seconds=LIVE_SPEND_STALE_SECONDS)
             ledger.replace_others(await worker.call(store.others_live_spend, None, since))
         reservations = Reservations()
@@ -63,8 +64,11 @@ async def check_number(config: Config, request: CallRequest,
     finally:
         await worker.call(store.close)
         worker.shutdown()
-    return check_report(decision, request, config.general.currency, budgets,
-                        DECIDED_OFFLINE)
+    report = check_report(decision, request, config.general.currency, budgets,
+                          DECIDED_OFFLINE)
+    # Whether the calls and spend that the daemons shared in the store counted.
+    report["shared_store"] = shared
+    return report
 
 
 def ask_daemon(config: Config, request: CallRequest) -> dict | None:
@@ -120,6 +124,9 @@ def print_check(report: dict, *, as_json: bool) -> None:
         print(f"why        {report['detail']}")
     if report["decided_by"] == DECIDED_BY_DAEMON:
         print("source     the running daemon, with its live calls and pending checks")
+    elif report.get("shared_store"):
+        print("source     the config and the store only: the calls in progress and checks "
+              "waiting for Dial that the daemons last shared, without the call-rate limits")
     else:
         print("source     the config and the store only: the concurrent-call cap, checks "
               "waiting for Dial and the call-rate limits are not counted")
