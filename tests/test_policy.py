@@ -520,6 +520,20 @@ async def test_concurrent_cap_counts_reservations(guard):
     assert decisions[10].reason == "limit:concurrent"
 
 
+async def test_concurrent_cap_detail_one_call(tmp_path):
+    guard = Guard(tmp_path, trunks=TRUNK.replace("max_concurrent_calls = 10",
+                                                 "max_concurrent_calls = 1"))
+    try:
+        first = await guard.decide("01632960123", uniqueid="1718355600.1")
+        second = await guard.decide("01632960123", uniqueid="1718355600.2")
+    finally:
+        guard.close()
+
+    assert first.result == "ALLOW"
+    assert second.reason == "limit:concurrent"
+    assert second.detail == "1 call of 1 in progress"
+
+
 async def test_same_channel_checked_twice_holds_once(guard):
     guard.spend("day", TODAY, "49.99")
     first = await guard.decide("01632960123", uniqueid="1718355600.1")

@@ -70,6 +70,7 @@ from callguard.policy.ledger import Ledger
 from callguard.policy.reservations import Reservations
 from callguard.policy.velocity import VelocityCall, VelocityTracker
 from callguard.rating import RateDeck, Tariff
+from callguard.text import plural
 from callguard.windows import DAY, WEEK, window_keys
 
 
@@ -301,7 +302,7 @@ class PolicyEngine:
             busy = (self.live_calls(trunk.name) + self.reservations.pending_count(trunk.name)
                     + elsewhere)
             if busy >= trunk.max_concurrent_calls:
-                detail = f"{busy} calls of {trunk.max_concurrent_calls} in progress"
+                detail = f"{plural(busy, 'call')} of {trunk.max_concurrent_calls} in progress"
                 if elsewhere:
                     detail += f", {elsewhere} of them on other nodes"
                 return base.deny(REASON_CONCURRENT, detail, tariff=tariff)
