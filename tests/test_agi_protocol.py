@@ -11,6 +11,7 @@ from callguard.agi.protocol import (
     MAX_COMMAND_BYTES,
     AGIChannel,
     AGICommandError,
+    AGIError,
     AGIHangup,
     AGILimits,
     AGIProtocolError,
@@ -353,6 +354,64 @@ async def test_environment_lines_before_nul_read(pipe):
         pipe.connection.block_nowait()
 
 
+BLOCK_READINGS = [
+    b"agi_network: yes\nagi_arg_1: 01632 960000\n\n",
+    b"agi_network: yes\r\nagi_arg_1: 999\r\n\r\n200 result=1\r\n",
+    b"agi_callerid: \xff\xfe caf\xc3\xa9\nagi_arg_1: \xe2\x82\n\nHANGUP\n",
+    b"agi_network: yes\nagi_arg_1: 0\x0090\n\n",
+    b"agi_network: yes\nagi_channel: PJSIP/1",
+    b"\n200 result=0\n",
+    b"agi_a: \r\r\n\n",
+]
+
+
+async def read_lines_singly(connection: AGIConnection) -> list:
+    """Return what readline_nowait() gives up to the first empty line, NO_LINE
+    or error included."""
+    lines = []
+    while True:
+        try:
+            line = connection.readline_nowait()
+        except AGIError as exc:
+            return lines + [type(exc)]
+        lines.append(line)
+        if line in ("", None) or line is NO_LINE:
+            return lines
+
+
+async def read_lines_as_block(connection: AGIConnection) -> list:
+    """Return what block_nowait() gives until the first empty line, NO_LINE or error."""
+    lines = []
+    while True:
+        try:
+            block = connection.block_nowait()
+        except AGIError as exc:
+            return lines + [type(exc)]
+        if block is None or block is NO_LINE:
+            return lines + [block]
+        lines.extend(block)
+        if block[-1] == "":
+            return lines
+
+
+@pytest.mark.parametrize("data", BLOCK_READINGS)
+async def test_block_read_as_lines(data):
+    readings = []
+    for read in (read_lines_singly, read_lines_as_block):
+        opened = await Pipe().open()
+        try:
+            await opened.feed(data, eof=True)
+            while not opened.connection._eof:
+                await asyncio.sleep(0.01)
+            first = await read(opened.connection)
+            readings.append((first, opened.connection.readline_nowait()
+                             if first[-1] == "" else None))
+        finally:
+            await opened.close()
+
+    assert readings[0] == readings[1]
+
+
 async def test_environment_limits_pass(pipe):
     lines = b"".join(b"agi_v%d: x\n" % i for i in range(127))
     long_line = b"agi_long: " + b"y" * (4096 - len(b"agi_long: \n")) + b"\n"
@@ -372,6 +431,30 @@ async def test_environment_limit_counts_bytes(pipe):
 
     with pytest.raises(AGIProtocolError, match="65536 bytes"):
         await read_environment(pipe.connection, LIMITS)
+
+
+def block_of_size(size: int) -> bytes:
+    """Return agi_* lines of ``size`` bytes in all, newlines included, and the empty line."""
+    lines = []
+    left = size
+    while left:
+        length = min(left, 4000)
+        name = b"agi_v%d: " % len(lines)
+        lines.append(name + b"y" * (length - len(name) - 1) + b"\n")
+        left -= length
+    return b"".join(lines) + b"\n"
+
+
+@pytest.mark.parametrize("size, fits", [(LIMITS.max_block, True), (LIMITS.max_block + 1, False)])
+async def test_environment_block_size_boundary(pipe, size, fits):
+    await pipe.feed(block_of_size(size))
+
+    if fits:
+        env = await read_environment(pipe.connection, LIMITS)
+        assert sum(len(name) + 2 + len(value) + 1 for name, value in env.items()) == size
+    else:
+        with pytest.raises(AGIProtocolError, match="65536 bytes"):
+            await read_environment(pipe.connection, LIMITS)
 
 
 async def test_environment_crlf(pipe):

@@ -177,6 +177,34 @@ class AGIConnection(asyncio.Protocol):
         Asterisk writes the agi_* block line after line without waiting for
         a reply, so a session usually finds much of it queued at once.
         """
+        queue = self._lines
+        if not queue:
+            return self.readline_nowait()
+        joined = b"\n".join(queue)
+        if b"\x00" in joined:
+            lines = self._lines_before_nul()
+        else:
+            # One decode for all lines gives what decoding each would: the
+            # newlines between them are ASCII, so no sequence spans two.
+            lines = joined.decode("utf-8", errors="replace").split("\n")
+            if b"\r" in joined:
+                lines = [line[:-1] if line[-1:] == "\r" else line for line in lines]
+            if "" in lines:
+                del lines[lines.index("") + 1:]
+            if len(lines) == len(queue):
+                queue.clear()
+                self._queued_bytes -= len(joined) + 1
+            else:
+                for _ in lines:
+                    self._queued_bytes -= len(queue.popleft()) + 1
+        if not lines:
+            return self.readline_nowait()
+        self._resume_if_drained()
+        return lines
+
+    def _lines_before_nul(self) -> list[str]:
+        """Take the lines queued before the first one with a NUL byte, up to the
+        first empty one, as block_nowait() returns them."""
         lines = []
         queue = self._lines
         while queue and b"\x00" not in queue[0]:
@@ -188,9 +216,6 @@ class AGIConnection(asyncio.Protocol):
             lines.append(line)
             if not line:
                 break
-        if not lines:
-            return self.readline_nowait()
-        self._resume_if_drained()
         return lines
 
     def _resume_if_drained(self) -> None:

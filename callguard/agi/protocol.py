@@ -13,7 +13,7 @@ import logging
 import posixpath
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -196,13 +196,35 @@ class EnvironmentReader:
 
     def feed(self, line: str) -> bool:
         """Take one line without its newline; return True at the empty line that ends the block."""
-        return self.feed_lines((line,))
+        return self.feed_lines([line])
 
-    def feed_lines(self, lines: Iterable[str]) -> bool:
+    def feed_lines(self, lines: list[str]) -> bool:
         """Take lines as feed() does, in order; return True at the empty line.
 
         Lines after the empty one are not read.
         """
+        ended = "" in lines
+        variables = lines[:lines.index("")] if ended else lines
+        count = self._count + len(variables)
+        joined = "\n".join(variables)
+        size = self._size + encoded_size(joined) + (1 if variables else 0)
+        limits = self._limits
+        if count > limits.max_variables or size > limits.max_block:
+            return self._feed_counted(lines)
+
+        # Within both limits as a whole, so within them line by line too.
+        env = self.env
+        for line in variables:
+            name, separator, value = line.partition(AGI_SEPARATOR)
+            if not separator or not name.startswith(AGI_PREFIX):
+                raise _invalid_line(line)
+            env[name] = value
+        self._count = count
+        self._size = size
+        return ended
+
+    def _feed_counted(self, lines: list[str]) -> bool:
+        """Take lines as feed_lines() does, counting each against the limits."""
         limits = self._limits
         env = self.env
         for line in lines:
