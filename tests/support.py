@@ -91,7 +91,9 @@ def write_config(
     rates: str = RATES,
     database: str | None = None,
     port: int = 4573,
-    decision_timeout: str = "1s",
+    # Well above the first check's store read on a loaded machine. Tests of
+    # the timeout itself set a short one.
+    decision_timeout: str = "10s",
     ari: str = "enabled = no\n",
 ) -> Path:
     """Write callguard.conf and rates.csv into ``directory`` and return the config path."""
