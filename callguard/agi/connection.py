@@ -88,19 +88,23 @@ class AGIConnection(asyncio.Protocol):
                 self._fail(len(self._partial))
             return
 
-        pieces = (self._partial + data).split(b"\n")
+        joined = self._partial + data
+        pieces = joined.split(b"\n")
         self._partial = pieces.pop()
         limit = self._max_line
-        for piece in pieces:
-            # The newline counts towards the limit.
-            if len(piece) >= limit:
-                self._fail(len(piece) + 1)
-                break
-            self._lines.append(piece)
-            self._queued_bytes += len(piece) + 1
-        else:
+        # The newline counts towards the limit.
+        if max(map(len, pieces)) < limit:
+            self._lines.extend(pieces)
+            self._queued_bytes += len(joined) - len(self._partial)
             if len(self._partial) >= limit:
                 self._fail(len(self._partial))
+        else:
+            for piece in pieces:
+                if len(piece) >= limit:
+                    self._fail(len(piece) + 1)
+                    break
+                self._lines.append(piece)
+                self._queued_bytes += len(piece) + 1
         if not self._paused and (len(self._lines) > MAX_QUEUED_LINES
                                  or self._queued_bytes > MAX_QUEUED_BYTES):
             self._paused = True
