@@ -1171,6 +1171,26 @@ def test_status_escapes_control_characters(config, capsys, monkeypatch):
     assert "  weekly  1.00 GBP, no limit" in out.splitlines()
 
 
+@pytest.mark.parametrize("fields, shown", [
+    ({}, "  live calls 0, checks waiting for Dial 1"),
+    ({"other_nodes_calls": 0}, "  live calls 0, checks waiting for Dial 1"),
+    ({"other_nodes_calls": 3},
+     "  live calls 0, checks waiting for Dial 1, calls and checks on other nodes 3"),
+])
+def test_status_shows_other_nodes_calls(config, capsys, monkeypatch, fields, shown):
+    trunk = {"daily_spend": "1.00", "daily_limit": "20.00", "daily_percent": "5.0",
+             "weekly_spend": "1.00", "weekly_limit": None, "weekly_percent": None,
+             "pending_checks": 1, "live_calls": []} | fields
+    reply = {"version": "0.1.0", "currency": "GBP", "ari_connected": True,
+             "trunks": {"gamma": trunk}}
+    monkeypatch.setattr(live, "query", lambda socket, request, timeout: reply)
+
+    status = run_ctl("--config", str(config), "status")
+
+    assert status == EXIT_OK
+    assert shown in capsys.readouterr().out.splitlines()
+
+
 def test_calls_escapes_control_characters(config, capsys, monkeypatch):
     reply = {"live": [live_call(channel=HOSTILE, category=HOSTILE)],
              "recent": [live_call(number=HOSTILE, state="ended", hangup_reason=HOSTILE)]}

@@ -240,8 +240,10 @@ async def test_concurrent_cap_counts_other_node(capped_nodes):
     # a reads b's ringing call within two more.
     await step_to(capped_nodes, 4 * LIVE_SPEND_SECONDS)
     _, on_a = await a.call("01632960127", endpoint="1005")
+    status = await b.app.status()
 
     assert b.app.ledger.others_calls("gamma") == 2
+    assert status["trunks"]["gamma"]["other_nodes_calls"] == 2
     assert first["CALLGUARD_RESULT"] == "ALLOW"
     assert second["CALLGUARD_RESULT"] == "DENY"
     assert second["CALLGUARD_REASON"] == "limit:concurrent"

@@ -61,8 +61,13 @@ def cmd_status(socket: Path, as_json: bool, timeout: float = ASK_TIMEOUT) -> int
         print(f"\n[{escape_controls(name)}]")
         for window in ("daily", "weekly"):
             print(_window_line(window, trunk, currency))
-        print(f"  live calls {len(trunk['live_calls'])}, checks waiting for Dial "
-              f"{trunk['pending_checks']}")
+        counts = (f"  live calls {len(trunk['live_calls'])}, checks waiting for Dial "
+                  f"{trunk['pending_checks']}")
+        # A daemon of an earlier release sends no such count.
+        elsewhere = trunk.get("other_nodes_calls", 0)
+        if elsewhere:
+            counts += f", calls and checks on other nodes {elsewhere}"
+        print(counts)
         for call in trunk["live_calls"]:
             channel, number = _text(call["channel"]), _text(call["number"], "?")
             print(f"    {channel:<24} {number:<16} {_text(call['state']):<8} "

@@ -85,6 +85,9 @@ def status(guard: LiveGuard, currency: str, ari_connected: bool | None) -> dict:
             "weekly_percent": _percent(spent[WEEK], config.weekly_limit),
             "reserved": _money(guard.reservations.held(name, DAY, keys[DAY])),
             "pending_checks": guard.reservations.pending_count(name),
+            # Calls up and pending checks that the other nodes sharing the
+            # store last reported, which count toward max_concurrent_calls.
+            "other_nodes_calls": guard.ledger.others_calls(name),
             "live_calls": [leg_status(leg, now) for leg in meter.legs.values()],
         }
     healthy = ari_connected is not False
