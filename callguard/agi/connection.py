@@ -188,8 +188,8 @@ class AGIConnection(asyncio.Protocol):
         if b"\x00" in joined:
             lines = self._lines_before_nul()
         else:
-            # One decode for all lines gives what decoding each would: the
-            # newlines between them are ASCII, so no sequence spans two.
+            # One decode for all lines gives the same text as decoding each,
+            # because the newlines between them are ASCII and end any sequence.
             lines = joined.decode("utf-8", errors="replace").split("\n")
             if b"\r" in joined:
                 lines = [line[:-1] if line[-1:] == "\r" else line for line in lines]

@@ -199,7 +199,7 @@ class EnvironmentReader:
         return self.feed_lines([line])
 
     def feed_lines(self, lines: list[str]) -> bool:
-        """Take lines as feed() does, in order; return True at the empty line.
+        """Take lines as feed() does, in order, and return True at the empty line.
 
         Lines after the empty one are not read.
         """
@@ -289,9 +289,9 @@ async def read_environment(
 
 
 def _invalid_line(line: str) -> AGIProtocolError:
-    shown = line if len(line) <= 80 else line[:80] + "..."
+    excerpt = line if len(line) <= 80 else line[:80] + "..."
     return AGIProtocolError(
-        f"invalid AGI environment line {shown!r}: expected 'agi_<name>: <value>'"
+        f"invalid AGI environment line {excerpt!r}: expected 'agi_<name>: <value>'"
     )
 
 

@@ -181,7 +181,8 @@ def connected_to_journal(stream: TextIO) -> bool:
     return (stat.st_dev, stat.st_ino) == (int(device), int(inode))
 
 
-# Records of one event loop step waiting to be written together; more are written at once.
+# Records of one event loop step that wait to be written together. A record
+# beyond this many is written at once, with those waiting before it.
 MAX_PENDING_RECORDS = 1000
 
 

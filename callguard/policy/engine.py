@@ -235,8 +235,8 @@ class PolicyEngine:
 
     def _screen(self, request: CallRequest, *, blocks: bool = True
                 ) -> "Decision | tuple[_DecisionBase, TrunkConfig, Tariff, datetime]":
-        """Apply every step up to the limits: a final Decision, or what the limits
-        need and the time of the decision.
+        """Apply every step up to the limits, and return the final Decision, or
+        what the limits need and the time of the decision.
 
         With ``blocks`` False the step that denies blocked callers is skipped.
         """
