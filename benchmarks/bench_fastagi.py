@@ -1,13 +1,19 @@
 """FastAGI check throughput and latency: callguard against a bare asyncio server.
 
-Three servers run, each in its own process: the callguard daemon, callguard's
-FastAGI server with a fixed answer ("fixed"), and the bare server. This
-process plays Asterisk over real loopback sockets. Closed-loop runs at 1, 10
-and 100 concurrent sessions give decisions per second and p50/p99 latency side
-by side, and an open-loop run offers 500 checks/s at a fixed rate, so its p99
-includes any queueing delay. Each server's CPU per check is shown whole and
-split into its main thread and its other threads, such as the daemon's store
-thread.
+Four servers run, each in its own process: the callguard daemon on its
+default event loop (uvloop when it is installed), callguard's FastAGI server
+with a fixed answer ("fixed") on the same loop, and the bare server twice,
+once on asyncio's own loop ("bare") and once on uvloop ("bare-uv"). This
+process plays Asterisk over real loopback sockets, on asyncio's own loop.
+Closed-loop runs at 1, 10 and 100 concurrent sessions give decisions per second
+and p50/p99 latency side by side, and an open-loop run offers 500 checks/s at a
+fixed rate, so its p99 includes any queueing delay. Each server's CPU per check
+is shown whole and split into its main thread and its other threads, such as
+the daemon's store thread.
+
+callguard / bare is the ratio the target is set on. callguard / bare-uv and
+fixed / bare-uv compare servers on the same loop, so they show what deciding
+and callguard's protocol layer cost apart from the loop's own speed.
 
 Run: .venv/bin/python benchmarks/bench_fastagi.py [--seconds 5] [--only closed,open]
 """
@@ -26,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from agi_load import closed_loop, open_loop  # noqa: E402
+from callguard.eventloop import ASYNCIO, AUTO, UVLOOP, resolve  # noqa: E402
 
 CONFIG = """\
 [general]
@@ -52,7 +59,7 @@ from bare_fastagi import start_bare_server
 async def main():
     server = await start_bare_server("127.0.0.1", {port})
     await server.serve_forever()
-asyncio.run(main())
+{run}
 """
 
 # callguard's own FastAGI server with a handler that sets the bare server's
@@ -71,8 +78,19 @@ async def main():
     server = FastAGIServer({{"check": set_fixed_variables}}, "127.0.0.1", {port})
     await server.start()
     await asyncio.Event().wait()
-asyncio.run(main())
+{run}
 """
+
+# The last line of a server script: run main() on asyncio's own loop or on uvloop.
+RUN_ON = {
+    ASYNCIO: "asyncio.run(main())",
+    UVLOOP: "import uvloop\nuvloop.run(main())",
+}
+
+# The ratios printed after each closed-loop run, (server, baseline), where
+# both ran.
+RATIOS = (("callguard", "bare"), ("callguard", "bare-uv"), ("fixed", "bare"),
+          ("fixed", "bare-uv"))
 
 
 def free_port() -> int:
@@ -118,11 +136,13 @@ def start_callguard(directory: Path, started: list[subprocess.Popen]) -> tuple[i
     return start_server(command, port, directory / "callguard.log", started).pid, port
 
 
-def start_script(script: str, name: str, directory: Path,
+def start_script(script: str, name: str, loop: str, directory: Path,
                  started: list[subprocess.Popen]) -> tuple[int, int]:
-    """Start a server from ``script`` (BARE_SERVER or FIXED_SERVER); return its pid and port."""
+    """Start a server from ``script`` (BARE_SERVER or FIXED_SERVER) on ``loop``
+    (ASYNCIO or UVLOOP); return its pid and port."""
     port = free_port()
-    command = [sys.executable, "-c", script.format(here=str(HERE), port=port)]
+    command = [sys.executable, "-c",
+               script.format(here=str(HERE), port=port, run=RUN_ON[loop])]
     return start_server(command, port, directory / f"{name}.log", started).pid, port
 
 
@@ -208,10 +228,13 @@ async def measure(servers: dict[str, tuple[int, int]], seconds: float,
                 (pid, port), lambda p: closed_loop(p, concurrency, seconds)
             )
             print(row(name, results[name]))
-        for name in ("callguard", "fixed"):
-            ratio = results[name]["per_second"] / results["bare"]["per_second"]
-            cost = results[name]["cpu_us"] / results["bare"]["cpu_us"]
-            print(f"{name} / bare: throughput {ratio:.0%}, server CPU per check {cost:.1f}x")
+        for name, baseline in RATIOS:
+            if baseline not in results:
+                continue
+            ratio = results[name]["per_second"] / results[baseline]["per_second"]
+            cost = results[name]["cpu_us"] / results[baseline]["cpu_us"]
+            print(f"{name} / {baseline}: throughput {ratio:.0%}, server CPU per check "
+                  f"{cost:.1f}x")
         print(ceiling(results["callguard"], results["bare"]))
 
     if "open" not in loads:
@@ -240,17 +263,24 @@ def main() -> None:
 
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; client and each "
           "server in separate processes")
-    print("fixed: callguard's FastAGI server setting the bare server's variables, "
-          "without deciding")
+    loop = resolve(AUTO)
+    print(f"callguard and fixed run on {loop}, bare on asyncio's own loop, bare-uv on "
+          "uvloop; fixed is callguard's FastAGI server setting the bare server's "
+          "variables without deciding")
     started: list[subprocess.Popen] = []
     with tempfile.TemporaryDirectory() as name:
         directory = Path(name)
         try:
             servers = {
                 "callguard": start_callguard(directory, started),
-                "fixed": start_script(FIXED_SERVER, "fixed", directory, started),
-                "bare": start_script(BARE_SERVER, "bare", directory, started),
+                "fixed": start_script(FIXED_SERVER, "fixed", loop, directory, started),
+                "bare": start_script(BARE_SERVER, "bare", ASYNCIO, directory, started),
             }
+            if loop == UVLOOP:
+                servers["bare-uv"] = start_script(BARE_SERVER, "bare-uv", UVLOOP,
+                                                  directory, started)
+            else:
+                print("uvloop is not installed: no bare-uv server")
             asyncio.run(measure(servers, args.seconds, loads))
         finally:
             for process in started:

@@ -5,6 +5,7 @@ import random
 import re
 import shutil
 import socket
+import sys
 import time
 from decimal import Decimal
 from ipaddress import ip_network
@@ -106,6 +107,10 @@ GOOD_VALUES = [
     ("general", "log_level", "Warning", "general.log_level", "warning"),
     ("general", "node_name", "pbx-2.london", "general.node_name", "pbx-2.london"),
     ("general", "node_name", "", "general.node_name", ""),
+    ("general", "event_loop", "asyncio", "general.event_loop", "asyncio"),
+    ("general", "event_loop", "UVLOOP", "general.event_loop", "uvloop"),
+    # uvloop is installed with callguard, so auto finds it.
+    ("general", "event_loop", "auto", "general.event_loop", "uvloop"),
     ("ari", "enabled", "off", "ari.enabled", False),
     ("ari", "enabled", "TRUE", "ari.enabled", True),
     ("ari", "enabled", "1", "ari.enabled", True),
@@ -208,7 +213,7 @@ CATEGORY_LIST = ", ".join(KNOWN_CATEGORIES)
 GENERAL_KEYS = (
     "database, home_country, timezone, currency, fastagi_listen, allowed_clients, "
     "outside_line_prefix, emergency_numbers, fail_policy, decision_timeout, "
-    "prefixes, reservation_seconds, control_socket, log_level, node_name"
+    "prefixes, reservation_seconds, control_socket, log_level, node_name, event_loop"
 )
 TRUNK_KEYS = (
     "bar, daily_limit, weekly_limit, warn_percent, max_concurrent_calls, "
@@ -332,6 +337,8 @@ BAD_VALUES = [
     ("general", "log_level", "verbose", [
         "'verbose' is not valid; write one of debug, info, warning, error"]),
     ("general", "node_name", "pbx 2", [f"'pbx 2' {NODE_NAME_FIX}"]),
+    ("general", "event_loop", "libuv", [
+        "'libuv' is not valid; write one of auto, uvloop, asyncio"]),
     ("general", "node_name", "-pbx", [f"'-pbx' {NODE_NAME_FIX}"]),
     ("general", "node_name", "p" * 64, [f"'{'p' * 64}' {NODE_NAME_FIX}"]),
     ("ari", "enabled", "maybe", ["'maybe' is not a yes/no value; write yes or no"]),
@@ -475,6 +482,17 @@ BAD_VALUES = [
         f"unknown key; did you mean daily_limit? known keys are {TRUNK_KEYS}"]),
 ]
 # fmt: on
+
+
+def test_event_loop_without_uvloop(workdir, monkeypatch):
+    # None in sys.modules makes "import uvloop" fail as if it were not installed.
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+
+    assert load(config_with("general", "event_loop", "auto")).general.event_loop == "asyncio"
+    [problem] = problems(config_with("general", "event_loop", "uvloop"))
+    assert problem.startswith(f"{CONFIG_NAME}:2: [general] event_loop: uvloop is not "
+                              "installed (")
+    assert problem.endswith("); install it with pip install uvloop, or write auto or asyncio")
 
 
 @pytest.mark.parametrize("section, key, value, messages", BAD_VALUES)
@@ -899,6 +917,7 @@ def test_defaults(workdir):
     assert general.reservation_seconds == 120
     assert general.control_socket == Path("/run/callguard/callguard.sock")
     assert general.log_level == "info"
+    assert general.event_loop == "uvloop"
     assert ari.enabled is True
     assert ari.url == "http://127.0.0.1:8088/"
     assert ari.username == "callguard"

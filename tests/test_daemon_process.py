@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from callguard import __version__
 from callguard.daemon.control import ask
 from callguard.store import Store
 from emulator.ari import AriEmulator
@@ -381,6 +382,43 @@ async def test_sighup_compares_listeners_with_running(start_daemon, tmp_path):
     assert variables["CALLGUARD_RESULT"] == "ALLOW"
     assert "gamma" in status["trunks"]
     assert not moved_socket.exists()
+
+
+@pytest.mark.parametrize("configured, running", [
+    ("", "uvloop"),
+    ("event_loop = auto\n", "uvloop"),
+    ("event_loop = asyncio\n", "asyncio"),
+])
+async def test_runs_on_configured_loop(start_daemon, configured, running):
+    daemon = await start_daemon(general=configured)
+    ready = f"INFO callguard: callguard {__version__} ready, on the {running} event loop"
+
+    variables = await check(daemon.port, GEOGRAPHIC)
+    barred = await check(daemon.port, "09011234567", "1718355600.2")
+
+    assert daemon.log().count(ready) == 1
+    assert variables["CALLGUARD_RESULT"] == "ALLOW"
+    assert barred["CALLGUARD_REASON"] == "barred:premium"
+
+
+async def test_sighup_keeps_running_loop(start_daemon):
+    daemon = await start_daemon()
+    good = daemon.config.read_text()
+    warning = (f"WARNING callguard.daemon.app: event_loop in {daemon.config} now means "
+               "asyncio, but callguard keeps running on uvloop; restart callguard to use it")
+
+    daemon.config.write_text(good.replace("[general]\n", "[general]\nevent_loop = asyncio\n"))
+    for _ in range(2):
+        await daemon.reload()
+    changed_log = daemon.log()
+    daemon.config.write_text(good)
+    await daemon.reload()
+    variables = await check(daemon.port, GEOGRAPHIC)
+
+    assert changed_log.count(warning) == 2
+    assert daemon.log().count(warning) == 2
+    assert daemon.log().count(f"reloaded {daemon.config}") == 3
+    assert variables["CALLGUARD_RESULT"] == "ALLOW"
 
 
 async def test_sighup_applies_log_level(start_daemon):

@@ -12,6 +12,7 @@ from callguard.cli.common import (EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, add_config
 from callguard.daemon.app import Application
 from callguard.daemon.state import TablesError
 from callguard.daemon.systemd import Notifier
+from callguard.eventloop import loop_factory, running_loop_name
 from callguard.store import StoreError
 from callguard.store.engine import mask_url
 
@@ -72,7 +73,7 @@ async def serve(app: Application, notifier: Notifier) -> None:
         raise
     settle_heap()
     notifier.ready("deciding calls")
-    log.info("callguard %s ready", __version__)
+    log.info("callguard %s ready, on the %s event loop", __version__, running_loop_name())
 
     async def reload_on_signal() -> None:
         while True:
@@ -120,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         app = Application(config, database_override=bool(args.database))
-        asyncio.run(serve(app, Notifier()))
+        with asyncio.Runner(loop_factory=loop_factory(config.general.event_loop)) as runner:
+            runner.run(serve(app, Notifier()))
     except StoreError as exc:
         log.error("%s", store_failure(config.general.database, exc))
         return EXIT_FAILURE

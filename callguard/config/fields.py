@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from callguard import eventloop
 from callguard.config import addresses, values
 from callguard.config.categories import parse_categories
 from callguard.config.errors import InvalidValue
@@ -126,7 +127,17 @@ GENERAL_FIELDS: dict[str, Field] = {
         lambda text, context: values.parse_choice(text, LOG_LEVELS), "info"
     ),
     "node_name": Field(_ignore_context(values.parse_node_name)),
+    "event_loop": Field(lambda text, context: _parse_event_loop(text), "auto"),
 }
+
+def _parse_event_loop(text: str) -> str:
+    """Parse auto, uvloop or asyncio and return the loop it means: uvloop or asyncio."""
+    choice = values.parse_choice(text, eventloop.CHOICES)
+    try:
+        return eventloop.resolve(choice)
+    except eventloop.LoopUnavailable as exc:
+        raise InvalidValue(str(exc)) from None
+
 
 ARI_FIELDS: dict[str, Field] = {
     "enabled": Field(_ignore_context(values.parse_bool), "yes"),

@@ -65,6 +65,9 @@ class GeneralConfig:
     control_socket: Path
     log_level: str
     node_name: str  # empty for the host name
+    # The loop the daemon runs on, "uvloop" or "asyncio": the file's auto
+    # already resolved to the one that imports.
+    event_loop: str
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,8 @@ class Application:
         # until the daemon stops. A reload does not move them either.
         self.fastagi_listen = (config.general.fastagi_host, config.general.fastagi_port)
         self.control_socket = config.general.control_socket
+        # The loop that callguard run starts the daemon on.
+        self.event_loop = config.general.event_loop
         self.store = Store(self.database)
         self.database_lock = DatabaseLock(self.database)
         self.worker = StoreWorker(self.store)
@@ -396,7 +398,7 @@ class Application:
     def _keep_listeners(self, config: Config) -> Config:
         """Return the reloaded ``config`` with the FastAGI address and control socket
         in use, warning about each that the file sets otherwise, and about a
-        changed node_name, which also takes effect only at a restart.
+        changed node_name or event_loop, which also take effect only at a restart.
 
         The comparison is with what the daemon runs on, not with the previous
         file, so a file changed back to the running value warns no more.
@@ -416,9 +418,14 @@ class Application:
             log.warning("node_name changed in %s to %r, but callguard keeps storing its "
                         "rows as node %r; restart callguard to use it", config.path,
                         configured_node, self.node)
+        if general.event_loop != self.event_loop:
+            log.warning("event_loop in %s now means %s, but callguard keeps running on "
+                        "%s; restart callguard to use it", config.path, general.event_loop,
+                        self.event_loop)
         host, port = self.fastagi_listen
         return replace(config, general=replace(general, fastagi_host=host, fastagi_port=port,
-                                               control_socket=self.control_socket))
+                                               control_socket=self.control_socket,
+                                               event_loop=self.event_loop))
 
     async def _record_reload(self, outcome: str) -> None:
         record = AuditRecord(at=self.clock.now(), action=ACTION_RELOAD,
