@@ -913,3 +913,25 @@ def test_example_numbers_normalised():
 
     assert len(_example_numbers()) > 1000
     assert rejected == {}
+
+
+def test_premium_check_reuses_reading():
+    # The premium check reads the PhoneNumber kept in the Number. Parsing the
+    # E.164 form again must give the same answer for every example number.
+    differing = []
+    premium = 0
+    for e164 in _example_numbers():
+        if e164 in NOT_DIALLABLE_EXAMPLES:
+            continue
+        number = GB.normalise(e164)
+        assert number.parsed is not None, e164
+        unparsed = Number(dialled=e164, e164=number.e164, national=number.national,
+                          country_code=number.country_code, region=number.region,
+                          short_code=False)
+        is_premium = GB.is_premium_rate(number)
+        premium += is_premium
+        if is_premium != GB.is_premium_rate(unparsed):
+            differing.append(e164)
+
+    assert differing == []
+    assert premium > 100

@@ -24,6 +24,8 @@ MAX_DIALLED_CHARACTERS = 64
 _ALLOWED_CHARACTERS = frozenset(
     "0123456789" + SEPARATORS + OPEN_BRACKET + CLOSE_BRACKET
 )
+# A translation table that deletes every allowed character: what it leaves is not allowed.
+_ALLOWED_REMOVAL = str.maketrans("", "", "".join(sorted(_ALLOWED_CHARACTERS)))
 _SEPARATOR_REMOVAL = str.maketrans("", "", SEPARATORS)
 _LAYOUT_REMOVAL = str.maketrans("", "", SEPARATORS + OPEN_BRACKET + CLOSE_BRACKET)
 
@@ -106,6 +108,9 @@ def parse_dial_string(
 
 
 def _check_characters(dialled: str, text: str) -> None:
+    if not text.translate(_ALLOWED_REMOVAL):
+        return
+
     for character in text:
         if character in _ALLOWED_CHARACTERS:
             continue
@@ -146,6 +151,9 @@ def _remove_brackets(
     home_lead: Callable[[str], bool] | None,
 ) -> str:
     """Drop ``(0)`` after the home country code and the brackets around other digits."""
+    if OPEN_BRACKET not in compact and CLOSE_BRACKET not in compact:
+        return compact
+
     trunk_group = OPEN_BRACKET + national_prefix + CLOSE_BRACKET
     home_code = str(home_country_code)
     if national_prefix and plus and compact.startswith(home_code + trunk_group):

@@ -2,6 +2,8 @@
 
 from collections.abc import Callable
 
+from phonenumbers import PhoneNumber
+
 from callguard.rating.fields import SHORT_CODE_MARK
 
 E164_PLUS = "+"
@@ -20,10 +22,15 @@ class Number:
     called on first use: for a country code that several regions share (``+44``,
     ``+1``), finding it means matching the number against each region's ranges,
     and most decisions never read it.
+
+    ``parsed`` is phonenumbers' ``PhoneNumber`` for the number, kept so that a
+    later check of its ranges does not parse ``e164`` again. It is None for
+    short codes and wherever the number was built without one. Equality and
+    hashing leave it out, because it follows from ``e164``.
     """
 
     __slots__ = ("dialled", "e164", "national", "country_code", "short_code",
-                 "_region", "_find_region")
+                 "_region", "_find_region", "parsed")
 
     dialled: str
     e164: str
@@ -41,12 +48,14 @@ class Number:
         short_code: bool,
         region: str | None = None,
         find_region: Callable[[], str] | None = None,
+        parsed: PhoneNumber | None = None,
     ):
         if (region is None) == (find_region is None):
             raise TypeError("Number() needs exactly one of region and find_region")
         for name, value in (("dialled", dialled), ("e164", e164), ("national", national),
                             ("country_code", country_code), ("short_code", short_code),
-                            ("_region", region), ("_find_region", find_region)):
+                            ("_region", region), ("_find_region", find_region),
+                            ("parsed", parsed)):
             object.__setattr__(self, name, value)
 
     @property

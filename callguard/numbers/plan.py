@@ -415,6 +415,7 @@ class NumberPlan:
             country_code=country_code,
             find_region=functools.partial(_region_of, parsed),
             short_code=False,
+            parsed=parsed,
         )
 
     def is_premium_rate(self, number: Number) -> bool:
@@ -429,7 +430,9 @@ class NumberPlan:
         """
         if not number.e164:
             return False
-        parsed = phonenumbers.parse(number.e164, None)
+        parsed = number.parsed
+        if parsed is None:
+            parsed = phonenumbers.parse(number.e164, None)
         number_type = phonenumbers.number_type(parsed)
         if number_type == PhoneNumberType.PREMIUM_RATE:
             return True
