@@ -5,6 +5,7 @@ import errno
 import importlib.util
 import logging
 import socket
+import struct
 import time
 from ipaddress import IPv4Address, IPv6Address, ip_network
 from pathlib import Path
@@ -587,6 +588,44 @@ def test_rejection_log(caplog):
         .startswith("rejected FastAGI connection from 10.0.0.2:9")
     )
     assert len(caplog.records) == 5
+
+
+@pytest.mark.skipif(importlib.util.find_spec("uvloop") is None,
+                    reason="uvloop is not installed")
+def test_reset_before_accept_on_uvloop(caplog):
+    # uvloop reads the peer name with getpeername() when the connection is
+    # made, which fails once the peer has reset it. The client connects from
+    # the loop's own thread, so the server accepts no connection until all of
+    # them are reset.
+    import uvloop
+
+    caplog.set_level(logging.WARNING, SERVER_LOG)
+
+    async def reset_connections(count: int) -> int:
+        server = FastAGIServer({"check": quick_check}, "127.0.0.1", 0, limits=LIMITS)
+        await server.start()
+        host, port = server.sockets[0]
+        block = encode_environment(CAPTURED_CALL.fastagi_environment(host, port))
+        try:
+            for _ in range(count):
+                with socket.create_connection((host, port)) as client:
+                    client.sendall(block)
+                    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                      struct.pack("ii", 1, 0))
+            await asyncio.sleep(0.3)
+            return server.active_sessions
+        finally:
+            await server.stop(grace=0.1)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        active = runner.run(reset_connections(5))
+
+    messages = server_messages(caplog)
+    assert active == 0
+    assert not [m for m in messages if "allowed_clients" in m]
+    assert messages
+    assert all(m.startswith("FastAGI connection closed: the peer reset it before")
+               for m in messages)
 
 
 def load_bare_server():

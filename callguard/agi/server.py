@@ -276,6 +276,16 @@ class FastAGIServer:
         """Vet a new connection's peer, then start its session or close it."""
         self._opening -= 1
         peername = connection.transport.get_extra_info("peername")
+        if peername is None:
+            # uvloop (0.23, _call_connection_made in handles/tcp.pyx) reads the
+            # peer name with getpeername(), not from accept(), and that call fails
+            # once the peer has reset the connection. Such a peer can be neither
+            # checked against allowed_clients nor sent a result.
+            connection.close()
+            self._warn_peer_failure(
+                "FastAGI connection closed: the peer reset it before its address "
+                "could be read; %s", FAIL_POLICY)
+            return
         host = peername[0] if isinstance(peername, tuple) and peername else None
         allowed = self._verdicts.get(host)
         if allowed is None:
