@@ -204,9 +204,12 @@ async def start_daemon(tmp_path):
     daemons: list[DaemonProcess] = []
 
     async def start(*, watchdog_usec=None, umask=0o022, arguments=(), control_socket=None,
-                    env=None, **config) -> DaemonProcess:
+                    env=None, listen_host=None, **config) -> DaemonProcess:
         port = free_port()
         path = write_config(tmp_path, port=port, **config)
+        if listen_host is not None:
+            path.write_text(path.read_text().replace(
+                f"fastagi_listen = 127.0.0.1:{port}", f"fastagi_listen = {listen_host}:{port}"))
         if control_socket is not None:
             path.write_text(path.read_text().replace(
                 f"control_socket = {tmp_path / 'callguard.sock'}",
@@ -399,6 +402,12 @@ async def test_runs_on_configured_loop(start_daemon, configured, running):
     assert daemon.log().count(ready) == 1
     assert variables["CALLGUARD_RESULT"] == "ALLOW"
     assert barred["CALLGUARD_REASON"] == "barred:premium"
+
+
+async def test_listening_line_brackets_ipv6(start_daemon):
+    daemon = await start_daemon(listen_host="[::1]")
+
+    assert f"INFO callguard.daemon.app: FastAGI listening on [::1]:{daemon.port}\n" in daemon.log()
 
 
 async def test_sighup_keeps_running_loop(start_daemon):

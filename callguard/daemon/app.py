@@ -145,7 +145,8 @@ class Application:
             allowed_clients=general.allowed_clients,
         )
         await self.fastagi.start()
-        log.info("FastAGI listening on %s", ", ".join(f"{h}:{p}" for h, p in self.fastagi.sockets))
+        log.info("FastAGI listening on %s",
+                 ", ".join(_listen_address(host, port) for host, port in self.fastagi.sockets))
 
         self.control = ControlServer(self.control_socket, {
             "status": lambda request: self.status(),
