@@ -964,6 +964,16 @@ def test_test_mail_fails(
     assert expected in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("host, shown", [("::1", "[::1]"), ("[::1]", "[::1]"),
+                                         ("127.0.0.1", "127.0.0.1")])
+def test_test_mail_names_server(tmp_path, capsys, host, shown):
+    port = free_port()
+    path = write_config(tmp_path, smtp=smtp_keys(port, host=host))
+
+    assert ctl.main(["--config", str(path), "test-mail"]) == 1
+    assert f"cannot talk to SMTP server {shown}:{port}" in capsys.readouterr().err
+
+
 async def test_alerts_json(tmp_path, mail_server, rig, capsys):
     path = write_config(tmp_path, smtp=smtp_keys(mail_server(Mailbox())))
     cg = await rig(path)

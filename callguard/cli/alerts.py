@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 from callguard.cli.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, read_config, row_limit
 from callguard.text import escape_controls
-from callguard.config.addresses import EMAIL_PATTERN
+from callguard.config.addresses import EMAIL_PATTERN, host_port
 from callguard.notify.mail import build_test_message
 from callguard.notify.smtp import SmtpError, send_mail
 from callguard.store import ALERT_STATES, OutboxRecord, Store
@@ -96,7 +96,7 @@ def cmd_test_mail(args: argparse.Namespace) -> int:
     message = build_test_message(
         settings.sender, recipients, datetime.now(timezone.utc)
     )
-    where = f"{settings.host}:{settings.port}"
+    where = host_port(settings.host, settings.port)
     try:
         result = send_mail(settings, message, recipients)
     except SmtpError as exc:

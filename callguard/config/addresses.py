@@ -33,6 +33,11 @@ DATABASE_EXAMPLE = (
 EMAIL_PATTERN = re.compile(r"[^@\s,;<>]+@[^@\s,;<>]+")
 
 
+def host_port(host: str, port: int) -> str:
+    """Return ``host:port`` as the config writes it, with an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def parse_listen_address(text: str) -> tuple[str, int]:
     """Parse ``host:port`` where host is an IP address, bracketed for IPv6."""
     match = LISTEN_PATTERN.fullmatch(text)

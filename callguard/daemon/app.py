@@ -12,6 +12,7 @@ from callguard.agi.server import FastAGIServer
 from callguard.agi.variables import SCRIPT_CHECK
 from callguard.clock import Clock, SystemClock
 from callguard.config import Config, ConfigError, load_config
+from callguard.config.addresses import host_port
 from callguard.config.advice import config_warnings
 from callguard.daemon import status
 from callguard.daemon.checking import check_command
@@ -146,7 +147,7 @@ class Application:
         )
         await self.fastagi.start()
         log.info("FastAGI listening on %s",
-                 ", ".join(_listen_address(host, port) for host, port in self.fastagi.sockets))
+                 ", ".join(host_port(host, port) for host, port in self.fastagi.sockets))
 
         self.control = ControlServer(self.control_socket, {
             "status": lambda request: self.status(),
@@ -409,7 +410,7 @@ class Application:
         if configured != self.fastagi_listen:
             log.warning("fastagi_listen changed in %s to %s, but callguard keeps listening "
                         "on %s; restart callguard to use it", config.path,
-                        _listen_address(*configured), _listen_address(*self.fastagi_listen))
+                        host_port(*configured), host_port(*self.fastagi_listen))
         if general.control_socket != self.control_socket:
             log.warning("control_socket changed in %s to %s, but callguard keeps %s; "
                         "restart callguard to use it", config.path, general.control_socket,
@@ -496,11 +497,6 @@ def _ari_settings_at_start(config: Config) -> AriSettings | None:
     except ConfigError as exc:
         log.error("%s", exc)
         return AriSettings(config.ari, None)
-
-
-def _listen_address(host: str, port: int) -> str:
-    """Return ``host:port`` as fastagi_listen is written, with an IPv6 host in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _log_config_warnings(config: Config, prefixes: PrefixTable) -> None:

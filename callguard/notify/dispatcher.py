@@ -11,6 +11,7 @@ from collections import OrderedDict, deque
 
 from callguard.clock import Clock
 from callguard.config import Config
+from callguard.config.addresses import host_port
 from callguard.notify.alert import Alert, outbox_rows
 from callguard.notify.sender import OutboxSender
 from callguard.notify.webhook import shown_url
@@ -190,7 +191,7 @@ class AlertDispatcher:
 
     def _describe(self) -> str:
         smtp, webhook = self._config.smtp, self._config.webhook
-        mail = "off" if smtp is None else f"{smtp.host}:{smtp.port} ({smtp.security})"
+        mail = "off" if smtp is None else f"{host_port(smtp.host, smtp.port)} ({smtp.security})"
         hook = "off" if webhook is None else shown_url(webhook.url)
         return f"e-mail {mail}, webhook {hook}"
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 
 from callguard.config import SmtpConfig
+from callguard.config.addresses import host_port
 from callguard.config.delivery import SECURITY_NONE, SECURITY_TLS
 from callguard.notify.tls import verified_context
 
@@ -76,7 +77,7 @@ def send_mail(
     the data. Raises ``SmtpError`` when the connection, TLS, login, sender or
     data failed.
     """
-    where = f"SMTP server {settings.host}:{settings.port}"
+    where = f"SMTP server {host_port(settings.host, settings.port)}"
     try:
         password = settings.password()
     except OSError as exc:
@@ -154,7 +155,7 @@ def _secure_and_log_in(
         if settings.security not in (SECURITY_NONE, SECURITY_TLS):
             if not client.has_extn("starttls"):
                 raise SmtpError(
-                    f"SMTP server {settings.host}:{settings.port} does not offer "
+                    f"SMTP server {host_port(settings.host, settings.port)} does not offer "
                     "STARTTLS; set security = tls for a server that expects TLS "
                     "from the start, or none for a local relay",
                     permanent=False,
@@ -176,7 +177,7 @@ def _secure_and_log_in(
     except SmtpError:
         raise
     except (smtplib.SMTPException, OSError) as exc:
-        where = f"SMTP server {settings.host}:{settings.port}"
+        where = f"SMTP server {host_port(settings.host, settings.port)}"
         raise _translate(exc, where, settings, password, server_down=True) from None
 
 
