@@ -9,6 +9,7 @@ daemon uses only the asyncio API, so its code is the same on both loops.
 
 import asyncio
 import importlib
+import importlib.machinery
 from collections.abc import Callable
 
 AUTO = "auto"
@@ -30,6 +31,10 @@ def resolve(choice: str) -> str:
     if choice == ASYNCIO:
         return ASYNCIO
     try:
+        # A module already imported still imports after it was uninstalled, so
+        # a reload searches sys.path, as the next start would.
+        if importlib.machinery.PathFinder.find_spec(UVLOOP) is None:
+            raise ImportError(f"No module named {UVLOOP!r}")
         importlib.import_module(UVLOOP)
     except ImportError as exc:
         if choice == UVLOOP:

@@ -495,6 +495,20 @@ def test_event_loop_without_uvloop(workdir, monkeypatch):
     assert problem.endswith("); install it with pip install uvloop, or write auto or asyncio")
 
 
+def test_event_loop_uninstalled_after_import(workdir, monkeypatch):
+    # A daemon that imported uvloop keeps it in sys.modules after pip removes
+    # it, but its next start will not find it, so neither may a reload.
+    import uvloop  # noqa: F401
+    # Loading the config once first imports what it needs from sys.path.
+    load(config_with("general", "event_loop", "asyncio"))
+    monkeypatch.setattr(sys, "path", [str(workdir)])
+    monkeypatch.setattr(sys, "path_importer_cache", {})
+
+    assert load(config_with("general", "event_loop", "auto")).general.event_loop == "asyncio"
+    [problem] = problems(config_with("general", "event_loop", "uvloop"))
+    assert problem.endswith("install it with pip install uvloop, or write auto or asyncio")
+
+
 @pytest.mark.parametrize("section, key, value, messages", BAD_VALUES)
 def test_bad_value(workdir, section, key, value, messages):
     expected = [
