@@ -181,24 +181,28 @@ def connected_to_journal(stream: TextIO) -> bool:
     return (stat.st_dev, stat.st_ino) == (int(device), int(inode))
 
 
-# Records of one event loop step that wait to be written together. A record
-# beyond this many is written at once, with those waiting before it.
+# Records that wait to be written together. A record beyond this many is
+# written at once, with those waiting before it.
 MAX_PENDING_RECORDS = 1000
+# Seconds for which the daemon's INFO lines wait to be written together.
+WRITE_INTERVAL = 0.05
 
 
-class StepStreamHandler(logging.StreamHandler):
-    """A stream handler that writes the lines logged in one event loop step together.
+class BatchingStreamHandler(logging.StreamHandler):
+    """A stream handler that writes the INFO and DEBUG lines of the event loop in batches.
 
     The daemon logs a line per call. Formatting and writing each among the
-    FastAGI work of its check costs more CPU time than formatting the lines
-    of a step back to back, in one write, as soon as the step ends. Records
-    of WARNING and above, and records logged outside the event loop's thread
-    or when no loop runs, are written at once, after the lines pending before
-    them, so lines keep their order.
+    FastAGI work of its check costs more CPU time than formatting many back
+    to back, in one write. So the lines logged in the event loop's thread
+    wait up to ``interval`` seconds, and with ``interval`` 0 until the loop
+    step ends. Records of WARNING and above, and records logged outside the
+    event loop's thread or when no loop runs, are written at once, after the
+    lines waiting before them, so lines keep their order.
     """
 
-    def __init__(self, stream: TextIO):
+    def __init__(self, stream: TextIO, interval: float = WRITE_INTERVAL):
         super().__init__(stream)
+        self._interval = interval
         self._pending: list[logging.LogRecord] = []
         # The loop on which a write of the pending lines is scheduled.
         self._scheduled_on: asyncio.AbstractEventLoop | None = None
@@ -221,7 +225,10 @@ class StepStreamHandler(logging.StreamHandler):
                 self._pending.append(record)
                 if self._scheduled_on is not loop:
                     self._scheduled_on = loop
-                    loop.call_soon(self._write_step)
+                    if self._interval > 0:
+                        loop.call_later(self._interval, self._write_scheduled)
+                    else:
+                        loop.call_soon(self._write_scheduled)
                 return
         self._write_pending()
         super().emit(record)
@@ -234,7 +241,7 @@ class StepStreamHandler(logging.StreamHandler):
             self.release()
         super().flush()
 
-    def _write_step(self) -> None:
+    def _write_scheduled(self) -> None:
         self.acquire()
         try:
             self._scheduled_on = None
@@ -259,11 +266,12 @@ class StepStreamHandler(logging.StreamHandler):
             self.handleError(pending[-1])
 
 
-def setup_logging(level: str, *, by_step: bool = False) -> None:
+def setup_logging(level: str, *, batched: bool = False) -> None:
     """Log to stderr, in the journal's format when systemd connected stderr to it.
 
-    With ``by_step`` (the daemon), the lines of each event loop step are
-    written together (StepStreamHandler).
+    With ``batched`` (the daemon), the event loop's INFO lines are written
+    together, at most WRITE_INTERVAL seconds after they are logged
+    (BatchingStreamHandler).
     """
     # No line format here shows the source line, thread or process, so log
     # records skip collecting them (the logging HOWTO's "Optimization").
@@ -271,7 +279,7 @@ def setup_logging(level: str, *, by_step: bool = False) -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    handler = StepStreamHandler(sys.stderr) if by_step else logging.StreamHandler(sys.stderr)
+    handler = BatchingStreamHandler(sys.stderr) if batched else logging.StreamHandler(sys.stderr)
     if connected_to_journal(sys.stderr):
         handler.setFormatter(JournalFormatter())
     else:

@@ -117,7 +117,7 @@ async def serve(app: Application, notifier: Notifier) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = read_config(args)
-    setup_logging(config.general.log_level, by_step=True)
+    setup_logging(config.general.log_level, batched=True)
 
     try:
         app = Application(config, database_override=bool(args.database))

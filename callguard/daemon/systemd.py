@@ -39,13 +39,16 @@ class Notifier:
             log.warning("failed to notify systemd (%s): %s", message.split("=")[0], exc)
 
     def ready(self, status: str = "") -> None:
+        _write_waiting_log_lines()
         self.send("READY=1" + (f"\nSTATUS={status}" if status else ""))
 
     def reloading(self) -> None:
+        _write_waiting_log_lines()
         monotonic_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         self.send(f"RELOADING=1\nMONOTONIC_USEC={monotonic_usec}")
 
     def stopping(self) -> None:
+        _write_waiting_log_lines()
         self.send("STOPPING=1")
 
     def status(self, status: str) -> None:
@@ -53,3 +56,13 @@ class Notifier:
 
     def watchdog(self) -> None:
         self.send("WATCHDOG=1")
+
+
+def _write_waiting_log_lines() -> None:
+    """Write the log lines waiting in the daemon's handler (BatchingStreamHandler).
+
+    A state change then follows the lines of what led to it: once systemctl
+    reload returns, the reload's lines are in the journal.
+    """
+    for handler in logging.getLogger().handlers:
+        handler.flush()

@@ -1,4 +1,4 @@
-"""The daemon's log handler: lines of one event loop step are written together, in order."""
+"""The daemon's log handler: the event loop's INFO lines are written in batches, in order."""
 
 import asyncio
 import logging
@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from callguard.cli import common
-from callguard.cli.common import StepStreamHandler
+from callguard.cli.common import BatchingStreamHandler
 
 
 class CountingStream:
@@ -28,18 +28,68 @@ class CountingStream:
         return "".join(self.writes).splitlines()
 
 
-@pytest.fixture
-def logged():
+# Short, so that the tests of the interval wait little.
+INTERVAL = 0.02
+
+
+def attach(interval: float):
     stream = CountingStream()
-    handler = StepStreamHandler(stream)
+    handler = BatchingStreamHandler(stream, interval)
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    logger = logging.getLogger("callguard.test.steps")
+    logger = logging.getLogger("callguard.test.batches")
     logger.propagate = False
     logger.setLevel(logging.DEBUG)
     logger.addHandler(handler)
+    return logger, handler, stream
+
+
+@pytest.fixture
+def logged():
+    """A handler with interval 0, which writes when the loop step ends."""
+    logger, handler, stream = attach(0)
     yield logger, handler, stream
     logger.removeHandler(handler)
     logger.propagate = True
+
+
+@pytest.fixture
+def batched():
+    logger, handler, stream = attach(INTERVAL)
+    yield logger, handler, stream
+    logger.removeHandler(handler)
+    logger.propagate = True
+
+
+async def written(stream: CountingStream) -> None:
+    """Wait, in real time, until ``stream`` has a write."""
+    deadline = asyncio.get_running_loop().time() + 2.0
+    while not stream.writes and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(INTERVAL / 4)
+
+
+async def test_interval_lines_written_once(batched):
+    logger, _, stream = batched
+    logger.info("first step")
+    await asyncio.sleep(0)
+    logger.info("second step")
+    await asyncio.sleep(0)
+    assert stream.writes == []
+
+    await written(stream)
+
+    assert stream.lines == ["INFO first step", "INFO second step"]
+    assert len(stream.writes) == 1
+
+
+async def test_interval_warning_writes_pending(batched):
+    logger, _, stream = batched
+    logger.info("first")
+    await asyncio.sleep(0)
+    logger.error("second")
+
+    assert stream.lines == ["INFO first", "ERROR second"]
+    await asyncio.sleep(INTERVAL * 2)
+    assert stream.lines == ["INFO first", "ERROR second"]
 
 
 async def test_step_lines_written_once(logged):
