@@ -30,25 +30,32 @@ def resolve(choice: str) -> str:
     """
     if choice == ASYNCIO:
         return ASYNCIO
+    problem = _uvloop_problem()
+    if problem is None:
+        return UVLOOP
+    if choice == UVLOOP:
+        raise LoopUnavailable(f"uvloop is not installed ({problem}); install it with "
+                              "pip install uvloop, or write auto or asyncio")
+    return ASYNCIO
+
+
+def _uvloop_problem() -> str | None:
+    """Return why a new process could not import uvloop, or None when it could."""
+    # A module already imported still imports after it was uninstalled, so a
+    # reload searches sys.path as the next start would.
+    if importlib.machinery.PathFinder.find_spec(UVLOOP) is None:
+        return f"No module named {UVLOOP!r}"
     try:
-        # A module already imported still imports after it was uninstalled, so
-        # a reload searches sys.path, as the next start would.
-        if importlib.machinery.PathFinder.find_spec(UVLOOP) is None:
-            raise ImportError(f"No module named {UVLOOP!r}")
         importlib.import_module(UVLOOP)
     except ImportError as exc:
-        if choice == UVLOOP:
-            raise LoopUnavailable(
-                f"uvloop is not installed ({exc}); install it with pip install uvloop, "
-                "or write auto or asyncio") from None
-        return ASYNCIO
-    return UVLOOP
+        return str(exc)
+    return None
 
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """Return the factory of the loop ``name`` (from resolve()), for asyncio.run().
+    """Return the factory of the loop ``name`` (from resolve()), for asyncio.Runner().
 
-    None stands for asyncio's default loop.
+    None means asyncio's default loop.
     """
     if name == UVLOOP:
         return importlib.import_module(UVLOOP).new_event_loop

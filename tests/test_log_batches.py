@@ -2,12 +2,14 @@
 
 import asyncio
 import logging
+import socket
 import threading
 
 import pytest
 
 from callguard.cli import common
 from callguard.cli.common import BatchingStreamHandler
+from callguard.daemon.systemd import Notifier
 
 
 class CountingStream:
@@ -90,6 +92,36 @@ async def test_interval_warning_writes_pending(batched):
     assert stream.lines == ["INFO first", "ERROR second"]
     await asyncio.sleep(INTERVAL * 2)
     assert stream.lines == ["INFO first", "ERROR second"]
+
+
+@pytest.mark.parametrize("state, message", [
+    ("ready", b"READY=1"),
+    ("reloading", b"RELOADING=1"),
+    ("stopping", b"STOPPING=1"),
+])
+async def test_notify_writes_waiting_lines(tmp_path, state, message):
+    # The daemon's handler is on the root logger, where the notifier looks.
+    stream = CountingStream()
+    handler = BatchingStreamHandler(stream, interval=60)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger = logging.getLogger("callguard.test.batches.notify")
+    logger.setLevel(logging.INFO)
+    logging.getLogger().addHandler(handler)
+    path = tmp_path / "notify.sock"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(path))
+    try:
+        logger.info("before the state change")
+        waiting = list(stream.writes)
+        getattr(Notifier({"NOTIFY_SOCKET": str(path)}), state)()
+        sent = receiver.recv(4096)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        receiver.close()
+
+    assert waiting == []
+    assert stream.lines == ["INFO before the state change"]
+    assert sent.startswith(message)
 
 
 async def test_step_lines_written_once(logged):

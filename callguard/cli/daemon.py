@@ -72,8 +72,9 @@ async def serve(app: Application, notifier: Notifier) -> None:
         await stop_quietly(app)
         raise
     settle_heap()
-    notifier.ready("deciding calls")
+    # Logged first, so that READY=1 goes out after the line is written.
     log.info("callguard %s ready, on the %s event loop", __version__, running_loop_name())
+    notifier.ready("deciding calls")
 
     async def reload_on_signal() -> None:
         while True:

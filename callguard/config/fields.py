@@ -89,6 +89,15 @@ def _numbers(text: str, context: Context) -> Any:
     return parse_number_ranges(text, context.home_country)
 
 
+def _parse_event_loop(text: str) -> str:
+    """Parse auto, uvloop or asyncio and return the loop it means: uvloop or asyncio."""
+    choice = values.parse_choice(text, eventloop.CHOICES)
+    try:
+        return eventloop.resolve(choice)
+    except eventloop.LoopUnavailable as exc:
+        raise InvalidValue(str(exc)) from None
+
+
 GENERAL_FIELDS: dict[str, Field] = {
     "database": Field(
         _in_base_dir(addresses.parse_database_url),
@@ -129,14 +138,6 @@ GENERAL_FIELDS: dict[str, Field] = {
     "node_name": Field(_ignore_context(values.parse_node_name)),
     "event_loop": Field(lambda text, context: _parse_event_loop(text), "auto"),
 }
-
-def _parse_event_loop(text: str) -> str:
-    """Parse auto, uvloop or asyncio and return the loop it means: uvloop or asyncio."""
-    choice = values.parse_choice(text, eventloop.CHOICES)
-    try:
-        return eventloop.resolve(choice)
-    except eventloop.LoopUnavailable as exc:
-        raise InvalidValue(str(exc)) from None
 
 
 ARI_FIELDS: dict[str, Field] = {
