@@ -1,5 +1,6 @@
 """How long a call may last on the budget left, across day and week boundaries."""
 
+import random
 from datetime import datetime, timezone
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -161,3 +162,43 @@ def test_lead_applies_below_equal_cap():
                                budgets("120.00"), 7200)
 
     assert seconds == 7200 - LEAD
+
+
+def test_one_day_shortcut_matches_walk():
+    # max_call_seconds() skips the walk when the horizon ends before local
+    # midnight. Over seeded random tariffs, budgets, start times and caps, on
+    # both sides of midnight and of a week's end, its answer must be the walk's.
+    from datetime import timedelta
+
+    from callguard.policy.budget import _walk_windows
+
+    rng = random.Random(20261206)
+    starts = [london(2026, 12, 6, 0, 0), london(2026, 12, 6, 23, 58, 30),
+              london(2026, 12, 7, 12, 0), london(2026, 3, 29, 0, 30),
+              london(2026, 10, 25, 23, 0)]
+    shortcuts = 0
+    for _ in range(3000):
+        start = rng.choice(starts) + timedelta(seconds=rng.randrange(-7200, 7200),
+                                               microseconds=rng.randrange(1_000_000))
+        charge = tariff(str(Decimal(rng.randrange(0, 3000)) / 1000),
+                        rng.choice(["60/60", "1/1", "30/6", "60/1", "120/30"]),
+                        str(Decimal(rng.randrange(0, 4)) / 10))
+        daily = rng.choice([None, "0.50", "5.00", "50.00"])
+        weekly = rng.choice([None, "1.00", "20.00", "200.00"])
+        spent = {("day", day): str(Decimal(rng.randrange(0, 6000)) / 100)
+                 for day in ("2026-12-05", "2026-12-06", "2026-12-07", "2026-03-29",
+                             "2026-10-25", "2026-10-26")}
+        spent.update({("week", week): str(Decimal(rng.randrange(0, 25000)) / 100)
+                      for week in ("2026-W49", "2026-W50", "2026-W13", "2026-W43",
+                                   "2026-W44")})
+        cap = rng.choice([None, 1, 59, 600, 3600, 7200, 90_000])
+        remaining = budgets(daily, weekly, spent)
+
+        horizon = MAX_SECONDS_CEILING if cap is None else min(cap, MAX_SECONDS_CEILING)
+        horizon_end = start + timedelta(seconds=horizon + LEAD)
+        walked = _walk_windows(charge, start, LONDON, remaining, horizon, horizon_end)
+        assert max_call_seconds(charge, start, LONDON, remaining, cap) == walked, (
+            start, charge, daily, weekly, cap)
+        shortcuts += horizon_end.astimezone(LONDON).date() == start.astimezone(LONDON).date()
+    # Both the shortcut and the walk were taken many times.
+    assert 500 < shortcuts < 2500

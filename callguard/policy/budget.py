@@ -91,6 +91,31 @@ def max_call_seconds(
     # A call cut at the horizon is billed as long as one cut by the budget, so
     # the blocks that begin up to the lead past it must be paid too.
     horizon_end = start + timedelta(seconds=horizon + LIMIT_LEAD_SECONDS)
+    keys, day_end = day_bounds(start, tz)
+    if horizon_end > day_end:
+        return _walk_windows(tariff, start, tz, remaining, horizon, horizon_end)
+
+    # Most calls cannot run past local midnight: the windows of ``start`` pay
+    # every block, and the walk below would make one pass.
+    count = blocks_started_before_micros(tariff, (horizon + LIMIT_LEAD_SECONDS) * 1_000_000)
+    budget = None
+    for window in WINDOWS:
+        free = remaining(window, keys[window])
+        if free is not None and (budget is None or free < budget):
+            budget = free
+    paid = _blocks_affordable(count, tariff.first_block_cost(), tariff.later_block_cost(),
+                              True, budget)
+    return horizon if paid == count else _end_before_block(tariff, paid, horizon)
+
+
+def _walk_windows(tariff: Tariff, start: datetime, tz: ZoneInfo, remaining: RemainingFn,
+                  horizon: int, horizon_end: datetime) -> int:
+    """Return max_call_seconds() for a horizon that may reach later windows.
+
+    The walk goes one local day at a time. Each day's blocks are paid from
+    the budgets of that day and its week, less what earlier days of the walk
+    spent in the same windows.
+    """
     first_cost = tariff.first_block_cost()
     later_cost = tariff.later_block_cost()
 
@@ -117,10 +142,7 @@ def max_call_seconds(
         includes_first = next_block == 0
         paid = _blocks_affordable(count, first_cost, later_cost, includes_first, budget)
         if paid < count:
-            unpaid_start = tariff.block_start(next_block + paid)
-            if unpaid_start == 0:
-                return 0
-            return min(max(unpaid_start - LIMIT_LEAD_SECONDS, 1), horizon)
+            return _end_before_block(tariff, next_block + paid, horizon)
 
         cost = _cost_of(count, first_cost, later_cost, includes_first)
         for window in WINDOWS:
@@ -129,3 +151,12 @@ def max_call_seconds(
         next_block += count
         segment_start = segment_end
     return horizon
+
+
+def _end_before_block(tariff: Tariff, block: int, horizon: int) -> int:
+    """Return the call length that ends ``LIMIT_LEAD_SECONDS`` before block
+    ``block`` begins, at least 1 and at most ``horizon``; 0 for block 0."""
+    unpaid_start = tariff.block_start(block)
+    if unpaid_start == 0:
+        return 0
+    return min(max(unpaid_start - LIMIT_LEAD_SECONDS, 1), horizon)
