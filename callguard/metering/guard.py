@@ -227,7 +227,7 @@ class LiveGuard:
 
     def catch_up(self, trunk: str) -> None:
         meter = self.meters.get(trunk)
-        if meter is not None:
+        if meter is not None and meter.legs:
             meter.catch_up(self.clock.now())
 
     # What the event tracker reports.

@@ -66,7 +66,7 @@ from callguard.policy.decision import (
     Decision,
 )
 from callguard.policy.hours import is_barred_out_of_hours
-from callguard.policy.ledger import Ledger
+from callguard.policy.ledger import ZERO, Ledger
 from callguard.policy.reservations import Reservations
 from callguard.policy.velocity import VelocityCall, VelocityTracker
 from callguard.rating import RateDeck, Tariff
@@ -307,14 +307,17 @@ class PolicyEngine:
                     detail += f", {elsewhere} of them on other nodes"
                 return base.deny(REASON_CONCURRENT, detail, tariff=tariff)
 
+        ledger = self.ledger
+        reservations = self.reservations
+
         def remaining(window: str, key: str) -> Decimal | None:
             limit = trunk.daily_limit if window == DAY else trunk.weekly_limit
             if limit is None:
                 return None
-            spent = self.ledger.spent(trunk.name, window, key) or Decimal(0)
-            return limit - spent - self.reservations.held(trunk.name, window, key)
+            spent = ledger.spent(trunk.name, window, key) or ZERO
+            return limit - spent - reservations.held(trunk.name, window, key)
 
-        free = {window: remaining(window, keys[window]) for window in (DAY, WEEK)}
+        free = {DAY: remaining(DAY, keys[DAY]), WEEK: remaining(WEEK, keys[WEEK])}
         first = tariff.first_block_cost()
         for window, reason in ((DAY, REASON_DAILY), (WEEK, REASON_WEEKLY)):
             if free[window] is not None and free[window] < first:

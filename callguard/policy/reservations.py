@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from callguard.clock import Clock
+from callguard.rating.fields import ZERO
 from callguard.repeats import RepeatLimiter, suppressed_note
 from callguard.windows import DAY, WEEK
 
@@ -71,22 +72,14 @@ class Reservations:
             # A second check on the same channel replaces the first one's hold.
             self._remove(self._stored(self._by_uniqueid[uniqueid]))
 
-        reservation = Reservation(
-            id=next(self._ids),
-            trunk=trunk,
-            uniqueid=uniqueid,
-            amount=amount,
-            day_key=keys[DAY],
-            week_key=keys[WEEK],
-            created_at=now,
-            expires_at=now + timedelta(seconds=lifetime),
-        )
-        self._by_id[reservation.id] = tuple(reservation)
+        row = (next(self._ids), trunk, uniqueid, amount, keys[DAY], keys[WEEK], now,
+               now + timedelta(seconds=lifetime), False, False)
+        self._by_id[row[0]] = row
         if uniqueid:
-            self._by_uniqueid[uniqueid] = reservation.id
-        self._adjust(reservation, reservation.amount, 1)
-        heapq.heappush(self._expiry, (reservation.expires_at, reservation.id))
-        return reservation
+            self._by_uniqueid[uniqueid] = row[0]
+        self._adjust(trunk, row[4], row[5], amount, 1)
+        heapq.heappush(self._expiry, (row[7], row[0]))
+        return Reservation._make(row)
 
     def release(self, uniqueid: str) -> Reservation | None:
         """Drop the reservation of the channel ``uniqueid`` and return it."""
@@ -176,9 +169,12 @@ class Reservations:
         """
         by_key = self._held.get((trunk, window))
         if not by_key:
-            return Decimal(0)
-        return sum((amount for held_key, amount in by_key.items() if held_key <= key),
-                   Decimal(0))
+            return ZERO
+        total = ZERO
+        for held_key, amount in by_key.items():
+            if held_key <= key:
+                total += amount
+        return total
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -187,23 +183,27 @@ class Reservations:
         del self._by_id[reservation.id]
         if self._by_uniqueid.get(reservation.uniqueid) == reservation.id:
             del self._by_uniqueid[reservation.uniqueid]
-        self._adjust(reservation, -reservation.amount, 0 if reservation.dialled else -1)
+        self._adjust(reservation.trunk, reservation.day_key, reservation.week_key,
+                     -reservation.amount, 0 if reservation.dialled else -1)
 
     def _stored(self, reservation_id: int) -> Reservation | None:
         row = self._by_id.get(reservation_id)
         return None if row is None else Reservation._make(row)
 
-    def _adjust(self, reservation: Reservation, amount: Decimal, count: int) -> None:
-        for window, key in ((DAY, reservation.day_key), (WEEK, reservation.week_key)):
-            by_key = self._held.setdefault((reservation.trunk, window), {})
-            total = by_key.get(key, Decimal(0)) + amount
+    def _adjust(self, trunk: str, day_key: str, week_key: str, amount: Decimal,
+                count: int) -> None:
+        """Add ``amount`` to the money held in two windows and ``count`` to the trunk's count."""
+        held = self._held
+        for window, key in ((DAY, day_key), (WEEK, week_key)):
+            by_key = held.setdefault((trunk, window), {})
+            total = by_key.get(key, ZERO) + amount
             if total:
                 by_key[key] = total
             else:
                 by_key.pop(key, None)
             if not by_key:
-                del self._held[(reservation.trunk, window)]
-        self._count_change(reservation.trunk, count)
+                del held[(trunk, window)]
+        self._count_change(trunk, count)
 
     def _count_change(self, trunk: str, count: int) -> None:
         remaining = self._count.get(trunk, 0) + count
