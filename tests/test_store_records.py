@@ -12,6 +12,7 @@ from callguard.daemon.recorder import DecisionRecorder
 from callguard.metering.legs import Leg
 from callguard.metering.records import call_record, hangup_record
 from callguard.policy.decision import CallRequest, Decision
+from callguard.rating import Increments, Tariff
 from callguard.store import Store, engine
 from callguard.worker import StoreWorker
 from support import sqlite_write_locked
@@ -47,6 +48,30 @@ async def test_recorder_stores_batch(store, worker):
     assert stored[0].reserved == Decimal("0.0100")
     assert stored[0].node == "pbx1"
     assert recorder.dropped == 0
+
+
+async def test_recorder_stores_every_column(store, worker):
+    # The recorder queues each decision as a bare row of values, so a value
+    # written in the wrong position would land in another column.
+    recorder = DecisionRecorder(worker, ManualClock(NOW), "pbx7")
+    request = CallRequest("gamma", "0044 20 7946 0123", caller="01632960001",
+                          uniqueid="1718355600.9", channel="PJSIP/1001-00000009")
+    tariff = Tariff("4420", "London", Decimal("0.0125"), Decimal("0.05"),
+                    Increments.parse("30/6"))
+    decision = Decision("ALLOW", "ok", "gamma", request.dialled, category="geographic",
+                        e164="+442079460123", tariff=tariff, max_seconds=3599,
+                        reserved=Decimal("0.056250"))
+
+    recorder.record(request, decision)
+    await recorder.flush()
+
+    [stored] = store.recent_decisions()
+    assert (stored.decided_at, stored.trunk, stored.uniqueid, stored.channel, stored.caller,
+            stored.dialled, stored.e164, stored.category, stored.result, stored.reason,
+            stored.max_seconds, stored.rate, stored.reserved, stored.node) == (
+        NOW, "gamma", "1718355600.9", "PJSIP/1001-00000009", "01632960001",
+        "0044 20 7946 0123", "+442079460123", "geographic", "ALLOW", "ok",
+        3599, Decimal("0.0125"), Decimal("0.056250"), "pbx7")
 
 
 async def test_recorder_escapes_nul_from_peer(store, worker):

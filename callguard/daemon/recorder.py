@@ -7,7 +7,7 @@ in the next write. Writing them at once would keep a busy daemon writing a
 few rows per transaction without pause, and its store thread would then
 compete with the FastAGI sessions for the GIL.
 
-Each decision is queued as its column values and converted to driver values
+Each decision is queued as a row of column values and converted to driver values
 in the store thread, a batch at a time. Converting one decision among the
 FastAGI work of its check took the event loop about twice the CPU time that
 the same conversion takes in a batch, where the same few functions run back
@@ -28,6 +28,7 @@ from callguard.clock import Clock
 from callguard.numbers.errors import quote
 from callguard.policy.decision import CallRequest, Decision
 from callguard.repeats import RepeatLimiter, suppressed_note
+from callguard.store.calls import DECISION_ROW_COLUMNS
 from callguard.text import storable
 from callguard.worker import StoreWorker
 
@@ -59,8 +60,8 @@ class DecisionRecorder:
         self._last_error: Exception | None = None
         self._stopping = False
         self._store_errors = RepeatLimiter(clock=clock)
-        # Decisions as their column values (decision_values()).
-        self._queue: deque[dict] = deque(maxlen=MAX_QUEUED)
+        # Decisions as their rows (decision_row()).
+        self._queue: deque[tuple] = deque(maxlen=MAX_QUEUED)
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.dropped = 0
@@ -70,7 +71,7 @@ class DecisionRecorder:
     def record(self, request: CallRequest, decision: Decision) -> None:
         if len(self._queue) == self._queue.maxlen:
             self._note_dropped(1)
-        self._queue.append(decision_values(request, decision, self._clock, self._node))
+        self._queue.append(decision_row(request, decision, self._clock, self._node))
         if len(self._queue) >= self._batch_size:
             self._wakeup.set()
 
@@ -127,7 +128,7 @@ class DecisionRecorder:
             self._stored_after_failure = 0
             self._retry_delay = self._interval
 
-    async def _write(self, batch: list[dict]) -> bool:
+    async def _write(self, batch: list[tuple]) -> bool:
         """Store ``batch``; on failure put it back at the front of the queue and return False.
 
         The store thread finishes a write that has begun even when stop()
@@ -151,7 +152,7 @@ class DecisionRecorder:
         self._note_rejected(rejected)
         return True
 
-    def _store_batch(self, batch: list[dict]) -> list[tuple[dict, Exception]]:
+    def _store_batch(self, batch: list[tuple]) -> list[tuple[tuple, Exception]]:
         """Convert and insert ``batch`` in the store thread, and return the
         decisions that failed to convert, with their errors.
 
@@ -162,17 +163,18 @@ class DecisionRecorder:
         store = self._worker.store
         rows = []
         rejected = []
-        for values in batch:
+        for row in batch:
             try:
-                rows.append(store.prepare_decision_values(values))
+                rows.append(store.prepare_decision_row(row))
             except (TypeError, ValueError) as exc:
-                rejected.append((values, exc))
+                rejected.append((row, exc))
         store.add_prepared_decisions(rows)
         return rejected
 
-    def _note_rejected(self, rejected: list[tuple[dict, Exception]]) -> None:
+    def _note_rejected(self, rejected: list[tuple[tuple, Exception]]) -> None:
         """Count and log the decisions left out of a batch, in a few lines a minute."""
-        for values, exc in rejected:
+        for row, exc in rejected:
+            values = dict(zip(DECISION_ROW_COLUMNS, row))
             self.dropped += 1
             suppressed = self._unstorable.admit()
             if suppressed is not None:
@@ -181,7 +183,7 @@ class DecisionRecorder:
                           quote(values["uniqueid"]), values["result"], values["reason"],
                           quote(str(exc)), suppressed_note(suppressed))
 
-    def _requeue(self, batch: list[dict]) -> None:
+    def _requeue(self, batch: list[tuple]) -> None:
         """Put a batch that failed back at the front of the queue, in its order.
 
         Decisions recorded during the write may have filled the queue. Then the
@@ -230,23 +232,26 @@ class DecisionRecorder:
             await self.flush(len(self._queue))
 
 
-def decision_values(request: CallRequest, decision: Decision, clock: Clock,
-                    node: str) -> dict:
-    """Return the ``decisions`` row of ``decision``, by column, without its id."""
-    return {
-        "decided_at": clock.now(),
-        "trunk": storable(request.trunk) or NONE,
-        "uniqueid": storable(request.uniqueid) or NONE,
-        "channel": storable(request.channel),
-        "caller": storable(request.caller),
-        "dialled": storable(request.dialled),
-        "e164": storable(decision.e164) or None,
-        "category": decision.category or None,
-        "result": decision.result,
-        "reason": storable(decision.reason),
-        "max_seconds": decision.max_seconds,
-        "rate": decision.rate,
-        "reserved": decision.reserved,
-        "node": storable(node),
-    }
+def decision_row(request: CallRequest, decision: Decision, clock: Clock, node: str) -> tuple:
+    """Return the ``decisions`` row of ``decision`` without its id, in DECISION_ROW_COLUMNS order.
+
+    A tuple takes a quarter of the memory of a dict of the same values, and
+    a busy daemon queues a few thousand of them between two writes.
+    """
+    return (
+        clock.now(),                           # decided_at
+        storable(request.trunk) or NONE,       # trunk
+        storable(request.uniqueid) or NONE,    # uniqueid
+        storable(request.channel),             # channel
+        storable(request.caller),              # caller
+        storable(request.dialled),             # dialled
+        storable(decision.e164) or None,       # e164
+        decision.category or None,             # category
+        decision.result,                       # result
+        storable(decision.reason),             # reason
+        decision.max_seconds,                  # max_seconds
+        decision.rate,                         # rate
+        decision.reserved,                     # reserved
+        storable(node),                        # node
+    )
 

@@ -71,8 +71,22 @@ def prepare_decision(dialect: Dialect, record: DecisionRecord) -> tuple:
     return _decision_insert(dialect).prepare(record)
 
 
+# The columns of a decision row as prepare_decision_row() takes it: every
+# column of the table but the id, in the table's order.
+DECISION_ROW_COLUMNS = tuple(column.name for column in Decision.__table__.columns
+                             if column.name != "id")
+_RESULT_AT = DECISION_ROW_COLUMNS.index("result")
+_MAX_SECONDS_AT = DECISION_ROW_COLUMNS.index("max_seconds")
+
+
 def prepare_decision_values(dialect: Dialect, values: Mapping[str, Any]) -> tuple:
-    """Return a decision given as column ``values`` (all but the id) as driver values.
+    """Return a decision given as column ``values`` (all but the id) as driver values,
+    as prepare_decision_row() does."""
+    return prepare_decision_row(dialect, tuple(values[name] for name in DECISION_ROW_COLUMNS))
+
+
+def prepare_decision_row(dialect: Dialect, row: Sequence[Any]) -> tuple:
+    """Return a decision given as its values in DECISION_ROW_COLUMNS order as driver values.
 
     The daemon records every decision it makes this way, without building a
     ``DecisionRecord`` first. The texts must already be free of NUL
@@ -80,14 +94,17 @@ def prepare_decision_values(dialect: Dialect, values: Mapping[str, Any]) -> tupl
     for a value the record would refuse: the result, a naive time, money
     that is not a finite ``Decimal``, a negative rate or a bad count.
     """
-    result = values["result"]
+    if len(row) != len(DECISION_ROW_COLUMNS):
+        raise ValueError(f"a decision row has {len(DECISION_ROW_COLUMNS)} values, "
+                         f"not {len(row)}")
+    result = row[_RESULT_AT]
     if result not in DECISION_RESULTS:
         raise ValueError(f"result {result!r} is invalid; use one of "
                          f"{', '.join(DECISION_RESULTS)}")
-    max_seconds = values["max_seconds"]
+    max_seconds = row[_MAX_SECONDS_AT]
     if max_seconds is not None:
         check_count(max_seconds, "max_seconds")
-    return _decision_insert(dialect).prepare_values(values)
+    return _decision_insert(dialect).prepare_row(row)
 
 
 def add_prepared_decisions(conn: Connection, rows: Sequence[tuple]) -> None:
@@ -116,9 +133,9 @@ class _DriverInsert:
         self._names = names
         self._id_index = names.index("id")
         # Every column but the id, which is allocated when the rows are stored.
-        self._value_names = [name for name in names if name != "id"]
+        self.value_names = [name for name in names if name != "id"]
         processors = [columns[name].type.dialect_impl(dialect).bind_processor(dialect)
-                      for name in self._value_names]
+                      for name in self.value_names]
         # The positions in a row of the values that need converting.
         self._processors = [(index, processor) for index, processor in enumerate(processors)
                             if processor is not None]
@@ -131,11 +148,12 @@ class _DriverInsert:
 
     def prepare(self, record: object) -> tuple:
         """Return the driver's values for ``record``, all columns but the id, in order."""
-        return self._convert([getattr(record, name) for name in self._value_names])
+        return self._convert([getattr(record, name) for name in self.value_names])
 
-    def prepare_values(self, values: Mapping[str, Any]) -> tuple:
-        """Return the driver's values for the columns in ``values``, as prepare() does."""
-        return self._convert([values[name] for name in self._value_names])
+    def prepare_row(self, row: Sequence[Any]) -> tuple:
+        """Return the driver's values for ``row``, the values of every column but the
+        id in the table's order, as prepare() does."""
+        return self._convert(list(row))
 
     def _convert(self, row: list) -> tuple:
         """Apply each column's bind conversion to ``row``, in column order."""
@@ -174,7 +192,12 @@ class _DriverInsert:
 
 @functools.cache
 def _decision_insert(dialect: Dialect) -> _DriverInsert:
-    return _DriverInsert(Decision.__table__, dialect)
+    insert = _DriverInsert(Decision.__table__, dialect)
+    if tuple(insert.value_names) != DECISION_ROW_COLUMNS:
+        # prepare_row() takes its values in the table's order.
+        raise RuntimeError(f"the {dialect.name} INSERT lists the decision columns as "
+                           f"{insert.value_names}, not {DECISION_ROW_COLUMNS}")
+    return insert
 
 
 def recent_decisions(

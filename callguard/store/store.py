@@ -215,6 +215,11 @@ class Store(OutboxMethods, AuditMethods):
         """Return a decision's column ``values`` converted as prepare_decision() does."""
         return calls.prepare_decision_values(self._engine.dialect, values)
 
+    def prepare_decision_row(self, row: Sequence[Any]) -> tuple:
+        """Return a decision's values in ``calls.DECISION_ROW_COLUMNS`` order converted
+        as prepare_decision() does."""
+        return calls.prepare_decision_row(self._engine.dialect, row)
+
     def add_prepared_decisions(self, rows: Sequence[tuple]) -> None:
         """Append decisions returned by prepare_decision in one transaction."""
         if not rows:
