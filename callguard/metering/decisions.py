@@ -1,5 +1,6 @@
 """Recent check decisions, by the uniqueid of the channel the AGI ran on."""
 
+import itertools
 from datetime import datetime, timedelta
 
 from callguard.policy.decision import CallRequest, Decision
@@ -10,6 +11,11 @@ from callguard.rating.tariff import tariff_from_checked_fields
 # bounded so that a flood of checks cannot grow memory without end.
 DECISION_LIFETIME = timedelta(hours=1)
 MAX_DECISIONS = 200_000
+# A full book drops this many of its oldest entries at once.
+EVICTION_BATCH = MAX_DECISIONS // 16
+# The book looks for expired entries at most once per this much decision time,
+# so an entry can outlive DECISION_LIFETIME by up to this much.
+EXPIRY_CHECK_INTERVAL = timedelta(seconds=1)
 
 
 class DecisionBook:
@@ -20,10 +26,17 @@ class DecisionBook:
     and dicts, so a book full after a flood of checks adds nothing to the
     pauses of full collections. Whole CallRequest and Decision objects would
     add about seven tracked objects each.
+
+    The oldest entries are dropped in batches. Finding a dict's first entry
+    skips every slot deleted before it until the dict is next resized, so
+    dropping one entry per decision from the front cost time in proportion
+    to the entries dropped before: 75 us per decision in a full book after
+    100,000 more decisions.
     """
 
     def __init__(self) -> None:
         self._entries: dict[str, tuple] = {}
+        self._next_expiry_check: datetime | None = None
 
     def record(self, request: CallRequest, decision: Decision, at: datetime) -> None:
         self.add(request.uniqueid, at, caller=request.caller, dialled=request.dialled,
@@ -47,13 +60,26 @@ class DecisionBook:
             at, caller, dialled, trunk, result, reason, category, e164,
             *_tariff_fields(tariff),
         )
-        while len(entries) > MAX_DECISIONS:
-            del entries[next(iter(entries))]
-        while entries:
-            oldest = next(iter(entries))
-            if at - entries[oldest][0] <= DECISION_LIFETIME:
+        if len(entries) > MAX_DECISIONS:
+            self._drop_oldest(len(entries) - MAX_DECISIONS + EVICTION_BATCH)
+        if self._next_expiry_check is None or at >= self._next_expiry_check:
+            self._next_expiry_check = at + EXPIRY_CHECK_INTERVAL
+            self._drop_expired(at)
+
+    def _drop_oldest(self, count: int) -> None:
+        entries = self._entries
+        for uniqueid in list(itertools.islice(entries, count)):
+            del entries[uniqueid]
+
+    def _drop_expired(self, now: datetime) -> None:
+        """Drop the entries older than DECISION_LIFETIME at ``now``, in one pass from the front."""
+        expired = []
+        for uniqueid, entry in self._entries.items():
+            if now - entry[0] <= DECISION_LIFETIME:
                 break
-            del entries[oldest]
+            expired.append(uniqueid)
+        for uniqueid in expired:
+            del self._entries[uniqueid]
 
     def get(self, uniqueid: str) -> tuple[CallRequest, Decision] | None:
         entry = self._entries.get(uniqueid)

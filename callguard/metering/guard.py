@@ -143,7 +143,7 @@ class LiveGuard:
         self._checked_gone: set[str] = set()
         # Meters of trunks removed from the config while legs on them were live.
         self._retired: dict[str, TrunkMeter] = {}
-        self._writes: list[tuple[str, tuple]] = []
+        self._writes: deque[tuple[str, tuple]] = deque()
         self._writer: asyncio.Future | None = None
         # While the store is unreachable, the wait before the next write, else None.
         self._write_retry: float | None = None
@@ -913,7 +913,7 @@ class LiveGuard:
     def _trim_writes(self) -> None:
         """Drop the oldest call updates beyond MAX_QUEUED_WRITES, saying so."""
         while len(self._writes) > MAX_QUEUED_WRITES:
-            kind, args = self._writes.pop(0)
+            kind, args = self._writes.popleft()
             self.dropped_writes += 1
             suppressed = self._write_errors.admit()
             if suppressed is not None:
@@ -938,7 +938,7 @@ class LiveGuard:
         """
         store = self.worker.store
         while self._writes:
-            batch, self._writes = self._writes, []
+            batch, self._writes = list(self._writes), deque()
             try:
                 await self.worker.call(store.write_calls, batch)
                 self._note_written(batch)
@@ -966,7 +966,7 @@ class LiveGuard:
 
     def _keep_for_retry(self, updates: list[tuple[str, tuple]], exc: Exception) -> None:
         """Put ``updates`` back before the queue, in order, and write them again later."""
-        self._writes = updates + self._writes
+        self._writes.extendleft(reversed(updates))
         self._trim_writes()
         self._retry_writes_later(exc)
 

@@ -12,7 +12,7 @@ automatic block of the same key within ``ban_max_time``, up to ``ban_max_time``.
 import asyncio
 import ipaddress
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -128,7 +128,10 @@ class AttemptCounter:
     """Barred attempts per (key type, key), keeping only those inside the window."""
 
     def __init__(self) -> None:
-        self._attempts: dict[tuple[str, str], deque[datetime]] = {}
+        # In the order the keys were first counted. An OrderedDict finds its
+        # oldest key at once, where a dict skips the slots of the keys
+        # dropped before it, which made each new key of a flood slower.
+        self._attempts: OrderedDict[tuple[str, str], deque[datetime]] = OrderedDict()
         self._windows: dict[tuple[str, str], timedelta] = {}
         self._swept_at: datetime | None = None
         # Keys dropped to stay within MAX_COUNTED_IDENTITIES.
