@@ -29,16 +29,22 @@ def small_book(monkeypatch, max_decisions: int, batch: int, filled: int) -> Deci
 
 
 def test_full_book_drops_oldest_in_batches(monkeypatch):
-    book = small_book(monkeypatch, 64, 4, 65)
+    book = small_book(monkeypatch, 64, 4, 67)
 
-    # The 65th entry made the book too big: the 5 oldest went at once.
-    assert len(book) == 60
-    assert kept(book, 65) == list(range(5, 65))
+    # Up to MAX_DECISIONS + EVICTION_BATCH - 1 entries stay.
+    assert len(book) == 67
+    assert kept(book, 67) == list(range(67))
 
-    for n in range(65, 1000):
+    add(book, 67, START)
+
+    # The 68th entry reached the bound: the 4 oldest went at once.
+    assert len(book) == 64
+    assert kept(book, 68) == list(range(4, 68))
+
+    for n in range(68, 1000):
         add(book, n, START)
 
-    assert len(book) <= 64
+    assert 64 <= len(book) < 68
     assert kept(book, 1000) == list(range(1000 - len(book), 1000))
 
 
@@ -48,8 +54,8 @@ def test_replaced_entry_counts_as_newest(monkeypatch):
     add(book, 0, START)  # the channel checked again
     add(book, 8, START)
 
-    # Nine entries: the two oldest go, down to MAX_DECISIONS - EVICTION_BATCH.
-    assert kept(book, 9) == [0, 3, 4, 5, 6, 7, 8]
+    # Nine entries reached the bound: the oldest goes, down to MAX_DECISIONS.
+    assert kept(book, 9) == [0, 2, 3, 4, 5, 6, 7, 8]
 
 
 def test_expired_entries_dropped_in_order():

@@ -11,7 +11,8 @@ from callguard.rating.tariff import tariff_from_checked_fields
 # bounded so that a flood of checks cannot grow memory without end.
 DECISION_LIFETIME = timedelta(hours=1)
 MAX_DECISIONS = 200_000
-# A full book drops this many of its oldest entries at once.
+# A book that reaches MAX_DECISIONS + EVICTION_BATCH entries drops its oldest
+# down to MAX_DECISIONS at once.
 EVICTION_BATCH = MAX_DECISIONS // 16
 # The book looks for expired entries at most once per this much decision time,
 # so an entry can outlive DECISION_LIFETIME by up to this much.
@@ -30,8 +31,8 @@ class DecisionBook:
     The oldest entries are dropped in batches. Finding a dict's first entry
     skips every slot deleted before it until the dict is next resized, so
     dropping one entry per decision from the front cost time in proportion
-    to the entries dropped before: 75 us per decision in a full book after
-    100,000 more decisions.
+    to the entries dropped before: 73 us per decision in a full book after
+    100,000 more decisions (benchmarks/bench_books.py).
     """
 
     def __init__(self) -> None:
@@ -60,8 +61,8 @@ class DecisionBook:
             at, caller, dialled, trunk, result, reason, category, e164,
             *_tariff_fields(tariff),
         )
-        if len(entries) > MAX_DECISIONS:
-            self._drop_oldest(len(entries) - MAX_DECISIONS + EVICTION_BATCH)
+        if len(entries) >= MAX_DECISIONS + EVICTION_BATCH:
+            self._drop_oldest(len(entries) - MAX_DECISIONS)
         if self._next_expiry_check is None or at >= self._next_expiry_check:
             self._next_expiry_check = at + EXPIRY_CHECK_INTERVAL
             self._drop_expired(at)
