@@ -14,6 +14,7 @@ from callguard.metering.records import call_record, hangup_record
 from callguard.policy.decision import CallRequest, Decision
 from callguard.rating import Increments, Tariff
 from callguard.store import Store, engine
+from callguard.store import calls as calls_module
 from callguard.worker import StoreWorker
 from support import sqlite_write_locked
 
@@ -233,3 +234,16 @@ def test_call_records_escape_nul_from_ari():
     assert hangup.uniqueid == "1718355600.\\x002"
     assert hangup.channel == "PJSIP/gam\\x00ma-00000002"
     assert hangup.number == "0163\\x00296"
+
+
+def test_column_order_mismatch_stops_open(monkeypatch, tmp_path):
+    # The recorder queues bare rows in DECISION_ROW_COLUMNS order. An INSERT
+    # that lists the columns otherwise must stop the start, not every write.
+    monkeypatch.setattr(calls_module, "DECISION_ROW_COLUMNS",
+                        tuple(reversed(calls_module.DECISION_ROW_COLUMNS)))
+    calls_module._decision_insert.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match="lists the decision columns"):
+            Store(f"sqlite:///{tmp_path}/callguard.db").open()
+    finally:
+        calls_module._decision_insert.cache_clear()

@@ -190,6 +190,16 @@ class _DriverInsert:
             conn.exec_driver_sql(self._head + values, tuple(flat))
 
 
+def check_decision_columns(dialect: Dialect) -> None:
+    """Raise RuntimeError unless the decisions INSERT of ``dialect`` lists the
+    columns in DECISION_ROW_COLUMNS order.
+
+    Store.open() calls it, so such a mismatch stops the daemon at start
+    instead of failing every write of the audit trail.
+    """
+    _decision_insert(dialect)
+
+
 @functools.cache
 def _decision_insert(dialect: Dialect) -> _DriverInsert:
     insert = _DriverInsert(Decision.__table__, dialect)

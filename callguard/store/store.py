@@ -93,6 +93,7 @@ class Store(OutboxMethods, AuditMethods):
         """
         if not self._create_schema:
             check_sqlite_exists(self._parsed_url)
+        calls.check_decision_columns(self._engine.dialect)
         self._is_open = True
         try:
             # Without create_schema the open only reads, so on SQLite it does
