@@ -167,7 +167,7 @@ def test_lead_applies_below_equal_cap():
 def test_one_day_shortcut_matches_walk():
     # max_call_seconds() skips the walk when the horizon ends before local
     # midnight. Over seeded random tariffs, budgets, start times and caps, on
-    # both sides of midnight and of a week's end, its answer must be the walk's.
+    # both sides of midnight and of a week's end, its result must equal the walk's.
     from datetime import timedelta
 
     from callguard.policy.budget import _walk_windows

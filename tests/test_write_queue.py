@@ -45,14 +45,19 @@ def queued_uniqueids(guard: LiveGuard) -> list[str]:
     return [args[0].uniqueid for _, args in guard._writes]
 
 
-async def test_failed_batch_kept_before_later_updates():
-    clock = ManualClock(NOW)
+async def failed_write(clock: ManualClock) -> tuple[LiveGuard, LockedStoreWorker]:
+    """Queue two updates whose write fails while a third is queued, and wait."""
     worker = LockedStoreWorker()
     guard = worker.guard = LiveGuard(None, None, None, clock, worker)
-
     guard._write(call_update("first"))
     guard._write(call_update("second"))
     await guard.drain()
+    return guard, worker
+
+
+async def test_failed_batch_kept_before_later_updates():
+    clock = ManualClock(NOW)
+    guard, worker = await failed_write(clock)
 
     assert queued_uniqueids(guard) == ["first", "second", "during-write"]
     assert worker.written == []
@@ -66,13 +71,7 @@ async def test_failed_batch_kept_before_later_updates():
 
 async def test_full_queue_after_failure_drops_oldest(monkeypatch):
     monkeypatch.setattr(guard_module, "MAX_QUEUED_WRITES", 2)
-    clock = ManualClock(NOW)
-    worker = LockedStoreWorker()
-    guard = worker.guard = LiveGuard(None, None, None, clock, worker)
-
-    guard._write(call_update("first"))
-    guard._write(call_update("second"))
-    await guard.drain()
+    guard, _ = await failed_write(ManualClock(NOW))
 
     # Three updates for two places: the oldest of the failed batch goes.
     assert queued_uniqueids(guard) == ["second", "during-write"]

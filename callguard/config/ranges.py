@@ -46,7 +46,7 @@ class NumberRanges:
         leading 0, is never in a range.
         """
         if not self.ranges or not isinstance(e164, str):
-            # Every check asks the trunk's opt_out, which is usually empty.
+            # Every check looks up its caller in the trunk's opt_out, which is usually empty.
             return False
 
         digits = e164.removeprefix(E164_PLUS)

@@ -7,12 +7,12 @@ in the next write. Writing them at once would keep a busy daemon writing a
 few rows per transaction without pause, and its store thread would then
 compete with the FastAGI sessions for the GIL.
 
-Each decision is queued as a row of column values and converted to driver values
-in the store thread, a batch at a time. Converting one decision among the
-FastAGI work of its check took the event loop about twice the CPU time that
-the same conversion takes in a batch, where the same few functions run back
-to back (an estimate from timing both on a 2-core machine). A batch of 500
-keeps the GIL for a few milliseconds.
+Each decision is queued as a row of column values and converted to driver
+values in the store thread, a batch at a time. Converting one decision among
+the FastAGI work of its check took the event loop about twice the CPU time
+that the same conversion takes in a batch, where the same few functions run
+back to back (an estimate from timing both on a 2-core machine). A batch of
+500 keeps the GIL for a few milliseconds.
 
 While the store fails, the decisions stay queued and the wait before the next
 write doubles after each failure, up to ``max_retry_interval`` seconds. The

@@ -29,9 +29,9 @@ class DecisionBook:
     add about seven tracked objects each.
 
     The oldest entries are dropped in batches. Finding a dict's first entry
-    skips every slot deleted before it until the dict is next resized, so
+    skips every slot deleted before it until the dict is next resized. So
     dropping one entry per decision from the front cost time in proportion
-    to the entries dropped before: 73 us per decision in a full book after
+    to the entries dropped before. A full book took 73 us per decision after
     100,000 more decisions (benchmarks/bench_books.py).
     """
 

@@ -95,8 +95,8 @@ def max_call_seconds(
     if horizon_end > day_end:
         return _walk_windows(tariff, start, tz, remaining, horizon, horizon_end)
 
-    # Most calls cannot run past local midnight: the windows of ``start`` pay
-    # every block, and the walk below would make one pass.
+    # Most calls cannot run past local midnight. The windows of ``start`` then
+    # pay every block, and _walk_windows() would make a single pass.
     count = blocks_started_before_micros(tariff, (horizon + LIMIT_LEAD_SECONDS) * 1_000_000)
     budget = None
     for window in WINDOWS:
@@ -155,7 +155,7 @@ def _walk_windows(tariff: Tariff, start: datetime, tz: ZoneInfo, remaining: Rema
 
 def _end_before_block(tariff: Tariff, block: int, horizon: int) -> int:
     """Return the call length that ends ``LIMIT_LEAD_SECONDS`` before block
-    ``block`` begins, at least 1 and at most ``horizon``; 0 for block 0."""
+    ``block`` begins, at least 1 and at most ``horizon``, or 0 for block 0."""
     unpaid_start = tariff.block_start(block)
     if unpaid_start == 0:
         return 0

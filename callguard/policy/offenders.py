@@ -129,8 +129,8 @@ class AttemptCounter:
 
     def __init__(self) -> None:
         # In the order the keys were first counted. An OrderedDict finds its
-        # oldest key at once, where a dict skips the slots of the keys
-        # dropped before it, which made each new key of a flood slower.
+        # oldest key at once. A dict skips the slots of the keys dropped
+        # before it, so each new key of a flood was slower than the last.
         self._attempts: OrderedDict[tuple[str, str], deque[datetime]] = OrderedDict()
         self._windows: dict[tuple[str, str], timedelta] = {}
         self._swept_at: datetime | None = None

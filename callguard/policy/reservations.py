@@ -72,13 +72,17 @@ class Reservations:
             # A second check on the same channel replaces the first one's hold.
             self._remove(self._stored(self._by_uniqueid[uniqueid]))
 
-        row = (next(self._ids), trunk, uniqueid, amount, keys[DAY], keys[WEEK], now,
-               now + timedelta(seconds=lifetime), False, False)
-        self._by_id[row[0]] = row
+        reservation_id = next(self._ids)
+        day_key, week_key = keys[DAY], keys[WEEK]
+        expires_at = now + timedelta(seconds=lifetime)
+        # The fields of Reservation, in its order.
+        row = (reservation_id, trunk, uniqueid, amount, day_key, week_key, now, expires_at,
+               False, False)
+        self._by_id[reservation_id] = row
         if uniqueid:
-            self._by_uniqueid[uniqueid] = row[0]
-        self._adjust(trunk, row[4], row[5], amount, 1)
-        heapq.heappush(self._expiry, (row[7], row[0]))
+            self._by_uniqueid[uniqueid] = reservation_id
+        self._adjust(trunk, day_key, week_key, amount, 1)
+        heapq.heappush(self._expiry, (expires_at, reservation_id))
         return Reservation._make(row)
 
     def release(self, uniqueid: str) -> Reservation | None:
