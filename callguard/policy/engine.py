@@ -213,14 +213,8 @@ class PolicyEngine:
     def _screen_number(self, request: CallRequest) -> "Decision | Classified":
         """Classify the dialled number; an emergency number or a bad one is a final Decision."""
         state = self.state
-        classifier = state.classifier
-
-        # Emergency numbers are allowed before anything else can fail.
-        emergency_number = classifier.plan.emergency(request.dialled)
-        if emergency_number is not None:
-            return self._emergency(
-                request, classifier.classify_emergency(request.dialled, emergency_number))
-
+        # classify() looks for emergency numbers before it reads the rest of
+        # the number plan, so their forms are computed once per new number.
         try:
             classified = state.classify(request.dialled)
         except InvalidNumber as exc:
@@ -229,6 +223,14 @@ class PolicyEngine:
         except UnclassifiedNumber as exc:
             return Decision(DENY, REASON_UNCLASSIFIED, request.trunk, request.dialled,
                             detail=str(exc))
+        except Exception:
+            # Emergency numbers are allowed even when the rest of classifying fails.
+            classifier = state.classifier
+            emergency_number = classifier.plan.emergency(request.dialled)
+            if emergency_number is None:
+                raise
+            return self._emergency(
+                request, classifier.classify_emergency(request.dialled, emergency_number))
         if classified.emergency:
             return self._emergency(request, classified)
         return classified
