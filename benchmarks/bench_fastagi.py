@@ -15,7 +15,12 @@ callguard / bare is the ratio the target is set on. callguard / bare-uv and
 fixed / bare-uv compare servers on the same loop, so they show what deciding
 and callguard's protocol layer cost apart from the loop's own speed.
 
+The daemon runs with log_level = info and the default log_calls = denied, so
+the allowed checks of the load log no line each; --log-calls all gives each
+check its line.
+
 Run: .venv/bin/python benchmarks/bench_fastagi.py [--seconds 5] [--only closed,open]
+     [--log-calls all]
 """
 
 import argparse
@@ -40,6 +45,7 @@ database = sqlite:///{directory}/callguard.db
 fastagi_listen = 127.0.0.1:{port}
 control_socket = {directory}/callguard.sock
 log_level = info
+log_calls = {log_calls}
 
 [ari]
 enabled = no
@@ -126,11 +132,12 @@ def start_server(command: list[str], port: int, log: Path,
     return process
 
 
-def start_callguard(directory: Path, started: list[subprocess.Popen]) -> tuple[int, int]:
+def start_callguard(directory: Path, started: list[subprocess.Popen],
+                    log_calls: str) -> tuple[int, int]:
     """Start the daemon with CONFIG; return its pid and port."""
     port = free_port()
     config = directory / "callguard.conf"
-    config.write_text(CONFIG.format(directory=directory, port=port,
+    config.write_text(CONFIG.format(directory=directory, port=port, log_calls=log_calls,
                                     rates=HERE.parent / "etc" / "rates-gamma.csv"))
     command = [sys.executable, "-m", "callguard.cli.daemon", "--config", str(config), "run"]
     return start_server(command, port, directory / "callguard.log", started).pid, port
@@ -256,13 +263,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each run")
     parser.add_argument("--only", default="closed,open",
                         help="comma-separated loads to run: closed, open")
+    parser.add_argument("--log-calls", choices=("denied", "all"), default="denied",
+                        help="the daemon's [general] log_calls (default: denied)")
     args = parser.parse_args()
     loads = set(args.only.split(","))
     if not loads <= {"closed", "open"}:
         parser.error(f"--only {args.only!r}: give closed, open or both")
 
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; client and each "
-          "server in separate processes")
+          f"server in separate processes; the daemon's log_calls = {args.log_calls}")
     loop = resolve(AUTO)
     print(f"callguard and fixed run on {loop}, bare on asyncio's own loop, bare-uv on "
           "uvloop; fixed is callguard's FastAGI server setting the bare server's "
@@ -272,7 +281,7 @@ def main() -> None:
         directory = Path(name)
         try:
             servers = {
-                "callguard": start_callguard(directory, started),
+                "callguard": start_callguard(directory, started, args.log_calls),
                 "fixed": start_script(FIXED_SERVER, "fixed", loop, directory, started),
                 "bare": start_script(BARE_SERVER, "bare", ASYNCIO, directory, started),
             }

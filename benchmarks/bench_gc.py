@@ -58,7 +58,7 @@ def start_daemon(directory: Path, started: list[subprocess.Popen]) -> tuple[int,
     """Start the daemon under the gc callback; return its port and the file it writes."""
     port = free_port()
     config = directory / "callguard.conf"
-    config.write_text(CONFIG.format(directory=directory, port=port,
+    config.write_text(CONFIG.format(directory=directory, port=port, log_calls="denied",
                                     rates=HERE.parent / "etc" / "rates-gamma.csv"))
     output = directory / "collections.jsonl"
     command = [sys.executable, "-c", DAEMON.format(output=str(output), config=str(config))]

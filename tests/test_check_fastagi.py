@@ -444,3 +444,101 @@ async def test_long_dialled_string_cut_in_log(daemon, caplog):
     assert result.variables["CALLGUARD_REASON"] == "invalid-number"
     assert any("(4000 characters)" in line for line in lines)
     assert all(len(line) < 400 for line in lines)
+
+
+def check_lines(caplog):
+    """Return (level name, message) of each per-check line logged, in order."""
+    return [(r.levelname, r.getMessage()) for r in caplog.records
+            if r.name == "callguard.agi.check" and " to " in r.getMessage()
+            and " from " in r.getMessage()]
+
+
+async def test_routine_allowed_check_logs_at_debug_by_default(daemon, caplog):
+    with caplog.at_level(logging.DEBUG, logger="callguard.agi.check"):
+        await daemon.check("0118 496 0000", uniqueid="1718355600.1")
+        await daemon.check("09011234567", uniqueid="1718355600.2")
+        await daemon.check("999", uniqueid="1718355600.3")
+
+    assert check_lines(caplog) == [
+        ("DEBUG", "'gamma' '1718355600.1': ALLOW ok to +441184960000 (geographic) "
+                  "from '01632960010'"),
+        ("INFO", "'gamma' '1718355600.2': DENY barred:premium to +449011234567 (premium) "
+                 "from '01632960010'"),
+        ("INFO", "'gamma' '1718355600.3': ALLOW emergency to '999' (emergency) "
+                 "from '01632960010'"),
+    ]
+
+
+async def test_routine_allowed_check_not_formatted_above_debug(daemon, caplog):
+    with caplog.at_level(logging.INFO, logger="callguard.agi.check"):
+        await daemon.check("0118 496 0000")
+
+    assert check_lines(caplog) == []
+
+
+async def test_log_calls_all_logs_every_check_at_info(tmp_path, caplog):
+    daemon = Daemon(tmp_path, general="log_calls = all\n")
+    await daemon.app.start()
+    try:
+        with caplog.at_level(logging.INFO, logger="callguard.agi.check"):
+            await daemon.check("0118 496 0000", uniqueid="1718355600.1")
+    finally:
+        await daemon.app.stop()
+
+    assert check_lines(caplog) == [
+        ("INFO", "'gamma' '1718355600.1': ALLOW ok to +441184960000 (geographic) "
+                 "from '01632960010'"),
+    ]
+
+
+def summaries(caplog):
+    return [r.getMessage() for r in caplog.records
+            if r.name == "callguard.agi.check" and r.getMessage().startswith("checks ")]
+
+
+async def test_summary_counts_checks_per_trunk(daemon, caplog):
+    with caplog.at_level(logging.INFO, logger="callguard.agi.check"):
+        await daemon.check("0118 496 0000", uniqueid="1718355600.1")
+        await daemon.check("020 7946 0000", uniqueid="1718355600.2")
+        await daemon.check("09011234567", uniqueid="1718355600.3")
+        # Names that no trunk has are counted together, however many there are.
+        await daemon.check("0118 496 0000", "zeta", uniqueid="1718355600.4")
+        await daemon.check("0118 496 0000", "omega", uniqueid="1718355600.5")
+        daemon.app.check_handler.summarise("in the last minute")
+        daemon.app.check_handler.summarise("in the last minute")
+        await daemon.check("0118 496 0000", uniqueid="1718355600.6")
+        daemon.app.check_handler.summarise("in the last minute")
+
+    assert summaries(caplog) == [
+        "checks in the last minute: gamma 2 allowed, 1 denied; "
+        "no configured trunk 0 allowed, 2 denied",
+        "checks in the last minute: gamma 1 allowed, 0 denied",
+    ]
+
+
+async def test_summary_logged_on_stop(tmp_path, caplog):
+    daemon = Daemon(tmp_path)
+    await daemon.app.start()
+    with caplog.at_level(logging.INFO, logger="callguard.agi.check"):
+        await daemon.check("0118 496 0000")
+        await daemon.app.stop()
+
+    assert summaries(caplog) == ["checks since the last count: gamma 1 allowed, 0 denied"]
+
+
+async def test_summary_logged_each_interval(tmp_path, caplog):
+    daemon = Daemon(tmp_path)
+    daemon.app.check_summary_interval = 0.05
+    await daemon.app.start()
+    try:
+        with caplog.at_level(logging.INFO, logger="callguard.agi.check"):
+            await daemon.check("0118 496 0000")
+            for _ in range(100):
+                if summaries(caplog):
+                    break
+                await asyncio.sleep(0.02)
+    finally:
+        await daemon.app.stop()
+
+    assert summaries(caplog)[0] == "checks in the last 0.05 s: gamma 1 allowed, 0 denied"
+

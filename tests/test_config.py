@@ -105,6 +105,8 @@ GOOD_VALUES = [
     ("general", "reservation_seconds", "2m", "general.reservation_seconds", 120),
     ("general", "reservation_seconds", "1d", "general.reservation_seconds", 86400),
     ("general", "log_level", "Warning", "general.log_level", "warning"),
+    ("general", "log_calls", "All", "general.log_calls", "all"),
+    ("general", "log_calls", "denied", "general.log_calls", "denied"),
     ("general", "node_name", "pbx-2.london", "general.node_name", "pbx-2.london"),
     ("general", "node_name", "", "general.node_name", ""),
     ("general", "event_loop", "asyncio", "general.event_loop", "asyncio"),
@@ -213,7 +215,7 @@ CATEGORY_LIST = ", ".join(KNOWN_CATEGORIES)
 GENERAL_KEYS = (
     "database, home_country, timezone, currency, fastagi_listen, allowed_clients, "
     "outside_line_prefix, emergency_numbers, fail_policy, decision_timeout, "
-    "prefixes, reservation_seconds, control_socket, log_level, node_name, event_loop"
+    "prefixes, reservation_seconds, control_socket, log_level, log_calls, node_name, event_loop"
 )
 TRUNK_KEYS = (
     "bar, daily_limit, weekly_limit, warn_percent, max_concurrent_calls, "
@@ -336,6 +338,8 @@ BAD_VALUES = [
         "'' is not a path; write it like /run/callguard/callguard.sock"]),
     ("general", "log_level", "verbose", [
         "'verbose' is not valid; write one of debug, info, warning, error"]),
+    ("general", "log_calls", "allowed", [
+        "'allowed' is not valid; write one of all, denied"]),
     ("general", "node_name", "pbx 2", [f"'pbx 2' {NODE_NAME_FIX}"]),
     ("general", "event_loop", "libuv", [
         "'libuv' is not valid; write one of auto, uvloop, asyncio"]),
@@ -931,6 +935,7 @@ def test_defaults(workdir):
     assert general.reservation_seconds == 120
     assert general.control_socket == Path("/run/callguard/callguard.sock")
     assert general.log_level == "info"
+    assert general.log_calls == "denied"
     assert general.event_loop == "uvloop"
     assert ari.enabled is True
     assert ari.url == "http://127.0.0.1:8088/"

@@ -36,6 +36,8 @@ from callguard.policy.decision import (
     ALLOW,
     DENY,
     REASON_FAIL_POLICY,
+    REASON_OK,
+    REASON_OPTED_OUT,
     REASON_UNKNOWN_TRUNK,
     CallRequest,
     Decision,
@@ -56,6 +58,16 @@ MAX_LOGGED_REPLY = 200
 
 # Warnings per minute about checks for a trunk the config does not name.
 UNKNOWN_TRUNK_BURST = 5
+
+# [general] log_calls: every check logs its line at INFO.
+LOG_CALLS_ALL = "all"
+# The reasons of routine allowed checks, whose lines are DEBUG unless
+# log_calls is all. An emergency call or a decision by the fail policy
+# always logs at INFO.
+ROUTINE_REASONS = frozenset({REASON_OK, REASON_OPTED_OUT})
+# The name under which checks for no configured trunk are counted, so that
+# the names a dialplan sends cannot grow the counts without bound.
+NO_TRUNK = "-"
 # Trunk names listed in such a warning.
 MAX_LISTED_TRUNKS = 10
 
@@ -92,6 +104,8 @@ class CheckHandler:
         # A peer that breaks every session must not flood the log.
         self._undelivered = RepeatLimiter(burst=UNDELIVERED_BURST)
         self._unknown_trunks = RepeatLimiter(burst=UNKNOWN_TRUNK_BURST)
+        # (trunk, result) -> checks decided since the last summary.
+        self._counts: dict[tuple[str, str], int] = {}
 
     async def __call__(self, channel: AGIChannel) -> None:
         engine = self._engine()
@@ -181,18 +195,48 @@ class CheckHandler:
 
     def _announce(self, engine: PolicyEngine, request: CallRequest, decision: Decision) -> None:
         """Log the decision and hand it to the sink, before the dialplan learns it."""
-        # The dialled string and the caller ID come from the phone: quote()
-        # keeps a line break or a terminal escape in them from reaching the log
-        # raw, and cuts a string long enough to flood it.
-        log.info(
-            "%s %s: %s %s to %s (%s) from %s",
-            quote(request.trunk or "-"), quote(request.uniqueid or "-"), decision.result,
-            decision.reason, decision.e164 or quote(request.dialled),
-            decision.category or "-", quote(request.caller or "unknown"),
-        )
+        config = engine.state.config
+        trunk = request.trunk if request.trunk in config.trunks else NO_TRUNK
+        key = (trunk, decision.result)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        if (decision.result == ALLOW and decision.reason in ROUTINE_REASONS
+                and config.general.log_calls != LOG_CALLS_ALL):
+            # A line per routine call would flood the journal on a busy PBX;
+            # summarise() counts them, and the audit trail keeps each one.
+            level = logging.DEBUG
+        else:
+            level = logging.INFO
+        if log.isEnabledFor(level):
+            # The dialled string and the caller ID come from the phone: quote()
+            # keeps a line break or a terminal escape in them from reaching the
+            # log raw, and cuts a string long enough to flood it.
+            log.log(
+                level, "%s %s: %s %s to %s (%s) from %s",
+                quote(request.trunk or "-"), quote(request.uniqueid or "-"), decision.result,
+                decision.reason, decision.e164 or quote(request.dialled),
+                decision.category or "-", quote(request.caller or "unknown"),
+            )
         self._sink.record(request, decision)
         if decision.reason == REASON_UNKNOWN_TRUNK:
             self._warn_unknown_trunk(engine, request)
+
+    def summarise(self, period: str) -> None:
+        """Log how many checks each trunk allowed and denied, and start counting again.
+
+        ``period`` names the time counted, as in "in the last minute". Nothing
+        is logged when there were no checks.
+        """
+        counts, self._counts = self._counts, {}
+        if not counts:
+            return
+        trunks = sorted({trunk for trunk, _ in counts}, key=lambda name: (name == NO_TRUNK, name))
+        parts = []
+        for trunk in trunks:
+            allowed = counts.get((trunk, ALLOW), 0)
+            denied = counts.get((trunk, DENY), 0)
+            name = "no configured trunk" if trunk == NO_TRUNK else trunk
+            parts.append(f"{name} {allowed} allowed, {denied} denied")
+        log.info("checks %s: %s", period, "; ".join(parts))
 
     def _warn_unknown_trunk(self, engine: PolicyEngine, request: CallRequest) -> None:
         """Tell the sysadmin how to fix a dialplan that names no configured trunk.

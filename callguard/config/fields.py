@@ -21,6 +21,9 @@ from callguard.config.ranges import parse_number_ranges
 ALWAYS_EMERGENCY_NUMBERS = ("999", "112")
 FAIL_POLICIES = ("allow", "deny")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# Values of log_calls: the checks that log a line each at INFO. The others
+# log theirs at DEBUG.
+LOG_CALLS = ("all", "denied")
 # Limits of duration keys, written as the sample config writes them, because
 # error messages quote them.
 MAX_TIMEOUT = "30s"
@@ -134,6 +137,9 @@ GENERAL_FIELDS: dict[str, Field] = {
     ),
     "log_level": Field(
         lambda text, context: values.parse_choice(text, LOG_LEVELS), "info"
+    ),
+    "log_calls": Field(
+        lambda text, context: values.parse_choice(text, LOG_CALLS), "denied"
     ),
     "node_name": Field(_ignore_context(values.parse_node_name)),
     "event_loop": Field(lambda text, context: _parse_event_loop(text), "auto"),

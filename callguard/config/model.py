@@ -64,6 +64,7 @@ class GeneralConfig:
     reservation_seconds: int
     control_socket: Path
     log_level: str
+    log_calls: str  # "all" or "denied"
     node_name: str  # empty for the host name
     # The loop the daemon runs on, "uvloop" or "asyncio": the file's auto
     # already resolved to the one that imports.

@@ -58,6 +58,8 @@ ARI_WATCH_INTERVAL = 10.0
 # their live spend (see callguard.daemon.sharing), so this read brings in
 # what reaches the totals otherwise, such as a reset by callguardctl.
 SPEND_REFRESH_SECONDS = 10.0
+# Seconds between two INFO lines that count the checks of each trunk.
+CHECK_SUMMARY_SECONDS = 60.0
 LIMIT_WINDOWS = {REASON_DAILY: DAY, REASON_WEEKLY: WEEK}
 
 
@@ -105,6 +107,9 @@ class Application:
         self.offenders = OffenderGuard(self.blocks, self.worker, self.clock, self.alerts)
         self._watch: asyncio.Task | None = None
         self._refresh: asyncio.Task | None = None
+        self._summary: asyncio.Task | None = None
+        self.check_handler: CheckHandler | None = None
+        self.check_summary_interval = CHECK_SUMMARY_SECONDS
         # Runs only on a shared store: one SQLite database serves one daemon.
         self.live_share = LiveSpendShare(self)
         self.ari_alert_after = ARI_ALERT_AFTER
@@ -139,7 +144,7 @@ class Application:
                                       shared_store=self._shared_store)
         self.recorder.start()
 
-        handler = CheckHandler(lambda: self.engine, _Sinks(self))
+        handler = self.check_handler = CheckHandler(lambda: self.engine, _Sinks(self))
         self.fastagi = FastAGIServer(
             {SCRIPT_CHECK: handler},
             *self.fastagi_listen,
@@ -172,6 +177,8 @@ class Application:
         self._watch = asyncio.create_task(self._watch_ari(), name="ari-watch")
         self._refresh = asyncio.create_task(self._refresh_spend_forever(),
                                             name="spend-refresh")
+        self._summary = asyncio.create_task(self._summarise_checks_forever(),
+                                            name="check-summary")
         if self._shared_store:
             self.live_share.start()
 
@@ -224,6 +231,13 @@ class Application:
             await asyncio.sleep(SPEND_REFRESH_SECONDS)
             await self.refresh_spend()
             await self.refresh_blocks()
+
+    async def _summarise_checks_forever(self) -> None:
+        interval = self.check_summary_interval
+        period = "in the last minute" if interval == 60 else f"in the last {interval:g} s"
+        while True:
+            await asyncio.sleep(interval)
+            self.check_handler.summarise(period)
 
     async def _watch_ari(self) -> None:
         """Alert once per outage when ARI stays unreachable past ARI_ALERT_AFTER."""
@@ -454,6 +468,9 @@ class Application:
             await self.control.stop()
         if sessions is not None:
             await sessions
+        if self._summary is not None:
+            self._summary.cancel()
+            self.check_handler.summarise("since the last count")
         if self.ari is not None:
             await self.ari.stop()
         if self.guard is not None:
