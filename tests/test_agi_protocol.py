@@ -959,3 +959,65 @@ async def test_set_variables_checks_before_sending(pipe):
         await pipe.channel.set_variables([("A", "1"), ("B C", "2")])
 
     assert await pipe.sent_lines() == []
+
+
+async def lines_queued(pipe: Pipe, count: int) -> None:
+    """Wait until ``count`` lines the peer sent wait unread on our side."""
+    async with asyncio.timeout(5):
+        while len(pipe.connection._lines) < count:
+            await asyncio.sleep(0)
+
+
+async def test_start_variables_on_sent_before_queued_replies(pipe):
+    # Replies that are already queued when the batch starts are read after
+    # on_sent, so its work never sees the batch answered.
+    await pipe.feed(b"200 result=1\n" * 2)
+    await lines_queued(pipe, 2)
+    events = []
+
+    pipe.channel.start_variables(
+        FIVE[:2], lambda error: events.append(("done", error, pipe.channel.answered)),
+        None, lambda: events.append(("sent", pipe.channel.answered)))
+
+    assert events == [("sent", 0), ("done", None, 2)]
+    assert await pipe.sent_lines() == ['SET VARIABLE CALLGUARD_RESULT "ALLOW"',
+                                       'SET VARIABLE CALLGUARD_REASON "ok"']
+
+
+async def test_start_variables_on_sent_before_failed_write(pipe):
+    pipe.connection.transport.abort()
+    async with asyncio.timeout(5):
+        while not pipe.connection._lost:
+            await asyncio.sleep(0)
+    events = []
+
+    pipe.channel.start_variables(
+        FIVE, lambda error: events.append(("done", type(error))),
+        None, lambda: events.append(("sent",)))
+
+    assert events == [("sent",), ("done", AGIHangup)]
+
+
+async def test_start_variables_on_sent_with_nothing_to_set(pipe):
+    events = []
+
+    pipe.channel.start_variables([], lambda error: events.append(("done", error)),
+                                 None, lambda: events.append(("sent",)))
+
+    assert events == [("sent",), ("done", None)]
+
+
+async def test_start_variables_on_sent_that_raises_stops_before_replies(pipe):
+    await pipe.feed(b"200 result=1\n")
+    await lines_queued(pipe, 1)
+    done = []
+
+    def broken() -> None:
+        raise RuntimeError("the announcement broke")
+
+    with pytest.raises(RuntimeError, match="announcement"):
+        pipe.channel.start_variables(FIVE, done.append, None, broken)
+
+    # The first command went out; nothing more is read or reported.
+    assert done == []
+    assert pipe.channel.answered == 0

@@ -542,3 +542,17 @@ async def test_summary_logged_each_interval(tmp_path, caplog):
 
     assert summaries(caplog)[0] == "checks in the last 0.05 s: gamma 1 allowed, 0 denied"
 
+
+async def test_failed_recording_logged_and_the_answer_stands(daemon, caplog, monkeypatch):
+    def broken(request, decision):
+        raise RuntimeError("the audit queue broke")
+
+    monkeypatch.setattr(daemon.app.recorder, "record", broken)
+    with caplog.at_level(logging.ERROR, logger="callguard.agi.check"):
+        outcome = await daemon.check("0118 496 0000", uniqueid="1718355600.9")
+
+    assert outcome.variables["CALLGUARD_RESULT"] == "ALLOW"
+    assert outcome.variables["CALLGUARD_MAXSECS"] == "7200"
+    (record,) = [r for r in caplog.records if "failed to record" in r.getMessage()]
+    assert record.getMessage() == "'1718355600.9': failed to record the decision ALLOW ok"
+    assert "the audit queue broke" in record.exc_text

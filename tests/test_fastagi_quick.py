@@ -36,13 +36,19 @@ class QuickRoute:
     """A route with answer_now(); ``quick=False`` leaves each session to __call__."""
 
     def __init__(self, *, quick: bool = True, fail: bool = False,
-                 error: AGIError | None = None):
+                 error: AGIError | None = None, announce: bool = False,
+                 broken: AGIError | None = None):
         self.quick = quick
         self.fail = fail
         self.error = error
+        self.announce = announce
+        # An error that leaves the channel unusable before anything is sent.
+        self.broken = broken
         self.called: list[str] = []
         self.done: list[AGIError | None] = []
         self.channels: list[AGIChannel] = []
+        # ("announce", commands answered then) and ("done", error), in order.
+        self.events: list[tuple] = []
 
     def answer_now(self, channel: AGIChannel) -> QuickAnswer | None:
         self.channels.append(channel)
@@ -52,7 +58,17 @@ class QuickRoute:
             raise self.error
         if not self.quick:
             return None
-        return QuickAnswer(list(VARIABLES), self.done.append)
+        if not self.announce:
+            return QuickAnswer(list(VARIABLES), self.done.append)
+        if self.broken is not None:
+            channel._broken = self.broken
+
+        def done(error: AGIError | None) -> None:
+            self.done.append(error)
+            self.events.append(("done", error))
+
+        return QuickAnswer(list(VARIABLES), done,
+                           lambda: self.events.append(("announce", channel.answered)))
 
     async def __call__(self, channel: AGIChannel) -> None:
         self.called.append(channel.uniqueid)
@@ -117,6 +133,41 @@ async def test_quick_answer_sets_the_variables_without_the_handler(start_server)
     assert route.done == [None]
     assert route.channels[0].arguments == ["01632960123", "gamma"]
     assert route.channels[0].answered == len(VARIABLES)
+    assert server.active_sessions == 0
+
+
+async def test_quick_answer_announced_before_any_reply(start_server):
+    route = QuickRoute(announce=True)
+    _, host, port = await start_server({"check": route})
+
+    result = await run_fastagi_call(host, port, CALL)
+
+    assert result.variables == dict(VARIABLES)
+    assert route.events == [("announce", 0), ("done", None)]
+
+
+async def test_quick_answer_announced_before_a_hangup_reaches_done(start_server):
+    route = QuickRoute(announce=True)
+    _, host, port = await start_server({"check": route})
+
+    await run_fastagi_call(host, port, CALL, hangup_before_command=1,
+                           reply_511_after_hangup=True)
+
+    assert [event[0] for event in route.events] == ["announce", "done"]
+    assert isinstance(route.events[1][1], AGIHangup)
+
+
+async def test_quick_answer_announced_when_nothing_could_be_sent(start_server):
+    route = QuickRoute(announce=True, broken=AGIProtocolError("out of step"))
+    server, host, port = await start_server({"check": route})
+
+    result = await run_fastagi_call(host, port, CALL)
+
+    assert result.commands == []
+    assert result.closed_by_server
+    assert route.events[0] == ("announce", 0)
+    assert [event[0] for event in route.events] == ["announce", "done"]
+    assert isinstance(route.events[1][1], AGIProtocolError)
     assert server.active_sessions == 0
 
 

@@ -152,7 +152,8 @@ class AGIChannel:
 
     def start_variables(self, assignments: Iterable[tuple[str, str]],
                         on_done: Callable[[AGIError | None], None],
-                        deadline: float | None = None) -> None:
+                        deadline: float | None = None,
+                        on_sent: Callable[[], None] | None = None) -> None:
         """Set each (name, value) as set_variables() does, without a task to wait in.
 
         ``on_done`` is called once, from the transport's callbacks or a timer,
@@ -161,13 +162,20 @@ class AGIChannel:
         batch besides each command's reply timeout. No other command may run
         on the session meanwhile. Raises ValueError, as set_variables() does,
         and AGIError for a session already unusable, before anything is sent.
+
+        ``on_sent``, if given, is called once the first command is written
+        and before any reply is read, so that its work overlaps Asterisk's
+        reading of that command. It comes before ``on_done``, also when the
+        write failed, or when there is nothing to set.
         """
         lines = self._assignment_lines(assignments)
         self._check_usable()
         if not lines:
+            if on_sent is not None:
+                on_sent()
             on_done(None)
             return
-        _Batch(self, lines, on_done, deadline).start()
+        _Batch(self, lines, on_done, deadline).start(on_sent)
 
     def _assignment_lines(self, assignments: Iterable[tuple[str, str]]) -> list[bytes]:
         return [
@@ -365,6 +373,9 @@ class _Batch:
         self._error: BaseException | None = None
         self._on_done = on_done
         self._cap = cap
+        # Set while start() writes the first command: _finish() then leaves
+        # the call of on_done to start().
+        self._holding = False
 
     @property
     def current(self) -> str:
@@ -386,10 +397,18 @@ class _Batch:
         if self._error is not None:
             raise self._error
 
-    def start(self) -> None:
-        self._send_next()
+    def start(self, on_sent: Callable[[], None] | None = None) -> None:
+        # A failed first write reports to on_done only after on_sent has run.
+        self._holding = True
+        try:
+            self._send_next()
+            if on_sent is not None:
+                on_sent()
+        finally:
+            self._holding = False
         if self._done:
-            return  # the connection was already gone
+            self._on_done(self._error)  # the connection was already gone
+            return
         self._connection.set_listener(self._on_input)
         self._on_input()
 
@@ -465,4 +484,5 @@ class _Batch:
             return
         connection.set_listener(None)
         connection.unwatch()
-        on_done(error)
+        if not self._holding:
+            on_done(error)

@@ -165,12 +165,14 @@ class CheckHandler:
                 decision = self._fail_policy(engine, request, "failed")
         if decision is None:
             return None
-        self._announce(engine, request, decision)
+
+        def announce() -> None:
+            self._announce(engine, request, decision)
 
         def returned(error: AGIError | None) -> None:
             self._returned(engine, channel, request, decision, error, 0)
 
-        return QuickAnswer(decision_variables(decision), returned)
+        return QuickAnswer(decision_variables(decision), returned, announce)
 
     @staticmethod
     def _emergency_first(channel: AGIChannel,
@@ -194,7 +196,11 @@ class CheckHandler:
         return None if decision is None else (request, decision)
 
     def _announce(self, engine: PolicyEngine, request: CallRequest, decision: Decision) -> None:
-        """Log the decision and hand it to the sink, before the dialplan learns it."""
+        """Log the decision and hand it to the sink, before the dialplan learns it.
+
+        A sink that fails is logged and does not change the answer: the
+        decision stands, and Asterisk may already have its first variable.
+        """
         config = engine.state.config
         trunk = request.trunk if request.trunk in config.trunks else NO_TRUNK
         key = (trunk, decision.result)
@@ -216,7 +222,11 @@ class CheckHandler:
                 decision.reason, decision.e164 or quote(request.dialled),
                 decision.category or "-", quote(request.caller or "unknown"),
             )
-        self._sink.record(request, decision)
+        try:
+            self._sink.record(request, decision)
+        except Exception:
+            log.exception("%s: failed to record the decision %s %s",
+                          quote(request.uniqueid or "-"), decision.result, decision.reason)
         if decision.reason == REASON_UNKNOWN_TRUNK:
             self._warn_unknown_trunk(engine, request)
 

@@ -45,10 +45,16 @@ class QuickAnswer(NamedTuple):
     once: with None, or with the AGIError that ended the commands, a server
     that stops among them included. With None, or without answer_now, the
     handler itself runs in a task.
+
+    ``announce``, if given, is called once before ``done``: as soon as the
+    first command is written, or when the session turns out unusable before
+    that. Work that need not precede the first command, such as logging and
+    recording the decision, then overlaps Asterisk's reading of it.
     """
 
     variables: list[tuple[str, str]]
     done: Callable[[AGIError | None], None]
+    announce: Callable[[], None] | None = None
 
 DEFAULT_PORT = 4573
 # The unspecified IPv6 address, on which a socket takes connections to every
@@ -441,9 +447,13 @@ class _Session:
         if answer is not None:
             self._done = answer.done
             try:
-                channel.start_variables(answer.variables, self._answered, self._deadline)
+                channel.start_variables(answer.variables, self._answered, self._deadline,
+                                        answer.announce)
             except AGIError as exc:
-                self._answered(exc)  # the session was unusable before anything was sent
+                # The session was unusable before anything was sent.
+                if answer.announce is not None:
+                    answer.announce()
+                self._answered(exc)
             except Exception:
                 _log_handler_failure(self._peername, channel)
                 self._end()
