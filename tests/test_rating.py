@@ -153,6 +153,32 @@ def test_first_block_cost_table(rate, increments, fee, expected):
     assert tariff(rate, increments, fee).first_block_cost() == D(expected)
 
 
+def test_block_prices_kept_out_of_equality():
+    # A tariff keeps its block prices once read, and stays equal to one that
+    # has not read them, with the same hash and repr.
+    used = tariff("0.09", "30/6", "0.01")
+    fresh = tariff("0.09", "30/6", "0.01")
+
+    assert used.first_block_cost() == D("0.055")
+    assert used.later_block_cost() == D("0.009")
+    assert used.first_block_cost() == D("0.055")
+    assert used == fresh
+    assert hash(used) == hash(fresh)
+    assert repr(used) == repr(fresh)
+    assert fresh.cost(75) == used.cost(75) == D("0.127")
+
+
+def test_deck_tariffs_share_block_prices_exactly():
+    deck = RateDeck.from_rows([("44", "UK", D("0.0333333"), D("0.015"), Increments(60, 1))],
+                              "rates.csv")
+    first, second = deck.lookup("441632960000"), deck.lookup("447700900123")
+
+    assert first is not second
+    assert first.first_block_cost() == D("0.048334")
+    assert second.later_block_cost() == D("0.000556")
+    assert first.first_block_cost().as_tuple().exponent == -6
+
+
 @pytest.mark.parametrize(
     "rate, increments, fee, expected",
     [

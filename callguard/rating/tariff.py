@@ -20,7 +20,8 @@ are rejected with TypeError.
 """
 
 import functools
-from dataclasses import dataclass
+from typing import NamedTuple
+from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, Context, Decimal
 
 from callguard.money import MICROS_PER_UNIT, from_micros, round_up, to_micros
@@ -56,6 +57,9 @@ class Tariff:
     rate: Decimal
     connection_fee: Decimal
     increments: Increments
+    # The block prices of the fields above, looked up on first use (_prices()).
+    _block_prices: "BlockPrices | None" = field(default=None, init=False, repr=False,
+                                                compare=False)
 
     def __post_init__(self) -> None:
         if self.prefix != "":
@@ -155,11 +159,11 @@ class Tariff:
 
     def first_block_cost(self) -> Decimal:
         """Return the fee plus block 0: the amount a new call must reserve."""
-        return from_micros(self._first_block_micros())
+        return self._prices().first_cost
 
     def later_block_cost(self) -> Decimal:
         """Return the price of each block after block 0: block_cost(1), from the cache."""
-        return from_micros(self._later_block_micros())
+        return self._prices().later_cost
 
     def seconds_for_budget(self, budget: Decimal | int) -> int | None:
         """Return the maximum call length in seconds that ``budget`` pays for.
@@ -203,24 +207,41 @@ class Tariff:
         return bought + budget_micros // later_micros
 
     def _first_block_micros(self) -> int:
-        return _block_micros(self.rate, self.connection_fee, self.increments)[0]
+        return self._prices().first_micros
 
     def _later_block_micros(self) -> int:
-        return _block_micros(self.rate, self.connection_fee, self.increments)[1]
+        return self._prices().later_micros
+
+    def _prices(self) -> "BlockPrices":
+        prices = self._block_prices
+        if prices is None:
+            prices = _block_prices(self.rate, self.connection_fee, self.increments)
+            # A decision reads them three times, so they are kept on the object.
+            object.__setattr__(self, "_block_prices", prices)
+        return prices
+
+
+class BlockPrices(NamedTuple):
+    """The fee plus block 0, and one later block, in micro-units and as amounts."""
+
+    first_micros: int
+    later_micros: int
+    first_cost: Decimal
+    later_cost: Decimal
 
 
 @functools.lru_cache(maxsize=BLOCK_PRICE_CACHE_SIZE)
-def _block_micros(rate: Decimal, connection_fee: Decimal, increments: Increments) -> tuple[int, int]:
-    """Return the fee plus block 0, and one later block, in micro-units.
+def _block_prices(rate: Decimal, connection_fee: Decimal,
+                  increments: Increments) -> BlockPrices:
+    """Return the block prices of a rate, a connection fee and increments.
 
     Every decision and every live call needs these, and a deck has far fewer
     distinct rates than prefixes, so the Decimal arithmetic runs once per rate.
     """
     tariff = Tariff("", "", rate, connection_fee, increments)
-    return (
-        to_micros(connection_fee) + to_micros(tariff.block_cost(0)),
-        to_micros(tariff.block_cost(1)),
-    )
+    first = to_micros(connection_fee) + to_micros(tariff.block_cost(0))
+    later = to_micros(tariff.block_cost(1))
+    return BlockPrices(first, later, from_micros(first), from_micros(later))
 
 
 def tariff_from_checked_fields(
@@ -244,6 +265,7 @@ def tariff_from_checked_fields(
     set_field(tariff, "rate", rate)
     set_field(tariff, "connection_fee", connection_fee)
     set_field(tariff, "increments", increments)
+    set_field(tariff, "_block_prices", None)
     return tariff
 
 
