@@ -52,11 +52,16 @@ class Number:
     ):
         if (region is None) == (find_region is None):
             raise TypeError("Number() needs exactly one of region and find_region")
-        for name, value in (("dialled", dialled), ("e164", e164), ("national", national),
-                            ("country_code", country_code), ("short_code", short_code),
-                            ("_region", region), ("_find_region", find_region),
-                            ("parsed", parsed)):
-            object.__setattr__(self, name, value)
+        # Every check builds one, so the slots are set one by one, without a loop.
+        set_slot = object.__setattr__
+        set_slot(self, "dialled", dialled)
+        set_slot(self, "e164", e164)
+        set_slot(self, "national", national)
+        set_slot(self, "country_code", country_code)
+        set_slot(self, "short_code", short_code)
+        set_slot(self, "_region", region)
+        set_slot(self, "_find_region", find_region)
+        set_slot(self, "parsed", parsed)
 
     @property
     def region(self) -> str:
