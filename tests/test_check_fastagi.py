@@ -516,6 +516,23 @@ async def test_summary_counts_checks_per_trunk(daemon, caplog):
     ]
 
 
+async def test_summary_counts_trunk_named_dash_apart(tmp_path, caplog):
+    # "-" is a valid trunk name, and must not share the count of unknown ones.
+    daemon = Daemon(tmp_path, extra="[trunk -]\nrates = rates.csv\n")
+    await daemon.app.start()
+    try:
+        with caplog.at_level(logging.INFO, logger="callguard.agi.check"):
+            await daemon.check("0118 496 0000", "-", uniqueid="1718355600.1")
+            await daemon.check("0118 496 0000", "zeta", uniqueid="1718355600.2")
+            daemon.app.check_handler.summarise("in the last minute")
+    finally:
+        await daemon.app.stop()
+
+    assert summaries(caplog)[0] == (
+        "checks in the last minute: - 1 allowed, 0 denied; "
+        "no configured trunk 0 allowed, 1 denied")
+
+
 async def test_summary_logged_on_stop(tmp_path, caplog):
     daemon = Daemon(tmp_path)
     await daemon.app.start()
@@ -543,16 +560,56 @@ async def test_summary_logged_each_interval(tmp_path, caplog):
     assert summaries(caplog)[0] == "checks in the last 0.05 s: gamma 1 allowed, 0 denied"
 
 
-async def test_failed_recording_logged_and_the_answer_stands(daemon, caplog, monkeypatch):
+def break_audit_trail(daemon, monkeypatch):
     def broken(request, decision):
         raise RuntimeError("the audit queue broke")
 
     monkeypatch.setattr(daemon.app.recorder, "record", broken)
-    with caplog.at_level(logging.ERROR, logger="callguard.agi.check"):
+
+
+async def test_failed_audit_row_logged_and_the_answer_stands(daemon, caplog, monkeypatch):
+    break_audit_trail(daemon, monkeypatch)
+    with caplog.at_level(logging.ERROR):
         outcome = await daemon.check("0118 496 0000", uniqueid="1718355600.9")
 
     assert outcome.variables["CALLGUARD_RESULT"] == "ALLOW"
     assert outcome.variables["CALLGUARD_MAXSECS"] == "7200"
-    (record,) = [r for r in caplog.records if "failed to record" in r.getMessage()]
-    assert record.getMessage() == "'1718355600.9': failed to record the decision ALLOW ok"
+    (record,) = [r for r in caplog.records if "failed to pass" in r.getMessage()]
+    assert record.getMessage() == (
+        "'1718355600.9': failed to pass the decision ALLOW ok to the audit trail")
     assert "the audit queue broke" in record.exc_text
+
+
+async def test_failed_audit_row_still_links_trunk_legs(daemon, monkeypatch):
+    break_audit_trail(daemon, monkeypatch)
+
+    outcome = await daemon.check("0118 496 0000", uniqueid="1718355600.9")
+
+    assert outcome.variables["CALLGUARD_RESULT"] == "ALLOW"
+    assert daemon.app.guard.decisions.get("1718355600.9") is not None
+
+
+async def test_failed_audit_row_still_counts_offence(daemon, monkeypatch):
+    break_audit_trail(daemon, monkeypatch)
+    noted = []
+    monkeypatch.setattr(daemon.app.offenders, "note",
+                        lambda request, decision, state: noted.append(decision.reason))
+
+    outcome = await daemon.check("09011234567", uniqueid="1718355600.10")
+
+    assert outcome.variables["CALLGUARD_RESULT"] == "DENY"
+    assert noted == ["barred:premium"]
+
+
+async def test_failed_sink_logged_and_the_answer_stands(daemon, caplog, monkeypatch):
+    # A sink that raises as a whole, not one of its parts.
+    def broken(request, decision):
+        raise RuntimeError("the sink broke")
+
+    monkeypatch.setattr(daemon.app.check_handler._sink, "record", broken)
+    with caplog.at_level(logging.ERROR, logger="callguard.agi.check"):
+        outcome = await daemon.check("0118 496 0000", uniqueid="1718355600.11")
+
+    assert outcome.variables["CALLGUARD_RESULT"] == "ALLOW"
+    (record,) = [r for r in caplog.records if "failed to record" in r.getMessage()]
+    assert record.getMessage() == "'1718355600.11': failed to record the decision ALLOW ok"

@@ -171,6 +171,59 @@ async def test_quick_answer_announced_when_nothing_could_be_sent(start_server):
     assert server.active_sessions == 0
 
 
+class RaisingAnnounceRoute:
+    """A route whose QuickAnswer's announce() raises, on a usable or broken channel."""
+
+    def __init__(self, *, broken: bool = False):
+        self.broken = broken
+        self.done: list[AGIError | None] = []
+
+    def answer_now(self, channel: AGIChannel) -> QuickAnswer:
+        if self.broken:
+            channel._broken = AGIProtocolError("out of step")
+
+        def announce() -> None:
+            raise RuntimeError("announce broke")
+
+        return QuickAnswer(list(VARIABLES), self.done.append, announce)
+
+    async def __call__(self, channel: AGIChannel) -> None:
+        raise AssertionError("the quick answer serves every session")
+
+
+@pytest.mark.parametrize("broken", [False, True])
+async def test_raising_announce_ends_the_session(start_server, caplog, broken):
+    route = RaisingAnnounceRoute(broken=broken)
+    server, host, port = await start_server({"check": route})
+
+    with caplog.at_level(logging.ERROR):
+        result = await run_fastagi_call(host, port, CALL, timeout=3)
+
+    assert result.closed_by_server
+    assert server.active_sessions == 0
+    assert route.done == []
+    assert any("announce broke" in (r.exc_text or "") for r in caplog.records)
+
+
+async def test_bad_variable_still_announced(start_server):
+    route = QuickRoute(announce=True)
+    route_answer = route.answer_now
+
+    def answer_with_bad_name(channel: AGIChannel) -> QuickAnswer:
+        answer = route_answer(channel)
+        return answer._replace(variables=[("BAD NAME", "1")])
+
+    route.answer_now = answer_with_bad_name
+    server, host, port = await start_server({"check": route})
+
+    result = await run_fastagi_call(host, port, CALL)
+
+    assert result.commands == []
+    assert result.closed_by_server
+    assert route.events == [("announce", 0)]
+    assert server.active_sessions == 0
+
+
 async def test_no_quick_answer_runs_the_handler(start_server):
     route = QuickRoute(quick=False)
     _, host, port = await start_server({"check": route})

@@ -65,9 +65,10 @@ LOG_CALLS_ALL = "all"
 # log_calls is all. An emergency call or a decision by the fail policy
 # always logs at INFO.
 ROUTINE_REASONS = frozenset({REASON_OK, REASON_OPTED_OUT})
-# The name under which checks for no configured trunk are counted, so that
-# the names a dialplan sends cannot grow the counts without bound.
-NO_TRUNK = "-"
+# The key under which checks for no configured trunk are counted, so that
+# the names a dialplan sends cannot grow the counts without bound. No trunk
+# name can be None.
+NO_TRUNK = None
 # Trunk names listed in such a warning.
 MAX_LISTED_TRUNKS = 10
 
@@ -105,7 +106,7 @@ class CheckHandler:
         self._undelivered = RepeatLimiter(burst=UNDELIVERED_BURST)
         self._unknown_trunks = RepeatLimiter(burst=UNKNOWN_TRUNK_BURST)
         # (trunk, result) -> checks decided since the last summary.
-        self._counts: dict[tuple[str, str], int] = {}
+        self._counts: dict[tuple[str | None, str], int] = {}
 
     async def __call__(self, channel: AGIChannel) -> None:
         engine = self._engine()
@@ -198,8 +199,8 @@ class CheckHandler:
     def _announce(self, engine: PolicyEngine, request: CallRequest, decision: Decision) -> None:
         """Log the decision and hand it to the sink, before the dialplan learns it.
 
-        A sink that fails is logged and does not change the answer: the
-        decision stands, and Asterisk may already have its first variable.
+        A sink that fails is logged and does not change the decision, which
+        Asterisk may already have begun to receive.
         """
         config = engine.state.config
         trunk = request.trunk if request.trunk in config.trunks else NO_TRUNK
@@ -239,12 +240,13 @@ class CheckHandler:
         counts, self._counts = self._counts, {}
         if not counts:
             return
-        trunks = sorted({trunk for trunk, _ in counts}, key=lambda name: (name == NO_TRUNK, name))
+        trunks = sorted({trunk for trunk, _ in counts},
+                        key=lambda name: (name is NO_TRUNK, name or ""))
         parts = []
         for trunk in trunks:
             allowed = counts.get((trunk, ALLOW), 0)
             denied = counts.get((trunk, DENY), 0)
-            name = "no configured trunk" if trunk == NO_TRUNK else trunk
+            name = "no configured trunk" if trunk is NO_TRUNK else trunk
             parts.append(f"{name} {allowed} allowed, {denied} denied")
         log.info("checks %s: %s", period, "; ".join(parts))
 

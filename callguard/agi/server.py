@@ -49,7 +49,9 @@ class QuickAnswer(NamedTuple):
     ``announce``, if given, is called once before ``done``: as soon as the
     first command is written, or when the session turns out unusable before
     that. Work that need not precede the first command, such as logging and
-    recording the decision, then overlaps Asterisk's reading of it.
+    recording the decision, then overlaps Asterisk's reading of it. An
+    ``announce`` that raises ends the session as a failing handler does, and
+    ``done`` is then not called.
     """
 
     variables: list[tuple[str, str]]
@@ -354,7 +356,8 @@ class _Session:
     """
 
     __slots__ = ("_server", "_connection", "_peername", "_reader", "_deadline",
-                 "_block_deadline", "channel", "_task", "_done", "_ended")
+                 "_block_deadline", "channel", "_task", "_done", "_announce_pending",
+                 "_ended")
 
     def __init__(self, server: FastAGIServer, connection: AGIConnection, peername: object):
         self._server = server
@@ -367,6 +370,8 @@ class _Session:
         self.channel: AGIChannel | None = None
         self._task: asyncio.Task | None = None
         self._done: Callable[[AGIError | None], None] | None = None
+        # A QuickAnswer's announce(), until it is called.
+        self._announce_pending: Callable[[], None] | None = None
         self._ended = False
 
     def start(self) -> None:
@@ -446,20 +451,38 @@ class _Session:
                 return
         if answer is not None:
             self._done = answer.done
+            self._announce_pending = answer.announce
             try:
                 channel.start_variables(answer.variables, self._answered, self._deadline,
-                                        answer.announce)
+                                        self._announce)
             except AGIError as exc:
                 # The session was unusable before anything was sent.
-                if answer.announce is not None:
-                    answer.announce()
-                self._answered(exc)
+                if self._announce_safely():
+                    self._answered(exc)
             except Exception:
                 _log_handler_failure(self._peername, channel)
+                # A bad variable fails before anything is sent: the decision
+                # is still logged and recorded.
+                self._announce_safely()
                 self._end()
             return
         task = self._task = asyncio.get_running_loop().create_task(self._run(handler))
         task.add_done_callback(self._task_done)
+
+    def _announce(self) -> None:
+        announce, self._announce_pending = self._announce_pending, None
+        if announce is not None:
+            announce()
+
+    def _announce_safely(self) -> bool:
+        """Call a pending announce(); on failure log it, end the session and return False."""
+        try:
+            self._announce()
+        except Exception:
+            _log_handler_failure(self._peername, self.channel)
+            self._end()
+            return False
+        return True
 
     def _answered(self, error: AGIError | None) -> None:
         try:

@@ -35,6 +35,7 @@ from callguard.metering.guard import LiveGuard
 from callguard.notify import AlertDispatcher
 from callguard.metering.tracker import EventTracker
 from callguard.numbers import PrefixTable
+from callguard.numbers.errors import quote
 from callguard.policy.blocks import BlockList
 from callguard.policy.decision import REASON_DAILY, REASON_WEEKLY
 from callguard.windows import DAY, WEEK, window_keys
@@ -522,16 +523,40 @@ def _log_config_warnings(config: Config, prefixes: PrefixTable) -> None:
 
 
 class _Sinks:
-    """Hands each decision to the audit recorder, the live guard and the alerts."""
+    """Hands each decision to the audit recorder, the live guard, the offender
+    counts and the alerts.
+
+    Each of them runs even when one before it fails, and the failure is
+    logged: a missing audit row must not also unlink the call's trunk legs or
+    leave a barred attempt uncounted.
+    """
 
     def __init__(self, app: Application):
         self._app = app
+        self._parts = (("audit trail", self._audit), ("live guard", self._guard),
+                       ("offender counts", self._offenders), ("alerts", self._alerts))
 
     def record(self, request, decision) -> None:
+        for name, part in self._parts:
+            try:
+                part(request, decision)
+            except Exception:
+                log.exception("%s: failed to pass the decision %s %s to the %s",
+                              quote(request.uniqueid or "-"), decision.result,
+                              decision.reason, name)
+
+    def _audit(self, request, decision) -> None:
+        self._app.recorder.record(request, decision)
+
+    def _guard(self, request, decision) -> None:
+        self._app.guard.note_decision(request, decision)
+
+    def _offenders(self, request, decision) -> None:
         app = self._app
-        app.recorder.record(request, decision)
-        app.guard.note_decision(request, decision)
         app.offenders.note(request, decision, app.engine.state)
+
+    def _alerts(self, request, decision) -> None:
+        app = self._app
         window = LIMIT_WINDOWS.get(decision.reason)
         trunk = app.config.trunks.get(request.trunk)
         if window is not None and trunk is not None:
