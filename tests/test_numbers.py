@@ -15,6 +15,8 @@ from callguard.numbers import (
     PrefixTableError,
     UnclassifiedNumber,
 )
+from callguard.numbers.region import leading_digits_problem, starts_with_premium_rate
+from callguard.numbers.shortcut import parse_national
 
 GB = NumberPlan("GB")
 GB_WITH_9 = NumberPlan("GB", outside_line_prefix="9")
@@ -935,3 +937,68 @@ def test_premium_check_reuses_reading():
 
     assert differing == []
     assert premium > 100
+
+
+def _reference_is_premium_rate(number: Number) -> bool:
+    """The premium check by phonenumbers' number type first, as a slower reference."""
+    parsed = phonenumbers.parse(number.e164, None)
+    number_type = phonenumbers.number_type(parsed)
+    if number_type == phonenumbers.PhoneNumberType.PREMIUM_RATE:
+        return True
+    if number_type != phonenumbers.PhoneNumberType.UNKNOWN:
+        return False
+    return starts_with_premium_rate(parsed, number.region)
+
+
+def _premium_candidates() -> list[str]:
+    """Return example numbers of every region, with digits added and removed,
+    and random numbers after each country code, in E.164."""
+    rng = random.Random(20261206)
+    candidates = []
+    for e164 in _example_numbers():
+        if e164 in NOT_DIALLABLE_EXAMPLES:
+            continue
+        candidates += [e164, e164 + str(rng.randrange(10)), e164 + str(rng.randrange(100)),
+                       e164[:-1]]
+    for country_code in sorted(phonenumbers.COUNTRY_CODE_TO_REGION_CODE):
+        for _ in range(20):
+            length = rng.randint(6, 12)
+            candidates.append(f"+{country_code}{rng.randint(1, 9)}"
+                              + "".join(str(rng.randrange(10)) for _ in range(length)))
+    return candidates
+
+
+def test_premium_check_matches_number_type_reference():
+    checked = premium = 0
+    differing = []
+    for e164 in _premium_candidates():
+        try:
+            number = GB.normalise(e164)
+        except InvalidNumber:
+            continue
+        checked += 1
+        expected = _reference_is_premium_rate(number)
+        premium += expected
+        if GB.is_premium_rate(number) != expected:
+            differing.append(e164)
+
+    assert differing == []
+    assert checked > 2000
+    assert premium > 150
+
+
+def test_plain_national_reading_has_no_leading_digits_problem():
+    # normalise() skips leading_digits_problem() for a number that
+    # parse_national() read, because its pattern check covers it.
+    rng = random.Random(61206)
+    read = 0
+    for region in ["GB", "IE", "FR", "DE", "US", "IM", "JE", "AU", "IT"]:
+        for _ in range(3000):
+            digits = "0" + "".join(str(rng.randrange(10)) for _ in range(rng.randint(5, 12)))
+            parsed = parse_national(digits, region)
+            if parsed is None:
+                continue
+            read += 1
+            assert leading_digits_problem(parsed) is None, (region, digits)
+
+    assert read > 2000

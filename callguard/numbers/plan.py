@@ -344,8 +344,13 @@ class NumberPlan:
         return self._build(dialled, parsed)
 
     def _national(self, dialled: str, digits: str) -> Number:
-        parsed = parse_national(digits, self.home_country) or self._parse(
-            dialled, digits, self.home_country)
+        parsed = parse_national(digits, self.home_country)
+        if parsed is not None:
+            # parse_national() matched the number against the general pattern
+            # of the home country's main region, one of those that
+            # leading_digits_problem() tries, so the number has no such problem.
+            return self._build(dialled, parsed, leading_digits_checked=True)
+        parsed = self._parse(dialled, digits, self.home_country)
         if parsed.country_code != self.country_code:
             raise InvalidNumber(
                 f"dialled number {quote(dialled)} was read as country code "
@@ -395,11 +400,13 @@ class NumberPlan:
 
         return parsed
 
-    def _build(self, dialled: str, parsed: PhoneNumber) -> Number:
+    def _build(self, dialled: str, parsed: PhoneNumber, *,
+               leading_digits_checked: bool = False) -> Number:
         nsn = phonenumbers.national_significant_number(parsed)
-        problem = leading_digits_problem(parsed, nsn)
-        if problem is not None:
-            raise InvalidNumber(f"dialled number {quote(dialled)} {problem}")
+        if not leading_digits_checked:
+            problem = leading_digits_problem(parsed, nsn)
+            if problem is not None:
+                raise InvalidNumber(f"dialled number {quote(dialled)} {problem}")
 
         country_code = parsed.country_code
         national = ""
@@ -433,15 +440,17 @@ class NumberPlan:
         parsed = number.parsed
         if parsed is None:
             parsed = phonenumbers.parse(number.e164, None)
-        number_type = phonenumbers.number_type(parsed)
-        if number_type == PhoneNumberType.PREMIUM_RATE:
-            return True
-        if number_type != PhoneNumberType.UNKNOWN:
-            return False
+        # A number whose type is premium rate fits the premium rate pattern of
+        # its region, so it also starts with a premium rate number. Most
+        # numbers do not, and for them phonenumbers' type, which tries every
+        # range of the region in turn, is not needed.
         # NOTE: a number shorter than a premium rate number of its range is
         # not caught, because Python's re cannot tell whether more digits
         # would complete a match.
-        return starts_with_premium_rate(parsed, number.region)
+        if not starts_with_premium_rate(parsed, number.region):
+            return False
+        number_type = phonenumbers.number_type(parsed)
+        return number_type in (PhoneNumberType.PREMIUM_RATE, PhoneNumberType.UNKNOWN)
 
     def _parse_caller_leniently(self, text: str) -> str | None:
         if not set(text) <= _CALLER_CHARACTERS:
