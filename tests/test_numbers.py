@@ -1002,3 +1002,62 @@ def test_plain_national_reading_has_no_leading_digits_problem():
             assert leading_digits_problem(parsed) is None, (region, digits)
 
     assert read > 2000
+
+
+def _random_dialled(rng: random.Random) -> str:
+    """Return a random dialled string: digits after a common prefix, with layout
+    and now and then a character that no number has."""
+    head = rng.choice(["", "", "0", "0", "00", "01", "07", "08", "09", "9", "90", "141", "1470",
+                       "18001", "+", "+44", "tel:", "(0)", "-", " ", "011", "000", "1"])
+    body = "".join(str(rng.randrange(10)) for _ in range(rng.randint(0, 13)))
+    text = head + body
+    for _ in range(rng.randint(0, 3)):
+        position = rng.randint(0, len(text))
+        text = text[:position] + rng.choice(" -.  ()") + text[position:]
+    if rng.random() < 0.05:
+        text += rng.choice(["#", "*", "\t", "a", "\u0661", "\n"])
+    return text
+
+
+def _outcome(classifier: Classifier, dialled: str) -> object:
+    try:
+        classified = classifier.classify(dialled)
+    except (InvalidNumber, UnclassifiedNumber) as exc:
+        return type(exc), str(exc)
+    return classified, classified.number.region
+
+
+# home country, outside-line prefix, emergency numbers, and whether any
+# national number is plain: none is when the outside-line prefix is the
+# national prefix too.
+@pytest.mark.parametrize("home, outside, emergency, any_plain", [
+    ("GB", "", ["999", "112"], True),
+    ("GB", "9", ["999", "112"], True),
+    ("DE", "", ["110", "112"], True),
+    ("DE", "0", ["110", "112"], False),
+    ("AU", "", ["000", "112"], True),
+    ("US", "9", ["911"], True),
+    ("FR", "", ["15", "17", "18", "112"], True),
+])
+def test_plain_national_path_matches_general_path(gb_table, home, outside, emergency,
+                                                  any_plain):
+    # The classifier reads plain national numbers on a shorter path. A
+    # classifier whose plan never finds one takes the general path for every
+    # string, and both must agree on every outcome, errors included.
+    table = gb_table if home == "GB" else PrefixTable.from_rows(
+        [("0", "geographic", "national"), ("+", "international", "abroad")])
+    quick = Classifier(NumberPlan(home, outside, emergency), table)
+    general_plan = NumberPlan(home, outside, emergency)
+    general_plan.plain_national_digits = lambda dialled: None
+    general = Classifier(general_plan, table)
+    rng = random.Random(f"{home}{outside}")
+    plain = 0
+    differing = []
+    for _ in range(4000):
+        dialled = _random_dialled(rng)
+        plain += quick.plan.plain_national_digits(dialled) is not None
+        if _outcome(quick, dialled) != _outcome(general, dialled):
+            differing.append(dialled)
+
+    assert differing == []
+    assert (plain > 400) is any_plain

@@ -50,12 +50,18 @@ class Classifier:
         ``InvalidNumber`` for a malformed number and ``UnclassifiedNumber`` when
         no rule matches.
         """
-        forms = self.plan.emergency_forms(dialled)
-        emergency_number = self.plan.emergency_among(forms) or self._table_emergency(forms)
+        plan = self.plan
+        digits = plan.plain_national_digits(dialled)
+        # A plain national number has a single emergency form: its digits.
+        forms = (digits,) if digits is not None else plan.emergency_forms(dialled)
+        emergency_number = plan.emergency_among(forms) or self._table_emergency(forms)
         if emergency_number is not None:
             return self.classify_emergency(dialled, emergency_number)
 
-        number = self.plan.normalise(dialled)
+        if digits is not None:
+            number = plan.national_number(dialled, digits)
+        else:
+            number = plan.normalise(dialled)
         rule = self.table.match(number.table_key)
         if rule is not None and rule.category == EMERGENCY and rule.prefix != number.table_key:
             # Emergency calls skip every barring and limit, so an emergency row

@@ -7,6 +7,7 @@ import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumber, PhoneNumberFormat, PhoneNumberType
 
 from callguard.numbers.dialstring import (
+    MAX_DIALLED_CHARACTERS,
     PLUS,
     TEL_SCHEME,
     parse_dial_string,
@@ -150,6 +151,40 @@ class NumberPlan:
                     if prefix and rest.startswith(prefix):
                         forms.append(rest[len(prefix) :])
         return forms
+
+    def plain_national_digits(self, dialled: str) -> str | None:
+        """Return the digits of ``dialled`` if it is a plain national number, else None.
+
+        Plain means ASCII digits with at most spaces, dashes and dots between
+        them, starting with the national prefix but not with the international
+        prefix, the outside-line prefix or a caller-ID or text relay prefix.
+        normalise() reads such a string as national_number() does, and its
+        only emergency form (emergency_forms()) is the digits themselves.
+        Most dialled numbers are plain, and this test is quicker than the
+        steps that normalise() takes for any string.
+        """
+        if (type(dialled) is not str or len(dialled) > MAX_DIALLED_CHARACTERS
+                or not dialled.isascii()):
+            return None
+        digits = remove_separators(dialled)
+        if not digits.isdigit():
+            return None
+        prefix = self.national_prefix
+        if not prefix or not digits.startswith(prefix):
+            return None
+        outside = self.outside_line_prefix
+        if outside and digits.startswith(outside):
+            return None
+        if digits.startswith(self._call_prefixes) or self._home.international_prefix_length(digits):
+            return None
+        return digits
+
+    def national_number(self, dialled: str, digits: str) -> Number:
+        """Return normalise(dialled) for the ``digits`` that plain_national_digits() returned.
+
+        Raises ``InvalidNumber`` as normalise() does.
+        """
+        return self._national(dialled, digits)
 
     def normalise(self, dialled: str) -> Number:
         """Return the E.164 and national forms of ``dialled``.
