@@ -46,12 +46,14 @@ class QuickAnswer(NamedTuple):
     that stops among them included. With None, or without answer_now, the
     handler itself runs in a task.
 
-    ``announce``, if given, is called once before ``done``: as soon as the
-    first command is written, or when the session turns out unusable before
-    that. Work that need not precede the first command, such as logging and
-    recording the decision, then overlaps Asterisk's reading of it. An
-    ``announce`` that raises ends the session as a failing handler does, and
-    ``done`` is then not called.
+    ``announce``, if given, is called once before ``done``: in the turn of the
+    event loop after the first command is written, before any reply is
+    read, or at once when the session turns out unusable before that. Work
+    that need not precede the first command, such as logging and recording
+    the decision, then overlaps Asterisk's reading of it, and sessions that
+    start in the same turn all send their first command before any of them
+    announces. An ``announce`` that raises ends the session as a failing
+    handler does, and ``done`` is then not called.
     """
 
     variables: list[tuple[str, str]]
@@ -454,7 +456,7 @@ class _Session:
             self._announce_pending = answer.announce
             try:
                 channel.start_variables(answer.variables, self._answered, self._deadline,
-                                        self._announce)
+                                        self._schedule_announce)
             except AGIError as exc:
                 # The session was unusable before anything was sent.
                 if self._announce_safely():
@@ -468,6 +470,11 @@ class _Session:
             return
         task = self._task = asyncio.get_running_loop().create_task(self._run(handler))
         task.add_done_callback(self._task_done)
+
+    def _schedule_announce(self) -> None:
+        # A callback scheduled now runs before data that arrives later reaches
+        # its protocol, on asyncio's loop and on uvloop.
+        asyncio.get_running_loop().call_soon(self._announce_safely)
 
     def _announce(self) -> None:
         announce, self._announce_pending = self._announce_pending, None
@@ -485,6 +492,8 @@ class _Session:
         return True
 
     def _answered(self, error: AGIError | None) -> None:
+        if not self._announce_safely():
+            return  # announce() failed and ended the session
         try:
             self._done(error)
         except Exception:
