@@ -336,7 +336,7 @@ class PolicyEngine:
             return base.deny(REASON_DAILY, "the budget buys no time", tariff=tariff,
                              remaining=free)
 
-        reserved = Decimal(0)
+        reserved = NOTHING_RESERVED
         if reserve:
             self.reservations.add(trunk.name, base.request.uniqueid, first, keys, now,
                                   self.state.config.general.reservation_seconds)
@@ -400,6 +400,10 @@ class _Screened(NamedTuple):
     keys: dict[str, str]
 
 
+# The reserved amount of a decision that reserves nothing.
+NOTHING_RESERVED = Decimal(0)
+
+
 class _DecisionBase:
     """The parts of a decision known once the number is classified."""
 
@@ -408,28 +412,35 @@ class _DecisionBase:
         self.classified = classified
         self.caller_e164 = caller_e164
 
-    def _make(self, result: str, reason: str, **fields) -> Decision:
-        number = self.classified.number
+    def _make(self, result: str, reason: str, detail: str, tariff: Tariff | None,
+              max_seconds: int | None, remaining: dict, reserved: Decimal) -> Decision:
+        # Every check builds a decision, so it is one call with each field
+        # named, without keyword dictionaries merged on the way.
+        classified = self.classified
+        number = classified.number
+        request = self.request
         return Decision(
             result,
             reason,
-            self.request.trunk,
-            self.request.dialled,
-            category=self.classified.category,
+            request.trunk,
+            request.dialled,
+            category=classified.category,
             e164=number.e164,
             number=number,
-            matched_prefix=self.classified.prefix,
+            matched_prefix=classified.prefix,
             caller_e164=self.caller_e164,
-            **fields,
+            tariff=tariff,
+            max_seconds=max_seconds,
+            reserved=reserved,
+            remaining=remaining,
+            detail=detail,
         )
 
     def deny(self, reason: str, detail: str = "", *, tariff: Tariff | None = None,
              remaining: dict | None = None) -> Decision:
-        return self._make(DENY, reason, detail=detail, tariff=tariff,
-                          remaining=remaining or {})
+        return self._make(DENY, reason, detail, tariff, None, remaining or {}, NOTHING_RESERVED)
 
     def allow(self, reason: str, tariff: Tariff | None, max_seconds: int | None,
               detail: str = "", *, remaining: dict | None = None,
-              reserved: Decimal = Decimal(0)) -> Decision:
-        return self._make(ALLOW, reason, detail=detail, tariff=tariff, max_seconds=max_seconds,
-                          remaining=remaining or {}, reserved=reserved)
+              reserved: Decimal = NOTHING_RESERVED) -> Decision:
+        return self._make(ALLOW, reason, detail, tariff, max_seconds, remaining or {}, reserved)
