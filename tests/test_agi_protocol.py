@@ -1021,3 +1021,28 @@ async def test_start_variables_on_sent_that_raises_stops_before_replies(pipe):
     # The first command went out; nothing more is read or reported.
     assert done == []
     assert pipe.channel.answered == 0
+
+
+async def test_assignment_lines_kept_within_bound(pipe):
+    from callguard.agi import channel as channel_module
+
+    lines = pipe.channel._assignment_lines([("CALLGUARD_RESULT", "ALLOW")])
+    again = pipe.channel._assignment_lines([("CALLGUARD_RESULT", "ALLOW")])
+    for number in range(channel_module.MAX_CACHED_ASSIGNMENTS + 10):
+        pipe.channel._assignment_lines([("CALLGUARD_MAXSECS", str(number))])
+
+    assert lines == again == [b'SET VARIABLE CALLGUARD_RESULT "ALLOW"\n']
+    assert len(channel_module._assignment_cache) <= channel_module.MAX_CACHED_ASSIGNMENTS
+
+
+async def test_assignment_that_fails_checks_fails_every_time(pipe):
+    for _ in range(2):
+        with pytest.raises(ValueError, match="invalid channel variable name"):
+            pipe.channel._assignment_lines([("B C", "2")])
+        with pytest.raises(ValueError, match="longer than Asterisk's limit"):
+            pipe.channel._assignment_lines([("B", "x" * 3000)])
+
+    # A value with a quote and a line break is sent escaped, from the cache too.
+    for _ in range(2):
+        assert pipe.channel._assignment_lines([("A", 'say "hi"\nHANGUP')]) == [
+            b'SET VARIABLE A "say \\"hi\\"HANGUP"\n']

@@ -43,6 +43,12 @@ from callguard.agi.protocol import (
 log = logging.getLogger(__name__)
 
 # The reply to most commands, SET VARIABLE among them, parsed once.
+# SET VARIABLE lines already checked and encoded, by (name, value). A check
+# sets the same few results, reasons, categories and rates again and again,
+# and the names and values that fail the checks are never kept.
+MAX_CACHED_ASSIGNMENTS = 1024
+_assignment_cache: dict[tuple[str, str], bytes] = {}
+
 REPLY_OK_LINE = "200 result=1"
 REPLY_OK = AGIReply(code=CODE_SUCCESS, result=1, data=None, extra="")
 
@@ -178,10 +184,18 @@ class AGIChannel:
         _Batch(self, lines, on_done, deadline).start(on_sent)
 
     def _assignment_lines(self, assignments: Iterable[tuple[str, str]]) -> list[bytes]:
-        return [
-            self._encode(f"{SET_VARIABLE} {validate_name(name)} {quote_argument(value)}")
-            for name, value in assignments
-        ]
+        lines = []
+        for name, value in assignments:
+            key = (name, value)
+            line = _assignment_cache.get(key)
+            if line is None:
+                line = self._encode(
+                    f"{SET_VARIABLE} {validate_name(name)} {quote_argument(value)}")
+                if len(_assignment_cache) >= MAX_CACHED_ASSIGNMENTS:
+                    _assignment_cache.clear()
+                _assignment_cache[key] = line
+            lines.append(line)
+        return lines
 
     async def verbose(self, message: str, level: int = 1) -> None:
         """Write ``message`` to the Asterisk console at verbose ``level`` (1 to 4)."""
