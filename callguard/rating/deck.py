@@ -23,6 +23,10 @@ logger = logging.getLogger(__name__)
 ROWS_SOURCE = "<rows>"
 
 
+# Tariffs kept per deck for the prefixes matched lately; the store is
+# emptied when full.
+MAX_CACHED_TARIFFS = 4096
+
 class RateDeck:
     """The tariffs of one trunk, keyed by E.164 prefix or ``short:`` prefix.
 
@@ -31,12 +35,16 @@ class RateDeck:
     rows. A deck is immutable once built and safe to share between threads and tasks.
     """
 
-    __slots__ = ("source", "_rates", "_lengths", "_short_lengths")
+    __slots__ = ("source", "_rates", "_lengths", "_short_lengths", "_tariffs")
 
     def __init__(self, rates: dict[str, RateClass], source: str) -> None:
         """Wrap a validated prefix table. Build one with from_csv or from_rows."""
         self.source = source
         self._rates = rates
+        # The tariffs of the prefixes matched lately, so that checks of numbers
+        # in the same range share one Tariff and its block prices. Each dict
+        # operation on it is atomic under the GIL, so threads may share a deck.
+        self._tariffs: dict[str, Tariff] = {}
         e164_lengths = set()
         # Lengths of whole ``short:`` keys, so a probe slices the lookup key as is.
         short_lengths = set()
@@ -147,7 +155,13 @@ class RateDeck:
             prefix = key[:length]
             rate_class = rates.get(prefix)
             if rate_class is not None:
-                return tariff_from_checked_fields(prefix, *rate_class)
+                tariff = self._tariffs.get(prefix)
+                if tariff is None:
+                    tariff = tariff_from_checked_fields(prefix, *rate_class)
+                    if len(self._tariffs) >= MAX_CACHED_TARIFFS:
+                        self._tariffs.clear()
+                    self._tariffs[prefix] = tariff
+                return tariff
         return None
 
     def tariffs(self) -> Iterator[Tariff]:
