@@ -173,6 +173,7 @@ def test_deck_tariffs_share_block_prices_exactly():
                               "rates.csv")
     first, second = deck.lookup("441632960000"), deck.lookup("447700900123")
 
+    assert first is not second
     assert first.first_block_cost() == D("0.048334")
     assert second.later_block_cost() == D("0.000556")
     assert first.first_block_cost().as_tuple().exponent == -6
@@ -812,33 +813,3 @@ def test_csv_rows_share_objects(tmp_path):
     assert uk.connection_fee is france.connection_fee
     assert uk.increments is germany.increments
     assert uk.description is france.description
-
-
-def test_deck_shares_tariff_of_a_prefix():
-    deck = RateDeck.from_rows([("44", "UK", D("0.01"), D("0"), Increments(60, 60)),
-                               ("447", "UK mobile", D("0.05"), D("0"), Increments(60, 60))],
-                              "rates.csv")
-
-    first = deck.lookup("441632960000")
-    second = deck.lookup("441184960000")
-    mobile = deck.lookup("447700900123")
-
-    assert first is second
-    assert mobile is not first
-    assert mobile.prefix == "447"
-    assert mobile.rate == D("0.05")
-
-
-def test_deck_tariff_store_bounded(monkeypatch):
-    from callguard.rating import deck as deck_module
-
-    monkeypatch.setattr(deck_module, "MAX_CACHED_TARIFFS", 8)
-    rows = [(f"4416{n:02d}", f"range {n}", D("0.01"), D("0"), Increments(60, 60))
-            for n in range(20)]
-    deck = RateDeck.from_rows(rows, "rates.csv")
-
-    tariffs = [deck.lookup(f"4416{n:02d}123456") for n in range(20)]
-
-    assert [t.prefix for t in tariffs] == [f"4416{n:02d}" for n in range(20)]
-    assert len(deck._tariffs) <= 8
-    assert deck.lookup("441619123456") is tariffs[19]

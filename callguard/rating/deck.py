@@ -23,10 +23,6 @@ logger = logging.getLogger(__name__)
 ROWS_SOURCE = "<rows>"
 
 
-# Tariffs kept per deck for the prefixes matched lately; the store is
-# emptied when full.
-MAX_CACHED_TARIFFS = 4096
-
 class RateDeck:
     """The tariffs of one trunk, keyed by E.164 prefix or ``short:`` prefix.
 
@@ -35,16 +31,12 @@ class RateDeck:
     rows. A deck is immutable once built and safe to share between threads and tasks.
     """
 
-    __slots__ = ("source", "_rates", "_lengths", "_short_lengths", "_tariffs")
+    __slots__ = ("source", "_rates", "_lengths", "_short_lengths")
 
     def __init__(self, rates: dict[str, RateClass], source: str) -> None:
         """Wrap a validated prefix table. Build one with from_csv or from_rows."""
         self.source = source
         self._rates = rates
-        # The tariffs of the prefixes matched lately, so that checks of numbers
-        # in the same range share one Tariff and its block prices. Each dict
-        # operation on it is atomic under the GIL, so threads may share a deck.
-        self._tariffs: dict[str, Tariff] = {}
         e164_lengths = set()
         # Lengths of whole ``short:`` keys, so a probe slices the lookup key as is.
         short_lengths = set()
@@ -155,13 +147,7 @@ class RateDeck:
             prefix = key[:length]
             rate_class = rates.get(prefix)
             if rate_class is not None:
-                tariff = self._tariffs.get(prefix)
-                if tariff is None:
-                    tariff = tariff_from_checked_fields(prefix, *rate_class)
-                    if len(self._tariffs) >= MAX_CACHED_TARIFFS:
-                        self._tariffs.clear()
-                    self._tariffs[prefix] = tariff
-                return tariff
+                return tariff_from_checked_fields(prefix, *rate_class)
         return None
 
     def tariffs(self) -> Iterator[Tariff]:
