@@ -1046,3 +1046,20 @@ async def test_assignment_that_fails_checks_fails_every_time(pipe):
     for _ in range(2):
         assert pipe.channel._assignment_lines([("A", 'say "hi"\nHANGUP')]) == [
             b'SET VARIABLE A "say \\"hi\\"HANGUP"\n']
+
+
+async def test_assignment_cache_keeps_plain_short_strings_only(pipe):
+    from callguard.agi import channel as channel_module
+
+    class Renamed(str):
+        def __format__(self, spec):
+            return "OTHER_NAME"
+
+    channel_module._assignment_cache.clear()
+    pipe.channel._assignment_lines([("CALLGUARD_RESULT", "ALLOW")])
+    renamed = pipe.channel._assignment_lines([(Renamed("CALLGUARD_RESULT"), "ALLOW")])
+    long_value = "\x01" * 10_000
+
+    assert renamed == [b'SET VARIABLE OTHER_NAME "ALLOW"\n']
+    assert pipe.channel._assignment_lines([("A", long_value)]) == [b'SET VARIABLE A ""\n']
+    assert list(channel_module._assignment_cache) == [("CALLGUARD_RESULT", "ALLOW")]

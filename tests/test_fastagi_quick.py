@@ -157,6 +157,23 @@ async def test_quick_answer_announced_before_a_hangup_reaches_done(start_server)
     assert isinstance(route.events[1][1], AGIHangup)
 
 
+async def test_quick_answer_announced_before_pipelined_replies(start_server):
+    # A peer may send its replies with the agi_* block, before any command.
+    route = QuickRoute(announce=True)
+    server, host, port = await start_server({"check": route})
+
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(encode_environment(CALL.fastagi_environment(host, port))
+                 + b"200 result=1\n" * len(VARIABLES))
+    async with asyncio.timeout(3):
+        while await reader.read(4096):
+            pass
+    writer.close()
+
+    assert route.events == [("announce", 0), ("done", None)]
+    assert server.active_sessions == 0
+
+
 async def test_quick_answer_announced_when_nothing_could_be_sent(start_server):
     route = QuickRoute(announce=True, broken=AGIProtocolError("out of step"))
     server, host, port = await start_server({"check": route})

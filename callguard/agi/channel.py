@@ -42,13 +42,15 @@ from callguard.agi.protocol import (
 
 log = logging.getLogger(__name__)
 
-# The reply to most commands, SET VARIABLE among them, parsed once.
 # SET VARIABLE lines already checked and encoded, by (name, value). A check
-# sets the same few results, reasons, categories and rates again and again,
-# and the names and values that fail the checks are never kept.
+# sets the same few results, reasons, categories and rates again and again.
+# Only plain str names and values of up to MAX_CACHED_VALUE characters are
+# kept, so the store stays small, and those that fail the checks never are.
 MAX_CACHED_ASSIGNMENTS = 1024
+MAX_CACHED_VALUE = 64
 _assignment_cache: dict[tuple[str, str], bytes] = {}
 
+# The reply to most commands, SET VARIABLE among them, parsed once.
 REPLY_OK_LINE = "200 result=1"
 REPLY_OK = AGIReply(code=CODE_SUCCESS, result=1, data=None, extra="")
 
@@ -186,14 +188,17 @@ class AGIChannel:
     def _assignment_lines(self, assignments: Iterable[tuple[str, str]]) -> list[bytes]:
         lines = []
         for name, value in assignments:
+            cacheable = (type(name) is str and type(value) is str
+                         and len(value) <= MAX_CACHED_VALUE)
             key = (name, value)
-            line = _assignment_cache.get(key)
+            line = _assignment_cache.get(key) if cacheable else None
             if line is None:
                 line = self._encode(
                     f"{SET_VARIABLE} {validate_name(name)} {quote_argument(value)}")
-                if len(_assignment_cache) >= MAX_CACHED_ASSIGNMENTS:
-                    _assignment_cache.clear()
-                _assignment_cache[key] = line
+                if cacheable:
+                    if len(_assignment_cache) >= MAX_CACHED_ASSIGNMENTS:
+                        _assignment_cache.clear()
+                    _assignment_cache[key] = line
             lines.append(line)
         return lines
 

@@ -149,6 +149,11 @@ class AGIConnection(asyncio.Protocol):
                 return line
             await self.wait(deadline)
 
+    def has_input(self) -> bool:
+        """Check whether readline_nowait() would return at once: a whole line,
+        the end or an error waits."""
+        return bool(self._lines) or self._eof or self._error is not None
+
     def readline_nowait(self) -> "str | None | object":
         """Return the next line as readline() does, or NO_LINE while none is complete."""
         if not self._lines:

@@ -472,6 +472,11 @@ class _Session:
         task.add_done_callback(self._task_done)
 
     def _schedule_announce(self) -> None:
+        if self._connection.has_input():
+            # The peer sent lines before it could read the command, and they
+            # are read as soon as this returns: announce before that.
+            self._announce()
+            return
         # A callback scheduled now runs before data that arrives later reaches
         # its protocol, on asyncio's loop and on uvloop.
         asyncio.get_running_loop().call_soon(self._announce_safely)
