@@ -970,7 +970,7 @@ async def lines_queued(pipe: Pipe, count: int) -> None:
 
 async def test_start_variables_on_sent_before_queued_replies(pipe):
     # Replies that are already queued when the batch starts are read after
-    # on_sent, so its work never sees the batch answered.
+    # on_sent, so on_sent runs with no reply counted yet.
     await pipe.feed(b"200 result=1\n" * 2)
     await lines_queued(pipe, 2)
     events = []
@@ -1007,7 +1007,7 @@ async def test_start_variables_on_sent_with_nothing_to_set(pipe):
     assert events == [("sent",), ("done", None)]
 
 
-async def test_start_variables_on_sent_that_raises_stops_before_replies(pipe):
+async def test_raising_on_sent_stops_batch(pipe):
     await pipe.feed(b"200 result=1\n")
     await lines_queued(pipe, 1)
     done = []

@@ -47,7 +47,7 @@ class QuickRoute:
         self.called: list[str] = []
         self.done: list[AGIError | None] = []
         self.channels: list[AGIChannel] = []
-        # ("announce", commands answered then) and ("done", error), in order.
+        # ("announce", replies read by then) and ("done", error), in order.
         self.events: list[tuple] = []
 
     def answer_now(self, channel: AGIChannel) -> QuickAnswer | None:

@@ -459,8 +459,8 @@ class _Session:
                                         self._schedule_announce)
             except AGIError as exc:
                 # The session was unusable before anything was sent.
-                if self._announce_safely():
-                    self._answered(exc)
+                # _answered() announces the decision first.
+                self._answered(exc)
             except Exception:
                 _log_handler_failure(self._peername, channel)
                 # A bad variable fails before anything is sent: the decision

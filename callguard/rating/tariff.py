@@ -20,9 +20,9 @@ are rejected with TypeError.
 """
 
 import functools
-from typing import NamedTuple
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, Context, Decimal
+from typing import NamedTuple
 
 from callguard.money import MICROS_PER_UNIT, from_micros, round_up, to_micros
 from callguard.rating.fields import (
