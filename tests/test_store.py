@@ -3,6 +3,7 @@
 import dataclasses
 import logging
 import os
+import random
 import re
 import socket
 import threading
@@ -16,6 +17,7 @@ import psycopg
 import pytest
 import sqlalchemy
 from sqlalchemy import Column, MetaData, Table, create_engine, text
+from sqlalchemy.dialects import postgresql, sqlite
 
 from callguard.store import (
     SCHEMA_VERSION,
@@ -33,6 +35,7 @@ from callguard.store import (
 )
 from callguard.store.audit import Renewal, read_renewal
 from callguard.store import engine as engine_module
+from callguard.store import types as types_module
 from callguard.store.engine import SQLITE_BUSY_TIMEOUT_MS, build_engine, parse_url
 from callguard.store.models import Block, Call, Decision, Hangup
 from callguard.store.records import BlockRecord
@@ -188,6 +191,67 @@ def test_money_rejects(engine, bad, error):
         with engine.begin() as conn:
             conn.execute(table.insert(), {"id": 1, "amount": bad})
     assert isinstance(caught.value.orig, error)
+
+
+DIALECTS = (sqlite.dialect(), postgresql.psycopg.dialect())
+
+
+@pytest.mark.parametrize("dialect", DIALECTS, ids=lambda dialect: dialect.name)
+def test_money_cache_rejects_floats_and_ints(dialect):
+    """Cached amounts are found by value, but an equal float or int still raises."""
+    process = Money().dialect_impl(dialect).bind_processor(dialect)
+    assert process(Decimal("0.5")) == 500_000
+    assert process(Decimal("0.500000")) == 500_000
+    assert process(Decimal("1")) == 1_000_000
+    assert process(Decimal("0.0000001")) == 1
+    assert process(None) is None
+    for bad, error in [(0.5, TypeError), (1, TypeError), (True, TypeError),
+                       (Decimal("NaN"), ValueError), (Decimal("sNaN"), ValueError),
+                       (Decimal("-Infinity"), ValueError),
+                       (Decimal("9223372036854.775808"), ValueError)]:
+        with pytest.raises(error):
+            process(bad)
+    # A rejected amount is not cached either.
+    with pytest.raises(ValueError):
+        process(Decimal("9223372036854.775808"))
+
+
+def test_money_cache_empties_when_full(monkeypatch):
+    monkeypatch.setattr(types_module, "MAX_KEPT_AMOUNTS", 8)
+    dialect = sqlite.dialect()
+    process = Money().dialect_impl(dialect).bind_processor(dialect)
+    for round_ in range(3):
+        for micros in range(50):
+            amount = Decimal(micros) / 1_000_000
+            assert process(amount) == micros, (round_, amount)
+
+
+def test_sqlite_utc_text_matches_general_path():
+    """The short path for UTC times writes exactly what SQLAlchemy's DATETIME writes."""
+    dialect = sqlite.dialect()
+    impl = UTCDateTime().dialect_impl(dialect)
+    process = impl.bind_processor(dialect)
+    general = super(UTCDateTime, impl).bind_processor(dialect)
+    assert process is not general
+    rng = random.Random(1796)
+    times = [datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+             datetime(999, 3, 4, 5, 6, 7, tzinfo=UTC), T0, T0.replace(microsecond=1)]
+    for _ in range(5000):
+        times.append(datetime(rng.randint(1, 9999), rng.randint(1, 12), rng.randint(1, 28),
+                              rng.randint(0, 23), rng.randint(0, 59), rng.randint(0, 59),
+                              rng.choice([0, rng.randint(0, 999_999)]), tzinfo=UTC))
+    for value in times:
+        assert process(value) == general(value), value
+        assert len(process(value)) == 26
+    # Other zones, UTC from zoneinfo among them, take the general path.
+    for value in [datetime(2024, 6, 14, 14, 0, tzinfo=PLUS_TWO),
+                  datetime(2024, 6, 14, 12, 0, 0, 5, tzinfo=ZoneInfo("UTC")),
+                  datetime(2024, 12, 31, 23, 30, tzinfo=ZoneInfo("America/New_York"))]:
+        assert process(value) == general(value)
+    assert process(datetime(2024, 6, 14, 14, 0, tzinfo=PLUS_TWO)) == "2024-06-14 12:00:00.000000"
+    assert process(None) is None
+    with pytest.raises(ValueError, match="naive"):
+        process(datetime(2024, 6, 14, 12, 0))
 
 
 def test_datetime_naive_rejected(engine):

@@ -24,6 +24,7 @@ from callguard.store.records import (
 from callguard.store.schema import allocate_ids, dialect_insert_for
 from callguard.store.spend import Charge, add_spend, check_charges
 from callguard.store.types import check_aware
+from callguard.worker import let_others_run
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +168,9 @@ class _DriverInsert:
         """Insert prepared ``rows`` under consecutive ids from ``first_id``, in few statements.
 
         SQLite gets INSERTs of up to SQLITE_ROWS_PER_STATEMENT rows, because
-        its executemany releases and takes back the GIL around every row.
-        Other drivers get one executemany.
+        its executemany releases and takes back the GIL around every row. The
+        GIL is released for a moment after each INSERT. Other drivers get one
+        executemany.
         """
         at = self._id_index
         per_statement = self._rows_per_statement
@@ -188,6 +190,7 @@ class _DriverInsert:
                 flat.extend(row[at:])
             values = ", ".join([self._row] * len(chunk))
             conn.exec_driver_sql(self._head + values, tuple(flat))
+            let_others_run()
 
 
 def check_decision_columns(dialect: Dialect) -> None:

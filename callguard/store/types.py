@@ -8,7 +8,7 @@ is written as naive UTC text and read back with UTC attached.
 
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import BigInteger, DateTime, Text
 from sqlalchemy.dialects import sqlite
@@ -23,6 +23,9 @@ MIN_MICROS = -(2**63)
 MAX_MICROS = 2**63 - 1
 MIN_AMOUNT = from_micros(MIN_MICROS)
 MAX_AMOUNT = from_micros(MAX_MICROS)
+# The maximum number of amounts whose micro-units a Money column caches. A full
+# cache is emptied.
+MAX_KEPT_AMOUNTS = 4096
 
 TIMESTAMP_TZ_DDL = "TIMESTAMP WITH TIME ZONE"
 
@@ -87,6 +90,33 @@ class Money(TypeDecorator[Decimal]):
             return None
         return to_micros(check_money(value))
 
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        """Return the conversion of process_bind_param(), with a cache of micro-units.
+
+        A busy day's decisions repeat a few prices thousands of times, and
+        rounding a ``Decimal`` costs more than a dict lookup. Equal amounts
+        have the same micro-units whatever their exponent, so 0.01 and 0.0100
+        share an entry. Only finite ``Decimal`` values are cached, because the
+        float 0.5 equals Decimal('0.5') and must still raise TypeError.
+        """
+        convert = super().bind_processor(dialect)
+        if convert is None:
+            return None
+        known: dict[Decimal, int] = {}
+
+        def process(value: Any) -> Any:
+            if value.__class__ is Decimal and value.is_finite():
+                micros = known.get(value)
+                if micros is None:
+                    micros = convert(value)
+                    if len(known) >= MAX_KEPT_AMOUNTS:
+                        known.clear()
+                    known[value] = micros
+                return micros
+            return convert(value)
+
+        return process
+
     def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
         if value is None:
             return None
@@ -147,6 +177,27 @@ class UTCDateTime(TypeDecorator[datetime]):
         if dialect.name == "sqlite":
             return dialect.type_descriptor(_SQLiteTimestampTZ())
         return dialect.type_descriptor(DateTime(timezone=True))
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        """Return the conversion of process_bind_param() and the dialect's type,
+        with a shorter path for UTC times on SQLite.
+
+        On SQLite the column stores the text of SQLAlchemy's DATETIME,
+        YYYY-MM-DD HH:MM:SS.ffffff. For a datetime in ``timezone.utc``, as the
+        clock returns, that text is the first 26 characters of its ISO form.
+        ``isoformat()`` writes it in less than half the time.
+        """
+        convert = super().bind_processor(dialect)
+        if convert is None or not isinstance(self.impl_instance, _SQLiteTimestampTZ):
+            return convert
+        utc = timezone.utc
+
+        def process(value: Any) -> Any:
+            if value.__class__ is datetime and value.tzinfo is utc:
+                return value.isoformat(" ", "microseconds")[:26]
+            return convert(value)
+
+        return process
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
