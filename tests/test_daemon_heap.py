@@ -41,9 +41,18 @@ def test_reload_frees_old_cycles():
         gc.unfreeze()
 
 
-# What a flood of checks leaves behind must not be walked by every full
+# What a flood of checks leaves behind must not be walked by every
 # collection: reservations and the decisions kept for linking are stored as
-# tuples of plain values, which the collector stops tracking.
+# tuples of plain values, which the collector stops tracking, in dicts that
+# stay in the oldest generation.
+
+
+def generation_of(container) -> int | None:
+    """Return the collector generation that contains ``container``, None if untracked."""
+    for generation in (0, 1, 2):
+        if any(found is container for found in gc.get_objects(generation=generation)):
+            return generation
+    return None
 
 
 def test_reservations_leave_collector_alone():
@@ -56,11 +65,15 @@ def test_reservations_leave_collector_alone():
 
     gc.collect()
 
-    # The containers are untracked once everything in them is.
-    assert not gc.is_tracked(reservations._by_id)
+    assert not any(gc.is_tracked(row) for row in reservations._by_id.values())
     assert not gc.is_tracked(reservations._by_uniqueid)
     assert reservations.get("1718355600.7").dialled
     assert reservations.pending_count("gamma") == 999
+
+    # A new reservation is a tracked tuple. Its dict stays in the oldest
+    # generation, where young collections do not walk its 1,000 entries.
+    reservations.add("gamma", "1718355600.1000", Decimal("0.05"), keys, now, 120)
+    assert generation_of(reservations._by_id) == 2
 
 
 def test_decision_book_leaves_collector_alone():
@@ -76,7 +89,9 @@ def test_decision_book_leaves_collector_alone():
 
     gc.collect()
 
-    assert not gc.is_tracked(book._entries)
+    assert not any(gc.is_tracked(entry) for entry in book._entries.values())
+    book.record(request, decision, at)  # its newest entry again, as a new tuple
+    assert generation_of(book._entries) == 2
     request, decision = book.get("1718355600.7")
     assert (request.caller, request.dialled) == ("01632960010", "02079460007")
     assert (decision.trunk, decision.result, decision.reason) == ("gamma", "ALLOW", "ok")

@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 from callguard.policy.decision import CallRequest, Decision
 from callguard.rating import Increments, Tariff
 from callguard.rating.tariff import tariff_from_checked_fields
+from callguard.tracked import LongLivedDict
 
 # Decisions kept for linking trunk legs: long enough for any ring time, and
 # bounded so that a flood of checks cannot grow memory without end.
@@ -22,11 +23,12 @@ EXPIRY_CHECK_INTERVAL = timedelta(seconds=1)
 class DecisionBook:
     """The fields of recent decisions that linking a trunk leg reads.
 
-    Each entry is a tuple of strings, numbers and datetimes, in a plain dict
-    kept in insertion order. The garbage collector stops tracking such tuples
-    and dicts, so a book full after a flood of checks adds nothing to the
-    pauses of full collections. Whole CallRequest and Decision objects would
-    add about seven tracked objects each.
+    Each entry is a tuple of strings, numbers and datetimes, in a dict kept
+    in insertion order. The garbage collector stops tracking such tuples, so
+    a full book adds one walk of its entries to each full collection and
+    nothing to young ones, because the dict is a LongLivedDict. Whole
+    CallRequest and Decision objects would add about seven tracked objects
+    each.
 
     The oldest entries are dropped in batches. Finding a dict's first entry
     skips every slot deleted before it until the dict is next resized. So
@@ -36,7 +38,7 @@ class DecisionBook:
     """
 
     def __init__(self) -> None:
-        self._entries: dict[str, tuple] = {}
+        self._entries: dict[str, tuple] = LongLivedDict()
         self._next_expiry_check: datetime | None = None
 
     def record(self, request: CallRequest, decision: Decision, at: datetime) -> None:

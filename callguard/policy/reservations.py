@@ -19,6 +19,7 @@ from decimal import Decimal
 from callguard.clock import Clock
 from callguard.rating.fields import ZERO
 from callguard.repeats import RepeatLimiter, suppressed_note
+from callguard.tracked import LongLivedDict
 from callguard.windows import DAY, WEEK
 
 log = logging.getLogger(__name__)
@@ -50,15 +51,16 @@ class Reservations:
     Totals and counts are kept up to date on every change, and expiry pops a
     heap ordered by expiry time, so no operation scans every reservation.
 
-    Reservations are stored as plain tuples and uniqueids map to ids. The
-    garbage collector stops tracking tuples and dicts of plain values, and a
-    busy trunk can hold a hundred thousand reservations for
-    reservation_seconds, which every full collection would otherwise walk.
+    Reservations are stored as plain tuples and uniqueids map to ids. A busy
+    trunk can hold a hundred thousand reservations for reservation_seconds.
+    The garbage collector stops tracking tuples of plain values, so a full
+    collection walks the dict of them but not each reservation's fields.
+    That dict is a LongLivedDict, which stays out of the young collections.
     """
 
     def __init__(self, clock: Clock | None = None) -> None:
         self._expiry_log = RepeatLimiter(burst=EXPIRY_LOG_BURST, clock=clock)
-        self._by_id: dict[int, tuple] = {}
+        self._by_id: dict[int, tuple] = LongLivedDict()
         self._by_uniqueid: dict[str, int] = {}
         # (trunk, window) -> window key -> money held by reservations taken in it.
         self._held: dict[tuple[str, str], dict[str, Decimal]] = {}

@@ -1,0 +1,17 @@
+"""A dict for many long-lived entries that stays in the collector's oldest generation."""
+
+
+class LongLivedDict(dict):
+    """A dict of many long-lived entries that the garbage collector keeps tracking.
+
+    CPython's full collection stops tracking an exact dict whose keys and
+    values are all untracked, such as a dict of tuples of strings, numbers
+    and datetimes. The next insert of a new tuple tracks the dict again, as a
+    new object of the youngest generation. The next young collection then
+    walks every entry, and so does each older collection the dict is promoted
+    through. CPython never stops tracking an instance of a dict subclass.
+    Once promoted, it stays in the oldest generation, and only full
+    collections walk it.
+    """
+
+    __slots__ = ()
