@@ -41,6 +41,11 @@ NONE = "-"
 MAX_QUEUED = 100_000
 # The maximum wait, in seconds, between two writes while the store keeps failing.
 MAX_RETRY_INTERVAL = 10.0
+# Seconds between two writes of the queued decisions, which a crash can lose.
+# A write delays the one or two FastAGI checks running beside it. At 500
+# checks/s, writes every 0.2 s delayed an estimated 1 to 2 % of the checks,
+# enough to set the p99 (benchmarks/README.md, seventeenth set).
+WRITE_INTERVAL = 0.5
 # The number of decisions converted between two pauses that let the event loop
 # take the GIL, about 60 us of work on a 2-core test machine.
 ROWS_BETWEEN_PAUSES = 16
@@ -48,7 +53,7 @@ ROWS_BETWEEN_PAUSES = 16
 
 class DecisionRecorder:
     def __init__(self, worker: StoreWorker, clock: Clock, node: str, *,
-                 interval: float = 0.2, batch_size: int = 500,
+                 interval: float = WRITE_INTERVAL, batch_size: int = 500,
                  max_retry_interval: float = MAX_RETRY_INTERVAL):
         self._worker = worker
         self._clock = clock
