@@ -367,17 +367,19 @@ def test_short_code_number():
 def test_region_found_once_on_first_read():
     calls = []
 
-    def find_region():
-        calls.append(1)
+    def find_region(parsed):
+        calls.append(parsed)
         return "IM"
 
+    parsed = phonenumbers.parse("+447624123456")
     number = Number(dialled="07624123456", e164="+447624123456", national="07624123456",
-                    country_code=44, short_code=False, find_region=find_region)
+                    country_code=44, short_code=False, find_region=find_region,
+                    parsed=parsed)
     assert calls == []
 
     assert number.region == "IM"
     assert number.region == "IM"
-    assert calls == [1]
+    assert calls == [parsed]
 
 
 def test_number_equality_includes_the_found_region():
@@ -409,7 +411,7 @@ def test_number_needs_one_region_source():
     with pytest.raises(TypeError, match="exactly one of region and find_region"):
         Number(**fields)
     with pytest.raises(TypeError, match="exactly one of region and find_region"):
-        Number(**fields, region="GB", find_region=lambda: "GB")
+        Number(**fields, region="GB", find_region=lambda parsed: "GB")
 
 
 # dialled, rating key, table key

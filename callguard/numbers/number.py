@@ -19,9 +19,12 @@ class Number:
     (``GB``, ``IM``, ``001`` for non-geographic entities, empty when unknown).
 
     A number is immutable. Its region may be given as ``find_region``, a function
-    called on first use: for a country code that several regions share (``+44``,
-    ``+1``), finding it means matching the number against each region's ranges,
-    and most decisions never read it.
+    called with ``parsed`` on first use: for a country code that several regions
+    share (``+44``, ``+1``), finding it means matching the number against each
+    region's ranges, and most decisions never read it. The function takes
+    ``parsed`` as its argument instead of binding it, because a cached number
+    with a bound function would be two more objects for every young garbage
+    collection to walk.
 
     ``parsed`` is phonenumbers' ``PhoneNumber`` for the number, kept so that a
     later check of its ranges does not parse ``e164`` again. It is None for
@@ -47,7 +50,7 @@ class Number:
         country_code: int,
         short_code: bool,
         region: str | None = None,
-        find_region: Callable[[], str] | None = None,
+        find_region: Callable[[PhoneNumber | None], str] | None = None,
         parsed: PhoneNumber | None = None,
     ):
         if (region is None) == (find_region is None):
@@ -66,7 +69,7 @@ class Number:
     @property
     def region(self) -> str:
         if self._region is None:
-            object.__setattr__(self, "_region", self._find_region())
+            object.__setattr__(self, "_region", self._find_region(self.parsed))
             object.__setattr__(self, "_find_region", None)
         return self._region
 

@@ -1,6 +1,5 @@
 """Normalisation of dialled strings to E.164 under a home numbering plan."""
 
-import functools
 from collections.abc import Iterable
 
 import phonenumbers
@@ -455,7 +454,7 @@ class NumberPlan:
             e164=f"{PLUS}{country_code}{nsn}",
             national=national,
             country_code=country_code,
-            find_region=functools.partial(_region_of, parsed),
+            find_region=_region_of,
             short_code=False,
             parsed=parsed,
         )
