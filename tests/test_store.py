@@ -211,9 +211,16 @@ def test_money_cache_rejects_floats_and_ints(dialect):
                        (Decimal("9223372036854.775808"), ValueError)]:
         with pytest.raises(error):
             process(bad)
-    # A rejected amount is not cached either.
-    with pytest.raises(ValueError):
-        process(Decimal("9223372036854.775808"))
+    # The valid amounts are cached, 0.5 and 0.500000 as one entry. The
+    # rejected ones are not.
+    assert sorted(cached_amounts(process)) == [Decimal("0.0000001"), Decimal("0.5"),
+                                               Decimal("1")]
+
+
+def cached_amounts(process) -> dict:
+    """Return the dict of micro-units that a Money bind processor keeps in its closure."""
+    cells = [cell.cell_contents for cell in process.__closure__]
+    return next(value for value in cells if isinstance(value, dict))
 
 
 def test_money_cache_empties_when_full(monkeypatch):
@@ -224,6 +231,7 @@ def test_money_cache_empties_when_full(monkeypatch):
         for micros in range(50):
             amount = Decimal(micros) / 1_000_000
             assert process(amount) == micros, (round_, amount)
+            assert len(cached_amounts(process)) <= 8, (round_, amount)
 
 
 def test_sqlite_utc_text_matches_general_path():

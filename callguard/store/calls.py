@@ -168,9 +168,9 @@ class _DriverInsert:
         """Insert prepared ``rows`` under consecutive ids from ``first_id``, in few statements.
 
         SQLite gets INSERTs of up to SQLITE_ROWS_PER_STATEMENT rows, because
-        its executemany releases and takes back the GIL around every row. The
-        GIL is released for a moment after each INSERT. Other drivers get one
-        executemany.
+        its executemany releases and takes back the GIL around every row. On
+        SQLite, the GIL is also released for a moment after each INSERT. Other
+        drivers get one executemany.
         """
         at = self._id_index
         per_statement = self._rows_per_statement
