@@ -9,8 +9,8 @@ from typing import Any, Callable, TypeVar
 T = TypeVar("T")
 
 
-def let_others_run() -> None:
-    """Release the GIL for a moment, so that a thread waiting for it runs now.
+def yield_gil() -> None:
+    """Release the GIL for a moment, so that a thread waiting for it can take it.
 
     Without such pauses, a long stretch of Python in the store thread keeps
     the GIL until the switch interval (5 ms by default) forces a switch. Every

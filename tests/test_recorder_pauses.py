@@ -22,8 +22,8 @@ def test_store_batch_pauses(tmp_path, monkeypatch):
             pauses[kind] += 1
         return pause
 
-    monkeypatch.setattr(recorder_module, "let_others_run", count("convert"))
-    monkeypatch.setattr(calls_module, "let_others_run", count("insert"))
+    monkeypatch.setattr(recorder_module, "yield_gil", count("convert"))
+    monkeypatch.setattr(calls_module, "yield_gil", count("insert"))
     store = Store(f"sqlite:///{tmp_path / 'callguard.db'}")
     store.open()
     worker = StoreWorker(store)

@@ -224,7 +224,7 @@ def cached_amounts(process) -> dict:
 
 
 def test_money_cache_empties_when_full(monkeypatch):
-    monkeypatch.setattr(types_module, "MAX_KEPT_AMOUNTS", 8)
+    monkeypatch.setattr(types_module, "MAX_CACHED_AMOUNTS", 8)
     dialect = sqlite.dialect()
     process = Money().dialect_impl(dialect).bind_processor(dialect)
     for round_ in range(3):

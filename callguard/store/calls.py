@@ -24,7 +24,7 @@ from callguard.store.records import (
 from callguard.store.schema import allocate_ids, dialect_insert_for
 from callguard.store.spend import Charge, add_spend, check_charges
 from callguard.store.types import check_aware
-from callguard.worker import let_others_run
+from callguard.worker import yield_gil
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ class _DriverInsert:
                 flat.extend(row[at:])
             values = ", ".join([self._row] * len(chunk))
             conn.exec_driver_sql(self._head + values, tuple(flat))
-            let_others_run()
+            yield_gil()
 
 
 def check_decision_columns(dialect: Dialect) -> None:

@@ -25,7 +25,7 @@ MIN_AMOUNT = from_micros(MIN_MICROS)
 MAX_AMOUNT = from_micros(MAX_MICROS)
 # The maximum number of amounts whose micro-units a Money column caches. A full
 # cache is emptied.
-MAX_KEPT_AMOUNTS = 4096
+MAX_CACHED_AMOUNTS = 4096
 
 TIMESTAMP_TZ_DDL = "TIMESTAMP WITH TIME ZONE"
 
@@ -102,16 +102,16 @@ class Money(TypeDecorator[Decimal]):
         convert = super().bind_processor(dialect)
         if convert is None:
             return None
-        known: dict[Decimal, int] = {}
+        cached: dict[Decimal, int] = {}
 
         def process(value: Any) -> Any:
             if value.__class__ is Decimal and value.is_finite():
-                micros = known.get(value)
+                micros = cached.get(value)
                 if micros is None:
                     micros = convert(value)
-                    if len(known) >= MAX_KEPT_AMOUNTS:
-                        known.clear()
-                    known[value] = micros
+                    if len(cached) >= MAX_CACHED_AMOUNTS:
+                        cached.clear()
+                    cached[value] = micros
                 return micros
             return convert(value)
 
