@@ -3,6 +3,7 @@
 import asyncio
 import gc
 import logging
+import sys
 import time
 import weakref
 
@@ -463,3 +464,27 @@ async def test_closed_transport_freed_without_collector(start_server, quick):
     assert result.variables == dict(VARIABLES)
     assert server.active_sessions == 0
     assert freed
+
+
+@pytest.mark.parametrize("quick", [True, False])
+async def test_session_keeps_its_loop(start_server, monkeypatch, quick):
+    # In Python 3.11 every asyncio.get_running_loop() makes a getpid() system
+    # call, and a check session used to make eight. The connection keeps the
+    # loop it runs on instead.
+    route = QuickRoute(quick=quick)
+    server, host, port = await start_server({"check": route})
+    looked_up = []
+    get_running_loop = asyncio.get_running_loop
+
+    def counting() -> asyncio.AbstractEventLoop:
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        if caller.startswith("callguard."):
+            looked_up.append(caller)
+        return get_running_loop()
+
+    monkeypatch.setattr(asyncio, "get_running_loop", counting)
+    result = await run_fastagi_call(host, port, CALL)
+
+    assert result.closed_by_server
+    assert route.done == ([None] if quick else [])
+    assert looked_up == []

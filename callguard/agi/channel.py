@@ -255,7 +255,7 @@ class AGIChannel:
         encoded = self._encode(line)
         async with self._lock:
             self._check_usable()
-            deadline = asyncio.get_running_loop().time() + self._limits.reply_timeout
+            deadline = self._connection.loop.time() + self._limits.reply_timeout
             with self._breaking_on_failure(lambda: line[:60]):
                 await self._send(encoded, deadline)
                 reply = await self._read_reply(deadline)
@@ -436,7 +436,7 @@ class _Batch:
         line = self._lines[self._next]
         self._next += 1
         self._reader = _ReplyReader(self._channel)
-        self._deadline = asyncio.get_running_loop().time() + self._channel._limits.reply_timeout
+        self._deadline = connection.loop.time() + self._channel._limits.reply_timeout
         if self._on_done is None:
             connection.move_deadline(self._deadline)
         elif self._cap is not None and self._cap < self._deadline:

@@ -52,9 +52,14 @@ class AGIConnection(asyncio.Protocol):
     """
 
     def __init__(self, max_line: int,
-                 on_open: Callable[["AGIConnection"], None] | None = None):
+                 on_open: Callable[["AGIConnection"], None] | None = None,
+                 loop: asyncio.AbstractEventLoop | None = None):
         self._max_line = max_line
         self._on_open = on_open
+        # The event loop, from the server or from connection_made(). A session
+        # reads it several times, and asyncio.get_running_loop() makes a
+        # getpid() system call each time in Python 3.11.
+        self.loop = loop
         self.transport: asyncio.Transport | None = None
         self._lines: deque[bytes] = deque()
         self._queued_bytes = 0
@@ -76,6 +81,8 @@ class AGIConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
         if self._on_open is not None:
             self._on_open(self)
 
@@ -272,7 +279,7 @@ class AGIConnection(asyncio.Protocol):
         if not transport.is_closing():
             transport.close()
         if transport.get_write_buffer_size() and self._close_timer is None:
-            self._close_timer = asyncio.get_running_loop().call_later(
+            self._close_timer = self.loop.call_later(
                 CLOSE_TIMEOUT, transport.abort
             )
 
@@ -293,7 +300,7 @@ class AGIConnection(asyncio.Protocol):
         One timer handle serves the whole connection: a later deadline only
         moves a number, and the handle re-schedules itself when it fires early.
         """
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         if self._timer is not None and deadline < self._deadline:
             self._cancel_timer()
         self._deadline = deadline
@@ -313,7 +320,7 @@ class AGIConnection(asyncio.Protocol):
                 return
         elif waiter.done():
             return
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         if loop.time() < self._deadline:
             self._timer = loop.call_at(self._deadline, self._expire)
             return
@@ -335,7 +342,7 @@ class AGIConnection(asyncio.Protocol):
         self._deadline = deadline
         self._on_timeout = on_timeout
         if self._timer is None and not self._lost:
-            self._timer = asyncio.get_running_loop().call_at(deadline, self._expire)
+            self._timer = self.loop.call_at(deadline, self._expire)
 
     def unwatch(self) -> None:
         """Forget the on_timeout of watch(); a later wait() sets its own deadline."""

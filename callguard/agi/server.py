@@ -133,6 +133,8 @@ class FastAGIServer:
         # PEER_FAILURE_BURST lines a minute and counts the rest.
         self._peer_failures = RepeatLimiter(burst=PEER_FAILURE_BURST)
         self._server: asyncio.Server | None = None
+        # The loop that start() ran on, handed to each connection.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._summary_task: asyncio.Task | None = None
         self._sessions: set[_Session] = set()
         # Set once stop() has counted the sessions it waits for. A connection
@@ -150,7 +152,7 @@ class FastAGIServer:
         self._stopping = False
         self._opening = 0
 
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         if self._host == IPV6_ANY:
             self._server = await loop.create_server(
                 self._connection, sock=dual_stack_socket(self._port)
@@ -243,7 +245,7 @@ class FastAGIServer:
 
     def _connection(self) -> AGIConnection:
         self._opening += 1
-        return AGIConnection(self._limits.max_line, self._accept)
+        return AGIConnection(self._limits.max_line, self._accept, self._loop)
 
     def _take_accept_queue(self) -> list[socket.socket]:
         """Accept, without serving yet, the connections the kernel has queued.
@@ -366,7 +368,7 @@ class _Session:
         self._connection = connection
         self._peername = peername
         self._reader = EnvironmentReader(server._limits)
-        now = asyncio.get_running_loop().time()
+        now = connection.loop.time()
         self._deadline = now + server._session_timeout
         self._block_deadline = min(now + server._limits.block_timeout, self._deadline)
         self.channel: AGIChannel | None = None
@@ -415,7 +417,7 @@ class _Session:
         self._dispatch(reader.env)
 
     def _on_environment_timeout(self) -> None:
-        if asyncio.get_running_loop().time() >= self._deadline:
+        if self._connection.loop.time() >= self._deadline:
             self._session_timed_out()
             return
         self._peer_failed("%s: %s; %s", _session_name(self._peername, None),
@@ -468,7 +470,7 @@ class _Session:
                 self._announce_safely()
                 self._end()
             return
-        task = self._task = asyncio.get_running_loop().create_task(self._run(handler))
+        task = self._task = self._connection.loop.create_task(self._run(handler))
         task.add_done_callback(self._task_done)
 
     def _schedule_announce(self) -> None:
@@ -479,7 +481,7 @@ class _Session:
             return
         # A callback scheduled now runs before data that arrives later reaches
         # its protocol, on asyncio's loop and on uvloop.
-        asyncio.get_running_loop().call_soon(self._announce_safely)
+        self._connection.loop.call_soon(self._announce_safely)
 
     def _announce(self) -> None:
         announce, self._announce_pending = self._announce_pending, None
