@@ -67,16 +67,22 @@ class Reservations:
         self._count: dict[str, int] = {}
         self._expiry: list[tuple[datetime, int]] = []
         self._ids = itertools.count(1)
+        # The last lifetime that add() was given, and the same as a timedelta.
+        # It changes only on a reload.
+        self._lifetime: float | None = None
+        self._lifetime_delta = timedelta(0)
 
     def add(self, trunk: str, uniqueid: str, amount: Decimal, keys: dict[str, str],
-            now: datetime, lifetime: float) -> Reservation:
+            now: datetime, lifetime: float) -> None:
         if uniqueid and uniqueid in self._by_uniqueid:
             # A second check on the same channel replaces the first one's hold.
             self._remove(self._stored(self._by_uniqueid[uniqueid]))
 
         reservation_id = next(self._ids)
         day_key, week_key = keys[DAY], keys[WEEK]
-        expires_at = now + timedelta(seconds=lifetime)
+        if lifetime != self._lifetime:
+            self._lifetime, self._lifetime_delta = lifetime, timedelta(seconds=lifetime)
+        expires_at = now + self._lifetime_delta
         # The fields of Reservation, in its order.
         row = (reservation_id, trunk, uniqueid, amount, day_key, week_key, now, expires_at,
                False, False)
@@ -85,7 +91,6 @@ class Reservations:
             self._by_uniqueid[uniqueid] = reservation_id
         self._adjust(trunk, day_key, week_key, amount, 1)
         heapq.heappush(self._expiry, (expires_at, reservation_id))
-        return Reservation._make(row)
 
     def release(self, uniqueid: str) -> Reservation | None:
         """Drop the reservation of the channel ``uniqueid`` and return it."""
@@ -201,7 +206,9 @@ class Reservations:
         """Add ``amount`` to the money held in two windows and ``count`` to the trunk's count."""
         held = self._held
         for window, key in ((DAY, day_key), (WEEK, week_key)):
-            by_key = held.setdefault((trunk, window), {})
+            by_key = held.get((trunk, window))
+            if by_key is None:
+                by_key = held[(trunk, window)] = {}
             total = by_key.get(key, ZERO) + amount
             if total:
                 by_key[key] = total
