@@ -123,6 +123,16 @@ DECISIONS = [
 # fmt: on
 
 
+async def test_decision_carries_clock_reading(guard):
+    allowed = await guard.decide("01632 960123")
+    barred = await guard.decide("09011234567")
+    invalid = await guard.decide("0151496012#")
+
+    assert allowed.decided_at == NOW
+    assert barred.decided_at == NOW
+    assert invalid.decided_at is None
+
+
 @pytest.mark.parametrize("dialled, result, reason, category", DECISIONS)
 async def test_decision_table(guard, dialled, result, reason, category):
     decision = await guard.decide(dialled)

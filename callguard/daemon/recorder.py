@@ -250,7 +250,7 @@ def decision_row(request: CallRequest, decision: Decision, clock: Clock, node: s
     a busy daemon queues a few thousand of them between two writes.
     """
     return (
-        clock.now(),                           # decided_at
+        decision.decided_at or clock.now(),    # decided_at
         storable(request.trunk) or NONE,       # trunk
         storable(request.uniqueid) or NONE,    # uniqueid
         storable(request.channel),             # channel

@@ -218,7 +218,7 @@ class LiveGuard:
         return [leg for leg in meter.legs.values() if leg.live and leg.restored]
 
     def note_decision(self, request: CallRequest, decision) -> None:
-        self.decisions.record(request, decision, self.clock.now())
+        self.decisions.record(request, decision, decision.decided_at or self.clock.now())
         meter = self.meters.get(decision.trunk)
         if decision.reserved and meter is not None and meter.has_answered_legs():
             # The hold leaves less budget to the live calls, so their limit

@@ -62,6 +62,7 @@ from callguard.policy.decision import (
     REASON_UNKNOWN_TRUNK,
     REASON_UNRATED,
     REASON_WEEKLY,
+    NOTHING_RESERVED,
     CallRequest,
     Decision,
 )
@@ -248,9 +249,9 @@ class PolicyEngine:
             return classified
 
         caller_e164 = state.normalise_caller(request.caller) or ""
-        base = _DecisionBase(request, classified, caller_e164)
-
         now = self.clock.now()
+        base = _DecisionBase(request, classified, caller_e164, now)
+
         blocked = None
         if blocks and self.blocks:
             blocked = self.blocks.blocked(_identities(request, caller_e164), now)
@@ -400,17 +401,15 @@ class _Screened(NamedTuple):
     keys: dict[str, str]
 
 
-# The reserved amount of a decision that reserves nothing.
-NOTHING_RESERVED = Decimal(0)
-
-
 class _DecisionBase:
     """The parts of a decision known once the number is classified."""
 
-    def __init__(self, request: CallRequest, classified: Classified, caller_e164: str):
+    def __init__(self, request: CallRequest, classified: Classified, caller_e164: str,
+                 now: datetime):
         self.request = request
         self.classified = classified
         self.caller_e164 = caller_e164
+        self.now = now
 
     def _make(self, result: str, reason: str, detail: str, tariff: Tariff | None,
               max_seconds: int | None, remaining: dict, reserved: Decimal) -> Decision:
@@ -434,6 +433,7 @@ class _DecisionBase:
             reserved=reserved,
             remaining=remaining,
             detail=detail,
+            decided_at=self.now,
         )
 
     def deny(self, reason: str, detail: str = "", *, tariff: Tariff | None = None,
