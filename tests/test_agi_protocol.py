@@ -1063,3 +1063,15 @@ async def test_assignment_cache_keeps_plain_short_strings_only(pipe):
     assert renamed == [b'SET VARIABLE OTHER_NAME "ALLOW"\n']
     assert pipe.channel._assignment_lines([("A", long_value)]) == [b'SET VARIABLE A ""\n']
     assert list(channel_module._assignment_cache) == [("CALLGUARD_RESULT", "ALLOW")]
+
+
+async def test_watch_before_transport_made():
+    # The connection takes the running loop when it has none of its own yet.
+    connection = AGIConnection(LIMITS.max_line)
+    fired = []
+
+    connection.watch(asyncio.get_running_loop().time(), lambda: fired.append(True))
+    await asyncio.sleep(0.01)
+
+    assert fired == [True]
+    assert connection.loop is asyncio.get_running_loop()

@@ -47,6 +47,20 @@ def test_constructor_sets_defaults(cls, required):
         assert getattr(record, field.name) == field_default(field), field.name
 
 
+@pytest.mark.parametrize("cls", [CallRequest, Decision])
+def test_constructor_sets_each_field(cls):
+    # A distinct value per field, so that two swapped assignments show.
+    values = {field.name: f"value of {field.name}" for field in dataclasses.fields(cls)}
+
+    positional = cls(*values.values())
+    by_name = cls(**values)
+
+    for name, value in values.items():
+        assert getattr(positional, name) == value, name
+        assert getattr(by_name, name) == value, name
+    assert set(vars(by_name)) == set(values)
+
+
 def test_decision_remaining_not_shared():
     first = Decision("ALLOW", "ok", "gamma", "01632960123")
     second = Decision("ALLOW", "ok", "gamma", "01632960123")

@@ -56,7 +56,7 @@ class AGIConnection(asyncio.Protocol):
                  loop: asyncio.AbstractEventLoop | None = None):
         self._max_line = max_line
         self._on_open = on_open
-        # The event loop, from the server or from connection_made(). A session
+        # The event loop, from the server or else the running one. A session
         # reads it several times, and asyncio.get_running_loop() makes a
         # getpid() system call each time in Python 3.11.
         self.loop = loop
@@ -300,7 +300,7 @@ class AGIConnection(asyncio.Protocol):
         One timer handle serves the whole connection: a later deadline only
         moves a number, and the handle re-schedules itself when it fires early.
         """
-        loop = self.loop
+        loop = self._loop()
         if self._timer is not None and deadline < self._deadline:
             self._cancel_timer()
         self._deadline = deadline
@@ -320,7 +320,7 @@ class AGIConnection(asyncio.Protocol):
                 return
         elif waiter.done():
             return
-        loop = self.loop
+        loop = self._loop()
         if loop.time() < self._deadline:
             self._timer = loop.call_at(self._deadline, self._expire)
             return
@@ -342,7 +342,14 @@ class AGIConnection(asyncio.Protocol):
         self._deadline = deadline
         self._on_timeout = on_timeout
         if self._timer is None and not self._lost:
-            self._timer = self.loop.call_at(deadline, self._expire)
+            self._timer = self._loop().call_at(deadline, self._expire)
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        """Return the connection's loop, or the running one before the transport is made."""
+        loop = self.loop
+        if loop is None:
+            loop = self.loop = asyncio.get_running_loop()
+        return loop
 
     def unwatch(self) -> None:
         """Forget the on_timeout of watch(); a later wait() sets its own deadline."""

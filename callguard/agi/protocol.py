@@ -271,7 +271,7 @@ async def read_environment(
     AGITimeout when the whole block takes longer than ``limits.block_timeout``.
     """
     reader = EnvironmentReader(limits)
-    deadline = connection.loop.time() + limits.block_timeout
+    deadline = asyncio.get_running_loop().time() + limits.block_timeout
     try:
         while True:
             # Asterisk sends the block at once, so its lines are usually all

@@ -77,6 +77,7 @@ class Decision:
     detail: str = ""
     # The clock reading that the limits were checked at, kept for the audit
     # trail and the decision book. None when the decision came before it.
+    # dataclasses.replace() copies it, so give a derived decision its own.
     decided_at: datetime | None = field(default=None, compare=False, repr=False)
 
     def __init__(self, result: str, reason: str, trunk: str, dialled: str,
