@@ -153,6 +153,24 @@ async def test_recorder_writes_once_per_interval(store):
     assert len(store.recent_decisions(limit=100_000)) == 1 + busy.arrived
 
 
+async def test_recorder_full_batch_writes_early(store, worker):
+    # With an interval of 60 s, only a full batch starts a write.
+    recorder = DecisionRecorder(worker, ManualClock(NOW), "pbx1", interval=60.0,
+                                batch_size=5)
+    recorder.start()
+    try:
+        record_decisions(recorder, 4)
+        await asyncio.sleep(0.2)
+        assert store.recent_decisions() == []
+
+        record_decisions(recorder, 1)
+        await until(lambda: len(store.recent_decisions()) == 5)
+        assert len(store.recent_decisions()) == 5
+        assert recorder.queued == 0
+    finally:
+        await recorder.stop()
+
+
 @pytest.fixture
 def locking_store(tmp_path, monkeypatch):
     """Yield an open SQLite store that gives up on a held lock after 400 ms, and its path."""

@@ -11,8 +11,9 @@ Each decision is queued as a row of column values and converted to driver
 values in the store thread, a batch at a time. Converting one decision among
 the FastAGI work of its check took the event loop about twice the CPU time
 that the same conversion takes in a batch, where the same few functions run
-back to back (an estimate from timing both on a 2-core machine). A batch of
-500 keeps the GIL for a few milliseconds.
+back to back (an estimate from timing both on a 2-core machine). The store
+thread lets the event loop take the GIL after every ROWS_BETWEEN_PAUSES
+decisions it converts.
 
 While the store fails, the decisions stay queued and the wait before the next
 write doubles after each failure, up to ``max_retry_interval`` seconds. The
@@ -46,6 +47,13 @@ MAX_RETRY_INTERVAL = 10.0
 # checks/s, the median p99 over 8 rounds was 4.14 ms with writes every 0.5 s
 # against 5.24 ms every 0.2 s (benchmarks/README.md, seventeenth set).
 WRITE_INTERVAL = 0.5
+# Decisions queued that start a write before the interval ends. Each write
+# has its own transaction, id allocation and hand-over to the store thread.
+# At 3,700 checks/s a batch of 500 meant seven writes a second, and 4,000
+# keeps one write per interval up to 8,000 checks/s. The store thread then
+# used 15 us of CPU per check instead of 23 (benchmarks/README.md, nineteenth
+# set).
+BATCH_SIZE = 4000
 # The number of decisions converted between two pauses that let the event loop
 # take the GIL: an estimated 60 us of work, at 3.6 us a decision on a 2-core
 # test machine.
@@ -54,7 +62,7 @@ ROWS_BETWEEN_PAUSES = 16
 
 class DecisionRecorder:
     def __init__(self, worker: StoreWorker, clock: Clock, node: str, *,
-                 interval: float = WRITE_INTERVAL, batch_size: int = 500,
+                 interval: float = WRITE_INTERVAL, batch_size: int = BATCH_SIZE,
                  max_retry_interval: float = MAX_RETRY_INTERVAL):
         self._worker = worker
         self._clock = clock
