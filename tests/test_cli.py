@@ -1349,6 +1349,29 @@ def test_check_config_lists_bad_prefix_rows(tmp_path, capsys):
     assert len(err) == 4
 
 
+@pytest.mark.parametrize("rows, first_line", [
+    (BAD_PREFIX_ROWS, 3),
+    ("prefix,category,description\n0,geographic,Home\n", None),
+])
+def test_check_config_lists_home_rows_too(tmp_path, capsys, rows, first_line):
+    # A row that writes a home number in E.164 form is listed in the same run
+    # as the rows that could not be read, not only once they are fixed.
+    table = tmp_path / "prefixes.csv"
+    line = len(rows.splitlines()) + 1
+    table.write_text(rows + "+4420,geographic,London\n")
+    path = write_config(tmp_path, general="prefixes = prefixes.csv")
+
+    status = run_ctl("--config", str(path), "check-config")
+    err = capsys.readouterr().err.splitlines()
+
+    assert status == EXIT_CONFIG
+    if first_line is not None:
+        assert err[0].startswith(f"{table}:{first_line}: ")
+    assert err[-1] == (f"{table}:{line}: prefix '+4420' can never match, because numbers "
+                       "with the home country code +44 are looked up on their national "
+                       "form; write it as '020'")
+
+
 def test_check_config_lists_every_bad_table(tmp_path, capsys):
     table = tmp_path / "prefixes.csv"
     table.write_text(BAD_PREFIX_ROWS)
@@ -1369,7 +1392,7 @@ def test_check_config_lists_every_bad_table(tmp_path, capsys):
 
 def test_prefixes_import_lists_bad_rows(config, tmp_path, capsys):
     table = tmp_path / "p.csv"
-    table.write_text(BAD_PREFIX_ROWS)
+    table.write_text(BAD_PREFIX_ROWS + "+4420,geographic,London\n")
 
     status = run_ctl("--config", str(config), "prefixes", "import", str(table))
     err = capsys.readouterr().err
@@ -1377,6 +1400,7 @@ def test_prefixes_import_lists_bad_rows(config, tmp_path, capsys):
     assert status == EXIT_CONFIG
     for line in range(3, 7):
         assert f"{table}:{line}: " in err
+    assert f"{table}:7: prefix '+4420' can never match" in err
 
 
 @pytest.mark.parametrize("arguments, message", [

@@ -213,6 +213,23 @@ def test_header_errors(tmp_path, text, start):
     assert str(caught.value).startswith(str(path) + start)
 
 
+@pytest.mark.parametrize("text", [
+    "prefix,category,description\n",
+    "prefix,category,description\n# rows to come\n\n",
+])
+def test_header_only_table_rejected(tmp_path, text):
+    # A table without rows would leave every dialled number unclassified.
+    path = write(tmp_path, text)
+
+    with pytest.raises(PrefixTableError) as caught:
+        PrefixTable.from_csv(path)
+
+    assert str(caught.value) == (
+        f"{path}: contains no prefixes, so every call would be denied; "
+        "add rows under the header"
+    )
+
+
 def test_missing_file(tmp_path):
     path = tmp_path / "absent.csv"
 

@@ -27,7 +27,8 @@ from callguard.config.advice import config_warnings
 from callguard.daemon.checking import DAEMON_CONFIG, DAEMON_STORE
 from callguard.daemon.live import read_ari_settings
 from callguard.daemon.operator import same_store, store_identity
-from callguard.daemon.state import TablesError, build_state, number_plan
+from callguard.daemon.state import (TablesError, build_state, number_plan,
+                                    with_home_rule_errors)
 from callguard.metering.guard import RECENT_LEGS
 from callguard.money import format_rate
 from callguard.numbers import Classifier, PrefixTable, PrefixTableError
@@ -224,11 +225,15 @@ def _reporting_bad_input(command, args: argparse.Namespace) -> int:
 
 def _prefixes(args: argparse.Namespace) -> int:
     if args.action == "import":
-        table = PrefixTable.from_csv(args.file)
         config = read_config(args)
+        plan = number_plan(config)
+        try:
+            table = PrefixTable.from_csv(args.file)
+        except PrefixTableError as exc:
+            raise with_home_rule_errors(exc, plan) from None
         # The daemon's own checks of a table against the dialling plan, so that an
         # import never stores a table that the daemon would then reject.
-        Classifier(number_plan(config), table)
+        Classifier(plan, table)
         store = open_store(config)
         rows = [(r.prefix, r.category, r.description) for r in table.rules()]
         count = store.replace_prefixes(rows, str(args.file))

@@ -5,9 +5,11 @@ from dataclasses import dataclass
 
 from callguard.config import Config, TrunkConfig
 from callguard.numbers import Classifier, NumberPlan, PrefixTable, PrefixTableError
+from callguard.numbers.classify import home_rule_errors
 from callguard.numbers.table import DEFAULT_TABLE
 from callguard.policy.engine import PolicyState
 from callguard.rating import Increments, RateDeck, RateDeckError, Tariff
+from callguard.rating.errors import MAX_REPORTED_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,18 @@ def number_plan(config: Config) -> NumberPlan:
     )
 
 
+def with_home_rule_errors(error: PrefixTableError, plan: NumberPlan) -> PrefixTableError:
+    """Add to ``error`` the home-number rows among the rows of its table that were valid."""
+    if error.table is None:
+        return error
+    home_errors = home_rule_errors(plan, error.table)
+    if home_errors is None:
+        return error
+    messages = error.errors + home_errors.errors
+    reported = messages[:MAX_REPORTED_ERRORS]
+    return PrefixTableError(*reported, error_count=error.error_count + home_errors.error_count)
+
+
 def build_state(config: Config) -> LoadedTables:
     """Load the prefix table and every trunk's rate deck named in ``config``.
 
@@ -64,11 +78,15 @@ def build_state(config: Config) -> LoadedTables:
     name the file and line, so that one pass shows what to fix in all of them.
     """
     errors: list[PrefixTableError | RateDeckError] = []
+    plan = number_plan(config)
     try:
         table, source = load_prefix_table(config)
     except PrefixTableError as exc:
-        errors.append(exc)
-    plan = number_plan(config)
+        errors.append(with_home_rule_errors(exc, plan))
+    else:
+        home_errors = home_rule_errors(plan, table)
+        if home_errors is not None:
+            errors.append(home_errors)
 
     decks: dict[str, RateDeck] = {}
     defaults: dict[str, Tariff] = {}

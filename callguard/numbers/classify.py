@@ -134,8 +134,15 @@ class Classifier:
 
 
 def _check_home_rules(plan: NumberPlan, table: PrefixTable) -> None:
-    """Raise ``PrefixTableError`` listing the first rows that write home numbers in
-    E.164 form, in file order."""
+    """Raise what home_rule_errors() returns, if anything."""
+    errors = home_rule_errors(plan, table)
+    if errors is not None:
+        raise errors
+
+
+def home_rule_errors(plan: NumberPlan, table: PrefixTable) -> PrefixTableError | None:
+    """Return a ``PrefixTableError`` listing the first rows that write home numbers
+    in E.164 form, in file order, or None when there are none."""
     home_e164 = f"{PLUS}{plan.country_code}"
     messages = []
     count = 0
@@ -153,5 +160,6 @@ def _check_home_rules(plan: NumberPlan, table: PrefixTable) -> None:
             f"{home_e164} are looked up on their national form; "
             f"write it as {national!r}"
         )
-    if count:
-        raise PrefixTableError(*messages, error_count=count)
+    if not count:
+        return None
+    return PrefixTableError(*messages, error_count=count)

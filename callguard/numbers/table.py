@@ -34,12 +34,16 @@ class PrefixTableError(ValueError):
     ``errors`` contains up to MAX_REPORTED_ERRORS messages, each starting with
     ``file:line:``, or ``file:`` for a problem of the whole file. ``error_count``
     is the number of errors found, reported or not. The message lists the
-    reported errors, one a line.
+    reported errors, one a line. ``table`` contains the rows that were valid,
+    when the file could be read row by row, so that later checks of those
+    rows can report their errors in the same pass.
     """
 
-    def __init__(self, *errors: str, error_count: int | None = None) -> None:
+    def __init__(self, *errors: str, error_count: int | None = None,
+                 table: "PrefixTable | None" = None) -> None:
         self.errors = errors
         self.error_count = len(errors) if error_count is None else error_count
+        self.table = table
 
         lines = list(errors)
         omitted = self.error_count - len(errors)
@@ -65,9 +69,9 @@ class _ErrorList:
         if len(self.messages) < MAX_REPORTED_ERRORS:
             self.messages.append(f"{self.source}:{line_number}: {message}")
 
-    def raise_if_any(self) -> None:
+    def raise_if_any(self, table: "PrefixTable | None" = None) -> None:
         if self.count:
-            raise PrefixTableError(*self.messages, error_count=self.count)
+            raise PrefixTableError(*self.messages, error_count=self.count, table=table)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +210,13 @@ class PrefixTable:
                 "because the file has no rows"
             )
 
-        errors.raise_if_any()
+        errors.raise_if_any(table)
+        if not len(table):
+            # Every dialled number would then be denied as unclassified.
+            raise PrefixTableError(
+                f"{source}: contains no prefixes, so every call would be denied; "
+                "add rows under the header"
+            )
         logger.info("loaded %d prefix rules from %s", len(table), label or source)
         return table
 
