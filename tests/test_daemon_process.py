@@ -856,6 +856,21 @@ async def test_ctl_check_with_other_config(start_daemon, tmp_path):
     assert f"not {copy} and" in errors
 
 
+async def test_ctl_check_overlong_number_json(start_daemon):
+    # The number is longer than a request to the daemon may be, and the
+    # command still prints a decision as JSON.
+    daemon = await start_daemon()
+    ctl = await asyncio.create_subprocess_exec(
+        str(CALLGUARDCTL), "--config", str(daemon.config), "check", "1" * 70_000,
+        "--trunk", "gamma", "--json", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    output, errors = await asyncio.wait_for(ctl.communicate(), STEP_TIMEOUT)
+
+    assert ctl.returncode == 0, errors.decode()
+    report = json.loads(output)
+    assert (report["result"], report["reason"]) == ("DENY", "invalid-number")
+
+
 async def test_second_daemon_leaves_control_socket(start_daemon, tmp_path):
     first = await start_daemon()
     other = tmp_path / "other"

@@ -32,6 +32,7 @@ from callguard.daemon.state import (TablesError, build_state, number_plan,
 from callguard.metering.guard import RECENT_LEGS
 from callguard.money import format_rate
 from callguard.numbers import Classifier, PrefixTable, PrefixTableError
+from callguard.numbers.dialstring import MAX_DIALLED_CHARACTERS
 from callguard.policy.decision import CallRequest
 from callguard.policy.offenders import normalise_source
 from callguard.rating import RateDeck, RateDeckError
@@ -158,7 +159,9 @@ def cmd_check(args: argparse.Namespace) -> int:
                           caller=args.caller.strip(),
                           channel=args.channel, accountcode=args.accountcode, source=source)
     report = None
-    if not args.offline:
+    # A longer string is an invalid number whatever the daemon's live state,
+    # and it may not fit in a request to the daemon, so it is decided here.
+    if not args.offline and len(request.dialled) <= MAX_DIALLED_CHARACTERS:
         try:
             report = ask_daemon(config, request)
         except RuntimeError as exc:
