@@ -1075,3 +1075,20 @@ async def test_watch_before_transport_made():
 
     assert fired == [True]
     assert connection.loop is asyncio.get_running_loop()
+
+
+@pytest.mark.parametrize("data, shown", [
+    (b"x" * 99 + b"\n", "a line of 100 bytes"),
+    (b"x" * 100, "100 bytes read so far without an end of line"),
+])
+async def test_long_line_error_names_length(data, shown):
+    pipe = await Pipe().open(AGILimits(max_line=64))
+    try:
+        await pipe.feed(data)
+
+        with pytest.raises(AGIProtocolError) as caught:
+            await pipe.connection.readline(asyncio.get_running_loop().time() + 1)
+
+        assert str(caught.value) == f"line longer than the limit of 64 bytes: {shown}"
+    finally:
+        await pipe.close()

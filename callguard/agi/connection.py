@@ -108,7 +108,7 @@ class AGIConnection(asyncio.Protocol):
         else:
             for piece in pieces:
                 if len(piece) >= limit:
-                    self._fail(len(piece) + 1)
+                    self._fail(len(piece) + 1, ended=True)
                     break
                 self._lines.append(piece)
                 self._queued_bytes += len(piece) + 1
@@ -385,10 +385,13 @@ class AGIConnection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
 
-    def _fail(self, length: int) -> None:
+    def _fail(self, length: int, *, ended: bool = False) -> None:
+        # An unfinished line is reported with the bytes read so far, which
+        # depend on how the peer's data was split, not with its whole length.
+        seen = (f"a line of {length} bytes" if ended
+                else f"{length} bytes read so far without an end of line")
         self._error = AGIProtocolError(
-            f"line longer than the limit of {self._max_line} bytes "
-            f"({length} bytes without its end)"
+            f"line longer than the limit of {self._max_line} bytes: {seen}"
         )
         self._partial = b""
         if not self._paused:
