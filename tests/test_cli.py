@@ -1321,6 +1321,31 @@ def test_check_config_warns_outside_line_zero(tmp_path, capsys):
         "international prefix '00'")
 
 
+@pytest.mark.parametrize("key, ignore, warned", [
+    ("endpoint", "1001, 10.0.0.0/8, 192.0.2.10", "'10.0.0.0/8', '192.0.2.10'"),
+    ("accountcode", "sales, 2001:db8::/32", "'2001:db8::/32'"),
+    ("endpoint", "1001, alice", None),
+    ("source", "10.0.0.0/8", None),
+])
+def test_check_config_warns_addresses_in_ban_ignore(tmp_path, capsys, key, ignore, warned):
+    trunks = TRUNK + f"offender_key = {key}\nban_ignore = {ignore}\n"
+    path = write_config(tmp_path, trunks=trunks)
+
+    status = run_ctl("--config", str(path), "check-config")
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "ban_ignore" in line]
+
+    assert status == EXIT_OK
+    if warned is None:
+        assert warnings == []
+    else:
+        assert warnings == [
+            f"{path}: warning: [trunk gamma] ban_ignore lists {warned}, an IP address or "
+            f"network, but offender_key is {key}, so it is compared with {key} names and "
+            "exempts nothing; set offender_key = source to exempt addresses, or list the "
+            "names"
+        ]
+
+
 BAD_PREFIX_ROWS = """\
 prefix,category,description
 09,premium,Premium rate

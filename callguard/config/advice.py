@@ -2,9 +2,10 @@
 
 import bisect
 import fnmatch
-from ipaddress import ip_address
+from ipaddress import ip_address, ip_network
 
 from callguard.config.model import Config, NumberOverride, TrunkConfig
+from callguard.config.offenders import KEY_ACCOUNTCODE, KEY_ENDPOINT
 from callguard.config.plan_advice import number_plan_warnings
 from callguard.numbers import PrefixTable
 from callguard.policy.budget import MAX_SECONDS_CEILING
@@ -34,6 +35,7 @@ def config_warnings(config: Config, prefixes: PrefixTable | None = None) -> list
                 )
         warnings.extend(_outside_trunk_numbers(name, trunk, config))
         warnings.extend(_notify_without_mail(name, trunk, config))
+        warnings.extend(_addresses_in_ban_ignore(name, trunk))
         limited = [key for key, value in (("daily_limit", daily), ("weekly_limit", weekly),
                                           ("max_concurrent_calls", trunk.max_concurrent_calls))
                    if value is not None]
@@ -334,6 +336,32 @@ def _count_overlaps_within(ranges: list[tuple[int, int]]) -> int:
     # Of two ranges that share no number, exactly one ends below the other's low end.
     apart = sum(bisect.bisect_left(highs, low) for low, _ in ranges)
     return len(ranges) * (len(ranges) - 1) // 2 - apart
+
+
+def _addresses_in_ban_ignore(name: str, trunk: TrunkConfig) -> list[str]:
+    """Return a warning for ban_ignore entries that are addresses on a trunk that
+    counts offenders by name, or nothing."""
+    settings = trunk.offenders
+    if settings.key_type not in (KEY_ENDPOINT, KEY_ACCOUNTCODE):
+        return []
+    addresses = [item for item in sorted(settings.ban_ignore.names) if _is_network(item)]
+    if not addresses:
+        return []
+    listed = ", ".join(repr(address) for address in addresses)
+    return [
+        f"[trunk {name}] ban_ignore lists {listed}, an IP address or network, but "
+        f"offender_key is {settings.key_type}, so it is compared with "
+        f"{settings.key_type} names and exempts nothing; set offender_key = source to "
+        "exempt addresses, or list the names"
+    ]
+
+
+def _is_network(text: str) -> bool:
+    try:
+        ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 def _notify_without_mail(name: str, trunk: TrunkConfig, config: Config) -> list[str]:
