@@ -856,19 +856,24 @@ async def test_ctl_check_with_other_config(start_daemon, tmp_path):
     assert f"not {copy} and" in errors
 
 
-async def test_ctl_check_overlong_number_json(start_daemon):
-    # The number is longer than a request to the daemon may be, and the
-    # command still prints a decision as JSON.
+@pytest.mark.parametrize("number, result, reason", [
+    ("1" * 70_000, "DENY", "invalid-number"),
+    ("0" * 65, "DENY", "invalid-number"),
+    ("9" + " " * 70 + "99", "ALLOW", "emergency"),
+])
+async def test_ctl_check_overlong_number_json(start_daemon, number, result, reason):
+    # Each number is longer than a dialled number may be, and the first longer
+    # than a request to the daemon may be. The decision is still printed as JSON.
     daemon = await start_daemon()
     ctl = await asyncio.create_subprocess_exec(
-        str(CALLGUARDCTL), "--config", str(daemon.config), "check", "1" * 70_000,
+        str(CALLGUARDCTL), "--config", str(daemon.config), "check", number,
         "--trunk", "gamma", "--json", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     output, errors = await asyncio.wait_for(ctl.communicate(), STEP_TIMEOUT)
 
     assert ctl.returncode == 0, errors.decode()
     report = json.loads(output)
-    assert (report["result"], report["reason"]) == ("DENY", "invalid-number")
+    assert (report["result"], report["reason"]) == (result, reason)
 
 
 async def test_second_daemon_leaves_control_socket(start_daemon, tmp_path):

@@ -82,7 +82,7 @@ def test_records_stay_frozen():
     assert hash(request) == hash(CallRequest("gamma", "01632960123", uniqueid="1796397405.7"))
 
 
-def test_decision_time_left_out_of_equality():
+def test_decision_time_not_compared():
     decision = Decision("DENY", "barred:premium", "gamma", "09011234567", decided_at=NOW)
 
     assert decision == dataclasses.replace(decision, decided_at=None)

@@ -218,15 +218,16 @@ def test_header_errors(tmp_path, text, start):
     "prefix,category,description\n# rows to come\n\n",
 ])
 def test_header_only_table_rejected(tmp_path, text):
-    # A table without rows would leave every dialled number unclassified.
+    # A table without rows would leave every dialled number but an emergency
+    # number unclassified.
     path = write(tmp_path, text)
 
     with pytest.raises(PrefixTableError) as caught:
         PrefixTable.from_csv(path)
 
     assert str(caught.value) == (
-        f"{path}: contains no prefixes, so every call would be denied; "
-        "add rows under the header"
+        f"{path}: contains no prefixes, so every call but an emergency call would "
+        "be denied; add rows under the header"
     )
 
 

@@ -27,11 +27,11 @@ from callguard.config.advice import config_warnings
 from callguard.daemon.checking import DAEMON_CONFIG, DAEMON_STORE
 from callguard.daemon.live import read_ari_settings
 from callguard.daemon.operator import same_store, store_identity
-from callguard.daemon.state import (TablesError, build_state, number_plan,
-                                    with_home_rule_errors)
+from callguard.daemon.state import TablesError, build_state, number_plan
 from callguard.metering.guard import RECENT_LEGS
 from callguard.money import format_rate
 from callguard.numbers import Classifier, PrefixTable, PrefixTableError
+from callguard.numbers.classify import with_home_rule_errors
 from callguard.numbers.dialstring import MAX_DIALLED_CHARACTERS
 from callguard.policy.decision import CallRequest
 from callguard.policy.offenders import normalise_source
@@ -159,8 +159,9 @@ def cmd_check(args: argparse.Namespace) -> int:
                           caller=args.caller.strip(),
                           channel=args.channel, accountcode=args.accountcode, source=source)
     report = None
-    # A longer string is an invalid number whatever the daemon's live state,
-    # and it may not fit in a request to the daemon, so it is decided here.
+    # A longer string is an emergency number written with separators or an
+    # invalid one, whatever the daemon's live state. It may not fit in a
+    # request to the daemon either, so it is decided here.
     if not args.offline and len(request.dialled) <= MAX_DIALLED_CHARACTERS:
         try:
             report = ask_daemon(config, request)

@@ -5,11 +5,10 @@ from dataclasses import dataclass
 
 from callguard.config import Config, TrunkConfig
 from callguard.numbers import Classifier, NumberPlan, PrefixTable, PrefixTableError
-from callguard.numbers.classify import home_rule_errors
+from callguard.numbers.classify import home_rule_errors, with_home_rule_errors
 from callguard.numbers.table import DEFAULT_TABLE
 from callguard.policy.engine import PolicyState
 from callguard.rating import Increments, RateDeck, RateDeckError, Tariff
-from callguard.rating.errors import MAX_REPORTED_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +56,6 @@ def number_plan(config: Config) -> NumberPlan:
         outside_line_prefix=general.outside_line_prefix,
         emergency_numbers=general.emergency_numbers,
     )
-
-
-def with_home_rule_errors(error: PrefixTableError, plan: NumberPlan) -> PrefixTableError:
-    """Add to ``error`` the home-number rows among the rows of its table that were valid."""
-    if error.table is None:
-        return error
-    home_errors = home_rule_errors(plan, error.table)
-    if home_errors is None:
-        return error
-    messages = error.errors + home_errors.errors
-    reported = messages[:MAX_REPORTED_ERRORS]
-    return PrefixTableError(*reported, error_count=error.error_count + home_errors.error_count)
 
 
 def build_state(config: Config) -> LoadedTables:

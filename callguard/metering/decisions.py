@@ -52,8 +52,8 @@ class DecisionBook:
         """Add the decision made at ``at`` for the channel ``uniqueid``, replacing its last.
 
         ``category`` and ``e164`` are "" when the number has none. Decisions
-        must be added about in the order they were made, because the oldest
-        are dropped first and an entry older than the one before it waits
+        must be added in about the order they were made, because the oldest
+        are dropped first, and an entry older than the one before it waits
         for that one to expire. The daemon adds each decision within a loop
         turn of making it, so its entries are at most that far out of order.
         """

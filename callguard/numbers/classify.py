@@ -163,3 +163,15 @@ def home_rule_errors(plan: NumberPlan, table: PrefixTable) -> PrefixTableError |
     if not count:
         return None
     return PrefixTableError(*messages, error_count=count)
+
+
+def with_home_rule_errors(error: PrefixTableError, plan: NumberPlan) -> PrefixTableError:
+    """Return ``error`` with the home-number rows among its table's valid rows added."""
+    if error.table is None:
+        return error
+    home_errors = home_rule_errors(plan, error.table)
+    if home_errors is None:
+        return error
+    messages = error.errors + home_errors.errors
+    reported = messages[:MAX_REPORTED_ERRORS]
+    return PrefixTableError(*reported, error_count=error.error_count + home_errors.error_count)

@@ -212,10 +212,11 @@ class PrefixTable:
 
         errors.raise_if_any(table)
         if not len(table):
-            # Every dialled number would then be denied as unclassified.
+            # Every dialled number but an emergency number would then be
+            # denied as unclassified.
             raise PrefixTableError(
-                f"{source}: contains no prefixes, so every call would be denied; "
-                "add rows under the header"
+                f"{source}: contains no prefixes, so every call but an emergency call "
+                "would be denied; add rows under the header"
             )
         logger.info("loaded %d prefix rules from %s", len(table), label or source)
         return table

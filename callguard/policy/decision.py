@@ -29,7 +29,7 @@ REASON_BARRED_HOURS = "barred-hours:"  # followed by the category
 REASON_UNKNOWN_TRUNK = "unknown-trunk"
 REASON_FAIL_POLICY = "fail-policy"
 
-# The amount a decision that reserves nothing holds.
+# The reserved amount of a decision that reserves nothing.
 NOTHING_RESERVED = Decimal(0)
 
 
